@@ -1,0 +1,25 @@
+# The README's commands. Each target installs what it needs first (scripts/install.sh is
+# idempotent and takes well under a second when nothing changed).
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: install lab lab-down test unit golden clean
+
+install:
+	bash scripts/install.sh
+
+lab: install
+	$(VENV)/bin/ovsnat lab up
+
+lab-down:
+	$(VENV)/bin/ovsnat lab down --all
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

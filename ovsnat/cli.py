@@ -1,0 +1,28 @@
+"""The `ovsnat` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: ovsnat COMMAND [ARGS]
+
+commands:
+  lab up|status|down   the reference lab (real OVS hypervisors in network namespaces)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "lab":
+        from ovsnat.lab.cli import main as lab_main
+        return lab_main(rest)
+    print(f"ovsnat: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Real traffic between lab namespaces: ping, TCP/UDP clients and servers, captures.
+
+Thin wrappers over iputils ping, tcpdump and ovsnat.lab.peer so tests, the demo and the
+benchmarks speak in scenarios ("vm1 reaches the server and it sees 203.0.113.10").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ovsnat.lab.sh import LabError, run, wait_for
+
+
+@dataclass
+class PingResult:
+    sent: int
+    received: int
+    output: str
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+def ping(ns: str, dst: str, count: int = 3, interval: float = 0.2, wait: float = 1.0,
+         size: int | None = None, ttl: int | None = None, df: bool = False) -> PingResult:
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait)]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if ttl is not None:
+        argv += ["-t", str(ttl)]
+    if df:
+        argv += ["-M", "do"]
+    proc = run(argv + [dst], ns=ns, check=False, timeout=count * (interval + wait) + 10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", proc.stdout)
+    if not m:
+        raise LabError(f"cannot parse ping output: {proc.stdout}{proc.stderr}")
+    return PingResult(int(m.group(1)), int(m.group(2)), proc.stdout + proc.stderr)
+
+
+def _peer(ns: str, python: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return run([python, "-m", "ovsnat.lab.peer", *args], ns=ns, check=False, timeout=timeout)
+
+
+@dataclass
+class Reply:
+    ok: bool
+    peer_ip: str | None
+    peer_port: int | None
+    line: str
+
+
+def _parse_reply(proc: subprocess.CompletedProcess) -> Reply:
+    out = proc.stdout.strip().splitlines()
+    line = out[0] if out else proc.stderr.strip()
+    m = re.match(r"PEER (\S+):(\d+)", line)
+    if proc.returncode != 0 or not m:
+        return Reply(False, None, None, line)
+    return Reply(True, m.group(1), int(m.group(2)), "\n".join(out))
+
+
+def tcp_connect(lab, ns: str, host: str, port: int, timeout: float = 2.0, hold: float = 0,
+                src_port: int = 0) -> Reply:
+    """Connect from ns to host:port; the reply says which source address the server saw."""
+    args = ["tcp-client", host, str(port), "--timeout", str(timeout), "--hold", str(hold)]
+    if src_port:
+        args += ["--src-port", str(src_port)]
+    return _parse_reply(_peer(ns, lab.python()[0], *args, timeout=timeout + hold + 20))
+
+
+def udp_request(lab, ns: str, host: str, port: int, size: int = 32, timeout: float = 1.0,
+                src_port: int = 0) -> Reply:
+    args = ["udp-client", host, str(port), "--size", str(size), "--timeout", str(timeout)]
+    if src_port:
+        args += ["--src-port", str(src_port)]
+    return _parse_reply(_peer(ns, lab.python()[0], *args, timeout=4 * timeout + 20))
+
+
+def start_server(lab, name: str, ns: str, proto: str, port: int) -> None:
+    """Start a tcp/udp PEER server in ns (recorded by the lab, stopped at teardown)."""
+    lab.spawn(name, lab.python("-m", "ovsnat.lab.peer", f"{proto}-server", "--port", str(port)),
+              ns=ns)
+    log = lab.procs[name]["log"]
+    wait_for(lambda: "READY" in open(log).read(), 10, what=f"server {name} in {ns}")
+
+
+def send_frames(lab, ns: str, frames: list[bytes], iface: str = "eth0", count: int = 1) -> None:
+    """Inject raw Ethernet frames (built with scapy by the caller) from inside ns."""
+    _peer(ns, lab.python()[0], "send", "--iface", iface, "--count", str(count),
+          *[f.hex() for f in frames])
+
+
+@contextlib.contextmanager
+def capture(lab, name: str, ns: str, iface: str, bpf: str = ""):
+    """tcpdump on iface inside ns while the block runs; yields the pcap path, which holds
+    every captured packet once the block exits (read it with scapy.rdpcap)."""
+    path = os.path.join(lab.dir, f"{name}.pcap")
+    argv = ["tcpdump", "-U", "-n", "-i", iface, "-w", path, "--immediate-mode"]
+    argv += bpf.split() if bpf else []
+    lab.spawn(name, argv, ns=ns)
+    wait_for(lambda: "listening on" in open(lab.procs[name]["log"]).read(), 10,
+             what=f"tcpdump on {ns}/{iface}")
+    try:
+        yield path
+    finally:
+        time.sleep(0.2)          # let the last packets reach the file
+        lab.stop_proc(name)
