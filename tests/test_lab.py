@@ -103,7 +103,7 @@ def test_move_vm_keeps_its_namespace_and_external_ids(make_lab):
     assert ofport > 0 and vm1.host == "hv2"
     ids = hv2.vsctl("get", "Interface", vm1.tap, "external_ids")
     assert 'ovsnat-fixed-ip="10.0.0.11"' in ids and "iface-id=vm1" in ids
-    assert lab.hosts["hv1"].vsctl("--if-exists", "get", "Interface", vm1.tap, "ofport") == "\n"
+    assert lab.hosts["hv1"].vsctl("--if-exists", "get", "Interface", vm1.tap, "ofport").strip() == ""
     assert "10.0.0.11" in run(["ip", "-n", vm1.ns, "addr"]).stdout
 
 
