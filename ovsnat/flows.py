@@ -1,0 +1,230 @@
+"""OpenFlow flows as plain values, and their `ovs-ofctl` text.
+
+The compiler builds `Flow`s; renderers turn them into ovs-ofctl text (golden files,
+`ovs-ofctl --bundle` baselines) or framework flow_mods (ovsnat.ofmsgs). The text is written the
+way `ovs-ofctl dump-flows` prints it (OVS's field order and spelling), so a rendered flow and a
+dumped flow can be compared as strings.
+
+Cookies say who owns a flow, so a dump maps back to the objects that made it and stale flows
+can be removed exactly:
+
+    bits 63-56  0xa1 host-level, 0xa2 VM            (other values: not ovsnat's)
+    bits 55-24  owner: the VM's fixed IPv4 address   (0 for host-level flows)
+    bits 23-0   digest of the flow's table, priority, match and actions
+
+The digest makes "is this exact flow installed?" a cookie comparison: a controller restart
+diffs (table, cookie) sets and sends nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Union
+
+COOKIE_HOST = 0xA1
+COOKIE_VM = 0xA2
+OWNER_MASK = 0xFFFFFFFFFF000000     # kind + owner: every flow of one owner
+
+
+def owner_cookie(kind: int, owner: int) -> int:
+    return kind << 56 | (owner & 0xFFFFFFFF) << 24
+
+
+def cookie_kind(cookie: int) -> int:
+    return cookie >> 56
+
+
+def cookie_owner(cookie: int) -> int:
+    return cookie >> 24 & 0xFFFFFFFF
+
+
+def is_ours(cookie: int) -> bool:
+    return cookie_kind(cookie) in (COOKIE_HOST, COOKIE_VM)
+
+
+# --- matches ---------------------------------------------------------------------------------
+# OVS prints the protocol shorthand, then fields in this order (lib/match.c match_format()).
+PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
+             "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
+FIELD_ORDER = ("ct_state", "proto", "in_port", "vlan_tci", "dl_src", "dl_dst", "nw_src",
+               "nw_dst", "arp_spa", "arp_tpa", "arp_op", "arp_sha", "nw_ttl", "nw_frag",
+               "tp_src", "tp_dst")
+NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Field name -> value text, in ovs-ofctl spelling; `proto` holds the shorthand."""
+
+    fields: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, **kw) -> "Match":
+        unknown = set(kw) - set(FIELD_ORDER)
+        if unknown:
+            raise ValueError(f"unknown match fields {sorted(unknown)}")
+        if "proto" in kw and kw["proto"] not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {kw['proto']}")
+        return cls(tuple((k, str(kw[k])) for k in FIELD_ORDER if kw.get(k) is not None))
+
+    def get(self, name: str) -> str | None:
+        return dict(self.fields).get(name)
+
+    def names(self) -> set[str]:
+        return {k for k, _ in self.fields}
+
+    def text(self) -> str:
+        return ",".join(v if k == "proto" else f"{k}={v}" for k, v in self.fields)
+
+
+# --- actions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Output:
+    port: int | str            # an ofport, or "IN_PORT" (OVS skips output to the in_port)
+
+    def text(self) -> str:
+        return "IN_PORT" if self.port == "IN_PORT" else f"output:{self.port}"
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str                 # eth_src eth_dst ip_src ip_dst arp_op arp_sha arp_spa
+    value: str
+
+    def text(self) -> str:
+        return f"set_field:{self.value}->{self.field}"
+
+
+NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
+             "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
+             "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
+             "in_port": "NXM_OF_IN_PORT"}
+
+
+@dataclass(frozen=True)
+class Move:
+    src: str
+    dst: str
+
+    def text(self) -> str:
+        return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[]"
+
+
+@dataclass(frozen=True)
+class Load:
+    field: str
+    value: int
+
+    def text(self) -> str:
+        return f"load:{self.value:#x}->{NXM_NAMES[self.field]}[]".replace("0x0->", "0->")
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    def text(self) -> str:
+        return "dec_ttl"
+
+
+@dataclass(frozen=True)
+class Nat:
+    kind: str | None = None    # "src", "dst", or None: apply the connection's existing NAT
+    ip: str | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+
+    def text(self) -> str:
+        if self.kind is None:
+            return "nat"
+        ports = f":{self.port_min}-{self.port_max}" if self.port_min is not None else ""
+        return f"nat({self.kind}={self.ip}{ports})"
+
+
+@dataclass(frozen=True)
+class Ct:
+    zone: int
+    table: int | None = None   # continue in this table after conntrack (recirculation)
+    commit: bool = False
+    nat: Nat | None = None
+
+    def text(self) -> str:
+        parts = (["commit"] if self.commit else []) + \
+            ([f"table={self.table}"] if self.table is not None else []) + \
+            [f"zone={self.zone}"] + ([self.nat.text()] if self.nat else [])
+        return f"ct({','.join(parts)})"
+
+
+@dataclass(frozen=True)
+class CtClear:
+    def text(self) -> str:
+        return "ct_clear"
+
+
+@dataclass(frozen=True)
+class Controller:
+    max_len: int = 128
+
+    def text(self) -> str:
+        return f"CONTROLLER:{self.max_len}"
+
+
+@dataclass(frozen=True)
+class Meter:
+    """OpenFlow 1.3 meter instruction (rendered first, as OVS prints it)."""
+
+    meter_id: int
+
+    def text(self) -> str:
+        return f"meter:{self.meter_id}"
+
+
+@dataclass(frozen=True)
+class Goto:
+    """goto_table instruction (always last)."""
+
+    table: int
+
+    def text(self) -> str:
+        return f"goto_table:{self.table}"
+
+
+Action = Union[Output, SetField, Move, Load, DecTtl, Ct, CtClear, Controller, Meter, Goto]
+
+
+# --- flows -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flow:
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...]
+    owner_cookie: int = field(default=0, compare=False)
+    cookie: int = 0
+
+    def body(self) -> str:
+        """Everything but the cookie, as ovs-ofctl prints it."""
+        actions = ",".join(a.text() for a in self.actions) or "drop"
+        match = ("," + self.match.text()) if self.match.fields else ""
+        return f"table={self.table}, priority={self.priority}{match} actions={actions}"
+
+    def text(self) -> str:
+        return f"cookie={self.cookie:#x}, {self.body()}"
+
+    def gotos(self) -> set[int]:
+        """Tables this flow can continue in (goto_table and ct recirculation)."""
+        return {a.table for a in self.actions
+                if isinstance(a, (Goto, Ct)) and a.table is not None}
+
+
+def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
+              actions: tuple[Action, ...] | list[Action]) -> Flow:
+    """A flow with its cookie: the owner's bits plus a 24-bit digest of its content."""
+    probe = Flow(table, priority, match, tuple(actions))
+    digest = int.from_bytes(hashlib.blake2b(probe.body().encode(), digest_size=3).digest(),
+                            "big")
+    return Flow(table, priority, match, tuple(actions), owner_cookie, owner_cookie | digest)
+
+
+def ofctl_text(flows) -> str:
+    """Flows as an `ovs-ofctl add-flows` file (also what the golden files hold)."""
+    return "".join(f.text() + "\n" for f in flows)

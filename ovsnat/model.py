@@ -1,0 +1,358 @@
+"""The desired state of one host, validated: host config, VM ports, FIP bindings, PAT blocks.
+
+Pure: no I/O. Every invalid value raises (or, for a port, records) one error that names the
+item and the reason, so an operator can fix it from the log line alone. A bad port never
+takes other ports down with it: `build_state` sets it aside with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
+
+import netaddr
+
+# external_ids keys of the user-facing contract (README "external_ids contract").
+KEY_IFACE_ID = "iface-id"
+KEY_ATTACHED_MAC = "attached-mac"
+KEY_FIXED_IP = "ovsnat-fixed-ip"
+KEY_FIP = "ovsnat-fip"
+
+MAX_ID_LEN = 255
+
+
+class ConfigError(ValueError):
+    """A host option is invalid; the message starts with the option name."""
+
+
+class PortError(ValueError):
+    """A VM port cannot be programmed; the message names the port and the reason."""
+
+
+# --- parsing helpers: each returns a clean value or raises with the item's name ----------------
+def parse_ipv4(value, what: str, error=ConfigError) -> netaddr.IPAddress:
+    text = str(value).strip()
+    try:
+        ip = netaddr.IPAddress(text, version=4, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise error(f"{what}: {_show(value)} is not an IPv4 address") from None
+    return ip
+
+
+def parse_cidr(value, what: str) -> netaddr.IPNetwork:
+    text = str(value).strip()
+    addr, slash, plen = text.partition("/")
+    if not slash:
+        raise ConfigError(f"{what}: {_show(value)} needs a prefix length (e.g. 10.0.0.0/24)")
+    ip = parse_ipv4(addr, what)
+    if not plen.isdigit() or not 0 <= int(plen) <= 32:
+        raise ConfigError(f"{what}: {_show(value)} is not an IPv4 CIDR")
+    net = netaddr.IPNetwork(f"{ip}/{int(plen)}")
+    if net.ip != net.network:
+        raise ConfigError(f"{what}: {text} has host bits set (did you mean {net.cidr}?)")
+    if net.prefixlen > 30:
+        raise ConfigError(f"{what}: {text} is too small (at most /30)")
+    return net
+
+
+def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
+    text = str(value).strip()
+    try:
+        if len(text) != 17:
+            raise ValueError
+        mac = netaddr.EUI(text, version=48)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise error(f"{what}: {_show(value)} is not a MAC address "
+                    "(expected six colon-separated hex bytes)") from None
+    if int(mac) >> 40 & 1:
+        raise error(f"{what}: {text} is a multicast MAC")
+    if int(mac) == 0:
+        raise error(f"{what}: {text} is the zero MAC")
+    return mac
+
+
+def mac_str(mac: netaddr.EUI) -> str:
+    return str(mac).replace("-", ":").lower()
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "...'"
+
+
+def _in(ip: netaddr.IPAddress, net: netaddr.IPNetwork) -> bool:
+    return net.first <= int(ip) <= net.last
+
+
+def _usable(ip: netaddr.IPAddress, net: netaddr.IPNetwork) -> bool:
+    return net.first < int(ip) < net.last
+
+
+# --- host -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostConfig:
+    """One hypervisor's NAT settings: the `[ovsnat]` options of the contract, parsed."""
+
+    bridge: str
+    uplink_port: str
+    uplink_ofport: int
+    internal_cidr: netaddr.IPNetwork
+    internal_gateway_ip: netaddr.IPAddress
+    router_mac: netaddr.EUI
+    external_cidr: netaddr.IPNetwork
+    external_gateway_ip: netaddr.IPAddress
+    external_gateway_mac: netaddr.EUI | None
+    snat_ip: netaddr.IPAddress
+    snat_port_min: int
+    snat_port_max: int
+    ct_zone: int
+    fip_frag_ct_zone: int
+    pat_ports_per_vm: int = 0
+    mac_prefix: str = "02:5a"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
+        """From option name -> value (strings or numbers); raises ConfigError naming the
+        first bad option."""
+        def get(name):
+            if name not in raw or raw[name] is None or str(raw[name]).strip() == "":
+                raise ConfigError(f"{name}: required option is empty")
+            return raw[name]
+
+        def integer(name, lo, hi):
+            value = get(name)
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                raise ConfigError(f"{name}: {_show(value)} is not an integer") from None
+            if not lo <= number <= hi:
+                raise ConfigError(f"{name}: {number} is outside {lo}-{hi}")
+            return number
+
+        gw_mac = raw.get("external_gateway_mac")
+        cfg = cls(
+            bridge=_name(get("bridge"), "bridge"),
+            uplink_port=_name(get("uplink_port"), "uplink_port"),
+            uplink_ofport=integer("uplink_ofport", 1, 0xFFFFFEFF) if raw.get(
+                "uplink_ofport") not in (None, "") else 0,
+            internal_cidr=parse_cidr(get("internal_cidr"), "internal_cidr"),
+            internal_gateway_ip=parse_ipv4(get("internal_gateway_ip"), "internal_gateway_ip"),
+            router_mac=parse_mac(get("router_mac"), "router_mac"),
+            external_cidr=parse_cidr(get("external_cidr"), "external_cidr"),
+            external_gateway_ip=parse_ipv4(get("external_gateway_ip"), "external_gateway_ip"),
+            external_gateway_mac=(parse_mac(gw_mac, "external_gateway_mac")
+                                  if gw_mac not in (None, "") else None),
+            snat_ip=parse_ipv4(get("snat_ip"), "snat_ip"),
+            snat_port_min=integer("snat_port_min", 1, 65535),
+            snat_port_max=integer("snat_port_max", 1, 65535),
+            ct_zone=integer("ct_zone", 0, 65535),
+            fip_frag_ct_zone=integer("fip_frag_ct_zone", 0, 65535),
+            pat_ports_per_vm=integer("pat_ports_per_vm", 0, 65535)
+            if raw.get("pat_ports_per_vm") not in (None, "") else 0,
+            mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Relations between options (each option alone was checked while parsing)."""
+        if self.internal_cidr.first <= self.external_cidr.last and \
+                self.external_cidr.first <= self.internal_cidr.last:
+            raise ConfigError(f"external_cidr: {self.external_cidr} overlaps internal_cidr "
+                              f"{self.internal_cidr}")
+        if not _usable(self.internal_gateway_ip, self.internal_cidr):
+            raise ConfigError(f"internal_gateway_ip: {self.internal_gateway_ip} is not a host "
+                              f"address of internal_cidr {self.internal_cidr}")
+        if not _usable(self.external_gateway_ip, self.external_cidr):
+            raise ConfigError(f"external_gateway_ip: {self.external_gateway_ip} is not a host "
+                              f"address of external_cidr {self.external_cidr}")
+        if not _usable(self.snat_ip, self.external_cidr):
+            raise ConfigError(f"snat_ip: {self.snat_ip} is not a host address of "
+                              f"external_cidr {self.external_cidr}")
+        if self.snat_ip == self.external_gateway_ip:
+            raise ConfigError(f"snat_ip: {self.snat_ip} is the external gateway's address")
+        if self.snat_port_min > self.snat_port_max:
+            raise ConfigError(f"snat_port_min: {self.snat_port_min} is above snat_port_max "
+                              f"{self.snat_port_max} (range reversed)")
+        if self.pat_ports_per_vm > self.snat_port_max - self.snat_port_min + 1:
+            raise ConfigError(f"pat_ports_per_vm: {self.pat_ports_per_vm} is larger than the "
+                              f"whole range {self.snat_port_min}-{self.snat_port_max}")
+        if self.ct_zone == self.fip_frag_ct_zone:
+            raise ConfigError(f"fip_frag_ct_zone: {self.fip_frag_ct_zone} equals ct_zone; the "
+                              "two conntrack zones must differ")
+        try:
+            prefix = bytes.fromhex(self.mac_prefix.replace(":", ""))
+        except ValueError:
+            prefix = b""
+        if len(prefix) != 2 or prefix[0] & 0x03 != 0x02:
+            raise ConfigError(f"mac_prefix: {self.mac_prefix!r} must be two bytes of a "
+                              "locally administered unicast MAC (e.g. 02:5a)")
+
+    @property
+    def pat_port_count(self) -> int:
+        return self.snat_port_max - self.snat_port_min + 1
+
+    def ip_mac(self, ip: netaddr.IPAddress) -> netaddr.EUI:
+        """The deterministic MAC of an external address (FIP or SNAT IP): prefix + the four
+        address bytes. The same on every host, so a migrated FIP keeps its MAC and the
+        upstream router's ARP entry stays valid; only switches relearn the port."""
+        return netaddr.EUI(int(self.mac_prefix.replace(":", ""), 16) << 32 | int(ip))
+
+    @property
+    def snat_mac(self) -> netaddr.EUI:
+        return self.ip_mac(self.snat_ip)
+
+
+def _name(value, what: str) -> str:
+    text = str(value).strip()
+    if not text or len(text) > 64 or not all(c.isalnum() or c in "-_." for c in text):
+        raise ConfigError(f"{what}: {_show(value)} is not a valid OVS port or bridge name")
+    return text
+
+
+# --- VM ports ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VmPort:
+    """A VM's port as OVSDB describes it (Interface name, ofport, contract external_ids)."""
+
+    name: str
+    ofport: int
+    mac: netaddr.EUI
+    fixed_ip: netaddr.IPAddress
+    iface_id: str
+    fip: netaddr.IPAddress | None = None
+
+    @classmethod
+    def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> "VmPort":
+        """Parse one Interface row; raises PortError naming the port, key and value."""
+        label = f"port {_show(name)}"
+        if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN:
+            raise PortError(f"{label}: invalid interface name")
+        try:
+            ofport = int(ofport)
+        except (TypeError, ValueError):
+            raise PortError(f"{label}: ofport {_show(ofport)} is not a number") from None
+        if not 1 <= ofport <= 0xFFFFFEFF:
+            raise PortError(f"{label}: ofport {ofport} is not a usable OpenFlow port "
+                            "(OVS has not attached the interface)")
+        missing = [k for k in (KEY_IFACE_ID, KEY_ATTACHED_MAC, KEY_FIXED_IP)
+                   if not str(external_ids.get(k, "")).strip()]
+        if missing:
+            raise PortError(f"{label}: external_ids:{missing[0]} is missing")
+        iface_id = str(external_ids[KEY_IFACE_ID]).strip()
+        if len(iface_id) > MAX_ID_LEN or not iface_id.isprintable():
+            raise PortError(f"{label}: external_ids:{KEY_IFACE_ID} {_show(iface_id)} is too long "
+                            "or not printable")
+        mac = parse_mac(external_ids[KEY_ATTACHED_MAC], f"{label}: external_ids:"
+                        f"{KEY_ATTACHED_MAC}", PortError)
+        fixed = parse_ipv4(external_ids[KEY_FIXED_IP], f"{label}: external_ids:{KEY_FIXED_IP}",
+                           PortError)
+        fip_text = str(external_ids.get(KEY_FIP, "")).strip()
+        fip = parse_ipv4(fip_text, f"{label}: external_ids:{KEY_FIP}", PortError) \
+            if fip_text else None
+        return cls(name, ofport, mac, fixed, iface_id, fip)
+
+    def check(self, cfg: HostConfig) -> None:
+        """This port against the host config (not against other ports)."""
+        label = f"port {self.name!r} ({self.iface_id})"
+        if not _usable(self.fixed_ip, cfg.internal_cidr):
+            raise PortError(f"{label}: fixed IP {self.fixed_ip} is not a host address of "
+                            f"internal_cidr {cfg.internal_cidr}")
+        if self.fixed_ip == cfg.internal_gateway_ip:
+            raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
+        if self.mac == cfg.router_mac:
+            raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
+        if self.ofport == cfg.uplink_ofport:
+            raise PortError(f"{label}: ofport {self.ofport} is the uplink's")
+        if self.fip is None:
+            return
+        if _in(self.fip, cfg.internal_cidr):
+            raise PortError(f"{label}: FIP {self.fip} is inside internal_cidr "
+                            f"{cfg.internal_cidr}")
+        if not _usable(self.fip, cfg.external_cidr):
+            raise PortError(f"{label}: FIP {self.fip} is not a host address of external_cidr "
+                            f"{cfg.external_cidr}")
+        if self.fip == cfg.snat_ip:
+            raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
+        if self.fip == cfg.external_gateway_ip:
+            raise PortError(f"{label}: FIP {self.fip} is the external gateway's address")
+
+    def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
+        """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports
+        at offset (fixed IP - network address) * K: deterministic, so a port number alone
+        names the VM (RFC 7422 style), and one VM cannot use up the host's range."""
+        k = cfg.pat_ports_per_vm
+        if not k:
+            return cfg.snat_port_min, cfg.snat_port_max
+        offset = int(self.fixed_ip) - cfg.internal_cidr.first
+        lo = cfg.snat_port_min + offset * k
+        return lo, lo + k - 1
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A port set aside, and why (shown in logs and `ovsnat status`)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the compiler programs: the host and its accepted VMs (sorted by port name)."""
+
+    config: HostConfig
+    vms: tuple[VmPort, ...] = ()
+    rejected: tuple[Rejection, ...] = field(default=())
+
+
+def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:
+    """Accept every port that is valid on its own and does not clash with another.
+
+    Clashes resolve deterministically, independent of event order: among ports claiming one
+    fixed IP, MAC, ofport or FIP, the one with the smallest (iface-id, name) wins and the
+    others are rejected whole, so two ports never answer for one address."""
+    accepted: list[VmPort] = []
+    rejected: list[Rejection] = []
+    for port in ports:
+        if isinstance(port, Rejection):
+            rejected.append(port)
+            continue
+        try:
+            port.check(cfg)
+            if port.fip is None and cfg.pat_ports_per_vm:
+                lo, hi = port.pat_block(cfg)
+                if hi > cfg.snat_port_max:
+                    raise PortError(
+                        f"port {port.name!r} ({port.iface_id}): PAT block {lo}-{hi} for "
+                        f"{port.fixed_ip} does not fit snat_port_max {cfg.snat_port_max}; "
+                        "lower pat_ports_per_vm or widen the range")
+        except PortError as e:
+            rejected.append(Rejection(port.name, str(e)))
+            continue
+        accepted.append(port)
+    accepted.sort(key=lambda p: (p.iface_id, p.name))
+    winners: list[VmPort] = []
+    claimed: dict[tuple[str, object], VmPort] = {}
+    for port in accepted:
+        keys = [("fixed IP", port.fixed_ip), ("MAC", port.mac), ("ofport", port.ofport)]
+        if port.fip is not None:
+            keys.append(("FIP", port.fip))
+        clash = next((k for k in keys if k in claimed), None)
+        if clash:
+            owner = claimed[clash]
+            rejected.append(Rejection(port.name, (
+                f"port {port.name!r} ({port.iface_id}): {clash[0]} {clash[1]} is already "
+                f"used by port {owner.name!r} ({owner.iface_id}), which wins the tie")))
+            continue
+        for k in keys:
+            claimed[k] = port
+        winners.append(port)
+    winners.sort(key=lambda p: p.name)
+    rejected.sort(key=lambda r: r.name)
+    return DesiredState(cfg, tuple(winners), tuple(rejected))
+
+
+def with_gateway_mac(cfg: HostConfig, mac: netaddr.EUI | None) -> HostConfig:
+    """The config with a resolved external gateway MAC (from ARP when not configured)."""
+    return replace(cfg, external_gateway_mac=mac)
