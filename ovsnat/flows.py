@@ -202,10 +202,11 @@ class Flow:
     cookie: int = 0
 
     def body(self) -> str:
-        """Everything but the cookie, as ovs-ofctl prints it."""
+        """Everything but the cookie, as ovs-ofctl prints it (it leaves out table 0)."""
         actions = ",".join(a.text() for a in self.actions) or "drop"
         match = ("," + self.match.text()) if self.match.fields else ""
-        return f"table={self.table}, priority={self.priority}{match} actions={actions}"
+        table = f"table={self.table}, " if self.table else ""
+        return f"{table}priority={self.priority}{match} actions={actions}"
 
     def text(self) -> str:
         return f"cookie={self.cookie:#x}, {self.body()}"

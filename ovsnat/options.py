@@ -1,0 +1,69 @@
+"""The `[ovsnat]` options: names (part of the user contract: never rename one), defaults and
+help. One table serves the controller (registered with oslo.config in ovsnat.config) and the
+offline tools (`ovsnat flows --config`), so both read a config file the same way."""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+
+SECTION = "ovsnat"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: str | int | None
+    help: str
+    kind: str = "str"       # str | int | port
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bridge", "br-int", "Bridge whose VM ports ovsnat programs."),
+    Option("uplink_port", "uplink", "OVS port name toward the external network."),
+    Option("internal_cidr", "10.0.0.0/24", "The VMs' network on this host."),
+    Option("internal_gateway_ip", "10.0.0.1",
+           "The VMs' default gateway; ovsnat answers ARP for it with router_mac."),
+    Option("router_mac", "02:00:00:00:00:01", "MAC the VMs see for their gateway."),
+    Option("external_cidr", "203.0.113.0/24",
+           "The external network; FIPs and the SNAT IP live in it."),
+    Option("external_gateway_ip", "203.0.113.1", "The upstream router."),
+    Option("external_gateway_mac", "",
+           "The upstream router's MAC; empty: learn it by ARP on the uplink and follow changes."),
+    Option("snat_ip", "", "This host's PAT address (required; one per host)."),
+    Option("snat_port_min", 20000, "First source port of this host's PAT range.", "port"),
+    Option("snat_port_max", 29999, "Last source port of this host's PAT range.", "port"),
+    Option("pat_ports_per_vm", 0,
+           "Ports per VM inside the PAT range (0: all VMs share the range). With K > 0, the VM "
+           "at host offset N of internal_cidr owns ports snat_port_min + N*K ... + K-1.", "int"),
+    Option("ct_zone", 65000,
+           "Conntrack zone for PAT. Keep it outside 1-4094 (Neutron's OVS firewall zones).",
+           "int"),
+    Option("fip_frag_ct_zone", 65001,
+           "Conntrack zone for fragmented FIP traffic (whole packets stay stateless).", "int"),
+    Option("mac_prefix", "02:5a",
+           "First two bytes of the MAC of each FIP and the SNAT IP (the other four are the "
+           "address); must be locally administered unicast."),
+    Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def defaults() -> dict:
+    return {o.name: o.default for o in OPTIONS}
+
+
+def read_ini(path: str) -> dict:
+    """Options from an INI file's [ovsnat] section over the defaults. Unknown keys are an
+    error (a typo must not silently fall back to a default)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    with open(path) as f:
+        parser.read_file(f)
+    values = defaults()
+    if parser.has_section(SECTION):
+        for key, value in parser.items(SECTION):
+            if key not in BY_NAME:
+                raise KeyError(f"{path}: [{SECTION}] {key}: unknown option")
+            values[key] = value
+    return values
