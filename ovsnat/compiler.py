@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Iterable
 
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, NO_VLAN, Controller, Ct, CtClear, DecTtl, \
-    Flow, Goto, Load, Match, Meter, Move, Nat, Output, SetField, make_flow, owner_cookie
+    Flow, Goto, Load, Match, Meter, MeterSpec, Move, Nat, Output, SetField, make_flow, owner_cookie
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_GUARD, \
     PAT_IN, PAT_OUT, UPLINK_ARP, VM_ARP, VM_L2, check_flow
 
 PACKET_IN_METER = 1          # meter id for every packet-in ovsnat asks for
 PACKET_IN_RATE_PPS = 100
+METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),)   # installed before any flow
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
 NOT_SERVED = (

@@ -226,6 +226,17 @@ def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
     return Flow(table, priority, match, tuple(actions), owner_cookie, owner_cookie | digest)
 
 
+@dataclass(frozen=True)
+class MeterSpec:
+    """An OpenFlow meter dropping packets above `rate_pps` (guards every packet-in path)."""
+
+    meter_id: int
+    rate_pps: int
+
+    def text(self) -> str:
+        return f"meter={self.meter_id},pktps,band=type=drop,rate={self.rate_pps}"
+
+
 def ofctl_text(flows) -> str:
     """Flows as an `ovs-ofctl add-flows` file (also what the golden files hold)."""
     return "".join(f.text() + "\n" for f in flows)

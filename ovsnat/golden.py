@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ovsnat.compiler import compile_state, host_flows, vm_flows
+from ovsnat.compiler import METERS, compile_state, host_flows, vm_flows
 from ovsnat.flows import ofctl_text
 from ovsnat.model import HostConfig, VmPort, build_state
 from ovsnat.pipeline import TABLES
@@ -60,7 +60,8 @@ def render(name: str) -> str:
     cfg = HostConfig.parse({**BASE, **overrides})
     state = build_state(cfg, ports)
     assert not state.rejected, state.rejected
-    header = f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
+    header = (f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
+              + "".join(f"# meter (add first): {m.text()}\n" for m in METERS))
     return header + ofctl_text(compile_state(state))
 
 

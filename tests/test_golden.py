@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ovsnat import golden
+from ovsnat.lab import scenario
 
 
 @pytest.mark.parametrize("name", sorted(golden.SCENARIOS))
@@ -26,6 +27,7 @@ def test_ovs_accepts_golden_flows_and_dumps_them_identically(make_lab, name):
     lab = make_lab()
     host = lab.add_host("hv1")
     text = golden.render(name)
+    scenario.install_meters(host)
     host.ofctl("--bundle", "add-flows", "br-int", "-", input=text)
     dumped = {line.strip() for line in host.ofctl("dump-flows", "br-int", "--no-stats")
               .splitlines() if "priority=" in line}

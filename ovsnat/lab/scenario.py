@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ovsnat.compiler import compile_state
+from ovsnat.compiler import METERS, compile_state
 from ovsnat.flows import Flow, ofctl_text
 from ovsnat.lab.sh import run
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
@@ -52,8 +52,16 @@ def desired_state(lab: Lab, host: str, cfg: HostConfig) -> DesiredState:
 def program_with_ofctl(lab: Lab, host: str, cfg: HostConfig) -> list[Flow]:
     """Compile the host's flows and install them with `ovs-ofctl --bundle` (no controller)."""
     flows = compile_state(desired_state(lab, host, cfg))
+    install_meters(lab.hosts[host])
     lab.hosts[host].install_flows(ofctl_text(flows))
     return flows
+
+
+def install_meters(host) -> None:
+    existing = host.ofctl("dump-meters", BRIDGE)
+    for meter in METERS:
+        if f"meter={meter.meter_id} " not in existing:
+            host.ofctl("add-meter", BRIDGE, meter.text())
 
 
 def flow_packets(lab: Lab, host: str, table: int, *contains: str) -> int:
