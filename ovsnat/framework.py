@@ -1,0 +1,54 @@
+"""The only module that imports the OpenFlow framework: ryu 4.34 or os-ken.
+
+Which one? The one already running: `ryu-manager` has imported ryu before it loads
+ovsnat.app, and `ovsnat-agent` imports os_ken first. Otherwise OVSNAT_FRAMEWORK (ryu|os_ken)
+decides, else ryu if installed, else os-ken. Both have the same API; os-ken renamed the
+package and the app base class (RyuApp -> OSKenApp).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+
+def _choose() -> str:
+    if "ryu.base.app_manager" in sys.modules:
+        return "ryu"
+    if "os_ken.base.app_manager" in sys.modules:
+        return "os_ken"
+    wanted = os.environ.get("OVSNAT_FRAMEWORK")
+    if wanted:
+        return wanted
+    try:
+        importlib.import_module("ryu")
+        return "ryu"
+    except ImportError:
+        return "os_ken"
+
+
+NAME = _choose()
+
+
+def _m(path: str):
+    return importlib.import_module(f"{NAME}.{path}")
+
+
+app_manager = _m("base.app_manager")
+BaseApp = getattr(app_manager, "RyuApp", None) or getattr(app_manager, "OSKenApp")
+handler = _m("controller.handler")
+set_ev_cls = handler.set_ev_cls
+MAIN_DISPATCHER = handler.MAIN_DISPATCHER
+CONFIG_DISPATCHER = handler.CONFIG_DISPATCHER
+DEAD_DISPATCHER = handler.DEAD_DISPATCHER
+ofp_event = _m("controller.ofp_event")
+ofproto = _m("ofproto.ofproto_v1_3")
+parser = _m("ofproto.ofproto_v1_3_parser")
+nicira_ext = _m("ofproto.nicira_ext")
+hub = _m("lib.hub")
+packet = _m("lib.packet.packet")
+ethernet = _m("lib.packet.ethernet")
+arp = _m("lib.packet.arp")
+cfg = _m("cfg")
+CONF = cfg.CONF
