@@ -7,6 +7,7 @@ import sys
 USAGE = """usage: ovsnat COMMAND [ARGS]
 
 commands:
+  flows                compile a host's flows offline (--config ovsnat.conf --ports ports.json)
   lab up|status|down   the reference lab (real OVS hypervisors in network namespaces)
 """
 
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "flows":
+        from ovsnat.offline import main as flows_main
+        return flows_main(rest)
     if cmd == "lab":
         from ovsnat.lab.cli import main as lab_main
         return lab_main(rest)

@@ -64,6 +64,6 @@ def read_ini(path: str) -> dict:
     if parser.has_section(SECTION):
         for key, value in parser.items(SECTION):
             if key not in BY_NAME:
-                raise KeyError(f"{path}: [{SECTION}] {key}: unknown option")
+                raise ValueError(f"{path}: [{SECTION}] {key}: unknown option")
             values[key] = value
     return values
