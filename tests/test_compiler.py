@@ -1,0 +1,236 @@
+"""Properties of the flow compiler (ovsnat.compiler), checked on compiled flows as values.
+
+Deterministic output, every flow within its table's declaration (ovsnat.pipeline), per-VM
+flows that depend on nothing but the host config and that VM, cookies that name their owner,
+and the shape of the FIP, PAT and gateway-by-ARP paths. Pure unit tests: no root, no OVS.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from ovsnat.compiler import PACKET_IN_METER, compile_state, host_flows, vm_flows
+from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Controller, Ct, DecTtl, Goto, Match, Meter, \
+    Nat, Output, SetField, cookie_kind, cookie_owner, make_flow, owner_cookie
+from ovsnat.model import HostConfig, VmPort, build_state
+from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, PAT_OUT, TABLES, UPLINK_ARP, \
+    PipelineViolation, check_flow
+
+OPTIONS = {
+    "bridge": "br-int", "uplink_port": "uplink", "uplink_ofport": 1,
+    "internal_cidr": "10.0.0.0/24", "internal_gateway_ip": "10.0.0.1",
+    "router_mac": "02:00:00:00:00:01", "external_cidr": "203.0.113.0/24",
+    "external_gateway_ip": "203.0.113.1", "external_gateway_mac": "02:00:00:00:00:fe",
+    "snat_ip": "203.0.113.11", "snat_port_min": 20000, "snat_port_max": 29999,
+    "ct_zone": 65000, "fip_frag_ct_zone": 65001,
+}
+
+
+def config(**overrides) -> HostConfig:
+    return HostConfig.parse({**OPTIONS, **overrides})
+
+
+def vm(n: int, fip: str | None = None) -> VmPort:
+    ids = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
+           "ovsnat-fixed-ip": f"10.0.0.{n}"}
+    if fip:
+        ids["ovsnat-fip"] = fip
+    return VmPort.from_external_ids(f"tapvm{n}", n, ids)
+
+
+FIP_VM, PAT_VM = vm(10, "203.0.113.10"), vm(12)
+# 50 VMs, every third with a FIP (203.0.113.100 + n, clear of the SNAT IP and gateway).
+CROWD = [vm(n, f"203.0.113.{100 + n}" if n % 3 == 0 else None) for n in range(20, 70)]
+
+
+def compiled(cfg: HostConfig, ports) -> list:
+    state = build_state(cfg, ports)
+    assert not state.rejected, state.rejected
+    return compile_state(state)
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+def test_same_state_compiles_to_identical_flows_and_cookies():
+    cfg = config()
+    first = compiled(cfg, [FIP_VM, PAT_VM, *CROWD])
+    second = compiled(config(), [FIP_VM, PAT_VM, *CROWD])
+    assert first == second
+    assert [f.cookie for f in first] == [f.cookie for f in second]
+    assert [f.text() for f in first] == [f.text() for f in second]
+
+
+def test_port_order_does_not_change_the_flows():
+    ports = [FIP_VM, PAT_VM, *CROWD]
+    shuffled = ports[:]
+    random.Random(7).shuffle(shuffled)
+    assert compiled(config(), shuffled) == compiled(config(), ports)
+    assert compiled(config(), ports[::-1]) == compiled(config(), ports)
+
+
+# --- the declared pipeline --------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64},
+                                       {"external_gateway_mac": ""}])
+def test_every_flow_stays_inside_its_tables_declaration(overrides):
+    for flow in compiled(config(**overrides), [FIP_VM, PAT_VM, *CROWD]):
+        check_flow(flow)
+
+
+def test_every_declared_table_ends_in_a_priority_0_drop():
+    drops = {f.table for f in host_flows(config())
+             if f.priority == 0 and f.match == Match() and f.actions == ()}
+    assert drops == {t.id for t in TABLES}
+
+
+def test_every_dec_ttl_flow_matches_ip():
+    flows = compiled(config(), [FIP_VM, PAT_VM, *CROWD])
+    with_dec_ttl = [f for f in flows if DecTtl() in f.actions]
+    assert with_dec_ttl and all(f.match.get("proto") == "ip" for f in with_dec_ttl)
+
+
+HOST = owner_cookie(COOKIE_HOST, 0)
+OFF_PIPELINE = [
+    ("undeclared table", make_flow(HOST, 99, 0, Match(), [])),
+    ("undeclared action", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Output(3)])),
+    ("undeclared match", make_flow(HOST, DELIVER, 10, Match.of(proto="tcp", tp_dst=80),
+                                   [Output(3)])),
+    ("undeclared goto", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Goto(DELIVER)])),
+    ("undeclared ct recirculation", make_flow(HOST, EGRESS, 10, Match.of(proto="ip"),
+                                              [Ct(zone=1, table=DELIVER)])),
+    ("dec_ttl without ip", make_flow(HOST, DELIVER, 10, Match.of(nw_dst="10.0.0.5"),
+                                     [DecTtl(), Output(3)])),
+]
+
+
+@pytest.mark.parametrize("flow", [f for _, f in OFF_PIPELINE], ids=[w for w, _ in OFF_PIPELINE])
+def test_check_flow_rejects_a_flow_outside_the_declaration(flow):
+    with pytest.raises(PipelineViolation):
+        check_flow(flow)
+
+
+# --- one VM's flows are its own ---------------------------------------------------------------
+
+@pytest.mark.parametrize("port", [FIP_VM, PAT_VM], ids=["fip", "pat"])
+@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64}])
+def test_adding_a_vm_adds_exactly_its_own_flows(port, overrides):
+    cfg = config(**overrides)
+    without = compiled(cfg, CROWD)
+    with_vm = compiled(cfg, [*CROWD, port])
+    assert Counter(with_vm) - Counter(without) == Counter(vm_flows(cfg, port))
+    assert not Counter(without) - Counter(with_vm)
+
+
+def test_removing_a_vm_removes_exactly_its_flows():
+    cfg = config()
+    everyone = compiled(cfg, [FIP_VM, PAT_VM, *CROWD])
+    removed = compiled(cfg, [PAT_VM, *CROWD])
+    assert Counter(everyone) - Counter(removed) == Counter(vm_flows(cfg, FIP_VM))
+    mask = owner_cookie(COOKIE_VM, int(FIP_VM.fixed_ip))
+    assert [f for f in everyone if f.cookie >> 24 != mask >> 24] == removed
+
+
+def test_a_vms_flows_do_not_depend_on_other_vms():
+    cfg = config()
+    alone = compile_state(build_state(cfg, [FIP_VM]))
+    crowded = compile_state(build_state(cfg, [FIP_VM, *CROWD]))
+    mine = set(vm_flows(cfg, FIP_VM))
+    assert [f for f in alone if f in mine] == [f for f in crowded if f in mine]
+    assert len(mine) == len(vm_flows(cfg, FIP_VM))
+
+
+# --- cookies ----------------------------------------------------------------------------------
+
+def test_vm_cookies_carry_the_fixed_ip_and_host_cookies_owner_zero():
+    cfg = config()
+    for port in [FIP_VM, PAT_VM, *CROWD]:
+        for flow in vm_flows(cfg, port):
+            assert cookie_kind(flow.cookie) == COOKIE_VM
+            assert cookie_owner(flow.cookie) == int(port.fixed_ip)
+    for flow in host_flows(cfg):
+        assert (cookie_kind(flow.cookie), cookie_owner(flow.cookie)) == (COOKIE_HOST, 0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64},
+                                       {"external_gateway_mac": ""}])
+def test_cookies_are_unique_within_a_hosts_flows(overrides):
+    flows = compiled(config(**overrides), [FIP_VM, PAT_VM, *CROWD])
+    cookies = [f.cookie for f in flows]
+    assert len(set(cookies)) == len(cookies)
+
+
+# --- flow counts ------------------------------------------------------------------------------
+# Current numbers, counted from the compiler; flows/pipeline.md ("Flows per object") records
+# the same numbers, so a change here must show up there too.
+
+def test_flow_counts_per_object():
+    cfg, cfg64 = config(), config(pat_ports_per_vm=64)
+    assert len(host_flows(cfg)) == 37
+    assert len(host_flows(cfg64)) == 36          # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 37   # ARP punt replaces egress
+    assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 11
+    assert len(vm_flows(cfg, PAT_VM)) == 5
+    assert len(vm_flows(cfg64, PAT_VM)) == 6
+
+
+# --- FIP: stateless but for fragments ---------------------------------------------------------
+
+def test_fip_vm_uses_conntrack_only_for_fragments():
+    flows = vm_flows(config(), FIP_VM)
+    with_ct = [f for f in flows if any(isinstance(a, Ct) for a in f.actions)]
+    assert len(with_ct) == 2                       # one each way
+    assert all(f.match.get("nw_frag") == "yes" for f in with_ct)
+    assert {a.zone for f in with_ct for a in f.actions if isinstance(a, Ct)} == {65001}
+
+
+def test_fip_vm_rewrites_addresses_both_ways():
+    actions = {a for f in vm_flows(config(), FIP_VM) for a in f.actions}
+    assert SetField("ip_src", "203.0.113.10") in actions
+    assert SetField("ip_dst", "10.0.0.10") in actions
+    assert SetField("eth_src", "02:5a:cb:00:71:0a") in actions
+
+
+# --- PAT --------------------------------------------------------------------------------------
+
+def test_pat_vm_commits_its_own_block_with_ports_per_vm():
+    cfg = config(pat_ports_per_vm=64)
+    commits = [a for f in vm_flows(cfg, PAT_VM) if f.table == PAT_OUT for a in f.actions]
+    # 10.0.0.12 is offset 12: 20000 + 12 * 64 = 20768 ... 20768 + 63 = 20831.
+    assert commits == [Ct(zone=65000, table=38, commit=True,
+                          nat=Nat("src", "203.0.113.11", 20768, 20831))]
+    assert "nat(src=203.0.113.11:20768-20831)" in commits[0].text()
+    assert not [f for f in host_flows(cfg) if f.table == PAT_OUT and f.priority == 50]
+
+
+def test_shared_pat_range_is_one_host_flow():
+    commits = [f for f in host_flows(config()) if f.table == PAT_OUT and f.priority == 50]
+    assert [f.actions for f in commits] == [(Ct(zone=65000, table=38, commit=True,
+                                               nat=Nat("src", "203.0.113.11", 20000, 29999)),)]
+    assert not [f for f in vm_flows(config(), PAT_VM) if f.table == PAT_OUT]
+
+
+def test_fip_vm_gets_no_pat_block():
+    assert not [f for f in vm_flows(config(pat_ports_per_vm=64), FIP_VM) if f.table == PAT_OUT]
+
+
+# --- gateway MAC learned by ARP ---------------------------------------------------------------
+
+def test_unknown_gateway_mac_means_no_uplink_output_and_a_metered_arp_punt():
+    cfg = config(external_gateway_mac="")
+    flows = compiled(cfg, [FIP_VM, PAT_VM])
+    assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
+    [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
+    assert punt.table == UPLINK_ARP
+    assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
+    assert punt.actions[0] == Meter(PACKET_IN_METER)
+
+
+def test_known_gateway_mac_means_uplink_output_and_no_punt():
+    cfg = config()
+    flows = compiled(cfg, [FIP_VM, PAT_VM])
+    [out] = [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
+    assert SetField("eth_dst", "02:00:00:00:00:fe") in out.actions
+    assert not [f for f in flows if any(isinstance(a, (Controller, Meter)) for a in f.actions)]
