@@ -7,6 +7,7 @@ takes other ports down with it: `build_state` sets it aside with its reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
@@ -45,7 +46,7 @@ def parse_cidr(value, what: str) -> netaddr.IPNetwork:
     if not slash:
         raise ConfigError(f"{what}: {_show(value)} needs a prefix length (e.g. 10.0.0.0/24)")
     ip = parse_ipv4(addr, what)
-    if not plen.isdigit() or not 0 <= int(plen) <= 32:
+    if not re.fullmatch(r"[0-9]{1,2}", plen) or int(plen) > 32:
         raise ConfigError(f"{what}: {_show(value)} is not an IPv4 CIDR")
     net = netaddr.IPNetwork(f"{ip}/{int(plen)}")
     if net.ip != net.network:
@@ -121,15 +122,15 @@ class HostConfig:
 
         def integer(name, lo, hi):
             value = get(name)
-            try:
-                number = int(str(value).strip())
-            except ValueError:
-                raise ConfigError(f"{name}: {_show(value)} is not an integer") from None
+            text = str(value).strip()
+            if not re.fullmatch(r"-?[0-9]{1,10}", text):
+                raise ConfigError(f"{name}: {_show(value)} is not an integer")
+            number = int(text)
             if not lo <= number <= hi:
                 raise ConfigError(f"{name}: {number} is outside {lo}-{hi}")
             return number
 
-        gw_mac = raw.get("external_gateway_mac")
+        gw_mac = str(raw.get("external_gateway_mac") or "").strip()
         cfg = cls(
             bridge=_name(get("bridge"), "bridge"),
             uplink_port=_name(get("uplink_port"), "uplink_port"),
@@ -141,7 +142,7 @@ class HostConfig:
             external_cidr=parse_cidr(get("external_cidr"), "external_cidr"),
             external_gateway_ip=parse_ipv4(get("external_gateway_ip"), "external_gateway_ip"),
             external_gateway_mac=(parse_mac(gw_mac, "external_gateway_mac")
-                                  if gw_mac not in (None, "") else None),
+                                  if gw_mac else None),
             snat_ip=parse_ipv4(get("snat_ip"), "snat_ip"),
             snat_port_min=integer("snat_port_min", 1, 65535),
             snat_port_max=integer("snat_port_max", 1, 65535),
@@ -180,11 +181,8 @@ class HostConfig:
         if self.ct_zone == self.fip_frag_ct_zone:
             raise ConfigError(f"fip_frag_ct_zone: {self.fip_frag_ct_zone} equals ct_zone; the "
                               "two conntrack zones must differ")
-        try:
-            prefix = bytes.fromhex(self.mac_prefix.replace(":", ""))
-        except ValueError:
-            prefix = b""
-        if len(prefix) != 2 or prefix[0] & 0x03 != 0x02:
+        if not re.fullmatch(r"[0-9a-f]{2}:[0-9a-f]{2}", self.mac_prefix) or \
+                int(self.mac_prefix[:2], 16) & 0x03 != 0x02:
             raise ConfigError(f"mac_prefix: {self.mac_prefix!r} must be two bytes of a "
                               "locally administered unicast MAC (e.g. 02:5a)")
 
@@ -226,11 +224,14 @@ class VmPort:
     def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> "VmPort":
         """Parse one Interface row; raises PortError naming the port, key and value."""
         label = f"port {_show(name)}"
-        if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN:
+        if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN or \
+                not name.isprintable():
             raise PortError(f"{label}: invalid interface name")
         try:
+            if isinstance(ofport, float) or isinstance(ofport, bool):
+                raise TypeError
             ofport = int(ofport)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise PortError(f"{label}: ofport {_show(ofport)} is not a number") from None
         if not 1 <= ofport <= 0xFFFFFEFF:
             raise PortError(f"{label}: ofport {ofport} is not a usable OpenFlow port "
