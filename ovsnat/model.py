@@ -308,50 +308,14 @@ class DesiredState:
 
 
 def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:
-    """Accept every port that is valid on its own and does not clash with another.
-
-    Clashes resolve deterministically, independent of event order: among ports claiming one
-    fixed IP, MAC, ofport or FIP, the one with the smallest (iface-id, name) wins and the
-    others are rejected whole, so two ports never answer for one address."""
-    accepted: list[VmPort] = []
-    rejected: list[Rejection] = []
-    for port in ports:
-        if isinstance(port, Rejection):
-            rejected.append(port)
-            continue
-        try:
-            port.check(cfg)
-            if port.fip is None and cfg.pat_ports_per_vm:
-                lo, hi = port.pat_block(cfg)
-                if hi > cfg.snat_port_max:
-                    raise PortError(
-                        f"port {port.name!r} ({port.iface_id}): PAT block {lo}-{hi} for "
-                        f"{port.fixed_ip} does not fit snat_port_max {cfg.snat_port_max}; "
-                        "lower pat_ports_per_vm or widen the range")
-        except PortError as e:
-            rejected.append(Rejection(port.name, str(e)))
-            continue
-        accepted.append(port)
-    accepted.sort(key=lambda p: (p.iface_id, p.name))
-    winners: list[VmPort] = []
-    claimed: dict[tuple[str, object], VmPort] = {}
-    for port in accepted:
-        keys = [("fixed IP", port.fixed_ip), ("MAC", port.mac), ("ofport", port.ofport)]
-        if port.fip is not None:
-            keys.append(("FIP", port.fip))
-        clash = next((k for k in keys if k in claimed), None)
-        if clash:
-            owner = claimed[clash]
-            rejected.append(Rejection(port.name, (
-                f"port {port.name!r} ({port.iface_id}): {clash[0]} {clash[1]} is already "
-                f"used by port {owner.name!r} ({owner.iface_id}), which wins the tie")))
-            continue
-        for k in keys:
-            claimed[k] = port
-        winners.append(port)
-    winners.sort(key=lambda p: p.name)
-    rejected.sort(key=lambda r: r.name)
-    return DesiredState(cfg, tuple(winners), tuple(rejected))
+    """Accept every port that is valid on its own and wins its clashes (see ovsnat.state for
+    the rule). The same code path as the controller's incremental updates, so the offline
+    compile and a live host always agree."""
+    from ovsnat.state import HostState
+    host = HostState(cfg)
+    for i, port in enumerate(ports):
+        host.update(port.name if port.name else f"#{i}", port)
+    return DesiredState(cfg, tuple(host.accepted), tuple(host.rejected))
 
 
 def with_gateway_mac(cfg: HostConfig, mac: netaddr.EUI | None) -> HostConfig:

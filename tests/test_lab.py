@@ -10,10 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ovsnat.lab import Lab
 from ovsnat.lab.sh import pid_alive, run
 from ovsnat.lab.topology import list_lab_namespaces
 from ovsnat.lab.traffic import ping, start_server, tcp_connect, udp_request
+
+pytestmark = pytest.mark.lab
 
 VM1 = ("10.0.0.11", "02:00:0a:00:00:0b")
 VM2 = ("10.0.0.12", "02:00:0a:00:00:0c")

@@ -354,7 +354,7 @@ def test_every_valid_port_is_accepted_sorted_by_name():
     ("fixed IP 10.0.0.11",
      vm(11, name="tap-z", **{"iface-id": "aaa"}),
      vm(12, name="tap-a", **{"iface-id": "bbb", "ovsnat-fixed-ip": "10.0.0.11"})),
-    ("MAC 02-00-0A-00-00-0B",         # netaddr's spelling, unlike mac_str's elsewhere
+    ("MAC 02:00:0a:00:00:0b",         # netaddr's spelling, unlike mac_str's elsewhere
      vm(11, name="tap-z", **{"iface-id": "aaa"}),
      vm(12, name="tap-a", **{"iface-id": "bbb", "attached-mac": "02:00:0a:00:00:0b"})),
     ("ofport 11",

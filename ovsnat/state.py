@@ -1,0 +1,173 @@
+"""A host's desired state, kept up to date one port at a time.
+
+The controller feeds it OVSDB rows as they change; it answers with the flows to add and
+delete. Cost per change is O(1) in the number of VMs: only the changed port and the ports
+that share an address with it are looked at, and only their flows are recompiled.
+
+Clash rule (also used by the batch `model.build_state`, which is built on this class): a
+valid port is rejected when another valid port that shares one of its addresses (fixed IP,
+MAC, ofport, FIP) sorts before it by (iface-id, name). The rule looks only at a port's
+direct competitors, so it gives the same answer whatever order the events came in, and two
+ports never both answer for one address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ovsnat.compiler import host_flows, sort_flows, vm_flows
+from ovsnat.flows import COOKIE_VM, Flow, owner_cookie
+from ovsnat.model import HostConfig, PortError, Rejection, VmPort, mac_str
+
+HOST = "host"          # owner key of host-level flows
+
+
+@dataclass
+class Delta:
+    """Flows to delete and add to go from the previous desired state to the new one."""
+
+    delete: list[Flow] = field(default_factory=list)
+    add: list[Flow] = field(default_factory=list)
+    owners: set = field(default_factory=set)     # owners (HOST or port name) that changed
+
+    def __bool__(self) -> bool:
+        return bool(self.delete or self.add)
+
+    def extend(self, other: "Delta") -> None:
+        self.delete += other.delete
+        self.add += other.add
+        self.owners |= other.owners
+
+
+def _keys(port: VmPort) -> list[tuple[str, str]]:
+    keys = [("fixed IP", str(port.fixed_ip)), ("MAC", mac_str(port.mac)),
+            ("ofport", str(port.ofport))]
+    if port.fip is not None:
+        keys.append(("FIP", str(port.fip)))
+    return keys
+
+
+def _rank(port: VmPort) -> tuple[str, str]:
+    return port.iface_id, port.name
+
+
+class HostState:
+    def __init__(self, cfg: HostConfig):
+        self.cfg = cfg
+        self.valid: dict[str, VmPort] = {}          # name -> port valid on its own
+        self.invalid: dict[str, str] = {}           # name -> reason (bad alone)
+        self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
+        self.claims: dict[tuple[str, str], set[str]] = {}
+        self.flows: dict[str, list[Flow]] = {HOST: host_flows(cfg)}   # owner -> flows
+
+    # --- queries --------------------------------------------------------------------------
+    @property
+    def accepted(self) -> list[VmPort]:
+        return sorted((p for n, p in self.valid.items() if n not in self.lost),
+                      key=lambda p: p.name)
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        reasons = {**self.invalid, **self.lost}
+        return [Rejection(n, reasons[n]) for n in sorted(reasons)]
+
+    def all_flows(self) -> list[Flow]:
+        return sort_flows(f for flows in self.flows.values() for f in flows)
+
+    # --- changes --------------------------------------------------------------------------
+    def set_config(self, cfg: HostConfig) -> Delta:
+        """A new host config (e.g. a learned gateway MAC): recompile everything."""
+        old = self.all_flows()
+        ports = dict(self.valid)
+        invalid = dict(self.invalid)
+        self.__init__(cfg)
+        for name, port in ports.items():
+            self.update(name, port)
+        for name, reason in invalid.items():
+            self.invalid[name] = reason
+        return _diff(old, self.all_flows(), {HOST, *ports})
+
+    def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
+        """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
+        (gone). Returns the flows to delete and add."""
+        affected = {name}
+        old = self.valid.pop(name, None)
+        if old is not None:
+            for key in _keys(old):
+                self.claims[key].discard(name)
+                affected |= self.claims[key]
+                if not self.claims[key]:
+                    del self.claims[key]
+        self.invalid.pop(name, None)
+        if isinstance(port, Rejection):
+            self.invalid[name] = port.reason
+        elif port is not None:
+            reason = self._check_alone(port)
+            if reason:
+                self.invalid[name] = reason
+            else:
+                self.valid[name] = port
+                for key in _keys(port):
+                    competitors = self.claims.setdefault(key, set())
+                    affected |= competitors
+                    competitors.add(name)
+        delta = Delta()
+        for n in sorted(affected):
+            delta.extend(self._refresh(n))
+        return delta
+
+    def _check_alone(self, port: VmPort) -> str | None:
+        try:
+            port.check(self.cfg)
+            if port.fip is None and self.cfg.pat_ports_per_vm:
+                lo, hi = port.pat_block(self.cfg)
+                if hi > self.cfg.snat_port_max:
+                    raise PortError(
+                        f"port {port.name!r} ({port.iface_id}): PAT block {lo}-{hi} for "
+                        f"{port.fixed_ip} does not fit snat_port_max {self.cfg.snat_port_max}; "
+                        "lower pat_ports_per_vm or widen the range")
+        except PortError as e:
+            return str(e)
+        return None
+
+    def _refresh(self, name: str) -> Delta:
+        """Re-decide whether `name` wins its clashes and recompile its flows."""
+        self.lost.pop(name, None)
+        port = self.valid.get(name)
+        new: list[Flow] = []
+        if port is not None:
+            beaten = self._beaten_by(port)
+            if beaten:
+                (what, value), winner = beaten
+                self.lost[name] = (f"port {port.name!r} ({port.iface_id}): {what} {value} is "
+                                   f"already used by port {winner.name!r} ({winner.iface_id}), "
+                                   "which wins the tie")
+            else:
+                new = vm_flows(self.cfg, port)
+        old = self.flows.pop(name, [])
+        if new:
+            self.flows[name] = new
+        return _diff(old, new, {name})
+
+    def _beaten_by(self, port: VmPort):
+        """The first (key, competitor) that sorts before `port`, if any."""
+        best = None
+        for key in _keys(port):
+            for other in self.claims.get(key, ()):
+                if other == port.name:
+                    continue
+                rival = self.valid[other]
+                if _rank(rival) < _rank(port) and (best is None or _rank(rival) < _rank(best[1])):
+                    best = (key, rival)
+        return best
+
+
+def _diff(old: list[Flow], new: list[Flow], owners: set) -> Delta:
+    old_keys = {(f.table, f.cookie) for f in old}
+    new_keys = {(f.table, f.cookie) for f in new}
+    return Delta([f for f in old if (f.table, f.cookie) not in new_keys],
+                 [f for f in new if (f.table, f.cookie) not in old_keys], owners)
+
+
+def vm_owner_cookie(port: VmPort) -> int:
+    return owner_cookie(COOKIE_VM, int(port.fixed_ip))
