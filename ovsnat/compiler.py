@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat.flows import COOKIE_HOST, COOKIE_VM, NO_VLAN, Controller, Ct, CtClear, DecTtl, \
+from ovsnat.flows import METER_CONTROLLER, COOKIE_HOST, COOKIE_VM, NO_VLAN, Controller, Ct, CtClear, DecTtl, \
     Flow, Goto, Load, Match, Meter, MeterSpec, Move, Nat, Output, SetField, make_flow, owner_cookie
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_GUARD, \
@@ -17,7 +17,10 @@ from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_
 
 PACKET_IN_METER = 1          # meter id for every packet-in ovsnat asks for
 PACKET_IN_RATE_PPS = 100
-METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),)   # installed before any flow
+# Installed before any flow: meter 1 on ovsnat's own packet-in flows, and the switch-wide
+# controller meter as a backstop for packet-ins ovsnat did not ask for.
+METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),
+          MeterSpec(METER_CONTROLLER, 2 * PACKET_IN_RATE_PPS))
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
 NOT_SERVED = (

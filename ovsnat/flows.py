@@ -226,6 +226,9 @@ def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
     return Flow(table, priority, match, tuple(actions), owner_cookie, owner_cookie | digest)
 
 
+METER_CONTROLLER = 0xFFFFFFFE      # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in
+
+
 @dataclass(frozen=True)
 class MeterSpec:
     """An OpenFlow meter dropping packets above `rate_pps` (guards every packet-in path)."""
@@ -234,7 +237,8 @@ class MeterSpec:
     rate_pps: int
 
     def text(self) -> str:
-        return f"meter={self.meter_id},pktps,band=type=drop,rate={self.rate_pps}"
+        name = "controller" if self.meter_id == METER_CONTROLLER else self.meter_id
+        return f"meter={name},pktps,band=type=drop,rate={self.rate_pps}"
 
 
 def ofctl_text(flows) -> str:

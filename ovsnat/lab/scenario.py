@@ -60,7 +60,7 @@ def program_with_ofctl(lab: Lab, host: str, cfg: HostConfig) -> list[Flow]:
 def install_meters(host) -> None:
     existing = host.ofctl("dump-meters", BRIDGE)
     for meter in METERS:
-        if f"meter={meter.meter_id} " not in existing:
+        if meter.text().split(",")[0] + " " not in existing:
             host.ofctl("add-meter", BRIDGE, meter.text())
 
 

@@ -1,0 +1,58 @@
+"""The `[ovsnat]` options registered with the framework's oslo.config.
+
+`ryu-manager --config-file ovsnat.conf ovsnat.app` parses the file before it loads the app;
+oslo.config reads late-registered options from the already parsed files, so registering here
+at import time is enough. `load()` turns the values into a validated HostConfig or raises
+ConfigError with one message naming the option.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg as oslo_cfg
+
+from ovsnat.model import ConfigError, HostConfig
+from ovsnat.options import OPTIONS, SECTION
+
+INT_RANGES = {"snat_port_min": (1, 65535), "snat_port_max": (1, 65535),
+              "pat_ports_per_vm": (0, 65535), "ct_zone": (0, 65535),
+              "fip_frag_ct_zone": (0, 65535)}
+EXTRA = [
+    oslo_cfg.IntOpt("metrics_port", default=0, min=0, max=65535,
+                    help="Serve Prometheus metrics on this TCP port (0: off)."),
+]
+
+
+def oslo_opts() -> list:
+    opts = []
+    for o in OPTIONS:
+        if o.name in INT_RANGES:
+            lo, hi = INT_RANGES[o.name]
+            opts.append(oslo_cfg.IntOpt(o.name, default=o.default, min=lo, max=hi, help=o.help))
+        else:
+            opts.append(oslo_cfg.StrOpt(o.name, default=o.default, help=o.help))
+    return opts + EXTRA
+
+
+def register(conf) -> None:
+    try:
+        conf.register_opts(oslo_opts(), group=SECTION)
+    except oslo_cfg.DuplicateOptError:
+        pass                                     # already registered (module reloaded)
+
+
+def raw_options(conf) -> dict:
+    """Option values as a dict; an invalid value raises ConfigError naming the option."""
+    group = getattr(conf, SECTION)
+    values = {}
+    for o in OPTIONS:
+        try:
+            values[o.name] = getattr(group, o.name)
+        except (oslo_cfg.ConfigFileValueError, ValueError) as e:
+            raise ConfigError(f"{o.name}: {e}") from None
+    return values
+
+
+def load(conf, uplink_ofport: int = 0) -> HostConfig:
+    values = raw_options(conf)
+    values["uplink_ofport"] = uplink_ofport
+    return HostConfig.parse(values)
