@@ -43,6 +43,7 @@ MAIN_DISPATCHER = handler.MAIN_DISPATCHER
 CONFIG_DISPATCHER = handler.CONFIG_DISPATCHER
 DEAD_DISPATCHER = handler.DEAD_DISPATCHER
 ofp_event = _m("controller.ofp_event")
+event = _m("controller.event")
 ofproto = _m("ofproto.ofproto_v1_3")
 parser = _m("ofproto.ofproto_v1_3_parser")
 nicira_ext = _m("ofproto.nicira_ext")

@@ -134,7 +134,7 @@ class HostConfig:
         cfg = cls(
             bridge=_name(get("bridge"), "bridge"),
             uplink_port=_name(get("uplink_port"), "uplink_port"),
-            uplink_ofport=integer("uplink_ofport", 1, 0xFFFFFEFF) if raw.get(
+            uplink_ofport=integer("uplink_ofport", 0, 0xFFFFFEFF) if raw.get(
                 "uplink_ofport") not in (None, "") else 0,
             internal_cidr=parse_cidr(get("internal_cidr"), "internal_cidr"),
             internal_gateway_ip=parse_ipv4(get("internal_gateway_ip"), "internal_gateway_ip"),

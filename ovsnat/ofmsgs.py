@@ -153,8 +153,9 @@ def flow_delete(datapath, table: int, cookie: int):
                         out_group=ofp.OFPG_ANY, match=p.OFPMatch())
 
 
-def meter_add(datapath, meter: MeterSpec):
+def meter_add(datapath, meter: MeterSpec, command: int | None = None):
     p, ofp = fw.parser, fw.ofproto
-    return p.OFPMeterMod(datapath, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS,
+    return p.OFPMeterMod(datapath, command=ofp.OFPMC_ADD if command is None else command,
+                         flags=ofp.OFPMF_PKTPS,
                          meter_id=meter.meter_id,
                          bands=[p.OFPMeterBandDrop(rate=meter.rate_pps, burst_size=0)])

@@ -3,7 +3,9 @@ the benchmarks."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 from ovsnat.compiler import METERS, compile_state
 from ovsnat.flows import Flow, ofctl_text
@@ -71,3 +73,55 @@ def flow_packets(lab: Lab, host: str, table: int, *contains: str) -> int:
     return sum(int(m.group(1)) for line in out.splitlines()
                if all(c in line for c in contains)
                for m in [re.search(r"n_packets=(\d+)", line)] if m)
+
+
+# --- the controller on a lab host ----------------------------------------------------------
+OF_PORT = 6653
+
+
+def write_config(lab: Lab, host: str, snat_ip: str, **overrides) -> str:
+    """Write the host's ovsnat.conf (as an operator would) and return its path."""
+    options = host_options(lab, host, snat_ip, **overrides)
+    options["ovsdb_connection"] = f"unix:{lab.hosts[host].ovs.db_sock}"
+    path = os.path.join(lab.hosts[host].rundir, "ovsnat.conf")
+    with open(path, "w") as f:
+        f.write("[ovsnat]\n" + "".join(f"{k} = {'' if v is None else v}\n"
+                                       for k, v in options.items()))
+    return path
+
+
+def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
+    bindir = os.path.dirname(sys.executable)
+    program = "ryu-manager" if framework == "ryu" else "ovsnat-agent"
+    argv = [os.path.join(bindir, program), "--config-file", conf,
+            "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(OF_PORT)]
+    return argv + (["ovsnat.app"] if framework == "ryu" else [])
+
+
+def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework: str = "ryu",
+                     **overrides) -> str:
+    """Start ovsnat's controller inside the host's namespace (listening on its loopback) and
+    point br-int at it. Returns the process name in lab.procs (its log is beside it)."""
+    h = lab.hosts[host]
+    conf = os.path.join(h.rundir, "ovsnat.conf")
+    if snat_ip is not None or not os.path.exists(conf):
+        conf = write_config(lab, host, snat_ip, **overrides)
+    name = f"ctl-{host}"
+    lab.spawn(name, controller_argv(conf, framework), ns=h.ns)
+    if not h.vsctl("get-controller", BRIDGE).strip():
+        # max_backoff: reconnect within a second when the controller restarts.
+        h.vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{OF_PORT}", "--", "set",
+                "controller", BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+    return name
+
+
+def stop_controller(lab: Lab, host: str) -> None:
+    """Stop the process only: the bridge keeps its Controller row (removing the last one
+    makes ovs-vswitchd flush every flow) and its flows (fail_mode=secure)."""
+    lab.stop_proc(f"ctl-{host}")
+
+
+def controller_log(lab: Lab, host: str) -> str:
+    info = lab.procs.get(f"ctl-{host}")
+    path = info["log"] if info else os.path.join(lab.dir, f"ctl-{host}.log")
+    return open(path).read() if os.path.exists(path) else ""

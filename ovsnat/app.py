@@ -1,0 +1,432 @@
+"""The controller: keeps one host's flows equal to what its OVSDB says.
+
+Run it with `ryu-manager --config-file ovsnat.conf ovsnat.app` (or `ovsnat-agent` on os-ken).
+This module and ovsnat.ofmsgs are the only ones that speak OpenFlow; everything they send is
+computed by the pure core (ovsnat.state, ovsnat.compiler).
+
+- OVSDB batches arrive as events in this app's own event loop, so every state change happens
+  in one place, serialized with the OpenFlow events.
+- On datapath connect: dump ovsnat's flows and meters, diff them against the desired state by
+  (table, cookie) and send only the difference, in one atomic OpenFlow bundle. A restart with
+  nothing changed sends no flow_mod, and flows keep their counters.
+- On port events: the changed VMs' flows only, in one bundle.
+- A rejected bundle is retried owner by owner, so one bad VM never blocks the others;
+  OpenFlow errors are matched by xid to the flow and the port that caused them.
+- When a FIP's flows are installed, gratuitous ARPs announce it on the uplink. With no
+  configured external_gateway_mac the gateway is resolved (and followed) by ARP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import netaddr
+
+from ovsnat import config, ofmsgs, ovsdb
+from ovsnat import framework as fw
+from ovsnat.compiler import METERS
+from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, cookie_owner, is_ours
+from ovsnat.model import ConfigError, HostConfig, KEY_FIP, KEY_FIXED_IP, PortError, Rejection, \
+    VmPort, mac_str, with_gateway_mac
+from ovsnat.pipeline import UPLINK_ARP
+from ovsnat.state import Delta, HostState
+
+LOG = logging.getLogger("ovsnat")
+GARP_DELAYS = (0.0, 0.5, 1.5)          # three announcements of a FIP that became live here
+GATEWAY_ARP_INTERVAL = (1.0, 30.0)     # until resolved, then to follow changes
+
+config.register(fw.CONF)
+
+
+class EventOvsdb(fw.event.EventBase):
+    """A batch from the OVSDB watcher (ovsdb.Snapshot or ovsdb.Changes)."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+
+class EventTick(fw.event.EventBase):
+    """Periodic work (gateway ARP) run inside the event loop."""
+
+
+@dataclass
+class Bundle:
+    """One atomic batch of flow changes in flight."""
+
+    id: int
+    delta: Delta
+    xids: set = field(default_factory=set)
+    failed: str | None = None
+    retry: bool = True
+
+
+class OvsNatApp(fw.BaseApp):
+    OFP_VERSIONS = [fw.ofproto.OFP_VERSION]
+    _EVENTS = [EventOvsdb, EventTick]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        try:
+            self.base_cfg = config.load(fw.CONF)
+        except ConfigError as e:
+            LOG.error("ovsnat: invalid configuration: %s", e)
+            raise SystemExit(f"ovsnat: invalid configuration: {e}")
+        opts = getattr(fw.CONF, "ovsnat")
+        self.remote = opts.ovsdb_connection
+        self.rows: dict[str, ovsdb.IfaceRow] = {}
+        self.host: HostState | None = None
+        self.gateway_mac = self.base_cfg.external_gateway_mac
+        self.dp = None
+        self.installed: set | None = None         # (table, cookie) known to be on the switch
+        self.meters: set | None = None
+        self.dump: dict = {}                      # xid -> partial dump while collecting
+        self.bundles: dict[int, Bundle] = {}
+        self.xid_owner: dict[int, tuple[int, Flow | None]] = {}
+        self.barriers: dict[int, int] = {}        # barrier xid -> bundle id
+        self.bundle_ids = itertools.count(1)
+        self.reported: dict[str, str] = {}        # port name -> last logged rejection
+        self.failed_owners: dict[int, str] = {}   # owner cookie bits -> OpenFlow error
+        self.stats = {"flow_mods": 0, "bundles": 0, "of_errors": 0, "syncs": 0}
+        self.watcher = ovsdb.Watcher(self.remote, self.base_cfg.bridge, self._post_ovsdb)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self):
+        thread = super().start()
+        self.threads.append(fw.hub.spawn(self._ovsdb_loop))
+        self.threads.append(fw.hub.spawn(self._ticker))
+        LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d",
+                 self.base_cfg.bridge, self.base_cfg.uplink_port, self.remote,
+                 self.base_cfg.snat_ip, self.base_cfg.snat_port_min, self.base_cfg.snat_port_max)
+        return thread
+
+    def stop(self):
+        self.watcher.stop()
+        super().stop()
+
+    def _ovsdb_loop(self):
+        while True:
+            try:
+                self.watcher.connect()
+                self.watcher.run_forever()
+                return
+            except Exception as e:               # OVSDB not up yet, or gone: retry
+                LOG.warning("ovsnat: OVSDB %s: %s; retrying in 1 s", self.remote, e)
+                fw.hub.sleep(1)
+
+    def _post_ovsdb(self, batch):
+        self.send_event(self.name, EventOvsdb(batch))
+
+    def _ticker(self):
+        while True:
+            interval = GATEWAY_ARP_INTERVAL[1 if self.gateway_mac else 0]
+            fw.hub.sleep(interval)
+            self.send_event(self.name, EventTick())
+
+    # --- desired state from OVSDB -----------------------------------------------------------
+    @fw.set_ev_cls(EventOvsdb)
+    def on_ovsdb(self, ev):
+        batch = ev.batch
+        snapshot = isinstance(batch, ovsdb.Snapshot)
+        if snapshot:
+            changed = set(self.rows) | set(batch.rows)
+            self.rows = dict(batch.rows)
+            LOG.info("ovsnat: OVSDB snapshot: %d interfaces on %s", len(self.rows),
+                     self.base_cfg.bridge)
+        else:
+            for name in batch.removed:
+                self.rows.pop(name, None)
+            self.rows.update(batch.rows)
+            changed = set(batch.rows) | batch.removed
+        if self._rebuild_if_needed():
+            self._sync_full()
+            return
+        if self.host is None:
+            return
+        if snapshot:
+            delta = self._full_resync_state()
+        else:
+            delta = Delta()
+            for name in sorted(changed - {self.base_cfg.uplink_port}):
+                delta.extend(self.host.update(name, self._port(name)))
+            self._report_rejections()
+        self._send(delta)
+
+    def _uplink_ofport(self) -> int | None:
+        row = self.rows.get(self.base_cfg.uplink_port)
+        return row.ofport if row and row.ofport and row.ofport > 0 else None
+
+    def _config(self, uplink: int) -> HostConfig:
+        cfg = HostConfig(**{**self.base_cfg.__dict__, "uplink_ofport": uplink})
+        return with_gateway_mac(cfg, self.gateway_mac)
+
+    def _rebuild_if_needed(self) -> bool:
+        """Build the host state once the uplink's ofport is known (or when it changed)."""
+        uplink = self._uplink_ofport()
+        if uplink is None:
+            if self.host is not None or not getattr(self, "_warned_uplink", False):
+                LOG.error("ovsnat: uplink port %s is not on bridge %s (or has no ofport); "
+                          "waiting for it", self.base_cfg.uplink_port, self.base_cfg.bridge)
+                self._warned_uplink = True
+            return False
+        if self.host is not None and self.host.cfg.uplink_ofport == uplink:
+            return False
+        self.host = HostState(self._config(uplink))
+        self._full_resync_state()
+        return True
+
+    def _full_resync_state(self) -> Delta:
+        """Make the host state hold exactly the current rows (level-triggered)."""
+        delta = Delta()
+        known = set(self.host.valid) | set(self.host.invalid)
+        for name in sorted(known - set(self.rows)):
+            delta.extend(self.host.update(name, None))
+        for name in sorted(self.rows):
+            if name != self.base_cfg.uplink_port:
+                delta.extend(self.host.update(name, self._port(name)))
+        self._report_rejections()
+        return delta
+
+    def _port(self, name: str):
+        """The row as a VmPort, a Rejection (with the reason), or None (not a NAT port)."""
+        row = self.rows.get(name)
+        if row is None:
+            return None
+        ids = row.external_ids
+        if KEY_FIXED_IP not in ids and KEY_FIP not in ids:
+            return None                      # not managed by ovsnat (no ovsnat-* keys)
+        try:
+            return VmPort.from_external_ids(name, row.ofport if row.ofport is not None else -1,
+                                            ids)
+        except PortError as e:
+            return Rejection(name, str(e))
+
+    def _report_rejections(self):
+        current = {r.name: r.reason for r in self.host.rejected}
+        for name, reason in current.items():
+            if self.reported.get(name) != reason:
+                LOG.error("ovsnat: skipping %s", reason)
+        for name in set(self.reported) - set(current):
+            LOG.info("ovsnat: port %s is programmed again", name)
+        self.reported = current
+
+    # --- datapath connect and full sync -----------------------------------------------------
+    @fw.set_ev_cls(fw.ofp_event.EventOFPSwitchFeatures, fw.CONFIG_DISPATCHER)
+    def on_features(self, ev):
+        dp = ev.msg.datapath
+        LOG.info("ovsnat: datapath %016x connected", dp.id)
+        self.dp, self.installed, self.meters = dp, None, None
+        self.bundles.clear()
+        self.dump = {"flows": set(), "pending": set(), "meters": set(), "t0": time.monotonic()}
+        p, ofp = fw.parser, fw.ofproto
+        for kind in (COOKIE_HOST, COOKIE_VM):         # only ovsnat's flows: foreign ones stay
+            req = p.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                        kind << 56, 0xFF << 56, p.OFPMatch())
+            self._send_msg(req)
+            self.dump["pending"].add(req.xid)
+        req = p.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
+        self._send_msg(req)
+        self.dump["pending"].add(req.xid)
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPStateChange, fw.DEAD_DISPATCHER)
+    def on_disconnect(self, ev):
+        if self.dp is not None and ev.datapath.id == self.dp.id:
+            LOG.warning("ovsnat: datapath %016x disconnected", ev.datapath.id)
+            self.dp, self.installed = None, None
+            self.bundles.clear()
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
+    def on_flow_stats(self, ev):
+        self.dump["flows"].update((s.table_id, s.cookie) for s in ev.msg.body if is_ours(s.cookie))
+        self._dump_part_done(ev.msg)
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPMeterConfigStatsReply, fw.MAIN_DISPATCHER)
+    def on_meter_stats(self, ev):
+        self.dump["meters"].update((m.meter_id, tuple(b.rate for b in m.bands))
+                                   for m in ev.msg.body)
+        self._dump_part_done(ev.msg)
+
+    def _dump_part_done(self, msg):
+        if msg.flags & fw.ofproto.OFPMPF_REPLY_MORE:
+            return
+        self.dump["pending"].discard(msg.xid)
+        if self.dump["pending"]:
+            return
+        self.installed, self.meters = self.dump["flows"], self.dump["meters"]
+        LOG.info("ovsnat: switch holds %d ovsnat flows", len(self.installed))
+        self._sync_full()
+
+    def _sync_full(self):
+        """Send the difference between the switch and the desired state."""
+        if self.host is None or self.dp is None or self.installed is None:
+            return
+        self.stats["syncs"] += 1
+        for meter in METERS:
+            if (meter.meter_id, (meter.rate_pps,)) not in self.meters:
+                command = fw.ofproto.OFPMC_MODIFY if any(
+                    m[0] == meter.meter_id for m in self.meters) else fw.ofproto.OFPMC_ADD
+                self._send_msg(ofmsgs.meter_add(self.dp, meter, command))
+                self.meters.add((meter.meter_id, (meter.rate_pps,)))
+        desired = {(f.table, f.cookie): f for f in self.host.all_flows()}
+        stale = self.installed - set(desired)
+        missing = [f for key, f in desired.items() if key not in self.installed]
+        delta = Delta([_stub(t, c) for t, c in sorted(stale)], missing,
+                      {cookie_owner(f.cookie) for f in missing})
+        if not delta:
+            LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
+            return
+        LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
+        self._send(delta)
+
+    # --- sending ------------------------------------------------------------------------------
+    def _send_msg(self, msg):
+        self.dp.set_xid(msg)
+        self.dp.send_msg(msg)
+        return msg.xid
+
+    def _send(self, delta: Delta, retry: bool = True):
+        """Send a delta as one atomic bundle (deletes first), then a barrier."""
+        if not delta or self.dp is None or self.installed is None:
+            return
+        p, ofp, dp = fw.parser, fw.ofproto, self.dp
+        bundle = Bundle(next(self.bundle_ids), delta, retry=retry)
+        self.bundles[bundle.id] = bundle
+        flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+        bundle.xids.add(self._send_msg(p.ONFBundleCtrlMsg(dp, bundle.id,
+                                                          ofp.ONF_BCT_OPEN_REQUEST, flags, [])))
+        msgs = [(f, ofmsgs.flow_delete(dp, f.table, f.cookie)) for f in delta.delete] + \
+               [(f, ofmsgs.flow_add(dp, f)) for f in delta.add]
+        for flow, msg in msgs:
+            dp.set_xid(msg)
+            add = p.ONFBundleAddMsg(dp, bundle.id, flags, msg, [])
+            add.xid = msg.xid                 # OVS wants the inner and outer xid equal
+            dp.send_msg(add)
+            bundle.xids.add(msg.xid)
+            self.xid_owner[msg.xid] = (bundle.id, flow)
+        bundle.xids.add(self._send_msg(p.ONFBundleCtrlMsg(
+            dp, bundle.id, ofp.ONF_BCT_COMMIT_REQUEST, flags, [])))
+        for xid in bundle.xids:
+            self.xid_owner.setdefault(xid, (bundle.id, None))
+        self.barriers[self._send_msg(p.OFPBarrierRequest(dp))] = bundle.id
+        self.stats["flow_mods"] += len(msgs)
+        self.stats["bundles"] += 1
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPErrorMsg, fw.MAIN_DISPATCHER)
+    def on_error(self, ev):
+        msg = ev.msg
+        self.stats["of_errors"] += 1
+        bundle_id, flow = self.xid_owner.get(msg.xid, (None, None))
+        bundle = self.bundles.get(bundle_id)
+        what = f"flow {flow.text()} of {self._owner_name(flow.cookie)}" if flow and \
+            flow.table is not None and flow.priority is not None else "message"
+        if bundle is None:
+            LOG.error("ovsnat: OpenFlow error type=%d code=%d for xid %d", msg.type, msg.code,
+                      msg.xid)
+            return
+        if flow is not None and not bundle.failed:
+            bundle.failed = f"type={msg.type} code={msg.code} on {what}"
+            LOG.error("ovsnat: switch rejected %s: OpenFlow error type=%d code=%d",
+                      what, msg.type, msg.code)
+        elif not bundle.failed:
+            bundle.failed = f"type={msg.type} code={msg.code}"
+            LOG.error("ovsnat: bundle %d rejected: OpenFlow error type=%d code=%d",
+                      bundle.id, msg.type, msg.code)
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPBarrierReply, fw.MAIN_DISPATCHER)
+    def on_barrier(self, ev):
+        bundle = self.bundles.pop(self.barriers.pop(ev.msg.xid, None), None)
+        if bundle is None:
+            return
+        for xid in bundle.xids:
+            self.xid_owner.pop(xid, None)
+        if bundle.failed is None:
+            self.installed -= {(f.table, f.cookie) for f in bundle.delta.delete}
+            self.installed |= {(f.table, f.cookie) for f in bundle.delta.add}
+            for owner in {cookie_owner(f.cookie) for f in bundle.delta.add}:
+                self.failed_owners.pop(owner, None)
+            self._announce_fips(bundle.delta.add)
+            return
+        if bundle.retry:
+            self._retry_by_owner(bundle)
+        else:
+            owners = {cookie_owner(f.cookie) for f in bundle.delta.add + bundle.delta.delete}
+            for owner in owners:
+                self.failed_owners[owner] = bundle.failed
+            LOG.error("ovsnat: giving up on %s: %s",
+                      ", ".join(self._owner_name(f.cookie) for f in
+                                (bundle.delta.add + bundle.delta.delete)[:1]), bundle.failed)
+
+    def _retry_by_owner(self, bundle: Bundle):
+        """The atomic bundle changed nothing; send each owner's part on its own."""
+        parts: dict[int, Delta] = {}
+        for f in bundle.delta.delete:
+            parts.setdefault(f.cookie >> 24, Delta()).delete.append(f)
+        for f in bundle.delta.add:
+            parts.setdefault(f.cookie >> 24, Delta()).add.append(f)
+        LOG.warning("ovsnat: retrying %d owners one by one", len(parts))
+        for key in sorted(parts):
+            self._send(parts[key], retry=False)
+
+    def _owner_name(self, cookie: int) -> str:
+        if cookie >> 56 == COOKIE_HOST:
+            return "host-level flows"
+        ip = str(netaddr.IPAddress(cookie_owner(cookie)))
+        for port in self.host.accepted if self.host else ():
+            if str(port.fixed_ip) == ip:
+                return f"port {port.name} ({port.iface_id}, {ip})"
+        return f"VM {ip}"
+
+    # --- packets: GARP, gateway ARP ---------------------------------------------------------
+    def _announce_fips(self, added: list[Flow]):
+        """Gratuitous ARPs for every FIP whose ARP responder was just installed."""
+        for f in added:
+            if f.table == UPLINK_ARP and f.cookie >> 56 == COOKIE_VM:
+                fip = f.match.get("arp_tpa")
+                mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
+                for delay in GARP_DELAYS:
+                    fw.hub.spawn_after(delay, self._send_arp, 1, mac, fip, fip,
+                                       "00:00:00:00:00:00")
+                LOG.info("ovsnat: FIP %s is live here; announcing it (%d GARPs)", fip,
+                         len(GARP_DELAYS))
+
+    def _send_arp(self, op: int, src_mac: str, src_ip: str, dst_ip: str, dst_mac: str):
+        dp, host = self.dp, self.host
+        if dp is None or host is None:
+            return
+        pkt = fw.packet.Packet()
+        pkt.add_protocol(fw.ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=src_mac,
+                                              ethertype=0x0806))
+        pkt.add_protocol(fw.arp.arp(opcode=op, src_mac=src_mac, src_ip=src_ip,
+                                    dst_mac=dst_mac, dst_ip=dst_ip))
+        pkt.serialize()
+        p, ofp = fw.parser, fw.ofproto
+        self._send_msg(p.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                      [p.OFPActionOutput(host.cfg.uplink_ofport)], pkt.data))
+
+    @fw.set_ev_cls(EventTick)
+    def on_tick(self, ev):
+        if self.base_cfg.external_gateway_mac is None and self.host is not None:
+            cfg = self.host.cfg
+            self._send_arp(1, mac_str(cfg.snat_mac), str(cfg.snat_ip),
+                           str(cfg.external_gateway_ip), "00:00:00:00:00:00")
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPPacketIn, fw.MAIN_DISPATCHER)
+    def on_packet_in(self, ev):
+        pkt = fw.packet.Packet(ev.msg.data)
+        a = pkt.get_protocol(fw.arp.arp)
+        if a is None or self.host is None or self.base_cfg.external_gateway_mac is not None:
+            return
+        if a.src_ip == str(self.host.cfg.external_gateway_ip):
+            mac = netaddr.EUI(a.src_mac)
+            if mac != self.gateway_mac:
+                LOG.info("ovsnat: external gateway %s is at %s", a.src_ip, mac_str(mac))
+                self.gateway_mac = mac
+                self._send(self.host.set_config(with_gateway_mac(self.host.cfg, mac)))
+
+
+def _stub(table: int, cookie: int) -> Flow:
+    """A stale installed flow, known only by (table, cookie): enough to delete it exactly."""
+    return Flow(table, None, None, (), cookie & ~0xFFFFFF, cookie)
