@@ -387,10 +387,14 @@ class OvsNatApp(fw.BaseApp):
                 fip = f.match.get("arp_tpa")
                 mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
                 for delay in GARP_DELAYS:
-                    fw.hub.spawn_after(delay, self._send_arp, 1, mac, fip, fip,
-                                       "00:00:00:00:00:00")
+                    fw.hub.spawn_after(delay, self._garp, (f.table, f.cookie), mac, fip)
                 LOG.info("ovsnat: FIP %s is live here; announcing it (%d GARPs)", fip,
                          len(GARP_DELAYS))
+
+    def _garp(self, responder: tuple, mac: str, fip: str):
+        """Announce only while the FIP's ARP responder is still installed here."""
+        if self.installed is not None and responder in self.installed:
+            self._send_arp(1, mac, fip, fip, "00:00:00:00:00:00")
 
     def _send_arp(self, op: int, src_mac: str, src_ip: str, dst_ip: str, dst_mac: str):
         dp, host = self.dp, self.host

@@ -3,6 +3,7 @@ the benchmarks."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -12,7 +13,7 @@ from ovsnat.flows import Flow, ofctl_text
 from ovsnat.lab.sh import run
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm
-from ovsnat.model import DesiredState, HostConfig, VmPort, build_state
+from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort, build_state
 
 ROUTER_MAC = "02:00:00:00:00:01"        # the VMs' gateway MAC (answered by ovsnat)
 
@@ -48,7 +49,34 @@ def vm_port(lab: Lab, vm: Vm) -> VmPort:
 
 
 def desired_state(lab: Lab, host: str, cfg: HostConfig) -> DesiredState:
+    """From the lab's records of the VMs it plugged on `host`."""
     return build_state(cfg, [vm_port(lab, vm) for vm in lab.vms.values() if vm.host == host])
+
+
+def ovsdb_rows(lab: Lab, host: str) -> dict[str, tuple[int, dict]]:
+    """Interface name -> (ofport, external_ids) of br-int's ports, read from OVSDB."""
+    h = lab.hosts[host]
+    rows = {}
+    for port in h.vsctl("list-ports", BRIDGE).split():
+        out = json.loads(h.vsctl("--format=json", "--columns=name,ofport,external_ids",
+                                 "list", "Interface", port))
+        name, ofport, ids = out["data"][0]
+        rows[name] = (ofport if isinstance(ofport, int) else -1, dict(ids[1]))
+    return rows
+
+
+def desired_state_from_ovsdb(lab: Lab, host: str, cfg: HostConfig) -> DesiredState:
+    """What the controller should program, from what OVSDB says now (the controller's
+    own view), with the same parsing and clash rules."""
+    ports = []
+    for name, (ofport, ids) in sorted(ovsdb_rows(lab, host).items()):
+        if "ovsnat-fixed-ip" not in ids and "ovsnat-fip" not in ids:
+            continue
+        try:
+            ports.append(VmPort.from_external_ids(name, ofport, ids))
+        except PortError as e:
+            ports.append(Rejection(name, str(e)))
+    return build_state(cfg, ports)
 
 
 def program_with_ofctl(lab: Lab, host: str, cfg: HostConfig) -> list[Flow]:

@@ -110,3 +110,52 @@ def capture(lab, name: str, ns: str, iface: str, bpf: str = ""):
     finally:
         time.sleep(0.2)          # let the last packets reach the file
         lab.stop_proc(name)
+
+
+class Background:
+    """A traffic process running while the test does something else (restart, migrate)."""
+
+    def __init__(self, argv: list[str], ns: str):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+
+    def result(self, timeout: float = 60) -> str:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+def background_ping(ns: str, dst: str, interval: float = 0.01, duration: float = 5.0):
+    """`ping -i interval -w duration`; .result() gives a PingResult with loss and the
+    longest gap between consecutive replies (from the icmp_seq numbers)."""
+    bg = Background(["ping", "-n", "-i", str(interval), "-w", str(duration), "-W", "1",
+                     dst], ns)
+    bg.interval = interval
+    return bg
+
+
+def ping_gap(output: str, interval: float) -> float:
+    """Longest outage in seconds: the largest jump in icmp_seq of received replies."""
+    seqs = [int(s) for s in re.findall(r"icmp_seq=(\d+)", output)]
+    if not seqs:
+        return float("inf")
+    jumps = [b - a for a, b in zip(seqs, seqs[1:])] or [1]
+    return (max(jumps) - 1) * interval
+
+
+def parse_ping(output: str) -> PingResult:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    if not m:
+        raise LabError(f"cannot parse ping output: {output[-500:]}")
+    return PingResult(int(m.group(1)), int(m.group(2)), output)
+
+
+def background_tcp(lab, ns: str, host: str, port: int, hold: float) -> Background:
+    """A TCP session that echoes every 10 ms for `hold` seconds; .result() ends with
+    HELD n echoes or BROKEN ..."""
+    return Background([lab.python()[0], "-m", "ovsnat.lab.peer", "tcp-client", host,
+                       str(port), "--timeout", "3", "--hold", str(hold)], ns)
