@@ -412,7 +412,7 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(EventTick)
     def on_tick(self, ev):
-        if self.base_cfg.external_gateway_mac is None and self.host is not None:
+        if self.base_cfg.learn_gateway_mac and self.host is not None:
             cfg = self.host.cfg
             self._send_arp(1, mac_str(cfg.snat_mac), str(cfg.snat_ip),
                            str(cfg.external_gateway_ip), "00:00:00:00:00:00")
@@ -421,7 +421,7 @@ class OvsNatApp(fw.BaseApp):
     def on_packet_in(self, ev):
         pkt = fw.packet.Packet(ev.msg.data)
         a = pkt.get_protocol(fw.arp.arp)
-        if a is None or self.host is None or self.base_cfg.external_gateway_mac is not None:
+        if a is None or self.host is None or not self.base_cfg.learn_gateway_mac:
             return
         if a.src_ip == str(self.host.cfg.external_gateway_ip):
             mac = netaddr.EUI(a.src_mac)

@@ -8,6 +8,8 @@ USAGE = """usage: ovsnat COMMAND [ARGS]
 
 commands:
   flows                compile a host's flows offline (--config ovsnat.conf --ports ports.json)
+  bind                 give a VM a floating IP (--iface-id ID --fip IP [--fixed-ip IP] [--db R])
+  unbind               remove a VM's floating IP, back to PAT (--iface-id ID [--db R])
   lab up|status|down   the reference lab (real OVS hypervisors in network namespaces)
 """
 
@@ -21,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "flows":
         from ovsnat.offline import main as flows_main
         return flows_main(rest)
+    if cmd in ("bind", "unbind"):
+        from ovsnat.bind import run as bind_run
+        return bind_run(cmd, rest)
     if cmd == "lab":
         from ovsnat.lab.cli import main as lab_main
         return lab_main(rest)

@@ -103,11 +103,13 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
     if cfg.external_gateway_mac is not None:
         flows.append(make_flow(c, EGRESS_OUT, 100, Match.of(proto="ip"), [
             DecTtl(), SetField("eth_dst", mac_str(cfg.external_gateway_mac)), Output(up)]))
-    else:
-        # Learn the gateway's MAC from its ARP traffic (the controller also asks for it).
-        flows.append(make_flow(c, UPLINK_ARP, 100,
-                               Match.of(proto="arp", arp_spa=cfg.external_gateway_ip),
-                               [Meter(PACKET_IN_METER), Controller()]))
+    if cfg.learn_gateway_mac:
+        # Learn and follow the gateway's MAC: a copy of every ARP it sends reaches the
+        # controller (rate-limited by the switch-wide controller meter), and the original
+        # continues through the pipeline.
+        flows.append(make_flow(c, CLASSIFY, 110, Match.of(
+            proto="arp", in_port=up, vlan_tci=NO_VLAN, arp_spa=cfg.external_gateway_ip),
+            [Controller(), Goto(UPLINK_ARP)]))
     return flows
 
 

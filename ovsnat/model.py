@@ -110,6 +110,7 @@ class HostConfig:
     fip_frag_ct_zone: int
     pat_ports_per_vm: int = 0
     mac_prefix: str = "02:5a"
+    learn_gateway_mac: bool = False      # external_gateway_mac not configured: learn by ARP
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -151,6 +152,7 @@ class HostConfig:
             pat_ports_per_vm=integer("pat_ports_per_vm", 0, 65535)
             if raw.get("pat_ports_per_vm") not in (None, "") else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
+            learn_gateway_mac=not gw_mac,
         )
         cfg.validate()
         return cfg

@@ -38,17 +38,17 @@ TABLES: tuple[Table, ...] = (
     _t(CLASSIFY, "classify",
        "Admit untagged frames by where they come from: a VM port with the VM's own MAC and "
        "fixed IP (IP) or MAC and sender address (ARP), or the uplink. Drop and count IPv6, "
-       "multicast, broadcast, DHCP and metadata traffic; drop everything else.",
+       "multicast, broadcast, DHCP and metadata traffic; drop everything else. When the "
+       "gateway MAC is learned dynamically, copy the gateway's ARP to the controller.",
        "proto in_port vlan_tci dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
-       {Goto}, {VM_ARP, UPLINK_ARP, VM_L2, INGRESS}),
+       {Goto, Controller}, {VM_ARP, UPLINK_ARP, VM_L2, INGRESS}),
     _t(VM_ARP, "vm_arp",
        "ARP from VMs: answer for the VMs' gateway with the router MAC; deliver ARP for a "
        "local VM's fixed IP to that VM only.",
        "proto arp_op arp_tpa", ARP_REPLY),
     _t(UPLINK_ARP, "uplink_arp",
        "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
-       "with its own MAC; send the external gateway's ARP to the controller (metered) when "
-       "its MAC is learned dynamically.",
+       "with its own MAC.",
        "proto arp_op arp_spa arp_tpa", ARP_REPLY | {Controller, Meter}),
     _t(VM_L2, "vm_l2",
        "IP from a VM: to another local VM's MAC and IP (east-west, no routing), or to the "

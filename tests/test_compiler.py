@@ -218,14 +218,15 @@ def test_fip_vm_gets_no_pat_block():
 
 # --- gateway MAC learned by ARP ---------------------------------------------------------------
 
-def test_unknown_gateway_mac_means_no_uplink_output_and_a_metered_arp_punt():
+def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copied_up():
     cfg = config(external_gateway_mac="")
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
     [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
-    assert punt.table == UPLINK_ARP
+    assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
-    assert punt.actions[0] == Meter(PACKET_IN_METER)
+    # A copy for the controller (limited by the controller meter), then normal processing.
+    assert punt.actions == (Controller(), Goto(UPLINK_ARP))
 
 
 def test_known_gateway_mac_means_uplink_output_and_no_punt():

@@ -154,8 +154,7 @@ BAD_OPTIONS = [
     ("internal_gateway_ip", "10.0.1.1", "10.0.1.1 is not a host address of internal_cidr"),
     ("external_gateway_ip", "203.0.113.255", "203.0.113.255 is not a host address"),
     # uplink
-    ("uplink_ofport", -1, "-1 is outside 1-"),
-    ("uplink_ofport", 0, "0 is outside 1-"),
+    ("uplink_ofport", -1, "-1 is outside 0-"),
     ("uplink_ofport", "abc", "'abc' is not an integer"),
     # MAC prefix for FIP / SNAT MACs
     ("mac_prefix", "03:5a", "'03:5a' must be two bytes of a locally administered unicast"),
