@@ -36,6 +36,7 @@ from ovsnat.state import Delta, HostState
 
 LOG = logging.getLogger("ovsnat")
 GARP_DELAYS = (0.0, 0.5, 1.5)          # three announcements of a FIP that became live here
+ACTIVATION_SETTLE = 0.1                # after the first GARP, let the previous host yield
 GATEWAY_ARP_INTERVAL = (1.0, 30.0)     # until resolved, then to follow changes
 
 config.register(fw.CONF)
@@ -53,6 +54,14 @@ class EventTick(fw.event.EventBase):
     """Periodic work (gateway ARP) run inside the event loop."""
 
 
+class EventActivate(fw.event.EventBase):
+    """Light the FIP of a port whose VM showed up (after the settle time)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+
 @dataclass
 class Bundle:
     """One atomic batch of flow changes in flight."""
@@ -66,7 +75,7 @@ class Bundle:
 
 class OvsNatApp(fw.BaseApp):
     OFP_VERSIONS = [fw.ofproto.OFP_VERSION]
-    _EVENTS = [EventOvsdb, EventTick]
+    _EVENTS = [EventOvsdb, EventTick, EventActivate]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,7 +99,10 @@ class OvsNatApp(fw.BaseApp):
         self.bundle_ids = itertools.count(1)
         self.reported: dict[str, str] = {}        # port name -> last logged rejection
         self.failed_owners: dict[int, str] = {}   # owner cookie bits -> OpenFlow error
-        self.stats = {"flow_mods": 0, "bundles": 0, "of_errors": 0, "syncs": 0}
+        self.activating: set[str] = set()
+        self.seen_ofport: dict[str, int | None] = {}   # ofport of each row at the last batch
+        self.stats = {"flow_mods": 0, "bundles": 0, "of_errors": 0, "syncs": 0,
+                      "fip_conflicts": 0, "activations": 0}
         self.watcher = ovsdb.Watcher(self.remote, self.base_cfg.bridge, self._post_ovsdb)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -153,7 +165,23 @@ class OvsNatApp(fw.BaseApp):
             for name in sorted(changed - {self.base_cfg.uplink_port}):
                 delta.extend(self.host.update(name, self._port(name)))
             self._report_rejections()
+        delta.extend(self._activate_resident(changed))
         self._send(delta)
+
+    def _activate_resident(self, changed: set) -> Delta:
+        """A FIP given to a VM whose device was already here (same ofport as before this
+        change, e.g. `ovsnat bind` on a running VM) needs no proof of presence. A new device
+        (plug, migration) waits for the VM's first frame."""
+        delta = Delta()
+        for name in sorted(changed):
+            row = self.rows.get(name)
+            ofport = row.ofport if row else None
+            if ofport and ofport > 0 and self.seen_ofport.get(name) == ofport and \
+                    self.host.is_pending(name) and name not in self.host.yielded:
+                LOG.info("ovsnat: port %s was already here; activating its FIP", name)
+                delta.extend(self.host.activate(name))
+            self.seen_ofport[name] = ofport
+        return delta
 
     def _uplink_ofport(self) -> int | None:
         row = self.rows.get(self.base_cfg.uplink_port)
@@ -176,7 +204,14 @@ class OvsNatApp(fw.BaseApp):
             return False
         self.host = HostState(self._config(uplink))
         self._full_resync_state()
+        self._adopt()
         return True
+
+    def _adopt(self):
+        """FIPs still answered by the switch were active before a restart: keep them."""
+        if self.host is not None and self.installed is not None:
+            for name in self.host.adopt_installed(self.installed):
+                LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
 
     def _full_resync_state(self) -> Delta:
         """Make the host state hold exactly the current rows (level-triggered)."""
@@ -257,6 +292,7 @@ class OvsNatApp(fw.BaseApp):
             return
         self.installed, self.meters = self.dump["flows"], self.dump["meters"]
         LOG.info("ovsnat: switch holds %d ovsnat flows", len(self.installed))
+        self._adopt()
         self._sync_full()
 
     def _sync_full(self):
@@ -419,16 +455,59 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPPacketIn, fw.MAIN_DISPATCHER)
     def on_packet_in(self, ev):
-        pkt = fw.packet.Packet(ev.msg.data)
-        a = pkt.get_protocol(fw.arp.arp)
-        if a is None or self.host is None or not self.base_cfg.learn_gateway_mac:
+        if self.host is None:
             return
-        if a.src_ip == str(self.host.cfg.external_gateway_ip):
+        in_port = ev.msg.match.get("in_port")
+        pkt = fw.packet.Packet(ev.msg.data)
+        if in_port == self.host.cfg.uplink_ofport:
+            self._from_uplink(pkt.get_protocol(fw.arp.arp))
+        else:
+            self._from_vm(in_port, pkt)
+
+    def _from_uplink(self, a):
+        if a is None:
+            return
+        cfg = self.host.cfg
+        if cfg.learn_gateway_mac and a.src_ip == str(cfg.external_gateway_ip):
             mac = netaddr.EUI(a.src_mac)
             if mac != self.gateway_mac:
                 LOG.info("ovsnat: external gateway %s is at %s", a.src_ip, mac_str(mac))
                 self.gateway_mac = mac
-                self._send(self.host.set_config(with_gateway_mac(self.host.cfg, mac)))
+                self._send(self.host.set_config(with_gateway_mac(cfg, mac)))
+            return
+        name = self.host.fip_owner(a.src_ip)
+        if name is not None and not self.host.is_pending(name):
+            # Another host announces (or claims) one of our live FIPs: the VM moved there,
+            # or the FIP is configured twice. Yield, so two hosts never answer for it.
+            self.stats["fip_conflicts"] += 1
+            LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; yielding "
+                        "until the VM announces itself here again", a.src_ip, name, a.src_mac)
+            self._send(self.host.yield_fip(name))
+
+    def _from_vm(self, in_port, pkt):
+        name = self.host.by_ofport.get(in_port)
+        if name is None or not self.host.is_pending(name) or name in self.activating:
+            return
+        a = pkt.get_protocol(fw.arp.arp)
+        eth = pkt.get_protocol(fw.ethernet.ethernet)
+        announce = (eth is not None and eth.ethertype == 0x8035) or \
+            (a is not None and a.src_ip == a.dst_ip)
+        if name in self.host.yielded and not announce:
+            return          # yielded ports come back only on a RARP/GARP from the VM
+        port = self.host.valid[name]
+        fip, mac = str(port.fip), mac_str(self.host.cfg.ip_mac(port.fip))
+        self.activating.add(name)
+        self._send_arp(1, mac, fip, fip, "00:00:00:00:00:00")   # the old host yields now
+        fw.hub.spawn_after(ACTIVATION_SETTLE, self.send_event, self.name, EventActivate(name))
+
+    @fw.set_ev_cls(EventActivate)
+    def on_activate(self, ev):
+        self.activating.discard(ev.name)
+        if self.host is not None and self.host.is_pending(ev.name):
+            self.stats["activations"] += 1
+            LOG.info("ovsnat: port %s is here (first frame seen); activating its FIP",
+                     ev.name)
+            self._send(self.host.activate(ev.name))
 
 
 def _stub(table: int, cookie: int) -> Flow:

@@ -16,6 +16,7 @@ failed (one line on stderr says why), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_FIP, KEY_FIXED_IP, KEY_IFACE_ID, ConfigError, \
@@ -98,6 +99,9 @@ def run(cmd: str, argv: list[str]) -> int:
             remove_keys.append(KEY_FIP)
         cfg, cfg_db = _host_config(args.config)
         remote = args.db or cfg_db or DEFAULT_DB
+        if remote.startswith("unix:") and not os.path.exists(remote[5:]):
+            raise BindError(f"OVSDB socket {remote[5:]} does not exist (is ovsdb-server "
+                            "running? pick another with --db)")
         check = _check_port(cfg) if cmd == "bind" else None
         rows = ovsdb.set_iface_external_ids(remote, iface_id, set_keys, remove_keys, check,
                                             timeout=args.timeout)

@@ -118,22 +118,34 @@ def _pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:
               nat=Nat("src", str(cfg.snat_ip), lo, hi))
 
 
-def vm_flows(cfg: HostConfig, vm: VmPort) -> list[Flow]:
+def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list[Flow]:
+    """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
+    yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
+    its routed traffic dropped), and a copy of its frames goes to the controller, whose first
+    one activates the FIP."""
     c = owner_cookie(COOKIE_VM, int(vm.fixed_ip))
     port, mac, fixed = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip)
+    pending = vm.fip is not None and not active
+    probe = [Controller()] if pending else []
     flows = [
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN,
-                                             dl_src=mac, nw_src=fixed), [Goto(VM_L2)]),
+                                             dl_src=mac, nw_src=fixed), probe + [Goto(VM_L2)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, arp_spa=fixed, arp_sha=mac),
-                  [Goto(VM_ARP)]),
+                  probe + [Goto(VM_ARP)]),
         make_flow(c, VM_ARP, 100, Match.of(proto="arp", arp_tpa=fixed), [Output(port)]),
         make_flow(c, VM_L2, 100, Match.of(proto="ip", dl_dst=mac, nw_dst=fixed), [Output(port)]),
         make_flow(c, DELIVER, 100, Match.of(proto="ip", nw_dst=fixed), [
             SetField("eth_src", mac_str(cfg.router_mac)), SetField("eth_dst", mac),
             DecTtl(), Output(port)]),
     ]
-    if vm.fip is not None:
+    if pending:
+        flows += [
+            # Anything else from the port (QEMU's RARP after a live migration) also tells.
+            make_flow(c, CLASSIFY, 90, Match.of(in_port=port), [Controller()]),
+            make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), []),
+        ]
+    elif vm.fip is not None:
         flows += fip_flows(cfg, vm, c)
     elif cfg.pat_ports_per_vm:
         lo, hi = vm.pat_block(cfg)
@@ -141,6 +153,14 @@ def vm_flows(cfg: HostConfig, vm: VmPort) -> list[Flow]:
                                                         nw_src=fixed),
                                [_pat_commit(cfg, lo, hi)]))
     return flows
+
+
+def fip_responder_key(cfg: HostConfig, vm: VmPort) -> tuple[int, int]:
+    """(table, cookie) of the ARP responder of an active FIP: if the switch holds it, the
+    FIP was active here before a controller restart."""
+    f = next(f for f in fip_flows(cfg, vm, owner_cookie(COOKIE_VM, int(vm.fixed_ip)))
+             if f.table == UPLINK_ARP and f.priority == 200)
+    return f.table, f.cookie
 
 
 def fip_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
@@ -153,6 +173,10 @@ def fip_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
     return [
         make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=fip, arp_op=1),
                   arp_reply(fip_mac, fip)),
+        # Someone else on the external network claims this FIP (a GARP from the host a VM
+        # migrated to, or a misconfigured duplicate): tell the controller.
+        make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=fip),
+                  [Meter(PACKET_IN_METER), Controller()]),
         make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), [
             SetField("ip_src", fip), SetField("eth_src", fip_mac), Goto(EGRESS_OUT)]),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", nw_src=fixed, nw_frag="yes"), [

@@ -111,6 +111,7 @@ class HostConfig:
     pat_ports_per_vm: int = 0
     mac_prefix: str = "02:5a"
     learn_gateway_mac: bool = False      # external_gateway_mac not configured: learn by ARP
+    fip_activation: str = "first-packet"  # or "immediate"
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -153,6 +154,7 @@ class HostConfig:
             if raw.get("pat_ports_per_vm") not in (None, "") else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
             learn_gateway_mac=not gw_mac,
+            fip_activation=str(raw.get("fip_activation") or "first-packet").strip(),
         )
         cfg.validate()
         return cfg
@@ -180,6 +182,9 @@ class HostConfig:
         if self.pat_ports_per_vm > self.snat_port_max - self.snat_port_min + 1:
             raise ConfigError(f"pat_ports_per_vm: {self.pat_ports_per_vm} is larger than the "
                               f"whole range {self.snat_port_min}-{self.snat_port_max}")
+        if self.fip_activation not in ("first-packet", "immediate"):
+            raise ConfigError(f"fip_activation: {self.fip_activation!r} is neither "
+                              "'first-packet' nor 'immediate'")
         if self.ct_zone == self.fip_frag_ct_zone:
             raise ConfigError(f"fip_frag_ct_zone: {self.fip_frag_ct_zone} equals ct_zone; the "
                               "two conntrack zones must differ")

@@ -44,6 +44,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("mac_prefix", "02:5a",
            "First two bytes of the MAC of each FIP and the SNAT IP (the other four are the "
            "address); must be locally administered unicast."),
+    Option("fip_activation", "first-packet",
+           "When a FIP starts answering on this host: 'first-packet' (default) once the VM "
+           "has sent a frame here (boot traffic, QEMU's RARP after a live migration), so two "
+           "hosts never answer for one FIP; 'immediate' as soon as the port is plugged."),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
 )
 

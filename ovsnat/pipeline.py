@@ -39,7 +39,8 @@ TABLES: tuple[Table, ...] = (
        "Admit untagged frames by where they come from: a VM port with the VM's own MAC and "
        "fixed IP (IP) or MAC and sender address (ARP), or the uplink. Drop and count IPv6, "
        "multicast, broadcast, DHCP and metadata traffic; drop everything else. When the "
-       "gateway MAC is learned dynamically, copy the gateway's ARP to the controller.",
+       "gateway MAC is learned dynamically, copy the gateway's ARP to the controller; while a "
+       "FIP VM's presence is unproven, copy its frames to the controller (activation).",
        "proto in_port vlan_tci dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
        {Goto, Controller}, {VM_ARP, UPLINK_ARP, VM_L2, INGRESS}),
     _t(VM_ARP, "vm_arp",
@@ -48,7 +49,8 @@ TABLES: tuple[Table, ...] = (
        "proto arp_op arp_tpa", ARP_REPLY),
     _t(UPLINK_ARP, "uplink_arp",
        "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
-       "with its own MAC.",
+       "with its own MAC; ARP from anyone else claiming one of this host's FIPs goes to the "
+       "controller (metered): another host took the FIP over.",
        "proto arp_op arp_spa arp_tpa", ARP_REPLY | {Controller, Meter}),
     _t(VM_L2, "vm_l2",
        "IP from a VM: to another local VM's MAC and IP (east-west, no routing), or to the "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ovsnat.compiler import host_flows, sort_flows, vm_flows
+from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
 from ovsnat.flows import COOKIE_VM, Flow, owner_cookie
 from ovsnat.model import HostConfig, PortError, Rejection, VmPort, mac_str
 
@@ -34,9 +34,23 @@ class Delta:
         return bool(self.delete or self.add)
 
     def extend(self, other: "Delta") -> None:
-        self.delete += other.delete
-        self.add += other.add
+        """Compose: `other` applies after self. A flow added then deleted is never sent; a
+        flow deleted then added again stays as it is on the switch."""
+        key = _key
+        adds = {key(f): f for f in self.add}
+        deletes = {key(f): f for f in self.delete}
+        for f in other.delete:
+            if adds.pop(key(f), None) is None:
+                deletes[key(f)] = f
+        for f in other.add:
+            if deletes.pop(key(f), None) is None:
+                adds[key(f)] = f
+        self.add, self.delete = list(adds.values()), list(deletes.values())
         self.owners |= other.owners
+
+
+def _key(flow: Flow) -> tuple[int, int]:
+    return flow.table, flow.cookie
 
 
 def _keys(port: VmPort) -> list[tuple[str, str]]:
@@ -59,6 +73,9 @@ class HostState:
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims: dict[tuple[str, str], set[str]] = {}
         self.flows: dict[str, list[Flow]] = {HOST: host_flows(cfg)}   # owner -> flows
+        self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
+        self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
+        self.by_ofport: dict[int, str] = {}
 
     # --- queries --------------------------------------------------------------------------
     @property
@@ -71,6 +88,23 @@ class HostState:
         reasons = {**self.invalid, **self.lost}
         return [Rejection(n, reasons[n]) for n in sorted(reasons)]
 
+    def is_pending(self, name: str) -> bool:
+        """A FIP port whose FIP is still dark, waiting for the VM to show up."""
+        port = self.valid.get(name)
+        return port is not None and port.fip is not None and name not in self.lost and \
+            not self._active(name)
+
+    def fip_owner(self, fip: str) -> str | None:
+        """The accepted port holding this FIP here, if any."""
+        for name in self.claims.get(("FIP", fip), ()):
+            if name not in self.lost:
+                return name
+        return None
+
+    def _active(self, name: str) -> bool:
+        return name in self.active or (self.cfg.fip_activation == "immediate" and
+                                       name not in self.yielded)
+
     def all_flows(self) -> list[Flow]:
         return sort_flows(f for flows in self.flows.values() for f in flows)
 
@@ -78,9 +112,10 @@ class HostState:
     def set_config(self, cfg: HostConfig) -> Delta:
         """A new host config (e.g. a learned gateway MAC): recompile everything."""
         old = self.all_flows()
-        ports = dict(self.valid)
-        invalid = dict(self.invalid)
+        ports, invalid = dict(self.valid), dict(self.invalid)
+        active, yielded = set(self.active), set(self.yielded)
         self.__init__(cfg)
+        self.active, self.yielded = active, yielded
         for name, port in ports.items():
             self.update(name, port)
         for name, reason in invalid.items():
@@ -92,6 +127,13 @@ class HostState:
         (gone). Returns the flows to delete and add."""
         affected = {name}
         old = self.valid.pop(name, None)
+        if old is not None and self.by_ofport.get(old.ofport) == name:
+            del self.by_ofport[old.ofport]
+        if port is None or isinstance(port, Rejection) or old is None or \
+                old.ofport != port.ofport:
+            # Gone, or a new device: the VM must show up (again) before its FIP answers.
+            self.active.discard(name)
+            self.yielded.discard(name)
         if old is not None:
             for key in _keys(old):
                 self.claims[key].discard(name)
@@ -107,6 +149,7 @@ class HostState:
                 self.invalid[name] = reason
             else:
                 self.valid[name] = port
+                self.by_ofport[port.ofport] = name
                 for key in _keys(port):
                     competitors = self.claims.setdefault(key, set())
                     affected |= competitors
@@ -115,6 +158,31 @@ class HostState:
         for n in sorted(affected):
             delta.extend(self._refresh(n))
         return delta
+
+    def activate(self, name: str) -> Delta:
+        """The VM showed up here: light its FIP."""
+        self.yielded.discard(name)
+        self.active.add(name)
+        return self._refresh(name)
+
+    def yield_fip(self, name: str) -> Delta:
+        """Another host announced this port's FIP: go dark until the VM announces itself
+        here again (RARP/GARP)."""
+        self.active.discard(name)
+        self.yielded.add(name)
+        return self._refresh(name)
+
+    def adopt_installed(self, installed: set) -> list[str]:
+        """After a controller restart: FIPs whose ARP responder is still on the switch were
+        active before, so they stay active (no flap, no new activation needed)."""
+        adopted = []
+        for name, port in self.valid.items():
+            if port.fip is not None and self.is_pending(name) and \
+                    fip_responder_key(self.cfg, port) in installed:
+                self.active.add(name)
+                self._refresh(name)
+                adopted.append(name)
+        return adopted
 
     def _check_alone(self, port: VmPort) -> str | None:
         try:
@@ -143,7 +211,7 @@ class HostState:
                                    f"already used by port {winner.name!r} ({winner.iface_id}), "
                                    "which wins the tie")
             else:
-                new = vm_flows(self.cfg, port)
+                new = vm_flows(self.cfg, port, active=self._active(name))
         old = self.flows.pop(name, [])
         if new:
             self.flows[name] = new

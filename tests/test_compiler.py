@@ -171,8 +171,9 @@ def test_flow_counts_per_object():
     assert len(host_flows(cfg)) == 37
     assert len(host_flows(cfg64)) == 36          # no shared PAT commit: each VM has its own
     assert len(host_flows(config(external_gateway_mac=""))) == 37   # ARP punt replaces egress
-    assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 11
-    assert len(vm_flows(cfg, PAT_VM)) == 5
+    assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 12
+    assert len(vm_flows(cfg, FIP_VM, active=False)) == 7     # FIP dark until activation
+    assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 5
     assert len(vm_flows(cfg64, PAT_VM)) == 6
 
 
@@ -222,7 +223,8 @@ def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copi
     cfg = config(external_gateway_mac="")
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
-    [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
+    [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)
+              and f.cookie >> 56 == COOKIE_HOST]
     assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
     # A copy for the controller (limited by the controller meter), then normal processing.
@@ -234,4 +236,7 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     [out] = [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
     assert SetField("eth_dst", "02:00:00:00:00:fe") in out.actions
-    assert not [f for f in flows if any(isinstance(a, (Controller, Meter)) for a in f.actions)]
+    # The only packet-ins: ARP claiming the active FIP from elsewhere (metered).
+    [watch] = [f for f in flows if any(isinstance(a, (Controller, Meter)) for a in f.actions)]
+    assert watch.match.get("arp_spa") == "203.0.113.10" and watch.table == UPLINK_ARP
+    assert watch.actions == (Meter(PACKET_IN_METER), Controller())

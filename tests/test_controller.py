@@ -40,8 +40,13 @@ def desired_text(lab, host: str) -> set[str]:
 
 
 def converged(lab, host: str = "hv1", timeout: float = 5) -> None:
-    wait_for(lambda: installed_text(lab.hosts[host]) == desired_text(lab, host), timeout,
-             what="installed flows to equal the desired flows")
+    """Wait until the switch holds exactly the desired flows; on timeout show the diff."""
+    try:
+        wait_for(lambda: installed_text(lab.hosts[host]) == desired_text(lab, host), timeout,
+                 what="installed flows to equal the desired flows")
+    except Exception:
+        have, want = installed_text(lab.hosts[host]), desired_text(lab, host)
+        pytest.fail(f"not converged:\nmissing {sorted(want - have)}\nstale {sorted(have - want)}")
 
 
 def reaches(fn, timeout: float = 3.0, interval: float = 0.05):
@@ -113,6 +118,7 @@ def test_unplugged_vm_loses_its_flows_and_its_fip_stops_answering_arp(ctl):
     assert ping(ctl.out_ns, "203.0.113.14", count=2, wait=0.3).received == 0
     assert "lladdr" not in run(["ip", "-n", ctl.out_ns, "neigh", "show", "203.0.113.14"]).stdout
     ctl.plug(vm, "hv1")                                         # back for later tests
+    ctl.announce(vm)
     converged(ctl)
 
 

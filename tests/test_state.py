@@ -10,7 +10,7 @@ from ovsnat.compiler import compile_state, vm_flows
 from ovsnat.model import HostConfig, VmPort, build_state
 from ovsnat.state import HOST, HostState
 
-CFG = HostConfig.parse(golden.BASE)
+CFG = HostConfig.parse({**golden.BASE, "fip_activation": "immediate"})
 
 
 def port(name: str, n: int, mac: int, fip: int | None, iface: str) -> VmPort:
@@ -72,9 +72,52 @@ def test_adding_one_vm_changes_only_that_vms_flows():
 
 
 def test_a_learned_gateway_mac_changes_only_host_level_flows():
-    host = HostState(HostConfig.parse({**golden.BASE, "external_gateway_mac": ""}))
+    host = HostState(HostConfig.parse({**golden.BASE, "external_gateway_mac": "",
+                                       "fip_activation": "immediate"}))
     for n in (11, 12):
         host.update(f"tapvm{n}", golden.port(n, "203.0.113.10" if n == 11 else None))
     delta = host.set_config(CFG)
     assert delta and all(f.cookie >> 56 == 0xA1 for f in delta.add + delta.delete)
     assert HOST in delta.owners
+
+
+def test_a_fip_stays_dark_until_the_vm_shows_up_then_yields_to_another_host():
+    host = HostState(HostConfig.parse(golden.BASE))          # fip_activation=first-packet
+    vm = golden.port(11, "203.0.113.10")
+    host.update(vm.name, vm)
+    assert host.is_pending(vm.name)
+    assert host.flows[vm.name] == vm_flows(host.cfg, vm, active=False)
+    delta = host.activate(vm.name)
+    assert not host.is_pending(vm.name)
+    assert host.flows[vm.name] == vm_flows(host.cfg, vm, active=True)
+    assert any(f.match.get("arp_tpa") == "203.0.113.10" for f in delta.add)
+    host.yield_fip(vm.name)
+    assert host.is_pending(vm.name) and vm.name in host.yielded
+    # A row update that keeps the device (same ofport) keeps the state...
+    host.activate(vm.name)
+    host.update(vm.name, vm)
+    assert not host.is_pending(vm.name)
+    # ...a new device (new ofport) must prove itself again.
+    moved = VmPort(vm.name, 99, vm.mac, vm.fixed_ip, vm.iface_id, vm.fip)
+    host.update(vm.name, moved)
+    assert host.is_pending(vm.name)
+
+
+def test_after_a_restart_fips_still_installed_on_the_switch_stay_active():
+    host = HostState(HostConfig.parse(golden.BASE))
+    vm, other = golden.port(11, "203.0.113.10"), golden.port(13, "203.0.113.12")
+    host.update(vm.name, vm)
+    host.update(other.name, other)
+    installed = {(f.table, f.cookie) for f in vm_flows(host.cfg, vm, active=True)}
+    assert host.adopt_installed(installed) == [vm.name]
+    assert not host.is_pending(vm.name) and host.is_pending(other.name)
+
+
+def test_composed_deltas_never_send_a_flow_that_was_added_then_removed():
+    host = HostState(HostConfig.parse(golden.BASE))          # first-packet activation
+    vm = golden.port(11, "203.0.113.10")
+    delta = host.update(vm.name, vm)                          # pending flows
+    delta.extend(host.activate(vm.name))                      # then active flows
+    assert {(f.table, f.cookie) for f in delta.add} == \
+        {(f.table, f.cookie) for f in vm_flows(host.cfg, vm, active=True)}
+    assert delta.delete == []

@@ -113,11 +113,14 @@ def udp_client(host: str, port: int, size: int, timeout: float, src_port: int) -
     return 1
 
 
-def send_raw(iface: str, hexframes: list[str], count: int) -> int:
-    """Send prebuilt Ethernet frames (hex) as-is: crafted packets for attack tests."""
+def send_raw(iface: str, hexframes: list[str], count: int, interval: float = 0.0) -> int:
+    """Send prebuilt Ethernet frames (hex) as-is: crafted packets for attack tests, and the
+    GARP/RARP announcements of a booting or migrated VM."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
-    for _ in range(count):
+    for i in range(count):
+        if i and interval:
+            time.sleep(interval)
         for h in hexframes:
             s.send(bytes.fromhex(h))
     print("SENT", flush=True)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("send")
     sp.add_argument("--iface", default="eth0")
     sp.add_argument("--count", type=int, default=1)
+    sp.add_argument("--interval", type=float, default=0.0)
     sp.add_argument("frames", nargs="+")
     a = p.parse_args(argv)
     if a.mode == "tcp-server":
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.mode == "udp-client":
         return udp_client(a.host, a.port, a.size, a.timeout, a.src_port)
     elif a.mode == "send":
-        return send_raw(a.iface, a.frames, a.count)
+        return send_raw(a.iface, a.frames, a.count, a.interval)
     return 0
 
 

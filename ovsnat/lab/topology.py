@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -199,9 +200,10 @@ class Lab:
         return host
 
     def add_vm(self, name: str, host: str, ip: str, mac: str,
-               external_ids: dict[str, str] | None = None) -> Vm:
+               external_ids: dict[str, str] | None = None, boot: bool = True) -> Vm:
         """A VM namespace with eth0 (ip/24, default route via 10.0.0.1) plugged into `host`.
-        external_ids go on the Interface row, as nova/os-vif would set them."""
+        external_ids go on the Interface row, as nova/os-vif would set them. boot=True: the
+        VM then announces itself with a GARP, as a booting VM's first traffic would."""
         ns = self._add_ns(name)
         vm = Vm(name, ns, ip, mac, host, tap=f"tap{name}"[:15])
         self.vms[name] = vm
@@ -212,13 +214,15 @@ class Lab:
         run(["ip", "-n", ns, "route", "add", "default", "via", INTERNAL_GW])
         self.plug(vm, host, external_ids)
         self._save()
+        if boot:
+            self.announce(vm, "garp", count=1)
         return vm
 
     def plug(self, vm: Vm, host: str, external_ids: dict[str, str] | None = None) -> int:
         """Add the VM's tap to host's br-int with its Interface external_ids; returns ofport."""
         if external_ids is not None:
             vm.external_ids = dict(external_ids)
-        ids = {"iface-id": vm.name, "attached-mac": vm.mac, **vm.external_ids}
+        ids = self._ids(vm)
         h = self.hosts[host]
         args = ["--may-exist", "add-port", BRIDGE, vm.tap]
         if ids:
@@ -227,25 +231,43 @@ class Lab:
         h.vsctl(*args)
         return h.ofport(vm.tap)
 
+    def announce(self, vm: Vm, kind: str = "garp", count: int = 3,
+                 interval: float = 0.05) -> None:
+        """Frames a VM sends when it appears on a host: a GARP for its address (boot), or
+        RARPs as QEMU sends them after a live migration."""
+        frame = arp_frame(vm.mac, vm.ip, rarp=(kind == "rarp"))
+        run([sys.executable, "-m", "ovsnat.lab.peer", "send", "--iface", "eth0", "--count",
+             str(count), "--interval", str(interval), frame.hex()], ns=vm.ns)
+
     def unplug(self, vm: Vm) -> None:
         self.hosts[vm.host].vsctl("--if-exists", "del-port", BRIDGE, vm.tap)
 
-    def move_vm(self, vm: Vm, dest: str, external_ids: dict[str, str] | None = None,
-                unplug_source: bool = True) -> int:
-        """Live-migrate: move the VM's host-side veth to `dest` and plug it there. The VM
-        namespace (and its TCP state) stays. unplug_source=False leaves the source's
-        Interface row behind (as a lingering row does in a real migration)."""
-        src = self.hosts[vm.host]
-        if unplug_source:
+    def move_vm(self, vm: Vm, dest: str, overlap: bool = False, announce: bool = True) -> int:
+        """Live-migrate: move the VM's host-side veth to `dest` and plug it there; the VM
+        namespace (and its TCP state) stays. Then the VM sends RARPs, as QEMU does.
+
+        overlap=False: unplug from the source, then plug at the destination.
+        overlap=True: as in a real migration, the destination's Interface row is created
+        before the VM runs there (its device does not exist yet), and the source's row
+        lingers after the VM left (its device is gone)."""
+        src, dst = self.hosts[vm.host], self.hosts[dest]
+        if overlap:
+            dst.vsctl("--may-exist", "add-port", BRIDGE, vm.tap, "--", "set", "Interface",
+                      vm.tap, *[f'external_ids:{k}="{v}"' for k, v in self._ids(vm).items()])
+        else:
             self.unplug(vm)
-        run(["ip", "-n", src.ns, "link", "set", vm.tap, "netns", self.hosts[dest].ns])
-        run(["ip", "-n", self.hosts[dest].ns, "link", "set", vm.tap, "up"])
-        run(["ethtool", "-K", vm.tap, "tx", "off", "rx", "off"], ns=self.hosts[dest].ns,
-            check=False)
+        run(["ip", "-n", src.ns, "link", "set", vm.tap, "netns", dst.ns])
+        run(["ip", "-n", dst.ns, "link", "set", vm.tap, "up"])
+        run(["ethtool", "-K", vm.tap, "tx", "off", "rx", "off"], ns=dst.ns, check=False)
         vm.host = dest
-        ofport = self.plug(vm, dest, external_ids)
+        ofport = self.plug(vm, dest) if not overlap else dst.ofport(vm.tap)
         self._save()
+        if announce:
+            self.announce(vm, "rarp")
         return ofport
+
+    def _ids(self, vm: Vm) -> dict[str, str]:
+        return {"iface-id": vm.name, "attached-mac": vm.mac, **vm.external_ids}
 
     # --- processes ----------------------------------------------------------------------
     def spawn(self, name: str, argv: list[str], ns: str | None = None,
@@ -300,6 +322,18 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+def arp_frame(mac: str, ip: str, rarp: bool = False) -> bytes:
+    """A gratuitous ARP for ip (sender = target = ip), or a RARP as QEMU sends it."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = bytes(int(b) for b in ip.split("."))
+    zero4 = bytes(4)
+    if rarp:
+        body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + hw + zero4 + hw + zero4
+        return b"\xff" * 6 + hw + b"\x80\x35" + body
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + bytes(6) + addr
+    return b"\xff" * 6 + hw + b"\x08\x06" + body
 
 
 def _kill_recorded(info: dict, lab_id: str) -> None:
