@@ -143,6 +143,12 @@ class OvsNatApp(fw.BaseApp):
     def on_ovsdb(self, ev):
         batch = ev.batch
         snapshot = isinstance(batch, ovsdb.Snapshot)
+        if snapshot and not self.rows and not self.seen_ofport:
+            # The controller's first view: VMs already plugged count as resident (their FIPs
+            # were live before a restart). Should one be arriving by live migration right
+            # now, the GARPs sent on activation make the source host yield.
+            self.seen_ofport = {n: r.ofport for n, r in batch.rows.items()
+                                if r.link_state != "down"}
         if snapshot:
             changed = set(self.rows) | set(batch.rows)
             self.rows = dict(batch.rows)
@@ -154,6 +160,7 @@ class OvsNatApp(fw.BaseApp):
             self.rows.update(batch.rows)
             changed = set(batch.rows) | batch.removed
         if self._rebuild_if_needed():
+            self._send(self._activate_resident(set(self.rows)))
             self._sync_full()
             return
         if self.host is None:
@@ -175,7 +182,7 @@ class OvsNatApp(fw.BaseApp):
         delta = Delta()
         for name in sorted(changed):
             row = self.rows.get(name)
-            ofport = row.ofport if row else None
+            ofport = row.ofport if row and row.link_state != "down" else None
             if ofport and ofport > 0 and self.seen_ofport.get(name) == ofport and \
                     self.host.is_pending(name) and name not in self.host.yielded:
                 LOG.info("ovsnat: port %s was already here; activating its FIP", name)
@@ -233,6 +240,8 @@ class OvsNatApp(fw.BaseApp):
         ids = row.external_ids
         if KEY_FIXED_IP not in ids and KEY_FIP not in ids:
             return None                      # not managed by ovsnat (no ovsnat-* keys)
+        if row.link_state == "down":
+            return None                      # the device is gone: nothing to program
         try:
             return VmPort.from_external_ids(name, row.ofport if row.ofport is not None else -1,
                                             ids)

@@ -28,7 +28,7 @@ import ovs.stream
 LOG = logging.getLogger(__name__)
 
 COLUMNS = {"Bridge": ["name", "ports"], "Port": ["name", "interfaces"],
-           "Interface": ["name", "ofport", "external_ids"]}
+           "Interface": ["name", "ofport", "external_ids", "link_state"]}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class IfaceRow:
     name: str
     ofport: int | None
     external_ids: dict
+    link_state: str | None = None      # "down": the device is gone (e.g. the VM left)
 
 
 @dataclass
@@ -159,7 +160,8 @@ class Watcher:
         if port is None or self._bridge_of_port.get(port) != self.bridge:
             return None
         ofport = iface.ofport[0] if iface.ofport else None
-        return IfaceRow(iface.name, ofport, dict(iface.external_ids))
+        link = iface.link_state[0] if iface.link_state else None
+        return IfaceRow(iface.name, ofport, dict(iface.external_ids), link)
 
     def _publish_changes(self) -> None:
         rows = self.idl.tables["Interface"].rows

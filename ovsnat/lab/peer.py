@@ -82,6 +82,57 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
     return 0
 
 
+def tcp_push_server(port: int) -> None:
+    """Send a line every 10 ms to each client, never read: a receive-only session for the
+    client."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(16)
+    print("READY", flush=True)
+    while True:
+        conn, addr = srv.accept()
+        threading.Thread(target=_push, args=(conn, addr), daemon=True).start()
+
+
+def _push(conn: socket.socket, addr) -> None:
+    with conn:
+        conn.sendall(_peer_line(addr))
+        n = 0
+        try:
+            while True:
+                conn.sendall(f"{n:08d}\n".encode())
+                n += 1
+                time.sleep(0.01)
+        except OSError:
+            pass
+
+
+def tcp_sink_client(host: str, port: int, hold: float) -> int:
+    """Receive for `hold` seconds; report how much arrived and the longest silence."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(0.2)
+    s.connect((host, port))
+    t0 = last = time.monotonic()
+    got, longest, state = 0, 0.0, "OPEN"
+    while time.monotonic() - t0 < hold:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError as e:
+            state = f"BROKEN {type(e).__name__}"
+            break
+        if not data:
+            state = "CLOSED"
+            break
+        now = time.monotonic()
+        longest, last, got = max(longest, now - last), now, got + len(data)
+    longest = max(longest, time.monotonic() - last)
+    print(f"{state} received={got} longest_silence={longest:.2f}", flush=True)
+    return 0
+
+
 def udp_server(port: int) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", port))
@@ -130,7 +181,7 @@ def send_raw(iface: str, hexframes: list[str], count: int, interval: float = 0.0
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ovsnat.lab.peer")
     sub = p.add_subparsers(dest="mode", required=True)
-    for name in ("tcp-server", "udp-server"):
+    for name in ("tcp-server", "udp-server", "tcp-push-server"):
         sp = sub.add_parser(name)
         sp.add_argument("--port", type=int, required=True)
     for name in ("tcp-client", "udp-client"):
@@ -141,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--src-port", type=int, default=0)
     sub.choices["tcp-client"].add_argument("--hold", type=float, default=0.0)
     sub.choices["udp-client"].add_argument("--size", type=int, default=32)
+    sp = sub.add_parser("tcp-sink-client")
+    sp.add_argument("host")
+    sp.add_argument("port", type=int)
+    sp.add_argument("--hold", type=float, default=5.0)
     sp = sub.add_parser("send")
     sp.add_argument("--iface", default="eth0")
     sp.add_argument("--count", type=int, default=1)
@@ -151,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         tcp_server(a.port)
     elif a.mode == "udp-server":
         udp_server(a.port)
+    elif a.mode == "tcp-push-server":
+        tcp_push_server(a.port)
+    elif a.mode == "tcp-sink-client":
+        return tcp_sink_client(a.host, a.port, a.hold)
     elif a.mode == "tcp-client":
         return tcp_client(a.host, a.port, a.timeout, a.hold, a.src_port)
     elif a.mode == "udp-client":
