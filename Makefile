@@ -10,7 +10,7 @@ install:
 	bash scripts/install.sh
 
 lab: install
-	$(VENV)/bin/ovsnat lab up
+	$(VENV)/bin/ovsnat lab demo
 
 lab-down:
 	$(VENV)/bin/ovsnat lab down --all

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ovsnat.lab import scenario
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
+from ovsnat.lab.traffic import start_server
 
 # The default lab: two hypervisors, VMs with and without floating IPs (the contract's
 # external_ids are set on each Interface row, as nova/os-vif would).
@@ -24,13 +26,24 @@ def contract_ids(ip: str, fip: str | None) -> dict[str, str]:
     return ids
 
 
-def build_default(lab: Lab, hosts: int = 2) -> Lab:
+def snat_ip(host: str) -> str:
+    """hv1 -> 203.0.113.11, hv2 -> 203.0.113.21, ...: one PAT address per host."""
+    return f"203.0.113.{int(host[2:]) * 10 + 1}"
+
+
+def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
+    """Hosts with ovsnat's controller (ryu-manager), the VMs, and servers to talk to."""
     lab.up()
     for i in range(1, hosts + 1):
         lab.add_host(f"hv{i}")
+        if controllers:
+            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"))
     for name, host, ip, mac, fip in DEFAULT_VMS:
         if host in lab.hosts:
-            lab.add_vm(name, host, ip, mac, contract_ids(ip, fip))
+            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip))
+            start_server(lab, f"{name}-tcp", vm.ns, "tcp", 7000)
+    start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
+    start_server(lab, "srv-udp", lab.srv_ns, "udp", 8080)
     return lab
 
 
@@ -58,21 +71,45 @@ def main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the default lab and leave it running")
     up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--no-controllers", action="store_true",
+                    help="leave br-int without ovsnat (program it yourself)")
+    demo = sub.add_parser("demo", help="build the default lab and run the narrated demo")
+    demo.add_argument("--keep", action="store_true", default=True,
+                      help="leave the lab running afterwards (default)")
+    mig = sub.add_parser("migrate", help="live-migrate a VM of a running lab to a host")
+    mig.add_argument("vm")
+    mig.add_argument("host")
+    mig.add_argument("--lab", dest="lab_id", help="lab id (default: the only lab)")
+    mig.add_argument("--overlap", action="store_true",
+                     help="create the destination row first and leave the source's behind")
     sub.add_parser("status", help="show every lab on this machine")
     down = sub.add_parser("down", help="remove a lab (or all) and everything it started")
     down.add_argument("lab_id", nargs="?")
     down.add_argument("--all", action="store_true")
     a = p.parse_args(argv)
 
-    if a.cmd == "up":
+    if a.cmd in ("up", "demo"):
         lab = Lab()
         try:
-            build_default(lab, a.hosts)
+            build_default(lab, getattr(a, "hosts", 2),
+                          controllers=not getattr(a, "no_controllers", False))
+            if a.cmd == "demo":
+                from ovsnat.lab.demo import run_demo
+                run_demo(lab)
         except BaseException:
             lab.down()
             raise
         print(describe(lab))
         print(f"\ntear down with: ovsnat lab down {lab.id}")
+    elif a.cmd == "migrate":
+        ids = [a.lab_id] if a.lab_id else Lab.list_ids()
+        if len(ids) != 1:
+            p.error(f"name the lab with --lab (labs: {' '.join(ids) or 'none'})")
+        lab = Lab.load(ids[0])
+        vm = lab.vms[a.vm]
+        src = vm.host
+        ofport = lab.move_vm(vm, a.host, overlap=a.overlap)
+        print(f"moved {vm.name} from {src} to {a.host} (ofport {ofport}); it sent RARPs")
     elif a.cmd == "status":
         ids = Lab.list_ids()
         if not ids:
