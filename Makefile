@@ -23,3 +23,6 @@ unit: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+golden: install
+	$(PY) -m ovsnat.golden --write

@@ -19,25 +19,27 @@ computed by the pure core (ovsnat.state, ovsnat.compiler).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 
 import netaddr
 
-from ovsnat import config, ofmsgs, ovsdb
+from ovsnat import config, metrics, ofmsgs, ovsdb
 from ovsnat import framework as fw
 from ovsnat.compiler import METERS
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, cookie_owner, is_ours
-from ovsnat.model import ConfigError, HostConfig, KEY_FIP, KEY_FIXED_IP, PortError, Rejection, \
-    VmPort, mac_str, with_gateway_mac
+from ovsnat.model import ConfigError, HostConfig, mac_str, with_gateway_mac
 from ovsnat.pipeline import UPLINK_ARP
-from ovsnat.state import Delta, HostState
+from ovsnat.state import Delta, HostState, port_from_row
 
 LOG = logging.getLogger("ovsnat")
 GARP_DELAYS = (0.0, 0.5, 1.5)          # three announcements of a FIP that became live here
 ACTIVATION_SETTLE = 0.1                # after the first GARP, let the previous host yield
-GATEWAY_ARP_INTERVAL = (1.0, 30.0)     # until resolved, then to follow changes
+GATEWAY_ARP_INTERVAL = (1, 30)         # seconds: until resolved, then to follow changes
 
 config.register(fw.CONF)
 
@@ -100,9 +102,13 @@ class OvsNatApp(fw.BaseApp):
         self.reported: dict[str, str] = {}        # port name -> last logged rejection
         self.failed_owners: dict[int, str] = {}   # owner cookie bits -> OpenFlow error
         self.activating: set[str] = set()
+        self.ticks = 0
         self.seen_ofport: dict[str, int | None] = {}   # ofport of each row at the last batch
         self.stats = {"flow_mods": 0, "bundles": 0, "of_errors": 0, "syncs": 0,
                       "fip_conflicts": 0, "activations": 0}
+        self.conflicts: list[dict] = []
+        self.status_file = opts.status_file
+        self.metrics = metrics.Metrics(opts.metrics_port, opts.metrics_host)
         self.watcher = ovsdb.Watcher(self.remote, self.base_cfg.bridge, self._post_ovsdb)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -110,6 +116,8 @@ class OvsNatApp(fw.BaseApp):
         thread = super().start()
         self.threads.append(fw.hub.spawn(self._ovsdb_loop))
         self.threads.append(fw.hub.spawn(self._ticker))
+        if self.metrics.enabled:
+            self.threads.append(fw.hub.spawn(self._serve_metrics))
         LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d",
                  self.base_cfg.bridge, self.base_cfg.uplink_port, self.remote,
                  self.base_cfg.snat_ip, self.base_cfg.snat_port_min, self.base_cfg.snat_port_max)
@@ -129,13 +137,26 @@ class OvsNatApp(fw.BaseApp):
                 LOG.warning("ovsnat: OVSDB %s: %s; retrying in 1 s", self.remote, e)
                 fw.hub.sleep(1)
 
+    def _serve_metrics(self):
+        def handle(sock, addr):
+            try:
+                sock.settimeout(5)
+                sock.sendall(self.metrics.http_response(sock.recv(4096)))
+            except OSError:
+                pass
+            finally:
+                sock.close()
+        server = fw.hub.StreamServer((self.metrics.host, self.metrics.port), handle)
+        LOG.info("ovsnat: metrics on http://%s:%d/metrics", self.metrics.host,
+                 self.metrics.port)
+        server.serve_forever()
+
     def _post_ovsdb(self, batch):
         self.send_event(self.name, EventOvsdb(batch))
 
     def _ticker(self):
         while True:
-            interval = GATEWAY_ARP_INTERVAL[1 if self.gateway_mac else 0]
-            fw.hub.sleep(interval)
+            fw.hub.sleep(1)
             self.send_event(self.name, EventTick())
 
     # --- desired state from OVSDB -----------------------------------------------------------
@@ -159,9 +180,12 @@ class OvsNatApp(fw.BaseApp):
                 self.rows.pop(name, None)
             self.rows.update(batch.rows)
             changed = set(batch.rows) | batch.removed
+        if snapshot:
+            self.metrics.inc("ovsdb_reconnects")
         if self._rebuild_if_needed():
             self._send(self._activate_resident(set(self.rows)))
             self._sync_full()
+            self._publish_status()
             return
         if self.host is None:
             return
@@ -174,6 +198,7 @@ class OvsNatApp(fw.BaseApp):
             self._report_rejections()
         delta.extend(self._activate_resident(changed))
         self._send(delta)
+        self._publish_status()
 
     def _activate_resident(self, changed: set) -> Delta:
         """A FIP given to a VM whose device was already here (same ofport as before this
@@ -189,6 +214,36 @@ class OvsNatApp(fw.BaseApp):
                 delta.extend(self.host.activate(name))
             self.seen_ofport[name] = ofport
         return delta
+
+    def _publish_status(self):
+        """The status file (`ovsnat status` reads it) and the metrics gauges."""
+        host = self.host
+        accepted = host.accepted if host else []
+        pending = [p.name for p in accepted if host.is_pending(p.name)]
+        fips = sum(1 for p in accepted if p.fip is not None)
+        self.metrics.set_state(fips, len(accepted) - fips, len(pending),
+                               len(host.rejected) if host else 0)
+        if not self.status_file:
+            return
+        state = {
+            "time": time.time(), "datapath": f"{self.dp.id:016x}" if self.dp else None,
+            "in_sync": self.installed is not None and not self.bundles,
+            "vms": len(accepted), "fips": fips, "pending_fips": pending,
+            "rejected": [{"name": r.name, "reason": r.reason} for r in
+                         (host.rejected if host else [])],
+            "failed_owners": {f"{k:#x}": v for k, v in self.failed_owners.items()},
+            "conflicts": self.conflicts[-20:], "stats": self.stats,
+            "ovsdb_reconnects": self.watcher.reconnects,
+        }
+        try:
+            os.makedirs(os.path.dirname(self.status_file) or ".", exist_ok=True)
+            tmp = self.status_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f, indent=1)
+            os.replace(tmp, self.status_file)
+        except OSError as e:
+            LOG.warning("ovsnat: cannot write status file %s: %s", self.status_file, e)
+            self.status_file = ""
 
     def _uplink_ofport(self) -> int | None:
         row = self.rows.get(self.base_cfg.uplink_port)
@@ -233,20 +288,9 @@ class OvsNatApp(fw.BaseApp):
         return delta
 
     def _port(self, name: str):
-        """The row as a VmPort, a Rejection (with the reason), or None (not a NAT port)."""
         row = self.rows.get(name)
-        if row is None:
-            return None
-        ids = row.external_ids
-        if KEY_FIXED_IP not in ids and KEY_FIP not in ids:
-            return None                      # not managed by ovsnat (no ovsnat-* keys)
-        if row.link_state == "down":
-            return None                      # the device is gone: nothing to program
-        try:
-            return VmPort.from_external_ids(name, row.ofport if row.ofport is not None else -1,
-                                            ids)
-        except PortError as e:
-            return Rejection(name, str(e))
+        return None if row is None else port_from_row(name, row.ofport, row.external_ids,
+                                                      row.link_state)
 
     def _report_rejections(self):
         current = {r.name: r.reason for r in self.host.rejected}
@@ -322,6 +366,8 @@ class OvsNatApp(fw.BaseApp):
                       {cookie_owner(f.cookie) for f in missing})
         if not delta:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
+            if self.dump.get("t0") is not None:
+                self.metrics.set_reconcile(time.monotonic() - self.dump.pop("t0"))
             return
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._send(delta)
@@ -358,11 +404,14 @@ class OvsNatApp(fw.BaseApp):
         self.barriers[self._send_msg(p.OFPBarrierRequest(dp))] = bundle.id
         self.stats["flow_mods"] += len(msgs)
         self.stats["bundles"] += 1
+        self.metrics.inc("flow_mods", len(msgs))
+        self.metrics.inc("bundles")
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPErrorMsg, fw.MAIN_DISPATCHER)
     def on_error(self, ev):
         msg = ev.msg
         self.stats["of_errors"] += 1
+        self.metrics.inc("of_errors")
         bundle_id, flow = self.xid_owner.get(msg.xid, (None, None))
         bundle = self.bundles.get(bundle_id)
         what = f"flow {flow.text()} of {self._owner_name(flow.cookie)}" if flow and \
@@ -387,6 +436,11 @@ class OvsNatApp(fw.BaseApp):
             return
         for xid in bundle.xids:
             self.xid_owner.pop(xid, None)
+        if not self.bundles and self.dump.get("t0") is not None:
+            took = time.monotonic() - self.dump.pop("t0")
+            LOG.info("ovsnat: in sync %.3f s after the datapath connected", took)
+            self.metrics.set_reconcile(took)
+        self._publish_status()
         if bundle.failed is None:
             self.installed -= {(f.table, f.cookie) for f in bundle.delta.delete}
             self.installed |= {(f.table, f.cookie) for f in bundle.delta.add}
@@ -428,8 +482,8 @@ class OvsNatApp(fw.BaseApp):
     def _announce_fips(self, added: list[Flow]):
         """Gratuitous ARPs for every FIP whose ARP responder was just installed."""
         for f in added:
-            if f.table == UPLINK_ARP and f.cookie >> 56 == COOKIE_VM:
-                fip = f.match.get("arp_tpa")
+            fip = f.match.get("arp_tpa") if f.match is not None else None
+            if f.table == UPLINK_ARP and f.cookie >> 56 == COOKIE_VM and fip:
                 mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
                 for delay in GARP_DELAYS:
                     fw.hub.spawn_after(delay, self._garp, (f.table, f.cookie), mac, fip)
@@ -455,9 +509,26 @@ class OvsNatApp(fw.BaseApp):
         self._send_msg(p.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                       [p.OFPActionOutput(host.cfg.uplink_ofport)], pkt.data))
 
+    def _refresh_pat_usage(self):
+        if not self.metrics.enabled or self.host is None:
+            return
+        from ovsnat.inspect import pat_usage
+        try:
+            out = subprocess.run(["ovs-appctl", "dpctl/dump-conntrack",
+                                  f"zone={self.host.cfg.ct_zone}"], capture_output=True,
+                                 text=True, timeout=5).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        self.metrics.set_pat(pat_usage(self.host.cfg, out))
+
     @fw.set_ev_cls(EventTick)
     def on_tick(self, ev):
-        if self.base_cfg.learn_gateway_mac and self.host is not None:
+        self.ticks += 1
+        if self.ticks % 5 == 0:
+            self._refresh_pat_usage()
+        interval = GATEWAY_ARP_INTERVAL[1 if self.gateway_mac else 0]
+        if self.base_cfg.learn_gateway_mac and self.host is not None and \
+                self.ticks % interval == 0:
             cfg = self.host.cfg
             self._send_arp(1, mac_str(cfg.snat_mac), str(cfg.snat_ip),
                            str(cfg.external_gateway_ip), "00:00:00:00:00:00")
@@ -489,9 +560,13 @@ class OvsNatApp(fw.BaseApp):
             # Another host announces (or claims) one of our live FIPs: the VM moved there,
             # or the FIP is configured twice. Yield, so two hosts never answer for it.
             self.stats["fip_conflicts"] += 1
+            self.metrics.inc("conflicts")
+            self.conflicts.append({"fip": a.src_ip, "mac": a.src_mac, "port": name,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
             LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; yielding "
                         "until the VM announces itself here again", a.src_ip, name, a.src_mac)
             self._send(self.host.yield_fip(name))
+            self._publish_status()
 
     def _from_vm(self, in_port, pkt):
         name = self.host.by_ofport.get(in_port)
@@ -514,9 +589,11 @@ class OvsNatApp(fw.BaseApp):
         self.activating.discard(ev.name)
         if self.host is not None and self.host.is_pending(ev.name):
             self.stats["activations"] += 1
+            self.metrics.inc("activations")
             LOG.info("ovsnat: port %s is here (first frame seen); activating its FIP",
                      ev.name)
             self._send(self.host.activate(ev.name))
+            self._publish_status()
 
 
 def _stub(table: int, cookie: int) -> Flow:

@@ -10,7 +10,11 @@ commands:
   flows                compile a host's flows offline (--config ovsnat.conf --ports ports.json)
   bind                 give a VM a floating IP (--iface-id ID --fip IP [--fixed-ip IP] [--db R])
   unbind               remove a VM's floating IP, back to PAT (--iface-id ID [--db R])
-  lab up|status|down   the reference lab (real OVS hypervisors in network namespaces)
+  dump                 a live host's flows, annotated by table role and owner (--config F)
+  diff                 desired against installed flows; exit 1 on drift (--config F)
+  status               VMs, FIPs, skipped ports, PAT usage, conflicts (--config F)
+  trace SRC DST [PROTO [PORT]]   follow a packet through the pipeline (--config F)
+  lab up|demo|status|migrate|down   the reference lab (OVS hypervisors in namespaces)
 """
 
 
@@ -26,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in ("bind", "unbind"):
         from ovsnat.bind import run as bind_run
         return bind_run(cmd, rest)
+    if cmd in ("dump", "diff", "status", "trace"):
+        from ovsnat.inspect_cli import main as inspect_main
+        return inspect_main(cmd, rest)
     if cmd == "lab":
         from ovsnat.lab.cli import main as lab_main
         return lab_main(rest)

@@ -14,12 +14,10 @@ from ovsnat.model import ConfigError, HostConfig
 from ovsnat.options import OPTIONS, SECTION
 
 INT_RANGES = {"snat_port_min": (1, 65535), "snat_port_max": (1, 65535),
+              "metrics_port": (0, 65535),
               "pat_ports_per_vm": (0, 65535), "ct_zone": (0, 65535),
               "fip_frag_ct_zone": (0, 65535)}
-EXTRA = [
-    oslo_cfg.IntOpt("metrics_port", default=0, min=0, max=65535,
-                    help="Serve Prometheus metrics on this TCP port (0: off)."),
-]
+EXTRA: list = []
 
 
 def oslo_opts() -> list:

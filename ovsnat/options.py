@@ -49,6 +49,11 @@ OPTIONS: tuple[Option, ...] = (
            "has sent a frame here (boot traffic, QEMU's RARP after a live migration), so two "
            "hosts never answer for one FIP; 'immediate' as soon as the port is plugged."),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
+    Option("status_file", "/var/run/ovsnat/status.json",
+           "Where the controller keeps its status (read by `ovsnat status`); empty: none."),
+    Option("metrics_port", 0,
+           "Serve Prometheus metrics on this TCP port of metrics_host (0: off).", "int"),
+    Option("metrics_host", "127.0.0.1", "Address the metrics endpoint listens on."),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

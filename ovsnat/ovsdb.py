@@ -114,6 +114,29 @@ class Watcher:
             poller.timer_wait(1000)
             poller.block()
 
+    def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
+        """Connect, wait for the first full view, and return it (for the CLI tools)."""
+        import time
+        got: list = []
+        self.publish = got.append
+        self.connect()
+        deadline = time.monotonic() + timeout
+        try:
+            while not got:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no answer from OVSDB at {self.remote} in {timeout}s")
+                self.idl.run()
+                if self.idl.state == self.idl.IDL_S_MONITORING:
+                    self._publish_snapshot()
+                    break
+                poller = ovs.poller.Poller()
+                self.idl.wait(poller)
+                poller.timer_wait(100)
+                poller.block()
+        finally:
+            self.idl.close()
+        return got[0]
+
     def stop(self) -> None:
         self.running = False
         if self.idl is not None:
@@ -253,7 +276,7 @@ def set_iface_external_ids(remote: str, iface_id: str, set_keys: dict[str, str],
             after = {}
             for row in sorted(rows, key=lambda r: r.name):
                 ids = dict(row.external_ids)
-                ids.update(set_keys)
+                ids.update({key: str(value) for key, value in set_keys.items()})
                 for key in remove_keys:
                     ids.pop(key, None)
                 if check is not None:

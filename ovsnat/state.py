@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
 from ovsnat.flows import COOKIE_VM, Flow, owner_cookie
-from ovsnat.model import HostConfig, PortError, Rejection, VmPort, mac_str
+from ovsnat.model import KEY_FIP, KEY_FIXED_IP, HostConfig, PortError, Rejection, VmPort, \
+    mac_str
 
 HOST = "host"          # owner key of host-level flows
 
@@ -47,6 +48,20 @@ class Delta:
                 adds[key(f)] = f
         self.add, self.delete = list(adds.values()), list(deletes.values())
         self.owners |= other.owners
+
+
+def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None = None):
+    """An OVSDB Interface row as a VmPort, a Rejection (with the reason), or None: not
+    ovsnat's (no ovsnat-* keys), or its device is gone (link down)."""
+    if KEY_FIXED_IP not in external_ids and KEY_FIP not in external_ids:
+        return None
+    if link_state == "down":
+        return None
+    try:
+        return VmPort.from_external_ids(name, ofport if ofport is not None else -1,
+                                        external_ids)
+    except PortError as e:
+        return Rejection(name, str(e))
 
 
 def _key(flow: Flow) -> tuple[int, int]:

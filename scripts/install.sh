@@ -12,8 +12,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$here/.venv}
 python=${PYTHON:-python3}
-apt_packages=(openvswitch-switch openvswitch-common iproute2 ethtool iputils-ping tcpdump procps psmisc)
-needed_cmds=(ovs-vswitchd ovsdb-server ovs-vsctl ovs-ofctl ip ethtool ping tcpdump)
+apt_packages=(openvswitch-switch openvswitch-common iproute2 ethtool iputils-ping tcpdump procps psmisc shellcheck)
+needed_cmds=(ovs-vswitchd ovsdb-server ovs-vsctl ovs-ofctl ip ethtool ping tcpdump shellcheck)
 
 say() { printf 'install: %s\n' "$*"; }
 
@@ -48,7 +48,7 @@ fi
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # ryu 4.34 only builds with an old setuptools and without build isolation.
 "${pip[@]}" 'setuptools<68' wheel pbr
-"${pip[@]}" --no-build-isolation -c "$here/constraints.txt" -e "$here[ryu,osken,test]"
+"${pip[@]}" --no-build-isolation -c "$here/constraints.txt" -e "${here}[ryu,osken,test]"
 # ryu-manager imports eventlet.wsgi.ALREADY_HANDLED, which current eventlet lacks: install
 # ovsnat's import shim (a .pth file in this venv) instead of patching ryu. See ovsnat/ryu_compat.py.
 "$venv/bin/python" -m ovsnat.ryu_compat --install

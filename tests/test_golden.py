@@ -15,6 +15,11 @@ def test_golden_flows_match_the_compiler(name):
         assert f.read() == golden.render(name), f"flows/{name}.flows is stale: run `make golden`"
 
 
+def test_sample_config_lists_every_option_with_its_default():
+    with open(golden.SAMPLE_CONF) as f:
+        assert f.read() == golden.sample_conf(), "etc/ovsnat.conf.sample is stale: `make golden`"
+
+
 def test_pipeline_md_tables_match_the_declared_pipeline():
     with open(golden.PIPELINE_MD) as f:
         current = f.read()

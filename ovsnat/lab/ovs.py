@@ -33,7 +33,9 @@ class Ovs:
         return {"OVS_RUNDIR": self.rundir, "OVS_LOGDIR": self.rundir, "OVS_DBDIR": self.rundir}
 
     def ctl(self, daemon: str) -> str:
-        return os.path.join(self.rundir, f"{daemon}.ctl")
+        """The daemon's control socket, where ovs-appctl looks for it by default
+        ($OVS_RUNDIR/<daemon>.<pid>.ctl), so operators' tools work unchanged."""
+        return os.path.join(self.rundir, f"{daemon}.{self.pid(daemon)}.ctl")
 
     def pidfile(self, daemon: str) -> str:
         return os.path.join(self.rundir, f"{daemon}.pid")
@@ -87,8 +89,7 @@ class Ovs:
     def _daemon(self, name: str, args: list[str]) -> None:
         run([name, *args, f"--pidfile={self.pidfile(name)}",
              f"--log-file={os.path.join(self.rundir, name + '.log')}",
-             f"--unixctl={self.ctl(name)}", "--detach", "--no-chdir"],
-            ns=self.ns, env=self.env)
+             "--detach", "--no-chdir"], ns=self.ns, env=self.env)
         wait_for(lambda: self.alive(name), 10, what=f"{name} in {self.rundir}")
 
     def stop_daemon(self, name: str, kill: bool = False) -> None:

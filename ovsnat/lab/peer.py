@@ -164,14 +164,15 @@ def udp_client(host: str, port: int, size: int, timeout: float, src_port: int) -
     return 1
 
 
-def send_raw(iface: str, hexframes: list[str], count: int, interval: float = 0.0) -> int:
+def send_raw(iface: str, hexframes: list[str], count: int, interval: float = 0.0,
+             step: float = 0.0) -> int:
     """Send prebuilt Ethernet frames (hex) as-is: crafted packets for attack tests, and the
     GARP/RARP announcements of a booting or migrated VM."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
     for i in range(count):
-        if i and interval:
-            time.sleep(interval)
+        if i and (interval or step):
+            time.sleep(interval + (i - 1) * step)
         for h in hexframes:
             s.send(bytes.fromhex(h))
     print("SENT", flush=True)
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--iface", default="eth0")
     sp.add_argument("--count", type=int, default=1)
     sp.add_argument("--interval", type=float, default=0.0)
+    sp.add_argument("--step", type=float, default=0.0, help="each gap grows by this much")
     sp.add_argument("frames", nargs="+")
     a = p.parse_args(argv)
     if a.mode == "tcp-server":
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.mode == "udp-client":
         return udp_client(a.host, a.port, a.size, a.timeout, a.src_port)
     elif a.mode == "send":
-        return send_raw(a.iface, a.frames, a.count, a.interval)
+        return send_raw(a.iface, a.frames, a.count, a.interval, a.step)
     return 0
 
 

@@ -111,6 +111,7 @@ def write_config(lab: Lab, host: str, snat_ip: str, **overrides) -> str:
     """Write the host's ovsnat.conf (as an operator would) and return its path."""
     options = host_options(lab, host, snat_ip, **overrides)
     options["ovsdb_connection"] = f"unix:{lab.hosts[host].ovs.db_sock}"
+    options["status_file"] = os.path.join(lab.hosts[host].rundir, "ovsnat-status.json")
     path = os.path.join(lab.hosts[host].rundir, "ovsnat.conf")
     with open(path, "w") as f:
         f.write("[ovsnat]\n" + "".join(f"{k} = {'' if v is None else v}\n"
@@ -135,7 +136,7 @@ def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework:
     if snat_ip is not None or not os.path.exists(conf):
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
-    lab.spawn(name, controller_argv(conf, framework), ns=h.ns)
+    lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=h.ovs.env)
     if not h.vsctl("get-controller", BRIDGE).strip():
         # max_backoff: reconnect within a second when the controller restarts.
         h.vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{OF_PORT}", "--", "set",

@@ -215,7 +215,7 @@ class Lab:
         self.plug(vm, host, external_ids)
         self._save()
         if boot:
-            self.announce(vm, "garp", count=1)
+            self.announce(vm, "garp")
         return vm
 
     def plug(self, vm: Vm, host: str, external_ids: dict[str, str] | None = None) -> int:
@@ -231,13 +231,20 @@ class Lab:
         h.vsctl(*args)
         return h.ofport(vm.tap)
 
-    def announce(self, vm: Vm, kind: str = "garp", count: int = 3,
-                 interval: float = 0.05) -> None:
+    def announce(self, vm: Vm, kind: str = "garp", count: int = 5, interval: float = 0.05,
+                 step: float = 0.1, wait: bool = False) -> None:
         """Frames a VM sends when it appears on a host: a GARP for its address (boot), or
-        RARPs as QEMU sends them after a live migration."""
+        RARPs as QEMU sends them after a live migration (5 rounds, 50 ms apart growing by
+        100 ms: QEMU's announce-initial/-step/-rounds defaults). Runs in the background
+        unless wait=True, as the VM does not wait either."""
         frame = arp_frame(vm.mac, vm.ip, rarp=(kind == "rarp"))
-        run([sys.executable, "-m", "ovsnat.lab.peer", "send", "--iface", "eth0", "--count",
-             str(count), "--interval", str(interval), frame.hex()], ns=vm.ns)
+        argv = [sys.executable, "-m", "ovsnat.lab.peer", "send", "--iface", "eth0", "--count",
+                str(count), "--interval", str(interval), "--step", str(step), frame.hex()]
+        if wait:
+            run(argv, ns=vm.ns)
+        else:
+            subprocess.Popen(["ip", "netns", "exec", vm.ns, *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
 
     def unplug(self, vm: Vm) -> None:
         self.hosts[vm.host].vsctl("--if-exists", "del-port", BRIDGE, vm.tap)

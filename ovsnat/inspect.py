@@ -1,0 +1,265 @@
+"""Operator views of a live host: `ovsnat dump`, `diff`, `status`, `trace`.
+
+They run on the hypervisor, next to the controller, and read the same two sources it does:
+OVSDB (through ovsnat.ovsdb) and the switch (through `ovs-ofctl`/`ovs-appctl`, as an
+operator would). Desired flows come from the same core code as the controller's, so `diff`
+says exactly what the controller would send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+
+import netaddr
+
+from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
+from ovsnat.model import HostConfig, VmPort, mac_str, with_gateway_mac
+from ovsnat.options import read_ini
+from ovsnat.ovsdb import Watcher
+from ovsnat.pipeline import BY_ID, EGRESS_OUT
+from ovsnat.state import HostState, port_from_row
+
+
+class InspectError(RuntimeError):
+    pass
+
+
+# --- the switch, read with the OVS tools -------------------------------------------------------
+@dataclass
+class Installed:
+    cookie: int
+    table: int
+    priority: int
+    packets: int
+    bytes: int
+    duration: float
+    text: str              # as ovsnat renders a flow: cookie, table, priority, match, actions
+
+    @property
+    def match(self) -> str:
+        head = self.text.split(" actions=")[0].split("priority=", 1)[1]
+        return head.partition(",")[2]
+
+    @property
+    def actions(self) -> str:
+        return self.text.split(" actions=", 1)[1]
+
+
+DUMP_LINE = re.compile(
+    r"cookie=(?P<cookie>0x[0-9a-f]+), duration=(?P<dur>[\d.]+)s, (?:table=(?P<table>\d+), )?"
+    r"n_packets=(?P<pk>\d+), n_bytes=(?P<by>\d+), (?:idle_age=\d+, )?(?:hard_age=\d+, )?"
+    r"priority=(?P<prio>\d+)(?P<rest>.*)$")
+
+
+def parse_dump(text: str) -> list[Installed]:
+    flows = []
+    for line in text.splitlines():
+        m = DUMP_LINE.search(line.strip())
+        if not m:
+            continue
+        table = int(m.group("table") or 0)
+        prefix = f"table={table}, " if table else ""
+        body = f"cookie={m.group('cookie')}, {prefix}priority={m.group('prio')}{m.group('rest')}"
+        flows.append(Installed(int(m.group("cookie"), 16), table, int(m.group("prio")),
+                               int(m.group("pk")), int(m.group("by")), float(m.group("dur")),
+                               body))
+    return flows
+
+
+def ovs_tool(*argv: str) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise InspectError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def dump_flows(bridge: str) -> list[Installed]:
+    return parse_dump(ovs_tool("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge))
+
+
+# --- the host as the controller sees it ---------------------------------------------------------
+@dataclass
+class View:
+    cfg: HostConfig
+    host: HostState
+    rows: dict
+    installed: list[Installed]
+    status: dict            # the controller's status file, if any
+
+    def owner(self, cookie: int) -> str:
+        if cookie_kind(cookie) == COOKIE_HOST:
+            return "host"
+        ip = netaddr.IPAddress(cookie_owner(cookie))
+        for port in self.host.valid.values():
+            if port.fixed_ip == ip:
+                return port.name
+        return f"unknown VM {ip}"
+
+
+def load_view(conf_path: str) -> View:
+    options = read_ini(conf_path)
+    snap = Watcher(options["ovsdb_connection"], options["bridge"], lambda b: None) \
+        .snapshot_once()
+    uplink = snap.rows.get(options["uplink_port"])
+    if uplink is None or not uplink.ofport or uplink.ofport < 1:
+        raise InspectError(f"uplink port {options['uplink_port']} is not on bridge "
+                           f"{options['bridge']}")
+    cfg = HostConfig.parse({**options, "uplink_ofport": uplink.ofport})
+    installed = dump_flows(cfg.bridge)
+    if cfg.learn_gateway_mac:
+        cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
+    host = HostState(cfg)
+    for name, row in sorted(snap.rows.items()):
+        if name != cfg.uplink_port:
+            host.update(name, port_from_row(name, row.ofport, row.external_ids,
+                                            row.link_state))
+    host.adopt_installed({(f.table, f.cookie) for f in installed})
+    return View(cfg, host, snap.rows, installed, read_status(options))
+
+
+def _installed_gateway_mac(installed: list[Installed]):
+    for f in installed:
+        m = re.search(r"set_field:([0-9a-f:]{17})->eth_dst,output", f.actions)
+        if f.table == EGRESS_OUT and m and is_ours(f.cookie):
+            return netaddr.EUI(m.group(1))
+    return None
+
+
+def read_status(options: dict) -> dict:
+    path = options.get("status_file") or ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+# --- ovsnat dump --------------------------------------------------------------------------------
+def dump(view: View) -> dict:
+    """Installed flows grouped by owner, each with its table's role and counters."""
+    groups: dict[str, list] = defaultdict(list)
+    for f in view.installed:
+        owner = view.owner(f.cookie) if is_ours(f.cookie) else "foreign"
+        table = BY_ID.get(f.table)
+        groups[owner].append({"table": f.table, "role": table.name if table else "?",
+                              "priority": f.priority, "match": f.match,
+                              "actions": f.actions, "packets": f.packets, "bytes": f.bytes,
+                              "cookie": f"{f.cookie:#x}"})
+    return dict(groups)
+
+
+def describe_owner(view: View, owner: str) -> str:
+    if owner in ("host", "foreign"):
+        return {"host": f"host-level (SNAT {view.cfg.snat_ip}:{view.cfg.snat_port_min}-"
+                        f"{view.cfg.snat_port_max})",
+                "foreign": "not ovsnat's (left alone)"}[owner]
+    port = view.host.valid.get(owner)
+    if port is None:
+        return owner
+    nat = f"FIP {port.fip}" if port.fip else "PAT"
+    return f"{owner} ({port.iface_id}, {port.fixed_ip}, {nat}, ofport {port.ofport})"
+
+
+def format_dump(view: View, groups: dict) -> str:
+    lines = []
+    for owner in sorted(groups, key=lambda o: (o != "host", o == "foreign", o)):
+        flows = groups[owner]
+        lines.append(f"{describe_owner(view, owner)}: {len(flows)} flows")
+        for f in sorted(flows, key=lambda f: (f["table"], -f["priority"])):
+            lines.append(f"  {f['table']:>2} {f['role']:<11} {f['packets']:>8} pkts  "
+                         f"prio {f['priority']:<3} {f['match'] or '*'}  ->  {f['actions']}")
+    return "\n".join(lines)
+
+
+# --- ovsnat diff --------------------------------------------------------------------------------
+def diff(view: View) -> dict:
+    """Desired against installed: missing and stale ovsnat flows, and foreign flows."""
+    desired = {f.text() for f in view.host.all_flows()}
+    ours = {f.text for f in view.installed if is_ours(f.cookie)}
+    return {"missing": sorted(desired - ours), "stale": sorted(ours - desired),
+            "foreign": sorted(f.text for f in view.installed if not is_ours(f.cookie))}
+
+
+# --- ovsnat status ------------------------------------------------------------------------------
+CT_ENTRY = re.compile(r"^(?P<proto>\w+),orig=\(src=(?P<src>[\d.]+),dst=(?P<dst>[\d.]+)"
+                      r"(?:,sport=\d+,dport=\d+|,id=\d+,type=\d+,code=\d+)?\),"
+                      r"reply=\(src=[\d.]+,dst=(?P<rdst>[\d.]+)"
+                      r"(?:,sport=\d+,dport=(?P<rport>\d+)|,id=(?P<rid>\d+),type=\d+,code=\d+)?\)")
+
+
+def pat_usage(cfg: HostConfig, conntrack: str) -> dict:
+    """PAT ports in use per VM (fixed IP) from `dpctl/dump-conntrack zone=ct_zone`."""
+    per_vm: dict[str, set] = defaultdict(set)
+    for line in conntrack.splitlines():
+        m = CT_ENTRY.match(line.strip())
+        if m and m.group("rdst") == str(cfg.snat_ip) and m.group("rport"):
+            per_vm[m.group("src")].add((m.group("proto"), int(m.group("rport"))))
+    total = set().union(*per_vm.values()) if per_vm else set()
+    ports = {p for _, p in total}
+    return {"per_vm": {ip: len(v) for ip, v in sorted(per_vm.items())},
+            "ports_in_use": len(ports), "capacity": cfg.pat_port_count,
+            "share": round(len(ports) / cfg.pat_port_count, 4)}
+
+
+def status(view: View, conntrack: str) -> dict:
+    cfg, host = view.cfg, view.host
+    vms = []
+    for port in host.accepted:
+        vms.append({"name": port.name, "iface_id": port.iface_id, "ofport": port.ofport,
+                    "mac": mac_str(port.mac), "fixed_ip": str(port.fixed_ip),
+                    "nat": f"FIP {port.fip}" if port.fip else "PAT",
+                    "fip_state": ("pending" if host.is_pending(port.name) else "active")
+                    if port.fip else None})
+    return {
+        "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip),
+        "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
+        "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
+        "vms": vms,
+        "rejected": [asdict(r) for r in host.rejected],
+        "pat": pat_usage(cfg, conntrack),
+        "drift": {k: len(v) for k, v in diff(view).items()},
+        "controller": view.status,
+    }
+
+
+def format_status(st: dict) -> str:
+    lines = [f"bridge {st['bridge']}: SNAT {st['snat_ip']} ports {st['snat_ports']}, "
+             f"gateway MAC {st['gateway_mac'] or 'unknown'}"]
+    lines.append(f"VMs ({len(st['vms'])}):")
+    for vm in st["vms"]:
+        state = f" [{vm['fip_state']}]" if vm["fip_state"] else ""
+        lines.append(f"  {vm['name']:<12} {vm['iface_id']:<14} ofport {vm['ofport']:<5} "
+                     f"{vm['fixed_ip']:<15} {vm['nat']}{state}")
+    lines.append(f"skipped ports ({len(st['rejected'])}):")
+    lines += [f"  {r['reason']}" for r in st["rejected"]]
+    pat = st["pat"]
+    lines.append(f"PAT: {pat['ports_in_use']} of {pat['capacity']} ports in use "
+                 f"({pat['share']:.1%}); per VM: " +
+                 (", ".join(f"{ip} {n}" for ip, n in pat["per_vm"].items()) or "none"))
+    d = st["drift"]
+    lines.append(f"drift: {d['missing']} missing, {d['stale']} stale, {d['foreign']} foreign")
+    ctl = st["controller"]
+    if ctl:
+        lines.append("controller: " + ", ".join(f"{k} {v}" for k, v in
+                                                sorted(ctl.get("stats", {}).items())))
+        for c in ctl.get("conflicts", [])[-5:]:
+            lines.append(f"  conflict: FIP {c['fip']} claimed by {c['mac']} at {c['time']}")
+    return "\n".join(lines)
+
+
+def vm_counts(view: View) -> Counter:
+    return Counter("fip" if p.fip else "pat" for p in view.host.accepted)
+
+
+def find_vm(view: View, key: str) -> VmPort:
+    for port in view.host.valid.values():
+        if key in (port.name, port.iface_id, str(port.fixed_ip), str(port.fip)):
+            return port
+    raise InspectError(f"no VM port named {key!r} (port name, iface-id, fixed IP or FIP)")
+
+
+__all__ = ["COOKIE_VM", "load_view", "dump", "diff", "status", "find_vm"]
