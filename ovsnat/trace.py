@@ -30,7 +30,7 @@ def trace_flow(view: View, source: str, dst: str, proto: str, dport: int,
     "outside" (arriving on the uplink from src_ip)."""
     cfg = view.cfg
     l4 = {"tcp": f"tp_src={sport},tp_dst={dport},tcp_flags=syn",
-          "udp": f"tp_src={sport},tp_dst={dport}", "icmp": "icmp_type=8,icmp_code=0"}.get(proto)
+          "udp": f"udp_src={sport},udp_dst={dport}", "icmp": "icmp_type=8,icmp_code=0"}.get(proto)
     if l4 is None:
         raise InspectError(f"protocol {proto!r}: use tcp, udp or icmp")
     try:

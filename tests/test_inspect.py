@@ -1,0 +1,151 @@
+"""Operator tools on a live lab host: dump, diff (with injected drift), status, trace,
+metrics, and detection of another host claiming one of our FIPs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scapy.all import ARP, Ether
+
+from ovsnat.lab import scenario
+from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.topology import SERVER_IP
+from ovsnat.lab.traffic import ping, send_frames, start_server, tcp_connect
+from tests.test_controller import SNAT, vm_ids
+
+pytestmark = pytest.mark.lab
+FIP = "203.0.113.10"
+
+
+@pytest.fixture(scope="module")
+def live(module_lab):
+    lab = module_lab
+    lab.add_host("hv1")
+    lab.add_vm("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b", vm_ids("10.0.0.11", FIP))
+    lab.add_vm("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", vm_ids("10.0.0.12"))
+    lab.add_vm("vm3", "hv1", "10.0.0.13", "02:00:0a:00:00:0d",
+               {"ovsnat-fixed-ip": "10.0.0.300"})
+    scenario.start_controller(lab, "hv1", SNAT, metrics_port=9101)
+    start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
+    wait_for(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.2).received, 15, what="FIP up")
+    assert tcp_connect(lab, lab.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT
+    return lab
+
+
+def ovsnat(lab, *args: str) -> subprocess.CompletedProcess:
+    host = lab.hosts["hv1"]
+    conf = os.path.join(host.rundir, "ovsnat.conf")
+    return subprocess.run([sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
+                          capture_output=True, text=True, env=dict(os.environ, **host.ovs.env))
+
+
+def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
+    out = ovsnat(live, "dump", "--json")
+    assert out.returncode == 0, out.stderr
+    groups = json.loads(out.stdout)
+    assert set(groups) == {"host", "tapvm1", "tapvm2"}
+    roles = {f["role"] for f in groups["tapvm1"]}
+    assert {"classify", "uplink_arp", "egress", "ingress", "deliver"} <= roles
+    assert sum(f["packets"] for f in groups["tapvm2"]) > 0
+    text = ovsnat(live, "dump").stdout
+    assert "tapvm1 (vm1, 10.0.0.11, FIP 203.0.113.10, ofport" in text
+
+
+def test_diff_is_clean_then_reports_injected_drift_exactly(live):
+    host = live.hosts["hv1"]
+    clean = ovsnat(live, "diff", "--json")
+    assert clean.returncode == 0 and json.loads(clean.stdout) == \
+        {"missing": [], "stale": [], "foreign": []}
+    vm1_flows = json.loads(ovsnat(live, "dump", "--json").stdout)["tapvm1"]
+    victim = next(f for f in vm1_flows
+                  if f["role"] == "ingress" and "nw_frag" not in f["match"])
+    stale_cookie = "0xa20a0000630000aa"            # a flow of a VM that does not exist
+    try:
+        host.ofctl("--strict", "del-flows", "br-int",
+                   f"table=50,priority={victim['priority']},{victim['match']}")
+        host.ofctl("add-flow", "br-int", "table=5,priority=7,ip,actions=drop")
+        host.ofctl("add-flow", "br-int", f"cookie={stale_cookie},table=60,priority=100,"
+                   "ip,nw_dst=10.0.0.99,actions=drop")
+        drift = ovsnat(live, "diff", "--json")
+        assert drift.returncode == 1
+        d = json.loads(drift.stdout)
+        assert len(d["missing"]) == 1 and "table=50" in d["missing"][0] and \
+            victim["cookie"] in d["missing"][0]
+        assert d["stale"] == [f"cookie={stale_cookie}, table=60, priority=100,ip,"
+                              "nw_dst=10.0.0.99 actions=drop"]
+        assert d["foreign"] == ["cookie=0x0, table=5, priority=7,ip actions=drop"]
+    finally:
+        host.ofctl("del-flows", "br-int", "table=5")
+        host.ofctl("del-flows", "br-int", f"cookie={stale_cookie}/-1")
+        # Restore by letting the controller resync (restart: it diffs and sends the gap).
+        scenario.stop_controller(live, "hv1")
+        scenario.start_controller(live, "hv1")
+        wait_for(lambda: ovsnat(live, "diff").returncode == 0, 15, what="resync")
+
+
+def test_status_lists_vms_skipped_ports_and_pat_usage(live):
+    st = json.loads(ovsnat(live, "status", "--json").stdout)
+    vms = {vm["name"]: vm for vm in st["vms"]}
+    assert vms["tapvm1"]["nat"] == "FIP 203.0.113.10" and vms["tapvm1"]["fip_state"] == "active"
+    assert vms["tapvm2"]["nat"] == "PAT"
+    assert st["rejected"] == [{"name": "tapvm3", "reason": "port 'tapvm3': external_ids:"
+                               "ovsnat-fixed-ip: '10.0.0.300' is not an IPv4 address"}]
+    assert st["pat"]["per_vm"].get("10.0.0.12", 0) >= 1 and st["pat"]["capacity"] == 10000
+    assert st["controller"]["stats"]["flow_mods"] > 0
+    assert "skipped ports (1)" in ovsnat(live, "status").stdout
+
+
+@pytest.mark.parametrize("args,verdict", [
+    (["vm1", SERVER_IP, "tcp", "80"], "leaves the uplink as 203.0.113.10:40000 -> "
+                                      "198.51.100.10:80"),
+    (["vm2", SERVER_IP, "udp", "53"], "leaves the uplink as 203.0.113.11:20000 -> "
+                                      "198.51.100.10:53"),
+    (["outside", FIP, "tcp", "22"], "leaves port tapvm1 as 198.51.100.10:40000 -> "
+                                    "10.0.0.11:22"),
+    (["vm2", FIP, "tcp", "7000"], "leaves port tapvm1 as 203.0.113.11:20000 -> "
+                                  "10.0.0.11:7000"),
+    (["outside", "10.0.0.12", "tcp", "22"], "dropped in table 0 (classify)"),
+])
+def test_trace_says_what_happens_in_plain_words(live, args, verdict):
+    out = ovsnat(live, "trace", *args)
+    assert out.returncode == 0, out.stderr
+    assert verdict in out.stdout, out.stdout
+    if args[0] == "vm2" and args[1] == SERVER_IP:
+        assert "conntrack picks the source port from 20000-29999 at run time" in out.stdout
+
+
+def test_metrics_scrape(live):
+    script = ("import urllib.request;print(urllib.request.urlopen("
+              "'http://127.0.0.1:9101/metrics',timeout=5).read().decode())")
+    text = run([sys.executable, "-c", script], ns=live.hosts["hv1"].ns).stdout
+    for name in ("ovsnat_vms_programmed{kind=\"fip\"} 1.0", "ovsnat_ports_skipped 1.0",
+                 "ovsnat_flow_mods_total", "ovsnat_openflow_errors_total",
+                 "ovsnat_ovsdb_reconnects_total", "ovsnat_reconcile_seconds",
+                 "ovsnat_pat_ports_capacity 10000.0", "ovsnat_pat_ports_in_use"):
+        assert name in text, name
+
+
+def test_another_host_claiming_our_fip_is_detected_and_we_yield(live):
+    """A GARP for our live FIP from another MAC arrives on the uplink: logged, counted,
+    shown in status, and this host stops answering for the FIP until vm1 announces itself
+    again."""
+    claim = Ether(src="02:00:00:00:0b:ad", dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc="02:00:00:00:0b:ad", psrc=FIP, pdst=FIP)
+    send_frames(live, live.out_ns, [bytes(claim)])
+    wait_for(lambda: json.loads(ovsnat(live, "status", "--json").stdout)["controller"]
+             .get("conflicts"), 5, what="the conflict in status")
+    st = json.loads(ovsnat(live, "status", "--json").stdout)
+    assert st["controller"]["conflicts"][-1]["mac"] == "02:00:00:00:0b:ad"
+    assert st["controller"]["stats"]["fip_conflicts"] >= 1
+    assert {vm["name"]: vm["fip_state"] for vm in st["vms"]}["tapvm1"] == "pending"
+    assert "is claimed on the uplink by 02:00:00:00:0b:ad" in \
+        scenario.controller_log(live, "hv1")
+    run(["ip", "-n", live.out_ns, "neigh", "flush", "dev", "eth0"])
+    assert ping(live.out_ns, FIP, count=1, wait=0.3).received == 0
+    live.announce(live.vms["vm1"], "garp", wait=True)     # the VM is really here
+    wait_for(lambda: ping(live.out_ns, FIP, count=1, wait=0.2).received, 5,
+             what="the FIP back after the VM's own GARP")
