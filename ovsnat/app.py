@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import netaddr
 
-from ovsnat import config, metrics, ofmsgs, ovsdb
+from ovsnat import config, metrics, ofmsgs, ofwire, ovsdb
 from ovsnat import framework as fw
 from ovsnat.compiler import METERS
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, cookie_owner, is_ours
@@ -42,6 +42,8 @@ ACTIVATION_SETTLE = 0.1                # after the first GARP, let the previous 
 GATEWAY_ARP_INTERVAL = (1, 30)         # seconds: until resolved, then to follow changes
 
 config.register(fw.CONF)
+fw.use_light_flow_stats()
+XID_BASE = 0xC0000000                  # xids of packed messages (the framework's are random)
 
 
 class EventOvsdb(fw.event.EventBase):
@@ -73,6 +75,7 @@ class Bundle:
     xids: set = field(default_factory=set)
     failed: str | None = None
     retry: bool = True
+    sent: float = 0.0
 
 
 class OvsNatApp(fw.BaseApp):
@@ -99,6 +102,8 @@ class OvsNatApp(fw.BaseApp):
         self.xid_owner: dict[int, tuple[int, Flow | None]] = {}
         self.barriers: dict[int, int] = {}        # barrier xid -> bundle id
         self.bundle_ids = itertools.count(1)
+        self.xids = itertools.count(XID_BASE)
+        self.status_dirty = False
         self.reported: dict[str, str] = {}        # port name -> last logged rejection
         self.failed_owners: dict[int, str] = {}   # owner cookie bits -> OpenFlow error
         self.activating: set[str] = set()
@@ -185,7 +190,7 @@ class OvsNatApp(fw.BaseApp):
         if self._rebuild_if_needed():
             self._send(self._activate_resident(set(self.rows)))
             self._sync_full()
-            self._publish_status()
+            self.status_dirty = True
             return
         if self.host is None:
             return
@@ -198,7 +203,7 @@ class OvsNatApp(fw.BaseApp):
             self._report_rejections()
         delta.extend(self._activate_resident(changed))
         self._send(delta)
-        self._publish_status()
+        self.status_dirty = True
 
     def _activate_resident(self, changed: set) -> Delta:
         """A FIP given to a VM whose device was already here (same ofport as before this
@@ -359,11 +364,10 @@ class OvsNatApp(fw.BaseApp):
                     m[0] == meter.meter_id for m in self.meters) else fw.ofproto.OFPMC_ADD
                 self._send_msg(ofmsgs.meter_add(self.dp, meter, command))
                 self.meters.add((meter.meter_id, (meter.rate_pps,)))
-        desired = {(f.table, f.cookie): f for f in self.host.all_flows()}
-        stale = self.installed - set(desired)
-        missing = [f for key, f in desired.items() if key not in self.installed]
-        delta = Delta([_stub(t, c) for t, c in sorted(stale)], missing,
-                      {cookie_owner(f.cookie) for f in missing})
+        desired = self.host.all_keys()
+        stale = self.installed - desired
+        missing = self.host.flows_for(desired - self.installed)
+        delta = Delta(sorted(stale), missing, {"(full sync)"})
         if not delta:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
             if self.dump.get("t0") is not None:
@@ -379,32 +383,34 @@ class OvsNatApp(fw.BaseApp):
         return msg.xid
 
     def _send(self, delta: Delta, retry: bool = True):
-        """Send a delta as one atomic bundle (deletes first), then a barrier."""
+        """Send a delta as one atomic bundle (deletes first) and a barrier, packed straight
+        to bytes (ovsnat.ofwire) and written to the switch in one go."""
         if not delta or self.dp is None or self.installed is None:
             return
-        p, ofp, dp = fw.parser, fw.ofproto, self.dp
         bundle = Bundle(next(self.bundle_ids), delta, retry=retry)
         self.bundles[bundle.id] = bundle
-        flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
-        bundle.xids.add(self._send_msg(p.ONFBundleCtrlMsg(dp, bundle.id,
-                                                          ofp.ONF_BCT_OPEN_REQUEST, flags, [])))
-        msgs = [(f, ofmsgs.flow_delete(dp, f.table, f.cookie)) for f in delta.delete] + \
-               [(f, ofmsgs.flow_add(dp, f)) for f in delta.add]
-        for flow, msg in msgs:
-            dp.set_xid(msg)
-            add = p.ONFBundleAddMsg(dp, bundle.id, flags, msg, [])
-            add.xid = msg.xid                 # OVS wants the inner and outer xid equal
-            dp.send_msg(add)
-            bundle.xids.add(msg.xid)
-            self.xid_owner[msg.xid] = (bundle.id, flow)
-        bundle.xids.add(self._send_msg(p.ONFBundleCtrlMsg(
-            dp, bundle.id, ofp.ONF_BCT_COMMIT_REQUEST, flags, [])))
-        for xid in bundle.xids:
-            self.xid_owner.setdefault(xid, (bundle.id, None))
-        self.barriers[self._send_msg(p.OFPBarrierRequest(dp))] = bundle.id
-        self.stats["flow_mods"] += len(msgs)
+        xid = self.xids
+        parts = [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_OPEN, next(xid))]
+        for table, cookie in delta.delete:
+            x = next(xid)
+            parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_delete(table, cookie, x)))
+            self.xid_owner[x] = (bundle.id, _stub(table, cookie))
+        for flow in delta.add:
+            x = next(xid)
+            parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(flow, x)))
+            self.xid_owner[x] = (bundle.id, flow)
+        commit, barrier = next(xid), next(xid)
+        parts += [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_COMMIT, commit),
+                  ofwire.barrier(barrier)]
+        self.xid_owner[commit] = (bundle.id, None)
+        bundle.xids = {commit}
+        bundle.sent = time.time()
+        self.barriers[barrier] = bundle.id
+        self.dp.send(b"".join(parts))
+        n = len(delta.delete) + len(delta.add)
+        self.stats["flow_mods"] += n
         self.stats["bundles"] += 1
-        self.metrics.inc("flow_mods", len(msgs))
+        self.metrics.inc("flow_mods", n)
         self.metrics.inc("bundles")
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPErrorMsg, fw.MAIN_DISPATCHER)
@@ -434,15 +440,18 @@ class OvsNatApp(fw.BaseApp):
         bundle = self.bundles.pop(self.barriers.pop(ev.msg.xid, None), None)
         if bundle is None:
             return
-        for xid in bundle.xids:
-            self.xid_owner.pop(xid, None)
+        self.xid_owner = {x: o for x, o in self.xid_owner.items() if o[0] != bundle.id} \
+            if self.bundles else {}
+        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f%s", _names(bundle.delta.owners),
+                 len(bundle.delta.add) + len(bundle.delta.delete), time.time(),
+                 f" FAILED: {bundle.failed}" if bundle.failed else "")
         if not self.bundles and self.dump.get("t0") is not None:
             took = time.monotonic() - self.dump.pop("t0")
             LOG.info("ovsnat: in sync %.3f s after the datapath connected", took)
             self.metrics.set_reconcile(took)
-        self._publish_status()
+        self.status_dirty = True
         if bundle.failed is None:
-            self.installed -= {(f.table, f.cookie) for f in bundle.delta.delete}
+            self.installed -= set(bundle.delta.delete)
             self.installed |= {(f.table, f.cookie) for f in bundle.delta.add}
             for owner in {cookie_owner(f.cookie) for f in bundle.delta.add}:
                 self.failed_owners.pop(owner, None)
@@ -451,20 +460,21 @@ class OvsNatApp(fw.BaseApp):
         if bundle.retry:
             self._retry_by_owner(bundle)
         else:
-            owners = {cookie_owner(f.cookie) for f in bundle.delta.add + bundle.delta.delete}
-            for owner in owners:
+            cookies = [f.cookie for f in bundle.delta.add] + [c for _, c in bundle.delta.delete]
+            for owner in {cookie_owner(c) for c in cookies}:
                 self.failed_owners[owner] = bundle.failed
-            LOG.error("ovsnat: giving up on %s: %s",
-                      ", ".join(self._owner_name(f.cookie) for f in
-                                (bundle.delta.add + bundle.delta.delete)[:1]), bundle.failed)
+            LOG.error("ovsnat: giving up on %s: %s", self._owner_name(cookies[0]),
+                      bundle.failed)
 
     def _retry_by_owner(self, bundle: Bundle):
         """The atomic bundle changed nothing; send each owner's part on its own."""
         parts: dict[int, Delta] = {}
-        for f in bundle.delta.delete:
-            parts.setdefault(f.cookie >> 24, Delta()).delete.append(f)
+        for table, cookie in bundle.delta.delete:
+            parts.setdefault(cookie >> 24, Delta()).delete.append((table, cookie))
         for f in bundle.delta.add:
             parts.setdefault(f.cookie >> 24, Delta()).add.append(f)
+        for key, part in parts.items():
+            part.owners = {self._owner_name(key << 24)}
         LOG.warning("ovsnat: retrying %d owners one by one", len(parts))
         for key in sorted(parts):
             self._send(parts[key], retry=False)
@@ -524,6 +534,9 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(EventTick)
     def on_tick(self, ev):
         self.ticks += 1
+        if self.status_dirty:
+            self.status_dirty = False
+            self._publish_status()
         if self.ticks % 5 == 0:
             self._refresh_pat_usage()
         interval = GATEWAY_ARP_INTERVAL[1 if self.gateway_mac else 0]
@@ -566,7 +579,7 @@ class OvsNatApp(fw.BaseApp):
             LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; yielding "
                         "until the VM announces itself here again", a.src_ip, name, a.src_mac)
             self._send(self.host.yield_fip(name))
-            self._publish_status()
+            self.status_dirty = True
 
     def _from_vm(self, in_port, pkt):
         name = self.host.by_ofport.get(in_port)
@@ -593,7 +606,12 @@ class OvsNatApp(fw.BaseApp):
             LOG.info("ovsnat: port %s is here (first frame seen); activating its FIP",
                      ev.name)
             self._send(self.host.activate(ev.name))
-            self._publish_status()
+            self.status_dirty = True
+
+
+def _names(owners: set) -> str:
+    names = sorted(str(o) for o in owners)
+    return ",".join(names[:5]) + (f",... ({len(names)} owners)" if len(names) > 5 else "")
 
 
 def _stub(table: int, cookie: int) -> Flow:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 import sys
 
 
@@ -53,3 +54,27 @@ ethernet = _m("lib.packet.ethernet")
 arp = _m("lib.packet.arp")
 cfg = _m("cfg")
 CONF = cfg.CONF
+
+
+class _FlowKey:
+    """Of a flow stats entry, only what ovsnat's reconcile reads: table, cookie, priority.
+
+    Parsing each entry's match and instructions into framework objects is what makes a
+    dump of 100,000 flows take seconds; skipping them keeps a controller restart cheap."""
+
+    __slots__ = ("length", "table_id", "priority", "cookie")
+
+    @classmethod
+    def parser(cls, buf, offset):
+        entry = cls()
+        entry.length, entry.table_id = struct.unpack_from("!HB", buf, offset)
+        entry.priority = struct.unpack_from("!H", buf, offset + 12)[0]
+        entry.cookie = struct.unpack_from("!Q", buf, offset + 24)[0]
+        return entry
+
+
+def use_light_flow_stats() -> None:
+    """Make flow stats replies in this process carry _FlowKey entries (table_id, cookie,
+    priority) instead of full OFPFlowStats. Process-wide: run ovsnat in its own
+    ryu-manager/ovsnat-agent process (as documented), not next to apps that read matches."""
+    parser.OFPFlowStatsReply.cls_stats_body_cls = _FlowKey

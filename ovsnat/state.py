@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
-from ovsnat.flows import COOKIE_VM, Flow, owner_cookie
+from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, owner_cookie
 from ovsnat.model import KEY_FIP, KEY_FIXED_IP, HostConfig, PortError, Rejection, VmPort, \
     mac_str
 
@@ -25,9 +25,10 @@ HOST = "host"          # owner key of host-level flows
 
 @dataclass
 class Delta:
-    """Flows to delete and add to go from the previous desired state to the new one."""
+    """What to send to go from the previous desired state to the new one: flows to add, and
+    (table, cookie) keys of flows to delete (a cookie names exactly one flow)."""
 
-    delete: list[Flow] = field(default_factory=list)
+    delete: list[tuple[int, int]] = field(default_factory=list)
     add: list[Flow] = field(default_factory=list)
     owners: set = field(default_factory=set)     # owners (HOST or port name) that changed
 
@@ -37,16 +38,17 @@ class Delta:
     def extend(self, other: "Delta") -> None:
         """Compose: `other` applies after self. A flow added then deleted is never sent; a
         flow deleted then added again stays as it is on the switch."""
-        key = _key
-        adds = {key(f): f for f in self.add}
-        deletes = {key(f): f for f in self.delete}
-        for f in other.delete:
-            if adds.pop(key(f), None) is None:
-                deletes[key(f)] = f
+        adds = {_key(f): f for f in self.add}
+        deletes = dict.fromkeys(self.delete)
+        for k in other.delete:
+            if adds.pop(k, None) is None:
+                deletes[k] = None
         for f in other.add:
-            if deletes.pop(key(f), None) is None:
-                adds[key(f)] = f
-        self.add, self.delete = list(adds.values()), list(deletes.values())
+            if _key(f) in deletes:
+                del deletes[_key(f)]
+            else:
+                adds[_key(f)] = f
+        self.add, self.delete = list(adds.values()), list(deletes)
         self.owners |= other.owners
 
 
@@ -87,7 +89,10 @@ class HostState:
         self.invalid: dict[str, str] = {}           # name -> reason (bad alone)
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims: dict[tuple[str, str], set[str]] = {}
-        self.flows: dict[str, list[Flow]] = {HOST: host_flows(cfg)}   # owner -> flows
+        # owner (HOST or port name) -> (table, cookie) of its flows. Only keys are kept:
+        # flows are recompiled when they must be sent (memory stays small at 10,000 VMs).
+        self.keys: dict[str, list[tuple[int, int]]] = {HOST: [_key(f) for f in host_flows(cfg)]}
+        self.owner_names: dict[int, str] = {}    # cookie owner bits -> port name
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
         self.by_ofport: dict[int, str] = {}
@@ -120,13 +125,31 @@ class HostState:
         return name in self.active or (self.cfg.fip_activation == "immediate" and
                                        name not in self.yielded)
 
+    def all_keys(self) -> set[tuple[int, int]]:
+        return {k for keys in self.keys.values() for k in keys}
+
+    def owner_flows(self, owner: str) -> list[Flow]:
+        """Recompile one owner's flows (HOST or a port name)."""
+        if owner == HOST:
+            return host_flows(self.cfg)
+        port = self.valid.get(owner)
+        if port is None or owner in self.lost:
+            return []
+        return vm_flows(self.cfg, port, active=self._active(owner))
+
+    def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
+        """The flows with these keys (recompiling only their owners)."""
+        owners = {HOST if c >> 56 == COOKIE_HOST else self.owner_names.get(c >> 24)
+                  for _, c in keys}
+        return [f for o in owners if o for f in self.owner_flows(o) if _key(f) in keys]
+
     def all_flows(self) -> list[Flow]:
-        return sort_flows(f for flows in self.flows.values() for f in flows)
+        return sort_flows(f for owner in self.keys for f in self.owner_flows(owner))
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
         """A new host config (e.g. a learned gateway MAC): recompile everything."""
-        old = self.all_flows()
+        old = sorted(self.all_keys())
         ports, invalid = dict(self.valid), dict(self.invalid)
         active, yielded = set(self.active), set(self.yielded)
         self.__init__(cfg)
@@ -227,9 +250,12 @@ class HostState:
                                    "which wins the tie")
             else:
                 new = vm_flows(self.cfg, port, active=self._active(name))
-        old = self.flows.pop(name, [])
+        old = self.keys.pop(name, [])
         if new:
-            self.flows[name] = new
+            self.keys[name] = [_key(f) for f in new]
+            self.owner_names[new[0].cookie >> 24] = name
+        elif old and self.owner_names.get(old[0][1] >> 24) == name:
+            del self.owner_names[old[0][1] >> 24]
         return _diff(old, new, {name})
 
     def _beaten_by(self, port: VmPort):
@@ -245,11 +271,11 @@ class HostState:
         return best
 
 
-def _diff(old: list[Flow], new: list[Flow], owners: set) -> Delta:
-    old_keys = {(f.table, f.cookie) for f in old}
-    new_keys = {(f.table, f.cookie) for f in new}
-    return Delta([f for f in old if (f.table, f.cookie) not in new_keys],
-                 [f for f in new if (f.table, f.cookie) not in old_keys], owners)
+def _diff(old: list[tuple[int, int]], new: list[Flow], owners: set) -> Delta:
+    new_keys = {_key(f) for f in new}
+    old_keys = set(old)
+    return Delta([k for k in old if k not in new_keys],
+                 [f for f in new if _key(f) not in old_keys], owners)
 
 
 def vm_owner_cookie(port: VmPort) -> int:

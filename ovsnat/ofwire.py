@@ -1,0 +1,239 @@
+"""OpenFlow 1.3 messages as bytes, packed directly from `Flow`s: the controller's fast path.
+
+Building one framework object tree per flow and serializing it costs far more than OVS
+spends installing the flow (DESIGN.md section 5: 5.4 s vs 0.37 s for 20,000 flows), so the
+controller packs flow_mods, bundle wrappers and barriers here and writes each batch to the
+switch in one go. Pure: no framework import. tests/test_ofwire.py has OVS decode these
+bytes (`ovs-ofctl ofp-parse`) and checks they read exactly like the framework rendering
+(ovsnat.ofmsgs) and the golden text.
+
+Match fields use OXM (OpenFlow basic) or NXM_NX (nw_ttl, ip_frag, ct_state) headers in
+prerequisite order; move/load use NXM headers, as OVS itself prints them.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+
+from ovsnat.flows import PROTOCOLS, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, \
+    Move, Output, SetField
+
+VERSION = 0x04
+OFPT_EXPERIMENTER, OFPT_FLOW_MOD, OFPT_BARRIER_REQUEST = 4, 14, 20
+OFPFC_ADD, OFPFC_DELETE = 0, 3
+OFPP_IN_PORT, OFPP_CONTROLLER, OFPP_ANY = 0xFFFFFFF8, 0xFFFFFFFD, 0xFFFFFFFF
+OFPG_ANY = 0xFFFFFFFF
+NO_BUFFER = 0xFFFFFFFF
+ONF_EXPERIMENTER = 0x4F4E4600
+ONF_ET_BUNDLE_CONTROL, ONF_ET_BUNDLE_ADD = 2300, 2301
+BUNDLE_OPEN, BUNDLE_COMMIT = 0, 4
+BUNDLE_FLAGS = 0x1 | 0x2                      # atomic | ordered
+NX_VENDOR = 0x00002320
+CT_STATE_BITS = {"new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10,
+                 "trk": 0x20}
+
+
+def _oxm(cls: int, field: int, length: int, masked: bool = False) -> int:
+    return cls << 16 | field << 9 | (1 << 8 if masked else 0) | length
+
+
+def _ofb(field: int, length: int, masked: bool = False) -> int:
+    return _oxm(0x8000, field, length, masked)
+
+
+def _nx1(field: int, length: int, masked: bool = False) -> int:
+    return _oxm(0x0001, field, length, masked)
+
+
+def _ip(text: str) -> bytes:
+    return bytes(int(b) for b in text.split("."))
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _pad8(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 8)
+
+
+# --- match --------------------------------------------------------------------------------------
+def _tlv(header: int, value: bytes, mask: bytes | None = None) -> bytes:
+    length = len(value) + (len(mask) if mask else 0)
+    return struct.pack("!I", header & ~0xFF | length | (0x100 if mask else 0)) + value + \
+        (mask or b"")
+
+
+def _ip_tlv(field: int, text: str) -> bytes:
+    if "/" in text:
+        addr, plen = text.split("/")
+        mask = (0xFFFFFFFF << (32 - int(plen))) & 0xFFFFFFFF
+        return _tlv(_ofb(field, 8, True), _ip(addr), struct.pack("!I", mask))
+    return _tlv(_ofb(field, 4), _ip(text))
+
+
+def ct_state(text: str) -> tuple[int, int]:
+    value = mask = 0
+    for token in text.replace("+", " +").replace("-", " -").split():
+        bit = CT_STATE_BITS[token[1:]]
+        mask |= bit
+        value |= bit if token[0] == "+" else 0
+    return value, mask
+
+
+@lru_cache(maxsize=4096)
+def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
+    """(sort rank, TLV) of one match field; the rank puts prerequisites first."""
+    if name == "in_port":
+        return 0, _tlv(_ofb(0, 4), struct.pack("!I", int(value)))
+    if name == "vlan_tci":                 # untagged only: OFPVID_NONE
+        return 1, _tlv(_ofb(6, 2), b"\0\0")
+    if name == "dl_src":
+        return 2, _tlv(_ofb(4, 6), _mac(value))
+    if name == "dl_dst":
+        return 3, _tlv(_ofb(3, 6), _mac(value))
+    if name in ("nw_src", "nw_dst"):
+        return 6, _ip_tlv(11 if name == "nw_src" else 12, value)
+    if name in ("arp_spa", "arp_tpa"):
+        return 6, _ip_tlv(22 if name == "arp_spa" else 23, value)
+    if name == "arp_op":
+        return 6, _tlv(_ofb(21, 2), struct.pack("!H", int(value)))
+    if name == "arp_sha":
+        return 6, _tlv(_ofb(24, 6), _mac(value))
+    if name == "nw_ttl":
+        return 6, _tlv(_nx1(29, 1), bytes([int(value)]))
+    if name == "nw_frag":
+        return 6, _tlv(_nx1(26, 2, True), bytes([1 if value == "yes" else 0]), b"\x01")
+    if name in ("tp_src", "tp_dst"):
+        base = {"tcp": 13, "udp": 15}[proto]
+        return 7, _tlv(_ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value)))
+    if name == "ct_state":
+        v, m = ct_state(value)
+        return 8, _tlv(_nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
+    raise ValueError(f"no wire encoding for match field {name}")
+
+
+def match_bytes(flow: Flow) -> bytes:
+    fields = dict(flow.match.fields)
+    proto = fields.pop("proto", None)
+    parts = [_field(k, v, proto) for k, v in fields.items()]
+    if proto:
+        eth_type, ip_proto = PROTOCOLS[proto]
+        parts.append((4, _tlv(_ofb(5, 2), struct.pack("!H", eth_type))))
+        if ip_proto:
+            parts.append((5, _tlv(_ofb(10, 1), bytes([ip_proto]))))
+    body = b"".join(tlv for _, tlv in sorted(parts, key=lambda p: p[0]))
+    return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
+
+
+# --- actions ------------------------------------------------------------------------------------
+NXM = {"eth_src": (0x00000406, 48), "eth_dst": (0x00000206, 48),
+       "arp_sha": (0x00012206, 48), "arp_tha": (0x00012406, 48),
+       "arp_spa": (0x00002004, 32), "arp_tpa": (0x00002204, 32),
+       "in_port": (0x00000002, 16)}
+SET_FIELD = {"eth_src": (_ofb(4, 6), _mac), "eth_dst": (_ofb(3, 6), _mac),
+             "ip_src": (_ofb(11, 4), _ip), "ip_dst": (_ofb(12, 4), _ip),
+             "arp_op": (_ofb(21, 2), lambda v: struct.pack("!H", int(v))),
+             "arp_sha": (_ofb(24, 6), _mac), "arp_spa": (_ofb(22, 4), _ip)}
+
+
+def _nx(subtype: int, body: bytes) -> bytes:
+    data = struct.pack("!IH", NX_VENDOR, subtype) + body
+    data = _pad8(struct.pack("!HH", 0xFFFF, 0) + data)
+    return data[:2] + struct.pack("!H", len(data)) + data[4:]
+
+
+@lru_cache(maxsize=65536)
+def action_bytes(a) -> bytes:
+    if isinstance(a, Output):
+        port = OFPP_IN_PORT if a.port == "IN_PORT" else int(a.port)
+        return struct.pack("!HHIH6x", 0, 16, port, 0)
+    if isinstance(a, Controller):
+        return struct.pack("!HHIH6x", 0, 16, OFPP_CONTROLLER, a.max_len)
+    if isinstance(a, SetField):
+        header, conv = SET_FIELD[a.field]
+        data = _pad8(struct.pack("!HHI", 25, 0, header) + conv(a.value))
+        return data[:2] + struct.pack("!H", len(data)) + data[4:]
+    if isinstance(a, DecTtl):
+        return struct.pack("!HH4x", 24, 8)
+    if isinstance(a, Move):
+        (src, bits), (dst, _) = NXM[a.src], NXM[a.dst]
+        return _nx(6, struct.pack("!HHHII", bits, 0, 0, src, dst))
+    if isinstance(a, Load):
+        dst, bits = NXM[a.field]
+        return _nx(7, struct.pack("!HIQ", bits - 1, dst, a.value))
+    if isinstance(a, CtClear):
+        return _nx(43, b"")
+    if isinstance(a, Ct):
+        nat = b""
+        if a.nat is not None:
+            flags, present, ranges = 0, 0, b""
+            if a.nat.kind:
+                flags = 1 if a.nat.kind == "src" else 2
+                present = 0x1 | 0x2
+                ranges = _ip(a.nat.ip) * 2
+                if a.nat.port_min is not None:
+                    present |= 0x10 | 0x20
+                    ranges += struct.pack("!HH", a.nat.port_min, a.nat.port_max)
+            nat = _nx(36, struct.pack("!2xHH", flags, present) + ranges)
+        table = a.table if a.table is not None else 0xFF
+        body = struct.pack("!HIHB3xH", 1 if a.commit else 0, 0, a.zone, table, 0) + nat
+        data = struct.pack("!HHIH", 0xFFFF, 0, NX_VENDOR, 35) + body
+        return data[:2] + struct.pack("!H", len(data)) + data[4:]
+    raise ValueError(f"no wire encoding for action {a!r}")
+
+
+def instructions_bytes(flow: Flow) -> bytes:
+    out = b""
+    applied = b""
+    for a in flow.actions:
+        if isinstance(a, Meter):
+            out += struct.pack("!HHI", 6, 8, a.meter_id)
+        elif not isinstance(a, Goto):
+            applied += action_bytes(a)
+    if applied:
+        out += struct.pack("!HH4x", 4, 8 + len(applied)) + applied
+    for a in flow.actions:
+        if isinstance(a, Goto):
+            out += struct.pack("!HHB3x", 1, 8, a.table)
+    return out
+
+
+# --- messages ------------------------------------------------------------------------------------
+def _msg(msg_type: int, xid: int, body: bytes) -> bytes:
+    return struct.pack("!BBHI", VERSION, msg_type, 8 + len(body), xid) + body
+
+
+def flow_add(flow: Flow, xid: int) -> bytes:
+    body = struct.pack("!QQBBHHHIIIH2x", flow.cookie, 0, flow.table, OFPFC_ADD, 0, 0,
+                       flow.priority, NO_BUFFER, 0, 0, 0)
+    return _msg(OFPT_FLOW_MOD, xid, body + match_bytes(flow) + instructions_bytes(flow))
+
+
+EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
+
+
+def flow_delete(table: int, cookie: int, xid: int) -> bytes:
+    """Delete exactly the flows of `table` with this cookie (cookies are per flow)."""
+    body = struct.pack("!QQBBHHHIIIH2x", cookie, 0xFFFFFFFFFFFFFFFF, table, OFPFC_DELETE, 0,
+                       0, 0, NO_BUFFER, OFPP_ANY, OFPG_ANY, 0)
+    return _msg(OFPT_FLOW_MOD, xid, body + EMPTY_MATCH)
+
+
+def bundle_ctrl(bundle_id: int, kind: int, xid: int) -> bytes:
+    return _msg(OFPT_EXPERIMENTER, xid, struct.pack("!IIIHH", ONF_EXPERIMENTER,
+                                                    ONF_ET_BUNDLE_CONTROL, bundle_id, kind,
+                                                    BUNDLE_FLAGS))
+
+
+def bundle_add(bundle_id: int, inner: bytes) -> bytes:
+    """Wrap a message for a bundle; OVS wants the outer xid equal to the inner one."""
+    xid = struct.unpack_from("!I", inner, 4)[0]
+    return _msg(OFPT_EXPERIMENTER, xid, struct.pack("!IIIxxH", ONF_EXPERIMENTER,
+                                                    ONF_ET_BUNDLE_ADD, bundle_id,
+                                                    BUNDLE_FLAGS) + inner)
+
+
+def barrier(xid: int) -> bytes:
+    return _msg(OFPT_BARRIER_REQUEST, xid, b"")
