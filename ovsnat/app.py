@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import netaddr
 
-from ovsnat import config, metrics, ofmsgs, ofwire, ovsdb
+from ovsnat import config, icmp, metrics, ofmsgs, ofwire, ovsdb
 from ovsnat import framework as fw
 from ovsnat.compiler import METERS
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, cookie_owner, is_ours
@@ -110,7 +110,7 @@ class OvsNatApp(fw.BaseApp):
         self.ticks = 0
         self.seen_ofport: dict[str, int | None] = {}   # ofport of each row at the last batch
         self.stats = {"flow_mods": 0, "bundles": 0, "of_errors": 0, "syncs": 0,
-                      "fip_conflicts": 0, "activations": 0}
+                      "fip_conflicts": 0, "activations": 0, "icmp_errors": 0}
         self.conflicts: list[dict] = []
         self.status_file = opts.status_file
         self.metrics = metrics.Metrics(opts.metrics_port, opts.metrics_host)
@@ -551,7 +551,11 @@ class OvsNatApp(fw.BaseApp):
         if self.host is None:
             return
         in_port = ev.msg.match.get("in_port")
-        pkt = fw.packet.Packet(ev.msg.data)
+        data = bytes(ev.msg.data)
+        if data[12:14] == b"\x08\x00" and len(data) > 23 and data[23] == 1:
+            self._icmp_error(in_port, data)
+            return
+        pkt = fw.packet.Packet(data)
         if in_port == self.host.cfg.uplink_ofport:
             self._from_uplink(pkt.get_protocol(fw.arp.arp))
         else:
@@ -569,17 +573,25 @@ class OvsNatApp(fw.BaseApp):
                 self._send(self.host.set_config(with_gateway_mac(cfg, mac)))
             return
         name = self.host.fip_owner(a.src_ip)
-        if name is not None and not self.host.is_pending(name):
-            # Another host announces (or claims) one of our live FIPs: the VM moved there,
-            # or the FIP is configured twice. Yield, so two hosts never answer for it.
-            self.stats["fip_conflicts"] += 1
-            self.metrics.inc("conflicts")
-            self.conflicts.append({"fip": a.src_ip, "mac": a.src_mac, "port": name,
-                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; yielding "
-                        "until the VM announces itself here again", a.src_ip, name, a.src_mac)
+        if name is None or self.host.is_pending(name):
+            return
+        self.stats["fip_conflicts"] += 1
+        self.metrics.inc("conflicts")
+        self.conflicts.append({"fip": a.src_ip, "mac": a.src_mac, "port": name,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.status_dirty = True
+        if netaddr.EUI(a.src_mac) == cfg.ip_mac(netaddr.IPAddress(a.src_ip)):
+            # Another ovsnat host announces the FIP with the FIP's own MAC: the VM moved
+            # there (or the FIP is configured on two hosts). Yield, so two hosts never
+            # answer for it; the VM's own RARP/GARP brings it back here.
+            LOG.warning("ovsnat: FIP %s of port %s is announced by another host; yielding "
+                        "until the VM announces itself here again", a.src_ip, name)
             self._send(self.host.yield_fip(name))
-            self.status_dirty = True
+        else:
+            # Anyone else claiming it is an address conflict (or an attack): keep answering,
+            # so no host on the external network can take a FIP offline with one GARP.
+            LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; "
+                        "address conflict, keeping it", a.src_ip, name, a.src_mac)
 
     def _from_vm(self, in_port, pkt):
         name = self.host.by_ofport.get(in_port)
@@ -596,6 +608,36 @@ class OvsNatApp(fw.BaseApp):
         self.activating.add(name)
         self._send_arp(1, mac, fip, fip, "00:00:00:00:00:00")   # the old host yields now
         fw.hub.spawn_after(ACTIVATION_SETTLE, self.send_event, self.name, EventActivate(name))
+
+    def _icmp_error(self, in_port, frame: bytes):
+        """An ICMP error to or from a FIP VM: translate the quoted header too and send it
+        on (inbound to the VM's port, outbound to the gateway)."""
+        cfg, ihl = self.host.cfg, (frame[14] & 0x0F) * 4
+        dst, src = frame[30:34], frame[26:30]
+        name = self.host.fip_owner(str(netaddr.IPAddress(int.from_bytes(dst, "big"))))
+        inbound = name is not None and not self.host.is_pending(name)
+        if not inbound:
+            name = self.host.by_ofport.get(in_port)
+        port = self.host.valid.get(name) if name else None
+        if port is None or port.fip is None or self.host.is_pending(name) or ihl < 20:
+            return
+        fip, fixed = port.fip.packed, port.fixed_ip.packed
+        if inbound:
+            out = icmp.translate_error(frame, fip, fixed, True, cfg.router_mac.packed,
+                                       port.mac.packed)
+            out_port = port.ofport
+        elif src == fixed and cfg.external_gateway_mac is not None:
+            out = icmp.translate_error(frame, fixed, fip, False, cfg.ip_mac(port.fip).packed,
+                                       cfg.external_gateway_mac.packed)
+            out_port = cfg.uplink_ofport
+        else:
+            return
+        if out is None:
+            return
+        self.stats["icmp_errors"] += 1
+        p, ofp = fw.parser, fw.ofproto
+        self._send_msg(p.OFPPacketOut(self.dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                      [p.OFPActionOutput(out_port)], out))
 
     @fw.set_ev_cls(EventActivate)
     def on_activate(self, ev):

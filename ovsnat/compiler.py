@@ -11,11 +11,13 @@ from typing import Iterable
 
 from ovsnat.flows import METER_CONTROLLER, COOKIE_HOST, COOKIE_VM, NO_VLAN, Controller, Ct, CtClear, DecTtl, \
     Flow, Goto, Load, Match, Meter, MeterSpec, Move, Nat, Output, SetField, make_flow, owner_cookie
+from ovsnat.icmp import ERROR_TYPES
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_GUARD, \
     PAT_IN, PAT_OUT, UPLINK_ARP, VM_ARP, VM_L2, check_flow
 
 PACKET_IN_METER = 1          # meter id for every packet-in ovsnat asks for
+ICMP_MAX_LEN = 0xFFFF        # the whole ICMP error: the controller sends it on itself
 PACKET_IN_RATE_PPS = 100
 # Installed before any flow: meter 1 on ovsnat's own packet-in flows, and the switch-wide
 # controller meter as a backstop for packet-ins ovsnat did not ask for.
@@ -188,6 +190,14 @@ def fip_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
         make_flow(c, INGRESS, 110, Match.of(proto="ip", dl_dst=fip_mac, nw_dst=fip,
                                             nw_frag="yes"),
                   [Ct(zone=zone, table=DELIVER, commit=True, nat=Nat("dst", fixed))]),
+        # ICMP errors quote the untranslated header: the controller fixes both (metered).
+        *[make_flow(c, INGRESS, 105, Match.of(proto="icmp", dl_dst=fip_mac, nw_dst=fip,
+                                              icmp_type=t), [Meter(PACKET_IN_METER),
+                                                             Controller(ICMP_MAX_LEN)])
+          for t in ERROR_TYPES],
+        *[make_flow(c, EGRESS, 105, Match.of(proto="icmp", nw_src=fixed, icmp_type=t),
+                    [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)])
+          for t in ERROR_TYPES],
     ]
 
 

@@ -49,7 +49,7 @@ PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None)
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
 FIELD_ORDER = ("ct_state", "proto", "in_port", "vlan_tci", "dl_src", "dl_dst", "nw_src",
                "nw_dst", "arp_spa", "arp_tpa", "arp_op", "arp_sha", "nw_ttl", "nw_frag",
-               "tp_src", "tp_dst")
+               "tp_src", "tp_dst", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
 
 

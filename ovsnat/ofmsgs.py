@@ -71,6 +71,8 @@ def match_kwargs(flow: Flow) -> dict:
             kw[f"{proto}_{name[3:]}"] = int(value)
         elif name == "ct_state":
             kw["ct_state"] = ct_state(value)
+        elif name == "icmp_type":
+            kw["icmpv4_type"] = int(value)
         else:
             raise ValueError(f"no framework rendering for match field {name}")
     return kw

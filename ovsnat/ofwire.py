@@ -108,6 +108,8 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     if name in ("tp_src", "tp_dst"):
         base = {"tcp": 13, "udp": 15}[proto]
         return 7, _tlv(_ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value)))
+    if name == "icmp_type":
+        return 7, _tlv(_ofb(19, 1), bytes([int(value)]))
     if name == "ct_state":
         v, m = ct_state(value)
         return 8, _tlv(_nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))

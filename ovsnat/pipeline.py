@@ -59,8 +59,11 @@ TABLES: tuple[Table, ...] = (
     _t(EGRESS, "egress",
        "Routed from a VM. TTL<=1 dropped and counted; internal destinations dropped; a VM "
        "with a FIP gets its source rewritten statelessly (fragments via conntrack, zone "
-       "fip_frag_ct_zone); any other VM goes to PAT (conntrack lookup in zone ct_zone).",
-       "proto nw_src nw_dst nw_ttl nw_frag", {SetField, Ct, Goto}, {PAT_OUT, EGRESS_OUT}),
+       "fip_frag_ct_zone); ICMP errors a FIP VM sends go to the controller (metered), which "
+       "translates their quoted header too; any other VM goes to PAT (conntrack lookup in "
+       "zone ct_zone).",
+       "proto nw_src nw_dst nw_ttl nw_frag icmp_type", {SetField, Ct, Goto, Meter, Controller},
+       {PAT_OUT, EGRESS_OUT}),
     _t(PAT_OUT, "pat_out",
        "After the PAT conntrack lookup: drop invalid, pass established and related (already "
        "translated), commit new connections with nat(src=snat_ip:range).",
@@ -75,9 +78,11 @@ TABLES: tuple[Table, ...] = (
        "proto nw_dst", {CtClear, Load, SetField, DecTtl, Output, Goto}, {INGRESS}),
     _t(INGRESS, "ingress",
        "Routed to this host (uplink or hairpin). TTL<=1 dropped and counted; a FIP is "
-       "rewritten to its VM's fixed IP (fragments via conntrack); the SNAT IP goes through "
-       "the PAT conntrack lookup; anything else is dropped.",
-       "proto dl_dst nw_dst nw_ttl nw_frag", {SetField, Ct, Goto}, {PAT_IN, DELIVER}),
+       "rewritten to its VM's fixed IP (fragments via conntrack; ICMP errors via the metered "
+       "controller, which also translates the quoted header); the SNAT IP goes through the "
+       "PAT conntrack lookup; anything else is dropped.",
+       "proto dl_dst nw_dst nw_ttl nw_frag icmp_type", {SetField, Ct, Goto, Meter, Controller},
+       {PAT_IN, DELIVER}),
     _t(PAT_IN, "pat_in",
        "After the reverse PAT lookup: only replies of known connections (established or "
        "related) pass; unsolicited packets to the SNAT IP are dropped and counted.",

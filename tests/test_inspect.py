@@ -129,10 +129,9 @@ def test_metrics_scrape(live):
         assert name in text, name
 
 
-def test_another_host_claiming_our_fip_is_detected_and_we_yield(live):
-    """A GARP for our live FIP from another MAC arrives on the uplink: logged, counted,
-    shown in status, and this host stops answering for the FIP until vm1 announces itself
-    again."""
+def test_a_foreign_claim_on_our_fip_is_detected_but_does_not_take_it_offline(live):
+    """A GARP for our live FIP from some other MAC on the uplink: logged, counted, shown in
+    status; the FIP keeps answering (one GARP must not be able to take a FIP offline)."""
     claim = Ether(src="02:00:00:00:0b:ad", dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=1, hwsrc="02:00:00:00:0b:ad", psrc=FIP, pdst=FIP)
     send_frames(live, live.out_ns, [bytes(claim)])
@@ -141,9 +140,24 @@ def test_another_host_claiming_our_fip_is_detected_and_we_yield(live):
     st = json.loads(ovsnat(live, "status", "--json").stdout)
     assert st["controller"]["conflicts"][-1]["mac"] == "02:00:00:00:0b:ad"
     assert st["controller"]["stats"]["fip_conflicts"] >= 1
-    assert {vm["name"]: vm["fip_state"] for vm in st["vms"]}["tapvm1"] == "pending"
-    assert "is claimed on the uplink by 02:00:00:00:0b:ad" in \
+    assert {vm["name"]: vm["fip_state"] for vm in st["vms"]}["tapvm1"] == "active"
+    assert "claimed on the uplink by 02:00:00:00:0b:ad; address conflict, keeping it" in \
         scenario.controller_log(live, "hv1")
+    run(["ip", "-n", live.out_ns, "neigh", "flush", "dev", "eth0"])
+    assert ping(live.out_ns, FIP, count=1).received == 1
+
+
+def test_another_ovsnat_host_announcing_our_fip_makes_us_yield(live):
+    """The same GARP with the FIP's own MAC is what the host a VM migrated to sends: yield
+    until the VM announces itself here again."""
+    fip_mac = "02:5a:cb:00:71:0a"
+    claim = Ether(src=fip_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=fip_mac, psrc=FIP,
+                                                              pdst=FIP)
+    send_frames(live, live.out_ns, [bytes(claim)])
+    wait_for(lambda: {vm["name"]: vm["fip_state"] for vm in json.loads(
+        ovsnat(live, "status", "--json").stdout)["vms"]}["tapvm1"] == "pending", 5,
+        what="vm1's FIP to yield")
+    assert "is announced by another host; yielding" in scenario.controller_log(live, "hv1")
     run(["ip", "-n", live.out_ns, "neigh", "flush", "dev", "eth0"])
     assert ping(live.out_ns, FIP, count=1, wait=0.3).received == 0
     live.announce(live.vms["vm1"], "garp", wait=True)     # the VM is really here
