@@ -105,6 +105,7 @@ class OvsNatApp(fw.BaseApp):
         self.xids = itertools.count(XID_BASE)
         self.status_dirty = False
         self.reported: dict[str, str] = {}        # port name -> last logged rejection
+        self.reported_errors: dict[str, str] = {}  # port name -> last logged error
         self.failed_owners: dict[int, str] = {}   # owner cookie bits -> OpenFlow error
         self.activating: set[str] = set()
         self.ticks = 0
@@ -298,12 +299,22 @@ class OvsNatApp(fw.BaseApp):
                                                       row.link_state)
 
     def _report_rejections(self):
-        current = {r.name: r.reason for r in self.host.rejected}
-        for name, reason in current.items():
-            if self.reported.get(name) != reason:
-                LOG.error("ovsnat: skipping %s", reason)
+        """One log line per new reason: an error once per distinct bad value (not again
+        when the port's link bounces), passing states at INFO."""
+        rejected = self.host.rejected
+        current = {r.name: r.reason for r in rejected}
+        for r in rejected:
+            if self.reported.get(r.name) == r.reason:
+                continue
+            if r.transient:
+                LOG.info("ovsnat: skipping %s", r.reason)
+            elif self.reported_errors.get(r.name) != r.reason:
+                LOG.error("ovsnat: skipping %s", r.reason)
+                self.reported_errors[r.name] = r.reason
         for name in set(self.reported) - set(current):
-            LOG.info("ovsnat: port %s is programmed again", name)
+            self.reported_errors.pop(name, None)
+            if name in self.host.valid:
+                LOG.info("ovsnat: port %s is programmed again", name)
         self.reported = current
 
     # --- datapath connect and full sync -----------------------------------------------------
@@ -635,6 +646,7 @@ class OvsNatApp(fw.BaseApp):
         if out is None:
             return
         self.stats["icmp_errors"] += 1
+        self.status_dirty = True
         p, ofp = fw.parser, fw.ofproto
         self._send_msg(p.OFPPacketOut(self.dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                       [p.OFPActionOutput(out_port)], out))

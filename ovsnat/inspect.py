@@ -205,6 +205,21 @@ def pat_usage(cfg: HostConfig, conntrack: str) -> dict:
             "share": round(len(ports) / cfg.pat_port_count, 4)}
 
 
+# Drop counters worth watching: (name, table, priority) of host-level drop flows.
+DROP_COUNTERS = (("spoofed_or_unknown_source", 0, 0), ("pat_range_exhausted", 38, 0),
+                 ("pat_unsolicited_inbound", 55, 0), ("pat_invalid", 35, 200),
+                 ("ingress_unknown_destination", 50, 0), ("ttl_expired_out", 30, 300),
+                 ("ttl_expired_in", 50, 300))
+
+
+def drop_counters(view: View) -> dict[str, int]:
+    counts = dict.fromkeys(name for name, _, _ in DROP_COUNTERS)
+    for name, table, prio in DROP_COUNTERS:
+        counts[name] = sum(f.packets for f in view.installed if f.table == table and
+                           f.priority == prio and cookie_kind(f.cookie) == COOKIE_HOST)
+    return counts
+
+
 def status(view: View, conntrack: str) -> dict:
     cfg, host = view.cfg, view.host
     vms = []
@@ -222,6 +237,7 @@ def status(view: View, conntrack: str) -> dict:
         "rejected": [asdict(r) for r in host.rejected],
         "pat": pat_usage(cfg, conntrack),
         "drift": {k: len(v) for k, v in diff(view).items()},
+        "drops": drop_counters(view),
         "controller": view.status,
     }
 
@@ -240,6 +256,7 @@ def format_status(st: dict) -> str:
     lines.append(f"PAT: {pat['ports_in_use']} of {pat['capacity']} ports in use "
                  f"({pat['share']:.1%}); per VM: " +
                  (", ".join(f"{ip} {n}" for ip, n in pat["per_vm"].items()) or "none"))
+    lines.append("drops: " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
     d = st["drift"]
     lines.append(f"drift: {d['missing']} missing, {d['stale']} stale, {d['foreign']} foreign")
     ctl = st["controller"]

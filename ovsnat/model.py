@@ -299,10 +299,12 @@ class VmPort:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A port set aside, and why (shown in logs and `ovsnat status`)."""
+    """A port set aside, and why (shown in logs and `ovsnat status`). transient: not a
+    mistake but a passing state (no OpenFlow port yet, device gone), logged at INFO."""
 
     name: str
     reason: str
+    transient: bool = False
 
 
 @dataclass(frozen=True)

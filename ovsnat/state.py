@@ -53,17 +53,25 @@ class Delta:
 
 
 def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None = None):
-    """An OVSDB Interface row as a VmPort, a Rejection (with the reason), or None: not
-    ovsnat's (no ovsnat-* keys), or its device is gone (link down)."""
+    """An OVSDB Interface row as a VmPort, a Rejection (with the reason), or None when the
+    row is not ovsnat's (no ovsnat-* keys). The external_ids are judged first, so a bad
+    value is reported even while the VM is away; a row without a usable OpenFlow port or
+    with its link down is a transient rejection: the VM is not (or no longer) here."""
     if KEY_FIXED_IP not in external_ids and KEY_FIP not in external_ids:
         return None
-    if link_state == "down":
-        return None
     try:
-        return VmPort.from_external_ids(name, ofport if ofport is not None else -1,
-                                        external_ids)
+        port = VmPort.from_external_ids(name, 1, external_ids)
     except PortError as e:
         return Rejection(name, str(e))
+    try:
+        port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
+                                        external_ids)
+    except PortError as e:
+        return Rejection(name, str(e), transient=True)
+    if link_state == "down":
+        return Rejection(name, f"port {name!r} ({port.iface_id}): link down (the VM's "
+                         "device is gone); no flows until it comes back", transient=True)
+    return port
 
 
 def _key(flow: Flow) -> tuple[int, int]:
@@ -87,6 +95,7 @@ class HostState:
         self.cfg = cfg
         self.valid: dict[str, VmPort] = {}          # name -> port valid on its own
         self.invalid: dict[str, str] = {}           # name -> reason (bad alone)
+        self.transient: set[str] = set()            # names whose rejection is a passing state
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims: dict[tuple[str, str], set[str]] = {}
         # owner (HOST or port name) -> (table, cookie) of its flows. Only keys are kept:
@@ -106,7 +115,7 @@ class HostState:
     @property
     def rejected(self) -> list[Rejection]:
         reasons = {**self.invalid, **self.lost}
-        return [Rejection(n, reasons[n]) for n in sorted(reasons)]
+        return [Rejection(n, reasons[n], n in self.transient) for n in sorted(reasons)]
 
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
@@ -151,9 +160,9 @@ class HostState:
         """A new host config (e.g. a learned gateway MAC): recompile everything."""
         old = sorted(self.all_keys())
         ports, invalid = dict(self.valid), dict(self.invalid)
-        active, yielded = set(self.active), set(self.yielded)
+        active, yielded, transient = set(self.active), set(self.yielded), set(self.transient)
         self.__init__(cfg)
-        self.active, self.yielded = active, yielded
+        self.active, self.yielded, self.transient = active, yielded, transient
         for name, port in ports.items():
             self.update(name, port)
         for name, reason in invalid.items():
@@ -179,8 +188,11 @@ class HostState:
                 if not self.claims[key]:
                     del self.claims[key]
         self.invalid.pop(name, None)
+        self.transient.discard(name)
         if isinstance(port, Rejection):
             self.invalid[name] = port.reason
+            if port.transient:
+                self.transient.add(name)
         elif port is not None:
             reason = self._check_alone(port)
             if reason:

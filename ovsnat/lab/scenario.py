@@ -128,7 +128,7 @@ def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
 
 
 def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework: str = "ryu",
-                     **overrides) -> str:
+                     point_bridge: bool = True, **overrides) -> str:
     """Start ovsnat's controller inside the host's namespace (listening on its loopback) and
     point br-int at it. Returns the process name in lab.procs (its log is beside it)."""
     h = lab.hosts[host]
@@ -137,7 +137,7 @@ def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework:
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
     lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=h.ovs.env)
-    if not h.vsctl("get-controller", BRIDGE).strip():
+    if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
         # max_backoff: reconnect within a second when the controller restarts.
         h.vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{OF_PORT}", "--", "set",
                 "controller", BRIDGE, "max_backoff=1000", "inactivity_probe=5000")

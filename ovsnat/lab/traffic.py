@@ -132,8 +132,10 @@ class Background:
 def background_ping(ns: str, dst: str, interval: float = 0.01, duration: float = 5.0):
     """`ping -i interval -w duration`; .result() gives a PingResult with loss and the
     longest gap between consecutive replies (from the icmp_seq numbers)."""
-    bg = Background(["ping", "-n", "-i", str(interval), "-w", str(duration), "-W", "1",
-                     dst], ns)
+    count = max(1, int(duration / interval))
+    # -c, not just -w: a deadline would count the reply still in flight as lost.
+    bg = Background(["ping", "-n", "-i", str(interval), "-c", str(count), "-w",
+                     str(int(duration) + 5), "-W", "1", dst], ns)
     bg.interval = interval
     return bg
 
