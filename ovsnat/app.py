@@ -583,14 +583,15 @@ class OvsNatApp(fw.BaseApp):
                 self.gateway_mac = mac
                 self._send(self.host.set_config(with_gateway_mac(cfg, mac)))
             return
+        if a.src_ip == str(cfg.snat_ip):
+            self._conflict(a, "SNAT IP")
+            LOG.warning("ovsnat: this host's SNAT IP %s is claimed on the uplink by %s; "
+                        "address conflict", a.src_ip, a.src_mac)
+            return
         name = self.host.fip_owner(a.src_ip)
         if name is None or self.host.is_pending(name):
             return
-        self.stats["fip_conflicts"] += 1
-        self.metrics.inc("conflicts")
-        self.conflicts.append({"fip": a.src_ip, "mac": a.src_mac, "port": name,
-                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        self.status_dirty = True
+        self._conflict(a, name)
         if netaddr.EUI(a.src_mac) == cfg.ip_mac(netaddr.IPAddress(a.src_ip)):
             # Another ovsnat host announces the FIP with the FIP's own MAC: the VM moved
             # there (or the FIP is configured on two hosts). Yield, so two hosts never
@@ -603,6 +604,13 @@ class OvsNatApp(fw.BaseApp):
             # so no host on the external network can take a FIP offline with one GARP.
             LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; "
                         "address conflict, keeping it", a.src_ip, name, a.src_mac)
+
+    def _conflict(self, a, owner: str):
+        self.stats["fip_conflicts"] += 1
+        self.metrics.inc("conflicts")
+        self.conflicts.append({"fip": a.src_ip, "mac": a.src_mac, "port": owner,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.status_dirty = True
 
     def _from_vm(self, in_port, pkt):
         name = self.host.by_ofport.get(in_port)

@@ -69,6 +69,9 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         make_flow(c, VM_ARP, 0, Match(), []),
         make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=snat, arp_op=1),
                   arp_reply(snat_mac, snat)),
+        # Anyone else on the external network claiming our SNAT IP: tell the controller.
+        make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=snat),
+                  [Meter(PACKET_IN_METER), Controller()]),
         make_flow(c, UPLINK_ARP, 0, Match(), []),
         # L2 / routing decision
         make_flow(c, VM_L2, 50, Match.of(proto="ip", dl_dst=mac_str(cfg.router_mac)),

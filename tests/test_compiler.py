@@ -168,9 +168,9 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 
 def test_flow_counts_per_object():
     cfg, cfg64 = config(), config(pat_ports_per_vm=64)
-    assert len(host_flows(cfg)) == 37
-    assert len(host_flows(cfg64)) == 36          # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 37   # ARP punt replaces egress
+    assert len(host_flows(cfg)) == 38
+    assert len(host_flows(cfg64)) == 37          # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 38   # ARP punt replaces egress
     assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 18
     assert len(vm_flows(cfg, FIP_VM, active=False)) == 7     # FIP dark until activation
     assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 5
@@ -224,7 +224,7 @@ def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copi
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
     [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)
-              and f.cookie >> 56 == COOKIE_HOST]
+              and f.cookie >> 56 == COOKIE_HOST and f.table == CLASSIFY]
     assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
     # A copy for the controller (limited by the controller meter), then normal processing.
@@ -240,7 +240,7 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     # ICMP errors to or from the FIP VM (their quoted header needs translating).
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
     assert all(f.actions[0] == Meter(PACKET_IN_METER) for f in punts)
-    [watch] = [f for f in punts if f.table == UPLINK_ARP]
-    assert watch.match.get("arp_spa") == "203.0.113.10"
+    watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
+    assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
     assert sorted(f.match.get("icmp_type") for f in punts if f.match.get("proto") == "icmp") \
         == ["11", "11", "12", "12", "3", "3"]

@@ -93,7 +93,8 @@ def test_status_lists_vms_skipped_ports_and_pat_usage(live):
     assert vms["tapvm1"]["nat"] == "FIP 203.0.113.10" and vms["tapvm1"]["fip_state"] == "active"
     assert vms["tapvm2"]["nat"] == "PAT"
     assert st["rejected"] == [{"name": "tapvm3", "reason": "port 'tapvm3': external_ids:"
-                               "ovsnat-fixed-ip: '10.0.0.300' is not an IPv4 address"}]
+                               "ovsnat-fixed-ip: '10.0.0.300' is not an IPv4 address",
+                               "transient": False}]
     assert st["pat"]["per_vm"].get("10.0.0.12", 0) >= 1 and st["pat"]["capacity"] == 10000
     assert st["controller"]["stats"]["flow_mods"] > 0
     assert "skipped ports (1)" in ovsnat(live, "status").stdout
@@ -163,3 +164,15 @@ def test_another_ovsnat_host_announcing_our_fip_makes_us_yield(live):
     live.announce(live.vms["vm1"], "garp", wait=True)     # the VM is really here
     wait_for(lambda: ping(live.out_ns, FIP, count=1, wait=0.2).received, 5,
              what="the FIP back after the VM's own GARP")
+
+
+def test_another_host_claiming_our_snat_ip_is_detected(live):
+    claim = Ether(src="02:00:00:00:0b:ae", dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=2, hwsrc="02:00:00:00:0b:ae", psrc=SNAT, pdst="203.0.113.1")
+    send_frames(live, live.out_ns, [bytes(claim)])
+    wait_for(lambda: any(c["fip"] == SNAT for c in json.loads(ovsnat(
+        live, "status", "--json").stdout)["controller"].get("conflicts", [])), 5,
+        what="the SNAT conflict in status")
+    assert f"SNAT IP {SNAT} is claimed on the uplink by 02:00:00:00:0b:ae" in \
+        scenario.controller_log(live, "hv1")
+    assert tcp_connect(live, live.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT
