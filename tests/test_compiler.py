@@ -15,18 +15,12 @@ import pytest
 from ovsnat.compiler import PACKET_IN_METER, compile_state, host_flows, vm_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Controller, Ct, DecTtl, Goto, Match, Meter, \
     Nat, Output, SetField, cookie_kind, cookie_owner, make_flow, owner_cookie
+from ovsnat.golden import BASE
 from ovsnat.model import HostConfig, VmPort, build_state
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, PAT_OUT, TABLES, UPLINK_ARP, \
     PipelineViolation, check_flow
 
-OPTIONS = {
-    "bridge": "br-int", "uplink_port": "uplink", "uplink_ofport": 1,
-    "internal_cidr": "10.0.0.0/24", "internal_gateway_ip": "10.0.0.1",
-    "router_mac": "02:00:00:00:00:01", "external_cidr": "203.0.113.0/24",
-    "external_gateway_ip": "203.0.113.1", "external_gateway_mac": "02:00:00:00:00:fe",
-    "snat_ip": "203.0.113.11", "snat_port_min": 20000, "snat_port_max": 29999,
-    "ct_zone": 65000, "fip_frag_ct_zone": 65001,
-}
+OPTIONS = BASE          # the valid host options of the golden scenarios
 
 
 def config(**overrides) -> HostConfig:

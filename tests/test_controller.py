@@ -13,7 +13,7 @@ from ovsnat.flows import is_ours
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
+from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, \
     start_server, tcp_connect, udp_request
 
 pytestmark = pytest.mark.lab

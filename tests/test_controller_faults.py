@@ -11,7 +11,7 @@ import pytest
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import ping, start_server, tcp_connect, udp_request
+from ovsnat.lab.traffic import ping, start_server, udp_request
 from tests.test_controller import SNAT, converged, installed_text, reaches, vm_ids
 
 pytestmark = pytest.mark.lab

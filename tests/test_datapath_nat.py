@@ -9,14 +9,14 @@ sits behind the outside router 203.0.113.1.
 from __future__ import annotations
 
 import pytest
-from scapy.all import ARP, Dot1Q, ICMP, IP, UDP, Ether, rdpcap
+from scapy.all import ARP, Dot1Q, IP, UDP, Ether, rdpcap
 
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import capture, ping, send_frames, start_server, tcp_connect, \
     udp_request
-from ovsnat.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN, VM_ARP
+from ovsnat.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
 
 FIP1, FIP3, SNAT1, SNAT2 = "203.0.113.10", "203.0.113.12", "203.0.113.11", "203.0.113.21"
 pytestmark = pytest.mark.lab

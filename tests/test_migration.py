@@ -14,7 +14,7 @@ from ovsnat.lab import scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import Background, background_ping, background_tcp, capture, \
-    parse_ping, ping, ping_gap, send_frames, start_server, tcp_connect
+    parse_ping, ping, ping_gap, start_server, tcp_connect
 from tests.test_controller import vm_ids  # noqa: E402
 
 pytestmark = pytest.mark.lab

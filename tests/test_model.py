@@ -14,19 +14,13 @@ import netaddr
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ovsnat.golden import BASE
 from ovsnat.model import ConfigError, DesiredState, HostConfig, PortError, Rejection, VmPort, \
     build_state, mac_str
 
 MISSING = object()          # an override that removes the option / key
 
-OPTIONS = {
-    "bridge": "br-int", "uplink_port": "uplink", "uplink_ofport": 1,
-    "internal_cidr": "10.0.0.0/24", "internal_gateway_ip": "10.0.0.1",
-    "router_mac": "02:00:00:00:00:01", "external_cidr": "203.0.113.0/24",
-    "external_gateway_ip": "203.0.113.1", "external_gateway_mac": "02:00:00:00:00:fe",
-    "snat_ip": "203.0.113.11", "snat_port_min": 20000, "snat_port_max": 29999,
-    "ct_zone": 65000, "fip_frag_ct_zone": 65001,
-}
+OPTIONS = BASE          # the valid host options of the golden scenarios
 
 
 def options(**overrides) -> dict:

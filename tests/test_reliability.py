@@ -16,7 +16,7 @@ from scapy.all import ARP, IP, Ether, rdpcap
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import Background, background_ping, background_tcp, capture, \
+from ovsnat.lab.traffic import background_ping, background_tcp, capture, \
     parse_ping, ping, send_frames, start_server, tcp_connect, udp_request
 from tests.test_controller import SNAT, converged, flow_table, installed_text, vm_ids
 

@@ -18,7 +18,8 @@ def _peer_line(addr) -> bytes:
     return f"PEER {addr[0]}:{addr[1]}\n".encode()
 
 
-def tcp_server(port: int) -> None:
+def _serve_tcp(port: int, handler) -> None:
+    """Accept forever on port, one thread per connection; READY once listening."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", port))
@@ -26,7 +27,11 @@ def tcp_server(port: int) -> None:
     print("READY", flush=True)
     while True:
         conn, addr = srv.accept()
-        threading.Thread(target=_tcp_serve, args=(conn, addr), daemon=True).start()
+        threading.Thread(target=handler, args=(conn, addr), daemon=True).start()
+
+
+def tcp_server(port: int) -> None:
+    _serve_tcp(port, _tcp_serve)
 
 
 def _tcp_serve(conn: socket.socket, addr) -> None:
@@ -85,14 +90,7 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
 def tcp_push_server(port: int) -> None:
     """Send a line every 10 ms to each client, never read: a receive-only session for the
     client."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(16)
-    print("READY", flush=True)
-    while True:
-        conn, addr = srv.accept()
-        threading.Thread(target=_push, args=(conn, addr), daemon=True).start()
+    _serve_tcp(port, _push)
 
 
 def _push(conn: socket.socket, addr) -> None:
