@@ -1,0 +1,59 @@
+"""The user's first commands: `ovsnat lab demo` (what `make lab` runs), `lab migrate` and
+`lab down` from the command line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ovsnat.lab import Lab
+from ovsnat.lab.topology import list_lab_namespaces
+
+pytestmark = pytest.mark.lab
+
+
+def ovsnat(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovsnat.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def lab_id(output: str) -> str:
+    return re.search(r"tear down with: ovsnat lab down (\w+)", output).group(1)
+
+
+def test_the_demo_narrates_nat_and_both_migrations_with_measurements():
+    out = ovsnat("lab", "demo")
+    try:
+        assert out.returncode == 0, out.stderr[-2000:]
+        text = out.stdout
+        assert "vm1 -> server: the server sees 203.0.113.10" in text
+        assert "vm2 -> server: the server sees 203.0.113.11" in text
+        assert "len=3000 reply_len=3000" in text
+        gap = float(re.search(r"ping gap ([\d.]+)s", text).group(1))
+        assert gap <= 1.0, text
+        assert "the inbound TCP session: HELD" in text
+        assert re.search(r"the server sees 203\.0\.113\.21 \(hv2's PAT address\)", text)
+        assert "the old session: BROKEN" in text
+        assert "ovsnat lab down" in text and "flows/pipeline.md" in text
+    finally:
+        if "tear down with" in out.stdout:
+            ovsnat("lab", "down", lab_id(out.stdout))
+
+
+def test_up_migrate_and_down_from_the_command_line():
+    out = ovsnat("lab", "up")
+    assert out.returncode == 0, out.stderr[-2000:]
+    ident = lab_id(out.stdout)
+    try:
+        moved = ovsnat("lab", "migrate", "vm1", "hv2", "--lab", ident)
+        assert moved.returncode == 0 and "moved vm1 from hv1 to hv2" in moved.stdout
+        assert Lab.load(ident).vms["vm1"].host == "hv2"
+        status = ovsnat("lab", "status").stdout
+        assert ident in status
+    finally:
+        down = ovsnat("lab", "down", ident)
+    assert down.returncode == 0
+    assert not [ns for ns in list_lab_namespaces() if ident in ns]
