@@ -240,3 +240,16 @@ def test_exhausted_pat_range_fails_new_connections_and_never_leaks_a_private_sou
     leaked = [p for p in rdpcap(pcap) if IP in p and p[IP].src.startswith("10.")]
     assert leaked == [], leaked[:3]
     assert scenario.flow_packets(nat, "hv2", PAT_GUARD, "priority=0") > guard
+
+
+# --- ICMP errors through PAT ------------------------------------------------------------------
+def test_icmp_errors_reach_a_pat_vm_translated_by_conntrack(nat):
+    """Time exceeded and fragmentation needed from beyond the NAT hop are +rel to the PAT
+    connection: conntrack restores the VM's address in both headers."""
+    vm2 = vm(nat, "vm2")
+    out = ping(vm2.ns, SERVER_IP, count=1, ttl=2, wait=1).output
+    assert "From 203.0.113.1" in out and "Time to live exceeded" in out, out
+    run(["ip", "-n", vm2.ns, "route", "flush", "cache"])
+    first = ping(vm2.ns, SERVER_IP, count=2, size=1450, df=True, wait=0.5)
+    assert "mtu = 1400" in first.output or "mtu=1400" in first.output, first.output
+    assert "mtu 1400" in run(["ip", "-n", vm2.ns, "route", "get", SERVER_IP]).stdout
