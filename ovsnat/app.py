@@ -18,12 +18,14 @@ computed by the pure core (ovsnat.state, ovsnat.compiler).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
 import os
 import subprocess
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import netaddr
@@ -31,7 +33,7 @@ import netaddr
 from ovsnat import config, icmp, metrics, ofmsgs, ofwire, ovsdb
 from ovsnat import framework as fw
 from ovsnat.compiler import METERS
-from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, cookie_owner, is_ours
+from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_owner, is_ours
 from ovsnat.model import ConfigError, HostConfig, mac_str, with_gateway_mac
 from ovsnat.pipeline import UPLINK_ARP
 from ovsnat.state import Delta, HostState, port_from_row
@@ -68,14 +70,29 @@ class EventActivate(fw.event.EventBase):
 
 @dataclass
 class Bundle:
-    """One atomic batch of flow changes in flight."""
+    """One atomic batch of flow changes in flight. Messages carry consecutive xids from
+    first_xid: the open request, the deletes, the adds, the commit; so an error's xid names
+    the flow that caused it without keeping the flows around."""
 
     id: int
-    delta: Delta
-    xids: set = field(default_factory=set)
+    first_xid: int
+    delete: list                                   # (table, cookie) keys
+    add_keys: list = field(default_factory=list)
+    owners: set = field(default_factory=set)
+    announce: list = field(default_factory=list)   # (responder key, FIP) to GARP on success
     failed: str | None = None
     retry: bool = True
-    sent: float = 0.0
+
+    def key_of(self, xid: int):
+        i = xid - self.first_xid - 1
+        if 0 <= i < len(self.delete):
+            return self.delete[i]
+        i -= len(self.delete)
+        return self.add_keys[i] if 0 <= i < len(self.add_keys) else None
+
+    @property
+    def last_xid(self) -> int:
+        return self.first_xid + len(self.delete) + len(self.add_keys) + 2
 
 
 class OvsNatApp(fw.BaseApp):
@@ -99,7 +116,6 @@ class OvsNatApp(fw.BaseApp):
         self.meters: set | None = None
         self.dump: dict = {}                      # xid -> partial dump while collecting
         self.bundles: dict[int, Bundle] = {}
-        self.xid_owner: dict[int, tuple[int, Flow | None]] = {}
         self.barriers: dict[int, int] = {}        # barrier xid -> bundle id
         self.bundle_ids = itertools.count(1)
         self.xids = itertools.count(XID_BASE)
@@ -377,15 +393,15 @@ class OvsNatApp(fw.BaseApp):
                 self.meters.add((meter.meter_id, (meter.rate_pps,)))
         desired = self.host.all_keys()
         stale = self.installed - desired
-        missing = self.host.flows_for(desired - self.installed)
-        delta = Delta(sorted(stale), missing, {"(full sync)"})
-        if not delta:
+        missing = desired - self.installed
+        if not stale and not missing:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
             if self.dump.get("t0") is not None:
                 self.metrics.set_reconcile(time.monotonic() - self.dump.pop("t0"))
             return
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
-        self._send(delta)
+        self._send(_Lazy(sorted(stale), self.host.iter_flows_for(missing), {"(full sync)"},
+                         len(missing)), announce=False)
 
     # --- sending ------------------------------------------------------------------------------
     def _send_msg(self, msg):
@@ -393,32 +409,41 @@ class OvsNatApp(fw.BaseApp):
         self.dp.send_msg(msg)
         return msg.xid
 
-    def _send(self, delta: Delta, retry: bool = True):
+    def _send(self, delta: Delta, retry: bool = True, announce: bool = True):
         """Send a delta as one atomic bundle (deletes first) and a barrier, packed straight
-        to bytes (ovsnat.ofwire) and written to the switch in one go."""
+        to bytes (ovsnat.ofwire) and written to the switch in one go. delta.add may be a
+        generator: flows are encoded and dropped one by one, so a full sync of 100,000
+        flows never holds them all. The cyclic GC is paused meanwhile: it would rescan
+        every live object many times over while millions are created and freed."""
         if not delta or self.dp is None or self.installed is None:
             return
-        bundle = Bundle(next(self.bundle_ids), delta, retry=retry)
-        self.bundles[bundle.id] = bundle
-        xid = self.xids
-        parts = [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_OPEN, next(xid))]
-        for table, cookie in delta.delete:
-            x = next(xid)
-            parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_delete(table, cookie, x)))
-            self.xid_owner[x] = (bundle.id, _stub(table, cookie))
-        for flow in delta.add:
-            x = next(xid)
-            parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(flow, x)))
-            self.xid_owner[x] = (bundle.id, flow)
-        commit, barrier = next(xid), next(xid)
-        parts += [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_COMMIT, commit),
-                  ofwire.barrier(barrier)]
-        self.xid_owner[commit] = (bundle.id, None)
-        bundle.xids = {commit}
-        bundle.sent = time.time()
-        self.barriers[barrier] = bundle.id
-        self.dp.send(b"".join(parts))
-        n = len(delta.delete) + len(delta.add)
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            bundle = Bundle(next(self.bundle_ids), next(self.xids), list(delta.delete),
+                            owners=set(delta.owners), retry=retry)
+            parts = [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_OPEN, bundle.first_xid)]
+            for table, cookie in bundle.delete:
+                parts.append(ofwire.bundle_add(
+                    bundle.id, ofwire.flow_delete(table, cookie, next(self.xids))))
+            for flow in delta.add:
+                key = (flow.table, flow.cookie)
+                parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(flow,
+                                                                          next(self.xids))))
+                bundle.add_keys.append(key)
+                if announce and flow.table == UPLINK_ARP and flow.cookie >> 56 == COOKIE_VM \
+                        and flow.match.get("arp_tpa"):
+                    bundle.announce.append((key, flow.match.get("arp_tpa")))
+            commit, barrier = next(self.xids), next(self.xids)
+            parts += [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_COMMIT, commit),
+                      ofwire.barrier(barrier)]
+            self.bundles[bundle.id] = bundle
+            self.barriers[barrier] = bundle.id
+            self.dp.send(b"".join(parts))
+        finally:
+            if gc_was_on:
+                gc.enable()
+        n = len(bundle.delete) + len(bundle.add_keys)
         self.stats["flow_mods"] += n
         self.stats["bundles"] += 1
         self.metrics.inc("flow_mods", n)
@@ -429,15 +454,17 @@ class OvsNatApp(fw.BaseApp):
         msg = ev.msg
         self.stats["of_errors"] += 1
         self.metrics.inc("of_errors")
-        bundle_id, flow = self.xid_owner.get(msg.xid, (None, None))
-        bundle = self.bundles.get(bundle_id)
-        what = f"flow {flow.text()} of {self._owner_name(flow.cookie)}" if flow and \
-            flow.table is not None and flow.priority is not None else "message"
+        bundle = next((b for b in self.bundles.values()
+                       if b.first_xid <= msg.xid <= b.last_xid), None)
         if bundle is None:
             LOG.error("ovsnat: OpenFlow error type=%d code=%d for xid %d", msg.type, msg.code,
                       msg.xid)
             return
-        if flow is not None and not bundle.failed:
+        key = bundle.key_of(msg.xid)
+        if key is not None and not bundle.failed:
+            flows = self.host.flows_for({key}) if self.host else []
+            text = flows[0].text() if flows else f"table={key[0]} cookie={key[1]:#x}"
+            what = f"flow {text} of {self._owner_name(key[1])}"
             bundle.failed = f"type={msg.type} code={msg.code} on {what}"
             LOG.error("ovsnat: switch rejected %s: OpenFlow error type=%d code=%d",
                       what, msg.type, msg.code)
@@ -451,44 +478,45 @@ class OvsNatApp(fw.BaseApp):
         bundle = self.bundles.pop(self.barriers.pop(ev.msg.xid, None), None)
         if bundle is None:
             return
-        self.xid_owner = {x: o for x, o in self.xid_owner.items() if o[0] != bundle.id} \
-            if self.bundles else {}
-        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f%s", _names(bundle.delta.owners),
-                 len(bundle.delta.add) + len(bundle.delta.delete), time.time(),
+        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f%s", _names(bundle.owners),
+                 len(bundle.add_keys) + len(bundle.delete), time.time(),
                  f" FAILED: {bundle.failed}" if bundle.failed else "")
         if not self.bundles and self.dump.get("t0") is not None:
             took = time.monotonic() - self.dump.pop("t0")
             LOG.info("ovsnat: in sync %.3f s after the datapath connected", took)
             self.metrics.set_reconcile(took)
         self.status_dirty = True
+        prefixes = {c >> 24 for _, c in bundle.delete} | {c >> 24 for _, c in bundle.add_keys}
         if bundle.failed is None:
-            self.installed -= set(bundle.delta.delete)
-            self.installed |= {(f.table, f.cookie) for f in bundle.delta.add}
-            for owner in {cookie_owner(f.cookie) for f in bundle.delta.add}:
-                self.failed_owners.pop(owner, None)
-            self._announce_fips(bundle.delta.add)
-            return
-        if bundle.retry:
-            self._retry_by_owner(bundle)
+            self.installed.difference_update(bundle.delete)
+            self.installed.update(bundle.add_keys)
+            for prefix in prefixes:
+                self.failed_owners.pop(prefix & 0xFFFFFFFF, None)
+            self._announce_fips(bundle.announce)
+        elif bundle.retry:
+            LOG.warning("ovsnat: retrying %d owners one by one", len(prefixes))
+            self._resync_owners(prefixes)
         else:
-            cookies = [f.cookie for f in bundle.delta.add] + [c for _, c in bundle.delta.delete]
-            for owner in {cookie_owner(c) for c in cookies}:
-                self.failed_owners[owner] = bundle.failed
-            LOG.error("ovsnat: giving up on %s: %s", self._owner_name(cookies[0]),
-                      bundle.failed)
+            for prefix in prefixes:
+                self.failed_owners[prefix & 0xFFFFFFFF] = bundle.failed
+            LOG.error("ovsnat: giving up on %s: %s",
+                      self._owner_name(min(prefixes) << 24), bundle.failed)
 
-    def _retry_by_owner(self, bundle: Bundle):
-        """The atomic bundle changed nothing; send each owner's part on its own."""
-        parts: dict[int, Delta] = {}
-        for table, cookie in bundle.delta.delete:
-            parts.setdefault(cookie >> 24, Delta()).delete.append((table, cookie))
-        for f in bundle.delta.add:
-            parts.setdefault(f.cookie >> 24, Delta()).add.append(f)
-        for key, part in parts.items():
-            part.owners = {self._owner_name(key << 24)}
-        LOG.warning("ovsnat: retrying %d owners one by one", len(parts))
-        for key in sorted(parts):
-            self._send(parts[key], retry=False)
+    def _resync_owners(self, prefixes: set):
+        """A rejected bundle changed nothing: bring each owner it touched to its desired
+        state on its own bundle, so one bad owner cannot hold the others back."""
+        installed: dict[int, set] = defaultdict(set)
+        desired: dict[int, set] = defaultdict(set)
+        for key in self.installed:
+            if key[1] >> 24 in prefixes:
+                installed[key[1] >> 24].add(key)
+        for key in self.host.all_keys():
+            if key[1] >> 24 in prefixes:
+                desired[key[1] >> 24].add(key)
+        for prefix in sorted(prefixes):
+            stale = sorted(installed[prefix] - desired[prefix])
+            missing = self.host.flows_for(desired[prefix] - installed[prefix])
+            self._send(Delta(stale, missing, {self._owner_name(prefix << 24)}), retry=False)
 
     def _owner_name(self, cookie: int) -> str:
         if cookie >> 56 == COOKIE_HOST:
@@ -500,16 +528,14 @@ class OvsNatApp(fw.BaseApp):
         return f"VM {ip}"
 
     # --- packets: GARP, gateway ARP ---------------------------------------------------------
-    def _announce_fips(self, added: list[Flow]):
+    def _announce_fips(self, announce: list):
         """Gratuitous ARPs for every FIP whose ARP responder was just installed."""
-        for f in added:
-            fip = f.match.get("arp_tpa") if f.match is not None else None
-            if f.table == UPLINK_ARP and f.cookie >> 56 == COOKIE_VM and fip:
-                mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
-                for delay in GARP_DELAYS:
-                    fw.hub.spawn_after(delay, self._garp, (f.table, f.cookie), mac, fip)
-                LOG.info("ovsnat: FIP %s is live here; announcing it (%d GARPs)", fip,
-                         len(GARP_DELAYS))
+        for key, fip in announce:
+            mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
+            for delay in GARP_DELAYS:
+                fw.hub.spawn_after(delay, self._garp, key, mac, fip)
+            LOG.info("ovsnat: FIP %s is live here; announcing it (%d GARPs)", fip,
+                     len(GARP_DELAYS))
 
     def _garp(self, responder: tuple, mac: str, fip: str):
         """Announce only while the FIP's ARP responder is still installed here."""
@@ -548,7 +574,7 @@ class OvsNatApp(fw.BaseApp):
         if self.status_dirty:
             self.status_dirty = False
             self._publish_status()
-        if self.ticks % 5 == 0:
+        if self.ticks % 5 == 1:
             self._refresh_pat_usage()
         interval = GATEWAY_ARP_INTERVAL[1 if self.gateway_mac else 0]
         if self.base_cfg.learn_gateway_mac and self.host is not None and \
@@ -671,11 +697,17 @@ class OvsNatApp(fw.BaseApp):
             self.status_dirty = True
 
 
+class _Lazy(Delta):
+    """A Delta whose adds are produced while they are encoded (full sync)."""
+
+    def __init__(self, delete, add_iter, owners, n_add):
+        super().__init__(delete, [], owners)
+        self.add, self.n_add = add_iter, n_add
+
+    def __bool__(self) -> bool:
+        return bool(self.delete or self.n_add)
+
+
 def _names(owners: set) -> str:
     names = sorted(str(o) for o in owners)
     return ",".join(names[:5]) + (f",... ({len(names)} owners)" if len(names) > 5 else "")
-
-
-def _stub(table: int, cookie: int) -> Flow:
-    """A stale installed flow, known only by (table, cookie): enough to delete it exactly."""
-    return Flow(table, None, None, (), cookie & ~0xFFFFFF, cookie)

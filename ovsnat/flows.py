@@ -51,6 +51,7 @@ FIELD_ORDER = ("ct_state", "proto", "in_port", "vlan_tci", "dl_src", "dl_dst", "
                "nw_dst", "arp_spa", "arp_tpa", "arp_op", "arp_sha", "nw_ttl", "nw_frag",
                "tp_src", "tp_dst", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
+RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,13 @@ class Match:
 
     @classmethod
     def of(cls, **kw) -> "Match":
-        unknown = set(kw) - set(FIELD_ORDER)
+        unknown = kw.keys() - RANK.keys()
         if unknown:
             raise ValueError(f"unknown match fields {sorted(unknown)}")
         if "proto" in kw and kw["proto"] not in PROTOCOLS:
             raise ValueError(f"unknown protocol {kw['proto']}")
-        return cls(tuple((k, str(kw[k])) for k in FIELD_ORDER if kw.get(k) is not None))
+        items = sorted((RANK[k], k, str(v)) for k, v in kw.items() if v is not None)
+        return cls(tuple((k, v) for _, k, v in items))
 
     def get(self, name: str) -> str | None:
         return dict(self.fields).get(name)
@@ -200,13 +202,11 @@ class Flow:
     actions: tuple[Action, ...]
     owner_cookie: int = field(default=0, compare=False)
     cookie: int = 0
+    body_text: str = field(default="", compare=False, repr=False)   # cache of body()
 
     def body(self) -> str:
         """Everything but the cookie, as ovs-ofctl prints it (it leaves out table 0)."""
-        actions = ",".join(a.text() for a in self.actions) or "drop"
-        match = ("," + self.match.text()) if self.match.fields else ""
-        table = f"table={self.table}, " if self.table else ""
-        return f"{table}priority={self.priority}{match} actions={actions}"
+        return self.body_text or _body(self.table, self.priority, self.match, self.actions)
 
     def text(self) -> str:
         return f"cookie={self.cookie:#x}, {self.body()}"
@@ -217,13 +217,20 @@ class Flow:
                 if isinstance(a, (Goto, Ct)) and a.table is not None}
 
 
+def _body(table: int, priority: int, match: Match, actions) -> str:
+    acts = ",".join([a.text() for a in actions]) or "drop"
+    m = ("," + match.text()) if match.fields else ""
+    t = f"table={table}, " if table else ""
+    return f"{t}priority={priority}{m} actions={acts}"
+
+
 def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
               actions: tuple[Action, ...] | list[Action]) -> Flow:
     """A flow with its cookie: the owner's bits plus a 24-bit digest of its content."""
-    probe = Flow(table, priority, match, tuple(actions))
-    digest = int.from_bytes(hashlib.blake2b(probe.body().encode(), digest_size=3).digest(),
-                            "big")
-    return Flow(table, priority, match, tuple(actions), owner_cookie, owner_cookie | digest)
+    actions = tuple(actions)
+    body = _body(table, priority, match, actions)
+    digest = int.from_bytes(hashlib.blake2b(body.encode(), digest_size=3).digest(), "big")
+    return Flow(table, priority, match, actions, owner_cookie, owner_cookie | digest, body)
 
 
 METER_CONTROLLER = 0xFFFFFFFE      # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in

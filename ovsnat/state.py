@@ -148,9 +148,16 @@ class HostState:
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
+        return list(self.iter_flows_for(keys))
+
+    def iter_flows_for(self, keys: set[tuple[int, int]]):
+        """Like flows_for, one owner at a time (a full sync never holds all flows)."""
         owners = {HOST if c >> 56 == COOKIE_HOST else self.owner_names.get(c >> 24)
                   for _, c in keys}
-        return [f for o in owners if o for f in self.owner_flows(o) if _key(f) in keys]
+        for owner in sorted(o for o in owners if o):
+            for f in self.owner_flows(owner):
+                if _key(f) in keys:
+                    yield f
 
     def all_flows(self) -> list[Flow]:
         return sort_flows(f for owner in self.keys for f in self.owner_flows(owner))

@@ -122,7 +122,11 @@ def test_trace_says_what_happens_in_plain_words(live, args, verdict):
 def test_metrics_scrape(live):
     script = ("import urllib.request;print(urllib.request.urlopen("
               "'http://127.0.0.1:9101/metrics',timeout=5).read().decode())")
-    text = run([sys.executable, "-c", script], ns=live.hosts["hv1"].ns).stdout
+    def scrape():
+        text = run([sys.executable, "-c", script], ns=live.hosts["hv1"].ns).stdout
+        return text if "ovsnat_pat_ports_capacity 10000.0" in text else None
+
+    text = wait_for(scrape, 10, what="the PAT gauges to be filled")
     for name in ("ovsnat_vms_programmed{kind=\"fip\"} 1.0", "ovsnat_ports_skipped 1.0",
                  "ovsnat_flow_mods_total", "ovsnat_openflow_errors_total",
                  "ovsnat_ovsdb_reconnects_total", "ovsnat_reconcile_seconds",

@@ -62,11 +62,17 @@ def create_args(specs: list[PortSpec], port_type: str = "dummy") -> list[str]:
     args, refs = [], []
     for n, spec in enumerate(specs):
         args += ["--", f"--id=@i{n}", "create", "Interface", f"name={spec.name}",
-                 f"type={port_type}",
+                 *iface_type(port_type),
                  *[f'external_ids:{k}="{v}"' for k, v in spec.external_ids.items()],
                  "--", f"--id=@p{n}", "create", "Port", f"name={spec.name}", f"interfaces=@i{n}"]
         refs.append(f"@p{n}")
     return args + ["--", "add", "Bridge", BRIDGE, "ports", *refs]
+
+
+def iface_type(port_type: str) -> list[str]:
+    """Interface columns of a VM port. "patch": a patch port without a peer, which gets an
+    ofport and a link that is up, but no datapath port."""
+    return [f"type={port_type}"] + (["options:peer=nowhere"] if port_type == "patch" else [])
 
 
 def add_ports(host: Host, specs: list[PortSpec], per_txn: int = 1000, port_type: str = "dummy",
