@@ -46,6 +46,7 @@ GATEWAY_ARP_INTERVAL = (1, 30)         # seconds: until resolved, then to follow
 config.register(fw.CONF)
 fw.use_light_flow_stats()
 XID_BASE = 0xC0000000                  # xids of packed messages (the framework's are random)
+SEND_CHUNK = 4096                      # messages per socket write during a large sync
 
 
 class EventOvsdb(fw.event.EventBase):
@@ -431,6 +432,12 @@ class OvsNatApp(fw.BaseApp):
                 parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(flow,
                                                                           next(self.xids))))
                 bundle.add_keys.append(key)
+                if len(parts) >= SEND_CHUNK:
+                    # Hand this chunk to the socket now and let the sender green thread run:
+                    # ovs-vswitchd (on the other core) decodes it while we encode the next.
+                    self.dp.send(b"".join(parts))
+                    parts.clear()
+                    fw.hub.sleep(0)
                 if announce and flow.table == UPLINK_ARP and flow.cookie >> 56 == COOKIE_VM \
                         and flow.match.get("arp_tpa"):
                     bundle.announce.append((key, flow.match.get("arp_tpa")))
