@@ -179,6 +179,8 @@ class HostState:
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
         (gone). Returns the flows to delete and add."""
+        if isinstance(port, VmPort) and self.valid.get(name) == port:
+            return Delta()                   # nothing this port's flows depend on changed
         affected = {name}
         old = self.valid.pop(name, None)
         if old is not None and self.by_ofport.get(old.ofport) == name:
