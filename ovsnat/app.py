@@ -704,12 +704,11 @@ class OvsNatApp(fw.BaseApp):
             self.status_dirty = True
 
 
-class _Lazy(Delta):
-    """A Delta whose adds are produced while they are encoded (full sync)."""
+class _Lazy:
+    """A delta whose adds are produced while they are encoded (full sync)."""
 
     def __init__(self, delete, add_iter, owners, n_add):
-        super().__init__(delete, [], owners)
-        self.add, self.n_add = add_iter, n_add
+        self.delete, self.add, self.owners, self.n_add = delete, add_iter, owners, n_add
 
     def __bool__(self) -> bool:
         return bool(self.delete or self.n_add)

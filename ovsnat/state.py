@@ -13,7 +13,6 @@ ports never both answer for one address.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, owner_cookie
@@ -23,32 +22,38 @@ from ovsnat.model import KEY_FIP, KEY_FIXED_IP, HostConfig, PortError, Rejection
 HOST = "host"          # owner key of host-level flows
 
 
-@dataclass
 class Delta:
     """What to send to go from the previous desired state to the new one: flows to add, and
-    (table, cookie) keys of flows to delete (a cookie names exactly one flow)."""
+    (table, cookie) keys of flows to delete (a cookie names exactly one flow). Composing
+    deltas costs the size of the added one, so a resync of 10,000 ports stays linear."""
 
-    delete: list[tuple[int, int]] = field(default_factory=list)
-    add: list[Flow] = field(default_factory=list)
-    owners: set = field(default_factory=set)     # owners (HOST or port name) that changed
+    def __init__(self, delete=(), add=(), owners=()):
+        self._delete: dict = dict.fromkeys(delete)
+        self._add: dict = {_key(f): f for f in add}
+        self.owners: set = set(owners)
+
+    @property
+    def delete(self) -> list[tuple[int, int]]:
+        return list(self._delete)
+
+    @property
+    def add(self) -> list[Flow]:
+        return list(self._add.values())
 
     def __bool__(self) -> bool:
-        return bool(self.delete or self.add)
+        return bool(self._delete or self._add)
 
     def extend(self, other: "Delta") -> None:
         """Compose: `other` applies after self. A flow added then deleted is never sent; a
         flow deleted then added again stays as it is on the switch."""
-        adds = {_key(f): f for f in self.add}
-        deletes = dict.fromkeys(self.delete)
-        for k in other.delete:
-            if adds.pop(k, None) is None:
-                deletes[k] = None
-        for f in other.add:
-            if _key(f) in deletes:
-                del deletes[_key(f)]
+        for k in other._delete:
+            if self._add.pop(k, None) is None:
+                self._delete[k] = None
+        for k, f in other._add.items():
+            if k in self._delete:
+                del self._delete[k]
             else:
-                adds[_key(f)] = f
-        self.add, self.delete = list(adds.values()), list(deletes)
+                self._add[k] = f
         self.owners |= other.owners
 
 
