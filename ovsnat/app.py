@@ -288,7 +288,7 @@ class OvsNatApp(fw.BaseApp):
         if self.host is not None and self.host.cfg.uplink_ofport == uplink:
             return False
         self.host = HostState(self._config(uplink))
-        self._full_resync_state()
+        self._full_resync_state(collect=False)
         self._adopt()
         return True
 
@@ -298,15 +298,20 @@ class OvsNatApp(fw.BaseApp):
             for name in self.host.adopt_installed(self.installed):
                 LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
 
-    def _full_resync_state(self) -> Delta:
-        """Make the host state hold exactly the current rows (level-triggered)."""
+    def _full_resync_state(self, collect: bool = True) -> Delta:
+        """Make the host state hold exactly the current rows (level-triggered). With
+        collect=False the flows to send are not gathered (a full sync diffs keys anyway)."""
         delta = Delta()
         known = set(self.host.valid) | set(self.host.invalid)
         for name in sorted(known - set(self.rows)):
-            delta.extend(self.host.update(name, None))
+            change = self.host.update(name, None)
+            if collect:
+                delta.extend(change)
         for name in sorted(self.rows):
             if name != self.base_cfg.uplink_port:
-                delta.extend(self.host.update(name, self._port(name)))
+                change = self.host.update(name, self._port(name))
+                if collect:
+                    delta.extend(change)
         self._report_rejections()
         return delta
 
