@@ -4,7 +4,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-down test unit golden clean
+.PHONY: install lab lab-down test unit golden clean bench
 
 install:
 	bash scripts/install.sh
@@ -17,6 +17,10 @@ lab-down:
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# BENCH_ARGS: e.g. --quick, --only cold,restart, --sizes 1000,10000 (python -m bench --help)
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
 
 unit: install
 	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)

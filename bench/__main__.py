@@ -1,0 +1,167 @@
+"""`make bench` (`python -m bench [options]`): ovsnat's benchmarks, each result a ratio against
+a baseline measured in the same run, plus the raw numbers. Prints a table and writes
+bench/results.json. Needs root, like the lab.
+
+    python -m bench                          the full suite (about 15 minutes on 2 cores)
+    python -m bench --quick                  small sizes, short runs (about 2 minutes)
+    python -m bench --only cold,restart      some benchmarks: cold restart events memory datapath
+    python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
+                                             restart, events (its big side) and memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+from bench import cold, datapath, events, memory
+from bench.common import Result, say
+
+ALL = ("cold", "restart", "events", "memory", "datapath")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="sizes 200,1000; 100 additions; 2 datapath rounds of 1.5 s")
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated: " + " ".join(ALL))
+    p.add_argument("--sizes", help="VMs per cold program run (default 1000,5000,10000)")
+    p.add_argument("--additions", type=int, help="port additions per event run (1000)")
+    p.add_argument("--event-base", type=int, default=100,
+                   help="VMs already present on the small side of the event benchmark")
+    p.add_argument("--event-budget", type=float,
+                   help="seconds for the additions on the big side (180): with N ports, "
+                   "ovs-vswitchd itself takes O(N) per port added")
+    p.add_argument("--port-type", default="dummy", choices=("dummy", "patch"),
+                   help="VM ports of the scale hosts (patch: peerless patch ports, much "
+                   "faster to attach)")
+    p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
+    p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
+    p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
+    p.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.sizes = [int(s) for s in (a.sizes or ("200,1000" if quick else "1000,5000,10000"))
+               .split(",")]
+    a.additions = a.additions or (100 if quick else 1000)
+    a.event_budget = a.event_budget or (30 if quick else 180)
+    a.rounds = a.rounds or (2 if quick else 5)
+    a.seconds = a.seconds or (1.5 if quick else 3.0)
+    a.conn_seconds = a.conn_seconds or (1.0 if quick else 2.0)
+    a.only = [b.strip() for b in a.only.split(",") if b.strip()]
+    unknown = set(a.only) - set(ALL)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    return a
+
+
+def machine() -> dict:
+    def out(*argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True,
+                                  cwd=os.path.dirname(HERE)).stdout.strip()
+        except OSError:
+            return ""
+    with open("/proc/meminfo") as f:
+        mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+    return {"nproc": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "ovs": out("ovs-vswitchd", "--version").splitlines()[0],
+            "commit": out("git", "rev-parse", "--short", "HEAD") +
+            ("+dirty" if out("git", "status", "--porcelain", "--untracked-files=no") else "")}
+
+
+def fmt(x, unit: str) -> str:
+    if x is None:
+        return "-"
+    if unit == "s":
+        return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
+    if unit in ("MB", "Gbit/s"):
+        return f"{x:.2f} {unit}"
+    return f"{x:.0f} {unit}"
+
+
+def table(results: list[Result]) -> str:
+    rows = [("benchmark", "metric", "ovsnat", "baseline", "ratio", "target", "")]
+    for r in results:
+        value, base = fmt(r.value, r.unit), fmt(r.baseline, r.unit)
+        if "min" in r.raw.get("value", {}):             # interleaved runs: show the spread
+            v, b = r.raw["value"], r.raw["baseline"]
+            value += f" [{v['min']:.2f}-{v['max']:.2f}]"
+            base += f" [{b['min']:.2f}-{b['max']:.2f}]"
+        rows.append((r.bench, r.metric, value, base,
+                     "-" if r.ratio is None else f"{r.ratio:.2f}", r.target or "-",
+                     {True: "ok", False: "MISS", None: ""}[r.met]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    # SIGTERM (a timeout, CI) unwinds like Ctrl-C, so every lab is torn down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (network namespaces, Open vSwitch): run `make bench`")
+    t_start = time.monotonic()
+    results: list[Result] = []
+    raw: dict = {"args": {k: v for k, v in vars(a).items() if k != "out"}, "seconds": {},
+                 "loadavg_at_start": os.getloadavg()}
+    big = max(a.sizes)
+    with_big = {"restart", "events", "memory"} & set(a.only)
+
+    def timed(name, fn, *args, **kw):
+        say(f"== {name}")
+        t0 = time.monotonic()
+        value = fn(*args, **kw)
+        raw["seconds"][name] = round(time.monotonic() - t0, 1)
+        return value
+
+    for n in sorted(a.sizes):
+        if "cold" not in a.only and not (n == big and with_big):
+            continue
+        at_big = n == big
+        res, data = timed(f"scale N={n}", cold.scale, n, restart=at_big and "restart" in a.only,
+                          memory=at_big and "memory" in a.only,
+                          additions=a.additions if at_big and "events" in a.only else 0,
+                          budget=a.event_budget, port_type=a.port_type)
+        results += res
+        raw[f"scale N={n}"] = {k: v for k, v in data.items() if k != "additions"}
+        if at_big and "events" in a.only:
+            small = timed(f"events N={a.event_base}", events.base_run, a.event_base,
+                          a.additions, a.port_type)
+            raw["events"] = {"small": events.summary(small),
+                             "big": events.summary(data["additions"]),
+                             "samples": {"small": small, "big": data["additions"]}}
+            results += events.results(small, data["additions"])
+        if at_big and "memory" in a.only:
+            idle = timed("memory idle", memory.idle_rss_kb)
+            results += memory.results(n, data["rss_kb"], idle)
+    if "datapath" in a.only:
+        results += timed("datapath", datapath.datapath, a.rounds, a.seconds, a.conn_seconds)
+
+    total = time.monotonic() - t_start
+    raw["loadavg_at_end"] = os.getloadavg()
+    say("\n" + table(results))
+    say(f"\n{len(results)} results in {total:.0f} s; "
+        f"{sum(r.met is False for r in results)} miss their target")
+    doc = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "total_seconds": round(total, 1), "results": [r.as_dict() for r in results],
+           "raw": raw}
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    say(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Event cost: VM ports added one at a time (one `ovs-vsctl --no-wait add-port` each, as
+os-vif does not wait for ovs-vswitchd either; the next only once the previous VM's flows
+are installed), timed from just before the ovs-vsctl command
+to the controller's `programmed <port> ... at <time>` line, and to the moment an IDL client
+of our own (python-ovs, ovsnat.ovsdb.Watcher in a thread of this process) saw the port with
+its ofport: the floor any OVSDB-driven controller has to wait for.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import threading
+import time
+
+from bench.common import Controller, Result, parse_programmed, percentile, say
+from ovsnat import ovsdb
+from ovsnat.lab import Lab, bulk
+from ovsnat.lab.sh import LabError
+from ovsnat.lab.topology import BRIDGE
+
+
+class IdlClock:
+    """When each interface reached an IDL client with an ofport (unix time)."""
+
+    def __init__(self, remote: str):
+        self.seen: dict[str, float] = {}
+        self.ready = threading.Event()
+        self.error: Exception | None = None
+        self.watcher = ovsdb.Watcher(remote, BRIDGE, self._publish)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _publish(self, batch) -> None:
+        now = time.time()
+        if isinstance(batch, ovsdb.Snapshot):
+            self.ready.set()
+            return
+        for name, row in batch.rows.items():
+            if row.ofport and row.ofport > 0:
+                self.seen.setdefault(name, now)
+
+    def _run(self) -> None:
+        try:
+            self.watcher.connect()
+            self.watcher.run_forever()
+        except Exception as e:         # reported by start()/wait()
+            self.error = e
+            self.ready.set()
+
+    def __enter__(self) -> "IdlClock":
+        self.thread.start()
+        if not self.ready.wait(120) or self.error:
+            raise LabError(f"IDL client did not sync: {self.error}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.watcher.running = False       # the loop wakes at least once a second
+        self.thread.join(5)
+        if self.watcher.idl is not None:
+            self.watcher.idl.close()
+
+    def wait(self, name: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while name not in self.seen:
+            if self.error or time.monotonic() > deadline:
+                raise LabError(f"IDL client never saw {name} with an ofport ({self.error})")
+            time.sleep(0.001)
+        return self.seen[name]
+
+
+def additions(host, ctl: Controller, first: int, count: int, budget: float = 1e9,
+              port_type: str = "dummy", timeout: float = 120) -> dict:
+    """Add VMs first..first+count-1 (half FIP, half PAT) one by one on a controlled host,
+    stopping early once `budget` seconds have passed (after at least 5). Returns
+    per-addition seconds: to flows installed and to the IDL client."""
+    flows, idl = [], []
+    rescans = coverage(host, "ofproto_update_port")
+    t_end = time.monotonic() + budget
+    with IdlClock(f"unix:{host.ovs.db_sock}") as clock:
+        for i in range(first, first + count):
+            if len(flows) >= 5 and time.monotonic() > t_end:
+                break
+            spec = bulk.vm_spec(i)
+            start = len(ctl.log.lines)
+            t0 = time.time()
+            host.vsctl("--no-wait", "add-port", BRIDGE, spec.name, "--", "set", "Interface", spec.name,
+                       *bulk.iface_type(port_type), *[f'external_ids:{k}="{v}"'
+                                                      for k, v in spec.external_ids.items()])
+            _, _, message, done = ctl.log.wait(
+                lambda m: (p := parse_programmed(m)) and spec.name in p.names and p,
+                timeout, start, interval=0.001)
+            if done.failed:
+                raise LabError(f"the controller failed to program {spec.name}: {message}")
+            flows.append(done.at - t0)
+            idl.append(clock.wait(spec.name, timeout) - t0)
+    rescans = coverage(host, "ofproto_update_port") - rescans
+    return {"n_before": first, "count": len(flows), "flows_s": flows, "idl_s": idl,
+            "vswitchd_port_updates_per_addition": round(rescans / len(flows))}
+
+
+def coverage(host, counter: str) -> int:
+    """An ovs-vswitchd coverage counter's total (0 while it never fired)."""
+    m = re.search(rf"^{counter}\s.*total: (\d+)", host.appctl("coverage/show"), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def base_run(n: int, count: int, port_type: str = "dummy", timeout: float = 300) -> dict:
+    """The same additions on a host with only n VMs."""
+    with Lab() as lab:
+        lab.up()
+        host = lab.add_host("hv1", dummy=True)
+        try:
+            bulk.add_ports(host, [bulk.vm_spec(i) for i in range(n)], port_type=port_type,
+                           timeout=timeout)
+            ctl = Controller(lab, "hv1", bulk.SNAT_IP, **bulk.scale_options())
+            ctl.start()
+            ctl.wait_ovsdb(n, timeout)
+            ctl.connect()
+            ctl.wait_in_sync(timeout)
+            return additions(host, ctl, first=n, count=count, port_type=port_type)
+        finally:
+            bulk.stop_big_host(host)
+
+
+def summary(run: dict) -> dict:
+    f, i = run["flows_s"], run["idl_s"]
+    own = [a - b for a, b in zip(f, i)]
+    return {"n_before": run["n_before"], "count": run["count"],
+            "vswitchd_port_updates_per_addition": run["vswitchd_port_updates_per_addition"],
+            "controller_mean_s": statistics.mean(own),
+            "flows_mean_s": statistics.mean(f), "flows_p50_s": percentile(f, 50),
+            "flows_p99_s": percentile(f, 99), "idl_mean_s": statistics.mean(i),
+            "idl_p50_s": percentile(i, 50), "idl_p99_s": percentile(i, 99)}
+
+
+def results(small: dict, big: dict) -> list[Result]:
+    s, b = summary(small), summary(big)
+    say(f"  additions: N={s['n_before']} mean {s['flows_mean_s'] * 1e3:.1f} ms, "
+        f"N={b['n_before']} mean {b['flows_mean_s'] * 1e3:.1f} ms")
+    vs = f"N={b['n_before']} vs N={s['n_before']}"
+    out = [Result(f"event cost {vs}",
+                  f"mean per port addition until its flows are installed ({b['count']} vs "
+                  f"{s['count']} additions)", b["flows_mean_s"], s["flows_mean_s"], "s",
+                  "ratio <= 1.2", {"small": s, "big": b}),
+           Result(f"event cost {vs}", "controller's share: mean (flows installed - IDL client "
+                  "saw the ofport)", b["controller_mean_s"], s["controller_mean_s"], "s",
+                  "ratio <= 1.2")]
+    for run in (s, b):
+        for p in (50, 99):
+            out.append(Result(
+                f"event latency N={run['n_before']}",
+                f"p{p} OVSDB change -> flows installed / -> IDL client",
+                run[f"flows_p{p}_s"], run[f"idl_p{p}_s"], "s", "ratio <= 2"))
+    return out
