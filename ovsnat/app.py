@@ -406,7 +406,7 @@ class OvsNatApp(fw.BaseApp):
                 self.metrics.set_reconcile(time.monotonic() - self.dump.pop("t0"))
             return
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
-        self._send(_Lazy(sorted(stale), self.host.iter_flows_for(missing), {"(full sync)"},
+        self._send(_Lazy(sorted(stale), self.host.iter_wire_for(missing), {"(full sync)"},
                          len(missing)), announce=False)
 
     # --- sending ------------------------------------------------------------------------------
@@ -432,10 +432,16 @@ class OvsNatApp(fw.BaseApp):
             for table, cookie in bundle.delete:
                 parts.append(ofwire.bundle_add(
                     bundle.id, ofwire.flow_delete(table, cookie, next(self.xids))))
-            for flow in delta.add:
-                key = (flow.table, flow.cookie)
-                parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(flow,
-                                                                          next(self.xids))))
+            for item in delta.add:
+                if isinstance(item, tuple):          # (key, packed flow_mod) of a full sync
+                    key, packed = item
+                    flow = None
+                    parts.append(ofwire.bundle_add(bundle.id, ofwire.with_xid(
+                        packed, next(self.xids))))
+                else:
+                    flow, key = item, (item.table, item.cookie)
+                    parts.append(ofwire.bundle_add(bundle.id, ofwire.flow_add(
+                        flow, next(self.xids))))
                 bundle.add_keys.append(key)
                 if len(parts) >= SEND_CHUNK:
                     # Hand this chunk to the socket now and let the sender green thread run:
@@ -443,8 +449,8 @@ class OvsNatApp(fw.BaseApp):
                     self.dp.send(b"".join(parts))
                     parts.clear()
                     fw.hub.sleep(0)
-                if announce and flow.table == UPLINK_ARP and flow.cookie >> 56 == COOKIE_VM \
-                        and flow.match.get("arp_tpa"):
+                if announce and flow is not None and flow.table == UPLINK_ARP and \
+                        flow.cookie >> 56 == COOKIE_VM and flow.match.get("arp_tpa"):
                     bundle.announce.append((key, flow.match.get("arp_tpa")))
             commit, barrier = next(self.xids), next(self.xids)
             parts += [ofwire.bundle_ctrl(bundle.id, ofwire.BUNDLE_COMMIT, commit),

@@ -237,5 +237,10 @@ def bundle_add(bundle_id: int, inner: bytes) -> bytes:
                                                     BUNDLE_FLAGS) + inner)
 
 
+def with_xid(message: bytes, xid: int) -> bytes:
+    """A packed message with its xid replaced (flow_mods are cached with xid 0)."""
+    return message[:4] + struct.pack("!I", xid) + message[8:]
+
+
 def barrier(xid: int) -> bytes:
     return _msg(OFPT_BARRIER_REQUEST, xid, b"")

@@ -14,6 +14,7 @@ ports never both answer for one address.
 from __future__ import annotations
 
 
+from ovsnat import ofwire
 from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, owner_cookie
 from ovsnat.model import KEY_FIP, KEY_FIXED_IP, HostConfig, PortError, Rejection, VmPort, \
@@ -79,6 +80,10 @@ def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None 
     return port
 
 
+def _pack(flows: list[Flow]) -> dict[tuple[int, int], bytes]:
+    return {_key(f): ofwire.flow_add(f, 0) for f in flows}
+
+
 def _key(flow: Flow) -> tuple[int, int]:
     return flow.table, flow.cookie
 
@@ -103,9 +108,10 @@ class HostState:
         self.transient: set[str] = set()            # names whose rejection is a passing state
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims: dict[tuple[str, str], set[str]] = {}
-        # owner (HOST or port name) -> (table, cookie) of its flows. Only keys are kept:
-        # flows are recompiled when they must be sent (memory stays small at 10,000 VMs).
-        self.keys: dict[str, list[tuple[int, int]]] = {HOST: [_key(f) for f in host_flows(cfg)]}
+        # owner (HOST or port name) -> {(table, cookie): its flow_mod, packed (xid 0)}. The
+        # flows are packed once, when they change, not at every sync: a controller that
+        # (re)connects only concatenates bytes (about 150 bytes a flow; no Flow objects kept).
+        self.wire: dict[str, dict[tuple[int, int], bytes]] = {HOST: _pack(host_flows(cfg))}
         self.owner_names: dict[int, str] = {}    # cookie owner bits -> port name
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
@@ -140,7 +146,7 @@ class HostState:
                                        name not in self.yielded)
 
     def all_keys(self) -> set[tuple[int, int]]:
-        return {k for keys in self.keys.values() for k in keys}
+        return {k for packed in self.wire.values() for k in packed}
 
     def owner_flows(self, owner: str) -> list[Flow]:
         """Recompile one owner's flows (HOST or a port name)."""
@@ -165,7 +171,16 @@ class HostState:
                     yield f
 
     def all_flows(self) -> list[Flow]:
-        return sort_flows(f for owner in self.keys for f in self.owner_flows(owner))
+        return sort_flows(f for owner in self.wire for f in self.owner_flows(owner))
+
+    def iter_wire_for(self, keys: set[tuple[int, int]]):
+        """(key, packed flow_mod) for these keys, straight from the packed cache."""
+        owners = {HOST if c >> 56 == COOKIE_HOST else self.owner_names.get(c >> 24)
+                  for _, c in keys}
+        for owner in sorted(o for o in owners if o):
+            for key, packed in self.wire.get(owner, {}).items():
+                if key in keys:
+                    yield key, packed
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
@@ -276,9 +291,9 @@ class HostState:
                                    "which wins the tie")
             else:
                 new = vm_flows(self.cfg, port, active=self._active(name))
-        old = self.keys.pop(name, [])
+        old = list(self.wire.pop(name, {}))
         if new:
-            self.keys[name] = [_key(f) for f in new]
+            self.wire[name] = _pack(new)
             self.owner_names[new[0].cookie >> 24] = name
         elif old and self.owner_names.get(old[0][1] >> 24) == name:
             del self.owner_names[old[0][1] >> 24]

@@ -134,3 +134,15 @@ def test_missing_flows_are_recompiled_from_their_keys_alone():
     some = {(f.table, f.cookie) for f in everything[::7]}
     assert sorted(host.flows_for(some), key=lambda f: f.text()) == \
         sorted((f for f in everything if (f.table, f.cookie) in some), key=lambda f: f.text())
+
+
+def test_cached_packed_flow_mods_equal_a_fresh_encoding():
+    host = HostState(CFG)
+    for n in (11, 12):
+        port = golden.port(n, "203.0.113.10" if n == 11 else None)
+        host.update(port.name, port)
+    from ovsnat import ofwire
+    flows = {(f.table, f.cookie): f for f in host.all_flows()}
+    cached = dict(host.iter_wire_for(set(flows)))
+    assert cached.keys() == flows.keys()
+    assert all(cached[k] == ofwire.flow_add(f, 0) for k, f in flows.items())
