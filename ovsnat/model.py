@@ -92,6 +92,12 @@ def _usable(ip: netaddr.IPAddress, net: netaddr.IPNetwork) -> bool:
     return net.first < int(ip) < net.last
 
 
+def _require_host(ip, net, what: str, net_name: str, error=ConfigError) -> None:
+    """ip must be a host address of net (not its network or broadcast address)."""
+    if not _usable(ip, net):
+        raise error(f"{what} {ip} is not a host address of {net_name} {net}")
+
+
 # --- host -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HostConfig:
@@ -168,15 +174,11 @@ class HostConfig:
                 self.external_cidr.first <= self.internal_cidr.last:
             raise ConfigError(f"external_cidr: {self.external_cidr} overlaps internal_cidr "
                               f"{self.internal_cidr}")
-        if not _usable(self.internal_gateway_ip, self.internal_cidr):
-            raise ConfigError(f"internal_gateway_ip: {self.internal_gateway_ip} is not a host "
-                              f"address of internal_cidr {self.internal_cidr}")
-        if not _usable(self.external_gateway_ip, self.external_cidr):
-            raise ConfigError(f"external_gateway_ip: {self.external_gateway_ip} is not a host "
-                              f"address of external_cidr {self.external_cidr}")
-        if not _usable(self.snat_ip, self.external_cidr):
-            raise ConfigError(f"snat_ip: {self.snat_ip} is not a host address of "
-                              f"external_cidr {self.external_cidr}")
+        _require_host(self.internal_gateway_ip, self.internal_cidr, "internal_gateway_ip:",
+                      "internal_cidr")
+        _require_host(self.external_gateway_ip, self.external_cidr, "external_gateway_ip:",
+                      "external_cidr")
+        _require_host(self.snat_ip, self.external_cidr, "snat_ip:", "external_cidr")
         if self.snat_ip == self.external_gateway_ip:
             raise ConfigError(f"snat_ip: {self.snat_ip} is the external gateway's address")
         if self.snat_port_min > self.snat_port_max:
@@ -266,9 +268,8 @@ class VmPort:
     def check(self, cfg: HostConfig) -> None:
         """This port against the host config (not against other ports)."""
         label = f"port {self.name!r} ({self.iface_id})"
-        if not _usable(self.fixed_ip, cfg.internal_cidr):
-            raise PortError(f"{label}: fixed IP {self.fixed_ip} is not a host address of "
-                            f"internal_cidr {cfg.internal_cidr}")
+        _require_host(self.fixed_ip, cfg.internal_cidr, f"{label}: fixed IP", "internal_cidr",
+                      PortError)
         if self.fixed_ip == cfg.internal_gateway_ip:
             raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
         if self.mac == cfg.router_mac:
@@ -280,9 +281,7 @@ class VmPort:
         if _in(self.fip, cfg.internal_cidr):
             raise PortError(f"{label}: FIP {self.fip} is inside internal_cidr "
                             f"{cfg.internal_cidr}")
-        if not _usable(self.fip, cfg.external_cidr):
-            raise PortError(f"{label}: FIP {self.fip} is not a host address of external_cidr "
-                            f"{cfg.external_cidr}")
+        _require_host(self.fip, cfg.external_cidr, f"{label}: FIP", "external_cidr", PortError)
         if self.fip == cfg.snat_ip:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
         if self.fip == cfg.external_gateway_ip:
