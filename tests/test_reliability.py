@@ -239,7 +239,8 @@ def test_unsolicited_packets_to_the_snat_ip_are_dropped_in_and_out_of_the_range(
     before = ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"]
     assert not udp_request(rel, rel.srv_ns, SNAT, port, timeout=0.3).ok
     assert not tcp_connect(rel, rel.srv_ns, SNAT, port, timeout=0.5).ok
-    assert ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"] > before
+    wait_for(lambda: ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"] > before, 5,
+             what="the drop counter (OVS updates counters periodically)")
 
 
 # --- ICMP errors through a FIP ----------------------------------------------------------------------
@@ -298,7 +299,8 @@ def test_exhausted_pat_range_fails_cleanly_and_is_counted(make_lab):
     assert len(held) == 4, results                  # 4 ports, one destination
     assert all("ERROR" in r for r in results if "HELD" not in r)
     assert [p for p in rdpcap(pcap) if IP in p and p[IP].src.startswith("10.")] == []
-    assert ovsnat_status(lab)["drops"]["pat_range_exhausted"] > 0
+    wait_for(lambda: ovsnat_status(lab)["drops"]["pat_range_exhausted"] > 0, 5,
+             what="the exhaustion drop counter")
 
 
 def test_per_vm_port_blocks_keep_one_vm_from_starving_another(make_lab):

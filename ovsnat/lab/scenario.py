@@ -154,3 +154,16 @@ def controller_log(lab: Lab, host: str) -> str:
     info = lab.procs.get(f"ctl-{host}")
     path = info["log"] if info else os.path.join(lab.dir, f"ctl-{host}.log")
     return open(path).read() if os.path.exists(path) else ""
+
+
+def counter_reaches(lab: Lab, host: str, table: int, target: int, *contains: str,
+                    timeout: float = 5.0) -> int:
+    """Wait until flow_packets(...) >= target and return it. OVS folds datapath hits into
+    OpenFlow counters periodically (revalidation), not at once, so a counter read right
+    after the packets were sent may lag."""
+    from ovsnat.lab.sh import LabError, wait_for
+    try:
+        return wait_for(lambda: (n := flow_packets(lab, host, table, *contains)) >= target
+                        and n, timeout, interval=0.1, what="a flow counter")
+    except LabError:
+        return flow_packets(lab, host, table, *contains)
