@@ -2,11 +2,12 @@
 a baseline measured in the same run, plus the raw numbers. Prints a table and writes
 bench/results.json. Needs root, like the lab.
 
-    python -m bench                          the full suite (about 15 minutes on 2 cores)
+    python -m bench                          the full suite (about 20 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 2 minutes)
     python -m bench --only cold,restart      some benchmarks: cold restart events memory datapath
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
                                              restart, events (its big side) and memory
+    python -m bench --port-types patch       scale hosts with patch ports only (faster)
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def parse_args(argv):
     p.add_argument("--event-budget", type=float,
                    help="seconds for the additions on the big side (180): with N ports, "
                    "ovs-vswitchd itself takes O(N) per port added")
-    p.add_argument("--port-type", default="dummy", choices=("dummy", "patch"),
-                   help="VM ports of the scale hosts (patch: peerless patch ports, much "
-                   "faster to attach)")
+    p.add_argument("--port-types", default="dummy,patch",
+                   help="VM ports of the scale hosts, each type a full set of scale runs: "
+                   "dummy (type=dummy on a dummy-enabled ovs-vswitchd) and/or patch "
+                   "(peerless patch ports: no datapath port, so ovs-vswitchd's main loop "
+                   "does not poll them)")
     p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
     p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
     p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
@@ -57,6 +60,9 @@ def parse_args(argv):
     a.seconds = a.seconds or (1.5 if quick else 3.0)
     a.conn_seconds = a.conn_seconds or (1.0 if quick else 2.0)
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
+    a.port_types = [t.strip() for t in a.port_types.split(",") if t.strip()]
+    if set(a.port_types) - {"dummy", "patch"}:
+        p.error("--port-types: dummy and/or patch")
     unknown = set(a.only) - set(ALL)
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
@@ -115,7 +121,7 @@ def main(argv=None) -> int:
     results: list[Result] = []
     raw: dict = {"args": {k: v for k, v in vars(a).items() if k != "out"}, "seconds": {},
                  "loadavg_at_start": os.getloadavg()}
-    big = max(a.sizes)
+    big, idle = max(a.sizes), None
     with_big = {"restart", "events", "memory"} & set(a.only)
 
     def timed(name, fn, *args, **kw):
@@ -125,26 +131,29 @@ def main(argv=None) -> int:
         raw["seconds"][name] = round(time.monotonic() - t0, 1)
         return value
 
-    for n in sorted(a.sizes):
-        if "cold" not in a.only and not (n == big and with_big):
-            continue
-        at_big = n == big
-        res, data = timed(f"scale N={n}", cold.scale, n, restart=at_big and "restart" in a.only,
-                          memory=at_big and "memory" in a.only,
-                          additions=a.additions if at_big and "events" in a.only else 0,
-                          budget=a.event_budget, port_type=a.port_type)
-        results += res
-        raw[f"scale N={n}"] = {k: v for k, v in data.items() if k != "additions"}
-        if at_big and "events" in a.only:
-            small = timed(f"events N={a.event_base}", events.base_run, a.event_base,
-                          a.additions, a.port_type)
-            raw["events"] = {"small": events.summary(small),
-                             "big": events.summary(data["additions"]),
-                             "samples": {"small": small, "big": data["additions"]}}
-            results += events.results(small, data["additions"])
-        if at_big and "memory" in a.only:
-            idle = timed("memory idle", memory.idle_rss_kb)
-            results += memory.results(n, data["rss_kb"], idle)
+    for port_type in a.port_types:
+        for n in sorted(a.sizes):
+            if "cold" not in a.only and not (n == big and with_big):
+                continue
+            at_big = n == big
+            res, data = timed(f"scale N={n} {port_type}", cold.scale, n,
+                              restart=at_big and "restart" in a.only,
+                              memory=at_big and "memory" in a.only,
+                              additions=a.additions if at_big and "events" in a.only else 0,
+                              budget=a.event_budget, port_type=port_type)
+            results += res
+            raw[f"scale N={n} {port_type}"] = {k: v for k, v in data.items()
+                                               if k != "additions"}
+            if at_big and "events" in a.only:
+                small = timed(f"events N={a.event_base} {port_type}", events.base_run,
+                              a.event_base, a.additions, port_type)
+                raw[f"events {port_type}"] = {
+                    "small": events.summary(small), "big": events.summary(data["additions"]),
+                    "samples": {"small": small, "big": data["additions"]}}
+                results += events.results(small, data["additions"], port_type)
+            if at_big and "memory" in a.only:
+                idle = idle or timed("memory idle", memory.idle_rss_kb)
+                results += memory.results(n, data["rss_kb"], idle, port_type)
     if "datapath" in a.only:
         results += timed("datapath", datapath.datapath, a.rounds, a.seconds, a.conn_seconds)
 

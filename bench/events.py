@@ -133,11 +133,11 @@ def summary(run: dict) -> dict:
             "idl_p50_s": percentile(i, 50), "idl_p99_s": percentile(i, 99)}
 
 
-def results(small: dict, big: dict) -> list[Result]:
+def results(small: dict, big: dict, port_type: str) -> list[Result]:
     s, b = summary(small), summary(big)
     say(f"  additions: N={s['n_before']} mean {s['flows_mean_s'] * 1e3:.1f} ms, "
         f"N={b['n_before']} mean {b['flows_mean_s'] * 1e3:.1f} ms")
-    vs = f"N={b['n_before']} vs N={s['n_before']}"
+    vs = f"N={b['n_before']} vs N={s['n_before']} {port_type}"
     out = [Result(f"event cost {vs}",
                   f"mean per port addition until its flows are installed ({b['count']} vs "
                   f"{s['count']} additions)", b["flows_mean_s"], s["flows_mean_s"], "s",
@@ -148,7 +148,7 @@ def results(small: dict, big: dict) -> list[Result]:
     for run in (s, b):
         for p in (50, 99):
             out.append(Result(
-                f"event latency N={run['n_before']}",
+                f"event latency N={run['n_before']} {port_type}",
                 f"p{p} OVSDB change -> flows installed / -> IDL client",
                 run[f"flows_p{p}_s"], run[f"idl_p{p}_s"], "s", "ratio <= 2"))
     return out

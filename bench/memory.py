@@ -23,8 +23,8 @@ def idle_rss_kb(timeout: float = 60) -> dict:
         return proc_status(ctl.pid)
 
 
-def results(n: int, at_n: dict, idle: dict) -> list[Result]:
+def results(n: int, at_n: dict, idle: dict, port_type: str) -> list[Result]:
     mb = lambda kb: kb / 1024       # noqa: E731
-    return [Result(f"memory N={n}", "controller VmRSS after the cold program (MB)",
+    return [Result(f"memory N={n} {port_type}", "controller VmRSS after the cold program (MB)",
                    mb(at_n["cold"]["VmRSS"]), mb(idle["VmRSS"]), "MB", "value <= 150",
                    {"kB": {**{k: v for k, v in at_n.items()}, "idle": idle}})]

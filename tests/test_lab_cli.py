@@ -51,8 +51,9 @@ def test_up_migrate_and_down_from_the_command_line():
         moved = ovsnat("lab", "migrate", "vm1", "hv2", "--lab", ident)
         assert moved.returncode == 0 and "moved vm1 from hv1 to hv2" in moved.stdout
         assert Lab.load(ident).vms["vm1"].host == "hv2"
-        status = ovsnat("lab", "status").stdout
-        assert ident in status
+        status = ovsnat("lab", "status")
+        assert status.returncode == 0, status.stderr
+        assert f"lab {ident}" in status.stdout
     finally:
         down = ovsnat("lab", "down", ident)
     assert down.returncode == 0

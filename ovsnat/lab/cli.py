@@ -59,7 +59,7 @@ def describe(lab: Lab) -> str:
         for vm in lab.vms.values():
             if vm.host == host.name:
                 ids = host.vsctl("--if-exists", "get", "Interface", vm.tap,
-                                 "external_ids").strip()
+                                 "external_ids", check=False).strip()
                 lines.append(f"      {vm.name}: {vm.ip} {vm.mac} port {vm.tap} {ids}")
     for name, info in lab.procs.items():
         lines.append(f"  process {name}: pid {info['pid']} log {info['log']}")
@@ -115,8 +115,17 @@ def main(argv: list[str]) -> int:
         if not ids:
             print("no labs")
         for lab_id in ids:
-            print(describe(Lab.load(lab_id)))
-        orphans = set(list_lab_namespaces()) - {ns for i in ids for ns in Lab.load(i).namespaces}
+            try:       # another process may be building or removing that lab right now
+                print(describe(Lab.load(lab_id)))
+            except Exception as e:
+                print(f"lab {lab_id}: cannot be read right now ({type(e).__name__}: {e})")
+        known = set()
+        for i in ids:
+            try:
+                known |= set(Lab.load(i).namespaces)
+            except Exception:
+                known |= {ns for ns in list_lab_namespaces() if f"-{i}-" in ns}
+        orphans = set(list_lab_namespaces()) - known
         if orphans:
             print("orphan namespaces (remove with `ovsnat lab down --all`): "
                   + " ".join(sorted(orphans)))
