@@ -63,11 +63,16 @@ class Ovs:
                    timeout=timeout).stdout
 
     def alive(self, daemon: str = "ovs-vswitchd") -> bool:
-        """Liveness by asking the daemon, not by its pidfile (zombies keep pidfiles)."""
+        """Liveness by asking the daemon, not by its pidfile (zombies keep pidfiles). A
+        daemon too busy to answer within 5 s counts as not answering (teardown then stops
+        it by pid)."""
         if not os.path.exists(self.ctl(daemon)):
             return False
-        return run(["ovs-appctl", "-t", self.ctl(daemon), "version"], env=self.env,
-                   check=False, timeout=5).returncode == 0
+        try:
+            return run(["ovs-appctl", "-t", self.ctl(daemon), "version"], env=self.env,
+                       check=False, timeout=5).returncode == 0
+        except LabError:
+            return False
 
     # --- lifecycle -----------------------------------------------------------------------
     def start_db(self) -> None:
