@@ -540,10 +540,9 @@ class OvsNatApp(fw.BaseApp):
         if cookie >> 56 == COOKIE_HOST:
             return "host-level flows"
         ip = str(netaddr.IPAddress(cookie_owner(cookie)))
-        for port in self.host.accepted if self.host else ():
-            if str(port.fixed_ip) == ip:
-                return f"port {port.name} ({port.iface_id}, {ip})"
-        return f"VM {ip}"
+        name = self.host.owner_names.get(cookie >> 24) if self.host else None
+        port = self.host.valid.get(name) if name else None
+        return f"port {port.name} ({port.iface_id}, {ip})" if port else f"VM {ip}"
 
     # --- packets: GARP, gateway ARP ---------------------------------------------------------
     def _announce_fips(self, announce: list):
