@@ -1,0 +1,190 @@
+"""The OVSDB watcher against a real ovsdb-server and ovs-vswitchd: after every kind of change
+an operator or Nova can make, the watcher's view of br-int equals what OVSDB says; and the
+update2 bookkeeping costs O(change), whatever the bridge's size (pure tests at the end)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from ovsnat import ovsdb
+from ovsnat.lab.sh import wait_for
+from ovsnat.lab.topology import BRIDGE
+
+VM_IDS = {"iface-id": "vm1", "attached-mac": "02:00:00:00:00:01",
+          "ovsnat-fixed-ip": "10.0.0.5", "ovsnat-fip": "203.0.113.10",
+          "vm-uuid": "8f0c", "iface-status": "active"}
+
+
+class View:
+    """What a controller would hold: Snapshots replace it, Changes patch it."""
+
+    def __init__(self, remote: str):
+        self.rows: dict[str, ovsdb.IfaceRow] = {}
+        self.snapshots = 0
+        self.lock = threading.Lock()
+        self.watcher = ovsdb.Watcher(remote, BRIDGE, self._publish)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _publish(self, batch) -> None:
+        with self.lock:
+            if isinstance(batch, ovsdb.Snapshot):
+                self.snapshots += 1
+                self.rows = dict(batch.rows)
+            else:
+                for name in batch.removed:
+                    self.rows.pop(name, None)
+                self.rows.update(batch.rows)
+
+    def _run(self) -> None:
+        self.watcher.connect()
+        self.watcher.run_forever()
+
+    def plain(self) -> dict:
+        with self.lock:
+            return {n: (r.ofport, r.external_ids, r.link_state) for n, r in self.rows.items()}
+
+
+def truth(host) -> dict:
+    """br-int's interfaces as OVSDB has them, read with ovs-vsctl, external_ids filtered the
+    way the watcher documents."""
+    def table(name, columns):
+        out = json.loads(host.vsctl("--format=json", f"--columns=_uuid,{columns}", "list", name))
+        return [dict(zip(out["headings"], row)) for row in out["data"]]
+
+    def atoms(value):
+        return [a[1] for a in value[1]] if value[0] == "set" else [value[1]]
+
+    def optional(value):
+        return None if value == ["set", []] else value
+
+    bridge = next(b for b in table("Bridge", "name,ports") if b["name"] == BRIDGE)
+    ports = {p["_uuid"][1]: atoms(p["interfaces"]) for p in table("Port", "interfaces")}
+    ours = {i for p in atoms(bridge["ports"]) for i in ports[p]}
+    return {i["name"]: (optional(i["ofport"]),
+                        {k: v for k, v in i["external_ids"][1] if ovsdb.kept_key(k)},
+                        optional(i["link_state"]))
+            for i in table("Interface", "name,ofport,external_ids,link_state")
+            if i["_uuid"][1] in ours}
+
+
+@pytest.fixture
+def watched(make_lab):
+    lab = make_lab()
+    host = lab.add_host("hv1", dummy=True)
+    view = View(f"unix:{host.ovs.db_sock}")
+    view.thread.start()
+    yield host, view
+    view.watcher.running = False
+    view.thread.join(5)
+    view.watcher.stop()
+
+
+def agrees(host, view, what: str) -> None:
+    wait_for(lambda: view.plain() == truth(host), 10, what=f"watcher agrees with OVSDB {what}")
+
+
+def add_dummy(host, name: str, bridge: str = BRIDGE, **ids) -> None:
+    host.vsctl("add-port", bridge, name, "--", "set", "Interface", name, "type=dummy",
+               *[f'external_ids:{k}="{v}"' for k, v in ids.items()])
+
+
+def test_the_watchers_view_of_br_int_follows_every_kind_of_change(watched):
+    host, view = watched
+    agrees(host, view, "at start")
+    add_dummy(host, "p1", **VM_IDS)
+    add_dummy(host, "p2", **{**VM_IDS, "iface-id": "vm2", "ovsnat-fixed-ip": "10.0.0.6"})
+    agrees(host, view, "after two VMs were plugged")
+    assert "vm-uuid" not in view.plain()["p1"][1], "keys ovsnat does not read are dropped"
+    assert view.plain()["p1"][0] > 0
+
+    host.vsctl("set", "Interface", "p1", 'external_ids:ovsnat-fip="203.0.113.20"')
+    host.vsctl("remove", "Interface", "p2", "external_ids", "ovsnat-fip")
+    host.vsctl("set", "Interface", "p2", 'external_ids:ovsnat-extra="x"',
+               'external_ids:vm-uuid="other"')
+    agrees(host, view, "after external_ids edits (changed, removed, added keys)")
+    assert view.plain()["p1"][1]["ovsnat-fip"] == "203.0.113.20"
+    assert "ovsnat-fip" not in view.plain()["p2"][1]
+
+    host.vsctl("set", "Interface", "p1", "link_state=down")
+    agrees(host, view, "after a link went down")
+    host.vsctl("set", "Interface", "p1", "ofport_request=77")
+    wait_for(lambda: view.plain().get("p1", (0,))[0] == 77, 10, what="p1's new ofport")
+    agrees(host, view, "after an ofport change")
+
+    host.vsctl("add-br", "br-other", "--", "set", "Bridge", "br-other", "datapath_type=netdev")
+    host.vsctl("del-port", "p2", "--", "add-port", "br-other", "p2", "--",
+               "set", "Interface", "p2", "type=dummy")
+    agrees(host, view, "after p2 moved to another bridge")
+    assert "p2" not in view.plain()
+    add_dummy(host, "q1", bridge="br-other", **{**VM_IDS, "iface-id": "q"})
+    host.vsctl("add-bond", BRIDGE, "bond0", "b1", "b2", "--", "set", "Interface", "b1",
+               "type=dummy", 'external_ids:iface-id="b1"', "--", "set", "Interface", "b2",
+               "type=dummy")
+    agrees(host, view, "after a bond (one port, two interfaces) joined")
+    assert {"b1", "b2"} <= set(view.plain()) and "q1" not in view.plain()
+    host.vsctl("del-port", "p1", "--", "del-port", "bond0")
+    agrees(host, view, "after ports were deleted")
+    assert not {"p1", "b1", "b2"} & set(view.plain())
+    host.vsctl("del-br", "br-other")
+    agrees(host, view, "after another bridge was deleted")
+    assert view.snapshots == 1, "no reconnect happened, so no second snapshot"
+
+
+def test_after_ovsdb_server_restarts_the_watcher_resyncs_with_a_snapshot(watched):
+    host, view = watched
+    add_dummy(host, "p1", **VM_IDS)
+    agrees(host, view, "before the restart")
+    host.ovs.stop_daemon("ovsdb-server")
+    host.ovs.start_db()
+    wait_for(lambda: view.snapshots == 2, 10, what="a second snapshot after the reconnect")
+    host.vsctl("set", "Interface", "p1", 'external_ids:ovsnat-fip="203.0.113.30"')
+    agrees(host, view, "after the restart and a change")
+    assert view.watcher.reconnects == 2
+
+
+# --- pure: update2 bookkeeping -------------------------------------------------------------------
+def _updates(watcher: ovsdb.Watcher, updates: dict) -> set:
+    watcher._apply(updates)
+    dirty, watcher._dirty = set(watcher._dirty), set()
+    return dirty
+
+
+def _big_bridge(n: int) -> ovsdb.Watcher:
+    w = ovsdb.Watcher("unix:/nonexistent", BRIDGE, lambda batch: None)
+    ports = [f"port-{i}" for i in range(n)]
+    _updates(w, {
+        "Bridge": {"br": {"initial": {"name": BRIDGE,
+                                      "ports": ["set", [["uuid", p] for p in ports]]}}},
+        "Port": {p: {"initial": {"interfaces": ["uuid", f"if-{p}"]}} for p in ports},
+        "Interface": {f"if-{p}": {"initial": {"name": p, "ofport": 5}} for p in ports}})
+    return w
+
+
+def test_one_port_joining_a_bridge_of_10000_touches_only_that_port():
+    w = _big_bridge(10_000)
+    dirty = _updates(w, {
+        "Interface": {"if-new": {"insert": {"name": "new", "ofport": 9}}},
+        "Port": {"port-new": {"insert": {"interfaces": ["uuid", "if-new"]}}},
+        "Bridge": {"br": {"modify": {"ports": ["uuid", "port-new"]}}}})
+    assert dirty == {"if-new"}
+    assert "port-new" in w._ours() and len(w._ours()) == 10_001
+    dirty = _updates(w, {"Bridge": {"br": {"modify": {"ports": ["uuid", "port-7"]}}}})
+    assert dirty == {"if-port-7"} and "port-7" not in w._ours(), "a diff element toggles"
+
+
+def test_update2_values_optional_columns_are_replaced_maps_are_diffs():
+    w = _big_bridge(1)
+    _updates(w, {"Interface": {"if-port-0": {"modify": {
+        "ofport": 7, "link_state": "up",
+        "external_ids": ["map", [["iface-id", "a"], ["ovsnat-fip", "1.2.3.4"], ["x", "y"]]]}}}})
+    row = w._ifaces["if-port-0"]
+    assert (row.ofport, row.link_state) == (7, "up")
+    assert row.external_ids == {"iface-id": "a", "ovsnat-fip": "1.2.3.4"}
+    _updates(w, {"Interface": {"if-port-0": {"modify": {
+        "ofport": ["set", []],
+        "external_ids": ["map", [["iface-id", "b"], ["ovsnat-fip", "1.2.3.4"]]]}}}})
+    row = w._ifaces["if-port-0"]
+    assert row.ofport is None and row.external_ids == {"iface-id": "b"}
