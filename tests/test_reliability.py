@@ -93,8 +93,8 @@ def test_start_order_does_not_matter(make_lab, order):
         scenario.start_controller(lab, "hv1", point_bridge=False)   # OVS is down
         time.sleep(2)
         host.ovs.start()
-        host.vsctl("set-controller", "br-int", f"tcp:127.0.0.1:{scenario.OF_PORT}", "--",
-                   "set", "controller", "br-int", "max_backoff=1000")
+        host.vsctl("set-controller", "br-int", f"tcp:127.0.0.1:{scenario.OF_PORT}")
+        host.vsctl("set", "controller", "br-int", "max_backoff=1000")
     else:
         scenario.start_controller(lab, "hv1", SNAT)
     start_server(lab, "vm1-tcp", vm1.ns, "tcp", 7000)
