@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Iterable, Mapping
 
 import netaddr
@@ -73,10 +72,10 @@ def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
     return mac
 
 
-@lru_cache(maxsize=65536)
 def mac_str(mac: netaddr.EUI) -> str:
-    """aa:bb:cc:dd:ee:ff (netaddr's str() is slow and dashed)."""
-    return ":".join(f"{b:02x}" for b in int(mac).to_bytes(6, "big"))
+    """aa:bb:cc:dd:ee:ff (netaddr's str() is slow and dashed). As fast as a cache lookup, so
+    not cached: a cache would keep every VM's MAC alive a second time."""
+    return int(mac).to_bytes(6, "big").hex(":")
 
 
 def _show(value) -> str:
@@ -221,9 +220,10 @@ def _name(value, what: str) -> str:
 
 
 # --- VM ports ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmPort:
-    """A VM's port as OVSDB describes it (Interface name, ofport, contract external_ids)."""
+    """A VM's port as OVSDB describes it (Interface name, ofport, contract external_ids).
+    Slotted: the controller holds one per VM."""
 
     name: str
     ofport: int

@@ -82,9 +82,10 @@ def ct_state(text: str) -> tuple[int, int]:
     return value, mask
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
-    """(sort rank, TLV) of one match field; the rank puts prerequisites first."""
+    """(sort rank, TLV) of one match field; the rank puts prerequisites first. The cache
+    serves the fields shared by many flows; per-VM ones would not fit at scale anyway."""
     if name == "in_port":
         return 0, _tlv(_ofb(0, 4), struct.pack("!I", int(value)))
     if name == "vlan_tci":                 # untagged only: OFPVID_NONE
@@ -146,8 +147,11 @@ def _nx(subtype: int, body: bytes) -> bytes:
     return data[:2] + struct.pack("!H", len(data)) + data[4:]
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=1024)
 def action_bytes(a) -> bytes:
+    """One action, packed. Cached for the host-level and shared actions (router MAC, SNAT,
+    conntrack zones), which recur in every VM's flows; a cache large enough for per-VM
+    actions would keep each VM's addresses alive twice over for nothing."""
     if isinstance(a, Output):
         port = OFPP_IN_PORT if a.port == "IN_PORT" else int(a.port)
         return struct.pack("!HHIH6x", 0, 16, port, 0)
@@ -229,17 +233,61 @@ def bundle_ctrl(bundle_id: int, kind: int, xid: int) -> bytes:
                                                     BUNDLE_FLAGS))
 
 
+_XID = struct.Struct("!I")
+_BUNDLE_ADD_HEAD = struct.Struct("!BBHIIIIxxH")    # ofp_header, then the ONF bundle_add fields
+
+
 def bundle_add(bundle_id: int, inner: bytes) -> bytes:
-    """Wrap a message for a bundle; OVS wants the outer xid equal to the inner one."""
-    xid = struct.unpack_from("!I", inner, 4)[0]
-    return _msg(OFPT_EXPERIMENTER, xid, struct.pack("!IIIxxH", ONF_EXPERIMENTER,
-                                                    ONF_ET_BUNDLE_ADD, bundle_id,
-                                                    BUNDLE_FLAGS) + inner)
+    """Wrap a message for a bundle; OVS wants the outer xid equal to the inner one. One pack
+    and one concatenation: a full sync wraps every flow_mod (115,000 at 10,000 VMs)."""
+    return _BUNDLE_ADD_HEAD.pack(VERSION, OFPT_EXPERIMENTER, _BUNDLE_ADD_HEAD.size + len(inner),
+                                 _XID.unpack_from(inner, 4)[0], ONF_EXPERIMENTER,
+                                 ONF_ET_BUNDLE_ADD, bundle_id, BUNDLE_FLAGS) + inner
+
+
+# --- reading packed flow_mods back ------------------------------------------------------------
+# The controller keeps each owner's flow_mods as one concatenated bytes object: one object per
+# VM instead of a bytes object, a key tuple and a cookie int per flow (a third of its memory
+# at 10,000 VMs). A stored flow's (table, cookie) key is in the message itself: length at
+# offset 2, cookie at 8, table_id at 24 (OpenFlow 1.3 ofp_flow_mod).
+_FLOW_MOD_HEAD = struct.Struct("!2xH4xQ8xB")          # length, cookie, table_id
+_MIN_FLOW_MOD = 56                                    # header, fixed body, empty match
+
+
+def _bad_blob(offset: int, length: int):
+    return ValueError(f"no whole flow_mod at offset {offset} (length {length})")
+
+
+def flow_mod_keys(blob: bytes) -> list[tuple[int, int]]:
+    """The (table, cookie) of each flow_mod in `blob` (packed flow_mods back to back), in
+    order. Reads only the headers: cheap enough to call on every flow at each full sync.
+    Raises on a corrupt blob rather than looping or misreading."""
+    keys, offset, size, head = [], 0, len(blob), _FLOW_MOD_HEAD.unpack_from
+    while offset < size:
+        length, cookie, table = head(blob, offset)
+        if length < _MIN_FLOW_MOD:
+            raise _bad_blob(offset, length)
+        keys.append((table, cookie))
+        offset += length
+    if offset != size:
+        raise _bad_blob(offset - length, length)
+    return keys
+
+
+def iter_flow_mods(blob: bytes):
+    """((table, cookie), message) of each flow_mod in `blob`, in order (as flow_mod_keys)."""
+    offset, size, head = 0, len(blob), _FLOW_MOD_HEAD.unpack_from
+    while offset < size:
+        length, cookie, table = head(blob, offset)
+        if length < _MIN_FLOW_MOD or offset + length > size:
+            raise _bad_blob(offset, length)
+        yield (table, cookie), blob[offset:offset + length]
+        offset += length
 
 
 def with_xid(message: bytes, xid: int) -> bytes:
     """A packed message with its xid replaced (flow_mods are cached with xid 0)."""
-    return message[:4] + struct.pack("!I", xid) + message[8:]
+    return message[:4] + _XID.pack(xid) + message[8:]
 
 
 def barrier(xid: int) -> bytes:

@@ -39,6 +39,26 @@ def test_pending_fip_flows_decode_too(tmp_path):
     assert [as_dump_line(m) for m in ADD.finditer(decoded)] == [f.text() for f in flows]
 
 
+@pytest.mark.parametrize("name", sorted(golden.SCENARIOS))
+def test_a_concatenation_of_packed_flow_mods_reads_back_as_its_flows_keys(name):
+    flows = scenario_flows(name)
+    blob = b"".join(ofwire.flow_add(f, 0) for f in flows)
+    keys = [(f.table, f.cookie) for f in flows]
+    assert ofwire.flow_mod_keys(blob) == keys
+    assert list(ofwire.iter_flow_mods(blob)) == [(k, ofwire.flow_add(f, 0))
+                                                 for k, f in zip(keys, flows)]
+    assert ofwire.flow_mod_keys(b"") == [] and list(ofwire.iter_flow_mods(b"")) == []
+
+
+def test_a_corrupt_blob_of_flow_mods_raises_instead_of_looping_or_misreading():
+    one = ofwire.flow_add(scenario_flows("fip-only")[0], 0)
+    for bad in (one + one[:60], one[:2] + b"\0\0" + one[4:], one[:-8]):
+        with pytest.raises(ValueError):
+            ofwire.flow_mod_keys(bad)
+        with pytest.raises(ValueError):
+            list(ofwire.iter_flow_mods(bad))
+
+
 def test_bundle_delete_and_barrier_messages_decode(tmp_path):
     flow = scenario_flows("fip-only")[0]
     data = ofwire.bundle_ctrl(7, ofwire.BUNDLE_OPEN, 1) + \

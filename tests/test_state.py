@@ -146,3 +146,16 @@ def test_cached_packed_flow_mods_equal_a_fresh_encoding():
     cached = dict(host.iter_wire_for(set(flows)))
     assert cached.keys() == flows.keys()
     assert all(cached[k] == ofwire.flow_add(f, 0) for k, f in flows.items())
+
+
+def test_a_clash_resolved_leaves_one_plain_claimant_and_the_fip_with_the_survivor():
+    host = HostState(CFG)
+    first, second = golden.port(11, "203.0.113.10"), golden.port(12, "203.0.113.10")
+    host.update(first.name, first)
+    host.update(second.name, second)
+    assert host.fip_owner("203.0.113.10") == first.name
+    assert "FIP 203.0.113.10 is already used by port 'tapvm11'" in host.lost[second.name]
+    host.update(first.name, None)
+    assert host.fip_owner("203.0.113.10") == second.name and not host.lost
+    assert all(isinstance(names, str) for names in host.claims.values())
+    assert host.fip_owner("203.0.113.99") is None and host.fip_owner("not an IP") is None
