@@ -90,7 +90,7 @@ def fmt(x, unit: str) -> str:
         return "-"
     if unit == "s":
         return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
-    if unit in ("MB", "Gbit/s"):
+    if unit in ("MB", "Gbit/s", "x"):
         return f"{x:.2f} {unit}"
     return f"{x:.0f} {unit}"
 
@@ -103,6 +103,8 @@ def table(results: list[Result]) -> str:
             v, b = r.raw["value"], r.raw["baseline"]
             value += f" [{v['min']:.2f}-{v['max']:.2f}]"
             base += f" [{b['min']:.2f}-{b['max']:.2f}]"
+        if "min" in r.raw.get("ratios", {}):            # per-round ratios: their spread
+            value += f" [{r.raw['ratios']['min']:.2f}-{r.raw['ratios']['max']:.2f}]"
         rows.append((r.bench, r.metric, value, base,
                      "-" if r.ratio is None else f"{r.ratio:.2f}", r.target or "-",
                      {True: "ok", False: "MISS", None: ""}[r.met]))

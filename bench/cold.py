@@ -81,6 +81,9 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
             if additions:                 # on the restarted controller, still running
                 raw["additions"] = events.additions(host, ctl, first=n, count=additions,
                                                     budget=budget, port_type=port_type)
+                raw["additions"]["paced"] = events.additions(
+                    host, ctl, first=n + raw["additions"]["count"], count=events.PACED,
+                    port_type=port_type, pace=events.PACE_S)
                 raw["rss_kb"]["after_additions"] = proc_status(ctl.pid)
         finally:
             bulk.stop_big_host(host)

@@ -91,17 +91,20 @@ def percentile(values: list[float], p: float) -> float:
 # --- the controller's log ----------------------------------------------------------------------
 LINE = re.compile(r"^(\d+\.\d+) (.*)$")
 PROGRAMMED = re.compile(r"ovsnat: programmed (?P<names>.+?) \((?P<n>\d+) flow_mods\) at "
-                        r"(?P<at>\d+(?:\.\d+)?)(?P<failed> FAILED: .*)?$")
+                        r"(?P<at>\d+(?:\.\d+)?), sent at (?P<sent>\d+(?:\.\d+)?)"
+                        r"(?P<failed> FAILED: .*)?$")
 
 
 @dataclass
 class Programmed:
-    """One `ovsnat: programmed <names> (<n> flow_mods) at <unix time>` line."""
+    """One `ovsnat: programmed <names> (<n> flow_mods) at <unix time>, sent at <unix time>`
+    line: `at` is the barrier reply, `sent` when ovsnat wrote the bundle."""
 
     names: list[str]
     flow_mods: int
     at: float
     failed: bool
+    sent: float = 0.0
 
 
 def parse_programmed(message: str) -> Programmed | None:
@@ -110,7 +113,8 @@ def parse_programmed(message: str) -> Programmed | None:
         return None
     names = [n.strip() for n in m.group("names").split(",")
              if n.strip() and not n.strip().startswith("...")]
-    return Programmed(names, int(m.group("n")), float(m.group("at")), bool(m.group("failed")))
+    return Programmed(names, int(m.group("n")), float(m.group("at")), bool(m.group("failed")),
+                      float(m.group("sent")))
 
 
 class LogTail:

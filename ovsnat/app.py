@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import netaddr
 
 from ovsnat import config, icmp, metrics, ofmsgs, ofwire, ovsdb
+from ovsnat.memory import release_memory
 from ovsnat import framework as fw
 from ovsnat.compiler import METERS
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_owner, is_ours
@@ -83,6 +84,7 @@ class Bundle:
     announce: list = field(default_factory=list)   # (responder key, FIP) to GARP on success
     failed: str | None = None
     retry: bool = True
+    sent_at: float = 0.0                           # unix time its last bytes were written
 
     def key_of(self, xid: int):
         i = xid - self.first_xid - 1
@@ -206,6 +208,7 @@ class OvsNatApp(fw.BaseApp):
         if snapshot:
             self.metrics.inc("ovsdb_reconnects")
         if self._rebuild_if_needed():
+            release_memory()
             self._send(self._activate_resident(set(self.rows)))
             self._sync_full()
             self.status_dirty = True
@@ -214,6 +217,7 @@ class OvsNatApp(fw.BaseApp):
             return
         if snapshot:
             delta = self._full_resync_state()
+            release_memory()
         else:
             delta = Delta()
             for name in sorted(changed - {self.base_cfg.uplink_port}):
@@ -241,17 +245,15 @@ class OvsNatApp(fw.BaseApp):
     def _publish_status(self):
         """The status file (`ovsnat status` reads it) and the metrics gauges."""
         host = self.host
-        accepted = host.accepted if host else []
-        pending = [p.name for p in accepted if host.is_pending(p.name)]
-        fips = sum(1 for p in accepted if p.fip is not None)
-        self.metrics.set_state(fips, len(accepted) - fips, len(pending),
-                               len(host.rejected) if host else 0)
+        vms, fips, pending = host.counts() if host else (0, 0, [])
+        self.metrics.set_state(fips, vms - fips, len(pending),
+                               len(host.invalid) + len(host.lost) if host else 0)
         if not self.status_file:
             return
         state = {
             "time": time.time(), "datapath": f"{self.dp.id:016x}" if self.dp else None,
             "in_sync": self.installed is not None and not self.bundles,
-            "vms": len(accepted), "fips": fips, "pending_fips": pending,
+            "vms": vms, "fips": fips, "pending_fips": pending,
             "rejected": [{"name": r.name, "reason": r.reason} for r in
                          (host.rejected if host else [])],
             "failed_owners": {f"{k:#x}": v for k, v in self.failed_owners.items()},
@@ -404,6 +406,7 @@ class OvsNatApp(fw.BaseApp):
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
             if self.dump.get("t0") is not None:
                 self.metrics.set_reconcile(time.monotonic() - self.dump.pop("t0"))
+            release_memory()
             return
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._send(_Lazy(sorted(stale), self.host.iter_wire_for(missing), {"(full sync)"},
@@ -458,6 +461,7 @@ class OvsNatApp(fw.BaseApp):
             self.bundles[bundle.id] = bundle
             self.barriers[barrier] = bundle.id
             self.dp.send(b"".join(parts))
+            bundle.sent_at = time.time()
         finally:
             if gc_was_on:
                 gc.enable()
@@ -496,13 +500,16 @@ class OvsNatApp(fw.BaseApp):
         bundle = self.bundles.pop(self.barriers.pop(ev.msg.xid, None), None)
         if bundle is None:
             return
-        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f%s", _names(bundle.owners),
-                 len(bundle.add_keys) + len(bundle.delete), time.time(),
+        # "sent at": when the bundle left ovsnat; the rest until "at" is the switch's.
+        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f, sent at %.6f%s",
+                 _names(bundle.owners), len(bundle.add_keys) + len(bundle.delete), time.time(),
+                 bundle.sent_at,
                  f" FAILED: {bundle.failed}" if bundle.failed else "")
         if not self.bundles and self.dump.get("t0") is not None:
             took = time.monotonic() - self.dump.pop("t0")
             LOG.info("ovsnat: in sync %.3f s after the datapath connected", took)
             self.metrics.set_reconcile(took)
+            release_memory()
         self.status_dirty = True
         prefixes = {c >> 24 for _, c in bundle.delete} | {c >> 24 for _, c in bundle.add_keys}
         if bundle.failed is None:

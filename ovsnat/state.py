@@ -139,6 +139,10 @@ class HostState:
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
         self.by_ofport: dict[int, str] = {}
+        # Kept by _refresh (every change of a port's standing passes through it), so the
+        # status the controller publishes after each change costs O(1), not a scan of 10,000.
+        self.accepted_fips: set[str] = set()    # accepted ports with a FIP
+        self.pending: set[str] = set()          # of those, the ones whose FIP is still dark
 
     # --- queries --------------------------------------------------------------------------
     @property
@@ -150,6 +154,10 @@ class HostState:
     def rejected(self) -> list[Rejection]:
         reasons = {**self.invalid, **self.lost}
         return [Rejection(n, reasons[n], n in self.transient) for n in sorted(reasons)]
+
+    def counts(self) -> tuple[int, int, list[str]]:
+        """(accepted VMs, accepted FIP VMs, pending FIP port names) without a scan."""
+        return len(self.valid) - len(self.lost), len(self.accepted_fips), sorted(self.pending)
 
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
@@ -353,6 +361,7 @@ class HostState:
                                    "which wins the tie")
             else:
                 new = vm_flows(self.cfg, port, active=self._active(name))
+        self._count(name, port)
         old = ofwire.flow_mod_keys(self.wire.pop(name, b""))
         if new:
             self.wire[name] = _pack(new)
@@ -360,6 +369,15 @@ class HostState:
         elif old and self.owner_names.get(old[0][1] >> 24) == name:
             del self.owner_names[old[0][1] >> 24]
         return _diff(old, new, {name})
+
+    def _count(self, name: str, port: VmPort | None) -> None:
+        has_fip = port is not None and port.fip is not None and name not in self.lost
+        for members, now in ((self.accepted_fips, has_fip),
+                             (self.pending, has_fip and not self._active(name))):
+            if now:
+                members.add(name)
+            else:
+                members.discard(name)
 
     def _beaten_by(self, port: VmPort):
         """The first (key, competitor) that sorts before `port`, if any."""

@@ -159,3 +159,27 @@ def test_a_clash_resolved_leaves_one_plain_claimant_and_the_fip_with_the_survivo
     assert host.fip_owner("203.0.113.10") == second.name and not host.lost
     assert all(isinstance(names, str) for names in host.claims.values())
     assert host.fip_owner("203.0.113.99") is None and host.fip_owner("not an IP") is None
+
+
+FIRST_PACKET = HostConfig.parse(golden.BASE)                # FIPs wait for the VM's frame
+names = st.sampled_from([f"tap{i}" for i in range(6)])
+lifecycle = st.lists(st.one_of(ports, names, st.tuples(st.sampled_from(["activate", "yield"]),
+                                                       names)), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=lifecycle)
+def test_the_status_counters_kept_on_the_way_equal_a_full_scan(events):
+    """The controller publishes counts() after every change; it must agree with a scan of
+    every port, whatever mix of plugs, unplugs, clashes, activations and yields came first."""
+    host = HostState(FIRST_PACKET)
+    for ev in events:
+        if isinstance(ev, VmPort):
+            host.update(ev.name, ev)
+        elif isinstance(ev, str):
+            host.update(ev, None)
+        elif ev[1] in host.valid:
+            (host.activate if ev[0] == "activate" else host.yield_fip)(ev[1])
+    accepted = host.accepted
+    pending = sorted(p.name for p in accepted if host.is_pending(p.name))
+    assert host.counts() == (len(accepted), sum(p.fip is not None for p in accepted), pending)
