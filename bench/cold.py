@@ -83,7 +83,8 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                                                     budget=budget, port_type=port_type)
                 raw["additions"]["paced"] = events.additions(
                     host, ctl, first=n + raw["additions"]["count"], count=events.PACED,
-                    port_type=port_type, pace=events.PACE_S)
+                    budget=min(budget, events.PACE_S * events.PACED), port_type=port_type,
+                    pace=events.PACE_S)
                 raw["rss_kb"]["after_additions"] = proc_status(ctl.pid)
         finally:
             bulk.stop_big_host(host)
