@@ -215,7 +215,8 @@ class Controller:
     def start(self) -> LogTail:
         """Start the process (its log is followed from here on); the bridge is not touched."""
         argv = scenario.controller_argv(self.conf) + ["--log-config-file", self.log_ini]
-        self.lab.spawn(self.name, argv, ns=self.h.ns, env=self.h.ovs.env)
+        self.lab.spawn(self.name, argv, ns=self.h.ns,
+                       env={**self.h.ovs.env, **scenario.CONTROLLER_ENV})
         self.log = LogTail(self.lab.procs[self.name]["log"])
         return self.log
 

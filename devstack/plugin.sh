@@ -9,9 +9,10 @@
 # ovsnat coexists with Neutron.
 
 # The controller's command line: ryu-manager from ovsnat's own virtualenv (run_process needs
-# an absolute path).
+# an absolute path), without eventlet's green DNS resolver (16 MB; ovsnat resolves no names).
 function _ovsnat_controller_cmd {
-    echo "$OVSNAT_VENV/bin/ryu-manager --config-file $OVSNAT_CONF" \
+    echo "/usr/bin/env EVENTLET_NO_GREENDNS=yes $OVSNAT_VENV/bin/ryu-manager" \
+        "--config-file $OVSNAT_CONF" \
         "--ofp-listen-host $OVSNAT_OF_LISTEN_HOST --ofp-tcp-listen-port $OVSNAT_OF_PORT" \
         "ovsnat.app"
 }

@@ -346,7 +346,8 @@ def test_extra_creates_the_bridge_starts_the_controller_then_points_the_bridge_a
     (name, cmd, group, user), = _named(calls, "run_process")
     assert name == "ovsnat" and user == "root"
     argv = cmd.split()
-    assert argv[0] == f"{devstack.venv}/bin/ryu-manager"     # absolute, as systemd needs
+    assert argv[:2] == ["/usr/bin/env", "EVENTLET_NO_GREENDNS=yes"]   # absolute, as systemd needs
+    assert argv[2] == f"{devstack.venv}/bin/ryu-manager"
     assert argv[argv.index("--config-file") + 1] == str(devstack.conf)
     assert argv[-1] == "ovsnat.app"
     assert argv[argv.index("--ofp-tcp-listen-port") + 1] == "6654"   # not Neutron's 6633

@@ -119,6 +119,12 @@ def write_config(lab: Lab, host: str, snat_ip: str, **overrides) -> str:
     return path
 
 
+# How ovsnat's controller is meant to run (README): eventlet's green DNS resolver imports
+# dnspython, 16 MB of RSS for a process that resolves no names (OVSDB and OpenFlow remotes
+# are addresses or unix sockets).
+CONTROLLER_ENV = {"EVENTLET_NO_GREENDNS": "yes"}
+
+
 def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
     bindir = os.path.dirname(sys.executable)
     program = "ryu-manager" if framework == "ryu" else "ovsnat-agent"
@@ -136,7 +142,8 @@ def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework:
     if snat_ip is not None or not os.path.exists(conf):
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
-    lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=h.ovs.env)
+    lab.spawn(name, controller_argv(conf, framework), ns=h.ns,
+              env={**h.ovs.env, **CONTROLLER_ENV})
     if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
         # max_backoff: reconnect within a second when the controller restarts. In its own
         # transaction: ovs-vswitchd 3.1 ignores it in the one that creates the Controller row.
