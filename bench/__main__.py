@@ -2,7 +2,7 @@
 a baseline measured in the same run, plus the raw numbers. Prints a table and writes
 bench/results.json. Needs root, like the lab.
 
-    python -m bench                          the full suite (about 21 minutes on 2 cores)
+    python -m bench                          the full suite (about 30 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 3 minutes)
     python -m bench --only cold,restart      some benchmarks: cold restart events memory datapath
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves

@@ -132,7 +132,7 @@ class Watcher:
         self.running = True
         self.reconnects = 0
         self.session: ovs.jsonrpc.Session | None = None
-        self._seqno = None
+        self._session_state = None
         self._request_id = None              # our monitor_cond request, until its reply
         self._monitoring = False
         self._warned = False
@@ -154,19 +154,23 @@ class Watcher:
     def run_forever(self) -> None:
         while self.running:
             self.run_once()
-            poller = ovs.poller.Poller()
-            self.session.wait(poller)
-            self.session.recv_wait(poller)
-            poller.timer_wait(1000)
-            poller.block()
+            self._wait(1000)
+
+    def _wait(self, ms: int) -> None:
+        """Sleep until the session has something to do, or `ms` have passed."""
+        poller = ovs.poller.Poller()
+        self.session.wait(poller)
+        self.session.recv_wait(poller)
+        poller.timer_wait(ms)
+        poller.block()
 
     def run_once(self) -> None:
         """Connect or reconnect, read what has arrived, publish the batch it makes."""
         session = self.session
         session.run()
         state = (session.get_seqno(), session.is_connected())
-        if state != self._seqno:        # python-ovs bumps seqno on connecting, not connected
-            self._seqno = state
+        if state != self._session_state:    # python-ovs bumps seqno on connecting, not
+            self._session_state = state      # on connected: watch both
             self._on_session_change()
         for _ in range(1000):                 # bounded: let the caller's loop breathe
             msg = session.recv()
@@ -177,10 +181,12 @@ class Watcher:
             self._publish_changes()
 
     def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
-        """Connect, wait for the first full view, and return it (for the CLI tools)."""
+        """Connect, wait for the first full view, and return it (for the CLI tools, which
+        should fail at once, not retry, when OVSDB is not there)."""
         import time
         got: list = []
         self.publish = got.append
+        self._warned = True                  # no "retrying" line: a failure raises below
         self.connect()
         deadline = time.monotonic() + timeout
         try:
@@ -188,11 +194,10 @@ class Watcher:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no answer from OVSDB at {self.remote} in {timeout}s")
                 self.run_once()
-                poller = ovs.poller.Poller()
-                self.session.wait(poller)
-                self.session.recv_wait(poller)
-                poller.timer_wait(100)
-                poller.block()
+                if not self.session.is_connected() and \
+                        self.session.reconnect.state.name == "BACKOFF":   # attempt failed
+                    raise ConnectionError(f"cannot connect to OVSDB at {self.remote}")
+                self._wait(100)
         finally:
             self.stop()
         return got[0]
@@ -206,7 +211,7 @@ class Watcher:
     def _on_session_change(self) -> None:
         self._monitoring, self._request_id = False, None
         if not self.session.is_connected():
-            if self._seqno[0] > 1 and not self._warned:     # not the first attempt
+            if self._session_state[0] > 1 and not self._warned:    # a failed attempt
                 LOG.warning("ovsnat: OVSDB %s: not connected; retrying every %d ms",
                             self.remote, RECONNECT_MS)
                 self._warned = True

@@ -38,3 +38,13 @@ def test_an_unknown_option_is_an_error_not_a_silent_default(tmp_path):
     conf.write_text("[ovsnat]\nsnat_ip = 203.0.113.11\nsnat_port_mn = 1000\n")
     proc = ovsnat("flows", "--config", str(conf), "--ports", "etc/ports.sample.json")
     assert proc.returncode == 2 and "snat_port_mn: unknown option" in proc.stderr
+
+
+def test_status_without_ovsdb_says_so_at_once_in_one_line(tmp_path):
+    conf = tmp_path / "host.conf"
+    conf.write_text(f"[ovsnat]\nsnat_ip = 203.0.113.11\n"
+                    f"ovsdb_connection = unix:{tmp_path}/no-such-db.sock\n")
+    proc = ovsnat("status", "--config", str(conf))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"ovsnat status: cannot connect to OVSDB at "
+                                   f"unix:{tmp_path}/no-such-db.sock")
