@@ -48,6 +48,7 @@ config.register(fw.CONF)
 fw.use_light_flow_stats()
 XID_BASE = 0xC0000000                  # xids of packed messages (the framework's are random)
 SEND_CHUNK = 4096                      # messages per socket write during a large sync
+SEND_TIMEOUT = 60.0                    # seconds a switch may read nothing before sends fail
 
 
 class EventOvsdb(fw.event.EventBase):
@@ -346,6 +347,7 @@ class OvsNatApp(fw.BaseApp):
     def on_features(self, ev):
         dp = ev.msg.datapath
         LOG.info("ovsnat: datapath %016x connected", dp.id)
+        _patient_sends(dp)
         self.dp, self.installed, self.meters = dp, None, None
         self.bundles.clear()
         self.dump = {"flows": set(), "pending": set(), "meters": set(), "t0": time.monotonic()}
@@ -729,6 +731,18 @@ class _Lazy:
 
     def __bool__(self) -> bool:
         return bool(self.delete or self.n_add)
+
+
+def _patient_sends(dp) -> None:
+    """ryu and os-ken give a send 5 s (--socket-timeout) to make progress, then shut the
+    socket mid-message: the switch sees a truncated message ("Protocol error"), drops the
+    connection, and the next full sync starts over. A busy ovs-vswitchd (10,000 ports,
+    a 115,000-flow bundle) can read nothing for longer than that, so ovsnat gives its
+    switch a minute: a switch that reads nothing for a minute is gone. Receives are
+    unaffected (the frameworks retry a timed-out read)."""
+    sock = getattr(dp, "socket", None)
+    if sock is not None and (sock.gettimeout() or SEND_TIMEOUT) < SEND_TIMEOUT:
+        sock.settimeout(SEND_TIMEOUT)
 
 
 def _names(owners: set) -> str:

@@ -136,6 +136,7 @@ class Watcher:
         self._request_id = None              # our monitor_cond request, until its reply
         self._monitoring = False
         self._warned = False
+        self._refused = None                 # the server's last refusal, logged once
         self._reset()
 
     def _reset(self) -> None:
@@ -226,13 +227,15 @@ class Watcher:
         if msg.type in (Message.T_REPLY, Message.T_ERROR) and msg.id == self._request_id:
             self._request_id = None
             if msg.type == Message.T_ERROR:
-                LOG.error("ovsnat: OVSDB %s refused to monitor %s: %s; reconnecting",
-                          self.remote, DATABASE, msg.error)
+                if self._refused != msg.error:       # once per distinct answer, not per retry
+                    LOG.error("ovsnat: OVSDB %s refused to monitor %s: %s; retrying",
+                              self.remote, DATABASE, msg.error)
+                    self._refused = msg.error
                 self.session.force_reconnect()
                 return
             self._reset()
             self._apply(msg.result)
-            self._monitoring, self._warned = True, False
+            self._monitoring, self._warned, self._refused = True, False, None
             self.reconnects += 1
             self._publish_snapshot()
         elif msg.type == Message.T_NOTIFY and msg.method == "update2" and self._monitoring \

@@ -117,3 +117,36 @@ def test_a_bad_option_stops_startup_with_one_message(make_lab):
     wait_for(lambda: lab.procs[name]["pid"] and run(
         ["sh", "-c", f"kill -0 {lab.procs[name]['pid']} 2>/dev/null"], check=False)
         .returncode != 0, 10, what="ryu-manager to exit")
+
+
+def test_a_switch_that_stalls_mid_sync_for_longer_than_ryus_send_timeout_is_not_dropped(
+        make_lab):
+    """ryu gives a blocked send 5 s and then shuts the socket mid-message; a busy
+    ovs-vswitchd (thousands of ports) can read nothing for longer. Here it is frozen for 8 s
+    while a 57,000-flow sync is in the socket: the sync must finish on the same connection."""
+    import os
+    import signal
+    import time
+    from ovsnat.lab import bulk
+    lab = make_lab()
+    host = lab.add_host("hv1")
+    bulk.add_ports(host, [bulk.vm_spec(i) for i in range(5000)], port_type="patch")
+    scenario.write_config(lab, "hv1", bulk.SNAT_IP, **bulk.scale_options())
+    scenario.start_controller(lab, "hv1", point_bridge=False)
+    wait_for(lambda: "OVSDB snapshot: 5002 interfaces" in scenario.controller_log(lab, "hv1"),
+             60, what="the controller to read 5,000 VMs")
+    host.vsctl("set-controller", "br-int", f"tcp:127.0.0.1:{scenario.OF_PORT}")
+    wait_for(lambda: "sync: " in scenario.controller_log(lab, "hv1"), 30, interval=0.005,
+             what="the full sync to start")
+    pid = host.ovs.pid("ovs-vswitchd")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(8)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: "in sync" in scenario.controller_log(lab, "hv1"), 60,
+             what="the sync to complete")
+    log = scenario.controller_log(lab, "hv1")
+    assert len(re.findall(r"datapath \w+ connected", log)) == 1, log[-2000:]
+    assert "disconnected" not in log, log[-2000:]
+    assert "Protocol error" not in open(os.path.join(host.rundir, "ovs-vswitchd.log")).read()
