@@ -209,7 +209,6 @@ class OvsNatApp(fw.BaseApp):
         if snapshot:
             self.metrics.inc("ovsdb_reconnects")
         if self._rebuild_if_needed():
-            release_memory()
             self._send(self._activate_resident(set(self.rows)))
             self._sync_full()
             self.status_dirty = True
@@ -218,7 +217,6 @@ class OvsNatApp(fw.BaseApp):
             return
         if snapshot:
             delta = self._full_resync_state()
-            release_memory()
         else:
             delta = Delta()
             for name in sorted(changed - {self.base_cfg.uplink_port}):
@@ -247,16 +245,15 @@ class OvsNatApp(fw.BaseApp):
         """The status file (`ovsnat status` reads it) and the metrics gauges."""
         host = self.host
         vms, fips, pending = host.counts() if host else (0, 0, [])
-        self.metrics.set_state(fips, vms - fips, len(pending),
-                               len(host.invalid) + len(host.lost) if host else 0)
+        rejected = host.rejected if host else []
+        self.metrics.set_state(fips, vms - fips, len(pending), len(rejected))
         if not self.status_file:
             return
         state = {
             "time": time.time(), "datapath": f"{self.dp.id:016x}" if self.dp else None,
             "in_sync": self.installed is not None and not self.bundles,
             "vms": vms, "fips": fips, "pending_fips": pending,
-            "rejected": [{"name": r.name, "reason": r.reason} for r in
-                         (host.rejected if host else [])],
+            "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
             "failed_owners": {f"{k:#x}": v for k, v in self.failed_owners.items()},
             "conflicts": self.conflicts[-20:], "stats": self.stats,
             "ovsdb_reconnects": self.watcher.reconnects,
@@ -302,8 +299,9 @@ class OvsNatApp(fw.BaseApp):
                 LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
 
     def _full_resync_state(self, collect: bool = True) -> Delta:
-        """Make the host state hold exactly the current rows (level-triggered). With
-        collect=False the flows to send are not gathered (a full sync diffs keys anyway)."""
+        """Make the host state hold exactly the current rows (level-triggered), then give
+        back the memory the burst used. With collect=False the flows to send are not
+        gathered (a full sync diffs keys anyway)."""
         delta = Delta()
         known = set(self.host.valid) | set(self.host.invalid)
         for name in sorted(known - set(self.rows)):
@@ -316,6 +314,7 @@ class OvsNatApp(fw.BaseApp):
                 if collect:
                     delta.extend(change)
         self._report_rejections()
+        release_memory()
         return delta
 
     def _port(self, name: str):

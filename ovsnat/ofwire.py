@@ -261,7 +261,9 @@ def _bad_blob(offset: int, length: int):
 def flow_mod_keys(blob: bytes) -> list[tuple[int, int]]:
     """The (table, cookie) of each flow_mod in `blob` (packed flow_mods back to back), in
     order. Reads only the headers: cheap enough to call on every flow at each full sync.
-    Raises on a corrupt blob rather than looping or misreading."""
+    Raises on a corrupt blob rather than looping or misreading. The same walk as
+    iter_flow_mods, written out rather than shared through a generator: at 115,038 flows
+    that makes all_keys 35 ms instead of 45, and a restart's sync waits for it."""
     keys, offset, size, head = [], 0, len(blob), _FLOW_MOD_HEAD.unpack_from
     while offset < size:
         length, cookie, table = head(blob, offset)

@@ -258,21 +258,22 @@ class Watcher:
         """Only our bridge's port set matters. A modify carries the ports that joined or
         left, so adding one port to a bridge of 10,000 touches one port, not 10,000."""
         name, ports = self._bridges.pop(uuid, (None, set()))
-        touched: set = set()
+        was_ours = name == self.bridge
         if kind == "delete":
-            touched = ports if name == self.bridge else set()
+            touched = ports if was_ours else set()
         else:
-            new_name = row.get("name", name)
             diff = set(_set(row["ports"])) if "ports" in row else set()
-            if kind != "modify":
-                ports = diff
-            if new_name != name:
-                touched = ports | diff
-            elif name == self.bridge:
-                touched = diff if kind == "modify" else set(ports)
             if kind == "modify":
-                ports ^= diff
-            self._bridges[uuid] = (new_name, ports)
+                ports ^= diff                 # in place: O(ports changed)
+            else:
+                ports = diff                  # initial, insert: the whole set
+            name = row.get("name", name)
+            self._bridges[uuid] = (name, ports)
+            is_ours = name == self.bridge
+            if was_ours and is_ours:
+                touched = diff
+            else:                             # became ours, stopped being ours, or neither
+                touched = ports | diff if was_ours or is_ours else set()
         for port in touched:
             self._dirty.update(self._ifaces_of_port.get(port, ()))
 

@@ -4,11 +4,14 @@ and runs the same on os-ken."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 
 import pytest
 
-from ovsnat.lab import scenario
+from ovsnat.lab import bulk, scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import ping, start_server, udp_request
@@ -124,10 +127,6 @@ def test_a_switch_that_stalls_mid_sync_for_longer_than_ryus_send_timeout_is_not_
     """ryu gives a blocked send 5 s and then shuts the socket mid-message; a busy
     ovs-vswitchd (thousands of ports) can read nothing for longer. Here it is frozen for 8 s
     while a 57,000-flow sync is in the socket: the sync must finish on the same connection."""
-    import os
-    import signal
-    import time
-    from ovsnat.lab import bulk
     lab = make_lab()
     host = lab.add_host("hv1")
     bulk.add_ports(host, [bulk.vm_spec(i) for i in range(5000)], port_type="patch")
