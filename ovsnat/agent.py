@@ -1,6 +1,7 @@
 """`ovsnat-agent`: run ovsnat.app on os-ken (OpenStack's maintained ryu fork, which has no
 `ryu-manager` since 4.0). Takes the same options as ryu-manager: --config-file,
---ofp-listen-host, --ofp-tcp-listen-port, ..."""
+--ofp-listen-host, --ofp-tcp-listen-port, ... The framework itself is started by
+ovsnat.framework, the only module that imports it."""
 
 from __future__ import annotations
 
@@ -12,24 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before eventlet is imported: its green DNS resolver (dnspython) costs 16 MB of RSS and
     # ovsnat resolves no names. An operator's own setting wins.
     os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
-    from os_ken.lib import hub
-    hub.patch(thread=False)
-    from os_ken import cfg, log
-    from os_ken.base.app_manager import AppManager
-    import os_ken.controller.controller  # noqa: F401  (registers the --ofp-* options)
-
-    log.early_init_log()
-    cfg.CONF(sys.argv[1:] if argv is None else argv, project="os_ken")
-    log.init_log()
-    app_mgr = AppManager.get_instance()
-    app_mgr.load_apps(["ovsnat.app"])
-    contexts = app_mgr.create_contexts()
-    services = app_mgr.instantiate_apps(**contexts)
-    try:
-        hub.joinall(services)
-    finally:
-        app_mgr.close()
-    return 0
+    os.environ["OVSNAT_FRAMEWORK"] = "os_ken"
+    from ovsnat import framework
+    return framework.run_apps(sys.argv[1:] if argv is None else argv, ["ovsnat.app"])
 
 
 if __name__ == "__main__":

@@ -16,12 +16,16 @@ from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_GUARD, \
     PAT_IN, PAT_OUT, UPLINK_ARP, VM_ARP, VM_L2, check_flow
 
-PACKET_IN_METER = 1          # meter id for every packet-in ovsnat asks for
+PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
+CLAIM_METER = 2              # ARP on the uplink claiming one of this host's addresses
 ICMP_MAX_LEN = 0xFFFF        # the whole ICMP error: the controller sends it on itself
 PACKET_IN_RATE_PPS = 100
-# Installed before any flow: meter 1 on ovsnat's own packet-in flows, and the switch-wide
-# controller meter as a backstop for packet-ins ovsnat did not ask for.
+CLAIM_RATE_PPS = 500         # answers to up to 64 probe rounds at once fit (presence.py)
+# Installed before any flow: meter 1 on ovsnat's own packet-in flows, meter 2 on claims seen
+# on the uplink (answers to FIP probes must not be crowded out by a VM's ICMP errors), and
+# the switch-wide controller meter as a backstop for packet-ins ovsnat did not ask for.
 METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),
+          MeterSpec(CLAIM_METER, CLAIM_RATE_PPS),
           MeterSpec(METER_CONTROLLER, 2 * PACKET_IN_RATE_PPS))
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
@@ -50,6 +54,7 @@ def hairpin(dst_mac: str) -> list:
 
 
 def host_flows(cfg: HostConfig) -> list[Flow]:
+    cfg.require_snat()
     c = owner_cookie(COOKIE_HOST, 0)
     up = cfg.uplink_ofport
     snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
@@ -71,7 +76,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
                   arp_reply(snat_mac, snat)),
         # Anyone else on the external network claiming our SNAT IP: tell the controller.
         make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=snat),
-                  [Meter(PACKET_IN_METER), Controller()]),
+                  [Meter(CLAIM_METER), Controller()]),
         make_flow(c, UPLINK_ARP, 0, Match(), []),
         # L2 / routing decision
         make_flow(c, VM_L2, 50, Match.of(proto="ip", dl_dst=mac_str(cfg.router_mac)),
@@ -126,8 +131,9 @@ def _pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:
 def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list[Flow]:
     """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
     yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
-    its routed traffic dropped), and a copy of its frames goes to the controller, whose first
-    one activates the FIP."""
+    its routed traffic dropped), a copy of its frames goes to the controller (the first one
+    proves the VM is here), and so do ARP claims and probes for its FIP from the uplink
+    (another host answering for it, or probing it at the same time)."""
     c = owner_cookie(COOKIE_VM, int(vm.fixed_ip))
     port, mac, fixed = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip)
     pending = vm.fip is not None and not active
@@ -144,11 +150,21 @@ def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list[Flow]:
             SetField("eth_src", mac_str(cfg.router_mac)), SetField("eth_dst", mac),
             DecTtl(), Output(port)]),
     ]
+    if vm.fip is not None:
+        # Someone else on the external network claims this FIP (an answer to our probe, a
+        # GARP from the host a VM migrated to, or a misconfigured duplicate): tell the
+        # controller. The same flow dark or live, so activation does not touch it.
+        flows.append(make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=str(vm.fip)),
+                               [Meter(CLAIM_METER), Controller()]))
     if pending:
         flows += [
             # Anything else from the port (QEMU's RARP after a live migration) also tells.
             make_flow(c, CLASSIFY, 90, Match.of(in_port=port), [Controller()]),
             make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), []),
+            # Another host probing this FIP while we probe it (RFC 5227 simultaneous probes).
+            make_flow(c, UPLINK_ARP, 240, Match.of(proto="arp", arp_spa="0.0.0.0",
+                                                   arp_tpa=str(vm.fip), arp_op=1),
+                      [Meter(CLAIM_METER), Controller()]),
         ]
     elif vm.fip is not None:
         flows += fip_flows(cfg, vm, c)
@@ -178,10 +194,6 @@ def fip_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
     return [
         make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=fip, arp_op=1),
                   arp_reply(fip_mac, fip)),
-        # Someone else on the external network claims this FIP (a GARP from the host a VM
-        # migrated to, or a misconfigured duplicate): tell the controller.
-        make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=fip),
-                  [Meter(PACKET_IN_METER), Controller()]),
         make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), [
             SetField("ip_src", fip), SetField("eth_src", fip_mac), Goto(EGRESS_OUT)]),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", nw_src=fixed, nw_frag="yes"), [

@@ -15,6 +15,7 @@ import sys
 
 
 def _choose() -> str:
+    """The framework of this process (see the module docstring)."""
     if "ryu.base.app_manager" in sys.modules:
         return "ryu"
     if "os_ken.base.app_manager" in sys.modules:
@@ -78,3 +79,22 @@ def use_light_flow_stats() -> None:
     priority) instead of full OFPFlowStats. Process-wide: run ovsnat in its own
     ryu-manager/ovsnat-agent process (as documented), not next to apps that read matches."""
     parser.OFPFlowStatsReply.cls_stats_body_cls = _FlowKey
+
+
+def run_apps(argv: list[str], apps: list[str]) -> int:
+    """Start `apps` as ryu-manager would: what `ovsnat-agent` does on os-ken, which has no
+    manager command since 4.0. Takes ryu-manager's options (--config-file, --ofp-*)."""
+    hub.patch(thread=False)
+    log = _m("log")
+    _m("controller.controller")              # registers the --ofp-* options
+    log.early_init_log()
+    CONF(argv, project=NAME)
+    log.init_log()
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps(apps)
+    services = manager.instantiate_apps(**manager.create_contexts())
+    try:
+        hub.joinall(services)
+    finally:
+        manager.close()
+    return 0

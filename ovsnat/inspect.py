@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 import netaddr
 
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
-from ovsnat.model import HostConfig, VmPort, mac_str, with_gateway_mac
+from ovsnat.model import HostConfig, VmPort, mac_str, port_from_row, with_gateway_mac
 from ovsnat.options import read_ini
 from ovsnat.ovsdb import Watcher
 from ovsnat.pipeline import BY_ID, EGRESS_OUT
-from ovsnat.state import HostState, port_from_row
+from ovsnat.state import HostState
 
 
 class InspectError(RuntimeError):

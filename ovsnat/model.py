@@ -2,14 +2,14 @@
 
 Pure: no I/O. Every invalid value raises (or, for a port, records) one error that names the
 item and the reason, so an operator can fix it from the log line alone. A bad port never
-takes other ports down with it: `build_state` sets it aside with its reason.
+takes other ports down with it: `state.build_state` sets it aside with its reason.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import netaddr
 
@@ -20,6 +20,7 @@ KEY_FIXED_IP = "ovsnat-fixed-ip"
 KEY_FIP = "ovsnat-fip"
 
 MAX_ID_LEN = 255
+FIP_ACTIVATIONS = ("probe", "first-packet", "immediate")
 
 
 class ConfigError(ValueError):
@@ -111,7 +112,7 @@ class HostConfig:
     external_cidr: netaddr.IPNetwork
     external_gateway_ip: netaddr.IPAddress
     external_gateway_mac: netaddr.EUI | None
-    snat_ip: netaddr.IPAddress
+    snat_ip: netaddr.IPAddress | None   # None: not known yet (Bridge external_ids, see README)
     snat_port_min: int
     snat_port_max: int
     ct_zone: int
@@ -119,7 +120,7 @@ class HostConfig:
     pat_ports_per_vm: int = 0
     mac_prefix: str = "02:5a"
     learn_gateway_mac: bool = False      # external_gateway_mac not configured: learn by ARP
-    fip_activation: str = "first-packet"  # or "immediate"
+    fip_activation: str = "probe"        # or "first-packet", "immediate" (FIP_ACTIVATIONS)
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -153,7 +154,8 @@ class HostConfig:
             external_gateway_ip=parse_ipv4(get("external_gateway_ip"), "external_gateway_ip"),
             external_gateway_mac=(parse_mac(gw_mac, "external_gateway_mac")
                                   if gw_mac else None),
-            snat_ip=parse_ipv4(get("snat_ip"), "snat_ip"),
+            snat_ip=parse_ipv4(raw["snat_ip"], "snat_ip")
+            if str(raw.get("snat_ip") or "").strip() else None,
             snat_port_min=integer("snat_port_min", 1, 65535),
             snat_port_max=integer("snat_port_max", 1, 65535),
             ct_zone=integer("ct_zone", 0, 65535),
@@ -162,7 +164,7 @@ class HostConfig:
             if raw.get("pat_ports_per_vm") not in (None, "") else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
             learn_gateway_mac=not gw_mac,
-            fip_activation=str(raw.get("fip_activation") or "first-packet").strip(),
+            fip_activation=str(raw.get("fip_activation") or "probe").strip(),
         )
         cfg.validate()
         return cfg
@@ -177,18 +179,17 @@ class HostConfig:
                       "internal_cidr")
         _require_host(self.external_gateway_ip, self.external_cidr, "external_gateway_ip:",
                       "external_cidr")
-        _require_host(self.snat_ip, self.external_cidr, "snat_ip:", "external_cidr")
-        if self.snat_ip == self.external_gateway_ip:
-            raise ConfigError(f"snat_ip: {self.snat_ip} is the external gateway's address")
+        if self.snat_ip is not None:
+            self.check_snat_ip(self.snat_ip)
         if self.snat_port_min > self.snat_port_max:
             raise ConfigError(f"snat_port_min: {self.snat_port_min} is above snat_port_max "
                               f"{self.snat_port_max} (range reversed)")
         if self.pat_ports_per_vm > self.snat_port_max - self.snat_port_min + 1:
             raise ConfigError(f"pat_ports_per_vm: {self.pat_ports_per_vm} is larger than the "
                               f"whole range {self.snat_port_min}-{self.snat_port_max}")
-        if self.fip_activation not in ("first-packet", "immediate"):
-            raise ConfigError(f"fip_activation: {self.fip_activation!r} is neither "
-                              "'first-packet' nor 'immediate'")
+        if self.fip_activation not in FIP_ACTIVATIONS:
+            raise ConfigError(f"fip_activation: {self.fip_activation!r} is not one of "
+                              f"{', '.join(FIP_ACTIVATIONS)}")
         if self.ct_zone == self.fip_frag_ct_zone:
             raise ConfigError(f"fip_frag_ct_zone: {self.fip_frag_ct_zone} equals ct_zone; the "
                               "two conntrack zones must differ")
@@ -196,6 +197,17 @@ class HostConfig:
                 int(self.mac_prefix[:2], 16) & 0x03 != 0x02:
             raise ConfigError(f"mac_prefix: {self.mac_prefix!r} must be two bytes of a "
                               "locally administered unicast MAC (e.g. 02:5a)")
+
+    def check_snat_ip(self, ip: netaddr.IPAddress, what: str = "snat_ip") -> None:
+        """The SNAT IP against the external network (from the config or from OVSDB)."""
+        _require_host(ip, self.external_cidr, f"{what}:", "external_cidr")
+        if ip == self.external_gateway_ip:
+            raise ConfigError(f"{what}: {ip} is the external gateway's address")
+
+    def require_snat(self) -> None:
+        if self.snat_ip is None:
+            raise ConfigError("snat_ip: required option is empty (set it, or let "
+                              "ovsnat-neutron-agent set Bridge external_ids:ovsnat-snat-ip)")
 
     @property
     def pat_port_count(self) -> int:
@@ -318,17 +330,28 @@ class DesiredState:
     rejected: tuple[Rejection, ...] = field(default=())
 
 
-def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:
-    """Accept every port that is valid on its own and wins its clashes (see ovsnat.state for
-    the rule). The same code path as the controller's incremental updates, so the offline
-    compile and a live host always agree."""
-    from ovsnat.state import HostState
-    host = HostState(cfg)
-    for i, port in enumerate(ports):
-        host.update(port.name if port.name else f"#{i}", port)
-    return DesiredState(cfg, tuple(host.accepted), tuple(host.rejected))
-
-
 def with_gateway_mac(cfg: HostConfig, mac: netaddr.EUI | None) -> HostConfig:
     """The config with a resolved external gateway MAC (from ARP when not configured)."""
     return replace(cfg, external_gateway_mac=mac)
+
+
+def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None = None):
+    """An OVSDB Interface row as a VmPort, a Rejection (with the reason), or None when the
+    row is not ovsnat's (no ovsnat-* keys). The external_ids are judged first, so a bad
+    value is reported even while the VM is away; a row without a usable OpenFlow port or
+    with its link down is a transient rejection: the VM is not (or no longer) here."""
+    if KEY_FIXED_IP not in external_ids and KEY_FIP not in external_ids:
+        return None
+    try:
+        port = VmPort.from_external_ids(name, 1, external_ids)
+    except PortError as e:
+        return Rejection(name, str(e))
+    try:
+        port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
+                                        external_ids)
+    except PortError as e:
+        return Rejection(name, str(e), transient=True)
+    if link_state == "down":
+        return Rejection(name, f"port {name!r} ({port.iface_id}): link down (the VM's "
+                         "device is gone); no flows until it comes back", transient=True)
+    return port

@@ -13,7 +13,8 @@ import sys
 
 from ovsnat.compiler import METERS, compile_state
 from ovsnat.flows import ofctl_text
-from ovsnat.model import ConfigError, HostConfig, PortError, Rejection, VmPort, build_state
+from ovsnat.state import build_state
+from ovsnat.model import ConfigError, HostConfig, PortError, Rejection, VmPort
 from ovsnat.options import read_ini
 
 

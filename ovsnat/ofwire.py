@@ -294,3 +294,49 @@ def with_xid(message: bytes, xid: int) -> bytes:
 
 def barrier(xid: int) -> bytes:
     return _msg(OFPT_BARRIER_REQUEST, xid, b"")
+
+
+# --- everything else the controller sends ----------------------------------------------------
+OFPT_PACKET_OUT, OFPT_MULTIPART_REQUEST, OFPT_METER_MOD = 13, 18, 29
+OFPMP_FLOW, OFPMP_METER_CONFIG = 1, 10
+OFPTT_ALL, OFPM_ALL = 0xFF, 0xFFFFFFFF
+OFPMC_ADD, OFPMC_MODIFY = 0, 1
+OFPMF_PKTPS, OFPMBT_DROP = 0x2, 1
+
+
+def flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:
+    """Every flow of every table whose cookie matches cookie/cookie_mask."""
+    body = struct.pack("!HH4xB3xII4xQQ", OFPMP_FLOW, 0, OFPTT_ALL, OFPP_ANY, OFPG_ANY,
+                       cookie, cookie_mask)
+    return _msg(OFPT_MULTIPART_REQUEST, xid, body + EMPTY_MATCH)
+
+
+def meter_config_request(xid: int) -> bytes:
+    return _msg(OFPT_MULTIPART_REQUEST, xid, struct.pack("!HH4xI4x", OFPMP_METER_CONFIG, 0,
+                                                         OFPM_ALL))
+
+
+def meter_mod(xid: int, command: int, meter_id: int, rate_pps: int) -> bytes:
+    """A meter dropping packets above rate_pps (one drop band)."""
+    band = struct.pack("!HHII4x", OFPMBT_DROP, 16, rate_pps, 0)
+    return _msg(OFPT_METER_MOD, xid, struct.pack("!HHI", command, OFPMF_PKTPS, meter_id) + band)
+
+
+def packet_out(xid: int, port: int, frame: bytes) -> bytes:
+    """Send `frame` out of `port`, as if it came from the controller."""
+    action = struct.pack("!HHIH6x", 0, 16, port, 0)
+    head = struct.pack("!IIH6x", NO_BUFFER, OFPP_CONTROLLER, len(action))
+    return _msg(OFPT_PACKET_OUT, xid, head + action + frame)
+
+
+def split_messages(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, xid, whole message) of each OpenFlow message in a byte stream; for tests and
+    for anyone reading what the controller wrote."""
+    out, offset = [], 0
+    while offset + 8 <= len(data):
+        _, msg_type, length, xid = struct.unpack_from("!BBHI", data, offset)
+        if length < 8:
+            raise ValueError(f"bad OpenFlow length {length} at offset {offset}")
+        out.append((msg_type, xid, data[offset:offset + length]))
+        offset += length
+    return out

@@ -30,7 +30,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("external_gateway_ip", "203.0.113.1", "The upstream router."),
     Option("external_gateway_mac", "",
            "The upstream router's MAC; empty: learn it by ARP on the uplink and follow changes."),
-    Option("snat_ip", "", "This host's PAT address (required; one per host)."),
+    Option("snat_ip", "",
+           "This host's PAT address (one per host). Empty: taken from the bridge's "
+           "external_ids:ovsnat-snat-ip (set by ovsnat-neutron-agent); until then PAT and "
+           "FIPs wait."),
     Option("snat_port_min", 20000, "First source port of this host's PAT range.", "port"),
     Option("snat_port_max", 29999, "Last source port of this host's PAT range.", "port"),
     Option("pat_ports_per_vm", 0,
@@ -44,10 +47,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("mac_prefix", "02:5a",
            "First two bytes of the MAC of each FIP and the SNAT IP (the other four are the "
            "address); must be locally administered unicast."),
-    Option("fip_activation", "first-packet",
-           "When a FIP starts answering on this host: 'first-packet' (default) once the VM "
-           "has sent a frame here (boot traffic, QEMU's RARP after a live migration), so two "
-           "hosts never answer for one FIP; 'immediate' as soon as the port is plugged."),
+    Option("fip_activation", "probe",
+           "When a FIP starts answering on this host. 'probe' (default): as soon as ARP probes "
+           "on the uplink find no other host answering for it (within 0.5 s of the plug), or "
+           "at the VM's first frame here while the host it left still answers, so two hosts "
+           "never answer for one FIP and a silent VM still gets its FIP. 'first-packet': only "
+           "once the VM has sent a frame here (boot traffic, QEMU's RARP). 'immediate': as "
+           "soon as the port is plugged."),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option("status_file", "/var/run/ovsnat/status.json",
            "Where the controller keeps its status (read by `ovsnat status`); empty: none."),

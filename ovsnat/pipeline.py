@@ -118,3 +118,8 @@ def check_flow(flow: Flow) -> None:
     if DecTtl() in flow.actions and flow.match.get("proto") != "ip":
         # OVS refuses dec_ttl without an ip match under OpenFlow 1.3 (and fails the bundle).
         raise PipelineViolation(f"{flow.text()}: dec_ttl needs an ip match")
+
+
+def check_flows(flows) -> None:
+    for flow in flows:
+        check_flow(flow)

@@ -4,7 +4,7 @@ The controller feeds it OVSDB rows as they change; it answers with the flows to 
 delete. Cost per change is O(1) in the number of VMs: only the changed port and the ports
 that share an address with it are looked at, and only their flows are recompiled.
 
-Clash rule (also used by the batch `model.build_state`, which is built on this class): a
+Clash rule (also used by the batch `build_state` below, which is built on this class): a
 valid port is rejected when another valid port that shares one of its addresses (fixed IP,
 MAC, ofport, FIP) sorts before it by (iface-id, name). The rule looks only at a port's
 direct competitors, so it gives the same answer whatever order the events came in, and two
@@ -15,78 +15,23 @@ from __future__ import annotations
 
 import netaddr
 
+from typing import Iterable
+
 from ovsnat import ofwire
 from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
+from ovsnat.delta import Delta, diff, flow_key
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, owner_cookie
-from ovsnat.model import KEY_FIP, KEY_FIXED_IP, HostConfig, PortError, Rejection, VmPort, \
-    mac_str
+from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort, mac_str
+from ovsnat.pipeline import check_flows
 
 HOST = "host"          # owner key of host-level flows
 
 
-class Delta:
-    """What to send to go from the previous desired state to the new one: flows to add, and
-    (table, cookie) keys of flows to delete (a cookie names exactly one flow). Composing
-    deltas costs the size of the added one, so a resync of 10,000 ports stays linear."""
-
-    def __init__(self, delete=(), add=(), owners=()):
-        self._delete: dict = dict.fromkeys(delete)
-        self._add: dict = {_key(f): f for f in add}
-        self.owners: set = set(owners)
-
-    @property
-    def delete(self) -> list[tuple[int, int]]:
-        return list(self._delete)
-
-    @property
-    def add(self) -> list[Flow]:
-        return list(self._add.values())
-
-    def __bool__(self) -> bool:
-        return bool(self._delete or self._add)
-
-    def extend(self, other: "Delta") -> None:
-        """Compose: `other` applies after self. A flow added then deleted is never sent; a
-        flow deleted then added again stays as it is on the switch."""
-        for k in other._delete:
-            if self._add.pop(k, None) is None:
-                self._delete[k] = None
-        for k, f in other._add.items():
-            if k in self._delete:
-                del self._delete[k]
-            else:
-                self._add[k] = f
-        self.owners |= other.owners
-
-
-def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None = None):
-    """An OVSDB Interface row as a VmPort, a Rejection (with the reason), or None when the
-    row is not ovsnat's (no ovsnat-* keys). The external_ids are judged first, so a bad
-    value is reported even while the VM is away; a row without a usable OpenFlow port or
-    with its link down is a transient rejection: the VM is not (or no longer) here."""
-    if KEY_FIXED_IP not in external_ids and KEY_FIP not in external_ids:
-        return None
-    try:
-        port = VmPort.from_external_ids(name, 1, external_ids)
-    except PortError as e:
-        return Rejection(name, str(e))
-    try:
-        port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
-                                        external_ids)
-    except PortError as e:
-        return Rejection(name, str(e), transient=True)
-    if link_state == "down":
-        return Rejection(name, f"port {name!r} ({port.iface_id}): link down (the VM's "
-                         "device is gone); no flows until it comes back", transient=True)
-    return port
-
-
 def _pack(flows: list[Flow]) -> bytes:
+    """Packed once, when they change; held to the declared pipeline first (the controller's
+    runtime path is checked as the batch compile is)."""
+    check_flows(flows)
     return b"".join([ofwire.flow_add(f, 0) for f in flows])
-
-
-def _key(flow: Flow) -> tuple[int, int]:
-    return flow.table, flow.cookie
 
 
 # An address a port claims, as one int: the kind above bit 48 (a MAC has 48 bits), the value
@@ -184,6 +129,10 @@ class HostState:
         return name in self.active or (self.cfg.fip_activation == "immediate" and
                                        name not in self.yielded)
 
+    def owner_keys(self, owner: str) -> list[tuple[int, int]]:
+        """The (table, cookie) keys of one owner's desired flows (HOST or a port name)."""
+        return ofwire.flow_mod_keys(self.wire.get(owner, b""))
+
     def all_keys(self) -> set[tuple[int, int]]:
         keys: set = set()
         for packed in self.wire.values():
@@ -207,7 +156,7 @@ class HostState:
         """Like flows_for, one owner at a time (a full sync never holds all flows)."""
         for owner in self._owners_of(keys):
             for f in self.owner_flows(owner):
-                if _key(f) in keys:
+                if flow_key(f) in keys:
                     yield f
 
     def all_flows(self) -> list[Flow]:
@@ -230,17 +179,20 @@ class HostState:
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
-        """A new host config (e.g. a learned gateway MAC): recompile everything."""
+        """A new host config (a learned gateway MAC, the SNAT IP, the uplink's ofport):
+        recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
-        ports, invalid = dict(self.valid), dict(self.invalid)
-        active, yielded, transient = set(self.active), set(self.yielded), set(self.transient)
+        ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
+        active, yielded = set(self.active), set(self.yielded)
         self.__init__(cfg)
-        self.active, self.yielded, self.transient = active, yielded, transient
         for name, port in ports.items():
-            self.update(name, port)
-        for name, reason in invalid.items():
-            self.invalid[name] = reason
-        return _diff(old, self.all_flows(), {HOST, *ports})
+            self.update(name, port)      # a port new to this state is not live yet...
+        self.active, self.yielded = active & set(self.valid), yielded & set(self.valid)
+        for name in sorted(self.active | self.yielded):
+            self._refresh(name)          # ...so restore what was, and recompile those
+        self.invalid.update(invalid)
+        self.transient = transient & set(self.invalid)
+        return diff(old, self.all_flows(), {HOST, *ports})
 
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
@@ -368,7 +320,7 @@ class HostState:
             self.owner_names[new[0].cookie >> 24] = name
         elif old and self.owner_names.get(old[0][1] >> 24) == name:
             del self.owner_names[old[0][1] >> 24]
-        return _diff(old, new, {name})
+        return diff(old, new, {name})
 
     def _count(self, name: str, port: VmPort | None) -> None:
         has_fip = port is not None and port.fip is not None and name not in self.lost
@@ -392,12 +344,14 @@ class HostState:
         return best
 
 
-def _diff(old: list[tuple[int, int]], new: list[Flow], owners: set) -> Delta:
-    new_keys = {_key(f) for f in new}
-    old_keys = set(old)
-    return Delta([k for k in old if k not in new_keys],
-                 [f for f in new if _key(f) not in old_keys], owners)
-
-
 def vm_owner_cookie(port: VmPort) -> int:
     return owner_cookie(COOKIE_VM, int(port.fixed_ip))
+
+
+def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:
+    """Accept every port that is valid on its own and wins its clashes. The same code path
+    as the controller's incremental updates, so the offline compile and a live host agree."""
+    host = HostState(cfg)
+    for i, port in enumerate(ports):
+        host.update(port.name if port.name else f"#{i}", port)
+    return DesiredState(cfg, tuple(host.accepted), tuple(host.rejected))

@@ -11,7 +11,10 @@ from ovsnat.lab import Lab
 from ovsnat.lab.ovs import require_ovs
 
 
-def _require_lab_prerequisites() -> None:
+def _require_lab_prerequisites(request) -> None:
+    if request.node.get_closest_marker("lab") is None:
+        pytest.fail(f"{request.node.nodeid} builds a lab but is not marked `lab`: the unit "
+                    "tests must run with no OVS and no namespace", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces, Open vSwitch): run `make test` "
                     "as root", pytrace=False)
@@ -22,10 +25,10 @@ def _require_lab_prerequisites() -> None:
 
 
 @pytest.fixture
-def make_lab():
+def make_lab(request):
     """Factory: make_lab() returns a Lab with the outside network up; every lab made is torn
     down after the test, pass or fail."""
-    _require_lab_prerequisites()
+    _require_lab_prerequisites(request)
     labs: list[Lab] = []
 
     def make() -> Lab:
@@ -39,10 +42,10 @@ def make_lab():
 
 
 @pytest.fixture(scope="module")
-def module_lab():
+def module_lab(request):
     """One lab shared by the tests of a module (building one costs about half a second, but
     the scenario setup on top of it usually costs more)."""
-    _require_lab_prerequisites()
+    _require_lab_prerequisites(request)
     lab = Lab()
     try:
         yield lab.up()

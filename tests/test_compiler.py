@@ -12,11 +12,12 @@ from collections import Counter
 
 import pytest
 
-from ovsnat.compiler import PACKET_IN_METER, compile_state, host_flows, vm_flows
+from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, compile_state, host_flows, vm_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Controller, Ct, DecTtl, Goto, Match, Meter, \
     Nat, Output, SetField, cookie_kind, cookie_owner, make_flow, owner_cookie
 from ovsnat.golden import BASE
-from ovsnat.model import HostConfig, VmPort, build_state
+from ovsnat.state import build_state
+from ovsnat.model import HostConfig, VmPort
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, PAT_OUT, TABLES, UPLINK_ARP, \
     PipelineViolation, check_flow
 
@@ -166,7 +167,7 @@ def test_flow_counts_per_object():
     assert len(host_flows(cfg64)) == 37          # no shared PAT commit: each VM has its own
     assert len(host_flows(config(external_gateway_mac=""))) == 38   # ARP punt replaces egress
     assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 18
-    assert len(vm_flows(cfg, FIP_VM, active=False)) == 7     # FIP dark until activation
+    assert len(vm_flows(cfg, FIP_VM, active=False)) == 9     # FIP dark until activation
     assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 5
     assert len(vm_flows(cfg64, PAT_VM)) == 6
 
@@ -233,7 +234,8 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     # The only packet-ins, all metered: ARP claiming the active FIP from elsewhere, and
     # ICMP errors to or from the FIP VM (their quoted header needs translating).
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
-    assert all(f.actions[0] == Meter(PACKET_IN_METER) for f in punts)
+    assert all(f.actions[0] == Meter(CLAIM_METER if f.table == UPLINK_ARP else
+                                     PACKET_IN_METER) for f in punts)
     watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
     assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
     assert sorted(f.match.get("icmp_type") for f in punts if f.match.get("proto") == "icmp") \

@@ -14,9 +14,11 @@ import netaddr
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ovsnat.compiler import host_flows
 from ovsnat.golden import BASE
+from ovsnat.state import build_state
 from ovsnat.model import ConfigError, DesiredState, HostConfig, PortError, Rejection, VmPort, \
-    build_state, mac_str
+    mac_str
 
 MISSING = object()          # an override that removes the option / key
 
@@ -107,7 +109,6 @@ BAD_OPTIONS = [
     ("external_gateway_ip", "2001:db8::1", "'2001:db8::1' is not an IPv4 address"),
     ("snat_ip", "203.0.113.300", "'203.0.113.300' is not an IPv4 address"),
     ("snat_ip", "3405803787", "'3405803787' is not an IPv4 address"),      # integer form
-    ("snat_ip", MISSING, "required option is empty"),
     # CIDRs
     ("internal_cidr", "10.0.0.1/24", "10.0.0.1/24 has host bits set (did you mean 10.0.0.0/24?)"),
     ("internal_cidr", "10.0.0.0", "'10.0.0.0' needs a prefix length"),
@@ -174,6 +175,13 @@ def test_bad_option_is_rejected_naming_the_option(option, value, reason):
     assert err.type is ConfigError
     assert str(err.value).startswith(f"{named}: "), str(err.value)
     assert reason in str(err.value)
+
+
+def test_snat_ip_may_wait_for_ovsdb_but_nothing_compiles_without_it():
+    cfg = config(snat_ip="")
+    assert cfg.snat_ip is None
+    with pytest.raises(ConfigError, match="^snat_ip: required option is empty"):
+        host_flows(cfg)
 
 
 def test_overlong_value_is_shortened_in_the_message():

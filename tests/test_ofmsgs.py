@@ -12,7 +12,8 @@ import pytest
 from ovsnat import framework as fw
 from ovsnat import golden, ofmsgs
 from ovsnat.compiler import METERS, compile_state
-from ovsnat.model import HostConfig, build_state
+from ovsnat.state import build_state
+from ovsnat.model import HostConfig
 
 
 class OfflineDatapath:

@@ -7,8 +7,8 @@ import pytest
 
 from ovsnat import golden, ofwire
 from ovsnat.compiler import compile_state
-from ovsnat.model import HostConfig, build_state
-from ovsnat.state import HostState
+from ovsnat.model import HostConfig
+from ovsnat.state import HostState, build_state
 from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, serialize
 from ovsnat import ofmsgs
 

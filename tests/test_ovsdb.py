@@ -91,6 +91,7 @@ def add_dummy(host, name: str, bridge: str = BRIDGE, **ids) -> None:
                *[f'external_ids:{k}="{v}"' for k, v in ids.items()])
 
 
+@pytest.mark.lab
 def test_the_watchers_view_of_br_int_follows_every_kind_of_change(watched):
     host, view = watched
     agrees(host, view, "at start")
@@ -133,6 +134,7 @@ def test_the_watchers_view_of_br_int_follows_every_kind_of_change(watched):
     assert view.snapshots == 1, "no reconnect happened, so no second snapshot"
 
 
+@pytest.mark.lab
 def test_after_ovsdb_server_restarts_the_watcher_resyncs_with_a_snapshot(watched):
     host, view = watched
     add_dummy(host, "p1", **VM_IDS)
@@ -143,6 +145,67 @@ def test_after_ovsdb_server_restarts_the_watcher_resyncs_with_a_snapshot(watched
     host.vsctl("set", "Interface", "p1", 'external_ids:ovsnat-fip="203.0.113.30"')
     agrees(host, view, "after the restart and a change")
     assert view.watcher.reconnects == 2
+
+
+def _pump(watcher: ovsdb.Watcher, got: list, until, what: str) -> None:
+    """Run the watcher in this thread until `until(got)` holds."""
+    wait_for(lambda: (watcher.run_once(), until(got))[1], 10, interval=0.02, what=what)
+
+
+@pytest.mark.lab
+def test_bridge_keys_are_published_and_the_controllers_key_writes_land(make_lab):
+    lab = make_lab()
+    host = lab.add_host("hv1", dummy=True)
+    add_dummy(host, "p1", **VM_IDS)
+    host.vsctl("br-set-external-id", BRIDGE, "ovsnat-snat-ip", "203.0.113.50")
+    host.vsctl("br-set-external-id", BRIDGE, "unrelated", "x")
+    got: list = []
+    w = ovsdb.Watcher(f"unix:{host.ovs.db_sock}", BRIDGE, got.append)
+    w.connect()
+    try:
+        _pump(w, got, lambda g: g, "the first snapshot")
+        assert got[0].bridge_ids == {"ovsnat-snat-ip": "203.0.113.50"}
+        host.vsctl("br-set-external-id", BRIDGE, "ovsnat-snat-ip", "203.0.113.51")
+        _pump(w, got, lambda g: any(getattr(b, "bridge_ids", None) ==
+                                    {"ovsnat-snat-ip": "203.0.113.51"} for b in g[1:]),
+              "the bridge key's change")
+        assert w.write_keys("p1", {"ovsnat-installed": "true"})
+        _pump(w, got, lambda g: g[-1].rows.get("p1") is not None and
+              g[-1].rows["p1"].external_ids.get("ovsnat-installed") == "true",
+              "the written key to come back")
+        assert w.write_keys("p1", {}, ("ovsnat-installed",))
+        _pump(w, got, lambda g: "ovsnat-installed" not in g[-1].rows.get(
+            "p1", ovsdb.IfaceRow("", 0, {"ovsnat-installed": 1})).external_ids,
+              "the removed key to go")
+        ids = host.vsctl("get", "Interface", "p1", "external_ids")
+        assert "vm-uuid" in ids and "iface-status" in ids, "other writers' keys untouched"
+        assert not w.write_keys("no-such-port", {"ovsnat-installed": "true"})
+    finally:
+        w.stop()
+
+
+def test_reconnecting_closes_the_previous_session(tmp_path):
+    import socket
+    path = str(tmp_path / "db.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    w = ovsdb.Watcher(f"unix:{path}", BRIDGE, lambda batch: None)
+    try:
+        w.connect()
+        w.run_once()
+        first, _ = server.accept()
+        first.settimeout(5)
+        w.connect()                     # e.g. the controller's OVSDB loop retrying
+        w.run_once()
+        while first.recv(4096):         # the old session is closed: EOF, not a timeout
+            pass
+        second, _ = server.accept()     # and the new one is connected
+        second.close()
+        first.close()
+    finally:
+        w.stop()
+        server.close()
 
 
 # --- pure: update2 bookkeeping -------------------------------------------------------------------

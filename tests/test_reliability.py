@@ -321,9 +321,11 @@ def test_per_vm_port_blocks_keep_one_vm_from_starving_another(make_lab):
 
 # --- bundle atomicity --------------------------------------------------------------------------------
 def test_a_bundle_with_an_invalid_flow_is_rejected_whole_and_other_vms_still_get_programmed(rel):
-    """An operator deleted meter 1 behind the controller's back: a FIP VM's flows (which use
-    it) are refused by the switch. The batch that also carries a PAT VM is rejected whole,
-    the retry programs the PAT VM, and the log names the FIP VM."""
+    """An operator deleted meter 1 behind the controller's back: a live FIP VM's flows (which
+    use it) are refused by the switch. Its bundle is rejected whole and retried on its own,
+    the PAT VM plugged in the same change works, and the log names the FIP VM. (That a
+    bundle carrying several owners is retried owner by owner is pinned by the unit test
+    test_a_rejected_bundle_is_retried_owner_by_owner_then_given_up.)"""
     host = rel.hosts["hv1"]
     vm4 = rel.add_vm("vm4", "hv1", "10.0.0.14", "02:00:0a:00:00:0e", {})
     vm5 = rel.add_vm("vm5", "hv1", "10.0.0.15", "02:00:0a:00:00:0f", {})
@@ -336,9 +338,12 @@ def test_a_bundle_with_an_invalid_flow_is_rejected_whole_and_other_vms_still_get
              what="the failure to be logged with the VM's name")
     assert tcp_connect(rel, vm5.ns, SERVER_IP, 8080).peer_ip == SNAT
     assert before <= installed_text(host)               # nothing installed before was lost
-    assert not [line for line in installed_text(host) if "203.0.113.44" in line]
+    # The FIP never went live: no ARP answer for it, no translation to it (its dark flows,
+    # which use no refused meter, may be there).
+    assert not [line for line in installed_text(host) if "203.0.113.44" in line and
+                ("IN_PORT" in line or "set_field:203.0.113.44" in line)]
     log = scenario.controller_log(rel, "hv1")
-    assert "retrying 2 owners one by one" in log
+    assert re.search(r"retrying \d owner\(s\) one by one", log)
     # Repair: restore the meter and restart the controller; it converges.
     host.ofctl("add-meter", "br-int", "meter=1,pktps,band=type=drop,rate=100")
     scenario.stop_controller(rel, "hv1")

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from ovsnat import golden
 from ovsnat.compiler import compile_state, vm_flows
-from ovsnat.model import HostConfig, VmPort, build_state
-from ovsnat.state import HOST, HostState
+from ovsnat.model import HostConfig, VmPort
+from ovsnat.state import HOST, HostState, build_state
 
 CFG = HostConfig.parse({**golden.BASE, "fip_activation": "immediate"})
 

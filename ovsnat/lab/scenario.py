@@ -13,7 +13,8 @@ from ovsnat.flows import Flow, ofctl_text
 from ovsnat.lab.sh import run
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm
-from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort, build_state
+from ovsnat.state import build_state
+from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
 
 ROUTER_MAC = "02:00:00:00:00:01"        # the VMs' gateway MAC (answered by ovsnat)
 

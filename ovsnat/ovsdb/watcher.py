@@ -19,7 +19,8 @@ four columns, and every port added to the bridge made it copy the bridge's whole
 `monitor_cond`, whose `update2` notifications carry set and map columns as differences, and
 keeps one small frozen `IfaceRow` per interface (only the external_ids keys ovsnat reads):
 the cost of a change does not depend on how many ports the bridge has. The IDL is still
-used for the rare writes (`set_iface_external_ids`).
+used for the rare interactive writes (ovsnat.ovsdb.writer); the controller's own marker
+writes go through this session (`write_keys`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
-import ovs.stream
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
 
@@ -40,7 +39,7 @@ LOG = logging.getLogger(__name__)
 
 DATABASE = "Open_vSwitch"
 MONITOR_ID = "ovsnat"
-COLUMNS = {"Bridge": ["name", "ports"], "Port": ["interfaces"],
+COLUMNS = {"Bridge": ["name", "ports", "external_ids"], "Port": ["interfaces"],
            "Interface": ["name", "ofport", "external_ids", "link_state"]}
 RECONNECT_MS = 1000      # OVSDB gone: try again every second (python-ovs default backs off to 8 s)
 
@@ -62,29 +61,14 @@ class IfaceRow:
 @dataclass
 class Snapshot:
     rows: dict[str, IfaceRow]
+    bridge_ids: dict = field(default_factory=dict)   # the bridge's ovsnat-* external_ids
 
 
 @dataclass
 class Changes:
     rows: dict[str, IfaceRow] = field(default_factory=dict)   # created or updated
     removed: set[str] = field(default_factory=set)             # gone from the bridge
-
-
-def fetch_schema(remote: str, timeout: float = 10) -> dict:
-    """The Open_vSwitch schema from the server itself (no schema file needed)."""
-    error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote),
-                                                 timeout=int(timeout * 1000))
-    if error:
-        raise ConnectionError(f"cannot connect to OVSDB at {remote}: {error}")
-    rpc = ovs.jsonrpc.Connection(stream)
-    try:
-        error, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request(
-            "get_schema", [DATABASE]))
-    finally:
-        rpc.close()
-    if error or reply.error:
-        raise ConnectionError(f"get_schema from {remote} failed: {error or reply.error}")
-    return reply.result
+    bridge_ids: dict | None = None                             # when they changed
 
 
 # --- OVSDB JSON values (RFC 7047 section 5.1) ---------------------------------------------------
@@ -134,6 +118,7 @@ class Watcher:
         self.session: ovs.jsonrpc.Session | None = None
         self._session_state = None
         self._request_id = None              # our monitor_cond request, until its reply
+        self._writes: dict = {}              # request id -> what a key write was for
         self._monitoring = False
         self._warned = False
         self._refused = None                 # the server's last refusal, logged once
@@ -142,6 +127,9 @@ class Watcher:
     def _reset(self) -> None:
         self._ifaces: dict[str, IfaceRow] = {}       # iface uuid -> row (every bridge)
         self._bridges: dict[str, tuple[str, set]] = {}   # bridge uuid -> (name, port uuids)
+        self._bridge_ids: dict[str, dict] = {}       # bridge uuid -> its ovsnat-* external_ids
+        self._published_ids: dict | None = None
+        self._uuid_of: dict[str, str] = {}           # published name -> iface uuid
         self._port_of_iface: dict[str, str] = {}     # iface uuid -> port uuid
         self._ifaces_of_port: dict[str, tuple] = {}  # port uuid -> iface uuids
         self._names: dict[str, str] = {}             # iface uuid -> last published name
@@ -149,6 +137,9 @@ class Watcher:
 
     # --- the loop ---------------------------------------------------------------------
     def connect(self) -> None:
+        """Open the session (closing any previous one: a reconnect must not leak it)."""
+        if self.session is not None:
+            self.session.close()
         self.session = ovs.jsonrpc.Session.open(self.remote)
         self.session.reconnect.set_backoff(RECONNECT_MS, RECONNECT_MS)
 
@@ -178,7 +169,7 @@ class Watcher:
             if msg is None:
                 break
             self._handle(msg)
-        if self._monitoring and self._dirty:
+        if self._monitoring and (self._dirty or self._our_ids() != self._published_ids):
             self._publish_changes()
 
     def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
@@ -238,6 +229,8 @@ class Watcher:
             self._monitoring, self._warned, self._refused = True, False, None
             self.reconnects += 1
             self._publish_snapshot()
+        elif msg.type in (Message.T_REPLY, Message.T_ERROR) and msg.id in self._writes:
+            self._write_done(self._writes.pop(msg.id), msg)
         elif msg.type == Message.T_NOTIFY and msg.method == "update2" and self._monitoring \
                 and msg.params[0] == MONITOR_ID:
             self._apply(msg.params[1])
@@ -261,6 +254,7 @@ class Watcher:
         was_ours = name == self.bridge
         if kind == "delete":
             touched = ports if was_ours else set()
+            self._bridge_ids.pop(uuid, None)
         else:
             diff = set(_set(row["ports"])) if "ports" in row else set()
             if kind == "modify":
@@ -269,6 +263,11 @@ class Watcher:
                 ports = diff                  # initial, insert: the whole set
             name = row.get("name", name)
             self._bridges[uuid] = (name, ports)
+            if "external_ids" in row:
+                ids = {k: v for k, v in _map(row["external_ids"]).items() if kept_key(k)}
+                old = self._bridge_ids.get(uuid, {})
+                self._bridge_ids[uuid] = _apply_map_diff(old, ids) if kind == "modify" \
+                    else ids
             is_ours = name == self.bridge
             if was_ours and is_ours:
                 touched = diff
@@ -317,6 +316,12 @@ class Watcher:
                 return ports
         return set()
 
+    def _our_ids(self) -> dict:
+        for uuid, (name, _) in self._bridges.items():
+            if name == self.bridge:
+                return dict(self._bridge_ids.get(uuid, {}))
+        return {}
+
     def _row(self, uuid: str, ours: set) -> IfaceRow | None:
         """The interface if it is on our bridge, else None."""
         if self._port_of_iface.get(uuid) not in ours:
@@ -329,8 +334,11 @@ class Watcher:
         for uuid in self._dirty:
             row = self._row(uuid, ours)
             old_name = self._names.pop(uuid, None)
+            if old_name and self._uuid_of.get(old_name) == uuid:
+                del self._uuid_of[old_name]
             if row is not None:
                 self._names[uuid] = row.name
+                self._uuid_of[row.name] = uuid
                 batch.rows[row.name] = row
                 if old_name and old_name != row.name:
                     batch.removed.add(old_name)
@@ -338,7 +346,10 @@ class Watcher:
                 batch.removed.add(old_name)
         batch.removed -= set(batch.rows)
         self._dirty.clear()
-        if batch.rows or batch.removed:
+        ids = self._our_ids()
+        if ids != self._published_ids:
+            batch.bridge_ids = self._published_ids = ids
+        if batch.rows or batch.removed or batch.bridge_ids is not None:
             self.publish(batch)
 
     def _publish_snapshot(self) -> None:
@@ -350,86 +361,32 @@ class Watcher:
             if row is not None:
                 rows[row.name] = row
                 self._names[uuid] = row.name
-        self.publish(Snapshot(rows))
+                self._uuid_of[row.name] = uuid
+        self._published_ids = self._our_ids()
+        self.publish(Snapshot(rows, dict(self._published_ids)))
 
+    # --- the controller's own writes ------------------------------------------------------
+    def write_keys(self, name: str, set_keys: dict, remove_keys=()) -> bool:
+        """Set and remove external_ids keys on the Interface `name` of our bridge, as map
+        mutations of single keys (other writers' keys are never rewritten). Fire and
+        forget: the update comes back through the monitor; a write lost to a reconnect is
+        made again by the level-triggered caller after the next snapshot."""
+        uuid = self._uuid_of.get(name)
+        if uuid is None or self.session is None or not self.session.is_connected():
+            return False
+        keys = sorted(set(set_keys) | set(remove_keys))
+        mutations = [["external_ids", "delete", ["set", keys]]]
+        if set_keys:
+            mutations.append(["external_ids", "insert",
+                              ["map", [[k, str(v)] for k, v in sorted(set_keys.items())]]])
+        request = ovs.jsonrpc.Message.create_request("transact", [DATABASE, {
+            "op": "mutate", "table": "Interface", "where": [["_uuid", "==", ["uuid", uuid]]],
+            "mutations": mutations}])
+        self._writes[request.id] = f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}"
+        return self.session.send(request) == 0
 
-# --- writing a VM's contract keys (`ovsnat bind` / `unbind`) ---------------------------------
-class IfaceNotFound(LookupError):
-    """No Interface row carries the requested external_ids:iface-id."""
-
-
-def set_iface_external_ids(remote: str, iface_id: str, set_keys: dict[str, str],
-                           remove_keys: list[str] | tuple = (),
-                           check: Callable[[str, int | None, dict], None] | None = None,
-                           timeout: float = 10) -> dict[str, dict]:
-    """Set and remove external_ids keys on every Interface row whose external_ids:iface-id is
-    `iface_id`, in one OVSDB transaction; returns {interface name: external_ids after}.
-
-    The keys are written as map mutations of single keys, so the keys other writers own
-    (os-vif's, Neutron's) are never rewritten, even when they change meanwhile.
-    `check(name, ofport, external_ids_after)` runs on each row before anything is sent and
-    may raise to abort without writing. Raises IfaceNotFound, ConnectionError or
-    TimeoutError."""
-    import time
-    if set(set_keys) & set(remove_keys):
-        raise ValueError(f"keys both set and removed: {sorted(set(set_keys) & set(remove_keys))}")
-    Txn = ovs.db.idl.Transaction
-    deadline = time.monotonic() + timeout
-    helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(remote, timeout))
-    helper.register_columns("Interface", ["name", "ofport", "external_ids"])
-    idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
-
-    def wait(txn=None) -> None:
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"OVSDB at {remote}: no answer within {timeout:g} s")
-        poller = ovs.poller.Poller()
-        idl.wait(poller)
-        if txn is not None:
-            txn.wait(poller)
-        poller.timer_wait(100)
-        poller.block()
-
-    try:
-        seqno = None                     # the IDL contents the last attempt was built on
-        while True:
-            idl.run()
-            while idl.state != idl.IDL_S_MONITORING or idl.change_seqno == seqno:
-                wait()
-                idl.run()
-            seqno = idl.change_seqno
-            rows = [r for r in idl.tables["Interface"].rows.values()
-                    if dict(r.external_ids).get("iface-id") == iface_id]
-            if not rows:
-                raise IfaceNotFound(f"no Interface has external_ids:iface-id={iface_id!r} "
-                                    f"(OVSDB {remote})")
-            after = {}
-            for row in sorted(rows, key=lambda r: r.name):
-                ids = dict(row.external_ids)
-                ids.update({key: str(value) for key, value in set_keys.items()})
-                for key in remove_keys:
-                    ids.pop(key, None)
-                if check is not None:
-                    check(row.name, row.ofport[0] if row.ofport else None, ids)
-                after[row.name] = ids
-            txn = Txn(idl)
-            for row in rows:
-                present = dict(row.external_ids)
-                for key in remove_keys:
-                    if key in present:
-                        row.delkey("external_ids", key)
-                for key, value in set_keys.items():
-                    if present.get(key) != str(value):
-                        row.setkey("external_ids", key, str(value))
-            status = txn.commit()
-            while status == Txn.INCOMPLETE:
-                idl.run()
-                status = txn.commit()
-                if status == Txn.INCOMPLETE:
-                    wait(txn)
-            if status in (Txn.SUCCESS, Txn.UNCHANGED):
-                return after
-            if status != Txn.TRY_AGAIN:
-                raise ConnectionError(f"OVSDB {remote}: transaction failed: {txn.get_error()}")
-            # TRY_AGAIN (connection dropped, or a row went away): wait for fresh contents.
-    finally:
-        idl.close()
+    def _write_done(self, what: str, msg) -> None:
+        results = msg.result if msg.type == ovs.jsonrpc.Message.T_REPLY else None
+        errors = [r for r in results or [] if isinstance(r, dict) and "error" in r]
+        if msg.type != ovs.jsonrpc.Message.T_REPLY or errors:
+            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, msg.error or errors)

@@ -1,0 +1,351 @@
+"""The host controller: every decision of ovsnat's controller, in plain Python.
+
+ovsnat.app, the Ryu/os-ken shim, turns framework events into calls here, each with `now`,
+and does what they return: bytes (or an iterator of byte chunks) go to the switch,
+`IfaceKeys` to OVSDB. Nothing here opens a socket, starts a thread or reads the clock, so
+unit tests drive a host event by event against a model switch, as Faucet's tests drive
+valve.py under faucet.py.
+
+- OVSDB batches update the host state (ovsnat.state); the changed VMs' flows go out in one
+  atomic bundle. A snapshot (every reconnect) is level-triggered: rows missing from it are
+  gone.
+- On datapath connect: dump ovsnat's flows and meters, diff against the desired state by
+  (table, cookie), send only the difference in one bundle. A restart with nothing changed
+  sends no flow_mod.
+- A rejected bundle is retried owner by owner, so one bad VM never blocks the others.
+- Once a port's flows are confirmed on the switch, its Interface row gets
+  external_ids:ovsnat-installed=true (as ovn-controller's ovn-installed): the Neutron agent
+  reports the port up from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import netaddr
+
+from ovsnat import arp, ovsdb, relay
+from ovsnat.delta import Delta
+from ovsnat.fips import Fips
+from ovsnat.memory import release_memory
+from ovsnat.model import ConfigError, HostConfig, mac_str, parse_ipv4, port_from_row
+from ovsnat.reconcile import FULL_SYNC, Reconciler
+from ovsnat.state import HostState
+from ovsnat.status import Stats
+from ovsnat.timers import Timers
+
+LOG = logging.getLogger("ovsnat")
+INSTALLED_KEY = "ovsnat-installed"
+SNAT_KEY = "ovsnat-snat-ip"               # on the Bridge row: the host's SNAT IP (Neutron)
+GATEWAY_ARP_INTERVAL = (1, 30)            # seconds: until resolved, then to follow changes
+FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
+
+
+class Fatal(RuntimeError):
+    """The controller keeps failing: better to exit and be restarted than run diverged."""
+
+
+@dataclass(frozen=True)
+class IfaceKeys:
+    """Set and remove external_ids keys on one Interface row."""
+
+    name: str
+    set: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+class HostController:
+    def __init__(self, cfg: HostConfig, clock):
+        self.base_cfg = cfg
+        self.rows: dict[str, ovsdb.IfaceRow] = {}
+        self.bridge_ids: dict[str, str] = {}
+        self.host: HostState | None = None
+        self.gateway_mac = cfg.external_gateway_mac
+        self.stats = Stats()
+        self.sw = Reconciler(clock, self.stats)
+        self.timers = Timers()
+        self.fips = Fips(cfg.fip_activation, self.timers, self.stats, self.sw.session,
+                         self.sw.send)
+        self.first_view = True
+        self.reported: dict[str, str] = {}        # port -> rejection last logged
+        self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
+        self.warned: set[str] = set()
+        self.faults: list[float] = []
+
+    # --- OVSDB ---------------------------------------------------------------------------
+    def ovsdb(self, batch, now: float) -> list:
+        names = self._apply(batch)
+        built, out = self._ensure_host(now)
+        if built:
+            return out + self.sw.sync(now) + self._markers(self.rows)
+        if self.host is None:
+            return out
+        delta = Delta()
+        for name in sorted(names - {self.base_cfg.uplink_port}):
+            delta.extend(self.host.update(name, self._port(name)))
+        self._report_rejections()
+        delta.extend(self.fips.changed(names, self.rows, now))
+        if isinstance(batch, ovsdb.Snapshot):
+            release_memory()
+        return out + self.sw.send(delta) + self._markers(names)
+
+    def _apply(self, batch) -> set[str]:
+        if batch.bridge_ids is not None:
+            self.bridge_ids = batch.bridge_ids
+        if isinstance(batch, ovsdb.Snapshot):
+            self.stats.inc("ovsdb_reconnects")
+            if self.first_view:   # the controller's first view: what is plugged was here
+                self.fips.seen_ofport = {n: r.ofport for n, r in batch.rows.items()
+                                         if r.link_state != "down"}
+            changed = set(self.rows) | set(batch.rows)
+            self.rows = dict(batch.rows)
+            LOG.info("ovsnat: OVSDB snapshot: %d interfaces on %s", len(self.rows),
+                     self.base_cfg.bridge)
+            return changed
+        for name in batch.removed:
+            self.rows.pop(name, None)
+        self.rows.update(batch.rows)
+        return set(batch.rows) | batch.removed
+
+    def _port(self, name: str):
+        row = self.rows.get(name)
+        return None if row is None else port_from_row(name, row.ofport, row.external_ids,
+                                                      row.link_state)
+
+    def _ensure_host(self, now: float) -> tuple[bool, list]:
+        """Build the host state once the uplink's ofport and the SNAT IP are known, or
+        follow a change of either (recompiling, without forgetting which FIPs are live)."""
+        cfg = self._config()
+        if cfg is None:
+            return False, []
+        if self.host is None:
+            self.host = self.sw.host = HostState(cfg)
+            self.fips.set_host(self.host)
+            for name in sorted(self.rows):
+                if name != cfg.uplink_port:
+                    self.host.update(name, self._port(name))
+            self._report_rejections()
+            self.fips.changed(set(self.rows), self.rows, now, resident=self.first_view)
+            self.first_view = False
+            if cfg.learn_gateway_mac:
+                self.timers.at(now, ("gateway-arp",))
+            release_memory()
+            return True, []
+        if cfg == self.host.cfg:
+            return False, []
+        LOG.info("ovsnat: host settings changed (uplink ofport %d, SNAT %s); recompiling",
+                 cfg.uplink_ofport, cfg.snat_ip)
+        out = self.sw.send(self.host.set_config(cfg))
+        self.fips.set_host(self.host)
+        for name in sorted(self.host.valid):
+            self.fips.track(name, now)
+        return False, out
+
+    def _config(self) -> HostConfig | None:
+        base = self.base_cfg
+        row = self.rows.get(base.uplink_port)
+        if row is None or not row.ofport or row.ofport < 1:
+            self._warn_once("uplink", f"uplink port {base.uplink_port} is not on bridge "
+                            f"{base.bridge} (or has no ofport); waiting for it")
+            return None
+        snat = self._snat_ip() or (self.host.cfg.snat_ip if self.host else None)
+        if snat is None:
+            self._warn_once("snat", f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
+                            f"has no external_ids:{SNAT_KEY}; waiting for it")
+            return None
+        self.warned.clear()
+        return replace(base, uplink_ofport=row.ofport, snat_ip=snat,
+                       external_gateway_mac=self.gateway_mac)
+
+    def _snat_ip(self):
+        """The bridge's SNAT IP (Neutron's per-host port) over the configured one. A bad
+        value is logged and ignored: the host keeps the last good one."""
+        text = self.bridge_ids.get(SNAT_KEY, "").strip()
+        if not text:
+            return self.base_cfg.snat_ip
+        what = f"bridge {self.base_cfg.bridge} external_ids:{SNAT_KEY}"
+        try:
+            ip = parse_ipv4(text, what)
+            self.base_cfg.check_snat_ip(ip, what)
+            return ip
+        except ConfigError as e:
+            self._warn_once(f"snat {text}", f"{e}; ignored")
+            return None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            LOG.error("ovsnat: %s", message)
+
+    def _report_rejections(self) -> None:
+        """One log line per new reason: an error once per distinct bad value (not again
+        when the port's link bounces), passing states at INFO."""
+        rejected = self.host.rejected
+        current = {r.name: r.reason for r in rejected}
+        for r in rejected:
+            if self.reported.get(r.name) == r.reason:
+                continue
+            if r.transient:
+                LOG.info("ovsnat: skipping %s", r.reason)
+            elif self.errors_logged.get(r.name) != r.reason:
+                LOG.error("ovsnat: skipping %s", r.reason)
+                self.errors_logged[r.name] = r.reason
+        for name in set(self.reported) - set(current):
+            self.errors_logged.pop(name, None)
+            if name in self.host.valid:
+                LOG.info("ovsnat: port %s is programmed again", name)
+        self.reported = current
+
+    # --- the switch ----------------------------------------------------------------------
+    def switch_up(self, dpid: int, now: float) -> list:
+        return self.sw.connect(dpid, now)
+
+    def switch_down(self, now: float) -> list:
+        self.sw.disconnect()
+        return []
+
+    def flow_stats(self, xid: int, keys, more: bool, now: float) -> list:
+        return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
+
+    def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
+        return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) \
+            else []
+
+    def _dump_done(self, now: float) -> list:
+        """The switch told us what it holds: keep the FIPs it still answers for (they were
+        live before a restart: no flap, no GARP), then send the difference."""
+        installed = self.sw.session.installed
+        LOG.info("ovsnat: switch holds %d ovsnat flows", len(installed))
+        if self.host is None:
+            return []
+        for name in self.host.adopt_installed(installed):
+            LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
+            self.fips.track(name, now)
+        self.fips.forget_announced()
+        out = self.sw.sync(now)
+        self.fips.announce_confirmed(now)
+        return out + self._markers(self.rows)
+
+    def barrier(self, xid: int, now: float) -> list:
+        bundle, out = self.sw.barrier(xid, now)
+        if bundle is not None and bundle.failed is None:
+            out += self._markers(self.rows if FULL_SYNC in bundle.owners else bundle.owners)
+            self.fips.announce_confirmed(now)
+        return out
+
+    def error(self, xid: int, type_: int, code: int, now: float) -> list:
+        self.sw.error(xid, type_, code)
+        return []
+
+    # --- the installed marker ------------------------------------------------------------
+    def _markers(self, names) -> list:
+        """Set the marker on ports whose flows are all confirmed; remove it from ports
+        ovsnat does not program (any more). A port being updated keeps it."""
+        if self.host is None or not self.sw.session.ready:
+            return []
+        busy = self.sw.session.in_flight_owners()
+        out = []
+        for name in sorted(n for n in names if n in self.rows):
+            has = self.rows[name].external_ids.get(INSTALLED_KEY) == "true"
+            accepted = name in self.host.valid and name not in self.host.lost
+            if has and not accepted:
+                out.append(IfaceKeys(name, remove=(INSTALLED_KEY,)))
+            elif accepted and not has and self.sw.confirmed(name, busy):
+                out.append(IfaceKeys(name, set=((INSTALLED_KEY, "true"),)))
+        return out
+
+    # --- packets ---------------------------------------------------------------------------
+    def packet_in(self, in_port: int, data: bytes, now: float) -> list:
+        host = self.host
+        if host is None:
+            return []
+        if data[12:14] == b"\x08\x00" and len(data) > 23 and data[23] == 1:
+            relayed = relay.icmp_error(host, in_port, data)
+            if relayed is None:
+                return []
+            self.stats.inc("icmp_errors")
+            return [self.sw.session.packet_out(relayed[0], relayed[1], "ICMP error")]
+        if in_port == host.cfg.uplink_ofport:
+            a = arp.parse(data)
+            return self._uplink_arp(a, now) if a is not None else []
+        name = host.by_ofport.get(in_port)
+        if name is not None and host.is_pending(name):
+            return self.fips.vm_frame(name, data, now)
+        return []
+
+    def _uplink_arp(self, a: arp.Arp, now: float) -> list:
+        cfg = self.host.cfg
+        if cfg.learn_gateway_mac and a.spa == str(cfg.external_gateway_ip):
+            mac = netaddr.EUI(a.sha)
+            if mac == self.gateway_mac:
+                return []
+            LOG.info("ovsnat: external gateway %s is at %s", a.spa, a.sha)
+            self.gateway_mac = mac
+            return self._ensure_host(now)[1]
+        if a.spa == str(cfg.snat_ip):
+            self.stats.conflict(a.spa, a.sha, "SNAT IP", now)
+            LOG.warning("ovsnat: this host's SNAT IP %s is claimed on the uplink by %s; "
+                        "address conflict", a.spa, a.sha)
+            return []
+        return self.fips.uplink_arp(a, now)
+
+    # --- time ------------------------------------------------------------------------------
+    def next_wakeup(self) -> float | None:
+        return self.timers.next_at()
+
+    def tick(self, now: float) -> list:
+        out = []
+        for key in self.timers.due(now):
+            if self.host is None:
+                continue
+            if key == ("gateway-arp",):
+                out += self._gateway_arp(now)
+            else:
+                out += self.fips.due(key, now)
+        return out
+
+    def _gateway_arp(self, now: float) -> list:
+        cfg = self.host.cfg
+        self.timers.at(now + GATEWAY_ARP_INTERVAL[bool(self.gateway_mac)], ("gateway-arp",))
+        if not self.sw.session.ready:
+            return []
+        frame = arp.build(arp.REQUEST, mac_str(cfg.snat_mac), str(cfg.snat_ip),
+                          str(cfg.external_gateway_ip))
+        return [self.sw.session.packet_out(cfg.uplink_ofport, frame, "ARP for the gateway")]
+
+    # --- faults ----------------------------------------------------------------------------
+    def recover(self, now: float) -> list:
+        """After an exception inside a handler the state may have diverged: rebuild it from
+        the rows and re-dump the switch (a full resync). Repeated faults raise Fatal."""
+        self.faults = [t for t in self.faults if now - t < FAULT_WINDOW] + [now]
+        self.stats.inc("faults")
+        if len(self.faults) >= FAULTS_BEFORE_EXIT:
+            raise Fatal(f"{len(self.faults)} faults within {FAULT_WINDOW:.0f} s")
+        LOG.error("ovsnat: recovering from a fault: rebuilding the host state and "
+                  "resynchronising the switch")
+        self.host = self.sw.host = None
+        seen, self.timers = self.fips.seen_ofport, Timers()
+        self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
+                         self.sw.session, self.sw.send)
+        self.fips.seen_ofport = seen
+        out = self.sw.redump(now)
+        return out + self._ensure_host(now)[1]
+
+    # --- status ------------------------------------------------------------------------------
+    def status(self, now: float) -> dict:
+        host = self.host
+        vms, fips, pending = host.counts() if host else (0, 0, [])
+        return {
+            "time": now, "datapath": f"{self.sw.dpid:016x}" if self.sw.dpid else None,
+            "in_sync": self.sw.session.ready and not self.sw.session.bundles,
+            "snat_ip": str(host.cfg.snat_ip) if host else None,
+            "vms": vms, "fips": fips, "pending_fips": pending,
+            "waiting": self.fips.waiting(),
+            "rejected": [{"name": r.name, "reason": r.reason}
+                         for r in (host.rejected if host else [])],
+            "failed_owners": {f"{k:#x}": v for k, v in self.sw.failed_owners.items()},
+            "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
+            "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
+        }
+

@@ -1,0 +1,68 @@
+"""The controller's counters: one store, read by the status file and by the metrics.
+
+The host controller counts into `Stats`; `ovsnat status` reads the JSON file the shim writes
+from `HostController.status()`, and Prometheus scrapes the same numbers through
+ovsnat.metrics, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+
+LOG = logging.getLogger("ovsnat")
+
+# name -> help; each is a monotonically increasing count (Prometheus: ovsnat_<name>_total)
+COUNTERS = {
+    "flow_mods": "flow_mods sent to the switch",
+    "bundles": "OpenFlow bundles sent",
+    "of_errors": "OpenFlow error replies",
+    "syncs": "full reconciliations with the switch",
+    "ovsdb_reconnects": "OVSDB (re)connections",
+    "fip_conflicts": "ARP claims of one of this host's FIPs seen on the uplink",
+    "activations": "FIPs that went live on this host",
+    "yields": "FIPs given up because another ovsnat host announced them",
+    "probes": "ARP probes sent for FIPs waiting on this host",
+    "icmp_errors": "ICMP errors translated for FIP VMs",
+    "faults": "exceptions inside the controller, each followed by a full resync",
+}
+
+
+class Stats:
+    def __init__(self):
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.conflicts: deque = deque(maxlen=20)
+        self.reconcile_seconds: float | None = None
+        self.pat: dict | None = None            # PAT usage from conntrack (see the shim)
+        self.version = 0                        # bumped on every change: the file is stale
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        self.counts[name] += amount
+        self.version += 1
+
+    def conflict(self, address: str, mac: str, port: str, now: float) -> None:
+        self.inc("fip_conflicts")
+        self.conflicts.append({"fip": address, "mac": mac, "port": port,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                     time.gmtime(now))})
+
+    def touch(self) -> None:
+        self.version += 1
+
+
+def write_file(path: str, state: dict) -> bool:
+    """Write the status atomically (readers never see half a file). False on failure, which
+    is logged once by the caller's choice to stop trying."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        LOG.warning("ovsnat: cannot write status file %s: %s", path, e)
+        return False
