@@ -223,12 +223,14 @@ def drop_counters(view: View) -> dict[str, int]:
 def status(view: View, conntrack: str) -> dict:
     cfg, host = view.cfg, view.host
     vms = []
+    waiting = (view.status or {}).get("waiting", {})
     for port in host.accepted:
         vms.append({"name": port.name, "iface_id": port.iface_id, "ofport": port.ofport,
                     "mac": mac_str(port.mac), "fixed_ip": str(port.fixed_ip),
                     "nat": f"FIP {port.fip}" if port.fip else "PAT",
                     "fip_state": ("pending" if host.is_pending(port.name) else "active")
-                    if port.fip else None})
+                    if port.fip else None,
+                    "waiting": waiting.get(port.name, {}).get("state")})
     return {
         "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip),
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
@@ -247,7 +249,8 @@ def format_status(st: dict) -> str:
              f"gateway MAC {st['gateway_mac'] or 'unknown'}"]
     lines.append(f"VMs ({len(st['vms'])}):")
     for vm in st["vms"]:
-        state = f" [{vm['fip_state']}]" if vm["fip_state"] else ""
+        state = f" [{vm['fip_state']}" + (f": {vm['waiting']}" if vm.get("waiting") else "") + \
+            "]" if vm["fip_state"] else ""
         lines.append(f"  {vm['name']:<12} {vm['iface_id']:<14} ofport {vm['ofport']:<5} "
                      f"{vm['fixed_ip']:<15} {vm['nat']}{state}")
     lines.append(f"skipped ports ({len(st['rejected'])}):")

@@ -54,5 +54,8 @@ def main(cmd: str, argv: list[str]) -> int:
     except insp.InspectError as e:
         print(f"ovsnat trace: {e}", file=sys.stderr)
         return 2
-    print(output if a.json else trace.explain(view, flow, output, a.proto))
+    if a.json:
+        print(json.dumps(trace.analyse(view, flow, output, a.proto), indent=1))
+    else:
+        print(trace.explain(view, flow, output, a.proto))
     return 0

@@ -67,41 +67,60 @@ def parse_steps(output: str) -> list[Step]:
     return steps
 
 
-def explain(view: View, flow: str, output: str, proto: str) -> str:
+def analyse(view: View, flow: str, output: str, proto: str) -> dict:
+    """What ofproto/trace says, as data: each step (table, its role, the flow's owner, match,
+    actions), the verdict (where the packet leaves, or the table that drops it), the packet
+    as it leaves, and notes on what the trace cannot know."""
     steps = parse_steps(output)
     finals = [line.split(":", 1)[1].strip() for line in output.splitlines()
               if line.startswith("Final flow:") and "unchanged" not in line]
-    lines = [f"packet: {flow}"]
-    for s in steps:
-        table = BY_ID.get(s.table)
-        owner = view.owner(s.cookie)
-        lines.append(f"  {s.table:>2} {table.name if table else '?':<11} "
-                     f"[{owner}] {s.match}  ->  {', '.join(s.actions) or 'drop'}")
-    outputs = [(s, a) for s in steps for a in s.actions
-               if a.startswith("output:") or a == "IN_PORT"]
+    result = {"packet": flow, "steps": [
+        {"table": s.table, "role": BY_ID[s.table].name if s.table in BY_ID else None,
+         "owner": view.owner(s.cookie), "cookie": f"{s.cookie:#x}", "match": s.match,
+         "actions": s.actions} for s in steps], "notes": []}
+    outputs = [a for s in steps for a in s.actions if a.startswith("output:") or a == "IN_PORT"]
     if not outputs:
         last = steps[-1] if steps else None
-        where = f"table {last.table} ({BY_ID[last.table].name})" if last and \
-            last.table in BY_ID else "table 0"
-        lines.append(f"verdict: dropped in {where}; see flows/pipeline.md for its counter")
-        return "\n".join(lines)
-    step, action = outputs[-1]
+        table = last.table if last else 0
+        result["verdict"] = {"outcome": "dropped", "table": table,
+                             "role": BY_ID[table].name if table in BY_ID else None}
+        result["final"] = None
+        return result
+    action = outputs[-1]
     port = action.split(":", 1)[1] if action.startswith("output:") else "IN_PORT"
     name = next((n for n, r in view.rows.items() if str(r.ofport) == port), port)
-    final = dict(FIELDS.findall(finals[-1])) if finals else {}
+    uplink = port == str(view.cfg.uplink_ofport)
+    result["final"] = dict(FIELDS.findall(finals[-1])) if finals else {}
+    result["verdict"] = {"outcome": "output", "port": port, "port_name": name,
+                         "where": "the uplink" if uplink else f"port {name}"}
+    nat = [a for s in steps for a in s.actions if a.startswith("nat(src=")]
+    m = re.search(r"nat\(src=([\d.]+):(\d+)-(\d+)\)", nat[-1]) if nat else None
+    if m:
+        result["notes"].append(f"PAT: conntrack picks the source port from {m.group(2)}-"
+                               f"{m.group(3)} at run time; the trace shows the first one")
+    if any("ct(table=55" in a for s in steps for a in s.actions):
+        result["notes"].append("a reply to the SNAT IP is un-NATed by conntrack at run time; "
+                               "the trace cannot know which VM's connection it belongs to")
+    return result
+
+
+def explain(view: View, flow: str, output: str, proto: str) -> str:
+    """The analysis in words, one line per step."""
+    r = analyse(view, flow, output, proto)
+    lines = [f"packet: {flow}"]
+    for s in r["steps"]:
+        lines.append(f"  {s['table']:>2} {s['role'] or '?':<11} [{s['owner']}] {s['match']}"
+                     f"  ->  {', '.join(s['actions']) or 'drop'}")
+    v = r["verdict"]
+    if v["outcome"] == "dropped":
+        where = f"table {v['table']} ({v['role']})" if v["role"] else "table 0"
+        lines.append(f"verdict: dropped in {where}; see flows/pipeline.md for its counter")
+        return "\n".join(lines)
+    final = r["final"]
     ports = proto != "icmp" and "tp_src" in final
     src = final.get("nw_src", "?") + (f":{final.get('tp_src')}" if ports else "")
     dst = final.get("nw_dst", "?") + (f":{final.get('tp_dst')}" if ports else "")
-    where = "the uplink" if port == str(view.cfg.uplink_ofport) else f"port {name}"
-    lines.append(f"verdict: leaves {where} as {src} -> {dst} "
+    lines.append(f"verdict: leaves {v['where']} as {src} -> {dst} "
                  f"(eth {final.get('dl_src', '?')} -> {final.get('dl_dst', '?')})")
-    nat = [a for s in steps for a in s.actions if a.startswith("nat(src=")]
-    if nat:
-        m = re.search(r"nat\(src=([\d.]+):(\d+)-(\d+)\)", nat[-1])
-        if m:
-            lines.append(f"note: PAT: conntrack picks the source port from {m.group(2)}-"
-                         f"{m.group(3)} at run time; the trace shows the first one")
-    if any("ct(table=55" in a for s in steps for a in s.actions):
-        lines.append("note: a reply to the SNAT IP is un-NATed by conntrack at run time; "
-                     "the trace cannot know which VM's connection it belongs to")
+    lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)

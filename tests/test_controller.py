@@ -83,6 +83,23 @@ def test_a_plugged_vm_works_within_one_second_through_fip_and_pat(ctl):
     converged(ctl)
 
 
+def test_a_silent_vm_is_reachable_through_its_fip_within_a_second_of_the_plug(ctl):
+    """A VM with a static address that only serves never speaks first (no DHCP, no GARP, IPv6
+    off): its FIP must not wait for a frame from it. Other addresses and an ofport than the
+    rest of the suite uses, as a host built from the README alone would have."""
+    t0 = time.monotonic()
+    vm = ctl.add_vm("quiet", "hv1", "10.0.0.77", "02:00:0a:00:00:4d",
+                    vm_ids("10.0.0.77", "203.0.113.177"), boot=False, ofport=4711)
+    start_server(ctl, "quiet-tcp", vm.ns, "tcp", 7077)
+    ok, _ = reaches(lambda: ping(ctl.srv_ns, "203.0.113.177", count=1, wait=0.1).received)
+    took = time.monotonic() - t0
+    assert ok and took <= 1.0, f"FIP of a silent VM reachable after {took:.2f}s"
+    assert tcp_connect(ctl, ctl.srv_ns, "203.0.113.177", 7077).ok
+    log = scenario.controller_log(ctl, "hv1")
+    assert "port tapquiet: no other host answered the probes; activating its FIP" in log
+    assert "first frame seen" not in log.split("tapquiet")[-1]
+
+
 def test_after_programming_the_switch_holds_exactly_the_desired_flows(ctl):
     converged(ctl)
     assert len(installed_text(ctl.hosts["hv1"])) > 40

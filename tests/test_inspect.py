@@ -119,6 +119,22 @@ def test_trace_says_what_happens_in_plain_words(live, args, verdict):
         assert "conntrack picks the source port from 20000-29999 at run time" in out.stdout
 
 
+def test_trace_json_gives_steps_verdict_and_final_packet(live):
+    out = ovsnat(live, "trace", "--json", "vm1", SERVER_IP, "tcp", "80")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["verdict"] == {"outcome": "output", "port": "1", "port_name": "uplink",
+                            "where": "the uplink"}
+    assert r["final"]["nw_src"] == FIP and r["final"]["tp_dst"] == "80"
+    roles = [s["role"] for s in r["steps"]]
+    assert roles[0] == "classify" and "egress" in roles and roles[-1] == "egress_out"
+    assert {s["owner"] for s in r["steps"]} == {"host", "tapvm1"}
+    dropped = json.loads(ovsnat(live, "trace", "--json", "outside", "10.0.0.12", "tcp",
+                                "22").stdout)
+    assert dropped["verdict"] == {"outcome": "dropped", "table": 0, "role": "classify"}
+    assert dropped["final"] is None
+
+
 def test_metrics_scrape(live):
     script = ("import urllib.request;print(urllib.request.urlopen("
               "'http://127.0.0.1:9101/metrics',timeout=5).read().decode())")

@@ -4,6 +4,8 @@ two hosts answer ARP for one FIP."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 
@@ -11,7 +13,8 @@ import pytest
 from scapy.all import ARP, Ether, rdpcap
 
 from ovsnat.lab import scenario
-from ovsnat.lab.sh import wait_for
+from ovsnat.presence import REPROBE
+from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import Background, background_ping, background_tcp, capture, \
     parse_ping, ping, ping_gap, start_server, tcp_connect
@@ -59,19 +62,36 @@ def reply_times(pcap: str) -> list[float]:
                   if ARP in p and p[ARP].op == 2 and p[ARP].psrc == FIP)
 
 
+def held_rounds(host) -> int:
+    """Probe rounds a host has sent while its FIP of vm1 is held by another host (from the
+    controller's status file, refreshed every second)."""
+    path = os.path.join(host.rundir, "ovsnat-status.json")
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    waiting = st.get("waiting", {}).get("tapvm1", {})
+    return st["stats"]["probes"] // 2 if waiting.get("state") in ("held", "probing") else 0
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["rarp", "silent"])
 @pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlapping-rows"])
 def test_fip_vm_moves_with_its_inbound_session_and_only_one_host_answers_arp(two_hosts,
-                                                                            overlap):
+                                                                            overlap, announce):
+    """With QEMU's RARP the new host lights the FIP at the VM's first frame; a VM that stays
+    silent after the move (no RARP) gets it once hv2's probes go unanswered, which bounds
+    the gap by the re-probe period after hv1 let go."""
     lab = two_hosts
     vm1 = lab.vms["vm1"]
     session = background_tcp(lab, lab.srv_ns, FIP, 7000, hold=7)
     pinger = background_ping(lab.srv_ns, FIP, interval=0.01, duration=7)
-    with capture(lab, "arp-hv1", lab.ext_ns, "hv1", "arp") as a_pcap, \
-            capture(lab, "arp-hv2", lab.ext_ns, "hv2", "arp") as b_pcap:
+    with capture(lab, "arp-hv1", lab.ext_ns, "hv1", "arp", "in") as a_pcap, \
+            capture(lab, "arp-hv2", lab.ext_ns, "hv2", "arp", "in") as b_pcap:
         asker = arp_requester(lab)
         time.sleep(1.5)
         t0 = time.time()
-        lab.move_vm(vm1, "hv2", overlap=overlap)
+        lab.move_vm(vm1, "hv2", overlap=overlap, announce=announce)
         wait_for(lambda: any("arp_tpa=203.0.113.10" in line
                              for line in vm_flow_lines(lab, "hv2", vm1.ip)), 5,
                  what="hv2 to install the FIP's ARP responder")
@@ -82,19 +102,56 @@ def test_fip_vm_moves_with_its_inbound_session_and_only_one_host_answers_arp(two
              and p[ARP].psrc == FIP == p[ARP].pdst and float(p.time) > t0]
     a_replies, b_replies = reply_times(a_pcap), reply_times(b_pcap)
     gap = ping_gap(ping_out, 0.01)
-    mode = "overlap" if overlap else "plain"
+    mode = ("overlap" if overlap else "plain") + ("" if announce else ", silent VM")
     TIMINGS[f"{mode}: ping gap (s)"] = gap
     TIMINGS[f"{mode}: row on hv2 -> FIP flows seen (s)"] = t_flows - t0
     TIMINGS[f"{mode}: row on hv2 -> first GARP (s)"] = (garps[0] - t0) if garps else -1
     print(TIMINGS)
     assert "HELD" in session_out, f"the inbound TCP session broke: {session_out}"
-    assert gap <= 1.0, f"ping gap {gap:.2f}s"
+    assert gap <= (1.0 if announce else REPROBE + 1.0), f"ping gap {gap:.2f}s"
     assert parse_ping(ping_out).received > 0
     assert garps, "hv2 sent no gratuitous ARP for the FIP"
     assert a_replies and b_replies, "both hosts should have answered, one after the other"
     assert max(a_replies) < min(b_replies), "two hosts answered ARP for the FIP at once"
     # Afterwards: hv1 holds nothing of vm1 (its row may linger: no flows for it).
     wait_for(lambda: not vm_flow_lines(lab, "hv1", vm1.ip), 5, what="hv1 to drop vm1's flows")
+
+
+def test_a_destination_that_hears_the_source_answer_waits_then_takes_over_within_a_reprobe(
+        two_hosts):
+    """As in a real migration: the destination's device exists (QEMU's incoming tap) while
+    the VM still runs on the source. hv2's probes are answered by hv1, so hv2 stays dark and
+    asks again every second; once hv1 lets go (its port unplugged), hv2 takes the FIP within
+    one re-probe period, and the two hosts never answer at the same time."""
+    lab = two_hosts
+    vm1 = lab.vms["vm1"]
+    hv2 = lab.hosts["hv2"]
+    run(["ip", "-n", hv2.ns, "link", "add", vm1.tap, "type", "veth", "peer", "name", "incoming"])
+    run(["ip", "-n", hv2.ns, "link", "set", vm1.tap, "up"])
+    run(["ip", "-n", hv2.ns, "link", "set", "incoming", "up"])
+    ids = {"iface-id": vm1.name, "attached-mac": vm1.mac, **vm1.external_ids}
+    with capture(lab, "arp-hv1", lab.ext_ns, "hv1", "arp", "in") as a_pcap, \
+            capture(lab, "arp-hv2", lab.ext_ns, "hv2", "arp", "in") as b_pcap:
+        asker = arp_requester(lab, count=400)
+        hv2.vsctl("add-port", "br-int", vm1.tap, "--", "set", "Interface", vm1.tap,
+                  *[f'external_ids:{k}="{v}"' for k, v in ids.items()])
+        wait_for(lambda: held_rounds(hv2) >= 2, 5, what="hv2 to be held through two rounds")
+        assert not any("arp_tpa=203.0.113.10,arp_op=1 actions=move" in line
+                       for line in vm_flow_lines(lab, "hv2", vm1.ip)), "hv2 lit a held FIP"
+        t0 = time.time()
+        lab.unplug(vm1)                      # the source lets go
+        wait_for(lambda: any("arp_tpa=203.0.113.10,arp_op=1 actions=move" in line
+                             for line in vm_flow_lines(lab, "hv2", vm1.ip)), 5,
+                 what="hv2 to take the FIP over")
+        took = time.time() - t0
+        asker.result()
+    TIMINGS["held by the source: its unplug -> FIP live on hv2 (s)"] = took
+    print(TIMINGS)
+    assert took <= REPROBE + 0.5, f"took {took:.2f}s"
+    a_replies, b_replies = reply_times(a_pcap), reply_times(b_pcap)
+    assert a_replies and b_replies
+    assert max(a_replies) < min(b_replies), "two hosts answered ARP for the FIP at once"
+    assert "no other host answered the probes" in scenario.controller_log(lab, "hv2")
 
 
 def test_pat_vm_moves_its_sending_session_resets_and_new_sessions_use_host_b(two_hosts):

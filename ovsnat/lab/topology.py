@@ -200,10 +200,12 @@ class Lab:
         return host
 
     def add_vm(self, name: str, host: str, ip: str, mac: str,
-               external_ids: dict[str, str] | None = None, boot: bool = True) -> Vm:
+               external_ids: dict[str, str] | None = None, boot: bool = True,
+               ofport: int | None = None) -> Vm:
         """A VM namespace with eth0 (ip/24, default route via 10.0.0.1) plugged into `host`.
         external_ids go on the Interface row, as nova/os-vif would set them. boot=True: the
-        VM then announces itself with a GARP, as a booting VM's first traffic would."""
+        VM then announces itself with a GARP, as a booting VM's first traffic would (False:
+        a VM that never speaks first). ofport: ask OVS for this OpenFlow port number."""
         ns = self._add_ns(name)
         vm = Vm(name, ns, ip, mac, host, tap=f"tap{name}"[:15])
         self.vms[name] = vm
@@ -212,22 +214,24 @@ class Lab:
         run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
         run(["ip", "-n", ns, "addr", "add", f"{ip}/{INTERNAL_PREFIX}", "dev", "eth0"])
         run(["ip", "-n", ns, "route", "add", "default", "via", INTERNAL_GW])
-        self.plug(vm, host, external_ids)
+        self.plug(vm, host, external_ids, ofport)
         self._save()
         if boot:
             self.announce(vm, "garp")
         return vm
 
-    def plug(self, vm: Vm, host: str, external_ids: dict[str, str] | None = None) -> int:
+    def plug(self, vm: Vm, host: str, external_ids: dict[str, str] | None = None,
+             ofport: int | None = None) -> int:
         """Add the VM's tap to host's br-int with its Interface external_ids; returns ofport."""
         if external_ids is not None:
             vm.external_ids = dict(external_ids)
         ids = self._ids(vm)
         h = self.hosts[host]
         args = ["--may-exist", "add-port", BRIDGE, vm.tap]
-        if ids:
-            args += ["--", "set", "Interface", vm.tap,
-                     *[f'external_ids:{k}="{v}"' for k, v in ids.items()]]
+        settings = [f'external_ids:{k}="{v}"' for k, v in ids.items()] + \
+            ([f"ofport_request={ofport}"] if ofport else [])
+        if settings:
+            args += ["--", "set", "Interface", vm.tap, *settings]
         h.vsctl(*args)
         return h.ofport(vm.tap)
 

@@ -96,11 +96,14 @@ def send_frames(lab, ns: str, frames: list[bytes], iface: str = "eth0", count: i
 
 
 @contextlib.contextmanager
-def capture(lab, name: str, ns: str, iface: str, bpf: str = ""):
+def capture(lab, name: str, ns: str, iface: str, bpf: str = "", direction: str = "inout"):
     """tcpdump on iface inside ns while the block runs; yields the pcap path, which holds
-    every captured packet once the block exits (read it with scapy.rdpcap)."""
+    every captured packet once the block exits (read it with scapy.rdpcap). direction "in":
+    only what arrives on iface (on the external segment's side of a host's uplink: what
+    that host sends)."""
     path = os.path.join(lab.dir, f"{name}.pcap")
-    argv = ["tcpdump", "-U", "-n", "-i", iface, "-w", path, "--immediate-mode"]
+    argv = ["tcpdump", "-U", "-n", "-i", iface, "-w", path, "--immediate-mode",
+            "-Q", direction]
     argv += bpf.split() if bpf else []
     lab.spawn(name, argv, ns=ns)
     wait_for(lambda: "listening on" in open(lab.procs[name]["log"]).read(), 10,
