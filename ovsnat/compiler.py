@@ -1,20 +1,26 @@
 """The flow compiler: desired state in, flows out. Pure and deterministic.
 
-Host-level flows depend only on the host config; a VM's flows depend only on the host config
-and that VM. So one port event recomputes one VM's flows (O(1)), and adding or removing a VM
-never touches another VM's flows. flows/pipeline.md walks through every table.
+Three kinds of owner, each compiled on its own: host-level flows depend only on the host
+config; a network's flows on the config and the network; a VM's flows on the config, its
+network and the VM. So one port event recomputes one VM's flows (O(1)), a network's flows
+appear with its first VM here and go with its last, and adding or removing a VM never
+touches another VM's flows. flows/pipeline.md walks through every table.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat.flows import METER_CONTROLLER, COOKIE_HOST, COOKIE_VM, NO_VLAN, Controller, Ct, CtClear, DecTtl, \
-    Flow, Goto, Load, Match, Meter, MeterSpec, Move, Nat, Output, SetField, make_flow, owner_cookie
+from ovsnat import networks
+from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, METER_CONTROLLER, \
+    NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Match, Meter, MeterSpec, Move, \
+    Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
 from ovsnat.icmp import ERROR_TYPES
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, PAT_GUARD, \
-    PAT_IN, PAT_OUT, UPLINK_ARP, VM_ARP, VM_L2, check_flow
+from ovsnat.networks import Network
+from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABRIC_IN, FIP_DONE, \
+    FROM_FABRIC, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, PAT_GUARD, PAT_IN, \
+    PAT_IN_NET, PAT_OUT, ROUTED, UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, check_flow
 
 PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
 CLAIM_METER = 2              # ARP on the uplink claiming one of this host's addresses
@@ -38,6 +44,19 @@ NOT_SERVED = (
 )
 
 
+def flag(bit: int) -> str:
+    """reg5 match: the flag is set."""
+    return f"{1 << bit:#x}/{1 << bit:#x}"
+
+
+def no_flag(bit: int) -> str:
+    return f"0/{1 << bit:#x}"
+
+
+def reg6(net: Network) -> str:
+    return f"{net.id:#x}" if net.id else "0"
+
+
 def arp_reply(mac: str, ip: str) -> list:
     """Turn an ARP request into the reply for ip-is-at-mac and send it back where it came
     from (IN_PORT: an output to the packet's own in_port would be skipped)."""
@@ -46,72 +65,79 @@ def arp_reply(mac: str, ip: str) -> list:
             SetField("arp_sha", mac), SetField("arp_spa", ip), Output("IN_PORT")]
 
 
-def hairpin(dst_mac: str) -> list:
-    """Loop translated traffic for one of this host's external addresses back into ingress.
-    ct_clear: the next conntrack pass must not reuse the connection cached on the packet;
-    in_port=0: the final output may be to the port the packet came in on."""
-    return [CtClear(), Load("in_port", 0), SetField("eth_dst", dst_mac), Goto(INGRESS)]
+def fabric_out(cfg: HostConfig, net: Network) -> list:
+    """To the fabric in the network's VLAN. Last in an action list: push_vlan applies to
+    every output after it."""
+    if not cfg.fabric_ofport:
+        return []
+    return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]
+
+
+def _icmp_punts(c: int, table: int) -> list[Flow]:
+    """ICMP errors that went through a FIP quote the untranslated header: the controller
+    fixes it (metered)."""
+    return [make_flow(c, table, 105, Match.of(proto="icmp", reg5=flag(FIP_DONE), icmp_type=t),
+                      [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES]
 
 
 def host_flows(cfg: HostConfig) -> list[Flow]:
     cfg.require_snat()
     c = owner_cookie(COOKIE_HOST, 0)
-    up = cfg.uplink_ofport
+    up, router = cfg.uplink_ofport, mac_str(cfg.router_mac)
     snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
     ttl_guard = [Match.of(proto="ip", nw_ttl=0), Match.of(proto="ip", nw_ttl=1)]
+    est_rel = [Match.of(ct_state="+est+trk", proto="ip"), Match.of(ct_state="+rel+trk", proto="ip")]
+    invalid = Match.of(ct_state="+inv+trk", proto="ip")
+
+    def drop(table: int, prio: int = 0, match: Match = Match()) -> Flow:
+        return make_flow(c, table, prio, match, [])
+
     flows = [
-        # classify
-        *[make_flow(c, CLASSIFY, 400, Match.of(proto=p, **m), []) for p, m in NOT_SERVED],
+        *[drop(CLASSIFY, 400, Match.of(proto=p, **m)) for p, m in NOT_SERVED],
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=up, vlan_tci=NO_VLAN),
                   [Goto(INGRESS)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=up, vlan_tci=NO_VLAN),
                   [Goto(UPLINK_ARP)]),
-        make_flow(c, CLASSIFY, 0, Match(), []),
-        # ARP
-        make_flow(c, VM_ARP, 200, Match.of(proto="arp", arp_tpa=cfg.internal_gateway_ip,
-                                           arp_op=1),
-                  arp_reply(mac_str(cfg.router_mac), str(cfg.internal_gateway_ip))),
-        make_flow(c, VM_ARP, 0, Match(), []),
         make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=snat, arp_op=1),
                   arp_reply(snat_mac, snat)),
         # Anyone else on the external network claiming our SNAT IP: tell the controller.
         make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=snat),
                   [Meter(CLAIM_METER), Controller()]),
-        make_flow(c, UPLINK_ARP, 0, Match(), []),
-        # L2 / routing decision
-        make_flow(c, VM_L2, 50, Match.of(proto="ip", dl_dst=mac_str(cfg.router_mac)),
-                  [Goto(EGRESS)]),
-        make_flow(c, VM_L2, 0, Match(), []),
-        # egress
-        *[make_flow(c, EGRESS, 300, m, []) for m in ttl_guard],
-        make_flow(c, EGRESS, 250, Match.of(proto="ip", nw_dst=cfg.internal_cidr), []),
-        make_flow(c, EGRESS, 50, Match.of(proto="ip"),
-                  [Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())]),
-        make_flow(c, EGRESS, 0, Match(), []),
-        make_flow(c, PAT_OUT, 200, Match.of(ct_state="+inv+trk", proto="ip"), []),
-        make_flow(c, PAT_OUT, 100, Match.of(ct_state="+est+trk", proto="ip"), [Goto(PAT_GUARD)]),
-        make_flow(c, PAT_OUT, 100, Match.of(ct_state="+rel+trk", proto="ip"), [Goto(PAT_GUARD)]),
-        make_flow(c, PAT_OUT, 0, Match(), []),
+        make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),
+        make_flow(c, VM_ROUTE, 0, Match(), [Goto(VM_L2)]),
+        *[drop(EGRESS, 300, m) for m in ttl_guard],
+        drop(NET_PAT_OUT, 200, invalid),
+        *[make_flow(c, NET_PAT_OUT, 100, m, [Goto(NET_PAT_DONE)]) for m in est_rel],
+        make_flow(c, NET_PAT_DONE, 100, Match.of(proto="ip", nw_src=cfg.transit_cidr),
+                  [CtClear(), Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())]),
+        drop(PAT_OUT, 200, invalid),
+        *[make_flow(c, PAT_OUT, 100, m, [Goto(PAT_GUARD)]) for m in est_rel],
         make_flow(c, PAT_GUARD, 100, Match.of(proto="ip", nw_src=snat),
                   [SetField("eth_src", snat_mac), Goto(EGRESS_OUT)]),
-        make_flow(c, PAT_GUARD, 0, Match(), []),
-        make_flow(c, EGRESS_OUT, 200, Match.of(proto="ip", nw_dst=snat), hairpin(snat_mac)),
-        make_flow(c, EGRESS_OUT, 0, Match(), []),
-        # ingress
-        *[make_flow(c, INGRESS, 300, m, []) for m in ttl_guard],
-        make_flow(c, INGRESS, 100, Match.of(proto="ip", dl_dst=snat_mac, nw_dst=snat),
+        *_icmp_punts(c, EGRESS_OUT),
+        # Everything translated looks up ingress once more: a destination that is one of
+        # this host's own external addresses hairpins; the rest leaves (INGRESS, prio 10).
+        # ct_clear: the next conntrack pass must not reuse the connection cached on the
+        # packet; in_port=0: the final output may be to the port the packet came in on.
+        make_flow(c, EGRESS_OUT, 100, Match.of(proto="ip"),
+                  [CtClear(), Load("in_port", 0), Load("reg5", 1, LEAVING), Goto(INGRESS)]),
+        *[drop(INGRESS, 300, m) for m in ttl_guard],
+        make_flow(c, INGRESS, 100, Match.of(proto="ip", nw_dst=snat),
                   [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
-        make_flow(c, INGRESS, 0, Match(), []),
-        make_flow(c, PAT_IN, 100, Match.of(ct_state="+est+trk", proto="ip"), [Goto(DELIVER)]),
-        make_flow(c, PAT_IN, 100, Match.of(ct_state="+rel+trk", proto="ip"), [Goto(DELIVER)]),
-        make_flow(c, PAT_IN, 0, Match(), []),
-        make_flow(c, DELIVER, 0, Match(), []),
+        *[make_flow(c, PAT_IN, 100, m, [Goto(PAT_IN_NET)]) for m in est_rel],
+        *[make_flow(c, NET_PAT_IN, 100, m, [Goto(DELIVER)]) for m in est_rel],
+        *_icmp_punts(c, DELIVER),
+        make_flow(c, DELIVER, 100, Match.of(proto="ip"), [
+            SetField("eth_src", router), DecTtl(), Load("reg5", 1, ROUTED), Goto(VM_L2)]),
+        *[drop(t) for t in (CLASSIFY, VM_ARP, UPLINK_ARP, VM_L2, EGRESS, NET_PAT_OUT,
+                            NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT, INGRESS, PAT_IN,
+                            PAT_IN_NET, NET_PAT_IN, DELIVER)],
     ]
     if not cfg.pat_ports_per_vm:
         flows.append(make_flow(c, PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip"),
                                [_pat_commit(cfg, cfg.snat_port_min, cfg.snat_port_max)]))
     if cfg.external_gateway_mac is not None:
-        flows.append(make_flow(c, EGRESS_OUT, 100, Match.of(proto="ip"), [
+        flows.append(make_flow(c, INGRESS, 10, Match.of(proto="ip", reg5=flag(LEAVING)), [
             DecTtl(), SetField("eth_dst", mac_str(cfg.external_gateway_mac)), Output(up)]))
     if cfg.learn_gateway_mac:
         # Learn and follow the gateway's MAC: a copy of every ARP it sends reaches the
@@ -120,6 +146,15 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows.append(make_flow(c, CLASSIFY, 110, Match.of(
             proto="arp", in_port=up, vlan_tci=NO_VLAN, arp_spa=cfg.external_gateway_ip),
             [Controller(), Goto(UPLINK_ARP)]))
+    if cfg.fabric_ofport:
+        flows += [
+            # Routing stays on each host: the router MAC never crosses the fabric.
+            drop(FABRIC_IN, 200, Match.of(dl_src=router)),
+            drop(FABRIC_IN, 200, Match.of(dl_dst=router)),
+            make_flow(c, FABRIC_IN, 100, Match.of(proto="arp"), [Goto(VM_ARP)]),
+            make_flow(c, FABRIC_IN, 100, Match.of(proto="ip"), [Goto(VM_L2)]),
+            drop(FABRIC_IN),
+        ]
     return flows
 
 
@@ -128,28 +163,83 @@ def _pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:
               nat=Nat("src", str(cfg.snat_ip), lo, hi))
 
 
-def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list[Flow]:
+def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
+    """A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
+    The untagged network goes straight to the shared PAT zone; a VLAN network first through
+    its own zone, to its transit address, so overlapping fixed IPs never meet there."""
+    c = owner_cookie(COOKIE_NET, net.id)
+    r6 = reg6(net)
+    gw = str(net.gateway)
+    flows = [
+        make_flow(c, VM_ARP, 200, Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6,
+                                           arp_tpa=gw, arp_op=1),
+                  arp_reply(mac_str(cfg.router_mac), gw)),
+        make_flow(c, EGRESS, 250, Match.of(proto="ip", reg6=r6, nw_dst=net.cidr), []),
+    ]
+    if net.vlan is None:
+        flows += [
+            make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6),
+                      [Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())]),
+            make_flow(c, PAT_IN_NET, 100, Match.of(proto="ip", nw_dst=net.cidr),
+                      [Load("reg6", 0), Goto(DELIVER)]),
+        ]
+    else:
+        zone = networks.zone(cfg.network_ct_zone_base, net)
+        flows += [
+            make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6),
+                      [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())]),
+            make_flow(c, NET_PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip", reg6=r6), [
+                Ct(zone=zone, table=NET_PAT_DONE, commit=True,
+                   nat=Nat("src", str(networks.transit(cfg.transit_cidr, net))))]),
+            make_flow(c, PAT_IN_NET, 100,
+                      Match.of(proto="ip", nw_dst=networks.transit_range(cfg.transit_cidr, net)),
+                      [Load("reg6", net.id), CtClear(), Ct(zone=zone, table=NET_PAT_IN,
+                                                           nat=Nat())]),
+        ]
+    if cfg.fabric_ofport:
+        from_fabric = Match.of(in_port=cfg.fabric_ofport, dl_vlan=net.vlan) if net.vlan else \
+            Match.of(in_port=cfg.fabric_ofport, vlan_tci=NO_VLAN)
+        tag = [PopVlan(), Load("reg6", net.id)] if net.vlan else []
+        flows += [
+            make_flow(c, CLASSIFY, 100, from_fabric,
+                      tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]),
+            make_flow(c, VM_ARP, 50, Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
+                      fabric_out(cfg, net)),
+            make_flow(c, VM_L2, 50, Match.of(proto="ip", reg5=no_flag(ROUTED), reg6=r6),
+                      fabric_out(cfg, net)),
+        ]
+    return flows
+
+
+def vm_cookie(vm: VmPort, net: Network) -> int:
+    if net.vlan is None:
+        return owner_cookie(COOKIE_VM, int(vm.fixed_ip))
+    return owner_cookie(COOKIE_VLAN_VM, net.vlan << 20 | int(vm.fixed_ip) & 0xFFFFF)
+
+
+def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True) -> list[Flow]:
     """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
     yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
     its routed traffic dropped), a copy of its frames goes to the controller (the first one
     proves the VM is here), and so do ARP claims and probes for its FIP from the uplink
     (another host answering for it, or probing it at the same time)."""
-    c = owner_cookie(COOKIE_VM, int(vm.fixed_ip))
-    port, mac, fixed = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip)
+    c = vm_cookie(vm, net)
+    port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
     pending = vm.fip is not None and not active
-    probe = [Controller()] if pending else []
+    tag = ([Controller()] if pending else []) + ([Load("reg6", net.id)] if net.id else [])
     flows = [
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN,
-                                             dl_src=mac, nw_src=fixed), probe + [Goto(VM_L2)]),
+                                             dl_src=mac, nw_src=fixed), tag + [Goto(VM_ROUTE)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, arp_spa=fixed, arp_sha=mac),
-                  probe + [Goto(VM_ARP)]),
-        make_flow(c, VM_ARP, 100, Match.of(proto="arp", arp_tpa=fixed), [Output(port)]),
-        make_flow(c, VM_L2, 100, Match.of(proto="ip", dl_dst=mac, nw_dst=fixed), [Output(port)]),
-        make_flow(c, DELIVER, 100, Match.of(proto="ip", nw_dst=fixed), [
-            SetField("eth_src", mac_str(cfg.router_mac)), SetField("eth_dst", mac),
-            DecTtl(), Output(port)]),
+                  tag + [Goto(VM_ARP)]),
+        make_flow(c, VM_ARP, 100, Match.of(proto="arp", reg6=r6, arp_tpa=fixed),
+                  [Output(port)] + fabric_out(cfg, net)),
+        make_flow(c, VM_L2, 100, Match.of(proto="ip", reg6=r6, nw_dst=fixed),
+                  [SetField("eth_dst", mac), Output(port)]),
     ]
+    if cfg.fabric_ofport:         # nobody on the fabric may speak with this VM's MAC
+        flows.append(make_flow(c, FABRIC_IN, 200, Match.of(reg6=r6, dl_src=mac), []))
     if vm.fip is not None:
         # Someone else on the external network claims this FIP (an answer to our probe, a
         # GARP from the host a VM migrated to, or a misconfigured duplicate): tell the
@@ -160,67 +250,76 @@ def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list[Flow]:
         flows += [
             # Anything else from the port (QEMU's RARP after a live migration) also tells.
             make_flow(c, CLASSIFY, 90, Match.of(in_port=port), [Controller()]),
-            make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), []),
+            make_flow(c, EGRESS, 100, Match.of(proto="ip", reg6=r6, nw_src=fixed), []),
             # Another host probing this FIP while we probe it (RFC 5227 simultaneous probes).
             make_flow(c, UPLINK_ARP, 240, Match.of(proto="arp", arp_spa="0.0.0.0",
                                                    arp_tpa=str(vm.fip), arp_op=1),
                       [Meter(CLAIM_METER), Controller()]),
         ]
     elif vm.fip is not None:
-        flows += fip_flows(cfg, vm, c)
+        flows += fip_flows(cfg, vm, net, c)
     elif cfg.pat_ports_per_vm:
-        lo, hi = vm.pat_block(cfg)
-        flows.append(make_flow(c, PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip",
-                                                        nw_src=fixed),
-                               [_pat_commit(cfg, lo, hi)]))
+        flows += _pat_block_flows(cfg, vm, net, c)
     return flows
 
 
-def fip_responder_key(cfg: HostConfig, vm: VmPort) -> tuple[int, int]:
+def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
+    """The VM's own PAT block. A VLAN network's VMs first get a transit address of their own
+    (the shared zone must tell them apart)."""
+    lo, hi = vm.pat_block(cfg)
+    new = dict(ct_state="+new+trk", proto="ip", reg6=reg6(net))
+    if net.vlan is None:
+        return [make_flow(c, PAT_OUT, 50, Match.of(**new, nw_src=str(vm.fixed_ip)),
+                          [_pat_commit(cfg, lo, hi)])]
+    own = str(networks.transit(cfg.transit_cidr, net, vm.offset(cfg)))
+    zone = networks.zone(cfg.network_ct_zone_base, net)
+    return [make_flow(c, NET_PAT_OUT, 60, Match.of(**new, nw_src=str(vm.fixed_ip)),
+                      [Ct(zone=zone, table=NET_PAT_DONE, commit=True, nat=Nat("src", own))]),
+            make_flow(c, PAT_OUT, 50, Match.of(**new, nw_src=own), [_pat_commit(cfg, lo, hi)])]
+
+
+def fip_responder_key(cfg: HostConfig, vm: VmPort, net: Network) -> tuple[int, int]:
     """(table, cookie) of the ARP responder of an active FIP: if the switch holds it, the
     FIP was active here before a controller restart."""
-    f = next(f for f in fip_flows(cfg, vm, owner_cookie(COOKIE_VM, int(vm.fixed_ip)))
-             if f.table == UPLINK_ARP and f.priority == 200)
+    f = fip_flows(cfg, vm, net, vm_cookie(vm, net))[0]
     return f.table, f.cookie
 
 
-def fip_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
-    """Static 1:1 NAT: stateless set_field both ways. Fragments take conntrack NAT instead,
-    because the userspace datapath does not fix a first fragment's UDP checksum after a
-    set_field (the datagram would arrive corrupt); conntrack reassembles and fixes it."""
-    fip, fixed = str(vm.fip), str(vm.fixed_ip)
+def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
+    """Static 1:1 NAT: stateless set_field both ways, with the FIP flag for the ICMP-error
+    punts. Fragments take conntrack NAT instead, because the userspace datapath does not fix
+    a first fragment's UDP checksum after a set_field (the datagram would arrive corrupt);
+    conntrack reassembles and fixes it. The responder comes first (fip_responder_key)."""
+    fip, fixed, r6 = str(vm.fip), str(vm.fixed_ip), reg6(net)
     fip_mac = mac_str(cfg.ip_mac(vm.fip))
-    zone = cfg.fip_frag_ct_zone
+    zone = cfg.fip_frag_ct_zone if net.vlan is None else \
+        networks.zone(cfg.network_ct_zone_base, net)
+    into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
         make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=fip, arp_op=1),
                   arp_reply(fip_mac, fip)),
-        make_flow(c, EGRESS, 100, Match.of(proto="ip", nw_src=fixed), [
-            SetField("ip_src", fip), SetField("eth_src", fip_mac), Goto(EGRESS_OUT)]),
-        make_flow(c, EGRESS, 110, Match.of(proto="ip", nw_src=fixed, nw_frag="yes"), [
+        make_flow(c, EGRESS, 100, Match.of(proto="ip", reg6=r6, nw_src=fixed), [
+            SetField("ip_src", fip), SetField("eth_src", fip_mac), Load("reg5", 1, FIP_DONE),
+            Goto(EGRESS_OUT)]),
+        make_flow(c, EGRESS, 110, Match.of(proto="ip", reg6=r6, nw_src=fixed, nw_frag="yes"), [
             SetField("eth_src", fip_mac),
             Ct(zone=zone, table=EGRESS_OUT, commit=True, nat=Nat("src", fip))]),
-        make_flow(c, EGRESS_OUT, 200, Match.of(proto="ip", nw_dst=fip), hairpin(fip_mac)),
-        make_flow(c, INGRESS, 100, Match.of(proto="ip", dl_dst=fip_mac, nw_dst=fip), [
-            SetField("ip_dst", fixed), Goto(DELIVER)]),
-        make_flow(c, INGRESS, 110, Match.of(proto="ip", dl_dst=fip_mac, nw_dst=fip,
-                                            nw_frag="yes"),
-                  [Ct(zone=zone, table=DELIVER, commit=True, nat=Nat("dst", fixed))]),
-        # ICMP errors quote the untranslated header: the controller fixes both (metered).
-        *[make_flow(c, INGRESS, 105, Match.of(proto="icmp", dl_dst=fip_mac, nw_dst=fip,
-                                              icmp_type=t), [Meter(PACKET_IN_METER),
-                                                             Controller(ICMP_MAX_LEN)])
-          for t in ERROR_TYPES],
-        *[make_flow(c, EGRESS, 105, Match.of(proto="icmp", nw_src=fixed, icmp_type=t),
-                    [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)])
-          for t in ERROR_TYPES],
+        make_flow(c, INGRESS, 100, Match.of(proto="ip", nw_dst=fip), [
+            SetField("ip_dst", fixed), *into, Load("reg5", 1, FIP_DONE), Goto(DELIVER)]),
+        make_flow(c, INGRESS, 110, Match.of(proto="ip", nw_dst=fip, nw_frag="yes"),
+                  [*into, Ct(zone=zone, table=DELIVER, commit=True, nat=Nat("dst", fixed))]),
     ]
 
 
 def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
     """Every flow of the host, in a stable order (table, -priority, text)."""
-    flows = host_flows(state.config)
+    cfg = state.config
+    flows = host_flows(cfg)
+    nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
+    for net in sorted(nets, key=lambda n: n.id):
+        flows += network_flows(cfg, net)
     for vm in state.vms:
-        flows += vm_flows(state.config, vm)
+        flows += vm_flows(cfg, vm, vm.net(cfg))
     if check:
         for flow in flows:
             check_flow(flow)

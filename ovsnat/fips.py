@@ -210,8 +210,11 @@ class Fips:
 
     def _live(self, name: str) -> bool:
         """Active here and its ARP responder confirmed on the switch."""
-        return self._active(name) and self.session.installed is not None and \
-            fip_responder_key(self.host.cfg, self.host.valid[name]) in self.session.installed
+        if not self._active(name) or self.session.installed is None:
+            return False
+        port = self.host.valid[name]
+        return fip_responder_key(self.host.cfg, port, self.host.net(port)) in \
+            self.session.installed
 
     def _garp(self, name: str) -> bytes:
         port = self.host.valid[name]

@@ -1,15 +1,18 @@
 """OpenFlow flows as plain values, and their `ovs-ofctl` text.
 
 The compiler builds `Flow`s; renderers turn them into ovs-ofctl text (golden files,
-`ovs-ofctl --bundle` baselines) or framework flow_mods (ovsnat.ofmsgs). The text is written the
+`ovs-ofctl --bundle` baselines) or framework flow_mods (tests/framework_render.py, the test oracle). The text is written the
 way `ovs-ofctl dump-flows` prints it (OVS's field order and spelling), so a rendered flow and a
 dumped flow can be compared as strings.
 
 Cookies say who owns a flow, so a dump maps back to the objects that made it and stale flows
 can be removed exactly:
 
-    bits 63-56  0xa1 host-level, 0xa2 VM            (other values: not ovsnat's)
-    bits 55-24  owner: the VM's fixed IPv4 address   (0 for host-level flows)
+    bits 63-56  kind: 0xa1 host-level, 0xa2 VM of an untagged network, 0xa3 network,
+                0xa4 VM of a VLAN network           (other values: not ovsnat's)
+    bits 55-24  owner: 0 for host-level flows; the VM's fixed IPv4 address (0xa2); the
+                network's VLAN, 0 when untagged (0xa3); VLAN << 20 | the fixed IP's low 20
+                bits (0xa4: two VLAN networks may use the same addresses)
     bits 23-0   digest of the flow's table, priority, match and actions
 
 The digest makes "is this exact flow installed?" a cookie comparison: a controller restart
@@ -24,6 +27,9 @@ from typing import Union
 
 COOKIE_HOST = 0xA1
 COOKIE_VM = 0xA2
+COOKIE_NET = 0xA3
+COOKIE_VLAN_VM = 0xA4
+KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM)
 OWNER_MASK = 0xFFFFFFFFFF000000     # kind + owner: every flow of one owner
 
 
@@ -40,16 +46,16 @@ def cookie_owner(cookie: int) -> int:
 
 
 def is_ours(cookie: int) -> bool:
-    return cookie_kind(cookie) in (COOKIE_HOST, COOKIE_VM)
+    return cookie_kind(cookie) in KINDS
 
 
 # --- matches ---------------------------------------------------------------------------------
 # OVS prints the protocol shorthand, then fields in this order (lib/match.c match_format()).
 PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
-FIELD_ORDER = ("ct_state", "proto", "in_port", "vlan_tci", "dl_src", "dl_dst", "nw_src",
-               "nw_dst", "arp_spa", "arp_tpa", "arp_op", "arp_sha", "nw_ttl", "nw_frag",
-               "tp_src", "tp_dst", "icmp_type")
+FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "in_port", "vlan_tci", "dl_vlan",
+               "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",
+               "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
 RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
@@ -101,7 +107,7 @@ class SetField:
 NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
              "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
              "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
-             "in_port": "NXM_OF_IN_PORT"}
+             "in_port": "NXM_OF_IN_PORT", "reg5": "NXM_NX_REG5", "reg6": "NXM_NX_REG6"}
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,27 @@ class Move:
 class Load:
     field: str
     value: int
+    bit: int | None = None      # one bit of the field (a flag register); None: the whole field
 
     def text(self) -> str:
-        return f"load:{self.value:#x}->{NXM_NAMES[self.field]}[]".replace("0x0->", "0->")
+        bits = "" if self.bit is None else str(self.bit)
+        return f"load:{self.value:#x}->{NXM_NAMES[self.field]}[{bits}]".replace("0x0->", "0->")
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    """Tag with VLAN `vid` (push_vlan, then set_field on vlan_vid with the present bit)."""
+
+    vid: int
+
+    def text(self) -> str:
+        return f"push_vlan:0x8100,set_field:{0x1000 | self.vid}->vlan_vid"
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    def text(self) -> str:
+        return "pop_vlan"
 
 
 @dataclass(frozen=True)
@@ -190,7 +214,8 @@ class Goto:
         return f"goto_table:{self.table}"
 
 
-Action = Union[Output, SetField, Move, Load, DecTtl, Ct, CtClear, Controller, Meter, Goto]
+Action = Union[Output, SetField, Move, Load, PushVlan, PopVlan, DecTtl, Ct, CtClear, Controller,
+               Meter, Goto]
 
 
 # --- flows -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ovsnat.compiler import METERS, compile_state, host_flows, vm_flows
+from ovsnat.compiler import METERS, compile_state, host_flows, network_flows, vm_flows
 from ovsnat.flows import ofctl_text
 from ovsnat.state import build_state
 from ovsnat.model import HostConfig, VmPort
@@ -29,12 +29,23 @@ BASE = {
 }
 
 
-def port(n: int, fip: str | None = None) -> VmPort:
+FABRIC = {"fabric_port": "fabric", "fabric_ofport": 2}
+NET_A = {"ovsnat-network": "tenant-a", "ovsnat-cidr": "10.1.0.0/24",
+         "ovsnat-gateway": "10.1.0.1", "ovsnat-vlan": "101"}
+NET_B = {**NET_A, "ovsnat-network": "tenant-b", "ovsnat-vlan": "102"}
+FLAT = {"ovsnat-network": "flat", "ovsnat-cidr": "10.3.0.0/24", "ovsnat-gateway": "10.3.0.1"}
+
+
+def port(n: int, fip: str | None = None, net: dict | None = None, ofport: int = 0) -> VmPort:
+    """VM n: MAC 02:00:0a:00:00:n, fixed IP .n of its network (the default one unless `net`
+    names one), ofport n unless given."""
+    prefix = net["ovsnat-cidr"].rsplit(".", 1)[0] if net else "10.0.0"
     ids = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}"}
+           "ovsnat-fixed-ip": f"{prefix}.{n}", **(net or {})}
     if fip:
         ids["ovsnat-fip"] = fip
-    return VmPort.from_external_ids(f"tapvm{n}", n, ids)
+    name = f"tapvm{n}" + (f"-{net['ovsnat-network']}" if net else "")
+    return VmPort.from_external_ids(name, ofport or n, ids)
 
 
 # name -> (description, option overrides, ports)
@@ -53,6 +64,16 @@ SCENARIOS = {
     "many-vms": ("20 VMs, every third with a FIP.", {},
                  [port(n, f"203.0.113.{100 + n}" if n % 3 == 0 else None)
                   for n in range(20, 40)]),
+    "networks": ("A fabric port; the default network and two VLAN networks with the same "
+                 "CIDR (10.1.0.0/24 in VLAN 101 and 102), each with a PAT VM at 10.1.0.11 and "
+                 "VLAN 101 with a FIP VM.", FABRIC,
+                 [port(11, "203.0.113.10"), port(11, net=NET_A, ofport=21),
+                  port(12, "203.0.113.12", net=NET_A, ofport=22),
+                  port(11, net=NET_B, ofport=31)]),
+    "flat": ("No default network (internal_cidr empty): an untagged network 'flat' and a VLAN "
+             "network on the fabric.", {**FABRIC, "internal_cidr": "",
+                                        "internal_gateway_ip": ""},
+             [port(11, "203.0.113.10", net=FLAT, ofport=11), port(11, net=NET_A, ofport=21)]),
 }
 
 
@@ -71,13 +92,23 @@ BEGIN, END = "<!-- generated:begin (make golden) -->", "<!-- generated:end -->"
 
 
 def flow_counts() -> dict[str, int]:
-    """Flows per VM of each kind, from the compiler itself."""
+    """Flows per object of each kind, from the compiler itself."""
     cfg = HostConfig.parse(BASE)
     blocks = HostConfig.parse({**BASE, "pat_ports_per_vm": 64})
-    return {"FIP VM": len(vm_flows(cfg, port(11, "203.0.113.10"))),
-            "PAT VM": len(vm_flows(cfg, port(12))),
-            "PAT VM with pat_ports_per_vm > 0": len(vm_flows(blocks, port(12))),
-            "host-level (gateway MAC configured)": len(host_flows(cfg))}
+    fabric = HostConfig.parse({**BASE, **FABRIC})
+    vlan = port(11, net=NET_A).network
+    return {"FIP VM": len(vm_flows(cfg, port(11, "203.0.113.10"), cfg.default_network)),
+            "PAT VM": len(vm_flows(cfg, port(12), cfg.default_network)),
+            "PAT VM with pat_ports_per_vm > 0":
+                len(vm_flows(blocks, port(12), blocks.default_network)),
+            "FIP VM, with a fabric":
+                len(vm_flows(fabric, port(11, "203.0.113.10"), fabric.default_network)),
+            "PAT VM, with a fabric": len(vm_flows(fabric, port(12), fabric.default_network)),
+            "untagged network (the default one), with a fabric":
+                len(network_flows(fabric, fabric.default_network)),
+            "VLAN network, with a fabric": len(network_flows(fabric, vlan)),
+            "host-level (gateway MAC configured)": len(host_flows(cfg)),
+            "host-level, with a fabric": len(host_flows(fabric))}
 
 
 def pipeline_section() -> str:

@@ -92,13 +92,17 @@ class View:
     status: dict            # the controller's status file, if any
 
     def owner(self, cookie: int) -> str:
+        """The object that made a flow: host, a network, or a VM's port name."""
         if cookie_kind(cookie) == COOKIE_HOST:
             return "host"
-        ip = netaddr.IPAddress(cookie_owner(cookie))
-        for port in self.host.valid.values():
-            if port.fixed_ip == ip:
-                return port.name
-        return f"unknown VM {ip}"
+        owner = self.host.owner_names.get(cookie >> 24)
+        if isinstance(owner, tuple):
+            return f"network {owner[1] or '(default)'}"
+        if owner is not None:
+            return owner
+        if cookie_kind(cookie) == COOKIE_VM:
+            return f"unknown VM {netaddr.IPAddress(cookie_owner(cookie))}"
+        return f"unknown owner {cookie >> 24:#x}"
 
 
 def load_view(conf_path: str) -> View:

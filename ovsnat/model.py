@@ -22,80 +22,10 @@ KEY_FIP = "ovsnat-fip"
 MAX_ID_LEN = 255
 FIP_ACTIVATIONS = ("probe", "first-packet", "immediate")
 
-
-class ConfigError(ValueError):
-    """A host option is invalid; the message starts with the option name."""
-
-
-class PortError(ValueError):
-    """A VM port cannot be programmed; the message names the port and the reason."""
-
-
-# --- parsing helpers: each returns a clean value or raises with the item's name ----------------
-def parse_ipv4(value, what: str, error=ConfigError) -> netaddr.IPAddress:
-    text = str(value).strip()
-    try:
-        ip = netaddr.IPAddress(text, version=4, flags=netaddr.INET_PTON)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise error(f"{what}: {_show(value)} is not an IPv4 address") from None
-    return ip
-
-
-def parse_cidr(value, what: str) -> netaddr.IPNetwork:
-    text = str(value).strip()
-    addr, slash, plen = text.partition("/")
-    if not slash:
-        raise ConfigError(f"{what}: {_show(value)} needs a prefix length (e.g. 10.0.0.0/24)")
-    ip = parse_ipv4(addr, what)
-    if not re.fullmatch(r"[0-9]{1,2}", plen) or int(plen) > 32:
-        raise ConfigError(f"{what}: {_show(value)} is not an IPv4 CIDR")
-    net = netaddr.IPNetwork(f"{ip}/{int(plen)}")
-    if net.ip != net.network:
-        raise ConfigError(f"{what}: {text} has host bits set (did you mean {net.cidr}?)")
-    if net.prefixlen > 30:
-        raise ConfigError(f"{what}: {text} is too small (at most /30)")
-    return net
-
-
-def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
-    text = str(value).strip()
-    try:
-        if len(text) != 17:
-            raise ValueError
-        mac = netaddr.EUI(text, version=48)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise error(f"{what}: {_show(value)} is not a MAC address "
-                    "(expected six colon-separated hex bytes)") from None
-    if int(mac) >> 40 & 1:
-        raise error(f"{what}: {text} is a multicast MAC")
-    if int(mac) == 0:
-        raise error(f"{what}: {text} is the zero MAC")
-    return mac
-
-
-def mac_str(mac: netaddr.EUI) -> str:
-    """aa:bb:cc:dd:ee:ff (netaddr's str() is slow and dashed). As fast as a cache lookup, so
-    not cached: a cache would keep every VM's MAC alive a second time."""
-    return int(mac).to_bytes(6, "big").hex(":")
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "...'"
-
-
-def _in(ip: netaddr.IPAddress, net: netaddr.IPNetwork) -> bool:
-    return net.first <= int(ip) <= net.last
-
-
-def _usable(ip: netaddr.IPAddress, net: netaddr.IPNetwork) -> bool:
-    return net.first < int(ip) < net.last
-
-
-def _require_host(ip, net, what: str, net_name: str, error=ConfigError) -> None:
-    """ip must be a host address of net (not its network or broadcast address)."""
-    if not _usable(ip, net):
-        raise error(f"{what} {ip} is not a host address of {net_name} {net}")
+from ovsnat import networks  # noqa: E402
+from ovsnat.networks import Network  # noqa: E402
+from ovsnat.parse import ConfigError, PortError, _in, _require_host, _show, _usable, \
+    mac_str, parse_cidr, parse_ipv4, parse_mac  # noqa: F401  (re-exported)
 
 
 # --- host -------------------------------------------------------------------------------------
@@ -106,8 +36,8 @@ class HostConfig:
     bridge: str
     uplink_port: str
     uplink_ofport: int
-    internal_cidr: netaddr.IPNetwork
-    internal_gateway_ip: netaddr.IPAddress
+    internal_cidr: netaddr.IPNetwork | None         # None: no default network on this host
+    internal_gateway_ip: netaddr.IPAddress | None
     router_mac: netaddr.EUI
     external_cidr: netaddr.IPNetwork
     external_gateway_ip: netaddr.IPAddress
@@ -121,6 +51,10 @@ class HostConfig:
     mac_prefix: str = "02:5a"
     learn_gateway_mac: bool = False      # external_gateway_mac not configured: learn by ARP
     fip_activation: str = "probe"        # or "first-packet", "immediate" (FIP_ACTIVATIONS)
+    fabric_port: str = ""                # port to the tenant networks' L2 fabric ("": none)
+    fabric_ofport: int = 0               # 0: not (yet) on the bridge
+    transit_cidr: netaddr.IPNetwork = netaddr.IPNetwork("100.64.0.0/10")
+    network_ct_zone_base: int = 60000
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -147,8 +81,10 @@ class HostConfig:
             uplink_port=_name(get("uplink_port"), "uplink_port"),
             uplink_ofport=integer("uplink_ofport", 0, 0xFFFFFEFF) if raw.get(
                 "uplink_ofport") not in (None, "") else 0,
-            internal_cidr=parse_cidr(get("internal_cidr"), "internal_cidr"),
-            internal_gateway_ip=parse_ipv4(get("internal_gateway_ip"), "internal_gateway_ip"),
+            internal_cidr=parse_cidr(raw["internal_cidr"], "internal_cidr")
+            if _given(raw, "internal_cidr") else None,
+            internal_gateway_ip=parse_ipv4(raw["internal_gateway_ip"], "internal_gateway_ip")
+            if _given(raw, "internal_gateway_ip") else None,
             router_mac=parse_mac(get("router_mac"), "router_mac"),
             external_cidr=parse_cidr(get("external_cidr"), "external_cidr"),
             external_gateway_ip=parse_ipv4(get("external_gateway_ip"), "external_gateway_ip"),
@@ -165,18 +101,40 @@ class HostConfig:
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
             learn_gateway_mac=not gw_mac,
             fip_activation=str(raw.get("fip_activation") or "probe").strip(),
+            fabric_port=_name(raw["fabric_port"], "fabric_port")
+            if _given(raw, "fabric_port") else "",
+            fabric_ofport=integer("fabric_ofport", 0, 0xFFFFFEFF)
+            if _given(raw, "fabric_ofport") else 0,
+            transit_cidr=parse_cidr(raw["transit_cidr"], "transit_cidr")
+            if _given(raw, "transit_cidr") else netaddr.IPNetwork("100.64.0.0/10"),
+            network_ct_zone_base=integer("network_ct_zone_base", 4095, 61440)
+            if _given(raw, "network_ct_zone_base") else 60000,
         )
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Relations between options (each option alone was checked while parsing)."""
-        if self.internal_cidr.first <= self.external_cidr.last and \
-                self.external_cidr.first <= self.internal_cidr.last:
-            raise ConfigError(f"external_cidr: {self.external_cidr} overlaps internal_cidr "
-                              f"{self.internal_cidr}")
-        _require_host(self.internal_gateway_ip, self.internal_cidr, "internal_gateway_ip:",
-                      "internal_cidr")
+        if (self.internal_cidr is None) != (self.internal_gateway_ip is None):
+            raise ConfigError("internal_gateway_ip: internal_cidr and internal_gateway_ip go "
+                              "together (both empty: this host has no default network)")
+        networks.check_transit_cidr(self.transit_cidr)
+        for name, cidr in (("internal_cidr", self.internal_cidr),
+                           ("transit_cidr", self.transit_cidr)):
+            if cidr is not None and _overlap(cidr, self.external_cidr):
+                raise ConfigError(f"external_cidr: {self.external_cidr} overlaps {name} {cidr}")
+        if self.internal_cidr is not None:
+            if _overlap(self.internal_cidr, self.transit_cidr):
+                raise ConfigError(f"transit_cidr: {self.transit_cidr} overlaps internal_cidr "
+                                  f"{self.internal_cidr}")
+            _require_host(self.internal_gateway_ip, self.internal_cidr,
+                          "internal_gateway_ip:", "internal_cidr")
+        zones = range(self.network_ct_zone_base + 1, self.network_ct_zone_base + 4095)
+        for name in ("ct_zone", "fip_frag_ct_zone"):
+            if getattr(self, name) in zones:
+                raise ConfigError(f"{name}: {getattr(self, name)} is one of the VLAN networks' "
+                                  f"zones {zones.start}-{zones.stop - 1} "
+                                  "(network_ct_zone_base + VLAN)")
         _require_host(self.external_gateway_ip, self.external_cidr, "external_gateway_ip:",
                       "external_cidr")
         if self.snat_ip is not None:
@@ -210,6 +168,14 @@ class HostConfig:
                               "ovsnat-neutron-agent set Bridge external_ids:ovsnat-snat-ip)")
 
     @property
+    def default_network(self) -> Network | None:
+        """The network of ports that name none: internal_cidr, untagged."""
+        if self.internal_cidr is None:
+            return None
+        return networks.intern(Network(networks.DEFAULT, self.internal_cidr,
+                                       self.internal_gateway_ip, None))
+
+    @property
     def pat_port_count(self) -> int:
         return self.snat_port_max - self.snat_port_min + 1
 
@@ -222,6 +188,14 @@ class HostConfig:
     @property
     def snat_mac(self) -> netaddr.EUI:
         return self.ip_mac(self.snat_ip)
+
+
+def _given(raw: Mapping, name: str) -> bool:
+    return raw.get(name) is not None and str(raw[name]).strip() != ""
+
+
+def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
+    return a.first <= b.last and b.first <= a.last
 
 
 def _name(value, what: str) -> str:
@@ -243,6 +217,7 @@ class VmPort:
     fixed_ip: netaddr.IPAddress
     iface_id: str
     fip: netaddr.IPAddress | None = None
+    network: Network | None = None     # None: the host's default network
 
     @classmethod
     def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> "VmPort":
@@ -275,40 +250,72 @@ class VmPort:
         fip_text = str(external_ids.get(KEY_FIP, "")).strip()
         fip = parse_ipv4(fip_text, f"{label}: external_ids:{KEY_FIP}", PortError) \
             if fip_text else None
-        return cls(name, ofport, mac, fixed, iface_id, fip)
+        return cls(name, ofport, mac, fixed, iface_id, fip, networks.parse(label, external_ids))
+
+    def net(self, cfg: HostConfig) -> Network | None:
+        """The network this port is in on this host (None: it names none, and the host has
+        no default network)."""
+        return self.network or cfg.default_network
 
     def check(self, cfg: HostConfig) -> None:
         """This port against the host config (not against other ports)."""
         label = f"port {self.name!r} ({self.iface_id})"
-        _require_host(self.fixed_ip, cfg.internal_cidr, f"{label}: fixed IP", "internal_cidr",
-                      PortError)
-        if self.fixed_ip == cfg.internal_gateway_ip:
+        net = self.net(cfg)
+        if net is None:
+            raise PortError(f"{label}: external_ids:{networks.KEY_NETWORK} is missing and this "
+                            "host has no default network (internal_cidr is empty)")
+        self._check_network(cfg, net, label)
+        if not net.host_address(self.fixed_ip):
+            raise PortError(f"{label}: fixed IP {self.fixed_ip} is not a host address of "
+                            f"network {net.label} {net.cidr}")
+        if self.fixed_ip == net.gateway:
             raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
         if self.mac == cfg.router_mac:
             raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
-        if self.ofport == cfg.uplink_ofport:
-            raise PortError(f"{label}: ofport {self.ofport} is the uplink's")
+        if self.ofport in (cfg.uplink_ofport, cfg.fabric_ofport):
+            raise PortError(f"{label}: ofport {self.ofport} is the "
+                            f"{'uplink' if self.ofport == cfg.uplink_ofport else 'fabric'}'s")
         if self.fip is None:
             return
-        if _in(self.fip, cfg.internal_cidr):
-            raise PortError(f"{label}: FIP {self.fip} is inside internal_cidr "
-                            f"{cfg.internal_cidr}")
+        if net.contains(self.fip):
+            raise PortError(f"{label}: FIP {self.fip} is inside its network {net.label} "
+                            f"{net.cidr}")
         _require_host(self.fip, cfg.external_cidr, f"{label}: FIP", "external_cidr", PortError)
         if self.fip == cfg.snat_ip:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
         if self.fip == cfg.external_gateway_ip:
             raise PortError(f"{label}: FIP {self.fip} is the external gateway's address")
 
+    def _check_network(self, cfg: HostConfig, net: Network, label: str) -> None:
+        """A named network against the host: the fabric's untagged segment belongs to the
+        default network when there is one; no network may overlap the external side."""
+        if net.name and net.vlan is None and cfg.default_network is not None:
+            raise PortError(f"{label}: network {net.name} is untagged, but the fabric's "
+                            f"untagged segment is this host's default network "
+                            f"(internal_cidr {cfg.internal_cidr}); give it an "
+                            f"external_ids:{networks.KEY_VLAN}")
+        for what, other in (("external_cidr", cfg.external_cidr),
+                            ("transit_cidr", cfg.transit_cidr)):
+            if net.name and _overlap(net.cidr, other):
+                raise PortError(f"{label}: network {net.name} {net.cidr} overlaps {what} "
+                                f"{other}")
+
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
         """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports
-        at offset (fixed IP - network address) * K: deterministic, so a port number alone
-        names the VM (RFC 7422 style), and one VM cannot use up the host's range."""
+        at offset (fixed IP - network address) * K: deterministic, so a port number and the
+        network alone name the VM (RFC 7422 style), and one VM cannot use up the host's
+        range. Two VMs at the same offset of two networks would share a block: the host
+        state rejects the second."""
         k = cfg.pat_ports_per_vm
         if not k:
             return cfg.snat_port_min, cfg.snat_port_max
-        offset = int(self.fixed_ip) - cfg.internal_cidr.first
+        offset = self.offset(cfg)
         lo = cfg.snat_port_min + offset * k
         return lo, lo + k - 1
+
+    def offset(self, cfg: HostConfig) -> int:
+        """The fixed IP's offset in its network (its PAT block and transit address)."""
+        return int(self.fixed_ip) - self.net(cfg).cidr.first
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("bridge", "br-int", "Bridge whose VM ports ovsnat programs."),
     Option("uplink_port", "uplink", "OVS port name toward the external network."),
-    Option("internal_cidr", "10.0.0.0/24", "The VMs' network on this host."),
+    Option("internal_cidr", "10.0.0.0/24",
+           "The host's default network: the VMs' network for ports that name no "
+           "external_ids:ovsnat-network (untagged on the fabric). Empty: no default network; "
+           "every port names its network."),
     Option("internal_gateway_ip", "10.0.0.1",
-           "The VMs' default gateway; ovsnat answers ARP for it with router_mac."),
+           "The default network's gateway; ovsnat answers ARP for it with router_mac "
+           "(empty when internal_cidr is)."),
     Option("router_mac", "02:00:00:00:00:01", "MAC the VMs see for their gateway."),
     Option("external_cidr", "203.0.113.0/24",
            "The external network; FIPs and the SNAT IP live in it."),
@@ -54,6 +58,18 @@ OPTIONS: tuple[Option, ...] = (
            "never answer for one FIP and a silent VM still gets its FIP. 'first-packet': only "
            "once the VM has sent a frame here (boot traffic, QEMU's RARP). 'immediate': as "
            "soon as the port is plugged."),
+    Option("fabric_port", "",
+           "OVS port on the bridge toward the tenant networks' L2 fabric (a trunk: the "
+           "untagged network untagged, each VLAN network in its VLAN). Empty: no traffic "
+           "between hosts except through FIPs."),
+    Option("transit_cidr", "100.64.0.0/10",
+           "Addresses that exist only inside this host's datapath, between a VLAN network's own "
+           "conntrack zone and the shared PAT zone (one per network: transit + VLAN << 10). "
+           "Must be a /10 and overlap neither the external network nor any tenant network."),
+    Option("network_ct_zone_base", 60000,
+           "A VLAN network's own conntrack zone is this + its VLAN (PAT step one, FIP "
+           "fragments); keep the range clear of ct_zone, fip_frag_ct_zone and other users' "
+           "zones (Neutron's OVS firewall uses 1-4094).", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option("status_file", "/var/run/ovsnat/status.json",
            "Where the controller keeps its status (read by `ovsnat status`); empty: none."),

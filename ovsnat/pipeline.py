@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovsnat.flows import Ct, CtClear, Controller, DecTtl, Flow, Goto, Load, Meter, Move, \
-    Output, SetField
+    Output, PopVlan, PushVlan, SetField
 
 
 @dataclass(frozen=True)
@@ -28,69 +28,105 @@ def _t(id, name, purpose, matches, actions, next_tables=()):
                  frozenset(next_tables))
 
 
-CLASSIFY, VM_ARP, UPLINK_ARP, VM_L2 = 0, 10, 15, 20
-EGRESS, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 35, 38, 40
-INGRESS, PAT_IN, DELIVER = 50, 55, 60
+CLASSIFY, FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE = 0, 5, 10, 15, 20
+EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 35, 38, 40
+INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
+
+# Register 5 carries flags from one table to a later one (registers start at 0 for every
+# packet and survive goto, recirculation and ct_clear); register 6 the packet's network.
+LEAVING, FIP_DONE, FROM_FABRIC, ROUTED = 0, 1, 2, 3     # bits of reg5
 
 ARP_REPLY = {Move, SetField, Output}
+FABRIC_OUT = {PushVlan, Output}
 
 TABLES: tuple[Table, ...] = (
     _t(CLASSIFY, "classify",
        "Admit untagged frames by where they come from: a VM port with the VM's own MAC and "
-       "fixed IP (IP) or MAC and sender address (ARP), or the uplink. Drop and count IPv6, "
-       "multicast, broadcast, DHCP and metadata traffic; drop everything else. When the "
-       "gateway MAC is learned dynamically, copy the gateway's ARP to the controller; while a "
-       "FIP VM's presence is unproven, copy its frames to the controller (activation).",
-       "proto in_port vlan_tci dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
-       {Goto, Controller}, {VM_ARP, UPLINK_ARP, VM_L2, INGRESS}),
+       "fixed IP (IP) or MAC and sender address (ARP), tagging the packet with the VM's "
+       "network (reg6); the uplink; the fabric port, one flow per network (its VLAN popped, "
+       "the network in reg6, the from-fabric flag set). Drop and count IPv6, multicast, "
+       "broadcast, DHCP and metadata traffic; drop everything else. When the gateway MAC is "
+       "learned dynamically, copy the gateway's ARP to the controller; while a FIP VM's "
+       "presence is unproven, copy its frames to the controller (activation).",
+       "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
+       {Goto, Controller, Load, PopVlan},
+       {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, INGRESS}),
+    _t(FABRIC_IN, "fabric_in",
+       "Frames from the fabric, already in their network: never with the router MAC or a "
+       "local VM's MAC as source, never to the router MAC (routing stays on each host); ARP "
+       "and IP go on to the network's delivery tables.",
+       "proto reg6 dl_src dl_dst", {Goto}, {VM_ARP, VM_L2}),
     _t(VM_ARP, "vm_arp",
-       "ARP from VMs: answer for the VMs' gateway with the router MAC; deliver ARP for a "
-       "local VM's fixed IP to that VM only.",
-       "proto arp_op arp_tpa", ARP_REPLY),
+       "ARP within a network: answer a VM's request for its gateway with the router MAC (not "
+       "from the fabric); deliver ARP for a local VM's fixed IP to that VM (and to the "
+       "fabric); ARP of a local VM for anything else goes to the fabric only.",
+       "proto reg5 reg6 arp_op arp_tpa", ARP_REPLY | FABRIC_OUT),
     _t(UPLINK_ARP, "uplink_arp",
        "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
-       "with its own MAC; ARP from anyone else claiming one of this host's FIPs goes to the "
-       "controller (metered): another host took the FIP over.",
+       "with its own MAC; ARP claiming one of them, and probes for a dark FIP, go to the "
+       "controller (metered): another host answers for it, or took it over.",
        "proto arp_op arp_spa arp_tpa", ARP_REPLY | {Controller, Meter}),
-    _t(VM_L2, "vm_l2",
-       "IP from a VM: to another local VM's MAC and IP (east-west, no routing), or to the "
-       "router MAC (routed).",
-       "proto dl_dst nw_dst", {Output, Goto}, {EGRESS}),
+    _t(VM_ROUTE, "vm_route",
+       "IP from a VM: to the router MAC is routed (egress); anything else is switched within "
+       "the VM's network.",
+       "proto dl_dst", {Goto}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
-       "Routed from a VM. TTL<=1 dropped and counted; internal destinations dropped; a VM "
-       "with a FIP gets its source rewritten statelessly (fragments via conntrack, zone "
-       "fip_frag_ct_zone); ICMP errors a FIP VM sends go to the controller (metered), which "
-       "translates their quoted header too; any other VM goes to PAT (conntrack lookup in "
-       "zone ct_zone).",
-       "proto nw_src nw_dst nw_ttl nw_frag icmp_type", {SetField, Ct, Goto, Meter, Controller},
-       {PAT_OUT, EGRESS_OUT}),
+       "Routed from a VM. TTL<=1 dropped and counted; destinations in the VM's own network "
+       "dropped; a VM with a FIP gets its source rewritten statelessly (fragments via "
+       "conntrack) and the FIP flag set; any other VM goes to PAT: the untagged network "
+       "straight to the shared PAT zone, a VLAN network first through its own zone.",
+       "proto reg6 nw_src nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load},
+       {NET_PAT_OUT, PAT_OUT, EGRESS_OUT}),
+    _t(NET_PAT_OUT, "net_pat_out",
+       "A VLAN network's own conntrack zone: drop invalid, pass established and related, "
+       "commit new connections with nat(src=the network's transit address), so equal fixed "
+       "IPs of two networks never meet in the shared PAT zone.",
+       "ct_state proto reg6 nw_src", {Ct, Goto}, {NET_PAT_DONE}),
+    _t(NET_PAT_DONE, "net_pat_done",
+       "Only packets whose source now is a transit address go on, into the shared PAT zone; "
+       "anything else (the network's zone could not translate it) is dropped and counted.",
+       "proto nw_src", {CtClear, Ct}, {PAT_OUT}),
     _t(PAT_OUT, "pat_out",
-       "After the PAT conntrack lookup: drop invalid, pass established and related (already "
-       "translated), commit new connections with nat(src=snat_ip:range).",
-       "ct_state proto nw_src", {Ct, Goto}, {PAT_GUARD}),
+       "After the shared PAT conntrack lookup: drop invalid, pass established and related "
+       "(already translated), commit new connections with nat(src=snat_ip:range).",
+       "ct_state proto reg6 nw_src", {Ct, Goto}, {PAT_GUARD}),
     _t(PAT_GUARD, "pat_guard",
        "Leak guard: only packets whose source now is the SNAT IP continue; anything else "
        "(an exhausted port range leaves the private source) is dropped and counted.",
        "proto nw_src", {SetField, Goto}, {EGRESS_OUT}),
     _t(EGRESS_OUT, "egress_out",
-       "Translated traffic to one of this host's own external addresses loops back into "
-       "ingress (hairpin); everything else leaves to the external gateway with dec_ttl.",
-       "proto nw_dst", {CtClear, Load, SetField, DecTtl, Output, Goto}, {INGRESS}),
+       "Translated traffic: ICMP errors a FIP VM sent go to the controller (metered), which "
+       "translates their quoted header too; everything else looks up ingress once more with "
+       "the leaving flag, so traffic to one of this host's own external addresses hairpins.",
+       "proto reg5 icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
     _t(INGRESS, "ingress",
        "Routed to this host (uplink or hairpin). TTL<=1 dropped and counted; a FIP is "
-       "rewritten to its VM's fixed IP (fragments via conntrack; ICMP errors via the metered "
-       "controller, which also translates the quoted header); the SNAT IP goes through the "
-       "PAT conntrack lookup; anything else is dropped.",
-       "proto dl_dst nw_dst nw_ttl nw_frag icmp_type", {SetField, Ct, Goto, Meter, Controller},
+       "rewritten to its VM's fixed IP and network (fragments via conntrack) with the FIP flag "
+       "set; the SNAT IP goes through the shared PAT lookup; leaving traffic goes to the "
+       "external gateway with dec_ttl; anything else is dropped.",
+       "proto reg5 nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, DecTtl, Output},
        {PAT_IN, DELIVER}),
     _t(PAT_IN, "pat_in",
        "After the reverse PAT lookup: only replies of known connections (established or "
        "related) pass; unsolicited packets to the SNAT IP are dropped and counted.",
+       "ct_state proto", {Goto}, {PAT_IN_NET}),
+    _t(PAT_IN_NET, "pat_in_net",
+       "Which network a PAT reply belongs to: the untagged network by its CIDR, a VLAN network "
+       "by its transit address (then through the network's zone once more).",
+       "proto nw_dst", {Load, Goto, CtClear, Ct}, {DELIVER, NET_PAT_IN}),
+    _t(NET_PAT_IN, "net_pat_in",
+       "After a VLAN network's reverse lookup: established and related replies pass.",
        "ct_state proto", {Goto}, {DELIVER}),
     _t(DELIVER, "deliver",
-       "To the VM owning the (now internal) destination: router MAC as source, dec_ttl, "
-       "output to its port.",
-       "proto nw_dst", {SetField, DecTtl, Output}),
+       "Routed to a VM: ICMP errors for a FIP VM go to the controller (metered), which "
+       "translates their quoted header; the rest gets the router MAC as source, dec_ttl and "
+       "the routed flag, and is delivered by vm_l2.",
+       "proto reg5 icmp_type", {SetField, DecTtl, Load, Goto, Meter, Controller}, {VM_L2}),
+    _t(VM_L2, "vm_l2",
+       "Delivery within a network by destination IP: to a local VM (its MAC as destination), "
+       "else, when switched rather than routed, to the fabric in the network's VLAN. Routed "
+       "traffic never leaves on the fabric.",
+       "proto reg5 reg6 nw_dst", {SetField, Output, PushVlan}),
 )
 
 BY_ID = {t.id: t for t in TABLES}
@@ -115,6 +151,9 @@ def check_flow(flow: Flow) -> None:
     bad = flow.gotos() - table.next_tables
     if bad:
         raise PipelineViolation(f"{flow.text()}: table {table.name} may not go to {bad}")
+    if any(isinstance(a, Goto) and a.table <= flow.table for a in flow.actions):
+        # OVS refuses a goto_table backwards (OFPBIC_BAD_TABLE_ID) and fails the bundle.
+        raise PipelineViolation(f"{flow.text()}: goto_table must go to a later table")
     if DecTtl() in flow.actions and flow.match.get("proto") != "ip":
         # OVS refuses dec_ttl without an ip match under OpenFlow 1.3 (and fails the bundle).
         raise PipelineViolation(f"{flow.text()}: dec_ttl needs an ip match")

@@ -2,29 +2,34 @@
 
 The controller feeds it OVSDB rows as they change; it answers with the flows to add and
 delete. Cost per change is O(1) in the number of VMs: only the changed port and the ports
-that share an address with it are looked at, and only their flows are recompiled.
+that compete with it are looked at, and only their flows (and, when a network gains its
+first port or loses its last, that network's flows) are recompiled.
 
-Clash rule (also used by the batch `build_state` below, which is built on this class): a
-valid port is rejected when another valid port that shares one of its addresses (fixed IP,
-MAC, ofport, FIP) sorts before it by (iface-id, name). The rule looks only at a port's
-direct competitors, so it gives the same answer whatever order the events came in, and two
-ports never both answer for one address.
+Clash rule (ovsnat.claims; also used by the batch `build_state` below, built on this class):
+a valid port is rejected when a direct competitor sorts before it by (iface-id, name), so
+two ports never both answer for one address, and a network is always defined one way.
 """
 
 from __future__ import annotations
 
-import netaddr
-
 from typing import Iterable
 
+import netaddr
+
 from ovsnat import ofwire
-from ovsnat.compiler import fip_responder_key, host_flows, sort_flows, vm_flows
+from ovsnat.claims import Claims, NetworkBook, claim_keys, claim_text, fip_key
+from ovsnat.compiler import fip_responder_key, host_flows, network_flows, sort_flows, vm_flows
 from ovsnat.delta import Delta, diff, flow_key
-from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, owner_cookie
-from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort, mac_str
+from ovsnat.flows import COOKIE_HOST, Flow
+from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
+from ovsnat.networks import OFFSET_BITS, Network
 from ovsnat.pipeline import check_flows
 
-HOST = "host"          # owner key of host-level flows
+HOST = "host"          # owner key of host-level flows; a network's is ("net", its name)
+
+
+def net_owner(net: Network) -> tuple[str, str]:
+    return ("net", net.name)
 
 
 def _pack(flows: list[Flow]) -> bytes:
@@ -32,33 +37,6 @@ def _pack(flows: list[Flow]) -> bytes:
     runtime path is checked as the batch compile is)."""
     check_flows(flows)
     return b"".join([ofwire.flow_add(f, 0) for f in flows])
-
-
-# An address a port claims, as one int: the kind above bit 48 (a MAC has 48 bits), the value
-# below. 40,000 claims at 10,000 VMs cost an int each, not a tuple of two strings.
-_FIXED_IP, _MAC, _OFPORT, _FIP = range(4)
-_KIND_NAMES = ("fixed IP", "MAC", "ofport", "FIP")
-_KIND_SHIFT = 48
-
-
-def _claim_keys(port: VmPort) -> list[int]:
-    keys = [_FIXED_IP << _KIND_SHIFT | int(port.fixed_ip), _MAC << _KIND_SHIFT | int(port.mac),
-            _OFPORT << _KIND_SHIFT | port.ofport]
-    if port.fip is not None:
-        keys.append(_FIP << _KIND_SHIFT | int(port.fip))
-    return keys
-
-
-def _claim_text(key: int) -> tuple[str, str]:
-    """(what, value) of a claim key for the operator, e.g. ("fixed IP", "10.0.0.5")."""
-    kind, value = key >> _KIND_SHIFT, key & ((1 << _KIND_SHIFT) - 1)
-    if kind == _MAC:
-        text = mac_str(netaddr.EUI(value, version=48))
-    elif kind == _OFPORT:
-        text = str(value)
-    else:
-        text = str(netaddr.IPAddress(value, version=4))
-    return _KIND_NAMES[kind], text
 
 
 def _rank(port: VmPort) -> tuple[str, str]:
@@ -72,15 +50,17 @@ class HostState:
         self.invalid: dict[str, str] = {}           # name -> reason (bad alone)
         self.transient: set[str] = set()            # names whose rejection is a passing state
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
-        # claim key (_claim_keys) -> the port name claiming it, or a set of names only while
-        # ports clash over it (a set per address would be most of this dict's memory).
-        self.claims: dict[int, str | set[str]] = {}
-        # owner (HOST or port name) -> its flow_mods, packed (xid 0) and concatenated in
-        # compile order. The flows are packed once, when they change, not at every sync: a
-        # controller that (re)connects only slices bytes (about 150 bytes a flow; no Flow
+        self.claims = Claims()
+        self.book = NetworkBook()
+        # owner (HOST, ("net", name) or a port name) -> its flow_mods, packed (xid 0) and
+        # concatenated in compile order. Packed once, when they change, not at every sync:
+        # a controller that (re)connects only slices bytes (about 150 bytes a flow; no Flow
         # objects kept). Keys are read back from the bytes (ofwire.flow_mod_keys).
-        self.wire: dict[str, bytes] = {HOST: _pack(host_flows(cfg))}
-        self.owner_names: dict[int, str] = {}    # cookie owner bits -> port name
+        self.wire: dict = {}
+        self.owner_names: dict[int, object] = {}    # cookie owner bits -> owner key
+        self.members: dict[str, set[str]] = {}      # network name -> accepted ports in it
+        self.in_net: dict[str, str] = {}            # accepted port -> its network's name
+        self.nets: dict[str, Network] = {}          # network name -> its definition here
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
         self.by_ofport: dict[int, str] = {}
@@ -88,6 +68,10 @@ class HostState:
         # status the controller publishes after each change costs O(1), not a scan of 10,000.
         self.accepted_fips: set[str] = set()    # accepted ports with a FIP
         self.pending: set[str] = set()          # of those, the ones whose FIP is still dark
+        self._store(HOST, host_flows(cfg))
+        if cfg.default_network is not None:      # always there, ports or not
+            self.nets[""] = cfg.default_network
+            self._store(net_owner(cfg.default_network), network_flows(cfg, cfg.default_network))
 
     # --- queries --------------------------------------------------------------------------
     @property
@@ -104,6 +88,9 @@ class HostState:
         """(accepted VMs, accepted FIP VMs, pending FIP port names) without a scan."""
         return len(self.valid) - len(self.lost), len(self.accepted_fips), sorted(self.pending)
 
+    def net(self, port: VmPort) -> Network | None:
+        return port.net(self.cfg)
+
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
         port = self.valid.get(name)
@@ -113,24 +100,20 @@ class HostState:
     def fip_owner(self, fip: str) -> str | None:
         """The accepted port holding this FIP here, if any."""
         try:
-            key = _FIP << _KIND_SHIFT | int(netaddr.IPAddress(fip, 4, netaddr.INET_PTON))
+            key = fip_key(netaddr.IPAddress(fip, 4, netaddr.INET_PTON))
         except (netaddr.AddrFormatError, ValueError, TypeError):
             return None
-        for name in self._claimants(key):
+        for name in self.claims.claimants(key):
             if name not in self.lost:
                 return name
         return None
-
-    def _claimants(self, key: int):
-        held = self.claims.get(key, ())
-        return (held,) if isinstance(held, str) else held
 
     def _active(self, name: str) -> bool:
         return name in self.active or (self.cfg.fip_activation == "immediate" and
                                        name not in self.yielded)
 
-    def owner_keys(self, owner: str) -> list[tuple[int, int]]:
-        """The (table, cookie) keys of one owner's desired flows (HOST or a port name)."""
+    def owner_keys(self, owner) -> list[tuple[int, int]]:
+        """The (table, cookie) keys of one owner's desired flows."""
         return ofwire.flow_mod_keys(self.wire.get(owner, b""))
 
     def all_keys(self) -> set[tuple[int, int]]:
@@ -139,14 +122,17 @@ class HostState:
             keys.update(ofwire.flow_mod_keys(packed))
         return keys
 
-    def owner_flows(self, owner: str) -> list[Flow]:
-        """Recompile one owner's flows (HOST or a port name)."""
+    def owner_flows(self, owner) -> list[Flow]:
+        """Recompile one owner's flows."""
         if owner == HOST:
             return host_flows(self.cfg)
+        if isinstance(owner, tuple):
+            net = self.nets.get(owner[1])
+            return network_flows(self.cfg, net) if net is not None else []
         port = self.valid.get(owner)
         if port is None or owner in self.lost:
             return []
-        return vm_flows(self.cfg, port, active=self._active(owner))
+        return vm_flows(self.cfg, port, self.net(port), active=self._active(owner))
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
@@ -169,18 +155,18 @@ class HostState:
                 if key in keys:
                     yield key, packed
 
-    def _owners_of(self, keys: set[tuple[int, int]]) -> list[str]:
-        """The known owners of these keys, sorted. Goes through the distinct owner bits
-        (cookie >> 24) first: a full sync asks for 115,000 keys of 10,000 owners."""
+    def _owners_of(self, keys: set[tuple[int, int]]) -> list:
+        """The known owners of these keys, in a stable order. Goes through the distinct
+        owner bits (cookie >> 24) first: a full sync asks for 115,000 keys of 10,000 owners."""
         prefixes = {c >> 24 for _, c in keys}
         owners = {HOST if p >> 32 == COOKIE_HOST else self.owner_names.get(p)
                   for p in prefixes}
-        return sorted(o for o in owners if o)
+        return sorted((o for o in owners if o), key=lambda o: (isinstance(o, tuple), str(o)))
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
-        """A new host config (a learned gateway MAC, the SNAT IP, the uplink's ofport):
-        recompile everything, keeping which FIPs are live or yielded here."""
+        """A new host config (a learned gateway MAC, the SNAT IP, the uplink's or fabric's
+        ofport): recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
         active, yielded = set(self.active), set(self.yielded)
@@ -209,8 +195,10 @@ class HostState:
             self.active.discard(name)
             self.yielded.discard(name)
         if old is not None:
-            for key in _claim_keys(old):
-                affected.update(self._unclaim(key, name))
+            net = self.net(old)
+            for key in claim_keys(old, net, self.cfg):
+                affected.update(self.claims.unclaim(key, name))
+            affected |= self.book.remove(name, net)
         self.invalid.pop(name, None)
         self.transient.discard(name)
         if isinstance(port, Rejection):
@@ -218,18 +206,23 @@ class HostState:
             if port.transient:
                 self.transient.add(name)
         elif port is not None:
-            reason = self._check_alone(port)
-            if reason:
-                self.invalid[name] = reason
-            else:
-                self.valid[name] = port
-                self.by_ofport[port.ofport] = name
-                for key in _claim_keys(port):
-                    affected.update(self._claim(key, name))
+            self._add(name, port, affected)
         delta = Delta()
         for n in sorted(affected):
             delta.extend(self._refresh(n))
         return delta
+
+    def _add(self, name: str, port: VmPort, affected: set[str]) -> None:
+        reason = self._check_alone(port)
+        if reason:
+            self.invalid[name] = reason
+            return
+        net = self.net(port)
+        self.valid[name] = port
+        self.by_ofport[port.ofport] = name
+        for key in claim_keys(port, net, self.cfg):
+            affected.update(self.claims.claim(key, name))
+        affected |= self.book.add(name, net)
 
     def activate(self, name: str) -> Delta:
         """The VM showed up here: light its FIP."""
@@ -239,7 +232,7 @@ class HostState:
 
     def yield_fip(self, name: str) -> Delta:
         """Another host announced this port's FIP: go dark until the VM announces itself
-        here again (RARP/GARP)."""
+        here again (RARP/GARP), or nobody answers for it any more."""
         self.active.discard(name)
         self.yielded.add(name)
         return self._refresh(name)
@@ -250,77 +243,83 @@ class HostState:
         adopted = []
         for name, port in self.valid.items():
             if port.fip is not None and self.is_pending(name) and \
-                    fip_responder_key(self.cfg, port) in installed:
+                    fip_responder_key(self.cfg, port, self.net(port)) in installed:
                 self.active.add(name)
                 self._refresh(name)
                 adopted.append(name)
         return adopted
 
-    def _claim(self, key: int, name: str):
-        """Add `name` to the claimants of `key`; returns the others (their clash may flip)."""
-        held = self.claims.setdefault(key, name)
-        if isinstance(held, str):
-            if held == name:
-                return ()
-            self.claims[key] = {held, name}
-            return (held,)
-        others = tuple(held)
-        held.add(name)
-        return others
-
-    def _unclaim(self, key: int, name: str):
-        """Drop `name` from the claimants of `key`; returns those left (a lone one is stored
-        as a plain name again)."""
-        held = self.claims.pop(key)
-        if isinstance(held, str):
-            if held == name:
-                return ()
-            self.claims[key] = held
-            return (held,)
-        held.discard(name)
-        if len(held) == 1:
-            self.claims[key] = next(iter(held))
-        elif held:
-            self.claims[key] = held
-        return held
-
     def _check_alone(self, port: VmPort) -> str | None:
         try:
             port.check(self.cfg)
+            net = self.net(port)
+            if net.vlan is not None and net.cidr.prefixlen < 12:
+                raise PortError(f"port {port.name!r} ({port.iface_id}): network {net.name} "
+                                f"{net.cidr} is larger than a /12 (its VMs' flows are "
+                                "named by VLAN and the fixed IP's last 20 bits)")
             if port.fip is None and self.cfg.pat_ports_per_vm:
-                lo, hi = port.pat_block(self.cfg)
-                if hi > self.cfg.snat_port_max:
-                    raise PortError(
-                        f"port {port.name!r} ({port.iface_id}): PAT block {lo}-{hi} for "
-                        f"{port.fixed_ip} does not fit snat_port_max {self.cfg.snat_port_max}; "
-                        "lower pat_ports_per_vm or widen the range")
+                self._check_block(port, net)
         except PortError as e:
             return str(e)
         return None
 
+    def _check_block(self, port: VmPort, net: Network) -> None:
+        label = f"port {port.name!r} ({port.iface_id})"
+        lo, hi = port.pat_block(self.cfg)
+        if hi > self.cfg.snat_port_max:
+            raise PortError(f"{label}: PAT block {lo}-{hi} for {port.fixed_ip} does not fit "
+                            f"snat_port_max {self.cfg.snat_port_max}; lower "
+                            "pat_ports_per_vm or widen the range")
+        if net.vlan is not None and port.offset(self.cfg) >= 1 << OFFSET_BITS:
+            raise PortError(f"{label}: with per-VM PAT blocks a VLAN network's VMs need a "
+                            f"transit address of their own: {port.fixed_ip} is beyond the "
+                            f"first {1 << OFFSET_BITS} addresses of {net.cidr}")
+
     def _refresh(self, name: str) -> Delta:
-        """Re-decide whether `name` wins its clashes and recompile its flows."""
+        """Re-decide whether `name` wins its clashes and recompile its flows (and its
+        network's, when it is the network's first or last port here)."""
         self.lost.pop(name, None)
         port = self.valid.get(name)
         new: list[Flow] = []
         if port is not None:
             beaten = self._beaten_by(port)
             if beaten:
-                key, winner = beaten
-                what, value = _claim_text(key)
-                self.lost[name] = (f"port {port.name!r} ({port.iface_id}): {what} {value} is "
-                                   f"already used by port {winner.name!r} ({winner.iface_id}), "
-                                   "which wins the tie")
+                self.lost[name] = f"port {port.name!r} ({port.iface_id}): {beaten}"
             else:
-                new = vm_flows(self.cfg, port, active=self._active(name))
+                new = vm_flows(self.cfg, port, self.net(port), active=self._active(name))
         self._count(name, port)
-        old = ofwire.flow_mod_keys(self.wire.pop(name, b""))
+        delta = self._store(name, new)
+        delta.extend(self._membership(name, self.net(port) if new else None))
+        return delta
+
+    def _store(self, owner, new: list[Flow]) -> Delta:
+        old = ofwire.flow_mod_keys(self.wire.pop(owner, b""))
         if new:
-            self.wire[name] = _pack(new)
-            self.owner_names[new[0].cookie >> 24] = name
-        elif old and self.owner_names.get(old[0][1] >> 24) == name:
+            self.wire[owner] = _pack(new)
+            self.owner_names[new[0].cookie >> 24] = owner
+        elif old and self.owner_names.get(old[0][1] >> 24) == owner:
             del self.owner_names[old[0][1] >> 24]
-        return diff(old, new, {name})
+        return diff(old, new, {owner})
+
+    def _membership(self, name: str, net: Network | None) -> Delta:
+        """A named network's flows exist while it has an accepted port here."""
+        delta = Delta()
+        was = self.in_net.pop(name, None)
+        if was is not None and (net is None or was != net.name):
+            members = self.members[was]
+            members.discard(name)
+            if not members:
+                del self.members[was]
+                del self.nets[was]
+                delta.extend(self._store(("net", was), []))
+        if net is not None and net.name:
+            members = self.members.setdefault(net.name, set())
+            if not members:
+                self.nets[net.name] = net
+                delta.extend(self._store(net_owner(net), network_flows(self.cfg, net)))
+            members.add(name)
+            self.in_net[name] = net.name
+        return delta
 
     def _count(self, name: str, port: VmPort | None) -> None:
         has_fip = port is not None and port.fip is not None and name not in self.lost
@@ -331,21 +330,25 @@ class HostState:
             else:
                 members.discard(name)
 
-    def _beaten_by(self, port: VmPort):
-        """The first (key, competitor) that sorts before `port`, if any."""
-        best = None
-        for key in _claim_keys(port):
-            for other in self._claimants(key):
-                if other == port.name:
-                    continue
+    def _beaten_by(self, port: VmPort) -> str | None:
+        """Why `port` loses to the competitor that sorts first before it, if any."""
+        best, why = None, None
+        net = self.net(port)
+        for key in claim_keys(port, net, self.cfg):
+            for other in self.claims.claimants(key):
                 rival = self.valid[other]
-                if _rank(rival) < _rank(port) and (best is None or _rank(rival) < _rank(best[1])):
-                    best = (key, rival)
-        return best
-
-
-def vm_owner_cookie(port: VmPort) -> int:
-    return owner_cookie(COOKIE_VM, int(port.fixed_ip))
+                if other != port.name and _rank(rival) < _rank(port) and \
+                        (best is None or _rank(rival) < _rank(best)):
+                    what, value = claim_text(key)
+                    best, why = rival, f"{what} {value} is already used by"
+        for reason, members in self.book.rivals(net):
+            for other in members:
+                rival = self.valid[other]
+                if _rank(rival) < _rank(port) and (best is None or _rank(rival) < _rank(best)):
+                    best, why = rival, reason + ", says"
+        if best is None:
+            return None
+        return f"{why} port {best.name!r} ({best.iface_id}), which wins the tie"
 
 
 def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from ovsnat import ofwire
-from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Flow, MeterSpec
+from ovsnat.flows import KINDS, Flow, MeterSpec
 
 MAX_XID = 0xFFFFFFFF
 SEND_CHUNK = 4096          # messages per write during a large sync: the switch decodes one
@@ -119,7 +119,7 @@ class SwitchSession:
         ovsnat's cookies are dumped: other controllers' and operators' flows stay unseen."""
         self.disconnect()
         out, pending = [], set()
-        for kind in (COOKIE_HOST, COOKIE_VM):
+        for kind in KINDS:
             xid = self.xids.take(busy=True)
             out.append(ofwire.flow_stats_request(xid, kind << 56, 0xFF << 56))
             pending.add(xid)

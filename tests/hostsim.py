@@ -126,7 +126,8 @@ class SimHost:
         if name is None:
             return False
         from ovsnat.compiler import fip_responder_key
-        return fip_responder_key(self.ctl.host.cfg, self.ctl.host.valid[name]) in \
+        port = self.ctl.host.valid[name]
+        return fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port)) in \
             self.switch.keys()
 
     def fip_mac(self, fip: str) -> str:

@@ -12,14 +12,17 @@ from collections import Counter
 
 import pytest
 
-from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, compile_state, host_flows, vm_flows
-from ovsnat.flows import COOKIE_HOST, COOKIE_VM, Controller, Ct, DecTtl, Goto, Match, Meter, \
-    Nat, Output, SetField, cookie_kind, cookie_owner, make_flow, owner_cookie
-from ovsnat.golden import BASE
+from ovsnat import compiler
+from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, compile_state, host_flows, \
+    network_flows
+from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
+    DecTtl, Goto, Match, Meter, Nat, Output, PushVlan, SetField, cookie_kind, cookie_owner, \
+    make_flow, owner_cookie
+from ovsnat.golden import BASE, FABRIC, NET_A, NET_B, port
 from ovsnat.state import build_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, PAT_OUT, TABLES, UPLINK_ARP, \
-    PipelineViolation, check_flow
+from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, PAT_OUT, TABLES, \
+    UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, PipelineViolation, check_flow
 
 OPTIONS = BASE          # the valid host options of the golden scenarios
 
@@ -39,6 +42,10 @@ def vm(n: int, fip: str | None = None) -> VmPort:
 FIP_VM, PAT_VM = vm(10, "203.0.113.10"), vm(12)
 # 50 VMs, every third with a FIP (203.0.113.100 + n, clear of the SNAT IP and gateway).
 CROWD = [vm(n, f"203.0.113.{100 + n}" if n % 3 == 0 else None) for n in range(20, 70)]
+
+
+def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list:
+    return compiler.vm_flows(cfg, vm, vm.net(cfg), active)
 
 
 def compiled(cfg: HostConfig, ports) -> list:
@@ -75,10 +82,13 @@ def test_every_flow_stays_inside_its_tables_declaration(overrides):
         check_flow(flow)
 
 
-def test_every_declared_table_ends_in_a_priority_0_drop():
-    drops = {f.table for f in host_flows(config())
-             if f.priority == 0 and f.match == Match() and f.actions == ()}
-    assert drops == {t.id for t in TABLES}
+def test_every_declared_table_ends_in_a_priority_0_catch_all():
+    flows = host_flows(config(**FABRIC))
+    drops = {f.table for f in flows if f.priority == 0 and f.match == Match() and not f.actions}
+    assert drops == {t.id for t in TABLES} - {VM_ROUTE}
+    [switched] = [f for f in flows if f.table == VM_ROUTE and f.priority == 0]
+    assert switched.actions == (Goto(VM_L2),)            # not routed: switched in the network
+    assert FABRIC_IN not in {f.table for f in host_flows(config())}   # no fabric, no table
 
 
 def test_every_dec_ttl_flow_matches_ip():
@@ -94,6 +104,7 @@ OFF_PIPELINE = [
     ("undeclared match", make_flow(HOST, DELIVER, 10, Match.of(proto="tcp", tp_dst=80),
                                    [Output(3)])),
     ("undeclared goto", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Goto(DELIVER)])),
+    ("goto backwards", make_flow(HOST, DELIVER, 10, Match.of(proto="ip"), [Goto(VM_ROUTE)])),
     ("undeclared ct recirculation", make_flow(HOST, EGRESS, 10, Match.of(proto="ip"),
                                               [Ct(zone=1, table=DELIVER)])),
     ("dec_ttl without ip", make_flow(HOST, DELIVER, 10, Match.of(nw_dst="10.0.0.5"),
@@ -124,7 +135,7 @@ def test_removing_a_vm_removes_exactly_its_flows():
     everyone = compiled(cfg, [FIP_VM, PAT_VM, *CROWD])
     removed = compiled(cfg, [PAT_VM, *CROWD])
     assert Counter(everyone) - Counter(removed) == Counter(vm_flows(cfg, FIP_VM))
-    mask = owner_cookie(COOKIE_VM, int(FIP_VM.fixed_ip))
+    mask = compiler.vm_cookie(FIP_VM, FIP_VM.net(cfg))
     assert [f for f in everyone if f.cookie >> 24 != mask >> 24] == removed
 
 
@@ -147,6 +158,18 @@ def test_vm_cookies_carry_the_fixed_ip_and_host_cookies_owner_zero():
             assert cookie_owner(flow.cookie) == int(port.fixed_ip)
     for flow in host_flows(cfg):
         assert (cookie_kind(flow.cookie), cookie_owner(flow.cookie)) == (COOKIE_HOST, 0)
+    for flow in network_flows(cfg, cfg.default_network):
+        assert (cookie_kind(flow.cookie), cookie_owner(flow.cookie)) == (COOKIE_NET, 0)
+
+
+def test_vlan_networks_vm_cookies_carry_the_vlan_so_equal_fixed_ips_stay_apart():
+    cfg = config(**FABRIC)
+    a, b = port(11, net=NET_A, ofport=21), port(11, net=NET_B, ofport=31)
+    cookies = {p.name: {f.cookie >> 24 for f in vm_flows(cfg, p)} for p in (a, b)}
+    low = int(a.fixed_ip) & 0xFFFFF                      # 10.1.0.11: 0x1000b
+    assert cookies == {a.name: {(COOKIE_VLAN_VM << 32 | 101 << 20 | low)},
+                       b.name: {(COOKIE_VLAN_VM << 32 | 102 << 20 | low)}}
+    assert {cookie_owner(f.cookie) for f in network_flows(cfg, a.network)} == {101}
 
 
 @pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64},
@@ -162,14 +185,19 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 # the same numbers, so a change here must show up there too.
 
 def test_flow_counts_per_object():
-    cfg, cfg64 = config(), config(pat_ports_per_vm=64)
-    assert len(host_flows(cfg)) == 38
-    assert len(host_flows(cfg64)) == 37          # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 38   # ARP punt replaces egress
-    assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 18
-    assert len(vm_flows(cfg, FIP_VM, active=False)) == 9     # FIP dark until activation
-    assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 5
-    assert len(vm_flows(cfg64, PAT_VM)) == 6
+    cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
+    assert len(host_flows(cfg)) == 53
+    assert len(host_flows(cfg64)) == 52          # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 53   # ARP punt replaces egress
+    assert len(host_flows(fabric)) == 58         # fabric_in: 5
+    assert len(network_flows(cfg, cfg.default_network)) == 4
+    assert len(network_flows(fabric, fabric.default_network)) == 7
+    assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
+    assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 10
+    assert len(vm_flows(cfg, FIP_VM, active=False)) == 8     # FIP dark until activation
+    assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 4
+    assert len(vm_flows(cfg64, PAT_VM)) == 5
+    assert len(vm_flows(fabric, PAT_VM)) == 5    # nobody on the fabric may use its MAC
 
 
 # --- FIP: stateless but for fragments ---------------------------------------------------------
@@ -240,3 +268,43 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
     assert sorted(f.match.get("icmp_type") for f in punts if f.match.get("proto") == "icmp") \
         == ["11", "11", "12", "12", "3", "3"]
+    # ICMP-error punts are host-level: any FIP-translated error (the FIP flag in reg5).
+    assert all(f.cookie >> 56 == COOKIE_HOST and f.match.get("reg5") == "0x2/0x2"
+               for f in punts if f.match.get("proto") == "icmp")
+
+
+# --- networks ----------------------------------------------------------------------------------
+
+def test_a_networks_flows_exist_while_it_has_a_vm_here():
+    cfg = config(**FABRIC)
+    a1, a2 = port(11, net=NET_A, ofport=21), port(12, net=NET_A, ofport=22)
+    mine = set(network_flows(cfg, a1.network))
+    assert mine <= set(compiled(cfg, [a1])) and mine <= set(compiled(cfg, [a1, a2]))
+    assert not mine & set(compiled(cfg, [PAT_VM]))
+
+
+def test_fabric_output_is_tagged_with_the_networks_vlan_and_comes_last():
+    cfg = config(**FABRIC)
+    a = port(11, net=NET_A, ofport=21)
+    to_fabric = [f for f in compiled(cfg, [a]) if Output(cfg.fabric_ofport) in f.actions
+                 and f.match.get("reg6") != "0"]
+    assert to_fabric
+    for f in to_fabric:
+        assert f.actions[-2:] == (PushVlan(101), Output(cfg.fabric_ofport))
+        assert f.match.get("reg6") == "0x65"
+    default_out = [f for f in compiled(cfg, [PAT_VM])
+                   if Output(cfg.fabric_ofport) in f.actions]
+    assert default_out and not [f for f in default_out
+                                if any(isinstance(x, PushVlan) for x in f.actions)]
+
+
+def test_routed_traffic_never_goes_to_the_fabric():
+    cfg = config(**FABRIC)
+    flows = compiled(cfg, [port(11, net=NET_A, ofport=21), FIP_VM])
+    [routed] = [f for f in flows if f.table == DELIVER and f.priority == 100]
+    assert routed.actions[-2] == compiler.Load("reg5", 1, compiler.ROUTED)
+    for f in flows:
+        if f.table == VM_L2 and Output(cfg.fabric_ofport) in f.actions:
+            assert f.match.get("reg5") == "0/0x8"          # only when not routed
+        if f.table == VM_ARP and f.priority == 50:
+            assert f.match.get("reg5") == "0/0x4"          # not back to the fabric

@@ -104,7 +104,7 @@ BAD_OPTIONS = [
     ("internal_gateway_ip", "::1", "'::1' is not an IPv4 address"),
     ("internal_gateway_ip", "10.0.0", "'10.0.0' is not an IPv4 address"),
     ("internal_gateway_ip", "10.0.0.256", "'10.0.0.256' is not an IPv4 address"),
-    ("internal_gateway_ip", " ", "required option is empty"),
+    ("internal_gateway_ip", " ", "internal_cidr and internal_gateway_ip go together"),
     ("internal_gateway_ip", "010.0.0.1", "'010.0.0.1' is not an IPv4 address"),  # no octal
     ("external_gateway_ip", "2001:db8::1", "'2001:db8::1' is not an IPv4 address"),
     ("snat_ip", "203.0.113.300", "'203.0.113.300' is not an IPv4 address"),
@@ -308,14 +308,14 @@ def test_infinite_ofport_is_a_port_error(ofport):
 
 BAD_AGAINST_HOST = [
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.1.11"}),
-     "fixed IP 10.0.1.11 is not a host address of internal_cidr 10.0.0.0/24"),
+     "fixed IP 10.0.1.11 is not a host address of network (default) 10.0.0.0/24"),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.0"}), "fixed IP 10.0.0.0 is not a host address"),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.255"}), "fixed IP 10.0.0.255 is not a host address"),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.1"}), "fixed IP 10.0.0.1 is the VMs' gateway"),
     (dict(n=11, **{"attached-mac": "02:00:00:00:00:01"}),
      "MAC 02:00:00:00:00:01 is the router MAC"),
     (dict(n=11, ofport=1), "ofport 1 is the uplink's"),
-    (dict(n=11, fip="10.0.0.50"), "FIP 10.0.0.50 is inside internal_cidr 10.0.0.0/24"),
+    (dict(n=11, fip="10.0.0.50"), "FIP 10.0.0.50 is inside its network (default) 10.0.0.0/24"),
     (dict(n=11, fip="198.51.100.10"),
      "FIP 198.51.100.10 is not a host address of external_cidr 203.0.113.0/24"),
     (dict(n=11, fip="203.0.113.0"), "FIP 203.0.113.0 is not a host address of external_cidr"),

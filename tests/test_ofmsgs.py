@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from ovsnat import framework as fw
-from ovsnat import golden, ofmsgs
+from ovsnat import golden
+from tests import framework_render as ofmsgs
 from ovsnat.compiler import METERS, compile_state
 from ovsnat.state import build_state
 from ovsnat.model import HostConfig

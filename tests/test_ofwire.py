@@ -10,7 +10,7 @@ from ovsnat.compiler import compile_state
 from ovsnat.model import HostConfig
 from ovsnat.state import HostState, build_state
 from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, serialize
-from ovsnat import ofmsgs
+from tests import framework_render as ofmsgs
 
 
 def scenario_flows(name):

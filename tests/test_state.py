@@ -6,9 +6,14 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from ovsnat import golden
-from ovsnat.compiler import compile_state, vm_flows
+from ovsnat import compiler
+from ovsnat.compiler import compile_state
 from ovsnat.model import HostConfig, VmPort
 from ovsnat.state import HOST, HostState, build_state
+
+
+def vm_flows(cfg, vm, active=True):
+    return compiler.vm_flows(cfg, vm, vm.net(cfg), active)
 
 CFG = HostConfig.parse({**golden.BASE, "fip_activation": "immediate"})
 
@@ -157,7 +162,7 @@ def test_a_clash_resolved_leaves_one_plain_claimant_and_the_fip_with_the_survivo
     assert "FIP 203.0.113.10 is already used by port 'tapvm11'" in host.lost[second.name]
     host.update(first.name, None)
     assert host.fip_owner("203.0.113.10") == second.name and not host.lost
-    assert all(isinstance(names, str) for names in host.claims.values())
+    assert all(isinstance(names, str) for names in host.claims._held.values())
     assert host.fip_owner("203.0.113.99") is None and host.fip_owner("not an IP") is None
 
 

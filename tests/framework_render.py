@@ -1,7 +1,9 @@
-"""Flows and meters as framework (ryu/os-ken) OpenFlow 1.3 messages.
+"""Flows and meters as framework (ryu/os-ken) OpenFlow 1.3 messages: the test oracle.
 
-The ovs-ofctl text and these messages are two renderings of the same `Flow`; a lab test has
-OVS decode these messages (`ovs-ofctl ofp-parse`) and checks they read exactly as the text.
+The controller packs its messages itself (ovsnat.ofwire); the framework's own classes are an
+independent rendering of the same `Flow`. tests/test_ofmsgs.py has OVS decode these messages
+(`ovs-ofctl ofp-parse`) and checks they read exactly as the golden text, and
+tests/test_ofwire.py that the packed bytes read exactly as these.
 Match fields and move/load targets use the NXM encodings OVS itself uses for these fields,
 so a dump of flows installed by the controller reads exactly like the golden files.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from ovsnat import framework as fw
 from ovsnat.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, MeterSpec, \
-    Move, Output, SetField, PROTOCOLS
+    Move, Output, PopVlan, PushVlan, SetField, PROTOCOLS
 
 NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1     # OVS nx_nat flags (ryu has no names for them)
 CT_STATE_BITS = {"new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10, "trk": 0x20}
@@ -51,7 +53,12 @@ def match_kwargs(flow: Flow) -> dict:
         if ip_proto:
             kw["ip_proto"] = ip_proto
     for name, value in m.items():
-        if name == "in_port":
+        if name in ("reg5", "reg6"):
+            v, _, mask = value.partition("/")
+            kw[name] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
+        elif name == "dl_vlan":
+            kw["vlan_vid"] = 0x1000 | int(value)
+        elif name == "in_port":
             kw["in_port"] = int(value)
         elif name == "vlan_tci":
             kw["vlan_vid"] = 0           # OFPVID_NONE: no 802.1Q header (= 0x0000/0x1fff)
@@ -91,10 +98,15 @@ def action(a):
         (src, bits), (dst, _) = MOVE_FIELDS[a.src], MOVE_FIELDS[a.dst]
         return p.NXActionRegMove(src_field=src, dst_field=dst, n_bits=bits)
     if isinstance(a, Load):
-        assert a.field == "in_port"
-        return p.NXActionRegLoad(ofs_nbits=nx.ofs_nbits(0, 15), dst="in_port_nxm", value=a.value)
+        if a.field == "in_port":
+            return p.NXActionRegLoad(ofs_nbits=nx.ofs_nbits(0, 15), dst="in_port_nxm",
+                                     value=a.value)
+        bits = nx.ofs_nbits(0, 31) if a.bit is None else nx.ofs_nbits(a.bit, a.bit)
+        return p.NXActionRegLoad(ofs_nbits=bits, dst=a.field, value=a.value)
     if isinstance(a, DecTtl):
         return p.OFPActionDecNwTtl()
+    if isinstance(a, PopVlan):
+        return p.OFPActionPopVlan()
     if isinstance(a, CtClear):
         return p.NXActionCTClear()
     if isinstance(a, Ct):
@@ -120,6 +132,9 @@ def instructions(flow: Flow) -> list:
     for a in flow.actions:
         if isinstance(a, Meter):
             out.append(p.OFPInstructionMeter(a.meter_id))
+        elif isinstance(a, PushVlan):
+            applied += [p.OFPActionPushVlan(0x8100),
+                        p.OFPActionSetField(vlan_vid=0x1000 | a.vid)]
         elif not isinstance(a, Goto):
             applied.append(action(a))
     if applied:
@@ -131,7 +146,8 @@ def instructions(flow: Flow) -> list:
 # Prerequisites first: OVS rejects a match whose fields precede their prerequisites
 # (OFPBMC_BAD_PREREQ), and ryu's default order (by OXM class) puts Nicira fields such as
 # nw_ttl before eth_type.
-PREREQ_FIRST = ("in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type", "ip_proto")
+PREREQ_FIRST = ("reg5", "reg6", "in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type",
+                "ip_proto")
 
 
 def match(flow: Flow):
