@@ -148,6 +148,10 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
             [Controller(), Goto(UPLINK_ARP)]))
     if cfg.fabric_ofport:
         flows += [
+            # A VM's RARP (QEMU's, after a live migration) goes to the controller, which
+            # passes it on to the fabric in the VM's VLAN, so the fabric learns the move.
+            make_flow(c, CLASSIFY, 85, Match.of(proto="rarp"),
+                      [Meter(PACKET_IN_METER), Controller()]),
             # Routing stays on each host: the router MAC never crosses the fabric.
             drop(FABRIC_IN, 200, Match.of(dl_src=router)),
             drop(FABRIC_IN, 200, Match.of(dl_dst=router)),

@@ -82,7 +82,7 @@ class HostController:
         if self.host is None:
             return out
         delta = Delta()
-        for name in sorted(names - {self.base_cfg.uplink_port}):
+        for name in sorted(names - self._infra()):
             delta.extend(self.host.update(name, self._port(name)))
         self._report_rejections()
         delta.extend(self.fips.changed(names, self.rows, now))
@@ -122,9 +122,8 @@ class HostController:
         if self.host is None:
             self.host = self.sw.host = HostState(cfg)
             self.fips.set_host(self.host)
-            for name in sorted(self.rows):
-                if name != cfg.uplink_port:
-                    self.host.update(name, self._port(name))
+            for name in sorted(set(self.rows) - self._infra()):
+                self.host.update(name, self._port(name))
             self._report_rejections()
             self.fips.changed(set(self.rows), self.rows, now, resident=self.first_view)
             self.first_view = False
@@ -154,9 +153,24 @@ class HostController:
             self._warn_once("snat", f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
                             f"has no external_ids:{SNAT_KEY}; waiting for it")
             return None
-        self.warned.clear()
+        self.warned -= {"uplink", "snat"}
         return replace(base, uplink_ofport=row.ofport, snat_ip=snat,
-                       external_gateway_mac=self.gateway_mac)
+                       external_gateway_mac=self.gateway_mac, fabric_ofport=self._fabric())
+
+    def _infra(self) -> set[str]:
+        """The bridge's own ports: not VMs."""
+        return {self.base_cfg.uplink_port, self.base_cfg.fabric_port} - {""}
+
+    def _fabric(self) -> int:
+        name = self.base_cfg.fabric_port
+        row = self.rows.get(name) if name else None
+        if name and (row is None or not row.ofport or row.ofport < 1):
+            self._warn_once("fabric", f"fabric port {name} is not on bridge "
+                            f"{self.base_cfg.bridge} (or has no ofport); no traffic between "
+                            "hosts until it is")
+            return 0
+        self.warned.discard("fabric")
+        return row.ofport if row else 0
 
     def _snat_ip(self):
         """The bridge's SNAT IP (Neutron's per-host port) over the configured one. A bad
@@ -270,9 +284,26 @@ class HostController:
             a = arp.parse(data)
             return self._uplink_arp(a, now) if a is not None else []
         name = host.by_ofport.get(in_port)
-        if name is not None and host.is_pending(name):
-            return self.fips.vm_frame(name, data, now)
-        return []
+        if name is None or name in host.lost:
+            return []
+        out = self._relay_rarp(name, data)
+        if host.is_pending(name):
+            out += self.fips.vm_frame(name, data, now)
+        return out
+
+    def _relay_rarp(self, name: str, frame: bytes) -> list:
+        """A VM's RARP (QEMU sends them when a migrated VM resumes) goes on to the fabric in
+        the VM's VLAN: the fabric's switches learn at once where the VM's MAC is now."""
+        cfg = self.host.cfg
+        if not cfg.fabric_ofport or frame[12:14] != b"\x80\x35":
+            return []
+        port = self.host.valid[name]
+        if frame[6:12] != port.mac.packed:
+            return []
+        net = self.host.net(port)
+        if net.vlan:
+            frame = frame[:12] + b"\x81\x00" + (net.vlan).to_bytes(2, "big") + frame[12:]
+        return [self.sw.session.packet_out(cfg.fabric_ofport, frame, f"RARP of {name}")]
 
     def _uplink_arp(self, a: arp.Arp, now: float) -> list:
         cfg = self.host.cfg

@@ -52,6 +52,7 @@ def is_ours(cookie: int) -> bool:
 # --- matches ---------------------------------------------------------------------------------
 # OVS prints the protocol shorthand, then fields in this order (lib/match.c match_format()).
 PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
+             "rarp": (0x8035, None),
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
 FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "in_port", "vlan_tci", "dl_vlan",
                "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",

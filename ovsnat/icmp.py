@@ -36,13 +36,16 @@ def _adjust(checksum: int, old: bytes, new: bytes) -> int:
 
 
 def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
-                    eth_src: bytes, eth_dst: bytes) -> bytes | None:
+                    eth_src: bytes, eth_dst: bytes, outer: bool = True,
+                    dec_ttl: bool = True) -> bytes | None:
     """Rewrite an ICMP error frame for a FIP VM.
 
     inbound: outer dst and inner src go old_ip (the FIP) -> new_ip (the fixed IP).
     outbound: outer src and inner dst go old_ip (the fixed IP) -> new_ip (the FIP).
-    The TTL is decremented (this is a routed hop), every checksum is fixed, and the frame
-    gets the given Ethernet addresses. Returns None for anything that is not such an error.
+    outer=False: the switch already translated the outer header (it has new_ip there); only
+    the quoted one is rewritten. The TTL is decremented when this is the routed hop, every
+    checksum is fixed, and the frame gets the given Ethernet addresses. Returns None for
+    anything that is not such an error.
     """
     if len(frame) < ETH_LEN + 20 or frame[12:14] != b"\x08\x00":
         return None
@@ -51,7 +54,7 @@ def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
     if ip[9] != 1 or len(ip) < ihl + 8 + 20 or ip[ihl] not in ERROR_TYPES or ip[8] <= 1:
         return None
     outer_field = 16 if inbound else 12              # dst or src
-    if ip[outer_field:outer_field + 4] != old_ip:
+    if ip[outer_field:outer_field + 4] != (old_ip if outer else new_ip):
         return None
     inner = ihl + 8
     inner_ihl = (ip[inner] & 0x0F) * 4
@@ -73,7 +76,8 @@ def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
     struct.pack_into("!H", ip, ihl + 2, 0)
     struct.pack_into("!H", ip, ihl + 2, _checksum(bytes(ip[ihl:total])))
     ip[outer_field:outer_field + 4] = new_ip
-    ip[8] -= 1
+    if dec_ttl:
+        ip[8] -= 1
     struct.pack_into("!H", ip, 10, 0)
     struct.pack_into("!H", ip, 10, _checksum(bytes(ip[:ihl])))
     return eth_dst + eth_src + frame[12:14] + bytes(ip)

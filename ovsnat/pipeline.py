@@ -47,9 +47,10 @@ TABLES: tuple[Table, ...] = (
        "the network in reg6, the from-fabric flag set). Drop and count IPv6, multicast, "
        "broadcast, DHCP and metadata traffic; drop everything else. When the gateway MAC is "
        "learned dynamically, copy the gateway's ARP to the controller; while a FIP VM's "
-       "presence is unproven, copy its frames to the controller (activation).",
+       "presence is unproven, copy its frames to the controller (activation); with a fabric, "
+       "a VM's RARP goes to the controller (metered), which passes it on to the fabric.",
        "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
-       {Goto, Controller, Load, PopVlan},
+       {Goto, Controller, Load, PopVlan, Meter},
        {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, INGRESS}),
     _t(FABRIC_IN, "fabric_in",
        "Frames from the fabric, already in their network: never with the router MAC or a "

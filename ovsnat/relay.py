@@ -1,8 +1,11 @@
 """Which ICMP errors the controller sends on, and where (their rewriting is ovsnat.icmp's).
 
-The switch hands the controller ICMP errors to or from a FIP VM (metered): a stateless FIP
-leaves their quoted header untranslated. Inbound errors (to the FIP) go to the VM's port,
-outbound ones (from the fixed IP) to the gateway; anything else is dropped.
+A stateless FIP leaves the header an ICMP error quotes untranslated, so the switch hands
+errors that went through a FIP to the controller (metered), after it translated the outer
+header: an inbound error already has the VM's fixed IP as destination but still quotes the
+FIP as source; an outbound one has the FIP as source but quotes the fixed IP. The controller
+rewrites the quoted address and sends the error on: to the VM's port, to the gateway, or,
+when it is between two FIPs of this host, straight to the other VM.
 """
 
 from __future__ import annotations
@@ -13,26 +16,57 @@ from ovsnat import icmp
 from ovsnat.state import HostState
 
 
+def _ip(raw: bytes) -> str:
+    return str(netaddr.IPAddress(int.from_bytes(raw, "big")))
+
+
 def icmp_error(host: HostState, in_port: int, frame: bytes) -> tuple[int, bytes] | None:
-    """(output port, translated frame) for an ICMP error frame, or None to drop it."""
-    cfg = host.cfg
+    """(output port, translated frame) for a punted ICMP error, or None to drop it."""
     if len(frame) < 34 or (frame[14] & 0x0F) * 4 < 20:
         return None
-    dst, src = frame[30:34], frame[26:30]
-    name = host.fip_owner(str(netaddr.IPAddress(int.from_bytes(dst, "big"))))
-    inbound = name is not None and not host.is_pending(name)
-    if not inbound:
-        name = host.by_ofport.get(in_port)
-    port = host.valid.get(name) if name else None
-    if port is None or port.fip is None or host.is_pending(name):
+    if in_port in (host.cfg.uplink_ofport, 0):          # from outside, or hairpinned
+        return _inbound(host, frame, dec_ttl=True)
+    return _outbound(host, frame)
+
+
+def _live_port(host: HostState, fip: str):
+    name = host.fip_owner(fip)
+    if name is None or host.is_pending(name):
         return None
-    fip, fixed = port.fip.packed, port.fixed_ip.packed
-    if inbound:
-        out = icmp.translate_error(frame, fip, fixed, True, cfg.router_mac.packed,
-                                   port.mac.packed)
-        return (port.ofport, out) if out else None
-    if src == fixed and cfg.external_gateway_mac is not None:
-        out = icmp.translate_error(frame, fixed, fip, False, cfg.ip_mac(port.fip).packed,
-                                   cfg.external_gateway_mac.packed)
-        return (cfg.uplink_ofport, out) if out else None
-    return None
+    return host.valid[name]
+
+
+def _inbound(host: HostState, frame: bytes, dec_ttl: bool) -> tuple[int, bytes] | None:
+    """To a FIP VM: the quoted source is its FIP; the outer destination its fixed IP."""
+    ihl = (frame[14] & 0x0F) * 4
+    quoted_src = frame[14 + ihl + 8 + 12:14 + ihl + 8 + 16]
+    port = _live_port(host, _ip(quoted_src)) if len(quoted_src) == 4 else None
+    if port is None:
+        return None
+    out = icmp.translate_error(frame, port.fip.packed, port.fixed_ip.packed, True,
+                               host.cfg.router_mac.packed, port.mac.packed, outer=False,
+                               dec_ttl=dec_ttl)
+    return (port.ofport, out) if out else None
+
+
+def _outbound(host: HostState, frame: bytes) -> tuple[int, bytes] | None:
+    """From a FIP VM: the outer source is its FIP already; the quote still has its fixed IP.
+    To another FIP of this host, the error is delivered here (hairpin), translated for both."""
+    cfg = host.cfg
+    port = _live_port(host, _ip(frame[26:30]))
+    if port is None:
+        return None
+    fip_mac = cfg.ip_mac(port.fip).packed
+    out = icmp.translate_error(frame, port.fixed_ip.packed, port.fip.packed, False, fip_mac,
+                               cfg.external_gateway_mac.packed if cfg.external_gateway_mac
+                               else b"\xff" * 6, outer=False)
+    if out is None:
+        return None
+    peer = _live_port(host, _ip(frame[30:34]))
+    if peer is not None:                              # hairpin: to another local FIP
+        inside = icmp.translate_error(out, peer.fip.packed, peer.fixed_ip.packed, True,
+                                      cfg.router_mac.packed, peer.mac.packed, dec_ttl=False)
+        return (peer.ofport, inside) if inside else None
+    if cfg.external_gateway_mac is None:
+        return None
+    return cfg.uplink_ofport, out

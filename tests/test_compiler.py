@@ -189,7 +189,7 @@ def test_flow_counts_per_object():
     assert len(host_flows(cfg)) == 53
     assert len(host_flows(cfg64)) == 52          # no shared PAT commit: each VM has its own
     assert len(host_flows(config(external_gateway_mac=""))) == 53   # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 58         # fabric_in: 5
+    assert len(host_flows(fabric)) == 59         # fabric_in: 5, the RARP relay: 1
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8

@@ -106,7 +106,7 @@ def test_gateway_mac_is_learned_by_arp_and_followed_when_it_changes(make_lab):
              what="the new gateway MAC to be learned")
     works(lab, vm1, vm2)
     assert re.search(rf"set_field:{new_mac}->eth_dst", lab.hosts["hv1"].ofctl(
-        "dump-flows", "br-int", "table=40"))
+        "dump-flows", "br-int", "table=50"))
 
 
 def test_a_bad_option_stops_startup_with_one_message(make_lab):

@@ -47,9 +47,9 @@ def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
     out = ovsnat(live, "dump", "--json")
     assert out.returncode == 0, out.stderr
     groups = json.loads(out.stdout)
-    assert set(groups) == {"host", "tapvm1", "tapvm2"}
+    assert set(groups) == {"host", "network (default)", "tapvm1", "tapvm2"}
     roles = {f["role"] for f in groups["tapvm1"]}
-    assert {"classify", "uplink_arp", "egress", "ingress", "deliver"} <= roles
+    assert {"classify", "vm_arp", "uplink_arp", "egress", "ingress", "vm_l2"} <= roles
     assert sum(f["packets"] for f in groups["tapvm2"]) > 0
     text = ovsnat(live, "dump").stdout
     assert "tapvm1 (vm1, 10.0.0.11, FIP 203.0.113.10, ofport" in text
@@ -127,7 +127,7 @@ def test_trace_json_gives_steps_verdict_and_final_packet(live):
                             "where": "the uplink"}
     assert r["final"]["nw_src"] == FIP and r["final"]["tp_dst"] == "80"
     roles = [s["role"] for s in r["steps"]]
-    assert roles[0] == "classify" and "egress" in roles and roles[-1] == "egress_out"
+    assert roles == ["classify", "vm_route", "egress", "egress_out", "ingress"]
     assert {s["owner"] for s in r["steps"]} == {"host", "tapvm1"}
     dropped = json.loads(ovsnat(live, "trace", "--json", "outside", "10.0.0.12", "tcp",
                                 "22").stdout)

@@ -162,7 +162,7 @@ BAD_IDS = [
     ("FIP IPv6", {"ovsnat-fip": "2001:db8::1"}, "is not an IPv4 address"),
     ("FIP is the SNAT IP", {"ovsnat-fip": SNAT}, "is this host's SNAT IP"),
     ("FIP is the gateway", {"ovsnat-fip": "203.0.113.1"}, "is the external gateway's address"),
-    ("FIP inside internal", {"ovsnat-fip": "10.0.0.50"}, "is inside internal_cidr"),
+    ("FIP inside internal", {"ovsnat-fip": "10.0.0.50"}, "is inside its network (default)"),
     ("FIP outside external", {"ovsnat-fip": "198.51.100.7"}, "is not a host address of"),
     ("FIP network address", {"ovsnat-fip": "203.0.113.0"}, "is not a host address of"),
     ("FIP broadcast", {"ovsnat-fip": "203.0.113.255"}, "is not a host address of"),
@@ -320,35 +320,40 @@ def test_per_vm_port_blocks_keep_one_vm_from_starving_another(make_lab):
 
 
 # --- bundle atomicity --------------------------------------------------------------------------------
-def test_a_bundle_with_an_invalid_flow_is_rejected_whole_and_other_vms_still_get_programmed(rel):
-    """An operator deleted meter 1 behind the controller's back: a live FIP VM's flows (which
-    use it) are refused by the switch. Its bundle is rejected whole and retried on its own,
-    the PAT VM plugged in the same change works, and the log names the FIP VM. (That a
-    bundle carrying several owners is retried owner by owner is pinned by the unit test
-    test_a_rejected_bundle_is_retried_owner_by_owner_then_given_up.)"""
+def test_a_bundle_the_switch_refuses_is_retried_owner_by_owner_and_the_rest_is_kept(rel):
+    """An operator capped a table behind the controller's back (flow_limit, overflow refused):
+    one flow more fits in vm_l2, two VMs plugged in one change need two. Their bundle is
+    refused whole and retried owner by owner: the first VM is programmed, the second is given
+    up with its name in the log, nothing installed before is lost. Lifting the cap and
+    restarting the controller repairs it."""
     host = rel.hosts["hv1"]
     vm4 = rel.add_vm("vm4", "hv1", "10.0.0.14", "02:00:0a:00:00:0e", {})
     vm5 = rel.add_vm("vm5", "hv1", "10.0.0.15", "02:00:0a:00:00:0f", {})
-    host.ofctl("del-meter", "br-int", "meter=1")
-    before = installed_text(host)
-    host.vsctl("set", "Interface", vm4.tap, 'external_ids:ovsnat-fixed-ip="10.0.0.14"',
-               'external_ids:ovsnat-fip="203.0.113.44"', "--", "set", "Interface", vm5.tap,
-               'external_ids:ovsnat-fixed-ip="10.0.0.15"')
-    wait_for(lambda: "giving up on port tapvm4" in scenario.controller_log(rel, "hv1"), 10,
-             what="the failure to be logged with the VM's name")
-    assert tcp_connect(rel, vm5.ns, SERVER_IP, 8080).peer_ip == SNAT
-    assert before <= installed_text(host)               # nothing installed before was lost
-    # The FIP never went live: no ARP answer for it, no translation to it (its dark flows,
-    # which use no refused meter, may be there).
-    assert not [line for line in installed_text(host) if "203.0.113.44" in line and
-                ("IN_PORT" in line or "set_field:203.0.113.44" in line)]
-    log = scenario.controller_log(rel, "hv1")
-    assert re.search(r"retrying \d owner\(s\) one by one", log)
-    # Repair: restore the meter and restart the controller; it converges.
-    host.ofctl("add-meter", "br-int", "meter=1,pktps,band=type=drop,rate=100")
-    scenario.stop_controller(rel, "hv1")
-    scenario.start_controller(rel, "hv1")
-    wait_for(lambda: ping(rel.srv_ns, "203.0.113.44", count=1, wait=0.2).received, 15,
-             what="vm4's FIP after the repair")
-    rel.unplug(vm4)
-    rel.unplug(vm5)
+    try:
+        in_vm_l2 = len([line for line in host.ofctl("dump-flows", "br-int", "table=70")
+                        .splitlines() if "priority=" in line])
+        host.vsctl("--", "--id=@ft", "create", "Flow_Table", f"flow_limit={in_vm_l2 + 1}",
+                   "overflow_policy=refuse", "--", "set", "Bridge", "br-int",
+                   "flow_tables:70=@ft")
+        before = installed_text(host)
+        host.vsctl("set", "Interface", vm4.tap, 'external_ids:ovsnat-fixed-ip="10.0.0.14"',
+                   'external_ids:ovsnat-fip="203.0.113.44"', "--", "set", "Interface",
+                   vm5.tap, 'external_ids:ovsnat-fixed-ip="10.0.0.15"')
+        wait_for(lambda: "giving up on port tapvm5" in scenario.controller_log(rel, "hv1"), 10,
+                 what="the failure to be logged with the VM's name")
+        wait_for(lambda: tcp_connect(rel, vm4.ns, SERVER_IP, 8080, timeout=0.5).peer_ip ==
+                 "203.0.113.44", 5, what="the VM that fitted to work")
+        assert before <= installed_text(host)               # nothing installed before lost
+        assert not [line for line in installed_text(host) if "10.0.0.15" in line]
+        log = scenario.controller_log(rel, "hv1")
+        assert "retrying 2 owner(s) one by one" in log
+        assert "switch rejected flow" in log and "of port tapvm" in log
+        host.vsctl("clear", "Bridge", "br-int", "flow_tables")
+        scenario.stop_controller(rel, "hv1")
+        scenario.start_controller(rel, "hv1")
+        wait_for(lambda: tcp_connect(rel, vm5.ns, SERVER_IP, 8080, timeout=0.5).peer_ip ==
+                 SNAT, 15, what="vm5 after the repair")
+    finally:
+        host.vsctl("clear", "Bridge", "br-int", "flow_tables")
+        rel.unplug(vm4)
+        rel.unplug(vm5)

@@ -21,7 +21,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from ovsnat.lab.ovs import Ovs, require_ovs
-from ovsnat.lab.sh import LabError, kill_pid, pid_alive, run, wait_for
+from ovsnat.lab.cleanup import kill_recorded as _kill_recorded
+from ovsnat.lab.sh import LabError, run
 
 STATE_ROOT = os.environ.get("OVSNAT_LAB_ROOT", "/run/ovsnat-lab")
 NS_PREFIX = "ovsnat-"
@@ -48,6 +49,7 @@ class Vm:
     host: str
     tap: str
     external_ids: dict = field(default_factory=dict)   # as last plugged
+    gateway: str = "10.0.0.1"
 
     def exec(self, *argv: str, check: bool = True, timeout: float = 30):
         return run(argv, ns=self.ns, check=check, timeout=timeout)
@@ -62,6 +64,7 @@ class Host:
     rundir: str
     dummy: bool = False
     procs: dict = field(default_factory=dict)   # name -> pid of processes we spawned here
+    fabric: bool = False                        # cabled to the lab's top-of-rack switch
 
     @property
     def ovs(self) -> Ovs:
@@ -186,10 +189,11 @@ class Lab:
         run(["ip", "-n", srv, "route", "add", "default", "via", SERVER_GW])
         return self
 
-    def add_host(self, name: str, dummy: bool = False) -> Host:
-        """A hypervisor: namespace, private OVS, br-int (netdev, secure, OF1.3), uplink."""
+    def add_host(self, name: str, dummy: bool = False, fabric: bool = False) -> Host:
+        """A hypervisor: namespace, private OVS, br-int (netdev, secure, OF1.3), uplink;
+        with `fabric`, also a `fabric` port cabled to the lab's top-of-rack switch."""
         ns = self._add_ns(name)
-        host = Host(name, ns, os.path.join(self.dir, name), dummy)
+        host = Host(name, ns, os.path.join(self.dir, name), dummy, fabric=fabric)
         self.hosts[name] = host
         self._save()
         host.ovs.start(dummy=dummy)
@@ -197,23 +201,30 @@ class Lab:
         run(["ip", "-n", self.ext_ns, "link", "set", name, "master", "br0"])
         host.ovs.add_bridge(BRIDGE, UPLINK)
         host.ofport(UPLINK)
+        if fabric:
+            from ovsnat.lab import fabric as tor
+            tor.connect(self, host)
         return host
 
     def add_vm(self, name: str, host: str, ip: str, mac: str,
                external_ids: dict[str, str] | None = None, boot: bool = True,
-               ofport: int | None = None) -> Vm:
-        """A VM namespace with eth0 (ip/24, default route via 10.0.0.1) plugged into `host`.
+               ofport: int | None = None, net=None) -> Vm:
+        """A VM namespace with eth0 plugged into `host`: ip/24 with a default route via
+        10.0.0.1, or in `net` (a fabric.LabNet, whose keys join the external_ids).
         external_ids go on the Interface row, as nova/os-vif would set them. boot=True: the
         VM then announces itself with a GARP, as a booting VM's first traffic would (False:
         a VM that never speaks first). ofport: ask OVS for this OpenFlow port number."""
         ns = self._add_ns(name)
-        vm = Vm(name, ns, ip, mac, host, tap=f"tap{name}"[:15])
+        gateway, prefix = (net.gateway, net.prefix) if net else (INTERNAL_GW, INTERNAL_PREFIX)
+        vm = Vm(name, ns, ip, mac, host, tap=f"tap{name}"[:15], gateway=gateway)
+        if net is not None:
+            external_ids = {**net.external_ids(), **(external_ids or {})}
         self.vms[name] = vm
         self._save()
         self._veth(ns, "eth0", self.hosts[host].ns, vm.tap)
         run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
-        run(["ip", "-n", ns, "addr", "add", f"{ip}/{INTERNAL_PREFIX}", "dev", "eth0"])
-        run(["ip", "-n", ns, "route", "add", "default", "via", INTERNAL_GW])
+        run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
+        run(["ip", "-n", ns, "route", "add", "default", "via", gateway])
         self.plug(vm, host, external_ids, ofport)
         self._save()
         if boot:
@@ -345,34 +356,6 @@ def arp_frame(mac: str, ip: str, rarp: bool = False) -> bytes:
         return b"\xff" * 6 + hw + b"\x80\x35" + body
     body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + bytes(6) + addr
     return b"\xff" * 6 + hw + b"\x08\x06" + body
-
-
-def _kill_recorded(info: dict, lab_id: str) -> None:
-    """Kill a recorded process and its session (it was started with start_new_session), but
-    only while its environment still carries this lab's id: a recycled pid is left alone."""
-    pid = info["pid"]
-    if not pid_alive(pid) or f"OVSNAT_LAB_ID={lab_id}".encode() not in _environ(pid):
-        return
-    try:
-        os.killpg(pid, 15)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        wait_for(lambda: not pid_alive(pid), 5, what=f"pid {pid} to exit")
-    except LabError:
-        kill_pid(pid, "")
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def down_all(root: str = STATE_ROOT) -> list[str]:
