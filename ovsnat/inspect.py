@@ -21,7 +21,7 @@ from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_o
 from ovsnat.model import HostConfig, VmPort, mac_str, port_from_row, with_gateway_mac
 from ovsnat.options import read_ini
 from ovsnat.ovsdb import Watcher
-from ovsnat.pipeline import BY_ID, EGRESS_OUT
+from ovsnat.pipeline import BY_ID, INGRESS
 from ovsnat.state import HostState
 
 
@@ -113,13 +113,17 @@ def load_view(conf_path: str) -> View:
     if uplink is None or not uplink.ofport or uplink.ofport < 1:
         raise InspectError(f"uplink port {options['uplink_port']} is not on bridge "
                            f"{options['bridge']}")
-    cfg = HostConfig.parse({**options, "uplink_ofport": uplink.ofport})
+    fabric = snap.rows.get(options.get("fabric_port") or "")
+    snat = snap.bridge_ids.get("ovsnat-snat-ip") or options.get("snat_ip")
+    cfg = HostConfig.parse({**options, "uplink_ofport": uplink.ofport, "snat_ip": snat,
+                            "fabric_ofport": fabric.ofport if fabric and fabric.ofport and
+                            fabric.ofport > 0 else 0})
     installed = dump_flows(cfg.bridge)
     if cfg.learn_gateway_mac:
         cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
     host = HostState(cfg)
     for name, row in sorted(snap.rows.items()):
-        if name != cfg.uplink_port:
+        if name not in (cfg.uplink_port, cfg.fabric_port):
             host.update(name, port_from_row(name, row.ofport, row.external_ids,
                                             row.link_state))
     host.adopt_installed({(f.table, f.cookie) for f in installed})
@@ -129,7 +133,7 @@ def load_view(conf_path: str) -> View:
 def _installed_gateway_mac(installed: list[Installed]):
     for f in installed:
         m = re.search(r"set_field:([0-9a-f:]{17})->eth_dst,output", f.actions)
-        if f.table == EGRESS_OUT and m and is_ours(f.cookie):
+        if f.table == INGRESS and m and is_ours(f.cookie):
             return netaddr.EUI(m.group(1))
     return None
 
@@ -165,7 +169,9 @@ def describe_owner(view: View, owner: str) -> str:
     if port is None:
         return owner
     nat = f"FIP {port.fip}" if port.fip else "PAT"
-    return f"{owner} ({port.iface_id}, {port.fixed_ip}, {nat}, ofport {port.ofport})"
+    net = view.host.net(port)
+    where = "" if not net.name else f"network {net.name}, "
+    return f"{owner} ({port.iface_id}, {where}{port.fixed_ip}, {nat}, ofport {port.ofport})"
 
 
 def format_dump(view: View, groups: dict) -> str:
@@ -212,8 +218,9 @@ def pat_usage(cfg: HostConfig, conntrack: str) -> dict:
 # Drop counters worth watching: (name, table, priority) of host-level drop flows.
 DROP_COUNTERS = (("spoofed_or_unknown_source", 0, 0), ("pat_range_exhausted", 38, 0),
                  ("pat_unsolicited_inbound", 55, 0), ("pat_invalid", 35, 200),
-                 ("ingress_unknown_destination", 50, 0), ("ttl_expired_out", 30, 300),
-                 ("ttl_expired_in", 50, 300))
+                 ("network_pat_invalid", 31, 200), ("network_pat_exhausted", 32, 0),
+                 ("fabric_spoofed", 5, 200), ("ingress_unknown_destination", 50, 0),
+                 ("ttl_expired_out", 30, 300), ("ttl_expired_in", 50, 300))
 
 
 def drop_counters(view: View) -> dict[str, int]:
@@ -230,6 +237,7 @@ def status(view: View, conntrack: str) -> dict:
     waiting = (view.status or {}).get("waiting", {})
     for port in host.accepted:
         vms.append({"name": port.name, "iface_id": port.iface_id, "ofport": port.ofport,
+                    "network": host.net(port).label,
                     "mac": mac_str(port.mac), "fixed_ip": str(port.fixed_ip),
                     "nat": f"FIP {port.fip}" if port.fip else "PAT",
                     "fip_state": ("pending" if host.is_pending(port.name) else "active")
@@ -239,6 +247,11 @@ def status(view: View, conntrack: str) -> dict:
         "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip),
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
         "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
+        "fabric_port": cfg.fabric_port or None,
+        "networks": [{"name": net.label, "vlan": net.vlan, "cidr": str(net.cidr),
+                      "gateway": str(net.gateway),
+                      "vms": sum(1 for vm in vms if vm["network"] == net.label)}
+                     for net in sorted(host.nets.values(), key=lambda n: (n.id, n.name))],
         "vms": vms,
         "rejected": [asdict(r) for r in host.rejected],
         "pat": pat_usage(cfg, conntrack),
@@ -251,12 +264,18 @@ def status(view: View, conntrack: str) -> dict:
 def format_status(st: dict) -> str:
     lines = [f"bridge {st['bridge']}: SNAT {st['snat_ip']} ports {st['snat_ports']}, "
              f"gateway MAC {st['gateway_mac'] or 'unknown'}"]
+    lines.append(f"networks ({len(st['networks'])}), fabric port "
+                 f"{st['fabric_port'] or 'none'}:")
+    for net in st["networks"]:
+        vlan = f"VLAN {net['vlan']}" if net["vlan"] else "untagged"
+        lines.append(f"  {net['name']:<14} {vlan:<9} {net['cidr']:<18} gateway "
+                     f"{net['gateway']:<15} {net['vms']} VMs")
     lines.append(f"VMs ({len(st['vms'])}):")
     for vm in st["vms"]:
         state = f" [{vm['fip_state']}" + (f": {vm['waiting']}" if vm.get("waiting") else "") + \
             "]" if vm["fip_state"] else ""
         lines.append(f"  {vm['name']:<12} {vm['iface_id']:<14} ofport {vm['ofport']:<5} "
-                     f"{vm['fixed_ip']:<15} {vm['nat']}{state}")
+                     f"{vm['network']:<12} {vm['fixed_ip']:<15} {vm['nat']}{state}")
     lines.append(f"skipped ports ({len(st['rejected'])}):")
     lines += [f"  {r['reason']}" for r in st["rejected"]]
     pat = st["pat"]
@@ -279,11 +298,20 @@ def vm_counts(view: View) -> Counter:
     return Counter("fip" if p.fip else "pat" for p in view.host.accepted)
 
 
-def find_vm(view: View, key: str) -> VmPort:
-    for port in view.host.valid.values():
-        if key in (port.name, port.iface_id, str(port.fixed_ip), str(port.fip)):
-            return port
-    raise InspectError(f"no VM port named {key!r} (port name, iface-id, fixed IP or FIP)")
+def find_vm(view: View, key: str, network: str | None = None) -> VmPort:
+    """A VM by port name, iface-id, fixed IP or FIP; `network` picks among VMs of several
+    networks with the same fixed IP."""
+    found = [p for p in view.host.accepted
+             if key in (p.name, p.iface_id, str(p.fixed_ip), str(p.fip)) and
+             (network is None or view.host.net(p).label == network or
+              view.host.net(p).name == network)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InspectError(f"no VM port named {key!r} (port name, iface-id, fixed IP or FIP)"
+                           + (f" in network {network}" if network else ""))
+    nets = ", ".join(sorted(view.host.net(p).label for p in found))
+    raise InspectError(f"{key} is in several networks ({nets}): add --network NAME")
 
 
 __all__ = ["COOKIE_VM", "load_view", "dump", "diff", "status", "find_vm"]

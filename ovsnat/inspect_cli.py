@@ -22,6 +22,8 @@ def main(cmd: str, argv: list[str]) -> int:
         p.add_argument("dport", nargs="?", type=int, default=80)
         p.add_argument("--src-ip", default="198.51.100.10",
                        help="source address of a packet from outside")
+        p.add_argument("--network", help="the source VM's network, when its fixed IP is "
+                                         "in several")
     a = p.parse_args(argv)
     try:
         view = insp.load_view(a.config)
@@ -49,7 +51,8 @@ def main(cmd: str, argv: list[str]) -> int:
         return 0
     from ovsnat import trace
     try:
-        flow = trace.trace_flow(view, a.source, a.dst, a.proto, a.dport, src_ip=a.src_ip)
+        flow = trace.trace_flow(view, a.source, a.dst, a.proto, a.dport, src_ip=a.src_ip,
+                                network=a.network)
         output = trace.run_trace(view, flow)
     except insp.InspectError as e:
         print(f"ovsnat trace: {e}", file=sys.stderr)

@@ -25,9 +25,11 @@ class Step:
 
 
 def trace_flow(view: View, source: str, dst: str, proto: str, dport: int,
-               sport: int = 40000, src_ip: str = "198.51.100.10") -> str:
-    """The ofproto/trace flow for a packet from a VM (port name, iface-id or IP) or from
-    "outside" (arriving on the uplink from src_ip)."""
+               sport: int = 40000, src_ip: str = "198.51.100.10",
+               network: str | None = None) -> str:
+    """The ofproto/trace flow for a packet from a VM (port name, iface-id or IP; `network`
+    picks among VMs of several networks with the same IP) or from "outside" (arriving on
+    the uplink from src_ip)."""
     cfg = view.cfg
     l4 = {"tcp": f"tp_src={sport},tp_dst={dport},tcp_flags=syn",
           "udp": f"udp_src={sport},udp_dst={dport}", "icmp": "icmp_type=8,icmp_code=0"}.get(proto)
@@ -43,9 +45,16 @@ def trace_flow(view: View, source: str, dst: str, proto: str, dport: int,
         return (f"{proto},in_port={cfg.uplink_ofport},dl_src={gw},"
                 f"dl_dst={mac_str(cfg.ip_mac(dst_ip))},nw_src={src_ip},nw_dst={dst},"
                 f"nw_ttl=64,{l4}")
-    vm = find_vm(view, source)
-    local = next((p for p in view.host.accepted if p.fixed_ip == dst_ip), None)
-    dl_dst = mac_str(local.mac) if local else mac_str(cfg.router_mac)
+    vm = find_vm(view, source, network)
+    net = view.host.net(vm)
+    local = next((p for p in view.host.accepted if p.fixed_ip == dst_ip and
+                  view.host.net(p) == net), None)
+    if local is not None:
+        dl_dst = mac_str(local.mac)
+    elif net.contains(dst_ip):
+        dl_dst = "02:00:00:00:00:ff"          # a VM of the network on another host
+    else:
+        dl_dst = mac_str(cfg.router_mac)
     return (f"{proto},in_port={vm.ofport},dl_src={mac_str(vm.mac)},dl_dst={dl_dst},"
             f"nw_src={vm.fixed_ip},nw_dst={dst},nw_ttl=64,{l4}")
 
@@ -90,9 +99,15 @@ def analyse(view: View, flow: str, output: str, proto: str) -> dict:
     port = action.split(":", 1)[1] if action.startswith("output:") else "IN_PORT"
     name = next((n for n, r in view.rows.items() if str(r.ofport) == port), port)
     uplink = port == str(view.cfg.uplink_ofport)
+    fabric = view.cfg.fabric_ofport and port == str(view.cfg.fabric_ofport)
     result["final"] = dict(FIELDS.findall(finals[-1])) if finals else {}
+    where = "the uplink" if uplink else "the fabric" if fabric else f"port {name}"
+    vlan = next((a.split("->")[0].split(":")[1] for s in steps for a in s.actions
+                 if a.startswith("set_field:") and a.endswith("->vlan_vid")), None)
+    if fabric and vlan:
+        where += f" in VLAN {int(vlan) & 0xFFF}"
     result["verdict"] = {"outcome": "output", "port": port, "port_name": name,
-                         "where": "the uplink" if uplink else f"port {name}"}
+                         "where": where}
     nat = [a for s in steps for a in s.actions if a.startswith("nat(src=")]
     m = re.search(r"nat\(src=([\d.]+):(\d+)-(\d+)\)", nat[-1]) if nat else None
     if m:

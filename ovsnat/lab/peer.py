@@ -8,6 +8,7 @@ once bound, so the spawner knows when to start sending.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import threading
@@ -65,10 +66,11 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
         s.close()
         return 0
     sent = received = 0
+    tag = f"{os.getpid():07d}".encode()     # a reply meant for another client shows at once
     deadline = time.monotonic() + hold
     try:
         while time.monotonic() < deadline:
-            msg = f"{sent:08d}".encode()
+            msg = tag + f"{sent:08d}".encode()
             s.sendall(msg)
             sent += 1
             got = b""
@@ -77,6 +79,9 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
                 if not chunk:
                     raise ConnectionResetError("peer closed")
                 got += chunk
+            if got != msg:
+                print(f"MIXED got {got!r} for {msg!r}", flush=True)
+                return 3
             received += 1
             time.sleep(0.01)
     except OSError as e:

@@ -159,8 +159,10 @@ def parse_ping(output: str) -> PingResult:
     return PingResult(int(m.group(1)), int(m.group(2)), output)
 
 
-def background_tcp(lab, ns: str, host: str, port: int, hold: float) -> Background:
+def background_tcp(lab, ns: str, host: str, port: int, hold: float,
+                   src_port: int = 0) -> Background:
     """A TCP session that echoes every 10 ms for `hold` seconds; .result() ends with
-    HELD n echoes or BROKEN ..."""
+    HELD n echoes, BROKEN ... or MIXED ... (an echo that was not this client's)."""
     return Background([lab.python()[0], "-m", "ovsnat.lab.peer", "tcp-client", host,
-                       str(port), "--timeout", "3", "--hold", str(hold)], ns)
+                       str(port), "--timeout", "3", "--hold", str(hold),
+                       "--src-port", str(src_port)], ns)
