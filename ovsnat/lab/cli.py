@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 
 from ovsnat.lab import scenario
+from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
 from ovsnat.lab.traffic import start_server
 
 # The default lab: two hypervisors, VMs with and without floating IPs (the contract's
 # external_ids are set on each Interface row, as nova/os-vif would).
 DEFAULT_VMS = [
-    # name, host, fixed ip, mac, fip
-    ("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b", "203.0.113.10"),
-    ("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", None),
-    ("vm3", "hv2", "10.0.0.13", "02:00:0a:00:00:0d", "203.0.113.12"),
-    ("vm4", "hv2", "10.0.0.14", "02:00:0a:00:00:0e", None),
+    # name, host, fixed ip, mac, fip, network (None: the hosts' default network)
+    ("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b", "203.0.113.10", None),
+    ("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", None, None),
+    ("vm3", "hv2", "10.0.0.13", "02:00:0a:00:00:0d", "203.0.113.12", None),
+    ("vm4", "hv2", "10.0.0.14", "02:00:0a:00:00:0e", None, None),
+    # two tenant networks with the same addresses, on the fabric in VLAN 101 and 102
+    ("ta1", "hv1", "10.1.0.11", "02:00:0a:01:00:0b", None, TENANT_A),
+    ("tb1", "hv1", "10.1.0.11", "02:00:0a:02:00:0b", None, TENANT_B),
+    ("ta2", "hv2", "10.1.0.12", "02:00:0a:01:00:0c", None, TENANT_A),
 ]
 
 
@@ -35,12 +40,12 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
     """Hosts with ovsnat's controller (ryu-manager), the VMs, and servers to talk to."""
     lab.up()
     for i in range(1, hosts + 1):
-        lab.add_host(f"hv{i}")
+        lab.add_host(f"hv{i}", fabric=True)
         if controllers:
-            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"))
-    for name, host, ip, mac, fip in DEFAULT_VMS:
+            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric")
+    for name, host, ip, mac, fip, net in DEFAULT_VMS:
         if host in lab.hosts:
-            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip))
+            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip), net=net)
             start_server(lab, f"{name}-tcp", vm.ns, "tcp", 7000)
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "srv-udp", lab.srv_ns, "udp", 8080)

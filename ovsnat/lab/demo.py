@@ -9,7 +9,7 @@ from collections import Counter
 
 import netaddr
 
-from ovsnat.flows import COOKIE_HOST, cookie_kind, cookie_owner
+from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, cookie_kind, cookie_owner
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab
 from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
@@ -19,6 +19,26 @@ from ovsnat.pipeline import BY_ID
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def tenant_networks(lab: Lab) -> None:
+    """East-west across the fabric, and two networks with the same addresses on one host."""
+    vms = lab.vms
+    step("2b. Tenant networks on the fabric (a top-of-rack switch joins the hosts)")
+    say("  tenant-a (VLAN 101) and tenant-b (VLAN 102) both use 10.1.0.0/24; ta1 and tb1")
+    say("  are both 10.1.0.11 on hv1, ta2 is 10.1.0.12 on hv2.")
+    for src, dst in (("vm2", "vm4"), ("ta1", "ta2")):
+        reply = tcp_connect(lab, vms[src].ns, vms[dst].ip, 7000)
+        say(f"  {src} (hv1) -> {dst} (hv2) across the fabric: {dst} sees {reply.peer_ip} "
+            "(no NAT inside a network)")
+    tb_to_ta2 = ping(vms["tb1"].ns, vms["ta2"].ip, count=2, wait=0.3)
+    say(f"  tb1 -> 10.1.0.12: {tb_to_ta2.received} of 2 answered (tenant-b has no "
+        "10.1.0.12; ta2 is in tenant-a)")
+    sessions = [background_tcp(lab, vms[n].ns, SERVER_IP, 8080, hold=2, src_port=45000)
+                for n in ("ta1", "tb1")]
+    results = [s.result().strip().splitlines()[-1] for s in sessions]
+    say(f"  ta1 and tb1 to the server from the same port at once: {results[0]} / "
+        f"{results[1]} (each network's own conntrack zone, then one SNAT IP)")
 
 
 def step(title: str) -> None:
@@ -36,19 +56,30 @@ def flow_summary(lab: Lab, host: str) -> str:
         cookie = int(m.group(1), 16)
         t = re.search(r"table=(\d+)", line)
         tables[int(t.group(1)) if t else 0] += 1
-        if cookie_kind(cookie) == COOKIE_HOST:
-            owners["host-level"] += 1
-        else:
-            ip = str(netaddr.IPAddress(cookie_owner(cookie)))
-            vm = next((v for v in lab.vms.values() if v.ip == ip), None)
-            kind = f"FIP {vm.external_ids['ovsnat-fip']}" if vm and \
-                "ovsnat-fip" in vm.external_ids else "PAT"
-            owners[f"{vm.name if vm else ip} ({ip}, {kind})"] += 1
+        owners[_owner(lab, cookie)] += 1
     lines = [f"  {host}: {sum(owners.values())} flows; by owner: " +
              ", ".join(f"{k} {v}" for k, v in sorted(owners.items()))]
     lines.append("    by table: " + ", ".join(f"{t} {BY_ID[t].name} {n}"
                                                for t, n in sorted(tables.items()) if t in BY_ID))
     return "\n".join(lines)
+
+
+def _owner(lab: Lab, cookie: int) -> str:
+    """Who made a flow, from its cookie (see flows/pipeline.md)."""
+    kind, owner = cookie_kind(cookie), cookie_owner(cookie)
+    if kind == COOKIE_HOST:
+        return "host-level"
+    if kind == COOKIE_NET:
+        return f"network in VLAN {owner}" if owner else "untagged network"
+    vlan = owner >> 20 if kind == COOKIE_VLAN_VM else None
+    for v in lab.vms.values():
+        ip = int(netaddr.IPAddress(v.ip))
+        v_vlan = int(v.external_ids.get("ovsnat-vlan", 0)) or None
+        if v_vlan == vlan and (ip == owner if vlan is None else ip & 0xFFFFF == owner & 0xFFFFF):
+            nat = f"FIP {v.external_ids['ovsnat-fip']}" if "ovsnat-fip" in v.external_ids \
+                else "PAT"
+            return f"{v.name} ({v.ip}, {nat})"
+    return f"owner {cookie >> 24:#x}"
 
 
 def run_demo(lab: Lab) -> None:
@@ -68,7 +99,8 @@ def run_demo(lab: Lab) -> None:
     step("2. Static 1:1 NAT and PAT")
     for vm in lab.vms.values():
         reply = tcp_connect(lab, vm.ns, SERVER_IP, 8080)
-        say(f"  {vm.name} -> server: the server sees {reply.peer_ip}:{reply.peer_port}")
+        net = vm.external_ids.get("ovsnat-network", "default network")
+        say(f"  {vm.name} ({net}) -> server: the server sees {reply.peer_ip}:{reply.peer_port}")
     for vm in lab.vms.values():
         if "ovsnat-fip" in vm.external_ids:
             f = vm.external_ids["ovsnat-fip"]
@@ -77,6 +109,8 @@ def run_demo(lab: Lab) -> None:
                 f"{reply.peer_ip}")
     reply = udp_request(lab, vm1.ns, SERVER_IP, 8080, size=3000)
     say(f"  {vm1.name} -> server, 3000-byte UDP (fragmented): {reply.line}")
+
+    tenant_networks(lab)
 
     step(f"3. Live-migrate {vm1.name} (FIP {fip}) from hv1 to hv2 under load")
     say(f"  the server holds a TCP session to {fip}:7000 and pings it every 10 ms")
