@@ -46,6 +46,9 @@ def parse_args(argv):
                    "dummy (type=dummy on a dummy-enabled ovs-vswitchd) and/or patch "
                    "(peerless patch ports: no datapath port, so ovs-vswitchd's main loop "
                    "does not poll them)")
+    p.add_argument("--networks", type=int, default=0,
+                   help="deal the VMs of the cold/restart runs over this many VLAN networks "
+                        "with the same CIDR (0: all in the default network)")
     p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
     p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
     p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
                               restart=at_big and "restart" in a.only,
                               memory=at_big and "memory" in a.only,
                               additions=a.additions if at_big and "events" in a.only else 0,
-                              budget=a.event_budget, port_type=port_type)
+                              budget=a.event_budget, port_type=port_type,
+                              networks=a.networks)
             results += res
             raw[f"scale N={n} {port_type}"] = {k: v for k, v in data.items()
                                                if k != "additions"}

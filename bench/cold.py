@@ -25,7 +25,7 @@ REPORT_DELAY = 11.0
 
 
 def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 0,
-          budget: float = 1e9, port_type: str = "dummy",
+          budget: float = 1e9, port_type: str = "dummy", networks: int = 0,
           timeout: float = 1800) -> tuple[list[Result], dict]:
     """Returns the results and the raw measurements (events.additions data under
     "additions" when asked for: at most `additions`, for about `budget` seconds)."""
@@ -34,8 +34,9 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
         lab.up()
         host = lab.add_host("hv1", dummy=True)
         try:
-            raw["setup_ports_s"] = bulk.add_ports(host, [bulk.vm_spec(i) for i in range(n)],
-                                                  port_type=port_type, timeout=timeout)
+            specs = [bulk.vm_spec(i, networks=networks) for i in range(n)]
+            raw["setup_ports_s"] = bulk.add_ports(host, specs, port_type=port_type,
+                                                  timeout=timeout)
             say(f"  N={n}: {n} {port_type} ports attached in {raw['setup_ports_s']:.1f} s")
             ctl = Controller(lab, "hv1", bulk.SNAT_IP, **bulk.scale_options())
             cold = raw["cold"] = cold_program(ctl, host, n, timeout)
@@ -47,8 +48,9 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
             say(f"  N={n}: ovsnat {cold['seconds']:.3f} s, ovs-ofctl {base['seconds']:.3f} s "
                 f"for {len(dumped)} flows (OVSDB read and state built in "
                 f"{cold['ovsdb_ready_s']:.1f} s before the connection)")
+            label = f"N={n} {port_type}" + (f" over {networks} networks" if networks else "")
             results.append(Result(
-                f"cold program N={n} {port_type}", "connect -> barrier after last flow_mod",
+                f"cold program {label}", "connect -> barrier after last flow_mod",
                 cold["seconds"], base["seconds"], "s", "ratio <= 1.5",
                 {"flows": len(dumped), **{k: cold[k] for k in (
                     "flow_mods", "bundles", "controller_cpu_s", "vswitchd_cpu_s", "phases_s",
@@ -64,17 +66,17 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                 f"started ({again['phases_s']}), {again['flow_mods']} flow_mods")
             if restart:
                 results.append(Result(
-                    f"restart N={n} {port_type}", "flow_mods sent after restart, nothing changed",
+                    f"restart {label}", "flow_mods sent after restart, nothing changed",
                     again["flow_mods"], None, "flow_mods", "value <= 0",
                     {k: again[k] for k in ("nothing_sent", "programmed_lines",
                                            "vswitchd_reported_flow_mods")} |
                     {"cold_flow_mods_reported_by_vswitchd":
                      cold["vswitchd_reported_flow_mods"]}))
                 results.append(Result(
-                    f"restart N={n} {port_type}", "restart (connect -> in sync) / cold program",
+                    f"restart {label}", "restart (connect -> in sync) / cold program",
                     again["controller_seconds"], cold["seconds"], "s", "ratio <= 0.5"))
                 results.append(Result(
-                    f"restart N={n} {port_type}", "restart (process start -> in sync) / cold "
+                    f"restart {label}", "restart (process start -> in sync) / cold "
                     "program", again["seconds"], cold["seconds"], "s", "",
                     {"phases_s": again["phases_s"]}))
             raw["rss_kb"] = {"cold": cold["rss_kb"], "restart": again["rss_kb"]}

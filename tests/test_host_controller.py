@@ -59,6 +59,22 @@ def test_a_restart_of_a_probing_host_keeps_its_live_fips_live_without_probing_ag
     assert len(again.switch.packet_outs) == sent
 
 
+def test_a_host_built_after_the_switch_connected_sends_each_flow_once():
+    """The defect: on a rebuild the FIPs of resident VMs were activated in one bundle, then a
+    full sync diffed against a switch that did not hold that bundle yet, and sent the same
+    flows again. Here the switch connects before the uplink exists; once it appears, every
+    desired flow must reach the switch exactly once."""
+    host = SimHost()
+    host.rows.pop("uplink")
+    host.rows.update({r.name: r for r in (vm_row(11, FIP), vm_row(12, OTHER_FIP), vm_row(13))})
+    host.start()                                # no uplink yet: nothing to build
+    assert host.ctl.host is None and host.switch.flow_mods == 0
+    host.plug(IfaceRow("uplink", 1, {}, "up"))
+    assert host.switch.keys() == host.ctl.host.all_keys()
+    assert host.switch.flow_mods == len(host.switch.keys())
+    assert host.fip_live(FIP) and host.fip_live(OTHER_FIP)    # resident: live at once
+
+
 def test_an_uplink_change_sends_only_the_difference_once():
     host = SimHost(fip_activation="immediate")
     host.rows[vm_row(11, FIP).name] = vm_row(11, FIP)

@@ -53,12 +53,22 @@ class PortSpec:
     external_ids: dict
 
 
-def vm_spec(i: int, fip: bool | None = None) -> PortSpec:
+def vm_spec(i: int, fip: bool | None = None, networks: int = 0) -> PortSpec:
     """VM number i: port p<i>, fixed IP from INTERNAL_CIDR, MAC derived from it; a FIP from
-    EXTERNAL_CIDR when `fip` (default: every even i, so half FIP and half PAT)."""
-    fixed = netaddr.IPAddress(netaddr.IPNetwork(INTERNAL_CIDR).first + FIRST_HOST + i)
-    ids = {"iface-id": f"vm{i}", "attached-mac": "02:00:%02x:%02x:%02x:%02x" % fixed.words,
+    EXTERNAL_CIDR when `fip` (default: every even i, so half FIP and half PAT). With
+    `networks` = K > 0 the VMs are dealt over K VLAN networks (VLAN 101 ...) that all use
+    INTERNAL_CIDR: VM i is in network i % K at offset i // K, so every fixed IP is used by K
+    VMs at once, one per network."""
+    offset, vlan = (FIRST_HOST + i // networks, 101 + i % networks) if networks else \
+        (FIRST_HOST + i, 0)
+    fixed = netaddr.IPAddress(netaddr.IPNetwork(INTERNAL_CIDR).first + offset)
+    ids = {"iface-id": f"vm{i}",
+           "attached-mac": "02:%02x:%02x:%02x:%02x:%02x" % (vlan >> 8, vlan & 0xFF,
+                                                            *fixed.words[1:]),
            "ovsnat-fixed-ip": str(fixed)}
+    if networks:
+        ids.update({"ovsnat-network": f"net{vlan}", "ovsnat-cidr": INTERNAL_CIDR,
+                    "ovsnat-gateway": "10.0.0.1", "ovsnat-vlan": str(vlan)})
     if fip if fip is not None else i % 2 == 0:
         ids["ovsnat-fip"] = str(netaddr.IPAddress(
             netaddr.IPNetwork(EXTERNAL_CIDR).first + FIRST_HOST + i))
