@@ -284,24 +284,29 @@ def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[
 
 def fip_responder_key(cfg: HostConfig, vm: VmPort, net: Network) -> tuple[int, int]:
     """(table, cookie) of the ARP responder of an active FIP: if the switch holds it, the
-    FIP was active here before a controller restart."""
-    f = fip_flows(cfg, vm, net, vm_cookie(vm, net))[0]
+    FIP was live here (before a controller restart, or just now)."""
+    f = _fip_responder(cfg, vm, vm_cookie(vm, net))
     return f.table, f.cookie
+
+
+def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
+    fip = str(vm.fip)
+    return make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=fip, arp_op=1),
+                     arp_reply(mac_str(cfg.ip_mac(vm.fip)), fip))
 
 
 def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
     """Static 1:1 NAT: stateless set_field both ways, with the FIP flag for the ICMP-error
     punts. Fragments take conntrack NAT instead, because the userspace datapath does not fix
     a first fragment's UDP checksum after a set_field (the datagram would arrive corrupt);
-    conntrack reassembles and fixes it. The responder comes first (fip_responder_key)."""
+    conntrack reassembles and fixes it."""
     fip, fixed, r6 = str(vm.fip), str(vm.fixed_ip), reg6(net)
     fip_mac = mac_str(cfg.ip_mac(vm.fip))
     zone = cfg.fip_frag_ct_zone if net.vlan is None else \
         networks.zone(cfg.network_ct_zone_base, net)
     into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
-        make_flow(c, UPLINK_ARP, 200, Match.of(proto="arp", arp_tpa=fip, arp_op=1),
-                  arp_reply(fip_mac, fip)),
+        _fip_responder(cfg, vm, c),
         make_flow(c, EGRESS, 100, Match.of(proto="ip", reg6=r6, nw_src=fixed), [
             SetField("ip_src", fip), SetField("eth_src", fip_mac), Load("reg5", 1, FIP_DONE),
             Goto(EGRESS_OUT)]),
