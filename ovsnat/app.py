@@ -202,7 +202,8 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPPacketIn, fw.MAIN_DISPATCHER)
     def on_packet_in(self, ev):
-        self._call(self.core.packet_in, ev.msg.match.get("in_port"), bytes(ev.msg.data))
+        msg = ev.msg
+        self._call(self.core.packet_in, msg.match.get("in_port"), msg.table_id, bytes(msg.data))
 
     @fw.set_ev_cls(EventChores)
     def on_chores(self, ev):

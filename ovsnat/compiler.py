@@ -85,7 +85,8 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
     c = owner_cookie(COOKIE_HOST, 0)
     up, router = cfg.uplink_ofport, mac_str(cfg.router_mac)
     snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
-    ttl_guard = [Match.of(proto="ip", nw_ttl=0), Match.of(proto="ip", nw_ttl=1)]
+    expired = Match.of(proto="ip", nw_ttl=1)      # answered (time exceeded), metered
+    dead = Match.of(proto="ip", nw_ttl=0)
     est_rel = [Match.of(ct_state="+est+trk", proto="ip"), Match.of(ct_state="+rel+trk", proto="ip")]
     invalid = Match.of(ct_state="+inv+trk", proto="ip")
 
@@ -105,7 +106,8 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
                   [Meter(CLAIM_METER), Controller()]),
         make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),
         make_flow(c, VM_ROUTE, 0, Match(), [Goto(VM_L2)]),
-        *[drop(EGRESS, 300, m) for m in ttl_guard],
+        drop(EGRESS, 300, dead),
+        make_flow(c, EGRESS, 300, expired, [Meter(PACKET_IN_METER), Controller()]),
         drop(NET_PAT_OUT, 200, invalid),
         *[make_flow(c, NET_PAT_OUT, 100, m, [Goto(NET_PAT_DONE)]) for m in est_rel],
         make_flow(c, NET_PAT_DONE, 100, Match.of(proto="ip", nw_src=cfg.transit_cidr),
@@ -121,7 +123,8 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         # packet; in_port=0: the final output may be to the port the packet came in on.
         make_flow(c, EGRESS_OUT, 100, Match.of(proto="ip"),
                   [CtClear(), Load("in_port", 0), Load("reg5", 1, LEAVING), Goto(INGRESS)]),
-        *[drop(INGRESS, 300, m) for m in ttl_guard],
+        drop(INGRESS, 300, dead),
+        make_flow(c, INGRESS, 300, expired, [Meter(PACKET_IN_METER), Controller()]),
         make_flow(c, INGRESS, 100, Match.of(proto="ip", nw_dst=snat),
                   [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
         *[make_flow(c, PAT_IN, 100, m, [Goto(PAT_IN_NET)]) for m in est_rel],

@@ -270,16 +270,18 @@ class HostController:
         return out
 
     # --- packets ---------------------------------------------------------------------------
-    def packet_in(self, in_port: int, data: bytes, now: float) -> list:
+    def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:
+        """A frame the switch sent up; the table that sent it says why."""
         host = self.host
         if host is None:
             return []
-        if data[12:14] == b"\x08\x00" and len(data) > 23 and data[23] == 1:
-            relayed = relay.icmp_error(host, in_port, data)
-            if relayed is None:
+        if table in relay.TABLES:           # routed: an expired TTL, an ICMP error via a FIP
+            answer = relay.answer(host, table, in_port, data)
+            if answer is None:
                 return []
-            self.stats.inc("icmp_errors")
-            return [self.sw.session.packet_out(relayed[0], relayed[1], "ICMP error")]
+            port, frame, counter = answer
+            self.stats.inc(counter)
+            return [self.sw.session.packet_out(port, frame, counter.replace("_", " "))]
         if in_port == host.cfg.uplink_ofport:
             a = arp.parse(data)
             return self._uplink_arp(a, now) if a is not None else []

@@ -81,3 +81,29 @@ def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
     struct.pack_into("!H", ip, 10, 0)
     struct.pack_into("!H", ip, 10, _checksum(bytes(ip[:ihl])))
     return eth_dst + eth_src + frame[12:14] + bytes(ip)
+
+
+TIME_EXCEEDED = 11
+
+
+def time_exceeded(frame: bytes, src_ip: bytes, eth_src: bytes, eth_dst: bytes) -> bytes | None:
+    """ICMP time exceeded in transit (type 11, code 0) for an IPv4 frame whose TTL ran out at
+    this hop, from src_ip back to the frame's sender, quoting its IP header and the first 8
+    bytes after it (RFC 792). None for what must not be answered (RFC 1812 4.3.2.7): an
+    ICMP error, a fragment other than the first, a broadcast or multicast destination."""
+    if len(frame) < ETH_LEN + 20 or frame[12:14] != b"\x08\x00":
+        return None
+    ip = frame[ETH_LEN:]
+    ihl = (ip[0] & 0x0F) * 4
+    frag_offset = struct.unpack_from("!H", ip, 6)[0] & 0x1FFF
+    if ihl < 20 or len(ip) < ihl or frag_offset or ip[16] >= 224 or ip[19] == 255:
+        return None
+    if ip[9] == 1 and len(ip) > ihl and ip[ihl] in ERROR_TYPES:
+        return None
+    quoted = ip[:ihl + 8]
+    body = bytearray(struct.pack("!BBHI", TIME_EXCEEDED, 0, 0, 0) + quoted)
+    struct.pack_into("!H", body, 2, _checksum(bytes(body)))
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
+                                 src_ip, ip[12:16]))
+    struct.pack_into("!H", head, 10, _checksum(bytes(head)))
+    return eth_dst + eth_src + b"\x08\x00" + bytes(head) + bytes(body)

@@ -72,11 +72,13 @@ TABLES: tuple[Table, ...] = (
        "the VM's network.",
        "proto dl_dst", {Goto}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
-       "Routed from a VM. TTL<=1 dropped and counted; destinations in the VM's own network "
+       "Routed from a VM. TTL 1 goes to the controller (metered), which answers time "
+       "exceeded from the network's gateway; TTL 0 is dropped; destinations in the VM's own "
+       "network "
        "dropped; a VM with a FIP gets its source rewritten statelessly (fragments via "
        "conntrack) and the FIP flag set; any other VM goes to PAT: the untagged network "
        "straight to the shared PAT zone, a VLAN network first through its own zone.",
-       "proto reg6 nw_src nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load},
+       "proto reg6 nw_src nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, Meter, Controller},
        {NET_PAT_OUT, PAT_OUT, EGRESS_OUT}),
     _t(NET_PAT_OUT, "net_pat_out",
        "A VLAN network's own conntrack zone: drop invalid, pass established and related, "
@@ -101,11 +103,13 @@ TABLES: tuple[Table, ...] = (
        "the leaving flag, so traffic to one of this host's own external addresses hairpins.",
        "proto reg5 icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
     _t(INGRESS, "ingress",
-       "Routed to this host (uplink or hairpin). TTL<=1 dropped and counted; a FIP is "
+       "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered), which "
+       "answers time exceeded from the FIP or SNAT IP it was sent to; TTL 0 is dropped; a FIP is "
        "rewritten to its VM's fixed IP and network (fragments via conntrack) with the FIP flag "
        "set; the SNAT IP goes through the shared PAT lookup; leaving traffic goes to the "
        "external gateway with dec_ttl; anything else is dropped.",
-       "proto reg5 nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, DecTtl, Output},
+       "proto reg5 nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, DecTtl, Output, Meter,
+                                            Controller},
        {PAT_IN, DELIVER}),
     _t(PAT_IN, "pat_in",
        "After the reverse PAT lookup: only replies of known connections (established or "

@@ -1,4 +1,10 @@
-"""Which ICMP errors the controller sends on, and where (their rewriting is ovsnat.icmp's).
+"""What the controller answers for the routed paths: ICMP time exceeded where a TTL runs out
+at this hop, and ICMP errors that went through a FIP (building and rewriting them is
+ovsnat.icmp's).
+
+Time exceeded: a router answers a packet whose TTL runs out on it, so a traceroute shows the
+hop. From a VM (egress), the answer comes from the VM's network's gateway; from outside
+(ingress), from the FIP or SNAT IP the packet was sent to, as from the router it is.
 
 A stateless FIP leaves the header an ICMP error quotes untranslated, so the switch hands
 errors that went through a FIP to the controller (metered), after it translated the outer
@@ -13,7 +19,38 @@ from __future__ import annotations
 import netaddr
 
 from ovsnat import icmp
+from ovsnat.pipeline import DELIVER, EGRESS, EGRESS_OUT, INGRESS
 from ovsnat.state import HostState
+
+TABLES = (EGRESS, INGRESS, EGRESS_OUT, DELIVER)
+
+
+def answer(host: HostState, table: int, in_port: int, frame: bytes):
+    """(output port, frame, counter name) for a frame punted by a routed table, or None."""
+    if table in (EGRESS, INGRESS):
+        out = time_exceeded(host, table, in_port, frame)
+        return out + ("ttl_expired",) if out else None
+    out = icmp_error(host, in_port, frame)
+    return out + ("icmp_errors",) if out else None
+
+
+def time_exceeded(host: HostState, table: int, in_port: int, frame: bytes):
+    cfg = host.cfg
+    if len(frame) < 34:
+        return None
+    if table == EGRESS:
+        name = host.by_ofport.get(in_port)
+        port = host.valid.get(name) if name else None
+        if port is None or name in host.lost:
+            return None
+        out = icmp.time_exceeded(frame, host.net(port).gateway.packed, cfg.router_mac.packed,
+                                 frame[6:12])
+        return (in_port, out) if out else None
+    dst = netaddr.IPAddress(int.from_bytes(frame[30:34], "big"))
+    if dst != cfg.snat_ip and _live_port(host, str(dst)) is None:
+        return None
+    out = icmp.time_exceeded(frame, dst.packed, cfg.ip_mac(dst).packed, frame[6:12])
+    return (cfg.uplink_ofport, out) if out else None
 
 
 def _ip(raw: bytes) -> str:

@@ -27,6 +27,7 @@ COUNTERS = {
     "yields": "FIPs given up because another ovsnat host announced them",
     "probes": "ARP probes sent for FIPs waiting on this host",
     "icmp_errors": "ICMP errors translated for FIP VMs",
+    "ttl_expired": "time exceeded answered where a TTL ran out at this hop",
     "faults": "exceptions inside the controller, each followed by a full resync",
 }
 

@@ -100,11 +100,11 @@ class SimHost:
             self.deliver(self.ctl.tick(self.now))
         self.now = end
 
-    def from_uplink(self, frame: bytes) -> None:
-        self.deliver(self.ctl.packet_in(UPLINK, frame, self.now))
+    def from_uplink(self, frame: bytes, table: int = 15) -> None:
+        self.deliver(self.ctl.packet_in(UPLINK, table, frame, self.now))
 
-    def from_vm(self, ofport: int, frame: bytes) -> None:
-        self.deliver(self.ctl.packet_in(ofport, frame, self.now))
+    def from_vm(self, ofport: int, frame: bytes, table: int = 0) -> None:
+        self.deliver(self.ctl.packet_in(ofport, table, frame, self.now))
 
     # --- reading results ---------------------------------------------------------------
     def desired_keys(self) -> set:

@@ -60,3 +60,35 @@ def test_port_unreachable_from_a_fip_vm_quotes_the_fip():
 ])
 def test_anything_else_is_left_alone(frame):
     assert translate_error(frame, ip(FIP), ip(FIXED), True, A, B) is None
+
+
+def test_time_exceeded_quotes_the_header_and_8_bytes_and_goes_back_to_the_sender():
+    from scapy.all import ICMP, IP, UDP, Ether
+    from ovsnat.icmp import time_exceeded
+    probe = Ether(src="02:00:0a:00:00:0b", dst="02:00:00:00:00:01") / \
+        IP(src="10.0.0.11", dst="198.51.100.10", ttl=1) / UDP(sport=40000, dport=33434) / \
+        (b"x" * 40)
+    out = Ether(time_exceeded(bytes(probe), bytes([10, 0, 0, 1]),
+                              bytes.fromhex("020000000001"), bytes.fromhex("02000a00000b")))
+    assert (out.src, out.dst) == ("02:00:00:00:00:01", "02:00:0a:00:00:0b")
+    assert (out[IP].src, out[IP].dst, out[IP].ttl) == ("10.0.0.1", "10.0.0.11", 64)
+    assert (out[ICMP].type, out[ICMP].code) == (11, 0)
+    quoted = IP(bytes(out[ICMP].payload))
+    assert quoted.src == "10.0.0.11" and quoted[UDP].dport == 33434
+    assert len(bytes(out[ICMP])) == 8 + 20 + 8
+    rebuilt = Ether(bytes(out))
+    del rebuilt[IP].chksum, rebuilt[ICMP].chksum
+    assert bytes(Ether(bytes(rebuilt))) == bytes(out)            # checksums right
+
+
+def test_time_exceeded_is_never_sent_about_an_error_a_later_fragment_or_a_broadcast():
+    from scapy.all import ICMP, IP, UDP, Ether
+    from ovsnat.icmp import time_exceeded
+    gw, mac = bytes([10, 0, 0, 1]), bytes(6)
+    base = Ether() / IP(src="10.0.0.11", dst="198.51.100.10", ttl=1)
+    assert time_exceeded(bytes(base / ICMP(type=3, code=3) / (b"x" * 28)), gw, mac, mac) is None
+    assert time_exceeded(bytes(Ether() / IP(src="10.0.0.11", dst="198.51.100.10", ttl=1,
+                                            frag=8) / (b"x" * 16)), gw, mac, mac) is None
+    assert time_exceeded(bytes(Ether() / IP(src="10.0.0.11", dst="224.0.0.9", ttl=1) /
+                               UDP()), gw, mac, mac) is None
+    assert time_exceeded(bytes(base / ICMP(type=8) / b"ping"), gw, mac, mac) is not None

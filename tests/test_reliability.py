@@ -261,6 +261,28 @@ def test_time_exceeded_from_beyond_the_nat_hop_reaches_the_vm(rel):
     assert "From 203.0.113.1" in out and "Time to live exceeded" in out, out
 
 
+def hops(ns: str, dst: str) -> list[str]:
+    """traceroute's answering address per hop ('*' where nobody answered)."""
+    out = run(["traceroute", "-n", "-q", "1", "-w", "1", "-m", "6", dst], ns=ns,
+              timeout=60).stdout
+    return [line.split()[1] for line in out.splitlines()[1:] if line.split()]
+
+
+@pytest.mark.parametrize("vm", ["vm1", "vm2"], ids=["fip-vm", "pat-vm"])
+def test_traceroute_from_a_vm_shows_the_nat_hop(rel, vm):
+    """The first hop is ovsnat itself: its network's gateway answers time exceeded; then the
+    outside router; then the server (its port unreachable, translated back to the VM)."""
+    assert hops(rel.vms[vm].ns, SERVER_IP) == ["10.0.0.1", "203.0.113.1", SERVER_IP]
+
+
+def test_traceroute_to_a_fip_shows_the_nat_hop_as_the_fip(rel):
+    """From outside, the hop ovsnat routes answers from the FIP (as the router of that
+    address would); the VM behind it answers next, also as the FIP."""
+    before = ovsnat_status(rel)["controller"]["stats"]["ttl_expired"]
+    assert hops(rel.srv_ns, FIP) == ["198.51.100.1", FIP, FIP]
+    assert ovsnat_status(rel)["controller"]["stats"]["ttl_expired"] >= before + 1
+
+
 def test_errors_a_fip_vm_sends_quote_the_fip(rel):
     """A connected UDP socket outside only sees 'port unreachable' if the quoted header
     names the address it talks to: the FIP."""
