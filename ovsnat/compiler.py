@@ -127,6 +127,13 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         make_flow(c, INGRESS, 300, expired, [Meter(PACKET_IN_METER), Controller()]),
         make_flow(c, INGRESS, 100, Match.of(proto="ip", nw_dst=snat),
                   [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
+        # An ICMP error that arrives in fragments: its first fragment (which quotes the
+        # header) goes to the controller, which translates it for a FIP VM and sends it on
+        # whole, truncated; to the SNAT IP, conntrack reassembles and translates as ever.
+        *[make_flow(c, INGRESS, 115, Match.of(proto="icmp", nw_frag="first", icmp_type=t),
+                    [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES],
+        make_flow(c, INGRESS, 120, Match.of(proto="ip", nw_dst=snat, nw_frag="yes"),
+                  [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
         *[make_flow(c, PAT_IN, 100, m, [Goto(PAT_IN_NET)]) for m in est_rel],
         *[make_flow(c, NET_PAT_IN, 100, m, [Goto(DELIVER)]) for m in est_rel],
         *_icmp_punts(c, DELIVER),

@@ -113,8 +113,9 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
         return 6, _tlv(_ofb(24, 6), _mac(value))
     if name == "nw_ttl":
         return 6, _tlv(_nx1(29, 1), bytes([int(value)]))
-    if name == "nw_frag":
-        return 6, _tlv(_nx1(26, 2, True), bytes([1 if value == "yes" else 0]), b"\x01")
+    if name == "nw_frag":                  # value/mask over the ANY (1) and LATER (2) bits
+        v, m = {"yes": (1, 1), "no": (0, 1), "first": (1, 3), "later": (3, 3)}[value]
+        return 6, _tlv(_nx1(26, 2, True), bytes([v]), bytes([m]))
     if name in ("tp_src", "tp_dst"):
         base = {"tcp": 13, "udp": 15}[proto]
         return 7, _tlv(_ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value)))
@@ -318,6 +319,16 @@ OFPMP_FLOW, OFPMP_METER_CONFIG = 1, 10
 OFPTT_ALL, OFPM_ALL = 0xFF, 0xFFFFFFFF
 OFPMC_ADD, OFPMC_MODIFY = 0, 1
 OFPMF_PKTPS, OFPMBT_DROP = 0x2, 1
+
+
+OFPT_SET_CONFIG, OFPC_FRAG_NX_MATCH, OFPCML_NO_BUFFER = 9, 3, 0xFFFF
+
+
+def set_config(xid: int) -> bytes:
+    """Switch configuration: first fragments keep their L4 fields for matching (OVS's
+    nx-match fragment handling; the default, "normal", reads them as 0, so the first
+    fragment of an ICMP error would never match its type)."""
+    return _msg(OFPT_SET_CONFIG, xid, struct.pack("!HH", OFPC_FRAG_NX_MATCH, OFPCML_NO_BUFFER))
 
 
 def flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:

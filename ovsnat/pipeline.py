@@ -104,12 +104,14 @@ TABLES: tuple[Table, ...] = (
        "proto reg5 icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
     _t(INGRESS, "ingress",
        "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered), which "
-       "answers time exceeded from the FIP or SNAT IP it was sent to; TTL 0 is dropped; a FIP is "
+       "answers time exceeded from the FIP or SNAT IP it was sent to; TTL 0 is dropped; the "
+       "first fragment of an ICMP error goes to the controller too (it translates it for a "
+       "FIP VM, whole); a FIP is "
        "rewritten to its VM's fixed IP and network (fragments via conntrack) with the FIP flag "
        "set; the SNAT IP goes through the shared PAT lookup; leaving traffic goes to the "
        "external gateway with dec_ttl; anything else is dropped.",
-       "proto reg5 nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, DecTtl, Output, Meter,
-                                            Controller},
+       "proto reg5 nw_dst nw_ttl nw_frag icmp_type", {SetField, Ct, Goto, Load, DecTtl,
+                                                      Output, Meter, Controller},
        {PAT_IN, DELIVER}),
     _t(PAT_IN, "pat_in",
        "After the reverse PAT lookup: only replies of known connections (established or "

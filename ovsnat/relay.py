@@ -27,11 +27,29 @@ TABLES = (EGRESS, INGRESS, EGRESS_OUT, DELIVER)
 
 def answer(host: HostState, table: int, in_port: int, frame: bytes):
     """(output port, frame, counter name) for a frame punted by a routed table, or None."""
-    if table in (EGRESS, INGRESS):
+    if table in (EGRESS, INGRESS) and len(frame) > 22 and frame[22] <= 1:
         out = time_exceeded(host, table, in_port, frame)
         return out + ("ttl_expired",) if out else None
+    if table == INGRESS:
+        out = first_fragment(host, frame)
+        return out + ("icmp_errors",) if out else None
     out = icmp_error(host, in_port, frame)
     return out + ("icmp_errors",) if out else None
+
+
+def first_fragment(host: HostState, frame: bytes):
+    """The first fragment of an ICMP error to a FIP: sent on alone, as a whole (truncated)
+    error, translated both ways; the VM needs the quoted header, not all of the quote."""
+    if len(frame) < 34:
+        return None
+    whole = bytearray(frame)
+    whole[20] &= 0xDF                                 # clear More Fragments: one piece now
+    port = _live_port(host, _ip(frame[30:34]))
+    if port is None:
+        return None
+    out = icmp.translate_error(bytes(whole), port.fip.packed, port.fixed_ip.packed, True,
+                               host.cfg.router_mac.packed, port.mac.packed)
+    return (port.ofport, out) if out else None
 
 
 def time_exceeded(host: HostState, table: int, in_port: int, frame: bytes):

@@ -118,7 +118,7 @@ class SwitchSession:
         """A (re)connected switch: forget what we believed and ask what it holds. Only
         ovsnat's cookies are dumped: other controllers' and operators' flows stay unseen."""
         self.disconnect()
-        out, pending = [], set()
+        out, pending = [ofwire.set_config(self.note("switch config"))], set()
         for kind in KINDS:
             xid = self.xids.take(busy=True)
             out.append(ofwire.flow_stats_request(xid, kind << 56, 0xFF << 56))

@@ -73,7 +73,8 @@ def match_kwargs(flow: Flow) -> dict:
         elif name == "nw_ttl":
             kw["nw_ttl"] = int(value)
         elif name == "nw_frag":
-            kw["ip_frag"] = (1, 1) if value == "yes" else (0, 1)
+            kw["ip_frag"] = {"yes": (1, 1), "no": (0, 1), "first": (1, 3),
+                             "later": (3, 3)}[value]
         elif name in ("tp_src", "tp_dst"):
             kw[f"{proto}_{name[3:]}"] = int(value)
         elif name == "ct_state":

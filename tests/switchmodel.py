@@ -31,6 +31,7 @@ class ModelSwitch:
     flow_mods: int = 0                                 # every flow_mod received
     xids: list = field(default_factory=list)           # every xid received, in order
     reject: Callable[[tuple], bool] | None = None      # flow key -> refuse it
+    frag_mode: int = 0                                 # OFPC_FRAG_*: 3 is OVS's nx-match
     _bundles: dict = field(default_factory=dict)       # id -> [(xid, inner message)]
 
     def receive(self, data: bytes) -> list[Reply]:
@@ -50,6 +51,9 @@ class ModelSwitch:
         if msg_type == ofwire.OFPT_METER_MOD:
             meter_id = struct.unpack_from("!I", msg, 12)[0]
             self.meters[meter_id] = struct.unpack_from("!I", msg, 20)[0]
+            return []
+        if msg_type == ofwire.OFPT_SET_CONFIG:
+            self.frag_mode = struct.unpack_from("!H", msg, 8)[0]
             return []
         if msg_type == ofwire.OFPT_PACKET_OUT:
             port = struct.unpack_from("!I", msg, 24 + 4)[0]

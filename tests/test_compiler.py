@@ -21,7 +21,7 @@ from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Con
 from ovsnat.golden import BASE, FABRIC, NET_A, NET_B, port
 from ovsnat.state import build_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, PAT_OUT, TABLES, \
+from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, INGRESS, PAT_OUT, TABLES, \
     UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, PipelineViolation, check_flow
 
 OPTIONS = BASE          # the valid host options of the golden scenarios
@@ -186,10 +186,10 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 
 def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
-    assert len(host_flows(cfg)) == 53
-    assert len(host_flows(cfg64)) == 52          # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 53   # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 59         # fabric_in: 5, the RARP relay: 1
+    assert len(host_flows(cfg)) == 57
+    assert len(host_flows(cfg64)) == 56          # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 57   # ARP punt replaces egress
+    assert len(host_flows(fabric)) == 63         # fabric_in: 5, the RARP relay: 1
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
@@ -266,11 +266,16 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
                                      PACKET_IN_METER) for f in punts)
     watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
     assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
-    assert sorted(f.match.get("icmp_type") for f in punts if f.match.get("proto") == "icmp") \
-        == ["11", "11", "12", "12", "3", "3"]
-    # ICMP-error punts are host-level: any FIP-translated error (the FIP flag in reg5).
-    assert all(f.cookie >> 56 == COOKIE_HOST and f.match.get("reg5") == "0x2/0x2"
-               for f in punts if f.match.get("proto") == "icmp")
+    errors = [f for f in punts if f.match.get("proto") == "icmp"]
+    assert sorted(f.match.get("icmp_type") for f in errors) == ["11", "11", "11", "12", "12",
+                                                                "12", "3", "3", "3"]
+    # ICMP-error punts are host-level: any FIP-translated error (the FIP flag in reg5), and
+    # the first fragment of an error arriving in pieces.
+    assert all(f.cookie >> 56 == COOKIE_HOST for f in errors)
+    assert {f.match.get("reg5") or f.match.get("nw_frag") for f in errors} == {"0x2/0x2",
+                                                                               "first"}
+    ttl = [f for f in punts if f.match.get("nw_ttl") == "1"]
+    assert sorted(f.table for f in ttl) == [EGRESS, INGRESS]    # time exceeded, both ways
 
 
 # --- networks ----------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ def test_an_ovsdb_batch_gives_exactly_the_compiled_flows():
     assert host.switch.meters == {1: 100, 2: 500, 0xFFFFFFFE: 200}
 
 
+def test_on_connect_first_fragments_keep_their_l4_fields_for_matching():
+    host = SimHost().start()
+    assert host.switch.frag_mode == 3          # OVS's nx-match (default "normal" zeroes them)
+
+
 def test_a_restart_with_nothing_changed_sends_nothing():
     first = SimHost(fip_activation="immediate")
     first.rows.update({r.name: r for r in (vm_row(11, FIP), vm_row(12))})

@@ -303,6 +303,58 @@ def test_errors_a_fip_vm_sends_quote_the_fip(rel):
              what="the translated ICMP errors to be counted")
 
 
+def refused(lab, ns: str, dst: str) -> str:
+    """What a connected UDP socket in ns sees sending to dst:9 (nobody listens there)."""
+    script = "\n".join([
+        "import socket, time",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        f"s.connect(('{dst}', 9))",
+        "s.settimeout(2)",
+        "try:",
+        "    s.send(b'x'); time.sleep(0.5); s.send(b'y'); s.recv(100); print('DATA')",
+        "except ConnectionRefusedError:",
+        "    print('REFUSED')",
+        "except socket.timeout:",
+        "    print('TIMEOUT')"])
+    return run([sys.executable, "-c", script], ns=ns).stdout.strip()
+
+
+def test_an_icmp_error_between_two_fips_of_one_host_is_translated_both_ways(rel):
+    """vm4 (FIP .44) talks to vm1's FIP, where nobody listens: vm1's port unreachable
+    hairpins to vm4's FIP, and vm4's socket sees it (its quote names the FIPs, not the fixed
+    IPs). The same socket toward the server's closed port is the control."""
+    vm4 = rel.add_vm("vm4", "hv1", "10.0.0.14", "02:00:0a:00:00:0e",
+                     vm_ids("10.0.0.14", "203.0.113.44"))
+    try:
+        wait_for(lambda: ping(rel.srv_ns, "203.0.113.44", count=1, wait=0.2).received, 10,
+                 what="vm4's FIP")
+        assert refused(rel, vm4.ns, SERVER_IP) == "REFUSED"          # control: from outside
+        assert refused(rel, vm4.ns, FIP) == "REFUSED"                # hairpinned
+    finally:
+        rel.unplug(vm4)
+
+
+def test_an_icmp_error_arriving_in_fragments_reaches_the_fip_vm_translated(rel):
+    """A router's 'fragmentation needed' quoting 2000 bytes arrives in two fragments: the
+    VM gets one whole error, its quoted header naming its fixed IP."""
+    from scapy.all import ICMP, IP, UDP, Ether, fragment
+    vm1 = rel.vms["vm1"]
+    quoted = IP(src=FIP, dst=SERVER_IP, ttl=60) / UDP(sport=5557, dport=9) / (b"q" * 2000)
+    error = IP(src="203.0.113.1", dst=FIP, ttl=64) / ICMP(type=3, code=4, nexthopmtu=1400) / \
+        bytes(quoted)
+    frames = [bytes(Ether(src=scenario.outside_router_mac(rel), dst="02:5a:cb:00:71:0a") / f)
+              for f in fragment(error, fragsize=1200)]
+    assert len(frames) == 2
+    with capture(rel, "vm1-icmp", vm1.ns, "eth0", "icmp") as pcap:
+        send_frames(rel, rel.out_ns, frames)
+        wait_for(lambda: any(ICMP in p and p[ICMP].type == 3 for p in rdpcap(pcap)), 5,
+                 what="the translated error at vm1")
+    got = [p for p in rdpcap(pcap) if ICMP in p and p[ICMP].type == 3]
+    inner = IP(bytes(got[0][ICMP].payload))
+    assert (got[0][IP].dst, inner.src, inner.dst) == (vm1.ip, vm1.ip, SERVER_IP)
+    assert not got[0][IP].flags.MF and got[0][IP].frag == 0
+
+
 # --- PAT exhaustion -----------------------------------------------------------------------------------
 def test_exhausted_pat_range_fails_cleanly_and_is_counted(make_lab):
     lab = make_lab()
