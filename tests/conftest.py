@@ -8,7 +8,7 @@ import os
 import pytest
 
 from ovsnat.lab import Lab
-from ovsnat.lab.ovs import require_ovs
+from ovsnat.lab.ovs import Ovs, require_ovs
 
 
 def _require_lab_prerequisites(request) -> None:
@@ -22,6 +22,25 @@ def _require_lab_prerequisites(request) -> None:
         require_ovs()
     except Exception as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ovs_and_make_no_namespace(request, monkeypatch):
+    """A test not marked `lab` fails if it reaches the lab's namespaces or OVS by any road
+    (a Lab built by hand, a helper that builds one, ovs-vsctl/ofctl/appctl through Ovs), not
+    only through the fixtures below: the unit tests must pass on a machine with neither."""
+    if request.node.get_closest_marker("lab") is not None:
+        return
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} is not marked `lab` but {what}: the unit "
+                        "tests must run with no OVS and no namespace", pytrace=False)
+        return fail
+    monkeypatch.setattr(Lab, "up", refuse("builds a lab"))
+    monkeypatch.setattr(Lab, "_add_ns", refuse("creates a network namespace"))
+    for method in ("start_db", "start_vswitchd", "vsctl", "ofctl", "appctl"):
+        monkeypatch.setattr(Ovs, method, refuse(f"uses Open vSwitch (Ovs.{method})"))
 
 
 @pytest.fixture

@@ -85,6 +85,7 @@ def test_bind_gives_a_pat_vm_its_fip_and_unbind_returns_it_to_pat(host):
     assert eventually(lambda: seen_as(lab, vm1) == SNAT), seen_as(lab, vm1)
     assert eventually(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.5).received == 0)
     assert not tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1).ok
+    assert seen_as(lab, vm1) == SNAT      # (control) the host still passes traffic now
 
 
 def test_bind_refuses_bad_input_and_writes_nothing(host):

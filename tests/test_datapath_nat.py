@@ -9,13 +9,13 @@ sits behind the outside router 203.0.113.1.
 from __future__ import annotations
 
 import pytest
-from scapy.all import ARP, Dot1Q, IP, UDP, Ether, rdpcap
+from scapy.all import ARP, Dot1Q, IP, TCP, UDP, Ether, Raw, rdpcap
 
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import capture, ping, send_frames, start_server, tcp_connect, \
-    udp_request
+from ovsnat.lab.traffic import capture, captured, ping, send_frames, start_server, \
+    tcp_connect, udp_request, wait_captured
 from ovsnat.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
 
 FIP1, FIP3, SNAT1, SNAT2 = "203.0.113.10", "203.0.113.12", "203.0.113.11", "203.0.113.21"
@@ -74,12 +74,20 @@ def test_arp_for_a_fip_is_answered_on_the_uplink_with_the_fips_own_mac(nat):
 
 
 def test_arp_for_a_fip_from_a_vm_is_not_answered(nat):
+    """Positive control: a request for the VMs' gateway, sent after the ones for the FIP, is
+    answered into the same capture (only replies for the FIP count: vm2's kernel may refresh
+    its own gateway entry meanwhile)."""
     vm2 = vm(nat, "vm2")
     request = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst=FIP1)
+    control = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.1")
     with capture(nat, "arp-vm2", vm2.ns, "eth0", "arp") as pcap:
         send_frames(nat, vm2.ns, [bytes(request)], count=3)
-    replies = [p for p in rdpcap(pcap) if ARP in p and p[ARP].op == 2]
+        send_frames(nat, vm2.ns, [bytes(control)])
+        wait_captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and
+                      p[ARP].psrc == "10.0.0.1", what="the gateway's ARP reply (control)")
+    replies = captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == FIP1)
     assert replies == []
 
 
@@ -97,21 +105,28 @@ def test_vm2_without_fip_goes_out_through_pat(nat):
 
 
 def test_unsolicited_inbound_to_the_snat_ip_is_dropped(nat):
+    """Positive control: pat_in's default drop counted at least the SYN and the 3 datagrams
+    (so they reached the host); >=, since other unsolicited packets would count too."""
     before = scenario.flow_packets(nat, "hv1", PAT_IN, "priority=0")
     reply = tcp_connect(nat, nat.srv_ns, SNAT1, 20000, timeout=1)
     assert not reply.ok
     reply = udp_request(nat, nat.srv_ns, SNAT1, 25000, timeout=0.5)
     assert not reply.ok
-    assert scenario.counter_reaches(nat, "hv1", PAT_IN, before + 1, "priority=0") > before
+    assert scenario.counter_reaches(nat, "hv1", PAT_IN, before + 4, "priority=0") >= before + 4
 
 
 def test_inbound_to_a_vm_without_fip_is_dropped(nat):
-    """Even when the outside routes the internal network at this host's FIP or SNAT MAC."""
+    """Even when the outside routes the internal network at this host's FIP or SNAT MAC.
+    Positive control: ingress's default drop counts at least the 2 pings and the SYN, so
+    they did reach the host (other traffic may add to it, hence >=)."""
     for via in (SNAT1, FIP1):
         run(["ip", "-n", nat.out_ns, "route", "replace", "10.0.0.0/24", "via", via])
         try:
+            before = scenario.flow_packets(nat, "hv1", INGRESS, "priority=0 ")
             assert ping(nat.out_ns, vm(nat, "vm2").ip, count=2, wait=0.5).received == 0
             assert not tcp_connect(nat, nat.out_ns, vm(nat, "vm2").ip, 7000, timeout=1).ok
+            assert scenario.counter_reaches(nat, "hv1", INGRESS, before + 3, "priority=0 ") \
+                >= before + 3, via
         finally:
             run(["ip", "-n", nat.out_ns, "route", "del", "10.0.0.0/24"])
 
@@ -119,14 +134,32 @@ def test_inbound_to_a_vm_without_fip_is_dropped(nat):
 def test_fip_beats_pat_for_the_same_vm(nat):
     reply = tcp_connect(nat, vm(nat, "vm3").ns, SERVER_IP, 8080)
     assert reply.ok and reply.peer_ip == FIP3, reply.line
-    assert "src=10.0.0.13" not in nat.hosts["hv1"].appctl("dpctl/dump-conntrack", "zone=65000")
+    # Positive control: a PAT VM's connection, made now, is in the same dump.
+    assert tcp_connect(nat, vm(nat, "vm2").ns, SERVER_IP, 8080).peer_ip == SNAT1
+    conns = nat.hosts["hv1"].appctl("dpctl/dump-conntrack", "zone=65000")
+    assert "src=10.0.0.12" in conns, conns
+    assert "src=10.0.0.13" not in conns, conns
 
 
 # --- spoofing and tagging -----------------------------------------------------------------
-def _outside_sees(nat, name, frames, src_ns, bpf="udp port 9999"):
+def _payload(p) -> bytes:
+    return bytes(p[Raw].load) if Raw in p else b""
+
+
+def _outside_sees(nat, name, frames, src_ns, control: bytes, bpf="udp port 9999"):
+    """Send frames (3 rounds) then one round of `control`, a frame that must get out; wait
+    for the control at the server, so the capture holds everything sent before it."""
     with capture(nat, name, nat.srv_ns, "eth0", bpf) as pcap:
         send_frames(nat, src_ns, frames, count=3)
+        send_frames(nat, src_ns, [control])
+        wait_captured(pcap, lambda p: _payload(p) == b"control-" + name.encode(),
+                      what="the control frame at the server")
     return rdpcap(pcap)
+
+
+def _control(vm, name: str) -> bytes:
+    return bytes(Ether(src=vm.mac, dst=scenario.ROUTER_MAC) / IP(src=vm.ip, dst=SERVER_IP) /
+                 UDP(sport=4449, dport=9999) / f"control-{name}".encode())
 
 
 def test_spoofed_source_ip_or_mac_from_a_vm_is_dropped(nat):
@@ -134,25 +167,29 @@ def test_spoofed_source_ip_or_mac_from_a_vm_is_dropped(nat):
     good = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src=vm2.ip, dst=SERVER_IP) / \
         UDP(sport=4444, dport=9999) / b"ok"
     spoof_ip = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src="10.0.0.11", dst=SERVER_IP) \
-        / UDP(sport=4445, dport=9999) / b"spoof"
+        / UDP(sport=4445, dport=9999) / b"spoof-ip"
     spoof_mac = Ether(src="02:00:0a:00:00:0b", dst=scenario.ROUTER_MAC) / \
-        IP(src=vm2.ip, dst=SERVER_IP) / UDP(sport=4446, dport=9999) / b"spoof"
+        IP(src=vm2.ip, dst=SERVER_IP) / UDP(sport=4446, dport=9999) / b"spoof-mac"
     fip_src = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src=FIP1, dst=SERVER_IP) / \
-        UDP(sport=4447, dport=9999) / b"spoof"
+        UDP(sport=4447, dport=9999) / b"spoof-fip"
     seen = _outside_sees(nat, "spoof", [bytes(f) for f in (good, spoof_ip, spoof_mac, fip_src)],
-                         vm2.ns)
-    sports = {p[UDP].sport for p in seen if UDP in p}
-    assert sports and sports <= set(range(20000, 30000)), sports   # the control one got out
-    assert len(seen) == 3      # only `good` (3 copies), translated by PAT
+                         vm2.ns, _control(vm2, "spoof"))
+    assert [p.summary() for p in seen if _payload(p).startswith(b"spoof")] == []
+    good_seen = [p for p in seen if _payload(p) == b"ok"]
+    assert len(good_seen) == 3, [p.summary() for p in seen]      # all 3 copies of `good`
+    sports = {p[UDP].sport for p in good_seen}
+    assert sports <= set(range(20000, 30000)), sports               # translated by PAT
 
 
 def test_vlan_tagged_frame_from_a_vm_is_dropped(nat):
+    """The tagged frames never get out (the untagged control sent after them does), and
+    classify's default drop counted at least them (other traffic may add to it)."""
     vm2 = vm(nat, "vm2")
     tagged = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / Dot1Q(vlan=5) / \
         IP(src=vm2.ip, dst=SERVER_IP) / UDP(sport=4450, dport=9999) / b"tagged"
     before = scenario.flow_packets(nat, "hv1", CLASSIFY, "priority=0 ")
-    seen = _outside_sees(nat, "vlan", [bytes(tagged)], vm2.ns)
-    assert [p.summary() for p in seen] == []
+    seen = _outside_sees(nat, "vlan", [bytes(tagged)], vm2.ns, _control(vm2, "vlan"))
+    assert [p.summary() for p in seen if _payload(p) == b"tagged"] == []
     assert scenario.counter_reaches(nat, "hv1", CLASSIFY, before + 3, "priority=0 ") >= before + 3
 
 
@@ -192,12 +229,18 @@ def test_vms_on_one_host_talk_directly_including_arp(nat):
 
 
 def test_vm_answers_arp_only_for_itself_claiming_another_ip_is_dropped(nat):
+    """Positive control: vm2's honest request for vm3, sent after the claims, reaches vm3."""
     vm2 = vm(nat, "vm2")
     claim = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=2, hwsrc=vm2.mac, psrc="10.0.0.11", pdst="10.0.0.13", hwdst="ff:ff:ff:ff:ff:ff")
+    control = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.13")
     with capture(nat, "arp-claim", vm(nat, "vm3").ns, "eth0", "arp") as pcap:
         send_frames(nat, vm2.ns, [bytes(claim)], count=2)
-    assert [p for p in rdpcap(pcap) if ARP in p and p[ARP].psrc == "10.0.0.11"] == []
+        send_frames(nat, vm2.ns, [bytes(control)])
+        wait_captured(pcap, lambda p: ARP in p and p[ARP].op == 1 and p[ARP].psrc == vm2.ip
+                      and p[ARP].pdst == "10.0.0.13", what="vm2's request at vm3 (control)")
+    assert captured(pcap, lambda p: ARP in p and p[ARP].psrc == "10.0.0.11") == []
 
 
 @pytest.mark.parametrize("client,fip,seen_as", [
@@ -214,14 +257,16 @@ def test_hairpin_to_a_local_fip(nat, client, fip, seen_as):
 
 # --- TTL -------------------------------------------------------------------------------------
 def test_ttl_1_is_dropped_and_counted_at_the_nat_hop(nat):
+    """The TTL-1 drop flows count at least these pings (>=: another VM's TTL-1 packet would
+    count too); the TTL-3 pings after them are the positive control."""
     egress = scenario.flow_packets(nat, "hv1", EGRESS, "nw_ttl=1")
     assert ping(vm(nat, "vm1").ns, SERVER_IP, count=2, ttl=1, wait=0.5).received == 0
     assert ping(vm(nat, "vm2").ns, SERVER_IP, count=2, ttl=1, wait=0.5).received == 0
-    assert scenario.counter_reaches(nat, "hv1", EGRESS, egress + 4, "nw_ttl=1") == egress + 4
+    assert scenario.counter_reaches(nat, "hv1", EGRESS, egress + 4, "nw_ttl=1") >= egress + 4
     ingress = scenario.flow_packets(nat, "hv1", INGRESS, "nw_ttl=1")
     # TTL 2 from the server: the router forwards it with TTL 1 to the FIP.
     assert ping(nat.srv_ns, FIP1, count=2, ttl=2, wait=0.5).received == 0
-    assert scenario.counter_reaches(nat, "hv1", INGRESS, ingress + 2, "nw_ttl=1") == ingress + 2
+    assert scenario.counter_reaches(nat, "hv1", INGRESS, ingress + 2, "nw_ttl=1") >= ingress + 2
     # One more hop of TTL and it gets through: each routed path decrements exactly once.
     assert ping(nat.srv_ns, FIP1, count=1, ttl=3).received == 1
     assert ping(vm(nat, "vm1").ns, SERVER_IP, count=1, ttl=3).received == 1
@@ -253,6 +298,9 @@ def test_exhausted_pat_range_fails_new_connections_and_never_leaks_a_private_sou
     assert {r.peer_port for r in ok} == {20000, 20001, 20002, 20003}
     leaked = [p for p in rdpcap(pcap) if IP in p and p[IP].src.startswith("10.")]
     assert leaked == [], leaked[:3]
+    # Positive control: the capture saw the 4 translated sessions go out.
+    assert {p[TCP].sport for p in rdpcap(pcap) if TCP in p and p[IP].src == SNAT2
+            and p[IP].dst == SERVER_IP} == {20000, 20001, 20002, 20003}
     assert scenario.counter_reaches(nat, "hv2", PAT_GUARD, guard + 1, "priority=0") > guard
 
 

@@ -14,7 +14,8 @@ from scapy.all import ARP, Ether
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import ping, send_frames, start_server, tcp_connect
+from ovsnat.lab.traffic import background_tcp, ping, send_frames, start_server, tcp_connect, \
+    tcp_established
 from tests.test_controller import SNAT, vm_ids
 
 pytestmark = pytest.mark.lab
@@ -43,14 +44,29 @@ def ovsnat(lab, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=dict(os.environ, **host.ovs.env))
 
 
-def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
-    out = ovsnat(live, "dump", "--json")
+def dump_json(lab) -> dict:
+    out = ovsnat(lab, "dump", "--json")
     assert out.returncode == 0, out.stderr
-    groups = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def vm2_ip_packets(groups: dict) -> int:
+    """What vm2's own IP classify flow counted: the packets vm2 sent (its ARP and the
+    VMs' IPv6 hit other flows)."""
+    return sum(f["packets"] for f in groups["tapvm2"]
+               if f["role"] == "classify" and "nw_src=10.0.0.12" in f["match"])
+
+
+def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
+    groups = dump_json(live)
     assert set(groups) == {"host", "network (default)", "tapvm1", "tapvm2"}
     roles = {f["role"] for f in groups["tapvm1"]}
     assert {"classify", "vm_arp", "uplink_arp", "egress", "ingress", "vm_l2"} <= roles
-    assert sum(f["packets"] for f in groups["tapvm2"]) > 0
+    before = vm2_ip_packets(groups)
+    # The test's own connection (SYN, ACK, FIN at least) shows in vm2's counters.
+    assert tcp_connect(live, live.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT
+    wait_for(lambda: vm2_ip_packets(dump_json(live)) >= before + 3, 5,
+             what="vm2's packets in its dump counters (OVS folds them in periodically)")
     text = ovsnat(live, "dump").stdout
     assert "tapvm1 (vm1, 10.0.0.11, FIP 203.0.113.10, ofport" in text
 
@@ -88,7 +104,11 @@ def test_diff_is_clean_then_reports_injected_drift_exactly(live):
 
 
 def test_status_lists_vms_skipped_ports_and_pat_usage(live):
+    vm2 = live.vms["vm2"]
+    session = background_tcp(live, vm2.ns, SERVER_IP, 8080, hold=3)   # a PAT port in use
+    wait_for(lambda: tcp_established(vm2.ns, SERVER_IP, 8080), 5, what="vm2's session")
     st = json.loads(ovsnat(live, "status", "--json").stdout)
+    assert "HELD" in session.result()
     vms = {vm["name"]: vm for vm in st["vms"]}
     assert vms["tapvm1"]["nat"] == "FIP 203.0.113.10" and vms["tapvm1"]["fip_state"] == "active"
     assert vms["tapvm2"]["nat"] == "PAT"
@@ -155,15 +175,21 @@ def test_a_foreign_claim_on_our_fip_is_detected_but_does_not_take_it_offline(liv
     status; the FIP keeps answering (one GARP must not be able to take a FIP offline)."""
     claim = Ether(src="02:00:00:00:0b:ad", dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=1, hwsrc="02:00:00:00:0b:ad", psrc=FIP, pdst=FIP)
+    offset = len(scenario.controller_log(live, "hv1"))
+    counted = json.loads(ovsnat(live, "status", "--json").stdout)["controller"]["stats"] \
+        .get("fip_conflicts", 0)
+
+    def ours(st) -> bool:      # other tests' conflicts may be listed too
+        return any(c["mac"] == "02:00:00:00:0b:ad" and c["fip"] == FIP
+                   for c in st["controller"].get("conflicts", []))
     send_frames(live, live.out_ns, [bytes(claim)])
-    wait_for(lambda: json.loads(ovsnat(live, "status", "--json").stdout)["controller"]
-             .get("conflicts"), 5, what="the conflict in status")
+    wait_for(lambda: ours(json.loads(ovsnat(live, "status", "--json").stdout)), 5,
+             what="the conflict in status")
     st = json.loads(ovsnat(live, "status", "--json").stdout)
-    assert st["controller"]["conflicts"][-1]["mac"] == "02:00:00:00:0b:ad"
-    assert st["controller"]["stats"]["fip_conflicts"] >= 1
+    assert st["controller"]["stats"]["fip_conflicts"] >= counted + 1
     assert {vm["name"]: vm["fip_state"] for vm in st["vms"]}["tapvm1"] == "active"
     assert "claimed on the uplink by 02:00:00:00:0b:ad; address conflict, keeping it" in \
-        scenario.controller_log(live, "hv1")
+        scenario.controller_log(live, "hv1")[offset:]
     run(["ip", "-n", live.out_ns, "neigh", "flush", "dev", "eth0"])
     assert ping(live.out_ns, FIP, count=1).received == 1
 
@@ -190,10 +216,12 @@ def test_another_ovsnat_host_announcing_our_fip_makes_us_yield(live):
 def test_another_host_claiming_our_snat_ip_is_detected(live):
     claim = Ether(src="02:00:00:00:0b:ae", dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=2, hwsrc="02:00:00:00:0b:ae", psrc=SNAT, pdst="203.0.113.1")
+    offset = len(scenario.controller_log(live, "hv1"))
     send_frames(live, live.out_ns, [bytes(claim)])
-    wait_for(lambda: any(c["fip"] == SNAT for c in json.loads(ovsnat(
-        live, "status", "--json").stdout)["controller"].get("conflicts", [])), 5,
-        what="the SNAT conflict in status")
+    wait_for(lambda: any(c["fip"] == SNAT and c["mac"] == "02:00:00:00:0b:ae"
+                         for c in json.loads(ovsnat(live, "status", "--json").stdout)
+                         ["controller"].get("conflicts", [])), 5,
+             what="the SNAT conflict in status")
     assert f"SNAT IP {SNAT} is claimed on the uplink by 02:00:00:00:0b:ae" in \
-        scenario.controller_log(live, "hv1")
+        scenario.controller_log(live, "hv1")[offset:]
     assert tcp_connect(live, live.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT

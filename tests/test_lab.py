@@ -8,12 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
-
 import pytest
 
 from ovsnat.lab import Lab
-from ovsnat.lab.sh import pid_alive, run
+from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import list_lab_namespaces
 from ovsnat.lab.traffic import ping, start_server, tcp_connect, udp_request
 
@@ -57,10 +55,14 @@ def test_without_flows_nothing_passes(make_lab):
     """fail_mode=secure: an OVS bridge with no flows drops everything (the tests above are
     not passing by some default behaviour)."""
     lab = make_lab()
-    lab.add_host("hv1")
+    host = lab.add_host("hv1")
     vm1 = lab.add_vm("vm1", "hv1", *VM1)
     vm2 = lab.add_vm("vm2", "hv1", *VM2)
     assert ping(vm1.ns, vm2.ip, count=2, wait=0.5).received == 0
+    # Positive control: the same VMs reach each other once the flows are there.
+    host.install_flows(l2_flows({vm1.mac: host.ofport(vm1.tap),
+                                 vm2.mac: host.ofport(vm2.tap)}))
+    assert ping(vm1.ns, vm2.ip, count=2).received == 2
 
 
 def test_outside_reaches_a_vm_through_ofctl_flows(make_lab):
@@ -121,8 +123,7 @@ def test_teardown_removes_namespaces_and_daemons(make_lab):
     lab.down()
     remaining = list_lab_namespaces()
     assert not set(namespaces) & set(remaining)
-    time.sleep(0.2)
-    assert not [p for p in pids if pid_alive(p)]
+    wait_for(lambda: not [p for p in pids if pid_alive(p)], 5, what="the lab's processes to exit")
     assert not os.path.exists(lab.dir)
 
 
@@ -145,8 +146,7 @@ def test_lab_down_cleans_up_after_a_killed_creator():
         out = run([sys.executable, "-m", "ovsnat.cli", "lab", "down", lab_id]).stdout
         assert f"removed lab {lab_id}" in out
         assert not [ns for ns in list_lab_namespaces() if lab_id in ns]
-        time.sleep(0.2)
-        assert not pid_alive(vswitchd)
+        wait_for(lambda: not pid_alive(vswitchd), 5, what="the lab's ovs-vswitchd to exit")
     finally:
         if lab_id in Lab.list_ids():
             Lab.load(lab_id).down()

@@ -17,7 +17,7 @@ from ovsnat.presence import REPROBE
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import Background, background_ping, background_tcp, capture, \
-    parse_ping, ping, ping_gap, start_server, tcp_connect
+    captured, parse_ping, ping, ping_gap, start_server, tcp_connect, tcp_established
 from tests.test_controller import vm_ids  # noqa: E402
 
 pytestmark = pytest.mark.lab
@@ -58,7 +58,7 @@ def arp_requester(lab, count: int = 300, interval: float = 0.01) -> Background:
 
 
 def reply_times(pcap: str) -> list[float]:
-    return sorted(float(p.time) for p in rdpcap(pcap)
+    return sorted(float(p.time) for p in captured(pcap)
                   if ARP in p and p[ARP].op == 2 and p[ARP].psrc == FIP)
 
 
@@ -89,7 +89,10 @@ def test_fip_vm_moves_with_its_inbound_session_and_only_one_host_answers_arp(two
     with capture(lab, "arp-hv1", lab.ext_ns, "hv1", "arp", "in") as a_pcap, \
             capture(lab, "arp-hv2", lab.ext_ns, "hv2", "arp", "in") as b_pcap:
         asker = arp_requester(lab)
-        time.sleep(1.5)
+        # Before the move: the session is up through hv1 and hv1 answers the asker.
+        wait_for(lambda: tcp_established(lab.srv_ns, FIP, 7000), 5,
+                 what="the inbound session to be up")
+        wait_for(lambda: reply_times(a_pcap), 5, what="hv1's ARP replies in the capture")
         t0 = time.time()
         lab.move_vm(vm1, "hv2", overlap=overlap, announce=announce)
         wait_for(lambda: any("arp_tpa=203.0.113.10" in line
@@ -160,8 +163,10 @@ def test_pat_vm_moves_its_sending_session_resets_and_new_sessions_use_host_b(two
     assert tcp_connect(lab, vm2.ns, SERVER_IP, 8080).peer_ip == SNAT_A
     conntrack_b = lab.hosts["hv2"].appctl("dpctl/dump-conntrack")
     assert vm2.ip not in conntrack_b, "hosts must share no NAT state"
+    assert vm2.ip in lab.hosts["hv1"].appctl("dpctl/dump-conntrack")      # (control)
     session = background_tcp(lab, vm2.ns, SERVER_IP, 8080, hold=8)
-    time.sleep(1)
+    wait_for(lambda: tcp_established(vm2.ns, SERVER_IP, 8080), 5,
+             what="the PAT session to be up")
     t0 = time.monotonic()
     lab.move_vm(vm2, "hv2")
     deadline = t0 + 1.0
@@ -186,12 +191,14 @@ def test_receive_only_pat_session_stalls_silently_after_the_move(two_hosts):
     start_server(lab, "push", lab.srv_ns, "tcp-push", 9090)
     sink = Background([lab.python()[0], "-m", "ovsnat.lab.peer", "tcp-sink-client",
                        SERVER_IP, "9090", "--hold", "5"], vm2.ns)
-    time.sleep(1)
+    wait_for(lambda: tcp_established(vm2.ns, SERVER_IP, 9090), 5,
+             what="the receive-only session to be up")
     lab.move_vm(vm2, "hv2")
     out = sink.result()
     m = re.match(r"(\w+) received=(\d+) longest_silence=([\d.]+)", out.strip())
     assert m, out
     TIMINGS["PAT receive-only: silence until the end of the 5 s test (s)"] = float(m.group(3))
+    assert int(m.group(2)) > 0, out          # (control) data did flow before the move
     assert m.group(1) == "OPEN" and float(m.group(3)) >= 3.0, out
 
 

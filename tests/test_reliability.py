@@ -11,13 +11,14 @@ import sys
 import time
 
 import pytest
-from scapy.all import ARP, IP, Ether, rdpcap
+from scapy.all import ARP, IP, UDP, Ether, Raw, rdpcap
 
 from ovsnat.lab import scenario
-from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import background_ping, background_tcp, capture, \
-    parse_ping, ping, send_frames, start_server, tcp_connect, udp_request
+from ovsnat.lab.traffic import background_ping, background_tcp, capture, captured, \
+    parse_ping, ping, send_frames, start_server, tcp_connect, tcp_established, udp_request, \
+    wait_captured
 from tests.test_controller import SNAT, converged, flow_table, installed_text, vm_ids
 
 pytestmark = pytest.mark.lab
@@ -34,7 +35,7 @@ def ovsnat_status(lab, host="hv1") -> dict:
 
 
 @pytest.fixture(scope="module")
-def rel(module_lab):
+def rel_host(module_lab):
     """hv1: vm1 (FIP), vm2 and vm3 (PAT); the server answers TCP/UDP 8080."""
     lab = module_lab
     lab.add_host("hv1")
@@ -49,6 +50,37 @@ def rel(module_lab):
     return lab
 
 
+def log_since(lab, offset: int) -> str:
+    return scenario.controller_log(lab, "hv1")[offset:]
+
+
+def restart_controller(lab) -> None:
+    """Stop and start hv1's controller; wait until the new one found the flows in sync
+    (read from its own part of the log: the log holds every earlier run's lines too)."""
+    scenario.stop_controller(lab, "hv1")
+    offset = len(scenario.controller_log(lab, "hv1"))
+    scenario.start_controller(lab, "hv1")
+    wait_for(lambda: "flows in sync" in log_since(lab, offset), 20,
+             what="the restarted controller to find the flows in sync")
+
+
+@pytest.fixture
+def rel(rel_host):
+    """The module's host as every test expects it: its controller running (a test that
+    failed midway may have left it stopped or the meters changed) and its flows settled."""
+    lab = rel_host
+    host = lab.hosts["hv1"]
+    scenario.install_meters(host)
+    info = lab.procs.get("ctl-hv1")
+    if not info or not pid_alive(info["pid"]):
+        offset = len(scenario.controller_log(lab, "hv1"))
+        scenario.start_controller(lab, "hv1")
+        wait_for(lambda: re.search(r"datapath \w+ connected", log_since(lab, offset)), 20,
+                 what="the controller to connect")
+    converged(lab)
+    return lab
+
+
 # --- faults -------------------------------------------------------------------------------------
 def test_three_controller_restarts_under_load_lose_nothing(rel):
     host = rel.hosts["hv1"]
@@ -57,12 +89,11 @@ def test_three_controller_restarts_under_load_lose_nothing(rel):
     pinger = background_ping(rel.srv_ns, FIP, interval=0.01, duration=9)
     inbound = background_tcp(rel, rel.srv_ns, FIP, 7000, hold=9)
     outbound = background_tcp(rel, rel.vms["vm2"].ns, SERVER_IP, 8080, hold=9)
-    time.sleep(0.5)
+    wait_for(lambda: tcp_established(rel.srv_ns, FIP, 7000) and
+             tcp_established(rel.vms["vm2"].ns, SERVER_IP, 8080), 5,
+             what="both sessions to be up")
     for _ in range(3):
-        scenario.stop_controller(rel, "hv1")
-        scenario.start_controller(rel, "hv1")
-        wait_for(lambda: "flows in sync" in scenario.controller_log(rel, "hv1"), 20,
-                 what="the restarted controller to find the flows in sync")
+        restart_controller(rel)
     result = parse_ping(pinger.result())
     assert result.lost == 0, result.output[-300:]
     assert "HELD" in inbound.result() and "HELD" in outbound.result()
@@ -76,7 +107,7 @@ def test_openflow_connection_flapping_loses_nothing(rel):
     pinger = background_ping(rel.srv_ns, FIP, interval=0.01, duration=4)
     for _ in range(5):
         host.appctl("bridge/reconnect", "br-int")
-        time.sleep(0.5)
+        time.sleep(0.5)          # on purpose: flaps spread over the ping's 4 s
     result = parse_ping(pinger.result())
     assert result.lost == 0, result.output[-300:]
     converged(rel)
@@ -91,7 +122,8 @@ def test_start_order_does_not_matter(make_lab, order):
         scenario.write_config(lab, "hv1", SNAT)
         host.ovs.stop()
         scenario.start_controller(lab, "hv1", point_bridge=False)   # OVS is down
-        time.sleep(2)
+        wait_for(lambda: re.search(r"OVSDB \S+: .*retrying", scenario.controller_log(
+            lab, "hv1")), 20, what="the controller to find OVSDB absent and retry")
         host.ovs.start()
         host.vsctl("set-controller", "br-int", f"tcp:127.0.0.1:{scenario.OF_PORT}")
         host.vsctl("set", "controller", "br-int", "max_backoff=1000")
@@ -112,18 +144,22 @@ def test_ovs_vswitchd_crash_restores_fip_and_new_pat_within_two_seconds(make_lab
     scenario.start_controller(lab, "hv1", SNAT)
     wait_for(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.2).received, 15, what="FIP up")
     session = background_tcp(lab, vm2.ns, SERVER_IP, 8080, hold=6)
-    time.sleep(1)
+    wait_for(lambda: tcp_established(vm2.ns, SERVER_IP, 8080), 5,
+             what="the PAT session to be up")
+    offset = len(scenario.controller_log(lab, "hv1"))
     host.ovs.stop_daemon("ovs-vswitchd", kill=True)           # crash: SIGKILL
     host.ovs.start_vswitchd()
     t0 = time.monotonic()
-    wait_for(lambda: "connected" in scenario.controller_log(lab, "hv1").split(
-        "datapath")[-1], 10, what="the reconnect")
+    wait_for(lambda: re.search(r"datapath \w+ connected", log_since(lab, offset)), 10,
+             what="the reconnect")
     wait_for(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.1).received and
              tcp_connect(lab, vm2.ns, SERVER_IP, 8080, timeout=0.3).peer_ip == SNAT, 5,
              what="FIP and new PAT sessions")
     assert time.monotonic() - t0 <= 2.5
     converged(lab)
-    assert len(installed_text(host)) == len(set(installed_text(host)))
+    ours = [line for line in host.ofctl("dump-flows", "br-int", "--no-stats").splitlines()
+            if "cookie=0xa" in line]
+    assert ours and len(ours) == len(set(ours)), "a flow was installed twice"
     # Userspace conntrack died with ovs-vswitchd: the open PAT session is gone.
     assert "BROKEN" in session.result()
 
@@ -223,23 +259,38 @@ def test_forty_bad_ports_are_each_skipped_with_one_precise_error_others_untouche
 # --- attacks with real packets --------------------------------------------------------------------
 @pytest.mark.parametrize("claim", ["10.0.0.1", "10.0.0.13", FIP])
 def test_a_vm_claiming_the_gateway_another_vm_or_a_fip_by_arp_reaches_no_one(rel, claim):
-    vm2 = rel.vms["vm2"]
+    """Positive controls, sent after the claims: vm2's honest ARP request for vm3 reaches
+    vm3, and a UDP datagram from vm2 (through PAT) reaches the outside router's side."""
+    vm2, vm3 = rel.vms["vm2"], rel.vms["vm3"]
     frames = [bytes(Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=op, hwsrc=vm2.mac, psrc=claim, pdst=claim)) for op in (1, 2)]
-    with capture(rel, "claim-vm3", rel.vms["vm3"].ns, "eth0", "arp") as vm_pcap, \
-            capture(rel, "claim-out", rel.out_ns, "eth0", "arp") as out_pcap:
+    to_vm3 = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst=vm3.ip)
+    marker = f"control-{claim}".encode()
+    to_out = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src=vm2.ip, dst=SERVER_IP) / \
+        UDP(sport=4460, dport=9999) / marker
+    with capture(rel, "claim-vm3", vm3.ns, "eth0", "arp") as vm_pcap, \
+            capture(rel, "claim-out", rel.out_ns, "eth0", "arp or udp port 9999") as out_pcap:
         send_frames(rel, vm2.ns, frames, count=3)
-    seen = [p for pcap in (vm_pcap, out_pcap) for p in rdpcap(pcap)
+        send_frames(rel, vm2.ns, [bytes(to_vm3), bytes(to_out)])
+        wait_captured(vm_pcap, lambda p: ARP in p and p[ARP].op == 1 and
+                      p[ARP].psrc == vm2.ip and p[ARP].pdst == vm3.ip,
+                      what="vm2's request at vm3 (control)")
+        wait_captured(out_pcap, lambda p: Raw in p and p[Raw].load == marker,
+                      what="vm2's datagram outside (control)")
+    seen = [p for pcap in (vm_pcap, out_pcap) for p in captured(pcap)
             if ARP in p and p[ARP].psrc == claim and p[ARP].hwsrc == vm2.mac]
     assert seen == []
 
 
 @pytest.mark.parametrize("port", [25000, 40000, 80])
 def test_unsolicited_packets_to_the_snat_ip_are_dropped_in_and_out_of_the_range(rel, port):
+    """The drop counter is the positive control: it counted at least the 3 datagrams and
+    the SYN (so they reached the host); >=, since other unsolicited packets count too."""
     before = ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"]
     assert not udp_request(rel, rel.srv_ns, SNAT, port, timeout=0.3).ok
     assert not tcp_connect(rel, rel.srv_ns, SNAT, port, timeout=0.5).ok
-    wait_for(lambda: ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"] > before, 5,
+    wait_for(lambda: ovsnat_status(rel)["drops"]["pat_unsolicited_inbound"] >= before + 4, 5,
              what="the drop counter (OVS updates counters periodically)")
 
 
@@ -285,7 +336,9 @@ def test_traceroute_to_a_fip_shows_the_nat_hop_as_the_fip(rel):
 
 def test_errors_a_fip_vm_sends_quote_the_fip(rel):
     """A connected UDP socket outside only sees 'port unreachable' if the quoted header
-    names the address it talks to: the FIP."""
+    names the address it talks to: the FIP. The controller counts the error it translated
+    (counted from the test's start: other tests' ICMP errors count too)."""
+    before = ovsnat_status(rel)["controller"]["stats"].get("icmp_errors", 0)
     script = "\n".join([
         "import socket, time",
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
@@ -299,8 +352,8 @@ def test_errors_a_fip_vm_sends_quote_the_fip(rel):
         "    print('TIMEOUT')"])
     out = run([sys.executable, "-c", script], ns=rel.srv_ns).stdout.strip()
     assert out == "REFUSED"
-    wait_for(lambda: ovsnat_status(rel)["controller"]["stats"]["icmp_errors"] >= 3, 3,
-             what="the translated ICMP errors to be counted")
+    wait_for(lambda: ovsnat_status(rel)["controller"]["stats"].get("icmp_errors", 0)
+             >= before + 1, 3, what="the translated ICMP error to be counted")
 
 
 def refused(lab, ns: str, dst: str) -> str:
@@ -373,6 +426,7 @@ def test_exhausted_pat_range_fails_cleanly_and_is_counted(make_lab):
     assert len(held) == 4, results                  # 4 ports, one destination
     assert all("ERROR" in r for r in results if "HELD" not in r)
     assert [p for p in rdpcap(pcap) if IP in p and p[IP].src.startswith("10.")] == []
+    assert [p for p in rdpcap(pcap) if IP in p and p[IP].src == SNAT]      # (control)
     wait_for(lambda: ovsnat_status(lab)["drops"]["pat_range_exhausted"] > 0, 5,
              what="the exhaustion drop counter")
 
@@ -387,7 +441,8 @@ def test_per_vm_port_blocks_keep_one_vm_from_starving_another(make_lab):
                               pat_ports_per_vm=4)
     wait_for(lambda: "in sync" in scenario.controller_log(lab, "hv1"), 15, what="sync")
     hogs = [background_tcp(lab, hog.ns, SERVER_IP, 8080, hold=3) for _ in range(8)]
-    time.sleep(1)
+    wait_for(lambda: tcp_established(hog.ns, SERVER_IP, 8080) >= 4, 5,
+             what="vm2 to hold its 4 ports")
     reply = tcp_connect(lab, other.ns, SERVER_IP, 8080)
     assert reply.ok and 20012 <= reply.peer_port <= 20015, reply.line   # vm3's own block
     assert sum("HELD" in h.result() for h in hogs) <= 4
@@ -403,6 +458,7 @@ def test_a_bundle_the_switch_refuses_is_retried_owner_by_owner_and_the_rest_is_k
     host = rel.hosts["hv1"]
     vm4 = rel.add_vm("vm4", "hv1", "10.0.0.14", "02:00:0a:00:00:0e", {})
     vm5 = rel.add_vm("vm5", "hv1", "10.0.0.15", "02:00:0a:00:00:0f", {})
+    offset = len(scenario.controller_log(rel, "hv1"))
     try:
         in_vm_l2 = len([line for line in host.ofctl("dump-flows", "br-int", "table=70")
                         .splitlines() if "priority=" in line])
@@ -413,13 +469,13 @@ def test_a_bundle_the_switch_refuses_is_retried_owner_by_owner_and_the_rest_is_k
         host.vsctl("set", "Interface", vm4.tap, 'external_ids:ovsnat-fixed-ip="10.0.0.14"',
                    'external_ids:ovsnat-fip="203.0.113.44"', "--", "set", "Interface",
                    vm5.tap, 'external_ids:ovsnat-fixed-ip="10.0.0.15"')
-        wait_for(lambda: "giving up on port tapvm5" in scenario.controller_log(rel, "hv1"), 10,
+        wait_for(lambda: "giving up on port tapvm5" in log_since(rel, offset), 10,
                  what="the failure to be logged with the VM's name")
         wait_for(lambda: tcp_connect(rel, vm4.ns, SERVER_IP, 8080, timeout=0.5).peer_ip ==
                  "203.0.113.44", 5, what="the VM that fitted to work")
         assert before <= installed_text(host)               # nothing installed before lost
         assert not [line for line in installed_text(host) if "10.0.0.15" in line]
-        log = scenario.controller_log(rel, "hv1")
+        log = log_since(rel, offset)
         assert "retrying 2 owner(s) one by one" in log
         assert "switch rejected flow" in log and "of port tapvm" in log
         host.vsctl("clear", "Bridge", "br-int", "flow_tables")

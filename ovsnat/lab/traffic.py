@@ -115,6 +115,33 @@ def capture(lab, name: str, ns: str, iface: str, bpf: str = "", direction: str =
         lab.stop_proc(name)
 
 
+def captured(pcap: str, predicate=None) -> list:
+    """The packets of a pcap (that satisfy predicate), readable while tcpdump still writes
+    it: a file with no header yet or a half-written last record reads as what is complete."""
+    from scapy.all import rdpcap       # scapy is slow to import; only captures need it
+    try:
+        packets = rdpcap(pcap)
+    except Exception:                  # empty file, or the header not written yet
+        return []
+    return [p for p in packets if predicate is None or predicate(p)]
+
+
+def wait_captured(pcap: str, predicate, timeout: float = 5.0,
+                  what: str = "the packet in the capture") -> list:
+    """Wait until the capture holds a packet satisfying predicate (a test's positive
+    control) and return the matching packets. Use it inside the `capture` block: once the
+    control, sent last, is in the file, so is everything sent before it."""
+    return wait_for(lambda: captured(pcap, predicate), timeout, interval=0.05, what=what)
+
+
+def tcp_established(ns: str, dst: str, port: int) -> int:
+    """How many TCP sessions from ns to dst:port are established (read with ss), e.g. to
+    wait until a background session is up before the test disturbs it."""
+    out = run(["ss", "-Htn", "state", "established", "dst", f"{dst}:{port}"], ns=ns,
+              check=False).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
 class Background:
     """A traffic process running while the test does something else (restart, migrate)."""
 
