@@ -100,7 +100,7 @@ def ctl(ctl_host):
     existing = set(lab.vms)
     yield lab
     for name in set(lab.vms) - existing:
-        lab.unplug(lab.vms[name])
+        lab.remove_vm(lab.vms[name])
 
 
 def test_a_plugged_vm_works_within_one_second_through_fip_and_pat(ctl):

@@ -331,7 +331,8 @@ def test_traceroute_to_a_fip_shows_the_nat_hop_as_the_fip(rel):
     address would); the VM behind it answers next, also as the FIP."""
     before = ovsnat_status(rel)["controller"]["stats"]["ttl_expired"]
     assert hops(rel.srv_ns, FIP) == ["198.51.100.1", FIP, FIP]
-    assert ovsnat_status(rel)["controller"]["stats"]["ttl_expired"] >= before + 1
+    wait_for(lambda: ovsnat_status(rel)["controller"]["stats"]["ttl_expired"] >= before + 1,
+             5, what="the answered TTL to be counted (the status file is rewritten each second)")
 
 
 def test_errors_a_fip_vm_sends_quote_the_fip(rel):
@@ -384,7 +385,7 @@ def test_an_icmp_error_between_two_fips_of_one_host_is_translated_both_ways(rel)
         assert refused(rel, vm4.ns, SERVER_IP) == "REFUSED"          # control: from outside
         assert refused(rel, vm4.ns, FIP) == "REFUSED"                # hairpinned
     finally:
-        rel.unplug(vm4)
+        rel.remove_vm(vm4)
 
 
 def test_an_icmp_error_arriving_in_fragments_reaches_the_fip_vm_translated(rel):
@@ -485,5 +486,5 @@ def test_a_bundle_the_switch_refuses_is_retried_owner_by_owner_and_the_rest_is_k
                  SNAT, 15, what="vm5 after the repair")
     finally:
         host.vsctl("clear", "Bridge", "br-int", "flow_tables")
-        rel.unplug(vm4)
-        rel.unplug(vm5)
+        rel.remove_vm(vm4)
+        rel.remove_vm(vm5)

@@ -264,6 +264,16 @@ class Lab:
     def unplug(self, vm: Vm) -> None:
         self.hosts[vm.host].vsctl("--if-exists", "del-port", BRIDGE, vm.tap)
 
+    def remove_vm(self, vm: Vm) -> None:
+        """Unplug the VM and delete its namespace (its veth goes with it): the name is free
+        for another VM, and the lab holds no trace of it."""
+        self.unplug(vm)
+        run(["ip", "netns", "del", vm.ns], check=False)
+        if vm.ns in self.namespaces:
+            self.namespaces.remove(vm.ns)
+        self.vms.pop(vm.name, None)
+        self._save()
+
     def move_vm(self, vm: Vm, dest: str, overlap: bool = False, announce: bool = True) -> int:
         """Live-migrate: move the VM's host-side veth to `dest` and plug it there; the VM
         namespace (and its TCP state) stays. Then the VM sends RARPs, as QEMU does.
