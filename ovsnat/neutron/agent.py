@@ -219,8 +219,10 @@ class OvsnatAgent:
             self._rpc_failed("update_device_list", e)
             return False
         self._neutron_answered()
+        # devices_up lists ids; devices_down lists {"device": id, "exists": bool}
         self.reported_up |= set(result.get("devices_up", []))
-        self.reported_up -= set(result.get("devices_down", []))
+        self.reported_up -= {d["device"] if isinstance(d, dict) else d
+                             for d in result.get("devices_down", [])}
         failed = result.get("failed_devices_up", []) + result.get("failed_devices_down", [])
         LOG.info("devices up %s, down %s, failed %s", up, down, failed)
         return not failed

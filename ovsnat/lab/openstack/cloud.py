@@ -82,3 +82,28 @@ def vif_spec(conn, port, instance_name: str) -> VifSpec:
                                                                             "system"),
                    mtu=int(net.mtu or 1500), port_filter=bool(details.get("port_filter")),
                    instance_uuid=port.device_id, instance_name=instance_name)
+
+
+class InNamespace:
+    """Proxy to an openstacksdk object whose every call runs inside the services namespace
+    (generators are drained there too: the SDK pages lazily while they are iterated)."""
+
+    def __init__(self, target, ns: str) -> None:
+        self._target = target
+        self._ns = ns
+
+    def __getattr__(self, name: str):
+        import inspect
+        from ovsnat.lab.openstack.netns import inside
+        with inside(self._ns):      # `conn.network` discovers the API version on first use
+            attr = getattr(self._target, name)
+        if name == "network":
+            return InNamespace(attr, self._ns)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with inside(self._ns):
+                result = attr(*args, **kwargs)
+                return list(result) if inspect.isgenerator(result) else result
+        return call

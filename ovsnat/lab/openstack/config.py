@@ -126,6 +126,11 @@ network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi}
     _write(os.path.join(paths.etc, "api.conf"), f"""[DEFAULT]
 log_file = {paths.log}/neutron-api.log
 """)
+    _write(os.path.join(paths.etc, "rpc.conf"), f"""[DEFAULT]
+log_file = {paths.log}/neutron-rpc.log
+debug = true
+default_log_levels = {RPC_LOG_LEVELS}
+""")
     src = neutron_venv() / "etc" / "neutron" / "api-paste.ini"
     _write(os.path.join(paths.etc, "api-paste.ini"), src.read_text())
 
@@ -157,13 +162,19 @@ logto = {paths.log}/uwsgi.log
 """)
 
 
+# oslo.messaging at debug (one 'received message' line per RPC request the server gets: how
+# the lab counts what agents ask of Neutron); Neutron itself at info, to keep the log small.
+RPC_LOG_LEVELS = ("amqp=WARN,amqplib=WARN,sqlalchemy=WARN,oslo.messaging=DEBUG,"
+                  "oslo_messaging=DEBUG,iso8601=WARN,urllib3.connectionpool=WARN,"
+                  "stevedore=WARN,keystoneauth=WARN,oslo_policy=INFO,neutron=INFO,"
+                  "neutron_lib=INFO,ovsnat=DEBUG")
+
+
 def rpc_argv(paths: Paths) -> list[str]:
-    """neutron-rpc-server, at debug level: its log then has one 'received message' line per
-    RPC request, which is how the lab counts what agents ask of Neutron."""
-    return [venv_bin("neutron-rpc-server"),
-            "--config-file", os.path.join(paths.etc, "neutron.conf"),
-            "--config-file", os.path.join(paths.etc, "ml2_conf.ini"),
-            "--log-file", os.path.join(paths.log, "neutron-rpc.log"), "--debug"]
+    """neutron-rpc-server with its own log file and log levels (rpc.conf)."""
+    return [venv_bin("neutron-rpc-server")] + [
+        arg for name in ("neutron.conf", "ml2_conf.ini", "rpc.conf")
+        for arg in ("--config-file", os.path.join(paths.etc, name))]
 
 
 def write_rabbit(paths: Paths, lab_id: str) -> dict[str, str]:

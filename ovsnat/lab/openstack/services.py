@@ -192,6 +192,13 @@ class OpenStack:
         for name in [*reversed(self.agents), "neutron-rpc", "neutron-api", "rabbitmq",
                      "epmd", "mariadbd"]:
             self.lab.stop_proc(name)
+        keep = os.environ.get("OVSNAT_OPENSTACK_LOGS")
+        if keep and self.paths:     # the lab's directory goes at teardown; keep the logs
+            dest = os.path.join(keep, self.lab.id)
+            shutil.copytree(self.paths.log, dest, dirs_exist_ok=True)
+            for name in os.listdir(self.lab.dir):
+                if name.endswith(".log"):
+                    shutil.copy(os.path.join(self.lab.dir, name), dest)
 
     # --- helpers -------------------------------------------------------------------------
     @property

@@ -1,0 +1,219 @@
+"""ovsnat against a real Neutron 29 (API under uWSGI, neutron-rpc-server, RabbitMQ, SQLite),
+with ovsnat's ML2 driver and one ovsnat-neutron-agent per lab host. Instances are plugged
+with os-vif as nova-compute plugs them; everything is driven through openstacksdk.
+
+These tests check OVSDB rows and Neutron's state; they need no ovsnat controller (the
+controller's `ovsnat-installed` key is written by hand where a test needs it). One bring-up
+serves the module; every test makes its own ports and floating IPs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from ovsnat.lab import Lab
+from ovsnat.lab.openstack import OpenStack, cloud, instances
+from ovsnat.lab.sh import wait_for
+from ovsnat.lab.topology import Vm
+
+pytestmark = [pytest.mark.lab, pytest.mark.openstack]
+
+HOSTS = ("hv1", "hv2")
+TIMES: dict[str, float] = {}
+
+
+@dataclass
+class CloudLab:
+    lab: Lab
+    services: OpenStack
+    conn: cloud.InNamespace
+    topo: cloud.Topology
+
+
+@pytest.fixture(scope="module")
+def cl():
+    from tests.conftest import _require_lab_prerequisites
+    _require_lab_prerequisites()
+    t0 = time.monotonic()
+    lab = Lab()
+    services = None
+    try:
+        lab.up()
+        services = OpenStack(lab).up()
+        conn = cloud.InNamespace(cloud.connect(services.endpoint), services.ns)
+        topo = cloud.create_topology(conn)
+        for host in HOSTS:
+            lab.add_host(host)
+            services.start_agent(host)
+        wait_for(lambda: all(a.is_alive for a in conn.network.agents()) and
+                 len(conn.network.agents()) == len(HOSTS), 60, interval=0.2,
+                 what="both ovsnat agents alive")
+        TIMES["bring-up (services, topology, 2 hosts, agents alive)"] = time.monotonic() - t0
+        TIMES.update({f"  services {k}": v for k, v in services.timings.items()})
+        yield CloudLab(lab, services, conn, topo)
+    finally:
+        t1 = time.monotonic()
+        if services:
+            services.down()
+        lab.down()
+        TIMES["teardown"] = time.monotonic() - t1
+        print("\nOpenStack lab times (s): " + ", ".join(f"{k.strip()} {v:.1f}"
+                                                        for k, v in TIMES.items()))
+
+
+# --- helpers -------------------------------------------------------------------------------
+def row_ids(cl: CloudLab, host: str, iface: str) -> dict[str, str]:
+    out = cl.lab.hosts[host].vsctl("--if-exists", "--format=json", "--columns=external_ids",
+                                   "list", "Interface", iface)
+    data = json.loads(out)["data"] if out.strip() else []
+    return dict(data[0][0][1]) if data else {}
+
+
+def boot(cl: CloudLab, host: str, name: str):
+    """Nova's steps: a port bound to the host, the tap, os-vif's plug."""
+    port = cloud.create_port(cl.conn, cl.topo, host, f"{name}-port")
+    spec = cloud.vif_spec(cl.conn, port, name)
+    vm, plugged_at = instances.boot(cl.lab, name, host, spec, port.fixed_ips[0]["ip_address"],
+                                    cloud.TENANT["cidr"], cloud.TENANT["gateway"])
+    return port, vm, plugged_at
+
+
+def wait_key(cl: CloudLab, vm: Vm, key: str, value: str | None, timeout: float = 10) -> float:
+    """Poll the VM's Interface row until `key` has `value` (None: absent); returns the
+    wall clock time it was first seen so."""
+    wait_for(lambda: row_ids(cl, vm.host, vm.tap).get(key) == value, timeout, interval=0.01,
+             what=f"{key}={value} on {vm.tap}")
+    return time.time()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:4]}"
+
+
+# --- tests ---------------------------------------------------------------------------------
+def test_agents_report_state_and_are_alive(cl):
+    agents = {a.host: a for a in cl.conn.network.agents()}
+    assert set(agents) == set(HOSTS)
+    for host, agent in agents.items():
+        assert agent.is_alive and agent.agent_type == "ovsnat agent"
+        assert agent.binary == "ovsnat-neutron-agent"
+        conf = agent.configuration
+        assert conf["bridge_name"] == "br-int" and conf["physical_networks"] == ["fabric"]
+        assert conf["datapath_type"] == "netdev"     # read from the host's bridge
+
+
+def test_port_binds_and_agent_writes_keys_within_1s_of_plug(cl):
+    port, vm, plugged_at = boot(cl, "hv1", unique("vm"))
+    assert port.binding_vif_type == "ovs", port.binding_vif_type
+    details = port.binding_vif_details
+    assert details["bridge_name"] == "br-int" and details["port_filter"] is False
+    assert details["datapath_type"] == "netdev" and details["ovs_hybrid_plug"] is False
+    seen = wait_key(cl, vm, "ovsnat-fixed-ip", port.fixed_ips[0]["ip_address"], timeout=5)
+    TIMES["keys after os-vif plug"] = seen - plugged_at
+    assert seen - plugged_at < 1.0, f"keys {seen - plugged_at:.2f} s after the plug"
+    ids = row_ids(cl, "hv1", vm.tap)
+    net = cl.conn.network.get_network(cl.topo.tenant_net)
+    assert ids == {
+        "iface-id": port.id, "attached-mac": port.mac_address, "iface-status": "active",
+        "vm-uuid": port.device_id,                                   # os-vif's, untouched
+        "ovsnat-fixed-ip": port.fixed_ips[0]["ip_address"], "ovsnat-network": net.id,
+        "ovsnat-cidr": cloud.TENANT["cidr"], "ovsnat-gateway": cloud.TENANT["gateway"],
+        "ovsnat-vlan": str(net.provider_segmentation_id), "ovsnat-mtu": str(net.mtu),
+        "ovsnat-dns": "198.51.100.53", "ovsnat-routes": "10.9.0.0/16>10.1.0.254"}
+    assert 100 <= int(ids["ovsnat-vlan"]) <= 199
+
+
+def test_fip_associate_and_disassociate_reach_the_row_within_2s(cl):
+    port, vm, _ = boot(cl, "hv1", unique("vm"))
+    wait_key(cl, vm, "ovsnat-fixed-ip", port.fixed_ips[0]["ip_address"])
+    fip = cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
+                                    project_id=cloud.PROJECT)
+    assoc, disassoc = [], []
+    for _ in range(20):
+        t = time.time()
+        cl.conn.network.update_ip(fip, port_id=port.id)
+        assoc.append(wait_key(cl, vm, "ovsnat-fip", fip.floating_ip_address) - t)
+        t = time.time()
+        cl.conn.network.update_ip(fip, port_id=None)
+        disassoc.append(wait_key(cl, vm, "ovsnat-fip", None) - t)
+    TIMES["FIP associate worst of 20"] = max(assoc)
+    TIMES["FIP disassociate worst of 20"] = max(disassoc)
+    print(f"\nFIP associate: worst {max(assoc):.3f} s, median {sorted(assoc)[10]:.3f} s; "
+          f"disassociate: worst {max(disassoc):.3f} s, median {sorted(disassoc)[10]:.3f} s")
+    assert max(assoc) < 2.0 and max(disassoc) < 2.0
+    assert row_ids(cl, "hv1", vm.tap)["ovsnat-fixed-ip"] == port.fixed_ips[0]["ip_address"]
+
+
+def test_port_goes_active_once_the_controller_marks_it_installed(cl):
+    port, vm, _ = boot(cl, "hv2", unique("vm"))
+    wait_key(cl, vm, "ovsnat-fixed-ip", port.fixed_ips[0]["ip_address"])
+    # The agent has handled the port: without ovsnat-installed it is not reported up.
+    assert cl.conn.network.get_port(port.id).status == "DOWN"
+    host = cl.lab.hosts["hv2"]
+    host.vsctl("set", "Interface", vm.tap, "external_ids:ovsnat-installed=true")
+    t = time.monotonic()
+    wait_for(lambda: cl.conn.network.get_port(port.id).status == "ACTIVE", 10, interval=0.1,
+             what="the port ACTIVE")
+    TIMES["ACTIVE after ovsnat-installed"] = time.monotonic() - t
+    host.vsctl("remove", "Interface", vm.tap, "external_ids", "ovsnat-installed")
+    wait_for(lambda: cl.conn.network.get_port(port.id).status == "DOWN", 10, interval=0.1,
+             what="the port DOWN after its flows went away")
+
+
+def test_each_host_has_its_own_snat_address_allocated_by_neutron(cl):
+    snat = {h: cl.lab.hosts[h].vsctl("--if-exists", "get", "Bridge", "br-int",
+                                     "external_ids:ovsnat-snat-ip").strip().strip('"')
+            for h in HOSTS}
+    ports = cl.conn.network.ports(network_id=cl.topo.external_net,
+                                  device_owner="network:ovsnat_snat")
+    by_host = {p.device_id: p.fixed_ips[0]["ip_address"] for p in ports}
+    assert by_host == snat and len(set(snat.values())) == len(HOSTS), (by_host, snat)
+    fip = cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
+                                    project_id=cloud.PROJECT)
+    assert fip.floating_ip_address not in snat.values()
+
+
+def test_neutron_api_down_30s_removes_nothing_and_later_pushes_apply(cl):
+    port, vm, _ = boot(cl, "hv2", unique("vm"))
+    fip = cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
+                                    project_id=cloud.PROJECT, port_id=port.id)
+    wait_key(cl, vm, "ovsnat-fip", fip.floating_ip_address)
+    before = row_ids(cl, "hv2", vm.tap)
+    assert before["ovsnat-fixed-ip"] and before["ovsnat-network"]      # positive control
+    cl.services.stop_api()
+    try:
+        assert not cl.services.api_answers()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert row_ids(cl, "hv2", vm.tap) == before
+            time.sleep(1)
+    finally:
+        cl.services.start_api()
+        cl.services.wait_api()
+    t = time.time()
+    cl.conn.network.update_ip(fip, port_id=None)          # pushed over RabbitMQ
+    assert wait_key(cl, vm, "ovsnat-fip", None) - t < 2.0
+
+
+def test_idle_agents_ask_neutron_nothing_but_their_heartbeat(cl):
+    """Counted at the server: neutron-rpc-server logs (debug) one 'received message' line
+    per RPC request it gets and one 'Heartbeat received' line per agent heartbeat."""
+    log_before = len(cl.services.rpc_log())
+    window = 30.0
+    time.sleep(window)      # the measurement itself: idle agents, nobody else talks
+    log = cl.services.rpc_log()[log_before:]
+    requests = len(re.findall(r"received message (?:msg_id|with unique_id)", log))
+    beats = {h: len(re.findall(rf"Heartbeat received from ovsnat agent agent on host {h},",
+                               log)) for h in HOSTS}
+    per_min = {h: n * 60 / window for h, n in beats.items()}
+    print(f"\nidle {window:.0f} s: {requests} RPC requests at the server, heartbeats "
+          f"{beats} ({per_min} per minute per agent)")
+    TIMES["idle RPC requests per minute (all agents)"] = requests * 60 / window
+    assert all(n >= 1 for n in beats.values())      # positive control: the count works
+    assert requests <= sum(beats.values())
