@@ -102,6 +102,8 @@ notify_nova_on_port_data_changes = false
 agent_down_time = {AGENT_DOWN_TIME}
 rpc_workers = 1
 rpc_state_report_workers = 1
+# workers stop within 5 s of SIGTERM (default 60 s), also under the generic lab teardown
+graceful_shutdown_timeout = 5
 [database]
 connection = {db_url(paths, db)}
 [oslo_concurrency]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -97,7 +98,7 @@ class OpenStack:
                  what="RabbitMQ to listen (see rabbitmq.log in the lab dir)")
 
     def stop_rabbit(self) -> None:
-        self.lab.stop_proc("rabbitmq")
+        self.stop("rabbitmq")
 
     def restart_rabbit(self) -> None:
         """Same node, same database: queues and users survive as after a broker restart."""
@@ -128,10 +129,15 @@ class OpenStack:
 
     def start_neutron(self) -> None:
         self.start_api()
-        self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns,
-                       env=self.neutron_env)
+        self.start_rpc(wait=False)
         self.wait_api()
         self.wait_rpc()
+
+    def start_rpc(self, wait: bool = True) -> None:
+        self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns,
+                       env=self.neutron_env)
+        if wait:
+            self.wait_rpc()
 
     def start_api(self) -> None:
         ini = os.path.join(self.paths.etc, "neutron-api-uwsgi.ini")
@@ -139,7 +145,7 @@ class OpenStack:
                        env={**cfg.api_env(self.paths), **self.neutron_env})
 
     def stop_api(self) -> None:
-        self.lab.stop_proc("neutron-api")
+        self.stop("neutron-api")
 
     def wait_api(self, timeout: float = 120) -> None:
         wait_for(self.api_answers, timeout, interval=0.25,
@@ -177,7 +183,7 @@ class OpenStack:
         return name
 
     def stop_agent(self, host: str) -> None:
-        self.lab.stop_proc(f"agent-{host}")
+        self.stop(f"agent-{host}")
 
     def agent_log(self, host: str) -> str:
         return _read(os.path.join(self.paths.log, f"ovsnat-agent-{host}.log"))
@@ -191,7 +197,7 @@ class OpenStack:
         lab's own teardown then removes the namespace and files and catches stragglers."""
         for name in [*reversed(self.agents), "neutron-rpc", "neutron-api", "rabbitmq",
                      "epmd", "mariadbd"]:
-            self.lab.stop_proc(name)
+            self.stop(name)
         keep = os.environ.get("OVSNAT_OPENSTACK_LOGS")
         if keep and self.paths:     # the lab's directory goes at teardown; keep the logs
             dest = os.path.join(keep, self.lab.id)
@@ -199,6 +205,16 @@ class OpenStack:
             for name in os.listdir(self.lab.dir):
                 if name.endswith(".log"):
                     shutil.copy(os.path.join(self.lab.dir, name), dest)
+
+    def stop(self, name: str, grace: float = 5.0) -> None:
+        """Stop a spawned service and every process of its session. Services fork workers
+        (neutron-rpc-server, uWSGI, RabbitMQ's helpers) that may outlive their parent while
+        they shut down gracefully (Neutron's rpc workers wait up to 60 s): SIGTERM to the
+        session, then SIGKILL to whatever of it is left after `grace` seconds."""
+        info = self.lab.procs.get(name)
+        if info:
+            _stop_session(info["pid"], self.lab.id, grace)
+        self.lab.stop_proc(name)
 
     # --- helpers -------------------------------------------------------------------------
     @property
@@ -212,6 +228,40 @@ class OpenStack:
                     return True
             except OSError:
                 return False
+
+
+def _session_members(sid: int, lab_id: str) -> list[int]:
+    """Live processes of session `sid` whose environment carries this lab's id."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        ours = f"OVSNAT_LAB_ID={lab_id}".encode() in env
+        if fields[0] != "Z" and int(fields[3]) == sid and ours:
+            members.append(int(entry))
+    return members
+
+
+def _stop_session(sid: int, lab_id: str, grace: float) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = _session_members(sid, lab_id)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _session_members(sid, lab_id):
+            time.sleep(0.05)
 
 
 def cfg_topic() -> str:
