@@ -10,6 +10,7 @@ serves the module; every test makes its own ports and floating IPs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
@@ -25,6 +26,7 @@ from ovsnat.lab.topology import Vm
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 HOSTS = ("hv1", "hv2")
+DB = os.environ.get("OVSNAT_OPENSTACK_DB", "sqlite")    # or mariadb (real migrations)
 TIMES: dict[str, float] = {}
 
 
@@ -45,7 +47,7 @@ def cl():
     services = None
     try:
         lab.up()
-        services = OpenStack(lab).up()
+        services = OpenStack(lab, db=DB).up()
         conn = cloud.InNamespace(cloud.connect(services.endpoint), services.ns)
         topo = cloud.create_topology(conn)
         for host in HOSTS:
@@ -63,7 +65,7 @@ def cl():
             services.down()
         lab.down()
         TIMES["teardown"] = time.monotonic() - t1
-        print("\nOpenStack lab times (s): " + ", ".join(f"{k.strip()} {v:.1f}"
+        print(f"\nOpenStack lab ({DB}) times (s): " + ", ".join(f"{k.strip()} {v:.1f}"
                                                         for k, v in TIMES.items()))
 
 
