@@ -276,3 +276,50 @@ def test_port_on_a_flat_tenant_network_gets_no_vlan_key(cl):
     wait_key(cl, vm, "ovsnat-network", net.id)
     ids = row_ids(cl, "hv1", vm.tap)
     assert ids["ovsnat-cidr"] == "10.2.0.0/24" and "ovsnat-vlan" not in ids
+
+
+def test_rabbitmq_restart_keeps_keys_and_applies_changes_made_meanwhile(cl):
+    """The broker goes away (its queues with it): nothing is removed, the API keeps
+    answering, and a disassociation made meanwhile applies once agents reconnect."""
+    port, vm, _ = boot(cl, "hv1", unique("vm"))
+    fip = cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
+                                    project_id=cloud.PROJECT, port_id=port.id)
+    wait_key(cl, vm, "ovsnat-fip", fip.floating_ip_address)
+    before = row_ids(cl, "hv1", vm.tap)
+    cl.services.stop_rabbit()
+    try:
+        t = time.monotonic()
+        cl.conn.network.update_ip(fip, port_id=None)
+        TIMES["FIP update with RabbitMQ down (API call)"] = time.monotonic() - t
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert row_ids(cl, "hv1", vm.tap) == before
+            time.sleep(0.5)
+    finally:
+        t = time.monotonic()
+        cl.services.restart_rabbit()
+    TIMES["RabbitMQ restart (listening)"] = time.monotonic() - t
+    wait_key(cl, vm, "ovsnat-fip", None, timeout=60)
+    TIMES["RabbitMQ start to converged"] = time.monotonic() - t
+    wait_for(lambda: all(a.is_alive for a in cl.conn.network.agents()), 30, interval=0.5,
+             what="agents alive again")
+
+
+def test_ovsdb_restart_keeps_keys_and_applies_changes_made_meanwhile(cl):
+    """ovsdb-server restarts (rows persist in its database file); a disassociation made
+    while it is down is written once the agent's OVSDB connection is back."""
+    port, vm, _ = boot(cl, "hv2", unique("vm"))
+    fip = cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
+                                    project_id=cloud.PROJECT, port_id=port.id)
+    wait_key(cl, vm, "ovsnat-fip", fip.floating_ip_address)
+    ovs = cl.lab.hosts["hv2"].ovs
+    ovs.stop_daemon("ovsdb-server")
+    try:
+        cl.conn.network.update_ip(fip, port_id=None)
+        time.sleep(2)       # the agent has Neutron's answer but cannot write it
+    finally:
+        t = time.monotonic()
+        ovs.start_db()
+    wait_key(cl, vm, "ovsnat-fip", None, timeout=30)
+    TIMES["ovsdb-server start to converged"] = time.monotonic() - t
+    assert row_ids(cl, "hv2", vm.tap)["ovsnat-fixed-ip"] == port.fixed_ips[0]["ip_address"]

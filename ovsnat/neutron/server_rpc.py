@@ -40,8 +40,11 @@ class AgentNotifier:
         self._cast(context, "network_changed", network_id=network_id)
 
     def _cast(self, context, method: str, **kwargs) -> None:
+        """retry=1: with the broker down, oslo.messaging would otherwise retry forever and
+        hold the API request (a FIP update) until RabbitMQ returns. A cast lost that way is
+        made good by the agents, which resync when their heartbeat gets through again."""
         try:
-            self.client.prepare(fanout=True).cast(context, method, **kwargs)
+            self.client.prepare(fanout=True, retry=1).cast(context, method, **kwargs)
         except Exception:    # a lost cast is repaired by the agents' resync, never fatal
             LOG.exception("ovsnat: could not cast %s %s to the agents", method, kwargs)
 
