@@ -323,3 +323,25 @@ def test_ovsdb_restart_keeps_keys_and_applies_changes_made_meanwhile(cl):
     wait_key(cl, vm, "ovsnat-fip", None, timeout=30)
     TIMES["ovsdb-server start to converged"] = time.monotonic() - t
     assert row_ids(cl, "hv2", vm.tap)["ovsnat-fixed-ip"] == port.fixed_ips[0]["ip_address"]
+
+
+def test_subnet_and_fixed_ip_changes_are_pushed(cl):
+    """Neither reaches L2 agents through Neutron's own notifications: the driver casts."""
+    net = cl.conn.network.create_network(name=unique("net"), project_id=cloud.PROJECT)
+    sub = cl.conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.3.0.0/24",
+                                        gateway_ip="10.3.0.1", project_id=cloud.PROJECT)
+    port = cl.conn.network.create_port(network_id=net.id, device_owner="compute:nova",
+                                       device_id=str(uuid.uuid4()), binding_host_id="hv2",
+                                       project_id=cloud.PROJECT)
+    spec = cloud.vif_spec(cl.conn, port, "push-vm")
+    vm, _ = instances.boot(cl.lab, unique("vm"), "hv2", spec,
+                           port.fixed_ips[0]["ip_address"], "10.3.0.0/24", "10.3.0.1")
+    wait_key(cl, vm, "ovsnat-fixed-ip", port.fixed_ips[0]["ip_address"])
+    assert "ovsnat-dns" not in row_ids(cl, "hv2", vm.tap)
+    t = time.time()
+    cl.conn.network.update_subnet(sub, dns_nameservers=["198.51.100.54"])
+    assert wait_key(cl, vm, "ovsnat-dns", "198.51.100.54") - t < 2.0
+    t = time.time()
+    cl.conn.network.update_port(port, fixed_ips=[{"subnet_id": sub.id,
+                                                  "ip_address": "10.3.0.77"}])
+    assert wait_key(cl, vm, "ovsnat-fixed-ip", "10.3.0.77") - t < 2.0

@@ -95,14 +95,14 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         bindings, but not for new fixed IPs."""
         if context.original and context.original.get("fixed_ips") != context.current.get(
                 "fixed_ips"):
-            self.notifier.ports_changed(context._plugin_context, [context.current["id"]])
+            self.notifier.ports_changed(context.plugin_context, [context.current["id"]])
 
     def update_subnet_postcommit(self, context) -> None:
         """Gateway, DNS servers and host routes live on the subnet: every port of the
         network may carry them."""
-        self.notifier.network_changed(context._plugin_context,
+        self.notifier.network_changed(context.plugin_context,
                                       context.current["network_id"])
 
     def update_network_postcommit(self, context) -> None:
         if context.original and context.original.get("mtu") != context.current.get("mtu"):
-            self.notifier.network_changed(context._plugin_context, context.current["id"])
+            self.notifier.network_changed(context.plugin_context, context.current["id"])
