@@ -188,6 +188,10 @@ class OpenStack:
     def agent_log(self, host: str) -> str:
         return _read(os.path.join(self.paths.log, f"ovsnat-agent-{host}.log"))
 
+    def api_requests(self) -> int:
+        """REST requests the API has served so far (uWSGI logs one line per request)."""
+        return _read(os.path.join(self.paths.log, "uwsgi.log")).count("=> generated")
+
     def rpc_log(self) -> str:
         return _read(os.path.join(self.paths.log, "neutron-rpc.log"))
 
