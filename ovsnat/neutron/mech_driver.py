@@ -35,6 +35,11 @@ LOG = log.getLogger(__name__)
 FIP_EVENTS = (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE)
 
 
+def _fip_binding(fip: dict) -> tuple:
+    """What of a floating IP the contract's keys depend on."""
+    return (fip.get("port_id"), fip.get("fixed_ip_address"), fip.get("floating_ip_address"))
+
+
 class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
     """Bind normal (virtio) ports on vlan/flat segments of the agent's physnets."""
 
@@ -82,9 +87,13 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
     # --- pushes ------------------------------------------------------------------------
     def _floatingip_changed(self, resource, event, trigger, payload) -> None:
         """A FIP created, (dis)associated, moved between ports or deleted: every port it
-        left or reached must be looked at again."""
-        port_ids = sorted({s.get("port_id") for s in payload.states
-                           if isinstance(s, dict) and s.get("port_id")})
+        left or reached must be looked at again. An update that changes none of what the
+        keys depend on (a description, QoS) is not cast."""
+        states = [s for s in payload.states if isinstance(s, dict)]
+        if event == events.AFTER_UPDATE and len(states) == 2 and \
+                _fip_binding(states[0]) == _fip_binding(states[1]):
+            return
+        port_ids = sorted({s["port_id"] for s in states if s.get("port_id")})
         if port_ids:
             LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event,
                       port_ids)
