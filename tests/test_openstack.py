@@ -94,6 +94,15 @@ def wait_key(cl: CloudLab, vm: Vm, key: str, value: str | None, timeout: float =
     return time.time()
 
 
+def pushed(cl: CloudLab, vm: Vm, call, key: str, value: str | None) -> float:
+    """Make an API call and return how long after Neutron answered it the row showed
+    key=value: the push (cast, the agent's RPC for the keys, the OVSDB write), without the
+    API call's own time, which depends on Neutron and the machine's load."""
+    call()
+    answered = time.time()
+    return wait_key(cl, vm, key, value) - answered
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:4]}"
 
@@ -212,9 +221,10 @@ def test_neutron_api_down_30s_removes_nothing_and_later_pushes_apply(cl):
     finally:
         cl.services.start_api()
         cl.services.wait_api()
-    t = time.time()
-    cl.conn.network.update_ip(fip, port_id=None)          # pushed over RabbitMQ
-    assert wait_key(cl, vm, "ovsnat-fip", None) - t < 2.0
+    push = pushed(cl, vm, lambda: cl.conn.network.update_ip(fip, port_id=None),
+                  "ovsnat-fip", None)                     # over RabbitMQ, after the outage
+    TIMES["push after the API outage"] = push
+    assert push < 2.0
 
 
 def test_idle_agents_ask_neutron_nothing_but_their_heartbeat(cl):
@@ -234,7 +244,9 @@ def test_idle_agents_ask_neutron_nothing_but_their_heartbeat(cl):
           f"{beats} ({per_min} per minute per agent)")
     TIMES["idle RPC requests per minute (all agents)"] = requests * 60 / window
     assert all(n >= 1 for n in beats.values())      # positive control: the count works
-    assert requests <= sum(beats.values())
+    # A heartbeat's request line precedes its 'Heartbeat received' line by a few ms: the
+    # window's end may hold the first without the second, once per agent at most.
+    assert requests <= sum(beats.values()) + len(HOSTS)
     assert cl.services.api_requests() == api_before
 
 
@@ -355,10 +367,8 @@ def test_subnet_and_fixed_ip_changes_are_pushed(cl):
                            port.fixed_ips[0]["ip_address"], "10.3.0.0/24", "10.3.0.1")
     wait_key(cl, vm, "ovsnat-fixed-ip", port.fixed_ips[0]["ip_address"])
     assert "ovsnat-dns" not in row_ids(cl, "hv2", vm.tap)
-    t = time.time()
-    cl.conn.network.update_subnet(sub, dns_nameservers=["198.51.100.54"])
-    assert wait_key(cl, vm, "ovsnat-dns", "198.51.100.54") - t < 2.0
-    t = time.time()
-    cl.conn.network.update_port(port, fixed_ips=[{"subnet_id": sub.id,
-                                                  "ip_address": "10.3.0.77"}])
-    assert wait_key(cl, vm, "ovsnat-fixed-ip", "10.3.0.77") - t < 2.0
+    assert pushed(cl, vm, lambda: cl.conn.network.update_subnet(
+        sub, dns_nameservers=["198.51.100.54"]), "ovsnat-dns", "198.51.100.54") < 2.0
+    assert pushed(cl, vm, lambda: cl.conn.network.update_port(
+        port, fixed_ips=[{"subnet_id": sub.id, "ip_address": "10.3.0.77"}]),
+        "ovsnat-fixed-ip", "10.3.0.77") < 2.0
