@@ -47,7 +47,8 @@ def cl():
     services = None
     try:
         lab.up()
-        services = OpenStack(lab, db=DB).up()
+        services = OpenStack(lab, db=DB)      # assigned first: a failed up() is torn down too
+        services.up()
         conn = cloud.InNamespace(cloud.connect(services.endpoint), services.ns)
         topo = cloud.create_topology(conn)
         for host in HOSTS:

@@ -23,8 +23,9 @@ from ovsnat.lab.topology import Lab
 def up(hosts: int, db: str, per_host: int) -> Lab:
     t0 = time.monotonic()
     lab = Lab().up()
+    services = OpenStack(lab, db=db)
     try:
-        services = OpenStack(lab, db=db).up()
+        services.up()
         conn = cloud.InNamespace(cloud.connect(services.endpoint), services.ns)
         topo = cloud.create_topology(conn)
         for i in range(1, hosts + 1):
@@ -40,6 +41,7 @@ def up(hosts: int, db: str, per_host: int) -> Lab:
                                port.fixed_ips[0]["ip_address"], cloud.TENANT["cidr"],
                                cloud.TENANT["gateway"])
     except BaseException:
+        services.down()
         lab.down()
         raise
     print(describe(lab, services, topo, time.monotonic() - t0))
