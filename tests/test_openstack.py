@@ -193,9 +193,13 @@ def test_port_goes_active_once_the_controller_marks_it_installed(cl):
 
 
 def test_each_host_has_its_own_snat_address_allocated_by_neutron(cl):
-    snat = {h: cl.lab.hosts[h].vsctl("--if-exists", "get", "Bridge", "br-int",
-                                     "external_ids:ovsnat-snat-ip").strip().strip('"')
-            for h in HOSTS}
+    def bridge_snat() -> dict[str, str] | None:
+        ips = {h: cl.lab.hosts[h].vsctl("--if-exists", "get", "Bridge", "br-int",
+                                        "external_ids:ovsnat-snat-ip").strip().strip('"')
+               for h in HOSTS}
+        return ips if all(ips.values()) else None
+    # Each agent asks for its address on its first pass, concurrently with its heartbeat.
+    snat = wait_for(bridge_snat, 20, interval=0.1, what="every bridge's ovsnat-snat-ip")
     ports = cl.conn.network.ports(network_id=cl.topo.external_net,
                                   device_owner="network:ovsnat_snat")
     by_host = {p.device_id: p.fixed_ips[0]["ip_address"] for p in ports}
