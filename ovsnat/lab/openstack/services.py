@@ -206,9 +206,10 @@ class OpenStack:
         if keep and self.paths:     # the lab's directory goes at teardown; keep the logs
             dest = os.path.join(keep, self.lab.id)
             shutil.copytree(self.paths.log, dest, dirs_exist_ok=True)
-            for name in os.listdir(self.lab.dir):
+            for name in os.listdir(self.lab.dir):       # the processes' stdout/stderr
                 if name.endswith(".log"):
-                    shutil.copy(os.path.join(self.lab.dir, name), dest)
+                    shutil.copy(os.path.join(self.lab.dir, name),
+                                os.path.join(dest, f"stdout-{name}"))
 
     def stop(self, name: str, grace: float = 5.0) -> None:
         """Stop a spawned service and every process of its session. Services fork workers
