@@ -4,7 +4,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-down test unit golden clean bench
+.PHONY: install lab lab-down test unit golden clean bench test-openstack test-openstack-mariadb
 
 install:
 	bash scripts/install.sh
@@ -22,11 +22,20 @@ test: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
+# Only the OpenStack lab tests (real Neutron, RabbitMQ, os-vif; SQLite), or on MariaDB with
+# Neutron's real migrations (installs mariadb-server on first use).
+test-openstack: install
+	$(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
+
+test-openstack-mariadb:
+	OVSNAT_MARIADB=1 bash scripts/install.sh
+	OVSNAT_OPENSTACK_DB=mariadb $(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
+
 unit: install
 	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-neutron .pytest_cache
 
 golden: install
 	$(PY) -m ovsnat.golden --write

@@ -39,6 +39,10 @@ fi
 # Re-run pip only when the dependency declarations changed (or the venv is new).
 stamp=$venv/.ovsnat-install-stamp
 want=$(cat "$here/setup.cfg" "$here/constraints.txt" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)
+# The OpenStack lab's parts (RabbitMQ, Neutron's own virtualenv): a script of their own, with
+# its own stamp, so either half can change without reinstalling the other.
+bash "$here/scripts/install-neutron.sh"
+
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "up to date ($venv)"
     exit 0

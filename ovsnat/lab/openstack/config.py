@@ -1,0 +1,217 @@
+"""Configuration files of the OpenStack lab: Neutron (server, ML2, uWSGI), RabbitMQ, and
+each host's ovsnat-neutron-agent.
+
+What ovsnat needs from Neutron shapes ML2: tenant networks are segments of one physical L2
+fabric (physnet `fabric`), reached through each bridge's fabric port, one VLAN each (100-199)
+or untagged (flat); the external network is the uplink (flat physnet `external`). Agents
+report only `fabric`, so a port on the external network itself never binds to ovsnat (ovsnat
+puts no VM directly on the uplink).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+API_PORT = 9696
+RABBIT_PORT = 5672
+TENANT_PHYSNET = "fabric"
+EXTERNAL_PHYSNET = "external"
+VLAN_RANGE = (100, 199)
+REPORT_INTERVAL = 5          # s, the agents' heartbeat in the lab (Neutron's default is 30)
+AGENT_DOWN_TIME = 20         # s, > 2 heartbeats: an agent stopped shows dead within 20 s
+
+
+def neutron_venv() -> Path:
+    """Neutron's virtualenv, made by scripts/install-neutron.sh (VENV_NEUTRON overrides)."""
+    return Path(os.environ.get("VENV_NEUTRON", REPO / ".venv-neutron"))
+
+
+def venv_bin(name: str) -> str:
+    return str(neutron_venv() / "bin" / name)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one lab's OpenStack files live (all under the lab's own directory)."""
+
+    root: str
+
+    @property
+    def etc(self) -> str:
+        return os.path.join(self.root, "etc")
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.root, "state")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.root, "log")
+
+    @property
+    def rabbit(self) -> str:
+        return os.path.join(self.root, "rabbitmq")
+
+    @property
+    def mysql(self) -> str:
+        return os.path.join(self.root, "mysql")
+
+    @property
+    def mysql_sock(self) -> str:
+        return os.path.join(self.mysql, "sock")
+
+    def make(self) -> None:
+        for d in (self.etc, self.state, self.log, self.rabbit, self.mysql,
+                  os.path.join(self.state, "lock")):
+            os.makedirs(d, exist_ok=True)
+
+
+def db_url(paths: Paths, db: str) -> str:
+    """SQLite file, or MariaDB over its unix socket (mariadbd runs with --skip-networking:
+    nothing listens on any address)."""
+    if db == "sqlite":
+        return f"sqlite:///{paths.state}/neutron.db"
+    if db == "mariadb":
+        return ("mysql+pymysql://neutron:neutron@localhost/neutron?charset=utf8mb4"
+                f"&unix_socket={paths.mysql_sock}")
+    raise ValueError(f"db={db!r}: sqlite or mariadb")
+
+
+def _write(path: str, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_neutron(paths: Paths, db: str) -> None:
+    """neutron.conf and ml2_conf.ini shared by the API and the RPC server; api.conf adds
+    the API's own log file (uWSGI gives Neutron no command line of its own)."""
+    lo, hi = VLAN_RANGE
+    _write(os.path.join(paths.etc, "neutron.conf"), f"""[DEFAULT]
+host = neutron-server
+core_plugin = ml2
+service_plugins = router
+auth_strategy = noauth
+transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
+state_path = {paths.state}
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+agent_down_time = {AGENT_DOWN_TIME}
+rpc_workers = 1
+rpc_state_report_workers = 1
+# workers stop within 5 s of SIGTERM (default 60 s), also under the generic lab teardown
+graceful_shutdown_timeout = 5
+[database]
+connection = {db_url(paths, db)}
+[oslo_concurrency]
+lock_path = {paths.state}/lock
+[quotas]
+quota_network = -1
+quota_subnet = -1
+quota_port = -1
+quota_router = -1
+quota_floatingip = -1
+""")
+    _write(os.path.join(paths.etc, "ml2_conf.ini"), f"""[ml2]
+type_drivers = flat,vlan
+tenant_network_types = vlan
+mechanism_drivers = ovsnat
+extension_drivers = port_security
+[ml2_type_flat]
+flat_networks = {TENANT_PHYSNET},{EXTERNAL_PHYSNET}
+[ml2_type_vlan]
+network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi}
+""")
+    _write(os.path.join(paths.etc, "api.conf"), f"""[DEFAULT]
+log_file = {paths.log}/neutron-api.log
+""")
+    _write(os.path.join(paths.etc, "rpc.conf"), f"""[DEFAULT]
+log_file = {paths.log}/neutron-rpc.log
+debug = true
+default_log_levels = {RPC_LOG_LEVELS}
+""")
+    src = neutron_venv() / "etc" / "neutron" / "api-paste.ini"
+    _write(os.path.join(paths.etc, "api-paste.ini"), src.read_text())
+
+
+def api_env(paths: Paths) -> dict[str, str]:
+    """Neutron's WSGI app reads its config files from these, which must be in the
+    environment before uWSGI starts (uWSGI's `env =` comes too late for Python)."""
+    return {"OS_NEUTRON_CONFIG_DIR": paths.etc,
+            "OS_NEUTRON_CONFIG_FILES": "neutron.conf;ml2_conf.ini;api.conf",
+            "PYTHONWARNINGS": "ignore", "TMPDIR": paths.state}
+
+
+def write_uwsgi(paths: Paths) -> str:
+    """As devstack runs neutron-api: one process, a few threads. No daemonizing: the lab
+    spawns it and stops it by pid (its own session)."""
+    return _write(os.path.join(paths.etc, "neutron-api-uwsgi.ini"), f"""[uwsgi]
+http-socket = 127.0.0.1:{API_PORT}
+module = neutron.wsgi.api:application
+master = true
+processes = 1
+threads = 4
+enable-threads = true
+lazy-apps = true
+need-app = true
+die-on-term = true
+buffer-size = 65535
+add-header = Connection: close
+logto = {paths.log}/uwsgi.log
+""")
+
+
+# oslo.messaging at debug (one 'received message' line per RPC request the server gets: how
+# the lab counts what agents ask of Neutron); Neutron itself at info, to keep the log small.
+RPC_LOG_LEVELS = ("amqp=WARN,amqplib=WARN,sqlalchemy=WARN,oslo.messaging=DEBUG,"
+                  "oslo_messaging=DEBUG,iso8601=WARN,urllib3.connectionpool=WARN,"
+                  "stevedore=WARN,keystoneauth=WARN,oslo_policy=INFO,neutron=INFO,"
+                  "neutron_lib=INFO,ovsnat=DEBUG")
+
+
+def rpc_argv(paths: Paths) -> list[str]:
+    """neutron-rpc-server with its own log file and log levels (rpc.conf)."""
+    return [venv_bin("neutron-rpc-server")] + [
+        arg for name in ("neutron.conf", "ml2_conf.ini", "rpc.conf")
+        for arg in ("--config-file", os.path.join(paths.etc, name))]
+
+
+def write_rabbit(paths: Paths, lab_id: str) -> dict[str, str]:
+    """RabbitMQ's files and environment: a node of this lab only (own name, cookie via
+    HOME, database, logs), listening on the namespace's loopback only, AMQP and Erlang
+    distribution alike."""
+    conf = _write(os.path.join(paths.rabbit, "rabbitmq.conf"),
+                  f"listeners.tcp.default = 127.0.0.1:{RABBIT_PORT}\n")
+    plugins = _write(os.path.join(paths.rabbit, "enabled_plugins"), "[].\n")
+    return {"HOME": paths.rabbit, "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODENAME": f"ovsnat-{lab_id}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(RABBIT_PORT),
+            "RABBITMQ_MNESIA_BASE": os.path.join(paths.rabbit, "mnesia"),
+            "RABBITMQ_LOG_BASE": paths.log, "RABBITMQ_LOGS": "-",
+            "RABBITMQ_CONFIG_FILE": conf, "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
+            "RABBITMQ_PID_FILE": os.path.join(paths.rabbit, "pid"),
+            "RABBITMQ_CONF_ENV_FILE": "/dev/null",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface "
+                                                   "{127,0,0,1}"}
+
+
+def write_agent(paths: Paths, host: str, db_sock: str, bridge: str,
+                external_network: str = "") -> str:
+    """One host's ovsnat-neutron-agent.conf. The agent runs in the services namespace
+    (RabbitMQ on its loopback) and reaches the host's OVSDB through its unix socket."""
+    return _write(os.path.join(paths.etc, f"ovsnat-agent-{host}.conf"), f"""[DEFAULT]
+host = {host}
+transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
+log_file = {paths.log}/ovsnat-agent-{host}.log
+[AGENT]
+report_interval = {REPORT_INTERVAL}
+log_agent_heartbeats = true
+[ovsnat]
+bridge = {bridge}
+ovsdb_connection = unix:{db_sock}
+physical_networks = {TENANT_PHYSNET}
+external_network = {external_network}
+""")

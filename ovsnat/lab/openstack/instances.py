@@ -1,0 +1,50 @@
+"""Instances of the OpenStack lab: a VM namespace whose veth host end plays QEMU's tap,
+plugged into the host's bridge with os-vif (ovsnat.lab.openstack.vif) as nova-compute does.
+
+Order as on a compute node: the tap exists first (libvirt creates it when it starts the
+domain), then the port is plugged; unplugging removes the OVS port and leaves the VM.
+"""
+
+from __future__ import annotations
+
+import json
+import ipaddress
+
+from ovsnat.lab.openstack import config as cfg
+from ovsnat.lab.openstack.vif import VifSpec
+from ovsnat.lab.sh import run
+from ovsnat.lab.topology import Lab, Vm
+
+
+def create_vm(lab: Lab, name: str, host: str, spec: VifSpec, ip: str, cidr: str,
+              gateway: str | None) -> Vm:
+    """The VM namespace with eth0 (the port's MAC and fixed IP, default route via the
+    subnet's gateway); its peer, named as Nova names taps, waits in the host namespace."""
+    ns = lab._add_ns(name)
+    vm = Vm(name, ns, ip, spec.mac, host, tap=spec.vif_name)
+    lab.vms[name] = vm
+    lab._save()
+    lab._veth(ns, "eth0", lab.hosts[host].ns, vm.tap, mtu=spec.mtu)
+    prefix = ipaddress.ip_network(cidr).prefixlen
+    run(["ip", "-n", ns, "link", "set", "eth0", "address", spec.mac])
+    run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
+    if gateway:
+        run(["ip", "-n", ns, "route", "add", "default", "via", gateway])
+    return vm
+
+
+def os_vif(lab: Lab, host: str, action: str, spec: VifSpec) -> float:
+    """Run os-vif's plug or unplug for `spec` in the host's namespace; returns the wall
+    clock time at which os-vif returned."""
+    h = lab.hosts[host]
+    out = run([cfg.venv_bin("python"), "-m", "ovsnat.lab.openstack.vif", action,
+               "--ovsdb", f"unix:{h.ovs.db_sock}", "--vif", spec.to_json()],
+              ns=h.ns, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])["done_at"]
+
+
+def boot(lab: Lab, name: str, host: str, spec: VifSpec, ip: str, cidr: str,
+         gateway: str | None) -> tuple[Vm, float]:
+    """create_vm, then plug: returns the VM and when os-vif's plug returned."""
+    vm = create_vm(lab, name, host, spec, ip, cidr, gateway)
+    return vm, os_vif(lab, host, "plug", spec)

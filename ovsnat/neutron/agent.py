@@ -1,0 +1,324 @@
+"""`ovsnat-neutron-agent`: the host side of ovsnat in OpenStack (runs in Neutron's venv).
+
+It reports state like every Neutron agent (its row is what the `ovsnat` mechanism driver
+binds ports against), writes each local VM port's contract keys onto its OVSDB Interface
+row, reports the port up to Neutron once the controller says its flows are in
+(`ovsnat-installed=true`), and writes the host's SNAT address onto the bridge.
+
+Level-triggered: one loop compares what OVSDB shows with what Neutron said last, and only
+writes differences. It asks Neutron (RPC) about a port when the port appears, when a push
+names it, and for every local port at start and whenever Neutron comes back after a failed
+call or heartbeat. Nothing is removed on silence or errors: a port loses its keys only when
+Neutron answers that it does not exist. Idle, the agent sends Neutron nothing but its
+heartbeat.
+"""
+
+from __future__ import annotations
+
+# Neutron's agents run on oslo.service's threading backend (no eventlet), and the backend
+# must be chosen before anything imports oslo.messaging (as neutron/cmd/agents does).
+from oslo_service import backend as _backend
+_backend.init_backend(_backend.BackendType.THREADING)
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from neutron_lib.agent import topics  # noqa: E402
+from neutron_lib import context as n_context  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+import oslo_messaging  # noqa: E402
+
+from ovsnat.neutron import constants as c  # noqa: E402
+from ovsnat.neutron.keys import INSTALLED, SNAT_IP, KeyDiff, diff_keys  # noqa: E402
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt("bridge", default="br-int", help="Bridge whose VM ports ovsnat programs "
+               "(the same option as the controller's)."),
+    cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
+               help="Local OVSDB (the same option as the controller's)."),
+    cfg.ListOpt("physical_networks", default=["fabric"],
+                help="Physical networks the bridge's fabric port reaches; the driver binds "
+                     "vlan and flat segments of these only."),
+    cfg.StrOpt("external_network", default="",
+               help="Name or id of the external network for this host's SNAT address; "
+                    "empty: the only router:external network."),
+]
+BATCH = 100             # ports per get_port_keys call
+RETRY = 1.0             # s between retries of failed work
+SNAT_BACKOFF = (2.0, 60.0)  # s: asking again for a SNAT address while Neutron has none
+
+
+class OvsnatAgent:
+    """One loop thread does all the work; RPC and OVSDB threads only mark and wake it."""
+
+    def __init__(self, conf) -> None:
+        from neutron.agent import rpc as agent_rpc
+        from ovsnat.neutron.agent_rpc import OvsnatPluginApi, PushEndpoint
+        self.conf = conf
+        self.host = conf.host
+        self.agent_id = f"ovsnat-{self.host}"
+        self.context = n_context.get_admin_context_without_session()
+        self.state_rpc = agent_rpc.PluginReportStateAPI(topics.REPORTS)
+        self.plugin_rpc = agent_rpc.PluginApi(topics.PLUGIN)
+        self.ovsnat_rpc = OvsnatPluginApi()
+        self.endpoint = PushEndpoint(self.mark_ports, self.mark_network)
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.dirty: set[str] = set()
+        self.full_sync = True
+        self.snat_wanted = True
+        self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
+        self.reported_up: set[str] = set()
+        self.snat_ip: str | None = None
+        self.snat_next = 0.0
+        self.snat_backoff = SNAT_BACKOFF[0]
+        self.neutron_ok = True
+        self.datapath_type = "system"
+        self.devices = 0
+        self.stopping = threading.Event()
+        self.ovsdb = None
+
+    # --- marks (any thread) --------------------------------------------------------------
+    def mark_ports(self, port_ids: list[str]) -> None:
+        with self.lock:
+            self.dirty.update(port_ids)
+        self.wake.set()
+
+    def mark_network(self, network_id: str) -> None:
+        with self.lock:
+            self.dirty.update(pid for pid, keys in self.desired.items()
+                              if keys and keys.get("ovsnat-network") == network_id)
+        self.wake.set()
+
+    def _rpc_failed(self, what: str, error: Exception) -> None:
+        """A call that got no answer means Neutron (or RabbitMQ) is away: resync when it
+        answers again. A call that got an error answer is a server-side fault: log it and
+        retry the work, without a full resync (which would hit the same fault)."""
+        if isinstance(error, (oslo_messaging.MessagingTimeout,
+                              oslo_messaging.MessageDeliveryFailure)):
+            self._neutron_failed(f"{what}: {error.__class__.__name__}")
+        else:
+            LOG.error("%s failed on the server: %s", what, error)
+
+    def _neutron_failed(self, what: str) -> None:
+        if self.neutron_ok:
+            LOG.warning("Neutron unreachable (%s); keeping every key as it is", what)
+        self.neutron_ok = False
+
+    def _neutron_answered(self) -> None:
+        """After an outage, ask again about everything: pushes may have been lost."""
+        if not self.neutron_ok:
+            LOG.info("Neutron reachable again: full sync")
+            with self.lock:
+                self.full_sync = self.snat_wanted = True
+            self.wake.set()
+        self.neutron_ok = True
+
+    # --- heartbeat ------------------------------------------------------------------------
+    def agent_state(self, start: bool) -> dict:
+        state = {"binary": c.AGENT_BINARY, "host": self.host, "topic": c.AGENT_TOPIC,
+                 "agent_type": c.AGENT_TYPE,
+                 "configurations": {c.CONF_BRIDGE: self.conf.ovsnat.bridge,
+                                    c.CONF_PHYSNETS: list(self.conf.ovsnat.physical_networks),
+                                    c.CONF_DATAPATH: self.datapath_type,
+                                    "devices": self.devices,
+                                    "log_agent_heartbeats":
+                                        self.conf.AGENT.log_agent_heartbeats}}
+        if start:
+            state["start_flag"] = True
+        return state
+
+    def heartbeat_loop(self) -> None:
+        start = True
+        interval = self.conf.AGENT.report_interval
+        while not self.stopping.is_set():
+            begun = time.monotonic()
+            try:
+                status = self.state_rpc.report_state(self.context, self.agent_state(start),
+                                                     True)
+                start = False
+                if status == "revived":
+                    self.neutron_ok = False     # the server thought us dead: resync
+                self._neutron_answered()
+            except Exception as e:
+                self._neutron_failed(f"report_state: {e.__class__.__name__}")
+            self.stopping.wait(max(0.0, interval - (time.monotonic() - begun)))
+
+    # --- the loop -------------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """One pass; returns True when everything is done (else retry after RETRY)."""
+        snap = self.ovsdb.snapshot()
+        if not snap.connected or not snap.bridge_found:
+            return False
+        self.datapath_type = snap.datapath_type
+        self.devices = len(snap.rows)
+        local = set(snap.rows)
+        with self.lock:
+            full, self.full_sync = self.full_sync, False
+            dirty, self.dirty = self.dirty, set()
+            for gone in set(self.desired) - local:
+                del self.desired[gone]
+        fetch = local if full else (dirty & local) | (local - set(self.desired))
+        ok = self._fetch(sorted(fetch), full)
+        ok &= self._apply(snap)
+        ok &= self._report_devices(snap, full)
+        ok &= self._snat(snap)
+        return ok
+
+    def _fetch(self, port_ids: list[str], full: bool) -> bool:
+        for i in range(0, len(port_ids), BATCH):
+            chunk = port_ids[i:i + BATCH]
+            try:
+                answer = self.ovsnat_rpc.get_port_keys(self.context, self.host, chunk)
+            except Exception as e:
+                self._rpc_failed("get_port_keys", e)
+                with self.lock:
+                    self.dirty.update(port_ids[i:])
+                    self.full_sync |= full
+                return False
+            self._neutron_answered()
+            with self.lock:
+                self.desired.update({pid: answer.get(pid) for pid in chunk})
+        return True
+
+    def _apply(self, snap) -> bool:
+        ok = True
+        for pid, row in snap.rows.items():
+            if pid not in self.desired:
+                continue
+            diff = diff_keys(row.external_ids, self.desired[pid] or {})
+            if not diff:
+                continue
+            try:
+                self.ovsdb.write_keys("Interface", row.name, diff)
+                LOG.info("port %s (%s): set %s, removed %s", pid, row.name,
+                         diff.set, list(diff.remove))
+            except Exception as e:
+                LOG.warning("port %s: OVSDB write failed (%s); retrying", pid, e)
+                ok = False
+        return ok
+
+    def _report_devices(self, snap, full: bool) -> bool:
+        """update_device_up once the controller marked the port installed (the port goes
+        ACTIVE, Nova gets network-vif-plugged); update_device_down when the flows or the
+        row went away. After a (re)sync every installed port is reported again."""
+        installed = {pid for pid, row in snap.rows.items()
+                     if row.external_ids.get(INSTALLED) == "true"}
+        up = sorted(installed if full else installed - self.reported_up)
+        down = sorted(self.reported_up - installed)
+        if not up and not down:
+            return True
+        try:
+            result = self.plugin_rpc.update_device_list(
+                self.context, up, down, self.agent_id, self.host)
+        except Exception as e:
+            self._rpc_failed("update_device_list", e)
+            return False
+        self._neutron_answered()
+        # devices_up lists ids; devices_down lists {"device": id, "exists": bool}
+        self.reported_up |= set(result.get("devices_up", []))
+        self.reported_up -= {d["device"] if isinstance(d, dict) else d
+                             for d in result.get("devices_down", [])}
+        failed = result.get("failed_devices_up", []) + result.get("failed_devices_down", [])
+        LOG.info("devices up %s, down %s, failed %s", up, down, failed)
+        return not failed
+
+    def _snat(self, snap) -> bool:
+        """The host's SNAT address: a port Neutron allocates on the external network."""
+        with self.lock:
+            wanted, self.snat_wanted = self.snat_wanted, False
+        if wanted or (self.snat_ip is None and time.monotonic() >= self.snat_next):
+            try:
+                answer = self.ovsnat_rpc.get_snat_address(
+                    self.context, self.host, self.conf.ovsnat.external_network)
+            except Exception as e:
+                self._rpc_failed("get_snat_address", e)
+                with self.lock:
+                    self.snat_wanted = True
+                return False
+            self._neutron_answered()
+            if answer is None:
+                LOG.warning("no SNAT address: Neutron has no usable external network; "
+                            "asking again in %.0f s", self.snat_backoff)
+                self.snat_next = time.monotonic() + self.snat_backoff
+                self.snat_backoff = min(SNAT_BACKOFF[1], self.snat_backoff * 2)
+            else:
+                self.snat_ip, self.snat_backoff = answer["ip"], SNAT_BACKOFF[0]
+        if self.snat_ip and snap.bridge_ids.get(SNAT_IP) != self.snat_ip:
+            try:
+                self.ovsdb.write_keys("Bridge", self.conf.ovsnat.bridge,
+                                      KeyDiff({SNAT_IP: self.snat_ip}, ()))
+                LOG.info("bridge %s: %s=%s", self.conf.ovsnat.bridge, SNAT_IP, self.snat_ip)
+            except Exception as e:
+                LOG.warning("bridge SNAT address write failed (%s); retrying", e)
+                return False
+        return True
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                done = self.run_once()
+            except Exception:
+                LOG.exception("agent pass failed; retrying")
+                done = False
+            self.wake.wait(self._next_wait(done))
+
+    def _next_wait(self, done: bool) -> float | None:
+        """Sleep until woken, except to retry failed work or to ask for a SNAT address
+        again (the only requests an idle agent makes besides its heartbeat, and only
+        while Neutron has no external network for it)."""
+        if not done:
+            return RETRY
+        if self.snat_ip is None:
+            return max(0.1, self.snat_next - time.monotonic())
+        return None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def connect_ovsdb(self) -> None:
+        from ovsnat.neutron.agent_ovsdb import LocalOvsdb
+        while not self.stopping.is_set():
+            try:
+                self.ovsdb = LocalOvsdb(self.conf.ovsnat.ovsdb_connection,
+                                        self.conf.ovsnat.bridge, self.wake.set)
+                return
+            except Exception as e:
+                LOG.warning("OVSDB %s not reachable (%s); retrying",
+                            self.conf.ovsnat.ovsdb_connection, e)
+                self.stopping.wait(RETRY)
+
+    def run(self) -> None:
+        from ovsnat.neutron.agent_rpc import start_consumers
+        self.connect_ovsdb()
+        self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
+        start_consumers(self.endpoint)
+        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        LOG.info("ovsnat-neutron-agent on host %s, bridge %s, physnets %s", self.host,
+                 self.conf.ovsnat.bridge, self.conf.ovsnat.physical_networks)
+        self.loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neutron.common import config as common_config
+    from neutron.conf.agent import common as agent_conf
+    common_config.register_common_config_options()
+    agent_conf.register_agent_state_opts_helper(cfg.CONF)
+    cfg.CONF.register_opts(OPTS, "ovsnat")
+    common_config.init(sys.argv[1:] if argv is None else argv)
+    common_config.setup_logging()
+    agent = OvsnatAgent(cfg.CONF)
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.stopping.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The agent half of ovsnat's RPC: calls to the driver's endpoint, and the endpoint that
+receives pushes (Neutron's own q-agent-notifier-* casts and the driver's ovsnat-agent casts).
+
+Pushes carry only ids. The endpoint marks them dirty and wakes the agent's loop, which
+fetches the current keys: a cast that arrives late or twice cannot install a stale value.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from neutron_lib.agent import topics
+from neutron_lib import rpc as n_rpc
+import oslo_messaging
+
+from neutron.agent import rpc as agent_rpc
+
+from ovsnat.neutron import constants as c
+
+CALL_TIMEOUT = 10       # s: a dead rpc-server must not stall the loop for the default 60 s
+
+
+class OvsnatPluginApi:
+    """Client of ovsnat.neutron.server_rpc.OvsnatServerRpc (topic ovsnat-plugin)."""
+
+    def __init__(self) -> None:
+        target = oslo_messaging.Target(topic=c.SERVER_TOPIC, version=c.RPC_VERSION)
+        self.client = n_rpc.get_client(target)
+
+    def get_port_keys(self, context, host: str, port_ids: list[str]) -> dict:
+        return self.client.prepare(timeout=CALL_TIMEOUT).call(
+            context, "get_port_keys", host=host, port_ids=port_ids)
+
+    def get_snat_address(self, context, host: str, network: str) -> dict | None:
+        return self.client.prepare(timeout=CALL_TIMEOUT).call(
+            context, "get_snat_address", host=host, network=network)
+
+
+class PushEndpoint:
+    """Receives pushes; `ports` and `networks` are the agent's thread-safe markers."""
+
+    # Neutron's AgentNotifierApi casts at versions up to 1.5 (binding (de)activate).
+    target = oslo_messaging.Target(version="1.5")
+
+    def __init__(self, ports: Callable[[list[str]], None],
+                 networks: Callable[[str], None]) -> None:
+        self._ports = ports
+        self._networks = networks
+
+    # Neutron's L2-agent notifications (q-agent-notifier-*)
+    def port_update(self, context, **kwargs) -> None:
+        self._ports([kwargs["port"]["id"]])
+
+    def port_delete(self, context, **kwargs) -> None:
+        self._ports([kwargs["port_id"]])
+
+    def binding_activate(self, context, **kwargs) -> None:
+        self._ports([kwargs["port_id"]])
+
+    def binding_deactivate(self, context, **kwargs) -> None:
+        self._ports([kwargs["port_id"]])
+
+    def network_update(self, context, **kwargs) -> None:
+        self._networks(kwargs["network"]["id"])
+
+    def network_delete(self, context, **kwargs) -> None:
+        self._networks(kwargs["network_id"])
+
+    # ovsnat's driver (ovsnat-agent): FIPs, fixed IP changes, subnets, MTU
+    def ports_changed(self, context, port_ids: list[str]) -> None:
+        self._ports(list(port_ids))
+
+    def network_changed(self, context, network_id: str) -> None:
+        self._networks(network_id)
+
+
+def start_consumers(endpoint: PushEndpoint) -> object:
+    """Listen where Neutron's L2 agents listen, plus ovsnat's own fanout topic."""
+    conn = agent_rpc.create_consumers(
+        [endpoint], topics.AGENT,
+        [[topics.PORT, topics.UPDATE], [topics.PORT, topics.DELETE],
+         [topics.NETWORK, topics.UPDATE], [topics.NETWORK, topics.DELETE],
+         [topics.PORT_BINDING, topics.ACTIVATE], [topics.PORT_BINDING, topics.DEACTIVATE]],
+        start_listening=False)
+    conn.create_consumer(c.AGENT_TOPIC, [endpoint], fanout=True)
+    conn.consume_in_threads()
+    return conn

@@ -1,0 +1,121 @@
+"""The contract's external_ids for one Neutron port, computed from Neutron's own records.
+
+Pure (no Neutron import), so it runs in ovsnat's main virtualenv too and unit tests pin the
+mapping down: the server side (ovsnat.neutron.server_rpc) feeds it Neutron's dicts and ships
+the result to the agent, and the agent only applies key differences to OVSDB. Keeping the
+mapping in one place means the agent never needs to know Neutron's data model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+# Keys the agent owns on an Interface row. Everything else there (iface-id, attached-mac,
+# vm-uuid, iface-status: os-vif/Nova; ovsnat-installed: the controller) is never touched.
+FIXED_IP = "ovsnat-fixed-ip"
+FIP = "ovsnat-fip"
+NETWORK = "ovsnat-network"
+CIDR = "ovsnat-cidr"
+GATEWAY = "ovsnat-gateway"
+VLAN = "ovsnat-vlan"
+DNS = "ovsnat-dns"
+MTU = "ovsnat-mtu"
+ROUTES = "ovsnat-routes"
+MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES)
+
+INSTALLED = "ovsnat-installed"        # written by the controller once the port's flows are in
+SNAT_IP = "ovsnat-snat-ip"            # Bridge:external_ids, this host's PAT address
+
+# A port whose iface-id Neutron does not know (deleted) gets none of the managed keys.
+NO_KEYS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where the port's network meets the fabric: untagged (flat) or one VLAN."""
+
+    network_type: str
+    physical_network: str | None = None
+    segmentation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PortFacts:
+    """What Neutron knows about a port, reduced to what ovsnat's contract needs."""
+
+    port_id: str
+    network_id: str
+    fixed_ips: tuple[tuple[str, str], ...]           # (subnet_id, ip_address)
+    subnets: dict = field(default_factory=dict)      # subnet_id -> Neutron subnet dict
+    segment: Segment | None = None
+    mtu: int | None = None
+    floating_ips: tuple[tuple[str, str], ...] = ()   # (fixed_ip_address, floating_ip_address)
+
+
+def _ipv4(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 4
+    except ValueError:
+        return False
+
+
+def first_ipv4(facts: PortFacts) -> tuple[str, str] | None:
+    """The port's first IPv4 fixed IP and its subnet id: ovsnat NATs IPv4 only, and a port
+    with several IPv4 addresses gets NAT for the first (Neutron's order), as the controller
+    takes one fixed IP per port."""
+    for subnet_id, address in facts.fixed_ips:
+        if _ipv4(address) and subnet_id in facts.subnets:
+            return subnet_id, address
+    return None
+
+
+def format_routes(host_routes: list[dict]) -> str:
+    """Neutron host routes as "cidr>nexthop,cidr>nexthop" (IPv4 only, Neutron's order)."""
+    return ",".join(f"{r['destination']}>{r['nexthop']}" for r in host_routes
+                    if _ipv4(r["nexthop"]))
+
+
+def port_keys(facts: PortFacts) -> dict[str, str]:
+    """The managed keys this port's Interface row should carry; absent keys must go."""
+    chosen = first_ipv4(facts)
+    if chosen is None:
+        return dict(NO_KEYS)
+    subnet_id, address = chosen
+    subnet = facts.subnets[subnet_id]
+    keys = {FIXED_IP: address, NETWORK: facts.network_id, CIDR: subnet["cidr"]}
+    if subnet.get("gateway_ip"):
+        keys[GATEWAY] = subnet["gateway_ip"]
+    fip = next((f for fixed, f in facts.floating_ips if fixed == address), None)
+    if fip:
+        keys[FIP] = fip
+    seg = facts.segment
+    if seg is not None and seg.network_type == "vlan" and seg.segmentation_id:
+        keys[VLAN] = str(seg.segmentation_id)
+    dns = [d for d in subnet.get("dns_nameservers") or [] if _ipv4(d)]
+    if dns:
+        keys[DNS] = ",".join(dns)
+    if facts.mtu:
+        keys[MTU] = str(facts.mtu)
+    routes = format_routes(subnet.get("host_routes") or [])
+    if routes:
+        keys[ROUTES] = routes
+    return keys
+
+
+@dataclass(frozen=True)
+class KeyDiff:
+    """Single-key OVSDB mutations that turn a row's managed keys into the desired ones."""
+
+    set: dict[str, str]
+    remove: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+
+def diff_keys(current: dict[str, str], desired: dict[str, str]) -> KeyDiff:
+    """Compare only the managed keys of a row's external_ids with the desired ones."""
+    to_set = {k: v for k, v in desired.items() if current.get(k) != v}
+    to_remove = tuple(k for k in MANAGED_KEYS if k in current and k not in desired)
+    return KeyDiff(to_set, to_remove)

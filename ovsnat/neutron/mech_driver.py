@@ -1,0 +1,117 @@
+"""ML2 mechanism driver `ovsnat`: binds ports to ovsnat's bridge on hosts whose
+ovsnat-neutron-agent is alive, and pushes changes ML2 does not tell L2 agents about.
+
+Binding follows Neutron's own agent-based drivers (SimpleAgentMechanismDriverBase, as the
+openvswitch driver): the agent's heartbeat row says which bridge it serves, its datapath type
+and which physical networks its fabric port reaches; a port binds on a vlan or flat segment
+of such a physnet with vif_type `ovs`, so Nova and os-vif plug the instance into ovsnat's
+bridge as for any OVS backend. `port_filter` is False: ovsnat does not enforce security
+groups yet, and the binding must not claim otherwise (Nova would skip its own filtering
+decisions on a false claim).
+
+Pushes: Neutron's L2 agents hear port_update/port_delete/network_update on the
+q-agent-notifier-* topics, but nothing about floating IPs, subnets or a port's new fixed
+IPs. The driver subscribes to those events and casts the affected port ids (or network id)
+to every ovsnat agent; an agent that has such a port asks the driver's RPC endpoint for the
+port's keys. Casting ids, not values, means a late or reordered cast can never install a
+stale value: the agent always reads the current truth.
+"""
+
+from __future__ import annotations
+
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import events, registry, resources
+from neutron_lib import constants as n_const
+from neutron_lib import rpc as n_rpc
+from oslo_log import log
+
+from neutron.plugins.ml2.drivers import mech_agent
+
+from ovsnat.neutron import constants as c
+from ovsnat.neutron.server_rpc import AgentNotifier, OvsnatServerRpc
+
+LOG = log.getLogger(__name__)
+
+FIP_EVENTS = (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE)
+
+
+def _fip_binding(fip: dict) -> tuple:
+    """What of a floating IP the contract's keys depend on."""
+    return (fip.get("port_id"), fip.get("fixed_ip_address"), fip.get("floating_ip_address"))
+
+
+class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
+    """Bind normal (virtio) ports on vlan/flat segments of the agent's physnets."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            c.AGENT_TYPE, portbindings.VIF_TYPE_OVS,
+            {portbindings.CAP_PORT_FILTER: False, portbindings.OVS_HYBRID_PLUG: False},
+            supported_vnic_types=[portbindings.VNIC_NORMAL])
+        self.notifier: AgentNotifier | None = None
+
+    @property
+    def connectivity(self) -> str:
+        return portbindings.CONNECTIVITY_L2
+
+    def initialize(self) -> None:
+        """Runs in every Neutron process (API workers and RPC workers). FIP callbacks fire
+        where the API request is served, so the cast leaves from the API process."""
+        self.notifier = AgentNotifier()
+        for event in FIP_EVENTS:
+            registry.subscribe(self._floatingip_changed, resources.FLOATING_IP, event)
+
+    def start_rpc_listeners(self) -> list:
+        """ML2 calls this in neutron-rpc-server only: the endpoint agents call for keys."""
+        conn = n_rpc.Connection()
+        conn.create_consumer(c.SERVER_TOPIC, [OvsnatServerRpc()], fanout=False)
+        return conn.consume_in_threads()
+
+    # --- binding -----------------------------------------------------------------------
+    def get_allowed_network_types(self, agent=None):
+        return (n_const.TYPE_FLAT, n_const.TYPE_VLAN)
+
+    def get_mappings(self, agent):
+        conf = agent["configurations"]
+        return {physnet: conf.get(c.CONF_BRIDGE) for physnet in conf.get(c.CONF_PHYSNETS, [])}
+
+    def get_vif_details(self, context, agent, segment):
+        """The bridge and datapath type come from the agent of the host being bound. The
+        datapath type matters: os-vif's plug sets it on the bridge it is given, and its
+        default ("system") would turn a netdev bridge into a kernel one."""
+        conf = agent["configurations"]
+        return {**self.vif_details,
+                portbindings.VIF_DETAILS_BRIDGE_NAME: conf.get(c.CONF_BRIDGE),
+                portbindings.OVS_DATAPATH_TYPE: conf.get(c.CONF_DATAPATH, "system")}
+
+    # --- pushes ------------------------------------------------------------------------
+    def _floatingip_changed(self, resource, event, trigger, payload) -> None:
+        """A FIP created, (dis)associated, moved between ports or deleted: every port it
+        left or reached must be looked at again. An update that changes none of what the
+        keys depend on (a description, QoS) is not cast."""
+        states = [s for s in payload.states if isinstance(s, dict)]
+        if event == events.AFTER_UPDATE and len(states) == 2 and \
+                _fip_binding(states[0]) == _fip_binding(states[1]):
+            return
+        port_ids = sorted({s["port_id"] for s in states if s.get("port_id")})
+        if port_ids:
+            LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event,
+                      port_ids)
+            self.notifier.ports_changed(payload.context, port_ids)
+
+    def update_port_postcommit(self, context) -> None:
+        """ML2 notifies L2 agents of a port update for admin state, security groups and
+        bindings, but not for new fixed IPs."""
+        if context.original and context.original.get("fixed_ips") != context.current.get(
+                "fixed_ips"):
+            self.notifier.ports_changed(context.plugin_context, [context.current["id"]])
+
+    def update_subnet_postcommit(self, context) -> None:
+        """Gateway, DNS servers and host routes live on the subnet: every port of the
+        network may carry them."""
+        self.notifier.network_changed(context.plugin_context,
+                                      context.current["network_id"])
+
+    def update_network_postcommit(self, context) -> None:
+        if context.original and context.original.get("mtu") != context.current.get("mtu"):
+            self.notifier.network_changed(context.plugin_context, context.current["id"])

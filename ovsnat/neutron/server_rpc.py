@@ -1,0 +1,148 @@
+"""The server half of ovsnat's RPC: the endpoint agents call, and the casts to agents.
+
+Why an endpoint of ovsnat's own: Neutron's L2-agent RPC (get_devices_details_list) returns a
+port's segment, MTU and fixed IPs, but not its subnet's CIDR, gateway, DNS servers or host
+routes, nor its floating IP; and nothing in Neutron's agent RPC allocates a per-host SNAT
+address without an L3 agent (get_agent_gateway_port needs an "L3 agent" row on the host).
+The mechanism driver starts this endpoint in neutron-rpc-server (start_rpc_listeners), so
+agents talk only RPC, like every Neutron agent, and need no Keystone credentials.
+One call returns the keys of a whole batch of ports: a full sync of N ports costs N/100
+round trips, not N x 4 REST requests.
+"""
+
+from __future__ import annotations
+
+from neutron_lib import context as n_context
+from neutron_lib.plugins import constants as plugin_constants
+from neutron_lib.plugins import directory
+from neutron_lib.plugins import utils as plugin_utils
+from neutron_lib import rpc as n_rpc
+from oslo_log import log
+import oslo_messaging
+
+from ovsnat.neutron import constants as c
+from ovsnat.neutron.keys import PortFacts, Segment, port_keys
+
+LOG = log.getLogger(__name__)
+
+
+class AgentNotifier:
+    """Casts to every ovsnat agent (fanout); agents act on the ports they have."""
+
+    def __init__(self) -> None:
+        target = oslo_messaging.Target(topic=c.AGENT_TOPIC, version=c.RPC_VERSION)
+        self.client = n_rpc.get_client(target)
+
+    def ports_changed(self, context, port_ids: list[str]) -> None:
+        self._cast(context, "ports_changed", port_ids=list(port_ids))
+
+    def network_changed(self, context, network_id: str) -> None:
+        self._cast(context, "network_changed", network_id=network_id)
+
+    def _cast(self, context, method: str, **kwargs) -> None:
+        """retry=1: with the broker down, oslo.messaging would otherwise retry forever and
+        hold the API request (a FIP update) until RabbitMQ returns. A cast lost that way is
+        made good by the agents, which resync when their heartbeat gets through again."""
+        try:
+            self.client.prepare(fanout=True, retry=1).cast(context, method, **kwargs)
+        except Exception:    # a lost cast is repaired by the agents' resync, never fatal
+            LOG.exception("ovsnat: could not cast %s %s to the agents", method, kwargs)
+
+
+def _segment(network: dict) -> Segment | None:
+    """The network's segment from its provider attributes (single-segment networks; a
+    multi-segment network gets no VLAN key)."""
+    net_type = network.get("provider:network_type")
+    if not net_type:
+        return None
+    return Segment(net_type, network.get("provider:physical_network"),
+                   network.get("provider:segmentation_id"))
+
+
+def _port_facts(port: dict, networks: dict, subnets: dict, fips: list[dict]) -> PortFacts:
+    network = networks.get(port["network_id"], {})
+    fixed = tuple((ip["subnet_id"], ip["ip_address"]) for ip in port.get("fixed_ips", []))
+    return PortFacts(
+        port_id=port["id"], network_id=port["network_id"], fixed_ips=fixed,
+        subnets={sid: subnets[sid] for sid, _ in fixed if sid in subnets},
+        segment=_segment(network), mtu=network.get("mtu"),
+        floating_ips=tuple((f["fixed_ip_address"], f["floating_ip_address"]) for f in fips
+                           if f.get("port_id") == port["id"] and f.get("fixed_ip_address")))
+
+
+class OvsnatServerRpc:
+    """Served by neutron-rpc-server on topic ovsnat-plugin."""
+
+    target = oslo_messaging.Target(version=c.RPC_VERSION)
+
+    def get_port_keys(self, context, host: str, port_ids: list[str]) -> dict:
+        """port id -> the contract's keys (dict), or None for a port Neutron does not know
+        (deleted): only that answer lets an agent remove a port's keys."""
+        ctx = n_context.get_admin_context()
+        plugin = directory.get_plugin()
+        ports = plugin.get_ports(ctx, filters={"id": list(port_ids)})
+        net_ids = sorted({p["network_id"] for p in ports})
+        networks = {n["id"]: n for n in plugin.get_networks(ctx, filters={"id": net_ids})}
+        subnet_ids = sorted({ip["subnet_id"] for p in ports for ip in p.get("fixed_ips", [])})
+        subnets = {s["id"]: s for s in plugin.get_subnets(ctx, filters={"id": subnet_ids})}
+        fips = self._floatingips(ctx, [p["id"] for p in ports])
+        result: dict = {pid: None for pid in port_ids}
+        for port in ports:
+            result[port["id"]] = port_keys(_port_facts(port, networks, subnets, fips))
+        LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
+        return result
+
+    @staticmethod
+    def _floatingips(ctx, port_ids: list[str]) -> list[dict]:
+        l3 = directory.get_plugin(plugin_constants.L3)
+        if l3 is None or not port_ids:
+            return []
+        return l3.get_floatingips(ctx, filters={"port_id": port_ids})
+
+    def get_snat_address(self, context, host: str, network: str = "") -> dict | None:
+        """This host's SNAT port on the external network, created on first request. The
+        address is Neutron's (IPAM), so it is never handed out as a floating IP."""
+        ctx = n_context.get_admin_context()
+        plugin = directory.get_plugin()
+        net = self._external_network(ctx, plugin, network)
+        if net is None:
+            return None
+        filters = {"network_id": [net["id"]], "device_owner": [c.DEVICE_OWNER_SNAT],
+                   "device_id": [host]}
+        ports = sorted(plugin.get_ports(ctx, filters=filters), key=lambda p: p["id"])
+        if not ports:
+            ports = [self._create_snat_port(ctx, plugin, net, host)]
+        port = ports[0]
+        for extra in ports[1:]:    # two workers raced on a first request: keep one
+            plugin.delete_port(ctx, extra["id"])
+        return self._snat_answer(ctx, plugin, port)
+
+    @staticmethod
+    def _external_network(ctx, plugin, network: str) -> dict | None:
+        nets = plugin.get_networks(ctx, filters={"router:external": [True]})
+        if network:
+            nets = [n for n in nets if network in (n["id"], n["name"])]
+        if len(nets) != 1:
+            LOG.warning("ovsnat: %d external networks match %r; need exactly one",
+                        len(nets), network)
+            return None
+        return nets[0]
+
+    @staticmethod
+    def _create_snat_port(ctx, plugin, net: dict, host: str) -> dict:
+        LOG.info("ovsnat: allocating the SNAT address of host %s on network %s", host,
+                 net["id"])
+        return plugin_utils.create_port(plugin, ctx, {"port": {
+            "project_id": "", "network_id": net["id"], "name": f"ovsnat-snat-{host}",
+            "device_id": host, "device_owner": c.DEVICE_OWNER_SNAT,
+            "admin_state_up": True}})
+
+    @staticmethod
+    def _snat_answer(ctx, plugin, port: dict) -> dict | None:
+        for ip in port.get("fixed_ips", []):
+            subnet = plugin.get_subnet(ctx, ip["subnet_id"])
+            if subnet["ip_version"] == 4:
+                return {"ip": ip["ip_address"], "port_id": port["id"],
+                        "network_id": port["network_id"], "cidr": subnet["cidr"],
+                        "gateway": subnet.get("gateway_ip")}
+        return None
