@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Iterable
 
 from ovsnat import networks
-from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, METER_CONTROLLER, \
-    NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Match, Meter, MeterSpec, Move, \
-    Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
+from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
+    COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
+    Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
 from ovsnat.icmp import ERROR_TYPES
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.networks import Network
@@ -24,14 +24,19 @@ from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABRIC_IN, FI
 
 PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
 CLAIM_METER = 2              # ARP on the uplink claiming one of this host's addresses
-ICMP_MAX_LEN = 0xFFFF        # the whole ICMP error: the controller sends it on itself
+WHOLE = 0xFFFF               # packet-in of the whole frame (the controller sends it on)
+ICMP_MAX_LEN = WHOLE         # the whole ICMP error
+DHCP_METER = 3               # VMs' DHCP requests (ovsnat.dhcp answers them)
 PACKET_IN_RATE_PPS = 100
 CLAIM_RATE_PPS = 500         # answers to up to 64 probe rounds at once fit (presence.py)
+DHCP_RATE_PPS = 200          # the whole host's; each port also has its share (ovsnat.dhcp)
 # Installed before any flow: meter 1 on ovsnat's own packet-in flows, meter 2 on claims seen
-# on the uplink (answers to FIP probes must not be crowded out by a VM's ICMP errors), and
-# the switch-wide controller meter as a backstop for packet-ins ovsnat did not ask for.
+# on the uplink (answers to FIP probes must not be crowded out by a VM's ICMP errors), meter
+# 3 on DHCP requests (a VM's boot must not wait behind either), and the switch-wide
+# controller meter as a backstop for packet-ins ovsnat did not ask for.
 METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),
           MeterSpec(CLAIM_METER, CLAIM_RATE_PPS),
+          MeterSpec(DHCP_METER, DHCP_RATE_PPS),
           MeterSpec(METER_CONTROLLER, 2 * PACKET_IN_RATE_PPS))
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
@@ -40,8 +45,10 @@ NOT_SERVED = (
     ("ip", {"nw_dst": "224.0.0.0/4"}),             # multicast
     ("ip", {"nw_dst": "255.255.255.255"}),         # limited broadcast
     ("ip", {"nw_dst": "169.254.169.254"}),         # metadata service: not provided
-    ("udp", {"tp_src": 68, "tp_dst": 67}),         # DHCP: addresses are static
+    ("udp", {"tp_src": 68, "tp_dst": 67}),         # DHCP requests ovsnat does not answer
+    ("udp", {"tp_src": 67, "tp_dst": 68}),         # DHCP servers: only ovsnat answers
 )
+DHCP_REQUEST = {"tp_src": 68, "tp_dst": 67}
 
 
 def flag(bit: int) -> str:
@@ -156,6 +163,8 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows.append(make_flow(c, CLASSIFY, 110, Match.of(
             proto="arp", in_port=up, vlan_tci=NO_VLAN, arp_spa=cfg.external_gateway_ip),
             [Controller(), Goto(UPLINK_ARP)]))
+    if cfg.dhcp.enabled:
+        flows += _dhcp_flows(cfg, c)
     if cfg.fabric_ofport:
         flows += [
             # A VM's RARP (QEMU's, after a live migration) goes to the controller, which
@@ -170,6 +179,24 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
             drop(FABRIC_IN),
         ]
     return flows
+
+
+def _dhcp_flows(cfg: HostConfig, c: int) -> list[Flow]:
+    """VMs' DHCP requests go to the controller, which answers them from the port's own
+    record (ovsnat.dhcp); requests from the uplink or the fabric are dropped, so no host
+    answers another's VMs and nothing of it crosses the fabric."""
+    outside = [p for p in (cfg.uplink_ofport, cfg.fabric_ofport) if p]
+    return [make_flow(c, CLASSIFY, 420, Match.of(proto="udp", in_port=p, **DHCP_REQUEST), [])
+            for p in outside] + [
+        make_flow(c, CLASSIFY, 410, Match.of(proto="udp", vlan_tci=NO_VLAN, **DHCP_REQUEST),
+                  [Meter(DHCP_METER), Controller(WHOLE)])]
+
+
+def dhcp_quarantine(port: int) -> Flow:
+    """A port that floods DHCP requests: dropped at the switch for a while (installed with a
+    hard timeout, outside the desired state), so it cannot use up the shared meter."""
+    return make_flow(owner_cookie(COOKIE_QUARANTINE, port), CLASSIFY, 430,
+                     Match.of(proto="udp", in_port=port, **DHCP_REQUEST), [])
 
 
 def _pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import netaddr
 
-from ovsnat import arp, ovsdb, relay
+from ovsnat import arp, dhcp, ovsdb, relay
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
 from ovsnat.memory import release_memory
@@ -67,6 +67,7 @@ class HostController:
         self.timers = Timers()
         self.fips = Fips(cfg.fip_activation, self.timers, self.stats, self.sw.session,
                          self.sw.send)
+        self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
@@ -286,9 +287,10 @@ class HostController:
             a = arp.parse(data)
             return self._uplink_arp(a, now) if a is not None else []
         name = host.by_ofport.get(in_port)
+        out = self.dhcp.packet_in(host, in_port, data, now) if dhcp.is_request(data) else []
         if name is None or name in host.lost:
-            return []
-        out = self._relay_rarp(name, data)
+            return out
+        out += self._relay_rarp(name, data)
         if host.is_pending(name):
             out += self.fips.vm_frame(name, data, now)
         return out
@@ -380,5 +382,6 @@ class HostController:
             "failed_owners": {f"{k:#x}": v for k, v in self.sw.failed_owners.items()},
             "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
             "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
+            "dhcp_leases": self.dhcp.status(host, now),
         }
 

@@ -30,6 +30,9 @@ COOKIE_VM = 0xA2
 COOKIE_NET = 0xA3
 COOKIE_VLAN_VM = 0xA4
 KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM)
+# Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
+# expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
+COOKIE_QUARANTINE = 0xA5
 OWNER_MASK = 0xFFFFFFFFFF000000     # kind + owner: every flow of one owner
 
 

@@ -53,6 +53,9 @@ hub = _m("lib.hub")
 packet = _m("lib.packet.packet")
 ethernet = _m("lib.packet.ethernet")
 arp = _m("lib.packet.arp")
+ipv4 = _m("lib.packet.ipv4")
+udp = _m("lib.packet.udp")
+dhcp = _m("lib.packet.dhcp")
 cfg = _m("cfg")
 CONF = cfg.CONF
 

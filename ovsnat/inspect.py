@@ -235,6 +235,7 @@ def status(view: View, conntrack: str) -> dict:
     cfg, host = view.cfg, view.host
     vms = []
     waiting = (view.status or {}).get("waiting", {})
+    leases = (view.status or {}).get("dhcp_leases", {})
     for port in host.accepted:
         vms.append({"name": port.name, "iface_id": port.iface_id, "ofport": port.ofport,
                     "network": host.net(port).label,
@@ -242,7 +243,8 @@ def status(view: View, conntrack: str) -> dict:
                     "nat": f"FIP {port.fip}" if port.fip else "PAT",
                     "fip_state": ("pending" if host.is_pending(port.name) else "active")
                     if port.fip else None,
-                    "waiting": waiting.get(port.name, {}).get("state")})
+                    "waiting": waiting.get(port.name, {}).get("state"),
+                    "dhcp": leases.get(port.name)})
     return {
         "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip),
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
@@ -270,12 +272,16 @@ def format_status(st: dict) -> str:
         vlan = f"VLAN {net['vlan']}" if net["vlan"] else "untagged"
         lines.append(f"  {net['name']:<14} {vlan:<9} {net['cidr']:<18} gateway "
                      f"{net['gateway']:<15} {net['vms']} VMs")
-    lines.append(f"VMs ({len(st['vms'])}):")
+    leased = sum(1 for vm in st["vms"] if vm.get("dhcp"))
+    lines.append(f"VMs ({len(st['vms'])}, {leased} with a DHCP lease from this host):")
     for vm in st["vms"]:
         state = f" [{vm['fip_state']}" + (f": {vm['waiting']}" if vm.get("waiting") else "") + \
             "]" if vm["fip_state"] else ""
+        lease = vm.get("dhcp")
+        dhcp = f"  DHCP lease {lease['ip']}, {lease['acks']} acks, {lease['remaining']} s " \
+            "left" if lease else ""
         lines.append(f"  {vm['name']:<12} {vm['iface_id']:<14} ofport {vm['ofport']:<5} "
-                     f"{vm['network']:<12} {vm['fixed_ip']:<15} {vm['nat']}{state}")
+                     f"{vm['network']:<12} {vm['fixed_ip']:<15} {vm['nat']}{state}{dhcp}")
     lines.append(f"skipped ports ({len(st['rejected'])}):")
     lines += [f"  {r['reason']}" for r in st["rejected"]]
     pat = st["pat"]

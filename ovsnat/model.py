@@ -22,7 +22,8 @@ KEY_FIP = "ovsnat-fip"
 MAX_ID_LEN = 255
 FIP_ACTIVATIONS = ("probe", "first-packet", "immediate")
 
-from ovsnat import networks  # noqa: E402
+from ovsnat import dhcp_keys, networks  # noqa: E402
+from ovsnat.dhcp_keys import HostDhcp, PortDhcp  # noqa: E402
 from ovsnat.networks import Network  # noqa: E402
 from ovsnat.parse import ConfigError, PortError, _in, _require_host, _show, _usable, \
     mac_str, parse_cidr, parse_ipv4, parse_mac  # noqa: F401  (re-exported)
@@ -55,6 +56,7 @@ class HostConfig:
     fabric_ofport: int = 0               # 0: not (yet) on the bridge
     transit_cidr: netaddr.IPNetwork = netaddr.IPNetwork("100.64.0.0/10")
     network_ct_zone_base: int = 60000
+    dhcp: HostDhcp = HostDhcp()
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -109,6 +111,7 @@ class HostConfig:
             if _given(raw, "transit_cidr") else netaddr.IPNetwork("100.64.0.0/10"),
             network_ct_zone_base=integer("network_ct_zone_base", 4095, 61440)
             if _given(raw, "network_ct_zone_base") else 60000,
+            dhcp=dhcp_keys.parse_host(raw),
         )
         cfg.validate()
         return cfg
@@ -218,6 +221,7 @@ class VmPort:
     iface_id: str
     fip: netaddr.IPAddress | None = None
     network: Network | None = None     # None: the host's default network
+    dhcp: PortDhcp | None = None       # None: the host's dhcp_* options
 
     @classmethod
     def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> "VmPort":
@@ -250,7 +254,8 @@ class VmPort:
         fip_text = str(external_ids.get(KEY_FIP, "")).strip()
         fip = parse_ipv4(fip_text, f"{label}: external_ids:{KEY_FIP}", PortError) \
             if fip_text else None
-        return cls(name, ofport, mac, fixed, iface_id, fip, networks.parse(label, external_ids))
+        return cls(name, ofport, mac, fixed, iface_id, fip, networks.parse(label, external_ids),
+                   dhcp_keys.parse_port(label, external_ids))
 
     def net(self, cfg: HostConfig) -> Network | None:
         """The network this port is in on this host (None: it names none, and the host has
@@ -270,6 +275,8 @@ class VmPort:
                             f"network {net.label} {net.cidr}")
         if self.fixed_ip == net.gateway:
             raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
+        if self.dhcp is not None:
+            dhcp_keys.check_routes(label, self.dhcp.routes, net.cidr)
         if self.mac == cfg.router_mac:
             raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
         if self.ofport in (cfg.uplink_ofport, cfg.fabric_ofport):

@@ -228,9 +228,10 @@ def _msg(msg_type: int, xid: int, body: bytes) -> bytes:
     return struct.pack("!BBHI", VERSION, msg_type, 8 + len(body), xid) + body
 
 
-def flow_add(flow: Flow, xid: int) -> bytes:
-    body = struct.pack("!QQBBHHHIIIH2x", flow.cookie, 0, flow.table, OFPFC_ADD, 0, 0,
-                       flow.priority, NO_BUFFER, 0, 0, 0)
+def flow_add(flow: Flow, xid: int, hard_timeout: int = 0) -> bytes:
+    """OFPFC_ADD; a hard timeout makes the switch remove the flow by itself."""
+    body = struct.pack("!QQBBHHHIIIH2x", flow.cookie, 0, flow.table, OFPFC_ADD, 0,
+                       hard_timeout, flow.priority, NO_BUFFER, 0, 0, 0)
     return _msg(OFPT_FLOW_MOD, xid, body + match_bytes(flow) + instructions_bytes(flow))
 
 

@@ -70,6 +70,19 @@ OPTIONS: tuple[Option, ...] = (
            "A VLAN network's own conntrack zone is this + its VLAN (PAT step one, FIP "
            "fragments); keep the range clear of ct_zone, fip_frag_ct_zone and other users' "
            "zones (Neutron's OVS firewall uses 1-4094).", "int"),
+    Option("dhcp", "true",
+           "Answer the DHCP requests of this host's VMs (true/false): each VM gets its fixed "
+           "IP, its network's gateway and the dhcp_* values below (a port's own "
+           "external_ids:ovsnat-dns/-domain/-mtu/-routes win). No DHCP frame leaves the host "
+           "either way; false: VMs are configured by other means (and their DHCP is dropped)."),
+    Option("dhcp_dns", "", "DNS servers handed to VMs, comma-separated (empty: none)."),
+    Option("dhcp_domain", "", "DNS search domain handed to VMs (empty: none)."),
+    Option("dhcp_lease_time", 43200,
+           "Lease time in seconds. Leases are the fixed IPs, so a short one costs only "
+           "renewals; a VM keeps its address through a controller restart either way.", "int"),
+    Option("dhcp_mtu", 1500,
+           "The MTU handed to VMs of the untagged network; VMs of VLAN networks get 4 bytes "
+           "less when a fabric_port carries their tag (a port's ovsnat-mtu wins).", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option("status_file", "/var/run/ovsnat/status.json",
            "Where the controller keeps its status (read by `ovsnat status`); empty: none."),

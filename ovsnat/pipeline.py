@@ -44,8 +44,11 @@ TABLES: tuple[Table, ...] = (
        "Admit untagged frames by where they come from: a VM port with the VM's own MAC and "
        "fixed IP (IP) or MAC and sender address (ARP), tagging the packet with the VM's "
        "network (reg6); the uplink; the fabric port, one flow per network (its VLAN popped, "
-       "the network in reg6, the from-fabric flag set). Drop and count IPv6, multicast, "
-       "broadcast, DHCP and metadata traffic; drop everything else. When the gateway MAC is "
+       "the network in reg6, the from-fabric flag set). A VM's DHCP request goes to the "
+       "controller (metered), which answers it (from the uplink or the fabric it is dropped; "
+       "a port that floods is dropped for a while by a flow with a hard timeout). Drop and "
+       "count IPv6, multicast, broadcast, DHCP server frames and metadata traffic; drop "
+       "everything else. When the gateway MAC is "
        "learned dynamically, copy the gateway's ARP to the controller; while a FIP VM's "
        "presence is unproven, copy its frames to the controller (activation); with a fabric, "
        "a VM's RARP goes to the controller (metered), which passes it on to the fabric.",

@@ -29,6 +29,12 @@ COUNTERS = {
     "icmp_errors": "ICMP errors translated for FIP VMs",
     "ttl_expired": "time exceeded answered where a TTL ran out at this hop",
     "faults": "exceptions inside the controller, each followed by a full resync",
+    "dhcp_offers": "DHCP offers sent to VMs",
+    "dhcp_acks": "DHCP acks sent to VMs (new leases, renewals, informs)",
+    "dhcp_naks": "DHCP naks (a VM asked for an address that is not its own)",
+    "dhcp_releases": "DHCP releases and declines from VMs",
+    "dhcp_refused": "DHCP requests not answered (a port ovsnat does not serve, another MAC)",
+    "dhcp_quarantines": "VM ports quarantined for flooding DHCP requests",
 }
 
 

@@ -204,6 +204,11 @@ class SwitchSession:
     def packet_out(self, port: int, frame: bytes, what: str) -> bytes:
         return ofwire.packet_out(self.note(what), port, frame)
 
+    def temporary_flow(self, flow: Flow, seconds: int, what: str) -> bytes:
+        """A flow outside the desired state (its cookie kind is never dumped), which the
+        switch removes after `seconds`."""
+        return ofwire.flow_add(flow, self.note(what), hard_timeout=seconds)
+
     def bundle(self, delete: list, adds: Iterable, n_add: int, owners: set,
                retry: bool = True, announce: Iterable[str] = ()) -> Iterator[bytes]:
         """One atomic bundle (deletes first) and its barrier, as chunks of bytes. `adds`

@@ -32,6 +32,7 @@ class ModelSwitch:
     xids: list = field(default_factory=list)           # every xid received, in order
     reject: Callable[[tuple], bool] | None = None      # flow key -> refuse it
     frag_mode: int = 0                                 # OFPC_FRAG_*: 3 is OVS's nx-match
+    temporary: dict = field(default_factory=dict)      # key -> hard timeout (outside bundles)
     _bundles: dict = field(default_factory=dict)       # id -> [(xid, inner message)]
 
     def receive(self, data: bytes) -> list[Reply]:
@@ -54,6 +55,11 @@ class ModelSwitch:
             return []
         if msg_type == ofwire.OFPT_SET_CONFIG:
             self.frag_mode = struct.unpack_from("!H", msg, 8)[0]
+            return []
+        if msg_type == ofwire.OFPT_FLOW_MOD:           # only flows with a hard timeout
+            hard = struct.unpack_from("!H", msg, 28)[0]
+            assert msg[25] == ofwire.OFPFC_ADD and hard, "flow_mod outside a bundle"
+            self.temporary[(msg[24], struct.unpack_from("!Q", msg, 8)[0])] = hard
             return []
         if msg_type == ofwire.OFPT_PACKET_OUT:
             port = struct.unpack_from("!I", msg, 24 + 4)[0]

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from ovsnat import compiler
-from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, compile_state, host_flows, \
+from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, compile_state, host_flows, \
     network_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
     DecTtl, Goto, Match, Meter, Nat, Output, PushVlan, SetField, cookie_kind, cookie_owner, \
@@ -186,10 +186,11 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 
 def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
-    assert len(host_flows(cfg)) == 57
-    assert len(host_flows(cfg64)) == 56          # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 57   # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 63         # fabric_in: 5, the RARP relay: 1
+    assert len(host_flows(cfg)) == 60
+    assert len(host_flows(cfg64)) == 59          # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 60   # ARP punt replaces egress
+    assert len(host_flows(fabric)) == 67         # fabric_in: 5, RARP relay: 1, DHCP drop: 1
+    assert len(host_flows(config(dhcp="false"))) == 58    # no DHCP punt, no uplink drop
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
@@ -247,7 +248,8 @@ def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copi
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
     [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)
-              and f.cookie >> 56 == COOKIE_HOST and f.table == CLASSIFY]
+              and f.cookie >> 56 == COOKIE_HOST and f.table == CLASSIFY
+              and f.match.get("proto") == "arp"]
     assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
     # A copy for the controller (limited by the controller meter), then normal processing.
@@ -259,11 +261,13 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     [out] = [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
     assert SetField("eth_dst", "02:00:00:00:00:fe") in out.actions
-    # The only packet-ins, all metered: ARP claiming the active FIP from elsewhere, and
-    # ICMP errors to or from the FIP VM (their quoted header needs translating).
+    # The only packet-ins, all metered: ARP claiming the active FIP from elsewhere, ICMP
+    # errors to or from the FIP VM (their quoted header needs translating), DHCP requests.
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
-    assert all(f.actions[0] == Meter(CLAIM_METER if f.table == UPLINK_ARP else
-                                     PACKET_IN_METER) for f in punts)
+    assert all(f.actions[0] == Meter(CLAIM_METER if f.table == UPLINK_ARP else DHCP_METER
+                                     if f.match.get("tp_dst") == "67" else PACKET_IN_METER)
+               for f in punts)
+    assert len([f for f in punts if f.match.get("tp_dst") == "67"]) == 1
     watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
     assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
     errors = [f for f in punts if f.match.get("proto") == "icmp"]

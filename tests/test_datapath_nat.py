@@ -256,9 +256,10 @@ def test_hairpin_to_a_local_fip(nat, client, fip, seen_as):
 
 
 # --- TTL -------------------------------------------------------------------------------------
-def test_ttl_1_is_dropped_and_counted_at_the_nat_hop(nat):
-    """The TTL-1 drop flows count at least these pings (>=: another VM's TTL-1 packet would
-    count too); the TTL-3 pings after them are the positive control."""
+def test_ttl_1_goes_no_further_than_the_nat_hop_and_is_counted(nat):
+    """The TTL-1 flows (which send time exceeded back, tests/test_reliability.py) count at
+    least these pings (>=: another VM's TTL-1 packet would count too); the TTL-3 pings after
+    them are the positive control."""
     egress = scenario.flow_packets(nat, "hv1", EGRESS, "nw_ttl=1")
     assert ping(vm(nat, "vm1").ns, SERVER_IP, count=2, ttl=1, wait=0.5).received == 0
     assert ping(vm(nat, "vm2").ns, SERVER_IP, count=2, ttl=1, wait=0.5).received == 0

@@ -44,6 +44,21 @@ def test_port_without_ipv4_gets_no_keys():
     assert port_keys(facts(fixed_ips=(("s6", "2001:db8::5"),))) == {}
 
 
+def test_a_subnet_without_dhcp_turns_ovsnats_off_and_routes_need_a_neighbour():
+    keys = port_keys(facts(subnets={"s4": {**SUBNET, "enable_dhcp": False, "host_routes": [
+        {"destination": "10.9.0.0/16", "nexthop": "10.1.0.254"},
+        {"destination": "10.8.0.0/16", "nexthop": "10.2.0.254"}]}}))
+    assert keys["ovsnat-dhcp"] == "off" and keys["ovsnat-routes"] == "10.9.0.0/16>10.1.0.254"
+    assert "ovsnat-dhcp" not in port_keys(facts(subnets={"s4": {**SUBNET, "enable_dhcp": True}}))
+
+
+def test_the_agent_writes_the_keys_the_controller_reads():
+    from ovsnat import dhcp_keys, model, networks
+    from ovsnat.neutron import keys
+    core = {model.KEY_FIXED_IP, model.KEY_FIP, *networks.NETWORK_KEYS, *dhcp_keys.PORT_KEYS}
+    assert set(keys.MANAGED_KEYS) <= core
+
+
 def test_routes_format():
     assert format_routes([{"destination": "0.0.0.0/0", "nexthop": "10.0.0.1"},
                           {"destination": "10.2.0.0/16", "nexthop": "10.0.0.2"}]) \

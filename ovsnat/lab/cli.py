@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovsnat.lab import scenario
+from ovsnat.lab import dhcpclient, scenario
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
 from ovsnat.lab.traffic import start_server
@@ -22,6 +22,8 @@ DEFAULT_VMS = [
     ("tb1", "hv1", "10.1.0.11", "02:00:0a:02:00:0b", None, TENANT_B),
     ("ta2", "hv2", "10.1.0.12", "02:00:0a:01:00:0c", None, TENANT_A),
 ]
+DHCP_VMS = {"vm3"}       # configured only by a DHCP client, as a cloud image boots
+LAB_DHCP = {"dhcp_dns": "198.51.100.53", "dhcp_domain": "lab.example"}
 
 
 def contract_ids(ip: str, fip: str | None) -> dict[str, str]:
@@ -42,11 +44,16 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
     for i in range(1, hosts + 1):
         lab.add_host(f"hv{i}", fabric=True)
         if controllers:
-            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric")
+            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric",
+                                      **LAB_DHCP)
     for name, host, ip, mac, fip, net in DEFAULT_VMS:
         if host in lab.hosts:
-            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip), net=net)
+            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip), net=net,
+                            dhcp=controllers and name in DHCP_VMS)
             start_server(lab, f"{name}-tcp", vm.ns, "tcp", 7000)
+    if controllers:
+        for name in sorted(DHCP_VMS & set(lab.vms)):
+            dhcpclient.wait_bound(lab, lab.vms[name], timeout=30)
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "srv-udp", lab.srv_ns, "udp", 8080)
     return lab

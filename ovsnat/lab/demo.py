@@ -10,6 +10,7 @@ from collections import Counter
 import netaddr
 
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, cookie_kind, cookie_owner
+from ovsnat.lab import dhcpclient
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab
 from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
@@ -95,6 +96,12 @@ def run_demo(lab: Lab) -> None:
         say(f"  {vm.name} on {vm.host}: {vm.ip}, {kind}")
     wait_for(lambda: ping(lab.srv_ns, fip, count=1, wait=0.2).received, 20,
              what="the controllers to program the hosts")
+    for vm in lab.vms.values():
+        got = dhcpclient.lease(lab, vm)
+        if got:
+            say(f"  {vm.name} booted like a cloud image, by DHCP only (udhcpc): {vm.host}'s "
+                f"ovsnat gave it {got['ip']}/{got['mask']}, gateway {got['router']}, DNS "
+                f"{got['dns'].strip()}, domain {got['domain']}, MTU {got['mtu']}")
 
     step("2. Static 1:1 NAT and PAT")
     for vm in lab.vms.values():

@@ -159,6 +159,15 @@ def stop_controller(lab: Lab, host: str) -> None:
     lab.stop_proc(f"ctl-{host}")
 
 
+def status(lab: Lab, host: str) -> dict:
+    """The controller's status file (rewritten every second; {} before the first)."""
+    try:
+        with open(os.path.join(lab.hosts[host].rundir, "ovsnat-status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def controller_log(lab: Lab, host: str) -> str:
     info = lab.procs.get(f"ctl-{host}")
     path = info["log"] if info else os.path.join(lab.dir, f"ctl-{host}.log")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
+from ovsnat.lab import dhcpclient
 from ovsnat.lab.ovs import Ovs, require_ovs
 from ovsnat.lab.cleanup import kill_recorded as _kill_recorded
 from ovsnat.lab.sh import LabError, run
@@ -208,12 +209,14 @@ class Lab:
 
     def add_vm(self, name: str, host: str, ip: str, mac: str,
                external_ids: dict[str, str] | None = None, boot: bool = True,
-               ofport: int | None = None, net=None) -> Vm:
+               ofport: int | None = None, net=None, dhcp: bool = False) -> Vm:
         """A VM namespace with eth0 plugged into `host`: ip/24 with a default route via
         10.0.0.1, or in `net` (a fabric.LabNet, whose keys join the external_ids).
         external_ids go on the Interface row, as nova/os-vif would set them. boot=True: the
         VM then announces itself with a GARP, as a booting VM's first traffic would (False:
-        a VM that never speaks first). ofport: ask OVS for this OpenFlow port number."""
+        a VM that never speaks first). ofport: ask OVS for this OpenFlow port number.
+        dhcp=True: eth0 gets nothing by hand; a real DHCP client configures it, as a cloud
+        image's does (ovsnat.lab.dhcpclient; no GARP: the client's requests come first)."""
         ns = self._add_ns(name)
         gateway, prefix = (net.gateway, net.prefix) if net else (INTERNAL_GW, INTERNAL_PREFIX)
         vm = Vm(name, ns, ip, mac, host, tap=f"tap{name}"[:15], gateway=gateway)
@@ -223,11 +226,14 @@ class Lab:
         self._save()
         self._veth(ns, "eth0", self.hosts[host].ns, vm.tap)
         run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
-        run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
-        run(["ip", "-n", ns, "route", "add", "default", "via", gateway])
+        if not dhcp:
+            run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
+            run(["ip", "-n", ns, "route", "add", "default", "via", gateway])
         self.plug(vm, host, external_ids, ofport)
         self._save()
-        if boot:
+        if dhcp:
+            dhcpclient.start(self, vm)
+        elif boot:
             self.announce(vm, "garp")
         return vm
 
@@ -267,6 +273,7 @@ class Lab:
     def remove_vm(self, vm: Vm) -> None:
         """Unplug the VM and delete its namespace (its veth goes with it): the name is free
         for another VM, and the lab holds no trace of it."""
+        self.stop_proc(f"udhcpc-{vm.name}")
         self.unplug(vm)
         run(["ip", "netns", "del", vm.ns], check=False)
         if vm.ns in self.namespaces:

@@ -22,7 +22,8 @@ VLAN = "ovsnat-vlan"
 DNS = "ovsnat-dns"
 MTU = "ovsnat-mtu"
 ROUTES = "ovsnat-routes"
-MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES)
+DHCP = "ovsnat-dhcp"                  # "off" when the subnet has DHCP disabled
+MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES, DHCP)
 
 INSTALLED = "ovsnat-installed"        # written by the controller once the port's flows are in
 SNAT_IP = "ovsnat-snat-ip"            # Bridge:external_ids, this host's PAT address
@@ -70,10 +71,14 @@ def first_ipv4(facts: PortFacts) -> tuple[str, str] | None:
     return None
 
 
-def format_routes(host_routes: list[dict]) -> str:
-    """Neutron host routes as "cidr>nexthop,cidr>nexthop" (IPv4 only, Neutron's order)."""
+def format_routes(host_routes: list[dict], cidr: str | None = None) -> str:
+    """Neutron host routes as "cidr>nexthop,cidr>nexthop" (IPv4 only, Neutron's order).
+    With the subnet's cidr, only routes via a neighbour on it (Neutron does not insist; a
+    DHCP client could not use another)."""
+    net = ipaddress.ip_network(cidr) if cidr else None
     return ",".join(f"{r['destination']}>{r['nexthop']}" for r in host_routes
-                    if _ipv4(r["nexthop"]))
+                    if _ipv4(r["nexthop"]) and
+                    (net is None or ipaddress.ip_address(r["nexthop"]) in net))
 
 
 def port_keys(facts: PortFacts) -> dict[str, str]:
@@ -97,9 +102,11 @@ def port_keys(facts: PortFacts) -> dict[str, str]:
         keys[DNS] = ",".join(dns)
     if facts.mtu:
         keys[MTU] = str(facts.mtu)
-    routes = format_routes(subnet.get("host_routes") or [])
+    routes = format_routes(subnet.get("host_routes") or [], subnet["cidr"])
     if routes:
         keys[ROUTES] = routes
+    if subnet.get("enable_dhcp") is False:
+        keys[DHCP] = "off"
     return keys
 
 
