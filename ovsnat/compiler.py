@@ -19,7 +19,7 @@ from ovsnat.icmp import ERROR_TYPES
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.networks import Network
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABRIC_IN, FIP_DONE, \
-    FROM_FABRIC, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, PAT_GUARD, PAT_IN, \
+    FROM_FABRIC, HAS_FIP, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, PAT_GUARD, PAT_IN, \
     PAT_IN_NET, PAT_OUT, ROUTED, UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, check_flow
 
 PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
@@ -49,6 +49,10 @@ NOT_SERVED = (
     ("udp", {"tp_src": 67, "tp_dst": 68}),         # DHCP servers: only ovsnat answers
 )
 DHCP_REQUEST = {"tp_src": 68, "tp_dst": 67}
+
+
+# The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
+TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")
 
 
 def flag(bit: int) -> str:
@@ -112,7 +116,14 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=snat),
                   [Meter(CLAIM_METER), Controller()]),
         make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),
-        make_flow(c, VM_ROUTE, 0, Match(), [Goto(VM_L2)]),
+        make_flow(c, VM_ROUTE, 10, Match.of(proto="ip"), [TO_KEY_IP, Goto(VM_L2)]),
+        make_flow(c, VM_ARP, 10, Match.of(proto="arp"), [TO_KEY_ARP, Goto(VM_L2)]),
+        # A VM with a FIP (flag and FIP set where its port is classified): its source becomes
+        # the FIP, its MAC the FIP's (mac_prefix + the FIP), statelessly.
+        make_flow(c, EGRESS, 100, Match.of(proto="ip", reg5=flag(HAS_FIP)), [
+            Move("reg8", "ip_src"), Move("reg8", "eth_src", (0, 31)),
+            Load("eth_src", int(cfg.mac_prefix.replace(":", ""), 16), span=(32, 47)),
+            Load("reg5", 1, FIP_DONE), Goto(EGRESS_OUT)]),
         drop(EGRESS, 300, dead),
         make_flow(c, EGRESS, 300, expired, [Meter(PACKET_IN_METER), Controller()]),
         drop(NET_PAT_OUT, 200, invalid),
@@ -145,8 +156,9 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         *[make_flow(c, NET_PAT_IN, 100, m, [Goto(DELIVER)]) for m in est_rel],
         *_icmp_punts(c, DELIVER),
         make_flow(c, DELIVER, 100, Match.of(proto="ip"), [
-            SetField("eth_src", router), DecTtl(), Load("reg5", 1, ROUTED), Goto(VM_L2)]),
-        *[drop(t) for t in (CLASSIFY, VM_ARP, UPLINK_ARP, VM_L2, EGRESS, NET_PAT_OUT,
+            SetField("eth_src", router), DecTtl(), Load("reg5", 1, ROUTED), TO_KEY_IP,
+            Goto(VM_L2)]),
+        *[drop(t) for t in (CLASSIFY, VM_ARP, UPLINK_ARP, VM_ROUTE, VM_L2, EGRESS, NET_PAT_OUT,
                             NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT, INGRESS, PAT_IN,
                             PAT_IN_NET, NET_PAT_IN, DELIVER)],
     ]
@@ -175,7 +187,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
             drop(FABRIC_IN, 200, Match.of(dl_src=router)),
             drop(FABRIC_IN, 200, Match.of(dl_dst=router)),
             make_flow(c, FABRIC_IN, 100, Match.of(proto="arp"), [Goto(VM_ARP)]),
-            make_flow(c, FABRIC_IN, 100, Match.of(proto="ip"), [Goto(VM_L2)]),
+            make_flow(c, FABRIC_IN, 100, Match.of(proto="ip"), [TO_KEY_IP, Goto(VM_L2)]),
             drop(FABRIC_IN),
         ]
     return flows
@@ -244,8 +256,11 @@ def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
         flows += [
             make_flow(c, CLASSIFY, 100, from_fabric,
                       tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]),
-            make_flow(c, VM_ARP, 50, Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
-                      fabric_out(cfg, net)),
+            # ARP from a local VM reaches the fabric as a switch floods it (GARPs, requests
+            # for VMs elsewhere), then goes on to local delivery.
+            make_flow(c, VM_ARP, 100, Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
+                      fabric_out(cfg, net) + ([PopVlan()] if net.vlan else []) +
+                      [TO_KEY_ARP, Goto(VM_L2)]),
             make_flow(c, VM_L2, 50, Match.of(proto="ip", reg5=no_flag(ROUTED), reg6=r6),
                       fabric_out(cfg, net)),
         ]
@@ -268,15 +283,17 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True) -> 
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
     pending = vm.fip is not None and not active
     tag = ([Controller()] if pending else []) + ([Load("reg6", net.id)] if net.id else [])
+    fip = [Load("reg8", int(vm.fip)), Load("reg5", 1, HAS_FIP)] \
+        if vm.fip is not None and active else []
     flows = [
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN,
-                                             dl_src=mac, nw_src=fixed), tag + [Goto(VM_ROUTE)]),
+                                             dl_src=mac, nw_src=fixed),
+                  tag + fip + [Goto(VM_ROUTE)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, arp_spa=fixed, arp_sha=mac),
                   tag + [Goto(VM_ARP)]),
-        make_flow(c, VM_ARP, 100, Match.of(proto="arp", reg6=r6, arp_tpa=fixed),
-                  [Output(port)] + fabric_out(cfg, net)),
-        make_flow(c, VM_L2, 100, Match.of(proto="ip", reg6=r6, nw_dst=fixed),
+        # IP and ARP alike: register 7 holds the IP destination or ARP target.
+        make_flow(c, VM_L2, 100, Match.of(reg6=r6, reg7=f"{int(vm.fixed_ip):#x}"),
                   [SetField("eth_dst", mac), Output(port)]),
     ]
     if cfg.fabric_ofport:         # nobody on the fabric may speak with this VM's MAC
@@ -333,8 +350,10 @@ def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
 
 
 def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
-    """Static 1:1 NAT: stateless set_field both ways, with the FIP flag for the ICMP-error
-    punts. Fragments take conntrack NAT instead, because the userspace datapath does not fix
+    """Static 1:1 NAT, the VM's own part: the ARP responder, the way in (stateless set_field,
+    with the FIP flag for the ICMP-error punts), and fragments both ways; whole packets on
+    the way out are rewritten by one host-level flow (from the FIP classify put in reg8).
+    Fragments take conntrack NAT instead, because the userspace datapath does not fix
     a first fragment's UDP checksum after a set_field (the datagram would arrive corrupt);
     conntrack reassembles and fixes it."""
     fip, fixed, r6 = str(vm.fip), str(vm.fixed_ip), reg6(net)
@@ -344,9 +363,6 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
     into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
         _fip_responder(cfg, vm, c),
-        make_flow(c, EGRESS, 100, Match.of(proto="ip", reg6=r6, nw_src=fixed), [
-            SetField("ip_src", fip), SetField("eth_src", fip_mac), Load("reg5", 1, FIP_DONE),
-            Goto(EGRESS_OUT)]),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", reg6=r6, nw_src=fixed, nw_frag="yes"), [
             SetField("eth_src", fip_mac),
             Ct(zone=zone, table=EGRESS_OUT, commit=True, nat=Nat("src", fip))]),

@@ -57,7 +57,7 @@ def is_ours(cookie: int) -> bool:
 PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
              "rarp": (0x8035, None),
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
-FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "in_port", "vlan_tci", "dl_vlan",
+FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "reg7", "in_port", "vlan_tci", "dl_vlan",
                "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",
                "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
@@ -111,16 +111,25 @@ class SetField:
 NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
              "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
              "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
-             "in_port": "NXM_OF_IN_PORT", "reg5": "NXM_NX_REG5", "reg6": "NXM_NX_REG6"}
+             "in_port": "NXM_OF_IN_PORT", "reg5": "NXM_NX_REG5", "reg6": "NXM_NX_REG6",
+             "reg7": "NXM_NX_REG7", "reg8": "NXM_NX_REG8", "ip_src": "NXM_OF_IP_SRC",
+             "ip_dst": "NXM_OF_IP_DST"}
+
+
+def _bits(span: tuple[int, int] | None) -> str:
+    return "" if span is None else f"{span[0]}..{span[1]}"
 
 
 @dataclass(frozen=True)
 class Move:
+    """Copy a whole field into a field, or into bits lo..hi of it (`dst_bits`)."""
+
     src: str
     dst: str
+    dst_bits: tuple[int, int] | None = None
 
     def text(self) -> str:
-        return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[]"
+        return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[{_bits(self.dst_bits)}]"
 
 
 @dataclass(frozen=True)
@@ -128,9 +137,10 @@ class Load:
     field: str
     value: int
     bit: int | None = None      # one bit of the field (a flag register); None: the whole field
+    span: tuple[int, int] | None = None     # or bits lo..hi
 
     def text(self) -> str:
-        bits = "" if self.bit is None else str(self.bit)
+        bits = str(self.bit) if self.bit is not None else _bits(self.span)
         return f"load:{self.value:#x}->{NXM_NAMES[self.field]}[{bits}]".replace("0x0->", "0->")
 
 

@@ -86,7 +86,7 @@ def ct_state(text: str) -> tuple[int, int]:
 def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     """(sort rank, TLV) of one match field; the rank puts prerequisites first. The cache
     serves the fields shared by many flows; per-VM ones would not fit at scale anyway."""
-    if name in ("reg5", "reg6"):
+    if name in ("reg5", "reg6", "reg7"):
         reg = int(name[3:])
         value, _, mask = value.partition("/")
         if mask:
@@ -144,7 +144,9 @@ def match_bytes(flow: Flow) -> bytes:
 NXM = {"eth_src": (0x00000406, 48), "eth_dst": (0x00000206, 48),
        "arp_sha": (0x00012206, 48), "arp_tha": (0x00012406, 48),
        "arp_spa": (0x00002004, 32), "arp_tpa": (0x00002204, 32),
-       "in_port": (0x00000002, 16), "reg5": (0x00010A04, 32), "reg6": (0x00010C04, 32)}
+       "in_port": (0x00000002, 16), "reg5": (0x00010A04, 32), "reg6": (0x00010C04, 32),
+       "reg7": (0x00010E04, 32), "reg8": (0x00011004, 32), "ip_src": (0x00000E04, 32),
+       "ip_dst": (0x00001004, 32)}
 SET_FIELD = {"eth_src": (_ofb(4, 6), _mac), "eth_dst": (_ofb(3, 6), _mac),
              "ip_src": (_ofb(11, 4), _ip), "ip_dst": (_ofb(12, 4), _ip),
              "arp_op": (_ofb(21, 2), lambda v: struct.pack("!H", int(v))),
@@ -175,10 +177,16 @@ def action_bytes(a) -> bytes:
         return struct.pack("!HH4x", 24, 8)
     if isinstance(a, Move):
         (src, bits), (dst, _) = NXM[a.src], NXM[a.dst]
-        return _nx(6, struct.pack("!HHHII", bits, 0, 0, src, dst))
+        dst_ofs = a.dst_bits[0] if a.dst_bits else 0
+        if a.dst_bits:
+            bits = a.dst_bits[1] - a.dst_bits[0] + 1
+        return _nx(6, struct.pack("!HHHII", bits, 0, dst_ofs, src, dst))
     if isinstance(a, Load):
         dst, bits = NXM[a.field]
-        ofs_nbits = bits - 1 if a.bit is None else a.bit << 6
+        if a.span is not None:
+            ofs_nbits = a.span[0] << 6 | (a.span[1] - a.span[0])
+        else:
+            ofs_nbits = bits - 1 if a.bit is None else a.bit << 6
         return _nx(7, struct.pack("!HIQ", ofs_nbits, dst, a.value))
     if isinstance(a, PushVlan):
         vid = _pad8(struct.pack("!HHI", 25, 0, _ofb(6, 2)) + struct.pack("!H", 0x1000 | a.vid))

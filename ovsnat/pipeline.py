@@ -33,8 +33,10 @@ EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 
 INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 
 # Register 5 carries flags from one table to a later one (registers start at 0 for every
-# packet and survive goto, recirculation and ct_clear); register 6 the packet's network.
-LEAVING, FIP_DONE, FROM_FABRIC, ROUTED = 0, 1, 2, 3     # bits of reg5
+# packet and survive goto, recirculation and ct_clear); register 6 the packet's network;
+# register 7 the address vm_l2 delivers to (IP destination or ARP target); register 8 the
+# sending VM's FIP (with the HAS_FIP flag), set where its port is classified.
+LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4     # bits of reg5
 
 ARP_REPLY = {Move, SetField, Output}
 FABRIC_OUT = {PushVlan, Output}
@@ -59,12 +61,13 @@ TABLES: tuple[Table, ...] = (
        "Frames from the fabric, already in their network: never with the router MAC or a "
        "local VM's MAC as source, never to the router MAC (routing stays on each host); ARP "
        "and IP go on to the network's delivery tables.",
-       "proto reg6 dl_src dl_dst", {Goto}, {VM_ARP, VM_L2}),
+       "proto reg6 dl_src dl_dst", {Goto, Move}, {VM_ARP, VM_L2}),
     _t(VM_ARP, "vm_arp",
        "ARP within a network: answer a VM's request for its gateway with the router MAC (not "
-       "from the fabric); deliver ARP for a local VM's fixed IP to that VM (and to the "
-       "fabric); ARP of a local VM for anything else goes to the fabric only.",
-       "proto reg5 reg6 arp_op arp_tpa", ARP_REPLY | FABRIC_OUT),
+       "from the fabric); any other ARP from a local VM is copied to the fabric (as a switch "
+       "floods it: GARPs and requests reach the other hosts); then vm_l2 delivers it to the "
+       "local VM whose fixed IP is its target, if any.",
+       "proto reg5 reg6 arp_op arp_tpa", ARP_REPLY | FABRIC_OUT | {PopVlan, Goto}, {VM_L2}),
     _t(UPLINK_ARP, "uplink_arp",
        "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
        "with its own MAC; ARP claiming one of them, and probes for a dark FIP, go to the "
@@ -73,15 +76,17 @@ TABLES: tuple[Table, ...] = (
     _t(VM_ROUTE, "vm_route",
        "IP from a VM: to the router MAC is routed (egress); anything else is switched within "
        "the VM's network.",
-       "proto dl_dst", {Goto}, {EGRESS, VM_L2}),
+       "proto dl_dst", {Goto, Move}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
        "Routed from a VM. TTL 1 goes to the controller (metered), which answers time "
        "exceeded from the network's gateway; TTL 0 is dropped; destinations in the VM's own "
        "network "
-       "dropped; a VM with a FIP gets its source rewritten statelessly (fragments via "
-       "conntrack) and the FIP flag set; any other VM goes to PAT: the untagged network "
-       "straight to the shared PAT zone, a VLAN network first through its own zone.",
-       "proto reg6 nw_src nw_dst nw_ttl nw_frag", {SetField, Ct, Goto, Load, Meter, Controller},
+       "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
+       "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "
+       "via conntrack, per VM) and the FIP flag set; any other VM goes to PAT: the untagged "
+       "network straight to the shared PAT zone, a VLAN network first through its own zone.",
+       "proto reg5 reg6 nw_src nw_dst nw_ttl nw_frag",
+       {SetField, Ct, Goto, Load, Move, Meter, Controller},
        {NET_PAT_OUT, PAT_OUT, EGRESS_OUT}),
     _t(NET_PAT_OUT, "net_pat_out",
        "A VLAN network's own conntrack zone: drop invalid, pass established and related, "
@@ -131,12 +136,14 @@ TABLES: tuple[Table, ...] = (
        "Routed to a VM: ICMP errors for a FIP VM go to the controller (metered), which "
        "translates their quoted header; the rest gets the router MAC as source, dec_ttl and "
        "the routed flag, and is delivered by vm_l2.",
-       "proto reg5 icmp_type", {SetField, DecTtl, Load, Goto, Meter, Controller}, {VM_L2}),
+       "proto reg5 icmp_type", {SetField, DecTtl, Load, Move, Goto, Meter, Controller},
+       {VM_L2}),
     _t(VM_L2, "vm_l2",
-       "Delivery within a network by destination IP: to a local VM (its MAC as destination), "
-       "else, when switched rather than routed, to the fabric in the network's VLAN. Routed "
-       "traffic never leaves on the fabric.",
-       "proto reg5 reg6 nw_dst", {SetField, Output, PushVlan}),
+       "Delivery within a network by register 7 (the IP destination or ARP target, copied "
+       "there on the way in), one flow per local VM for both: to that VM with its MAC as "
+       "destination; IP for no local VM, when switched rather than routed, to the fabric in "
+       "the network's VLAN. Routed traffic never leaves on the fabric.",
+       "proto reg5 reg6 reg7", {SetField, Output, PushVlan}),
 )
 
 BY_ID = {t.id: t for t in TABLES}

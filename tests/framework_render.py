@@ -18,7 +18,10 @@ NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1     # OVS nx_nat flags (ryu has no n
 CT_STATE_BITS = {"new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10, "trk": 0x20}
 MOVE_FIELDS = {"eth_src": ("eth_src_nxm", 48), "eth_dst": ("eth_dst_nxm", 48),
                "arp_sha": ("arp_sha_nxm", 48), "arp_tha": ("arp_tha_nxm", 48),
-               "arp_spa": ("arp_spa_nxm", 32), "arp_tpa": ("arp_tpa_nxm", 32)}
+               "arp_spa": ("arp_spa_nxm", 32), "arp_tpa": ("arp_tpa_nxm", 32),
+               "ip_src": ("ipv4_src_nxm", 32), "ip_dst": ("ipv4_dst_nxm", 32),
+               "reg7": ("reg7", 32), "reg8": ("reg8", 32)}
+LOAD_FIELDS = {"eth_src": "eth_src_nxm"}
 SET_FIELDS = {"eth_src": "eth_src", "eth_dst": "eth_dst", "ip_src": "ipv4_src",
               "ip_dst": "ipv4_dst", "arp_op": "arp_op", "arp_sha": "arp_sha",
               "arp_spa": "arp_spa"}
@@ -53,7 +56,7 @@ def match_kwargs(flow: Flow) -> dict:
         if ip_proto:
             kw["ip_proto"] = ip_proto
     for name, value in m.items():
-        if name in ("reg5", "reg6"):
+        if name in ("reg5", "reg6", "reg7"):
             v, _, mask = value.partition("/")
             kw[name] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
         elif name == "dl_vlan":
@@ -97,11 +100,18 @@ def action(a):
         return p.OFPActionSetField(**{SET_FIELDS[a.field]: value})
     if isinstance(a, Move):
         (src, bits), (dst, _) = MOVE_FIELDS[a.src], MOVE_FIELDS[a.dst]
+        if a.dst_bits:
+            lo, hi = a.dst_bits
+            return p.NXActionRegMove(src_field=src, dst_field=dst, n_bits=hi - lo + 1,
+                                     dst_ofs=lo)
         return p.NXActionRegMove(src_field=src, dst_field=dst, n_bits=bits)
     if isinstance(a, Load):
         if a.field == "in_port":
             return p.NXActionRegLoad(ofs_nbits=nx.ofs_nbits(0, 15), dst="in_port_nxm",
                                      value=a.value)
+        if a.span is not None:
+            return p.NXActionRegLoad(ofs_nbits=nx.ofs_nbits(*a.span), dst=LOAD_FIELDS.get(
+                a.field, a.field), value=a.value)
         bits = nx.ofs_nbits(0, 31) if a.bit is None else nx.ofs_nbits(a.bit, a.bit)
         return p.NXActionRegLoad(ofs_nbits=bits, dst=a.field, value=a.value)
     if isinstance(a, DecTtl):
@@ -147,7 +157,7 @@ def instructions(flow: Flow) -> list:
 # Prerequisites first: OVS rejects a match whose fields precede their prerequisites
 # (OFPBMC_BAD_PREREQ), and ryu's default order (by OXM class) puts Nicira fields such as
 # nw_ttl before eth_type.
-PREREQ_FIRST = ("reg5", "reg6", "in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type",
+PREREQ_FIRST = ("reg5", "reg6", "reg7", "in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type",
                 "ip_proto")
 
 

@@ -18,7 +18,8 @@ def test_flows_from_the_sample_files_program_good_ports_and_report_the_bad_one()
     proc = ovsnat("flows", "--config", "etc/ovsnat.conf.sample",
                   "--ports", "etc/ports.sample.json")
     assert proc.returncode == 0, proc.stderr
-    assert "set_field:203.0.113.10->ip_src" in proc.stdout          # vm1's FIP
+    assert "set_field:10.0.0.11->ip_dst" in proc.stdout             # vm1's FIP, inbound
+    assert "load:0xcb00710a->NXM_NX_REG8[]" in proc.stdout          # and outbound
     assert "nw_src=10.0.0.12" in proc.stdout                        # vm2 admitted (PAT)
     assert proc.stderr.strip() == ("rejected: port 'tapbad': external_ids:ovsnat-fixed-ip: "
                                    "'10.0.0.300' is not an IPv4 address")

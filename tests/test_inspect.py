@@ -61,7 +61,7 @@ def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
     groups = dump_json(live)
     assert set(groups) == {"host", "network (default)", "tapvm1", "tapvm2"}
     roles = {f["role"] for f in groups["tapvm1"]}
-    assert {"classify", "vm_arp", "uplink_arp", "egress", "ingress", "vm_l2"} <= roles
+    assert {"classify", "uplink_arp", "egress", "ingress", "vm_l2"} <= roles
     before = vm2_ip_packets(groups)
     # The test's own connection (SYN, ACK, FIN at least) shows in vm2's counters.
     assert tcp_connect(live, live.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT
