@@ -208,6 +208,10 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(EventChores)
     def on_chores(self, ev):
         self.chores += 1
+        if self.core.wants_conntrack(time.time()):
+            text = self._appctl("dpctl/dump-conntrack")
+            if text is not None:
+                self._call(self.core.conntrack, text)
         if self.metrics.enabled and self.core.host is not None and self.chores % 5 == 1:
             self._refresh_pat_usage()
         if self.status_file and self.calls_since_status:
@@ -218,12 +222,18 @@ class OvsNatApp(fw.BaseApp):
     def _refresh_pat_usage(self):
         from ovsnat.inspect import pat_usage
         cfg = self.core.host.cfg
+        out = self._appctl("dpctl/dump-conntrack", f"zone={cfg.ct_zone}")
+        if out is not None:
+            self.core.stats.pat = pat_usage(cfg, out)
+
+    @staticmethod
+    def _appctl(*args: str) -> str | None:
+        """ovs-vswitchd's answer to an appctl command (conntrack has no OpenFlow view)."""
         try:
-            out = subprocess.run(["ovs-appctl", "dpctl/dump-conntrack", f"zone={cfg.ct_zone}"],
-                                 capture_output=True, text=True, timeout=5).stdout
+            return subprocess.run(["ovs-appctl", *args], capture_output=True, text=True,
+                                  timeout=5).stdout
         except (OSError, subprocess.TimeoutExpired):
-            return
-        self.core.stats.pat = pat_usage(cfg, out)
+            return None
 
 
 def _more(msg) -> bool:

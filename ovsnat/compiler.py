@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat import networks
+from ovsnat import handoff_flows, networks
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
     COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
     Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
 from ovsnat.icmp import ERROR_TYPES
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.networks import Network
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABRIC_IN, FIP_DONE, \
-    FROM_FABRIC, HAS_FIP, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, PAT_GUARD, PAT_IN, \
-    PAT_IN_NET, PAT_OUT, ROUTED, UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, check_flow
+from ovsnat.pipeline import TO_KEY_ARP, TO_KEY_IP, flag, no_flag, reg6  # noqa: F401
+from ovsnat.pipeline import ARRIVED, CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABRIC_IN, \
+    FIP_DONE, FROM_FABRIC, HAS_FIP, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, \
+    PAT_GUARD, PAT_IN, PAT_IN_NET, PAT_OUT, ROUTED, UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, \
+    check_flow
 
 PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
 CLAIM_METER = 2              # ARP on the uplink claiming one of this host's addresses
@@ -49,23 +51,6 @@ NOT_SERVED = (
     ("udp", {"tp_src": 67, "tp_dst": 68}),         # DHCP servers: only ovsnat answers
 )
 DHCP_REQUEST = {"tp_src": 68, "tp_dst": 67}
-
-
-# The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
-TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")
-
-
-def flag(bit: int) -> str:
-    """reg5 match: the flag is set."""
-    return f"{1 << bit:#x}/{1 << bit:#x}"
-
-
-def no_flag(bit: int) -> str:
-    return f"0/{1 << bit:#x}"
-
-
-def reg6(net: Network) -> str:
-    return f"{net.id:#x}" if net.id else "0"
 
 
 def arp_reply(mac: str, ip: str) -> list:
@@ -163,8 +148,10 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
                             PAT_IN_NET, NET_PAT_IN, DELIVER)],
     ]
     if not cfg.pat_ports_per_vm:
-        flows.append(make_flow(c, PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip"),
+        flows.append(make_flow(c, PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip",
+                                                        **handoff_flows.not_handed(cfg)),
                                [_pat_commit(cfg, cfg.snat_port_min, cfg.snat_port_max)]))
+    flows += handoff_flows.host_flows(cfg, c)
     if cfg.external_gateway_mac is not None:
         flows.append(make_flow(c, INGRESS, 10, Match.of(proto="ip", reg5=flag(LEAVING)), [
             DecTtl(), SetField("eth_dst", mac_str(cfg.external_gateway_mac)), Output(up)]))
@@ -241,7 +228,8 @@ def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
         flows += [
             make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6),
                       [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())]),
-            make_flow(c, NET_PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip", reg6=r6), [
+            make_flow(c, NET_PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip", reg6=r6,
+                                                   **handoff_flows.not_handed(cfg)), [
                 Ct(zone=zone, table=NET_PAT_DONE, commit=True,
                    nat=Nat("src", str(networks.transit(cfg.transit_cidr, net))))]),
             make_flow(c, PAT_IN_NET, 100,
@@ -273,22 +261,25 @@ def vm_cookie(vm: VmPort, net: Network) -> int:
     return owner_cookie(COOKIE_VLAN_VM, net.vlan << 20 | int(vm.fixed_ip) & 0xFFFFF)
 
 
-def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True) -> list[Flow]:
+def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
+             arrived: bool = False) -> list[Flow]:
     """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
     yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
     its routed traffic dropped), a copy of its frames goes to the controller (the first one
     proves the VM is here), and so do ARP claims and probes for its FIP from the uplink
-    (another host answering for it, or probing it at the same time)."""
+    (another host answering for it, or probing it at the same time). `arrived`: a PAT VM
+    in its handoff grace (ovsnat.handoff_flows)."""
     c = vm_cookie(vm, net)
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
     pending = vm.fip is not None and not active
     tag = ([Controller()] if pending else []) + ([Load("reg6", net.id)] if net.id else [])
-    fip = [Load("reg8", int(vm.fip)), Load("reg5", 1, HAS_FIP)] \
-        if vm.fip is not None and active else []
+    arrived = arrived and vm.fip is None and handoff_flows.enabled(cfg)
+    marks = [Load("reg8", int(vm.fip)), Load("reg5", 1, HAS_FIP)] \
+        if vm.fip is not None and active else [Load("reg5", 1, ARRIVED)] if arrived else []
     flows = [
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, nw_src=fixed),
-                  tag + fip + [Goto(VM_ROUTE)]),
+                  tag + marks + [Goto(VM_ROUTE)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, arp_spa=fixed, arp_sha=mac),
                   tag + [Goto(VM_ARP)]),
@@ -318,6 +309,8 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True) -> 
         flows += fip_flows(cfg, vm, net, c)
     elif cfg.pat_ports_per_vm:
         flows += _pat_block_flows(cfg, vm, net, c)
+    if arrived:
+        flows += handoff_flows.arrived_flows(cfg, vm, net, c)
     return flows
 
 
@@ -325,7 +318,7 @@ def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[
     """The VM's own PAT block. A VLAN network's VMs first get a transit address of their own
     (the shared zone must tell them apart)."""
     lo, hi = vm.pat_block(cfg)
-    new = dict(ct_state="+new+trk", proto="ip", reg6=reg6(net))
+    new = dict(ct_state="+new+trk", proto="ip", reg6=reg6(net), **handoff_flows.not_handed(cfg))
     if net.vlan is None:
         return [make_flow(c, PAT_OUT, 50, Match.of(**new, nw_src=str(vm.fixed_ip)),
                           [_pat_commit(cfg, lo, hi)])]

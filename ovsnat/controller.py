@@ -21,15 +21,17 @@ valve.py under faucet.py.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import netaddr
 
 from ovsnat import arp, dhcp, ovsdb, relay
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
+from ovsnat.handoff import Handoffs
+from ovsnat.hostconfig import SNAT_KEY, Settings  # noqa: F401  (SNAT_KEY re-exported)
 from ovsnat.memory import release_memory
-from ovsnat.model import ConfigError, HostConfig, mac_str, parse_ipv4, port_from_row
+from ovsnat.model import HostConfig, mac_str, port_from_row
 from ovsnat.reconcile import FULL_SYNC, Reconciler
 from ovsnat.state import HostState
 from ovsnat.status import Stats
@@ -37,7 +39,6 @@ from ovsnat.timers import Timers
 
 LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
-SNAT_KEY = "ovsnat-snat-ip"               # on the Bridge row: the host's SNAT IP (Neutron)
 GATEWAY_ARP_INTERVAL = (1, 30)            # seconds: until resolved, then to follow changes
 FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
 
@@ -68,10 +69,11 @@ class HostController:
         self.fips = Fips(cfg.fip_activation, self.timers, self.stats, self.sw.session,
                          self.sw.send)
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
+        self.handoffs = Handoffs(self.timers, self.stats)
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
-        self.warned: set[str] = set()
+        self.settings = Settings(cfg)
         self.faults: list[float] = []
 
     # --- OVSDB ---------------------------------------------------------------------------
@@ -84,7 +86,10 @@ class HostController:
             return out
         delta = Delta()
         for name in sorted(names - self._infra()):
+            was = self.host.accepted_port(name)
             delta.extend(self.host.update(name, self._port(name)))
+            gone = name not in self.rows or name in self.host.transient
+            delta.extend(self.handoffs.changed(self.host, name, was, gone, now))
         self._report_rejections()
         delta.extend(self.fips.changed(names, self.rows, now))
         if isinstance(batch, ovsdb.Snapshot):
@@ -143,55 +148,11 @@ class HostController:
         return False, out
 
     def _config(self) -> HostConfig | None:
-        base = self.base_cfg
-        row = self.rows.get(base.uplink_port)
-        if row is None or not row.ofport or row.ofport < 1:
-            self._warn_once("uplink", f"uplink port {base.uplink_port} is not on bridge "
-                            f"{base.bridge} (or has no ofport); waiting for it")
-            return None
-        snat = self._snat_ip() or (self.host.cfg.snat_ip if self.host else None)
-        if snat is None:
-            self._warn_once("snat", f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
-                            f"has no external_ids:{SNAT_KEY}; waiting for it")
-            return None
-        self.warned -= {"uplink", "snat"}
-        return replace(base, uplink_ofport=row.ofport, snat_ip=snat,
-                       external_gateway_mac=self.gateway_mac, fabric_ofport=self._fabric())
+        return self.settings.resolve(self.rows, self.bridge_ids, self.gateway_mac,
+                                     self.host.cfg.snat_ip if self.host else None)
 
     def _infra(self) -> set[str]:
-        """The bridge's own ports: not VMs."""
-        return {self.base_cfg.uplink_port, self.base_cfg.fabric_port} - {""}
-
-    def _fabric(self) -> int:
-        name = self.base_cfg.fabric_port
-        row = self.rows.get(name) if name else None
-        if name and (row is None or not row.ofport or row.ofport < 1):
-            self._warn_once("fabric", f"fabric port {name} is not on bridge "
-                            f"{self.base_cfg.bridge} (or has no ofport); no traffic between "
-                            "hosts until it is")
-            return 0
-        self.warned.discard("fabric")
-        return row.ofport if row else 0
-
-    def _snat_ip(self):
-        """The bridge's SNAT IP (Neutron's per-host port) over the configured one. A bad
-        value is logged and ignored: the host keeps the last good one."""
-        text = self.bridge_ids.get(SNAT_KEY, "").strip()
-        if not text:
-            return self.base_cfg.snat_ip
-        what = f"bridge {self.base_cfg.bridge} external_ids:{SNAT_KEY}"
-        try:
-            ip = parse_ipv4(text, what)
-            self.base_cfg.check_snat_ip(ip, what)
-            return ip
-        except ConfigError as e:
-            self._warn_once(f"snat {text}", f"{e}; ignored")
-            return None
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self.warned:
-            self.warned.add(key)
-            LOG.error("ovsnat: %s", message)
+        return self.settings.infra()
 
     def _report_rejections(self) -> None:
         """One log line per new reason: an error once per distinct bad value (not again
@@ -336,6 +297,8 @@ class HostController:
                 continue
             if key == ("gateway-arp",):
                 out += self._gateway_arp(now)
+            elif key[0] == "handoff":
+                out += self.sw.send(self.handoffs.due(self.host, key, now))
             else:
                 out += self.fips.due(key, now)
         return out
@@ -364,6 +327,7 @@ class HostController:
         self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
                          self.sw.session, self.sw.send)
         self.fips.seen_ofport = seen
+        self.handoffs = Handoffs(self.timers, self.stats)
         out = self.sw.redump(now)
         return out + self._ensure_host(now)[1]
 
@@ -383,5 +347,13 @@ class HostController:
             "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
             "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
             "dhcp_leases": self.dhcp.status(host, now),
+            "handoffs": self.handoffs.status(host, now),
         }
+
+    # --- conntrack (read by the shim while a handoff needs it) ---------------------------
+    def wants_conntrack(self, now: float) -> bool:
+        return self.handoffs.wants_conntrack(self.host, now)
+
+    def conntrack(self, text: str, now: float) -> list:
+        return self.sw.send(self.handoffs.conntrack(self.host, text, now))
 

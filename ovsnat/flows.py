@@ -29,7 +29,9 @@ COOKIE_HOST = 0xA1
 COOKIE_VM = 0xA2
 COOKIE_NET = 0xA3
 COOKIE_VLAN_VM = 0xA4
-KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM)
+COOKIE_GONE = 0xA6          # a PAT VM that left this host, during its handoff (owner: as 0xa2)
+COOKIE_VLAN_GONE = 0xA7     # the same for a VLAN network's VM (owner: as 0xa4)
+KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_GONE, COOKIE_VLAN_GONE)
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
 COOKIE_QUARANTINE = 0xA5
@@ -59,7 +61,7 @@ PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None)
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
 FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "reg7", "in_port", "vlan_tci", "dl_vlan",
                "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",
-               "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "icmp_type")
+               "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "tcp_flags", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
 RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 

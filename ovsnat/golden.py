@@ -13,7 +13,7 @@ import sys
 
 from ovsnat.compiler import METERS, compile_state, host_flows, network_flows, vm_flows
 from ovsnat.flows import ofctl_text
-from ovsnat.state import build_state
+from ovsnat.state import HostState, build_state
 from ovsnat.model import HostConfig, VmPort
 from ovsnat.pipeline import TABLES
 
@@ -74,7 +74,13 @@ SCENARIOS = {
              "network on the fabric.", {**FABRIC, "internal_cidr": "",
                                         "internal_gateway_ip": ""},
              [port(11, "203.0.113.10", net=FLAT, ofport=11), port(11, net=NET_A, ofport=21)]),
+    "handoff": ("PAT session handoff (handoff_vlan 4000): a resident PAT VM (vm12), one that "
+                "arrived within its grace period (vm13), and one that left this host for "
+                "another (vm14 of tenant-a); docs/handoff.md.",
+                {**FABRIC, "handoff_vlan": 4000}, [port(12), port(13)]),
 }
+# Scenario name -> (ports that arrived after the controller's first view, ports that left)
+HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
 
 
 def render(name: str) -> str:
@@ -84,7 +90,20 @@ def render(name: str) -> str:
     assert not state.rejected, state.rejected
     header = (f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
               + "".join(f"# meter (add first): {m.text()}\n" for m in METERS))
+    if name in HANDOFFS:
+        return header + ofctl_text(_with_handoffs(cfg, ports, *HANDOFFS[name]))
     return header + ofctl_text(compile_state(state))
+
+
+def _with_handoffs(cfg: HostConfig, ports, arrived, departed) -> list:
+    host = HostState(cfg)
+    for p in ports:
+        host.update(p.name, p)
+    for name in arrived:
+        host.set_arrived(name, True)
+    for p in departed:
+        host.depart(p.name, p)
+    return host.all_flows()
 
 
 PIPELINE_MD = os.path.join(FLOWS_DIR, "pipeline.md")

@@ -295,6 +295,11 @@ def format_status(st: dict) -> str:
     if ctl:
         lines.append("controller: " + ", ".join(f"{k} {v}" for k, v in
                                                 sorted(ctl.get("stats", {}).items())))
+        for name, h in ctl.get("handoffs", {}).items():
+            what = f"left, {h['sessions']} sessions handed to it" if h["role"] == "left" \
+                else "arrived, its older sessions handed back to the host it left"
+            lines.append(f"  handoff: {name} ({h['fixed_ip']}) {what}, {h['remaining']} s "
+                         "left")
         for c in ctl.get("conflicts", [])[-5:]:
             lines.append(f"  conflict: FIP {c['fip']} claimed by {c['mac']} at {c['time']}")
     return "\n".join(lines)

@@ -57,6 +57,8 @@ class HostConfig:
     transit_cidr: netaddr.IPNetwork = netaddr.IPNetwork("100.64.0.0/10")
     network_ct_zone_base: int = 60000
     dhcp: HostDhcp = HostDhcp()
+    handoff_vlan: int = 0                # 0: no PAT session handoff (docs/handoff.md)
+    handoff_grace: int = 300
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -112,6 +114,9 @@ class HostConfig:
             network_ct_zone_base=integer("network_ct_zone_base", 4095, 61440)
             if _given(raw, "network_ct_zone_base") else 60000,
             dhcp=dhcp_keys.parse_host(raw),
+            handoff_vlan=integer("handoff_vlan", 0, 4094) if _given(raw, "handoff_vlan") else 0,
+            handoff_grace=integer("handoff_grace", 1, 86400)
+            if _given(raw, "handoff_grace") else 300,
         )
         cfg.validate()
         return cfg
@@ -151,6 +156,9 @@ class HostConfig:
         if self.fip_activation not in FIP_ACTIVATIONS:
             raise ConfigError(f"fip_activation: {self.fip_activation!r} is not one of "
                               f"{', '.join(FIP_ACTIVATIONS)}")
+        if self.handoff_vlan and not self.fabric_port:
+            raise ConfigError(f"handoff_vlan: {self.handoff_vlan} needs a fabric_port (the "
+                              "handoff crosses the fabric)")
         if self.ct_zone == self.fip_frag_ct_zone:
             raise ConfigError(f"fip_frag_ct_zone: {self.fip_frag_ct_zone} equals ct_zone; the "
                               "two conntrack zones must differ")
@@ -301,6 +309,9 @@ class VmPort:
                             f"untagged segment is this host's default network "
                             f"(internal_cidr {cfg.internal_cidr}); give it an "
                             f"external_ids:{networks.KEY_VLAN}")
+        if net.vlan is not None and net.vlan == cfg.handoff_vlan:
+            raise PortError(f"{label}: network {net.name}'s VLAN {net.vlan} is this host's "
+                            "handoff_vlan")
         for what, other in (("external_cidr", cfg.external_cidr),
                             ("transit_cidr", cfg.transit_cidr)):
             if net.name and _overlap(net.cidr, other):

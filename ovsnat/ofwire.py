@@ -119,6 +119,9 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     if name in ("tp_src", "tp_dst"):
         base = {"tcp": 13, "udp": 15}[proto]
         return 7, _tlv(_ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value)))
+    if name == "tcp_flags":                # "-syn" / "+syn": the SYN bit clear or set
+        return 7, _tlv(_nx1(34, 4, True), struct.pack("!H", 2 if value == "+syn" else 0),
+                       struct.pack("!H", 2))
     if name == "icmp_type":
         return 7, _tlv(_ofb(19, 1), bytes([int(value)]))
     if name == "ct_state":

@@ -70,6 +70,15 @@ OPTIONS: tuple[Option, ...] = (
            "A VLAN network's own conntrack zone is this + its VLAN (PAT step one, FIP "
            "fragments); keep the range clear of ct_zone, fip_frag_ct_zone and other users' "
            "zones (Neutron's OVS firewall uses 1-4094).", "int"),
+    Option("handoff_vlan", 0,
+           "A VLAN of the fabric reserved for PAT session handoff (docs/handoff.md): for "
+           "handoff_grace seconds after a PAT VM moves to another host, its sessions that "
+           "began here keep going through this host's NAT, the packets crossing the fabric "
+           "in this VLAN. 0: off (a moved VM's old PAT sessions end). Needs fabric_port; no "
+           "tenant network may use this VLAN.", "int"),
+    Option("handoff_grace", 300,
+           "How long, in seconds, a moved VM's old PAT sessions are carried over (the host it "
+           "left ends it sooner once its conntrack holds none of them).", "int"),
     Option("dhcp", "true",
            "Answer the DHCP requests of this host's VMs (true/false): each VM gets its fixed "
            "IP, its network's gateway and the dhcp_* values below (a port's own "

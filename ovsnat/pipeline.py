@@ -28,7 +28,7 @@ def _t(id, name, purpose, matches, actions, next_tables=()):
                  frozenset(next_tables))
 
 
-CLASSIFY, FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE = 0, 5, 10, 15, 20
+CLASSIFY, FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN = 0, 5, 10, 15, 20, 25
 EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 35, 38, 40
 INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 
@@ -37,6 +37,25 @@ INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 # register 7 the address vm_l2 delivers to (IP destination or ARP target); register 8 the
 # sending VM's FIP (with the HAS_FIP flag), set where its port is classified.
 LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4     # bits of reg5
+HANDED, ARRIVED = 5, 6      # came over the handoff VLAN; sent by a VM in its arrival grace
+
+# The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
+TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")
+
+
+def flag(bit: int) -> str:
+    """reg5 match: the flag is set."""
+    return f"{1 << bit:#x}/{1 << bit:#x}"
+
+
+def no_flag(bit: int) -> str:
+    return f"0/{1 << bit:#x}"
+
+
+def reg6(net) -> str:
+    """reg6 match: the network (its VLAN, 0 when untagged)."""
+    return f"{net.id:#x}" if net.id else "0"
+
 
 ARP_REPLY = {Move, SetField, Output}
 FABRIC_OUT = {PushVlan, Output}
@@ -56,7 +75,7 @@ TABLES: tuple[Table, ...] = (
        "a VM's RARP goes to the controller (metered), which passes it on to the fabric.",
        "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
        {Goto, Controller, Load, PopVlan, Meter},
-       {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, INGRESS}),
+       {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN, INGRESS}),
     _t(FABRIC_IN, "fabric_in",
        "Frames from the fabric, already in their network: never with the router MAC or a "
        "local VM's MAC as source, never to the router MAC (routing stays on each host); ARP "
@@ -77,6 +96,13 @@ TABLES: tuple[Table, ...] = (
        "IP from a VM: to the router MAC is routed (egress); anything else is switched within "
        "the VM's network.",
        "proto dl_dst", {Goto, Move}, {EGRESS, VM_L2}),
+    _t(HANDOFF_IN, "handoff_in",
+       "Frames of the handoff VLAN (ovsnat.handoff): a departed VM's packets, broadcast by the "
+       "host it moved to, go on through egress as if the VM were still here, where only "
+       "connections this host's conntrack already holds pass; replies for a VM that arrived "
+       "here, sent by the host it left, are delivered to it as routed traffic. Anything "
+       "else is dropped.",
+       "proto dl_src dl_dst nw_src nw_dst", {Load, SetField, Move, Goto}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
        "Routed from a VM. TTL 1 goes to the controller (metered), which answers time "
        "exceeded from the network's gateway; TTL 0 is dropped; destinations in the VM's own "
@@ -91,16 +117,22 @@ TABLES: tuple[Table, ...] = (
     _t(NET_PAT_OUT, "net_pat_out",
        "A VLAN network's own conntrack zone: drop invalid, pass established and related, "
        "commit new connections with nat(src=the network's transit address), so equal fixed "
-       "IPs of two networks never meet in the shared PAT zone.",
-       "ct_state proto reg6 nw_src", {Ct, Goto}, {NET_PAT_DONE}),
+       "IPs of two networks never meet in the shared PAT zone. Never a commit for a handed "
+       "packet; a TCP segment without SYN from a VM in its arrival grace is a session that "
+       "began on another host: broadcast on the handoff VLAN, not committed.",
+       "ct_state proto reg5 reg6 nw_src tcp_flags", {Ct, Goto, SetField, PushVlan, Output},
+       {NET_PAT_DONE}),
     _t(NET_PAT_DONE, "net_pat_done",
        "Only packets whose source now is a transit address go on, into the shared PAT zone; "
        "anything else (the network's zone could not translate it) is dropped and counted.",
        "proto nw_src", {CtClear, Ct}, {PAT_OUT}),
     _t(PAT_OUT, "pat_out",
        "After the shared PAT conntrack lookup: drop invalid, pass established and related "
-       "(already translated), commit new connections with nat(src=snat_ip:range).",
-       "ct_state proto reg6 nw_src", {Ct, Goto}, {PAT_GUARD}),
+       "(already translated), commit new connections with nat(src=snat_ip:range); as in "
+       "net_pat_out, never for a handed packet, and a TCP segment without SYN from a VM in "
+       "its arrival grace goes to the handoff VLAN instead.",
+       "ct_state proto reg5 reg6 nw_src tcp_flags", {Ct, Goto, SetField, PushVlan, Output},
+       {PAT_GUARD}),
     _t(PAT_GUARD, "pat_guard",
        "Leak guard: only packets whose source now is the SNAT IP continue; anything else "
        "(an exhausted port range leaves the private source) is dropped and counted.",
@@ -142,7 +174,9 @@ TABLES: tuple[Table, ...] = (
        "Delivery within a network by register 7 (the IP destination or ARP target, copied "
        "there on the way in), one flow per local VM for both: to that VM with its MAC as "
        "destination; IP for no local VM, when switched rather than routed, to the fabric in "
-       "the network's VLAN. Routed traffic never leaves on the fabric.",
+       "the network's VLAN. Routed traffic never leaves on the fabric, except a reply for a VM "
+       "that left this host within its handoff grace: to the handoff VLAN, for the host it "
+       "went to.",
        "proto reg5 reg6 reg7", {SetField, Output, PushVlan}),
 )
 

@@ -19,6 +19,7 @@ import netaddr
 from ovsnat import ofwire
 from ovsnat.claims import Claims, NetworkBook, claim_keys, claim_text, fip_key
 from ovsnat.compiler import fip_responder_key, host_flows, network_flows, sort_flows, vm_flows
+from ovsnat.handoff_flows import gone_flows
 from ovsnat.delta import Delta, diff, flow_key
 from ovsnat.flows import COOKIE_HOST, Flow
 from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
@@ -63,6 +64,8 @@ class HostState:
         self.nets: dict[str, Network] = {}          # network name -> its definition here
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
+        self.arrived: set[str] = set()    # PAT ports in their handoff grace (ovsnat.handoff)
+        self.departed: dict[str, VmPort] = {}   # PAT VMs that left, in their handoff grace
         self.by_ofport: dict[int, str] = {}
         # Kept by _refresh (every change of a port's standing passes through it), so the
         # status the controller publishes after each change costs O(1), not a scan of 10,000.
@@ -90,6 +93,10 @@ class HostState:
 
     def net(self, port: VmPort) -> Network | None:
         return port.net(self.cfg)
+
+    def accepted_port(self, name: str) -> VmPort | None:
+        port = self.valid.get(name)
+        return port if port is not None and name not in self.lost else None
 
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
@@ -126,13 +133,20 @@ class HostState:
         """Recompile one owner's flows."""
         if owner == HOST:
             return host_flows(self.cfg)
+        if isinstance(owner, tuple) and owner[0] == "gone":
+            port = self.departed.get(owner[1])
+            return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
         if isinstance(owner, tuple):
             net = self.nets.get(owner[1])
             return network_flows(self.cfg, net) if net is not None else []
         port = self.valid.get(owner)
         if port is None or owner in self.lost:
             return []
-        return vm_flows(self.cfg, port, self.net(port), active=self._active(owner))
+        return self._vm_flows(owner, port)
+
+    def _vm_flows(self, name: str, port: VmPort) -> list[Flow]:
+        return vm_flows(self.cfg, port, self.net(port), active=self._active(name),
+                        arrived=name in self.arrived)
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
@@ -170,12 +184,16 @@ class HostState:
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
         active, yielded = set(self.active), set(self.yielded)
+        arrived, departed = set(self.arrived), dict(self.departed)
         self.__init__(cfg)
         for name, port in ports.items():
             self.update(name, port)      # a port new to this state is not live yet...
         self.active, self.yielded = active & set(self.valid), yielded & set(self.valid)
-        for name in sorted(self.active | self.yielded):
+        self.arrived = arrived & set(self.valid)
+        for name in sorted(self.active | self.yielded | self.arrived):
             self._refresh(name)          # ...so restore what was, and recompile those
+        for name, port in departed.items():
+            self.depart(name, port)
         self.invalid.update(invalid)
         self.transient = transient & set(self.invalid)
         return diff(old, self.all_flows(), {HOST, *ports})
@@ -194,6 +212,7 @@ class HostState:
             # Gone, or a new device: the VM must show up (again) before its FIP answers.
             self.active.discard(name)
             self.yielded.discard(name)
+            self.arrived.discard(name)
         if old is not None:
             net = self.net(old)
             for key in claim_keys(old, net, self.cfg):
@@ -236,6 +255,25 @@ class HostState:
         self.active.discard(name)
         self.yielded.add(name)
         return self._refresh(name)
+
+    def set_arrived(self, name: str, arrived: bool) -> Delta:
+        """A PAT VM's arrival grace begins or ends (ovsnat.handoff)."""
+        (self.arrived.add if arrived else self.arrived.discard)(name)
+        return self._refresh(name)
+
+    def depart(self, name: str, port: VmPort) -> Delta:
+        """A PAT VM left: its handoff flows, until end_departure. Its network's flows stay
+        meanwhile (its sessions go through the network's zone)."""
+        self.departed[name] = port
+        delta = self._store(("gone", name), gone_flows(self.cfg, port, self.net(port)))
+        delta.extend(self._membership(("gone", name), self.net(port)))
+        return delta
+
+    def end_departure(self, name: str) -> Delta:
+        self.departed.pop(name, None)
+        delta = self._store(("gone", name), [])
+        delta.extend(self._membership(("gone", name), None))
+        return delta
 
     def adopt_installed(self, installed: set) -> list[str]:
         """After a controller restart: FIPs whose ARP responder is still on the switch were
@@ -286,7 +324,7 @@ class HostState:
             if beaten:
                 self.lost[name] = f"port {port.name!r} ({port.iface_id}): {beaten}"
             else:
-                new = vm_flows(self.cfg, port, self.net(port), active=self._active(name))
+                new = self._vm_flows(name, port)
         self._count(name, port)
         delta = self._store(name, new)
         delta.extend(self._membership(name, self.net(port) if new else None))

@@ -29,6 +29,8 @@ COUNTERS = {
     "icmp_errors": "ICMP errors translated for FIP VMs",
     "ttl_expired": "time exceeded answered where a TTL ran out at this hop",
     "faults": "exceptions inside the controller, each followed by a full resync",
+    "handoff_departures": "PAT VMs that left this host with their sessions handed to them",
+    "handoff_arrivals": "PAT VMs that arrived on this host (their handoff grace began)",
     "dhcp_offers": "DHCP offers sent to VMs",
     "dhcp_acks": "DHCP acks sent to VMs (new leases, renewals, informs)",
     "dhcp_naks": "DHCP naks (a VM asked for an address that is not its own)",

@@ -18,16 +18,22 @@ class Timers:
     def __init__(self):
         self._heap: list[tuple[float, int, Hashable]] = []
         self._live: dict[Hashable, int] = {}      # key -> sequence of its live entry
+        self._when: dict[Hashable, float] = {}    # key -> its deadline
         self._seq = itertools.count()
 
     def at(self, when: float, key: Hashable) -> None:
         """Fire `key` at `when` (replacing any earlier deadline with the same key)."""
         seq = next(self._seq)
         self._live[key] = seq
+        self._when[key] = when
         heapq.heappush(self._heap, (when, seq, key))
 
     def cancel(self, key: Hashable) -> None:
         self._live.pop(key, None)
+        self._when.pop(key, None)
+
+    def when(self, key: Hashable) -> float | None:
+        return self._when.get(key)
 
     def pending(self, key: Hashable) -> bool:
         return key in self._live
@@ -46,6 +52,7 @@ class Timers:
                 return fired
             _, seq, key = heapq.heappop(self._heap)
             del self._live[key]
+            self._when.pop(key, None)
             fired.append(key)
 
     def _drop_stale(self) -> None:

@@ -84,6 +84,8 @@ def match_kwargs(flow: Flow) -> dict:
             kw["ct_state"] = ct_state(value)
         elif name == "icmp_type":
             kw["icmpv4_type"] = int(value)
+        elif name == "tcp_flags":
+            kw["tcp_flags_nxm"] = (2 if value == "+syn" else 0, 2)
         else:
             raise ValueError(f"no framework rendering for match field {name}")
     return kw

@@ -306,7 +306,7 @@ def test_flows_go_through_the_declared_pipeline_on_the_runtime_path(monkeypatch)
     from ovsnat import state
     from ovsnat.flows import Match, make_flow
     from ovsnat.pipeline import PipelineViolation
-    monkeypatch.setattr(state, "vm_flows", lambda cfg, vm, net, active=True: [
+    monkeypatch.setattr(state, "vm_flows", lambda cfg, vm, net, **kw: [
         make_flow(0xA2 << 56, 99, 1, Match(), [])])
     host = SimHost()
     with pytest.raises(PipelineViolation):
