@@ -24,6 +24,7 @@ DEFAULT_VMS = [
 ]
 DHCP_VMS = {"vm3"}       # configured only by a DHCP client, as a cloud image boots
 LAB_DHCP = {"dhcp_dns": "198.51.100.53", "dhcp_domain": "lab.example"}
+LAB_HANDOFF = {"handoff_vlan": 4000, "handoff_grace": 120}   # docs/handoff.md
 
 
 def contract_ids(ip: str, fip: str | None) -> dict[str, str]:
@@ -45,7 +46,7 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
         lab.add_host(f"hv{i}", fabric=True)
         if controllers:
             scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric",
-                                      **LAB_DHCP)
+                                      **LAB_DHCP, **LAB_HANDOFF)
     for name, host, ip, mac, fip, net in DEFAULT_VMS:
         if host in lab.hosts:
             vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip), net=net,

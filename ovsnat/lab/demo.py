@@ -9,8 +9,9 @@ from collections import Counter
 
 import netaddr
 
-from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, cookie_kind, cookie_owner
-from ovsnat.lab import dhcpclient
+from ovsnat.flows import COOKIE_GONE, COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_GONE, COOKIE_VLAN_VM, \
+    cookie_kind, cookie_owner
+from ovsnat.lab import dhcpclient, scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab
 from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
@@ -72,6 +73,8 @@ def _owner(lab: Lab, cookie: int) -> str:
         return "host-level"
     if kind == COOKIE_NET:
         return f"network in VLAN {owner}" if owner else "untagged network"
+    if kind in (COOKIE_GONE, COOKIE_VLAN_GONE):
+        return "handoff of a VM that left"
     vlan = owner >> 20 if kind == COOKIE_VLAN_VM else None
     for v in lab.vms.values():
         ip = int(netaddr.IPAddress(v.ip))
@@ -133,6 +136,8 @@ def run_demo(lab: Lab) -> None:
     say(f"  the inbound TCP session: {out}  (stateless FIP: nothing to lose)")
 
     step(f"4. Live-migrate {vm2.name} (PAT) from hv1 to hv2 while it holds a session")
+    say("  vm2 echoes to the server every 10 ms through hv1's SNAT IP; handoff_vlan 4000 is")
+    say("  on (docs/handoff.md): hv1 keeps translating vm2's old session over the fabric.")
     session = background_tcp(lab, vm2.ns, SERVER_IP, 8080, hold=5)
     time.sleep(1)
     t0 = time.monotonic()
@@ -142,8 +147,14 @@ def run_demo(lab: Lab) -> None:
         pass
     say(f"  a new session works {time.monotonic() - t0:.2f}s after the move; the server "
         f"sees {reply.peer_ip} (hv2's PAT address)")
-    say(f"  the old session: {session.result().strip().splitlines()[-1]}  (per-host PAT "
-        "state stays on hv1, by design)")
+    say(f"  the old session: {session.result().strip().splitlines()[-1]}  (still through "
+        "hv1's SNAT IP: no state copied, hv1 acts on its own conntrack)")
+    handoffs = scenario.status(lab, "hv1").get("handoffs", {})
+    for name, h in handoffs.items():
+        if h["role"] != "left":
+            continue
+        say(f"  hv1 status: {name} left, {h['sessions']} session(s) handed, ends when "
+            f"they do or in {h['remaining']} s")
 
     step("5. Flows per host (cookies name the owner)")
     for host in lab.hosts:
