@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 
-from ovsnat import config, controller, ovsdb, status
+from ovsnat import config, connlimit, controller, ovsdb, status
 from ovsnat import framework as fw
 from ovsnat.flows import is_ours
 from ovsnat.metrics import Metrics
@@ -146,10 +146,13 @@ class OvsNatApp(fw.BaseApp):
 
     def _write(self, out) -> None:
         """Bytes to the switch (a large sync arrives as chunks: each goes out while the next
-        is encoded, and the switch decodes meanwhile), key writes to OVSDB."""
+        is encoded, and the switch decodes meanwhile), key writes to OVSDB, conntrack zone
+        limits to ovs-vswitchd."""
         for item in out:
             if isinstance(item, controller.IfaceKeys):
                 self.watcher.write_keys(item.name, dict(item.set), item.remove)
+            elif isinstance(item, connlimit.ZoneLimits):
+                self._zone_limits(item)
             elif isinstance(item, bytes):
                 if self.dp is not None:
                     self.dp.send(item)
@@ -225,6 +228,15 @@ class OvsNatApp(fw.BaseApp):
         out = self._appctl("dpctl/dump-conntrack", f"zone={cfg.ct_zone}")
         if out is not None:
             self.core.stats.pat = pat_usage(cfg, out)
+
+    def _zone_limits(self, limits) -> None:
+        """A freed zone is flushed too: the next VM on that ofport starts from zero."""
+        for i in range(0, len(limits.set), 1000):
+            self._appctl("dpctl/ct-set-limits", *[f"zone={z},limit={n}"
+                                                  for z, n in limits.set[i:i + 1000]])
+        for z in limits.delete:
+            self._appctl("dpctl/ct-del-limits", f"zone={z}")
+            self._appctl("dpctl/flush-conntrack", f"zone={z}")
 
     @staticmethod
     def _appctl(*args: str) -> str | None:

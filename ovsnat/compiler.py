@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat import handoff_flows, networks
+from ovsnat import connlimit, handoff_flows, networks
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
     COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
     Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
@@ -151,7 +151,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows.append(make_flow(c, PAT_OUT, 50, Match.of(ct_state="+new+trk", proto="ip",
                                                         **handoff_flows.not_handed(cfg)),
                                [_pat_commit(cfg, cfg.snat_port_min, cfg.snat_port_max)]))
-    flows += handoff_flows.host_flows(cfg, c)
+    flows += handoff_flows.host_flows(cfg, c) + connlimit.host_flows(cfg, c, router)
     if cfg.external_gateway_mac is not None:
         flows.append(make_flow(c, INGRESS, 10, Match.of(proto="ip", reg5=flag(LEAVING)), [
             DecTtl(), SetField("eth_dst", mac_str(cfg.external_gateway_mac)), Output(up)]))
@@ -276,6 +276,7 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
     arrived = arrived and vm.fip is None and handoff_flows.enabled(cfg)
     marks = [Load("reg8", int(vm.fip)), Load("reg5", 1, HAS_FIP)] \
         if vm.fip is not None and active else [Load("reg5", 1, ARRIVED)] if arrived else []
+    marks += connlimit.classify_marks(cfg, vm)
     flows = [
         make_flow(c, CLASSIFY, 100, Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, nw_src=fixed),
@@ -311,7 +312,7 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
         flows += _pat_block_flows(cfg, vm, net, c)
     if arrived:
         flows += handoff_flows.arrived_flows(cfg, vm, net, c)
-    return flows
+    return flows + connlimit.vm_flows(cfg, vm, c)
 
 
 def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from ovsnat import arp, dhcp, ovsdb, relay
+from ovsnat import arp, connlimit, dhcp, ovsdb, relay
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
 from ovsnat.handoff import Handoffs
@@ -70,6 +70,7 @@ class HostController:
                          self.sw.send)
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.handoffs = Handoffs(self.timers, self.stats)
+        self.zones = connlimit.Zones()
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
@@ -81,7 +82,8 @@ class HostController:
         names = self._apply(batch)
         built, out = self._ensure_host(now)
         if built:
-            return out + self.sw.sync(now) + self._markers(self.rows)
+            return out + self.sw.sync(now) + self._markers(self.rows) + \
+                self.zones.reapply(self.host)
         if self.host is None:
             return out
         delta = Delta()
@@ -94,7 +96,8 @@ class HostController:
         delta.extend(self.fips.changed(names, self.rows, now))
         if isinstance(batch, ovsdb.Snapshot):
             release_memory()
-        return out + self.sw.send(delta) + self._markers(names)
+        return out + self.sw.send(delta) + self._markers(names) + \
+            self.zones.update(self.host, names - self._infra())
 
     def _apply(self, batch) -> set[str]:
         if batch.bridge_ids is not None:
@@ -175,7 +178,7 @@ class HostController:
 
     # --- the switch ----------------------------------------------------------------------
     def switch_up(self, dpid: int, now: float) -> list:
-        return self.sw.connect(dpid, now)
+        return self.sw.connect(dpid, now) + self.zones.reapply(self.host)
 
     def switch_down(self, now: float) -> list:
         self.sw.disconnect()

@@ -59,7 +59,7 @@ def is_ours(cookie: int) -> bool:
 PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
              "rarp": (0x8035, None),
              "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
-FIELD_ORDER = ("ct_state", "proto", "reg5", "reg6", "reg7", "in_port", "vlan_tci", "dl_vlan",
+FIELD_ORDER = ("ct_state", "ct_mark", "proto", "reg4", "reg5", "reg6", "reg7", "in_port", "vlan_tci", "dl_vlan",
                "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",
                "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "tcp_flags", "icmp_type")
 NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
@@ -114,7 +114,7 @@ NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
              "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
              "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
              "in_port": "NXM_OF_IN_PORT", "reg5": "NXM_NX_REG5", "reg6": "NXM_NX_REG6",
-             "reg7": "NXM_NX_REG7", "reg8": "NXM_NX_REG8", "ip_src": "NXM_OF_IP_SRC",
+             "reg4": "NXM_NX_REG4", "reg7": "NXM_NX_REG7", "reg8": "NXM_NX_REG8", "ip_src": "NXM_OF_IP_SRC",
              "ip_dst": "NXM_OF_IP_DST"}
 
 
@@ -184,15 +184,18 @@ class Nat:
 
 @dataclass(frozen=True)
 class Ct:
-    zone: int
+    zone: int | str            # a number, or "reg4": the zone in register 4's low 16 bits
     table: int | None = None   # continue in this table after conntrack (recirculation)
     commit: bool = False
     nat: Nat | None = None
+    mark: int | None = None    # with commit: set the connection's ct_mark
 
     def text(self) -> str:
+        zone = "NXM_NX_REG4[0..15]" if self.zone == "reg4" else self.zone
         parts = (["commit"] if self.commit else []) + \
             ([f"table={self.table}"] if self.table is not None else []) + \
-            [f"zone={self.zone}"] + ([self.nat.text()] if self.nat else [])
+            [f"zone={zone}"] + ([self.nat.text()] if self.nat else []) + \
+            ([f"exec(set_field:{self.mark:#x}->ct_mark)"] if self.mark is not None else [])
         return f"ct({','.join(parts)})"
 
 

@@ -74,6 +74,9 @@ SCENARIOS = {
              "network on the fabric.", {**FABRIC, "internal_cidr": "",
                                         "internal_gateway_ip": ""},
              [port(11, "203.0.113.10", net=FLAT, ofport=11), port(11, net=NET_A, ofport=21)]),
+    "conn-limit": ("conn_limit 100: each PAT VM counts its connections in a zone of its own "
+                   "(conn_limit_zone_base 20000 + its ofport); a FIP VM has no limit.",
+                   {"conn_limit": 100}, [port(11, "203.0.113.10"), port(12), port(13)]),
     "handoff": ("PAT session handoff (handoff_vlan 4000): a resident PAT VM (vm12), one that "
                 "arrived within its grace period (vm13), and one that left this host for "
                 "another (vm14 of tenant-a); docs/handoff.md.",

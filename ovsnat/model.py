@@ -59,6 +59,8 @@ class HostConfig:
     dhcp: HostDhcp = HostDhcp()
     handoff_vlan: int = 0                # 0: no PAT session handoff (docs/handoff.md)
     handoff_grace: int = 300
+    conn_limit: int = 0                  # connections per PAT VM (0: none); ovsnat.connlimit
+    conn_limit_zone_base: int = 20000
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> "HostConfig":
@@ -117,6 +119,9 @@ class HostConfig:
             handoff_vlan=integer("handoff_vlan", 0, 4094) if _given(raw, "handoff_vlan") else 0,
             handoff_grace=integer("handoff_grace", 1, 86400)
             if _given(raw, "handoff_grace") else 300,
+            conn_limit=integer("conn_limit", 0, 10 ** 7) if _given(raw, "conn_limit") else 0,
+            conn_limit_zone_base=integer("conn_limit_zone_base", 4095, 65534)
+            if _given(raw, "conn_limit_zone_base") else 20000,
         )
         cfg.validate()
         return cfg

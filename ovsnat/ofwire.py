@@ -86,7 +86,7 @@ def ct_state(text: str) -> tuple[int, int]:
 def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     """(sort rank, TLV) of one match field; the rank puts prerequisites first. The cache
     serves the fields shared by many flows; per-VM ones would not fit at scale anyway."""
-    if name in ("reg5", "reg6", "reg7"):
+    if name in ("reg4", "reg5", "reg6", "reg7"):
         reg = int(name[3:])
         value, _, mask = value.partition("/")
         if mask:
@@ -127,6 +127,10 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     if name == "ct_state":
         v, m = ct_state(value)
         return 8, _tlv(_nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
+    if name == "ct_mark":
+        v, _, m = value.partition("/")
+        return 8, _tlv(_nx1(107, 8, True), struct.pack("!I", int(v, 0)),
+                       struct.pack("!I", int(m or "0xffffffff", 0)))
     raise ValueError(f"no wire encoding for match field {name}")
 
 
@@ -148,7 +152,7 @@ NXM = {"eth_src": (0x00000406, 48), "eth_dst": (0x00000206, 48),
        "arp_sha": (0x00012206, 48), "arp_tha": (0x00012406, 48),
        "arp_spa": (0x00002004, 32), "arp_tpa": (0x00002204, 32),
        "in_port": (0x00000002, 16), "reg5": (0x00010A04, 32), "reg6": (0x00010C04, 32),
-       "reg7": (0x00010E04, 32), "reg8": (0x00011004, 32), "ip_src": (0x00000E04, 32),
+       "reg4": (0x00010804, 32), "reg7": (0x00010E04, 32), "reg8": (0x00011004, 32), "ip_src": (0x00000E04, 32),
        "ip_dst": (0x00001004, 32)}
 SET_FIELD = {"eth_src": (_ofb(4, 6), _mac), "eth_dst": (_ofb(3, 6), _mac),
              "ip_src": (_ofb(11, 4), _ip), "ip_dst": (_ofb(12, 4), _ip),
@@ -211,8 +215,12 @@ def action_bytes(a) -> bytes:
                     present |= 0x10 | 0x20
                     ranges += struct.pack("!HH", a.nat.port_min, a.nat.port_max)
             nat = _nx(36, struct.pack("!2xHH", flags, present) + ranges)
+        if a.mark is not None:          # exec(set_field:mark->ct_mark)
+            field = _pad8(struct.pack("!HHI", 25, 0, _nx1(107, 4)) + struct.pack("!I", a.mark))
+            nat += field[:2] + struct.pack("!H", len(field)) + field[4:]
         table = a.table if a.table is not None else 0xFF
-        body = struct.pack("!HIHB3xH", 1 if a.commit else 0, 0, a.zone, table, 0) + nat
+        zone_src, zone = (NXM["reg4"][0], 15) if a.zone == "reg4" else (0, a.zone)
+        body = struct.pack("!HIHB3xH", 1 if a.commit else 0, zone_src, zone, table, 0) + nat
         data = struct.pack("!HHIH", 0xFFFF, 0, NX_VENDOR, 35) + body
         return data[:2] + struct.pack("!H", len(data)) + data[4:]
     raise ValueError(f"no wire encoding for action {a!r}")

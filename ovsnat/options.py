@@ -70,6 +70,15 @@ OPTIONS: tuple[Option, ...] = (
            "A VLAN network's own conntrack zone is this + its VLAN (PAT step one, FIP "
            "fragments); keep the range clear of ct_zone, fip_frag_ct_zone and other users' "
            "zones (Neutron's OVS firewall uses 1-4094).", "int"),
+    Option("conn_limit", 0,
+           "Connections one PAT VM may have in conntrack at once (0: no limit). Counted in a "
+           "zone of its own, conn_limit_zone_base + its OpenFlow port, limited with "
+           "`ovs-appctl dpctl/ct-set-limits`; a new connection beyond it is dropped and "
+           "counted for the VM (ovsnat status). FIP VMs are stateless: no limit.", "int"),
+    Option("conn_limit_zone_base", 20000,
+           "The counting zones are this + each VM's ofport; keep the range clear of ct_zone, "
+           "fip_frag_ct_zone, the networks' zones and other users' zones (a VM whose zone "
+           "would meet one of them gets no limit, logged).", "int"),
     Option("handoff_vlan", 0,
            "A VLAN of the fabric reserved for PAT session handoff (docs/handoff.md): for "
            "handoff_grace seconds after a PAT VM moves to another host, its sessions that "

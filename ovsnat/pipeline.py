@@ -29,6 +29,7 @@ def _t(id, name, purpose, matches, actions, next_tables=()):
 
 
 CLASSIFY, FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN = 0, 5, 10, 15, 20, 25
+CONN_COUNT, CONN_VERDICT = 22, 23
 EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 35, 38, 40
 INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 
@@ -38,6 +39,7 @@ INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 # sending VM's FIP (with the HAS_FIP flag), set where its port is classified.
 LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4     # bits of reg5
 HANDED, ARRIVED = 5, 6      # came over the handoff VLAN; sent by a VM in its arrival grace
+LIMITED = 7                 # sent by a PAT VM with a connection limit (its zone in reg4)
 
 # The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
 TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")
@@ -93,9 +95,21 @@ TABLES: tuple[Table, ...] = (
        "controller (metered): another host answers for it, or took it over.",
        "proto arp_op arp_spa arp_tpa", ARP_REPLY | {Controller, Meter}),
     _t(VM_ROUTE, "vm_route",
-       "IP from a VM: to the router MAC is routed (egress); anything else is switched within "
-       "the VM's network.",
-       "proto dl_dst", {Goto, Move}, {EGRESS, VM_L2}),
+       "IP from a VM: to the router MAC is routed (egress; first through the VM's counting "
+       "zone when it has a connection limit); anything else is switched within the VM's "
+       "network.",
+       "proto reg5 dl_dst", {Goto, Move, Ct}, {CONN_COUNT, EGRESS, VM_L2}),
+    _t(CONN_COUNT, "conn_count",
+       "A VM with a connection limit (conn_limit): after a lookup in its own counting zone "
+       "(conn_limit_zone_base + its ofport, limited with dpctl/ct-set-limits), a new "
+       "connection is committed there with ct_mark 1, which fails once the zone is full; "
+       "everything else, and a session that began on another host (handoff), goes on to "
+       "egress uncounted.",
+       "ct_state proto reg5 tcp_flags", {Ct, Goto}, {CONN_VERDICT, EGRESS}),
+    _t(CONN_VERDICT, "conn_verdict",
+       "A connection the counting zone took (ct_mark 1) goes on to egress; one it refused is "
+       "dropped by the VM's own flow, which counts its refusals.",
+       "ct_mark reg4", {Goto}, {EGRESS}),
     _t(HANDOFF_IN, "handoff_in",
        "Frames of the handoff VLAN (ovsnat.handoff): a departed VM's packets, broadcast by the "
        "host it moved to, go on through egress as if the VM were still here, where only "

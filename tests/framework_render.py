@@ -56,7 +56,7 @@ def match_kwargs(flow: Flow) -> dict:
         if ip_proto:
             kw["ip_proto"] = ip_proto
     for name, value in m.items():
-        if name in ("reg5", "reg6", "reg7"):
+        if name in ("reg4", "reg5", "reg6", "reg7"):
             v, _, mask = value.partition("/")
             kw[name] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
         elif name == "dl_vlan":
@@ -82,6 +82,9 @@ def match_kwargs(flow: Flow) -> dict:
             kw[f"{proto}_{name[3:]}"] = int(value)
         elif name == "ct_state":
             kw["ct_state"] = ct_state(value)
+        elif name == "ct_mark":
+            v, _, m = value.partition("/")
+            kw["ct_mark"] = (int(v, 0), int(m, 0)) if m else int(v, 0)
         elif name == "icmp_type":
             kw["icmpv4_type"] = int(value)
         elif name == "tcp_flags":
@@ -132,8 +135,12 @@ def action(a):
                 if a.nat.port_min is not None:
                     kw.update(range_proto_min=a.nat.port_min, range_proto_max=a.nat.port_max)
             nat = [p.NXActionNAT(flags=flags, **kw)]
-        return p.NXActionCT(flags=nx.NX_CT_F_COMMIT if a.commit else 0, zone_src="",
-                            zone_ofs_nbits=a.zone,
+        if a.mark is not None:
+            nat.append(p.OFPActionSetField(ct_mark=a.mark))
+        from_reg = a.zone == "reg4"
+        return p.NXActionCT(flags=nx.NX_CT_F_COMMIT if a.commit else 0,
+                            zone_src="reg4" if from_reg else "",
+                            zone_ofs_nbits=nx.ofs_nbits(0, 15) if from_reg else a.zone,
                             recirc_table=a.table if a.table is not None else
                             nx.NX_CT_RECIRC_NONE, alg=0, actions=nat)
     raise ValueError(f"no framework rendering for action {a!r}")
@@ -159,7 +166,7 @@ def instructions(flow: Flow) -> list:
 # Prerequisites first: OVS rejects a match whose fields precede their prerequisites
 # (OFPBMC_BAD_PREREQ), and ryu's default order (by OXM class) puts Nicira fields such as
 # nw_ttl before eth_type.
-PREREQ_FIRST = ("reg5", "reg6", "reg7", "in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type",
+PREREQ_FIRST = ("reg4", "reg5", "reg6", "reg7", "in_port", "vlan_vid", "eth_src", "eth_dst", "eth_type",
                 "ip_proto")
 
 

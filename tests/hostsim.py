@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ovsnat import arp, golden
 from ovsnat.compiler import compile_state
+from ovsnat.connlimit import ZoneLimits
 from ovsnat.controller import HostController, IfaceKeys
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
@@ -31,6 +32,7 @@ class SimHost:
         self.rows: dict[str, IfaceRow] = {"uplink": UPLINK_ROW}
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
+        self.zone_limits: list = []                  # ZoneLimits the shim would apply
         self.echo_writes = True          # apply key writes to the rows, as OVSDB would
 
     # --- feeding events ----------------------------------------------------------------
@@ -42,6 +44,9 @@ class SimHost:
                 self.key_writes.append(item)
                 if self.echo_writes:
                     queue += self._echo(item)
+                continue
+            if isinstance(item, ZoneLimits):
+                self.zone_limits.append(item)
                 continue
             data = item if isinstance(item, bytes) else b"".join(item)
             for r in self.switch.receive(data):

@@ -28,7 +28,7 @@ def test_pipeline_md_tables_match_the_declared_pipeline():
 
 @pytest.mark.lab
 @pytest.mark.parametrize("name", ["hairpin", "per-vm-pat-blocks", "gateway-by-arp", "networks",
-                                  "handoff"])
+                                  "handoff", "conn-limit"])
 def test_ovs_accepts_golden_flows_and_dumps_them_identically(make_lab, name):
     lab = make_lab()
     host = lab.add_host("hv1")
