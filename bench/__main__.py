@@ -5,7 +5,7 @@ bench/results.json. Needs root, like the lab.
     python -m bench                          the full suite (about 30 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 3 minutes)
     python -m bench --only cold,restart      some benchmarks: cold restart events memory datapath
-                                             handoff
+                                             handoff connlimit
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
                                              restart, events (its big side) and memory
     python -m bench --port-types patch       scale hosts with patch ports only (faster)
@@ -22,10 +22,10 @@ import subprocess
 import sys
 import time
 
-from bench import cold, datapath, events, handoff, memory
+from bench import cold, connlimit, datapath, events, handoff, memory
 from bench.common import Result, say
 
-ALL = ("cold", "restart", "events", "memory", "datapath", "handoff")
+ALL = ("cold", "restart", "events", "memory", "datapath", "handoff", "connlimit")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -165,6 +165,8 @@ def main(argv=None) -> int:
         results += timed("datapath", datapath.datapath, a.rounds, a.seconds, a.conn_seconds)
     if "handoff" in a.only:
         results += timed("handoff", handoff.handoff, 2 if a.quick else 3)
+    if "connlimit" in a.only:
+        results += timed("connlimit", connlimit.connlimit, 2 if a.quick else 3)
 
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()
