@@ -34,6 +34,7 @@ import ovs.jsonrpc
 import ovs.poller
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
+from ovsnat.ovsdb import fastjson
 
 LOG = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Watcher:
         """Connect or reconnect, read what has arrived, publish the batch it makes."""
         session = self.session
         session.run()
+        fastjson.upgrade(session)            # decode with the C decoder (ovsdb/fastjson.py)
         state = (session.get_seqno(), session.is_connected())
         if state != self._session_state:    # python-ovs bumps seqno on connecting, not
             self._session_state = state      # on connected: watch both
