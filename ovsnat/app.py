@@ -62,7 +62,7 @@ class OvsNatApp(fw.BaseApp):
             raise SystemExit(f"ovsnat: invalid configuration: {e}")
         opts = getattr(fw.CONF, "ovsnat")
         self.cfg, self.remote = cfg, opts.ovsdb_connection
-        self.core = controller.HostController(cfg, time.time)
+        self.core = controller.HostController(cfg, time.time, opts.audit_interval)
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
         self.dp = None
         self.status_file = opts.status_file
@@ -183,8 +183,8 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
         msg = ev.msg
-        keys = [(s.table_id, s.cookie) for s in msg.body if is_ours(s.cookie)]
-        self._call(self.core.flow_stats, msg.xid, keys, _more(msg))
+        entries = [(s.table_id, s.cookie, s.digest) for s in msg.body if is_ours(s.cookie)]
+        self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPMeterConfigStatsReply, fw.MAIN_DISPATCHER)
     def on_meter_stats(self, ev):

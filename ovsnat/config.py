@@ -17,7 +17,8 @@ INT_RANGES = {"snat_port_min": (1, 65535), "snat_port_max": (1, 65535),
               "metrics_port": (0, 65535),
               "pat_ports_per_vm": (0, 65535), "ct_zone": (0, 65535),
               "fip_frag_ct_zone": (0, 65535), "network_ct_zone_base": (4095, 61440),
-              "dhcp_lease_time": (60, 2 ** 31), "dhcp_mtu": (576, 9216)}
+              "dhcp_lease_time": (60, 2 ** 31), "dhcp_mtu": (576, 9216),
+              "audit_interval": (0, 86400)}
 EXTRA: list = []
 
 

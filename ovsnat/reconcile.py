@@ -78,6 +78,12 @@ class Reconciler:
         self._count(len(delta.delete) + len(add))
         return [self.session.bundle(delta.delete, add, len(add), delta.owners, retry)]
 
+    def repair(self, delete: list, adds: list, owners: set) -> list:
+        """One bundle putting back what the audit found changed on the switch: deletes by
+        (table, cookie), then ((table, cookie), packed flow_mod) adds."""
+        self._count(len(delete) + len(adds))
+        return [self.session.bundle(delete, adds, len(adds), owners)]
+
     def _count(self, flow_mods: int) -> None:
         self.stats.inc("flow_mods", flow_mods)
         self.stats.inc("bundles")
