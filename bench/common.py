@@ -233,10 +233,11 @@ class Controller:
                          BRIDGE, "inactivity_probe=5000")
 
     def fast_reconnect(self, timeout: float = 600) -> None:
-        """Make ovs-vswitchd retry the controller every second. OVS 3.1 ignores max_backoff
-        when it is set in the transaction that creates the Controller row (reconnects then
-        back off 1, 2, 4, 8 s); a later change takes effect. Waits until ovs-vswitchd has
-        applied it, which can take it many seconds with thousands of ports."""
+        """Make ovs-vswitchd retry the controller every second. OVS 3.1 applies max_backoff
+        only in a reconfiguration made while the controller is connected: this change of
+        the Controller row is one (the controller also makes one once in sync). Waits until
+        ovs-vswitchd has applied it, which can take it many seconds with thousands of
+        ports."""
         run(["ovs-vsctl", f"--db=unix:{self.h.ovs.db_sock}", f"--timeout={int(timeout)}",
              "set", "controller", BRIDGE, "max_backoff=1000"], env=self.h.ovs.env,
             timeout=timeout + 10)

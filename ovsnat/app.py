@@ -24,6 +24,7 @@ from ovsnat import framework as fw
 from ovsnat.flows import is_ours
 from ovsnat.metrics import Metrics
 from ovsnat.model import ConfigError
+from ovsnat.reconcile import Reconfigure
 
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
@@ -150,6 +151,8 @@ class OvsNatApp(fw.BaseApp):
         for item in out:
             if isinstance(item, controller.IfaceKeys):
                 self.watcher.write_keys(item.name, dict(item.set), item.remove)
+            elif isinstance(item, Reconfigure):
+                self.watcher.request_reconfigure()
             elif isinstance(item, bytes):
                 if self.dp is not None:
                     self.dp.send(item)

@@ -9,6 +9,7 @@ from ovsnat.compiler import compile_state
 from ovsnat.controller import HostController, IfaceKeys
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
+from ovsnat.reconcile import Reconfigure
 from ovsnat.state import build_state
 from tests.switchmodel import ModelSwitch
 
@@ -32,12 +33,16 @@ class SimHost:
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
         self.echo_writes = True          # apply key writes to the rows, as OVSDB would
+        self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
         queue = list(out)
         while queue:
             item = queue.pop(0)
+            if isinstance(item, Reconfigure):
+                self.reconfigures += 1
+                continue
             if isinstance(item, IfaceKeys):
                 self.key_writes.append(item)
                 if self.echo_writes:
