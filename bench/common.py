@@ -199,6 +199,7 @@ class Controller:
 
     def __init__(self, lab: Lab, host: str, snat_ip: str, **options):
         self.lab, self.host = lab, host
+        self.snat_ip, self.options = snat_ip, options
         self.h = lab.hosts[host]
         self.name = f"ctl-{host}"
         self.conf = scenario.write_config(lab, host, snat_ip, **options)
@@ -207,6 +208,11 @@ class Controller:
             f.write(LOGGING_INI)
         self.log: LogTail | None = None
         self.status_file = os.path.join(self.h.rundir, "ovsnat-status.json")
+
+    def set_options(self, **options) -> None:
+        """Rewrite the config file with these [ovsnat] options too (for the next start)."""
+        self.options.update(options)
+        self.conf = scenario.write_config(self.lab, self.host, self.snat_ip, **self.options)
 
     @property
     def pid(self) -> int:

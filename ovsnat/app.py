@@ -21,7 +21,7 @@ import time
 
 from ovsnat import config, controller, ovsdb, status
 from ovsnat import framework as fw
-from ovsnat.flows import is_ours
+from ovsnat.flows import KINDS
 from ovsnat.metrics import Metrics
 from ovsnat.model import ConfigError
 from ovsnat.reconcile import Reconfigure
@@ -186,7 +186,8 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
         msg = ev.msg
-        entries = [(s.table_id, s.cookie, s.digest) for s in msg.body if is_ours(s.cookie)]
+        entries = [(s.table_id, s.cookie, s.digest) for s in msg.body
+                   if s.cookie >> 56 in KINDS]                 # is_ours, inlined: 100,000
         self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPMeterConfigStatsReply, fw.MAIN_DISPATCHER)

@@ -71,12 +71,13 @@ class _FlowKey:
 
     __slots__ = ("length", "table_id", "priority", "cookie", "digest")
 
+    _HEAD = struct.Struct("!HB9xH10xQ")         # length, table_id, priority, cookie
+
     @classmethod
     def parser(cls, buf, offset):
         entry = cls()
-        entry.length, entry.table_id = struct.unpack_from("!HB", buf, offset)
-        entry.priority = struct.unpack_from("!H", buf, offset + 12)[0]
-        entry.cookie = struct.unpack_from("!Q", buf, offset + 24)[0]
+        entry.length, entry.table_id, entry.priority, entry.cookie = \
+            cls._HEAD.unpack_from(buf, offset)
         entry.digest = stats_digest(buf, offset, entry.length)
         return entry
 
