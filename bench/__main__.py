@@ -4,8 +4,8 @@ bench/results.json. Needs root, like the lab.
 
     python -m bench                          the full suite (about 30 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 3 minutes)
-    python -m bench --only cold,restart      some benchmarks: cold restart events memory datapath
-                                             handoff connlimit
+    python -m bench --only cold,restart      some benchmarks: cold restart events memory audit
+                                             datapath handoff connlimit
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
                                              restart, events (its big side) and memory
     python -m bench --port-types patch       scale hosts with patch ports only (faster)
@@ -25,7 +25,7 @@ import time
 from bench import cold, connlimit, datapath, events, handoff, memory
 from bench.common import Result, say
 
-ALL = ("cold", "restart", "events", "memory", "datapath", "handoff", "connlimit")
+ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -94,7 +94,7 @@ def fmt(x, unit: str) -> str:
         return "-"
     if unit == "s":
         return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.3f} s"
-    if unit in ("MB", "Gbit/s", "x"):
+    if unit in ("MB", "Gbit/s", "x", "%"):
         return f"{x:.2f} {unit}"
     return f"{x:.0f} {unit}"
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     raw: dict = {"args": {k: v for k, v in vars(a).items() if k != "out"}, "seconds": {},
                  "loadavg_at_start": os.getloadavg()}
     big, idle = max(a.sizes), None
-    with_big = {"restart", "events", "memory"} & set(a.only)
+    with_big = {"restart", "events", "memory", "audit"} & set(a.only)
 
     def timed(name, fn, *args, **kw):
         say(f"== {name}")
@@ -145,6 +145,7 @@ def main(argv=None) -> int:
             res, data = timed(f"scale N={n} {port_type}", cold.scale, n,
                               restart=at_big and "restart" in a.only,
                               memory=at_big and "memory" in a.only,
+                              audit=at_big and "audit" in a.only,
                               additions=a.additions if at_big and "events" in a.only else 0,
                               budget=a.event_budget, port_type=port_type,
                               networks=a.networks)

@@ -12,10 +12,12 @@ import os
 import re
 import time
 
+from bench import audit as bench_audit
 from bench import events
 from bench.common import Controller, Result, cpu_seconds, ofctl, parse_programmed, \
     proc_status, say, vswitchd_log
 from ovsnat.lab import Lab, bulk, scenario
+from ovsnat.lab.sh import run
 from ovsnat.lab.topology import BRIDGE
 
 # ovs-vswitchd reports a controller connection's flow_mods 10 s after the first one:
@@ -26,7 +28,7 @@ REPORT_DELAY = 11.0
 
 def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 0,
           budget: float = 1e9, port_type: str = "dummy", networks: int = 0,
-          timeout: float = 1800) -> tuple[list[Result], dict]:
+          timeout: float = 1800, audit: bool = False) -> tuple[list[Result], dict]:
     """Returns the results and the raw measurements (events.additions data under
     "additions" when asked for: at most `additions`, for about `budget` seconds)."""
     results, raw = [], {"n": n}
@@ -57,10 +59,11 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                     "external_s", "ovsdb_ready_s")},
                  "ofctl_vswitchd_cpu_s": base["vswitchd_cpu_s"],
                  "ports_setup_s": raw["setup_ports_s"]}))
-            if not (restart or memory or additions):
+            if not (restart or memory or additions or audit):
                 return results, raw
             sleep_until(cold["t_connected"] + REPORT_DELAY)
             cold["vswitchd_reported_flow_mods"] = vswitchd_reports(host, 0)
+            tools = raw["tools_read"] = tools_read(host)
             again = raw["restart"] = restart_nothing_changed(ctl, host, timeout)
             say(f"  N={n}: restart in sync {again['seconds']:.1f} s after the process "
                 f"started ({again['phases_s']}), {again['flow_mods']} flow_mods")
@@ -79,6 +82,10 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                     f"restart {label}", "restart (process start -> in sync) / cold "
                     "program", again["seconds"], cold["seconds"], "s", "",
                     {"phases_s": again["phases_s"]}))
+                results.append(Result(
+                    f"restart {label}", "restart (process start -> in sync) / standard "
+                    "tools reading the same state", again["seconds"], tools["seconds"], "s",
+                    "ratio <= 3", {"phases_s": again["phases_s"], "tools": tools}))
             raw["rss_kb"] = {"cold": cold["rss_kb"], "restart": again["rss_kb"]}
             if additions:                 # on the restarted controller, still running
                 raw["additions"] = events.additions(host, ctl, first=n, count=additions,
@@ -88,6 +95,9 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                     budget=min(budget, events.PACE_S * events.PACED), port_type=port_type,
                     pace=events.PACE_S)
                 raw["rss_kb"]["after_additions"] = proc_status(ctl.pid)
+            if audit:                     # last: it restarts the controller twice
+                result, raw["audit"] = bench_audit.measure(ctl, host, n, label, timeout)
+                results.append(result)
         finally:
             bulk.stop_big_host(host)
     return results, raw
@@ -152,6 +162,25 @@ def ofctl_program(host, path: str, expected: list[str]) -> dict:
         raise RuntimeError(f"ovs-ofctl reinstall differs: {len(after)} flows vs "
                            f"{len(expected)}")
     return {"seconds": took, "flows": len(expected), "vswitchd_cpu_s": round(vcpu1 - vcpu0, 3)}
+
+
+def tools_read(host, rounds: int = 3) -> dict:
+    """The baseline of a restart: the time the standard tools take to read what a
+    restarted controller must read, `ovsdb-client dump` of the Interface table and
+    `ovs-ofctl dump-flows` of the bridge (the best of `rounds`, each tool timed alone)."""
+    env = host.ovs.env
+    ovsdb, flows = [], []
+    for _ in range(rounds):
+        t0 = time.monotonic()
+        run(["ovsdb-client", "dump", f"unix:{host.ovs.db_sock}", "Open_vSwitch", "Interface"],
+            env=env, timeout=300)
+        t1 = time.monotonic()
+        ofctl(host, "dump-flows", BRIDGE)
+        t2 = time.monotonic()
+        ovsdb.append(t1 - t0)
+        flows.append(t2 - t1)
+    return {"seconds": round(min(ovsdb) + min(flows), 3), "ovsdb_client_dump_s": ovsdb,
+            "ofctl_dump_flows_s": flows}
 
 
 def sleep_until(t: float) -> None:

@@ -199,6 +199,7 @@ class Controller:
 
     def __init__(self, lab: Lab, host: str, snat_ip: str, **options):
         self.lab, self.host = lab, host
+        self.snat_ip, self.options = snat_ip, options
         self.h = lab.hosts[host]
         self.name = f"ctl-{host}"
         self.conf = scenario.write_config(lab, host, snat_ip, **options)
@@ -207,6 +208,11 @@ class Controller:
             f.write(LOGGING_INI)
         self.log: LogTail | None = None
         self.status_file = os.path.join(self.h.rundir, "ovsnat-status.json")
+
+    def set_options(self, **options) -> None:
+        """Rewrite the config file with these [ovsnat] options too (for the next start)."""
+        self.options.update(options)
+        self.conf = scenario.write_config(self.lab, self.host, self.snat_ip, **self.options)
 
     @property
     def pid(self) -> int:
@@ -233,10 +239,11 @@ class Controller:
                          BRIDGE, "inactivity_probe=5000")
 
     def fast_reconnect(self, timeout: float = 600) -> None:
-        """Make ovs-vswitchd retry the controller every second. OVS 3.1 ignores max_backoff
-        when it is set in the transaction that creates the Controller row (reconnects then
-        back off 1, 2, 4, 8 s); a later change takes effect. Waits until ovs-vswitchd has
-        applied it, which can take it many seconds with thousands of ports."""
+        """Make ovs-vswitchd retry the controller every second. OVS 3.1 applies max_backoff
+        only in a reconfiguration made while the controller is connected: this change of
+        the Controller row is one (the controller also makes one once in sync). Waits until
+        ovs-vswitchd has applied it, which can take it many seconds with thousands of
+        ports."""
         run(["ovs-vsctl", f"--db=unix:{self.h.ovs.db_sock}", f"--timeout={int(timeout)}",
              "set", "controller", BRIDGE, "max_backoff=1000"], env=self.h.ovs.env,
             timeout=timeout + 10)

@@ -19,7 +19,8 @@ INT_RANGES = {"snat_port_min": (1, 65535), "snat_port_max": (1, 65535),
               "fip_frag_ct_zone": (0, 65535), "network_ct_zone_base": (4095, 61440),
               "dhcp_lease_time": (60, 2 ** 31), "dhcp_mtu": (576, 9216),
               "handoff_vlan": (0, 4094), "handoff_grace": (1, 86400),
-              "conn_limit": (0, 10 ** 7), "conn_limit_zone_base": (4095, 65534)}
+              "conn_limit": (0, 10 ** 7), "conn_limit_zone_base": (4095, 65534),
+              "audit_interval": (0, 86400)}
 EXTRA: list = []
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from ovsnat import arp, connlimit, dhcp, ovsdb, relay
+from ovsnat import arp, audit, connlimit, dhcp, ovsdb, relay
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
 from ovsnat.handoff import Handoffs
@@ -57,7 +57,7 @@ class IfaceKeys:
 
 
 class HostController:
-    def __init__(self, cfg: HostConfig, clock):
+    def __init__(self, cfg: HostConfig, clock, audit_interval: float = 60.0):
         self.base_cfg = cfg
         self.rows: dict[str, ovsdb.IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
@@ -71,6 +71,7 @@ class HostController:
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.handoffs = Handoffs(self.timers, self.stats)
         self.zones = connlimit.Zones()
+        self.audit = audit.Auditor(audit_interval, self.sw, self.timers, self.stats)
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
@@ -178,13 +179,19 @@ class HostController:
 
     # --- the switch ----------------------------------------------------------------------
     def switch_up(self, dpid: int, now: float) -> list:
+        self.audit.reset(now)
         return self.sw.connect(dpid, now) + self.zones.reapply(self.host)
 
     def switch_down(self, now: float) -> list:
+        self.audit.reset(now)
         self.sw.disconnect()
         return []
 
-    def flow_stats(self, xid: int, keys, more: bool, now: float) -> list:
+    def flow_stats(self, xid: int, entries, more: bool, now: float) -> list:
+        """Part of a flow dump: (table, cookie, body digest) of ovsnat's flows."""
+        if self.audit.owns(xid):
+            return self.audit.flow_stats(xid, entries, more, now)
+        keys = [(t, c) for t, c, _ in entries]
         return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
 
     def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
@@ -302,6 +309,8 @@ class HostController:
                 out += self._gateway_arp(now)
             elif key[0] == "handoff":
                 out += self.sw.send(self.handoffs.due(self.host, key, now))
+            elif key == audit.KEY:
+                out += self.audit.due(now)
             else:
                 out += self.fips.due(key, now)
         return out
@@ -326,11 +335,14 @@ class HostController:
         LOG.error("ovsnat: recovering from a fault: rebuilding the host state and "
                   "resynchronising the switch")
         self.host = self.sw.host = None
+        self.audit.reset(now)                    # releases a dump in progress
         seen, self.timers = self.fips.seen_ofport, Timers()
         self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
                          self.sw.session, self.sw.send)
         self.fips.seen_ofport = seen
         self.handoffs = Handoffs(self.timers, self.stats)
+        self.audit = audit.Auditor(self.audit.interval, self.sw, self.timers, self.stats)
+        self.audit.reset(now)
         out = self.sw.redump(now)
         return out + self._ensure_host(now)[1]
 

@@ -13,6 +13,8 @@ import os
 import struct
 import sys
 
+from ovsnat.flowdigest import stats_digest
+
 
 def _choose() -> str:
     """The framework of this process (see the module docstring)."""
@@ -61,19 +63,22 @@ CONF = cfg.CONF
 
 
 class _FlowKey:
-    """Of a flow stats entry, only what ovsnat's reconcile reads: table, cookie, priority.
+    """Of a flow stats entry, only what ovsnat reads: table, cookie, priority, and a digest
+    of its body (ovsnat.flowdigest: the audit finds a flow changed in place by it).
 
     Parsing each entry's match and instructions into framework objects is what makes a
     dump of 100,000 flows take seconds; skipping them keeps a controller restart cheap."""
 
-    __slots__ = ("length", "table_id", "priority", "cookie")
+    __slots__ = ("length", "table_id", "priority", "cookie", "digest")
+
+    _HEAD = struct.Struct("!HB9xH10xQ")         # length, table_id, priority, cookie
 
     @classmethod
     def parser(cls, buf, offset):
         entry = cls()
-        entry.length, entry.table_id = struct.unpack_from("!HB", buf, offset)
-        entry.priority = struct.unpack_from("!H", buf, offset + 12)[0]
-        entry.cookie = struct.unpack_from("!Q", buf, offset + 24)[0]
+        entry.length, entry.table_id, entry.priority, entry.cookie = \
+            cls._HEAD.unpack_from(buf, offset)
+        entry.digest = stats_digest(buf, offset, entry.length)
         return entry
 
 

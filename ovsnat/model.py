@@ -376,11 +376,14 @@ def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None 
         port = VmPort.from_external_ids(name, 1, external_ids)
     except PortError as e:
         return Rejection(name, str(e))
-    try:
-        port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
-                                        external_ids)
-    except PortError as e:
-        return Rejection(name, str(e), transient=True)
+    if type(ofport) is int and 1 <= ofport <= 0xFFFFFEFF:
+        port = replace(port, ofport=ofport)      # a usable ofport: no second parse
+    else:
+        try:
+            port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
+                                            external_ids)
+        except PortError as e:
+            return Rejection(name, str(e), transient=True)
     if link_state == "down":
         return Rejection(name, f"port {name!r} ({port.iface_id}): link down (the VM's "
                          "device is gone); no flows until it comes back", transient=True)

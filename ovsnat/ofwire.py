@@ -38,6 +38,9 @@ def _oxm(cls: int, field: int, length: int, masked: bool = False) -> int:
     return cls << 16 | field << 9 | (1 << 8 if masked else 0) | length
 
 
+ONF_EXPERIMENTER = 0x4F4E4600
+
+
 def _ofb(field: int, length: int, masked: bool = False) -> int:
     return _oxm(0x8000, field, length, masked)
 
@@ -84,53 +87,60 @@ def ct_state(text: str) -> tuple[int, int]:
 
 @lru_cache(maxsize=1024)
 def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
-    """(sort rank, TLV) of one match field; the rank puts prerequisites first. The cache
+    """(sort rank, TLV) of one match field. The rank is the order in which Open vSwitch
+    writes the fields back (lib/nx-match.c nx_put_raw), so a flow dumped from the switch has
+    exactly the match bytes ovsnat sent: the audit compares the two by digest. The cache
     serves the fields shared by many flows; per-VM ones would not fit at scale anyway."""
     if name in ("reg4", "reg5", "reg6", "reg7"):
         reg = int(name[3:])
         value, _, mask = value.partition("/")
         if mask:
-            return 0, _tlv(_nx1(reg, 8, True), struct.pack("!I", int(value, 0)),
+            return 30 + reg, _tlv(_nx1(reg, 8, True), struct.pack("!I", int(value, 0)),
                            struct.pack("!I", int(mask, 0)))
-        return 0, _tlv(_nx1(reg, 4), struct.pack("!I", int(value, 0)))
+        return 30 + reg, _tlv(_nx1(reg, 4), struct.pack("!I", int(value, 0)))
     if name == "in_port":
         return 0, _tlv(_ofb(0, 4), struct.pack("!I", int(value)))
     if name == "dl_vlan":
-        return 1, _tlv(_ofb(6, 2), struct.pack("!H", 0x1000 | int(value)))
+        return 13, _tlv(_ofb(6, 2), struct.pack("!H", 0x1000 | int(value)))
     if name == "vlan_tci":                 # untagged only: OFPVID_NONE
-        return 1, _tlv(_ofb(6, 2), b"\0\0")
+        return 13, _tlv(_ofb(6, 2), b"\0\0")
     if name == "dl_src":
-        return 2, _tlv(_ofb(4, 6), _mac(value))
+        return 10, _tlv(_ofb(4, 6), _mac(value))
     if name == "dl_dst":
-        return 3, _tlv(_ofb(3, 6), _mac(value))
+        return 11, _tlv(_ofb(3, 6), _mac(value))
     if name in ("nw_src", "nw_dst"):
-        return 6, _ip_tlv(11 if name == "nw_src" else 12, value)
+        return 20 + (name == "nw_dst"), _ip_tlv(11 if name == "nw_src" else 12, value)
     if name in ("arp_spa", "arp_tpa"):
-        return 6, _ip_tlv(22 if name == "arp_spa" else 23, value)
+        return 21 + (name == "arp_tpa"), _ip_tlv(22 if name == "arp_spa" else 23, value)
     if name == "arp_op":
-        return 6, _tlv(_ofb(21, 2), struct.pack("!H", int(value)))
+        return 20, _tlv(_ofb(21, 2), struct.pack("!H", int(value)))
     if name == "arp_sha":
-        return 6, _tlv(_ofb(24, 6), _mac(value))
+        return 23, _tlv(_ofb(24, 6), _mac(value))
     if name == "nw_ttl":
-        return 6, _tlv(_nx1(29, 1), bytes([int(value)]))
+        return 23, _tlv(_nx1(29, 1), bytes([int(value)]))
     if name == "nw_frag":                  # value/mask over the ANY (1) and LATER (2) bits
         v, m = {"yes": (1, 1), "no": (0, 1), "first": (1, 3), "later": (3, 3)}[value]
-        return 6, _tlv(_nx1(26, 2, True), bytes([v]), bytes([m]))
+        if m == 3:                         # both bits: OVS writes it unmasked
+            return 22, _tlv(_nx1(26, 1), bytes([v]))
+        return 22, _tlv(_nx1(26, 2, True), bytes([v]), bytes([m]))
     if name in ("tp_src", "tp_dst"):
         base = {"tcp": 13, "udp": 15}[proto]
-        return 7, _tlv(_ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value)))
+        return 25 + (name == "tp_dst"), _tlv(_ofb(base + (name == "tp_dst"), 2),
+                                             struct.pack("!H", int(value)))
     if name == "tcp_flags":                # "-syn" / "+syn": the SYN bit clear or set
-        return 7, _tlv(_nx1(34, 4, True), struct.pack("!H", 2 if value == "+syn" else 0),
-                       struct.pack("!H", 2))
+        # OpenFlow 1.3 has no TCP flags field: OVS writes ONF's experimenter OXM (field 42)
+        # back, so ovsnat sends that rather than NXM's, and the audit's digests agree.
+        return 27, _tlv(_oxm(0xFFFF, 42, 8, True), struct.pack("!I", ONF_EXPERIMENTER) +
+                        struct.pack("!H", 2 if value == "+syn" else 0), struct.pack("!H", 2))
     if name == "icmp_type":
-        return 7, _tlv(_ofb(19, 1), bytes([int(value)]))
+        return 25, _tlv(_ofb(19, 1), bytes([int(value)]))
     if name == "ct_state":
         v, m = ct_state(value)
-        return 8, _tlv(_nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
-    if name == "ct_mark":
+        return 50, _tlv(_nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
+    if name == "ct_mark":                  # after ct_state (and ct_zone), as OVS writes it
         v, _, m = value.partition("/")
-        return 8, _tlv(_nx1(107, 8, True), struct.pack("!I", int(v, 0)),
-                       struct.pack("!I", int(m or "0xffffffff", 0)))
+        return 52, _tlv(_nx1(107, 8, True), struct.pack("!I", int(v, 0)),
+                        struct.pack("!I", int(m or "0xffffffff", 0)))
     raise ValueError(f"no wire encoding for match field {name}")
 
 
@@ -140,9 +150,9 @@ def match_bytes(flow: Flow) -> bytes:
     parts = [_field(k, v, proto) for k, v in fields.items()]
     if proto:
         eth_type, ip_proto = PROTOCOLS[proto]
-        parts.append((4, _tlv(_ofb(5, 2), struct.pack("!H", eth_type))))
+        parts.append((12, _tlv(_ofb(5, 2), struct.pack("!H", eth_type))))
         if ip_proto:
-            parts.append((5, _tlv(_ofb(10, 1), bytes([ip_proto]))))
+            parts.append((24, _tlv(_ofb(10, 1), bytes([ip_proto]))))
     body = b"".join(tlv for _, tlv in sorted(parts, key=lambda p: p[0]))
     return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
 

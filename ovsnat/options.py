@@ -101,6 +101,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("dhcp_mtu", 1500,
            "The MTU handed to VMs of the untagged network; VMs of VLAN networks get 4 bytes "
            "less when a fabric_port carries their tag (a port's ovsnat-mtu wins).", "int"),
+    Option("audit_interval", 60,
+           "Seconds between audits of ovsnat's flows on the switch: flows missing, stale or "
+           "changed in place behind the controller's back (ovs-ofctl del-flows, mod-flows) "
+           "are repaired in one bundle, each logged and counted (flow_repairs); other "
+           "cookies are never touched. 0: no audit (the switch is still reconciled on every "
+           "reconnect).", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option("status_file", "/var/run/ovsnat/status.json",
            "Where the controller keeps its status (read by `ovsnat status`); empty: none."),

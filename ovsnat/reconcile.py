@@ -13,6 +13,7 @@ returns messages (ovsnat.switch packs them) and takes parsed replies.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import netaddr
 
@@ -26,6 +27,17 @@ from ovsnat.switch import Bundle, SwitchSession
 
 LOG = logging.getLogger("ovsnat")
 FULL_SYNC = "(full sync)"
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """Make ovs-vswitchd reconfigure the live connection (the watcher touches the bridge's
+    Controller rows: ovsnat.ovsdb.ownwrites), once per connection, after the first sync. Open vSwitch 3.1 applies a Controller's max_backoff
+    and inactivity_probe to the live connection only in a reconfiguration made while that
+    connection is up: the row's values are ignored when the connection is created, and
+    again after every ovs-vswitchd restart (ofproto/connmgr.c creates it with a fixed 8 s
+    backoff). Without this, a restarted controller could wait up to 8 s to be reconnected
+    whatever max_backoff says (measured: docs/performance.md)."""
 
 
 class Reconciler:
@@ -63,8 +75,7 @@ class Reconciler:
         stale, missing = expected - desired, desired - expected
         if not stale and not missing:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
-            self.settled(now)
-            return out
+            return out + self.settled(now)
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._count(len(stale) + len(missing))
         return out + [self.session.bundle(sorted(stale), self.host.iter_wire_for(missing),
@@ -78,18 +89,27 @@ class Reconciler:
         self._count(len(delta.delete) + len(add))
         return [self.session.bundle(delta.delete, add, len(add), delta.owners, retry)]
 
+    def repair(self, delete: list, adds: list, owners: set) -> list:
+        """One bundle putting back what the audit found changed on the switch: deletes by
+        (table, cookie), then ((table, cookie), packed flow_mod) adds."""
+        self._count(len(delete) + len(adds))
+        return [self.session.bundle(delete, adds, len(adds), owners)]
+
     def _count(self, flow_mods: int) -> None:
         self.stats.inc("flow_mods", flow_mods)
         self.stats.inc("bundles")
 
-    def settled(self, now: float) -> None:
-        """The first time nothing is in flight after a connect: in sync."""
-        if self.connected_at is not None and not self.session.bundles:
-            self.stats.reconcile_seconds = now - self.connected_at
-            LOG.info("ovsnat: in sync %.3f s after the datapath connected",
-                     self.stats.reconcile_seconds)
-            self.connected_at = None
-            release_memory()
+    def settled(self, now: float) -> list:
+        """The first time nothing is in flight after a connect: in sync (and, then, a
+        reconfiguration for the connection's settings: see Reconfigure)."""
+        if self.connected_at is None or self.session.bundles:
+            return []
+        self.stats.reconcile_seconds = now - self.connected_at
+        LOG.info("ovsnat: in sync %.3f s after the datapath connected",
+                 self.stats.reconcile_seconds)
+        self.connected_at = None
+        release_memory()
+        return [Reconfigure()]
 
     # --- replies ---------------------------------------------------------------------------
     def barrier(self, xid: int, now: float) -> tuple[Bundle | None, list]:
@@ -114,8 +134,7 @@ class Reconciler:
                 self.failed_owners[prefix & 0xFFFFFFFF] = b.failed
             LOG.error("ovsnat: giving up on %s: %s", self.owner_name(min(prefixes) << 24),
                       b.failed)
-        self.settled(now)
-        return b, out
+        return b, out + self.settled(now)
 
     def _resync_owners(self, prefixes: set) -> list:
         have: dict[int, set] = {p: set() for p in prefixes}

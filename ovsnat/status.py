@@ -37,6 +37,8 @@ COUNTERS = {
     "dhcp_releases": "DHCP releases and declines from VMs",
     "dhcp_refused": "DHCP requests not answered (a port ovsnat does not serve, another MAC)",
     "dhcp_quarantines": "VM ports quarantined for flooding DHCP requests",
+    "audits": "periodic audits of ovsnat's flows on the switch",
+    "flow_repairs": "flows the audit repaired (missing, stale or changed behind ovsnat's back)",
 }
 
 

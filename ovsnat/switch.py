@@ -108,6 +108,7 @@ class SwitchSession:
         self.recent: OrderedDict[int, str] = OrderedDict()   # xid -> what (not bundles)
         self._dump: _Dump | None = None
         self._ids = itertools.count(1)
+        self._watched: list[Bundle] | None = None   # bundles sent while an audit reads
 
     # --- connection and dump ------------------------------------------------------------
     @property
@@ -218,7 +219,20 @@ class SwitchSession:
         b = Bundle(next(self._ids), first, list(delete), n_add, set(owners), list(announce),
                    retry)
         self.bundles[b.barrier_xid] = b
+        if self._watched is not None:
+            self._watched.append(b)
         return self._chunks(b, adds)
+
+    def watch(self) -> None:
+        """Remember the bundles sent from now on (an audit's dump is being read)."""
+        self._watched = []
+
+    def unwatch(self) -> set[int]:
+        """Stop remembering; the owner bits (cookie >> 24) of every flow the bundles sent
+        since `watch()` deleted or added (their encoding is done by now: each bundle is
+        written whole before the next event)."""
+        watched, self._watched = self._watched or [], None
+        return {c >> 24 for b in watched for _, c in (*b.delete, *b.add_keys)}
 
     def _chunks(self, b: Bundle, adds: Iterable) -> Iterator[bytes]:
         """The cyclic GC is paused meanwhile: it would rescan every live object many times

@@ -10,6 +10,7 @@ from ovsnat.connlimit import ZoneLimits
 from ovsnat.controller import HostController, IfaceKeys
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
+from ovsnat.reconcile import Reconfigure
 from ovsnat.state import build_state
 from tests.switchmodel import ModelSwitch
 
@@ -34,12 +35,16 @@ class SimHost:
         self.key_writes: list[IfaceKeys] = []
         self.zone_limits: list = []                  # ZoneLimits the shim would apply
         self.echo_writes = True          # apply key writes to the rows, as OVSDB would
+        self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
         queue = list(out)
         while queue:
             item = queue.pop(0)
+            if isinstance(item, Reconfigure):
+                self.reconfigures += 1
+                continue
             if isinstance(item, IfaceKeys):
                 self.key_writes.append(item)
                 if self.echo_writes:

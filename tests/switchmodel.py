@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ovsnat import ofwire
+from ovsnat.flowdigest import flow_mod_digest
 
 OFPET_BAD_ACTION, OFPET_BUNDLE_FAILED = 2, 0xFFFF
 
@@ -101,8 +102,9 @@ class ModelSwitch:
             return Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()],
                                               False))
         cookie, mask = struct.unpack_from("!QQ", msg, 32)
-        keys = [k for k in self.flows if k[1] & mask == cookie & mask]
-        return Reply("flow_stats", xid, (keys, False))
+        entries = [(*k, flow_mod_digest(m)) for k, m in self.flows.items()
+                   if k[1] & mask == cookie & mask]        # OVS returns the bytes it got
+        return Reply("flow_stats", xid, (entries, False))
 
     def keys(self) -> set:
         return set(self.flows)

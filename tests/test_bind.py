@@ -53,6 +53,10 @@ def host(make_lab):
     scenario.start_controller(lab, "hv1", SNAT)
     vm1 = lab.vms["vm1"].ns
     assert eventually(lambda: seen_as(lab, vm1) == SNAT), scenario.controller_log(lab, "hv1")
+    # The controller marks the port installed just after its flows are confirmed: wait for
+    # it, or a test comparing external_ids before and after may see it land in between.
+    assert eventually(lambda: "ovsnat-installed" in external_ids(lab)), \
+        scenario.controller_log(lab, "hv1")
     return lab
 
 

@@ -224,14 +224,11 @@ def test_controller_restart_loses_no_packet_and_sends_no_flow_mod(base, ctl):
 
 
 def test_after_a_long_outage_ovs_reconnects_within_a_second_of_the_controller_returning(ctl):
-    """OVS backs off 1, 2, 4, 8 s between attempts unless max_backoff is set, and OVS 3.1
-    ignores it when set in the transaction that creates the Controller row: the lab sets it
-    in its own call, as the README and the devstack plugin do.
-
-    Measured on OVS 3.1: the setting reaches the live connection only with a bridge
-    reconfiguration made while the controller is connected (a port plugged, as on any host
-    in use); without one the first outage still backs off 2, 4, 8 s. This test used to get
-    that from the VMs earlier tests plugged; it plugs its own now, so it passes alone."""
+    """OVS backs off 1, 2, 4, 8 s between attempts unless max_backoff is set. OVS 3.1
+    applies max_backoff to a connection only in a reconfiguration made while it is up; the
+    controller makes one once in sync (ovsnat.reconcile.Reconfigure). Here on a host in use
+    (a port plugged too); tests/test_backoff.py checks it on a host with no VM, and after an
+    ovs-vswitchd restart."""
     assert ctl.hosts["hv1"].vsctl("get", "controller", "br-int", "max_backoff").strip() == \
         "1000"
     ctl.add_vm("late", "hv1", "10.0.0.23", "02:00:0a:00:00:17", vm_ids("10.0.0.23"))

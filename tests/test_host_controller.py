@@ -316,3 +316,27 @@ def test_flows_go_through_the_declared_pipeline_on_the_runtime_path(monkeypatch)
 
 def test_key_writes_name_the_port():
     assert IfaceKeys("tap1", set=((INSTALLED_KEY, "true"),)).name == "tap1"
+
+
+def test_once_in_sync_after_each_connection_ovs_vswitchd_is_asked_to_reconfigure_once():
+    """OVS 3.1 applies the Controller row's max_backoff to a connection only in a
+    reconfiguration made while it is up (ovsnat.reconcile.Reconfigure)."""
+    host = SimHost(fip_activation="immediate")
+    host.rows[vm_row(11, FIP).name] = vm_row(11, FIP)
+    host.start()
+    assert host.reconfigures == 1
+    host.plug(vm_row(12))                                   # later bundles: no more
+    host.advance(120)
+    assert host.reconfigures == 1
+    host.deliver(host.ctl.switch_down(host.now))
+    host.connect()                                          # a new connection: once again
+    assert host.reconfigures == 2 and host.ctl.status(host.now)["in_sync"]
+
+
+def test_no_reconfiguration_is_asked_for_before_the_switch_is_in_sync():
+    host = SimHost()
+    host.rows.pop("uplink")
+    host.start()                                            # connected, but no host state
+    assert host.ctl.host is None and host.reconfigures == 0
+    host.plug(IfaceRow("uplink", 1, {}, "up"))
+    assert host.reconfigures == 1

@@ -146,11 +146,23 @@ def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework:
     lab.spawn(name, controller_argv(conf, framework), ns=h.ns,
               env={**h.ovs.env, **CONTROLLER_ENV})
     if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
-        # max_backoff: reconnect within a second when the controller restarts. In its own
-        # transaction: ovs-vswitchd 3.1 ignores it in the one that creates the Controller row.
-        h.vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{OF_PORT}")
-        h.vsctl("set", "controller", BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+        point_bridge_at_controller(h)
     return name
+
+
+def controller_row_args() -> list[str]:
+    """ovs-vsctl arguments pointing br-int at the controller, as the README does: one
+    transaction creating the Controller row with its settings. max_backoff=1000: reconnect
+    within a second of a restarted controller. OVS 3.1 applies it to the connection only in
+    a reconfiguration made while connected; the controller asks for one once in sync
+    (ovsnat.reconcile.Reconfigure), so it holds after ovs-vswitchd restarts too."""
+    return ["--", "--id=@c", "create", "Controller", f'target="tcp:127.0.0.1:{OF_PORT}"',
+            "max_backoff=1000", "inactivity_probe=5000",
+            "--", "set", "Bridge", BRIDGE, "controller=@c"]
+
+
+def point_bridge_at_controller(h) -> None:
+    h.vsctl(*controller_row_args())
 
 
 def stop_controller(lab: Lab, host: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,12 +35,13 @@ import ovs.jsonrpc
 import ovs.poller
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
+from ovsnat.ovsdb import fastjson, ownwrites
 
 LOG = logging.getLogger(__name__)
 
 DATABASE = "Open_vSwitch"
 MONITOR_ID = "ovsnat"
-COLUMNS = {"Bridge": ["name", "ports", "external_ids"], "Port": ["interfaces"],
+COLUMNS = {"Bridge": ["name", "ports", "external_ids", "controller"], "Port": ["interfaces"],
            "Interface": ["name", "ofport", "external_ids", "link_state"]}
 RECONNECT_MS = 1000      # OVSDB gone: try again every second (python-ovs default backs off to 8 s)
 
@@ -128,6 +130,7 @@ class Watcher:
         self._ifaces: dict[str, IfaceRow] = {}       # iface uuid -> row (every bridge)
         self._bridges: dict[str, tuple[str, set]] = {}   # bridge uuid -> (name, port uuids)
         self._bridge_ids: dict[str, dict] = {}       # bridge uuid -> its ovsnat-* external_ids
+        self._controllers: dict[str, set] = {}       # bridge uuid -> its Controller uuids
         self._published_ids: dict | None = None
         self._uuid_of: dict[str, str] = {}           # published name -> iface uuid
         self._port_of_iface: dict[str, str] = {}     # iface uuid -> port uuid
@@ -160,6 +163,7 @@ class Watcher:
         """Connect or reconnect, read what has arrived, publish the batch it makes."""
         session = self.session
         session.run()
+        fastjson.upgrade(session)            # decode with the C decoder (ovsdb/fastjson.py)
         state = (session.get_seqno(), session.is_connected())
         if state != self._session_state:    # python-ovs bumps seqno on connecting, not
             self._session_state = state      # on connected: watch both
@@ -175,7 +179,6 @@ class Watcher:
     def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
         """Connect, wait for the first full view, and return it (for the CLI tools, which
         should fail at once, not retry, when OVSDB is not there)."""
-        import time
         got: list = []
         self.publish = got.append
         self._warned = True                  # no "retrying" line: a failure raises below
@@ -255,6 +258,7 @@ class Watcher:
         if kind == "delete":
             touched = ports if was_ours else set()
             self._bridge_ids.pop(uuid, None)
+            self._controllers.pop(uuid, None)
         else:
             diff = set(_set(row["ports"])) if "ports" in row else set()
             if kind == "modify":
@@ -263,6 +267,10 @@ class Watcher:
                 ports = diff                  # initial, insert: the whole set
             name = row.get("name", name)
             self._bridges[uuid] = (name, ports)
+            if "controller" in row:
+                ctls = set(_set(row["controller"]))
+                self._controllers[uuid] = self._controllers.get(uuid, set()) ^ ctls \
+                    if kind == "modify" else ctls
             if "external_ids" in row:
                 ids = {k: v for k, v in _map(row["external_ids"]).items() if kept_key(k)}
                 old = self._bridge_ids.get(uuid, {})
@@ -311,10 +319,8 @@ class Watcher:
 
     # --- publishing -----------------------------------------------------------------------
     def _ours(self) -> set:
-        for name, ports in self._bridges.values():
-            if name == self.bridge:
-                return ports
-        return set()
+        return next((ports for name, ports in self._bridges.values() if name == self.bridge),
+                    set())
 
     def _our_ids(self) -> dict:
         for uuid, (name, _) in self._bridges.items():
@@ -367,26 +373,27 @@ class Watcher:
 
     # --- the controller's own writes ------------------------------------------------------
     def write_keys(self, name: str, set_keys: dict, remove_keys=()) -> bool:
-        """Set and remove external_ids keys on the Interface `name` of our bridge, as map
-        mutations of single keys (other writers' keys are never rewritten). Fire and
+        """Set and remove external_ids keys on the Interface `name` of our bridge. Fire and
         forget: the update comes back through the monitor; a write lost to a reconnect is
         made again by the level-triggered caller after the next snapshot."""
         uuid = self._uuid_of.get(name)
         if uuid is None or self.session is None or not self.session.is_connected():
             return False
-        keys = sorted(set(set_keys) | set(remove_keys))
-        mutations = [["external_ids", "delete", ["set", keys]]]
-        if set_keys:
-            mutations.append(["external_ids", "insert",
-                              ["map", [[k, str(v)] for k, v in sorted(set_keys.items())]]])
-        request = ovs.jsonrpc.Message.create_request("transact", [DATABASE, {
-            "op": "mutate", "table": "Interface", "where": [["_uuid", "==", ["uuid", uuid]]],
-            "mutations": mutations}])
+        request = ownwrites.iface_keys(uuid, set_keys, remove_keys)
         self._writes[request.id] = f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}"
         return self.session.send(request) == 0
 
+    def request_reconfigure(self) -> bool:
+        """Touch our bridge's Controller rows (ovsnat.ovsdb.ownwrites says why)."""
+        uuids = {c for u, (name, _) in self._bridges.items() if name == self.bridge
+                 for c in self._controllers.get(u, ())}
+        if not uuids or self.session is None or not self.session.is_connected():
+            return False
+        request = ownwrites.touch_controllers(uuids, f"{time.time():.6f}")
+        self._writes[request.id] = "the bridge's Controller rows"
+        return self.session.send(request) == 0
+
     def _write_done(self, what: str, msg) -> None:
-        results = msg.result if msg.type == ovs.jsonrpc.Message.T_REPLY else None
-        errors = [r for r in results or [] if isinstance(r, dict) and "error" in r]
-        if msg.type != ovs.jsonrpc.Message.T_REPLY or errors:
-            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, msg.error or errors)
+        error = ownwrites.failure(msg)
+        if error:
+            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, error)
