@@ -65,10 +65,11 @@ class OvsnatAgent:
         self.state_rpc = agent_rpc.PluginReportStateAPI(topics.REPORTS)
         self.plugin_rpc = agent_rpc.PluginApi(topics.PLUGIN)
         self.ovsnat_rpc = OvsnatPluginApi()
-        self.endpoint = PushEndpoint(self.mark_ports, self.mark_network)
+        self.endpoint = PushEndpoint(self.mark_ports, self.mark_network, self.mark_activated)
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.dirty: set[str] = set()
+        self.reup: set[str] = set()             # ports to report up again (activated here)
         self.full_sync = True
         self.snat_wanted = True
         self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
@@ -86,6 +87,17 @@ class OvsnatAgent:
     def mark_ports(self, port_ids: list[str]) -> None:
         with self.lock:
             self.dirty.update(port_ids)
+        self.wake.set()
+
+    def mark_activated(self, port_id: str, host: str) -> None:
+        """Neutron activated this host's binding of a port (the end of a live migration)
+        and set the port DOWN; a port already reported up here is reported again, as the
+        OVS agent does, so it goes ACTIVE on its new host."""
+        if host != self.host:
+            return
+        with self.lock:
+            self.dirty.add(port_id)
+            self.reup.add(port_id)
         self.wake.set()
 
     def mark_network(self, network_id: str) -> None:
@@ -208,6 +220,9 @@ class OvsnatAgent:
         row went away. After a (re)sync every installed port is reported again."""
         installed = {pid for pid, row in snap.rows.items()
                      if row.external_ids.get(INSTALLED) == "true"}
+        with self.lock:
+            self.reported_up -= self.reup
+            self.reup.clear()
         up = sorted(installed if full else installed - self.reported_up)
         down = sorted(self.reported_up - installed)
         if not up and not down:

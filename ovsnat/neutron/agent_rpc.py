@@ -43,9 +43,11 @@ class PushEndpoint:
     target = oslo_messaging.Target(version="1.5")
 
     def __init__(self, ports: Callable[[list[str]], None],
-                 networks: Callable[[str], None]) -> None:
+                 networks: Callable[[str], None],
+                 activated: Callable[[str, str], None]) -> None:
         self._ports = ports
         self._networks = networks
+        self._activated = activated
 
     # Neutron's L2-agent notifications (q-agent-notifier-*)
     def port_update(self, context, **kwargs) -> None:
@@ -55,7 +57,9 @@ class PushEndpoint:
         self._ports([kwargs["port_id"]])
 
     def binding_activate(self, context, **kwargs) -> None:
-        self._ports([kwargs["port_id"]])
+        """A live migration's destination binding became the active one (Neutron set the
+        port DOWN): the destination must report the device up again."""
+        self._activated(kwargs["port_id"], kwargs.get("host", ""))
 
     def binding_deactivate(self, context, **kwargs) -> None:
         self._ports([kwargs["port_id"]])
