@@ -18,6 +18,14 @@ from neutron.agent import rpc as agent_rpc
 from ovsnat.neutron import constants as c
 
 CALL_TIMEOUT = 10       # s: a dead rpc-server must not stall the loop for the default 60 s
+# Calls fail at once rather than wait for their timeout when nobody could hear them: with the
+# broker down (retry=0: no reconnect loop inside the call; the agent's own loop retries) or
+# with no server consuming the topic yet (mandatory publish: RabbitMQ returns the message,
+# oslo.messaging raises MessageUndeliverable). After a broker restart the servers' queues
+# come back a moment after the broker does; the agent's next try then gets through.
+AT_LEAST_ONCE = oslo_messaging.TransportOptions(at_least_once=True)
+UNREACHABLE = (oslo_messaging.MessagingTimeout, oslo_messaging.MessageDeliveryFailure,
+               oslo_messaging.MessageUndeliverable)
 
 
 class OvsnatPluginApi:
@@ -27,13 +35,20 @@ class OvsnatPluginApi:
         target = oslo_messaging.Target(topic=c.SERVER_TOPIC, version=c.RPC_VERSION)
         self.client = n_rpc.get_client(target)
 
-    def get_port_keys(self, context, host: str, port_ids: list[str]) -> dict:
-        return self.client.prepare(timeout=CALL_TIMEOUT).call(
-            context, "get_port_keys", host=host, port_ids=port_ids)
+    def _prepare(self, version: str = c.RPC_VERSION):
+        return self.client.prepare(timeout=CALL_TIMEOUT, retry=0, version=version,
+                                   transport_options=AT_LEAST_ONCE)
+
+    def get_ports(self, context, host: str, port_ids: list[str]) -> dict:
+        """port id -> {"keys": ..., "up": bool} or None (the port does not exist)."""
+        return self._prepare("1.1").call(context, "get_ports", host=host, port_ids=port_ids)
+
+    def get_up_ports(self, context, host: str) -> list[str]:
+        """The ports Neutron has ACTIVE on this host."""
+        return self._prepare("1.1").call(context, "get_up_ports", host=host)
 
     def get_snat_address(self, context, host: str, network: str) -> dict | None:
-        return self.client.prepare(timeout=CALL_TIMEOUT).call(
-            context, "get_snat_address", host=host, network=network)
+        return self._prepare().call(context, "get_snat_address", host=host, network=network)
 
 
 class PushEndpoint:

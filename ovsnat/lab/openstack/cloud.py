@@ -75,7 +75,7 @@ def create_topology(conn) -> Topology:
     router = conn.network.create_router(
         name="router-a", project_id=PROJECT,
         external_gateway_info={"network_id": ext.id})
-    conn.network.add_interface_to_router(router, subnet_id=sub.id)
+    conn.network.add_interface_to_router(router, subnet=sub.id)
     net = conn.network.get_network(net.id)
     return Topology(ext.id, ext_sub.id, net.id, sub.id, router.id,
                     int(net.provider_segmentation_id or 0))

@@ -50,14 +50,26 @@ def move_tap(lab: Lab, vm: Vm, dest: str) -> None:
     lab._save()
 
 
-def os_vif(lab: Lab, host: str, action: str, spec: VifSpec) -> float:
-    """Run os-vif's plug or unplug for `spec` in the host's namespace; returns the wall
-    clock time at which os-vif returned."""
+def os_vif(lab: Lab, host: str, action: str, *specs: VifSpec) -> float:
+    """Run os-vif's plug or unplug for each spec in the host's namespace (one process);
+    returns the wall clock time at which os-vif returned for the last one."""
     h = lab.hosts[host]
+    vifs = [arg for spec in specs for arg in ("--vif", spec.to_json())]
     out = run([cfg.venv_bin("python"), "-m", "ovsnat.lab.openstack.vif", action,
-               "--ovsdb", f"unix:{h.ovs.db_sock}", "--vif", spec.to_json()],
-              ns=h.ns, timeout=120).stdout
+               "--ovsdb", f"unix:{h.ovs.db_sock}", *vifs],
+              ns=h.ns, timeout=120 + 2 * len(specs)).stdout
     return json.loads(out.strip().splitlines()[-1])["done_at"]
+
+
+def create_taps(lab: Lab, host: str, taps: list[str]) -> None:
+    """Taps without a guest (a veth whose other end stays up in the host namespace): many
+    ports on one host, for scale, at the cost of one `ip -batch`."""
+    lines = []
+    for i, tap in enumerate(taps):
+        peer = f"g{lab.id}{i}"[:15]
+        lines += [f"link add {tap} type veth peer name {peer}", f"link set {tap} up",
+                  f"link set {peer} up"]
+    run(["ip", "-n", lab.hosts[host].ns, "-batch", "-"], input="\n".join(lines) + "\n")
 
 
 def boot(lab: Lab, name: str, host: str, spec: VifSpec, ip: str, cidr: str,

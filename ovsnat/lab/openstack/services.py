@@ -92,19 +92,23 @@ class OpenStack:
         self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
                        env=self.rabbit_env)
 
-    def wait_rabbit(self, timeout: float = 60) -> None:
-        """RabbitMQ opens its AMQP listener last, once it is ready for clients."""
-        wait_for(lambda: self._port_open(cfg.RABBIT_PORT), timeout, interval=0.2,
+    def wait_rabbit(self, timeout: float = 60, interval: float = 0.2) -> float:
+        """RabbitMQ opens its AMQP listener last, once it is ready for clients. Returns the
+        wall clock time the listener was first seen open (at most `interval` late)."""
+        wait_for(lambda: self._port_open(cfg.RABBIT_PORT), timeout, interval=interval,
                  what="RabbitMQ to listen (see rabbitmq.log in the lab dir)")
+        return time.time()
 
     def stop_rabbit(self) -> None:
         self.stop("rabbitmq")
 
-    def restart_rabbit(self) -> None:
-        """Same node, same database: queues and users survive as after a broker restart."""
+    def restart_rabbit(self) -> float:
+        """Same node, same database: users and durable objects survive as after a broker
+        restart (the RPC queues, not durable, are declared again by their consumers).
+        Returns when RabbitMQ was back: its listener first seen open (polled every 20 ms)."""
         self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
                        env=self.rabbit_env)
-        self.wait_rabbit()
+        return self.wait_rabbit(interval=0.02)
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
         return run([f"{RABBIT_BIN}/rabbitmqctl", "-q", *args], ns=self.ns,
