@@ -1,7 +1,9 @@
 """When did an address become reachable, or stop being? A pinger that runs all along and
 keeps the kernel's receive timestamp of every reply (`ping -D`), so a test measures from the
 event that matters (Neutron's answer to an API call, a plug) to the first or last reply,
-instead of polling with fresh processes whose own start-up time would blur the result.
+instead of polling with fresh processes whose own start-up time would blur the result. Its
+output is read as it comes (a pipe left unread fills up after about 1,000 replies and stops
+the ping), so it also serves for long "nothing lost" windows.
 
 Probes go every 20 ms by default: the resolution of every measurement made with it.
 """
@@ -24,6 +26,7 @@ class Pinger:
     def __init__(self, ns: str, dst: str, interval: float = 0.02, wait: float = 1.0):
         self.dst, self.interval = dst, interval
         self.replies: list[float] = []          # wall-clock receive times, in order
+        self.seqs: list[int] = []               # their icmp_seq
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "ping", "-D", "-n", "-i", str(interval),
@@ -39,6 +42,7 @@ class Pinger:
             if m and m.group(2) == self.dst:
                 with self._lock:
                     self.replies.append(float(m.group(1)))
+                    self.seqs.append(int(m.group(3)))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -89,3 +93,16 @@ class Pinger:
             if now - t > timeout + quiet:
                 raise LabError(f"{self.dst} still answers {timeout} s after it should stop")
             time.sleep(self.interval)
+
+    def lost(self) -> int:
+        """Probes lost between the first and the last reply (by icmp_seq: a probe still in
+        flight when the pinger stops is not counted as lost)."""
+        with self._lock:
+            seqs = set(self.seqs)
+        return max(seqs) - min(seqs) + 1 - len(seqs) if seqs else 0
+
+    def gap(self) -> float:
+        """The longest silence between two consecutive replies, in seconds."""
+        with self._lock:
+            times = list(self.replies)
+        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))

@@ -57,13 +57,13 @@ class OvsnatAgent:
 
     def __init__(self, conf) -> None:
         from neutron.agent import rpc as agent_rpc
-        from ovsnat.neutron.agent_rpc import OvsnatPluginApi, PushEndpoint
+        from ovsnat.neutron.agent_rpc import DeviceApi, OvsnatPluginApi, PushEndpoint
         self.conf = conf
         self.host = conf.host
         self.agent_id = f"ovsnat-{self.host}"
         self.context = n_context.get_admin_context_without_session()
         self.state_rpc = agent_rpc.PluginReportStateAPI(topics.REPORTS)
-        self.plugin_rpc = agent_rpc.PluginApi(topics.PLUGIN)
+        self.device_rpc = DeviceApi()
         self.ovsnat_rpc = OvsnatPluginApi()
         self.endpoint = PushEndpoint(self.mark_ports, self.mark_network, self.mark_activated)
         self.wake = threading.Event()
@@ -162,7 +162,8 @@ class OvsnatAgent:
         for i in range(0, len(port_ids), BATCH):
             chunk = port_ids[i:i + BATCH]
             try:
-                answer = self.ovsnat_rpc.get_ports(self.context, self.host, chunk)
+                answer = self.ovsnat_rpc.get_ports(self.context, self.host, chunk,
+                                                   self.health.call_timeout())
             except Exception as e:
                 self.health.rpc_failed("get_ports", e)
                 with self.lock:
@@ -188,6 +189,7 @@ class OvsnatAgent:
             with self.lock:
                 self.full_sync = True
             return False
+        self.health.answered()
         with self.lock:
             self.orphans = set(up_here) - local
         return True
@@ -227,7 +229,7 @@ class OvsnatAgent:
         if not up and not down:
             return True
         try:
-            result = self.plugin_rpc.update_device_list(
+            result = self.device_rpc.update_device_list(
                 self.context, up, down, self.agent_id, self.host)
         except Exception as e:
             self.health.rpc_failed("update_device_list", e)

@@ -24,6 +24,10 @@ from typing import Callable
 LOG = logging.getLogger(__name__)
 
 RETRY = 0.25            # s between retries of failed work (and probes while cut off)
+# A probe's call waits this long for its answer, longer after each probe that timed out (a
+# Neutron that is slow, not away, still gets through); a reply lost in a reconnect must not
+# hold the agent for the full call timeout.
+PROBE_TIMEOUTS = (2.0, 4.0, 8.0)
 
 
 class Health:
@@ -38,28 +42,39 @@ class Health:
         self.neutron_ok = True
         self.beat_since: float | None = None    # monotonic start of the heartbeat in flight
         self.settle_at: float | None = None     # the second sync after an outage
+        self.probes_timed_out = 0
 
     def rpc_failed(self, what: str, error: Exception) -> None:
         """A call that got no answer means Neutron (or RabbitMQ) is away: resync when it
         answers again. A call that got an error answer is a server-side fault: log it and
         retry the work, without a full resync (which would hit the same fault)."""
+        import oslo_messaging
         from ovsnat.neutron.agent_rpc import UNREACHABLE
+        if isinstance(error, oslo_messaging.MessagingTimeout) and not self.neutron_ok:
+            self.probes_timed_out += 1
         if isinstance(error, UNREACHABLE):
             self.failed(f"{what}: {error.__class__.__name__}")
         else:
             LOG.error("%s failed on the server: %s", what, error)
 
+    def call_timeout(self) -> float:
+        from ovsnat.neutron.agent_rpc import CALL_TIMEOUT
+        if self.neutron_ok:
+            return CALL_TIMEOUT
+        return PROBE_TIMEOUTS[min(self.probes_timed_out, len(PROBE_TIMEOUTS) - 1)]
+
     def failed(self, what: str) -> None:
+        """Only the first sign wakes the loop: after that it retries by itself."""
         if self.neutron_ok:
             LOG.warning("Neutron unreachable (%s); keeping every key as it is", what)
-        self.neutron_ok = False
-        self.resync(False)
+            self.neutron_ok = False
+            self.resync(False)
 
     def answered(self) -> None:
         if not self.neutron_ok:
             LOG.info("Neutron reachable again: full sync")
             self.settle_at = time.monotonic() + self.interval
-            self.neutron_ok = True
+            self.neutron_ok, self.probes_timed_out = True, 0
             self.resync(True)
 
     def settle_due(self) -> bool:
