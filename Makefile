@@ -4,13 +4,19 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-down test unit golden clean bench test-openstack test-openstack-mariadb
+.PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
+	test-openstack-mariadb
 
 install:
 	bash scripts/install.sh
 
 lab: install
 	$(VENV)/bin/ovsnat lab demo
+
+# The OpenStack lab (RabbitMQ, a real Neutron driving ovsnat, two hypervisors) and its
+# narrated demo; LAB_ARGS=--db mariadb for Neutron's real migrations.
+lab-openstack: install
+	$(VENV)/bin/ovsnat lab demo --openstack $(LAB_ARGS)
 
 lab-down:
 	$(VENV)/bin/ovsnat lab down --all
