@@ -28,13 +28,12 @@ test: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Only the OpenStack lab tests (real Neutron, RabbitMQ, os-vif; SQLite), or on MariaDB with
-# Neutron's real migrations (installs mariadb-server on first use).
+# Only the OpenStack lab tests (real Neutron, RabbitMQ, os-vif; SQLite, and the demo on
+# MariaDB), or all of them on MariaDB with Neutron's real migrations.
 test-openstack: install
 	$(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
 
-test-openstack-mariadb:
-	OVSNAT_MARIADB=1 bash scripts/install.sh
+test-openstack-mariadb: install
 	OVSNAT_OPENSTACK_DB=mariadb $(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
 
 unit: install

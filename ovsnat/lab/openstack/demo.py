@@ -7,6 +7,7 @@ The lab stays up afterwards."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from ovsnat.lab import dhcpclient
@@ -33,8 +34,15 @@ def wait_active(cl: CloudLab, inst: nova.Instance) -> None:
 
 def the_cloud(cl: CloudLab) -> None:
     step("1. The cloud")
-    say(f"RabbitMQ and a real Neutron 29 ({cl.services.db}; API under uWSGI, rpc-server) with "
-        "ovsnat's ML2 driver, in their own namespace.")
+    say("RabbitMQ and a real Neutron 29 (API under uWSGI, rpc-server) with ovsnat's ML2 "
+        "driver, in their own namespace.")
+    if cl.services.db == "mariadb":
+        heads = ", ".join(re.findall(r"^(\w+) \(head\)", cl.services.schema, re.M))
+        say(f"  database: MariaDB, schema by Neutron's migrations (neutron-db-manage upgrade "
+            f"heads), now at the heads {heads}")
+    else:
+        say("  database: SQLite, schema from Neutron's models (SQLite cannot run the "
+            "migrations; `--db mariadb` runs them)")
     say("Two hypervisors, each its own Open vSwitch, ovsnat's controller and "
         "ovsnat-neutron-agent.")
     for agent in sorted(cl.conn.network.agents(), key=lambda a: a.host):

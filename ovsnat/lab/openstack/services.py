@@ -52,6 +52,7 @@ class OpenStack:
     rabbit_env: dict = field(default_factory=dict)
     agents: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    schema: str = ""        # MariaDB: `neutron-db-manage current` after the migrations
 
     @property
     def neutron_env(self) -> dict[str, str]:
@@ -130,6 +131,9 @@ class OpenStack:
                                   stdout=f, stderr=subprocess.STDOUT, timeout=600)
         if proc.returncode:
             raise LabError(f"neutron-db-manage upgrade heads failed; see {log}")
+        self.schema = run([cfg.venv_bin("neutron-db-manage"), "--config-file",
+                           f"{etc}/neutron.conf", "--config-file", f"{etc}/ml2_conf.ini",
+                           "current"], timeout=120).stdout
 
     def start_neutron(self) -> None:
         self.start_api()
@@ -292,7 +296,8 @@ def require_services(db: str) -> None:
              "epmd (Debian package erlang-base)": shutil.which("epmd") or "/nonexistent",
              "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi")}
     if db == "mariadb":
-        needs["mariadbd (OVSNAT_MARIADB=1 make install)"] = "/usr/sbin/mariadbd"
+        needs["mariadbd (Debian package mariadb-server; `make install` installs it)"] = \
+            "/usr/sbin/mariadbd"
     missing = [what for what, path in needs.items() if not os.path.exists(path)]
     if missing:
         raise LabError("OpenStack lab needs: " + ", ".join(missing) + "; run `make install`")
