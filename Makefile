@@ -4,13 +4,19 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-down test unit golden clean bench test-openstack test-openstack-mariadb
+.PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
+	test-openstack-mariadb
 
 install:
 	bash scripts/install.sh
 
 lab: install
 	$(VENV)/bin/ovsnat lab demo
+
+# The OpenStack lab (RabbitMQ, a real Neutron driving ovsnat, two hypervisors) and its
+# narrated demo; LAB_ARGS=--db mariadb for Neutron's real migrations.
+lab-openstack: install
+	$(VENV)/bin/ovsnat lab demo --openstack $(LAB_ARGS)
 
 lab-down:
 	$(VENV)/bin/ovsnat lab down --all
@@ -22,13 +28,12 @@ test: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Only the OpenStack lab tests (real Neutron, RabbitMQ, os-vif; SQLite), or on MariaDB with
-# Neutron's real migrations (installs mariadb-server on first use).
+# Only the OpenStack lab tests (real Neutron, RabbitMQ, os-vif; SQLite, and the demo on
+# MariaDB), or all of them on MariaDB with Neutron's real migrations.
 test-openstack: install
 	$(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
 
-test-openstack-mariadb:
-	OVSNAT_MARIADB=1 bash scripts/install.sh
+test-openstack-mariadb: install
 	OVSNAT_OPENSTACK_DB=mariadb $(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
 
 unit: install

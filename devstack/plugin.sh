@@ -5,8 +5,12 @@
 #     source plugin.sh unstack                              (unstack.sh)
 #     source plugin.sh clean                                (clean.sh, after unstack.sh)
 # with its own functions loaded (is_service_enabled, run_process, stop_process, iniset, die,
-# git_clone, echo_summary). Settings come from devstack/settings; devstack/README.md says how
-# ovsnat coexists with Neutron.
+# git_clone, echo_summary). Settings come from devstack/settings; devstack/README.md says what
+# each phase does in each mode (OVSNAT_MODE neutron or standalone).
+
+# Neutron mode's parts: the ML2 driver's configuration, the agent, the initial networks.
+# shellcheck source=devstack/lib/ovsnat-neutron
+source "$(dirname "${BASH_SOURCE[0]}")/lib/ovsnat-neutron"
 
 # The controller's command line: ryu-manager from ovsnat's own virtualenv (run_process needs
 # an absolute path), without eventlet's green DNS resolver (16 MB; ovsnat resolves no names).
@@ -24,10 +28,17 @@ function _ovsnat_controller_target {
 # Refuse settings that would make ovsnat fight Neutron (README: "Coexisting with Neutron").
 function _ovsnat_check_settings {
     local b
+    if [[ "$OVSNAT_MODE" != neutron && "$OVSNAT_MODE" != standalone ]]; then
+        die $LINENO "OVSNAT_MODE=$OVSNAT_MODE: neutron or standalone"
+    fi
     if [[ "$OVSNAT_BRIDGE" == "$OVSNAT_PUBLIC_BRIDGE" ]]; then
         die $LINENO "OVSNAT_BRIDGE and OVSNAT_PUBLIC_BRIDGE are both $OVSNAT_BRIDGE"
     fi
-    if is_service_enabled q-agt neutron-agent ovn-controller; then
+    if [[ "$OVSNAT_MODE" == neutron ]]; then
+        if is_service_enabled ovsnat-agent; then
+            _ovsnat_neutron_conflicts
+        fi
+    elif is_service_enabled q-agt neutron-agent ovn-controller; then
         for b in "${OVS_BRIDGE:-br-int}" "${OVS_PHYSICAL_BRIDGE:-}" "${PUBLIC_BRIDGE:-br-ex}"; do
             if [[ "$OVSNAT_BRIDGE" == "$b" ]]; then
                 die $LINENO "OVSNAT_BRIDGE=$OVSNAT_BRIDGE is a Neutron bridge: its agent owns" \
@@ -36,7 +47,7 @@ function _ovsnat_check_settings {
             fi
         done
     fi
-    if [[ -z "$OVSNAT_SNAT_IP" ]]; then
+    if [[ "$OVSNAT_MODE" == standalone && -z "$OVSNAT_SNAT_IP" ]]; then
         die $LINENO "OVSNAT_SNAT_IP is empty: set this host's PAT address in local.conf" \
             "(one per host, inside $OVSNAT_EXTERNAL_CIDR, outside Neutron's allocation pool)."
     fi
@@ -99,6 +110,7 @@ function configure_ovsnat {
     iniset "$OVSNAT_CONF" $s fip_frag_ct_zone "$OVSNAT_FIP_FRAG_CT_ZONE"
     iniset "$OVSNAT_CONF" $s mac_prefix "$OVSNAT_MAC_PREFIX"
     iniset "$OVSNAT_CONF" $s fip_activation "$OVSNAT_FIP_ACTIVATION"
+    iniset "$OVSNAT_CONF" $s fabric_port "$OVSNAT_FABRIC_PORT"
     iniset "$OVSNAT_CONF" $s ovsdb_connection "$OVSNAT_OVSDB_CONNECTION"
 }
 
@@ -107,7 +119,7 @@ function configure_ovsnat {
 # time instead of a controller that exits at every restart.
 function _ovsnat_check_config {
     local error
-    error=$(OVSNAT_FIP_RANGE="$OVSNAT_FIP_RANGE" \
+    error=$(OVSNAT_FIP_RANGE="$OVSNAT_FIP_RANGE" OVSNAT_MODE="$OVSNAT_MODE" \
             NEUTRON_POOL="${Q_FLOATING_ALLOCATION_POOL:-}" \
             "$OVSNAT_VENV/bin/python" - "$OVSNAT_CONF" 2>&1 <<'EOF'
 import os, sys
@@ -120,6 +132,8 @@ try:
     values = read_ini(path)
     values["uplink_ofport"] = 0
     cfg = HostConfig.parse(values)
+    if os.environ["OVSNAT_MODE"] == "neutron":    # FIPs and SNAT addresses are Neutron's
+        sys.exit(0)
     first, dash, last = os.environ["OVSNAT_FIP_RANGE"].partition("-")
     if not dash:
         raise ConfigError(f"OVSNAT_FIP_RANGE: {os.environ['OVSNAT_FIP_RANGE']!r} is not FIRST-LAST")
@@ -173,6 +187,11 @@ function _ovsnat_create_bridge {
         ip link show "$OVSNAT_UPLINK_PORT" >/dev/null 2>&1 ||
             die $LINENO "OVSNAT_UPLINK_PORT=$OVSNAT_UPLINK_PORT is not a network interface"
         sudo ovs-vsctl --may-exist add-port "$OVSNAT_BRIDGE" "$OVSNAT_UPLINK_PORT"
+    fi
+    if [[ -n "$OVSNAT_FABRIC_PORT" ]]; then
+        ip link show "$OVSNAT_FABRIC_PORT" >/dev/null 2>&1 ||
+            die $LINENO "OVSNAT_FABRIC_PORT=$OVSNAT_FABRIC_PORT is not a network interface"
+        sudo ovs-vsctl --may-exist add-port "$OVSNAT_BRIDGE" "$OVSNAT_FABRIC_PORT"
     fi
 }
 
@@ -233,21 +252,55 @@ function cleanup_ovsnat {
 }
 
 # --- dispatch -------------------------------------------------------------------------------
-if is_service_enabled ovsnat; then
-    if [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
+# ovsnat: the controller (both modes); ovsnat-agent and ovsnat-ml2: Neutron mode's parts
+# (devstack/lib/ovsnat-neutron). The agent starts after the controller, which marks the ports
+# whose flows are in (the agent reports those up to Neutron).
+if [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
+    if is_service_enabled ovsnat; then
         echo_summary "Installing ovsnat"
         install_ovsnat
-    elif [[ "${1:-}" == "stack" && "${2:-}" == "post-config" ]]; then
+    fi
+    if is_service_enabled ovsnat-agent ovsnat-ml2; then
+        echo_summary "Installing ovsnat into Neutron's environment"
+        install_ovsnat_neutron
+    fi
+elif [[ "${1:-}" == "stack" && "${2:-}" == "post-config" ]]; then
+    if is_service_enabled ovsnat; then
         echo_summary "Configuring ovsnat"
         configure_ovsnat
-    elif [[ "${1:-}" == "stack" && "${2:-}" == "extra" ]]; then
+    fi
+    if is_service_enabled ovsnat-ml2; then
+        echo_summary "Configuring ML2 for ovsnat"
+        configure_ovsnat_ml2
+    fi
+    if is_service_enabled ovsnat-agent; then
+        configure_ovsnat_agent
+    fi
+elif [[ "${1:-}" == "stack" && "${2:-}" == "extra" ]]; then
+    if is_service_enabled ovsnat; then
         echo_summary "Starting ovsnat"
         start_ovsnat
     fi
-    if [[ "${1:-}" == "unstack" ]]; then
+    if is_service_enabled ovsnat-agent; then
+        echo_summary "Starting ovsnat-neutron-agent"
+        start_ovsnat_agent
+    fi
+    if is_service_enabled ovsnat-ml2 && [[ "$OVSNAT_CREATE_NETWORKS" == True ]]; then
+        echo_summary "Creating the networks ovsnat serves"
+        create_ovsnat_networks
+    fi
+elif [[ "${1:-}" == "unstack" ]]; then
+    if is_service_enabled ovsnat-agent; then
+        stop_process ovsnat-agent
+    fi
+    if is_service_enabled ovsnat; then
         stop_ovsnat
     fi
-    if [[ "${1:-}" == "clean" ]]; then
+elif [[ "${1:-}" == "clean" ]]; then
+    if is_service_enabled ovsnat; then
         cleanup_ovsnat
+    fi
+    if is_service_enabled ovsnat-agent; then
+        cleanup_ovsnat_neutron
     fi
 fi

@@ -2,9 +2,11 @@
 # The OpenStack half of ovsnat's install path (scripts/install.sh calls it): what the OpenStack
 # lab and its tests need beside ovsnat's own virtualenv.
 #
-#   - Debian's rabbitmq-server (and mariadb-server when OVSNAT_MARIADB=1), installed WITHOUT
+#   - Debian's rabbitmq-server and mariadb-server (OVSNAT_MARIADB=0 skips MariaDB: the suite's
+#     MariaDB run, tests/test_openstack_demo.py, then fails saying so), installed WITHOUT
 #     starting anything: Debian's postinst would start a broker and epmd listening on every
-#     address of the root namespace. The lab starts its own broker inside a lab namespace.
+#     address of the root namespace. The lab starts its own broker (and a private MariaDB
+#     with no network listener) inside a lab namespace.
 #   - Neutron's own virtualenv ($VENV_NEUTRON, default .venv-neutron): neutron 29.0.0 needs
 #     eventlet 0.41, ryu 4.34 (ovsnat's controller) needs 0.33.3, so they cannot share one.
 #     ovsnat goes in editable as ovsnat[neutron], so Neutron finds ovsnat's entry points (the
@@ -41,7 +43,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
     say "installing rabbitmq-server (not started: the lab runs its own broker in a namespace)"
     apt_install_no_start rabbitmq-server
 fi
-if [ "${OVSNAT_MARIADB:-0}" = 1 ] && ! command -v mariadbd >/dev/null 2>&1; then
+if [ "${OVSNAT_MARIADB:-1}" = 1 ] && ! command -v mariadbd >/dev/null 2>&1; then
     say "installing mariadb-server (not started: the lab runs its own server in a namespace)"
     apt_install_no_start mariadb-server
 fi

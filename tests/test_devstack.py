@@ -1,12 +1,7 @@
-"""The devstack plugin (devstack/settings, devstack/plugin.sh), without devstack.
-
-devstack cannot run on this build machine, so these tests source plugin.sh the way stack.sh,
-unstack.sh and clean.sh do, in bash, over stub devstack functions that record their calls
-(run_process, stop_process, pip_install, git_clone, die...) or really do the work (iniset
-writes INI files; sudo runs its command, which is a stub or a harmless real one in a temp
-dir). Open vSwitch commands are stubs that record their arguments and answer the few queries
-the plugin makes; ovsnat's virtualenv is a stub whose pip records, and whose python is the
-real interpreter for everything else, so the config check runs ovsnat's own validation.
+"""The devstack plugin in standalone mode (OVSNAT_MODE=standalone: ovsnat beside Neutron's OVS
+agent on a bridge of its own), without devstack: the harness (tests/devstack_harness.py)
+sources settings and plugin.sh as stack.sh, unstack.sh and clean.sh do, over stub devstack
+functions. Neutron mode (ovsnat as Neutron's backend): tests/test_devstack_neutron.py.
 """
 
 from __future__ import annotations
@@ -16,201 +11,35 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from ovsnat.model import HostConfig
 from ovsnat.options import BY_NAME, read_ini
+from tests.devstack_harness import DEVSTACK, REPO, SNAT_IP, Devstack, devstack, index, named, \
+    q
 
-REPO = Path(__file__).resolve().parents[1]
-DEVSTACK = REPO / "devstack"
-SNAT_IP = "172.24.4.250"
-
-# Stub devstack functions and commands. record() writes one tab-separated line per call.
-STUBS = r'''
-record() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STUB_LOG"; }
-is_service_enabled() {
-    local s
-    for s in "$@"; do [[ ",$ENABLED_SERVICES," == *",$s,"* ]] && return 0; done
-    return 1
-}
-enable_service() { local s; for s in "$@"; do ENABLED_SERVICES="$ENABLED_SERVICES,$s"; done; }
-disable_service() {
-    local s
-    for s in "$@"; do ENABLED_SERVICES=",$ENABLED_SERVICES,"; ENABLED_SERVICES=${ENABLED_SERVICES//,$s,/,}; done
-}
-run_process() { record run_process "$@"; }
-stop_process() { record stop_process "$@"; }
-pip_install() { record pip_install "$@"; }
-git_clone() { record git_clone "$@"; }
-enable_plugin() { :; }
-echo_summary() { record echo_summary "$@"; }
-die() { local line=$1; shift; echo "die[$line]: $*" >&2; exit 1; }
-iniset() {
-    [[ "$1" == "-sudo" ]] && shift
-    record iniset "$@"
-    "$STUB_PYTHON" "$STUB_DIR/iniset.py" "$@"
-}
-sudo() { record sudo "$@"; "$@"; }
-ovs-vsctl() {
-    record ovs-vsctl "$@"
-    if [[ -n "${OVS_RUNDIR:-}" ]]; then command ovs-vsctl --timeout=20 "$@"; return; fi
-    case "$1" in
-        br-exists) [[ -e "$STUB_STATE/bridge-$2" ]] ;;
-        get-controller) cat "$STUB_STATE/controller-$2" 2>/dev/null || true ;;
-        set-controller) echo "$3" >"$STUB_STATE/controller-$2" ;;
-    esac
-}
-ovs-appctl() { record ovs-appctl "$@"; }
-ip() { record ip "$@"; [[ "$1 $2" == "link show" && -e "$STUB_STATE/nic-$3" ]]; }
-python3() {
-    record python3 "$@"
-    if [[ "$1 $2" == "-m venv" ]]; then make_stub_venv "$3"; else "$STUB_PYTHON" "$@"; fi
-}
-make_stub_venv() {
-    mkdir -p "$1/bin"
-    cat >"$1/bin/python" <<EOF
-#!/bin/bash
-if [[ "\$1" == -m && ( "\$2" == pip || "\$2" == ovsnat.ryu_compat ) ]]; then
-    (IFS=\$'\t'; printf '%s\n' "venv-python	\$*" >>"\$STUB_LOG")
-    exit 0
-fi
-exec "$STUB_PYTHON" "\$@"
-EOF
-    printf '#!/bin/bash\n(IFS=$'"'"'\\t'"'"'; printf "%%s\\n" "ryu-manager\t$*" >>"$STUB_LOG")\n' \
-        >"$1/bin/ryu-manager"
-    chmod +x "$1/bin/python" "$1/bin/ryu-manager"
-}
-'''
-
-# devstack's iniset: set one option, creating the file and the section when missing.
-INISET = r'''
-import configparser, os, sys
-path, section, option, value = sys.argv[1:5]
-parser = configparser.ConfigParser(interpolation=None)
-parser.optionxform = str
-if os.path.exists(path):
-    parser.read(path)
-if not parser.has_section(section):
-    parser.add_section(section)
-parser.set(section, option, value)
-with open(path, "w") as f:
-    parser.write(f)
-'''
-
-
-class Devstack:
-    """One node's devstack, as far as the plugin can tell: a DEST, a config dir, stub OVS."""
-
-    def __init__(self, root: Path, ovs_rundir: str | None = None):
-        """ovs_rundir: run the real ovs-vsctl against the OVS whose sockets live there (a
-        lab host) instead of the stub."""
-        self.root = root
-        self.ovs_rundir = ovs_rundir
-        self.stub_dir = root / "stubs"
-        self.state = root / "state"
-        self.log = root / "calls.log"
-        for d in (self.stub_dir, self.state, root / "opt-stack"):
-            d.mkdir(parents=True, exist_ok=True)
-        (self.stub_dir / "stubs.sh").write_text(STUBS)
-        (self.stub_dir / "iniset.py").write_text(INISET)
-        self.env = {
-            "DEST": str(root / "opt-stack"),
-            "STACK_USER": subprocess.run(["id", "-un"], capture_output=True,
-                                         text=True).stdout.strip(),
-            "ENABLED_SERVICES": "key,n-cpu,q-svc,q-agt,q-dhcp,q-l3,q-meta",
-            "OVSNAT_DIR": str(REPO),
-            "OVSNAT_CONF_DIR": str(root / "etc-ovsnat"),
-            "OVSNAT_SNAT_IP": SNAT_IP,
-            "Q_FLOATING_ALLOCATION_POOL": "start=172.24.4.2,end=172.24.4.199",
-        }
-        self.bridge("br-ex")
-
-    @property
-    def conf(self) -> Path:
-        return Path(self.env["OVSNAT_CONF_DIR"]) / "ovsnat.conf"
-
-    @property
-    def venv(self) -> str:
-        return f"{self.env['DEST']}/ovsnat-venv"
-
-    def bridge(self, name: str, controller: str | None = None) -> None:
-        (self.state / f"bridge-{name}").touch()
-        if controller:
-            (self.state / f"controller-{name}").write_text(controller + "\n")
-
-    def run(self, *args: str, localrc: str = "", after_settings: str = "",
-            **env: str) -> subprocess.CompletedProcess:
-        """Source settings then plugin.sh with args, as devstack does; return the process.
-        env and localrc: local.conf's variables (localrc: a [[local|localrc]] block's text);
-        after_settings: bash run between settings and plugin.sh."""
-        self.log.write_text("")
-        assignments = "".join(f"{k}={_q(v)}\n" for k, v in {**self.env, **env}.items())
-        script = textwrap.dedent(f"""\
-            set -o errexit -o nounset -o pipefail
-            source {_q(str(self.stub_dir / 'stubs.sh'))}
-            {assignments}
-            {localrc}
-            source {_q(str(DEVSTACK / 'settings'))}
-            {after_settings}
-            source {_q(str(DEVSTACK / 'plugin.sh'))} "$@"
-            """)
-        proc_env = dict(os.environ, STUB_LOG=str(self.log), STUB_STATE=str(self.state),
-                        STUB_DIR=str(self.stub_dir), STUB_PYTHON=sys.executable)
-        proc_env.pop("OVS_RUNDIR", None)
-        if self.ovs_rundir:
-            proc_env.update(OVS_RUNDIR=self.ovs_rundir, OVS_LOGDIR=self.ovs_rundir,
-                            OVS_DBDIR=self.ovs_rundir)
-        return subprocess.run(["bash", "-c", script, "plugin.sh", *args], env=proc_env,
-                              capture_output=True, text=True, timeout=60)
-
-    def ok(self, *args: str, **env: str) -> list[list[str]]:
-        proc = self.run(*args, **env)
-        assert proc.returncode == 0, proc.stderr
-        return self.calls()
-
-    def calls(self) -> list[list[str]]:
-        return [line.split("\t") for line in self.log.read_text().splitlines()]
-
-    def stack(self) -> None:
-        """install + post-config, as stack.sh runs them before extra."""
-        self.ok("stack", "install")
-        self.ok("stack", "post-config")
-
-
-def _q(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _named(calls, name):
-    return [c[1:] for c in calls if c[0] == name]
-
-
-def _index(calls, pred) -> int:
-    return next(i for i, c in enumerate(calls) if pred(c))
-
-
-@pytest.fixture
-def devstack(tmp_path) -> Devstack:
-    return Devstack(tmp_path)
+__all__ = ["devstack"]          # the fixture, used by name
 
 
 # --- static checks ----------------------------------------------------------------------------
 def test_every_devstack_script_passes_shellcheck():
     scripts = [DEVSTACK / "plugin.sh", DEVSTACK / "settings",
+               *map(Path, glob.glob(str(DEVSTACK / "lib" / "*"))),
                *map(Path, glob.glob(str(DEVSTACK / "**" / "*.sh"), recursive=True))]
     assert shutil.which("shellcheck"), "shellcheck missing: scripts/install.sh installs it"
     proc = subprocess.run(["shellcheck", "--shell=bash", "--severity=style",
-                           *sorted(set(map(str, scripts)))], capture_output=True, text=True)
+                           *sorted(set(map(str, scripts)))], capture_output=True, text=True,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_settings_keep_values_from_local_conf_and_ct_zone_stays_outside_neutrons():
     out = subprocess.run(
         ["bash", "-c", "enable_service() { :; }; DEST=/opt/stack; OVSNAT_SNAT_PORT_MIN=30000; "
-         f"source {_q(str(DEVSTACK / 'settings'))}; "
+         "OVSNAT_MODE=standalone; "
+         f"source {q(str(DEVSTACK / 'settings'))}; "
          'echo "$OVSNAT_BRIDGE|$OVSNAT_CT_ZONE|$OVSNAT_FIP_FRAG_CT_ZONE|$OVSNAT_CONF|'
          '$OVSNAT_SNAT_PORT_MIN|$OVSNAT_SNAT_PORT_MAX|$OVSNAT_DIR|$OVSNAT_EXTERNAL_CIDR|'
          '$OVSNAT_EXTERNAL_GATEWAY_IP|$OVSNAT_SNAT_IP|$OVSNAT_PUBLIC_BRIDGE"'],
@@ -220,64 +49,34 @@ def test_settings_keep_values_from_local_conf_and_ct_zone_stays_outside_neutrons
     assert not 1 <= int(out[1]) <= 4094
 
 
-def localrc(sample: str) -> str:
-    """The [[local|localrc]] block of a local.conf sample, as bash."""
-    lines, inside = [], False
-    for line in (DEVSTACK / sample).read_text().splitlines():
-        if line.startswith("[["):
-            inside = line.strip() == "[[local|localrc]]"
-        elif inside:
-            lines.append(line)
-    return "\n".join(lines)
-
-
-@pytest.mark.parametrize("sample, snat_ip", [("local.conf.sample", "172.24.4.250"),
-                                             ("local.conf.compute.sample", "172.24.4.251")])
-def test_the_local_conf_samples_give_a_config_that_passes_every_check(devstack, sample, snat_ip):
-    block = localrc(sample)
-    assert "enable_plugin ovsnat" in block
-    (devstack.state / "nic-eth1").touch()
-    for var in ("OVSNAT_SNAT_IP", "Q_FLOATING_ALLOCATION_POOL", "ENABLED_SERVICES"):
-        devstack.env.pop(var)
-    devstack.env["ENABLED_SERVICES"] = "n-cpu"
-    devstack.ok("stack", "install", localrc=block)
-    devstack.ok("stack", "post-config", localrc=block)
-    cfg = HostConfig.parse({**read_ini(str(devstack.conf)), "uplink_ofport": 1})
-    assert str(cfg.snat_ip) == snat_ip and cfg.ct_zone == 65000
-    calls = devstack.ok("stack", "extra", localrc=block)      # FIP range and pool checks
-    assert _named(calls, "run_process")
-    uplink = "ovsnat-ex" if sample == "local.conf.sample" else "eth1"
-    assert [c for c in _named(calls, "ovs-vsctl") if "add-port" in c and uplink in c]
-
-
 # --- stack install ----------------------------------------------------------------------------
 def test_install_builds_ovsnats_own_venv_with_the_pinned_framework(devstack):
     calls = devstack.ok("stack", "install")
     venv_py = f"{devstack.venv}/bin/python"
-    assert ["-m", "venv", devstack.venv] in _named(calls, "python3")
-    pips = [c for c in _named(calls, "venv-python") if c[:3] == ["-m", "pip", "install"]]
+    assert ["-m", "venv", devstack.venv] in named(calls, "python3")
+    pips = [c for c in named(calls, "venv-python") if c[:3] == ["-m", "pip", "install"]]
     assert len(pips) == 2, calls
     assert "setuptools<68" in pips[0] and "wheel" in pips[0] and "pbr" in pips[0]
     main = pips[1]
     assert "--no-build-isolation" in main
     assert main[main.index("-c") + 1] == f"{REPO}/constraints.txt"
     assert main[main.index("-e") + 1] == f"{REPO}[ryu]"
-    shim = _index(calls, lambda c: c[0] == "venv-python" and "ovsnat.ryu_compat" in c)
+    shim = index(calls, lambda c: c[0] == "venv-python" and "ovsnat.ryu_compat" in c)
     assert calls[shim][1:] == ["-m", "ovsnat.ryu_compat", "--install"]
-    assert _index(calls, lambda c: c[1:] == pips[1]) < shim     # shim after ryu is there
-    assert ["--version"] in _named(calls, "ryu-manager")
-    assert not _named(calls, "pip_install")          # never into devstack's shared venv
-    assert not _named(calls, "git_clone")            # enable_plugin already cloned it
+    assert index(calls, lambda c: c[1:] == pips[1]) < shim     # shim after ryu is there
+    assert ["--version"] in named(calls, "ryu-manager")
+    assert not named(calls, "pip_install")          # never into devstack's shared venv
+    assert not named(calls, "git_clone")            # enable_plugin already cloned it
     assert os.access(venv_py, os.X_OK)
 
     again = devstack.ok("stack", "install")           # idempotent: the venv is reused
-    assert not _named(again, "python3")
+    assert not named(again, "python3")
 
 
 def test_install_clones_the_repo_when_devstack_did_not(devstack):
     calls = devstack.ok("stack", "install", OVSNAT_DIR=f"{devstack.env['DEST']}/ovsnat",
                         OVSNAT_REPO="file:///srv/ovsnat.git", OVSNAT_BRANCH="stable")
-    assert _named(calls, "git_clone") == [["file:///srv/ovsnat.git",
+    assert named(calls, "git_clone") == [["file:///srv/ovsnat.git",
                                            f"{devstack.env['DEST']}/ovsnat", "stable"]]
 
 
@@ -285,9 +84,9 @@ def test_install_clones_the_repo_when_devstack_did_not(devstack):
 def test_post_config_writes_a_config_ovsnat_itself_accepts(devstack):
     devstack.ok("stack", "install")
     calls = devstack.ok("stack", "post-config")
-    assert {c[1] for c in _named(calls, "iniset")} == {"ovsnat"}
+    assert {c[1] for c in named(calls, "iniset")} == {"ovsnat"}
     values = read_ini(str(devstack.conf))                 # unknown keys would raise here
-    written = {c[2] for c in _named(calls, "iniset")}
+    written = {c[2] for c in named(calls, "iniset")}
     assert written <= set(BY_NAME)
     cfg = HostConfig.parse({**values, "uplink_ofport": 1})
     assert cfg.bridge == "br-ovsnat" and cfg.uplink_port == "ovsnat-ex"
@@ -333,7 +132,7 @@ def test_br_int_is_allowed_where_no_neutron_agent_runs(devstack):
 def test_extra_creates_the_bridge_starts_the_controller_then_points_the_bridge_at_it(devstack):
     devstack.stack()
     calls = devstack.ok("stack", "extra")
-    vsctl = _named(calls, "ovs-vsctl")
+    vsctl = named(calls, "ovs-vsctl")
     add_br = next(c for c in vsctl if "add-br" in c)
     assert add_br[add_br.index("add-br") + 1] == "br-ovsnat" and "--may-exist" in add_br
     assert "fail_mode=secure" in add_br and "protocols=OpenFlow13" in add_br
@@ -343,7 +142,7 @@ def test_extra_creates_the_bridge_starts_the_controller_then_points_the_bridge_a
     assert "options:peer=ex-ovsnat" in patch and "options:peer=ovsnat-ex" in patch
     assert "br-ex" in patch                                 # the peer lives on br-ex
 
-    (name, cmd, group, user), = _named(calls, "run_process")
+    (name, cmd, group, user), = named(calls, "run_process")
     assert name == "ovsnat" and user == "root"
     argv = cmd.split()
     assert argv[:2] == ["/usr/bin/env", "EVENTLET_NO_GREENDNS=yes"]   # absolute, as systemd needs
@@ -352,22 +151,22 @@ def test_extra_creates_the_bridge_starts_the_controller_then_points_the_bridge_a
     assert argv[-1] == "ovsnat.app"
     assert argv[argv.index("--ofp-tcp-listen-port") + 1] == "6654"   # not Neutron's 6633
 
-    start = _index(calls, lambda c: c[0] == "run_process")
-    setc = _index(calls, lambda c: c[:2] == ["ovs-vsctl", "set-controller"])
+    start = index(calls, lambda c: c[0] == "run_process")
+    setc = index(calls, lambda c: c[:2] == ["ovs-vsctl", "set-controller"])
     assert start < setc, "the controller must run before the bridge is pointed at it"
     assert calls[setc][2:] == ["br-ovsnat", "tcp:127.0.0.1:6654"]
     tune = next(c for c in vsctl if "max_backoff=1000" in c)
     assert "fail_mode=secure" in tune and "Controller" in tune
-    assert _index(calls, lambda c: c[1:] == tune) > setc
+    assert index(calls, lambda c: c[1:] == tune) > setc
 
 
 def test_extra_again_leaves_an_existing_controller_row_alone(devstack):
     devstack.stack()
     devstack.ok("stack", "extra")
     calls = devstack.ok("stack", "extra")                   # second stack.sh
-    assert not [c for c in _named(calls, "ovs-vsctl") if c[0] in ("set-controller",
+    assert not [c for c in named(calls, "ovs-vsctl") if c[0] in ("set-controller",
                                                                    "del-controller")]
-    assert len(_named(calls, "run_process")) == 1
+    assert len(named(calls, "run_process")) == 1
 
 
 def test_extra_refuses_a_bridge_with_someone_elses_controller(devstack):
@@ -383,12 +182,12 @@ def test_extra_refuses_a_missing_public_bridge_and_accepts_a_nic_uplink(devstack
     (devstack.state / "bridge-br-ex").unlink()
     proc = devstack.run("stack", "extra")
     assert proc.returncode != 0 and "does not exist" in proc.stderr, proc.stderr
-    assert not _named(devstack.calls(), "run_process")
+    assert not named(devstack.calls(), "run_process")
 
     (devstack.state / "nic-eth1").touch()
     calls = devstack.ok("stack", "extra", OVSNAT_PUBLIC_BRIDGE="", OVSNAT_UPLINK_PORT="eth1")
-    assert [c for c in _named(calls, "ovs-vsctl") if c[-2:] == ["br-ovsnat", "eth1"]]
-    assert not [c for c in _named(calls, "ovs-vsctl") if "type=patch" in c]
+    assert [c for c in named(calls, "ovs-vsctl") if c[-2:] == ["br-ovsnat", "eth1"]]
+    assert not [c for c in named(calls, "ovs-vsctl") if "type=patch" in c]
 
 
 @pytest.mark.parametrize("env, says", [
@@ -402,7 +201,7 @@ def test_extra_refuses_fips_neutron_could_also_nat(devstack, env, says):
     devstack.stack()
     proc = devstack.run("stack", "extra", **env)
     assert proc.returncode != 0 and says in proc.stderr, proc.stderr
-    assert not _named(devstack.calls(), "run_process")
+    assert not named(devstack.calls(), "run_process")
 
 
 def test_extra_refuses_a_config_ovsnat_would_reject(devstack):
@@ -411,14 +210,14 @@ def test_extra_refuses_a_config_ovsnat_would_reject(devstack):
         f.write("snat_port_min = 30000\nsnat_port_max = 20000\n")
     proc = devstack.run("stack", "extra")
     assert proc.returncode != 0 and "snat_port_min" in proc.stderr, proc.stderr
-    assert not _named(devstack.calls(), "run_process")
+    assert not named(devstack.calls(), "run_process")
 
 
 # --- unstack and clean ------------------------------------------------------------------------
 def test_unstack_stops_the_process_and_keeps_the_bridge_and_its_controller(devstack):
     calls = devstack.ok("unstack")
-    assert _named(calls, "stop_process") == [["ovsnat"]]
-    assert not [c for c in _named(calls, "ovs-vsctl")
+    assert named(calls, "stop_process") == [["ovsnat"]]
+    assert not [c for c in named(calls, "ovs-vsctl")
                 if {"del-controller", "del-br", "del-port"} & set(c)]
 
 
@@ -426,10 +225,10 @@ def test_clean_removes_the_bridge_the_patch_peer_and_the_config(devstack):
     devstack.stack()
     assert devstack.conf.exists()
     calls = devstack.ok("clean")
-    vsctl = _named(calls, "ovs-vsctl")
+    vsctl = named(calls, "ovs-vsctl")
     assert ["--if-exists", "del-br", "br-ovsnat"] in vsctl
     assert ["--if-exists", "del-port", "br-ex", "ex-ovsnat"] in vsctl
-    assert ["dpctl/flush-conntrack", "zone=65000"] in _named(calls, "ovs-appctl")
+    assert ["dpctl/flush-conntrack", "zone=65000"] in named(calls, "ovs-appctl")
     assert not devstack.conf.exists() and not os.path.exists(devstack.venv)
 
 
@@ -470,7 +269,7 @@ def test_stack_unstack_clean_on_a_real_ovs_host(make_lab, tmp_path):
                   OVSNAT_OVSDB_CONNECTION=f"unix:{host.ovs.db_sock}")
     ds.ok("stack", "post-config")
     calls = ds.ok("stack", "extra")
-    (_, cmd, _, user), = _named(calls, "run_process")
+    (_, cmd, _, user), = named(calls, "run_process")
     lab.spawn("ctl-hv1", shlex.split(cmd), ns=host.ns)      # what systemd would start
     assert host.vsctl("get-controller", "br-ovsnat").strip() == "tcp:127.0.0.1:6654"
     assert host.vsctl("get", "Bridge", "br-ovsnat", "fail_mode").strip() == "secure"
@@ -505,7 +304,7 @@ def test_stack_unstack_clean_on_a_real_ovs_host(make_lab, tmp_path):
     assert eventually(lambda: seen_as() == "203.0.113.10"), log()   # the VM talks first
     assert eventually(fip_answers), log()
 
-    assert _named(ds.ok("unstack"), "stop_process") == [["ovsnat"]]
+    assert named(ds.ok("unstack"), "stop_process") == [["ovsnat"]]
     lab.stop_proc("ctl-hv1")                                  # what stop_process does
     assert host.vsctl("get-controller", "br-ovsnat").strip() == "tcp:127.0.0.1:6654"
     assert fip_answers() and seen_as() == "203.0.113.10"      # flows outlive the controller

@@ -13,14 +13,18 @@ import sys
 
 import pytest
 
-UNITS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "etc", "systemd",
-                                      "*.service")))
-PREFIX = "/opt/ovsnat"                 # where the samples expect the virtualenv
+REPO = os.path.join(os.path.dirname(__file__), "..")
+UNITS = sorted(glob.glob(os.path.join(REPO, "etc", "systemd", "*.service")))
+CONTROLLERS = [u for u in UNITS if "neutron" not in os.path.basename(u)]
+PREFIX = "/opt/ovsnat"                 # where the samples expect ovsnat's virtualenv
+NEUTRON_PREFIX = "/opt/neutron"        # and Neutron's (ovsnat-neutron-agent)
 
 
 def localized(path: str, tmp_path, conf: str | None = None) -> str:
-    """The unit with this test's virtualenv (and config) in place of the documented ones."""
-    text = open(path).read().replace(PREFIX, sys.prefix)
+    """The unit with this test's virtualenvs (and config) in place of the documented ones."""
+    neutron_venv = os.environ.get("VENV_NEUTRON", os.path.join(REPO, ".venv-neutron"))
+    text = open(path).read().replace(PREFIX, sys.prefix).replace(
+        NEUTRON_PREFIX, os.path.abspath(neutron_venv))
     if conf:
         text = text.replace("/etc/ovsnat/ovsnat.conf", conf)
     out = tmp_path / os.path.basename(path)
@@ -35,8 +39,9 @@ def unit(path: str) -> configparser.ConfigParser:
     return parser
 
 
-def test_there_are_units_for_both_frameworks():
-    assert {os.path.basename(u) for u in UNITS} >= {"ovsnat.service", "ovsnat-osken.service"}
+def test_there_are_units_for_both_frameworks_and_the_neutron_agent():
+    assert {os.path.basename(u) for u in UNITS} >= {
+        "ovsnat.service", "ovsnat-osken.service", "ovsnat-neutron-agent.service"}
 
 
 @pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
@@ -52,12 +57,15 @@ def test_the_unit_says_what_operators_rely_on(path):
     u = unit(path)
     assert "openvswitch-switch.service" in u["Unit"]["After"].split()
     assert u["Service"]["Restart"] == "on-failure"
-    assert "EVENTLET_NO_GREENDNS=yes" in u["Service"].get("Environment", "")
     assert u["Install"]["WantedBy"] == "multi-user.target"
+    if path in CONTROLLERS:     # eventlet (ryu, os-ken); the Neutron agent runs on threads
+        assert "EVENTLET_NO_GREENDNS=yes" in u["Service"].get("Environment", "")
+    else:                       # the test that runs it: tests/test_openstack.py
+        assert "--config-file /etc/neutron/neutron.conf" in u["Service"]["ExecStart"]
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("path", [u for u in UNITS if "neutron" not in u], ids=os.path.basename)
+@pytest.mark.parametrize("path", CONTROLLERS, ids=os.path.basename)
 def test_the_units_command_line_starts_the_controller(path, make_lab, tmp_path):
     from ovsnat.lab import scenario
     from ovsnat.lab.sh import wait_for

@@ -79,6 +79,16 @@ def describe(lab: Lab) -> str:
     return "\n".join(lines)
 
 
+def openstack(a) -> int:
+    """`ovsnat lab up|demo --openstack`: ovsnat.lab.openstack's entry points."""
+    from ovsnat.lab.openstack import __main__ as os_lab
+    if a.cmd == "demo":
+        os_lab.demo(a.db)
+    else:
+        print(os_lab.describe(os_lab.up(a.hosts, a.db, a.instances)))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ovsnat lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -89,6 +99,16 @@ def main(argv: list[str]) -> int:
     demo = sub.add_parser("demo", help="build the default lab and run the narrated demo")
     demo.add_argument("--keep", action="store_true", default=True,
                       help="leave the lab running afterwards (default)")
+    for cmd in (up, demo):
+        cmd.add_argument("--openstack", action="store_true",
+                         help="the OpenStack lab: RabbitMQ, a real Neutron driving ovsnat "
+                              "(ML2 driver, ovsnat-neutron-agent), instances plugged by "
+                              "os-vif (docs/openstack.md)")
+        cmd.add_argument("--db", choices=("sqlite", "mariadb"), default="sqlite",
+                         help="Neutron's database with --openstack (mariadb: Neutron's "
+                              "real migrations)")
+    up.add_argument("--instances", type=int, default=1,
+                    help="with --openstack: instances per host, booted by DHCP")
     mig = sub.add_parser("migrate", help="live-migrate a VM of a running lab to a host")
     mig.add_argument("vm")
     mig.add_argument("host")
@@ -101,6 +121,8 @@ def main(argv: list[str]) -> int:
     down.add_argument("--all", action="store_true")
     a = p.parse_args(argv)
 
+    if a.cmd in ("up", "demo") and a.openstack:
+        return openstack(a)
     if a.cmd in ("up", "demo"):
         lab = Lab()
         try:

@@ -80,6 +80,12 @@ def lease(lab, vm) -> dict[str, str]:
         return {}
 
 
+def bound_at(lab, vm) -> float:
+    """When the client last wrote its lease (wall clock; the event script writes the file
+    at `bound` and at each renewal)."""
+    return os.path.getmtime(lease_file(lab, vm))
+
+
 def events(lab, vm) -> list[str]:
     """The script's events so far, in order ("bound 10.0.0.5", "renew 10.0.0.5", ...)."""
     try:

@@ -7,10 +7,11 @@ row, reports the port up to Neutron once the controller says its flows are in
 
 Level-triggered: one loop compares what OVSDB shows with what Neutron said last, and only
 writes differences. It asks Neutron (RPC) about a port when the port appears, when a push
-names it, and for every local port at start and whenever Neutron comes back after a failed
-call or heartbeat. Nothing is removed on silence or errors: a port loses its keys only when
-Neutron answers that it does not exist. Idle, the agent sends Neutron nothing but its
-heartbeat.
+names it, and for every local port at start and after any outage (agent_health.py says
+what counts as one). Nothing is removed on silence or errors: a port loses its keys only when
+Neutron answers that it does not exist. After a sync it reports up only the ports Neutron
+does not already have ACTIVE here, and down those it has ACTIVE here without a row (unplugged
+while the agent was away). Idle, the agent sends Neutron nothing but its heartbeat.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import time  # noqa: E402
 from neutron_lib.agent import topics  # noqa: E402
 from neutron_lib import context as n_context  # noqa: E402
 from oslo_config import cfg  # noqa: E402
-import oslo_messaging  # noqa: E402
 
 from ovsnat.neutron import constants as c  # noqa: E402
+from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
 from ovsnat.neutron.keys import INSTALLED, SNAT_IP, KeyDiff, diff_keys  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ OPTS = [
                help="Name or id of the external network for this host's SNAT address; "
                     "empty: the only router:external network."),
 ]
-BATCH = 100             # ports per get_port_keys call
-RETRY = 1.0             # s between retries of failed work
+BATCH = 100             # ports per get_ports call
 SNAT_BACKOFF = (2.0, 60.0)  # s: asking again for a SNAT address while Neutron has none
 
 
@@ -57,29 +57,32 @@ class OvsnatAgent:
 
     def __init__(self, conf) -> None:
         from neutron.agent import rpc as agent_rpc
-        from ovsnat.neutron.agent_rpc import OvsnatPluginApi, PushEndpoint
+        from ovsnat.neutron.agent_rpc import DeviceApi, OvsnatPluginApi, PushEndpoint
         self.conf = conf
         self.host = conf.host
         self.agent_id = f"ovsnat-{self.host}"
         self.context = n_context.get_admin_context_without_session()
         self.state_rpc = agent_rpc.PluginReportStateAPI(topics.REPORTS)
-        self.plugin_rpc = agent_rpc.PluginApi(topics.PLUGIN)
+        self.device_rpc = DeviceApi()
         self.ovsnat_rpc = OvsnatPluginApi()
-        self.endpoint = PushEndpoint(self.mark_ports, self.mark_network)
+        self.endpoint = PushEndpoint(self.mark_ports, self.mark_network, self.mark_activated)
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.dirty: set[str] = set()
+        self.reup: set[str] = set()             # ports to report up again (activated here)
         self.full_sync = True
         self.snat_wanted = True
         self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
         self.reported_up: set[str] = set()
+        self.neutron_up: set[str] = set()       # local ports Neutron has ACTIVE here
+        self.orphans: set[str] = set()          # ACTIVE here in Neutron, with no row here
         self.snat_ip: str | None = None
         self.snat_next = 0.0
         self.snat_backoff = SNAT_BACKOFF[0]
-        self.neutron_ok = True
         self.datapath_type = "system"
         self.devices = 0
         self.stopping = threading.Event()
+        self.health = Health(conf.AGENT.report_interval, self.resync, self.stopping)
         self.ovsdb = None
 
     # --- marks (any thread) --------------------------------------------------------------
@@ -88,35 +91,29 @@ class OvsnatAgent:
             self.dirty.update(port_ids)
         self.wake.set()
 
+    def mark_activated(self, port_id: str, host: str) -> None:
+        """Neutron activated this host's binding of a port (the end of a live migration)
+        and set the port DOWN; a port already reported up here is reported again, as the
+        OVS agent does, so it goes ACTIVE on its new host."""
+        if host != self.host:
+            return
+        with self.lock:
+            self.dirty.add(port_id)
+            self.reup.add(port_id)
+        self.wake.set()
+
     def mark_network(self, network_id: str) -> None:
         with self.lock:
             self.dirty.update(pid for pid, keys in self.desired.items()
                               if keys and keys.get("ovsnat-network") == network_id)
         self.wake.set()
 
-    def _rpc_failed(self, what: str, error: Exception) -> None:
-        """A call that got no answer means Neutron (or RabbitMQ) is away: resync when it
-        answers again. A call that got an error answer is a server-side fault: log it and
-        retry the work, without a full resync (which would hit the same fault)."""
-        if isinstance(error, (oslo_messaging.MessagingTimeout,
-                              oslo_messaging.MessageDeliveryFailure)):
-            self._neutron_failed(f"{what}: {error.__class__.__name__}")
-        else:
-            LOG.error("%s failed on the server: %s", what, error)
-
-    def _neutron_failed(self, what: str) -> None:
-        if self.neutron_ok:
-            LOG.warning("Neutron unreachable (%s); keeping every key as it is", what)
-        self.neutron_ok = False
-
-    def _neutron_answered(self) -> None:
-        """After an outage, ask again about everything: pushes may have been lost."""
-        if not self.neutron_ok:
-            LOG.info("Neutron reachable again: full sync")
-            with self.lock:
-                self.full_sync = self.snat_wanted = True
-            self.wake.set()
-        self.neutron_ok = True
+    def resync(self, recovered: bool) -> None:
+        """A full sync on the next pass (after Neutron came back: the SNAT address too)."""
+        with self.lock:
+            self.full_sync = True
+            self.snat_wanted |= recovered
+        self.wake.set()
 
     # --- heartbeat ------------------------------------------------------------------------
     def agent_state(self, start: bool) -> dict:
@@ -132,21 +129,8 @@ class OvsnatAgent:
             state["start_flag"] = True
         return state
 
-    def heartbeat_loop(self) -> None:
-        start = True
-        interval = self.conf.AGENT.report_interval
-        while not self.stopping.is_set():
-            begun = time.monotonic()
-            try:
-                status = self.state_rpc.report_state(self.context, self.agent_state(start),
-                                                     True)
-                start = False
-                if status == "revived":
-                    self.neutron_ok = False     # the server thought us dead: resync
-                self._neutron_answered()
-            except Exception as e:
-                self._neutron_failed(f"report_state: {e.__class__.__name__}")
-            self.stopping.wait(max(0.0, interval - (time.monotonic() - begun)))
+    def report_state(self, start: bool) -> str | None:
+        return self.state_rpc.report_state(self.context, self.agent_state(start), True)
 
     # --- the loop -------------------------------------------------------------------------
     def run_once(self) -> bool:
@@ -157,14 +141,19 @@ class OvsnatAgent:
         self.datapath_type = snap.datapath_type
         self.devices = len(snap.rows)
         local = set(snap.rows)
+        if self.health.settle_due():
+            self.resync(False)
         with self.lock:
             full, self.full_sync = self.full_sync, False
             dirty, self.dirty = self.dirty, set()
             for gone in set(self.desired) - local:
                 del self.desired[gone]
+                self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
-        ok = self._fetch(sorted(fetch), full)
+        ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
         ok &= self._apply(snap)
+        if not self.health.neutron_ok:   # cut off: the rest would only wait for timeouts
+            return False
         ok &= self._report_devices(snap, full)
         ok &= self._snat(snap)
         return ok
@@ -173,16 +162,36 @@ class OvsnatAgent:
         for i in range(0, len(port_ids), BATCH):
             chunk = port_ids[i:i + BATCH]
             try:
-                answer = self.ovsnat_rpc.get_port_keys(self.context, self.host, chunk)
+                answer = self.ovsnat_rpc.get_ports(self.context, self.host, chunk,
+                                                   self.health.call_timeout())
             except Exception as e:
-                self._rpc_failed("get_port_keys", e)
+                self.health.rpc_failed("get_ports", e)
                 with self.lock:
                     self.dirty.update(port_ids[i:])
                     self.full_sync |= full
                 return False
-            self._neutron_answered()
+            self.health.answered()
             with self.lock:
-                self.desired.update({pid: answer.get(pid) for pid in chunk})
+                for pid in chunk:
+                    port = answer.get(pid)
+                    self.desired[pid] = port["keys"] if port else None
+                    (self.neutron_up.add if port and port["up"] else
+                     self.neutron_up.discard)(pid)
+        return True
+
+    def _fetch_orphans(self, local: set[str]) -> bool:
+        """At a full sync: ports Neutron has ACTIVE on this host whose row is not here (a
+        port unplugged while this agent was down): they are reported down."""
+        try:
+            up_here = self.ovsnat_rpc.get_up_ports(self.context, self.host)
+        except Exception as e:
+            self.health.rpc_failed("get_up_ports", e)
+            with self.lock:
+                self.full_sync = True
+            return False
+        self.health.answered()
+        with self.lock:
+            self.orphans = set(up_here) - local
         return True
 
     def _apply(self, snap) -> bool:
@@ -205,20 +214,27 @@ class OvsnatAgent:
     def _report_devices(self, snap, full: bool) -> bool:
         """update_device_up once the controller marked the port installed (the port goes
         ACTIVE, Nova gets network-vif-plugged); update_device_down when the flows or the
-        row went away. After a (re)sync every installed port is reported again."""
+        row went away. After a (re)sync every installed port that Neutron does not have
+        ACTIVE here is reported again (the others need nothing)."""
         installed = {pid for pid, row in snap.rows.items()
                      if row.external_ids.get(INSTALLED) == "true"}
-        up = sorted(installed if full else installed - self.reported_up)
+        with self.lock:
+            self.reported_up -= self.reup
+            self.reup.clear()
+            if full:        # Neutron's view is the truth: report what differs from it
+                self.reported_up = self.neutron_up | self.orphans
+                self.orphans = set()
+        up = sorted(installed - self.reported_up)
         down = sorted(self.reported_up - installed)
         if not up and not down:
             return True
         try:
-            result = self.plugin_rpc.update_device_list(
+            result = self.device_rpc.update_device_list(
                 self.context, up, down, self.agent_id, self.host)
         except Exception as e:
-            self._rpc_failed("update_device_list", e)
+            self.health.rpc_failed("update_device_list", e)
             return False
-        self._neutron_answered()
+        self.health.answered()
         # devices_up lists ids; devices_down lists {"device": id, "exists": bool}
         self.reported_up |= set(result.get("devices_up", []))
         self.reported_up -= {d["device"] if isinstance(d, dict) else d
@@ -236,11 +252,11 @@ class OvsnatAgent:
                 answer = self.ovsnat_rpc.get_snat_address(
                     self.context, self.host, self.conf.ovsnat.external_network)
             except Exception as e:
-                self._rpc_failed("get_snat_address", e)
+                self.health.rpc_failed("get_snat_address", e)
                 with self.lock:
                     self.snat_wanted = True
                 return False
-            self._neutron_answered()
+            self.health.answered()
             if answer is None:
                 LOG.warning("no SNAT address: Neutron has no usable external network; "
                             "asking again in %.0f s", self.snat_backoff)
@@ -269,14 +285,14 @@ class OvsnatAgent:
             self.wake.wait(self._next_wait(done))
 
     def _next_wait(self, done: bool) -> float | None:
-        """Sleep until woken, except to retry failed work or to ask for a SNAT address
-        again (the only requests an idle agent makes besides its heartbeat, and only
-        while Neutron has no external network for it)."""
+        """Sleep until woken, except to retry failed work, for the second sync after an
+        outage, or to ask for a SNAT address again (the only requests an idle agent makes
+        besides its heartbeat, and only while Neutron has no external network for it)."""
         if not done:
             return RETRY
-        if self.snat_ip is None:
-            return max(0.1, self.snat_next - time.monotonic())
-        return None
+        deadlines = [t for t in (self.snat_next if self.snat_ip is None else None,
+                                 self.health.settle_at) if t is not None]
+        return max(0.1, min(deadlines) - time.monotonic()) if deadlines else None
 
     # --- lifecycle ------------------------------------------------------------------------
     def connect_ovsdb(self) -> None:
@@ -296,7 +312,7 @@ class OvsnatAgent:
         self.connect_ovsdb()
         self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
         start_consumers(self.endpoint)
-        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        self.health.start(self.report_state)
         LOG.info("ovsnat-neutron-agent on host %s, bridge %s, physnets %s", self.host,
                  self.conf.ovsnat.bridge, self.conf.ovsnat.physical_networks)
         self.loop()

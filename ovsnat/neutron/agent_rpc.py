@@ -18,6 +18,14 @@ from neutron.agent import rpc as agent_rpc
 from ovsnat.neutron import constants as c
 
 CALL_TIMEOUT = 10       # s: a dead rpc-server must not stall the loop for the default 60 s
+# Calls fail at once rather than wait for their timeout when nobody could hear them: with the
+# broker down (retry=0: no reconnect loop inside the call; the agent's own loop retries) or
+# with no server consuming the topic yet (mandatory publish: RabbitMQ returns the message,
+# oslo.messaging raises MessageUndeliverable). After a broker restart the servers' queues
+# come back a moment after the broker does; the agent's next try then gets through.
+AT_LEAST_ONCE = oslo_messaging.TransportOptions(at_least_once=True)
+UNREACHABLE = (oslo_messaging.MessagingTimeout, oslo_messaging.MessageDeliveryFailure,
+               oslo_messaging.MessageUndeliverable)
 
 
 class OvsnatPluginApi:
@@ -27,13 +35,50 @@ class OvsnatPluginApi:
         target = oslo_messaging.Target(topic=c.SERVER_TOPIC, version=c.RPC_VERSION)
         self.client = n_rpc.get_client(target)
 
-    def get_port_keys(self, context, host: str, port_ids: list[str]) -> dict:
-        return self.client.prepare(timeout=CALL_TIMEOUT).call(
-            context, "get_port_keys", host=host, port_ids=port_ids)
+    def _prepare(self, version: str = c.RPC_VERSION, timeout: float = CALL_TIMEOUT):
+        return self.client.prepare(timeout=timeout, retry=0, version=version,
+                                   transport_options=AT_LEAST_ONCE)
+
+    def get_ports(self, context, host: str, port_ids: list[str],
+                  timeout: float = CALL_TIMEOUT) -> dict:
+        """port id -> {"keys": ..., "up": bool} or None (the port does not exist)."""
+        return self._prepare("1.1", timeout).call(context, "get_ports", host=host,
+                                                  port_ids=port_ids)
+
+    def get_up_ports(self, context, host: str) -> list[str]:
+        """The ports Neutron has ACTIVE on this host."""
+        return self._prepare("1.1").call(context, "get_up_ports", host=host)
 
     def get_snat_address(self, context, host: str, network: str) -> dict | None:
-        return self.client.prepare(timeout=CALL_TIMEOUT).call(
-            context, "get_snat_address", host=host, network=network)
+        return self._prepare().call(context, "get_snat_address", host=host, network=network)
+
+
+class DeviceApi:
+    """Neutron's update_device_list (topic q-plugin), made as its agents' PluginApi makes it
+    (in steps of 20 devices), but failing fast while nobody can answer instead of retrying
+    inside the call until the broker is back: the agent's loop must stay free to resync."""
+
+    STEP = 20
+    TIMEOUT = 30.0          # s per step: Neutron spends tens of ms on each device
+
+    def __init__(self) -> None:
+        self.client = n_rpc.get_client(oslo_messaging.Target(topic=topics.PLUGIN,
+                                                             version="1.0"))
+
+    def update_device_list(self, context, up: list[str], down: list[str], agent_id: str,
+                           host: str) -> dict:
+        cctxt = self.client.prepare(version="1.9", timeout=self.TIMEOUT, retry=0,
+                                    transport_options=AT_LEAST_ONCE)
+        result: dict[str, list] = {"devices_up": [], "failed_devices_up": [],
+                                   "devices_down": [], "failed_devices_down": []}
+        for i in range(0, max(len(up), len(down)), self.STEP):
+            answer = cctxt.call(context, "update_device_list",
+                                devices_up=up[i:i + self.STEP],
+                                devices_down=down[i:i + self.STEP],
+                                agent_id=agent_id, host=host, refresh_tunnels=False)
+            for key, values in result.items():
+                values.extend(answer.get(key, []))
+        return result
 
 
 class PushEndpoint:
@@ -43,9 +88,11 @@ class PushEndpoint:
     target = oslo_messaging.Target(version="1.5")
 
     def __init__(self, ports: Callable[[list[str]], None],
-                 networks: Callable[[str], None]) -> None:
+                 networks: Callable[[str], None],
+                 activated: Callable[[str, str], None]) -> None:
         self._ports = ports
         self._networks = networks
+        self._activated = activated
 
     # Neutron's L2-agent notifications (q-agent-notifier-*)
     def port_update(self, context, **kwargs) -> None:
@@ -55,7 +102,9 @@ class PushEndpoint:
         self._ports([kwargs["port_id"]])
 
     def binding_activate(self, context, **kwargs) -> None:
-        self._ports([kwargs["port_id"]])
+        """A live migration's destination binding became the active one (Neutron set the
+        port DOWN): the destination must report the device up again."""
+        self._activated(kwargs["port_id"], kwargs.get("host", ""))
 
     def binding_deactivate(self, context, **kwargs) -> None:
         self._ports([kwargs["port_id"]])

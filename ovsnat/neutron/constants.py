@@ -12,7 +12,10 @@ AGENT_BINARY = "ovsnat-neutron-agent"
 # during a live migration, and each agent ignores ports it does not have).
 SERVER_TOPIC = "ovsnat-plugin"
 AGENT_TOPIC = "ovsnat-agent"
-RPC_VERSION = "1.0"
+RPC_VERSION = "1.0"                      # the casts to agents
+# The driver's endpoint: 1.0 get_port_keys, get_snat_address; 1.1 get_ports (the keys and
+# whether Neutron already has the port up on the asking host).
+SERVER_RPC_VERSION = "1.1"
 
 # The port Neutron allocates on the external network for each host's SNAT (PAT) address,
 # like DVR's per-host "network:floatingip_agent_gateway" port; device_id is the host name.

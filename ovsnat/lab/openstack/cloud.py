@@ -1,8 +1,8 @@
 """The lab's cloud as a user sees it: openstacksdk against the lab's Neutron.
 
 Neutron runs with auth_strategy=noauth, so the SDK uses keystoneauth's `none` plugin with
-Neutron's endpoint; requests carry a project id header as Keystone's middleware would set
-it. Calls must be made from inside the services namespace (netns.inside): Neutron listens
+Neutron's endpoint; requests carry the user and role headers Keystone's middleware would set
+from a token (the lab's admin, or Nova's service user). Calls must be made from inside the services namespace (netns.inside): Neutron listens
 on that namespace's loopback only.
 """
 
@@ -21,13 +21,28 @@ TENANT = {"name": "tenant-a", "cidr": "10.1.0.0/24", "gateway": "10.1.0.1",
                                                 "nexthop": "10.1.0.254"}]}
 
 
-def connect(endpoint: str):
-    """An openstacksdk Connection to the lab's Neutron (no Keystone)."""
+def _connection(endpoint: str, headers: dict[str, str]):
+    """openstacksdk without Keystone. The headers stand for what Keystone's middleware would
+    derive from a token; they go on the session (the Connection's own `additional_headers`
+    argument is not passed on to requests by openstacksdk 4.22)."""
     import openstack
-    return openstack.connection.Connection(
-        auth_type="none", auth={"endpoint": endpoint},
-        network_endpoint_override=endpoint,
-        additional_headers={"X-Project-Id": PROJECT, "X-Roles": "admin,member"})
+    conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": endpoint},
+                                           network_endpoint_override=endpoint)
+    conn.session.additional_headers.update(headers)
+    return conn
+
+
+def connect(endpoint: str):
+    """The lab's cloud admin (roles admin, member). Neutron's noauth pipeline builds the
+    request's context from these headers and elevates it; objects of the tenant name its
+    project explicitly (project_id=PROJECT), as an admin creating them for a tenant does."""
+    return _connection(endpoint, {"X-Roles": "admin,member", "X-User-Id": "lab-admin"})
+
+
+def connect_as_nova(endpoint: str):
+    """Nova's service user, roles admin and service: Neutron lets only `service` create,
+    activate and delete port bindings."""
+    return _connection(endpoint, {"X-Roles": "admin,service", "X-User-Id": "nova"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ def create_topology(conn) -> Topology:
     router = conn.network.create_router(
         name="router-a", project_id=PROJECT,
         external_gateway_info={"network_id": ext.id})
-    conn.network.add_interface_to_router(router, subnet_id=sub.id)
+    conn.network.add_interface_to_router(router, subnet=sub.id)
     net = conn.network.get_network(net.id)
     return Topology(ext.id, ext_sub.id, net.id, sub.id, router.id,
                     int(net.provider_segmentation_id or 0))

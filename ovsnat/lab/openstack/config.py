@@ -24,6 +24,17 @@ REPORT_INTERVAL = 5          # s, the agents' heartbeat in the lab (Neutron's de
 AGENT_DOWN_TIME = 20         # s, > 2 heartbeats: an agent stopped shows dead within 20 s
 
 
+# oslo.messaging's defaults reconnect to a returning RabbitMQ with a backoff that grows to
+# 30 s, plus 1 s per attempt: after a 30 s outage, a pushed change could wait 10 s and more
+# for a connection to come back. Retrying every second (Neutron's processes and the agents
+# alike) brings them back within about a second of the broker's return. The cost: one
+# connection attempt per second per connection while the broker is away.
+RABBIT_RECONNECT = """[oslo_messaging_rabbit]
+rabbit_interval_max = 1
+kombu_reconnect_delay = 0
+"""
+
+
 def neutron_venv() -> Path:
     """Neutron's virtualenv, made by scripts/install-neutron.sh (VENV_NEUTRON overrides)."""
     return Path(os.environ.get("VENV_NEUTRON", REPO / ".venv-neutron"))
@@ -104,6 +115,7 @@ rpc_workers = 1
 rpc_state_report_workers = 1
 # workers stop within 5 s of SIGTERM (default 60 s), also under the generic lab teardown
 graceful_shutdown_timeout = 5
+{RABBIT_RECONNECT}
 [database]
 connection = {db_url(paths, db)}
 [oslo_concurrency]
@@ -206,6 +218,7 @@ def write_agent(paths: Paths, host: str, db_sock: str, bridge: str,
 host = {host}
 transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
 log_file = {paths.log}/ovsnat-agent-{host}.log
+{RABBIT_RECONNECT}
 [AGENT]
 report_interval = {REPORT_INTERVAL}
 log_agent_heartbeats = true

@@ -52,6 +52,7 @@ class OpenStack:
     rabbit_env: dict = field(default_factory=dict)
     agents: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    schema: str = ""        # MariaDB: `neutron-db-manage current` after the migrations
 
     @property
     def neutron_env(self) -> dict[str, str]:
@@ -92,19 +93,23 @@ class OpenStack:
         self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
                        env=self.rabbit_env)
 
-    def wait_rabbit(self, timeout: float = 60) -> None:
-        """RabbitMQ opens its AMQP listener last, once it is ready for clients."""
-        wait_for(lambda: self._port_open(cfg.RABBIT_PORT), timeout, interval=0.2,
+    def wait_rabbit(self, timeout: float = 60, interval: float = 0.2) -> float:
+        """RabbitMQ opens its AMQP listener last, once it is ready for clients. Returns the
+        wall clock time the listener was first seen open (at most `interval` late)."""
+        wait_for(lambda: self._port_open(cfg.RABBIT_PORT), timeout, interval=interval,
                  what="RabbitMQ to listen (see rabbitmq.log in the lab dir)")
+        return time.time()
 
     def stop_rabbit(self) -> None:
         self.stop("rabbitmq")
 
-    def restart_rabbit(self) -> None:
-        """Same node, same database: queues and users survive as after a broker restart."""
+    def restart_rabbit(self) -> float:
+        """Same node, same database: users and durable objects survive as after a broker
+        restart (the RPC queues, not durable, are declared again by their consumers).
+        Returns when RabbitMQ was back: its listener first seen open (polled every 20 ms)."""
         self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
                        env=self.rabbit_env)
-        self.wait_rabbit()
+        return self.wait_rabbit(interval=0.02)
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
         return run([f"{RABBIT_BIN}/rabbitmqctl", "-q", *args], ns=self.ns,
@@ -126,6 +131,9 @@ class OpenStack:
                                   stdout=f, stderr=subprocess.STDOUT, timeout=600)
         if proc.returncode:
             raise LabError(f"neutron-db-manage upgrade heads failed; see {log}")
+        self.schema = run([cfg.venv_bin("neutron-db-manage"), "--config-file",
+                           f"{etc}/neutron.conf", "--config-file", f"{etc}/ml2_conf.ini",
+                           "current"], timeout=120).stdout
 
     def start_neutron(self) -> None:
         self.start_api()
@@ -288,7 +296,8 @@ def require_services(db: str) -> None:
              "epmd (Debian package erlang-base)": shutil.which("epmd") or "/nonexistent",
              "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi")}
     if db == "mariadb":
-        needs["mariadbd (OVSNAT_MARIADB=1 make install)"] = "/usr/sbin/mariadbd"
+        needs["mariadbd (Debian package mariadb-server; `make install` installs it)"] = \
+            "/usr/sbin/mariadbd"
     missing = [what for what, path in needs.items() if not os.path.exists(path)]
     if missing:
         raise LabError("OpenStack lab needs: " + ", ".join(missing) + "; run `make install`")

@@ -2,6 +2,7 @@
 
     python -m ovsnat.lab.openstack.vif plug   --ovsdb unix:/path/db.sock --vif '{json}'
     python -m ovsnat.lab.openstack.vif unplug --ovsdb unix:/path/db.sock --vif '{json}'
+    (--vif again for more ports: one process, one privsep daemon for all of them)
 
 Runs in Neutron's virtualenv (os-vif is there), inside the hypervisor's namespace (os-vif sets
 the tap's MTU there). The VIF is built as nova.network.os_vif_util builds it for a bound port
@@ -19,7 +20,7 @@ What differs without libvirt and QEMU:
 - privsep: os-vif's privileged calls (the tap's MTU) run in a privsep daemon. Nova starts it
   through sudo and rootwrap; here we are root already, so `helper_command` is the venv's
   privsep-helper without sudo. The daemon exits when this process does.
-Prints one JSON line: the wall-clock time os_vif.plug/unplug returned.
+Prints one JSON line: the wall-clock time the last os_vif.plug/unplug returned.
 """
 
 from __future__ import annotations
@@ -91,14 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsnat.lab.openstack.vif")
     parser.add_argument("action", choices=("plug", "unplug"))
     parser.add_argument("--ovsdb", required=True, help="e.g. unix:/run/.../db.sock")
-    parser.add_argument("--vif", required=True, help="VifSpec as JSON")
+    parser.add_argument("--vif", required=True, action="append",
+                        help="VifSpec as JSON (repeat: several ports, one after the other, "
+                             "as nova-compute plugs an instance's ports)")
     args = parser.parse_args(argv)
-    spec = VifSpec(**json.loads(args.vif))
     _configure(args.ovsdb)
     import os_vif
-    vif, instance = _objects(spec)
-    (os_vif.plug if args.action == "plug" else os_vif.unplug)(vif, instance)
-    print(json.dumps({"done_at": time.time(), "vif_name": spec.vif_name}), flush=True)
+    act = os_vif.plug if args.action == "plug" else os_vif.unplug
+    for text in args.vif:
+        spec = VifSpec(**json.loads(text))
+        vif, instance = _objects(spec)
+        act(vif, instance)
+    print(json.dumps({"done_at": time.time(), "count": len(args.vif)}), flush=True)
     return 0
 
 
