@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 
-from ovsnat import config, connlimit, controller, ovsdb, status
+from ovsnat import config, connlimit, controller, dpctl, ovsdb, status
 from ovsnat import framework as fw
 from ovsnat.flows import KINDS
 from ovsnat.metrics import Metrics
@@ -153,7 +152,7 @@ class OvsNatApp(fw.BaseApp):
             if isinstance(item, controller.IfaceKeys):
                 self.watcher.write_keys(item.name, dict(item.set), item.remove)
             elif isinstance(item, connlimit.ZoneLimits):
-                self._zone_limits(item)
+                dpctl.apply_zone_limits(item)
             elif isinstance(item, Reconfigure):
                 self.watcher.request_reconfigure()
             elif isinstance(item, bytes):
@@ -189,7 +188,7 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
         msg = ev.msg
-        entries = [(s.table_id, s.cookie, s.digest) for s in msg.body
+        entries = [(s.table_id, s.cookie, s.digest, s.packets) for s in msg.body
                    if s.cookie >> 56 in KINDS]                 # is_ours, inlined: 100,000
         self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
 
@@ -216,7 +215,7 @@ class OvsNatApp(fw.BaseApp):
     def on_chores(self, ev):
         self.chores += 1
         if self.core.wants_conntrack(time.time()):
-            text = self._appctl("dpctl/dump-conntrack")
+            text = dpctl.dump_conntrack()
             if text is not None:
                 self._call(self.core.conntrack, text)
         if self.metrics.enabled and self.core.host is not None and self.chores % 5 == 1:
@@ -228,29 +227,9 @@ class OvsNatApp(fw.BaseApp):
 
     def _refresh_pat_usage(self):
         from ovsnat.inspect import pat_usage
-        cfg = self.core.host.cfg
-        out = self._appctl("dpctl/dump-conntrack", f"zone={cfg.ct_zone}")
+        out = dpctl.dump_conntrack(self.core.host.cfg.ct_zone)
         if out is not None:
-            self.core.stats.pat = pat_usage(cfg, out)
-
-    def _zone_limits(self, limits) -> None:
-        """A freed zone is flushed too: the next VM on that ofport starts from zero."""
-        for i in range(0, len(limits.set), 1000):
-            self._appctl("dpctl/ct-set-limits", *[f"zone={z},limit={n}"
-                                                  for z, n in limits.set[i:i + 1000]])
-        for z in limits.delete:
-            self._appctl("dpctl/ct-del-limits", f"zone={z}")
-            self._appctl("dpctl/flush-conntrack", f"zone={z}")
-
-    @staticmethod
-    def _appctl(*args: str) -> str | None:
-        """ovs-vswitchd's answer to an appctl command (conntrack has no OpenFlow view)."""
-        try:
-            return subprocess.run(["ovs-appctl", *args], capture_output=True, text=True,
-                                  timeout=5).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
+            self.core.stats.pat = pat_usage(self.core.host.cfg, out)
 
 def _more(msg) -> bool:
     return bool(msg.flags & fw.ofproto.OFPMPF_REPLY_MORE)

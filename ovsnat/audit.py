@@ -89,7 +89,7 @@ class Auditor:
     def flow_stats(self, xid: int, entries, more: bool, now: float) -> list:
         """Part of the audit's dump: (table, cookie, digest) entries."""
         dump = self._dump
-        dump.truth.update(((t, c), d) for t, c, d in entries)
+        dump.truth.update(((e[0], e[1]), e[2]) for e in entries)
         if more:
             return []
         dump.pending.discard(xid)

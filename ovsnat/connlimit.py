@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ovsnat import ofwire
 from ovsnat.flows import Ct, Flow, Goto, Load, Match, make_flow
 from ovsnat.model import HostConfig, VmPort
 from ovsnat.pipeline import ARRIVED, CONN_COUNT, CONN_VERDICT, EGRESS, LIMITED, VM_ROUTE, flag
@@ -100,3 +101,48 @@ class Zones:
         forgot its limits)."""
         self.applied.clear()
         return self.update(host, list(host.valid)) if host is not None else []
+
+
+class Refusals:
+    """Connections refused per VM, as the datapath counted them: the packet counts of the
+    VMs' refusal flows (table conn_verdict), asked for every POLL seconds. No packet-in:
+    a flood is counted at line rate. A count starts again when the VM's flows are
+    re-created (a new plug); the metrics publish it as a counter, which may reset."""
+
+    POLL = 5.0
+    KEY = ("conn-refusals",)
+
+    def __init__(self):
+        self.by_port: dict[str, int] = {}
+        self.xid: int | None = None
+        self.counts: dict[str, int] = {}
+
+    def due(self, host, session, timers, now: float) -> list:
+        timers.at(now + self.POLL, self.KEY)
+        if host is None or not host.cfg.conn_limit or not session.ready or \
+                self.xid is not None:
+            return []
+        self.xid = session.xids.take()
+        self.counts = {}
+        return [ofwire.flow_stats_request(self.xid, 0, 0, table=CONN_VERDICT)]
+
+    def owns(self, xid: int) -> bool:
+        return xid is not None and xid == self.xid
+
+    def flow_stats(self, host, session, entries, more: bool) -> list:
+        """(table, cookie, digest, packets) entries: the VM flows of conn_verdict."""
+        for table, cookie, _, packets in entries:
+            owner = host.owner_names.get(cookie >> 24) if host is not None else None
+            if table == CONN_VERDICT and isinstance(owner, str) and \
+                    host.accepted_port(owner) is not None:
+                self.counts[owner] = self.counts.get(owner, 0) + packets
+        if not more:
+            session.xids.release(self.xid)
+            self.xid, self.by_port = None, self.counts
+        return []
+
+    def reset(self, session) -> None:
+        """A disconnect or a fault: a request in flight will not be answered."""
+        if self.xid is not None:
+            session.xids.release(self.xid)
+        self.xid = None

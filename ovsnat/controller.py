@@ -71,6 +71,7 @@ class HostController:
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.handoffs = Handoffs(self.timers, self.stats)
         self.zones = connlimit.Zones()
+        self.refusals = connlimit.Refusals()
         self.audit = audit.Auditor(audit_interval, self.sw, self.timers, self.stats)
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
@@ -139,6 +140,7 @@ class HostController:
             self.first_view = False
             if cfg.learn_gateway_mac:
                 self.timers.at(now, ("gateway-arp",))
+            self.timers.at(now + connlimit.Refusals.POLL, connlimit.Refusals.KEY)
             release_memory()
             return True, []
         if cfg == self.host.cfg:
@@ -184,6 +186,7 @@ class HostController:
 
     def switch_down(self, now: float) -> list:
         self.audit.reset(now)
+        self.refusals.reset(self.sw.session)
         self.sw.disconnect()
         return []
 
@@ -191,7 +194,9 @@ class HostController:
         """Part of a flow dump: (table, cookie, body digest) of ovsnat's flows."""
         if self.audit.owns(xid):
             return self.audit.flow_stats(xid, entries, more, now)
-        keys = [(t, c) for t, c, _ in entries]
+        if self.refusals.owns(xid):
+            return self.refusals.flow_stats(self.host, self.sw.session, entries, more)
+        keys = [(e[0], e[1]) for e in entries]
         return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
 
     def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
@@ -311,6 +316,8 @@ class HostController:
                 out += self.sw.send(self.handoffs.due(self.host, key, now))
             elif key == audit.KEY:
                 out += self.audit.due(now)
+            elif key == connlimit.Refusals.KEY:
+                out += self.refusals.due(self.host, self.sw.session, self.timers, now)
             else:
                 out += self.fips.due(key, now)
         return out
@@ -336,6 +343,7 @@ class HostController:
                   "resynchronising the switch")
         self.host = self.sw.host = None
         self.audit.reset(now)                    # releases a dump in progress
+        self.refusals.reset(self.sw.session)
         seen, self.timers = self.fips.seen_ofport, Timers()
         self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
                          self.sw.session, self.sw.send)
@@ -363,6 +371,7 @@ class HostController:
             "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
             "dhcp_leases": self.dhcp.status(host, now),
             "handoffs": self.handoffs.status(host, now),
+            "conn_refused": dict(self.refusals.by_port),
         }
 
     # --- conntrack (read by the shim while a handoff needs it) ---------------------------

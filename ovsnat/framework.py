@@ -63,20 +63,20 @@ CONF = cfg.CONF
 
 
 class _FlowKey:
-    """Of a flow stats entry, only what ovsnat reads: table, cookie, priority, and a digest
-    of its body (ovsnat.flowdigest: the audit finds a flow changed in place by it).
+    """Of a flow stats entry, only what ovsnat reads: table, cookie, priority, packet count
+    (the per-VM refusal counters) and a digest of its body (ovsnat.flowdigest: the audit finds a flow changed in place by it).
 
     Parsing each entry's match and instructions into framework objects is what makes a
     dump of 100,000 flows take seconds; skipping them keeps a controller restart cheap."""
 
-    __slots__ = ("length", "table_id", "priority", "cookie", "digest")
+    __slots__ = ("length", "table_id", "priority", "cookie", "packets", "digest")
 
-    _HEAD = struct.Struct("!HB9xH10xQ")         # length, table_id, priority, cookie
+    _HEAD = struct.Struct("!HB9xH10xQQ")        # length, table, priority, cookie, packets
 
     @classmethod
     def parser(cls, buf, offset):
         entry = cls()
-        entry.length, entry.table_id, entry.priority, entry.cookie = \
+        entry.length, entry.table_id, entry.priority, entry.cookie, entry.packets = \
             cls._HEAD.unpack_from(buf, offset)
         entry.digest = stats_digest(buf, offset, entry.length)
         return entry

@@ -300,6 +300,10 @@ def format_status(st: dict) -> str:
                 else "arrived, its older sessions handed back to the host it left"
             lines.append(f"  handoff: {name} ({h['fixed_ip']}) {what}, {h['remaining']} s "
                          "left")
+        refused = ctl.get("conn_refused", {})
+        if refused:
+            lines.append("connections refused by conn_limit: " +
+                         ", ".join(f"{name} {n}" for name, n in sorted(refused.items())))
         for c in ctl.get("conflicts", [])[-5:]:
             lines.append(f"  conflict: FIP {c['fip']} claimed by {c['mac']} at {c['time']}")
     return "\n".join(lines)

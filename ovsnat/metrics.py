@@ -71,6 +71,11 @@ class _Collector:
         if st["reconcile_seconds"] is not None:
             yield _gauge("reconcile_seconds", "Datapath connect to flows in sync",
                          st["reconcile_seconds"])
+        refused = CounterMetricFamily("ovsnat_conn_refused", "New connections refused by "
+                                      "the VM's conn_limit (packets)", labels=["port"])
+        for port, n in st.get("conn_refused", {}).items():
+            refused.add_metric([port], n)
+        yield refused
         pat = st.get("pat")
         if pat:
             yield _gauge("pat_ports_in_use", "PAT source ports in use (conntrack)",

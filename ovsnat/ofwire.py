@@ -361,9 +361,10 @@ def set_config(xid: int) -> bytes:
     return _msg(OFPT_SET_CONFIG, xid, struct.pack("!HH", OFPC_FRAG_NX_MATCH, OFPCML_NO_BUFFER))
 
 
-def flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:
-    """Every flow of every table whose cookie matches cookie/cookie_mask."""
-    body = struct.pack("!HH4xB3xII4xQQ", OFPMP_FLOW, 0, OFPTT_ALL, OFPP_ANY, OFPG_ANY,
+def flow_stats_request(xid: int, cookie: int, cookie_mask: int,
+                       table: int = OFPTT_ALL) -> bytes:
+    """Every flow of `table` (default: every table) whose cookie matches cookie/mask."""
+    body = struct.pack("!HH4xB3xII4xQQ", OFPMP_FLOW, 0, table, OFPP_ANY, OFPG_ANY,
                        cookie, cookie_mask)
     return _msg(OFPT_MULTIPART_REQUEST, xid, body + EMPTY_MATCH)
 

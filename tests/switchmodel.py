@@ -34,6 +34,7 @@ class ModelSwitch:
     reject: Callable[[tuple], bool] | None = None      # flow key -> refuse it
     frag_mode: int = 0                                 # OFPC_FRAG_*: 3 is OVS's nx-match
     temporary: dict = field(default_factory=dict)      # key -> hard timeout (outside bundles)
+    packets: dict = field(default_factory=dict)        # key -> packet count the test sets
     _bundles: dict = field(default_factory=dict)       # id -> [(xid, inner message)]
 
     def receive(self, data: bytes) -> list[Reply]:
@@ -101,9 +102,10 @@ class ModelSwitch:
         if mp_type == ofwire.OFPMP_METER_CONFIG:
             return Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()],
                                               False))
-        cookie, mask = struct.unpack_from("!QQ", msg, 32)
-        entries = [(*k, flow_mod_digest(m)) for k, m in self.flows.items()
-                   if k[1] & mask == cookie & mask]        # OVS returns the bytes it got
+        table, (cookie, mask) = msg[16], struct.unpack_from("!QQ", msg, 32)
+        entries = [(*k, flow_mod_digest(m), self.packets.get(k, 0))   # OVS returns the
+                   for k, m in self.flows.items()                    # bytes it got
+                   if k[1] & mask == cookie & mask and table in (k[0], ofwire.OFPTT_ALL)]
         return Reply("flow_stats", xid, (entries, False))
 
     def keys(self) -> set:
