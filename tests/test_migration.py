@@ -35,6 +35,8 @@ def two_hosts(make_lab):
     lab.add_vm("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", vm_ids("10.0.0.12"))
     scenario.start_controller(lab, "hv1", SNAT_A)
     scenario.start_controller(lab, "hv2", SNAT_B)
+    for host in ("hv1", "hv2"):
+        scenario.wait_in_sync(lab, host)
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "vm1-tcp", lab.vms["vm1"].ns, "tcp", 7000)
     wait_for(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.2).received, 15,

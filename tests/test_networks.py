@@ -45,6 +45,8 @@ def fab(module_lab):
         lab.add_vm(name, host, ip, mac, {"ovsnat-fixed-ip": ip, **extra}, net=net)
     for host, snat in SNAT.items():
         scenario.start_controller(lab, host, snat, fabric_port="fabric")
+    for host in SNAT:
+        scenario.wait_in_sync(lab, host)
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "srv-udp", lab.srv_ns, "udp", 8080)
     for name in VMS:

@@ -68,7 +68,8 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
     sent = received = 0
     tag = f"{os.getpid():07d}".encode()     # a reply meant for another client shows at once
     deadline = time.monotonic() + hold
-    last, longest = time.monotonic(), 0.0
+    start = last = time.monotonic()
+    longest, longest_at = 0.0, 0.0
     try:
         while time.monotonic() < deadline:
             msg = tag + f"{sent:08d}".encode()
@@ -85,12 +86,15 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
                 return 3
             received += 1
             now = time.monotonic()
-            longest, last = max(longest, now - last), now
+            if now - last > longest:
+                longest, longest_at = now - last, last - start
+            last = now
             time.sleep(0.01)
     except OSError as e:
         print(f"BROKEN {type(e).__name__} after {received} echoes", flush=True)
         return 2
-    print(f"HELD {received} echoes longest_gap={longest:.2f}", flush=True)
+    print(f"HELD {received} echoes longest_gap={longest:.2f} from={longest_at:.2f}",
+          flush=True)
     s.close()
     return 0
 

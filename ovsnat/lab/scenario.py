@@ -10,7 +10,7 @@ import sys
 
 from ovsnat.compiler import METERS, compile_state
 from ovsnat.flows import Flow, ofctl_text
-from ovsnat.lab.sh import run
+from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm
 from ovsnat.state import build_state
@@ -178,6 +178,15 @@ def status(lab: Lab, host: str) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def wait_in_sync(lab: Lab, host: str, timeout: float = 30) -> dict:
+    """Until the host's controller is connected to its switch and in sync (its status file
+    says so). A controller needs a few seconds to start on a loaded machine: a test that
+    moves a VM to a host whose controller is not up yet measures the start, not ovsnat."""
+    return wait_for(lambda: (lambda st: st if st.get("datapath") and st.get("in_sync")
+                             else None)(status(lab, host)), timeout,
+                    what=f"{host}'s controller in sync")
 
 
 def controller_log(lab: Lab, host: str) -> str:

@@ -198,7 +198,12 @@ class OpenStack:
 
     def api_requests(self) -> int:
         """REST requests the API has served so far (uWSGI logs one line per request)."""
-        return _read(os.path.join(self.paths.log, "uwsgi.log")).count("=> generated")
+        return len(self.api_request_lines())
+
+    def api_request_lines(self) -> list[str]:
+        """uWSGI's line for each REST request served (written once the answer went out)."""
+        return [line for line in _read(os.path.join(self.paths.log, "uwsgi.log")).splitlines()
+                if "=> generated" in line]
 
     def rpc_log(self) -> str:
         return _read(os.path.join(self.paths.log, "neutron-rpc.log"))
