@@ -210,8 +210,8 @@ class Fips:
 
     def _live(self, name: str) -> bool:
         """Active here and its ARP responder confirmed on the switch."""
-        if not self._active(name) or self.session.installed is None:
-            return False
+        if not self._active(name) or not self.session.installed:   # nothing confirmed yet:
+            return False                           # a cold program skips 10,000 key builds
         port = self.host.valid[name]
         return fip_responder_key(self.host.cfg, port, self.host.net(port)) in \
             self.session.installed
