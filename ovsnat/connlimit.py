@@ -115,15 +115,20 @@ class Refusals:
     def __init__(self):
         self.by_port: dict[str, int] = {}
         self.xid: int | None = None
+        self.asked_at = 0.0
         self.counts: dict[str, int] = {}
 
     def due(self, host, session, timers, now: float) -> list:
+        """Ask again; a request unanswered for three periods (refused by the switch, say)
+        is given up, so polling never stops for good."""
         timers.at(now + self.POLL, self.KEY)
-        if host is None or not host.cfg.conn_limit or not session.ready or \
-                self.xid is not None:
+        if host is None or not host.cfg.conn_limit or not session.ready:
             return []
-        self.xid = session.xids.take()
-        self.counts = {}
+        if self.xid is not None:
+            if now - self.asked_at < 3 * self.POLL:
+                return []
+            self.reset(session)
+        self.xid, self.asked_at, self.counts = session.xids.take(), now, {}
         return [ofwire.flow_stats_request(self.xid, 0, 0, table=CONN_VERDICT)]
 
     def owns(self, xid: int) -> bool:

@@ -64,3 +64,14 @@ def test_zone_limits_follow_the_ports():
     sim = SimHost(conn_limit=10).start()
     sim.plug(vm_row(2))
     assert ZoneLimits(set=((20002, 10),)) in sim.zone_limits
+
+
+def test_a_poll_never_answered_is_given_up_and_polling_goes_on():
+    sim = SimHost(conn_limit=10).start()
+    sim.plug(vm_row(2))
+    sim.ctl.refusals.xid, sim.ctl.refusals.asked_at = 12345, sim.now   # lost on the way
+    sim.switch.packets[refusal_key(sim, "tapvm2")] = 4
+    sim.advance(2 * Refusals.POLL)
+    assert sim.ctl.status(sim.now)["conn_refused"] == {}              # still waiting
+    sim.advance(2 * Refusals.POLL)
+    assert sim.ctl.status(sim.now)["conn_refused"] == {"tapvm2": 4}
