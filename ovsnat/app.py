@@ -181,7 +181,7 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPStateChange, fw.DEAD_DISPATCHER)
     def on_disconnect(self, ev):
-        if self.dp is not None and ev.datapath.id == self.dp.id:
+        if ev.datapath is self.dp:        # not a late event of an older connection
             self.dp = None
             self._call(self.core.switch_down)
 

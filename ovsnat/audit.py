@@ -31,12 +31,14 @@ from ovsnat.timers import Timers
 LOG = logging.getLogger("ovsnat")
 KEY = ("audit",)
 RETRY = 1.0               # seconds: the switch was busy (a bundle in flight, a sync)
+STALLED = 30.0            # seconds a dump may go unanswered (an error reply) before a new one
 LOGGED_PER_AUDIT = 1000   # repaired flows logged one by one; past that, one summary line
 
 
 @dataclass
 class _Dump:
     pending: set                               # xids of the stats requests not yet done
+    started_at: float
     truth: dict = field(default_factory=dict)  # (table, cookie) -> digest, as dumped
 
 
@@ -58,17 +60,24 @@ class Auditor:
     # --- schedule ------------------------------------------------------------------------
     def reset(self, now: float) -> None:
         """A (re)connect or a fault: forget a dump in progress, audit one period later."""
+        self._abandon()
+        if self.interval > 0:
+            self.timers.at(now + self.interval, KEY)
+
+    def _abandon(self) -> None:
         if self._dump is not None:
             for xid in self._dump.pending:
                 self.sw.session.xids.release(xid)
             self._dump = None
             self.sw.session.unwatch()
-        if self.interval > 0:
-            self.timers.at(now + self.interval, KEY)
 
     def due(self, now: float) -> list:
         """The audit's time has come: ask the switch what it holds."""
         session = self.sw.session
+        if self._dump is not None and now - self._dump.started_at >= STALLED:
+            LOG.warning("ovsnat: audit: the switch left the flow dump unanswered for %.0f s; "
+                        "starting again", now - self._dump.started_at)
+            self._abandon()
         if self.sw.host is None or not session.ready or session.bundles or \
                 self.sw.connected_at is not None or self._dump is not None:
             self.timers.at(now + RETRY, KEY)
@@ -79,7 +88,8 @@ class Auditor:
             out.append(ofwire.flow_stats_request(xid, kind << 56, 0xFF << 56))
             pending.add(xid)
         session.watch()
-        self._dump = _Dump(pending)
+        self._dump = _Dump(pending, now)
+        self.timers.at(now + STALLED, KEY)        # the last reply re-arms the period instead
         return out
 
     # --- replies ---------------------------------------------------------------------------

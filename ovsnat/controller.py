@@ -308,16 +308,16 @@ class HostController:
     def tick(self, now: float) -> list:
         out = []
         for key in self.timers.due(now):
-            if self.host is None:
-                continue
-            if key == ("gateway-arp",):
-                out += self._gateway_arp(now)
-            elif key[0] == "handoff":
-                out += self.sw.send(self.handoffs.due(self.host, key, now))
-            elif key == audit.KEY:
+            if key == audit.KEY:                 # these two re-arm themselves, host or not
                 out += self.audit.due(now)
             elif key == connlimit.Refusals.KEY:
                 out += self.refusals.due(self.host, self.sw.session, self.timers, now)
+            elif self.host is None:
+                continue
+            elif key == ("gateway-arp",):
+                out += self._gateway_arp(now)
+            elif key[0] == "handoff":
+                out += self.sw.send(self.handoffs.due(self.host, key, now))
             else:
                 out += self.fips.due(key, now)
         return out

@@ -9,7 +9,7 @@ import logging
 import struct
 
 from ovsnat import ofwire
-from ovsnat.audit import KEY
+from ovsnat.audit import KEY, STALLED
 from ovsnat.flowdigest import flow_mod_digest
 from tests.hostsim import SimHost, vm_row
 
@@ -149,3 +149,39 @@ def dump_requests(out) -> list:
 def _changes(row):
     from ovsnat.ovsdb import Changes
     return Changes({row.name: row})
+
+
+def test_an_audit_due_before_the_host_is_built_still_runs_once_it_is():
+    """The switch connects while the uplink's row is missing (no host state yet) for longer
+    than a period: the audit waits for the host instead of being dropped."""
+    host = SimHost(fip_activation="immediate")
+    host.rows.update({r.name: r for r in (vm_row(11, FIP), vm_row(12))})
+    uplink = host.rows.pop("uplink")
+    host.start()
+    host.advance(2 * PERIOD)
+    assert host.ctl.host is None and stats(host).get("audits", 0) == 0
+    host.plug(uplink)
+    assert host.switch.keys() == host.desired_keys()
+    host.advance(PERIOD + 0.1)
+    assert stats(host)["audits"] >= 1
+
+
+def test_a_dump_the_switch_never_answers_is_given_up_and_the_audit_goes_on(caplog):
+    host = synced_host()
+    receive, swallowed = host.switch.receive, []
+
+    def deaf(data):                  # the flow stats replies of one audit never arrive
+        replies = receive(data)
+        if not swallowed and any(r.kind == "flow_stats" for r in replies):
+            swallowed.extend(r for r in replies if r.kind == "flow_stats")
+            return [r for r in replies if r.kind != "flow_stats"]
+        return replies
+    host.switch.receive = deaf
+    host.advance(PERIOD + 0.1)
+    assert swallowed and stats(host).get("audits", 0) == 0       # the dump hangs
+    with caplog.at_level(logging.WARNING, logger="ovsnat"):
+        host.advance(STALLED)
+    assert "left the flow dump unanswered" in caplog.text
+    assert stats(host)["audits"] == 1                            # asked again, answered
+    host.advance(PERIOD)
+    assert stats(host)["audits"] == 2
