@@ -23,7 +23,7 @@ from ovsnat import arp
 from ovsnat.compiler import fip_responder_key
 from ovsnat.delta import Delta
 from ovsnat.model import mac_str
-from ovsnat.presence import Conflict, GoLive, Presence, SendProbe, SETTLE
+from ovsnat.presence import CONFLICT, Conflict, GoLive, Presence, SendProbe, SETTLE
 from ovsnat.state import HostState
 from ovsnat.status import Stats
 from ovsnat.switch import SwitchSession
@@ -140,7 +140,8 @@ class Fips:
 
     # --- what the VM says --------------------------------------------------------------------
     def vm_frame(self, name: str, frame: bytes, now: float) -> list:
-        """A frame from a port whose FIP is dark: the VM runs here."""
+        """A frame from a port whose FIP is dark: the VM runs here. While a foreign device
+        claims the FIP the frame changes nothing, so its copies stop until that ends."""
         if self.timers.pending(("settle", name)):
             return []
         if name in self.host.yielded:
@@ -148,6 +149,8 @@ class Fips:
             if a is None or not a.is_announcement:
                 return []       # a yielded FIP comes back on the VM's RARP/GARP only
         go = self.presence.first_frame(name)
+        if go is None and self.presence.state(name) == CONFLICT:
+            return self.send(self.host.hear(name, True))
         return self._go_live(go, now) if go else []
 
     def _go_live(self, go: GoLive, now: float) -> list:
@@ -167,6 +170,8 @@ class Fips:
             if when is not None:
                 self.timers.at(when, key)
             out = []
+            if name in self.host.heard and self.presence.state(name) != CONFLICT:
+                out += self.send(self.host.hear(name, False))    # its frames count again
             for action in actions:
                 out += self._act(action, now)
             for started in self.presence.start_queued(now):

@@ -207,10 +207,18 @@ class CtClear:
 
 @dataclass(frozen=True)
 class Controller:
+    """A packet-in. With `meter`, only the copy sent to the controller is metered (OVS's
+    controller action with a meter_id): a flow that copies a frame up and forwards it on
+    meters the copy without dropping the frame itself, as a meter instruction would."""
+
     max_len: int = 128
+    meter: int | None = None
 
     def text(self) -> str:
-        return f"CONTROLLER:{self.max_len}"
+        if self.meter is None:
+            return f"CONTROLLER:{self.max_len}"
+        size = f"max_len={self.max_len}," if self.max_len != 0xFFFF else ""
+        return f"controller({size}meter_id={self.meter})"
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ class _Collector:
         for name, help_text in COUNTERS.items():
             yield CounterMetricFamily(f"ovsnat_{PUBLISHED.get(name, name)}", help_text,
                                       value=st["stats"][name])
+        drops = CounterMetricFamily("ovsnat_packet_in_drops", "Packet-ins dropped, by reason",
+                                    labels=["reason"])
+        for reason, n in st.get("packet_in_drops", {}).items():
+            drops.add_metric([reason], n)
+        yield drops
         vms = GaugeMetricFamily("ovsnat_vms_programmed", "VM ports programmed, by NAT kind",
                                 labels=["kind"])
         vms.add_metric(["fip"], st["fips"])

@@ -22,8 +22,9 @@ from ovsnat.compiler import fip_responder_key, host_flows, network_flows, sort_f
 from ovsnat.handoff_flows import gone_flows
 from ovsnat.delta import Delta, diff, flow_key
 from ovsnat.flows import COOKIE_HOST, Flow
-from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
-from ovsnat.networks import OFFSET_BITS, Network
+from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
+from ovsnat.networks import Network
+from ovsnat.portcheck import check_alone
 from ovsnat.pipeline import check_flows
 
 HOST = "host"          # owner key of host-level flows; a network's is ("net", its name)
@@ -64,6 +65,7 @@ class HostState:
         self.nets: dict[str, Network] = {}          # network name -> its definition here
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
+        self.heard: set[str] = set()      # dark FIPs whose VM need not be copied up any more
         self.arrived: set[str] = set()    # PAT ports in their handoff grace (ovsnat.handoff)
         self.departed: dict[str, VmPort] = {}   # PAT VMs that left, in their handoff grace
         self.by_ofport: dict[int, str] = {}
@@ -145,8 +147,9 @@ class HostState:
         return self._vm_flows(owner, port)
 
     def _vm_flows(self, name: str, port: VmPort) -> list[Flow]:
+        copies = "none" if name in self.heard else "arp" if name in self.yielded else "all"
         return vm_flows(self.cfg, port, self.net(port), active=self._active(name),
-                        arrived=name in self.arrived)
+                        arrived=name in self.arrived, copies=copies)
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
@@ -183,14 +186,15 @@ class HostState:
         ofport): recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
-        active, yielded = set(self.active), set(self.yielded)
+        active, yielded, heard = set(self.active), set(self.yielded), set(self.heard)
         arrived, departed = set(self.arrived), dict(self.departed)
         self.__init__(cfg)
         for name, port in ports.items():
             self.update(name, port)      # a port new to this state is not live yet...
         self.active, self.yielded = active & set(self.valid), yielded & set(self.valid)
+        self.heard = heard & set(self.valid)
         self.arrived = arrived & set(self.valid)
-        for name in sorted(self.active | self.yielded | self.arrived):
+        for name in sorted(self.active | self.yielded | self.arrived | self.heard):
             self._refresh(name)          # ...so restore what was, and recompile those
         for name, port in departed.items():
             self.depart(name, port)
@@ -212,6 +216,7 @@ class HostState:
             # Gone, or a new device: the VM must show up (again) before its FIP answers.
             self.active.discard(name)
             self.yielded.discard(name)
+            self.heard.discard(name)
             self.arrived.discard(name)
         if old is not None:
             net = self.net(old)
@@ -232,7 +237,7 @@ class HostState:
         return delta
 
     def _add(self, name: str, port: VmPort, affected: set[str]) -> None:
-        reason = self._check_alone(port)
+        reason = check_alone(self.cfg, port)
         if reason:
             self.invalid[name] = reason
             return
@@ -246,6 +251,7 @@ class HostState:
     def activate(self, name: str) -> Delta:
         """The VM showed up here: light its FIP."""
         self.yielded.discard(name)
+        self.heard.discard(name)
         self.active.add(name)
         return self._refresh(name)
 
@@ -253,7 +259,15 @@ class HostState:
         """Another host announced this port's FIP: go dark until the VM announces itself
         here again (RARP/GARP), or nobody answers for it any more."""
         self.active.discard(name)
+        self.heard.discard(name)
         self.yielded.add(name)
+        return self._refresh(name)
+
+    def hear(self, name: str, heard: bool) -> Delta:
+        """Stop (or resume) copying a dark FIP's frames up: what they could prove is known."""
+        if (name in self.heard) == heard:
+            return Delta()
+        (self.heard.add if heard else self.heard.discard)(name)
         return self._refresh(name)
 
     def set_arrived(self, name: str, arrived: bool) -> Delta:
@@ -286,32 +300,6 @@ class HostState:
                 self._refresh(name)
                 adopted.append(name)
         return adopted
-
-    def _check_alone(self, port: VmPort) -> str | None:
-        try:
-            port.check(self.cfg)
-            net = self.net(port)
-            if net.vlan is not None and net.cidr.prefixlen < 12:
-                raise PortError(f"port {port.name!r} ({port.iface_id}): network {net.name} "
-                                f"{net.cidr} is larger than a /12 (its VMs' flows are "
-                                "named by VLAN and the fixed IP's last 20 bits)")
-            if port.fip is None and self.cfg.pat_ports_per_vm:
-                self._check_block(port, net)
-        except PortError as e:
-            return str(e)
-        return None
-
-    def _check_block(self, port: VmPort, net: Network) -> None:
-        label = f"port {port.name!r} ({port.iface_id})"
-        lo, hi = port.pat_block(self.cfg)
-        if hi > self.cfg.snat_port_max:
-            raise PortError(f"{label}: PAT block {lo}-{hi} for {port.fixed_ip} does not fit "
-                            f"snat_port_max {self.cfg.snat_port_max}; lower "
-                            "pat_ports_per_vm or widen the range")
-        if net.vlan is not None and port.offset(self.cfg) >= 1 << OFFSET_BITS:
-            raise PortError(f"{label}: with per-VM PAT blocks a VLAN network's VMs need a "
-                            f"transit address of their own: {port.fixed_ip} is beyond the "
-                            f"first {1 << OFFSET_BITS} addresses of {net.cidr}")
 
     def _refresh(self, name: str) -> Delta:
         """Re-decide whether `name` wins its clashes and recompile its flows (and its
