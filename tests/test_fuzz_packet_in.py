@@ -22,6 +22,7 @@ from ovsnat import punts
 from ovsnat.dhcp_wire import MAGIC
 from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, UPLINK_ARP, VM_L2
 from ovsnat.ovsdb import IfaceRow
+from tests.frames import eth, ipv4, mac
 from tests.hostsim import UPLINK, SimHost, vm_row
 
 FABRIC_OFPORT = 2
@@ -29,24 +30,6 @@ PAT_VM, LIVE_FIP_VM, DARK_FIP_VM, LATE_VM = 5, 10, 11, 12
 EXAMPLES = 1500
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
-
-
-def mac(n: int) -> bytes:
-    return bytes([2, 0, 10, 0, 0, n])
-
-
-# --- frames ---------------------------------------------------------------------------------
-def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, *, ttl: int = 64, ihl: int = 5,
-         frag: int = 0, total: int | None = None) -> bytes:
-    options = bytes(max(0, ihl - 5) * 4)
-    size = 20 + len(options) + len(payload) if total is None else total
-    head = struct.pack("!BBHHHBBH4s4s", 0x40 | (ihl & 0x0F), 0, size & 0xFFFF, 0, frag, ttl,
-                       proto, 0, src, dst)
-    return head + options + payload
-
-
-def eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
-    return dst + src + struct.pack("!H", ethertype) + payload
 
 
 byte4 = st.binary(min_size=4, max_size=4)

@@ -11,7 +11,7 @@ from ovsnat import arp, punts
 from ovsnat.flows import COOKIE_QUARANTINE, Controller, cookie_kind
 from ovsnat.pipeline import CLASSIFY, EGRESS
 from tests.hostsim import SimHost, vm_row
-from tests.test_fuzz_packet_in import eth, ipv4, mac
+from tests.frames import eth, ipv4, mac
 
 FIP = "203.0.113.20"
 FOREIGN = "02:99:00:00:00:01"
