@@ -322,6 +322,7 @@ class HostController:
             "time": now, "datapath": f"{self.sw.dpid:016x}" if self.sw.dpid else None,
             "in_sync": self.sw.session.ready and not self.sw.session.bundles,
             "snat_ip": str(host.cfg.snat_ip) if host else None,
+            "transit_cidr": str(self.base_cfg.transit_cidr),
             "vms": vms, "fips": fips, "pending_fips": pending,
             "waiting": self.fips.waiting(),
             "rejected": [{"name": r.name, "reason": r.reason}

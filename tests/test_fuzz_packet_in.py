@@ -28,7 +28,9 @@ from tests.hostsim import UPLINK, SimHost, vm_row
 FABRIC_OFPORT = 2
 PAT_VM, LIVE_FIP_VM, DARK_FIP_VM, LATE_VM = 5, 10, 11, 12
 EXAMPLES = 1500
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+# derandomize: the same frames on every run, so CI is never red by the luck of a seed (run
+# with a random seed by hand to explore further: HYPOTHESIS_SEED is ignored here on purpose).
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
 
@@ -215,7 +217,7 @@ def test_the_fuzzing_reaches_the_deep_checks():
     h = SimHost(fip_activation="immediate").start()
     h.plug(vm_row(PAT_VM), vm_row(LIVE_FIP_VM, "203.0.113.10"))
 
-    @settings(max_examples=400, deadline=None, database=None,
+    @settings(max_examples=600, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(st.one_of(st.tuples(st.just((PAT_VM, CLASSIFY)), dhcp_frames()),
                      st.tuples(st.just((UPLINK, UPLINK_ARP)), mutated(arp_frames())),

@@ -138,3 +138,45 @@ def test_a_handler_fault_is_counted_and_logged_never_a_resync(caplog, monkeypatc
     assert stats["packet_in_drops"]["error"] == 3 and stats["stats"]["faults"] == 0
     assert host.ctl.stats.counts["syncs"] == syncs and host.ctl.host is not None
     assert sum("fault handling a packet-in" in r.message for r in caplog.records) == 1
+
+
+# --- bounded memory: maps keyed by what VMs or the network control ----------------------------
+def test_claims_from_many_macs_are_counted_but_logged_once_a_minute_and_forgotten_with_the_port(
+        caplog):
+    host = SimHost(fip_activation="immediate").start()
+    host.plug(vm_row(10, "203.0.113.10"))
+    for n in range(300):
+        host.from_uplink(arp.garp(f"02:99:00:00:{n >> 8:02x}:{n & 0xFF:02x}", "203.0.113.10"))
+    assert host.ctl.stats.counts["fip_conflicts"] == 300
+    assert sum("claimed on the uplink" in r.message for r in caplog.records) == 1
+    assert len(host.ctl.fips.reported) == 1
+    host.unplug("tapvm10")
+    assert host.ctl.fips.reported == {}
+
+
+def test_networks_no_port_holds_are_forgotten():
+    import gc
+    from ovsnat import networks
+    from ovsnat.golden import NET_A
+    host = SimHost(fip_activation="immediate", fabric_port="fabric").start()
+    for vlan in range(200, 260):
+        host.plug(vm_row(20, **{**NET_A, "ovsnat-network": f"n{vlan}",
+                                "ovsnat-vlan": str(vlan)}))
+    gc.collect()
+    assert len(networks._interned) < 10
+
+
+def test_dhcp_leases_of_ports_that_left_are_forgotten():
+    from tests.test_dhcp import client
+    from ovsnat import dhcp
+    host = SimHost(fip_activation="immediate").start()
+    from dataclasses import replace
+    for round_ in range(3):
+        for n in range(40, 80):
+            row = replace(vm_row(n, ofport=n + 100 * round_), name=f"tap{round_}-{n}")
+            host.plug(row)
+            mac_ = f"02:00:0a:00:00:{n:02x}"
+            host.from_vm(n + 100 * round_, client(dhcp.REQUEST, mac_, requested=f"10.0.0.{n}"))
+            host.unplug(row.name)
+    assert host.ctl.stats.counts["dhcp_acks"] == 120             # positive control
+    assert len(host.ctl.dhcp.leases) <= 64 + 2 * len(host.ctl.host.valid)
