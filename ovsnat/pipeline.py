@@ -120,8 +120,9 @@ TABLES: tuple[Table, ...] = (
        "else is dropped.",
        "proto dl_src dl_dst nw_src nw_dst", {Load, SetField, Move, Goto}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
-       "Routed from a VM. TTL 1 goes to the controller (metered), which answers time "
-       "exceeded from the network's gateway; TTL 0 is dropped; destinations in the VM's own "
+       "Routed from a VM. TTL 1 goes to the controller (metered; a port over its share is "
+       "dropped here for a while), which answers time exceeded from the network's gateway; "
+       "TTL 0 is dropped; destinations in the VM's own "
        "network "
        "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
        "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "
@@ -154,12 +155,14 @@ TABLES: tuple[Table, ...] = (
        "(an exhausted port range leaves the private source) is dropped and counted.",
        "proto nw_src", {SetField, Goto}, {EGRESS_OUT}),
     _t(EGRESS_OUT, "egress_out",
-       "Translated traffic: ICMP errors a FIP VM sent go to the controller (metered), which "
-       "translates their quoted header too; everything else looks up ingress once more with "
+       "Translated traffic: ICMP errors a FIP VM sent go to the controller (metered; a port "
+       "over its share is dropped here for a while), which translates their quoted header "
+       "too; everything else looks up ingress once more with "
        "the leaving flag, so traffic to one of this host's own external addresses hairpins.",
        "proto reg5 in_port icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
     _t(INGRESS, "ingress",
-       "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered), which "
+       "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered apart "
+       "from the VMs' punts), which "
        "answers time exceeded from the FIP or SNAT IP it was sent to; TTL 0 is dropped; the "
        "first fragment of an ICMP error goes to the controller too (it translates it for a "
        "FIP VM, whole); a FIP is "
