@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat import connlimit, handoff_flows, networks
+from ovsnat import connlimit, flowident, handoff_flows, networks
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
     COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
     Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
@@ -368,14 +368,13 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
 
 
 def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
-    """Every flow of the host, in a stable order (table, -priority, text)."""
+    """Every flow of the host, in a stable order (table, -priority, text): each owner's,
+    settled as the controller settles them (ovsnat.flowident)."""
     cfg = state.config
-    flows = host_flows(cfg)
     nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
-    for net in sorted(nets, key=lambda n: n.id):
-        flows += network_flows(cfg, net)
-    for vm in state.vms:
-        flows += vm_flows(cfg, vm, vm.net(cfg))
+    flows = flowident.resolve([(flowident.HOST, host_flows(cfg)),
+                               *((("net", net.name), network_flows(cfg, net)) for net in nets),
+                               *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms)])
     if check:
         for flow in flows:
             check_flow(flow)
