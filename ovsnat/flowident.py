@@ -177,7 +177,7 @@ class Identities:
     def __init__(self):
         self.held: dict[bytes, object] = {}       # identity -> owner whose flow is desired
         self.rivals: dict[bytes, set] = {}        # identity -> owners left out of it
-        self.losing: dict[object, dict[bytes, tuple[str, int]]] = {}  # -> (text, cookie)
+        self.losing: dict[object, dict[bytes, tuple]] = {}    # -> (text, its owner cookie)
         self.doubled: dict[object, list[str]] = {}   # owner -> its own duplicates left out
 
     def claim(self, owner, old: bytes, settled: Settled) -> tuple[list, list]:
@@ -196,20 +196,20 @@ class Identities:
             holder = self.held.setdefault(ident, owner)
             if holder == owner:
                 kept.append(entry)
-            elif ident in losing:
-                continue                          # already left out, already said
-            elif rank(owner) < rank(holder):
-                self._lose(holder, ident, f, owner)
+            elif ident in losing:                 # already left out, already said
+                losing[ident] = (text(f), f.owner_cookie)
+            elif rank(owner) < rank(holder):      # its own cookie: when it is stored again
+                self._lose(holder, ident, f, owner, None)
                 self.held[ident] = owner
                 restore.append(holder)
                 kept.append(entry)
             else:
-                self._lose(owner, ident, f, holder)
+                self._lose(owner, ident, f, holder, f.owner_cookie)
         return kept, sorted(set(restore), key=rank)
 
-    def _lose(self, loser, ident: bytes, f: Flow, winner) -> None:
+    def _lose(self, loser, ident: bytes, f: Flow, winner, cookie: int | None) -> None:
         self.rivals.setdefault(ident, set()).add(loser)
-        self.losing.setdefault(loser, {})[ident] = (text(f), f.owner_cookie)
+        self.losing.setdefault(loser, {})[ident] = (text(f), cookie)
         LOG.error("ovsnat: %s and %s both want the flow %s (OVS keeps one flow per table, "
                   "priority and match): %s keeps it, sorting first; %s's is left out",
                   label(winner), label(loser), text(f), label(winner), label(loser))
@@ -260,7 +260,8 @@ class Identities:
     def prefix(self, owner) -> int | None:
         """The cookie owner bits of an owner all of whose flows are left out, if any."""
         for _, cookie in self.losing.get(owner, {}).values():
-            return cookie >> 24
+            if cookie is not None:
+                return cookie >> 24
         return None
 
     def status(self) -> list[dict]:

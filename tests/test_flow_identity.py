@@ -236,3 +236,12 @@ def test_the_model_switch_keeps_flows_as_ovs_does():
                ofwire.bundle_add(1, ofwire.flow_delete(70, b.cookie, 2)) +
                ofwire.bundle_ctrl(1, ofwire.BUNDLE_COMMIT, 3))
     assert sw.keys() == {(70, a.cookie)}
+
+
+def test_a_port_that_changes_address_leaves_no_name_on_its_old_cookies():
+    h = SimHost().start()
+    h.plug(vm_row(5))
+    old = owner_bits(h, "tapvm5")
+    h.plug(vm_row(5, **{"ovsnat-fixed-ip": "10.0.0.9"}))
+    assert owner_bits(h, "tapvm5") != old and old not in h.ctl.host.owner_names
+    assert h.ctl.host.owner_names[owner_bits(h, "tapvm5")] == "tapvm5" and in_step(h)
