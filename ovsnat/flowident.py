@@ -38,7 +38,6 @@ from ovsnat.flows import Flow
 
 LOG = logging.getLogger("ovsnat")
 _HEAD = struct.Struct("!2xH4xQ8xB")       # length, cookie, table_id (ofp_flow_mod)
-_MATCH_LEN = struct.Struct("!H")
 TABLE_AT, PRIORITY_AT, MATCH_AT = 24, 30, 48
 
 
@@ -79,10 +78,10 @@ def label(owner) -> str:
 def identity(msg, offset: int = 0) -> bytes:
     """(table, priority, match) of the flow_mod at `offset`, as bytes: table, priority, then
     the match's OXM fields (its header and padding left out)."""
-    match_len = _MATCH_LEN.unpack_from(msg, offset + MATCH_AT + 2)[0]
-    return b"".join((msg[offset + TABLE_AT:offset + TABLE_AT + 1],
-                     msg[offset + PRIORITY_AT:offset + PRIORITY_AT + 2],
-                     msg[offset + MATCH_AT + 4:offset + MATCH_AT + match_len]))
+    m = offset + MATCH_AT
+    return msg[offset + TABLE_AT:offset + TABLE_AT + 1] + \
+        msg[offset + PRIORITY_AT:offset + PRIORITY_AT + 2] + \
+        msg[m + 4:m + (msg[m + 2] << 8 | msg[m + 3])]
 
 
 def blob_identities(blob: bytes) -> Iterable[tuple[tuple[int, int], bytes]]:
