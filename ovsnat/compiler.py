@@ -271,6 +271,7 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
     in its handoff grace (ovsnat.handoff_flows)."""
     c = vm_cookie(vm, net)
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
+    responder = _fip_responder(cfg, vm, c) if vm.fip is not None else None
     pending = vm.fip is not None and not active
     tag = ([Controller()] if pending else []) + ([Load("reg6", net.id)] if net.id else [])
     arrived = arrived and vm.fip is None and handoff_flows.enabled(cfg)
@@ -307,12 +308,14 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
                       [Meter(CLAIM_METER), Controller()]),
         ]
     elif vm.fip is not None:
-        flows += fip_flows(cfg, vm, net, c)
+        flows += fip_flows(cfg, vm, net, c, responder)
     elif cfg.pat_ports_per_vm:
         flows += _pat_block_flows(cfg, vm, net, c)
     if arrived:
         flows += handoff_flows.arrived_flows(cfg, vm, net, c)
-    return flows + connlimit.vm_flows(cfg, vm, c)
+    flows += connlimit.vm_flows(cfg, vm, c)
+    # A restarted controller knows a live FIP by its responder's key (fip_responder_key).
+    return flowident.reserve(flows, responder) if responder is not None else flows
 
 
 def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
@@ -343,7 +346,8 @@ def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
                      arp_reply(mac_str(cfg.ip_mac(vm.fip)), fip))
 
 
-def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
+def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int,
+              responder: Flow | None = None) -> list[Flow]:
     """Static 1:1 NAT, the VM's own part: the ARP responder, the way in (stateless set_field,
     with the FIP flag for the ICMP-error punts), and fragments both ways; whole packets on
     the way out are rewritten by one host-level flow (from the FIP classify put in reg8).
@@ -356,7 +360,7 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
         networks.zone(cfg.network_ct_zone_base, net)
     into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
-        _fip_responder(cfg, vm, c),
+        responder or _fip_responder(cfg, vm, c),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", reg6=r6, nw_src=fixed, nw_frag="yes"), [
             SetField("eth_src", fip_mac),
             Ct(zone=zone, table=EGRESS_OUT, commit=True, nat=Nat("src", fip))]),

@@ -286,6 +286,18 @@ def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
                 owner_cookie | body_digest(body), body)
 
 
+def resalted(flow: Flow, used: set) -> Flow:
+    """The flow with the digest of its body salted 1, 2, ... until its (table, cookie) is
+    not in `used` (which gains it)."""
+    salt, cookie = 0, flow.cookie
+    while (flow.table, cookie) in used:
+        salt += 1
+        cookie = flow.owner_cookie | body_digest(flow.body(), salt)
+    used.add((flow.table, cookie))
+    return Flow(flow.table, flow.priority, flow.match, flow.actions, flow.owner_cookie, cookie,
+                flow.body_text)
+
+
 METER_CONTROLLER = 0xFFFFFFFE      # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in
 
 

@@ -245,3 +245,46 @@ def test_a_port_that_changes_address_leaves_no_name_on_its_old_cookies():
     h.plug(vm_row(5, **{"ovsnat-fixed-ip": "10.0.0.9"}))
     assert owner_bits(h, "tapvm5") != old and old not in h.ctl.host.owner_names
     assert h.ctl.host.owner_names[owner_bits(h, "tapvm5")] == "tapvm5" and in_step(h)
+
+
+@pytest.fixture
+def uplink_arp_collision(monkeypatch):
+    """Every flow of the VM with FIP 203.0.113.50 in uplink_arp gets one digest: live, its
+    ARP responder and its claim watcher; dark, the claim and probe watchers, whose plain
+    key is then the one the responder would have."""
+    real = flows.body_digest
+    monkeypatch.setattr(flows, "body_digest", lambda body, salt=0:
+                        0x0F1F2F if not salt and "table=15" in body and "203.0.113.50" in body
+                        else real(body, salt))
+
+
+def test_a_live_fips_responder_keeps_its_key_through_a_collision(uplink_arp_collision):
+    """A restarted controller keeps a FIP live when its responder's key is on the switch."""
+    fip = "203.0.113.50"
+    h = SimHost(fip_activation="immediate")
+    h.rows["tapvm5"] = vm_row(5, fip)
+    h.start()
+    assert h.fip_live(fip) and in_step(h)
+    again = SimHost(h.switch)
+    again.rows = dict(h.rows)
+    mods = h.switch.flow_mods
+    again.start()
+    assert again.fip_live(fip) and h.switch.flow_mods == mods and in_step(again)
+
+
+def test_a_dark_fips_flows_never_take_its_responders_key(uplink_arp_collision):
+    """...and only then: the dark FIP's watchers, whose digests are the responder's, get
+    other keys (the state a restart sees is the switch's keys)."""
+    from ovsnat.golden import BASE, port
+    from ovsnat.model import HostConfig
+    from ovsnat.state import HostState
+    host = HostState(HostConfig.parse(BASE))                 # probe: dark until proven
+    vm = port(5, "203.0.113.50")
+    host.update(vm.name, vm)
+    dark = set(host.owner_keys(vm.name))
+    assert host.adopt_installed(dark) == [] and host.is_pending(vm.name)
+    assert len({k for k in dark if k[0] == 15}) == 2         # both watchers, apart
+    host.activate(vm.name)
+    live = set(host.owner_keys(vm.name))
+    host.yield_fip(vm.name)
+    assert host.adopt_installed(live) == [vm.name]
