@@ -119,10 +119,13 @@ class HostState:
         return self.desired.all_keys()
 
     def owner_flows(self, owner) -> list[Flow]:
-        """Recompile one owner's desired flows (those it holds: flowident)."""
-        keys = set(self.owner_keys(owner))
-        return [f for f, _, _ in flowident.settle(self._compile(owner)).kept
-                if (f.table, f.cookie) in keys]
+        """Recompile one owner's desired flows (those it holds: flowident). Settled again
+        only when a cookie was salted: each desired key is then not one compiled flow's."""
+        keys, flows = set(self.owner_keys(owner)), self._compile(owner)
+        plain = [f for f in flows if (f.table, f.cookie) in keys]
+        if len(plain) == len(keys) == len({(f.table, f.cookie) for f in plain}):
+            return plain
+        return [f for f, _, _ in flowident.settle(flows).kept if (f.table, f.cookie) in keys]
 
     def _compile(self, owner) -> list[Flow]:
         if owner is HOST:

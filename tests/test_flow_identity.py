@@ -148,6 +148,9 @@ def test_a_digest_collision_inside_one_owner_loses_no_flow(colliding, plugged, c
     assert len(classify) == 2                            # the IP and the ARP flow
     assert vm5_identities(h) <= set(h.switch.entries)    # and every other flow of VM 5
     assert in_step(h)
+    recompiled = h.ctl.host.owner_flows("tapvm5")          # (what errors and resyncs read)
+    assert sorted((f.table, f.cookie) for f in recompiled) == \
+        sorted(h.ctl.host.owner_keys("tapvm5"))
     assert "is taken by another of its flows (digest collision)" in caplog.text
 
 
