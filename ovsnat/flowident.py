@@ -40,7 +40,8 @@ from ovsnat.flows import Flow
 
 LOG = logging.getLogger("ovsnat")
 _HEAD = struct.Struct("!2xH4xQ8xB")       # length, cookie, table_id (ofp_flow_mod)
-TABLE_AT, PRIORITY_AT, MATCH_AT = 24, 30, 48
+TABLE_AT, PRIORITY_AT, MATCH_AT = 24, 30, 48     # offsets in an OpenFlow 1.3 flow_mod
+MIN_FLOW_MOD = 56                              # header, fixed body, empty match
 
 
 class _HostOwner:
@@ -91,7 +92,7 @@ def blob_identities(blob: bytes) -> Iterable[tuple[tuple[int, int], bytes]]:
     offset, size = 0, len(blob)
     while offset < size:
         length, cookie, table = _HEAD.unpack_from(blob, offset)
-        if length < ofwire._MIN_FLOW_MOD or offset + length > size:
+        if length < MIN_FLOW_MOD or offset + length > size:
             raise ValueError(f"no whole flow_mod at offset {offset} (length {length})")
         yield (table, cookie), identity(blob, offset)
         offset += length
