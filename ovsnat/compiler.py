@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat import connlimit, handoff_flows, networks
+from ovsnat import connlimit, flowident, handoff_flows, networks
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
     COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
     Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
@@ -243,6 +243,7 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
     (ovsnat.handoff_flows)."""
     c = vm_cookie(vm, net)
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
+    responder = _fip_responder(cfg, vm, c) if vm.fip is not None else None
     pending = vm.fip is not None and not active
     copy = [Controller(meter=PRESENCE_METER)] if pending and copies != "none" else []
     reg = [Load("reg6", net.id)] if net.id else []
@@ -281,12 +282,14 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
                       [Meter(CLAIM_METER), Controller()]),
         ]
     elif vm.fip is not None:
-        flows += fip_flows(cfg, vm, net, c)
+        flows += fip_flows(cfg, vm, net, c, responder)
     elif cfg.pat_ports_per_vm:
         flows += _pat_block_flows(cfg, vm, net, c)
     if arrived:
         flows += handoff_flows.arrived_flows(cfg, vm, net, c)
-    return flows + connlimit.vm_flows(cfg, vm, c)
+    flows += connlimit.vm_flows(cfg, vm, c)
+    # A restarted controller knows a live FIP by its responder's key (fip_responder_key).
+    return flowident.reserve(flows, responder) if responder is not None else flows
 
 
 def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
@@ -317,7 +320,8 @@ def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
                      arp_reply(mac_str(cfg.ip_mac(vm.fip)), fip))
 
 
-def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
+def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int,
+              responder: Flow | None = None) -> list[Flow]:
     """Static 1:1 NAT, the VM's own part: the ARP responder, the way in (stateless set_field,
     with the FIP flag for the ICMP-error punts), and fragments both ways; whole packets on
     the way out are rewritten by one host-level flow (from the FIP classify put in reg8).
@@ -330,7 +334,7 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
         networks.zone(cfg.network_ct_zone_base, net)
     into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
-        _fip_responder(cfg, vm, c),
+        responder or _fip_responder(cfg, vm, c),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", reg6=r6, nw_src=fixed, nw_frag="yes"), [
             SetField("eth_src", fip_mac),
             Ct(zone=zone, table=EGRESS_OUT, commit=True, nat=Nat("src", fip))]),
@@ -342,14 +346,13 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
 
 
 def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
-    """Every flow of the host, in a stable order (table, -priority, text)."""
+    """Every flow of the host, in a stable order (table, -priority, text): each owner's,
+    settled as the controller settles them (ovsnat.flowident)."""
     cfg = state.config
-    flows = host_flows(cfg)
     nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
-    for net in sorted(nets, key=lambda n: n.id):
-        flows += network_flows(cfg, net)
-    for vm in state.vms:
-        flows += vm_flows(cfg, vm, vm.net(cfg))
+    flows = flowident.resolve([(flowident.HOST, host_flows(cfg)),
+                               *((("net", net.name), network_flows(cfg, net)) for net in nets),
+                               *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms)])
     if check:
         for flow in flows:
             check_flow(flow)

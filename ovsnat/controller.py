@@ -328,6 +328,7 @@ class HostController:
             "rejected": [{"name": r.name, "reason": r.reason}
                          for r in (host.rejected if host else [])],
             "failed_owners": {f"{k:#x}": v for k, v in self.sw.failed_owners.items()},
+            "duplicate_flows": host.idents.status() if host else [],
             "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
             "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
             "dhcp_leases": self.dhcp.status(host, now),

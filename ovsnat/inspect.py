@@ -310,6 +310,9 @@ def format_status(st: dict) -> str:
                          ", ".join(f"{name} {n}" for name, n in sorted(refused.items())))
         for c in ctl.get("conflicts", [])[-5:]:
             lines.append(f"  conflict: FIP {c['fip']} claimed by {c['mac']} at {c['time']}")
+        for d in ctl.get("duplicate_flows", []):
+            lines.append(f"  flow left out: {d['owner']}'s {d['flow']} (OVS holds one flow "
+                         f"per table, priority and match: {d['kept_by']}'s)")
     return "\n".join(lines)
 
 

@@ -73,6 +73,8 @@ class _Collector:
                      sum(1 for w in st["waiting"].values() if w["state"] == "conflict"))
         yield _gauge("ports_skipped", "Ports skipped for bad input or clashes",
                      len(st["rejected"]))
+        yield _gauge("flows_left_out", "Desired flows left out: another flow of this host has "
+                     "their table, priority and match", len(st.get("duplicate_flows", [])))
         if st["reconcile_seconds"] is not None:
             yield _gauge("reconcile_seconds", "Datapath connect to flows in sync",
                          st["reconcile_seconds"])

@@ -16,29 +16,22 @@ from typing import Iterable
 
 import netaddr
 
-from ovsnat import ofwire
+from ovsnat import flowident
 from ovsnat.claims import Claims, NetworkBook, claim_keys, claim_text, fip_key
 from ovsnat.compiler import fip_responder_key, host_flows, network_flows, sort_flows, vm_flows
 from ovsnat.handoff_flows import gone_flows
 from ovsnat.delta import Delta, diff, flow_key
-from ovsnat.flows import COOKIE_HOST, Flow
+from ovsnat.flowbook import FlowBook
+from ovsnat.flows import Flow
 from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
 from ovsnat.networks import Network
 from ovsnat.portcheck import check_alone
-from ovsnat.pipeline import check_flows
 
-HOST = "host"          # owner key of host-level flows; a network's is ("net", its name)
+HOST = flowident.HOST   # owner key of host-level flows; a network's is ("net", its name)
 
 
 def net_owner(net: Network) -> tuple[str, str]:
     return ("net", net.name)
-
-
-def _pack(flows: list[Flow]) -> bytes:
-    """Packed once, when they change; held to the declared pipeline first (the controller's
-    runtime path is checked as the batch compile is)."""
-    check_flows(flows)
-    return b"".join([ofwire.flow_add(f, 0) for f in flows])
 
 
 def _rank(port: VmPort) -> tuple[str, str]:
@@ -54,12 +47,11 @@ class HostState:
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims = Claims()
         self.book = NetworkBook()
-        # owner (HOST, ("net", name) or a port name) -> its flow_mods, packed (xid 0) and
-        # concatenated in compile order. Packed once, when they change, not at every sync:
-        # a controller that (re)connects only slices bytes (about 150 bytes a flow; no Flow
-        # objects kept). Keys are read back from the bytes (ofwire.flow_mod_keys).
-        self.wire: dict = {}
-        self.owner_names: dict[int, object] = {}    # cookie owner bits -> owner key
+        # Owner (HOST, ("net", name), ("gone", name) or a port name) -> its packed flows,
+        # cookie owner bits -> owner, and who holds each (table, priority, match).
+        self.desired = FlowBook()
+        self.wire, self.owner_names = self.desired.wire, self.desired.owner_names
+        self.idents = self.desired.idents
         self.members: dict[str, set[str]] = {}      # network name -> accepted ports in it
         self.in_net: dict[str, str] = {}            # accepted port -> its network's name
         self.nets: dict[str, Network] = {}          # network name -> its definition here
@@ -123,17 +115,22 @@ class HostState:
 
     def owner_keys(self, owner) -> list[tuple[int, int]]:
         """The (table, cookie) keys of one owner's desired flows."""
-        return ofwire.flow_mod_keys(self.wire.get(owner, b""))
+        return self.desired.keys(owner)
 
     def all_keys(self) -> set[tuple[int, int]]:
-        keys: set = set()
-        for packed in self.wire.values():
-            keys.update(ofwire.flow_mod_keys(packed))
-        return keys
+        return self.desired.all_keys()
 
     def owner_flows(self, owner) -> list[Flow]:
-        """Recompile one owner's flows."""
-        if owner == HOST:
+        """Recompile one owner's desired flows (those it holds: flowident). Settled again
+        only when a cookie was salted: each desired key is then not one compiled flow's."""
+        keys, flows = set(self.owner_keys(owner)), self._compile(owner)
+        plain = [f for f in flows if (f.table, f.cookie) in keys]
+        if len(plain) == len(keys) == len({(f.table, f.cookie) for f in plain}):
+            return plain
+        return [f for f, _, _ in flowident.settle(flows).kept if (f.table, f.cookie) in keys]
+
+    def _compile(self, owner) -> list[Flow]:
+        if owner is HOST:
             return host_flows(self.cfg)
         if isinstance(owner, tuple) and owner[0] == "gone":
             port = self.departed.get(owner[1])
@@ -157,7 +154,7 @@ class HostState:
 
     def iter_flows_for(self, keys: set[tuple[int, int]]):
         """Like flows_for, one owner at a time (a full sync never holds all flows)."""
-        for owner in self._owners_of(keys):
+        for owner in self.desired.owners_of(keys):
             for f in self.owner_flows(owner):
                 if flow_key(f) in keys:
                     yield f
@@ -167,18 +164,7 @@ class HostState:
 
     def iter_wire_for(self, keys: set[tuple[int, int]]):
         """(key, packed flow_mod) for these keys, straight from the packed cache."""
-        for owner in self._owners_of(keys):
-            for key, packed in ofwire.iter_flow_mods(self.wire.get(owner, b"")):
-                if key in keys:
-                    yield key, packed
-
-    def _owners_of(self, keys: set[tuple[int, int]]) -> list:
-        """The known owners of these keys, in a stable order. Goes through the distinct
-        owner bits (cookie >> 24) first: a full sync asks for 115,000 keys of 10,000 owners."""
-        prefixes = {c >> 24 for _, c in keys}
-        owners = {HOST if p >> 32 == COOKIE_HOST else self.owner_names.get(p)
-                  for p in prefixes}
-        return sorted((o for o in owners if o), key=lambda o: (isinstance(o, tuple), str(o)))
+        return self.desired.iter_wire_for(keys)
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
@@ -319,13 +305,12 @@ class HostState:
         return delta
 
     def _store(self, owner, new: list[Flow]) -> Delta:
-        old = ofwire.flow_mod_keys(self.wire.pop(owner, b""))
-        if new:
-            self.wire[owner] = _pack(new)
-            self.owner_names[new[0].cookie >> 24] = owner
-        elif old and self.owner_names.get(old[0][1] >> 24) == owner:
-            del self.owner_names[old[0][1] >> 24]
-        return diff(old, new, {owner})
+        """`owner`'s flows are now `new`; owners that lose a flow to it or regain one from
+        it (ovsnat.flowident) are recompiled and stored too."""
+        delta, restore = self.desired.store(owner, new)
+        for other in restore:
+            delta.extend(self._store(other, self._compile(other)))
+        return delta
 
     def _membership(self, name: str, net: Network | None) -> Delta:
         """A named network's flows exist while it has an accepted port here."""
