@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ovsnat.lab.openstack import cloud, keystone
-from ovsnat.lab.openstack.cloudlab import AGENT_TIMEOUT, SERVER_PORT, CloudLab
+from ovsnat.lab import scenario
+from ovsnat.lab.openstack.cloudlab import AGENT_TIMEOUT, CONTROLLER_OPTIONS, SERVER_PORT, \
+    CloudLab
 from ovsnat.lab.openstack.netns import inside
 from ovsnat.lab.openstack.stack import Stack
 from ovsnat.lab.openstack.virt.guest import Guest
@@ -39,13 +42,29 @@ class NovaCloud(CloudLab):
     def stack(self) -> Stack:
         return self.services
 
-    def add_hypervisor(self, name: str, controller: bool = True) -> None:
-        """CloudLab's host (controller, agent), and its nova-compute."""
-        super().add_hypervisor(name, controller)
+    def add_hypervisor(self, name: str, controller: bool = True, agent: bool = True) -> None:
+        """CloudLab's host (controller, agent), and its nova-compute. agent=False: the
+        agent is started later (start_agent), e.g. once the external network exists (an
+        agent that finds none asks again with a growing backoff)."""
+        self.lab.add_host(name, fabric=True)
+        if controller:
+            scenario.start_controller(self.lab, name, snat_ip="", **CONTROLLER_OPTIONS)
+        if agent:
+            self.stack.start_agent(name)
         self.stack.add_compute(name)
 
     def openstack(self, *args: str, **kwargs) -> str:
         return self.stack.openstack(*args, **kwargs)
+
+    def as_admin(self):
+        """openstacksdk as the cloud's admin, every service (use inside `self.inside()`)."""
+        if not hasattr(self, "_admin"):
+            self._admin = keystone.admin()
+        return self._admin
+
+    def inside(self):
+        """This thread in the services namespace, where every API listens."""
+        return inside(self.stack.ns)
 
     def guest(self, server_id: str) -> Guest | None:
         """The lab driver's guest of a server (None once it is gone)."""
@@ -91,31 +110,56 @@ def create_flavor_and_image(ns: str) -> tuple[str, str]:
 
 
 def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2")) -> NovaCloud:
-    """Everything, or nothing: a failed bring-up is torn down before the error goes up."""
+    """Everything, or nothing: a failed bring-up is torn down before the error goes up.
+
+    Once the services answer, three things go side by side: the hypervisors (lab hosts,
+    controllers, nova-computes, which take the longest to start) here, the networks and
+    the flavor and image in two threads (API calls only: the Lab object is touched by
+    this thread alone). The agents start once the external network exists."""
     t0 = time.monotonic()
     lab = Lab()
     stack = Stack(lab)
+    steps: dict[str, float] = {}
     try:
         lab.up()
         stack.up()
-        t1 = time.monotonic()
-        topo = create_topology(stack.ns)
-        cl = NovaCloud(lab, stack, cloud.InNamespace(keystone.admin(), stack.ns), topo)
-        for host in hosts:
-            cl.add_hypervisor(host)
-        start_server(lab, "srv-tcp", lab.srv_ns, "tcp", SERVER_PORT)
-        start_server(lab, "srv-udp", lab.srv_ns, "udp", SERVER_PORT)
-        cl.flavor, cl.image = create_flavor_and_image(stack.ns)
-        cl.agents_alive(timeout=AGENT_TIMEOUT)
-        for host in hosts:
-            cl.wait_snat(host)
-        stack.wait_computes(list(hosts))
+        steps["services"] = time.monotonic() - t0
+        with ThreadPoolExecutor(2) as pool:
+            topo_f = pool.submit(_timed, steps, "networks", create_topology, stack.ns)
+            image_f = pool.submit(_timed, steps, "flavor and image", create_flavor_and_image,
+                                  stack.ns)
+            cl = NovaCloud(lab, stack, cloud.InNamespace(keystone.admin(), stack.ns),
+                           cloud.Topology("", "", "", "", "", 0))
+            for host in hosts:
+                cl.add_hypervisor(host, agent=False)
+            start_server(lab, "srv-tcp", lab.srv_ns, "tcp", SERVER_PORT)
+            start_server(lab, "srv-udp", lab.srv_ns, "udp", SERVER_PORT)
+            cl.topo = topo_f.result()
+            for host in hosts:
+                stack.start_agent(host)
+            cl.flavor, cl.image = image_f.result()
+        _timed(steps, "agents alive, SNAT addresses", _agents_ready, cl, hosts)
+        _timed(steps, "nova-computes ready", stack.wait_computes, list(hosts))
     except BaseException:
         stack.down()
         lab.down()
         raise
     cl.timings.update({f"services {k}": v for k, v in stack.timings.items()})
-    cl.timings["cloud"] = time.monotonic() - t1
+    cl.timings.update(steps)
     cl.timings["bring-up"] = time.monotonic() - t0
     return cl
 
+
+def _agents_ready(cl: NovaCloud, hosts: tuple[str, ...]) -> None:
+    cl.agents_alive(timeout=AGENT_TIMEOUT)
+    for host in hosts:
+        cl.wait_snat(host)
+
+
+def _timed(steps: dict[str, float], name: str, fn, *args):
+    """fn(*args), its duration recorded under `name` (until it returned, from the call)."""
+    t = time.monotonic()
+    try:
+        return fn(*args)
+    finally:
+        steps[name] = time.monotonic() - t

@@ -18,6 +18,7 @@ their queue). Hypervisors' nova-computes are added by `add_compute`.
 from __future__ import annotations
 
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +28,10 @@ from ovsnat.lab.openstack import config as cfg
 from ovsnat.lab.openstack import keystone, stackdb
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.netns import inside
-from ovsnat.lab.openstack.services import NEUTRON_ENV, OpenStack, cfg_topic
+from ovsnat.lab.openstack.services import NEUTRON_ENV, OpenStack, _session_members, \
+    cfg_topic, require_services
 from ovsnat.lab.openstack.virt.guest import destroy_all, host_namespace
-from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.sh import LabError, run, wait_for
 
 # Stopped first to last (the agents, Neutron, RabbitMQ and MariaDB by OpenStack.down after).
 SERVICES = ("nova-scheduler", "nova-conductor", "nova-metadata", "nova-api", "glance-api",
@@ -56,6 +58,13 @@ class Stack(OpenStack):
 
     # --- bring-up ------------------------------------------------------------------------
     def up(self) -> "Stack":
+        require_services("mariadb")
+        missing = [c for c in ("nova-manage", "keystone-manage", "glance-manage",
+                               "placement-manage", "openstack")
+                   if not os.path.exists(cfg.venv_bin(c))]
+        if missing:
+            raise LabError(f"Neutron's virtualenv lacks {missing} (extra `lab`): run "
+                           "`make install`")
         t0 = time.monotonic()
         self.ns = self.lab._add_ns("os")
         self.paths = cfg.Paths(os.path.join(self.lab.dir, "openstack"))
@@ -174,9 +183,13 @@ class Stack(OpenStack):
         conf = sc.write_compute(self.sp, host, self.lab.id, host_namespace(self.lab.id, host),
                                 h.ovs.db_sock)
         name = f"nova-compute-{host}"
-        self.lab.spawn(name, [cfg.venv_bin("python"), "-m", "ovsnat.lab.openstack.virt.compute",
+        # nsenter --net, not `ip netns exec`: that gives the process a mount namespace of
+        # its own, where the guests' namespaces (`ip netns add`, a bind mount under
+        # /run/netns) would be invisible to everyone else
+        self.lab.spawn(name, ["nsenter", f"--net=/run/netns/{self.ns}", cfg.venv_bin("python"),
+                              "-m", "ovsnat.lab.openstack.virt.compute",
                               "--config-file", os.path.join(self.paths.etc, "nova.conf"),
-                              "--config-file", conf], ns=self.ns, env=self.service_env)
+                              "--config-file", conf], env=self.service_env)
         self.computes.append(host)
         return name
 
@@ -199,18 +212,37 @@ class Stack(OpenStack):
 
     # --- teardown and measurement ---------------------------------------------------------
     def down(self) -> None:
-        for host in reversed(self.computes):
-            self.stop(f"nova-compute-{host}")
+        """Every service at once (each may take its graceful shutdown's seconds; the
+        guests' processes go with their nova-compute, guest.py), then the guests, then
+        OpenStack.down (the logs kept, if asked)."""
+        self.stop_all([*(f"nova-compute-{h}" for h in self.computes), *SERVICES,
+                       *self.agents, "neutron-rpc", "neutron-api", "rabbitmq", "epmd",
+                       "mariadbd"])
         if self.sp is not None:
             destroy_all(self.sp.guests)
-        for name in SERVICES:
-            self.stop(name)
         super().down()
+
+    def stop_all(self, names: list[str], grace: float = 5.0) -> None:
+        """OpenStack.stop for several services side by side: SIGTERM to every process of
+        their sessions, SIGKILL to what is left after `grace` seconds."""
+        sessions = [self.lab.procs[n]["pid"] for n in names if n in self.lab.procs]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            pids = [p for sid in sessions for p in _session_members(sid, self.lab.id)]
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(
+                    _session_members(sid, self.lab.id) for sid in sessions):
+                time.sleep(0.05)
+        for name in names:
+            self.lab.stop_proc(name)
 
     def memory(self) -> dict[str, float]:
         """Proportional set size (MiB) of each service with everything in its session
         (workers, helpers): what the services cost the machine's memory."""
-        from ovsnat.lab.openstack.services import _session_members
         out = {}
         for name, info in self.lab.procs.items():
             pids = _session_members(info["pid"], self.lab.id)

@@ -77,10 +77,16 @@ def sql(stack, statements: str, database: str = "") -> str:
 
 def start(stack) -> None:
     """Start mariadbd on the data directory in place; returns once it answers."""
-    stack.lab.spawn("mariadbd", mariadbd_argv(stack), ns=stack.ns)
+    shutil.chown(stack.paths.mysql, "mysql", "mysql")      # its socket and pid file
+    proc = stack.lab.spawn("mariadbd", mariadbd_argv(stack), ns=stack.ns)
     admin = ["mariadb-admin", "--no-defaults", "-S", stack.paths.mysql_sock, "-uroot"]
-    wait_for(lambda: run([*admin, "ping"], check=False).returncode == 0, 60, interval=0.1,
-             what=f"mariadbd (see {stack.paths.log}/mariadb.log)")
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise LabError(f"mariadbd exited ({proc.returncode}); see "
+                           f"{stack.paths.log}/mariadb.log")
+        return run([*admin, "ping"], check=False).returncode == 0
+    wait_for(answers, 60, interval=0.1, what=f"mariadbd (see {stack.paths.log}/mariadb.log)")
 
 
 def shutdown(stack) -> None:
@@ -108,13 +114,15 @@ def restore(stack, key: str) -> bool:
     if not os.path.exists(path):
         return False
     run(["tar", "-xzf", path, "-C", stack.paths.root], timeout=120)
+    os.utime(path)          # in use: save() keeps it
     return True
 
 
 def save(stack, key: str) -> None:
     """Tarball of the data directory and Keystone's keys (the server must be shut down);
     written under a temporary name and renamed, so a concurrent lab never reads half of
-    one. Tarballs of other digests go: they can never be used again by this checkout."""
+    one. Tarballs of other digests unused for a week go (another checkout of other code
+    may still use a recent one)."""
     os.makedirs(CACHE_DIR, exist_ok=True)
     path = cache_path(key)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -124,7 +132,7 @@ def save(stack, key: str) -> None:
                                                                   root)], timeout=300)
     os.replace(tmp, path)
     for old in glob.glob(os.path.join(CACHE_DIR, "databases-*.tar.gz")):
-        if old != path:
+        if old != path and time.time() - os.path.getmtime(old) > 7 * 86400:
             os.remove(old)
 
 
