@@ -17,6 +17,8 @@ the fake driver's: resources, instance bookkeeping, the live-migration checks an
   then the wait, with vif_plugging_timeout; on timeout with vif_plugging_is_fatal the guest
   is destroyed, the VIFs unplugged and VirtualInterfaceCreateException raised; on any other
   error the same cleanup; then the guest is resumed.
+- node identity (get_available_resource, get_nodenames_by_uuid): Host.get_node_uuid.
+- check_can_live_migrate_destination: the VIF skeletons flagged for os-vif delegation.
 - pre_live_migration: _pre_live_migration_plug_vifs: plug with the destination's port
   bindings (migrate_data.vifs -> get_dest_vif()), before any tap exists there.
 - live_migration: _live_migration: the guest moves (its taps to the destination, then
@@ -40,8 +42,11 @@ import nova.conf
 from nova.compute import power_state
 from nova import exception
 from nova.network import model as network_model
+from nova.network import neutron
 from nova.network import os_vif_util
+from nova.objects import migrate_data as migrate_data_obj
 from nova.virt import fake
+import nova.virt.node
 
 from ovsnat.lab.openstack.virt.guest import Guest, Nic
 
@@ -73,6 +78,20 @@ class LabDriver(fake.FakeLiveMigrateDriver):
                 self.instances[guest.uuid] = fake.FakeInstance(guest.name,
                                                                power_state.RUNNING,
                                                                guest.uuid)
+
+    # --- node identity: libvirt's Host.get_node_uuid ---------------------------------------
+    def get_available_resource(self, nodename):
+        """The fake driver's resources with the node's identity as libvirt keeps it (a
+        `compute_id` file in state_path, made at the first start): the fake driver's
+        constant uuid is never written down, and nova-compute then refuses to start again
+        ("No local node identity found")."""
+        data = super().get_available_resource(nodename)
+        if data:
+            data["uuid"] = nova.virt.node.get_local_node_uuid()
+        return data
+
+    def get_nodenames_by_uuid(self, refresh=False):
+        return {nova.virt.node.get_local_node_uuid(): CONF.host}
 
     # --- VIFs: libvirt's LibvirtGenericVIFDriver.plug/_plug_os_vif ------------------------
     def plug_vifs(self, instance, network_info):
@@ -179,6 +198,30 @@ class LabDriver(fake.FakeLiveMigrateDriver):
                 LOG.warning("Unplugging %s failed", vif['id'], instance=instance)
 
     # --- live migration ------------------------------------------------------------------
+    def check_can_live_migrate_destination(self, context, instance, src_compute_info,
+                                           dst_compute_info, block_migration=False,
+                                           disk_over_commit=False):
+        """The fake driver's data, and the VIFs as libvirt's gives them: with Neutron's
+        multiple port bindings, a skeleton per VIF flagged `supports_os_vif_delegation`
+        (it travels in the destination binding's profile, and get_dest_vif() turns it into
+        `delegate_create`: os-vif creates the destination's OVS port in
+        pre_live_migration, before any tap exists)."""
+        data = super().check_can_live_migrate_destination(
+            context, instance, src_compute_info, dst_compute_info, block_migration,
+            disk_over_commit)
+        if self._network_api.has_port_binding_extension(context):
+            data.vifs = migrate_data_obj.VIFMigrateData.create_skeleton_migrate_vifs(
+                instance.get_network_info())
+            for vif in data.vifs:
+                vif.supports_os_vif_delegation = True
+        return data
+
+    @property
+    def _network_api(self):
+        if not hasattr(self, "_neutron_api"):
+            self._neutron_api = neutron.API()
+        return self._neutron_api
+
     def pre_live_migration(self, context, instance, block_device_info, network_info,
                            disk_info, migrate_data):
         """libvirt's _pre_live_migration_plug_vifs: the destination's bindings if Neutron
