@@ -125,13 +125,17 @@ def test_nova_boots_a_server_to_active_with_its_defaults_and_deletes_it(cl):
     event_at = nova_event_at(cl, "network-vif-plugged", port.id, server["id"])
     assert guest.times["created"] < event_at <= guest.times["resumed"]
     TIMES["tap to network-vif-plugged at Nova"] = event_at - guest.times["created"]
+    built = re.search(rf"\[instance: {server['id']}\] Took ([\d.]+) seconds to build",
+                      open(os.path.join(cl.stack.paths.log, f"nova-compute-{host}.log")).read())
+    TIMES["Nova's build (its log)"] = float(built.group(1))
 
     # The guest runs: ovsnat's DHCP configures it and it reaches the outside through its
     # host's SNAT address (PAT)
     lease = wait_for(guest.lease, 20, interval=0.1, what="the guest's DHCP lease")
     assert lease["ip"] == port.fixed_ips[0]["ip_address"] and lease["router"] == "10.1.0.1"
-    reply = tcp_connect(cl.lab, guest.ns, SERVER_IP, SERVER_PORT)
-    assert reply.ok and reply.peer_ip == cl.snat_ip(host), reply
+    reply = wait_for(lambda: (r := tcp_connect(cl.lab, guest.ns, SERVER_IP, SERVER_PORT)).ok
+                     and r, 15, interval=0.2, what=f"{SERVER_IP}:{SERVER_PORT} from the guest")
+    assert reply.peer_ip == cl.snat_ip(host), reply
 
     t0 = time.time()
     cl.openstack("server", "delete", "--wait", server["id"])
