@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export VENV
 
 .PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
-	test-openstack-mariadb
+	test-openstack-mariadb test-nova
 
 install:
 	bash scripts/install.sh
@@ -35,6 +35,11 @@ test-openstack: install
 
 test-openstack-mariadb: install
 	OVSNAT_OPENSTACK_DB=mariadb $(PY) -m pytest -q -m openstack $(PYTEST_ARGS)
+
+# Only the tests driven by OpenStack's own services (Keystone, Placement, Glance, Nova with
+# the lab's virt driver; ovsnat/lab/openstack/stack.py): the place for their long runs.
+test-nova: install
+	$(PY) -m pytest -q -m nova $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)

@@ -11,6 +11,9 @@
 #     eventlet 0.41, ryu 4.34 (ovsnat's controller) needs 0.33.3, so they cannot share one.
 #     ovsnat goes in editable as ovsnat[neutron], so Neutron finds ovsnat's entry points (the
 #     ML2 mechanism driver `ovsnat`) and the venv has `ovsnat-neutron-agent`.
+#   - The lab's other OpenStack services in the same virtualenv (extra `lab`: Keystone,
+#     Placement, Glance, Nova, the `openstack` CLI; pins at the end of constraints-neutron.txt).
+#     Lab-only: ovsnat's driver and agent need none of them (devstack installs `[neutron]`).
 # Idempotent and stamp-based like install.sh: with nothing changed it only checks.
 set -euo pipefail
 
@@ -59,12 +62,17 @@ fi
 t0=$(date +%s)
 [ -x "$venv/bin/python" ] || { say "creating virtualenv $venv"; "$python" -m venv "$venv"; }
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    -c "$here/constraints-neutron.txt" -e "${here}[neutron]"
+    -c "$here/constraints-neutron.txt" -e "${here}[neutron,lab]"
 # Neutron must find ovsnat's mechanism driver by its entry point, as it will in production.
 "$venv/bin/python" - <<'EOF'
 from importlib.metadata import entry_points
 names = [e.name for e in entry_points(group="neutron.ml2.mechanism_drivers")]
 assert "ovsnat" in names and "openvswitch" in names, names
 EOF
+# The lab's services start from these (ovsnat/lab/openstack/stack.py): fail here, not in a test.
+for cmd in keystone-manage placement-manage glance-manage nova-manage nova-conductor \
+        nova-scheduler nova-compute openstack uwsgi; do
+    [ -x "$venv/bin/$cmd" ] || { say "$cmd missing from $venv" >&2; exit 1; }
+done
 echo "$want" >"$stamp"
 say "done: $venv ($(( $(date +%s) - t0 )) s)"

@@ -352,6 +352,10 @@ class Lab:
         for ns in reversed(self.namespaces):
             run(["ip", "netns", "del", ns], check=False)
         self.namespaces.clear()
+        # namespaces its own processes made (OpenStack lab guests): unrecorded, same prefix
+        for ns in list_lab_namespaces():
+            if ns.startswith(self.ns_name("")):
+                run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise LabError("lab teardown finished with errors:\n" + "\n".join(errors))
