@@ -232,7 +232,7 @@ class HostState:
         return delta
 
     def _add(self, name: str, port: VmPort, affected: set[str]) -> None:
-        reason = self._check_alone(port)
+        reason = self.check_alone(port)
         if reason:
             self.invalid[name] = reason
             return
@@ -287,7 +287,7 @@ class HostState:
                 adopted.append(name)
         return adopted
 
-    def _check_alone(self, port: VmPort) -> str | None:
+    def check_alone(self, port: VmPort) -> str | None:
         try:
             port.check(self.cfg)
             net = self.net(port)
@@ -320,7 +320,7 @@ class HostState:
         port = self.valid.get(name)
         new: list[Flow] = []
         if port is not None:
-            beaten = self._beaten_by(port)
+            beaten = self.beaten_by(port)
             if beaten:
                 self.lost[name] = f"port {port.name!r} ({port.iface_id}): {beaten}"
             else:
@@ -368,7 +368,7 @@ class HostState:
             else:
                 members.discard(name)
 
-    def _beaten_by(self, port: VmPort) -> str | None:
+    def beaten_by(self, port: VmPort) -> str | None:
         """Why `port` loses to the competitor that sorts first before it, if any."""
         best, why = None, None
         net = self.net(port)
