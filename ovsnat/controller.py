@@ -67,6 +67,7 @@ class HostController:
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
+        self.unready: dict[str, str] = {}         # row without a device -> rejection logged
         self.settings = Settings(cfg)
         self.faults: list[float] = []
 
@@ -228,7 +229,7 @@ class HostController:
             return []
         busy = self.sw.session.in_flight_owners()
         return markers.changes(self.host, self.rows, names,
-                               lambda name: self.sw.confirmed(name, busy))
+                               lambda name: self.sw.confirmed(name, busy), self.unready)
 
     # --- packets ---------------------------------------------------------------------------
     def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:

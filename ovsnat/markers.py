@@ -13,19 +13,22 @@ which reports ports up to Neutron from them (as ovn-controller writes `ovn-insta
 
 A port with its device gets both in one write, once its flows are confirmed (ready alone
 would be one more OVSDB write per port at every boot); a row without a device gets ready
-alone. Each goes when it stops being true (keys rejected or gone, a lost clash, the device
-gone: installed); a port whose flows are being updated keeps both. A row without a device
+alone, and keeps it when its device appears (the guest arrived) while its flows go in.
+Each goes when it stops being true (keys rejected or gone, a lost clash, the device gone:
+installed); a port whose flows are being updated keeps both. A row without a device
 is judged when it changes and at every full pass (switch connect, host rebuilt): a rival
 plugged meanwhile on this host is seen there, or when the device appears.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from ovsnat.model import PortError, VmPort
 
+LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
 READY_KEY = "ovsnat-ready"
 # The ofport a row without a device is judged with (as `ovsnat bind` does): no real port has
@@ -52,20 +55,37 @@ def keys_rejection(host, name: str, external_ids) -> str | None:
     return host.check_alone(port) or host.beaten_by(port)
 
 
-def changes(host, rows: dict, names, confirmed: Callable[[str], bool]) -> list[IfaceKeys]:
+def changes(host, rows: dict, names, confirmed: Callable[[str], bool],
+            logged: dict[str, str]) -> list[IfaceKeys]:
     """The marker writes for the rows `names` (other owners in it are skipped);
-    `confirmed(name)`: the port's flows are all on the switch."""
+    `confirmed(name)`: the port's flows are all on the switch. A row without a device whose
+    keys this host rejects gets one log line per reason (`logged`: row -> reason logged,
+    kept by the caller); a row with a device has its rejection logged by the controller."""
     out = []
-    for name in sorted(n for n in names if n in rows):
+    for name in sorted(n for n in names if isinstance(n, str)):
+        if name not in rows:
+            logged.pop(name, None)
+            continue
         ids = rows[name].external_ids
         accepted = name in host.valid and name not in host.lost
         installed = accepted and (ids.get(INSTALLED_KEY) == "true" or confirmed(name))
-        ready = installed or (name in host.transient and
-                              keys_rejection(host, name, ids) is None)
+        ready = accepted and (installed or ids.get(READY_KEY) == "true") or \
+            name in host.transient and _keys_ok(host, name, ids, logged)
         write = _write(name, ids, {READY_KEY: ready, INSTALLED_KEY: installed})
         if write is not None:
             out.append(write)
     return out
+
+
+def _keys_ok(host, name: str, ids, logged: dict[str, str]) -> bool:
+    reason = keys_rejection(host, name, ids)
+    if reason is None:
+        logged.pop(name, None)
+    elif logged.get(name) != reason:
+        LOG.error("ovsnat: not ready for its device (a live migration cannot come "
+                  "here): %s", reason)
+        logged[name] = reason
+    return reason is None
 
 
 def _write(name: str, ids, wanted: dict[str, bool]) -> IfaceKeys | None:

@@ -134,7 +134,11 @@ def test_a_row_without_its_device_is_ready_once_the_host_accepts_its_keys():
     assert markers(host, "tapvm11") == {READY_KEY: "true"}
     assert not host.switch.keys() - host.ctl.host.all_keys()     # no flows for it
     arrived = host.rows["tapvm11"]
+    host.echo_writes = False            # the flows are being installed: ready stays
     host.plug(IfaceRow("tapvm11", 11, arrived.external_ids, "up"))
+    assert not [w for w in host.key_writes if w.name == "tapvm11" and w.remove]
+    host.echo_writes = True
+    host.plug(host.rows["tapvm11"])
     assert markers(host, "tapvm11") == {READY_KEY: "true", INSTALLED_KEY: "true"}
     assert host.fip_live(FIP)
     host.plug(IfaceRow("tapvm11", -1, host.rows["tapvm11"].external_ids, None))
@@ -158,6 +162,15 @@ def test_keys_this_host_rejects_are_never_ready_with_or_without_a_device():
         host.plug(IfaceRow(row.name, n, row.external_ids, "up"))
         assert markers(host, f"tapvm{n}") == {}, n
     assert markers(host, "tapvm11") == {READY_KEY: "true", INSTALLED_KEY: "true"}
+
+
+def test_a_row_without_its_device_whose_keys_are_rejected_gets_one_log_line(caplog):
+    host = SimHost().start()
+    with caplog.at_level("ERROR", logger="ovsnat"):
+        for _ in range(3):                      # the same row again: no new line
+            host.plug(vm_row(12, "198.51.100.12", ofport=-1))
+    lines = [r.getMessage() for r in caplog.records if "tapvm12" in r.getMessage()]
+    assert len(lines) == 1 and "198.51.100.12" in lines[0] and "not ready" in lines[0]
 
 
 def test_ready_goes_when_the_keys_go_or_turn_bad():

@@ -77,7 +77,7 @@ class OvsnatAgent:
         self.full_sync = True
         self.snat_wanted = True
         self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
-        self.bindings: dict[str, str | None] = {}   # port id -> this host's binding status
+        self.bindings: dict[str, dict | None] = {}  # port id -> this host's binding
         self.reported_up: set[str] = set()
         self.neutron_up: set[str] = set()       # local ports Neutron has ACTIVE here
         self.orphans: set[str] = set()          # ACTIVE here in Neutron, with no row here
