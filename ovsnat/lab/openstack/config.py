@@ -42,6 +42,7 @@ kombu_reconnect_delay = 0
 # request goes to `endpoint` with no catalog and no Keystone (the stand-in of Nova's API,
 # ovsnat.lab.openstack.novaapi). Events are batched as Neutron's defaults say
 # (send_events_interval 2 s: the first at once, later ones within 2 s wait for the batch).
+SEND_EVENTS_INTERVAL = 2     # s, Neutron's send_events_interval (its default; not set)
 NOVA_SECTION = f"""[nova]
 auth_type = none
 endpoint = {novaapi.ENDPOINT}

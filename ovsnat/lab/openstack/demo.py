@@ -126,12 +126,13 @@ def migrate(cl: CloudLab, inst: nova.Instance, address: str) -> None:
         steps = nova.live_migrate(cl, inst, "hv2").steps
         pinger.first_reply_after(time.time(), timeout=5)
     t0 = steps["binding created"]
-    for name, at in steps.items():
+    for name, at in sorted(steps.items(), key=lambda step: step[1]):
         say(f"  {at - t0:5.2f} s  {name}")
-    waited = steps[VIF_PLUGGED] - steps["plugged at destination"]
-    say(f"  the wait: network-vif-plugged came {waited:.2f} s after os-vif's plug on hv2, "
-        "before the guest's tap existed there: hv2's agent reported the port up from "
-        "ovsnat-ready (its controller accepted the keys) because hv2's binding was inactive")
+    waited = steps[VIF_PLUGGED] - steps["row created at destination"]
+    say(f"  the wait: network-vif-plugged reached Nova's API {waited:.2f} s after os-vif "
+        "created the port's row on hv2, before the guest's tap existed there: hv2's agent "
+        "reported the port up from ovsnat-ready (its controller accepted the keys) because "
+        "hv2's binding was inactive")
     say(f"  the inbound session: {session.result().strip().splitlines()[-1]}; longest ping "
         f"gap {pinger.gap():.2f} s, {pinger.lost()} pings lost")
     wait_active(cl, inst)

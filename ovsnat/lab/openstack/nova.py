@@ -84,7 +84,9 @@ class Instance:
 
 @dataclass
 class Migration:
-    """Wall-clock times of a live migration's steps (time.time())."""
+    """Wall-clock times of a live migration's steps (time.time()), in the order they were
+    made; the destination's row, os-vif's return and the event's arrival may come in any
+    order (os-vif returns once ovs-vswitchd applied its row)."""
 
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -166,7 +168,10 @@ def live_migrate(cl: CloudLab, inst: Instance, dest: str,
     dest_spec = replace(inst.spec, bridge=binding.vif_details["bridge_name"],
                         datapath_type=binding.vif_details.get("datapath_type", "system"))
     since = time.time()
-    m.steps["plugged at destination"] = instances.os_vif(cl.lab, dest, "plug", dest_spec)
+    with instances.RowWatch(cl.lab, dest, dest_spec.vif_name) as row:
+        plugged = instances.os_vif(cl.lab, dest, "plug", dest_spec)
+        m.steps["row created at destination"] = row.inserted_at()
+    m.steps["plugged at destination"] = plugged       # os-vif returned
     try:
         event = wait_for_vif_plugged(cl, inst.spec.instance_uuid, [inst.port_id], since,
                                      timeout)
@@ -175,7 +180,7 @@ def live_migrate(cl: CloudLab, inst: Instance, dest: str,
         rollback_at_destination(cl, inst, dest, dest_spec, m)
         raise MigrationError(f"{inst.name} to {dest}: {e}; rolled back, still on {src}",
                              m) from e
-    m.steps[VIF_PLUGGED] = event[inst.port_id]
+    m.steps[VIF_PLUGGED] = event[inst.port_id]      # its arrival at Nova's API
     instances.move_tap(cl.lab, inst.vm, dest)
     cl.lab.announce(inst.vm, "rarp")
     m.mark("guest on destination")
