@@ -64,6 +64,11 @@ def parse(frame: bytes) -> Arp | None:
                rarp=ethertype == ETH_RARP)
 
 
+def is_unicast(mac: str) -> bool:
+    """A MAC a host can have: not multicast or broadcast (group bit), not all zeros."""
+    return mac != ZERO_MAC and not int(mac[:2], 16) & 1
+
+
 def build(op: int, sha: str, spa: str, tpa: str, tha: str = ZERO_MAC,
           eth_dst: str = BROADCAST) -> bytes:
     """An ARP frame sent from sha (the Ethernet source is the sender hardware address)."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ovsnat import connlimit, handoff_flows, networks
+from ovsnat import connlimit, flowident, handoff_flows, networks
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_QUARANTINE, COOKIE_VLAN_VM, \
     COOKIE_VM, METER_CONTROLLER, NO_VLAN, Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, \
     Match, Meter, MeterSpec, Move, Nat, Output, PopVlan, PushVlan, SetField, make_flow, owner_cookie
 from ovsnat.icmp import ERROR_TYPES
+from ovsnat.punt_flows import CLAIM_METER, DHCP_METER, METERS, PACKET_IN_METER, \
+    PRESENCE_METER, UPLINK_METER, WHOLE, ICMP_MAX_LEN, dhcp_punts, \
+    quarantine_flows  # noqa: F401  (METERS, DHCP_METER, quarantine_flows re-exported)
 from ovsnat.model import DesiredState, HostConfig, VmPort, mac_str
 from ovsnat.networks import Network
 from ovsnat.pipeline import TO_KEY_ARP, TO_KEY_IP, flag, no_flag, reg6  # noqa: F401
@@ -23,23 +26,6 @@ from ovsnat.pipeline import ARRIVED, CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, FABR
     FIP_DONE, FROM_FABRIC, HAS_FIP, INGRESS, LEAVING, NET_PAT_DONE, NET_PAT_IN, NET_PAT_OUT, \
     PAT_GUARD, PAT_IN, PAT_IN_NET, PAT_OUT, ROUTED, UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, \
     check_flow
-
-PACKET_IN_METER = 1          # meter id for ovsnat's packet-ins from VMs (ICMP errors)
-CLAIM_METER = 2              # ARP on the uplink claiming one of this host's addresses
-WHOLE = 0xFFFF               # packet-in of the whole frame (the controller sends it on)
-ICMP_MAX_LEN = WHOLE         # the whole ICMP error
-DHCP_METER = 3               # VMs' DHCP requests (ovsnat.dhcp answers them)
-PACKET_IN_RATE_PPS = 100
-CLAIM_RATE_PPS = 500         # answers to up to 64 probe rounds at once fit (presence.py)
-DHCP_RATE_PPS = 200          # the whole host's; each port also has its share (ovsnat.dhcp)
-# Installed before any flow: meter 1 on ovsnat's own packet-in flows, meter 2 on claims seen
-# on the uplink (answers to FIP probes must not be crowded out by a VM's ICMP errors), meter
-# 3 on DHCP requests (a VM's boot must not wait behind either), and the switch-wide
-# controller meter as a backstop for packet-ins ovsnat did not ask for.
-METERS = (MeterSpec(PACKET_IN_METER, PACKET_IN_RATE_PPS),
-          MeterSpec(CLAIM_METER, CLAIM_RATE_PPS),
-          MeterSpec(DHCP_METER, DHCP_RATE_PPS),
-          MeterSpec(METER_CONTROLLER, 2 * PACKET_IN_RATE_PPS))
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
 NOT_SERVED = (
@@ -50,7 +36,6 @@ NOT_SERVED = (
     ("udp", {"tp_src": 68, "tp_dst": 67}),         # DHCP requests ovsnat does not answer
     ("udp", {"tp_src": 67, "tp_dst": 68}),         # DHCP servers: only ovsnat answers
 )
-DHCP_REQUEST = {"tp_src": 68, "tp_dst": 67}
 
 
 def arp_reply(mac: str, ip: str) -> list:
@@ -69,11 +54,11 @@ def fabric_out(cfg: HostConfig, net: Network) -> list:
     return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]
 
 
-def _icmp_punts(c: int, table: int) -> list[Flow]:
+def _icmp_punts(c: int, table: int, meter: int) -> list[Flow]:
     """ICMP errors that went through a FIP quote the untranslated header: the controller
     fixes it (metered)."""
     return [make_flow(c, table, 105, Match.of(proto="icmp", reg5=flag(FIP_DONE), icmp_type=t),
-                      [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES]
+                      [Meter(meter), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES]
 
 
 def host_flows(cfg: HostConfig) -> list[Flow]:
@@ -119,7 +104,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         *[make_flow(c, PAT_OUT, 100, m, [Goto(PAT_GUARD)]) for m in est_rel],
         make_flow(c, PAT_GUARD, 100, Match.of(proto="ip", nw_src=snat),
                   [SetField("eth_src", snat_mac), Goto(EGRESS_OUT)]),
-        *_icmp_punts(c, EGRESS_OUT),
+        *_icmp_punts(c, EGRESS_OUT, PACKET_IN_METER),
         # Everything translated looks up ingress once more: a destination that is one of
         # this host's own external addresses hairpins; the rest leaves (INGRESS, prio 10).
         # ct_clear: the next conntrack pass must not reuse the connection cached on the
@@ -127,19 +112,19 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         make_flow(c, EGRESS_OUT, 100, Match.of(proto="ip"),
                   [CtClear(), Load("in_port", 0), Load("reg5", 1, LEAVING), Goto(INGRESS)]),
         drop(INGRESS, 300, dead),
-        make_flow(c, INGRESS, 300, expired, [Meter(PACKET_IN_METER), Controller()]),
+        make_flow(c, INGRESS, 300, expired, [Meter(UPLINK_METER), Controller()]),
         make_flow(c, INGRESS, 100, Match.of(proto="ip", nw_dst=snat),
                   [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
         # An ICMP error that arrives in fragments: its first fragment (which quotes the
         # header) goes to the controller, which translates it for a FIP VM and sends it on
         # whole, truncated; to the SNAT IP, conntrack reassembles and translates as ever.
         *[make_flow(c, INGRESS, 115, Match.of(proto="icmp", nw_frag="first", icmp_type=t),
-                    [Meter(PACKET_IN_METER), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES],
+                    [Meter(UPLINK_METER), Controller(ICMP_MAX_LEN)]) for t in ERROR_TYPES],
         make_flow(c, INGRESS, 120, Match.of(proto="ip", nw_dst=snat, nw_frag="yes"),
                   [Ct(zone=cfg.ct_zone, table=PAT_IN, nat=Nat())]),
         *[make_flow(c, PAT_IN, 100, m, [Goto(PAT_IN_NET)]) for m in est_rel],
         *[make_flow(c, NET_PAT_IN, 100, m, [Goto(DELIVER)]) for m in est_rel],
-        *_icmp_punts(c, DELIVER),
+        *_icmp_punts(c, DELIVER, UPLINK_METER),
         make_flow(c, DELIVER, 100, Match.of(proto="ip"), [
             SetField("eth_src", router), DecTtl(), Load("reg5", 1, ROUTED), TO_KEY_IP,
             Goto(VM_L2)]),
@@ -157,19 +142,22 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
             DecTtl(), SetField("eth_dst", mac_str(cfg.external_gateway_mac)), Output(up)]))
     if cfg.learn_gateway_mac:
         # Learn and follow the gateway's MAC: a copy of every ARP it sends reaches the
-        # controller (rate-limited by the switch-wide controller meter), and the original
+        # controller (only the copy is metered, with the uplink's claims), and the original
         # continues through the pipeline.
         flows.append(make_flow(c, CLASSIFY, 110, Match.of(
             proto="arp", in_port=up, vlan_tci=NO_VLAN, arp_spa=cfg.external_gateway_ip),
-            [Controller(), Goto(UPLINK_ARP)]))
+            [Controller(meter=CLAIM_METER), Goto(UPLINK_ARP)]))
     if cfg.dhcp.enabled:
-        flows += _dhcp_flows(cfg, c)
+        flows += dhcp_punts(cfg, c)
     if cfg.fabric_ofport:
         flows += [
             # A VM's RARP (QEMU's, after a live migration) goes to the controller, which
             # passes it on to the fabric in the VM's VLAN, so the fabric learns the move.
             make_flow(c, CLASSIFY, 85, Match.of(proto="rarp"),
                       [Meter(PACKET_IN_METER), Controller()]),
+            # Only VMs' RARPs: the relayed ones of other hosts stay on the fabric.
+            drop(CLASSIFY, 86, Match.of(proto="rarp", in_port=cfg.fabric_ofport)),
+            drop(CLASSIFY, 86, Match.of(proto="rarp", in_port=up)),
             # Routing stays on each host: the router MAC never crosses the fabric.
             drop(FABRIC_IN, 200, Match.of(dl_src=router)),
             drop(FABRIC_IN, 200, Match.of(dl_dst=router)),
@@ -178,24 +166,6 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
             drop(FABRIC_IN),
         ]
     return flows
-
-
-def _dhcp_flows(cfg: HostConfig, c: int) -> list[Flow]:
-    """VMs' DHCP requests go to the controller, which answers them from the port's own
-    record (ovsnat.dhcp); requests from the uplink or the fabric are dropped, so no host
-    answers another's VMs and nothing of it crosses the fabric."""
-    outside = [p for p in (cfg.uplink_ofport, cfg.fabric_ofport) if p]
-    return [make_flow(c, CLASSIFY, 420, Match.of(proto="udp", in_port=p, **DHCP_REQUEST), [])
-            for p in outside] + [
-        make_flow(c, CLASSIFY, 410, Match.of(proto="udp", vlan_tci=NO_VLAN, **DHCP_REQUEST),
-                  [Meter(DHCP_METER), Controller(WHOLE)])]
-
-
-def dhcp_quarantine(port: int) -> Flow:
-    """A port that floods DHCP requests: dropped at the switch for a while (installed with a
-    hard timeout, outside the desired state), so it cannot use up the shared meter."""
-    return make_flow(owner_cookie(COOKIE_QUARANTINE, port), CLASSIFY, 430,
-                     Match.of(proto="udp", in_port=port, **DHCP_REQUEST), [])
 
 
 def _pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:
@@ -262,17 +232,22 @@ def vm_cookie(vm: VmPort, net: Network) -> int:
 
 
 def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
-             arrived: bool = False) -> list[Flow]:
+             arrived: bool = False, copies: str = "all") -> list[Flow]:
     """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
     yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
-    its routed traffic dropped), a copy of its frames goes to the controller (the first one
-    proves the VM is here), and so do ARP claims and probes for its FIP from the uplink
-    (another host answering for it, or probing it at the same time). `arrived`: a PAT VM
-    in its handoff grace (ovsnat.handoff_flows)."""
+    its routed traffic dropped), a metered copy of its frames goes to the controller (the
+    first one proves the VM is here; `copies` "arp": only ARP and odd frames, which is all
+    a yielded FIP comes back on; "none": the controller heard what it needed), and so do ARP
+    claims and probes for its FIP from the uplink (another host answering for it, or
+    probing it at the same time). `arrived`: a PAT VM in its handoff grace
+    (ovsnat.handoff_flows)."""
     c = vm_cookie(vm, net)
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
+    responder = _fip_responder(cfg, vm, c) if vm.fip is not None else None
     pending = vm.fip is not None and not active
-    tag = ([Controller()] if pending else []) + ([Load("reg6", net.id)] if net.id else [])
+    copy = [Controller(meter=PRESENCE_METER)] if pending and copies != "none" else []
+    reg = [Load("reg6", net.id)] if net.id else []
+    tag = (copy if copies == "all" else []) + reg
     arrived = arrived and vm.fip is None and handoff_flows.enabled(cfg)
     marks = [Load("reg8", int(vm.fip)), Load("reg5", 1, HAS_FIP)] \
         if vm.fip is not None and active else [Load("reg5", 1, ARRIVED)] if arrived else []
@@ -283,7 +258,7 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
                   tag + marks + [Goto(VM_ROUTE)]),
         make_flow(c, CLASSIFY, 100, Match.of(proto="arp", in_port=port, vlan_tci=NO_VLAN,
                                              dl_src=mac, arp_spa=fixed, arp_sha=mac),
-                  tag + [Goto(VM_ARP)]),
+                  copy + reg + [Goto(VM_ARP)]),
         # IP and ARP alike: register 7 holds the IP destination or ARP target.
         make_flow(c, VM_L2, 100, Match.of(reg6=r6, reg7=f"{int(vm.fixed_ip):#x}"),
                   [SetField("eth_dst", mac), Output(port)]),
@@ -297,9 +272,9 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
         flows.append(make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=str(vm.fip)),
                                [Meter(CLAIM_METER), Controller()]))
     if pending:
+        # Anything else from the port (QEMU's RARP after a live migration) also tells.
+        flows += [make_flow(c, CLASSIFY, 90, Match.of(in_port=port), copy)] if copy else []
         flows += [
-            # Anything else from the port (QEMU's RARP after a live migration) also tells.
-            make_flow(c, CLASSIFY, 90, Match.of(in_port=port), [Controller()]),
             make_flow(c, EGRESS, 100, Match.of(proto="ip", reg6=r6, nw_src=fixed), []),
             # Another host probing this FIP while we probe it (RFC 5227 simultaneous probes).
             make_flow(c, UPLINK_ARP, 240, Match.of(proto="arp", arp_spa="0.0.0.0",
@@ -307,12 +282,14 @@ def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, active: bool = True,
                       [Meter(CLAIM_METER), Controller()]),
         ]
     elif vm.fip is not None:
-        flows += fip_flows(cfg, vm, net, c)
+        flows += fip_flows(cfg, vm, net, c, responder)
     elif cfg.pat_ports_per_vm:
         flows += _pat_block_flows(cfg, vm, net, c)
     if arrived:
         flows += handoff_flows.arrived_flows(cfg, vm, net, c)
-    return flows + connlimit.vm_flows(cfg, vm, c)
+    flows += connlimit.vm_flows(cfg, vm, c)
+    # A restarted controller knows a live FIP by its responder's key (fip_responder_key).
+    return flowident.reserve(flows, responder) if responder is not None else flows
 
 
 def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
@@ -343,7 +320,8 @@ def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
                      arp_reply(mac_str(cfg.ip_mac(vm.fip)), fip))
 
 
-def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
+def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int,
+              responder: Flow | None = None) -> list[Flow]:
     """Static 1:1 NAT, the VM's own part: the ARP responder, the way in (stateless set_field,
     with the FIP flag for the ICMP-error punts), and fragments both ways; whole packets on
     the way out are rewritten by one host-level flow (from the FIP classify put in reg8).
@@ -356,7 +334,7 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
         networks.zone(cfg.network_ct_zone_base, net)
     into = [Load("reg6", net.id)]             # a hairpinned packet may carry another network
     return [
-        _fip_responder(cfg, vm, c),
+        responder or _fip_responder(cfg, vm, c),
         make_flow(c, EGRESS, 110, Match.of(proto="ip", reg6=r6, nw_src=fixed, nw_frag="yes"), [
             SetField("eth_src", fip_mac),
             Ct(zone=zone, table=EGRESS_OUT, commit=True, nat=Nat("src", fip))]),
@@ -368,14 +346,13 @@ def fip_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flow]:
 
 
 def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
-    """Every flow of the host, in a stable order (table, -priority, text)."""
+    """Every flow of the host, in a stable order (table, -priority, text): each owner's,
+    settled as the controller settles them (ovsnat.flowident)."""
     cfg = state.config
-    flows = host_flows(cfg)
     nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
-    for net in sorted(nets, key=lambda n: n.id):
-        flows += network_flows(cfg, net)
-    for vm in state.vms:
-        flows += vm_flows(cfg, vm, vm.net(cfg))
+    flows = flowident.resolve([(flowident.HOST, host_flows(cfg)),
+                               *((("net", net.name), network_flows(cfg, net)) for net in nets),
+                               *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms)])
     if check:
         for flow in flows:
             check_flow(flow)

@@ -25,7 +25,7 @@ import logging
 
 import netaddr
 
-from ovsnat import arp, audit, connlimit, dhcp, markers, ovsdb, relay
+from ovsnat import arp, audit, connlimit, dhcp, markers, ovsdb
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
 from ovsnat.handoff import Handoffs
@@ -33,6 +33,7 @@ from ovsnat.markers import INSTALLED_KEY, READY_KEY, IfaceKeys  # noqa: F401  (r
 from ovsnat.hostconfig import SNAT_KEY, Settings  # noqa: F401  (SNAT_KEY re-exported)
 from ovsnat.memory import release_memory
 from ovsnat.model import HostConfig, mac_str, port_from_row
+from ovsnat.packet_in import PacketIn
 from ovsnat.reconcile import FULL_SYNC, Reconciler
 from ovsnat.state import HostState
 from ovsnat.status import Stats
@@ -60,6 +61,7 @@ class HostController:
         self.fips = Fips(cfg.fip_activation, self.timers, self.stats, self.sw.session,
                          self.sw.send)
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
+        self.packets = PacketIn(self)
         self.handoffs = Handoffs(self.timers, self.stats)
         self.zones = connlimit.Zones()
         self.refusals = connlimit.Refusals()
@@ -233,58 +235,16 @@ class HostController:
 
     # --- packets ---------------------------------------------------------------------------
     def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:
-        """A frame the switch sent up; the table that sent it says why."""
-        host = self.host
-        if host is None:
-            return []
-        if table in relay.TABLES:           # routed: an expired TTL, an ICMP error via a FIP
-            answer = relay.answer(host, table, in_port, data)
-            if answer is None:
-                return []
-            port, frame, counter = answer
-            self.stats.inc(counter)
-            return [self.sw.session.packet_out(port, frame, counter.replace("_", " "))]
-        if in_port == host.cfg.uplink_ofport:
-            a = arp.parse(data)
-            return self._uplink_arp(a, now) if a is not None else []
-        name = host.by_ofport.get(in_port)
-        out = self.dhcp.packet_in(host, in_port, data, now) if dhcp.is_request(data) else []
-        if name is None or name in host.lost:
-            return out
-        out += self._relay_rarp(name, data)
-        if host.is_pending(name):
-            out += self.fips.vm_frame(name, data, now)
-        return out
+        """A frame the switch sent up: never raises, whatever its bytes (ovsnat.packet_in)."""
+        return self.packets.handle(in_port, table, data, now)
 
-    def _relay_rarp(self, name: str, frame: bytes) -> list:
-        """A VM's RARP (QEMU sends them when a migrated VM resumes) goes on to the fabric in
-        the VM's VLAN: the fabric's switches learn at once where the VM's MAC is now."""
-        cfg = self.host.cfg
-        if not cfg.fabric_ofport or frame[12:14] != b"\x80\x35":
+    def learn_gateway_mac(self, mac: netaddr.EUI, ip: str, now: float) -> list:
+        """The external gateway's ARP (learn_gateway_mac): follow its MAC."""
+        if mac == self.gateway_mac:
             return []
-        port = self.host.valid[name]
-        if frame[6:12] != port.mac.packed:
-            return []
-        net = self.host.net(port)
-        if net.vlan:
-            frame = frame[:12] + b"\x81\x00" + (net.vlan).to_bytes(2, "big") + frame[12:]
-        return [self.sw.session.packet_out(cfg.fabric_ofport, frame, f"RARP of {name}")]
-
-    def _uplink_arp(self, a: arp.Arp, now: float) -> list:
-        cfg = self.host.cfg
-        if cfg.learn_gateway_mac and a.spa == str(cfg.external_gateway_ip):
-            mac = netaddr.EUI(a.sha)
-            if mac == self.gateway_mac:
-                return []
-            LOG.info("ovsnat: external gateway %s is at %s", a.spa, a.sha)
-            self.gateway_mac = mac
-            return self._ensure_host(now)[1]
-        if a.spa == str(cfg.snat_ip):
-            self.stats.conflict(a.spa, a.sha, "SNAT IP", now)
-            LOG.warning("ovsnat: this host's SNAT IP %s is claimed on the uplink by %s; "
-                        "address conflict", a.spa, a.sha)
-            return []
-        return self.fips.uplink_arp(a, now)
+        LOG.info("ovsnat: external gateway %s is at %s", ip, mac_str(mac))
+        self.gateway_mac = mac
+        return self._ensure_host(now)[1]
 
     # --- time ------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
@@ -347,16 +307,19 @@ class HostController:
             "time": now, "datapath": f"{self.sw.dpid:016x}" if self.sw.dpid else None,
             "in_sync": self.sw.session.ready and not self.sw.session.bundles,
             "snat_ip": str(host.cfg.snat_ip) if host else None,
+            "transit_cidr": str(self.base_cfg.transit_cidr),
             "vms": vms, "fips": fips, "pending_fips": pending,
             "waiting": self.fips.waiting(),
             "rejected": [{"name": r.name, "reason": r.reason}
                          for r in (host.rejected if host else [])],
             "failed_owners": {f"{k:#x}": v for k, v in self.sw.failed_owners.items()},
+            "duplicate_flows": host.idents.status() if host else [],
             "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
             "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
             "dhcp_leases": self.dhcp.status(host, now),
             "handoffs": self.handoffs.status(host, now),
             "conn_refused": dict(self.refusals.by_port),
+            "packet_in_drops": dict(sorted(self.stats.drops.items())),
         }
 
     # --- conntrack (read by the shim while a handoff needs it) ---------------------------

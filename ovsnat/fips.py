@@ -23,7 +23,7 @@ from ovsnat import arp
 from ovsnat.compiler import fip_responder_key
 from ovsnat.delta import Delta
 from ovsnat.model import mac_str
-from ovsnat.presence import Conflict, GoLive, Presence, SendProbe, SETTLE
+from ovsnat.presence import CONFLICT, Conflict, GoLive, Presence, SendProbe, SETTLE
 from ovsnat.state import HostState
 from ovsnat.status import Stats
 from ovsnat.switch import SwitchSession
@@ -31,6 +31,7 @@ from ovsnat.timers import Timers
 
 LOG = logging.getLogger("ovsnat")
 GARP_DELAYS = (0.0, 0.5, 1.5)
+REPORT_EVERY = 60.0         # seconds between conflict lines for one port (a new MAC each)
 
 
 class Fips:
@@ -43,7 +44,7 @@ class Fips:
         self.seen_ofport: dict[str, int | None] = {}   # each row's device at the last look
         self.seen_fip: dict[str, str | None] = {}      # each port's FIP at the last look
         self.to_announce: set[str] = set()             # live, GARPs once confirmed
-        self.reported: set[tuple[str, str]] = set()    # (port, MAC) conflicts logged
+        self.reported: dict[str, tuple[str, float]] = {}   # port -> (MAC, when) logged
 
     def set_host(self, host: HostState) -> None:
         self.host, self.uplink = host, host.cfg.uplink_ofport
@@ -67,6 +68,7 @@ class Fips:
             if row is None:
                 self.seen_ofport.pop(name, None)
                 self.seen_fip.pop(name, None)
+                self.reported.pop(name, None)
             else:
                 self.seen_ofport[name], self.seen_fip[name] = ofport, fip
             if was_here and given and self.host.is_pending(name) and \
@@ -117,8 +119,9 @@ class Fips:
         if a.sha != fip_mac:
             # Keep answering: no device on the external network can take a FIP offline with
             # one GARP. An ovsnat host that wants it probes first, and sees us answer.
-            LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; address "
-                        "conflict, keeping it", a.spa, name, a.sha)
+            if self._first_report(name, a.sha, now):
+                LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; "
+                            "address conflict, keeping it", a.spa, name, a.sha)
             return []
         # Another ovsnat host announces the FIP with the FIP's own MAC: the VM moved there
         # (or the FIP is configured on two hosts). Yield, so two hosts never answer for it.
@@ -132,15 +135,25 @@ class Fips:
 
     def _report(self, c: Conflict, now: float) -> None:
         self.stats.conflict(c.fip, c.mac, c.name, now)
-        if (c.name, c.mac) not in self.reported:
-            self.reported.add((c.name, c.mac))
+        if self._first_report(c.name, c.mac, now):
             LOG.warning("ovsnat: FIP %s of port %s is answered on the uplink by %s, which is "
                         "no ovsnat host; address conflict: keeping it dark and probing every "
                         "second until that stops", c.fip, c.name, c.mac)
 
+    def _first_report(self, name: str, mac: str, now: float) -> bool:
+        """Log a claim of this port's FIP? Once per claiming MAC, and at most once a minute
+        whatever the MACs (a flood of claims from the uplink must not flood the log); every
+        claim is counted regardless (fip_conflicts)."""
+        last, at = self.reported.get(name, ("", -REPORT_EVERY))
+        if last == mac or now - at < REPORT_EVERY:
+            return False
+        self.reported[name] = (mac, now)
+        return True
+
     # --- what the VM says --------------------------------------------------------------------
     def vm_frame(self, name: str, frame: bytes, now: float) -> list:
-        """A frame from a port whose FIP is dark: the VM runs here."""
+        """A frame from a port whose FIP is dark: the VM runs here. While a foreign device
+        claims the FIP the frame changes nothing, so its copies stop until that ends."""
         if self.timers.pending(("settle", name)):
             return []
         if name in self.host.yielded:
@@ -148,6 +161,8 @@ class Fips:
             if a is None or not a.is_announcement:
                 return []       # a yielded FIP comes back on the VM's RARP/GARP only
         go = self.presence.first_frame(name)
+        if go is None and self.presence.state(name) == CONFLICT:
+            return self.send(self.host.hear(name, True))
         return self._go_live(go, now) if go else []
 
     def _go_live(self, go: GoLive, now: float) -> list:
@@ -167,6 +182,8 @@ class Fips:
             if when is not None:
                 self.timers.at(when, key)
             out = []
+            if name in self.host.heard and self.presence.state(name) != CONFLICT:
+                out += self.send(self.host.hear(name, False))    # its frames count again
             for action in actions:
                 out += self._act(action, now)
             for started in self.presence.start_queued(now):

@@ -13,10 +13,12 @@ can be removed exactly:
     bits 55-24  owner: 0 for host-level flows; the VM's fixed IPv4 address (0xa2); the
                 network's VLAN, 0 when untagged (0xa3); VLAN << 20 | the fixed IP's low 20
                 bits (0xa4: two VLAN networks may use the same addresses)
-    bits 23-0   digest of the flow's table, priority, match and actions
+    bits 23-0   digest of the flow's table, priority, match and actions (salted when two
+                flows of one owner would share a cookie: ovsnat.flowident)
 
 The digest makes "is this exact flow installed?" a cookie comparison: a controller restart
-diffs (table, cookie) sets and sends nothing when nothing changed.
+diffs (table, cookie) sets and sends nothing when nothing changed. Open vSwitch itself knows a
+flow by (table, priority, match); ovsnat.flowident keeps the two views one.
 """
 
 from __future__ import annotations
@@ -207,10 +209,18 @@ class CtClear:
 
 @dataclass(frozen=True)
 class Controller:
+    """A packet-in. With `meter`, only the copy sent to the controller is metered (OVS's
+    controller action with a meter_id): a flow that copies a frame up and forwards it on
+    meters the copy without dropping the frame itself, as a meter instruction would."""
+
     max_len: int = 128
+    meter: int | None = None
 
     def text(self) -> str:
-        return f"CONTROLLER:{self.max_len}"
+        if self.meter is None:
+            return f"CONTROLLER:{self.max_len}"
+        size = f"max_len={self.max_len}," if self.max_len != 0xFFFF else ""
+        return f"controller({size}meter_id={self.meter})"
 
 
 @dataclass(frozen=True)
@@ -268,13 +278,32 @@ def _body(table: int, priority: int, match: Match, actions) -> str:
     return f"{t}priority={priority}{m} actions={acts}"
 
 
+def body_digest(body: str, salt: int = 0) -> int:
+    """24 bits of BLAKE2b of a flow's body. A salt re-derives it when two flows of one owner
+    would share a (table, cookie) (ovsnat.flowident): the same flows, the same cookies."""
+    data = (body if not salt else f"{body}#salt{salt}").encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=3).digest(), "big")
+
+
 def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
               actions: tuple[Action, ...] | list[Action]) -> Flow:
     """A flow with its cookie: the owner's bits plus a 24-bit digest of its content."""
     actions = tuple(actions)
     body = _body(table, priority, match, actions)
-    digest = int.from_bytes(hashlib.blake2b(body.encode(), digest_size=3).digest(), "big")
-    return Flow(table, priority, match, actions, owner_cookie, owner_cookie | digest, body)
+    return Flow(table, priority, match, actions, owner_cookie,
+                owner_cookie | body_digest(body), body)
+
+
+def resalted(flow: Flow, used: set) -> Flow:
+    """The flow with the digest of its body salted 1, 2, ... until its (table, cookie) is
+    not in `used` (which gains it)."""
+    salt, cookie = 0, flow.cookie
+    while (flow.table, cookie) in used:
+        salt += 1
+        cookie = flow.owner_cookie | body_digest(flow.body(), salt)
+    used.add((flow.table, cookie))
+    return Flow(flow.table, flow.priority, flow.match, flow.actions, flow.owner_cookie, cookie,
+                flow.body_text)
 
 
 METER_CONTROLLER = 0xFFFFFFFE      # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in

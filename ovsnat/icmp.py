@@ -11,28 +11,11 @@ from __future__ import annotations
 
 import struct
 
+from ovsnat.checksum import adjust as _adjust
+from ovsnat.checksum import inet_checksum as _checksum
+
 ERROR_TYPES = (3, 11, 12)          # destination unreachable, time exceeded, parameter problem
 ETH_LEN = 14
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _adjust(checksum: int, old: bytes, new: bytes) -> int:
-    """RFC 1624 incremental update of a 16-bit one's complement checksum."""
-    total = ~checksum & 0xFFFF
-    for i in range(0, len(old), 2):
-        total += (~int.from_bytes(old[i:i + 2], "big") & 0xFFFF) + \
-            int.from_bytes(new[i:i + 2], "big")
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,

@@ -246,7 +246,7 @@ def status(view: View, conntrack: str) -> dict:
                     "waiting": waiting.get(port.name, {}).get("state"),
                     "dhcp": leases.get(port.name)})
     return {
-        "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip),
+        "bridge": cfg.bridge, "snat_ip": str(cfg.snat_ip), "transit_cidr": str(cfg.transit_cidr),
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
         "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
         "fabric_port": cfg.fabric_port or None,
@@ -265,7 +265,7 @@ def status(view: View, conntrack: str) -> dict:
 
 def format_status(st: dict) -> str:
     lines = [f"bridge {st['bridge']}: SNAT {st['snat_ip']} ports {st['snat_ports']}, "
-             f"gateway MAC {st['gateway_mac'] or 'unknown'}"]
+             f"gateway MAC {st['gateway_mac'] or 'unknown'}, transit {st['transit_cidr']}"]
     lines.append(f"networks ({len(st['networks'])}), fabric port "
                  f"{st['fabric_port'] or 'none'}:")
     for net in st["networks"]:
@@ -300,12 +300,19 @@ def format_status(st: dict) -> str:
                 else "arrived, its older sessions handed back to the host it left"
             lines.append(f"  handoff: {name} ({h['fixed_ip']}) {what}, {h['remaining']} s "
                          "left")
+        dropped = ctl.get("packet_in_drops", {})
+        if dropped:
+            lines.append("packet-ins dropped: " +
+                         ", ".join(f"{why} {n}" for why, n in sorted(dropped.items())))
         refused = ctl.get("conn_refused", {})
         if refused:
             lines.append("connections refused by conn_limit: " +
                          ", ".join(f"{name} {n}" for name, n in sorted(refused.items())))
         for c in ctl.get("conflicts", [])[-5:]:
             lines.append(f"  conflict: FIP {c['fip']} claimed by {c['mac']} at {c['time']}")
+        for d in ctl.get("duplicate_flows", []):
+            lines.append(f"  flow left out: {d['owner']}'s {d['flow']} (OVS holds one flow "
+                         f"per table, priority and match: {d['kept_by']}'s)")
     return "\n".join(lines)
 
 

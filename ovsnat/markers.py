@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ovsnat.model import PortError, VmPort
+from ovsnat.portcheck import check_alone
 
 LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
@@ -52,7 +53,7 @@ def keys_rejection(host, name: str, external_ids) -> str | None:
         port = VmPort.from_external_ids(name, UNATTACHED, external_ids)
     except PortError as e:
         return str(e)
-    return host.check_alone(port) or host.beaten_by(port)
+    return check_alone(host.cfg, port) or host.beaten_by(port)
 
 
 def changes(host, rows: dict, names, confirmed: Callable[[str], bool],

@@ -58,6 +58,11 @@ class _Collector:
         for name, help_text in COUNTERS.items():
             yield CounterMetricFamily(f"ovsnat_{PUBLISHED.get(name, name)}", help_text,
                                       value=st["stats"][name])
+        drops = CounterMetricFamily("ovsnat_packet_in_drops", "Packet-ins dropped, by reason",
+                                    labels=["reason"])
+        for reason, n in st.get("packet_in_drops", {}).items():
+            drops.add_metric([reason], n)
+        yield drops
         vms = GaugeMetricFamily("ovsnat_vms_programmed", "VM ports programmed, by NAT kind",
                                 labels=["kind"])
         vms.add_metric(["fip"], st["fips"])
@@ -68,6 +73,8 @@ class _Collector:
                      sum(1 for w in st["waiting"].values() if w["state"] == "conflict"))
         yield _gauge("ports_skipped", "Ports skipped for bad input or clashes",
                      len(st["rejected"]))
+        yield _gauge("flows_left_out", "Desired flows left out: another flow of this host has "
+                     "their table, priority and match", len(st.get("duplicate_flows", [])))
         if st["reconcile_seconds"] is not None:
             yield _gauge("reconcile_seconds", "Datapath connect to flows in sync",
                          st["reconcile_seconds"])

@@ -54,7 +54,7 @@ class HostConfig:
     fip_activation: str = "probe"        # or "first-packet", "immediate" (FIP_ACTIVATIONS)
     fabric_port: str = ""                # port to the tenant networks' L2 fabric ("": none)
     fabric_ofport: int = 0               # 0: not (yet) on the bridge
-    transit_cidr: netaddr.IPNetwork = netaddr.IPNetwork("100.64.0.0/10")
+    transit_cidr: netaddr.IPNetwork = networks.TRANSIT_CANDIDATES[0]   # transit_option
     network_ct_zone_base: int = 60000
     dhcp: HostDhcp = HostDhcp()
     handoff_vlan: int = 0                # 0: no PAT session handoff (docs/handoff.md)
@@ -111,8 +111,7 @@ class HostConfig:
             if _given(raw, "fabric_port") else "",
             fabric_ofport=integer("fabric_ofport", 0, 0xFFFFFEFF)
             if _given(raw, "fabric_ofport") else 0,
-            transit_cidr=parse_cidr(raw["transit_cidr"], "transit_cidr")
-            if _given(raw, "transit_cidr") else netaddr.IPNetwork("100.64.0.0/10"),
+            transit_cidr=networks.transit_option(raw),
             network_ct_zone_base=integer("network_ct_zone_base", 4095, 61440)
             if _given(raw, "network_ct_zone_base") else 60000,
             dhcp=dhcp_keys.parse_host(raw),
@@ -317,11 +316,13 @@ class VmPort:
         if net.vlan is not None and net.vlan == cfg.handoff_vlan:
             raise PortError(f"{label}: network {net.name}'s VLAN {net.vlan} is this host's "
                             "handoff_vlan")
-        for what, other in (("external_cidr", cfg.external_cidr),
-                            ("transit_cidr", cfg.transit_cidr)):
-            if net.name and _overlap(net.cidr, other):
-                raise PortError(f"{label}: network {net.name} {net.cidr} overlaps {what} "
-                                f"{other}")
+        if net.name and _overlap(net.cidr, cfg.external_cidr):
+            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps external_cidr "
+                            f"{cfg.external_cidr}")
+        if net.name and _overlap(net.cidr, cfg.transit_cidr):
+            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps transit_cidr "
+                            f"{cfg.transit_cidr} (addresses used inside ovsnat's datapath; "
+                            "set transit_cidr to a /10 no network uses)")
 
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
         """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports

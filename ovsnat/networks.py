@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -35,7 +36,7 @@ VLAN_BITS = 12
 OFFSET_BITS = 10                  # transit addresses per VLAN network (transit_cidr is a /10)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Network:
     name: str                     # DEFAULT for the host's default network
     cidr: netaddr.IPNetwork
@@ -57,12 +58,15 @@ class Network:
         return self.cidr.first < int(ip) < self.cidr.last
 
 
-_interned: dict = {}
+# Weak: a network no port holds any more is forgotten (ports name networks, so a map that
+# kept every one ever seen would grow with whatever values were ever written to OVSDB).
+_interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def intern(net: Network) -> Network:
     """One object per distinct network: 10,000 ports of 100 networks hold 100 of them."""
-    return _interned.setdefault(net, net)
+    key = (net.name, net.cidr, net.gateway, net.vlan)
+    return _interned.setdefault(key, net)
 
 
 def parse(label: str, external_ids: Mapping[str, str]) -> Network | None:
@@ -120,6 +124,35 @@ def transit(transit_cidr: netaddr.IPNetwork, net: Network, offset: int = 0) -> n
 def transit_range(transit_cidr: netaddr.IPNetwork, net: Network) -> netaddr.IPNetwork:
     """All transit addresses of one network, as a CIDR (the return path's match)."""
     return netaddr.IPNetwork(f"{transit(transit_cidr, net)}/{32 - OFFSET_BITS}")
+
+
+# Where `transit_cidr = auto` (the default) looks, in order: the reserved class E space
+# (240.0.0.0/4, "reserved for future use" and routed nowhere), so no operator's network,
+# external or tenant, can be in it. Transit addresses exist only inside the datapath.
+TRANSIT_CANDIDATES = tuple(netaddr.IPNetwork(f"{240 + i // 4}.{(i % 4) * 64}.0.0/10")
+                           for i in range(64))
+
+
+def auto_transit(avoid) -> netaddr.IPNetwork:
+    """The first candidate /10 that overlaps none of `avoid` (the external network, the
+    default network); a port inside it is refused with the reason (VmPort.check)."""
+    for cidr in TRANSIT_CANDIDATES:
+        if not any(a is not None and cidr.first <= a.last and a.first <= cidr.last
+                   for a in avoid):
+            return cidr
+    raise ConfigError("transit_cidr: every candidate in 240.0.0.0/4 overlaps the external "
+                      "or default network; set transit_cidr to a free /10")
+
+
+def transit_option(raw: Mapping) -> netaddr.IPNetwork:
+    """transit_cidr as configured, or (empty or `auto`, the default) chosen at start where
+    no real address can be (auto_transit)."""
+    text = str(raw.get("transit_cidr") or "").strip()
+    if text and text != "auto":
+        return parse_cidr(text, "transit_cidr")
+    avoid = [parse_cidr(raw[name], name) for name in ("external_cidr", "internal_cidr")
+             if str(raw.get(name) or "").strip()]
+    return auto_transit(avoid)
 
 
 def check_transit_cidr(cidr: netaddr.IPNetwork) -> None:

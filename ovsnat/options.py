@@ -62,10 +62,14 @@ OPTIONS: tuple[Option, ...] = (
            "OVS port on the bridge toward the tenant networks' L2 fabric (a trunk: the "
            "untagged network untagged, each VLAN network in its VLAN). Empty: no traffic "
            "between hosts except through FIPs."),
-    Option("transit_cidr", "100.64.0.0/10",
+    Option("transit_cidr", "auto",
            "Addresses that exist only inside this host's datapath, between a VLAN network's own "
            "conntrack zone and the shared PAT zone (one per network: transit + VLAN << 10). "
-           "Must be a /10 and overlap neither the external network nor any tenant network."),
+           "'auto' (the default): the first /10 of the reserved 240.0.0.0/4 that overlaps "
+           "neither external_cidr nor internal_cidr, chosen at start and shown by `ovsnat "
+           "status`. Otherwise a /10 that overlaps neither the external network nor any tenant "
+           "network (a port inside it is refused). Until 0.2 the default was 100.64.0.0/10: "
+           "set that to keep VLAN networks' PAT sessions across the upgrade (CHANGELOG.md)."),
     Option("network_ct_zone_base", 60000,
            "A VLAN network's own conntrack zone is this + its VLAN (PAT step one, FIP "
            "fragments); keep the range clear of ct_zone, fip_frag_ct_zone and other users' "

@@ -68,13 +68,15 @@ TABLES: tuple[Table, ...] = (
        "fixed IP (IP) or MAC and sender address (ARP), tagging the packet with the VM's "
        "network (reg6); the uplink; the fabric port, one flow per network (its VLAN popped, "
        "the network in reg6, the from-fabric flag set). A VM's DHCP request goes to the "
-       "controller (metered), which answers it (from the uplink or the fabric it is dropped; "
-       "a port that floods is dropped for a while by a flow with a hard timeout). Drop and "
-       "count IPv6, multicast, broadcast, DHCP server frames and metadata traffic; drop "
-       "everything else. When the gateway MAC is "
-       "learned dynamically, copy the gateway's ARP to the controller; while a FIP VM's "
-       "presence is unproven, copy its frames to the controller (activation); with a fabric, "
-       "a VM's RARP goes to the controller (metered), which passes it on to the fabric.",
+       "controller (metered), which answers it (from the uplink or the fabric it is "
+       "dropped). A VM port over its share of packet-ins of a kind (DHCP, RARP, presence "
+       "copies) has that kind dropped here for a while by flows with a hard timeout. Drop "
+       "and count IPv6, multicast, broadcast, DHCP server frames and metadata traffic; drop "
+       "everything else. When the gateway MAC is learned dynamically, copy the gateway's "
+       "ARP to the controller (only the copy metered); while a FIP VM's presence is "
+       "unproven, copy its frames to the controller (the copies metered; activation) until "
+       "one proves it or none can; with a fabric, a VM's RARP goes to the controller "
+       "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped).",
        "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
        {Goto, Controller, Load, PopVlan, Meter},
        {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN, INGRESS}),
@@ -118,14 +120,15 @@ TABLES: tuple[Table, ...] = (
        "else is dropped.",
        "proto dl_src dl_dst nw_src nw_dst", {Load, SetField, Move, Goto}, {EGRESS, VM_L2}),
     _t(EGRESS, "egress",
-       "Routed from a VM. TTL 1 goes to the controller (metered), which answers time "
-       "exceeded from the network's gateway; TTL 0 is dropped; destinations in the VM's own "
+       "Routed from a VM. TTL 1 goes to the controller (metered; a port over its share is "
+       "dropped here for a while), which answers time exceeded from the network's gateway; "
+       "TTL 0 is dropped; destinations in the VM's own "
        "network "
        "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
        "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "
        "via conntrack, per VM) and the FIP flag set; any other VM goes to PAT: the untagged "
        "network straight to the shared PAT zone, a VLAN network first through its own zone.",
-       "proto reg5 reg6 nw_src nw_dst nw_ttl nw_frag",
+       "proto reg5 reg6 in_port nw_src nw_dst nw_ttl nw_frag",
        {SetField, Ct, Goto, Load, Move, Meter, Controller},
        {NET_PAT_OUT, PAT_OUT, EGRESS_OUT}),
     _t(NET_PAT_OUT, "net_pat_out",
@@ -152,12 +155,14 @@ TABLES: tuple[Table, ...] = (
        "(an exhausted port range leaves the private source) is dropped and counted.",
        "proto nw_src", {SetField, Goto}, {EGRESS_OUT}),
     _t(EGRESS_OUT, "egress_out",
-       "Translated traffic: ICMP errors a FIP VM sent go to the controller (metered), which "
-       "translates their quoted header too; everything else looks up ingress once more with "
+       "Translated traffic: ICMP errors a FIP VM sent go to the controller (metered; a port "
+       "over its share is dropped here for a while), which translates their quoted header "
+       "too; everything else looks up ingress once more with "
        "the leaving flag, so traffic to one of this host's own external addresses hairpins.",
-       "proto reg5 icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
+       "proto reg5 in_port icmp_type", {CtClear, Load, Goto, Meter, Controller}, {INGRESS}),
     _t(INGRESS, "ingress",
-       "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered), which "
+       "Routed to this host (uplink or hairpin). TTL 1 goes to the controller (metered apart "
+       "from the VMs' punts), which "
        "answers time exceeded from the FIP or SNAT IP it was sent to; TTL 0 is dropped; the "
        "first fragment of an ICMP error goes to the controller too (it translates it for a "
        "FIP VM, whole); a FIP is "

@@ -16,28 +16,22 @@ from typing import Iterable
 
 import netaddr
 
-from ovsnat import ofwire
+from ovsnat import flowident
 from ovsnat.claims import Claims, NetworkBook, claim_keys, claim_text, fip_key
 from ovsnat.compiler import fip_responder_key, host_flows, network_flows, sort_flows, vm_flows
 from ovsnat.handoff_flows import gone_flows
 from ovsnat.delta import Delta, diff, flow_key
-from ovsnat.flows import COOKIE_HOST, Flow
-from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
-from ovsnat.networks import OFFSET_BITS, Network
-from ovsnat.pipeline import check_flows
+from ovsnat.flowbook import FlowBook
+from ovsnat.flows import Flow
+from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
+from ovsnat.networks import Network
+from ovsnat.portcheck import check_alone
 
-HOST = "host"          # owner key of host-level flows; a network's is ("net", its name)
+HOST = flowident.HOST   # owner key of host-level flows; a network's is ("net", its name)
 
 
 def net_owner(net: Network) -> tuple[str, str]:
     return ("net", net.name)
-
-
-def _pack(flows: list[Flow]) -> bytes:
-    """Packed once, when they change; held to the declared pipeline first (the controller's
-    runtime path is checked as the batch compile is)."""
-    check_flows(flows)
-    return b"".join([ofwire.flow_add(f, 0) for f in flows])
 
 
 def _rank(port: VmPort) -> tuple[str, str]:
@@ -53,17 +47,17 @@ class HostState:
         self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
         self.claims = Claims()
         self.book = NetworkBook()
-        # owner (HOST, ("net", name) or a port name) -> its flow_mods, packed (xid 0) and
-        # concatenated in compile order. Packed once, when they change, not at every sync:
-        # a controller that (re)connects only slices bytes (about 150 bytes a flow; no Flow
-        # objects kept). Keys are read back from the bytes (ofwire.flow_mod_keys).
-        self.wire: dict = {}
-        self.owner_names: dict[int, object] = {}    # cookie owner bits -> owner key
+        # Owner (HOST, ("net", name), ("gone", name) or a port name) -> its packed flows,
+        # cookie owner bits -> owner, and who holds each (table, priority, match).
+        self.desired = FlowBook()
+        self.wire, self.owner_names = self.desired.wire, self.desired.owner_names
+        self.idents = self.desired.idents
         self.members: dict[str, set[str]] = {}      # network name -> accepted ports in it
         self.in_net: dict[str, str] = {}            # accepted port -> its network's name
         self.nets: dict[str, Network] = {}          # network name -> its definition here
         self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
         self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
+        self.heard: set[str] = set()      # dark FIPs whose VM need not be copied up any more
         self.arrived: set[str] = set()    # PAT ports in their handoff grace (ovsnat.handoff)
         self.departed: dict[str, VmPort] = {}   # PAT VMs that left, in their handoff grace
         self.by_ofport: dict[int, str] = {}
@@ -121,17 +115,22 @@ class HostState:
 
     def owner_keys(self, owner) -> list[tuple[int, int]]:
         """The (table, cookie) keys of one owner's desired flows."""
-        return ofwire.flow_mod_keys(self.wire.get(owner, b""))
+        return self.desired.keys(owner)
 
     def all_keys(self) -> set[tuple[int, int]]:
-        keys: set = set()
-        for packed in self.wire.values():
-            keys.update(ofwire.flow_mod_keys(packed))
-        return keys
+        return self.desired.all_keys()
 
     def owner_flows(self, owner) -> list[Flow]:
-        """Recompile one owner's flows."""
-        if owner == HOST:
+        """Recompile one owner's desired flows (those it holds: flowident). Settled again
+        only when a cookie was salted: each desired key is then not one compiled flow's."""
+        keys, flows = set(self.owner_keys(owner)), self._compile(owner)
+        plain = [f for f in flows if (f.table, f.cookie) in keys]
+        if len(plain) == len(keys) == len({(f.table, f.cookie) for f in plain}):
+            return plain
+        return [f for f, _, _ in flowident.settle(flows).kept if (f.table, f.cookie) in keys]
+
+    def _compile(self, owner) -> list[Flow]:
+        if owner is HOST:
             return host_flows(self.cfg)
         if isinstance(owner, tuple) and owner[0] == "gone":
             port = self.departed.get(owner[1])
@@ -145,8 +144,9 @@ class HostState:
         return self._vm_flows(owner, port)
 
     def _vm_flows(self, name: str, port: VmPort) -> list[Flow]:
+        copies = "none" if name in self.heard else "arp" if name in self.yielded else "all"
         return vm_flows(self.cfg, port, self.net(port), active=self._active(name),
-                        arrived=name in self.arrived)
+                        arrived=name in self.arrived, copies=copies)
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
@@ -154,7 +154,7 @@ class HostState:
 
     def iter_flows_for(self, keys: set[tuple[int, int]]):
         """Like flows_for, one owner at a time (a full sync never holds all flows)."""
-        for owner in self._owners_of(keys):
+        for owner in self.desired.owners_of(keys):
             for f in self.owner_flows(owner):
                 if flow_key(f) in keys:
                     yield f
@@ -164,18 +164,7 @@ class HostState:
 
     def iter_wire_for(self, keys: set[tuple[int, int]]):
         """(key, packed flow_mod) for these keys, straight from the packed cache."""
-        for owner in self._owners_of(keys):
-            for key, packed in ofwire.iter_flow_mods(self.wire.get(owner, b"")):
-                if key in keys:
-                    yield key, packed
-
-    def _owners_of(self, keys: set[tuple[int, int]]) -> list:
-        """The known owners of these keys, in a stable order. Goes through the distinct
-        owner bits (cookie >> 24) first: a full sync asks for 115,000 keys of 10,000 owners."""
-        prefixes = {c >> 24 for _, c in keys}
-        owners = {HOST if p >> 32 == COOKIE_HOST else self.owner_names.get(p)
-                  for p in prefixes}
-        return sorted((o for o in owners if o), key=lambda o: (isinstance(o, tuple), str(o)))
+        return self.desired.iter_wire_for(keys)
 
     # --- changes --------------------------------------------------------------------------
     def set_config(self, cfg: HostConfig) -> Delta:
@@ -183,14 +172,15 @@ class HostState:
         ofport): recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
-        active, yielded = set(self.active), set(self.yielded)
+        active, yielded, heard = set(self.active), set(self.yielded), set(self.heard)
         arrived, departed = set(self.arrived), dict(self.departed)
         self.__init__(cfg)
         for name, port in ports.items():
             self.update(name, port)      # a port new to this state is not live yet...
         self.active, self.yielded = active & set(self.valid), yielded & set(self.valid)
+        self.heard = heard & set(self.valid)
         self.arrived = arrived & set(self.valid)
-        for name in sorted(self.active | self.yielded | self.arrived):
+        for name in sorted(self.active | self.yielded | self.arrived | self.heard):
             self._refresh(name)          # ...so restore what was, and recompile those
         for name, port in departed.items():
             self.depart(name, port)
@@ -212,6 +202,7 @@ class HostState:
             # Gone, or a new device: the VM must show up (again) before its FIP answers.
             self.active.discard(name)
             self.yielded.discard(name)
+            self.heard.discard(name)
             self.arrived.discard(name)
         if old is not None:
             net = self.net(old)
@@ -232,7 +223,7 @@ class HostState:
         return delta
 
     def _add(self, name: str, port: VmPort, affected: set[str]) -> None:
-        reason = self.check_alone(port)
+        reason = check_alone(self.cfg, port)
         if reason:
             self.invalid[name] = reason
             return
@@ -246,6 +237,7 @@ class HostState:
     def activate(self, name: str) -> Delta:
         """The VM showed up here: light its FIP."""
         self.yielded.discard(name)
+        self.heard.discard(name)
         self.active.add(name)
         return self._refresh(name)
 
@@ -253,7 +245,15 @@ class HostState:
         """Another host announced this port's FIP: go dark until the VM announces itself
         here again (RARP/GARP), or nobody answers for it any more."""
         self.active.discard(name)
+        self.heard.discard(name)
         self.yielded.add(name)
+        return self._refresh(name)
+
+    def hear(self, name: str, heard: bool) -> Delta:
+        """Stop (or resume) copying a dark FIP's frames up: what they could prove is known."""
+        if (name in self.heard) == heard:
+            return Delta()
+        (self.heard.add if heard else self.heard.discard)(name)
         return self._refresh(name)
 
     def set_arrived(self, name: str, arrived: bool) -> Delta:
@@ -287,32 +287,6 @@ class HostState:
                 adopted.append(name)
         return adopted
 
-    def check_alone(self, port: VmPort) -> str | None:
-        try:
-            port.check(self.cfg)
-            net = self.net(port)
-            if net.vlan is not None and net.cidr.prefixlen < 12:
-                raise PortError(f"port {port.name!r} ({port.iface_id}): network {net.name} "
-                                f"{net.cidr} is larger than a /12 (its VMs' flows are "
-                                "named by VLAN and the fixed IP's last 20 bits)")
-            if port.fip is None and self.cfg.pat_ports_per_vm:
-                self._check_block(port, net)
-        except PortError as e:
-            return str(e)
-        return None
-
-    def _check_block(self, port: VmPort, net: Network) -> None:
-        label = f"port {port.name!r} ({port.iface_id})"
-        lo, hi = port.pat_block(self.cfg)
-        if hi > self.cfg.snat_port_max:
-            raise PortError(f"{label}: PAT block {lo}-{hi} for {port.fixed_ip} does not fit "
-                            f"snat_port_max {self.cfg.snat_port_max}; lower "
-                            "pat_ports_per_vm or widen the range")
-        if net.vlan is not None and port.offset(self.cfg) >= 1 << OFFSET_BITS:
-            raise PortError(f"{label}: with per-VM PAT blocks a VLAN network's VMs need a "
-                            f"transit address of their own: {port.fixed_ip} is beyond the "
-                            f"first {1 << OFFSET_BITS} addresses of {net.cidr}")
-
     def _refresh(self, name: str) -> Delta:
         """Re-decide whether `name` wins its clashes and recompile its flows (and its
         network's, when it is the network's first or last port here)."""
@@ -331,13 +305,12 @@ class HostState:
         return delta
 
     def _store(self, owner, new: list[Flow]) -> Delta:
-        old = ofwire.flow_mod_keys(self.wire.pop(owner, b""))
-        if new:
-            self.wire[owner] = _pack(new)
-            self.owner_names[new[0].cookie >> 24] = owner
-        elif old and self.owner_names.get(old[0][1] >> 24) == owner:
-            del self.owner_names[old[0][1] >> 24]
-        return diff(old, new, {owner})
+        """`owner`'s flows are now `new`; owners that lose a flow to it or regain one from
+        it (ovsnat.flowident) are recompiled and stored too."""
+        delta, restore = self.desired.store(owner, new)
+        for other in restore:
+            delta.extend(self._store(other, self._compile(other)))
+        return delta
 
     def _membership(self, name: str, net: Network | None) -> Delta:
         """A named network's flows exist while it has an accepted port here."""

@@ -37,14 +37,36 @@ COUNTERS = {
     "dhcp_releases": "DHCP releases and declines from VMs",
     "dhcp_refused": "DHCP requests not answered (a port ovsnat does not serve, another MAC)",
     "dhcp_quarantines": "VM ports quarantined for flooding DHCP requests",
+    "packet_in_quarantines": "VM ports quarantined for flooding the controller (any kind)",
     "audits": "periodic audits of ovsnat's flows on the switch",
     "flow_repairs": "flows the audit repaired (missing, stale or changed behind ovsnat's back)",
+}
+
+
+# Why a packet-in was dropped (status `packet_in_drops`, metric ovsnat_packet_in_drops_total
+# {reason}): a fixed vocabulary, so a sender cannot grow the map.
+DROP_REASONS = {
+    "not_ready": "the host is not programmed yet",
+    "unknown_port": "from a port ovsnat does not serve",
+    "from_fabric": "from the fabric port (nothing there is for the controller)",
+    "unexpected_table": "sent up by a table that punts nothing from that port",
+    "over_share": "the port is over its share of packet-ins (quarantined)",
+    "not_arp": "not a well-formed ARP from the uplink",
+    "bad_gateway_mac": "the external gateway's ARP with a multicast or zero MAC",
+    "rarp_spoofed": "a RARP whose source MAC is not the port's",
+    "not_relayed": "TTL expired or ICMP error that is not for this host to answer",
+    "error": "a fault of the controller's while handling it (logged)",
+    **{f"dhcp_{r}": f"malformed DHCP request: {r.replace('_', ' ')}" for r in (
+        "short_frame", "not_ipv4", "bad_ip_header", "not_udp", "fragment", "truncated_udp",
+        "not_dhcp_request", "bad_udp_length", "truncated_bootp", "not_ethernet_request",
+        "no_magic_cookie", "bad_message_type", "bad_address_option", "truncated_option")},
 }
 
 
 class Stats:
     def __init__(self):
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.drops: dict[str, int] = {}
         self.conflicts: deque = deque(maxlen=20)
         self.reconcile_seconds: float | None = None
         self.pat: dict | None = None            # PAT usage from conntrack (see the shim)
@@ -52,6 +74,13 @@ class Stats:
 
     def inc(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
+        self.version += 1
+
+    def drop(self, reason: str) -> None:
+        """A packet-in dropped for `reason` (one of DROP_REASONS)."""
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}")
+        self.drops[reason] = self.drops.get(reason, 0) + 1
         self.version += 1
 
     def conflict(self, address: str, mac: str, port: str, now: float) -> None:

@@ -94,11 +94,27 @@ def match_kwargs(flow: Flow) -> dict:
     return kw
 
 
+def _controller2(a):
+    """controller(max_len=..., meter_id=...): the framework's NXActionController2 knows no
+    meter_id property (OVS added it later), so the oracle adds that property's bytes
+    (NXAC2PT_METER_ID, a 32-bit value) to what the framework serializes."""
+    import struct
+    base = fw.parser.NXActionController2(**({} if a.max_len == 0xFFFF else
+                                            {"max_len": a.max_len}))
+
+    class WithMeter(type(base)):
+        def serialize_body(self):
+            return base.serialize_body() + struct.pack("!HHI", 5, 8, a.meter)
+    return WithMeter(**({} if a.max_len == 0xFFFF else {"max_len": a.max_len}))
+
+
 def action(a):
     p, ofp, nx = fw.parser, fw.ofproto, fw.nicira_ext
     if isinstance(a, Output):
         return p.OFPActionOutput(ofp.OFPP_IN_PORT if a.port == "IN_PORT" else int(a.port), 0)
     if isinstance(a, Controller):
+        if a.meter is not None:
+            return _controller2(a)
         return p.OFPActionOutput(ofp.OFPP_CONTROLLER, a.max_len)
     if isinstance(a, SetField):
         value = int(a.value) if a.field == "arp_op" else a.value

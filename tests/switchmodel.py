@@ -3,6 +3,12 @@ host controller: it reads the bytes the controller writes and answers the way Op
 does (atomic bundles, barriers in order, flow and meter dumps filtered by cookie, errors
 naming the offending message's xid). The lab tests check the real switch; this one lets the
 controller's decisions be tested event by event, without root or OVS.
+
+Flows are kept as OVS keeps them: one per (table, priority, match), read from the bytes here
+(not with ovsnat's own code, so a mistake there cannot hide in the model). An add with the
+(table, priority, match) of a flow replaces that flow, cookie and all; a delete by (table,
+cookie/mask) removes every flow of the table with that cookie; a long flow dump comes back
+in several replies, all but the last flagged OFPMPF_REPLY_MORE, as OVS splits big dumps.
 """
 
 from __future__ import annotations
@@ -24,9 +30,20 @@ class Reply:
     args: tuple = ()
 
 
+def flow_identity(msg: bytes) -> tuple[int, int, bytes]:
+    """(table, priority, match) of a flow_mod: what OVS knows a flow by."""
+    match_len = struct.unpack_from("!H", msg, 50)[0]
+    return msg[24], struct.unpack_from("!H", msg, 30)[0], bytes(msg[48:48 + match_len])
+
+
+def flow_key(msg: bytes) -> tuple[int, int]:
+    """(table, cookie) of a flow_mod: what ovsnat names a flow by."""
+    return msg[24], struct.unpack_from("!Q", msg, 8)[0]
+
+
 @dataclass
 class ModelSwitch:
-    flows: dict = field(default_factory=dict)          # (table, cookie) -> flow_mod bytes
+    entries: dict = field(default_factory=dict)        # (table, priority, match) -> flow_mod
     meters: dict = field(default_factory=dict)         # meter id -> rate
     packet_outs: list = field(default_factory=list)    # (port, frame)
     flow_mods: int = 0                                 # every flow_mod received
@@ -35,6 +52,7 @@ class ModelSwitch:
     frag_mode: int = 0                                 # OFPC_FRAG_*: 3 is OVS's nx-match
     temporary: dict = field(default_factory=dict)      # key -> hard timeout (outside bundles)
     packets: dict = field(default_factory=dict)        # key -> packet count the test sets
+    stats_part: int = 16                               # flow stats entries per reply
     _bundles: dict = field(default_factory=dict)       # id -> [(xid, inner message)]
 
     def receive(self, data: bytes) -> list[Reply]:
@@ -50,7 +68,7 @@ class ModelSwitch:
         if msg_type == ofwire.OFPT_BARRIER_REQUEST:
             return [Reply("barrier", xid)]
         if msg_type == ofwire.OFPT_MULTIPART_REQUEST:
-            return [self._stats(xid, msg)]
+            return self._stats(xid, msg)
         if msg_type == ofwire.OFPT_METER_MOD:
             meter_id = struct.unpack_from("!I", msg, 12)[0]
             self.meters[meter_id] = struct.unpack_from("!I", msg, 20)[0]
@@ -61,7 +79,8 @@ class ModelSwitch:
         if msg_type == ofwire.OFPT_FLOW_MOD:           # only flows with a hard timeout
             hard = struct.unpack_from("!H", msg, 28)[0]
             assert msg[25] == ofwire.OFPFC_ADD and hard, "flow_mod outside a bundle"
-            self.temporary[(msg[24], struct.unpack_from("!Q", msg, 8)[0])] = hard
+            self.temporary[flow_key(msg)] = hard
+            self.entries[flow_identity(msg)] = msg
             return []
         if msg_type == ofwire.OFPT_PACKET_OUT:
             port = struct.unpack_from("!I", msg, 24 + 4)[0]
@@ -83,30 +102,64 @@ class ModelSwitch:
 
     def _commit(self, commit_xid: int, messages: list) -> list[Reply]:
         """All or nothing, as OVS applies an atomic bundle."""
-        flows = dict(self.flows)
+        entries = dict(self.entries)
         for xid, inner in messages:
             self.flow_mods += 1
-            key = (inner[24], struct.unpack_from("!Q", inner, 8)[0])
-            if inner[25] == ofwire.OFPFC_DELETE:
-                flows.pop(key, None)
+            key = flow_key(inner)
+            if inner[25] == ofwire.OFPFC_DELETE:      # non-strict, by cookie/mask, any match
+                mask = struct.unpack_from("!Q", inner, 16)[0]
+                entries = {i: m for i, m in entries.items()
+                           if not _selected(m, inner[24], key[1], mask)}
             elif self.reject and self.reject(key):
                 return [Reply("error", xid, (OFPET_BAD_ACTION, 4)),
                         Reply("error", commit_xid, (OFPET_BUNDLE_FAILED, 0))]
             else:
-                flows[key] = inner
-        self.flows = flows
+                entries[flow_identity(inner)] = inner
+        self.entries = entries
         return []
 
-    def _stats(self, xid: int, msg: bytes) -> Reply:
+    def _stats(self, xid: int, msg: bytes) -> list[Reply]:
         mp_type = struct.unpack_from("!H", msg, 8)[0]
         if mp_type == ofwire.OFPMP_METER_CONFIG:
-            return Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()],
-                                              False))
+            return [Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()],
+                                               False))]
         table, (cookie, mask) = msg[16], struct.unpack_from("!QQ", msg, 32)
-        entries = [(*k, flow_mod_digest(m), self.packets.get(k, 0))   # OVS returns the
-                   for k, m in self.flows.items()                    # bytes it got
-                   if k[1] & mask == cookie & mask and table in (k[0], ofwire.OFPTT_ALL)]
-        return Reply("flow_stats", xid, (entries, False))
+        entries = [(*flow_key(m), flow_mod_digest(m), self.packets.get(flow_key(m), 0))
+                   for m in self.entries.values()           # OVS returns the bytes it got
+                   if _selected(m, table, cookie, mask)]
+        parts = [entries[i:i + self.stats_part]
+                 for i in range(0, len(entries), self.stats_part)] or [[]]
+        return [Reply("flow_stats", xid, (part, i < len(parts) - 1))
+                for i, part in enumerate(parts)]
 
+    # --- what the switch holds, and changes behind the controller's back -----------------
     def keys(self) -> set:
-        return set(self.flows)
+        """(table, cookie) of every flow."""
+        return {flow_key(m) for m in self.entries.values()}
+
+    def held(self) -> dict:
+        """(table, cookie) -> flow_mod of every flow (two flows with one key: either)."""
+        return {flow_key(m): m for m in self.entries.values()}
+
+    def flow(self, key: tuple[int, int]) -> bytes:
+        """The one flow with this (table, cookie)."""
+        [msg] = [m for m in self.entries.values() if flow_key(m) == key]
+        return msg
+
+    def with_identity(self, table: int, priority: int) -> dict:
+        """(table, priority, match) -> flow_mod of the flows of one table and priority."""
+        return {i: m for i, m in self.entries.items() if i[:2] == (table, priority)}
+
+    def install(self, msg: bytes) -> None:
+        """An add made by someone else (`ovs-ofctl add-flow`, `mod-flows`)."""
+        self.entries[flow_identity(msg)] = msg
+
+    def remove(self, key: tuple[int, int]) -> None:
+        """`ovs-ofctl del-flows table=T,cookie=C/-1` made by someone else."""
+        self.entries = {i: m for i, m in self.entries.items() if flow_key(m) != key}
+
+
+def _selected(msg: bytes, table: int, cookie: int, mask: int) -> bool:
+    """A flow a request for (table or OFPTT_ALL, cookie/mask) selects."""
+    t, c = flow_key(msg)
+    return c & mask == cookie & mask and table in (t, ofwire.OFPTT_ALL)

@@ -15,7 +15,7 @@ from tests.hostsim import SimHost, vm_row
 
 FIP = "203.0.113.10"
 PERIOD = 60.0
-FOREIGN = (0, 0x1234)                 # another controller's flow: a cookie kind not ovsnat's
+FOREIGN_COOKIE = 0x1234               # another controller's flow: a cookie kind not ovsnat's
 
 
 def synced_host() -> SimHost:
@@ -28,7 +28,7 @@ def synced_host() -> SimHost:
 
 def vm_key(host: SimHost, n: int, index: int = 0) -> tuple[int, int]:
     """One of VM 10.0.0.n's flows on the switch."""
-    return sorted(k for k in host.switch.flows if k[1] >> 24 == 0xA20A000000 | n)[index]
+    return sorted(k for k in host.switch.keys() if k[1] >> 24 == 0xA20A000000 | n)[index]
 
 
 def changed_in_place(msg: bytes) -> bytes:
@@ -39,9 +39,15 @@ def changed_in_place(msg: bytes) -> bytes:
     return head[:2] + struct.pack("!H", len(head)) + head[4:]
 
 
+def variant(msg: bytes, cookie: int, priority: int) -> bytes:
+    """The flow_mod with another cookie and priority: a flow of its own on the switch."""
+    return msg[:8] + struct.pack("!Q", cookie) + msg[16:30] + struct.pack("!H", priority) + \
+        msg[32:]
+
+
 def held(host: SimHost) -> dict:
     """The switch's flows, each as its flow_mod without the xid."""
-    return {k: m[8:] for k, m in host.switch.flows.items()}
+    return {k: m[8:] for k, m in host.switch.held().items()}
 
 
 def stats(host: SimHost) -> dict:
@@ -53,13 +59,16 @@ def test_a_deleted_a_changed_and_a_stale_flow_are_repaired_within_one_period(cap
     desired = held(host)
     gone, changed = vm_key(host, 11), vm_key(host, 12, 1)
     stale = (gone[0], gone[1] ^ 0x1)                       # ovsnat's kind, nobody's flow
-    del host.switch.flows[gone]
-    host.switch.flows[changed] = changed_in_place(host.switch.flows[changed])
-    host.switch.flows[stale] = host.switch.flows[FOREIGN] = b"\0" * 8 + desired[gone]
+    foreign = (gone[0], FOREIGN_COOKIE)
+    gone_msg = host.switch.flow(gone)
+    host.switch.remove(gone)
+    host.switch.install(changed_in_place(host.switch.flow(changed)))
+    host.switch.install(variant(gone_msg, stale[1], 1))
+    host.switch.install(variant(gone_msg, foreign[1], 2))
     with caplog.at_level(logging.WARNING, logger="ovsnat"):
         host.advance(PERIOD + 0.1)
-    assert {k: v for k, v in held(host).items() if k != FOREIGN} == desired
-    assert held(host)[FOREIGN] == desired[gone]                  # never touched
+    assert {k: v for k, v in held(host).items() if k != foreign} == desired
+    assert held(host)[foreign] == variant(gone_msg, foreign[1], 2)[8:]     # never touched
     assert stats(host)["audits"] == 1 and stats(host)["flow_repairs"] == 3
     lines = [r.getMessage() for r in caplog.records if "audit: " in r.getMessage()]
     for kind, key in (("missing", gone), ("changed", changed), ("stale", stale)):
@@ -108,7 +117,8 @@ def test_an_owner_changed_while_the_dump_is_read_is_not_repaired_from_the_old_du
     compared, and drift there (a flow deleted before the dump) is still repaired."""
     host = synced_host()
     gone = vm_key(host, 12)
-    desired_gone = host.switch.flows.pop(gone)
+    desired_gone = host.switch.flow(gone)
+    host.switch.remove(gone)
     host.now += PERIOD + 0.1
     requests = host.ctl.tick(host.now)                           # the audit's dump requests
     replies = host.switch.receive(b"".join(requests))            # answered now, read later
@@ -117,7 +127,7 @@ def test_an_owner_changed_while_the_dump_is_read_is_not_repaired_from_the_old_du
     for r in replies:
         host.deliver(host.ctl.flow_stats(r.xid, *r.args, host.now))
     assert stats(host)["flow_repairs"] == 1                      # vm12's flow, not vm13's
-    assert host.switch.flows[gone][8:] == desired_gone[8:]
+    assert host.switch.flow(gone)[8:] == desired_gone[8:]
     assert host.switch.flow_mods - mods == 1                     # the one add
     assert host.switch.keys() == host.desired_keys()
 
@@ -137,7 +147,7 @@ def test_the_switch_returns_exactly_the_digest_of_the_flow_mod_ovsnat_keeps():
     host = synced_host()
     for blob in host.ctl.host.wire.values():
         for key, packed in ofwire.iter_flow_mods(blob):
-            assert flow_mod_digest(host.switch.flows[key]) == flow_mod_digest(packed)
+            assert flow_mod_digest(host.switch.flow(key)) == flow_mod_digest(packed)
     assert flow_mod_digest(changed_in_place(packed)) != flow_mod_digest(packed)
 
 

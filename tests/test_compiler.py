@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from ovsnat import compiler
-from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, compile_state, host_flows, \
+from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, UPLINK_METER, compile_state, host_flows, \
     network_flows
 from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
     DecTtl, Goto, Match, Meter, Nat, Output, PushVlan, SetField, cookie_kind, cookie_owner, \
@@ -192,7 +192,7 @@ def test_flow_counts_per_object():
     assert len(host_flows(cfg)) == 63
     assert len(host_flows(cfg64)) == 62          # no shared PAT commit: each VM has its own
     assert len(host_flows(config(external_gateway_mac=""))) == 63   # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 70         # fabric_in: 5, RARP relay: 1, DHCP drop: 1
+    assert len(host_flows(fabric)) == 72   # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
     assert len(host_flows(config(dhcp="false"))) == 61    # no DHCP punt, no uplink drop
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
@@ -260,8 +260,9 @@ def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copi
               and f.match.get("proto") == "arp"]
     assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
-    # A copy for the controller (limited by the controller meter), then normal processing.
-    assert punt.actions == (Controller(), Goto(UPLINK_ARP))
+    # A copy for the controller (only the copy metered, with the uplink's claims), then
+    # normal processing.
+    assert punt.actions == (Controller(meter=CLAIM_METER), Goto(UPLINK_ARP))
 
 
 def test_known_gateway_mac_means_uplink_output_and_no_punt():
@@ -272,9 +273,14 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     # The only packet-ins, all metered: ARP claiming the active FIP from elsewhere, ICMP
     # errors to or from the FIP VM (their quoted header needs translating), DHCP requests.
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
-    assert all(f.actions[0] == Meter(CLAIM_METER if f.table == UPLINK_ARP else DHCP_METER
-                                     if f.match.get("tp_dst") == "67" else PACKET_IN_METER)
-               for f in punts)
+
+    def meter(f):           # each source its own meter: the uplink's never starve the VMs'
+        if f.table == UPLINK_ARP:
+            return CLAIM_METER
+        if f.match.get("tp_dst") == "67":
+            return DHCP_METER
+        return UPLINK_METER if f.table in (INGRESS, DELIVER) else PACKET_IN_METER
+    assert all(f.actions[0] == Meter(meter(f)) for f in punts)
     assert len([f for f in punts if f.match.get("tp_dst") == "67"]) == 1
     watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
     assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
@@ -326,3 +332,44 @@ def test_routed_traffic_never_goes_to_the_fabric():
             assert f.match.get("reg5") == "0/0x8"          # only when not routed
         if f.table == VM_ARP and Output(cfg.fabric_ofport) in f.actions:
             assert f.match.get("reg5") == "0/0x4"          # not back to the fabric
+
+
+# --- every packet-in is metered ---------------------------------------------------------------
+def _metered(f) -> bool:
+    """A flow's packet-ins go through a meter: a meter instruction, or a controller action
+    with a meter of its own (a copy whose frame goes on)."""
+    controllers = [a for a in f.actions if isinstance(a, Controller)]
+    return all(a.meter is not None for a in controllers) or Meter in map(type, f.actions)
+
+
+@pytest.mark.parametrize("copies", ["all", "arp", "none"])
+@pytest.mark.parametrize("overrides", [{}, FABRIC, {"external_gateway_mac": ""}])
+def test_every_packet_in_path_is_metered_pending_fips_and_the_gateways_arp_included(
+        overrides, copies):
+    cfg = config(**overrides)
+    flows = host_flows(cfg) + compiler.vm_flows(cfg, FIP_VM, FIP_VM.net(cfg), active=False,
+                                                copies=copies)
+    punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
+    assert punts and all(_metered(f) for f in punts), [f.text() for f in punts
+                                                       if not _metered(f)]
+
+
+def test_a_dark_fip_copies_what_can_still_prove_its_vm_and_nothing_once_heard():
+    cfg = config()
+
+    def copying(copies):
+        flows = compiler.vm_flows(cfg, FIP_VM, FIP_VM.net(cfg), active=False, copies=copies)
+        return sorted(f.match.get("proto") or "any" for f in flows
+                      if any(isinstance(a, Controller) for a in f.actions)
+                      and f.table == CLASSIFY)
+    assert copying("all") == ["any", "arp", "ip"]
+    assert copying("arp") == ["any", "arp"]          # yielded: back on a RARP or GARP only
+    assert copying("none") == []
+
+
+@pytest.mark.parametrize("kind", ["dhcp", "presence", "rarp", "ttl", "icmp"])
+def test_quarantine_flows_drop_only_that_port_and_fit_the_pipeline(kind):
+    flows = compiler.quarantine_flows(kind, 7)
+    assert flows and all(f.match.get("in_port") == "7" and f.actions == () for f in flows)
+    for f in flows:
+        check_flow(f)

@@ -8,7 +8,7 @@ from tests.hostsim import SimHost, vm_row
 
 def refusal_key(sim: SimHost, name: str) -> tuple:
     host = sim.ctl.host
-    return next(k for k in sim.switch.flows
+    return next(k for k in sim.switch.keys()
                 if k[0] == CONN_VERDICT and host.owner_names.get(k[1] >> 24) == name)
 
 

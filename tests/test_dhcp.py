@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from ovsnat import dhcp, golden
+from ovsnat import dhcp, golden, punts
 from ovsnat import framework as fw
 from ovsnat.compiler import DHCP_METER, compile_state
 from ovsnat.flows import COOKIE_QUARANTINE, cookie_kind
@@ -138,15 +138,17 @@ def test_inform_gets_options_only_and_release_ends_the_lease(host):
 def test_a_flooding_port_is_quarantined_at_the_switch_and_others_are_still_served(host):
     for _ in range(100):
         host.from_vm(5, client(dhcp.DISCOVER, mac(5)))
-    assert len(answers(host, 5)) == dhcp.BUCKET
+    burst = punts.SHARES["dhcp"].burst
+    assert len(answers(host, 5)) == burst
     [(key, hard)] = host.switch.temporary.items()
-    assert cookie_kind(key[1]) == COOKIE_QUARANTINE and hard == dhcp.QUARANTINE_S
+    assert cookie_kind(key[1]) == COOKIE_QUARANTINE and hard == punts.QUARANTINE_S
     assert host.ctl.stats.counts["dhcp_quarantines"] == 1
+    assert host.ctl.status(host.now)["packet_in_drops"]["over_share"] == 100 - burst
     host.from_vm(6, client(dhcp.DISCOVER, mac(6)))
     assert len(answers(host, 6)) == 1
-    host.advance(dhcp.QUARANTINE_S + 1)                        # the quarantine is over
+    host.advance(punts.QUARANTINE_S + 1)                        # the quarantine is over
     host.from_vm(5, client(dhcp.DISCOVER, mac(5)))
-    assert len(answers(host, 5)) == dhcp.BUCKET + 1
+    assert len(answers(host, 5)) == burst + 1
 
 
 def test_port_values_win_and_vlan_networks_on_a_fabric_get_a_smaller_mtu():

@@ -27,7 +27,7 @@ def test_an_ovsdb_batch_gives_exactly_the_compiled_flows():
     host.rows.update({r.name: r for r in (vm_row(11, FIP), vm_row(12))})
     host.start()
     assert host.switch.keys() == host.desired_keys()
-    assert host.switch.meters == {1: 100, 2: 500, 3: 200, 0xFFFFFFFE: 200}
+    assert host.switch.meters == {1: 100, 2: 500, 3: 200, 4: 100, 5: 100, 0xFFFFFFFE: 200}
 
 
 def test_on_connect_first_fragments_keep_their_l4_fields_for_matching():

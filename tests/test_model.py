@@ -440,3 +440,41 @@ def test_any_value_for_one_option_parses_or_raises_config_error(option, value):
         assert str(e).partition(": ")[0] in ALL_OPTIONS, str(e)
         return
     assert isinstance(cfg, HostConfig)
+
+
+# --- upgrades --------------------------------------------------------------------------------
+ROUND_ONE = {"bridge": "br-int", "uplink_port": "uplink", "internal_cidr": "10.0.0.0/24",
+             "internal_gateway_ip": "10.0.0.1", "router_mac": "02:00:00:00:00:01",
+             "external_cidr": "100.64.0.0/10", "external_gateway_ip": "100.64.0.1",
+             "snat_ip": "100.64.0.11", "snat_port_min": "20000", "snat_port_max": "29999",
+             "ct_zone": "65000", "fip_frag_ct_zone": "65001"}
+
+
+def test_a_round_one_config_in_rfc6598_space_starts_with_a_transit_range_of_its_own():
+    """0.2.0 refused this 0.1.0 config (its external network is 100.64.0.0/10, the old
+    transit default); `auto` picks a range no real network can be in."""
+    cfg = HostConfig.parse({**ROUND_ONE, "transit_cidr": "auto"})
+    assert str(cfg.transit_cidr) == "240.0.0.0/10"
+    assert str(HostConfig.parse(ROUND_ONE).transit_cidr) == "240.0.0.0/10"    # unset: auto
+
+
+def test_auto_transit_steps_past_configured_networks_and_an_explicit_one_is_kept():
+    cfg = HostConfig.parse({**ROUND_ONE, "external_cidr": "240.0.0.0/9",
+                            "external_gateway_ip": "240.0.0.1", "snat_ip": "240.0.0.11"})
+    assert str(cfg.transit_cidr) == "240.128.0.0/10"
+    assert str(HostConfig.parse({**ROUND_ONE, "external_cidr": "203.0.113.0/24",
+                                 "external_gateway_ip": "203.0.113.1",
+                                 "snat_ip": "203.0.113.11",
+                                 "transit_cidr": "100.64.0.0/10"}).transit_cidr) == \
+        "100.64.0.0/10"
+
+
+def test_a_network_inside_the_transit_range_is_refused_with_the_reason():
+    from ovsnat.portcheck import check_alone
+    cfg = HostConfig.parse({**ROUND_ONE, "fabric_port": "fabric", "uplink_ofport": 1})
+    port = VmPort.from_external_ids("tapx", 7, {
+        "iface-id": "x", "attached-mac": "02:00:0a:00:00:07", "ovsnat-fixed-ip": "240.1.0.7",
+        "ovsnat-network": "odd", "ovsnat-cidr": "240.1.0.0/24", "ovsnat-gateway": "240.1.0.1",
+        "ovsnat-vlan": "300"})
+    reason = check_alone(cfg, port)
+    assert "overlaps transit_cidr 240.0.0.0/10" in reason and "set transit_cidr" in reason
