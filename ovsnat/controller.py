@@ -14,21 +14,22 @@ valve.py under faucet.py.
   sends no flow_mod.
 - A rejected bundle is retried owner by owner, so one bad VM never blocks the others.
 - Once a port's flows are confirmed on the switch, its Interface row gets
-  external_ids:ovsnat-installed=true (as ovn-controller's ovn-installed): the Neutron agent
-  reports the port up from it.
+  external_ids:ovsnat-installed=true (as ovn-controller's ovn-installed), and
+  ovsnat-ready=true once this host accepts its keys, even before its device exists (a live
+  migration's destination): the Neutron agent reports the port up from them (ovsnat.markers).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import netaddr
 
-from ovsnat import arp, audit, connlimit, dhcp, ovsdb
+from ovsnat import arp, audit, connlimit, dhcp, markers, ovsdb
 from ovsnat.delta import Delta
 from ovsnat.fips import Fips
 from ovsnat.handoff import Handoffs
+from ovsnat.markers import INSTALLED_KEY, READY_KEY, IfaceKeys  # noqa: F401  (re-exported)
 from ovsnat.hostconfig import SNAT_KEY, Settings  # noqa: F401  (SNAT_KEY re-exported)
 from ovsnat.memory import release_memory
 from ovsnat.model import HostConfig, mac_str, port_from_row
@@ -39,22 +40,12 @@ from ovsnat.status import Stats
 from ovsnat.timers import Timers
 
 LOG = logging.getLogger("ovsnat")
-INSTALLED_KEY = "ovsnat-installed"
 GATEWAY_ARP_INTERVAL = (1, 30)            # seconds: until resolved, then to follow changes
 FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
 
 
 class Fatal(RuntimeError):
     """The controller keeps failing: better to exit and be restarted than run diverged."""
-
-
-@dataclass(frozen=True)
-class IfaceKeys:
-    """Set and remove external_ids keys on one Interface row."""
-
-    name: str
-    set: tuple[tuple[str, str], ...] = ()
-    remove: tuple[str, ...] = ()
 
 
 class HostController:
@@ -78,6 +69,7 @@ class HostController:
         self.first_view = True
         self.reported: dict[str, str] = {}        # port -> rejection last logged
         self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
+        self.unready: dict[str, str] = {}         # row without a device -> rejection logged
         self.settings = Settings(cfg)
         self.faults: list[float] = []
 
@@ -231,22 +223,15 @@ class HostController:
         self.sw.error(xid, type_, code)
         return []
 
-    # --- the installed marker ------------------------------------------------------------
+    # --- the markers ------------------------------------------------------------------
     def _markers(self, names) -> list:
-        """Set the marker on ports whose flows are all confirmed; remove it from ports
-        ovsnat does not program (any more). A port being updated keeps it."""
+        """ovsnat-installed and ovsnat-ready on the rows `names` (ovsnat.markers), once the
+        switch's flows are known."""
         if self.host is None or not self.sw.session.ready:
             return []
         busy = self.sw.session.in_flight_owners()
-        out = []
-        for name in sorted(n for n in names if n in self.rows):
-            has = self.rows[name].external_ids.get(INSTALLED_KEY) == "true"
-            accepted = name in self.host.valid and name not in self.host.lost
-            if has and not accepted:
-                out.append(IfaceKeys(name, remove=(INSTALLED_KEY,)))
-            elif accepted and not has and self.sw.confirmed(name, busy):
-                out.append(IfaceKeys(name, set=((INSTALLED_KEY, "true"),)))
-        return out
+        return markers.changes(self.host, self.rows, names,
+                               lambda name: self.sw.confirmed(name, busy), self.unready)
 
     # --- packets ---------------------------------------------------------------------------
     def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:

@@ -294,7 +294,7 @@ class HostState:
         port = self.valid.get(name)
         new: list[Flow] = []
         if port is not None:
-            beaten = self._beaten_by(port)
+            beaten = self.beaten_by(port)
             if beaten:
                 self.lost[name] = f"port {port.name!r} ({port.iface_id}): {beaten}"
             else:
@@ -341,7 +341,7 @@ class HostState:
             else:
                 members.discard(name)
 
-    def _beaten_by(self, port: VmPort) -> str | None:
+    def beaten_by(self, port: VmPort) -> str | None:
         """Why `port` loses to the competitor that sorts first before it, if any."""
         best, why = None, None
         net = self.net(port)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ovsnat import arp
-from ovsnat.controller import INSTALLED_KEY, SNAT_KEY, Fatal, IfaceKeys
+from ovsnat.controller import INSTALLED_KEY, READY_KEY, SNAT_KEY, Fatal, IfaceKeys
 from ovsnat.ovsdb import Changes, IfaceRow
 from ovsnat.presence import PROBE_GAP, REPROBE
 from ovsnat.switch import MAX_XID, Xids
@@ -118,6 +118,81 @@ def test_the_installed_marker_follows_the_ports_flows():
     writes = len(host.key_writes)
     host.plug(host.rows["tapvm11"])                                  # nothing changed
     assert len(host.key_writes) == writes
+
+
+def markers(host: SimHost, name: str) -> dict[str, str]:
+    ids = host.rows[name].external_ids
+    return {k: v for k, v in ids.items() if k in (READY_KEY, INSTALLED_KEY)}
+
+
+def test_a_row_without_its_device_is_ready_once_the_host_accepts_its_keys():
+    """A live migration's destination: os-vif's row with the port's keys and no tap yet
+    (ofport -1) is ready, not installed. The guest's tap appears: installed too. The tap
+    goes again (the VM left): installed goes, the keys are still good here."""
+    host = SimHost(fip_activation="immediate").start()
+    host.plug(vm_row(11, FIP, ofport=-1))
+    assert markers(host, "tapvm11") == {READY_KEY: "true"}
+    assert not host.switch.keys() - host.ctl.host.all_keys()     # no flows for it
+    arrived = host.rows["tapvm11"]
+    host.echo_writes = False            # the flows are being installed: ready stays
+    host.plug(IfaceRow("tapvm11", 11, arrived.external_ids, "up"))
+    assert not [w for w in host.key_writes if w.name == "tapvm11" and w.remove]
+    host.echo_writes = True
+    host.plug(host.rows["tapvm11"])
+    assert markers(host, "tapvm11") == {READY_KEY: "true", INSTALLED_KEY: "true"}
+    assert host.fip_live(FIP)
+    host.plug(IfaceRow("tapvm11", -1, host.rows["tapvm11"].external_ids, None))
+    assert markers(host, "tapvm11") == {READY_KEY: "true"}
+
+
+def test_keys_this_host_rejects_are_never_ready_with_or_without_a_device():
+    """Rejected by this host's settings (a FIP outside its external network), by a bad
+    value, by a clash with a port already here (its FIP, smaller iface-id): no marker,
+    before the device and after. A good row without a device beside them: ready (the
+    control)."""
+    host = SimHost(fip_activation="immediate").start()
+    host.plug(vm_row(11, FIP))
+    host.plug(vm_row(12, "198.51.100.12", ofport=-1), vm_row(13, ofport=-1, **{
+        "ovsnat-fixed-ip": "10.0.0.300"}), vm_row(14, FIP, ofport=-1),
+        vm_row(15, OTHER_FIP, ofport=-1))
+    assert markers(host, "tapvm15") == {READY_KEY: "true"}
+    for n in (12, 13, 14):
+        assert markers(host, f"tapvm{n}") == {}, n
+        row = host.rows[f"tapvm{n}"]
+        host.plug(IfaceRow(row.name, n, row.external_ids, "up"))
+        assert markers(host, f"tapvm{n}") == {}, n
+    assert markers(host, "tapvm11") == {READY_KEY: "true", INSTALLED_KEY: "true"}
+
+
+def test_a_row_without_its_device_whose_keys_are_rejected_gets_one_log_line(caplog):
+    host = SimHost().start()
+    with caplog.at_level("ERROR", logger="ovsnat"):
+        for _ in range(3):                      # the same row again: no new line
+            host.plug(vm_row(12, "198.51.100.12", ofport=-1))
+    lines = [r.getMessage() for r in caplog.records if "tapvm12" in r.getMessage()]
+    assert len(lines) == 1 and "198.51.100.12" in lines[0] and "not ready" in lines[0]
+
+
+def test_ready_goes_when_the_keys_go_or_turn_bad():
+    host = SimHost().start()
+    host.plug(vm_row(11, ofport=-1))
+    assert markers(host, "tapvm11") == {READY_KEY: "true"}
+    bad = dict(host.rows["tapvm11"].external_ids, **{"ovsnat-fip": "10.0.0.99"})
+    host.plug(IfaceRow("tapvm11", -1, bad, None))                 # a FIP inside its network
+    assert markers(host, "tapvm11") == {}
+    gone = {k: v for k, v in bad.items() if not k.startswith("ovsnat-")}
+    host.plug(IfaceRow("tapvm11", -1, dict(bad, **{"ovsnat-fip": FIP}), None))
+    assert markers(host, "tapvm11") == {READY_KEY: "true"}
+    host.plug(IfaceRow("tapvm11", -1, gone, None))                # Neutron: no such port
+    assert markers(host, "tapvm11") == {}
+
+
+def test_a_port_plugged_with_its_device_gets_both_markers_in_one_write():
+    host = SimHost(fip_activation="immediate").start()
+    host.plug(vm_row(11))
+    writes = [w for w in host.key_writes if w.name == "tapvm11"]
+    assert writes == [IfaceKeys("tapvm11", set=((READY_KEY, "true"),
+                                                 (INSTALLED_KEY, "true")))]
 
 
 def test_the_snat_ip_can_come_from_the_bridge_and_follows_it():

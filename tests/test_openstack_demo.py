@@ -4,9 +4,10 @@ suite's run against Neutron's real migrations (`neutron-db-manage upgrade heads`
 OpenStack modules run on SQLite (OVSNAT_OPENSTACK_DB=mariadb runs them on MariaDB too).
 
 The narration is checked for what it claims: leases, PAT through each host's SNAT address,
-east-west, a FIP reached from outside and withdrawn within 2 s of Neutron's answer, and a
-live migration after which the inbound session still holds and the port is ACTIVE on its new
-host with a single binding.
+east-west, a FIP reached from outside and withdrawn within 2 s of Neutron's answer, boots
+and a live migration that wait for Neutron's network-vif-plugged as Nova does (the
+destination's within 1 s of its plug, before the guest moves), after which the inbound
+session still holds and the port is ACTIVE on its new host with a single binding.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def test_the_openstack_demo_on_mariadb_with_neutrons_migrations(request):
         assert f"inst-a -> server is seen as {fip}" in text
         assert seconds(r"no reply ([\d.]+) s after Neutron's answer", text) < 2.0
         assert f"inst-a -> server: seen as {snat['hv1']} (PAT)" in text
+        booted = re.findall(r"(inst-[ab]) on (hv\d): network-vif-plugged reached Nova's API "
+                            r"([\d.]+) s after the plug", text)
+        assert [(n, h) for n, h, _ in booted] == [("inst-a", "hv1"), ("inst-b", "hv2")]
+        assert "the source waits for network-vif-plugged from hv2 before the guest moves" \
+            in text and "up to 300 s, fatal" in text
+        steps = re.findall(r"^\s+([\d.]+) s  (.+)$", text, re.M)
+        names = [name for _, name in steps]
+        assert names.index("row created at destination") < names.index(
+            "network-vif-plugged") < names.index("guest on destination"), steps
+        assert seconds(r"the wait: network-vif-plugged reached Nova's API ([\d.]+) s after "
+                       r"os-vif created the port's row on hv2", text) < 1.0
         assert re.search(r"the inbound session: HELD \d+ echoes", text), text
         assert seconds(r"longest ping gap ([\d.]+) s", text) < 2.0
         assert "port ACTIVE on hv2; bindings [('hv2', 'ACTIVE')]" in text

@@ -10,12 +10,14 @@ reply's receive time (ovsnat.lab.reach), so polling never adds to a measurement.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
-from ovsnat.lab import dhcpclient
-from ovsnat.lab.openstack import cloud, instances, nova
+from ovsnat.lab import dhcpclient, scenario
+from ovsnat.lab.openstack import cloud, config, instances, nova
+from ovsnat.lab.openstack.novaapi import VIF_PLUGGED
 from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
@@ -209,12 +211,21 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
     cl.agents_alive()
 
 
-def test_nova_style_live_migration_keeps_an_inbound_fip_session(cl):
-    """An instance with a FIP, booted by DHCP on hv1, moves to hv2 the way Nova moves it
-    (binding created on hv2, plug there, the guest moves, binding activated, unplug on hv1,
-    hv1's binding deleted) while the server holds a TCP session to its FIP and pings it
-    every 10 ms. The session survives; afterwards the port is ACTIVE on hv2 only, and
-    hv2's ovsnat renews the guest's lease."""
+MIGRATIONS = 10
+EVENT_LIMIT = 1.0           # s: the issue's bound from the destination's plug to its event
+
+
+def test_nova_style_live_migration_waits_for_the_event_and_keeps_an_inbound_fip_session(cl):
+    """An instance with a FIP, booted by DHCP on hv1, moves between hv1 and hv2 ten times the
+    way Nova 34 moves it with its defaults: a binding created on the destination, os-vif's
+    plug there (no tap yet), the source waits for network-vif-plugged (300 s, fatal), only
+    then the guest moves, the binding is activated, the source unplugged and its binding
+    deleted. Each time the destination's event reaches Nova's API within 1 s of its plug
+    (from the insertion of os-vif's row, as ovsdb-server announced it, to the stand-in's
+    receipt, Neutron's notifier idle before each move; the worst of ten is the result); the
+    server's TCP session to the FIP (held through the first moves)
+    survives, and its pings every 10 ms never stop for 2 s. Afterwards the port is ACTIVE
+    on its last host only, and that host's ovsnat renews the guest's lease."""
     inst = nova.boot(cl, unique("vm"), "hv1")
     dhcpclient.wait_bound(cl.lab, inst.vm, timeout=20)
     fip = new_fip(cl, port_id=inst.port_id)
@@ -224,24 +235,120 @@ def test_nova_style_live_migration_keeps_an_inbound_fip_session(cl):
     session = background_tcp(cl.lab, cl.lab.srv_ns, address, nova.GUEST_PORT, hold=8)
     wait_for(lambda: tcp_established(cl.lab.srv_ns, address, nova.GUEST_PORT), 10,
              what="the inbound session")
+    waits, moves = [], []
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
-        steps = nova.live_migrate(cl, inst, "hv2").steps
+        for _ in range(MIGRATIONS):
+            notifier_idle(cl)
+            src = inst.host
+            steps = nova.live_migrate(cl, inst, "hv2" if src == "hv1" else "hv1").steps
+            waits.append(steps[VIF_PLUGGED] - steps["row created at destination"])
+            moves.append(steps["source binding deleted"] - steps["binding created"])
         pinger.first_reply_after(time.time(), timeout=5)
     held, gap = session.result(), pinger.gap()
-    TIMES["live migration: API and os-vif steps"] = \
-        steps["source binding deleted"] - steps["binding created"]
-    TIMES["live migration: longest ping gap"] = gap
-    print(f"\nlive migration: {held.strip().splitlines()[-1]}, ping gap {gap:.2f} s, "
-          f"{pinger.lost()} pings lost")
+    TIMES["live migration: network-vif-plugged after the destination's row, worst of 10"] = \
+        max(waits)
+    TIMES["live migration: API and os-vif steps, mean of 10"] = sum(moves) / len(moves)
+    TIMES["live migration: longest ping gap over 10"] = gap
+    print(f"\nlive migration x{MIGRATIONS}: network-vif-plugged after the destination's row "
+          f"{', '.join(f'{w:.2f}' for w in waits)} s (worst {max(waits):.2f}); "
+          f"{held.strip().splitlines()[-1]}, ping gap {gap:.2f} s, {pinger.lost()} lost")
+    assert max(waits) < EVENT_LIMIT, waits
     assert "HELD" in held, held
     assert gap < LIMIT
+    last, other = inst.host, ("hv2" if inst.host == "hv1" else "hv1")
     wait_active(cl, inst.port_id)
     bindings = list(cl.nova.network.port_bindings(inst.port_id))
-    assert [(b.host, b.status) for b in bindings] == [("hv2", "ACTIVE")]
-    assert cl.conn.network.get_port(inst.port_id).binding_host_id == "hv2"
-    assert row_ids(cl, "hv1", inst.vm.tap) == {}
-    assert row_ids(cl, "hv2", inst.vm.tap)["ovsnat-fip"] == address
+    assert [(b.host, b.status) for b in bindings] == [(last, "ACTIVE")]
+    assert cl.conn.network.get_port(inst.port_id).binding_host_id == last
+    assert row_ids(cl, other, inst.vm.tap) == {}
+    assert row_ids(cl, last, inst.vm.tap)["ovsnat-fip"] == address
     dhcpclient.renew(cl.lab, inst.vm)
     wait_for(lambda: f"renew {inst.fixed_ip}" in dhcpclient.events(cl.lab, inst.vm), 10,
-             what="the lease renewed on hv2")
+             what=f"the lease renewed on {last}")
     assert tcp_connect(cl.lab, cl.lab.srv_ns, address, nova.GUEST_PORT).ok
+
+
+def notifier_idle(cl) -> None:
+    """Until Neutron's Nova notifier is idle: it sends an event at once, unless it sent one
+    within send_events_interval (2 s, Neutron's default): then the event waits for that
+    batch, up to 2 s more whatever the backend. A move that starts while the previous one's
+    events are still being batched would measure Neutron's batching, not ovsnat's path.
+    Idle: nothing sent for the interval and 1 s more (events queued meanwhile go out when
+    the interval ends, and the notifier sleeps another interval after them)."""
+    def idle() -> bool:
+        last = max((e["at"] for e in cl.services.nova_api.events()), default=0.0)
+        return time.time() - last > config.SEND_EVENTS_INTERVAL + 1.0
+    wait_for(idle, 30, interval=0.05, what="Neutron's Nova notifier idle")
+
+
+# Nova would wait 300 s for an event that must never come: the suite cannot. Five times the
+# bound the test above holds (1 s) is long enough to tell "not coming" from "late", and the
+# test looks again at its end, longer after the plug, that none came.
+REJECTED_TIMEOUT = 5.0
+
+
+def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_vm_stays(cl):
+    """hv3's controller runs with a transit_cidr overlapping the tenant network (10.0.0.0/10
+    over 10.1.0.0/24): it rejects that network's ports. Positive control first: a port of
+    another network, plugged on hv3 with an inactive binding as Nova's pre_live_migration
+    plugs it, gets its event. Then an instance of the tenant network, FIP and inbound
+    session on hv1, is live-migrated to hv3: hv3's agent writes the keys, its controller
+    rejects them (one log line), no ovsnat-ready, no event; Nova's wait times out, which is
+    fatal: hv3's binding is deleted and its row unplugged, the guest never moved. The
+    instance keeps running on hv1: its port ACTIVE there with the only binding, its FIP
+    answering all along, the session held."""
+    cl.add_hypervisor("hv3", transit_cidr="10.0.0.0/10")
+    cl.agents_alive("hv3")
+    cl.wait_snat("hv3")
+    scenario.wait_in_sync(cl.lab, "hv3")
+    control_event(cl, "hv3")
+    inst = boot_static(cl, "hv1")
+    fip = new_fip(cl, port_id=inst.port_id)
+    address = fip.floating_ip_address
+    wait_for(lambda: tcp_connect(cl.lab, cl.lab.srv_ns, address, nova.GUEST_PORT).ok, 10,
+             what="the FIP to answer")
+    session = background_tcp(cl.lab, cl.lab.srv_ns, address, nova.GUEST_PORT, hold=6)
+    wait_for(lambda: tcp_established(cl.lab.srv_ns, address, nova.GUEST_PORT), 10,
+             what="the inbound session")
+    with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
+        began = time.time()
+        with pytest.raises(nova.MigrationError) as failed:
+            nova.live_migrate(cl, inst, "hv3", timeout=REJECTED_TIMEOUT)
+        pinger.first_reply_after(time.time(), timeout=5)
+    steps = failed.value.migration.steps
+    print(f"\nrejected on hv3: {failed.value}; steps " + ", ".join(
+        f"{k} {v - began:.2f}" for k, v in steps.items()))
+    assert "destination binding deleted" in steps and "unplugged at destination" in steps
+    assert re.search(rf"not ready .*port '{inst.vm.tap}'.*overlaps transit_cidr "
+                     r"10\.0\.0\.0/10", scenario.controller_log(cl.lab, "hv3")), \
+        "hv3's controller never judged the keys"
+    assert "HELD" in session.result()
+    assert pinger.lost() == 0 and pinger.gap() < 0.5, (pinger.lost(), pinger.gap())
+    assert inst.host == "hv1"
+    assert [(b.host, b.status) for b in cl.nova.network.port_bindings(inst.port_id)] == \
+        [("hv1", "ACTIVE")]
+    assert port_status(cl, inst.port_id) == "ACTIVE"
+    assert row_ids(cl, "hv3", inst.vm.tap) == {}
+    assert row_ids(cl, "hv1", inst.vm.tap)["ovsnat-installed"] == "true"
+    assert not [e for e in cl.services.nova_api.events(began)
+                if e["name"] == VIF_PLUGGED and e.get("tag") == inst.port_id]
+
+
+def control_event(cl, host: str) -> None:
+    """A port on a network of its own, bound elsewhere (hv1), plugged on `host` with an
+    inactive binding as Nova's pre_live_migration plugs it: its network-vif-plugged must
+    come within the rejected test's timeout."""
+    net = cl.conn.network.create_network(name=unique("ctl"), project_id=cloud.PROJECT)
+    cl.conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.100.0.0/24",
+                                  gateway_ip="10.100.0.1", project_id=cloud.PROJECT)
+    port = nova.create_port(cl, "hv1", net.id, unique("ctl"))
+    binding = cl.nova.network.create_port_binding(port.id, host=host)
+    spec = cloud.vif_spec(cl.conn, port, port.name)
+    assert binding.vif_details["bridge_name"] == spec.bridge
+    since = time.time()
+    with instances.RowWatch(cl.lab, host, spec.vif_name) as row:
+        instances.os_vif(cl.lab, host, "plug", spec)
+        created = row.inserted_at()
+    event = nova.wait_for_vif_plugged(cl, spec.instance_uuid, [port.id], since,
+                                      REJECTED_TIMEOUT)
+    TIMES[f"control: network-vif-plugged after the row on {host}"] = event[port.id] - created

@@ -3,7 +3,10 @@
 It reports state like every Neutron agent (its row is what the `ovsnat` mechanism driver
 binds ports against), writes each local VM port's contract keys onto its OVSDB Interface
 row, reports the port up to Neutron once the controller says its flows are in
-(`ovsnat-installed=true`), and writes the host's SNAT address onto the bridge.
+(`ovsnat-installed=true`), or where this host holds an inactive binding of the port (a live
+migration's destination, before the guest arrives) once the controller accepts its keys
+(`ovsnat-ready=true`: ovsnat.neutron.devices says why), and writes the host's SNAT address
+onto the bridge.
 
 Level-triggered: one loop compares what OVSDB shows with what Neutron said last, and only
 writes differences. It asks Neutron (RPC) about a port when the port appears, when a push
@@ -32,7 +35,8 @@ from oslo_config import cfg  # noqa: E402
 
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
-from ovsnat.neutron.keys import INSTALLED, SNAT_IP, KeyDiff, diff_keys  # noqa: E402
+from ovsnat.neutron.devices import ports_up  # noqa: E402
+from ovsnat.neutron.keys import SNAT_IP, KeyDiff, diff_keys  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class OvsnatAgent:
         self.full_sync = True
         self.snat_wanted = True
         self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
+        self.bindings: dict[str, dict | None] = {}  # port id -> this host's binding
         self.reported_up: set[str] = set()
         self.neutron_up: set[str] = set()       # local ports Neutron has ACTIVE here
         self.orphans: set[str] = set()          # ACTIVE here in Neutron, with no row here
@@ -148,6 +153,7 @@ class OvsnatAgent:
             dirty, self.dirty = self.dirty, set()
             for gone in set(self.desired) - local:
                 del self.desired[gone]
+                self.bindings.pop(gone, None)
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
@@ -175,6 +181,7 @@ class OvsnatAgent:
                 for pid in chunk:
                     port = answer.get(pid)
                     self.desired[pid] = port["keys"] if port else None
+                    self.bindings[pid] = port.get("binding") if port else None
                     (self.neutron_up.add if port and port["up"] else
                      self.neutron_up.discard)(pid)
         return True
@@ -213,19 +220,22 @@ class OvsnatAgent:
 
     def _report_devices(self, snap, full: bool) -> bool:
         """update_device_up once the controller marked the port installed (the port goes
-        ACTIVE, Nova gets network-vif-plugged); update_device_down when the flows or the
-        row went away. After a (re)sync every installed port that Neutron does not have
-        ACTIVE here is reported again (the others need nothing)."""
-        installed = {pid for pid, row in snap.rows.items()
-                     if row.external_ids.get(INSTALLED) == "true"}
+        ACTIVE, Nova gets network-vif-plugged), or ready where this host's binding is
+        inactive (Nova gets network-vif-plugged before the guest moves here);
+        update_device_down when the marker or the row went away. After a (re)sync every
+        such port that Neutron does not have ACTIVE here is reported again (the others need
+        nothing; an inactive binding's port is reported again, a repeated event Nova
+        ignores)."""
+        rows = {pid: row.external_ids for pid, row in snap.rows.items()}
         with self.lock:
+            wanted = ports_up(rows, self.bindings)
             self.reported_up -= self.reup
             self.reup.clear()
             if full:        # Neutron's view is the truth: report what differs from it
                 self.reported_up = self.neutron_up | self.orphans
                 self.orphans = set()
-        up = sorted(installed - self.reported_up)
-        down = sorted(self.reported_up - installed)
+        up = sorted(wanted - self.reported_up)
+        down = sorted(self.reported_up - wanted)
         if not up and not down:
             return True
         try:

@@ -14,8 +14,10 @@ SERVER_TOPIC = "ovsnat-plugin"
 AGENT_TOPIC = "ovsnat-agent"
 RPC_VERSION = "1.0"                      # the casts to agents
 # The driver's endpoint: 1.0 get_port_keys, get_snat_address; 1.1 get_ports (the keys and
-# whether Neutron already has the port up on the asking host).
-SERVER_RPC_VERSION = "1.1"
+# whether Neutron already has the port up on the asking host); 1.2 get_ports' answers also
+# carry the status of the asking host's binding. Agents still call get_ports at 1.1: a 1.1
+# server's answers lack "binding", and the agent then reports up as before 1.2 (installed).
+SERVER_RPC_VERSION = "1.2"
 
 # The port Neutron allocates on the external network for each host's SNAT (PAT) address,
 # like DVR's per-host "network:floatingip_agent_gateway" port; device_id is the host name.

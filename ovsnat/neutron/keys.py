@@ -12,7 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 # Keys the agent owns on an Interface row. Everything else there (iface-id, attached-mac,
-# vm-uuid, iface-status: os-vif/Nova; ovsnat-installed: the controller) is never touched.
+# vm-uuid, iface-status: os-vif/Nova; ovsnat-installed, ovsnat-ready: the controller) is never
+# touched.
 FIXED_IP = "ovsnat-fixed-ip"
 FIP = "ovsnat-fip"
 NETWORK = "ovsnat-network"
@@ -26,6 +27,7 @@ DHCP = "ovsnat-dhcp"                  # "off" when the subnet has DHCP disabled
 MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES, DHCP)
 
 INSTALLED = "ovsnat-installed"        # written by the controller once the port's flows are in
+READY = "ovsnat-ready"                # ... once it accepts the port's keys, device or not
 SNAT_IP = "ovsnat-snat-ip"            # Bridge:external_ids, this host's PAT address
 
 # A port whose iface-id Neutron does not know (deleted) gets none of the managed keys.

@@ -20,6 +20,8 @@ from neutron_lib import rpc as n_rpc
 from oslo_log import log
 import oslo_messaging
 
+from neutron.objects import ports as ports_obj
+
 from ovsnat.neutron import constants as c
 from ovsnat.neutron.keys import PortFacts, Segment, port_keys
 
@@ -83,9 +85,13 @@ class OvsnatServerRpc:
 
     def get_ports(self, context, host: str, port_ids: list[str]) -> dict:
         """(1.1) port id -> {"keys": the contract's keys, "up": the port is ACTIVE and bound
-        to `host`}, or None for a port Neutron does not know. "up" spares a restarted agent
-        reporting every port up again: Neutron spends tens of milliseconds on each such
-        report, and a port it already has ACTIVE here needs none."""
+        to `host`, (1.2) "binding": the port's binding on `host`, {"status": ACTIVE or
+        INACTIVE, "vif_type": ...} or None}, or None for a port Neutron does not know. A
+        live migration's destination holds a bound INACTIVE binding until Nova activates
+        it; the source's binding, once deactivated, is INACTIVE and unbound. "up" spares a restarted agent reporting
+        every port up again: Neutron spends tens of milliseconds on each such report, and a
+        port it already has ACTIVE here needs none. "binding" says when to report up
+        (ovsnat.neutron.devices)."""
         ctx = n_context.get_admin_context()
         plugin = directory.get_plugin()
         ports = plugin.get_ports(ctx, filters={"id": list(port_ids)})
@@ -94,11 +100,15 @@ class OvsnatServerRpc:
         subnet_ids = sorted({ip["subnet_id"] for p in ports for ip in p.get("fixed_ips", [])})
         subnets = {s["id"]: s for s in plugin.get_subnets(ctx, filters={"id": subnet_ids})}
         fips = self._floatingips(ctx, [p["id"] for p in ports])
+        bindings = {b.port_id: {"status": b.status, "vif_type": b.vif_type}
+                    for b in ports_obj.PortBinding.get_objects(
+                        ctx, host=host, port_id=[p["id"] for p in ports])} if ports else {}
         result: dict = {pid: None for pid in port_ids}
         for port in ports:
             result[port["id"]] = {
                 "keys": port_keys(_port_facts(port, networks, subnets, fips)),
-                "up": port.get("status") == "ACTIVE" and port.get("binding:host_id") == host}
+                "up": port.get("status") == "ACTIVE" and port.get("binding:host_id") == host,
+                "binding": bindings.get(port["id"])}
         LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
         return result
 

@@ -46,12 +46,14 @@ class CloudLab:
                                            self.services.ns)
         return self._nova
 
-    def add_hypervisor(self, name: str, controller: bool = True) -> None:
+    def add_hypervisor(self, name: str, controller: bool = True, **options) -> None:
         """A host on the fabric with its controller (listening on the host namespace's
-        loopback) and its agent (in the services namespace, see services.py)."""
+        loopback; `options` override its [ovsnat] options) and its agent (in the services
+        namespace, see services.py)."""
         self.lab.add_host(name, fabric=True)
         if controller:
-            scenario.start_controller(self.lab, name, snat_ip="", **CONTROLLER_OPTIONS)
+            scenario.start_controller(self.lab, name, snat_ip="",
+                                      **{**CONTROLLER_OPTIONS, **options})
         self.services.start_agent(name)
 
     def agents_alive(self, *hosts: str, timeout: float = 40.0) -> None:

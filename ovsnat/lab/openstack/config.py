@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovsnat.lab.openstack import novaapi
+
 REPO = Path(__file__).resolve().parents[3]
 API_PORT = 9696
 RABBIT_PORT = 5672
@@ -32,6 +34,18 @@ AGENT_DOWN_TIME = 20         # s, > 2 heartbeats: an agent stopped shows dead wi
 RABBIT_RECONNECT = """[oslo_messaging_rabbit]
 rabbit_interval_max = 1
 kombu_reconnect_delay = 0
+"""
+
+
+# Neutron's Nova notifier (neutron/notifiers/nova.py) loads its keystoneauth plugin and
+# session from [nova]: `none` is keystoneauth's NoAuth, a FixedEndpointPlugin, so every
+# request goes to `endpoint` with no catalog and no Keystone (the stand-in of Nova's API,
+# ovsnat.lab.openstack.novaapi). Events are batched as Neutron's defaults say
+# (send_events_interval 2 s: the first at once, later ones within 2 s wait for the batch).
+SEND_EVENTS_INTERVAL = 2     # s, Neutron's send_events_interval (its default; not set)
+NOVA_SECTION = f"""[nova]
+auth_type = none
+endpoint = {novaapi.ENDPOINT}
 """
 
 
@@ -67,6 +81,11 @@ class Paths:
         return os.path.join(self.root, "rabbitmq")
 
     @property
+    def nova(self) -> str:
+        """The stand-in of Nova's API: its instances and the events it received."""
+        return os.path.join(self.root, "nova")
+
+    @property
     def mysql(self) -> str:
         return os.path.join(self.root, "mysql")
 
@@ -75,7 +94,7 @@ class Paths:
         return os.path.join(self.mysql, "sock")
 
     def make(self) -> None:
-        for d in (self.etc, self.state, self.log, self.rabbit, self.mysql,
+        for d in (self.etc, self.state, self.log, self.rabbit, self.mysql, self.nova,
                   os.path.join(self.state, "lock")):
             os.makedirs(d, exist_ok=True)
 
@@ -108,8 +127,8 @@ service_plugins = router
 auth_strategy = noauth
 transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
 state_path = {paths.state}
-notify_nova_on_port_status_changes = false
-notify_nova_on_port_data_changes = false
+notify_nova_on_port_status_changes = true
+notify_nova_on_port_data_changes = true
 agent_down_time = {AGENT_DOWN_TIME}
 rpc_workers = 1
 rpc_state_report_workers = 1
@@ -118,7 +137,7 @@ graceful_shutdown_timeout = 5
 {RABBIT_RECONNECT}
 [database]
 connection = {db_url(paths, db)}
-[oslo_concurrency]
+{NOVA_SECTION}[oslo_concurrency]
 lock_path = {paths.state}/lock
 [quotas]
 quota_network = -1

@@ -1,7 +1,8 @@
 """The narrated OpenStack demo (`ovsnat lab demo --openstack`, `make lab-openstack`): Neutron
 drives ovsnat. Two instances boot by DHCP, a floating IP is associated through the API and
 reached from outside, disassociated (PAT again, unreachable), associated again, and the
-instance is live-migrated the way Nova does it while the outside holds a session to its FIP.
+instance is live-migrated the way Nova does it (with Nova's wait for network-vif-plugged from
+the destination) while the outside holds a session to its FIP.
 Every time printed is measured from the event that causes it (Neutron's answer, the plug).
 The lab stays up afterwards."""
 
@@ -14,6 +15,7 @@ from ovsnat.lab import dhcpclient
 from ovsnat.lab.demo import flow_summary, say, step
 from ovsnat.lab.openstack import cloud, config, nova
 from ovsnat.lab.openstack.cloudlab import CloudLab
+from ovsnat.lab.openstack.novaapi import VIF_PLUGGED
 from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP
@@ -60,9 +62,14 @@ def the_cloud(cl: CloudLab) -> None:
 
 def boot_two(cl: CloudLab) -> tuple[nova.Instance, nova.Instance]:
     step("2. Two instances, booted as Nova boots them, configured by DHCP")
-    say("  (port bound to the host through the API, the tap, os-vif's plug, then the guest's")
-    say("   udhcpc; ovsnat answers from the port's Neutron record)")
+    say("  (port bound to the host through the API, the paused guest's tap, os-vif's plug;")
+    say("   Nova waits for Neutron's network-vif-plugged before the guest runs, then the")
+    say("   guest's udhcpc; ovsnat answers from the port's Neutron record)")
     pair = (nova.boot(cl, "inst-a", "hv1"), nova.boot(cl, "inst-b", "hv2"))
+    for inst in pair:
+        say(f"  {inst.name} on {inst.host}: network-vif-plugged reached Nova's API "
+            f"{inst.vif_plugged_at - inst.plugged_at:.2f} s after the plug (the port ACTIVE: "
+            "its flows confirmed, ovsnat-installed); the guest runs")
     for inst in pair:
         lease = dhcpclient.wait_bound(cl.lab, inst.vm, timeout=30)
         wait_active(cl, inst)
@@ -112,12 +119,20 @@ def migrate(cl: CloudLab, inst: nova.Instance, address: str) -> None:
     session = background_tcp(cl.lab, cl.lab.srv_ns, address, nova.GUEST_PORT, hold=8)
     wait_for(lambda: tcp_established(cl.lab.srv_ns, address, nova.GUEST_PORT), 10,
              what="the inbound session")
+    say(f"  Nova's defaults: the source waits for network-vif-plugged from hv2 before the "
+        f"guest moves (live_migration_wait_for_vif_plug, up to "
+        f"{nova.VIF_PLUGGING_TIMEOUT:.0f} s, fatal)")
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
         steps = nova.live_migrate(cl, inst, "hv2").steps
         pinger.first_reply_after(time.time(), timeout=5)
     t0 = steps["binding created"]
-    for name, at in steps.items():
+    for name, at in sorted(steps.items(), key=lambda step: step[1]):
         say(f"  {at - t0:5.2f} s  {name}")
+    waited = steps[VIF_PLUGGED] - steps["row created at destination"]
+    say(f"  the wait: network-vif-plugged reached Nova's API {waited:.2f} s after os-vif "
+        "created the port's row on hv2, before the guest's tap existed there: hv2's agent "
+        "reported the port up from ovsnat-ready (its controller accepted the keys) because "
+        "hv2's binding was inactive")
     say(f"  the inbound session: {session.result().strip().splitlines()[-1]}; longest ping "
         f"gap {pinger.gap():.2f} s, {pinger.lost()} pings lost")
     wait_active(cl, inst)

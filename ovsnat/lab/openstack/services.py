@@ -21,11 +21,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from ovsnat.lab.openstack import config as cfg
+from ovsnat.lab.openstack import config as cfg, novaapi
 from ovsnat.lab.openstack.netns import inside
 from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import BRIDGE, Lab
@@ -73,6 +74,7 @@ class OpenStack:
         cfg.write_neutron(self.paths, self.db)
         cfg.write_uwsgi(self.paths)
         self.start_rabbit()
+        self.start_nova_api()
         t1 = time.monotonic()
         self.make_schema()
         t2 = time.monotonic()
@@ -135,11 +137,25 @@ class OpenStack:
                            f"{etc}/neutron.conf", "--config-file", f"{etc}/ml2_conf.ini",
                            "current"], timeout=120).stdout
 
+    def start_nova_api(self) -> None:
+        """The stand-in of Nova's API that Neutron's Nova notifier posts events to
+        (novaapi.py); it listens long before Neutron sends its first event."""
+        self.lab.spawn("nova-api", [sys.executable, "-m", "ovsnat.lab.openstack.novaapi",
+                                    "--listen", f"127.0.0.1:{novaapi.PORT}",
+                                    "--dir", self.paths.nova], ns=self.ns)
+
+    @property
+    def nova_api(self) -> novaapi.Records:
+        """What Nova's API knows: its instances, the events Neutron sent it."""
+        return novaapi.Records(self.paths.nova)
+
     def start_neutron(self) -> None:
         self.start_api()
         self.start_rpc(wait=False)
         self.wait_api()
         self.wait_rpc()
+        wait_for(lambda: self._port_open(novaapi.PORT), 10, interval=0.05,
+                 what=f"the stand-in of Nova's API (see {self.lab.dir}/nova-api.log)")
 
     def start_rpc(self, wait: bool = True) -> None:
         self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns,
@@ -212,8 +228,8 @@ class OpenStack:
     def down(self) -> None:
         """Stop in reverse order of dependence (agents, Neutron, broker, database); the
         lab's own teardown then removes the namespace and files and catches stragglers."""
-        for name in [*reversed(self.agents), "neutron-rpc", "neutron-api", "rabbitmq",
-                     "epmd", "mariadbd"]:
+        for name in [*reversed(self.agents), "neutron-rpc", "neutron-api", "nova-api",
+                     "rabbitmq", "epmd", "mariadbd"]:
             self.stop(name)
         keep = os.environ.get("OVSNAT_OPENSTACK_LOGS")
         if keep and self.paths:     # the lab's directory goes at teardown; keep the logs

@@ -1,8 +1,14 @@
 """Plug and unplug an instance's port with os-vif, as nova-compute does for vif_type `ovs`.
 
+    python -m ovsnat.lab.openstack.vif serve --ovsdb unix:/path/db.sock
+        a host's long-lived os-vif, as in nova-compute: os-vif initialized and its privsep
+        daemon started once; one request per line on stdin,
+        {"action": "plug"|"unplug", "vifs": [{VifSpec}, ...]}, one answer per line on
+        stdout, {"done_at": time.time() when the last plug/unplug returned, "count": n} or
+        {"error": "..."}; it exits at the end of its input
     python -m ovsnat.lab.openstack.vif plug   --ovsdb unix:/path/db.sock --vif '{json}'
     python -m ovsnat.lab.openstack.vif unplug --ovsdb unix:/path/db.sock --vif '{json}'
-    (--vif again for more ports: one process, one privsep daemon for all of them)
+        one request, one process (--vif again for more ports)
 
 Runs in Neutron's virtualenv (os-vif is there), inside the hypervisor's namespace (os-vif sets
 the tap's MTU there). The VIF is built as nova.network.os_vif_util builds it for a bound port
@@ -20,7 +26,6 @@ What differs without libvirt and QEMU:
 - privsep: os-vif's privileged calls (the tap's MTU) run in a privsep daemon. Nova starts it
   through sudo and rootwrap; here we are root already, so `helper_command` is the venv's
   privsep-helper without sudo. The daemon exits when this process does.
-Prints one JSON line: the wall-clock time the last os_vif.plug/unplug returned.
 """
 
 from __future__ import annotations
@@ -90,21 +95,34 @@ def _objects(spec: VifSpec):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsnat.lab.openstack.vif")
-    parser.add_argument("action", choices=("plug", "unplug"))
+    parser.add_argument("action", choices=("plug", "unplug", "serve"))
     parser.add_argument("--ovsdb", required=True, help="e.g. unix:/run/.../db.sock")
-    parser.add_argument("--vif", required=True, action="append",
+    parser.add_argument("--vif", action="append", default=[],
                         help="VifSpec as JSON (repeat: several ports, one after the other, "
                              "as nova-compute plugs an instance's ports)")
     args = parser.parse_args(argv)
     _configure(args.ovsdb)
-    import os_vif
-    act = os_vif.plug if args.action == "plug" else os_vif.unplug
-    for text in args.vif:
-        spec = VifSpec(**json.loads(text))
-        vif, instance = _objects(spec)
-        act(vif, instance)
-    print(json.dumps({"done_at": time.time(), "count": len(args.vif)}), flush=True)
+    if args.action != "serve":
+        print(json.dumps(_act(args.action, [json.loads(v) for v in args.vif])), flush=True)
+        return 0
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            answer = _act(request["action"], request["vifs"])
+        except Exception as e:      # the caller raises it; this os-vif keeps serving
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
     return 0
+
+
+def _act(action: str, specs: list[dict]) -> dict:
+    """os_vif.plug or unplug for each VIF, in order."""
+    import os_vif
+    act = {"plug": os_vif.plug, "unplug": os_vif.unplug}[action]
+    for fields in specs:
+        vif, instance = _objects(VifSpec(**fields))
+        act(vif, instance)
+    return {"done_at": time.time(), "count": len(specs)}
 
 
 if __name__ == "__main__":

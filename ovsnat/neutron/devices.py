@@ -1,0 +1,55 @@
+"""When ovsnat-neutron-agent reports a port up to Neutron, and what Neutron makes of it.
+
+Pure (no Neutron import), so unit tests in ovsnat's own virtualenv pin the decision down.
+
+Neutron's `update_device_up` (neutron/plugins/ml2/rpc.py) does one of two things:
+- from the host of the port's active binding: the L2 provisioning block completes, the
+  port goes ACTIVE, and Neutron's Nova notifier sends `network-vif-plugged` (a boot, and
+  the end of a live migration once Nova activated the destination's binding);
+- from a host holding an inactive binding of the port (a live migration's destination):
+  nothing changes in Neutron, but `notify_port_active_direct` sends Nova
+  `network-vif-plugged` at once. Nova 34 waits for exactly that event before the guest moves
+  (`live_migration_wait_for_vif_plug`, default on; `vif_plugging_timeout` 300 s, fatal).
+  At that moment the destination holds os-vif's row without a tap (ofport -1): no flow of
+  the port can be confirmed yet.
+
+So the marker the agent reports up from depends on this host's binding of the port:
+- inactive and bound (vif_type set by ovsnat's driver for this host): a live migration's
+  destination, waiting for Nova to activate it. `ovsnat-ready=true`: the controller accepts
+  the port's keys on this host (ovsnat.markers). Rejected keys never get it, so no event,
+  and Nova keeps the guest where it is rather than move it to a host that cannot serve it.
+- anything else: `ovsnat-installed=true`, the flows are confirmed, as always. That is the
+  active binding (a boot, the destination once activated), no binding record here (an
+  older server does not say), and the source's binding once Neutron deactivated it at the
+  activation (INACTIVE, vif_type `unbound`: the guest left, the port must not be reported
+  up from there again).
+When the destination's binding is activated, Neutron sets the port DOWN and casts
+`binding_activate`; the agent forgets it reported the port and reports it up again from
+`ovsnat-installed`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ovsnat.neutron.keys import INSTALLED, READY
+
+ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"     # a port binding's status in Neutron
+UNBOUND = ("unbound", "binding_failed")     # vif_types of a binding no driver bound
+
+
+def up_marker(binding: Mapping | None) -> str:
+    """The marker that says a port is up on this host, given this host's binding of it
+    ({"status", "vif_type"} as get_ports answers it, or None)."""
+    if binding and binding.get("status") == INACTIVE and \
+            binding.get("vif_type") not in UNBOUND:
+        return READY
+    return INSTALLED
+
+
+def ports_up(rows: Mapping[str, Mapping[str, str]],
+             bindings: Mapping[str, Mapping | None]) -> set[str]:
+    """The local ports to report up: port id -> the row's external_ids, port id -> this
+    host's binding (ports Neutron has not answered for yet: none)."""
+    return {pid for pid, ids in rows.items()
+            if ids.get(up_marker(bindings.get(pid))) == "true"}
