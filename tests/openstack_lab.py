@@ -4,36 +4,35 @@ questions about Interface rows and Neutron's state. Not a test module itself."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from contextlib import contextmanager
 
-from ovsnat.lab.openstack import cloud, cloudlab, nova
+from ovsnat.lab.openstack import cloudlab, servers
 from ovsnat.lab.openstack.cloudlab import CloudLab
 from ovsnat.lab.sh import wait_for
-from ovsnat.lab.topology import Vm
 
 HOSTS = ("hv1", "hv2")
-DB = os.environ.get("OVSNAT_OPENSTACK_DB", "sqlite")    # or mariadb (real migrations)
 
 
 @contextmanager
-def cloud_lab(request, times: dict, db: str = DB, hosts: tuple[str, ...] = HOSTS):
-    """One bring-up for a module: services, topology, hosts with controller and agent,
-    every agent alive and every SNAT address on its bridge. Torn down pass or fail; the
-    module's measurements are printed at the end."""
+def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS):
+    """One bring-up for a module: OpenStack's services, topology, hosts with controller,
+    agent and nova-compute, every agent alive, every SNAT address on its bridge, every
+    compute mapped. Torn down pass or fail; the module's measurements are printed at the
+    end."""
     from tests.conftest import _require_lab_prerequisites
     _require_lab_prerequisites(request)
-    cl = cloudlab.bring_up(hosts, db=db)
+    cl = cloudlab.bring_up(hosts)
     times.update(cl.timings)
+    times["databases from the cache"] = float(cl.stack.cached)
     try:
         yield cl
     finally:
         t = time.monotonic()
         cl.down()
         times["teardown"] = time.monotonic() - t
-        print(f"\nOpenStack lab ({db}) times (s): " +
+        print("\nOpenStack lab times (s): " +
               ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
 
 
@@ -55,25 +54,27 @@ def all_rows(cl: CloudLab, host: str) -> dict[str, dict[str, str]]:
     return {name: dict(ids[1]) for name, ids in json.loads(out)["data"]}
 
 
-def wait_key(cl: CloudLab, vm: Vm, key: str, value: str | None, timeout: float = 10) -> float:
-    """Poll the VM's Interface row until `key` has `value` (None: absent); returns the
+def wait_key(cl: CloudLab, server: servers.Server, key: str, value: str | None,
+             timeout: float = 10) -> float:
+    """Poll the server's Interface row until `key` has `value` (None: absent); returns the
     wall clock time it was first seen so."""
-    wait_for(lambda: row_ids(cl, vm.host, vm.tap).get(key) == value, timeout, interval=0.01,
-             what=f"{key}={value} on {vm.tap}")
+    host, tap = server.host, server.tap
+    wait_for(lambda: row_ids(cl, host, tap).get(key) == value, timeout, interval=0.01,
+             what=f"{key}={value} on {tap}")
     return time.time()
 
 
-def pushed(cl: CloudLab, vm: Vm, call, key: str, value: str | None) -> float:
+def pushed(cl: CloudLab, server: servers.Server, call, key: str, value: str | None) -> float:
     """Make an API call and return how long after Neutron answered it the row showed
     key=value: the push (cast, the agent's RPC for the keys, the OVSDB write), without the
     API call's own time, which depends on Neutron and the machine's load."""
     call()
     answered = time.time()
-    return wait_key(cl, vm, key, value) - answered
+    return wait_key(cl, server, key, value) - answered
 
 
 def port_status(cl: CloudLab, port_id: str) -> str:
-    return cl.conn.network.get_port(port_id).status
+    return cl.admin.network.get_port(port_id).status
 
 
 def wait_active(cl: CloudLab, port_id: str, timeout: float = 20) -> None:
@@ -82,11 +83,11 @@ def wait_active(cl: CloudLab, port_id: str, timeout: float = 20) -> None:
 
 
 def new_fip(cl: CloudLab, port_id: str | None = None):
-    return cl.conn.network.create_ip(floating_network_id=cl.topo.external_net,
-                                     project_id=cloud.PROJECT, port_id=port_id)
+    """A floating IP of the tenant's (associated with `port_id` if given)."""
+    return cl.tenant.network.create_ip(floating_network_id=cl.topo.external_net,
+                                       **({"port_id": port_id} if port_id else {}))
 
 
-def boot_static(cl: CloudLab, host: str, name: str | None = None) -> nova.Instance:
-    """An instance whose guest has its address set by hand (no DHCP wait): for tests that
-    are about something else than booting."""
-    return nova.boot(cl, name or unique("vm"), host, dhcp=False)
+def boot(cl: CloudLab, host: str, name: str | None = None, **kwargs) -> servers.Server:
+    """A server booted by Nova on `host`, with its DHCP lease."""
+    return servers.boot(cl, name or unique("vm"), host, **kwargs)

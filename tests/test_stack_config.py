@@ -18,27 +18,30 @@ from ovsnat.lab.openstack import stackdb
 def _written(tmp_path) -> sc.StackPaths:
     paths = sc.StackPaths(cfg.Paths(str(tmp_path / "openstack")))
     paths.make()
-    cfg.write_neutron(paths.base, "mariadb")
+    cfg.write_neutron(paths.base)
     cfg.write_uwsgi(paths.base)
     sc.write_all(paths)
     sc.write_compute(paths, "hv1", "abc123", "ovsnat-abc123-hv1", "/run/x/db.sock")
+    sc.write_compute(paths, "hv4", "abc123", "ovsnat-abc123-hv4", "/run/y/db.sock",
+                     {"vif_plugging_timeout": "10"})
     return paths
 
 
 def test_every_listener_and_every_url_is_on_the_loopback(tmp_path):
     paths = _written(tmp_path)
-    # neutron.conf is the lab's usual one (its database, a unix socket, is overridden by
-    # neutron-stack.conf, read after it)
-    files = [f for f in glob.glob(os.path.join(paths.etc, "*"))
-             if not f.endswith("/neutron.conf")]
+    files = glob.glob(os.path.join(paths.etc, "*"))
     text = "".join(open(f).read() for f in files)
     sockets = re.findall(r"^http-socket = (\S+)$", text, re.M)
     assert len(sockets) == len(sc.wsgi_apps(paths)) + 1 and \
         all(s.startswith("127.0.0.1:") for s in sockets)
     neutron = configparser.ConfigParser(interpolation=None)
-    neutron.read([os.path.join(paths.etc, f) for f in ("neutron.conf", "neutron-stack.conf")])
+    neutron.read([os.path.join(paths.etc, f) for f in ("neutron.conf", "ml2_conf.ini")])
     assert neutron.get("database", "connection") == sc.db_url("neutron")
     assert neutron.get("DEFAULT", "auth_strategy") == "keystone"
+    # Neutron tells Nova's API (found in Keystone's catalog) about its ports, as `neutron`
+    assert neutron.get("DEFAULT", "notify_nova_on_port_status_changes") == "true"
+    assert neutron.get("nova", "username") == "neutron"
+    assert not neutron.has_option("nova", "endpoint")
     hosts = set(re.findall(r"(?:https?|rabbit|mysql\+pymysql)://(?:[^@/\s]*@)?([^:/\s?]+)",
                            text))
     assert hosts == {"127.0.0.1"}
@@ -56,9 +59,16 @@ def test_nova_compute_gets_no_database_and_nova_keeps_its_vif_defaults(tmp_path)
     assert compute.get("DEFAULT", "compute_driver") == sc.LAB_DRIVER
     assert compute.get("os_vif_ovs", "ovsdb_connection") == "unix:/run/x/db.sock"
     assert compute.get("DEFAULT", "vif_plugging_is_fatal") == "true"
-    nova_text = "".join(open(f).read() for f in glob.glob(os.path.join(paths.etc, "nova*")))
+    nova_text = "".join(open(f).read() for f in glob.glob(os.path.join(paths.etc, "nova*"))
+                        if not f.endswith("-hv4.conf"))
     assert "vif_plugging_timeout" not in nova_text          # Nova's 300 s
     assert "live_migration_wait_for_vif_plug" not in nova_text      # Nova's true
+    # a compute's own options (the rejected-destination test's source) are its alone
+    hv4 = configparser.ConfigParser(interpolation=None)
+    hv4.read([os.path.join(paths.etc, "nova.conf"),
+              os.path.join(paths.etc, "nova-compute-hv4.conf")])
+    assert hv4.get("DEFAULT", "vif_plugging_timeout") == "10"
+    assert hv4.get("DEFAULT", "host") == "hv4"
     apps = sc.wsgi_apps(paths)
     for name in ("nova-api", "nova-metadata"):
         files = apps[name][2]["OS_NOVA_CONFIG_FILES"].split(";")

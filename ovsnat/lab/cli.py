@@ -83,9 +83,9 @@ def openstack(a) -> int:
     """`ovsnat lab up|demo --openstack`: ovsnat.lab.openstack's entry points."""
     from ovsnat.lab.openstack import __main__ as os_lab
     if a.cmd == "demo":
-        os_lab.demo(a.db)
+        os_lab.demo()
     else:
-        print(os_lab.describe(os_lab.up(a.hosts, a.db, a.instances)))
+        print(os_lab.describe(os_lab.up(a.hosts, a.instances)))
     return 0
 
 
@@ -101,14 +101,11 @@ def main(argv: list[str]) -> int:
                       help="leave the lab running afterwards (default)")
     for cmd in (up, demo):
         cmd.add_argument("--openstack", action="store_true",
-                         help="the OpenStack lab: RabbitMQ, a real Neutron driving ovsnat "
-                              "(ML2 driver, ovsnat-neutron-agent), instances plugged by "
-                              "os-vif (docs/openstack.md)")
-        cmd.add_argument("--db", choices=("sqlite", "mariadb"), default="sqlite",
-                         help="Neutron's database with --openstack (mariadb: Neutron's "
-                              "real migrations)")
+                         help="the OpenStack lab: Keystone, Placement, Glance, Nova and "
+                              "Neutron driving ovsnat (ML2 driver, ovsnat-neutron-agent), "
+                              "servers booted by Nova (docs/openstack.md)")
     up.add_argument("--instances", type=int, default=1,
-                    help="with --openstack: instances per host, booted by DHCP")
+                    help="with --openstack: servers per host, booted by Nova (DHCP)")
     mig = sub.add_parser("migrate", help="live-migrate a VM of a running lab to a host")
     mig.add_argument("vm")
     mig.add_argument("host")

@@ -1,6 +1,6 @@
-"""The OpenStack lab: a real Neutron (with ovsnat's ML2 driver) and RabbitMQ in a lab
-namespace beside the lab's hypervisors, each host with its ovsnat-neutron-agent, and VMs
-plugged with os-vif as nova-compute plugs them. Needs Neutron's virtualenv
-(scripts/install-neutron.sh); the modules here import nothing from Neutron themselves."""
-
-from ovsnat.lab.openstack.services import OpenStack  # noqa: F401
+"""The OpenStack lab: OpenStack's own services (Keystone, Placement, Glance, Nova, Neutron with
+ovsnat's ML2 driver, RabbitMQ, MariaDB) in a lab namespace beside the lab's hypervisors, each
+with ovsnat's controller, ovsnat-neutron-agent and nova-compute (whose virt driver, in
+virt/, is the lab's only part). Needs Neutron's virtualenv (scripts/install-neutron.sh);
+the modules here import nothing from OpenStack themselves, but virt/, which runs inside
+nova-compute."""

@@ -1,5 +1,6 @@
-"""Configuration files of the OpenStack lab: Neutron (server, ML2, uWSGI), RabbitMQ, and
-each host's ovsnat-neutron-agent.
+"""Configuration files of the OpenStack lab shared by every service: where a lab's files
+live, Neutron's virtualenv, RabbitMQ, Neutron's ML2 and uWSGI files, and each host's
+ovsnat-neutron-agent (neutron.conf itself, behind Keystone, is stackconf.write_neutron).
 
 What ovsnat needs from Neutron shapes ML2: tenant networks are segments of one physical L2
 fabric (physnet `fabric`), reached through each bridge's fabric port, one VLAN each (100-199)
@@ -13,8 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from ovsnat.lab.openstack import novaapi
 
 REPO = Path(__file__).resolve().parents[3]
 API_PORT = 9696
@@ -37,16 +36,9 @@ kombu_reconnect_delay = 0
 """
 
 
-# Neutron's Nova notifier (neutron/notifiers/nova.py) loads its keystoneauth plugin and
-# session from [nova]: `none` is keystoneauth's NoAuth, a FixedEndpointPlugin, so every
-# request goes to `endpoint` with no catalog and no Keystone (the stand-in of Nova's API,
-# ovsnat.lab.openstack.novaapi). Events are batched as Neutron's defaults say
-# (send_events_interval 2 s: the first at once, later ones within 2 s wait for the batch).
-SEND_EVENTS_INTERVAL = 2     # s, Neutron's send_events_interval (its default; not set)
-NOVA_SECTION = f"""[nova]
-auth_type = none
-endpoint = {novaapi.ENDPOINT}
-"""
+# Neutron's Nova notifier batches its events (send_events_interval, its default: the first at
+# once, later ones within 2 s of the last send wait for the batch); the lab does not set it.
+SEND_EVENTS_INTERVAL = 2     # s
 
 
 def neutron_venv() -> Path:
@@ -81,11 +73,6 @@ class Paths:
         return os.path.join(self.root, "rabbitmq")
 
     @property
-    def nova(self) -> str:
-        """The stand-in of Nova's API: its instances and the events it received."""
-        return os.path.join(self.root, "nova")
-
-    @property
     def mysql(self) -> str:
         return os.path.join(self.root, "mysql")
 
@@ -94,20 +81,9 @@ class Paths:
         return os.path.join(self.mysql, "sock")
 
     def make(self) -> None:
-        for d in (self.etc, self.state, self.log, self.rabbit, self.mysql, self.nova,
+        for d in (self.etc, self.state, self.log, self.rabbit, self.mysql,
                   os.path.join(self.state, "lock")):
             os.makedirs(d, exist_ok=True)
-
-
-def db_url(paths: Paths, db: str) -> str:
-    """SQLite file, or MariaDB over its unix socket (mariadbd runs with --skip-networking:
-    nothing listens on any address)."""
-    if db == "sqlite":
-        return f"sqlite:///{paths.state}/neutron.db"
-    if db == "mariadb":
-        return ("mysql+pymysql://neutron:neutron@localhost/neutron?charset=utf8mb4"
-                f"&unix_socket={paths.mysql_sock}")
-    raise ValueError(f"db={db!r}: sqlite or mariadb")
 
 
 def _write(path: str, text: str) -> str:
@@ -116,36 +92,11 @@ def _write(path: str, text: str) -> str:
     return path
 
 
-def write_neutron(paths: Paths, db: str) -> None:
-    """neutron.conf and ml2_conf.ini shared by the API and the RPC server; api.conf adds
-    the API's own log file (uWSGI gives Neutron no command line of its own)."""
+def write_neutron(paths: Paths) -> None:
+    """The files Neutron's API and RPC server read beside neutron.conf (stackconf: Keystone,
+    MariaDB, the Nova notifier): ML2, and each process's own log file (uWSGI gives the API
+    no command line of its own)."""
     lo, hi = VLAN_RANGE
-    _write(os.path.join(paths.etc, "neutron.conf"), f"""[DEFAULT]
-host = neutron-server
-core_plugin = ml2
-service_plugins = router
-auth_strategy = noauth
-transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
-state_path = {paths.state}
-notify_nova_on_port_status_changes = true
-notify_nova_on_port_data_changes = true
-agent_down_time = {AGENT_DOWN_TIME}
-rpc_workers = 1
-rpc_state_report_workers = 1
-# workers stop within 5 s of SIGTERM (default 60 s), also under the generic lab teardown
-graceful_shutdown_timeout = 5
-{RABBIT_RECONNECT}
-[database]
-connection = {db_url(paths, db)}
-{NOVA_SECTION}[oslo_concurrency]
-lock_path = {paths.state}/lock
-[quotas]
-quota_network = -1
-quota_subnet = -1
-quota_port = -1
-quota_router = -1
-quota_floatingip = -1
-""")
     _write(os.path.join(paths.etc, "ml2_conf.ini"), f"""[ml2]
 type_drivers = flat,vlan
 tenant_network_types = vlan

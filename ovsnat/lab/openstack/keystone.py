@@ -6,7 +6,9 @@ admin, manager, member, reader and service, and the identity endpoints. The rest
 through Keystone's API, as devstack's create_keystone_accounts and each service's
 create_*_accounts do: the `service` project with a user per service (roles admin and
 service: Neutron lets only `service` touch port bindings, Nova lets only `service` send it
-external events), the tenant `demo` (user demo, role member) and every service's endpoints.
+external events), the tenant `demo` (user demo, role member; the cloud's admin also holds
+role admin in it: the lab's operator, who places the tenant's servers on a chosen hypervisor
+and live-migrates them, both admin-only in Nova) and every service's endpoints.
 This runs once per cache digest (stackdb.py); the result is part of the cached databases.
 """
 
@@ -35,6 +37,12 @@ def demo():
     return connect(sc.DEMO, sc.DEMO)
 
 
+def operator():
+    """The cloud's admin in the tenant's project (role admin there): the servers it boots
+    are the tenant's, and it may pick their host and live-migrate them."""
+    return connect(sc.ADMIN_USER, sc.DEMO)
+
+
 def cli_env(user: str = sc.DEMO, project: str = sc.DEMO) -> dict[str, str]:
     """The `openstack` command's environment for `user` (as an openrc file sets it)."""
     return {"OS_AUTH_URL": sc.KEYSTONE_URL, "OS_USERNAME": user,
@@ -60,6 +68,8 @@ def create_identities(ns: str) -> None:
         user = idp.create_user(name=sc.DEMO, password=sc.password(sc.DEMO),
                                default_project_id=tenant.id, domain_id="default")
         idp.assign_project_role_to_user(tenant, user, roles["member"])
+        admin_user = idp.find_user(sc.ADMIN_USER, domain_id="default")
+        idp.assign_project_role_to_user(tenant, admin_user, roles["admin"])
         for name, (kind, url) in sc.CATALOG.items():
             if kind == "identity":          # keystone-manage bootstrap made these
                 continue

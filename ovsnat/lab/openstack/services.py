@@ -1,10 +1,11 @@
-"""OpenStack services of a lab: RabbitMQ, a real Neutron (API under uWSGI, neutron-rpc-server,
-SQLite or MariaDB) and each host's ovsnat-neutron-agent, all inside one lab namespace.
+"""The OpenStack lab's processes that ovsnat talks to directly: RabbitMQ, Neutron (API under
+uWSGI, neutron-rpc-server) and each host's ovsnat-neutron-agent, in the lab's services
+namespace; stack.py's Stack adds Keystone, Placement, Glance, Nova and MariaDB beside them.
 
 Everything listens on the loopback of the namespace `ovsnat-<labid>-os`; nothing listens in
-or touches the root namespace (MariaDB listens nowhere: --skip-networking, unix socket). Every
-process is started through Lab.spawn, so it is recorded by pid with the lab's id in its
-environment and the lab's teardown (even `ovsnat lab down --all` after a crash) stops it.
+or touches the root namespace. Every process is started through Lab.spawn, so it is recorded
+by pid with the lab's id in its environment and the lab's teardown (even `ovsnat lab down
+--all` after a crash) stops it.
 
 Why the agents run here and not in the hypervisor namespaces: an agent talks to exactly two
 things, RabbitMQ and its host's OVSDB. OVSDB is a unix socket, reachable from any namespace;
@@ -20,13 +21,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from ovsnat.lab.openstack import config as cfg, novaapi
+from ovsnat.lab.openstack import config as cfg
 from ovsnat.lab.openstack.netns import inside
 from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import BRIDGE, Lab
@@ -36,55 +36,22 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 # /proc/PID/environ shows, and the lab's teardown, which stops only processes whose
 # environment carries the lab's id, would leave neutron-rpc-server running.
 NEUTRON_ENV = {"PYTHONWARNINGS": "ignore", "SPT_NOENV": "1"}
-SCHEMA_FROM_MODELS = ("import sys, sqlalchemy as sa\n"
-                      "from neutron.db.migration.models import head\n"
-                      "head.get_metadata().create_all(sa.create_engine(sys.argv[1]))\n")
 
 
 @dataclass
 class OpenStack:
-    """The services of one lab. `db`: "sqlite" (schema from Neutron's models: alembic
-    migrations cannot run on SQLite) or "mariadb" (Neutron's real migrations)."""
+    """RabbitMQ, Neutron and the agents of one lab (Stack brings them up with the rest)."""
 
     lab: Lab
-    db: str = "sqlite"
     ns: str = ""
     paths: cfg.Paths | None = None
     rabbit_env: dict = field(default_factory=dict)
     agents: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
-    schema: str = ""        # MariaDB: `neutron-db-manage current` after the migrations
 
     @property
     def neutron_env(self) -> dict[str, str]:
-        """On SQLite, Neutron's processes load the lab's sqlite_site/sitecustomize.py."""
-        if self.db != "sqlite":
-            return dict(NEUTRON_ENV)
-        return {**NEUTRON_ENV, "PYTHONPATH": os.path.join(os.path.dirname(__file__),
-                                                          "sqlite_site")}
-
-    # --- bring-up ------------------------------------------------------------------------
-    def up(self) -> "OpenStack":
-        """Start everything; RabbitMQ boots while the database schema is made."""
-        require_services(self.db)
-        t0 = time.monotonic()
-        self.ns = self.lab._add_ns("os")
-        self.paths = cfg.Paths(os.path.join(self.lab.dir, "openstack"))
-        self.paths.make()
-        cfg.write_neutron(self.paths, self.db)
-        cfg.write_uwsgi(self.paths)
-        self.start_rabbit()
-        self.start_nova_api()
-        t1 = time.monotonic()
-        self.make_schema()
-        t2 = time.monotonic()
-        self.wait_rabbit()
-        t3 = time.monotonic()
-        self.start_neutron()
-        t4 = time.monotonic()
-        self.timings.update(schema=t2 - t1, rabbit_wait=t3 - t2, neutron=t4 - t3,
-                            total=t4 - t0)
-        return self
+        return dict(NEUTRON_ENV)
 
     def start_rabbit(self) -> None:
         """epmd first, in the foreground and on loopback: RabbitMQ would otherwise start
@@ -117,56 +84,22 @@ class OpenStack:
         return run([f"{RABBIT_BIN}/rabbitmqctl", "-q", *args], ns=self.ns,
                    env=self.rabbit_env, timeout=timeout).stdout
 
-    def make_schema(self) -> None:
-        if self.db == "sqlite":
-            run([cfg.venv_bin("python"), "-c", SCHEMA_FROM_MODELS,
-                 cfg.db_url(self.paths, "sqlite")], timeout=120)
-            return
-        from ovsnat.lab.openstack.mariadb import start_mariadb
-        start_mariadb(self)
-        etc = self.paths.etc
-        log = os.path.join(self.paths.log, "db-manage.log")
-        with open(log, "w") as f:
-            proc = subprocess.run([cfg.venv_bin("neutron-db-manage"),
-                                   "--config-file", f"{etc}/neutron.conf",
-                                   "--config-file", f"{etc}/ml2_conf.ini", "upgrade", "heads"],
-                                  stdout=f, stderr=subprocess.STDOUT, timeout=600)
-        if proc.returncode:
-            raise LabError(f"neutron-db-manage upgrade heads failed; see {log}")
-        self.schema = run([cfg.venv_bin("neutron-db-manage"), "--config-file",
-                           f"{etc}/neutron.conf", "--config-file", f"{etc}/ml2_conf.ini",
-                           "current"], timeout=120).stdout
-
-    def start_nova_api(self) -> None:
-        """The stand-in of Nova's API that Neutron's Nova notifier posts events to
-        (novaapi.py); it listens long before Neutron sends its first event."""
-        self.lab.spawn("nova-api", [sys.executable, "-m", "ovsnat.lab.openstack.novaapi",
-                                    "--listen", f"127.0.0.1:{novaapi.PORT}",
-                                    "--dir", self.paths.nova], ns=self.ns)
-
-    @property
-    def nova_api(self) -> novaapi.Records:
-        """What Nova's API knows: its instances, the events Neutron sent it."""
-        return novaapi.Records(self.paths.nova)
-
     def start_neutron(self) -> None:
         self.start_api()
         self.start_rpc(wait=False)
         self.wait_api()
         self.wait_rpc()
-        wait_for(lambda: self._port_open(novaapi.PORT), 10, interval=0.05,
-                 what=f"the stand-in of Nova's API (see {self.lab.dir}/nova-api.log)")
+
+    def start_api(self) -> None:
+        ini = os.path.join(self.paths.etc, "neutron-api-uwsgi.ini")
+        self.lab.spawn("neutron-api", [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
+                       env={**cfg.api_env(self.paths), **self.neutron_env})
 
     def start_rpc(self, wait: bool = True) -> None:
         self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns,
                        env=self.neutron_env)
         if wait:
             self.wait_rpc()
-
-    def start_api(self) -> None:
-        ini = os.path.join(self.paths.etc, "neutron-api-uwsgi.ini")
-        self.lab.spawn("neutron-api", [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
-                       env={**cfg.api_env(self.paths), **self.neutron_env})
 
     def stop_api(self) -> None:
         self.stop("neutron-api")
@@ -176,11 +109,17 @@ class OpenStack:
                  what=f"the Neutron API (see {self.paths.log}/uwsgi.log)")
 
     def api_answers(self) -> bool:
+        return self.http_answers(cfg.API_PORT)
+
+    def http_answers(self, port: int, path: str = "/") -> bool:
+        """Any HTTP answer: the application is loaded (uWSGI's need-app) and serving (an
+        API behind Keystone answers 401 to a request without a token)."""
         try:
             with inside(self.ns):
-                with urllib.request.urlopen(f"{self.endpoint}/v2.0/networks",
-                                            timeout=5) as r:
-                    return r.status == 200
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
+                    return True
+        except urllib.error.HTTPError as e:
+            return e.code < 500
         except OSError:
             return False
 
@@ -225,12 +164,9 @@ class OpenStack:
         return _read(os.path.join(self.paths.log, "neutron-rpc.log"))
 
     # --- teardown ------------------------------------------------------------------------
-    def down(self) -> None:
-        """Stop in reverse order of dependence (agents, Neutron, broker, database); the
-        lab's own teardown then removes the namespace and files and catches stragglers."""
-        for name in [*reversed(self.agents), "neutron-rpc", "neutron-api", "nova-api",
-                     "rabbitmq", "epmd", "mariadbd"]:
-            self.stop(name)
+    def keep_logs(self) -> None:
+        """The lab's directory goes at teardown: with OVSNAT_OPENSTACK_LOGS set, its logs
+        are copied there first (per lab id)."""
         keep = os.environ.get("OVSNAT_OPENSTACK_LOGS")
         if keep and self.paths:     # the lab's directory goes at teardown; keep the logs
             dest = os.path.join(keep, self.lab.id)
@@ -311,14 +247,13 @@ def _read(path: str) -> str:
         return ""
 
 
-def require_services(db: str) -> None:
+def require_services() -> None:
     """Fail loudly (never skip) when a part is missing: the install path installs them."""
     needs = {"rabbitmq-server (Debian package rabbitmq-server)": f"{RABBIT_BIN}/rabbitmq-server",
              "epmd (Debian package erlang-base)": shutil.which("epmd") or "/nonexistent",
-             "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi")}
-    if db == "mariadb":
-        needs["mariadbd (Debian package mariadb-server; `make install` installs it)"] = \
-            "/usr/sbin/mariadbd"
+             "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi"),
+             "mariadbd (Debian package mariadb-server; `make install` installs it)":
+             "/usr/sbin/mariadbd"}
     missing = [what for what, path in needs.items() if not os.path.exists(path)]
     if missing:
         raise LabError("OpenStack lab needs: " + ", ".join(missing) + "; run `make install`")

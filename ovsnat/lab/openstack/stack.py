@@ -3,11 +3,9 @@ metadata API under uWSGI, conductor, scheduler, one nova-compute per hypervisor 
 lab's virt driver), Neutron behind Keystone with its Nova notifier on, RabbitMQ, MariaDB.
 
 `Stack` is the lab's `OpenStack` (services.py: RabbitMQ, Neutron's API and RPC server, the
-ovsnat agents, their teardown) with the other services beside it, in the same services
-namespace and under the same rules: every listener on that namespace's loopback, every
-process spawned through Lab.spawn (recorded by pid, the lab's id in its environment) and
-stopped by its session. Neutron reads one more file after the lab's usual ones
-(neutron-stack.conf: Keystone, MariaDB, the notifier).
+ovsnat agents) with the other services beside it, in the same services namespace and under
+the same rules: every listener on that namespace's loopback, every process spawned through
+Lab.spawn (recorded by pid, the lab's id in its environment) and stopped by its session.
 
 Bring-up: RabbitMQ starts while MariaDB gets its databases (from the cache, or migrated
 from nothing and then cached: stackdb.py); then every API and service starts at once and
@@ -20,14 +18,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 from ovsnat.lab.openstack import config as cfg
 from ovsnat.lab.openstack import keystone, stackdb
 from ovsnat.lab.openstack import stackconf as sc
-from ovsnat.lab.openstack.netns import inside
 from ovsnat.lab.openstack.services import NEUTRON_ENV, OpenStack, _session_members, \
     cfg_topic, require_services
 from ovsnat.lab.openstack.virt.guest import destroy_all, host_namespace
@@ -42,14 +37,9 @@ SERVICES = ("nova-scheduler", "nova-conductor", "nova-metadata", "nova-api", "gl
 class Stack(OpenStack):
     """The services of one lab; `cached`: the databases came from the cache."""
 
-    db: str = "mariadb"
     sp: sc.StackPaths | None = None
     cached: bool = False
     computes: list[str] = field(default_factory=list)
-
-    @property
-    def neutron_env(self) -> dict[str, str]:
-        return dict(NEUTRON_ENV)
 
     @property
     def service_env(self) -> dict[str, str]:
@@ -58,7 +48,7 @@ class Stack(OpenStack):
 
     # --- bring-up ------------------------------------------------------------------------
     def up(self) -> "Stack":
-        require_services("mariadb")
+        require_services()
         missing = [c for c in ("nova-manage", "keystone-manage", "glance-manage",
                                "placement-manage", "openstack")
                    if not os.path.exists(cfg.venv_bin(c))]
@@ -70,7 +60,7 @@ class Stack(OpenStack):
         self.paths = cfg.Paths(os.path.join(self.lab.dir, "openstack"))
         self.sp = sc.StackPaths(self.paths)
         self.sp.make()
-        cfg.write_neutron(self.paths, "mariadb")
+        cfg.write_neutron(self.paths)
         cfg.write_uwsgi(self.paths)
         sc.write_all(self.sp)
         self.start_rabbit()
@@ -87,9 +77,12 @@ class Stack(OpenStack):
         return self
 
     def databases(self) -> None:
-        """From the cache, or made and cached (stackdb.py's doc)."""
-        key = stackdb.cache_key()
-        if stackdb.restore(self, key):
+        """From the cache, or made and cached (stackdb.py's doc); with
+        OVSNAT_OPENSTACK_FRESH_DB=1 made from nothing and not cached (every service's own
+        migrations run: `make test-openstack-mariadb`)."""
+        fresh = stackdb.fresh()
+        key = "" if fresh else stackdb.cache_key()
+        if not fresh and stackdb.restore(self, key):
             self.cached = True
             stackdb.start(self)
             return
@@ -99,9 +92,10 @@ class Stack(OpenStack):
         self.start_wsgi("keystone")
         self.wait_http("keystone", sc.KEYSTONE_PORT)
         keystone.create_identities(self.ns)
-        stackdb.shutdown(self)
-        stackdb.save(self, key)
-        stackdb.start(self)
+        if not fresh:
+            stackdb.shutdown(self)
+            stackdb.save(self, key)
+            stackdb.start(self)
         self.timings.update({f"migrate {k}": v for k, v in took.items()})
         self.timings["databases made and cached"] = time.monotonic() - t0
 
@@ -130,35 +124,6 @@ class Stack(OpenStack):
         self.lab.spawn(name, [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
                        env={**env, **self.service_env, "TMPDIR": self.paths.state})
 
-    def start_api(self) -> None:
-        """Neutron's API as services.py starts it, with neutron-stack.conf read last."""
-        ini = os.path.join(self.paths.etc, "neutron-api-uwsgi.ini")
-        env = cfg.api_env(self.paths)
-        env["OS_NEUTRON_CONFIG_FILES"] += ";neutron-stack.conf"
-        self.lab.spawn("neutron-api", [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
-                       env={**env, **self.neutron_env})
-
-    def start_rpc(self, wait: bool = True) -> None:
-        argv = cfg.rpc_argv(self.paths) + ["--config-file",
-                                           os.path.join(self.paths.etc, "neutron-stack.conf")]
-        self.lab.spawn("neutron-rpc", argv, ns=self.ns, env=self.neutron_env)
-        if wait:
-            self.wait_rpc()
-
-    def api_answers(self) -> bool:
-        return self.http_answers(cfg.API_PORT)
-
-    def http_answers(self, port: int, path: str = "/") -> bool:
-        """Any HTTP answer: the application is loaded (uWSGI's need-app) and serving."""
-        try:
-            with inside(self.ns):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
-                    return True
-        except urllib.error.HTTPError as e:
-            return e.code < 500
-        except OSError:
-            return False
-
     def wait_http(self, name: str, port: int, timeout: float = 180) -> None:
         wait_for(lambda: self.http_answers(port), timeout, interval=0.25,
                  what=f"{name} on port {port} (see {self.paths.log}/{name}*.log)")
@@ -175,13 +140,14 @@ class Stack(OpenStack):
                  what=f"consumers on {topics} (see {self.paths.log})")
 
     # --- nova-compute ---------------------------------------------------------------------
-    def add_compute(self, host: str) -> str:
+    def add_compute(self, host: str, **nova_options: str) -> str:
         """nova-compute for lab hypervisor `host` (its namespace and OVSDB must exist), in
         this namespace beside the agents: it reaches RabbitMQ and the APIs here, its host's
-        OVSDB through the socket, and makes its guests' taps in the host's namespace."""
+        OVSDB through the socket, and makes its guests' taps in the host's namespace.
+        `nova_options`: [DEFAULT] options of this compute only (Nova's defaults otherwise)."""
         h = self.lab.hosts[host]
         conf = sc.write_compute(self.sp, host, self.lab.id, host_namespace(self.lab.id, host),
-                                h.ovs.db_sock)
+                                h.ovs.db_sock, nova_options)
         name = f"nova-compute-{host}"
         # nsenter --net, not `ip netns exec`: that gives the process a mount namespace of
         # its own, where the guests' namespaces (`ip netns add`, a bind mount under
@@ -190,7 +156,8 @@ class Stack(OpenStack):
                               "-m", "ovsnat.lab.openstack.virt.compute",
                               "--config-file", os.path.join(self.paths.etc, "nova.conf"),
                               "--config-file", conf], env=self.service_env)
-        self.computes.append(host)
+        if host not in self.computes:
+            self.computes.append(host)
         return name
 
     def wait_computes(self, hosts: list[str], timeout: float = 180) -> None:
@@ -220,7 +187,7 @@ class Stack(OpenStack):
                        "mariadbd"])
         if self.sp is not None:
             destroy_all(self.sp.guests)
-        super().down()
+        self.keep_logs()
 
     def stop_all(self, names: list[str], grace: float = 5.0) -> None:
         """OpenStack.stop for several services side by side: SIGTERM to every process of

@@ -215,10 +215,14 @@ connection = {db_url("nova")}
     _write(os.path.join(p.etc, "nova-api-paste.ini"), src.read_text())
 
 
-def write_compute(p: StackPaths, host: str, lab_id: str, host_ns: str, db_sock: str) -> str:
+def write_compute(p: StackPaths, host: str, lab_id: str, host_ns: str, db_sock: str,
+                  options: dict[str, str] | None = None) -> str:
     """nova-compute of lab hypervisor `host`: its name (Nova's host and node, Neutron's
     binding host, the ovsnat agent's host), the lab's virt driver, os-vif toward the host's
-    OVSDB. os-vif's privileged helper runs without sudo (the lab runs as root)."""
+    OVSDB. os-vif's privileged helper runs without sudo (the lab runs as root). `options`:
+    more [DEFAULT] options for this compute only (the lab sets none of Nova's vif options
+    but where a test says why)."""
+    extra = "".join(f"{k} = {v}\n" for k, v in (options or {}).items())
     state = p.state(f"nova-{host}")
     os.makedirs(os.path.join(state, "instances"), exist_ok=True)
     helper = cfg.venv_bin("privsep-helper")
@@ -228,7 +232,7 @@ compute_driver = {LAB_DRIVER}
 state_path = {state}
 instances_path = {state}/instances
 log_file = {p.log}/nova-compute-{host}.log
-[os_vif_ovs]
+{extra}[os_vif_ovs]
 ovsdb_connection = unix:{db_sock}
 [vif_plug_ovs_privileged]
 helper_command = {helper}
@@ -239,17 +243,37 @@ guests_dir = {p.guests}
 """)
 
 
-def write_neutron_stack(p: StackPaths) -> str:
-    """Added after the lab's neutron.conf (config.write_neutron): Neutron behind
-    keystonemiddleware, on MariaDB, and its Nova notifier on (network-vif-plugged and
-    -unplugged, sent every `send_events_interval`, 2 s by default, to Nova's API found in
-    the catalog)."""
-    return _write(os.path.join(p.etc, "neutron-stack.conf"), f"""[DEFAULT]
+def write_neutron(p: StackPaths) -> str:
+    """neutron.conf, shared by Neutron's API and RPC server (config.write_neutron writes
+    ML2's file and each one's log options): behind keystonemiddleware, on MariaDB, and its
+    Nova notifier on (network-vif-plugged and -unplugged, sent every
+    `send_events_interval`, 2 s by default, to Nova's API found in the catalog, as the
+    `neutron` service user)."""
+    return _write(os.path.join(p.etc, "neutron.conf"), f"""[DEFAULT]
+host = neutron-server
+core_plugin = ml2
+service_plugins = router
 auth_strategy = keystone
+transport_url = {TRANSPORT_URL}
+state_path = {p.base.state}
 notify_nova_on_port_status_changes = true
 notify_nova_on_port_data_changes = true
+agent_down_time = {cfg.AGENT_DOWN_TIME}
+rpc_workers = 1
+rpc_state_report_workers = 1
+# workers stop within 5 s of SIGTERM (default 60 s), also under the generic lab teardown
+graceful_shutdown_timeout = 5
+{cfg.RABBIT_RECONNECT}
 [database]
 connection = {db_url("neutron")}
+[oslo_concurrency]
+lock_path = {p.state("lock")}
+[quotas]
+quota_network = -1
+quota_subnet = -1
+quota_port = -1
+quota_router = -1
+quota_floatingip = -1
 """ + authtoken("neutron", "network") + credentials("nova", "neutron"))
 
 
@@ -298,6 +322,6 @@ def write_all(p: StackPaths) -> None:
     write_placement(p)
     write_glance(p)
     write_nova(p)
-    write_neutron_stack(p)
+    write_neutron(p)
     for name, (port, module, _env) in wsgi_apps(p).items():
         write_uwsgi(p, name, port, module)

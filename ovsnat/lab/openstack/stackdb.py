@@ -38,6 +38,12 @@ _VALUES = (sc.DATABASES, sc.CATALOG, sc.SERVICE_USERS, sc.REGION, sc.KEYSTONE_UR
            sc.db_url("nova"))
 
 
+def fresh() -> bool:
+    """OVSNAT_OPENSTACK_FRESH_DB=1: every database migrated from nothing, nothing cached
+    (`make test-openstack-mariadb`: each service's own migrations run in every bring-up)."""
+    return os.environ.get("OVSNAT_OPENSTACK_FRESH_DB", "") not in ("", "0")
+
+
 def cache_key() -> str:
     """Digest of everything the migrated databases depend on: every package of Neutron's
     virtualenv (names and versions), MariaDB's version, the lab code that writes them."""
@@ -160,8 +166,7 @@ def migrations(stack) -> dict[str, list[list[str]]]:
     etc, bin_ = stack.paths.etc, cfg.venv_bin
     nova = [bin_("nova-manage"), "--config-file", f"{etc}/nova.conf", "--config-file",
             f"{etc}/nova-db.conf"]
-    neutron = [bin_("neutron-db-manage"), *[a for f in ("neutron.conf", "ml2_conf.ini",
-                                                         "neutron-stack.conf")
+    neutron = [bin_("neutron-db-manage"), *[a for f in ("neutron.conf", "ml2_conf.ini")
                                               for a in ("--config-file", f"{etc}/{f}")]]
     keystone = [bin_("keystone-manage"), "--config-file", f"{etc}/keystone.conf"]
     return {

@@ -6,8 +6,10 @@ Nova names the tap (`tap` + port id, 14 characters), sits in the hypervisor's na
 the other end is the guest's eth0, eth1, ... with the port's MAC and MTU. Creating a guest
 is libvirt creating the domain *paused*: the taps exist (Open vSwitch finds the device of
 the port os-vif created, so it gets an ofport) but nothing runs inside. Resuming it starts
-what a cloud image runs first: a DHCP client on eth0 (busybox udhcpc, as cirros runs;
-ovsnat.lab.dhcpclient's event script, its lease recorded beside the guest's record). A live
+what the lab's image runs: a DHCP client on eth0 (busybox udhcpc, as cirros runs;
+ovsnat.lab.dhcpclient's event script, its lease recorded beside the guest's record) and a
+TCP echo server on GUEST_PORT (ovsnat.lab.peer's, which first tells a client the address it
+came from: what a NAT test asks). A live
 migration moves the taps to the destination hypervisor's namespace while the guest
 namespace, with its sockets and processes, stays: the guest keeps running, as QEMU's
 memory copy makes it look; then it sends QEMU's RARP announcements.
@@ -35,6 +37,7 @@ from ovsnat.lab.topology import NS_PREFIX, arp_frame
 
 # QEMU's announce-initial / -step / -rounds defaults (as Lab.announce sends them)
 RARP_ROUNDS, RARP_INITIAL, RARP_STEP = 5, 0.05, 0.1
+GUEST_PORT = 7000           # the image's TCP echo server
 
 
 def host_namespace(lab_id: str, host: str) -> str:
@@ -142,12 +145,16 @@ class Guest:
                 f.write(dhcpclient.SCRIPT)
             os.chmod(script + ".tmp", 0o755)
             os.replace(script + ".tmp", script)
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "udhcpc", "-f", "-i", self.nics[0].dev, "-s",
-             script, "-t", "5", "-T", "1", "-A", "1", "-O", "mtu", "-O", "staticroutes"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=dict(os.environ, OVSNAT_LEASE_FILE=self.lease_file))
-        self.pids.append(proc.pid)
+        for argv, env in (
+                (["udhcpc", "-f", "-i", self.nics[0].dev, "-s", script, "-t", "5", "-T", "1",
+                  "-A", "1", "-O", "mtu", "-O", "staticroutes"],
+                 {"OVSNAT_LEASE_FILE": self.lease_file}),
+                ([sys.executable, "-m", "ovsnat.lab.peer", "tcp-server", "--port",
+                  str(GUEST_PORT)], {})):
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
+            self.pids.append(proc.pid)
         self.state = "running"
         self.times["resumed"] = time.time()
         self.save()
@@ -186,6 +193,22 @@ class Guest:
                      self.lease_file + ".events"):
             if os.path.exists(path):
                 os.remove(path)
+
+    def renew(self) -> None:
+        """The DHCP client renews now (busybox udhcpc: SIGUSR1), as it would at T1."""
+        os.kill(self.pids[0], signal.SIGUSR1)
+
+    def dhcp_events(self) -> list[str]:
+        """The DHCP client's events so far ("bound 10.1.0.5", "renew 10.1.0.5", ...)."""
+        try:
+            with open(self.lease_file + ".events") as f:
+                return [line.strip() for line in f]
+        except FileNotFoundError:
+            return []
+
+    def bound_at(self) -> float:
+        """When the DHCP client last wrote its lease (wall clock)."""
+        return os.path.getmtime(self.lease_file)
 
     def lease(self) -> dict[str, str]:
         """What the guest's DHCP client last got (empty before its first lease)."""
