@@ -28,7 +28,7 @@ import pytest
 from ovsnat.lab.openstack import cloudlab, config, novalog, servers, stackconf as sc
 from ovsnat.lab.openstack.rowwatch import RowWatch
 from ovsnat.lab.reach import Pinger
-from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import tcp_connect
 from tests.openstack_lab import HOSTS, all_rows, boot, cloud_lab, new_fip, port_status, \
@@ -349,11 +349,13 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
     stopped = time.monotonic()
     late = unique("late")
     try:
-        cl.operator.compute.create_server(name=late, flavor_id=cl.flavor, image_id=cl.image,
-                                          networks=[{"uuid": net.id}], host="hv1")
+        late_id = cl.operator.compute.create_server(
+            name=late, flavor_id=cl.flavor, image_id=cl.image, networks=[{"uuid": net.id}],
+            host="hv1").id
         fip = new_fip(cl, port_id=watched.port_id)
         changed = {s.port_id: {"ovsnat-fip": new_fip(cl, s.port_id).floating_ip_address}
                    for s in booted[1:11]}
+        changed[watched.port_id] = {"ovsnat-fip": fip.floating_ip_address}
         for gone in booted[11:13]:
             servers.delete(cl, gone)
             changed[gone.port_id] = None
@@ -367,8 +369,7 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
     finally:
         t = time.monotonic()
         cl.stack.start_agent("hv1")
-    late_server = servers.wait_active(
-        cl, next(s.id for s in cl.admin.compute.servers(name=late)), late)
+    late_server = servers.wait_active(cl, late_id, late)
     want = {s.port_id: s for s in booted if s is not removed}
     want[late_server.port_id] = late_server
     converge(cl, want, changed)
@@ -388,16 +389,19 @@ def converge(cl, want: dict, changed: dict, timeout: float = 60) -> None:
             return None
         return {"ovsnat-fixed-ip": server.fixed_ip, **(changed.get(port_id) or {})}
 
-    def rows_right() -> bool:
-        rows = all_rows(cl, "hv1")
+    def wrong() -> dict:
+        rows, out = all_rows(cl, "hv1"), {}
         for port_id, server in want.items():
             ids = rows.get(server.tap, {})
             managed = {k: v for k, v in ids.items() if k in ("ovsnat-fixed-ip", "ovsnat-fip")}
             keys = expected(port_id, server)
             if keys is None and managed or keys is not None and managed != keys:
-                return False
-        return True
-    wait_for(rows_right, timeout, interval=0.2, what="every row's keys")
+                out[server.name] = (managed, keys)
+        return out
+    try:
+        wait_for(lambda: not wrong(), timeout, interval=0.2, what="every row's keys")
+    except LabError:
+        raise LabError(f"rows not converged (server: (row's keys, expected)): {wrong()}")
     alive = {pid for pid in want if expected(pid, want[pid]) is not None}
     wait_for(lambda: alive <= {p.id for p in cl.admin.network.ports(
         status="ACTIVE", device_owner="compute:nova")}, timeout, interval=0.2,

@@ -63,7 +63,8 @@ class Server:
 
     @property
     def tap(self) -> str:
-        return self.guest.nics[0].tap
+        """Nova's name for the port's tap (nova.network.model NIC_NAME_LEN, 14)."""
+        return ("tap" + self.port_id)[:14]
 
     def wait_lease(self, timeout: float = 20.0) -> dict[str, str]:
         """The guest's first DHCP lease (ovsnat's DHCP answered)."""
