@@ -5,7 +5,7 @@ from `ovsnat-installed` everywhere else."""
 
 from __future__ import annotations
 
-from ovsnat.neutron.devices import ports_up, up_marker
+from ovsnat.neutron.devices import forgotten, ports_up, up_marker
 from ovsnat.neutron.keys import INSTALLED, READY
 
 OS_VIF = {"iface-id": "p", "attached-mac": "fa:16:3e:00:00:01", "iface-status": "active"}
@@ -49,3 +49,26 @@ def test_a_port_whose_keys_the_host_rejects_is_never_reported_up():
 def test_a_marker_that_is_not_true_does_not_count():
     assert ports_up({"p": {**KEYS, READY: "false"}}, {"p": DESTINATION}) == set()
     assert ports_up({"p": {**KEYS, INSTALLED: ""}}, {"p": ACTIVE}) == set()
+
+
+def test_a_port_neutron_re_bound_and_set_down_here_is_reported_again_unless_it_moves():
+    """Nova's `migrating_to` in the source binding's profile (every live migration) and its
+    removal (a rollback) re-bind the port and set it DOWN. Reported again: a port this host
+    holds the active binding of, migrating nowhere (the rollback). Not: one migrating to
+    another host (its up would send Nova the event its source waits for from the
+    destination), a destination's inactive binding, a deactivated source, a port Neutron
+    has ACTIVE, one this agent never reported, and any from a server that does not say
+    `migrating_to` (older: never again, as before)."""
+    here = {"status": "ACTIVE", "vif_type": "ovs", "migrating_to": None}
+    answers = {
+        "rolled-back": {"up": False, "binding": here},
+        "moving": {"up": False, "binding": {**here, "migrating_to": "hv2"}},
+        "destination": {"up": False, "binding": {**DESTINATION, "migrating_to": None}},
+        "deactivated": {"up": False, "binding": {**DEACTIVATED, "migrating_to": None}},
+        "steady": {"up": True, "binding": here},
+        "old-server": {"up": False, "binding": {"status": "ACTIVE", "vif_type": "ovs"}},
+        "no-binding": {"up": False, "binding": None},
+        "never-reported": {"up": False, "binding": here}}
+    reported = set(answers) - {"never-reported"}
+    assert forgotten(answers, reported) == {"rolled-back"}
+    assert forgotten({}, reported) == set()

@@ -183,7 +183,9 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
     """The broker stops for 30 s (Nova's services lose it too). Traffic does not care (FIP
     pinged every 10 ms, a PAT TCP session of another server); a FIP associated through the
     API meanwhile (the API answers; its push is lost with the broker) stays dark, and
-    answers within 2 s of RabbitMQ's return. Nova's computes and the agents report again."""
+    answers within 2 s of RabbitMQ's return. The agents and Nova's computes report again
+    (a compute's report may hang until Nova's rpc_response_timeout, 60 s, meanwhile Nova
+    would refuse to migrate to it: the test waits for them)."""
     old_vm, new_vm, pat_vm = servers.boot_many(
         cl, [(unique("vm"), "hv1"), (unique("vm"), "hv2"), (unique("vm"), "hv2")])
     old = new_fip(cl, port_id=old_vm.port_id)
@@ -218,8 +220,8 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
     assert "HELD" in session.result()
     assert took < LIMIT
     cl.agents_alive()
-    cl.computes_up()
-    TIMES["RabbitMQ's return to Nova's computes reporting up"] = time.time() - back
+    cl.computes_reported(back)
+    TIMES["RabbitMQ's return to every nova-compute's next report"] = time.time() - back
 
 
 EVENT_LIMIT = 1.0           # s: issue 23's bound from the destination's row to its event
@@ -300,10 +302,10 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     another network, live-migrated hv4 -> hv3, gets its event and moves. Then a server of
     the tenant network, FIP and inbound session on hv4, is live-migrated to hv3: hv3's agent
     writes the keys, its controller rejects them (one log line), no ovsnat-ready, no event;
-    Nova's wait times out, which is fatal: Nova rolls back (hv3's binding deleted, its row
-    unplugged, the migration in error) and the guest never moved. The server keeps running
-    on hv4: ACTIVE there, its port ACTIVE with the only binding, its FIP answering all
-    along, the session held."""
+    Nova's wait times out, which is fatal: Nova rolls back (hv3's binding deleted, the
+    migration in error) and the guest never moved. The server keeps running on hv4: ACTIVE
+    there, its port ACTIVE with the only binding (hv4's agent reports it up again once Nova
+    cleared `migrating_to`), its FIP answering all along, the session held."""
     cl.add_hypervisor("hv3", transit_cidr="10.0.0.0/10")
     cl.add_hypervisor("hv4", nova_options={"vif_plugging_timeout": str(REJECTED_TIMEOUT)})
     cl.hypervisor_ready("hv3", "hv4")
@@ -311,8 +313,8 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     net = cl.tenant.network.create_network(name=unique("ctl"))
     cl.tenant.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.100.0.0/24",
                                     gateway_ip="10.100.0.1")
-    control, server = servers.boot_many(cl, [(unique("ctl"), "hv4"), (unique("vm"), "hv4")],
-                                        lease=False)
+    control, server = servers.boot_many(
+        cl, [(unique("ctl"), "hv4", net.id), (unique("vm"), "hv4")], lease=False)
     control_net = cl.admin.network.get_port(control.port_id).network_id
     assert control_net == net.id
     m = servers.live_migrate(cl, control, "hv3")
@@ -337,9 +339,16 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     assert re.search(rf"not ready .*port '{tap}'.*overlaps transit_cidr "
                      r"10\.0\.0\.0/10", scenario.controller_log(cl.lab, "hv3")), \
         "hv3's controller never judged the keys"
-    timed_out = re.search(rf"\[instance: {server.id}\] Timed out waiting for events",
-                          open(novalog.log_path(cl.stack.paths, "nova-compute-hv4")).read())
+    timed_out = re.search(rf"^(\S+ \S+) .*\[instance: {server.id}\] Timed out waiting for "
+                          "events", open(novalog.log_path(cl.stack.paths,
+                                                          "nova-compute-hv4")).read(), re.M)
     assert timed_out, "Nova's source did not time out waiting for the event"
+    # none came while Nova waited (after its rollback, hv4 reports the port up again:
+    # Neutron set it DOWN when Nova cleared `migrating_to`; Nova no longer waits then)
+    gave_up = novalog.stamp(timed_out.group(1))
+    assert gave_up - began >= REJECTED_TIMEOUT
+    assert [e for e in novalog.events(cl.stack.paths, began) if e.at <= gave_up and
+            e.name == novalog.VIF_PLUGGED and e.tag == server.port_id] == []
     assert "HELD" in session.result()
     assert pinger.lost() == 0 and pinger.gap() < 0.5, (pinger.lost(), pinger.gap())
     wait_for(lambda: cl.admin.compute.get_server(server.id).task_state is None, 30,
@@ -349,8 +358,13 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     assert server.host == "hv4" and server.guest.state == "running"
     bindings = cl.admin.network.port_bindings(server.port_id)
     assert [(b.host, b.status) for b in bindings] == [("hv4", "ACTIVE")]
-    assert port_status(cl, server.port_id) == "ACTIVE"
-    assert row_ids(cl, "hv3", tap) == {}
+    wait_for(lambda: port_status(cl, server.port_id) == "ACTIVE", 10, interval=0.1,
+             what="the port ACTIVE on hv4 again")
     assert row_ids(cl, "hv4", tap)["ovsnat-installed"] == "true"
-    assert novalog.first_event(cl.stack.paths, novalog.VIF_PLUGGED, server.port_id,
-                               began) is None
+    # With shared storage (the fake driver's migrate data, as libvirt's on a shared
+    # instance path) Nova's rollback does not call the destination's
+    # rollback_live_migration_at_destination: hv3 keeps os-vif's row, Nova's leftover.
+    # ovsnat leaves it dark: no marker, never reported up from hv3.
+    stale = row_ids(cl, "hv3", tap)
+    assert "ovsnat-ready" not in stale and "ovsnat-installed" not in stale
+    assert not re.search(rf"devices up \[[^]]*{server.port_id}", cl.stack.agent_log("hv3"))

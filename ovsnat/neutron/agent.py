@@ -35,7 +35,7 @@ from oslo_config import cfg  # noqa: E402
 
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
-from ovsnat.neutron.devices import ports_up  # noqa: E402
+from ovsnat.neutron.devices import forgotten, ports_up  # noqa: E402
 from ovsnat.neutron.keys import SNAT_IP, KeyDiff, diff_keys  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -184,6 +184,9 @@ class OvsnatAgent:
                     self.bindings[pid] = port.get("binding") if port else None
                     (self.neutron_up.add if port and port["up"] else
                      self.neutron_up.discard)(pid)
+                # re-bound and set DOWN by Neutron since it was reported (devices.py)
+                self.reported_up -= forgotten(
+                    {pid: answer[pid] for pid in chunk if answer.get(pid)}, self.reported_up)
         return True
 
     def _fetch_orphans(self, local: set[str]) -> bool:

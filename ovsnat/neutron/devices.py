@@ -26,6 +26,19 @@ So the marker the agent reports up from depends on this host's binding of the po
 When the destination's binding is activated, Neutron sets the port DOWN and casts
 `binding_activate`; the agent forgets it reported the port and reports it up again from
 `ovsnat-installed`.
+
+Any change of a port's binding re-binds it and sets it DOWN (ML2's _process_port_binding),
+then casts `port_update`: Nova does it on the source at the start of every live migration
+(`migrating_to` = the destination, in the binding's profile) and again when it clears the
+key (a rollback). Neutron's OVS agent then reports the port up again, unless it is migrating
+to another host (`migrating_to`); so does this agent (`forgotten`): a port it reported up
+that Neutron, asked again, no longer has ACTIVE here, while this host holds its active
+binding and no migration moves it elsewhere, is reported again if its marker is there.
+Without it, a port whose live migration Nova rolled back stayed DOWN on its host. Never
+while `migrating_to` names another host: the port's up would make Neutron send Nova
+`network-vif-plugged`, which Nova's source, waiting for the destination's, takes for it and
+moves the guest to a host that never said it could serve the port (both found by the lab
+with Nova's own code). An older server that does not say `migrating_to`: never again.
 """
 
 from __future__ import annotations
@@ -53,3 +66,13 @@ def ports_up(rows: Mapping[str, Mapping[str, str]],
     host's binding (ports Neutron has not answered for yet: none)."""
     return {pid for pid, ids in rows.items()
             if ids.get(up_marker(bindings.get(pid))) == "true"}
+
+
+def forgotten(answers: Mapping[str, Mapping], reported_up: set[str]) -> set[str]:
+    """The ports this agent reported up to report again (module doc): port id -> Neutron's
+    answer for it ({"up", "binding"} as get_ports answers it), for the ports just asked."""
+    def settled_here(binding: Mapping | None) -> bool:
+        return bool(binding) and binding.get("status") == ACTIVE and \
+            "migrating_to" in binding and not binding["migrating_to"]
+    return {pid for pid, answer in answers.items()
+            if not answer.get("up") and settled_here(answer.get("binding"))} & reported_up

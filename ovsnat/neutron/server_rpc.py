@@ -18,6 +18,7 @@ from neutron_lib.plugins import directory
 from neutron_lib.plugins import utils as plugin_utils
 from neutron_lib import rpc as n_rpc
 from oslo_log import log
+from oslo_serialization import jsonutils
 import oslo_messaging
 
 from neutron.objects import ports as ports_obj
@@ -72,6 +73,16 @@ def _port_facts(port: dict, networks: dict, subnets: dict, fips: list[dict]) -> 
                            if f.get("port_id") == port["id"] and f.get("fixed_ip_address")))
 
 
+def _migrating_to(profile) -> str | None:
+    """Nova's `migrating_to` in a binding's profile (a dict, or its JSON text)."""
+    if isinstance(profile, str):
+        try:
+            profile = jsonutils.loads(profile or "{}")
+        except ValueError:
+            return None
+    return (profile or {}).get("migrating_to") or None
+
+
 class OvsnatServerRpc:
     """Served by neutron-rpc-server on topic ovsnat-plugin."""
 
@@ -86,9 +97,11 @@ class OvsnatServerRpc:
     def get_ports(self, context, host: str, port_ids: list[str]) -> dict:
         """(1.1) port id -> {"keys": the contract's keys, "up": the port is ACTIVE and bound
         to `host`, (1.2) "binding": the port's binding on `host`, {"status": ACTIVE or
-        INACTIVE, "vif_type": ...} or None}, or None for a port Neutron does not know. A
-        live migration's destination holds a bound INACTIVE binding until Nova activates
-        it; the source's binding, once deactivated, is INACTIVE and unbound. "up" spares a restarted agent reporting
+        INACTIVE, "vif_type": ..., "migrating_to": the host Nova's live migration moves
+        the port to (its key in the binding's profile) or None} or None}, or None for a
+        port Neutron does not know. A live migration's destination holds a bound INACTIVE
+        binding until Nova activates it; the source's binding, once deactivated, is
+        INACTIVE and unbound. "up" spares a restarted agent reporting
         every port up again: Neutron spends tens of milliseconds on each such report, and a
         port it already has ACTIVE here needs none. "binding" says when to report up
         (ovsnat.neutron.devices)."""
@@ -100,7 +113,8 @@ class OvsnatServerRpc:
         subnet_ids = sorted({ip["subnet_id"] for p in ports for ip in p.get("fixed_ips", [])})
         subnets = {s["id"]: s for s in plugin.get_subnets(ctx, filters={"id": subnet_ids})}
         fips = self._floatingips(ctx, [p["id"] for p in ports])
-        bindings = {b.port_id: {"status": b.status, "vif_type": b.vif_type}
+        bindings = {b.port_id: {"status": b.status, "vif_type": b.vif_type,
+                                "migrating_to": _migrating_to(b.profile)}
                     for b in ports_obj.PortBinding.get_objects(
                         ctx, host=host, port_id=[p["id"] for p in ports])} if ports else {}
         result: dict = {pid: None for pid in port_ids}

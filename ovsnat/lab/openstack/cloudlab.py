@@ -18,6 +18,7 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from ovsnat.lab import scenario
 from ovsnat.lab.fabric import FABRIC
@@ -99,13 +100,21 @@ class CloudLab:
         wait_for(lambda: want <= {a.host for a in self.admin.network.agents() if a.is_alive},
                  timeout, interval=0.2, what=f"the agents of {sorted(want)} alive")
 
-    def computes_up(self, *hosts: str, timeout: float = 60.0) -> None:
-        """Nova counts these hosts' nova-computes (default: all) up (after an outage of
-        RabbitMQ their reports resume within a report interval)."""
+    def computes_reported(self, since: float, *hosts: str, timeout: float = 120.0) -> None:
+        """Until every nova-compute of these hosts (default: all) has reported its state
+        after `since` (wall clock): Nova counts a compute up while its last report is under
+        service_down_time (60 s) old, and refuses to live-migrate to one it counts down.
+        After a RabbitMQ outage a compute's report can hang in its call to the conductor
+        until rpc_response_timeout (60 s), so this can take a minute (Nova's defaults)."""
         want = set(hosts or self.lab.hosts)
-        wait_for(lambda: want <= {s.host for s in self.admin.compute.services()
-                                  if s.binary == "nova-compute" and s.state == "up"},
-                 timeout, interval=0.5, what=f"the nova-computes of {sorted(want)} up")
+
+        def reported() -> bool:
+            seen = {s.host for s in self.admin.compute.services(binary="nova-compute")
+                    if s.state == "up" and s.updated_at and
+                    _utc(s.updated_at) >= int(since)}
+            return want <= seen
+        wait_for(reported, timeout, interval=0.5,
+                 what=f"the nova-computes of {sorted(want)} to report")
 
     def snat_ip(self, host: str) -> str:
         """The host's SNAT address as its bridge carries it (empty before the agent wrote
@@ -133,6 +142,11 @@ class CloudLab:
     def down(self) -> None:
         self.stack.down()
         self.lab.down()
+
+
+def _utc(text: str) -> float:
+    """A time Nova's API gives (UTC, ISO 8601, without zone) as time.time() says it."""
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
 
 
 def create_topology(ns: str) -> cloud.Topology:

@@ -120,15 +120,16 @@ def boot(cl, name: str, host: str | None = None, network: str | None = None,
     return wait_active(cl, server_id, name, requested, lease, timeout)
 
 
-def boot_many(cl, placements: list[tuple[str, str | None]], network: str | None = None,
-              lease: bool = True, timeout: float = BOOT_TIMEOUT) -> list[Server]:
-    """Several servers at once ((name, host) each): every request first, then the waits,
-    so Nova builds them side by side as it would for several users."""
+def boot_many(cl, placements: list[tuple], network: str | None = None, lease: bool = True,
+              timeout: float = BOOT_TIMEOUT) -> list[Server]:
+    """Several servers at once, each (name, host) or (name, host, network): every request
+    first, then the waits, so Nova builds them side by side as it would for several
+    users."""
     requested = time.time()
-    ids = [_create(cl, name, host, network) for name, host in placements]
+    ids = [_create(cl, p[0], p[1], p[2] if len(p) > 2 else network) for p in placements]
     with ThreadPoolExecutor(min(8, len(ids))) as pool:
-        futures = [pool.submit(wait_active, cl, sid, name, requested, lease, timeout)
-                   for sid, (name, _host) in zip(ids, placements)]
+        futures = [pool.submit(wait_active, cl, sid, p[0], requested, lease, timeout)
+                   for sid, p in zip(ids, placements)]
         return [f.result() for f in futures]
 
 
