@@ -18,12 +18,19 @@ from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.netns import inside
 
 
+# A service behind keystonemiddleware answers 503 when it cannot validate a token in time
+# (seen once, at a bring-up, with the machine's two cores loaded by other labs): the lab's
+# clients retry a 503 twice, as keystoneauth can for any client.
+STATUS_CODE_RETRIES = 2
+
+
 def connect(user: str, project: str):
     """openstacksdk as `user` in `project` (Default domain) against the lab's Keystone. Use
     it inside the services namespace (netns.inside): every endpoint is on its loopback."""
     import openstack
     return openstack.connection.Connection(
         auth_type="password", region_name=sc.REGION, interface="public",
+        status_code_retries=STATUS_CODE_RETRIES,
         auth={"auth_url": sc.KEYSTONE_URL, "username": user, "password": sc.password(user),
               "project_name": project, "user_domain_id": "default",
               "project_domain_id": "default"})
@@ -49,7 +56,7 @@ def cli_env(user: str = sc.DEMO, project: str = sc.DEMO) -> dict[str, str]:
             "OS_PASSWORD": sc.password(user), "OS_PROJECT_NAME": project,
             "OS_USER_DOMAIN_ID": "default", "OS_PROJECT_DOMAIN_ID": "default",
             "OS_REGION_NAME": sc.REGION, "OS_IDENTITY_API_VERSION": "3",
-            "OS_INTERFACE": "public"}
+            "OS_INTERFACE": "public", "OS_STATUS_CODE_RETRIES": str(STATUS_CODE_RETRIES)}
 
 
 def create_identities(ns: str) -> None:

@@ -9,10 +9,10 @@ migrated databases can be cached and reused as they are (stackdb.py).
 
 Options are those devstack writes for the same services, cut to what a single-cell cloud
 with one conductor needs; whatever is not written is the service's own default, notably
-Nova's `vif_plugging_timeout` (300 s), `[compute] live_migration_wait_for_vif_plug` (true)
-and its RabbitMQ reconnection backoff (the lab's one-second reconnection, config.py, is for
-Neutron and the agents, whose bound after an outage it makes; Nova's services come back on
-their own schedule and do not crowd the broker's return). `vif_plugging_is_fatal` is written as true although it is the default: the lab's
+Nova's `vif_plugging_timeout` (300 s) and `[compute] live_migration_wait_for_vif_plug`
+(true). Nova's services reconnect to RabbitMQ every second, as Neutron's and the agents do
+(config.RABBIT_RECONNECT): with oslo.messaging's backoff, up to 30 s, a test right after a
+broker outage would wait that long for the conductor. `vif_plugging_is_fatal` is written as true although it is the default: the lab's
 boot must fail, not go on, when Neutron's event does not come.
 """
 
@@ -197,7 +197,7 @@ enabled = false
 [os_vif_ovs]
 # only nova-compute plugs; its own file names its host's OVSDB
 ovsdb_connection = unix:/nonexistent
-""" + authtoken("nova", "compute")
+{cfg.RABBIT_RECONNECT}""" + authtoken("nova", "compute")
            + credentials("placement", "nova")
            + credentials("neutron", "nova", service_metadata_proxy="true",
                          metadata_proxy_shared_secret=METADATA_SECRET)
