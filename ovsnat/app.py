@@ -18,7 +18,7 @@ import logging
 import os
 import time
 
-from ovsnat import config, connlimit, controller, dpctl, ovsdb, status
+from ovsnat import config, connlimit, controller, dpctl, ovsdb, runtime, status
 from ovsnat import framework as fw
 from ovsnat.flows import KINDS
 from ovsnat.metrics import Metrics
@@ -28,7 +28,6 @@ from ovsnat.reconcile import Reconfigure
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
 fw.use_light_flow_stats()
-SEND_TIMEOUT = 60.0      # seconds a switch may read nothing before sends fail
 TICK = 0.05              # how often the clock looks for deadlines that came
 EXIT_DIVERGED = 70       # exit status after repeated faults (EX_SOFTWARE)
 
@@ -67,17 +66,18 @@ class OvsNatApp(fw.BaseApp):
         self.dp = None
         self.status_file = opts.status_file
         self.calls_since_status = 1
-        self.chores = 0
-        self.metrics = Metrics(opts.metrics_port, opts.metrics_host,
-                               lambda: self.core.status(time.time()))
+        self.chores = self.listed = 0
+        self.meter = runtime.LoopMeter()
+        self.metrics = Metrics(opts.metrics_port, opts.metrics_host, self._status)
 
     # --- green threads ---------------------------------------------------------------------
     def start(self):
         thread = super().start()
+        self.meter.start()
         self.threads.append(fw.hub.spawn(self._ovsdb_loop))
         self.threads.append(fw.hub.spawn(self._clock))
         if self.metrics.enabled:
-            self.threads.append(fw.hub.spawn(self._serve_metrics))
+            self.threads.append(fw.hub.spawn(runtime.serve_metrics, self.metrics))
         LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s",
                  self.cfg.bridge, self.cfg.uplink_port, self.remote,
                  self.cfg.snat_ip or "(from the bridge)", self.cfg.snat_port_min,
@@ -113,23 +113,13 @@ class OvsNatApp(fw.BaseApp):
                 chores_at = now + 1
                 self.send_event(self.name, EventChores())
 
-    def _serve_metrics(self):
-        def handle(sock, addr):
-            try:
-                sock.settimeout(5)
-                sock.sendall(self.metrics.http_response(sock.recv(4096)))
-            except OSError:
-                pass
-            finally:
-                sock.close()
-        server = fw.hub.StreamServer((self.metrics.host, self.metrics.port), handle)
-        LOG.info("ovsnat: metrics on http://%s:%d/metrics", self.metrics.host,
-                 self.metrics.port)
-        server.serve_forever()
+    def _status(self) -> dict:
+        now = time.time()
+        return {**self.core.status(now), **self.meter.status(now)}
 
     # --- the one way in, the one way out ---------------------------------------------------
     def _call(self, fn, *args) -> None:
-        now = time.time()
+        now, t0 = time.time(), time.perf_counter()
         self.calls_since_status += 1
         try:
             out = fn(*args, now)
@@ -143,6 +133,7 @@ class OvsNatApp(fw.BaseApp):
                 logging.shutdown()
                 os._exit(EXIT_DIVERGED)
         self._write(out)
+        self.meter.handler(fn.__name__, time.perf_counter() - t0)
 
     def _write(self, out) -> None:
         """Bytes to the switch (a large sync arrives as chunks: each goes out while the next
@@ -176,7 +167,7 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(fw.ofp_event.EventOFPSwitchFeatures, fw.CONFIG_DISPATCHER)
     def on_features(self, ev):
         self.dp = ev.msg.datapath
-        _patient_sends(self.dp)
+        runtime.patient_sends(self.dp)
         self._call(self.core.switch_up, self.dp.id)
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPStateChange, fw.DEAD_DISPATCHER)
@@ -213,6 +204,7 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(EventChores)
     def on_chores(self, ev):
+        t0 = time.perf_counter()
         self.chores += 1
         if self.core.wants_conntrack(time.time()):
             text = dpctl.dump_conntrack()
@@ -220,10 +212,11 @@ class OvsNatApp(fw.BaseApp):
                 self._call(self.core.conntrack, text)
         if self.metrics.enabled and self.core.host is not None and self.chores % 5 == 1:
             self._refresh_pat_usage()
-        if self.status_file and self.calls_since_status:
-            self.calls_since_status = 0
-            if not status.write_file(self.status_file, self.core.status(time.time())):
+        if self.status_file and (self.calls_since_status or self.meter.listed != self.listed):
+            self.calls_since_status, self.listed = 0, self.meter.listed
+            if not status.write_file(self.status_file, self._status()):
                 self.status_file = ""
+        self.meter.handler("chores", time.perf_counter() - t0)
 
     def _refresh_pat_usage(self):
         from ovsnat.inspect import pat_usage
@@ -233,14 +226,3 @@ class OvsNatApp(fw.BaseApp):
 
 def _more(msg) -> bool:
     return bool(msg.flags & fw.ofproto.OFPMPF_REPLY_MORE)
-
-
-def _patient_sends(dp) -> None:
-    """ryu and os-ken give a send 5 s (--socket-timeout) to make progress, then shut the
-    socket mid-message: the switch sees a truncated message ("Protocol error"), drops the
-    connection, and the next full sync starts over. A busy ovs-vswitchd (10,000 ports,
-    a 115,000-flow bundle) can read nothing for longer than that, so ovsnat gives its
-    switch a minute. Receives are unaffected (the frameworks retry a timed-out read)."""
-    sock = getattr(dp, "socket", None)
-    if sock is not None and (sock.gettimeout() or SEND_TIMEOUT) < SEND_TIMEOUT:
-        sock.settimeout(SEND_TIMEOUT)
