@@ -24,7 +24,7 @@ from ovsnat.lab import Lab, bulk, scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.runtime import KEPT_MS
-from ovsnat.lab.traffic import background_tcp, start_server, tcp_connect, tcp_established
+from ovsnat.lab.traffic import Background, start_server, tcp_connect, tcp_established
 
 SNAT = {"hv1": "203.0.113.11", "hv2": "203.0.113.21"}
 ENTRIES, WINDOW, METRICS = 10_000, 15.0, 9103
@@ -72,7 +72,9 @@ def _run(lab, hv1, vms: int) -> list[Result]:
     entries = flood(lab, gen, hv1)
     say(f"  hv1's conntrack holds {entries} entries")
     idle = window(lab, "idle")
-    session = background_tcp(lab, vmh.ns, SERVER_IP, 8080, hold=WINDOW + 20)
+    session = Background(lab.python() + [      # as background_tcp, patient: the move
+        "-m", "ovsnat.lab.peer", "tcp-client", SERVER_IP, "8080", "--timeout", "30",
+        "--hold", str(WINDOW + 20)], vmh.ns)        # itself takes seconds at 10,000 ports
     wait_for(lambda: tcp_established(vmh.ns, SERVER_IP, 8080), 5, what="the session")
     flood(lab, gen, hv1)                            # refreshed: UDP entries live 60 s
     t_move = time.time()

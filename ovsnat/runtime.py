@@ -1,6 +1,6 @@
 """What the shim (ovsnat.app) runs beside the host controller: the meter of its own event
-loop, the metrics server, and the switch connection's send timeout. Framework plumbing
-only: no decision of the controller lives here.
+loop, its switch connections, the status file and the metrics server. Framework plumbing
+only: no decision of the controller lives here (which switch is ours: ovsnat.datapaths).
 
 The loop meter answers "can anything stall the controller?" from inside the process:
 - `loop_max_stall_ms`: the longest time one green thread ran without yielding. Every other
@@ -21,6 +21,7 @@ import time
 from collections import deque
 
 from ovsnat import framework as fw
+from ovsnat import status
 
 LOG = logging.getLogger("ovsnat")
 SEND_TIMEOUT = 60.0      # seconds a switch may read nothing before sends fail
@@ -112,3 +113,67 @@ def patient_sends(dp) -> None:
     sock = getattr(dp, "socket", None)
     if sock is not None and (sock.gettimeout() or SEND_TIMEOUT) < SEND_TIMEOUT:
         sock.settimeout(SEND_TIMEOUT)
+
+
+class Switches:
+    """The switch connections: every one that connected, by datapath id, and the one the
+    host controller adopted (ovsnat.datapaths), which alone is written to and heard."""
+
+    def __init__(self, failures):
+        self.failures = failures
+        self.ours = None
+        self.all: dict = {}
+
+    def connected(self, dp) -> None:
+        self.all[dp.id] = dp
+        patient_sends(dp)
+
+    def adopt(self, dpid: int) -> None:
+        self.ours = self.all.get(dpid)
+
+    def refuse(self, dpid: int) -> None:
+        dp = self.all.pop(dpid, None)
+        if dp is self.ours:
+            self.ours = None
+        if dp is not None:
+            dp.close()
+
+    def gone(self, dp) -> str | None:
+        """A connection closed: "ours", "other" (it waited), or None (refused, or an older
+        connection's late event)."""
+        if dp.id is None or self.all.get(dp.id) is not dp:
+            return None
+        del self.all[dp.id]
+        if dp is self.ours:
+            self.ours = None
+            return "ours"
+        return "other"
+
+    def send(self, data: bytes, now: float) -> bool:
+        if self.ours is None:
+            return False
+        if self.ours.send(data):
+            self.failures.ok("switch_send")
+            return True
+        self.failures.failed("switch_send", "the connection is closing", "what was not sent "
+                             "goes again once the switch reconnects (full resync)", now)
+        return False
+
+
+def ovsdb_written(watcher, failures, sent: bool, now: float) -> None:
+    """A key write or a Controller touch was handed to the watcher (or not)."""
+    if sent or watcher.connected():              # (a row it does not know yet: no failure)
+        failures.ok("ovsdb_write")
+        return
+    failures.failed("ovsdb_write", "OVSDB is not connected", "installed markers are written "
+                    "again after the reconnect; the Controller rows are touched again at the "
+                    "next connection", now)
+
+
+def write_status(path: str, state: dict, failures, now: float) -> None:
+    error = status.write_file(path, state)
+    if error is None:
+        failures.ok("status_file")
+    else:
+        failures.failed("status_file", error, "`ovsnat status` shows an old state; tried "
+                        "again every second", now)
