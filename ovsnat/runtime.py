@@ -70,7 +70,8 @@ class LoopMeter:
         if origin is not hub:              # the hub's own time is mostly waiting in epoll
             ran = now - self._last
             if ran >= 0.001:
-                self.stalls.add(ran, time.time())
+                self.stalls.add(ran, time.time(), _where(origin) if ran * 1e3 >= KEPT_MS
+                                else "")
         self._last = now
 
     def handler(self, name: str, seconds: float) -> None:
@@ -87,6 +88,18 @@ class LoopMeter:
                 "handler_max_ms": round(self.handlers.worst(now) * 1e3, 1),
                 "loop_stalls": list(self.stalls.recent),
                 "slow_handlers": list(self.handlers.recent)}
+
+
+def _where(greenlet) -> str:
+    """Which green thread stalled: ovsnat's (and the framework's) functions on its stack
+    where it yielded, innermost first."""
+    names, frame = [], getattr(greenlet, "gr_frame", None)
+    while frame is not None and len(names) < 3:
+        path = frame.f_code.co_filename
+        if "/ovsnat/" in path or "/ryu/" in path or "/os_ken/" in path:
+            names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "<".join(names)
 
 
 def serve_metrics(metrics) -> None:
