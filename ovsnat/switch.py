@@ -26,8 +26,10 @@ from ovsnat import ofwire
 from ovsnat.flows import KINDS, Flow, MeterSpec
 
 MAX_XID = 0xFFFFFFFF
-SEND_CHUNK = 4096          # messages per write during a large sync: the switch decodes one
-RECENT = 4096              # chunk while the next is encoded; packet-outs/meters remembered
+SEND_CHUNK = 1024          # messages per write during a large sync: the switch decodes one
+                           # chunk while the next is encoded (about 10 ms of encoding, the
+                           # longest the sync keeps the controller's other green threads)
+RECENT = 4096              # packet-outs and meter mods remembered (their errors name them)
 
 
 class Xids:
