@@ -1,24 +1,34 @@
-"""ovs-vswitchd through `ovs-appctl`: OpenFlow has no view of conntrack's entries or of its
-zone limits, so the shim asks the daemon on its control socket.
+"""ovs-vswitchd's control socket, as `ovs-appctl` uses it: OpenFlow has no view of
+conntrack's entries or of its zone limits, so the shim asks the daemon.
 
 Where that socket is comes from `[ovsnat] vswitchd_ctl`, or is found as ovs-appctl finds
 it: $OVS_RUNDIR (default /var/run/openvswitch), its ovs-vswitchd.pid, the socket
 ovs-vswitchd.<pid>.ctl beside it. Found again at every call, so a restarted ovs-vswitchd
 (another pid) is followed. Every call says whether it worked and, if not, why: a missing
-pidfile, a socket that is not there, no answer in time, the daemon's own error (its exit
-status and stderr). Blocking subprocess calls, made only in the shim's green threads
-(ovsnat.effects): never in an event handler.
+pidfile, a socket that is not there, no answer in time, the daemon's own error.
+
+The calls speak ovs-appctl's protocol (one JSON-RPC request on the unix socket) instead of
+running ovs-appctl: starting a process blocks its parent until the child has run exec,
+which on a busy 2-core host stalled the whole controller for 100 ms and more. On a socket
+of the framework's (green under ryu-manager) the wait is cooperative; the answer is framed
+and decoded by the C decoder (ovsnat.ovsdb.fastjson). Made only in the shim's green threads
+(ovsnat.effects), never in an event handler; the CLI makes them as plain blocking calls.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
+import socket
+import time
 from dataclasses import dataclass
+
+from ovsnat.ovsdb.fastjson import Framer
 
 DEFAULT_RUNDIR = "/var/run/openvswitch"
 DAEMON = "ovs-vswitchd"
 BATCH = 1000              # zone limits per ct-set-limits call (one call for 10,000 is too long)
+RECV_BYTES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -67,23 +77,41 @@ class Target:
         return path, ""
 
 
-def appctl(target: Target, *args: str, timeout: float = 5.0) -> Answer:
-    """`ovs-appctl -t <socket> args...`; ok only when it exits 0."""
+def appctl(target: Target, command: str, *args: str, timeout: float = 5.0) -> Answer:
+    """What `ovs-appctl -t <socket> command args...` would print; ok only when the daemon
+    says the command worked (its error text otherwise)."""
     path, error = target.resolve()
     if path is None:
         return Answer(False, error=error)
-    command = " ".join(args[:1])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = subprocess.run(["ovs-appctl", "-t", path, *args], capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        sock.connect(path)
+        sock.sendall(json.dumps({"method": command, "params": list(args), "id": 0}).encode())
+        framer = Framer()
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                return Answer(False, error=f"{command}: {path} closed the connection without "
+                                           f"an answer")
+            framer.feed(data)
+            replies = framer.values()
+            if replies:
+                break
+    except (TimeoutError, socket.timeout):
         return Answer(False, error=f"{command}: no answer from {path} within {timeout:.0f} s")
-    except OSError as e:
-        return Answer(False, error=f"{command}: cannot run ovs-appctl: {_reason(e)}")
-    if proc.returncode != 0:
-        why = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return Answer(False, proc.stdout, f"{command} on {path}: {why[0]}")
-    return Answer(True, proc.stdout)
+    except (OSError, ValueError) as e:
+        return Answer(False, error=f"{command} on {path}: {_reason(e)}")
+    finally:
+        sock.close()
+    reply = replies[0] if isinstance(replies[0], dict) else {}
+    if reply.get("error") is not None or not isinstance(reply.get("result"), str):
+        why = str(reply.get("error") or f"not an answer: {str(replies[0])[:200]}").strip()
+        return Answer(False, error=f"{command} on {path}: {why}")
+    return Answer(True, reply["result"])
 
 
 def probe(target: Target, bridge: str) -> Answer:

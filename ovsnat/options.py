@@ -109,8 +109,8 @@ OPTIONS: tuple[Option, ...] = (
            "reconnect).", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option("vswitchd_ctl", "",
-           "ovs-vswitchd's control socket, which ovsnat calls with ovs-appctl (conntrack reads "
-           "for handoff_vlan and the PAT usage metrics, zone limits for conn_limit): the "
+           "ovs-vswitchd's control socket, which ovsnat calls as ovs-appctl does (conntrack "
+           "reads for handoff_vlan and the PAT usage metrics, zone limits for conn_limit): the "
            "socket itself, ovs-vswitchd's pidfile (x.pid: the socket beside it, found again "
            "after a restart) or its rundir. Empty: as ovs-appctl finds it, from $OVS_RUNDIR "
            "or /var/run/openvswitch. Checked at start: the log and `ovsnat status` say which "

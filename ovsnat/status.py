@@ -39,8 +39,8 @@ COUNTERS = {
     "status_write_failures": "writes of the status file that failed (retried every second)",
     "switch_send_failures": "messages the switch connection refused (it was closing)",
     "ovsdb_write_failures": "writes to OVSDB that could not be sent (made again on reconnect)",
-    "vswitchd_call_failures": "ovs-appctl calls on ovs-vswitchd that failed (conntrack reads, "
-                              "zone limits, probes of its control socket)",
+    "vswitchd_call_failures": "calls on ovs-vswitchd's control socket (as ovs-appctl makes "
+                              "them) that failed: conntrack reads, zone limits, probes",
     "datapaths_refused": "connections of switches that are not the configured bridge, refused",
 }
 

@@ -169,19 +169,70 @@ def test_a_stale_pidfile_is_named(rundir):
     assert path is None and "ovs-vswitchd.4242.ctl does not exist" in why
 
 
-def test_a_failing_call_reports_exit_status_and_stderr(rundir, tmp_path, monkeypatch):
-    """ovs-appctl's exit status and stderr are read (a script stands in for it)."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "ovs-appctl").write_text("#!/bin/sh\necho 'ct-set-limits: out of range' >&2\n"
-                                     "exit 2\n")
-    (fake / "ovs-appctl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
-    answer = dpctl.appctl(dpctl.Target(str(rundir), {}), "dpctl/ct-set-limits", "zone=1")
-    assert not answer.ok and answer.error.endswith(": ct-set-limits: out of range")
-    failed, error = dpctl.set_zone_limits(dpctl.Target(str(rundir), {}),
-                                          ZoneLimits(set=((1, 5), (2, 5)), delete=(3,)))
-    assert failed == (1, 2, 3) and "out of range" in error
+class FakeDaemon:
+    """A unix socket that answers ovs-appctl's JSON-RPC requests as `answer(method, params)`
+    says (a reply dict, or None: say nothing), split into small writes."""
+
+    def __init__(self, path, answer):
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.answer, self.requests = answer, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import json
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            request = json.loads(conn.recv(65536))
+            self.requests.append((request["method"], request["params"]))
+            reply = self.answer(request["method"], request["params"])
+            if reply is not None:
+                data = json.dumps({**reply, "id": request["id"]}).encode()
+                for i in range(0, len(data), 1000):
+                    conn.sendall(data[i:i + 1000])
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_call_reads_the_daemons_answer_or_its_error(rundir):
+    os.unlink(rundir / "ovs-vswitchd.4242.ctl")
+    big = "".join(f"{line}\n" for line in ENTRIES[:5] * 2000)         # 10,000 entries
+    daemon = FakeDaemon(rundir / "ovs-vswitchd.4242.ctl", lambda method, params: (
+        {"result": big, "error": None} if method == "dpctl/dump-conntrack" else
+        {"result": None, "error": "ovs-vswitchd: failed to parse field zone"}))
+    try:
+        target = dpctl.Target(str(rundir), {})
+        answer = dpctl.appctl(target, "dpctl/dump-conntrack")
+        assert answer.ok and answer.out == big
+        answer = dpctl.appctl(target, "dpctl/ct-set-limits", "zone=70000,limit=5")
+        assert not answer.ok and answer.error.endswith(": ovs-vswitchd: failed to parse field "
+                                                       "zone")
+        failed, error = dpctl.set_zone_limits(target, ZoneLimits(set=((1, 5), (2, 5)),
+                                                                  delete=(3,)))
+        assert failed == (1, 2, 3) and "failed to parse" in error
+        assert ("dpctl/ct-set-limits", ["zone=1,limit=5", "zone=2,limit=5"]) in \
+            daemon.requests
+    finally:
+        daemon.close()
+
+
+def test_a_daemon_that_does_not_answer_is_given_up_in_time(rundir):
+    os.unlink(rundir / "ovs-vswitchd.4242.ctl")
+    daemon = FakeDaemon(rundir / "ovs-vswitchd.4242.ctl", lambda method, params: None)
+    try:
+        answer = dpctl.appctl(dpctl.Target(str(rundir), {}), "dpctl/dump-conntrack",
+                              timeout=0.5)
+        assert not answer.ok and "no answer from" in answer.error
+    finally:
+        daemon.close()
 
 
 # --- the tally ------------------------------------------------------------------------------
