@@ -4,10 +4,11 @@
 
 On a lab host with that many VM ports, br-int is pointed (`set-controller`) at a listener
 that does nothing but answer HELLO at once (a few lines of Python, nothing else running in
-its process), then, on the same host, at ovsnat's controller (which has read OVSDB and waits).
-For each, ovs-vswitchd's own log says when it began connecting and when the connection was
-up (both HELLOs exchanged), and how long its main loop was blocked meanwhile. If the
-instant listener waits as long as ovsnat, the time is ovs-vswitchd's.
+its process; it asks for the features too, and notes when the reply comes), then, on the
+same host, at ovsnat's controller (which has read OVSDB and waits). For each,
+ovs-vswitchd's own log says when it began connecting and when the connection was up (both
+HELLOs exchanged), and how long its main loop was blocked meanwhile. If the instant
+listener waits as long as ovsnat, the time is ovs-vswitchd's.
 """
 
 from __future__ import annotations
@@ -26,15 +27,25 @@ from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE
 
 LISTENER = """
-import socket, sys, time
+import socket, struct, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
 while True:
     c, _ = s.accept()
     c.sendall(bytes([4, 0, 0, 8, 0, 0, 0, 1]))        # OFPT_HELLO, OpenFlow 1.3
-    print("%.6f accepted and answered HELLO" % time.time(), flush=True)
-    while c.recv(65536):
-        pass
+    c.sendall(bytes([4, 5, 0, 8, 0, 0, 0, 2]))        # OFPT_FEATURES_REQUEST
+    print("%.6f HELLO and FEATURES_REQUEST sent" % time.time(), flush=True)
+    buf = b""
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 8 and len(buf) >= struct.unpack_from("!H", buf, 2)[0]:
+            kind, length = buf[1], struct.unpack_from("!H", buf, 2)[0]
+            if kind == 6:
+                print("%.6f FEATURES_REPLY" % time.time(), flush=True)
+            buf = buf[length:]
 """
 
 
@@ -60,6 +71,15 @@ def connect_once(host, name: str) -> dict:
     return out
 
 
+def features(host, log: str) -> float | None:
+    """Seconds from ovs-vswitchd's `connected` to the listener reading its features reply."""
+    with open(log) as f:
+        got = [float(line.split()[0]) for line in f if "FEATURES_REPLY" in line]
+    up = [t for t, _, m in vswitchd_lines(host, 0) if re.search(rf"{BRIDGE}<->tcp:\S+: "
+                                                                  r"connected", m)]
+    return round(got[0] - up[0], 3) if got and up else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hello", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +97,8 @@ def main(argv=None) -> int:
             wait_for(lambda: f":{scenario.OF_PORT} " in run(["ss", "-ltn"], ns=host.ns).stdout,
                      10, what="the listener")
             result["instant HELLO listener"] = connect_once(host, "instant HELLO listener")
+            result["instant HELLO listener"]["connected -> features reply"] = features(
+                host, lab.procs["hello"]["log"])
             lab.stop_proc("hello")
             ctl = Controller(lab, "hv1", bulk.SNAT_IP, **bulk.scale_options())
             ctl.start()

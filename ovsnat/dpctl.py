@@ -10,9 +10,9 @@ pidfile, a socket that is not there, no answer in time, the daemon's own error.
 The calls speak ovs-appctl's protocol (one JSON-RPC request on the unix socket) instead of
 running ovs-appctl: starting a process blocks its parent until the child has run exec,
 which on a busy 2-core host stalled the whole controller for 100 ms and more. On a socket
-of the framework's (green under ryu-manager) the wait is cooperative; the answer is framed
-and decoded by the C decoder (ovsnat.ovsdb.fastjson). Made only in the shim's green threads
-(ovsnat.effects), never in an event handler; the CLI makes them as plain blocking calls.
+of the framework's (green under ryu-manager) the wait is cooperative, and the answer is
+decoded once, by the C decoder. Made only in the shim's green threads (ovsnat.effects),
+never in an event handler; the CLI makes them as plain blocking calls.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-from ovsnat.ovsdb.fastjson import Framer
 
 DEFAULT_RUNDIR = "/var/run/openvswitch"
 DAEMON = "ovs-vswitchd"
@@ -89,29 +88,42 @@ def appctl(target: Target, command: str, *args: str, timeout: float = 5.0) -> An
         deadline = time.monotonic() + timeout
         sock.connect(path)
         sock.sendall(json.dumps({"method": command, "params": list(args), "id": 0}).encode())
-        framer = Framer()
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            data = sock.recv(RECV_BYTES)
-            if not data:
-                return Answer(False, error=f"{command}: {path} closed the connection without "
-                                           f"an answer")
-            framer.feed(data)
-            replies = framer.values()
-            if replies:
-                break
+        reply = _receive(sock, deadline)
     except (TimeoutError, socket.timeout):
         return Answer(False, error=f"{command}: no answer from {path} within {timeout:.0f} s")
-    except (OSError, ValueError) as e:
+    except EOFError:
+        return Answer(False, error=f"{command}: {path} closed the connection without an answer")
+    except OSError as e:
         return Answer(False, error=f"{command} on {path}: {_reason(e)}")
     finally:
         sock.close()
-    reply = replies[0] if isinstance(replies[0], dict) else {}
-    if reply.get("error") is not None or not isinstance(reply.get("result"), str):
-        why = str(reply.get("error") or f"not an answer: {str(replies[0])[:200]}").strip()
+    if not isinstance(reply, dict) or reply.get("error") is not None or \
+            not isinstance(reply.get("result"), str):
+        why = str(reply.get("error") if isinstance(reply, dict) and reply.get("error")
+                  else f"not an answer: {str(reply)[:200]}").strip()
         return Answer(False, error=f"{command} on {path}: {why}")
     return Answer(True, reply["result"])
+
+
+def _receive(sock, deadline: float):
+    """The one JSON object the daemon answers. Decoded (C decoder) only when what arrived
+    ends like one, so a 2 MB answer costs one decode; between reads the green thread
+    yields (time.sleep is the hub's under the framework), even when the bytes are there
+    already and the socket would not make it wait."""
+    buf = bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        data = sock.recv(RECV_BYTES)
+        if not data:
+            raise EOFError
+        buf += data
+        if buf.rstrip().endswith(b"}"):
+            try:
+                return json.loads(buf)
+            except ValueError:
+                pass                             # a "}" inside the answer: read on
+        time.sleep(0)
 
 
 def probe(target: Target, bridge: str) -> Answer:
