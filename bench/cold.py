@@ -17,7 +17,7 @@ from bench import connect, events
 from bench.common import Controller, Result, cpu_seconds, ofctl, parse_programmed, \
     proc_status, say, vswitchd_log
 from ovsnat.lab import Lab, bulk, scenario
-from ovsnat.lab.sh import run
+from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import BRIDGE
 
 # ovs-vswitchd reports a controller connection's flow_mods 10 s after the first one:
@@ -130,8 +130,17 @@ def cold_program(ctl: Controller, host, n: int, timeout: float) -> dict:
             "phases_s": phases(sync), "rss_kb": proc_status(ctl.pid),
             "visible_s": round(t_visible - t0, 3),
             "connect_phases_s": connect.phases(host, offset, t0, t_visible, sync),
-            "loop_stalls": [s for s in (ctl.status() or {}).get("loop_stalls", [])
+            "loop_stalls": [s for s in _status_after(ctl, t_visible).get("loop_stalls", [])
                             if t0 <= s[0] <= t_visible]}
+
+
+def _status_after(ctl: Controller, t: float) -> dict:
+    """The controller's status as written after `t` (it is rewritten every second)."""
+    try:
+        return wait_for(lambda: (lambda st: st if st.get("time", 0) > t else None)(
+            ctl.status() or {}), 5, interval=0.1, what="a fresh status file")
+    except LabError:
+        return {}                   # a controller without a status file (an older one)
 
 
 def phases(sync: dict) -> dict:
