@@ -90,7 +90,8 @@ class OvsNatApp(fw.BaseApp):
         self.threads += [fw.hub.spawn(self._ovsdb_loop), fw.hub.spawn(self._clock),
                          *self.effects.start()]
         if self.metrics.enabled:
-            self.threads.append(fw.hub.spawn(runtime.serve_metrics, self.metrics))
+            self.threads.append(fw.hub.spawn(runtime.serve_metrics, self.metrics,
+                                             self.core.failures))
         LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
                  "ovs-vswitchd through %s", self.cfg.bridge, self.cfg.uplink_port, self.remote,
                  self.cfg.snat_ip or "(from the bridge)", self.cfg.snat_port_min,
@@ -241,7 +242,7 @@ class OvsNatApp(fw.BaseApp):
             self.calls_since_status, self.listed = 0, self.meter.listed
             runtime.write_status(self.status_file, self._status(), self.core.failures,
                                  time.time())
-        self.meter.handler("chores", time.perf_counter() - t0)
+        self.meter.handler("chores+status file", time.perf_counter() - t0)
 
 
 def _more(msg) -> bool:

@@ -20,6 +20,7 @@ KINDS = {
     "switch_send": ("switch_send_failures", "sending to the switch"),
     "ovsdb_write": ("ovsdb_write_failures", "writing to OVSDB"),
     "vswitchd": ("vswitchd_call_failures", "calling ovs-vswitchd (ovs-appctl)"),
+    "metrics": ("metrics_failures", "serving the metrics"),
 }
 
 

@@ -102,8 +102,9 @@ def _where(greenlet) -> str:
     return "<".join(names)
 
 
-def serve_metrics(metrics) -> None:
-    """The metrics endpoint, on the framework's hub (a green thread per request)."""
+def serve_metrics(metrics, failures) -> None:
+    """The metrics endpoint, on the framework's hub (a green thread per request). An address
+    it cannot listen on (in use, not local) is reported and tried again every 10 s."""
     def handle(sock, addr):
         try:
             sock.settimeout(5)
@@ -112,7 +113,15 @@ def serve_metrics(metrics) -> None:
             pass                                 # the scraper went away: its problem
         finally:
             sock.close()
-    server = fw.hub.StreamServer((metrics.host, metrics.port), handle)
+    while True:
+        try:
+            server = fw.hub.StreamServer((metrics.host, metrics.port), handle)
+            break
+        except OSError as e:
+            failures.failed("metrics", f"{metrics.host}:{metrics.port}: {e}", "no metrics "
+                            "are served until it can listen (tried every 10 s)", time.time())
+            fw.hub.sleep(10)
+    failures.ok("metrics")
     LOG.info("ovsnat: metrics on http://%s:%d/metrics", metrics.host, metrics.port)
     server.serve_forever()
 

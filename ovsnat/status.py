@@ -42,6 +42,7 @@ COUNTERS = {
     "vswitchd_call_failures": "calls on ovs-vswitchd's control socket (as ovs-appctl makes "
                               "them) that failed: conntrack reads, zone limits, probes",
     "datapaths_refused": "connections of switches that are not the configured bridge, refused",
+    "metrics_failures": "attempts to listen on metrics_port that failed (tried every 10 s)",
 }
 
 

@@ -292,3 +292,17 @@ def test_key_writes_awaiting_an_answer_are_bounded_and_forgotten_on_reconnect():
     w.session.connected, w._session_state = False, (3, False)
     w._on_session_change()                        # the session dropped: none will be answered
     assert w._writes == {}
+
+
+def test_a_refused_key_write_is_logged_once_per_distinct_error(caplog):
+    import logging
+
+    import ovs.jsonrpc
+    w = ovsdb.Watcher("unix:/nonexistent", BRIDGE, lambda batch: None)
+    refused = ovs.jsonrpc.Message.create_reply([{"error": "constraint violation"}], 1)
+    other = ovs.jsonrpc.Message.create_reply([{"error": "permission denied"}], 2)
+    with caplog.at_level(logging.WARNING):
+        for msg in (refused, refused, refused, other):
+            w._write_done("tap1: set ['ovsnat-installed']", msg)
+    warnings = [r.getMessage() for r in caplog.records if "refused a write" in r.getMessage()]
+    assert len(warnings) == 2 and "constraint violation" in warnings[0], warnings

@@ -111,3 +111,27 @@ def test_port_descriptions_are_read_for_their_numbers_only():
     msg = p.OFPMultipartReply.parser(None, 4, o.OFPT_MULTIPART_REPLY, 16 + len(ports), 7,
                                      head + ports)
     assert [e.port_no for e in msg.body] == list(range(1, 101))
+
+
+def test_a_metrics_port_in_use_is_reported_not_swallowed():
+    import socket
+
+    from ovsnat import framework as fw
+    from ovsnat.metrics import Metrics
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    failures = Failures(Stats())
+    metrics = Metrics(port, "127.0.0.1", lambda: {})
+    assert metrics.enabled
+    thread = fw.hub.spawn(runtime.serve_metrics, metrics, failures)
+    try:
+        import time
+        deadline = time.monotonic() + 5
+        while "metrics" not in failures.status() and time.monotonic() < deadline:
+            fw.hub.sleep(0.01)
+        assert f"127.0.0.1:{port}" in failures.status()["metrics"]["error"]
+    finally:
+        fw.hub.kill(thread)
+        blocker.close()

@@ -96,6 +96,7 @@ class Watcher:
         self._monitoring = False
         self._warned = False
         self._refused = None                 # the server's last refusal, logged once
+        self._write_error = None             # the last write refusal, logged once
         self._reset()
 
     def _reset(self) -> None:
@@ -390,6 +391,10 @@ class Watcher:
         self._writes[request_id] = what
 
     def _write_done(self, what: str, msg) -> None:
+        """OVSDB answered a write: a refusal is logged once per distinct error (the marker
+        is written again when its port next changes, or after a reconnect)."""
         error = ownwrites.failure(msg)
-        if error:
-            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, error)
+        if error and error != self._write_error:
+            LOG.warning("ovsnat: OVSDB refused a write (%s): %s; the same error again is not "
+                        "logged", what, error)
+        self._write_error = error or None
