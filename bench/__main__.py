@@ -5,10 +5,11 @@ bench/results.json. Needs root, like the lab.
     python -m bench                          the full suite (about 30 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 3 minutes)
     python -m bench --only cold,restart      some benchmarks: cold restart events memory audit
-                                             datapath handoff connlimit
+                                             datapath handoff connlimit stall
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
                                              restart, events (its big side) and memory
     python -m bench --port-types patch       scale hosts with patch ports only (faster)
+    python -m bench --only stall --stall-vms 1000   the loop's stalls under a handoff
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import subprocess
 import sys
 import time
 
-from bench import cold, connlimit, datapath, events, handoff, memory
+from bench import cold, connlimit, datapath, events, handoff, memory, stall
 from bench.common import Result, say
 
-ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit")
+ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit",
+       "stall")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -50,6 +52,8 @@ def parse_args(argv):
     p.add_argument("--networks", type=int, default=0,
                    help="deal the VMs of the cold/restart runs over this many VLAN networks "
                         "with the same CIDR (0: all in the default network)")
+    p.add_argument("--stall-vms", type=int,
+                   help="PAT VMs on the host a VM leaves in the stall benchmark (10000)")
     p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
     p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
     p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
@@ -61,6 +65,7 @@ def parse_args(argv):
     a.additions = a.additions or (100 if quick else 1000)
     a.event_budget = a.event_budget or (30 if quick else 180)
     a.rounds = a.rounds or (2 if quick else 5)
+    a.stall_vms = a.stall_vms if a.stall_vms is not None else (1000 if quick else 10000)
     a.seconds = a.seconds or (1.5 if quick else 3.0)
     a.conn_seconds = a.conn_seconds or (1.0 if quick else 2.0)
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
@@ -168,6 +173,9 @@ def main(argv=None) -> int:
         results += timed("handoff", handoff.handoff, 2 if a.quick else 3)
     if "connlimit" in a.only:
         results += timed("connlimit", connlimit.connlimit, 2 if a.quick else 3)
+
+    if "stall" in a.only:
+        results += timed("stall", stall.stall, a.stall_vms)
 
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()

@@ -13,11 +13,11 @@ import re
 import time
 
 from bench import audit as bench_audit
-from bench import events
+from bench import connect, events
 from bench.common import Controller, Result, cpu_seconds, ofctl, parse_programmed, \
     proc_status, say, vswitchd_log
 from ovsnat.lab import Lab, bulk, scenario
-from ovsnat.lab.sh import run
+from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import BRIDGE
 
 # ovs-vswitchd reports a controller connection's flow_mods 10 s after the first one:
@@ -59,6 +59,10 @@ def scale(n: int, restart: bool = False, memory: bool = False, additions: int = 
                     "external_s", "ovsdb_ready_s")},
                  "ofctl_vswitchd_cpu_s": base["vswitchd_cpu_s"],
                  "ports_setup_s": raw["setup_ports_s"]}))
+            results.append(Result(
+                f"cold program {label}", "set-controller -> flows visible (as a user sees "
+                "it)", cold["visible_s"], base["seconds"], "s", "ratio <= 1.5",
+                {"phases_s": cold["connect_phases_s"], "loop_stalls": cold["loop_stalls"]}))
             if not (restart or memory or additions or audit):
                 return results, raw
             sleep_until(cold["t_connected"] + REPORT_DELAY)
@@ -109,8 +113,10 @@ def cold_program(ctl: Controller, host, n: int, timeout: float) -> dict:
     log = ctl.start()
     ready = ctl.wait_ovsdb(n, timeout)
     vswitchd = host.ovs.pid("ovs-vswitchd")
+    offset = os.path.getsize(vswitchd_log(host))
     cpu0, vcpu0, t0 = cpu_seconds(ctl.pid), cpu_seconds(vswitchd), time.time()
     ctl.connect()
+    t_visible, _ = connect.until_visible(host, log, timeout, interval=0.1)
     sync = ctl.wait_in_sync(timeout)
     cpu1, vcpu1 = cpu_seconds(ctl.pid), cpu_seconds(vswitchd)
     log.poll()
@@ -121,7 +127,20 @@ def cold_program(ctl: Controller, host, n: int, timeout: float) -> dict:
             "flow_mods": sum(p.flow_mods for p in sent), "bundles": len(sent),
             "failed_bundles": sum(p.failed for p in sent),
             "controller_cpu_s": round(cpu1 - cpu0, 3), "vswitchd_cpu_s": round(vcpu1 - vcpu0, 3),
-            "phases_s": phases(sync), "rss_kb": proc_status(ctl.pid)}
+            "phases_s": phases(sync), "rss_kb": proc_status(ctl.pid),
+            "visible_s": round(t_visible - t0, 3),
+            "connect_phases_s": connect.phases(host, offset, t0, t_visible, sync),
+            "loop_stalls": [s for s in _status_after(ctl, t_visible).get("loop_stalls", [])
+                            if t0 <= s[0] <= t_visible]}
+
+
+def _status_after(ctl: Controller, t: float) -> dict:
+    """The controller's status as written after `t` (it is rewritten every second)."""
+    try:
+        return wait_for(lambda: (lambda st: st if st.get("time", 0) > t else None)(
+            ctl.status() or {}), 5, interval=0.1, what="a fresh status file")
+    except LabError:
+        return {}                   # a controller without a status file (an older one)
 
 
 def phases(sync: dict) -> dict:

@@ -65,42 +65,83 @@ def vm_flows(cfg: HostConfig, vm: VmPort, c: int) -> list[Flow]:
 
 @dataclass(frozen=True)
 class ZoneLimits:
-    """Zone limits for the shim to apply (`dpctl/ct-set-limits`, `ct-del-limits`)."""
+    """Zone limits for the shim to apply (`dpctl/ct-set-limits`, `ct-del-limits`), in order."""
 
     set: tuple[tuple[int, int], ...] = ()        # (zone, limit)
     delete: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ZoneLimitsDone:
+    """What the shim could not apply of one ZoneLimits, and why (all empty: all of it)."""
+
+    limits: ZoneLimits
+    failed: tuple[int, ...] = ()                 # zones whose set or delete failed
+    error: str = ""
+
+
 class Zones:
     """Which counting zones the datapath should limit, kept up to date port by port (O(1)
-    per change); the shim applies each ZoneLimits it is given."""
+    per change); the shim applies each ZoneLimits it is given and says what failed. A
+    zone whose limit (or its removal) failed is applied again, from what is wanted then,
+    every RETRY seconds until it takes: a limit that never took is never counted as set."""
+
+    RETRY = 10.0
 
     def __init__(self):
-        self.applied: dict[str, int] = {}       # port name -> its counting zone
+        self.wanted: dict[str, int] = {}        # port name -> its counting zone
+        self.failed: dict[int, str] = {}        # zone -> why its last change failed
+        self.retry_at: float | None = None
+        self.limit = 0
 
     def update(self, host, names) -> list:
         if host is None or not host.cfg.conn_limit:
             return []
+        self.limit = host.cfg.conn_limit
         add, drop = [], []
         for name in names:
             port = host.accepted_port(name)
             want = zone(host.cfg, port) if port is not None else None
-            have = self.applied.get(name)
+            have = self.wanted.get(name)
             if want == have:
                 continue
             if have is not None:
                 drop.append(have)
-                del self.applied[name]
+                del self.wanted[name]
             if want is not None:
                 add.append((want, host.cfg.conn_limit))
-                self.applied[name] = want
+                self.wanted[name] = want
         return [ZoneLimits(tuple(add), tuple(drop))] if add or drop else []
 
     def reapply(self, host) -> list:
         """Everything again (a switch that reconnects may be a restarted ovs-vswitchd, which
         forgot its limits)."""
-        self.applied.clear()
+        self.wanted.clear()
         return self.update(host, list(host.valid)) if host is not None else []
+
+    def done(self, result: ZoneLimitsDone, now: float) -> None:
+        """The shim applied one ZoneLimits: forget the failures it fixed, keep the new ones."""
+        for z in (*(z for z, _ in result.limits.set), *result.limits.delete):
+            self.failed.pop(z, None)
+        for z in result.failed:
+            self.failed[z] = result.error
+        if self.failed and self.retry_at is None:
+            self.retry_at = now + self.RETRY
+
+    def due(self, now: float) -> list:
+        """The failed zones again, as they are wanted now (set, or deleted and flushed)."""
+        if self.retry_at is None or now < self.retry_at:
+            return []
+        self.retry_at = None
+        if not self.failed:
+            return []
+        wanted = set(self.wanted.values())
+        return [ZoneLimits(tuple((z, self.limit) for z in sorted(self.failed) if z in wanted),
+                           tuple(z for z in sorted(self.failed) if z not in wanted))]
+
+    def status(self) -> dict:
+        return {"zones": len(self.wanted), "not_applied": len(self.failed),
+                "error": next(iter(self.failed.values()), "")}
 
 
 class Refusals:

@@ -26,18 +26,21 @@ import logging
 import netaddr
 
 from ovsnat import arp, audit, connlimit, dhcp, markers, ovsdb
+from ovsnat.datapaths import AdoptSwitch, Identity, RefuseSwitch
 from ovsnat.delta import Delta
+from ovsnat.failures import Failures
 from ovsnat.fips import Fips
 from ovsnat.handoff import Handoffs
 from ovsnat.markers import INSTALLED_KEY, READY_KEY, IfaceKeys  # noqa: F401  (re-exported)
-from ovsnat.hostconfig import SNAT_KEY, Settings  # noqa: F401  (SNAT_KEY re-exported)
+from ovsnat.hostconfig import SNAT_KEY, RejectionLog, Settings  # noqa: F401  (SNAT_KEY)
 from ovsnat.memory import release_memory
 from ovsnat.model import HostConfig, mac_str, port_from_row
 from ovsnat.packet_in import PacketIn
 from ovsnat.reconcile import FULL_SYNC, Reconciler
 from ovsnat.state import HostState
-from ovsnat.status import Stats
+from ovsnat.status import Stats, status_of
 from ovsnat.timers import Timers
+from ovsnat.vswitchd import Vswitchd
 
 LOG = logging.getLogger("ovsnat")
 GATEWAY_ARP_INTERVAL = (1, 30)            # seconds: until resolved, then to follow changes
@@ -49,7 +52,8 @@ class Fatal(RuntimeError):
 
 
 class HostController:
-    def __init__(self, cfg: HostConfig, clock, audit_interval: float = 60.0):
+    def __init__(self, cfg: HostConfig, clock, audit_interval: float = 60.0,
+                 pat_usage: bool = False):
         self.base_cfg = cfg
         self.rows: dict[str, ovsdb.IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
@@ -67,16 +71,20 @@ class HostController:
         self.refusals = connlimit.Refusals()
         self.audit = audit.Auditor(audit_interval, self.sw, self.timers, self.stats)
         self.first_view = True
-        self.reported: dict[str, str] = {}        # port -> rejection last logged
-        self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
         self.unready: dict[str, str] = {}         # row without a device -> rejection logged
+        self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
+        self.failures = Failures(self.stats)
+        self.identity = Identity(cfg.bridge, self.stats)
+        self.vswitchd = Vswitchd(cfg, self.stats, self.failures, pat_usage)
 
     # --- OVSDB ---------------------------------------------------------------------------
     def ovsdb(self, batch, now: float) -> list:
         names = self._apply(batch)
         built, out = self._ensure_host(now)
+        if batch.datapath_id is not None:
+            out = self._datapath_named(batch.datapath_id, now) + out
         if built:
             return out + self.sw.sync(now) + self._markers(self.rows) + \
                 self.zones.reapply(self.host)
@@ -88,7 +96,7 @@ class HostController:
             delta.extend(self.host.update(name, self._port(name)))
             gone = name not in self.rows or name in self.host.transient
             delta.extend(self.handoffs.changed(self.host, name, was, gone, now))
-        self._report_rejections()
+        self.rejections.report(self.host)
         delta.extend(self.fips.changed(names, self.rows, now))
         if isinstance(batch, ovsdb.Snapshot):
             release_memory()
@@ -129,7 +137,7 @@ class HostController:
             self.fips.set_host(self.host)
             for name in sorted(set(self.rows) - self._infra()):
                 self.host.update(name, self._port(name))
-            self._report_rejections()
+            self.rejections.report(self.host)
             self.fips.changed(set(self.rows), self.rows, now, resident=self.first_view)
             self.first_view = False
             if cfg.learn_gateway_mac:
@@ -154,31 +162,36 @@ class HostController:
     def _infra(self) -> set[str]:
         return self.settings.infra()
 
-    def _report_rejections(self) -> None:
-        """One log line per new reason: an error once per distinct bad value (not again
-        when the port's link bounces), passing states at INFO."""
-        rejected = self.host.rejected
-        current = {r.name: r.reason for r in rejected}
-        for r in rejected:
-            if self.reported.get(r.name) == r.reason:
-                continue
-            if r.transient:
-                LOG.info("ovsnat: skipping %s", r.reason)
-            elif self.errors_logged.get(r.name) != r.reason:
-                LOG.error("ovsnat: skipping %s", r.reason)
-                self.errors_logged[r.name] = r.reason
-        for name in set(self.reported) - set(current):
-            self.errors_logged.pop(name, None)
-            if name in self.host.valid:
-                LOG.info("ovsnat: port %s is programmed again", name)
-        self.reported = current
-
     # --- the switch ----------------------------------------------------------------------
     def switch_up(self, dpid: int, now: float) -> list:
+        """A switch connected: ours is adopted (AdoptSwitch, then its dump), another refused
+        (ovsnat.datapaths); one that comes before OVSDB named ours waits."""
+        verdict = self.identity.arrived(dpid)
+        return [RefuseSwitch(dpid)] if verdict == "refuse" else \
+            self._connect(dpid, now) if verdict == "adopt" else []
+
+    def _connect(self, dpid: int, now: float) -> list:
         self.audit.reset(now)
-        return self.sw.connect(dpid, now) + self.zones.reapply(self.host)
+        return [AdoptSwitch(dpid)] + self.sw.connect(dpid, now) + \
+            self.zones.reapply(self.host)
+
+    def _datapath_named(self, datapath_id: str, now: float) -> list:
+        refuse, adopt, drop = self.identity.named(datapath_id)
+        out = [RefuseSwitch(d) for d in refuse]
+        if drop:
+            out += [RefuseSwitch(self.sw.dpid)] + self._switch_lost(now)
+        return out + (self._connect(adopt, now) if adopt is not None else [])
 
     def switch_down(self, now: float) -> list:
+        """Our switch disconnected."""
+        self.identity.gone(self.identity.current)
+        return self._switch_lost(now)
+
+    def switch_gone(self, dpid: int, now: float) -> list:
+        """A switch we did not program (yet) disconnected."""
+        return self.switch_down(now) if self.identity.gone(dpid) else []
+
+    def _switch_lost(self, now: float) -> list:
         self.audit.reset(now)
         self.refusals.reset(self.sw.session)
         self.sw.disconnect()
@@ -301,31 +314,15 @@ class HostController:
 
     # --- status ------------------------------------------------------------------------------
     def status(self, now: float) -> dict:
-        host = self.host
-        vms, fips, pending = host.counts() if host else (0, 0, [])
-        return {
-            "time": now, "datapath": f"{self.sw.dpid:016x}" if self.sw.dpid else None,
-            "in_sync": self.sw.session.ready and not self.sw.session.bundles,
-            "snat_ip": str(host.cfg.snat_ip) if host else None,
-            "transit_cidr": str(self.base_cfg.transit_cidr),
-            "vms": vms, "fips": fips, "pending_fips": pending,
-            "waiting": self.fips.waiting(),
-            "rejected": [{"name": r.name, "reason": r.reason}
-                         for r in (host.rejected if host else [])],
-            "failed_owners": {f"{k:#x}": v for k, v in self.sw.failed_owners.items()},
-            "duplicate_flows": host.idents.status() if host else [],
-            "conflicts": list(self.stats.conflicts), "stats": dict(self.stats.counts),
-            "reconcile_seconds": self.stats.reconcile_seconds, "pat": self.stats.pat,
-            "dhcp_leases": self.dhcp.status(host, now),
-            "handoffs": self.handoffs.status(host, now),
-            "conn_refused": dict(self.refusals.by_port),
-            "packet_in_drops": dict(sorted(self.stats.drops.items())),
-        }
+        return status_of(self, now)
 
-    # --- conntrack (read by the shim while a handoff needs it) ---------------------------
-    def wants_conntrack(self, now: float) -> bool:
-        return self.handoffs.wants_conntrack(self.host, now)
+    # --- ovs-vswitchd's control socket (ovsnat.vswitchd; the shim makes the calls) -------
+    def chores(self, now: float) -> list:
+        """Once a second: the calls on ovs-vswitchd that are due."""
+        return self.vswitchd.due(self.host, self.handoffs, now) + self.zones.due(now)
 
-    def conntrack(self, text: str, now: float) -> list:
-        return self.sw.send(self.handoffs.conntrack(self.host, text, now))
+    def result(self, result, now: float) -> list:
+        """What one of those calls answered (a Probed, Reading or ZoneLimitsDone)."""
+        return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs,
+                                                 self.zones, now))
 

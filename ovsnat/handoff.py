@@ -12,38 +12,31 @@ VM moves, for `handoff_grace` seconds:
 
 Neither host learns anything from the other: A acts on its own conntrack, B on its own
 view of which ports arrived. A ends its part as soon as its conntrack holds no live TCP
-session of the VM (read by the shim every few seconds while a departure lasts), B at the
-end of the grace period. Which host did what is decided here, in plain Python; the flows are
+session of the VM (read for it every few seconds while a departure lasts: ovsnat.vswitchd),
+B at the end of the grace period. A read that fails says nothing: the departure then runs
+its whole grace period, never ends early. Which host did what is decided here, in plain Python; the flows are
 in ovsnat.handoff_flows and docs/handoff.md has the design and its limits.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 
 from ovsnat import networks
+from ovsnat.conntrack import tally
 from ovsnat.delta import Delta
 from ovsnat.handoff_flows import enabled
 from ovsnat.model import VmPort
 
 LOG = logging.getLogger("ovsnat")
 CHECK_EVERY = 2.0           # seconds between conntrack reads while a departure lasts
-ENDED = ("TIME_WAIT", "CLOSED", "CLOSE")
-CT_TCP = re.compile(r"tcp,orig=\(src=(?P<src>[\d.]+),.*?zone=(?P<zone>\d+)"
-                    r"(?:,.*?state=(?P<state>[A-Z_0-9]+))?")
 
 
 def live_tcp_sessions(conntrack: str) -> Counter:
     """(zone, original source) -> TCP connections not yet closing down, from
     `ovs-appctl dpctl/dump-conntrack` (every zone)."""
-    counts: Counter = Counter()
-    for line in conntrack.splitlines():
-        m = CT_TCP.match(line.strip())
-        if m and m.group("state") not in ENDED:
-            counts[(int(m.group("zone")), m.group("src"))] += 1
-    return counts
+    return tally(conntrack).sessions
 
 
 class Handoffs:
@@ -103,12 +96,21 @@ class Handoffs:
     def wants_conntrack(self, host, now: float) -> bool:
         return host is not None and bool(host.departed) and now >= self.next_check
 
-    def conntrack(self, host, text: str, now: float) -> Delta:
-        """The shim read conntrack: end the departures whose sessions are all over."""
+    def asked(self, now: float) -> None:
+        """A read was asked for: the next one is due CHECK_EVERY from now, whether this one
+        answers, fails or times out."""
         self.next_check = now + CHECK_EVERY
+
+    def conntrack(self, host, counts: Counter | None, now: float) -> Delta:
+        """A read of conntrack came back: (zone, source) -> live TCP sessions, or None when
+        it failed. End the departures whose sessions are all over; a failed read ends
+        none (their sessions are unknown: shown as -1)."""
         if host is None:
             return Delta()
-        counts, delta = live_tcp_sessions(text), Delta()
+        if counts is None:
+            self.sessions.update(dict.fromkeys(host.departed, -1))
+            return Delta()
+        delta = Delta()
         for name, port in sorted(host.departed.items()):
             net = host.net(port)
             zone = host.cfg.ct_zone if net.vlan is None else \

@@ -72,3 +72,29 @@ class Settings:
         if key not in self.warned:
             self.warned.add(key)
             LOG.error("ovsnat: %s", message)
+
+
+class RejectionLog:
+    """One log line per new reason a port is skipped: an error once per distinct bad value
+    (not again when the port's link bounces), passing states at INFO."""
+
+    def __init__(self):
+        self.reported: dict[str, str] = {}        # port -> rejection last logged
+        self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
+
+    def report(self, host) -> None:
+        rejected = host.rejected
+        current = {r.name: r.reason for r in rejected}
+        for r in rejected:
+            if self.reported.get(r.name) == r.reason:
+                continue
+            if r.transient:
+                LOG.info("ovsnat: skipping %s", r.reason)
+            elif self.errors_logged.get(r.name) != r.reason:
+                LOG.error("ovsnat: skipping %s", r.reason)
+                self.errors_logged[r.name] = r.reason
+        for name in set(self.reported) - set(current):
+            self.errors_logged.pop(name, None)
+            if name in host.valid:
+                LOG.info("ovsnat: port %s is programmed again", name)
+        self.reported = current

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import netaddr
 
+from ovsnat.conntrack import pat_usage as conntrack_pat_usage
+from ovsnat.conntrack import tally
 from ovsnat.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
 from ovsnat.model import HostConfig, VmPort, mac_str, port_from_row, with_gateway_mac
 from ovsnat.options import read_ini
@@ -195,24 +197,11 @@ def diff(view: View) -> dict:
 
 
 # --- ovsnat status ------------------------------------------------------------------------------
-CT_ENTRY = re.compile(r"^(?P<proto>\w+),orig=\(src=(?P<src>[\d.]+),dst=(?P<dst>[\d.]+)"
-                      r"(?:,sport=\d+,dport=\d+|,id=\d+,type=\d+,code=\d+)?\),"
-                      r"reply=\(src=[\d.]+,dst=(?P<rdst>[\d.]+)"
-                      r"(?:,sport=\d+,dport=(?P<rport>\d+)|,id=(?P<rid>\d+),type=\d+,code=\d+)?\)")
-
-
 def pat_usage(cfg: HostConfig, conntrack: str) -> dict:
-    """PAT ports in use per VM (fixed IP) from `dpctl/dump-conntrack zone=ct_zone`."""
-    per_vm: dict[str, set] = defaultdict(set)
-    for line in conntrack.splitlines():
-        m = CT_ENTRY.match(line.strip())
-        if m and m.group("rdst") == str(cfg.snat_ip) and m.group("rport"):
-            per_vm[m.group("src")].add((m.group("proto"), int(m.group("rport"))))
-    total = set().union(*per_vm.values()) if per_vm else set()
-    ports = {p for _, p in total}
-    return {"per_vm": {ip: len(v) for ip, v in sorted(per_vm.items())},
-            "ports_in_use": len(ports), "capacity": cfg.pat_port_count,
-            "share": round(len(ports) / cfg.pat_port_count, 4)}
+    """PAT ports in use per VM (fixed IP) from `dpctl/dump-conntrack zone=ct_zone`, tallied
+    as the controller tallies its own reads (ovsnat.conntrack)."""
+    return conntrack_pat_usage(tally(conntrack, cfg.ct_zone, str(cfg.snat_ip)),
+                               cfg.pat_port_count)
 
 
 # Drop counters worth watching: (name, table, priority) of host-level drop flows.

@@ -44,9 +44,15 @@ def main(cmd: str, argv: list[str]) -> int:
                 print("".join(f"  {line}\n" for line in d[kind]), end="")
         return 1 if d["missing"] or d["stale"] else 0
     if cmd == "status":
-        conntrack = insp.ovs_tool("ovs-appctl", "dpctl/dump-conntrack",
-                                  f"zone={view.cfg.ct_zone}")
-        st = insp.status(view, conntrack)
+        from ovsnat import dpctl
+        from ovsnat.options import read_ini
+        target = dpctl.Target(read_ini(a.config).get("vswitchd_ctl") or "")
+        answer = dpctl.appctl(target, "dpctl/dump-conntrack", f"zone={view.cfg.ct_zone}",
+                              timeout=60)
+        if not answer.ok:
+            print(f"ovsnat status: conntrack: {answer.error}", file=sys.stderr)
+            return 2
+        st = insp.status(view, answer.out)
         print(json.dumps(st, indent=1) if a.json else insp.format_status(st))
         return 0
     from ovsnat import trace

@@ -48,6 +48,11 @@ class Metrics:
                 prom.CONTENT_TYPE_LATEST.encode() + b"\r\nContent-Length: " +
                 str(len(body)).encode() + b"\r\n\r\n" + body)
 
+LOOP = {"loop_max_stall_ms": "Longest time one green thread ran without yielding (every "
+                             "other waited), worst of the last 30-60 s",
+        "handler_max_ms": "Longest run of one event handler (events queued behind it "
+                          "waited), worst of the last 30-60 s"}
+
 
 class _Collector:
     def __init__(self, status: Callable[[], dict]):
@@ -78,6 +83,9 @@ class _Collector:
         if st["reconcile_seconds"] is not None:
             yield _gauge("reconcile_seconds", "Datapath connect to flows in sync",
                          st["reconcile_seconds"])
+        for name, help_text in LOOP.items():
+            if name in st:
+                yield _gauge(name.replace("_ms", "_seconds"), help_text, st[name] / 1e3)
         refused = CounterMetricFamily("ovsnat_conn_refused", "New connections refused by "
                                       "the VM's conn_limit (packets)", labels=["port"])
         for port, n in st.get("conn_refused", {}).items():

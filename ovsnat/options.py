@@ -112,6 +112,13 @@ OPTIONS: tuple[Option, ...] = (
            "cookies are never touched. 0: no audit (the switch is still reconciled on every "
            "reconnect).", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
+    Option("vswitchd_ctl", "",
+           "ovs-vswitchd's control socket, which ovsnat calls as ovs-appctl does (conntrack "
+           "reads for handoff_vlan and the PAT usage metrics, zone limits for conn_limit): the "
+           "socket itself, ovs-vswitchd's pidfile (x.pid: the socket beside it, found again "
+           "after a restart) or its rundir. Empty: as ovs-appctl finds it, from $OVS_RUNDIR "
+           "or /var/run/openvswitch. Checked at start: the log and `ovsnat status` say which "
+           "feature cannot work when it does not answer."),
     Option("status_file", "/var/run/ovsnat/status.json",
            "Where the controller keeps its status (read by `ovsnat status`); empty: none."),
     Option("metrics_port", 0,

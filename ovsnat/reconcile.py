@@ -78,8 +78,8 @@ class Reconciler:
             return out + self.settled(now)
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._count(len(stale) + len(missing))
-        return out + [self.session.bundle(sorted(stale), self.host.iter_wire_for(missing),
-                                          len(missing), {FULL_SYNC})]
+        return out + [self.session.bundle(sorted(stale), missing,
+                                          self.host.iter_wire_for(missing), {FULL_SYNC})]
 
     def send(self, delta: Delta, retry: bool = True) -> list:
         """One atomic bundle for a change (nothing while the switch is not in step)."""
@@ -87,13 +87,14 @@ class Reconciler:
             return []
         add = delta.add
         self._count(len(delta.delete) + len(add))
-        return [self.session.bundle(delta.delete, add, len(add), delta.owners, retry)]
+        return [self.session.bundle(delta.delete, [(f.table, f.cookie) for f in add], add,
+                                    delta.owners, retry)]
 
     def repair(self, delete: list, adds: list, owners: set) -> list:
         """One bundle putting back what the audit found changed on the switch: deletes by
         (table, cookie), then ((table, cookie), packed flow_mod) adds."""
         self._count(len(delete) + len(adds))
-        return [self.session.bundle(delete, adds, len(adds), owners)]
+        return [self.session.bundle(delete, [key for key, _ in adds], adds, owners)]
 
     def _count(self, flow_mods: int) -> None:
         self.stats.inc("flow_mods", flow_mods)

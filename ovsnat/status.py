@@ -8,12 +8,9 @@ ovsnat.metrics, so the two can never disagree.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections import deque
-
-LOG = logging.getLogger("ovsnat")
 
 # name -> help; each is a monotonically increasing count (Prometheus: ovsnat_<name>_total)
 COUNTERS = {
@@ -40,6 +37,13 @@ COUNTERS = {
     "packet_in_quarantines": "VM ports quarantined for flooding the controller (any kind)",
     "audits": "periodic audits of ovsnat's flows on the switch",
     "flow_repairs": "flows the audit repaired (missing, stale or changed behind ovsnat's back)",
+    "status_write_failures": "writes of the status file that failed (retried every second)",
+    "switch_send_failures": "messages the switch connection refused (it was closing)",
+    "ovsdb_write_failures": "writes to OVSDB that could not be sent (made again on reconnect)",
+    "vswitchd_call_failures": "calls on ovs-vswitchd's control socket (as ovs-appctl makes "
+                              "them) that failed: conntrack reads, zone limits, probes",
+    "datapaths_refused": "connections of switches that are not the configured bridge, refused",
+    "metrics_failures": "attempts to listen on metrics_port that failed (tried every 10 s)",
 }
 
 
@@ -93,16 +97,41 @@ class Stats:
         self.version += 1
 
 
-def write_file(path: str, state: dict) -> bool:
-    """Write the status atomically (readers never see half a file). False on failure, which
-    is logged once by the caller's choice to stop trying."""
+def write_file(path: str, state: dict) -> str | None:
+    """Write the status atomically (readers never see half a file). Returns why it failed
+    (None: written); the caller reports it (ovsnat.failures) and tries again later."""
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, path)
-        return True
-    except OSError as e:
-        LOG.warning("ovsnat: cannot write status file %s: %s", path, e)
-        return False
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        return f"{path}: {e}"
+
+
+def status_of(ctl, now: float) -> dict:
+    """What `ovsnat status` and the metrics show of a host controller (ovsnat.controller)."""
+    host = ctl.host
+    vms, fips, pending = host.counts() if host else (0, 0, [])
+    return {
+        "time": now, "datapath": f"{ctl.sw.dpid:016x}" if ctl.sw.dpid else None,
+        "in_sync": ctl.sw.session.ready and not ctl.sw.session.bundles,
+        "snat_ip": str(host.cfg.snat_ip) if host else None,
+        "transit_cidr": str(ctl.base_cfg.transit_cidr),
+        "vms": vms, "fips": fips, "pending_fips": pending,
+        "waiting": ctl.fips.waiting(),
+        "rejected": [{"name": r.name, "reason": r.reason}
+                     for r in (host.rejected if host else [])],
+        "failed_owners": {f"{k:#x}": v for k, v in ctl.sw.failed_owners.items()},
+        "duplicate_flows": host.idents.status() if host else [],
+        "conflicts": list(ctl.stats.conflicts), "stats": dict(ctl.stats.counts),
+        "reconcile_seconds": ctl.stats.reconcile_seconds, "pat": ctl.stats.pat,
+        "dhcp_leases": ctl.dhcp.status(host, now),
+        "handoffs": ctl.handoffs.status(host, now),
+        "conn_refused": dict(ctl.refusals.by_port), "conn_limit": ctl.zones.status(),
+        "vswitchd": ctl.vswitchd.status(), "failures": ctl.failures.status(),
+        "datapaths": ctl.identity.status(),
+        "packet_in_drops": dict(sorted(ctl.stats.drops.items())),
+    }

@@ -9,6 +9,9 @@ host controller's reconcile logic is unit-tested without a switch.
   bundle); `expected()` adds the bundles still in flight, so a diff taken while a bundle is
   on its way never sends the same flows twice.
 - A bundle is atomic: when the switch rejects one message, nothing of it was applied.
+- A bundle is decided when it is made: its xids and every key it deletes and adds. Only
+  the encoding of its flow_mods is streamed (pure, as the shim writes it, inside its fault
+  boundary), so what the session expects never depends on how far a write got.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from ovsnat import ofwire
 from ovsnat.flows import KINDS, Flow, MeterSpec
 
 MAX_XID = 0xFFFFFFFF
-SEND_CHUNK = 4096          # messages per write during a large sync: the switch decodes one
-RECENT = 4096              # chunk while the next is encoded; packet-outs/meters remembered
+SEND_CHUNK = 1024          # messages per write during a large sync: the switch decodes one
+                           # chunk while the next is encoded (about 10 ms of encoding, the
+                           # longest the sync keeps the controller's other green threads)
+RECENT = 4096              # packet-outs and meter mods remembered (their errors name them)
 
 
 class Xids:
@@ -67,7 +72,8 @@ class Bundle:
     owners: set
     announce: list = field(default_factory=list)   # port names whose FIP goes live with it
     retry: bool = True
-    add_keys: list = field(default_factory=list)
+    add_keys: list | set = field(default_factory=list)    # decided when the bundle is made
+    order: list = field(default_factory=list)    # the adds' keys in xid order, as encoded
     failed: str | None = None
     sent_at: float = 0.0
 
@@ -84,7 +90,7 @@ class Bundle:
         if 0 <= i < len(self.delete):
             return self.delete[i]
         i -= len(self.delete)
-        return self.add_keys[i] if 0 <= i < len(self.add_keys) else None
+        return self.order[i] if 0 <= i < len(self.order) else None
 
     @property
     def size(self) -> int:
@@ -210,14 +216,18 @@ class SwitchSession:
         switch removes after `seconds`."""
         return ofwire.flow_add(flow, self.note(what), hard_timeout=seconds)
 
-    def bundle(self, delete: list, adds: Iterable, n_add: int, owners: set,
+    def bundle(self, delete: list, add_keys, adds: Iterable, owners: set,
                retry: bool = True, announce: Iterable[str] = ()) -> Iterator[bytes]:
-        """One atomic bundle (deletes first) and its barrier, as chunks of bytes. `adds`
-        holds Flows or ((table, cookie), packed flow_mod) pairs and may be a generator: a
-        full sync of 100,000 flows is encoded while it is written, never held whole."""
+        """One atomic bundle (deletes first) and its barrier, as chunks of bytes. `add_keys`:
+        the keys it adds (a list, or a set the bundle then owns). `adds` holds those Flows or
+        ((table, cookie), packed flow_mod) pairs, in any order, and may be a generator: a
+        full sync of 55,000 flows is encoded while it is written, never held whole. An add
+        that was not announced, or a count that differs, raises."""
+        n_add = len(add_keys)
         first = self.xids.take(len(delete) + n_add + 3, busy=True)
+        keys = add_keys if isinstance(add_keys, set) else list(add_keys)
         b = Bundle(next(self._ids), first, list(delete), n_add, set(owners), list(announce),
-                   retry)
+                   retry, keys)
         self.bundles[b.barrier_xid] = b
         if self._watched is not None:
             self._watched.append(b)
@@ -229,8 +239,7 @@ class SwitchSession:
 
     def unwatch(self) -> set[int]:
         """Stop remembering; the owner bits (cookie >> 24) of every flow the bundles sent
-        since `watch()` deleted or added (their encoding is done by now: each bundle is
-        written whole before the next event)."""
+        since `watch()` deleted or added."""
         watched, self._watched = self._watched or [], None
         return {c >> 24 for b in watched for _, c in (*b.delete, *b.add_keys)}
 
@@ -245,6 +254,7 @@ class SwitchSession:
             for table, cookie in b.delete:
                 parts.append(ofwire.bundle_add(b.id, ofwire.flow_delete(table, cookie, xid)))
                 xid += 1
+            keys = b.add_keys if isinstance(b.add_keys, set) else set(b.add_keys)
             for item in adds:
                 if xid >= b.commit_xid:
                     raise ValueError(f"bundle {b.id}: more adds than the {b.n_add} announced")
@@ -252,12 +262,17 @@ class SwitchSession:
                     key, msg = (item.table, item.cookie), ofwire.flow_add(item, xid)
                 else:
                     key, msg = item[0], ofwire.with_xid(item[1], xid)
+                if key not in keys:
+                    raise ValueError(f"bundle {b.id}: add {key} was not announced")
                 parts.append(ofwire.bundle_add(b.id, msg))
-                b.add_keys.append(key)
+                b.order.append(key)
                 xid += 1
                 if len(parts) >= SEND_CHUNK:
                     yield b"".join(parts)
                     parts = []
+            if xid != b.commit_xid:
+                raise ValueError(f"bundle {b.id}: {xid - b.first_xid - 1 - len(b.delete)} "
+                                 f"adds, {b.n_add} announced")
             parts += [ofwire.bundle_ctrl(b.id, ofwire.BUNDLE_COMMIT, b.commit_xid),
                       ofwire.barrier(b.barrier_xid)]
             b.sent_at = self.clock()

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from ovsnat import arp, golden
 from ovsnat.compiler import compile_state
-from ovsnat.connlimit import ZoneLimits
+from ovsnat.connlimit import ZoneLimits, ZoneLimitsDone
+from ovsnat.conntrack import ReadConntrack
 from ovsnat.controller import HostController, IfaceKeys
+from ovsnat.datapaths import AdoptSwitch, RefuseSwitch
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
 from ovsnat.reconcile import Reconfigure
 from ovsnat.state import build_state
+from ovsnat.vswitchd import Probe
 from tests.switchmodel import ModelSwitch
 
 UPLINK = 1
 UPLINK_ROW = IfaceRow("uplink", UPLINK, {}, "up")
+DPID = 0x1                                # the bridge's datapath id (OVSDB and the switch)
 
 
 def vm_row(n: int, fip: str | None = None, ofport: int | None = None, **extra) -> IfaceRow:
@@ -34,6 +38,10 @@ class SimHost:
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
         self.zone_limits: list = []                  # ZoneLimits the shim would apply
+        self.zone_limit_error = ""       # set: the shim's ct-set-limits calls fail with it
+        self.calls: list = []            # ReadConntrack and Probe asked for (tests answer)
+        self.switch_verdicts: list = []  # AdoptSwitch and RefuseSwitch, in order
+        self.datapath_id = f"{DPID:016x}"
         self.echo_writes = True          # apply key writes to the rows, as OVSDB would
         self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
 
@@ -52,6 +60,16 @@ class SimHost:
                 continue
             if isinstance(item, ZoneLimits):
                 self.zone_limits.append(item)
+                failed = tuple(z for z, _ in item.set) + item.delete \
+                    if self.zone_limit_error else ()
+                queue += self.ctl.result(ZoneLimitsDone(item, failed, self.zone_limit_error),
+                                         self.now)
+                continue
+            if isinstance(item, (ReadConntrack, Probe)):
+                self.calls.append(item)
+                continue
+            if isinstance(item, (AdoptSwitch, RefuseSwitch)):
+                self.switch_verdicts.append(item)
                 continue
             data = item if isinstance(item, bytes) else b"".join(item)
             for r in self.switch.receive(data):
@@ -77,14 +95,14 @@ class SimHost:
 
     def start(self, connect: bool = True) -> "SimHost":
         """The controller's first OVSDB view, then (optionally) its switch connects."""
-        self.deliver(self.ctl.ovsdb(Snapshot(dict(self.rows), dict(self.bridge_ids)),
-                                    self.now))
+        self.deliver(self.ctl.ovsdb(Snapshot(dict(self.rows), dict(self.bridge_ids),
+                                             self.datapath_id), self.now))
         if connect:
             self.connect()
         return self
 
     def connect(self) -> None:
-        self.deliver(self.ctl.switch_up(0x1, self.now))
+        self.deliver(self.ctl.switch_up(DPID, self.now))
 
     def plug(self, *rows: IfaceRow) -> None:
         for row in rows:
@@ -98,6 +116,16 @@ class SimHost:
     def set_bridge_ids(self, **ids) -> None:
         self.bridge_ids = ids
         self.deliver(self.ctl.ovsdb(Changes(bridge_ids=dict(ids)), self.now))
+
+    def chores(self) -> list:
+        """The shim's once-a-second chores; returns the calls on ovs-vswitchd asked for."""
+        before = len(self.calls)
+        self.deliver(self.ctl.chores(self.now))
+        return self.calls[before:]
+
+    def answer(self, result) -> None:
+        """A call on ovs-vswitchd answered (a Reading, Probed or ZoneLimitsDone)."""
+        self.deliver(self.ctl.result(result, self.now))
 
     def advance(self, seconds: float) -> None:
         """Move the clock, firing every deadline on the way, in order."""

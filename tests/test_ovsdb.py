@@ -251,3 +251,58 @@ def test_update2_values_optional_columns_are_replaced_maps_are_diffs():
         "external_ids": ["map", [["iface-id", "b"], ["ovsnat-fip", "1.2.3.4"]]]}}}})
     row = w._ifaces["if-port-0"]
     assert row.ofport is None and row.external_ids == {"iface-id": "b"}
+
+
+def test_the_bridges_datapath_id_is_published_and_its_changes_too():
+    got = []
+    w = _big_bridge(1)
+    w.publish = got.append
+    _updates(w, {"Bridge": {"br": {"modify": {"datapath_id": "00000000000000aa"}}},
+                 "Interface": {"if-port-0": {"modify": {"ofport": 5}}}})
+    w._publish_snapshot()
+    assert got[-1].datapath_id == "00000000000000aa"
+    _updates(w, {"Bridge": {"br": {"modify": {"datapath_id": "00000000000000bb"}}}})
+    w._publish_changes()
+    assert got[-1].datapath_id == "00000000000000bb" and not got[-1].rows
+    w._apply({"Interface": {"if-port-0": {"modify": {"ofport": 6}}}})
+    w._publish_changes()
+    assert got[-1].rows and got[-1].datapath_id is None    # unchanged: not repeated
+
+
+class _Session:
+    """A connected jsonrpc session that sends anything and never answers."""
+
+    def __init__(self):
+        self.connected = True
+
+    def is_connected(self):
+        return self.connected
+
+    def send(self, msg):
+        return 0
+
+
+def test_key_writes_awaiting_an_answer_are_bounded_and_forgotten_on_reconnect():
+    from ovsnat.ovsdb.watcher import MAX_WRITES
+    w = ovsdb.Watcher("unix:/nonexistent", BRIDGE, lambda batch: None)
+    w.session, w._uuid_of["tap1"] = _Session(), "if-1"
+    for i in range(MAX_WRITES + 50):              # a server that never answers
+        assert w.write_keys("tap1", {"ovsnat-installed": str(i)})
+    assert len(w._writes) == MAX_WRITES
+    w.session.connected, w._session_state = False, (3, False)
+    w._on_session_change()                        # the session dropped: none will be answered
+    assert w._writes == {}
+
+
+def test_a_refused_key_write_is_logged_once_per_distinct_error(caplog):
+    import logging
+
+    import ovs.jsonrpc
+    w = ovsdb.Watcher("unix:/nonexistent", BRIDGE, lambda batch: None)
+    refused = ovs.jsonrpc.Message.create_reply([{"error": "constraint violation"}], 1)
+    other = ovs.jsonrpc.Message.create_reply([{"error": "permission denied"}], 2)
+    with caplog.at_level(logging.WARNING):
+        for msg in (refused, refused, refused, other):
+            w._write_done("tap1: set ['ovsnat-installed']", msg)
+    warnings = [r.getMessage() for r in caplog.records if "refused a write" in r.getMessage()]
+    assert len(warnings) == 2 and "constraint violation" in warnings[0], warnings

@@ -135,16 +135,19 @@ def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
 
 
 def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework: str = "ryu",
-                     point_bridge: bool = True, **overrides) -> str:
+                     point_bridge: bool = True, ovs_env: bool = True, **overrides) -> str:
     """Start ovsnat's controller inside the host's namespace (listening on its loopback) and
-    point br-int at it. Returns the process name in lab.procs (its log is beside it)."""
+    point br-int at it. Returns the process name in lab.procs (its log is beside it).
+    ovs_env=False: without the host's OVS_RUNDIR (and OVS_LOGDIR, OVS_DBDIR) in its
+    environment, as a controller started by hand or by a unit file that does not set it."""
     h = lab.hosts[host]
     conf = os.path.join(h.rundir, "ovsnat.conf")
     if snat_ip is not None or not os.path.exists(conf):
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
-    lab.spawn(name, controller_argv(conf, framework), ns=h.ns,
-              env={**h.ovs.env, **CONTROLLER_ENV})
+    env = {**h.ovs.env, **CONTROLLER_ENV} if ovs_env else \
+        {**CONTROLLER_ENV, **{k: "" for k in h.ovs.env}}
+    lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=env)
     if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
         point_bridge_at_controller(h)
     return name

@@ -11,7 +11,8 @@ Two kinds of batch:
 - `Changes`: the interfaces touched since the last batch (O(changes), not O(rows)).
 
 Bridge membership is tracked incrementally (interface -> port -> bridge), so an interface
-counts only while its port is on the configured bridge.
+counts only while its port is on the configured bridge. The bridge's datapath_id comes with
+the batches too: the controller programs that datapath only (ovsnat.datapaths).
 
 Why not the python-ovs IDL: at 10,000 VMs it held about 60 MB of Row/Datum/Atom objects for
 four columns, and every port added to the bridge made it copy the bridge's whole port set
@@ -36,14 +37,20 @@ import ovs.poller
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
 from ovsnat.ovsdb import fastjson, ownwrites
+from ovsnat.ovsdb.values import apply_map_diff as _apply_map_diff
+from ovsnat.ovsdb.values import map_of as _map
+from ovsnat.ovsdb.values import optional as _optional
+from ovsnat.ovsdb.values import set_of as _set
 
 LOG = logging.getLogger(__name__)
 
 DATABASE = "Open_vSwitch"
 MONITOR_ID = "ovsnat"
-COLUMNS = {"Bridge": ["name", "ports", "external_ids", "controller"], "Port": ["interfaces"],
+COLUMNS = {"Bridge": ["name", "ports", "external_ids", "controller", "datapath_id"],
+           "Port": ["interfaces"],
            "Interface": ["name", "ofport", "external_ids", "link_state"]}
 RECONNECT_MS = 1000      # OVSDB gone: try again every second (python-ovs default backs off to 8 s)
+MAX_WRITES = 10_000      # key writes awaiting OVSDB's answer (more: the oldest is forgotten)
 
 
 def kept_key(key: str) -> bool:
@@ -64,6 +71,7 @@ class IfaceRow:
 class Snapshot:
     rows: dict[str, IfaceRow]
     bridge_ids: dict = field(default_factory=dict)   # the bridge's ovsnat-* external_ids
+    datapath_id: str = ""                            # the bridge's (empty: none yet)
 
 
 @dataclass
@@ -71,43 +79,7 @@ class Changes:
     rows: dict[str, IfaceRow] = field(default_factory=dict)   # created or updated
     removed: set[str] = field(default_factory=set)             # gone from the bridge
     bridge_ids: dict | None = None                             # when they changed
-
-
-# --- OVSDB JSON values (RFC 7047 section 5.1) ---------------------------------------------------
-def _atom(value):
-    """An atom; a UUID reference ["uuid", "..."] becomes its string, interned: each UUID is
-    kept in several indexes, as one string object."""
-    return sys.intern(value[1]) if isinstance(value, list) else value
-
-
-def _set(value) -> list:
-    """A set column's elements: ["set", [...]] or, for exactly one element, the atom itself."""
-    if isinstance(value, list) and value[0] == "set":
-        return [_atom(a) for a in value[1]]
-    return [_atom(value)]
-
-
-def _optional(value):
-    """A column of at most one element (ofport, link_state): its value or None. In update2 a
-    change of such a column carries the new value, not a difference."""
-    values = _set(value)
-    return values[0] if values else None
-
-
-def _map(value) -> dict:
-    return {sys.intern(k): v for k, v in value[1]}
-
-
-def _apply_map_diff(old: dict, diff: dict) -> dict:
-    """update2's map difference: a new key is added, a key with its old value is removed,
-    a key with another value is changed."""
-    new = dict(old)
-    for k, v in diff.items():
-        if new.get(k) == v:
-            del new[k]
-        else:
-            new[k] = v
-    return new
+    datapath_id: str | None = None                             # when it changed
 
 
 class Watcher:
@@ -124,12 +96,15 @@ class Watcher:
         self._monitoring = False
         self._warned = False
         self._refused = None                 # the server's last refusal, logged once
+        self._write_error = None             # the last write refusal, logged once
         self._reset()
 
     def _reset(self) -> None:
         self._ifaces: dict[str, IfaceRow] = {}       # iface uuid -> row (every bridge)
         self._bridges: dict[str, tuple[str, set]] = {}   # bridge uuid -> (name, port uuids)
         self._bridge_ids: dict[str, dict] = {}       # bridge uuid -> its ovsnat-* external_ids
+        self._dpids: dict[str, str] = {}             # bridge uuid -> its datapath_id
+        self._published_dpid: str | None = None
         self._controllers: dict[str, set] = {}       # bridge uuid -> its Controller uuids
         self._published_ids: dict | None = None
         self._uuid_of: dict[str, str] = {}           # published name -> iface uuid
@@ -173,7 +148,8 @@ class Watcher:
             if msg is None:
                 break
             self._handle(msg)
-        if self._monitoring and (self._dirty or self._our_ids() != self._published_ids):
+        if self._monitoring and (self._dirty or self._our_ids() != self._published_ids or
+                                 self._our_dpid() != self._published_dpid):
             self._publish_changes()
 
     def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
@@ -205,6 +181,7 @@ class Watcher:
     # --- the session ------------------------------------------------------------------
     def _on_session_change(self) -> None:
         self._monitoring, self._request_id = False, None
+        self._writes.clear()                 # a new session never answers the old one's
         if not self.session.is_connected():
             if self._session_state[0] > 1 and not self._warned:    # a failed attempt
                 LOG.warning("ovsnat: OVSDB %s: not connected; retrying every %d ms",
@@ -259,6 +236,7 @@ class Watcher:
             touched = ports if was_ours else set()
             self._bridge_ids.pop(uuid, None)
             self._controllers.pop(uuid, None)
+            self._dpids.pop(uuid, None)
         else:
             diff = set(_set(row["ports"])) if "ports" in row else set()
             if kind == "modify":
@@ -271,6 +249,8 @@ class Watcher:
                 ctls = set(_set(row["controller"]))
                 self._controllers[uuid] = self._controllers.get(uuid, set()) ^ ctls \
                     if kind == "modify" else ctls
+            if "datapath_id" in row:
+                self._dpids[uuid] = _optional(row["datapath_id"]) or ""
             if "external_ids" in row:
                 ids = {k: v for k, v in _map(row["external_ids"]).items() if kept_key(k)}
                 old = self._bridge_ids.get(uuid, {})
@@ -328,6 +308,10 @@ class Watcher:
                 return dict(self._bridge_ids.get(uuid, {}))
         return {}
 
+    def _our_dpid(self) -> str:
+        return next((self._dpids.get(uuid, "") for uuid, (name, _) in self._bridges.items()
+                     if name == self.bridge), "")
+
     def _row(self, uuid: str, ours: set) -> IfaceRow | None:
         """The interface if it is on our bridge, else None."""
         if self._port_of_iface.get(uuid) not in ours:
@@ -355,7 +339,10 @@ class Watcher:
         ids = self._our_ids()
         if ids != self._published_ids:
             batch.bridge_ids = self._published_ids = ids
-        if batch.rows or batch.removed or batch.bridge_ids is not None:
+        if self._our_dpid() != self._published_dpid:
+            batch.datapath_id = self._published_dpid = self._our_dpid()
+        if batch.rows or batch.removed or batch.bridge_ids is not None or \
+                batch.datapath_id is not None:
             self.publish(batch)
 
     def _publish_snapshot(self) -> None:
@@ -368,10 +355,13 @@ class Watcher:
                 rows[row.name] = row
                 self._names[uuid] = row.name
                 self._uuid_of[row.name] = uuid
-        self._published_ids = self._our_ids()
-        self.publish(Snapshot(rows, dict(self._published_ids)))
+        self._published_ids, self._published_dpid = self._our_ids(), self._our_dpid()
+        self.publish(Snapshot(rows, dict(self._published_ids), self._published_dpid))
 
     # --- the controller's own writes ------------------------------------------------------
+    def connected(self) -> bool:
+        return self.session is not None and self.session.is_connected()
+
     def write_keys(self, name: str, set_keys: dict, remove_keys=()) -> bool:
         """Set and remove external_ids keys on the Interface `name` of our bridge. Fire and
         forget: the update comes back through the monitor; a write lost to a reconnect is
@@ -380,7 +370,7 @@ class Watcher:
         if uuid is None or self.session is None or not self.session.is_connected():
             return False
         request = ownwrites.iface_keys(uuid, set_keys, remove_keys)
-        self._writes[request.id] = f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}"
+        self._remember(request.id, f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}")
         return self.session.send(request) == 0
 
     def request_reconfigure(self) -> bool:
@@ -390,10 +380,21 @@ class Watcher:
         if not uuids or self.session is None or not self.session.is_connected():
             return False
         request = ownwrites.touch_controllers(uuids, f"{time.time():.6f}")
-        self._writes[request.id] = "the bridge's Controller rows"
+        self._remember(request.id, "the bridge's Controller rows")
         return self.session.send(request) == 0
 
+    def _remember(self, request_id, what: str) -> None:
+        """What a write was for, until OVSDB answers it. Bounded: a server that answers
+        nothing (yet keeps the session up) costs at most MAX_WRITES entries."""
+        if len(self._writes) >= MAX_WRITES:
+            del self._writes[next(iter(self._writes))]
+        self._writes[request_id] = what
+
     def _write_done(self, what: str, msg) -> None:
+        """OVSDB answered a write: a refusal is logged once per distinct error (the marker
+        is written again when its port next changes, or after a reconnect)."""
         error = ownwrites.failure(msg)
-        if error:
-            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, error)
+        if error and error != self._write_error:
+            LOG.warning("ovsnat: OVSDB refused a write (%s): %s; the same error again is not "
+                        "logged", what, error)
+        self._write_error = error or None
