@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from ovsnat.state import HOST
 from ovsnat import ofwire, switch
 from ovsnat.controller import INSTALLED_KEY
 from tests.hostsim import SimHost, vm_row
@@ -59,7 +60,7 @@ def test_an_add_that_was_not_announced_raises():
     session = switch.SwitchSession(lambda: 0.0)
     session.installed, session.meters = set(), set()
     flow_mod = ofwire.with_xid(b"".join(
-        ofwire.flow_add(f, 0) for f in SimHost().start().ctl.host.owner_flows("host")[:1]), 0)
+        ofwire.flow_add(f, 0) for f in SimHost().start().ctl.host.owner_flows(HOST)[:1]), 0)
     key = ofwire.flow_mod_keys(flow_mod)[0]
     with pytest.raises(ValueError, match="not announced"):
         b"".join(session.bundle([], [(key[0], key[1] + 1)], [(key, flow_mod)], {"x"}))
