@@ -48,4 +48,4 @@ clean:
 	rm -rf $(VENV) .venv-neutron .pytest_cache
 
 golden: install
-	$(PY) -m ovsnat.golden --write
+	$(PY) -m ovsnat.cli.golden --write

@@ -15,7 +15,7 @@ import time
 
 from bench.common import Controller, Result, cpu_seconds, say
 from ovsnat.lab.sh import wait_for
-from ovsnat.options import BY_NAME
+from ovsnat.model.options import BY_NAME
 
 AUDIT_S = 2                                   # seconds between audits while measuring
 WINDOW_S = 20.0

@@ -87,7 +87,7 @@ function install_ovsnat {
 }
 
 # --- stack post-config ----------------------------------------------------------------------
-# Write ovsnat.conf from the OVSNAT_* variables (option names: ovsnat/options.py). A
+# Write ovsnat.conf from the OVSNAT_* variables (option names: ovsnat/model/options.py). A
 # [[post-config|/etc/ovsnat/ovsnat.conf]] block in local.conf is merged in after this phase.
 function configure_ovsnat {
     _ovsnat_check_settings
@@ -125,7 +125,7 @@ function _ovsnat_check_config {
 import os, sys
 import netaddr
 from ovsnat.model import ConfigError, HostConfig, parse_ipv4
-from ovsnat.options import read_ini
+from ovsnat.model.options import read_ini
 
 path = sys.argv[1]
 try:

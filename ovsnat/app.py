@@ -1,18 +1,18 @@
 """ovsnat's controller as a Ryu/os-ken application: a thin shim over the host controller.
 
 Run it with `ryu-manager --config-file ovsnat.conf ovsnat.app` (or `ovsnat-agent` on
-os-ken). Every decision lives in ovsnat.controller, plain Python unit-tested without a
+os-ken). Every decision lives in ovsnat.core.controller, plain Python unit-tested without a
 switch (as Faucet's faucet.py sits over valve.py). This module only:
 - turns framework events into calls with `now`, inside the app's one event loop;
 - does what they return (`_write`): bytes to the switch it was told is ours (the one send
   point), key writes to OVSDB, calls on ovs-vswitchd handed to green threads
-  (ovsnat.effects) whose answers come back as events: no handler waits on anything;
+  (ovsnat.runtime.calls) whose answers come back as events: no handler waits on anything;
 - runs the OVSDB watcher and the clock in green threads, and posts their news as events;
-- writes the status file and serves the metrics (ovsnat.runtime).
+- writes the status file and serves the metrics (ovsnat.runtime.plumbing).
 An exception inside a call, or while doing what it returned, is not left to the framework
 (which would log it and carry on diverged): the controller resynchronises, or exits for
 its supervisor. A failure outside (a send, a write) is logged once with what it means and
-shown in the status (ovsnat.failures).
+shown in the status (ovsnat.core.failures).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import logging
 import os
 import time
 
-from ovsnat import config, controller, dpctl, effects, ovsdb, runtime
-from ovsnat import framework as fw
-from ovsnat.datapaths import AdoptSwitch, RefuseSwitch
-from ovsnat.flows import KINDS
-from ovsnat.metrics import Metrics
+from ovsnat import ovsdb
+from ovsnat.core import controller
+from ovsnat.runtime import config, dpctl, calls as effects, plumbing as runtime
+from ovsnat.runtime import framework as fw
+from ovsnat.core.effects import AdoptSwitch, IfaceKeys, Reconfigure, RefuseSwitch, ReleaseMemory
+from ovsnat.compile.flows import KINDS
+from ovsnat.runtime.metrics import Metrics
 from ovsnat.model import ConfigError
-from ovsnat.reconcile import Reconfigure
 
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
@@ -53,7 +54,7 @@ class EventChores(fw.event.EventBase):
 
 
 class EventResult(fw.event.EventBase):
-    """What a call on ovs-vswitchd answered (ovsnat.effects)."""
+    """What a call on ovs-vswitchd answered (ovsnat.runtime.calls)."""
 
     def __init__(self, result):
         super().__init__()
@@ -158,7 +159,7 @@ class OvsNatApp(fw.BaseApp):
         for item in out:
             if isinstance(item, bytes):
                 self.switches.send(item, now)
-            elif isinstance(item, controller.IfaceKeys):
+            elif isinstance(item, IfaceKeys):
                 runtime.ovsdb_written(self.watcher, self.core.failures, self.watcher.write_keys(
                     item.name, dict(item.set), item.remove), now)
             elif isinstance(item, Reconfigure):

@@ -1,6 +1,6 @@
 """Flows and meters as framework (ryu/os-ken) OpenFlow 1.3 messages: the test oracle.
 
-The controller packs its messages itself (ovsnat.ofwire); the framework's own classes are an
+The controller packs its messages itself (ovsnat.openflow.messages); the framework's own classes are an
 independent rendering of the same `Flow`. tests/test_ofmsgs.py has OVS decode these messages
 (`ovs-ofctl ofp-parse`) and checks they read exactly as the golden text, and
 tests/test_ofwire.py that the packed bytes read exactly as these.
@@ -10,8 +10,8 @@ so a dump of flows installed by the controller reads exactly like the golden fil
 
 from __future__ import annotations
 
-from ovsnat import framework as fw
-from ovsnat.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, MeterSpec, \
+from ovsnat.runtime import framework as fw
+from ovsnat.compile.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, MeterSpec, \
     Move, Output, PopVlan, PushVlan, SetField, PROTOCOLS
 
 NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1     # OVS nx_nat flags (ryu has no names for them)

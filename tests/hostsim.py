@@ -4,17 +4,24 @@ output of the controller is delivered, and every answer fed back, until all is q
 
 from __future__ import annotations
 
-from ovsnat import arp, golden
-from ovsnat.compiler import compile_state
-from ovsnat.connlimit import ZoneLimits, ZoneLimitsDone
-from ovsnat.conntrack import ReadConntrack
-from ovsnat.controller import HostController, IfaceKeys
-from ovsnat.datapaths import AdoptSwitch, RefuseSwitch
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.core.controller import HostController
+from ovsnat.core.effects import (
+    AdoptSwitch,
+    IfaceKeys,
+    Probe,
+    ReadConntrack,
+    Reconfigure,
+    RefuseSwitch,
+    ReleaseMemory,
+    ZoneLimits,
+    ZoneLimitsDone,
+)
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, mac_str
-from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
-from ovsnat.reconcile import Reconfigure
-from ovsnat.state import build_state
-from ovsnat.vswitchd import Probe
+from ovsnat.model.rows import Changes, IfaceRow, Snapshot
+from ovsnat.packets import arp
 from tests.switchmodel import ModelSwitch
 
 UPLINK = 1
@@ -44,6 +51,7 @@ class SimHost:
         self.datapath_id = f"{DPID:016x}"
         self.echo_writes = True          # apply key writes to the rows, as OVSDB would
         self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
+        self.memory_releases = 0         # bursts over (the shim gives memory back)
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
@@ -52,6 +60,9 @@ class SimHost:
             item = queue.pop(0)
             if isinstance(item, Reconfigure):
                 self.reconfigures += 1
+                continue
+            if isinstance(item, ReleaseMemory):
+                self.memory_releases += 1
                 continue
             if isinstance(item, IfaceKeys):
                 self.key_writes.append(item)
@@ -163,7 +174,7 @@ class SimHost:
         name = self.ctl.host.fip_owner(fip)
         if name is None:
             return False
-        from ovsnat.compiler import fip_responder_key
+        from ovsnat.compile.compiler import fip_responder_key
         port = self.ctl.host.valid[name]
         return fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port)) in \
             self.switch.keys()

@@ -9,8 +9,8 @@ import socket
 import struct
 import time
 
-from ovsnat import ofwire
-from ovsnat.flowdigest import stats_digest
+from ovsnat.openflow import messages as ofwire
+from ovsnat.openflow.digest import stats_digest
 
 OFPT_ERROR, OFPT_BARRIER_REPLY, OFPT_MULTIPART_REPLY = 1, 21, 19
 

@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ovsnat import ofwire
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.openflow import messages as ofwire
+from ovsnat.openflow.digest import flow_mod_digest
 
 OFPET_BAD_ACTION, OFPET_BUNDLE_FAILED = 2, 0xFFFF
 

@@ -1,4 +1,4 @@
-"""The periodic audit (ovsnat/audit.py), event by event against the model switch: drift made
+"""The periodic audit (ovsnat/core/audit.py), event by event against the model switch: drift made
 behind the controller's back is repaired within one audit period, in-flight changes are never
 "repaired", foreign flows are never touched. The lab test (test_audit_lab.py) does the same
 to a real Open vSwitch with ovs-ofctl and checks traffic."""
@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import struct
 
-from ovsnat import ofwire
-from ovsnat.audit import KEY, STALLED
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.openflow import messages as ofwire
+from ovsnat.core.audit import KEY, STALLED
+from ovsnat.openflow.digest import flow_mod_digest
 from tests.hostsim import SimHost, vm_row
 
 FIP = "203.0.113.10"
@@ -157,7 +157,7 @@ def dump_requests(out) -> list:
 
 
 def _changes(row):
-    from ovsnat.ovsdb import Changes
+    from ovsnat.model.rows import Changes
     return Changes({row.name: row})
 
 

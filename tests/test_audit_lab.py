@@ -9,15 +9,16 @@ import sys
 
 import pytest
 
-from ovsnat import golden, ofwire
-from ovsnat.compiler import compile_state
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.cli import golden
+from ovsnat.openflow import messages as ofwire
+from ovsnat.compile.compiler import compile_state
+from ovsnat.openflow.digest import flow_mod_digest
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import ping, start_server, tcp_connect
 from ovsnat.model import HostConfig
-from ovsnat.state import build_state
+from ovsnat.core.state import build_state
 from tests.ofclient import OfClient
 from tests.test_controller import SNAT, converged, vm_ids
 

@@ -1,7 +1,7 @@
 """A restarted controller is reconnected within a second or two, whatever happened before:
 ovs-vswitchd 3.1 applies the Controller row's max_backoff=1000 to a connection only in a
 reconfiguration made while that connection is up, and the controller asks for one once in
-sync (ovsnat.reconcile.Reconfigure). Without it, a restarted controller waited up to 8 s
+sync (ovsnat.core.reconcile.Reconfigure). Without it, a restarted controller waited up to 8 s
 (OVS's fixed backoff of 1, 2, 4, 8 s; measured in docs/performance.md)."""
 
 from __future__ import annotations

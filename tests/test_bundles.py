@@ -1,4 +1,4 @@
-"""A bundle is decided when it is made (ovsnat.switch): its xids and keys, before any byte
+"""A bundle is decided when it is made (ovsnat.openflow.session): its xids and keys, before any byte
 is encoded. Only encoding is streamed as the shim writes, inside its fault boundary, so a
 failure there is a fault like any other: the controller recovers and nothing is left in
 flight for ever (never in sync, audits blocked, markers never set)."""
@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat.state import HOST
-from ovsnat import ofwire, switch
-from ovsnat.controller import INSTALLED_KEY
+from ovsnat.core.state import HOST
+from ovsnat.openflow import messages as ofwire, session as switch
+from ovsnat.core.markers import INSTALLED_KEY
 from tests.hostsim import SimHost, vm_row
 
 
 def test_a_bundles_keys_are_expected_before_it_is_encoded():
     sim = SimHost().start()
     sim.rows["tapvm2"] = vm_row(2)
-    from ovsnat.ovsdb import Changes
+    from ovsnat.model.rows import Changes
     out = sim.ctl.ovsdb(Changes({"tapvm2": sim.rows["tapvm2"]}), sim.now)
     [chunks] = [item for item in out if not isinstance(item, (bytes,)) and
                 hasattr(item, "__next__")]
@@ -44,7 +44,7 @@ def test_an_encoding_failure_lands_in_the_fault_boundary_and_nothing_stays_in_fl
         return real(bundle_id, msg)
     monkeypatch.setattr(switch.ofwire, "bundle_add", bundle_add)
     sim.rows["tapvm2"] = vm_row(2)
-    from ovsnat.ovsdb import Changes
+    from ovsnat.model.rows import Changes
     with pytest.raises(ValueError):
         sim.deliver(sim.ctl.ovsdb(Changes({"tapvm2": sim.rows["tapvm2"]}), sim.now))
     assert sim.ctl.sw.session.bundles                        # in flight for ever, unless...

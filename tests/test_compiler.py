@@ -1,6 +1,6 @@
-"""Properties of the flow compiler (ovsnat.compiler), checked on compiled flows as values.
+"""Properties of the flow compiler (ovsnat.compile.compiler), checked on compiled flows as values.
 
-Deterministic output, every flow within its table's declaration (ovsnat.pipeline), per-VM
+Deterministic output, every flow within its table's declaration (ovsnat.compile.pipeline), per-VM
 flows that depend on nothing but the host config and that VM, cookies that name their owner,
 and the shape of the FIP, PAT and gateway-by-ARP paths. Pure unit tests: no root, no OVS.
 """
@@ -12,17 +12,17 @@ from collections import Counter
 
 import pytest
 
-from ovsnat import compiler
-from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, UPLINK_METER, compile_state, host_flows, \
+from ovsnat.compile import compiler
+from ovsnat.compile.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, UPLINK_METER, compile_state, host_flows, \
     network_flows
-from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
+from ovsnat.compile.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
     DecTtl, Goto, Match, Meter, Nat, Output, PushVlan, SetField, cookie_kind, cookie_owner, \
     make_flow, owner_cookie
-from ovsnat.golden import BASE, FABRIC, NET_A, NET_B, port
-from ovsnat.pipeline import CONN_COUNT, HANDOFF_IN
-from ovsnat.state import build_state
+from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
+from ovsnat.compile.pipeline import CONN_COUNT, HANDOFF_IN
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, INGRESS, PAT_OUT, TABLES, \
+from ovsnat.compile.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, INGRESS, PAT_OUT, TABLES, \
     UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, PipelineViolation, check_flow
 
 OPTIONS = BASE          # the valid host options of the golden scenarios

@@ -1,8 +1,9 @@
 """Per-VM connection limits in the host controller: which zones the datapath limits, and the
 refused connections per VM as the switch counted them (the lab tests send the flood)."""
 
-from ovsnat.connlimit import Refusals, ZoneLimits
-from ovsnat.pipeline import CONN_VERDICT
+from ovsnat.core.connlimit import Refusals
+from ovsnat.core.effects import ZoneLimits
+from ovsnat.compile.pipeline import CONN_VERDICT
 from tests.hostsim import SimHost, vm_row
 
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from ovsnat.compiler import compile_state
-from ovsnat.flows import is_ours
+from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.flows import is_ours
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
@@ -226,7 +226,7 @@ def test_controller_restart_loses_no_packet_and_sends_no_flow_mod(base, ctl):
 def test_after_a_long_outage_ovs_reconnects_within_a_second_of_the_controller_returning(ctl):
     """OVS backs off 1, 2, 4, 8 s between attempts unless max_backoff is set. OVS 3.1
     applies max_backoff to a connection only in a reconfiguration made while it is up; the
-    controller makes one once in sync (ovsnat.reconcile.Reconfigure). Here on a host in use
+    controller makes one once in sync (ovsnat.core.reconcile.Reconfigure). Here on a host in use
     (a port plugged too); tests/test_backoff.py checks it on a host with no VM, and after an
     ovs-vswitchd restart."""
     assert ctl.hosts["hv1"].vsctl("get", "controller", "br-int", "max_backoff").strip() == \

@@ -16,7 +16,7 @@ from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import capture, captured, ping, send_frames, start_server, \
     tcp_connect, udp_request, wait_captured
-from ovsnat.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
+from ovsnat.compile.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
 
 FIP1, FIP3, SNAT1, SNAT2 = "203.0.113.10", "203.0.113.12", "203.0.113.11", "203.0.113.21"
 pytestmark = pytest.mark.lab

@@ -1,13 +1,13 @@
 """Which switch the host controller programs: the one whose datapath id OVSDB gives for the
-configured bridge (ovsnat.datapaths); any other is refused and never heard. Against the
+configured bridge (ovsnat.core.datapaths); any other is refused and never heard. Against the
 model switch; tests/test_runtime_lab.py points two real bridges at one controller."""
 
 from __future__ import annotations
 
 import logging
 
-from ovsnat.datapaths import AdoptSwitch, RefuseSwitch
-from ovsnat.ovsdb import Changes
+from ovsnat.core.effects import AdoptSwitch, RefuseSwitch
+from ovsnat.model.rows import Changes
 from tests.hostsim import DPID, SimHost, vm_row
 
 OTHER = 0xBEEF

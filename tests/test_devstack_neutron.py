@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from ovsnat.model import HostConfig
-from ovsnat.options import read_ini
+from ovsnat.model.options import read_ini
 from tests.devstack_harness import NEUTRON_VENV, REPO, Devstack, index, localrc, named
 
 ALL_IN_ONE = "key,n-api,n-cpu,placement-api,q-svc,ovsnat,ovsnat-agent,ovsnat-ml2"

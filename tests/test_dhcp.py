@@ -8,12 +8,13 @@ import struct
 
 import pytest
 
-from ovsnat import dhcp, golden, punts
-from ovsnat import framework as fw
-from ovsnat.compiler import DHCP_METER, compile_state
-from ovsnat.flows import COOKIE_QUARANTINE, cookie_kind
+from ovsnat.cli import golden
+from ovsnat.core import dhcp, punts
+from ovsnat.runtime import framework as fw
+from ovsnat.compile.compiler import DHCP_METER, compile_state
+from ovsnat.compile.flows import COOKIE_QUARANTINE, cookie_kind
 from ovsnat.model import HostConfig, PortError, VmPort
-from ovsnat.state import build_state
+from ovsnat.core.state import build_state
 from tests.hostsim import SimHost, vm_row
 
 ROUTER = "02:00:00:00:00:01"

@@ -1,4 +1,4 @@
-"""Flow identity as Open vSwitch has it (ovsnat/flowident.py), event by event against the
+"""Flow identity as Open vSwitch has it (ovsnat/compile/flowident.py), event by event against the
 model switch, which keeps one flow per (table, priority, match) as OVS does: two owners that
 want one flow leave exactly one on the switch, the one of the owner that sorts first, and
 the controller's view stays the switch's; a digest collision inside one owner loses no flow
@@ -11,10 +11,11 @@ import logging
 
 import pytest
 
-from ovsnat import flows, ofwire
-from ovsnat.golden import NET_A, NET_B
-from ovsnat.ovsdb import IfaceRow
-from ovsnat.pipeline import CLASSIFY, HANDOFF_IN
+from ovsnat.compile import flows
+from ovsnat.openflow import messages as ofwire
+from ovsnat.cli.golden import NET_A, NET_B
+from ovsnat.model.rows import IfaceRow
+from ovsnat.compile.pipeline import CLASSIFY, HANDOFF_IN
 from tests.hostsim import SimHost, vm_row
 from tests.switchmodel import ModelSwitch, flow_identity, flow_key
 
@@ -80,7 +81,7 @@ def test_two_owners_with_one_match_leave_one_flow_the_first_owners(order, caplog
 def shared(monkeypatch):
     """Every VM also compiles one flow that is the same for all (a made-up case: in the
     compiler only handoff states make one, and a restart forgets those)."""
-    from ovsnat import state
+    from ovsnat.core import state
     real = state.vm_flows
 
     def with_shared(cfg, vm, net, **kw):
@@ -168,7 +169,7 @@ def test_a_digest_collision_gives_the_same_cookies_after_a_restart(colliding):
 def test_two_flows_of_one_owner_with_one_match_keep_the_first_and_say_so(monkeypatch,
                                                                           caplog):
     """A compiler bug: VM 5 would emit its L2 delivery flow twice, with other actions."""
-    from ovsnat import state
+    from ovsnat.core import state
     real = state.vm_flows
 
     def doubled(cfg, vm, net, **kw):
@@ -278,9 +279,9 @@ def test_a_live_fips_responder_keeps_its_key_through_a_collision(uplink_arp_coll
 def test_a_dark_fips_flows_never_take_its_responders_key(uplink_arp_collision):
     """...and only then: the dark FIP's watchers, whose digests are the responder's, get
     other keys (the state a restart sees is the switch's keys)."""
-    from ovsnat.golden import BASE, port
+    from ovsnat.cli.golden import BASE, port
     from ovsnat.model import HostConfig
-    from ovsnat.state import HostState
+    from ovsnat.core.state import HostState
     host = HostState(HostConfig.parse(BASE))                 # probe: dark until proven
     vm = port(5, "203.0.113.50")
     host.update(vm.name, vm)

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ovsnat import punts
-from ovsnat.dhcp_wire import MAGIC
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, UPLINK_ARP, VM_L2
-from ovsnat.ovsdb import IfaceRow
+from ovsnat.core import punts
+from ovsnat.packets.dhcp import MAGIC
+from ovsnat.compile.pipeline import CLASSIFY, DELIVER, EGRESS, EGRESS_OUT, INGRESS, UPLINK_ARP, VM_L2
+from ovsnat.model.rows import IfaceRow
 from tests.frames import eth, ipv4, mac
 from tests.hostsim import UPLINK, SimHost, vm_row
 
@@ -163,7 +163,7 @@ def _positive_control(host):
     assert host.ctl.stats.counts["syncs"] == syncs          # no resync
     before = len(host.switch.packet_outs)
     from tests.test_dhcp import client
-    from ovsnat import dhcp
+    from ovsnat.core import dhcp
     feed(host, PAT_VM, CLASSIFY, client(dhcp.DISCOVER, "02:00:0a:00:00:05"))
     assert any(port == PAT_VM for port, _ in host.switch.packet_outs[before:])
 
@@ -206,7 +206,7 @@ def test_malformed_dhcp_is_dropped_with_a_reason_never_answered_wrongly(host, fr
 
 def _valid_but_unanswerable(frame: bytes) -> bool:
     """A RELEASE, a DECLINE or another client's message: well-formed, no answer due."""
-    from ovsnat import dhcp_wire
+    from ovsnat.packets import dhcp as dhcp_wire
     msg = dhcp_wire.parse_request(frame)
     return not isinstance(msg, dhcp_wire.Refused)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat import golden
+from ovsnat.cli import golden
 from ovsnat.lab import scenario
 
 

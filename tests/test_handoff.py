@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat.conntrack import ReadConntrack, Reading, tally
-from ovsnat.flows import COOKIE_GONE, cookie_kind
-from ovsnat.handoff import live_tcp_sessions
-from ovsnat.ovsdb import IfaceRow
-from ovsnat.vswitchd import READ_LOST
+from ovsnat.core.conntrack import tally
+from ovsnat.core.effects import ReadConntrack, Reading
+from ovsnat.compile.flows import COOKIE_GONE, cookie_kind
+from ovsnat.core.handoff import live_tcp_sessions
+from ovsnat.model.rows import IfaceRow
+from ovsnat.core.vswitchd import READ_LOST
 from tests.hostsim import SimHost, vm_row
 
 GRACE = 30

@@ -1,5 +1,5 @@
 """The moonshot, with real packets: outbound PAT sessions survive a live migration with no
-state copied between hosts (ovsnat.handoff, docs/handoff.md).
+state copied between hosts (ovsnat.core.handoff, docs/handoff.md).
 
 Lab: three hypervisors on one fabric, every controller with handoff_vlan 4000. Each test
 boots its own PAT VM on hv1 and removes it at the end. A sending session (an echo every

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat import arp
-from ovsnat.controller import INSTALLED_KEY, READY_KEY, SNAT_KEY, Fatal, IfaceKeys
-from ovsnat.ovsdb import Changes, IfaceRow
-from ovsnat.presence import PROBE_GAP, REPROBE
-from ovsnat.switch import MAX_XID, Xids
+from ovsnat.packets import arp
+from ovsnat.core.controller import Fatal
+from ovsnat.core.effects import IfaceKeys
+from ovsnat.core.markers import INSTALLED_KEY, READY_KEY
+from ovsnat.model.hostconfig import SNAT_KEY
+from ovsnat.model.rows import Changes, IfaceRow
+from ovsnat.core.presence import PROBE_GAP, REPROBE
+from ovsnat.openflow.session import MAX_XID, Xids
 from tests.hostsim import UPLINK, SimHost, vm_row
 
 FIP, OTHER_FIP = "203.0.113.10", "203.0.113.20"
@@ -378,9 +381,9 @@ def test_every_message_gets_a_distinct_xid_and_errors_blame_the_right_one(caplog
 
 
 def test_flows_go_through_the_declared_pipeline_on_the_runtime_path(monkeypatch):
-    from ovsnat import state
-    from ovsnat.flows import Match, make_flow
-    from ovsnat.pipeline import PipelineViolation
+    from ovsnat.core import state
+    from ovsnat.compile.flows import Match, make_flow
+    from ovsnat.compile.pipeline import PipelineViolation
     monkeypatch.setattr(state, "vm_flows", lambda cfg, vm, net, **kw: [
         make_flow(0xA2 << 56, 99, 1, Match(), [])])
     host = SimHost()
@@ -395,7 +398,7 @@ def test_key_writes_name_the_port():
 
 def test_once_in_sync_after_each_connection_ovs_vswitchd_is_asked_to_reconfigure_once():
     """OVS 3.1 applies the Controller row's max_backoff to a connection only in a
-    reconfiguration made while it is up (ovsnat.reconcile.Reconfigure)."""
+    reconfiguration made while it is up (ovsnat.core.reconcile.Reconfigure)."""
     host = SimHost(fip_activation="immediate")
     host.rows[vm_row(11, FIP).name] = vm_row(11, FIP)
     host.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, TCPerror, UDPerror, raw
 
-from ovsnat.icmp import translate_error
+from ovsnat.packets.icmp import translate_error
 
 FIP, FIXED, SERVER, ROUTER = "203.0.113.10", "10.0.0.11", "198.51.100.10", "203.0.113.1"
 A, B = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x0a\x00\x00\x0b"
@@ -64,7 +64,7 @@ def test_anything_else_is_left_alone(frame):
 
 def test_time_exceeded_quotes_the_header_and_8_bytes_and_goes_back_to_the_sender():
     from scapy.all import ICMP, IP, UDP, Ether
-    from ovsnat.icmp import time_exceeded
+    from ovsnat.packets.icmp import time_exceeded
     probe = Ether(src="02:00:0a:00:00:0b", dst="02:00:00:00:00:01") / \
         IP(src="10.0.0.11", dst="198.51.100.10", ttl=1) / UDP(sport=40000, dport=33434) / \
         (b"x" * 40)
@@ -83,7 +83,7 @@ def test_time_exceeded_quotes_the_header_and_8_bytes_and_goes_back_to_the_sender
 
 def test_time_exceeded_is_never_sent_about_an_error_a_later_fragment_or_a_broadcast():
     from scapy.all import ICMP, IP, UDP, Ether
-    from ovsnat.icmp import time_exceeded
+    from ovsnat.packets.icmp import time_exceeded
     gw, mac = bytes([10, 0, 0, 1]), bytes(6)
     base = Ether() / IP(src="10.0.0.11", dst="198.51.100.10", ttl=1)
     assert time_exceeded(bytes(base / ICMP(type=3, code=3) / (b"x" * 28)), gw, mac, mac) is None

@@ -13,7 +13,7 @@ import pytest
 from scapy.all import ARP, Ether, rdpcap
 
 from ovsnat.lab import scenario
-from ovsnat.presence import REPROBE
+from ovsnat.core.presence import REPROBE
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import Background, background_ping, background_tcp, capture, \

@@ -14,9 +14,9 @@ import netaddr
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ovsnat.compiler import host_flows
-from ovsnat.golden import BASE
-from ovsnat.state import build_state
+from ovsnat.compile.compiler import host_flows
+from ovsnat.cli.golden import BASE
+from ovsnat.core.state import build_state
 from ovsnat.model import ConfigError, DesiredState, HostConfig, PortError, Rejection, VmPort, \
     mac_str
 
@@ -470,7 +470,7 @@ def test_auto_transit_steps_past_configured_networks_and_an_explicit_one_is_kept
 
 
 def test_a_network_inside_the_transit_range_is_refused_with_the_reason():
-    from ovsnat.portcheck import check_alone
+    from ovsnat.model.portcheck import check_alone
     cfg = HostConfig.parse({**ROUND_ONE, "fabric_port": "fabric", "uplink_ofport": 1})
     port = VmPort.from_external_ids("tapx", 7, {
         "iface-id": "x", "attached-mac": "02:00:0a:00:00:07", "ovsnat-fixed-ip": "240.1.0.7",

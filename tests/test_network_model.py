@@ -8,9 +8,9 @@ import itertools
 
 import pytest
 
-from ovsnat.golden import BASE, FABRIC, NET_A, NET_B, port
+from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
 from ovsnat.model import HostConfig, PortError, VmPort
-from ovsnat.state import HostState, build_state
+from ovsnat.core.state import HostState, build_state
 
 CFG = HostConfig.parse({**BASE, **FABRIC, "fip_activation": "immediate"})
 NO_DEFAULT = HostConfig.parse({**BASE, **FABRIC, "internal_cidr": "", "internal_gateway_ip": ""})
@@ -156,7 +156,7 @@ def test_pat_blocks_of_equal_offsets_in_two_networks_do_not_collide():
 
 
 def test_golden_network_ports_are_all_accepted():
-    from ovsnat.golden import SCENARIOS
+    from ovsnat.cli.golden import SCENARIOS
     for name in ("networks", "flat"):
         _, overrides, ports = SCENARIOS[name]
         assert not build_state(HostConfig.parse({**BASE, **overrides}), ports).rejected

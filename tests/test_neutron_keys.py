@@ -53,7 +53,8 @@ def test_a_subnet_without_dhcp_turns_ovsnats_off_and_routes_need_a_neighbour():
 
 
 def test_the_agent_writes_the_keys_the_controller_reads():
-    from ovsnat import dhcp_keys, model, networks
+    from ovsnat import model
+    from ovsnat.model import dhcp_keys, networks
     from ovsnat.neutron import keys
     core = {model.KEY_FIXED_IP, model.KEY_FIP, *networks.NETWORK_KEYS, *dhcp_keys.PORT_KEYS}
     assert set(keys.MANAGED_KEYS) <= core

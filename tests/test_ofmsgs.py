@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-from ovsnat import framework as fw
-from ovsnat import golden
+from ovsnat.runtime import framework as fw
+from ovsnat.cli import golden
 from tests import framework_render as ofmsgs
-from ovsnat.compiler import METERS, compile_state
-from ovsnat.state import build_state
+from ovsnat.compile.compiler import METERS, compile_state
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat import golden, ofwire
-from ovsnat.compiler import compile_state
+from ovsnat.cli import golden
+from ovsnat.openflow import messages as ofwire
+from ovsnat.compile.compiler import compile_state
 from ovsnat.model import HostConfig
-from ovsnat.state import HostState, build_state
+from ovsnat.core.state import HostState, build_state
 from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, serialize
 from tests import framework_render as ofmsgs
 

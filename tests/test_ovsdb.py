@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from ovsnat import ovsdb
+from ovsnat.model.rows import IfaceRow, Snapshot
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE
 
@@ -22,7 +23,7 @@ class View:
     """What a controller would hold: Snapshots replace it, Changes patch it."""
 
     def __init__(self, remote: str):
-        self.rows: dict[str, ovsdb.IfaceRow] = {}
+        self.rows: dict[str, IfaceRow] = {}
         self.snapshots = 0
         self.lock = threading.Lock()
         self.watcher = ovsdb.Watcher(remote, BRIDGE, self._publish)
@@ -30,7 +31,7 @@ class View:
 
     def _publish(self, batch) -> None:
         with self.lock:
-            if isinstance(batch, ovsdb.Snapshot):
+            if isinstance(batch, Snapshot):
                 self.snapshots += 1
                 self.rows = dict(batch.rows)
             else:
@@ -175,7 +176,7 @@ def test_bridge_keys_are_published_and_the_controllers_key_writes_land(make_lab)
               "the written key to come back")
         assert w.write_keys("p1", {}, ("ovsnat-installed",))
         _pump(w, got, lambda g: "ovsnat-installed" not in g[-1].rows.get(
-            "p1", ovsdb.IfaceRow("", 0, {"ovsnat-installed": 1})).external_ids,
+            "p1", IfaceRow("", 0, {"ovsnat-installed": 1})).external_ids,
               "the removed key to go")
         ids = host.vsctl("get", "Interface", "p1", "external_ids")
         assert "vm-uuid" in ids and "iface-status" in ids, "other writers' keys untouched"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import struct
 
-from ovsnat import arp, punts
-from ovsnat.flows import COOKIE_QUARANTINE, Controller, cookie_kind
-from ovsnat.pipeline import CLASSIFY, EGRESS
+from ovsnat.core import punts
+from ovsnat.packets import arp
+from ovsnat.compile.flows import COOKIE_QUARANTINE, Controller, cookie_kind
+from ovsnat.compile.pipeline import CLASSIFY, EGRESS
 from tests.hostsim import SimHost, vm_row
 from tests.frames import eth, ipv4, mac
 
@@ -131,7 +132,7 @@ def test_a_handler_fault_is_counted_and_logged_never_a_resync(caplog, monkeypatc
         raise struct.error("a defect")
     monkeypatch.setattr(host.ctl.dhcp, "packet_in", broken)
     from tests.test_dhcp import client
-    from ovsnat import dhcp
+    from ovsnat.core import dhcp
     for _ in range(3):
         host.from_vm(5, client(dhcp.DISCOVER, "02:00:0a:00:00:05"))
     stats = host.ctl.status(host.now)
@@ -156,8 +157,8 @@ def test_claims_from_many_macs_are_counted_but_logged_once_a_minute_and_forgotte
 
 def test_networks_no_port_holds_are_forgotten():
     import gc
-    from ovsnat import networks
-    from ovsnat.golden import NET_A
+    from ovsnat.model import networks
+    from ovsnat.cli.golden import NET_A
     host = SimHost(fip_activation="immediate", fabric_port="fabric").start()
     for vlan in range(200, 260):
         host.plug(vm_row(20, **{**NET_A, "ovsnat-network": f"n{vlan}",
@@ -168,7 +169,7 @@ def test_networks_no_port_holds_are_forgotten():
 
 def test_dhcp_leases_of_ports_that_left_are_forgotten():
     from tests.test_dhcp import client
-    from ovsnat import dhcp
+    from ovsnat.core import dhcp
     host = SimHost(fip_activation="immediate").start()
     from dataclasses import replace
     for round_ in range(3):

@@ -1,11 +1,11 @@
-"""The shim's plumbing that needs no switch (ovsnat.runtime): which connection is ours and is
+"""The shim's plumbing that needs no switch (ovsnat.runtime.plumbing): which connection is ours and is
 written to, what a refused send means, the loop meter's windows."""
 
 from __future__ import annotations
 
-from ovsnat import runtime
-from ovsnat.failures import Failures
-from ovsnat.status import Stats
+from ovsnat.runtime import plumbing as runtime
+from ovsnat.core.failures import Failures
+from ovsnat.core.status import Stats
 
 
 class Dp:
@@ -72,7 +72,7 @@ def test_the_loop_meter_sees_a_green_thread_that_does_not_yield():
     functions are not ovsnat's); a 1 ms sleeper is not listed."""
     import time
 
-    from ovsnat import framework as fw
+    from ovsnat.runtime import framework as fw
     meter = runtime.LoopMeter()
     meter.start()
     try:
@@ -100,7 +100,7 @@ def test_port_descriptions_are_read_for_their_numbers_only():
     the port numbers (10,000 ports: 60 ms of parsing otherwise, the loop stalled)."""
     import struct
 
-    from ovsnat import framework as fw
+    from ovsnat.runtime import framework as fw
     fw.use_light_flow_stats()
     o, p = fw.ofproto, fw.parser
     ports = b"".join(struct.pack(o.OFP_PORT_PACK_STR, n, b"\x02\x00\x00\x00\x00\x01",
@@ -116,8 +116,8 @@ def test_port_descriptions_are_read_for_their_numbers_only():
 def test_a_metrics_port_in_use_is_reported_not_swallowed():
     import socket
 
-    from ovsnat import framework as fw
-    from ovsnat.metrics import Metrics
+    from ovsnat.runtime import framework as fw
+    from ovsnat.runtime.metrics import Metrics
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(1)

@@ -1,6 +1,6 @@
 """What the controller reaches outside OpenFlow, with real daemons and packets: ovs-vswitchd's
-control socket (ovsnat.dpctl, ovsnat.vswitchd) and which switch is its own
-(ovsnat.datapaths).
+control socket (ovsnat.runtime.dpctl, ovsnat.core.vswitchd) and which switch is its own
+(ovsnat.core.datapaths).
 
 - Issue 22 found hosts with private OVS rundirs and controllers started without
   OVS_RUNDIR: every ovs-appctl call failed, nothing was logged, the failure read as an empty

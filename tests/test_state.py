@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from ovsnat import golden
-from ovsnat import compiler
-from ovsnat.compiler import compile_state
+from ovsnat.cli import golden
+from ovsnat.compile import compiler
+from ovsnat.compile.compiler import compile_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.state import HOST, HostState, build_state
+from ovsnat.core.state import HOST, HostState, build_state
 
 
 def vm_flows(cfg, vm, active=True):
@@ -146,7 +146,7 @@ def test_cached_packed_flow_mods_equal_a_fresh_encoding():
     for n in (11, 12):
         port = golden.port(n, "203.0.113.10" if n == 11 else None)
         host.update(port.name, port)
-    from ovsnat import ofwire
+    from ovsnat.openflow import messages as ofwire
     flows = {(f.table, f.cookie): f for f in host.all_flows()}
     cached = dict(host.iter_wire_for(set(flows)))
     assert cached.keys() == flows.keys()

@@ -1,6 +1,6 @@
-"""ovs-vswitchd's control socket in the host controller (ovsnat.vswitchd, ovsnat.failures,
-connlimit's retries) and in the shim's plumbing that is plain Python (ovsnat.dpctl's
-finding of the socket, ovsnat.conntrack's tally): which calls are due, what a failure
+"""ovs-vswitchd's control socket in the host controller (ovsnat.core.vswitchd, ovsnat.core.failures,
+connlimit's retries) and in the shim's plumbing that is plain Python (ovsnat.runtime.dpctl's
+finding of the socket, ovsnat.core.conntrack's tally): which calls are due, what a failure
 means, that none goes unsaid. The lab tests (tests/test_runtime_lab.py) make real calls."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import os
 
 import pytest
 
-from ovsnat import dpctl
-from ovsnat.connlimit import Zones, ZoneLimits
-from ovsnat.conntrack import ReadConntrack, tally
-from ovsnat.failures import Failures
-from ovsnat.status import Stats
-from ovsnat.vswitchd import PROBE_EVERY, Probe, Probed
+from ovsnat.runtime import dpctl
+from ovsnat.core.connlimit import Zones
+from ovsnat.core.conntrack import tally
+from ovsnat.core.effects import Probe, Probed, ReadConntrack, ZoneLimits
+from ovsnat.core.failures import Failures
+from ovsnat.core.status import Stats
+from ovsnat.core.vswitchd import PROBE_EVERY
 from tests.hostsim import SimHost, vm_row
 
 SOCKET = "/run/ovs/ovs-vswitchd.42.ctl"
@@ -125,7 +126,7 @@ def test_a_failure_is_logged_once_per_distinct_error_and_its_end_once(caplog):
 
 
 def test_the_status_file_failure_is_reported_and_its_recovery_too(tmp_path):
-    from ovsnat.runtime import write_status
+    from ovsnat.runtime.plumbing import write_status
     f = Failures(Stats())
     blocked = tmp_path / "file"
     blocked.write_text("")
@@ -259,7 +260,7 @@ def test_one_dump_is_tallied_for_every_reader():
 
 
 def test_a_reading_in_chunks_equals_one_in_a_piece():
-    from ovsnat.conntrack import Tally
+    from ovsnat.core.conntrack import Tally
     lines = ENTRIES * 50
     t = Tally(65000, "203.0.113.11")
     for i in range(0, len(lines), 7):

@@ -8,12 +8,12 @@ import os
 import re
 import sys
 
-from ovsnat.compiler import METERS, compile_state
-from ovsnat.flows import Flow, ofctl_text
+from ovsnat.compile.compiler import METERS, compile_state
+from ovsnat.compile.flows import Flow, ofctl_text
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm
-from ovsnat.state import build_state
+from ovsnat.core.state import build_state
 from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
 
 ROUTER_MAC = "02:00:00:00:00:01"        # the VMs' gateway MAC (answered by ovsnat)
@@ -158,7 +158,7 @@ def controller_row_args() -> list[str]:
     transaction creating the Controller row with its settings. max_backoff=1000: reconnect
     within a second of a restarted controller. OVS 3.1 applies it to the connection only in
     a reconfiguration made while connected; the controller asks for one once in sync
-    (ovsnat.reconcile.Reconfigure), so it holds after ovs-vswitchd restarts too."""
+    (ovsnat.core.effects.Reconfigure), so it holds after ovs-vswitchd restarts too."""
     return ["--", "--id=@c", "create", "Controller", f'target="tcp:127.0.0.1:{OF_PORT}"',
             "max_backoff=1000", "inactivity_probe=5000",
             "--", "set", "Bridge", BRIDGE, "controller=@c"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from ovsnat.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, Move, \
+from ovsnat.compile.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, Move, \
     Output, PopVlan, PushVlan, SetField
 from ovsnat.openflow.codec import NX_VENDOR, OFPP_CONTROLLER, OFPP_IN_PORT, ip, mac, nx1, ofb, \
     pad8

@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from ovsnat.flows import PROTOCOLS, Flow
+from ovsnat.compile.flows import PROTOCOLS, Flow
 from ovsnat.openflow.codec import CT_STATE_BITS, ONF_EXPERIMENTER, ip, mac, nx1, ofb, oxm, pad8
 
 

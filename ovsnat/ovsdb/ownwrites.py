@@ -3,7 +3,7 @@
 - The installed marker on a port's Interface row: single-key map mutations, so other
   writers' keys are never rewritten.
 - A touch of the bridge's Controller rows once the switch is in sync, which makes
-  ovs-vswitchd reconfigure the live connection (ovsnat.reconcile.Reconfigure says why).
+  ovs-vswitchd reconfigure the live connection (ovsnat.core.reconcile.Reconfigure says why).
   Open vSwitch 3.1 leaves external_ids changes and a bare next_cfg bump out of what makes
   it reconfigure (measured: a changed Controller other_config or Open_vSwitch external_ids
   key applied max_backoff; Bridge, Interface or Controller external_ids did not), so the

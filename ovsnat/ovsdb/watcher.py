@@ -4,15 +4,13 @@ The only module that talks OVSDB. It runs one monitor session (in a green thread
 controller) and hands each batch to a callback, which posts it to the app's event loop: all
 state changes happen in one place (the ovsdbapp pattern).
 
-Two kinds of batch:
-- `Snapshot`: every VM interface of the bridge. Sent on the first sync and after every
-  reconnect, because a new monitor re-sends all rows without delete events: the receiver
-  must treat anything missing from a snapshot as gone (level-triggered).
-- `Changes`: the interfaces touched since the last batch (O(changes), not O(rows)).
+Two kinds of batch (ovsnat.model.rows): a `Snapshot` of every VM interface of the bridge
+on the first sync and after every reconnect (a new monitor re-sends all rows without
+delete events), and `Changes`: the interfaces touched since the last batch.
 
 Bridge membership is tracked incrementally (interface -> port -> bridge), so an interface
 counts only while its port is on the configured bridge. The bridge's datapath_id comes with
-the batches too: the controller programs that datapath only (ovsnat.datapaths).
+the batches too: the controller programs that datapath only (ovsnat.core.datapaths).
 
 Why not the python-ovs IDL: at 10,000 VMs it held about 60 MB of Row/Datum/Atom objects for
 four columns, and every port added to the bridge made it copy the bridge's whole port set
@@ -29,13 +27,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import ovs.jsonrpc
 import ovs.poller
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
+from ovsnat.model.rows import Changes, IfaceRow, Snapshot
 from ovsnat.ovsdb import fastjson, ownwrites
 from ovsnat.ovsdb.values import apply_map_diff as _apply_map_diff
 from ovsnat.ovsdb.values import map_of as _map
@@ -57,29 +55,6 @@ def kept_key(key: str) -> bool:
     """The external_ids keys ovsnat reads; a hypervisor's other keys (vm-uuid, iface-status,
     Neutron's and os-vif's) are dropped as they arrive, so they cost no memory."""
     return key in (KEY_IFACE_ID, KEY_ATTACHED_MAC) or key.startswith("ovsnat-")
-
-
-@dataclass(frozen=True, slots=True)
-class IfaceRow:
-    name: str
-    ofport: int | None
-    external_ids: dict                 # only the keys `kept_key` accepts
-    link_state: str | None = None      # "down": the device is gone (e.g. the VM left)
-
-
-@dataclass
-class Snapshot:
-    rows: dict[str, IfaceRow]
-    bridge_ids: dict = field(default_factory=dict)   # the bridge's ovsnat-* external_ids
-    datapath_id: str = ""                            # the bridge's (empty: none yet)
-
-
-@dataclass
-class Changes:
-    rows: dict[str, IfaceRow] = field(default_factory=dict)   # created or updated
-    removed: set[str] = field(default_factory=set)             # gone from the bridge
-    bridge_ids: dict | None = None                             # when they changed
-    datapath_id: str | None = None                             # when it changed
 
 
 class Watcher:
