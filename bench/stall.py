@@ -8,7 +8,7 @@ conntrack and VMs in an equal window before the VM moved.
           zone), `vmh` holds a TCP session and moves to hv2
     hv2   ovsnat's controller, fabric, handoff_vlan 4000
 
-The numbers come from the controller itself (ovsnat.runtime.plumbing.LoopMeter, its status file):
+The numbers come from the controller itself (ovsnat.runtime.loopmeter.LoopMeter, its status file):
 `loop_stalls` (a green thread ran without yielding, every other one waited) and
 `slow_handlers` (one event handler's run, wall time), each over 5 ms with its time. While
 the departure lasts, hv1 reads its conntrack every 2 s to see whether the VM's sessions
@@ -23,7 +23,7 @@ from bench.common import Result, say
 from ovsnat.lab import Lab, bulk, scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.runtime.plumbing import KEPT_MS
+from ovsnat.runtime.loopmeter import KEPT_MS
 from ovsnat.lab.traffic import Background, start_server, tcp_connect, tcp_established
 
 SNAT = {"hv1": "203.0.113.11", "hv2": "203.0.113.21"}

@@ -4,11 +4,12 @@ Run it with `ryu-manager --config-file ovsnat.conf ovsnat.app` (or `ovsnat-agent
 os-ken). Every decision lives in ovsnat.core.controller, plain Python unit-tested without a
 switch (as Faucet's faucet.py sits over valve.py). This module only:
 - turns framework events into calls with `now`, inside the app's one event loop;
-- does what they return (`_write`): bytes to the switch it was told is ours (the one send
-  point), key writes to OVSDB, calls on ovs-vswitchd handed to green threads
-  (ovsnat.runtime.calls) whose answers come back as events: no handler waits on anything;
+- does what they return (`_write`, the one send point): bytes to the switch it was told is
+  ours, and each effect (ovsnat.core.effects) by its type: key writes to OVSDB, calls on
+  ovs-vswitchd handed to green threads (ovsnat.runtime.calls) whose answers come back as
+  events, memory given back; no handler waits on anything;
 - runs the OVSDB watcher and the clock in green threads, and posts their news as events;
-- writes the status file and serves the metrics (ovsnat.runtime.plumbing).
+- writes the status file and serves the metrics (ovsnat.runtime).
 An exception inside a call, or while doing what it returned, is not left to the framework
 (which would log it and carry on diverged): the controller resynchronises, or exits for
 its supervisor. A failure outside (a send, a write) is logged once with what it means and
@@ -22,43 +23,32 @@ import os
 import time
 
 from ovsnat import ovsdb
-from ovsnat.core import controller
-from ovsnat.runtime import config, dpctl, calls as effects, plumbing as runtime
-from ovsnat.runtime import framework as fw
-from ovsnat.core.effects import AdoptSwitch, IfaceKeys, Reconfigure, RefuseSwitch, ReleaseMemory
 from ovsnat.compile.flows import KINDS
-from ovsnat.runtime.metrics import Metrics
+from ovsnat.core.controller import HostController
+from ovsnat.core.effects import (
+    AdoptSwitch,
+    IfaceKeys,
+    Probe,
+    ReadConntrack,
+    Reconfigure,
+    RefuseSwitch,
+    ReleaseMemory,
+    ZoneLimits,
+)
 from ovsnat.model import ConfigError
+from ovsnat.runtime import config, dpctl, memory, outside
+from ovsnat.runtime import framework as fw
+from ovsnat.runtime.calls import Calls
+from ovsnat.runtime.events import EventChores, EventOvsdb, EventResult, EventTick
+from ovsnat.runtime.loopmeter import LoopMeter
+from ovsnat.runtime.metrics import Metrics, serve_metrics
+from ovsnat.runtime.switches import Switches
 
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
 fw.use_light_flow_stats()
 TICK = 0.05              # how often the clock looks for deadlines that came
 EXIT_DIVERGED = 70       # exit status after repeated faults (EX_SOFTWARE)
-
-
-class EventOvsdb(fw.event.EventBase):
-    """A batch from the OVSDB watcher (ovsdb.Snapshot or ovsdb.Changes)."""
-
-    def __init__(self, batch):
-        super().__init__()
-        self.batch = batch
-
-
-class EventTick(fw.event.EventBase):
-    """A deadline of the host controller has come."""
-
-
-class EventChores(fw.event.EventBase):
-    """Once a second: the calls on ovs-vswitchd that are due, the status file."""
-
-
-class EventResult(fw.event.EventBase):
-    """What a call on ovs-vswitchd answered (ovsnat.runtime.calls)."""
-
-    def __init__(self, result):
-        super().__init__()
-        self.result = result
 
 
 class OvsNatApp(fw.BaseApp):
@@ -75,29 +65,41 @@ class OvsNatApp(fw.BaseApp):
         opts = getattr(fw.CONF, "ovsnat")
         self.cfg, self.remote = cfg, opts.ovsdb_connection
         self.metrics = Metrics(opts.metrics_port, opts.metrics_host, self._status)
-        self.core = controller.HostController(cfg, time.time, opts.audit_interval,
-                                              pat_usage=self.metrics.enabled)
+        self.core = HostController(cfg, time.time, opts.audit_interval,
+                                   pat_usage=self.metrics.enabled)
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
-        self.effects = effects.Effects(dpctl.Target(opts.vswitchd_ctl), self._post_result)
-        self.switches = runtime.Switches(self.core.failures)
+        self.calls = Calls(dpctl.Target(opts.vswitchd_ctl), self._post_result)
+        self.switches = Switches(self.core.failures)
         self.status_file = opts.status_file
         self.calls_since_status, self.listed = 1, 0
-        self.meter = runtime.LoopMeter()
+        self.meter = LoopMeter()
+        # What `_write` does with each effect the core returns (ovsnat.core.effects).
+        self.effects = {
+            IfaceKeys: lambda e, now: self._ovsdb_written(
+                self.watcher.write_keys(e.name, dict(e.set), e.remove), now),
+            Reconfigure: lambda e, now: self._ovsdb_written(
+                self.watcher.request_reconfigure(), now),
+            AdoptSwitch: lambda e, now: self.switches.adopt(e.dpid),
+            RefuseSwitch: lambda e, now: self.switches.refuse(e.dpid),
+            ReleaseMemory: lambda e, now: memory.release_memory(),
+            ZoneLimits: lambda e, now: self.calls.run(e),
+            ReadConntrack: lambda e, now: self.calls.run(e),
+            Probe: lambda e, now: self.calls.run(e),
+        }
 
     # --- green threads ---------------------------------------------------------------------
     def start(self):
         thread = super().start()
         self.meter.start()
         self.threads += [fw.hub.spawn(self._ovsdb_loop), fw.hub.spawn(self._clock),
-                         *self.effects.start()]
+                         *self.calls.start()]
         if self.metrics.enabled:
-            self.threads.append(fw.hub.spawn(runtime.serve_metrics, self.metrics,
-                                             self.core.failures))
+            self.threads.append(fw.hub.spawn(serve_metrics, self.metrics, self.core.failures))
         LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
                  "ovs-vswitchd through %s", self.cfg.bridge, self.cfg.uplink_port, self.remote,
                  self.cfg.snat_ip or "(from the bridge)", self.cfg.snat_port_min,
                  self.cfg.snat_port_max, self.cfg.fip_activation,
-                 self.effects.target.describe())
+                 self.calls.target.describe())
         return thread
 
     def stop(self):
@@ -146,7 +148,7 @@ class OvsNatApp(fw.BaseApp):
             LOG.exception("ovsnat: fault in %s", fn.__name__)
             try:
                 self._write(self.core.recover(now), now)
-            except Exception as e:               # controller.Fatal, or the recovery failed
+            except Exception as e:               # core.controller.Fatal, or the recovery failed
                 LOG.critical("ovsnat: %s; exiting so the supervisor restarts ovsnat (the "
                              "switch keeps its flows meanwhile)", e)
                 logging.shutdown()
@@ -154,26 +156,22 @@ class OvsNatApp(fw.BaseApp):
         self.meter.handler(fn.__name__, time.perf_counter() - t0)
 
     def _write(self, out, now: float) -> None:
-        """Do what a call returned. A large sync arrives as chunks: each goes out while the
+        """Do what a call returned: bytes go to our switch, an effect to its handler
+        (`self.effects`). Anything else is a large sync's chunks: each goes out while the
         next is encoded (inside the caller's fault boundary), the switch decoding meanwhile."""
         for item in out:
             if isinstance(item, bytes):
                 self.switches.send(item, now)
-            elif isinstance(item, IfaceKeys):
-                runtime.ovsdb_written(self.watcher, self.core.failures, self.watcher.write_keys(
-                    item.name, dict(item.set), item.remove), now)
-            elif isinstance(item, Reconfigure):
-                runtime.ovsdb_written(self.watcher, self.core.failures,
-                                      self.watcher.request_reconfigure(), now)
-            elif isinstance(item, AdoptSwitch):
-                self.switches.adopt(item.dpid)
-            elif isinstance(item, RefuseSwitch):
-                self.switches.refuse(item.dpid)
-            elif not self.effects.run(item):      # else: an iterator of chunks
+            elif type(item) in self.effects:
+                self.effects[type(item)](item, now)
+            else:
                 for chunk in item:
                     if not self.switches.send(chunk, now):
                         break
                     fw.hub.sleep(0)
+
+    def _ovsdb_written(self, sent: bool, now: float) -> None:
+        outside.ovsdb_written(self.watcher, self.core.failures, sent, now)
 
     # --- events ----------------------------------------------------------------------------
     @fw.set_ev_cls(EventOvsdb)
@@ -241,7 +239,7 @@ class OvsNatApp(fw.BaseApp):
         failing = "status_file" in self.core.failures.current
         if self.status_file and (calls or failing or self.meter.listed != self.listed):
             self.calls_since_status, self.listed = 0, self.meter.listed
-            runtime.write_status(self.status_file, self._status(), self.core.failures,
+            outside.write_status(self.status_file, self._status(), self.core.failures,
                                  time.time())
         self.meter.handler("chores+status file", time.perf_counter() - t0)
 

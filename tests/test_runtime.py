@@ -1,9 +1,10 @@
-"""The shim's plumbing that needs no switch (ovsnat.runtime.plumbing): which connection is ours and is
-written to, what a refused send means, the loop meter's windows."""
+"""The shim's plumbing that needs no switch (ovsnat.runtime): which connection is ours and
+is written to, what a refused send means, the loop meter's windows, the metrics server."""
 
 from __future__ import annotations
 
-from ovsnat.runtime import plumbing as runtime
+from ovsnat.runtime.loopmeter import WINDOW, LoopMeter, Worst
+from ovsnat.runtime.switches import Switches
 from ovsnat.core.failures import Failures
 from ovsnat.core.status import Stats
 
@@ -26,7 +27,7 @@ class Dp:
 
 
 def test_only_the_adopted_switch_is_written_to_and_a_refused_one_is_closed():
-    sw = runtime.Switches(Failures(Stats()))
+    sw = Switches(Failures(Stats()))
     ours, other = Dp(1), Dp(2)
     sw.connected(ours)
     sw.connected(other)
@@ -45,7 +46,7 @@ def test_only_the_adopted_switch_is_written_to_and_a_refused_one_is_closed():
 def test_a_send_the_connection_refuses_is_reported_once_and_counted():
     stats = Stats()
     failures = Failures(stats)
-    sw = runtime.Switches(failures)
+    sw = Switches(failures)
     closing = Dp(1, accepts=False)
     sw.connected(closing)
     sw.adopt(1)
@@ -57,12 +58,12 @@ def test_a_send_the_connection_refuses_is_reported_once_and_counted():
 
 
 def test_the_worst_is_kept_for_one_to_two_windows():
-    w = runtime.Worst()
+    w = Worst()
     w.add(0.040, 100.0, "a")
     w.add(0.002, 100.5)
     assert w.worst(101.0) == 0.040
-    assert w.worst(100.0 + runtime.WINDOW) == 0.040     # the previous window still counts
-    assert w.worst(100.0 + 2 * runtime.WINDOW) == 0.0   # then it is forgotten
+    assert w.worst(100.0 + WINDOW) == 0.040     # the previous window still counts
+    assert w.worst(100.0 + 2 * WINDOW) == 0.0   # then it is forgotten
     assert [r[2] for r in w.recent] == ["a"]            # only what is over KEPT_MS is listed
 
 
@@ -73,7 +74,7 @@ def test_the_loop_meter_sees_a_green_thread_that_does_not_yield():
     import time
 
     from ovsnat.runtime import framework as fw
-    meter = runtime.LoopMeter()
+    meter = LoopMeter()
     meter.start()
     try:
         def busy():
@@ -117,7 +118,7 @@ def test_a_metrics_port_in_use_is_reported_not_swallowed():
     import socket
 
     from ovsnat.runtime import framework as fw
-    from ovsnat.runtime.metrics import Metrics
+    from ovsnat.runtime.metrics import Metrics, serve_metrics
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(1)
@@ -125,7 +126,7 @@ def test_a_metrics_port_in_use_is_reported_not_swallowed():
     failures = Failures(Stats())
     metrics = Metrics(port, "127.0.0.1", lambda: {})
     assert metrics.enabled
-    thread = fw.hub.spawn(runtime.serve_metrics, metrics, failures)
+    thread = fw.hub.spawn(serve_metrics, metrics, failures)
     try:
         import time
         deadline = time.monotonic() + 5

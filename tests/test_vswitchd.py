@@ -126,7 +126,7 @@ def test_a_failure_is_logged_once_per_distinct_error_and_its_end_once(caplog):
 
 
 def test_the_status_file_failure_is_reported_and_its_recovery_too(tmp_path):
-    from ovsnat.runtime.plumbing import write_status
+    from ovsnat.runtime.outside import write_status
     f = Failures(Stats())
     blocked = tmp_path / "file"
     blocked.write_text("")

@@ -55,30 +55,38 @@ class Fatal(RuntimeError):
 class HostController:
     def __init__(self, cfg: HostConfig, clock, audit_interval: float = 60.0,
                  pat_usage: bool = False):
-        self.base_cfg = cfg
+        self.base_cfg, self.audit_interval = cfg, audit_interval
         self.rows: dict[str, IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
-        self.host: HostState | None = None
         self.gateway_mac = cfg.external_gateway_mac
         self.stats = Stats()
+        self.failures = Failures(self.stats)
         self.sw = Reconciler(clock, self.stats)
-        self.timers = Timers()
-        self.fips = Fips(cfg.fip_activation, self.timers, self.stats, self.sw.session,
-                         self.sw.send)
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.packets = PacketIn(self)
-        self.handoffs = Handoffs(self.timers, self.stats)
         self.zones = connlimit.Zones()
         self.refusals = connlimit.Refusals()
-        self.audit = audit.Auditor(audit_interval, self.sw, self.timers, self.stats)
         self.first_view = True
         self.unready: dict[str, str] = {}         # row without a device -> rejection logged
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
-        self.failures = Failures(self.stats)
         self.identity = Identity(cfg.bridge, self.stats)
         self.vswitchd = Vswitchd(cfg, self.stats, self.failures, pat_usage)
+        self._build(seen_ofport={})
+
+    def _build(self, seen_ofport: dict[str, int | None]) -> None:
+        """The host state and the components whose deadlines and decisions follow it, built
+        afresh over what outlives a fault (the rows, the counters, the switch session): at
+        start, and by `recover`. `seen_ofport`: each row's device at the last look (a
+        rebuilt host must not take a VM that was here for one that just arrived)."""
+        self.host = self.sw.host = None
+        self.timers = Timers()
+        self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
+                         self.sw.session, self.sw.send)
+        self.fips.seen_ofport = seen_ofport
+        self.handoffs = Handoffs(self.timers, self.stats)
+        self.audit = audit.Auditor(self.audit_interval, self.sw, self.timers, self.stats)
 
     # --- OVSDB ---------------------------------------------------------------------------
     def ovsdb(self, batch, now: float) -> list:
@@ -298,15 +306,9 @@ class HostController:
             raise Fatal(f"{len(self.faults)} faults within {FAULT_WINDOW:.0f} s")
         LOG.error("ovsnat: recovering from a fault: rebuilding the host state and "
                   "resynchronising the switch")
-        self.host = self.sw.host = None
         self.audit.reset(now)                    # releases a dump in progress
         self.refusals.reset(self.sw.session)
-        seen, self.timers = self.fips.seen_ofport, Timers()
-        self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
-                         self.sw.session, self.sw.send)
-        self.fips.seen_ofport = seen
-        self.handoffs = Handoffs(self.timers, self.stats)
-        self.audit = audit.Auditor(self.audit.interval, self.sw, self.timers, self.stats)
+        self._build(self.fips.seen_ofport)
         self.audit.reset(now)
         out = self.sw.redump(now)
         return out + self._ensure_host(now)[1]

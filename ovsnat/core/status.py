@@ -7,8 +7,6 @@ ovsnat.runtime.metrics, so the two can never disagree.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import deque
 
@@ -95,20 +93,6 @@ class Stats:
 
     def touch(self) -> None:
         self.version += 1
-
-
-def write_file(path: str, state: dict) -> str | None:
-    """Write the status atomically (readers never see half a file). Returns why it failed
-    (None: written); the caller reports it (ovsnat.core.failures) and tries again later."""
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, path)
-        return None
-    except (OSError, ValueError, TypeError) as e:
-        return f"{path}: {e}"
 
 
 def status_of(ctl, now: float) -> dict:

@@ -28,7 +28,7 @@ CHUNK = 100                # conntrack lines tallied between two yields (well un
 READ_TIMEOUT = 10.0        # seconds ovs-vswitchd has to dump its conntrack
 
 
-class Effects:
+class Calls:
     def __init__(self, target: dpctl.Target, post):
         self.target, self.post = target, post
         self.queue = fw.hub.Queue()
@@ -36,8 +36,8 @@ class Effects:
     def start(self) -> list:
         return [fw.hub.spawn(self._apply_limits)]
 
-    def run(self, item) -> bool:
-        """Start `item` if it is one of these calls (True), else leave it (False)."""
+    def run(self, item: ZoneLimits | ReadConntrack | Probe) -> None:
+        """Start one of these calls; its answer is posted back when it is done."""
         if isinstance(item, ZoneLimits):
             self.queue.put(item)
         elif isinstance(item, ReadConntrack):
@@ -45,8 +45,7 @@ class Effects:
         elif isinstance(item, Probe):
             fw.hub.spawn(self._answer, self._probe, item, Probed(False, ""))
         else:
-            return False
-        return True
+            raise TypeError(f"not a call on ovs-vswitchd: {item!r}")
 
     def _answer(self, call, item, failed) -> None:
         try:

@@ -2,16 +2,18 @@
 
 A custom collector reads the controller's status (ovsnat.core.status: the same store the status
 file is written from) at each scrape, so metrics and `ovsnat status` never disagree and
-nothing is counted twice. The shim serves `http_response()` on the framework's green-thread
+nothing is counted twice. The shim serves `http_response()` (serve_metrics) on the framework's green-thread
 hub (prometheus_client's own server uses real threads, which eventlet does not support).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from ovsnat.core.status import COUNTERS
+from ovsnat.runtime import framework as fw
 
 LOG = logging.getLogger("ovsnat")
 
@@ -105,3 +107,27 @@ class _Collector:
 
 def _gauge(name: str, help_text: str, value) -> "GaugeMetricFamily":
     return GaugeMetricFamily(f"ovsnat_{name}", help_text, value=value)
+
+
+def serve_metrics(metrics, failures) -> None:
+    """The metrics endpoint, on the framework's hub (a green thread per request). An address
+    it cannot listen on (in use, not local) is reported and tried again every 10 s."""
+    def handle(sock, addr):
+        try:
+            sock.settimeout(5)
+            sock.sendall(metrics.http_response(sock.recv(4096)))
+        except OSError:
+            pass                                 # the scraper went away: its problem
+        finally:
+            sock.close()
+    while True:
+        try:
+            server = fw.hub.StreamServer((metrics.host, metrics.port), handle)
+            break
+        except OSError as e:
+            failures.failed("metrics", f"{metrics.host}:{metrics.port}: {e}", "no metrics "
+                            "are served until it can listen (tried every 10 s)", time.time())
+            fw.hub.sleep(10)
+    failures.ok("metrics")
+    LOG.info("ovsnat: metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+    server.serve_forever()
