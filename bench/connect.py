@@ -61,19 +61,23 @@ def phases(host, offset: int, t_set: float, t_visible: float, sync: dict) -> dic
 
     def first(pattern: str):
         return next((t for t, _, msg in lines if re.search(pattern, msg)), None)
+
     connecting = first(rf"{BRIDGE}<->tcp:\S+: connecting")
     connected = first(rf"{BRIDGE}<->tcp:\S+: connected")
-    stamps = [("set-controller -> vswitchd connecting", connecting),
-              ("-> vswitchd connected (HELLOs exchanged)", connected),
-              ("-> controller handled the features reply", sync["t_connected"]),
-              ("-> sync planned", sync["t_planned"]),
-              ("-> in sync (barrier after the last flow_mod)", sync["t_done"]),
-              ("-> visible to ovs-ofctl", t_visible)]
+    stamps = [
+        ("set-controller -> vswitchd connecting", connecting),
+        ("-> vswitchd connected (HELLOs exchanged)", connected),
+        ("-> controller handled the features reply", sync["t_connected"]),
+        ("-> sync planned", sync["t_planned"]),
+        ("-> in sync (barrier after the last flow_mod)", sync["t_done"]),
+        ("-> visible to ovs-ofctl", t_visible),
+    ]
     out, last = {}, t_set
     for name, t in stamps:
         if t is not None and last is not None:
             out[name] = round(t - last, 3)
             last = t
-    out["reconfigure"] = [msg for _, module, msg in lines if module == "timeval"
-                          and "poll interval" in msg][:3]
+    out["reconfigure"] = [
+        msg for _, module, msg in lines if module == "timeval" and "poll interval" in msg
+    ][:3]
     return out

@@ -56,18 +56,22 @@ def connect_once(host, name: str) -> dict:
 
     def up():
         lines = vswitchd_lines(host, offset)
-        hit = next((t for t, _, m in lines if re.search(rf"{BRIDGE}<->tcp:\S+: connected", m)),
-                   None)
+        hit = next(
+            (t for t, _, m in lines if re.search(rf"{BRIDGE}<->tcp:\S+: connected", m)), None
+        )
         return (hit, lines) if hit else None
+
     connected, lines = wait_for(up, 120, interval=0.05, what=f"{name}: connected")
     connecting = next(t for t, _, m in lines if re.search(r"<->tcp:\S+: connecting", m))
     blocked = [m for _, mod, m in lines if mod == "timeval" and "poll interval" in m]
-    out = {"set-controller -> connecting": round(connecting - t_set, 3),
-           "connecting -> connected": round(connected - connecting, 3),
-           "vswitchd main loop": blocked}
+    out = {
+        "set-controller -> connecting": round(connecting - t_set, 3),
+        "connecting -> connected": round(connected - connecting, 3),
+        "vswitchd main loop": blocked,
+    }
     say(f"  {name}: {out}")
     host.vsctl("--no-wait", "del-controller", BRIDGE)
-    time.sleep(2)                                  # let ovs-vswitchd settle between the two
+    time.sleep(2)  # let ovs-vswitchd settle between the two
     return out
 
 
@@ -75,14 +79,24 @@ def features(host, log: str) -> float | None:
     """Seconds from ovs-vswitchd's `connected` to the listener reading its features reply."""
     with open(log) as f:
         got = [float(line.split()[0]) for line in f if "FEATURES_REPLY" in line]
-    up = [t for t, _, m in vswitchd_lines(host, 0) if re.search(rf"{BRIDGE}<->tcp:\S+: "
-                                                                  r"connected", m)]
+    up = [
+        t
+        for t, _, m in vswitchd_lines(host, 0)
+        if re.search(
+            rf"{BRIDGE}<->tcp:\S+: "
+            r"connected",
+            m,
+        )
+    ]
     return round(got[0] - up[0], 3) if got and up else None
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.hello", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.hello",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ports", type=int, default=4000)
     p.add_argument("--port-type", default="dummy", choices=["dummy", "patch"])
     a = p.parse_args(argv)
@@ -91,14 +105,17 @@ def main(argv=None) -> int:
         lab.up()
         host = lab.add_host("hv1", dummy=True)
         try:
-            bulk.add_ports(host, [bulk.vm_spec(i) for i in range(a.ports)],
-                           port_type=a.port_type)
+            bulk.add_ports(host, [bulk.vm_spec(i) for i in range(a.ports)], port_type=a.port_type)
             lab.spawn("hello", lab.python("-c", LISTENER, str(scenario.OF_PORT)), ns=host.ns)
-            wait_for(lambda: f":{scenario.OF_PORT} " in run(["ss", "-ltn"], ns=host.ns).stdout,
-                     10, what="the listener")
+            wait_for(
+                lambda: f":{scenario.OF_PORT} " in run(["ss", "-ltn"], ns=host.ns).stdout,
+                10,
+                what="the listener",
+            )
             result["instant HELLO listener"] = connect_once(host, "instant HELLO listener")
             result["instant HELLO listener"]["connected -> features reply"] = features(
-                host, lab.procs["hello"]["log"])
+                host, lab.procs["hello"]["log"]
+            )
             lab.stop_proc("hello")
             ctl = Controller(lab, "hv1", bulk.SNAT_IP, **bulk.scale_options())
             ctl.start()

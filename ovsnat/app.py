@@ -8,7 +8,8 @@ switch (as Faucet's faucet.py sits over valve.py). This module only:
   ours, and each effect (ovsnat.core.effects) by its type: key writes to OVSDB, calls on
   ovs-vswitchd handed to green threads (ovsnat.runtime.calls) whose answers come back as
   events, memory given back; no handler waits on anything;
-- runs the OVSDB watcher and the clock in green threads, and posts their news as events;
+- runs the OVSDB watcher and the clock in green threads (ovsnat.runtime.events), which post
+  their news as events;
 - writes the status file and serves the metrics (ovsnat.runtime).
 An exception inside a call, or while doing what it returned, is not left to the framework
 (which would log it and carry on diverged): the controller resynchronises, or exits for
@@ -36,7 +37,7 @@ from ovsnat.core.effects import (
     ZoneLimits,
 )
 from ovsnat.model import ConfigError
-from ovsnat.runtime import config, dpctl, memory, outside
+from ovsnat.runtime import config, dpctl, events, memory, outside
 from ovsnat.runtime import framework as fw
 from ovsnat.runtime.calls import Calls
 from ovsnat.runtime.events import EventChores, EventOvsdb, EventResult, EventTick
@@ -47,8 +48,7 @@ from ovsnat.runtime.switches import Switches
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
 fw.use_light_flow_stats()
-TICK = 0.05              # how often the clock looks for deadlines that came
-EXIT_DIVERGED = 70       # exit status after repeated faults (EX_SOFTWARE)
+EXIT_DIVERGED = 70  # exit status after repeated faults (EX_SOFTWARE)
 
 
 class OvsNatApp(fw.BaseApp):
@@ -61,12 +61,13 @@ class OvsNatApp(fw.BaseApp):
             cfg = config.load(fw.CONF)
         except ConfigError as e:
             LOG.error("ovsnat: invalid configuration: %s", e)
-            raise SystemExit(f"ovsnat: invalid configuration: {e}")
-        opts = getattr(fw.CONF, "ovsnat")
+            raise SystemExit(f"ovsnat: invalid configuration: {e}") from None
+        opts = fw.CONF.ovsnat
         self.cfg, self.remote = cfg, opts.ovsdb_connection
         self.metrics = Metrics(opts.metrics_port, opts.metrics_host, self._status)
-        self.core = HostController(cfg, time.time, opts.audit_interval,
-                                   pat_usage=self.metrics.enabled)
+        self.core = HostController(
+            cfg, time.time, opts.audit_interval, pat_usage=self.metrics.enabled
+        )
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
         self.calls = Calls(dpctl.Target(opts.vswitchd_ctl), self._post_result)
         self.switches = Switches(self.core.failures)
@@ -76,9 +77,11 @@ class OvsNatApp(fw.BaseApp):
         # What `_write` does with each effect the core returns (ovsnat.core.effects).
         self.effects = {
             IfaceKeys: lambda e, now: self._ovsdb_written(
-                self.watcher.write_keys(e.name, dict(e.set), e.remove), now),
+                self.watcher.write_keys(e.name, dict(e.set), e.remove), now
+            ),
             Reconfigure: lambda e, now: self._ovsdb_written(
-                self.watcher.request_reconfigure(), now),
+                self.watcher.request_reconfigure(), now
+            ),
             AdoptSwitch: lambda e, now: self.switches.adopt(e.dpid),
             RefuseSwitch: lambda e, now: self.switches.refuse(e.dpid),
             ReleaseMemory: lambda e, now: memory.release_memory(),
@@ -91,48 +94,39 @@ class OvsNatApp(fw.BaseApp):
     def start(self):
         thread = super().start()
         self.meter.start()
-        self.threads += [fw.hub.spawn(self._ovsdb_loop), fw.hub.spawn(self._clock),
-                         *self.calls.start()]
+        self.threads += [
+            fw.hub.spawn(events.watch_ovsdb, self.watcher, self.remote),
+            fw.hub.spawn(events.clock, self.core.next_wakeup, self._post),
+            *self.calls.start(),
+        ]
         if self.metrics.enabled:
             self.threads.append(fw.hub.spawn(serve_metrics, self.metrics, self.core.failures))
-        LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
-                 "ovs-vswitchd through %s", self.cfg.bridge, self.cfg.uplink_port, self.remote,
-                 self.cfg.snat_ip or "(from the bridge)", self.cfg.snat_port_min,
-                 self.cfg.snat_port_max, self.cfg.fip_activation,
-                 self.calls.target.describe())
+        LOG.info(
+            "ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
+            "ovs-vswitchd through %s",
+            self.cfg.bridge,
+            self.cfg.uplink_port,
+            self.remote,
+            self.cfg.snat_ip or "(from the bridge)",
+            self.cfg.snat_port_min,
+            self.cfg.snat_port_max,
+            self.cfg.fip_activation,
+            self.calls.target.describe(),
+        )
         return thread
 
     def stop(self):
         self.watcher.stop()
         super().stop()
 
-    def _ovsdb_loop(self):
-        while True:
-            try:
-                self.watcher.connect()
-                self.watcher.run_forever()
-                return
-            except Exception as e:               # OVSDB not up yet, or gone: retry
-                LOG.warning("ovsnat: OVSDB %s: %s; retrying in 1 s", self.remote, e)
-                fw.hub.sleep(1)
+    def _post(self, event) -> None:
+        self.send_event(self.name, event)
 
     def _post_ovsdb(self, batch):
-        self.send_event(self.name, EventOvsdb(batch))
+        self._post(EventOvsdb(batch))
 
     def _post_result(self, result):
-        self.send_event(self.name, EventResult(result))
-
-    def _clock(self):
-        chores_at = time.time() + 1
-        while True:
-            fw.hub.sleep(TICK)
-            now = time.time()
-            wake = self.core.next_wakeup()
-            if wake is not None and wake <= now:
-                self.send_event(self.name, EventTick())
-            if now >= chores_at:
-                chores_at = now + 1
-                self.send_event(self.name, EventChores())
+        self._post(EventResult(result))
 
     def _status(self) -> dict:
         now = time.time()
@@ -148,9 +142,12 @@ class OvsNatApp(fw.BaseApp):
             LOG.exception("ovsnat: fault in %s", fn.__name__)
             try:
                 self._write(self.core.recover(now), now)
-            except Exception as e:               # core.controller.Fatal, or the recovery failed
-                LOG.critical("ovsnat: %s; exiting so the supervisor restarts ovsnat (the "
-                             "switch keeps its flows meanwhile)", e)
+            except Exception as e:  # core.controller.Fatal, or the recovery failed
+                LOG.critical(
+                    "ovsnat: %s; exiting so the supervisor restarts ovsnat (the "
+                    "switch keeps its flows meanwhile)",
+                    e,
+                )
                 logging.shutdown()
                 os._exit(EXIT_DIVERGED)
         self.meter.handler(fn.__name__, time.perf_counter() - t0)
@@ -193,7 +190,7 @@ class OvsNatApp(fw.BaseApp):
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPStateChange, fw.DEAD_DISPATCHER)
     def on_disconnect(self, ev):
-        was = self.switches.gone(ev.datapath)    # None: refused, or an older connection's
+        was = self.switches.gone(ev.datapath)  # None: refused, or an older connection's
         if was == "ours":
             self._call(self.core.switch_down)
         elif was == "other":
@@ -202,9 +199,12 @@ class OvsNatApp(fw.BaseApp):
     @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
         msg = ev.msg
-        if msg.datapath is self.switches.ours:               # another switch's replies are not ours
-            entries = [(s.table_id, s.cookie, s.digest, s.packets) for s in msg.body
-                       if s.cookie >> 56 in KINDS]             # is_ours, inlined: 100,000
+        if msg.datapath is self.switches.ours:  # another switch's replies are not ours
+            entries = [
+                (s.table_id, s.cookie, s.digest, s.packets)
+                for s in msg.body
+                if s.cookie >> 56 in KINDS
+            ]  # is_ours, inlined: 100,000
             self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPMeterConfigStatsReply, fw.MAIN_DISPATCHER)
@@ -228,19 +228,17 @@ class OvsNatApp(fw.BaseApp):
     def on_packet_in(self, ev):
         msg = ev.msg
         if msg.datapath is self.switches.ours:
-            self._call(self.core.packet_in, msg.match.get("in_port"), msg.table_id,
-                       bytes(msg.data))
+            self._call(self.core.packet_in, msg.match.get("in_port"), msg.table_id, bytes(msg.data))
 
     @fw.set_ev_cls(EventChores)
     def on_chores(self, ev):
         t0, calls = time.perf_counter(), self.calls_since_status
         self._call(self.core.chores)
-        self.calls_since_status = calls           # asking is no change to report
+        self.calls_since_status = calls  # asking is no change to report
         failing = "status_file" in self.core.failures.current
         if self.status_file and (calls or failing or self.meter.listed != self.listed):
             self.calls_since_status, self.listed = 0, self.meter.listed
-            outside.write_status(self.status_file, self._status(), self.core.failures,
-                                 time.time())
+            outside.write_status(self.status_file, self._status(), self.core.failures, time.time())
         self.meter.handler("chores+status file", time.perf_counter() - t0)
 
 

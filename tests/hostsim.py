@@ -26,12 +26,17 @@ from tests.switchmodel import ModelSwitch
 
 UPLINK = 1
 UPLINK_ROW = IfaceRow("uplink", UPLINK, {}, "up")
-DPID = 0x1                                # the bridge's datapath id (OVSDB and the switch)
+DPID = 0x1  # the bridge's datapath id (OVSDB and the switch)
 
 
 def vm_row(n: int, fip: str | None = None, ofport: int | None = None, **extra) -> IfaceRow:
-    ids = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}", **({"ovsnat-fip": fip} if fip else {}), **extra}
+    ids = {
+        "iface-id": f"vm{n}",
+        "attached-mac": f"02:00:0a:00:00:{n:02x}",
+        "ovsnat-fixed-ip": f"10.0.0.{n}",
+        **({"ovsnat-fip": fip} if fip else {}),
+        **extra,
+    }
     return IfaceRow(f"tapvm{n}", n if ofport is None else ofport, ids, "up")
 
 
@@ -44,14 +49,14 @@ class SimHost:
         self.rows: dict[str, IfaceRow] = {"uplink": UPLINK_ROW}
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
-        self.zone_limits: list = []                  # ZoneLimits the shim would apply
-        self.zone_limit_error = ""       # set: the shim's ct-set-limits calls fail with it
-        self.calls: list = []            # ReadConntrack and Probe asked for (tests answer)
+        self.zone_limits: list = []  # ZoneLimits the shim would apply
+        self.zone_limit_error = ""  # set: the shim's ct-set-limits calls fail with it
+        self.calls: list = []  # ReadConntrack and Probe asked for (tests answer)
         self.switch_verdicts: list = []  # AdoptSwitch and RefuseSwitch, in order
         self.datapath_id = f"{DPID:016x}"
-        self.echo_writes = True          # apply key writes to the rows, as OVSDB would
-        self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
-        self.memory_releases = 0         # bursts over (the shim gives memory back)
+        self.echo_writes = True  # apply key writes to the rows, as OVSDB would
+        self.reconfigures = 0  # ovs-vswitchd reconfigurations asked for
+        self.memory_releases = 0  # bursts over (the shim gives memory back)
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
@@ -71,10 +76,12 @@ class SimHost:
                 continue
             if isinstance(item, ZoneLimits):
                 self.zone_limits.append(item)
-                failed = tuple(z for z, _ in item.set) + item.delete \
-                    if self.zone_limit_error else ()
-                queue += self.ctl.result(ZoneLimitsDone(item, failed, self.zone_limit_error),
-                                         self.now)
+                failed = (
+                    tuple(z for z, _ in item.set) + item.delete if self.zone_limit_error else ()
+                )
+                queue += self.ctl.result(
+                    ZoneLimitsDone(item, failed, self.zone_limit_error), self.now
+                )
                 continue
             if isinstance(item, (ReadConntrack, Probe)):
                 self.calls.append(item)
@@ -104,10 +111,13 @@ class SimHost:
         self.rows[keys.name] = IfaceRow(row.name, row.ofport, ids, row.link_state)
         return self.ctl.ovsdb(Changes({keys.name: self.rows[keys.name]}), self.now)
 
-    def start(self, connect: bool = True) -> "SimHost":
+    def start(self, connect: bool = True) -> SimHost:
         """The controller's first OVSDB view, then (optionally) its switch connects."""
-        self.deliver(self.ctl.ovsdb(Snapshot(dict(self.rows), dict(self.bridge_ids),
-                                             self.datapath_id), self.now))
+        self.deliver(
+            self.ctl.ovsdb(
+                Snapshot(dict(self.rows), dict(self.bridge_ids), self.datapath_id), self.now
+            )
+        )
         if connect:
             self.connect()
         return self
@@ -157,30 +167,44 @@ class SimHost:
 
     # --- reading results ---------------------------------------------------------------
     def desired_keys(self) -> set:
-        from ovsnat.model import port_from_row, VmPort
-        ports = [p for name, r in sorted(self.rows.items()) if name != "uplink"
-                 for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
-                 if p is not None]
+        from ovsnat.model import port_from_row
+
+        ports = [
+            p
+            for name, r in sorted(self.rows.items())
+            if name != "uplink"
+            for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
+            if p is not None
+        ]
         cfg = self.ctl.host.cfg
         return {(f.table, f.cookie) for f in compile_state(build_state(cfg, ports))}
 
     def arps_out(self) -> list[arp.Arp]:
         """Every ARP the controller sent out of the uplink, in order."""
-        return [a for port, frame in self.switch.packet_outs if port == UPLINK
-                for a in [arp.parse(frame)] if a is not None]
+        return [
+            a
+            for port, frame in self.switch.packet_outs
+            if port == UPLINK
+            for a in [arp.parse(frame)]
+            if a is not None
+        ]
 
     def fip_live(self, fip: str) -> bool:
         """The switch answers ARP for the FIP (its responder flow is installed)."""
         name = self.ctl.host.fip_owner(fip)
         if name is None:
             return False
-        from ovsnat.compile.compiler import fip_responder_key
+        from ovsnat.compile.vm import fip_responder_key
+
         port = self.ctl.host.valid[name]
-        return fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port)) in \
-            self.switch.keys()
+        return (
+            fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port))
+            in self.switch.flow_keys()
+        )
 
     def fip_mac(self, fip: str) -> str:
         import netaddr
+
         return mac_str(self.cfg.ip_mac(netaddr.IPAddress(fip)))
 
     @property

@@ -17,10 +17,10 @@ def test_a_second_switch_is_refused_once_logged_and_counted(caplog):
     sim = SimHost()
     sim.rows["tapvm2"] = vm_row(2)
     sim.start()
-    programmed = sim.switch.keys()
+    programmed = sim.switch.flow_keys()
     xids = len(sim.switch.xids)
     with caplog.at_level(logging.ERROR, logger="ovsnat"):
-        for _ in range(3):                          # it reconnects, again and again
+        for _ in range(3):  # it reconnects, again and again
             assert sim.ctl.switch_up(OTHER, sim.now) == [RefuseSwitch(OTHER)]
             sim.deliver(sim.ctl.switch_gone(OTHER, sim.now))
     refused = [r.getMessage() for r in caplog.records if "refusing datapath" in r.getMessage()]
@@ -30,20 +30,20 @@ def test_a_second_switch_is_refused_once_logged_and_counted(caplog):
     assert st["datapaths"] == {"expected": f"{DPID:016x}", "refused": [f"{OTHER:016x}"]}
     # Our switch was not disturbed: still programmed, in sync, nothing sent to it.
     assert st["datapath"] == f"{DPID:016x}" and st["in_sync"]
-    assert sim.switch.keys() == programmed and len(sim.switch.xids) == xids
+    assert sim.switch.flow_keys() == programmed and len(sim.switch.xids) == xids
 
 
 def test_a_switch_that_connects_before_ovsdb_names_ours_waits_then_is_adopted():
     sim = SimHost()
     sim.rows["tapvm2"] = vm_row(2)
-    sim.datapath_id = ""                             # the snapshot does not name it yet
+    sim.datapath_id = ""  # the snapshot does not name it yet
     sim.start(connect=False)
     sim.deliver(sim.ctl.switch_up(DPID, sim.now))
     sim.deliver(sim.ctl.switch_up(OTHER, sim.now))
-    assert not sim.switch.keys() and not sim.switch_verdicts      # nothing programmed yet
+    assert not sim.switch.flow_keys() and not sim.switch_verdicts  # nothing programmed yet
     sim.deliver(sim.ctl.ovsdb(Changes(datapath_id=f"{DPID:016x}"), sim.now))
     assert sim.switch_verdicts == [RefuseSwitch(OTHER), AdoptSwitch(DPID)]
-    assert sim.switch.keys() == sim.desired_keys()
+    assert sim.switch.flow_keys() == sim.desired_keys()
 
 
 def test_the_wrong_switch_waiting_is_refused_when_ovsdb_names_ours():
@@ -53,10 +53,10 @@ def test_the_wrong_switch_waiting_is_refused_when_ovsdb_names_ours():
     sim.deliver(sim.ctl.switch_up(OTHER, sim.now))
     sim.deliver(sim.ctl.ovsdb(Changes(datapath_id=f"{DPID:016x}"), sim.now))
     assert sim.switch_verdicts == [RefuseSwitch(OTHER)]
-    assert not sim.switch.keys()
-    sim.connect()                                    # ours comes: adopted and programmed
+    assert not sim.switch.flow_keys()
+    sim.connect()  # ours comes: adopted and programmed
     assert sim.switch_verdicts[-1] == AdoptSwitch(DPID)
-    assert sim.switch.keys() == sim.desired_keys()
+    assert sim.switch.flow_keys() == sim.desired_keys()
 
 
 def test_when_the_bridge_gets_another_datapath_id_the_old_switch_is_let_go():

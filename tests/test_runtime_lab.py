@@ -23,8 +23,13 @@ import pytest
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import background_tcp, start_server, tcp_connect, tcp_established, \
-    udp_request
+from ovsnat.lab.traffic import (
+    background_tcp,
+    start_server,
+    tcp_connect,
+    tcp_established,
+    udp_request,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -46,19 +51,31 @@ def restart(lab, **options) -> None:
     """Both controllers again, without OVS_RUNDIR in their environment."""
     for host, snat in SNAT.items():
         scenario.stop_controller(lab, host)
-        scenario.start_controller(lab, host, snat, ovs_env=False, fabric_port="fabric",
-                                  handoff_vlan=VLAN, handoff_grace=GRACE, conn_limit=LIMIT,
-                                  **{k: v(lab.hosts[host]) for k, v in options.items()})
+        scenario.start_controller(
+            lab,
+            host,
+            snat,
+            ovs_env=False,
+            fabric_port="fabric",
+            handoff_vlan=VLAN,
+            handoff_grace=GRACE,
+            conn_limit=LIMIT,
+            **{k: v(lab.hosts[host]) for k, v in options.items()},
+        )
     for host in SNAT:
         scenario.wait_in_sync(lab, host)
 
 
 def pat_vm(lab):
     n = next(NUMBERS)
-    vm = lab.add_vm(f"r{n}", "hv1", f"10.0.0.{n}", f"02:00:0a:00:02:{n:02x}",
-                    {"ovsnat-fixed-ip": f"10.0.0.{n}"})
-    wait_for(lambda: tcp_connect(lab, vm.ns, SERVER_IP, 8080, timeout=0.5).ok, 10,
-             what=f"{vm.name} to reach the server")
+    vm = lab.add_vm(
+        f"r{n}", "hv1", f"10.0.0.{n}", f"02:00:0a:00:02:{n:02x}", {"ovsnat-fixed-ip": f"10.0.0.{n}"}
+    )
+    wait_for(
+        lambda: tcp_connect(lab, vm.ns, SERVER_IP, 8080, timeout=0.5).ok,
+        10,
+        what=f"{vm.name} to reach the server",
+    )
     return vm
 
 
@@ -74,23 +91,33 @@ def handoff(lab, vm) -> dict:
     return scenario.status(lab, "hv1").get("handoffs", {}).get(vm.tap, {})
 
 
-def test_without_the_control_socket_the_controller_says_so_and_a_handoff_runs_its_grace(
-        hosts):
+def test_without_the_control_socket_the_controller_says_so_and_a_handoff_runs_its_grace(hosts):
     restart(hosts)
-    wait_for(lambda: "calling ovs-vswitchd (ovs-appctl) failed" in
-             scenario.controller_log(hosts, "hv1"), 15, what="the failure in the log")
+    wait_for(
+        lambda: "calling ovs-vswitchd (ovs-appctl) failed" in scenario.controller_log(hosts, "hv1"),
+        15,
+        what="the failure in the log",
+    )
     log = scenario.controller_log(hosts, "hv1")
     line = next(x for x in log.splitlines() if "calling ovs-vswitchd (ovs-appctl) failed" in x)
     assert "/var/run/openvswitch/ovs-vswitchd.pid" in line and "OVS_RUNDIR" in line, line
     assert "handoff_vlan" in line and "conn_limit" in line, line
-    st = wait_for(lambda: (lambda st: st if st["vswitchd"]["reachable"] is False else None)(
-        scenario.status(hosts, "hv1")), 5, what="the status to say so")
+    st = wait_for(
+        lambda: (lambda st: st if st["vswitchd"]["reachable"] is False else None)(
+            scenario.status(hosts, "hv1")
+        ),
+        5,
+        what="the status to say so",
+    )
     assert st["vswitchd"]["needed_by"] == ["handoff_vlan", "conn_limit"]
     assert "OVS_RUNDIR" in st["failures"]["vswitchd"]["error"]
     vm = pat_vm(hosts)
-    wait_for(lambda: scenario.status(hosts, "hv1")["conn_limit"]["not_applied"] >= 1, 15,
-             what="the VM's zone limit reported as not applied")
-    assert zone(hosts, vm) not in limits(hosts, "hv1")       # (it is not: nothing applied)
+    wait_for(
+        lambda: scenario.status(hosts, "hv1")["conn_limit"]["not_applied"] >= 1,
+        15,
+        what="the VM's zone limit reported as not applied",
+    )
+    assert zone(hosts, vm) not in limits(hosts, "hv1")  # (it is not: nothing applied)
     session = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=4)
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080), 5, what="the session")
     hosts.move_vm(vm, "hv2")
@@ -99,34 +126,49 @@ def test_without_the_control_socket_the_controller_says_so_and_a_handoff_runs_it
     # The session is over, but hv1 cannot count its sessions: the departure goes on (it
     # used to end at once, "no session left", and the session hung).
     wait_for(lambda: handoff(hosts, vm).get("role") == "left", 5, what="hv1's departure")
-    wait_for(lambda: scenario.status(hosts, "hv1")["stats"]["vswitchd_call_failures"] >= 3,
-             15, what="a few failed conntrack reads")
-    assert handoff(hosts, vm) | {"remaining": 0} == {"role": "left", "fixed_ip": vm.ip,
-                                                      "sessions": -1, "remaining": 0}
+    wait_for(
+        lambda: scenario.status(hosts, "hv1")["stats"]["vswitchd_call_failures"] >= 3,
+        15,
+        what="a few failed conntrack reads",
+    )
+    assert handoff(hosts, vm) | {"remaining": 0} == {
+        "role": "left",
+        "fixed_ip": vm.ip,
+        "sessions": -1,
+        "remaining": 0,
+    }
     assert "no session left" not in scenario.controller_log(hosts, "hv1")
     hosts.remove_vm(vm)
 
 
 def test_with_vswitchd_ctl_set_the_same_hosts_work(hosts):
     restart(hosts, vswitchd_ctl=lambda h: os.path.join(h.rundir, "ovs-vswitchd.pid"))
-    wait_for(lambda: scenario.status(hosts, "hv1").get("vswitchd", {}).get("reachable"), 15,
-             what="ovs-vswitchd's socket to answer")
-    assert "ovs-vswitchd answers at " + os.path.join(hosts.hosts["hv1"].rundir,
-                                                     "ovs-vswitchd.") \
-        in scenario.controller_log(hosts, "hv1")
+    wait_for(
+        lambda: scenario.status(hosts, "hv1").get("vswitchd", {}).get("reachable"),
+        15,
+        what="ovs-vswitchd's socket to answer",
+    )
+    assert "ovs-vswitchd answers at " + os.path.join(
+        hosts.hosts["hv1"].rundir, "ovs-vswitchd."
+    ) in scenario.controller_log(hosts, "hv1")
     vm = pat_vm(hosts)
     wait_for(lambda: zone(hosts, vm) in limits(hosts, "hv1"), 10, what="the VM's zone limit")
     assert scenario.status(hosts, "hv1")["conn_limit"]["not_applied"] == 0
     session = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=4)
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080), 5, what="the session")
     hosts.move_vm(vm, "hv2")
-    wait_for(lambda: handoff(hosts, vm).get("sessions", 0) >= 1, 5,
-             what="hv1 to count the handed-off session")
+    wait_for(
+        lambda: handoff(hosts, vm).get("sessions", 0) >= 1,
+        5,
+        what="hv1 to count the handed-off session",
+    )
     assert "HELD" in session.result()
-    wait_for(lambda: not handoff(hosts, vm), 15,
-             what="hv1 to end the handoff once the session is over, long before its grace")
-    assert f"handoff of {vm.tap} ended: no session left" in \
-        scenario.controller_log(hosts, "hv1")
+    wait_for(
+        lambda: not handoff(hosts, vm),
+        15,
+        what="hv1 to end the handoff once the session is over, long before its grace",
+    )
+    assert f"handoff of {vm.tap} ended: no session left" in scenario.controller_log(hosts, "hv1")
     assert scenario.status(hosts, "hv1")["failures"] == {}
     hosts.remove_vm(vm)
 
@@ -134,20 +176,34 @@ def test_with_vswitchd_ctl_set_the_same_hosts_work(hosts):
 def test_a_second_bridge_pointed_at_the_controller_is_refused_and_gets_no_flow(make_lab):
     lab = make_lab()
     h = lab.add_host("hv1")
-    h.ovs.add_bridge("br-other")               # pointed at the controller before it starts
-    h.vsctl("set-controller", "br-other", f"tcp:127.0.0.1:{scenario.OF_PORT}", "--", "set",
-            "controller", "br-other", "max_backoff=1000")
-    vm = lab.add_vm("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b",
-                    {"ovsnat-fixed-ip": "10.0.0.11"})
+    h.ovs.add_bridge("br-other")  # pointed at the controller before it starts
+    h.vsctl(
+        "set-controller",
+        "br-other",
+        f"tcp:127.0.0.1:{scenario.OF_PORT}",
+        "--",
+        "set",
+        "controller",
+        "br-other",
+        "max_backoff=1000",
+    )
+    vm = lab.add_vm(
+        "vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b", {"ovsnat-fixed-ip": "10.0.0.11"}
+    )
     start_server(lab, "srv-udp", lab.srv_ns, "udp", 8080)
     scenario.start_controller(lab, "hv1", SNAT["hv1"])
     ours = int(h.vsctl("get", "Bridge", "br-int", "datapath_id").strip().strip('"'), 16)
     other = int(h.vsctl("get", "Bridge", "br-other", "datapath_id").strip().strip('"'), 16)
-    wait_for(lambda: udp_request(lab, vm.ns, SERVER_IP, 8080, timeout=0.3).peer_ip ==
-             SNAT["hv1"], 15, what="PAT traffic through br-int")          # (control)
-    wait_for(lambda: scenario.status(lab, "hv1").get("stats", {}).get("datapaths_refused",
-                                                                      0) >= 2, 15,
-             what="br-other refused, twice (it reconnects)")
+    wait_for(
+        lambda: udp_request(lab, vm.ns, SERVER_IP, 8080, timeout=0.3).peer_ip == SNAT["hv1"],
+        15,
+        what="PAT traffic through br-int",
+    )  # (control)
+    wait_for(
+        lambda: scenario.status(lab, "hv1").get("stats", {}).get("datapaths_refused", 0) >= 2,
+        15,
+        what="br-other refused, twice (it reconnects)",
+    )
     st = scenario.status(lab, "hv1")
     assert st["datapath"] == f"{ours:016x}" and st["in_sync"]
     assert st["datapaths"] == {"expected": f"{ours:016x}", "refused": [f"{other:016x}"]}

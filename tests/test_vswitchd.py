@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from ovsnat.runtime import dpctl
 from ovsnat.core.connlimit import Zones
 from ovsnat.core.conntrack import tally
 from ovsnat.core.effects import Probe, Probed, ReadConntrack, ZoneLimits
 from ovsnat.core.failures import Failures
 from ovsnat.core.status import Stats
 from ovsnat.core.vswitchd import PROBE_EVERY
+from ovsnat.runtime import dpctl
 from tests.hostsim import SimHost, vm_row
 
 SOCKET = "/run/ovs/ovs-vswitchd.42.ctl"
@@ -37,8 +37,11 @@ def test_the_socket_is_probed_at_start_and_a_failure_names_what_cannot_work(capl
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and NO_PID in errors[0] and "conn_limit" in errors[0], errors
     st = sim.ctl.status(sim.now)
-    assert st["vswitchd"] == {"target": "/var/run/openvswitch", "reachable": False,
-                              "needed_by": ["conn_limit"]}
+    assert st["vswitchd"] == {
+        "target": "/var/run/openvswitch",
+        "reachable": False,
+        "needed_by": ["conn_limit"],
+    }
     assert st["failures"]["vswitchd"]["error"].startswith(NO_PID)
 
 
@@ -48,15 +51,15 @@ def test_while_it_does_not_answer_it_is_probed_again_and_logged_once(caplog):
     with caplog.at_level(logging.INFO, logger="ovsnat"):
         sim.answer(Probed(False, "/x", NO_PID))
         sim.now += 1
-        assert not probes(sim.chores())                  # not every second
+        assert not probes(sim.chores())  # not every second
         sim.now += PROBE_EVERY
         [_] = probes(sim.chores())
-        sim.answer(Probed(False, "/x", NO_PID))         # the same failure: counted, quiet
+        sim.answer(Probed(False, "/x", NO_PID))  # the same failure: counted, quiet
         sim.now += PROBE_EVERY
         [_] = probes(sim.chores())
-        sim.answer(Probed(True, SOCKET))                # it answers now: said once
+        sim.answer(Probed(True, SOCKET))  # it answers now: said once
         sim.now += PROBE_EVERY
-        assert not probes(sim.chores())                 # and no more probes
+        assert not probes(sim.chores())  # and no more probes
     lines = [r.getMessage() for r in caplog.records]
     assert sum(NO_PID in line for line in lines) == 1
     assert sum("works again" in line for line in lines) == 1
@@ -71,8 +74,9 @@ def test_without_a_feature_that_needs_it_a_failed_probe_is_not_repeated():
     sim.answer(Probed(False, "/x", NO_PID))
     sim.now += 5 * PROBE_EVERY
     assert not probes(sim.chores())
-    assert "nothing configured needs it" in sim.ctl.status(sim.now)["failures"]["vswitchd"][
-        "meaning"]
+    assert (
+        "nothing configured needs it" in sim.ctl.status(sim.now)["failures"]["vswitchd"]["meaning"]
+    )
 
 
 # --- zone limits ----------------------------------------------------------------------------
@@ -83,19 +87,18 @@ def test_a_zone_limit_that_fails_is_not_counted_as_set_and_is_applied_again():
     st = sim.ctl.status(sim.now)["conn_limit"]
     assert st == {"zones": 2, "not_applied": 2, "error": sim.zone_limit_error}
     sim.now += Zones.RETRY
-    sim.chores()                                       # retried: fails again
+    sim.chores()  # retried: fails again
     assert sim.zone_limits[-1] == ZoneLimits(set=((20002, 10), (20003, 10)))
-    sim.unplug("tapvm3")                               # meanwhile its VM left
-    sim.zone_limit_error = ""                          # and ovs-vswitchd is back
+    sim.unplug("tapvm3")  # meanwhile its VM left
+    sim.zone_limit_error = ""  # and ovs-vswitchd is back
     sim.now += Zones.RETRY
     sim.chores()
     assert sim.zone_limits[-1] == ZoneLimits(set=((20002, 10),), delete=(20003,))
-    assert sim.ctl.status(sim.now)["conn_limit"] == {"zones": 1, "not_applied": 0,
-                                                      "error": ""}
+    assert sim.ctl.status(sim.now)["conn_limit"] == {"zones": 1, "not_applied": 0, "error": ""}
     count = len(sim.zone_limits)
     sim.now += 3 * Zones.RETRY
     sim.chores()
-    assert len(sim.zone_limits) == count               # nothing left to retry
+    assert len(sim.zone_limits) == count  # nothing left to retry
 
 
 def test_zone_limits_that_take_are_not_retried():
@@ -118,19 +121,21 @@ def test_a_failure_is_logged_once_per_distinct_error_and_its_end_once(caplog):
         f.ok("status_file")
         f.ok("status_file")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["ovsnat: writing the status file failed: /x: read-only; status is old",
-                     "ovsnat: writing the status file failed: /x: disk full; status is old",
-                     "ovsnat: writing the status file works again (it failed 1 times since "
-                     "1970-01-01T00:00:02)"]
+    assert lines == [
+        "ovsnat: writing the status file failed: /x: read-only; status is old",
+        "ovsnat: writing the status file failed: /x: disk full; status is old",
+        "ovsnat: writing the status file works again (it failed 1 times since 1970-01-01T00:00:02)",
+    ]
     assert stats.counts["status_write_failures"] == 4 and f.status() == {}
 
 
 def test_the_status_file_failure_is_reported_and_its_recovery_too(tmp_path):
     from ovsnat.runtime.outside import write_status
+
     f = Failures(Stats())
     blocked = tmp_path / "file"
     blocked.write_text("")
-    write_status(str(blocked / "status.json"), {"a": 1}, f, 1.0)   # a file as a directory
+    write_status(str(blocked / "status.json"), {"a": 1}, f, 1.0)  # a file as a directory
     assert "status.json" in f.status()["status_file"]["error"]
     write_status(str(tmp_path / "status.json"), {"a": 1}, f, 2.0)
     assert f.status() == {} and (tmp_path / "status.json").read_text().startswith("{")
@@ -140,7 +145,7 @@ def test_the_status_file_failure_is_reported_and_its_recovery_too(tmp_path):
 @pytest.fixture
 def rundir(tmp_path):
     (tmp_path / "ovs-vswitchd.pid").write_text("4242\n")
-    (tmp_path / "ovs-vswitchd.4242.ctl").write_text("")        # stands for the socket
+    (tmp_path / "ovs-vswitchd.4242.ctl").write_text("")  # stands for the socket
     return tmp_path
 
 
@@ -177,6 +182,7 @@ class FakeDaemon:
     def __init__(self, path, answer):
         import socket
         import threading
+
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(8)
@@ -185,6 +191,7 @@ class FakeDaemon:
 
     def _serve(self):
         import json
+
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -196,7 +203,7 @@ class FakeDaemon:
             if reply is not None:
                 data = json.dumps({**reply, "id": request["id"]}).encode()
                 for i in range(0, len(data), 1000):
-                    conn.sendall(data[i:i + 1000])
+                    conn.sendall(data[i : i + 1000])
                 conn.close()
 
     def close(self):
@@ -205,22 +212,24 @@ class FakeDaemon:
 
 def test_a_call_reads_the_daemons_answer_or_its_error(rundir):
     os.unlink(rundir / "ovs-vswitchd.4242.ctl")
-    big = "".join(f"{line}\n" for line in ENTRIES[:5] * 2000)         # 10,000 entries
-    daemon = FakeDaemon(rundir / "ovs-vswitchd.4242.ctl", lambda method, params: (
-        {"result": big, "error": None} if method == "dpctl/dump-conntrack" else
-        {"result": None, "error": "ovs-vswitchd: failed to parse field zone"}))
+    big = "".join(f"{line}\n" for line in ENTRIES[:5] * 2000)  # 10,000 entries
+    daemon = FakeDaemon(
+        rundir / "ovs-vswitchd.4242.ctl",
+        lambda method, params: (
+            {"result": big, "error": None}
+            if method == "dpctl/dump-conntrack"
+            else {"result": None, "error": "ovs-vswitchd: failed to parse field zone"}
+        ),
+    )
     try:
         target = dpctl.Target(str(rundir), {})
         answer = dpctl.appctl(target, "dpctl/dump-conntrack")
         assert answer.ok and answer.out == big
         answer = dpctl.appctl(target, "dpctl/ct-set-limits", "zone=70000,limit=5")
-        assert not answer.ok and answer.error.endswith(": ovs-vswitchd: failed to parse field "
-                                                       "zone")
-        failed, error = dpctl.set_zone_limits(target, ZoneLimits(set=((1, 5), (2, 5)),
-                                                                  delete=(3,)))
+        assert not answer.ok and answer.error.endswith(": ovs-vswitchd: failed to parse field zone")
+        failed, error = dpctl.set_zone_limits(target, ZoneLimits(set=((1, 5), (2, 5)), delete=(3,)))
         assert failed == (1, 2, 3) and "failed to parse" in error
-        assert ("dpctl/ct-set-limits", ["zone=1,limit=5", "zone=2,limit=5"]) in \
-            daemon.requests
+        assert ("dpctl/ct-set-limits", ["zone=1,limit=5", "zone=2,limit=5"]) in daemon.requests
     finally:
         daemon.close()
 
@@ -229,8 +238,7 @@ def test_a_daemon_that_does_not_answer_is_given_up_in_time(rundir):
     os.unlink(rundir / "ovs-vswitchd.4242.ctl")
     daemon = FakeDaemon(rundir / "ovs-vswitchd.4242.ctl", lambda method, params: None)
     try:
-        answer = dpctl.appctl(dpctl.Target(str(rundir), {}), "dpctl/dump-conntrack",
-                              timeout=0.5)
+        answer = dpctl.appctl(dpctl.Target(str(rundir), {}), "dpctl/dump-conntrack", timeout=0.5)
         assert not answer.ok and "no answer from" in answer.error
     finally:
         daemon.close()
@@ -261,10 +269,11 @@ def test_one_dump_is_tallied_for_every_reader():
 
 def test_a_reading_in_chunks_equals_one_in_a_piece():
     from ovsnat.core.conntrack import Tally
+
     lines = ENTRIES * 50
     t = Tally(65000, "203.0.113.11")
     for i in range(0, len(lines), 7):
-        t.feed(lines[i:i + 7])
+        t.feed(lines[i : i + 7])
     whole = tally("\n".join(lines), 65000, "203.0.113.11")
     assert t.reading() == whole
 

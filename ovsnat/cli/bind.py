@@ -19,8 +19,17 @@ import argparse
 import os
 import sys
 
-from ovsnat.model import KEY_ATTACHED_MAC, KEY_FIP, KEY_FIXED_IP, KEY_IFACE_ID, ConfigError, \
-    HostConfig, PortError, VmPort, parse_ipv4
+from ovsnat.model import (
+    KEY_ATTACHED_MAC,
+    KEY_FIP,
+    KEY_FIXED_IP,
+    KEY_IFACE_ID,
+    ConfigError,
+    HostConfig,
+    PortError,
+    VmPort,
+    parse_ipv4,
+)
 from ovsnat.model.options import BY_NAME, read_ini
 
 DEFAULT_DB = BY_NAME["ovsdb_connection"].default
@@ -31,20 +40,38 @@ class BindError(Exception):
 
 
 def _parser(cmd: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"ovsnat {cmd}", description=(
-        "Give a VM a floating IP (static 1:1 NAT)." if cmd == "bind" else
-        "Remove a VM's floating IP: the VM falls back to the host's PAT."))
-    p.add_argument("--iface-id", required=True, metavar="ID",
-                   help="the VM port's external_ids:iface-id (the Neutron port id)")
+    p = argparse.ArgumentParser(
+        prog=f"ovsnat {cmd}",
+        description=(
+            "Give a VM a floating IP (static 1:1 NAT)."
+            if cmd == "bind"
+            else "Remove a VM's floating IP: the VM falls back to the host's PAT."
+        ),
+    )
+    p.add_argument(
+        "--iface-id",
+        required=True,
+        metavar="ID",
+        help="the VM port's external_ids:iface-id (the Neutron port id)",
+    )
     if cmd == "bind":
         p.add_argument("--fip", required=True, metavar="IP", help="the floating IPv4 address")
-        p.add_argument("--fixed-ip", metavar="IP",
-                       help="also set external_ids:ovsnat-fixed-ip (the VM's internal IPv4); "
-                            "needed when the plugging agent did not set it")
-    p.add_argument("--db", metavar="REMOTE",
-                   help=f"OVSDB remote (default: ovsdb_connection of --config, else {DEFAULT_DB})")
-    p.add_argument("--config", metavar="FILE",
-                   help="the host's ovsnat.conf: check the port against its options first")
+        p.add_argument(
+            "--fixed-ip",
+            metavar="IP",
+            help="also set external_ids:ovsnat-fixed-ip (the VM's internal IPv4); "
+            "needed when the plugging agent did not set it",
+        )
+    p.add_argument(
+        "--db",
+        metavar="REMOTE",
+        help=f"OVSDB remote (default: ovsdb_connection of --config, else {DEFAULT_DB})",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the host's ovsnat.conf: check the port against its options first",
+    )
     p.add_argument("--timeout", type=float, default=10, help="seconds to wait for OVSDB")
     return p
 
@@ -65,27 +92,33 @@ def _host_config(path: str | None) -> tuple[HostConfig | None, str | None]:
 def _check_port(cfg: HostConfig | None):
     """A check for ovsdb.set_iface_external_ids: the row as it will be after the write must
     be a port the controller accepts."""
+
     def check(name: str, ofport, ids: dict) -> None:
         if not str(ids.get(KEY_FIXED_IP, "")).strip():
-            raise BindError(f"port {name!r} has no external_ids:{KEY_FIXED_IP}; pass "
-                            "--fixed-ip with the VM's internal address")
+            raise BindError(
+                f"port {name!r} has no external_ids:{KEY_FIXED_IP}; pass "
+                "--fixed-ip with the VM's internal address"
+            )
         if cfg is None:
             return
         if not str(ids.get(KEY_ATTACHED_MAC, "")).strip():
             raise BindError(f"port {name!r} has no external_ids:{KEY_ATTACHED_MAC}")
         try:
             # ofport 0 means "not attached yet": check the addresses anyway.
-            port = VmPort.from_external_ids(name, ofport if ofport and ofport > 0 else
-                                            0xFFFFFEFF, ids)
+            port = VmPort.from_external_ids(
+                name, ofport if ofport and ofport > 0 else 0xFFFFFEFF, ids
+            )
             port.check(cfg)
         except PortError as e:
             raise BindError(f"refused, the controller would reject the port: {e}") from None
+
     return check
 
 
 def run(cmd: str, argv: list[str]) -> int:
     args = _parser(cmd).parse_args(argv)
     from ovsnat import ovsdb  # python-ovs only when there is work to do
+
     try:
         iface_id = args.iface_id.strip()
         if not iface_id or not iface_id.isprintable():
@@ -100,11 +133,14 @@ def run(cmd: str, argv: list[str]) -> int:
         cfg, cfg_db = _host_config(args.config)
         remote = args.db or cfg_db or DEFAULT_DB
         if remote.startswith("unix:") and not os.path.exists(remote[5:]):
-            raise BindError(f"OVSDB socket {remote[5:]} does not exist (is ovsdb-server "
-                            "running? pick another with --db)")
+            raise BindError(
+                f"OVSDB socket {remote[5:]} does not exist (is ovsdb-server "
+                "running? pick another with --db)"
+            )
         check = _check_port(cfg) if cmd == "bind" else None
-        rows = ovsdb.set_iface_external_ids(remote, iface_id, set_keys, remove_keys, check,
-                                            timeout=args.timeout)
+        rows = ovsdb.set_iface_external_ids(
+            remote, iface_id, set_keys, remove_keys, check, timeout=args.timeout
+        )
     except (BindError, ConfigError) as e:
         print(f"ovsnat {cmd}: {e}", file=sys.stderr)
         return 1
@@ -116,8 +152,10 @@ def run(cmd: str, argv: list[str]) -> int:
         return 1
     for name, ids in rows.items():
         if cmd == "bind":
-            print(f"{name}: {KEY_IFACE_ID}={iface_id} {KEY_FIXED_IP}={ids.get(KEY_FIXED_IP)} "
-                  f"{KEY_FIP}={ids[KEY_FIP]}")
+            print(
+                f"{name}: {KEY_IFACE_ID}={iface_id} {KEY_FIXED_IP}={ids.get(KEY_FIXED_IP)} "
+                f"{KEY_FIP}={ids[KEY_FIP]}"
+            )
         else:
             print(f"{name}: {KEY_IFACE_ID}={iface_id} no FIP (PAT)")
     return 0

@@ -26,15 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "flows":
         from ovsnat.cli.offline import main as flows_main
+
         return flows_main(rest)
     if cmd in ("bind", "unbind"):
         from ovsnat.cli.bind import run as bind_run
+
         return bind_run(cmd, rest)
     if cmd in ("dump", "diff", "status", "trace"):
         from ovsnat.cli.inspect_cli import main as inspect_main
+
         return inspect_main(cmd, rest)
     if cmd == "lab":
         from ovsnat.lab.cli import main as lab_main
+
         return lab_main(rest)
     print(f"ovsnat: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2

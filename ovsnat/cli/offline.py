@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 
-from ovsnat.compile.compiler import METERS, compile_state
+from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import ofctl_text
+from ovsnat.compile.punt_flows import METERS
 from ovsnat.core.state import build_state
 from ovsnat.model import ConfigError, HostConfig, PortError, Rejection, VmPort
 from ovsnat.model.options import read_ini
@@ -29,8 +30,11 @@ def load_ports(path: str) -> list:
         try:
             if not isinstance(row, dict) or not isinstance(row.get("external_ids", {}), dict):
                 raise PortError(f"port {name!r}: not an object with an external_ids object")
-            ports.append(VmPort.from_external_ids(row.get("name"), row.get("ofport"),
-                                                  row.get("external_ids", {})))
+            ports.append(
+                VmPort.from_external_ids(
+                    row.get("name"), row.get("ofport"), row.get("external_ids", {})
+                )
+            )
         except PortError as e:
             ports.append(Rejection(name, str(e)))
     return ports
@@ -40,8 +44,12 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ovsnat flows", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="ovsnat.conf ([ovsnat] section)")
     p.add_argument("--ports", required=True, help="JSON list of interface rows")
-    p.add_argument("--uplink-ofport", type=int, default=1,
-                   help="OpenFlow port of uplink_port (OVSDB knows it on a live host)")
+    p.add_argument(
+        "--uplink-ofport",
+        type=int,
+        default=1,
+        help="OpenFlow port of uplink_port (OVSDB knows it on a live host)",
+    )
     a = p.parse_args(argv)
     try:
         options = read_ini(a.config)

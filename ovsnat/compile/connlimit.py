@@ -13,7 +13,15 @@ kernel's and OVS's zone limits do. FIP VMs are stateless and have no limit.
 from __future__ import annotations
 
 from ovsnat.compile.flows import Ct, Flow, Goto, Load, Match, make_flow
-from ovsnat.compile.pipeline import ARRIVED, CONN_COUNT, CONN_VERDICT, EGRESS, LIMITED, VM_ROUTE, flag
+from ovsnat.compile.pipeline import (
+    ARRIVED,
+    CONN_COUNT,
+    CONN_VERDICT,
+    EGRESS,
+    LIMITED,
+    VM_ROUTE,
+    flag,
+)
 from ovsnat.model import HostConfig, VmPort
 
 MAX_ZONE = 65535
@@ -40,14 +48,34 @@ def classify_marks(cfg: HostConfig, vm: VmPort) -> list:
 def host_flows(cfg: HostConfig, c: int, router_mac: str) -> list[Flow]:
     if not cfg.conn_limit:
         return []
-    began_elsewhere = [make_flow(c, CONN_COUNT, 110, Match.of(
-        ct_state="+new+trk", proto="tcp", reg5=flag(ARRIVED), tcp_flags="-syn"),
-        [Goto(EGRESS)])] if cfg.handoff_vlan and cfg.fabric_ofport else []
+    began_elsewhere = (
+        [
+            make_flow(
+                c,
+                CONN_COUNT,
+                110,
+                Match.of(ct_state="+new+trk", proto="tcp", reg5=flag(ARRIVED), tcp_flags="-syn"),
+                [Goto(EGRESS)],
+            )
+        ]
+        if cfg.handoff_vlan and cfg.fabric_ofport
+        else []
+    )
     return began_elsewhere + [
-        make_flow(c, VM_ROUTE, 110, Match.of(proto="ip", reg5=flag(LIMITED), dl_dst=router_mac),
-                  [Ct(zone="reg4", table=CONN_COUNT)]),
-        make_flow(c, CONN_COUNT, 100, Match.of(ct_state="+new+trk", proto="ip"),
-                  [Ct(zone="reg4", table=CONN_VERDICT, commit=True, mark=1)]),
+        make_flow(
+            c,
+            VM_ROUTE,
+            110,
+            Match.of(proto="ip", reg5=flag(LIMITED), dl_dst=router_mac),
+            [Ct(zone="reg4", table=CONN_COUNT)],
+        ),
+        make_flow(
+            c,
+            CONN_COUNT,
+            100,
+            Match.of(ct_state="+new+trk", proto="ip"),
+            [Ct(zone="reg4", table=CONN_VERDICT, commit=True, mark=1)],
+        ),
         make_flow(c, CONN_COUNT, 0, Match(), [Goto(EGRESS)]),
         make_flow(c, CONN_VERDICT, 100, Match.of(ct_mark="0x1/0x1"), [Goto(EGRESS)]),
         make_flow(c, CONN_VERDICT, 0, Match(), []),

@@ -21,8 +21,8 @@ whose it is and what it holds, but not what OVS will merge. So, before a flow is
   status (`duplicate_flows`), and installed when the winner lets go of it.
 
 The identity is read from the packed flow_mod: table, priority and the match's OXM bytes.
-ovsnat writes a match in one canonical order and form (ofwire: as OVS writes it back, which
-the audit relies on), so one match always packs to the same bytes. Cost per owner stored:
+ovsnat writes a match in one canonical order and form (ovsnat.openflow.match: as OVS writes it back,
+which the audit relies on), so one match always packs to the same bytes. Cost per owner stored:
 its own flows (a port event stays O(1)); memory: one dict entry per desired flow (5.8 MiB
 at 10,000 VMs, 55,067 flows: docs/performance.md).
 """
@@ -30,18 +30,15 @@ at 10,000 VMs, 55,067 flows: docs/performance.md).
 from __future__ import annotations
 
 import logging
-import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ovsnat.compile import flows as flowlib
-from ovsnat.openflow import messages as ofwire
 from ovsnat.compile.flows import Flow
+from ovsnat.openflow import messages
+from ovsnat.openflow.blobs import blob_identities, identity, with_cookie
 
 LOG = logging.getLogger("ovsnat")
-_HEAD = struct.Struct("!2xH4xQ8xB")       # length, cookie, table_id (ofp_flow_mod)
-TABLE_AT, PRIORITY_AT, MATCH_AT = 24, 30, 48     # offsets in an OpenFlow 1.3 flow_mod
-MIN_FLOW_MOD = 56                              # header, fixed body, empty match
 
 
 class _HostOwner:
@@ -78,26 +75,6 @@ def label(owner) -> str:
     return f"port {owner}"
 
 
-def identity(msg, offset: int = 0) -> bytes:
-    """(table, priority, match) of the flow_mod at `offset`, as bytes: table, priority, then
-    the match's OXM fields (its header and padding left out)."""
-    m = offset + MATCH_AT
-    return msg[offset + TABLE_AT:offset + TABLE_AT + 1] + \
-        msg[offset + PRIORITY_AT:offset + PRIORITY_AT + 2] + \
-        msg[m + 4:m + (msg[m + 2] << 8 | msg[m + 3])]
-
-
-def blob_identities(blob: bytes) -> Iterable[tuple[tuple[int, int], bytes]]:
-    """((table, cookie), identity) of each flow_mod of a packed blob (ovsnat.core.state)."""
-    offset, size = 0, len(blob)
-    while offset < size:
-        length, cookie, table = _HEAD.unpack_from(blob, offset)
-        if length < MIN_FLOW_MOD or offset + length > size:
-            raise ValueError(f"no whole flow_mod at offset {offset} (length {length})")
-        yield (table, cookie), identity(blob, offset)
-        offset += length
-
-
 def text(flow: Flow) -> str:
     """The identity as an operator reads it."""
     match = ("," + flow.match.text()) if flow.match.fields else ""
@@ -120,7 +97,7 @@ def settle(flows: Iterable[Flow]) -> Settled:
     """At most one flow per identity and one per (table, cookie); see the module docstring."""
     out, by_ident = Settled(), {}
     for f in flows:
-        msg = ofwire.flow_add(f, 0)
+        msg = messages.flow_add(f, 0)
         ident = identity(msg)
         have = by_ident.get(ident)
         if have is None:
@@ -141,14 +118,14 @@ def _salt(by_ident: dict, used: set, salted: list) -> dict:
     groups: dict = {}
     for ident, (f, _) in by_ident.items():
         groups.setdefault((f.table, f.cookie), []).append(ident)
-    for key, idents in groups.items():
+    for idents in groups.values():
         if len(idents) < 2:
             continue
         idents.sort(key=lambda i: (by_ident[i][0].priority, by_ident[i][0].body()))
         for ident in idents[1:]:
             f, msg = by_ident[ident]
             new = flowlib.resalted(f, used)
-            by_ident[ident] = (new, msg[:8] + struct.pack("!Q", new.cookie) + msg[16:])
+            by_ident[ident] = (new, with_cookie(msg, new.cookie))
             salted.append((f, new))
     return by_ident
 
@@ -161,8 +138,10 @@ def reserve(flows: list[Flow], keeper: Flow) -> list[Flow]:
     if all((f.table, f.cookie) != key or f == keeper for f in flows):
         return flows
     used = {key, *((f.table, f.cookie) for f in flows)}
-    return [flowlib.resalted(f, used) if (f.table, f.cookie) == key and f != keeper else f
-            for f in flows]
+    return [
+        flowlib.resalted(f, used) if (f.table, f.cookie) == key and f != keeper else f
+        for f in flows
+    ]
 
 
 def resolve(groups: Iterable[tuple[object, list[Flow]]]) -> list[Flow]:
@@ -183,10 +162,10 @@ class Identities:
     `rivals` and `losing` hold only the contested identities: nearly always empty."""
 
     def __init__(self):
-        self.held: dict[bytes, object] = {}       # identity -> owner whose flow is desired
-        self.rivals: dict[bytes, set] = {}        # identity -> owners left out of it
-        self.losing: dict[object, dict[bytes, tuple]] = {}    # -> (text, its owner cookie)
-        self.doubled: dict[object, list[str]] = {}   # owner -> its own duplicates left out
+        self.held: dict[bytes, object] = {}  # identity -> owner whose flow is desired
+        self.rivals: dict[bytes, set] = {}  # identity -> owners left out of it
+        self.losing: dict[object, dict[bytes, tuple]] = {}  # -> (text, its owner cookie)
+        self.doubled: dict[object, list[str]] = {}  # owner -> its own duplicates left out
 
     def claim(self, owner, old: bytes, settled: Settled) -> tuple[list, list]:
         """`owner`'s flows are now `settled` (its packed flows were `old`): (the entries of
@@ -204,9 +183,9 @@ class Identities:
             holder = self.held.setdefault(ident, owner)
             if holder == owner:
                 kept.append(entry)
-            elif ident in losing:                 # already left out, already said
+            elif ident in losing:  # already left out, already said
                 losing[ident] = (text(f), f.owner_cookie)
-            elif rank(owner) < rank(holder):      # its own cookie: when it is stored again
+            elif rank(owner) < rank(holder):  # its own cookie: when it is stored again
                 self._lose(holder, ident, f, owner, None)
                 self.held[ident] = owner
                 restore.append(holder)
@@ -218,9 +197,15 @@ class Identities:
     def _lose(self, loser, ident: bytes, f: Flow, winner, cookie: int | None) -> None:
         self.rivals.setdefault(ident, set()).add(loser)
         self.losing.setdefault(loser, {})[ident] = (text(f), cookie)
-        LOG.error("ovsnat: %s and %s both want the flow %s (OVS keeps one flow per table, "
-                  "priority and match): %s keeps it, sorting first; %s's is left out",
-                  label(winner), label(loser), text(f), label(winner), label(loser))
+        LOG.error(
+            "ovsnat: %s and %s both want the flow %s (OVS keeps one flow per table, "
+            "priority and match): %s keeps it, sorting first; %s's is left out",
+            label(winner),
+            label(loser),
+            text(f),
+            label(winner),
+            label(loser),
+        )
 
     def _release(self, owner, ident: bytes) -> list:
         """`owner` no longer wants `ident`: the rival that sorts first takes it over."""
@@ -234,8 +219,12 @@ class Identities:
             heir = min(rivals, key=rank)
             rivals.discard(heir)
             self.held[ident] = heir
-            LOG.warning("ovsnat: the flow %s of %s is installed now: %s no longer has it",
-                        self.losing[heir][ident][0], label(heir), label(owner))
+            LOG.warning(
+                "ovsnat: the flow %s of %s is installed now: %s no longer has it",
+                self.losing[heir][ident][0],
+                label(heir),
+                label(owner),
+            )
             self._forget(heir, ident)
             heirs.append(heir)
         if not rivals:
@@ -251,15 +240,25 @@ class Identities:
 
     def _report_own(self, owner, settled: Settled) -> None:
         for before, after in settled.salted:
-            LOG.info("ovsnat: %s: cookie %#x of flow %s is taken by another of its flows "
-                     "(digest collision); it gets cookie %#x", label(owner), before.cookie,
-                     text(before), after.cookie)
-        doubled = [f"{text(gone)} (actions {gone.text().split(' actions=')[1]})"
-                   for gone, _ in settled.doubled]
+            LOG.info(
+                "ovsnat: %s: cookie %#x of flow %s is taken by another of its flows "
+                "(digest collision); it gets cookie %#x",
+                label(owner),
+                before.cookie,
+                text(before),
+                after.cookie,
+            )
+        doubled = [
+            f"{text(gone)} (actions {gone.text().split(' actions=')[1]})"
+            for gone, _ in settled.doubled
+        ]
         if doubled != self.doubled.get(owner, []):
             for line in doubled:
-                LOG.error("ovsnat: %s compiles two flows %s; the one sorting first is kept",
-                          label(owner), line)
+                LOG.error(
+                    "ovsnat: %s compiles two flows %s; the one sorting first is kept",
+                    label(owner),
+                    line,
+                )
         if doubled:
             self.doubled[owner] = doubled
         else:
@@ -274,8 +273,14 @@ class Identities:
 
     def status(self) -> list[dict]:
         """Every flow left out, for `ovsnat status`: whose, which, and who keeps it."""
-        out = [{"owner": label(o), "flow": t, "kept_by": label(self.held.get(i))}
-               for o, idents in self.losing.items() for i, (t, _) in idents.items()]
-        out += [{"owner": label(o), "flow": t, "kept_by": label(o)}
-                for o, texts in self.doubled.items() for t in texts]
+        out = [
+            {"owner": label(o), "flow": t, "kept_by": label(self.held.get(i))}
+            for o, idents in self.losing.items()
+            for i, (t, _) in idents.items()
+        ]
+        out += [
+            {"owner": label(o), "flow": t, "kept_by": label(o)}
+            for o, texts in self.doubled.items()
+            for t in texts
+        ]
         return sorted(out, key=lambda d: (d["owner"], d["flow"]))

@@ -1,9 +1,9 @@
 """OpenFlow flows as plain values, and their `ovs-ofctl` text.
 
 The compiler builds `Flow`s; renderers turn them into ovs-ofctl text (golden files,
-`ovs-ofctl --bundle` baselines) or framework flow_mods (tests/framework_render.py, the test oracle). The text is written the
-way `ovs-ofctl dump-flows` prints it (OVS's field order and spelling), so a rendered flow and a
-dumped flow can be compared as strings.
+`ovs-ofctl --bundle` baselines) or framework flow_mods (tests/framework_render.py, the test
+oracle). The text is written the way `ovs-ofctl dump-flows` prints it (OVS's field order and
+spelling), so a rendered flow and a dumped flow can be compared as strings.
 
 Cookies say who owns a flow, so a dump maps back to the objects that made it and stale flows
 can be removed exactly:
@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Union
 
 COOKIE_HOST = 0xA1
 COOKIE_VM = 0xA2
 COOKIE_NET = 0xA3
 COOKIE_VLAN_VM = 0xA4
-COOKIE_GONE = 0xA6          # a PAT VM that left this host, during its handoff (owner: as 0xa2)
-COOKIE_VLAN_GONE = 0xA7     # the same for a VLAN network's VM (owner: as 0xa4)
+COOKIE_GONE = 0xA6  # a PAT VM that left this host, during its handoff (owner: as 0xa2)
+COOKIE_VLAN_GONE = 0xA7  # the same for a VLAN network's VM (owner: as 0xa4)
 KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_GONE, COOKIE_VLAN_GONE)
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
 COOKIE_QUARANTINE = 0xA5
-OWNER_MASK = 0xFFFFFFFFFF000000     # kind + owner: every flow of one owner
+OWNER_MASK = 0xFFFFFFFFFF000000  # kind + owner: every flow of one owner
 
 
 def owner_cookie(kind: int, owner: int) -> int:
@@ -58,13 +57,42 @@ def is_ours(cookie: int) -> bool:
 
 # --- matches ---------------------------------------------------------------------------------
 # OVS prints the protocol shorthand, then fields in this order (lib/match.c match_format()).
-PROTOCOLS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
-             "rarp": (0x8035, None),
-             "tcp": (0x0800, 6), "udp": (0x0800, 17), "icmp": (0x0800, 1)}
-FIELD_ORDER = ("ct_state", "ct_mark", "proto", "reg4", "reg5", "reg6", "reg7", "in_port", "vlan_tci", "dl_vlan",
-               "dl_src", "dl_dst", "nw_src", "nw_dst", "arp_spa", "arp_tpa", "arp_op",
-               "arp_sha", "nw_ttl", "nw_frag", "tp_src", "tp_dst", "tcp_flags", "icmp_type")
-NO_VLAN = "0x0000/0x1fff"       # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
+PROTOCOLS = {
+    "ip": (0x0800, None),
+    "arp": (0x0806, None),
+    "ipv6": (0x86DD, None),
+    "rarp": (0x8035, None),
+    "tcp": (0x0800, 6),
+    "udp": (0x0800, 17),
+    "icmp": (0x0800, 1),
+}
+FIELD_ORDER = (
+    "ct_state",
+    "ct_mark",
+    "proto",
+    "reg4",
+    "reg5",
+    "reg6",
+    "reg7",
+    "in_port",
+    "vlan_tci",
+    "dl_vlan",
+    "dl_src",
+    "dl_dst",
+    "nw_src",
+    "nw_dst",
+    "arp_spa",
+    "arp_tpa",
+    "arp_op",
+    "arp_sha",
+    "nw_ttl",
+    "nw_frag",
+    "tp_src",
+    "tp_dst",
+    "tcp_flags",
+    "icmp_type",
+)
+NO_VLAN = "0x0000/0x1fff"  # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
 RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
 
@@ -75,7 +103,7 @@ class Match:
     fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, **kw) -> "Match":
+    def of(cls, **kw) -> Match:
         unknown = kw.keys() - RANK.keys()
         if unknown:
             raise ValueError(f"unknown match fields {sorted(unknown)}")
@@ -97,7 +125,7 @@ class Match:
 # --- actions ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Output:
-    port: int | str            # an ofport, or "IN_PORT" (OVS skips output to the in_port)
+    port: int | str  # an ofport, or "IN_PORT" (OVS skips output to the in_port)
 
     def text(self) -> str:
         return "IN_PORT" if self.port == "IN_PORT" else f"output:{self.port}"
@@ -105,19 +133,29 @@ class Output:
 
 @dataclass(frozen=True)
 class SetField:
-    field: str                 # eth_src eth_dst ip_src ip_dst arp_op arp_sha arp_spa
+    field: str  # eth_src eth_dst ip_src ip_dst arp_op arp_sha arp_spa
     value: str
 
     def text(self) -> str:
         return f"set_field:{self.value}->{self.field}"
 
 
-NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
-             "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
-             "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
-             "in_port": "NXM_OF_IN_PORT", "reg5": "NXM_NX_REG5", "reg6": "NXM_NX_REG6",
-             "reg4": "NXM_NX_REG4", "reg7": "NXM_NX_REG7", "reg8": "NXM_NX_REG8", "ip_src": "NXM_OF_IP_SRC",
-             "ip_dst": "NXM_OF_IP_DST"}
+NXM_NAMES = {
+    "eth_src": "NXM_OF_ETH_SRC",
+    "eth_dst": "NXM_OF_ETH_DST",
+    "arp_sha": "NXM_NX_ARP_SHA",
+    "arp_tha": "NXM_NX_ARP_THA",
+    "arp_spa": "NXM_OF_ARP_SPA",
+    "arp_tpa": "NXM_OF_ARP_TPA",
+    "in_port": "NXM_OF_IN_PORT",
+    "reg5": "NXM_NX_REG5",
+    "reg6": "NXM_NX_REG6",
+    "reg4": "NXM_NX_REG4",
+    "reg7": "NXM_NX_REG7",
+    "reg8": "NXM_NX_REG8",
+    "ip_src": "NXM_OF_IP_SRC",
+    "ip_dst": "NXM_OF_IP_DST",
+}
 
 
 def _bits(span: tuple[int, int] | None) -> str:
@@ -140,8 +178,8 @@ class Move:
 class Load:
     field: str
     value: int
-    bit: int | None = None      # one bit of the field (a flag register); None: the whole field
-    span: tuple[int, int] | None = None     # or bits lo..hi
+    bit: int | None = None  # one bit of the field (a flag register); None: the whole field
+    span: tuple[int, int] | None = None  # or bits lo..hi
 
     def text(self) -> str:
         bits = str(self.bit) if self.bit is not None else _bits(self.span)
@@ -172,7 +210,7 @@ class DecTtl:
 
 @dataclass(frozen=True)
 class Nat:
-    kind: str | None = None    # "src", "dst", or None: apply the connection's existing NAT
+    kind: str | None = None  # "src", "dst", or None: apply the connection's existing NAT
     ip: str | None = None
     port_min: int | None = None
     port_max: int | None = None
@@ -186,18 +224,21 @@ class Nat:
 
 @dataclass(frozen=True)
 class Ct:
-    zone: int | str            # a number, or "reg4": the zone in register 4's low 16 bits
-    table: int | None = None   # continue in this table after conntrack (recirculation)
+    zone: int | str  # a number, or "reg4": the zone in register 4's low 16 bits
+    table: int | None = None  # continue in this table after conntrack (recirculation)
     commit: bool = False
     nat: Nat | None = None
-    mark: int | None = None    # with commit: set the connection's ct_mark
+    mark: int | None = None  # with commit: set the connection's ct_mark
 
     def text(self) -> str:
         zone = "NXM_NX_REG4[0..15]" if self.zone == "reg4" else self.zone
-        parts = (["commit"] if self.commit else []) + \
-            ([f"table={self.table}"] if self.table is not None else []) + \
-            [f"zone={zone}"] + ([self.nat.text()] if self.nat else []) + \
-            ([f"exec(set_field:{self.mark:#x}->ct_mark)"] if self.mark is not None else [])
+        parts = (
+            (["commit"] if self.commit else [])
+            + ([f"table={self.table}"] if self.table is not None else [])
+            + [f"zone={zone}"]
+            + ([self.nat.text()] if self.nat else [])
+            + ([f"exec(set_field:{self.mark:#x}->ct_mark)"] if self.mark is not None else [])
+        )
         return f"ct({','.join(parts)})"
 
 
@@ -243,8 +284,20 @@ class Goto:
         return f"goto_table:{self.table}"
 
 
-Action = Union[Output, SetField, Move, Load, PushVlan, PopVlan, DecTtl, Ct, CtClear, Controller,
-               Meter, Goto]
+Action = (
+    Output
+    | SetField
+    | Move
+    | Load
+    | PushVlan
+    | PopVlan
+    | DecTtl
+    | Ct
+    | CtClear
+    | Controller
+    | Meter
+    | Goto
+)
 
 
 # --- flows -----------------------------------------------------------------------------------
@@ -256,7 +309,7 @@ class Flow:
     actions: tuple[Action, ...]
     owner_cookie: int = field(default=0, compare=False)
     cookie: int = 0
-    body_text: str = field(default="", compare=False, repr=False)   # cache of body()
+    body_text: str = field(default="", compare=False, repr=False)  # cache of body()
 
     def body(self) -> str:
         """Everything but the cookie, as ovs-ofctl prints it (it leaves out table 0)."""
@@ -267,8 +320,7 @@ class Flow:
 
     def gotos(self) -> set[int]:
         """Tables this flow can continue in (goto_table and ct recirculation)."""
-        return {a.table for a in self.actions
-                if isinstance(a, (Goto, Ct)) and a.table is not None}
+        return {a.table for a in self.actions if isinstance(a, (Goto, Ct)) and a.table is not None}
 
 
 def _body(table: int, priority: int, match: Match, actions) -> str:
@@ -285,13 +337,19 @@ def body_digest(body: str, salt: int = 0) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=3).digest(), "big")
 
 
-def make_flow(owner_cookie: int, table: int, priority: int, match: Match,
-              actions: tuple[Action, ...] | list[Action]) -> Flow:
+def make_flow(
+    owner_cookie: int,
+    table: int,
+    priority: int,
+    match: Match,
+    actions: tuple[Action, ...] | list[Action],
+) -> Flow:
     """A flow with its cookie: the owner's bits plus a 24-bit digest of its content."""
     actions = tuple(actions)
     body = _body(table, priority, match, actions)
-    return Flow(table, priority, match, actions, owner_cookie,
-                owner_cookie | body_digest(body), body)
+    return Flow(
+        table, priority, match, actions, owner_cookie, owner_cookie | body_digest(body), body
+    )
 
 
 def resalted(flow: Flow, used: set) -> Flow:
@@ -302,11 +360,18 @@ def resalted(flow: Flow, used: set) -> Flow:
         salt += 1
         cookie = flow.owner_cookie | body_digest(flow.body(), salt)
     used.add((flow.table, cookie))
-    return Flow(flow.table, flow.priority, flow.match, flow.actions, flow.owner_cookie, cookie,
-                flow.body_text)
+    return Flow(
+        flow.table,
+        flow.priority,
+        flow.match,
+        flow.actions,
+        flow.owner_cookie,
+        cookie,
+        flow.body_text,
+    )
 
 
-METER_CONTROLLER = 0xFFFFFFFE      # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in
+METER_CONTROLLER = 0xFFFFFFFE  # OpenFlow 1.3 OFPM_CONTROLLER: every packet-in
 
 
 @dataclass(frozen=True)

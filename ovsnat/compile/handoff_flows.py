@@ -14,12 +14,36 @@ Three parts, all on the handoff VLAN of the fabric, which no tenant network may 
 
 from __future__ import annotations
 
-from ovsnat.compile.flows import COOKIE_GONE, COOKIE_VLAN_GONE, Flow, Goto, Load, Match, Output, \
-    PopVlan, PushVlan, SetField, make_flow, owner_cookie
+from ovsnat.compile.flows import (
+    COOKIE_GONE,
+    COOKIE_VLAN_GONE,
+    Flow,
+    Goto,
+    Load,
+    Match,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetField,
+    make_flow,
+    owner_cookie,
+)
+from ovsnat.compile.pipeline import (
+    ARRIVED,
+    CLASSIFY,
+    EGRESS,
+    HANDED,
+    HANDOFF_IN,
+    NET_PAT_OUT,
+    PAT_OUT,
+    ROUTED,
+    TO_KEY_IP,
+    VM_L2,
+    flag,
+    reg6,
+)
 from ovsnat.model import HostConfig, VmPort, mac_str
 from ovsnat.model.networks import Network
-from ovsnat.compile.pipeline import ARRIVED, CLASSIFY, EGRESS, HANDED, HANDOFF_IN, NET_PAT_OUT, PAT_OUT, \
-    ROUTED, TO_KEY_IP, VM_L2, flag, reg6
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -40,11 +64,15 @@ def host_flows(cfg: HostConfig, c: int) -> list[Flow]:
     to_all = [SetField("eth_dst", BROADCAST), PushVlan(vlan), Output(fabric)]
     # A session that began on the host the VM left: its segments carry no SYN, and this
     # host's zone has no entry for it (+new). The first zone a packet meets decides.
-    began_elsewhere = dict(ct_state="+new+trk", proto="tcp", reg5=flag(ARRIVED),
-                           tcp_flags="-syn")
+    began_elsewhere = dict(ct_state="+new+trk", proto="tcp", reg5=flag(ARRIVED), tcp_flags="-syn")
     return [
-        make_flow(c, CLASSIFY, 100, Match.of(in_port=fabric, dl_vlan=vlan),
-                  [PopVlan(), Load("reg5", 1, HANDED), Goto(HANDOFF_IN)]),
+        make_flow(
+            c,
+            CLASSIFY,
+            100,
+            Match.of(in_port=fabric, dl_vlan=vlan),
+            [PopVlan(), Load("reg5", 1, HANDED), Goto(HANDOFF_IN)],
+        ),
         make_flow(c, NET_PAT_OUT, 60, Match.of(**began_elsewhere), to_all),
         make_flow(c, PAT_OUT, 60, Match.of(**began_elsewhere), to_all),
         make_flow(c, HANDOFF_IN, 0, Match(), []),
@@ -55,10 +83,21 @@ def arrived_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[Flo
     """A VM in its arrival grace: replies for it from the host it left."""
     if not enabled(cfg):
         return []
-    return [make_flow(c, HANDOFF_IN, 100, Match.of(proto="ip", dl_dst=mac_str(vm.mac),
-                                                   nw_dst=str(vm.fixed_ip)),
-                      [Load("reg6", net.id), SetField("eth_src", mac_str(cfg.router_mac)),
-                       Load("reg5", 1, ROUTED), TO_KEY_IP, Goto(VM_L2)])]
+    return [
+        make_flow(
+            c,
+            HANDOFF_IN,
+            100,
+            Match.of(proto="ip", dl_dst=mac_str(vm.mac), nw_dst=str(vm.fixed_ip)),
+            [
+                Load("reg6", net.id),
+                SetField("eth_src", mac_str(cfg.router_mac)),
+                Load("reg5", 1, ROUTED),
+                TO_KEY_IP,
+                Goto(VM_L2),
+            ],
+        )
+    ]
 
 
 def gone_cookie(vm: VmPort, net: Network) -> int:
@@ -73,13 +112,25 @@ def gone_flows(cfg: HostConfig, vm: VmPort, net: Network) -> list[Flow]:
         return []
     c, mac, fixed = gone_cookie(vm, net), mac_str(vm.mac), str(vm.fixed_ip)
     return [
-        make_flow(c, HANDOFF_IN, 100, Match.of(proto="ip", dl_src=mac, dl_dst=BROADCAST,
-                                               nw_src=fixed),
-                  [Load("reg6", net.id), Goto(EGRESS)]),
+        make_flow(
+            c,
+            HANDOFF_IN,
+            100,
+            Match.of(proto="ip", dl_src=mac, dl_dst=BROADCAST, nw_src=fixed),
+            [Load("reg6", net.id), Goto(EGRESS)],
+        ),
         # Below a local VM's own delivery (100): if the address is in use here again, the
         # local VM wins.
-        make_flow(c, VM_L2, 90, Match.of(reg5=flag(ROUTED), reg6=reg6(net),
-                                         reg7=f"{int(vm.fixed_ip):#x}"),
-                  [SetField("eth_src", mac_str(cfg.snat_mac)), SetField("eth_dst", mac),
-                   PushVlan(cfg.handoff_vlan), Output(cfg.fabric_ofport)]),
+        make_flow(
+            c,
+            VM_L2,
+            90,
+            Match.of(reg5=flag(ROUTED), reg6=reg6(net), reg7=f"{int(vm.fixed_ip):#x}"),
+            [
+                SetField("eth_src", mac_str(cfg.snat_mac)),
+                SetField("eth_dst", mac),
+                PushVlan(cfg.handoff_vlan),
+                Output(cfg.fabric_ofport),
+            ],
+        ),
     ]

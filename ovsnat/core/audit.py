@@ -20,24 +20,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ovsnat.openflow import messages as ofwire
-from ovsnat.openflow.digest import flow_mod_digests
 from ovsnat.compile.flows import COOKIE_HOST, KINDS
 from ovsnat.core.reconcile import Reconciler
 from ovsnat.core.state import HOST
 from ovsnat.core.status import Stats
 from ovsnat.core.timers import Timers
+from ovsnat.openflow import messages
+from ovsnat.openflow.digest import flow_mod_digests
 
 LOG = logging.getLogger("ovsnat")
 KEY = ("audit",)
-RETRY = 1.0               # seconds: the switch was busy (a bundle in flight, a sync)
-STALLED = 30.0            # seconds a dump may go unanswered (an error reply) before a new one
-LOGGED_PER_AUDIT = 1000   # repaired flows logged one by one; past that, one summary line
+RETRY = 1.0  # seconds: the switch was busy (a bundle in flight, a sync)
+STALLED = 30.0  # seconds a dump may go unanswered (an error reply) before a new one
+LOGGED_PER_AUDIT = 1000  # repaired flows logged one by one; past that, one summary line
 
 
 @dataclass
 class _Dump:
-    pending: set                               # xids of the stats requests not yet done
+    pending: set  # xids of the stats requests not yet done
     started_at: float
     truth: dict = field(default_factory=dict)  # (table, cookie) -> digest, as dumped
 
@@ -48,7 +48,7 @@ class Finding:
 
     kind: str
     key: tuple[int, int]
-    packed: bytes | None = None                # the desired flow_mod (missing, changed)
+    packed: bytes | None = None  # the desired flow_mod (missing, changed)
 
 
 class Auditor:
@@ -75,21 +75,29 @@ class Auditor:
         """The audit's time has come: ask the switch what it holds."""
         session = self.sw.session
         if self._dump is not None and now - self._dump.started_at >= STALLED:
-            LOG.warning("ovsnat: audit: the switch left the flow dump unanswered for %.0f s; "
-                        "starting again", now - self._dump.started_at)
+            LOG.warning(
+                "ovsnat: audit: the switch left the flow dump unanswered for %.0f s; "
+                "starting again",
+                now - self._dump.started_at,
+            )
             self._abandon()
-        if self.sw.host is None or not session.ready or session.bundles or \
-                self.sw.connected_at is not None or self._dump is not None:
+        if (
+            self.sw.host is None
+            or not session.ready
+            or session.bundles
+            or self.sw.connected_at is not None
+            or self._dump is not None
+        ):
             self.timers.at(now + RETRY, KEY)
             return []
         out, pending = [], set()
         for kind in KINDS:
             xid = session.xids.take(busy=True)
-            out.append(ofwire.flow_stats_request(xid, kind << 56, 0xFF << 56))
+            out.append(messages.flow_stats_request(xid, kind << 56, 0xFF << 56))
             pending.add(xid)
         session.watch()
         self._dump = _Dump(pending, now)
-        self.timers.at(now + STALLED, KEY)        # the last reply re-arms the period instead
+        self.timers.at(now + STALLED, KEY)  # the last reply re-arms the period instead
         return out
 
     # --- replies ---------------------------------------------------------------------------
@@ -114,8 +122,7 @@ class Auditor:
         self.stats.inc("audits")
         if self.sw.host is None or not self.sw.session.ready:
             return []
-        skip = touched | \
-            {p | k << 32 for p in self.sw.failed_owners for k in KINDS}
+        skip = touched | {p | k << 32 for p in self.sw.failed_owners for k in KINDS}
         findings = compare(self.sw.host.wire, dump.truth, skip)
         if not findings:
             LOG.debug("ovsnat: audit: %d flows as desired", len(dump.truth))
@@ -126,8 +133,13 @@ class Auditor:
         installed = self.sw.session.installed
         for i, f in enumerate(findings):
             if i < LOGGED_PER_AUDIT:
-                LOG.warning("ovsnat: audit: %s flow table=%d cookie=%#x of %s; repairing",
-                            f.kind, f.key[0], f.key[1], self.sw.owner_name(f.key[1]))
+                LOG.warning(
+                    "ovsnat: audit: %s flow table=%d cookie=%#x of %s; repairing",
+                    f.kind,
+                    f.key[0],
+                    f.key[1],
+                    self.sw.owner_name(f.key[1]),
+                )
             if f.kind == "missing":
                 installed.discard(f.key)
             elif f.kind == "stale":
@@ -137,9 +149,11 @@ class Auditor:
         self.stats.inc("flow_repairs", len(findings))
         delete = sorted(f.key for f in findings if f.kind != "missing")
         adds = [(f.key, f.packed) for f in findings if f.packed is not None]
-        LOG.warning("ovsnat: audit: repairing %d flows (%d missing, %d stale, %d changed) in "
-                    "one bundle", len(findings), *(sum(f.kind == k for f in findings)
-                                                   for k in ("missing", "stale", "changed")))
+        LOG.warning(
+            "ovsnat: audit: repairing %d flows (%d missing, %d stale, %d changed) in one bundle",
+            len(findings),
+            *(sum(f.kind == k for f in findings) for k in ("missing", "stale", "changed")),
+        )
         return self.sw.repair(delete, adds, self._owners(findings))
 
     def _owners(self, findings: list[Finding]) -> set:
@@ -161,6 +175,6 @@ def compare(wire: dict, truth: dict, skip: set) -> list[Finding]:
             if held == digest or key[1] >> 24 in skip:
                 continue
             kind = "missing" if held is None else "changed"
-            findings.append(Finding(kind, key, blob[offset:offset + length]))
+            findings.append(Finding(kind, key, blob[offset : offset + length]))
     findings += [Finding("stale", key) for key in sorted(truth) if key[1] >> 24 not in skip]
     return findings

@@ -1,4 +1,5 @@
-"""Who claims what on this host, for the clash rule of ovsnat.core.state.
+"""Who claims what on this host, and who wins: the clash rule of the host state
+(ovsnat.core.state).
 
 A valid port loses when a direct competitor sorts before it by (iface-id, name). Direct
 competitors are the ports that claim one of its addresses (fixed IP and MAC within a
@@ -9,7 +10,7 @@ direct competitors gives the same answer whatever order the events came in.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import netaddr
 
@@ -25,8 +26,11 @@ _KIND, _NET = 64, 48
 
 def claim_keys(port: VmPort, net: Network, cfg: HostConfig) -> list[int]:
     per_net = net.id << _NET
-    keys = [_FIXED_IP << _KIND | per_net | int(port.fixed_ip),
-            _MAC << _KIND | per_net | int(port.mac), _OFPORT << _KIND | port.ofport]
+    keys = [
+        _FIXED_IP << _KIND | per_net | int(port.fixed_ip),
+        _MAC << _KIND | per_net | int(port.mac),
+        _OFPORT << _KIND | port.ofport,
+    ]
     if port.fip is not None:
         keys.append(fip_key(port.fip))
     elif cfg.pat_ports_per_vm:
@@ -128,8 +132,7 @@ class NetworkBook:
 
 
 def _define(net: Network) -> str:
-    return f"{net.cidr} gateway {net.gateway} " + (f"VLAN {net.vlan}" if net.vlan else
-                                                     "untagged")
+    return f"{net.cidr} gateway {net.gateway} " + (f"VLAN {net.vlan}" if net.vlan else "untagged")
 
 
 def _discard(book: dict, outer, inner, port: str) -> None:
@@ -142,3 +145,64 @@ def _discard(book: dict, outer, inner, port: str) -> None:
         del group[inner]
     if not group:
         del book[outer]
+
+
+def _rank(port: VmPort) -> tuple[str, str]:
+    return port.iface_id, port.name
+
+
+class Arbiter:
+    """The clash rule over the host's valid ports: each claims its addresses and network
+    (enter) and gives them back (leave), and loses to the competitor that sorts first
+    before it (beaten_by). Only direct competitors are looked at, so a change costs O(1) and
+    the answer does not depend on the order of events."""
+
+    def __init__(self, cfg: HostConfig):
+        self.cfg = cfg
+        self.claims = Claims()
+        self.book = NetworkBook()
+
+    def enter(self, name: str, port: VmPort, net: Network) -> set[str]:
+        """`port` claims what it holds; returns the other ports whose standing may flip."""
+        affected: set[str] = set()
+        for key in claim_keys(port, net, self.cfg):
+            affected.update(self.claims.claim(key, name))
+        return affected | self.book.add(name, net)
+
+    def leave(self, name: str, port: VmPort, net: Network) -> set[str]:
+        """`port` (as it was) gives back what it held; returns the ports whose standing may
+        flip."""
+        affected: set[str] = set()
+        for key in claim_keys(port, net, self.cfg):
+            affected.update(self.claims.unclaim(key, name))
+        return affected | self.book.remove(name, net)
+
+    def fip_claimants(self, fip: str):
+        """The ports claiming this FIP (text from a frame: anything at all)."""
+        try:
+            key = fip_key(netaddr.IPAddress(fip, 4, netaddr.INET_PTON))
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            return ()
+        return self.claims.claimants(key)
+
+    def beaten_by(self, port: VmPort, net: Network, valid: dict[str, VmPort]) -> str | None:
+        """Why `port` loses to the competitor that sorts first before it, if any."""
+        best, why = None, None
+        for key in claim_keys(port, net, self.cfg):
+            for other in self.claims.claimants(key):
+                rival = valid[other]
+                if (
+                    other != port.name
+                    and _rank(rival) < _rank(port)
+                    and (best is None or _rank(rival) < _rank(best))
+                ):
+                    what, value = claim_text(key)
+                    best, why = rival, f"{what} {value} is already used by"
+        for reason, members in self.book.rivals(net):
+            for other in members:
+                rival = valid[other]
+                if _rank(rival) < _rank(port) and (best is None or _rank(rival) < _rank(best)):
+                    best, why = rival, reason + ", says"
+        if best is None:
+            return None
+        return f"{why} port {best.name!r} ({best.iface_id}), which wins the tie"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ovsnat.compile.connlimit import zone
 from ovsnat.compile.pipeline import CONN_VERDICT
 from ovsnat.core.effects import ZoneLimits, ZoneLimitsDone
-from ovsnat.openflow import messages as ofwire
+from ovsnat.openflow import messages
 
 
 class Zones:
@@ -24,8 +24,8 @@ class Zones:
     RETRY = 10.0
 
     def __init__(self):
-        self.wanted: dict[str, int] = {}        # port name -> its counting zone
-        self.failed: dict[int, str] = {}        # zone -> why its last change failed
+        self.wanted: dict[str, int] = {}  # port name -> its counting zone
+        self.failed: dict[int, str] = {}  # zone -> why its last change failed
         self.retry_at: float | None = None
         self.limit = 0
 
@@ -71,12 +71,19 @@ class Zones:
         if not self.failed:
             return []
         wanted = set(self.wanted.values())
-        return [ZoneLimits(tuple((z, self.limit) for z in sorted(self.failed) if z in wanted),
-                           tuple(z for z in sorted(self.failed) if z not in wanted))]
+        return [
+            ZoneLimits(
+                tuple((z, self.limit) for z in sorted(self.failed) if z in wanted),
+                tuple(z for z in sorted(self.failed) if z not in wanted),
+            )
+        ]
 
     def status(self) -> dict:
-        return {"zones": len(self.wanted), "not_applied": len(self.failed),
-                "error": next(iter(self.failed.values()), "")}
+        return {
+            "zones": len(self.wanted),
+            "not_applied": len(self.failed),
+            "error": next(iter(self.failed.values()), ""),
+        }
 
 
 class Refusals:
@@ -105,7 +112,7 @@ class Refusals:
                 return []
             self.reset(session)
         self.xid, self.asked_at, self.counts = session.xids.take(), now, {}
-        return [ofwire.flow_stats_request(self.xid, 0, 0, table=CONN_VERDICT)]
+        return [messages.flow_stats_request(self.xid, 0, 0, table=CONN_VERDICT)]
 
     def owns(self, xid: int) -> bool:
         return xid is not None and xid == self.xid
@@ -114,8 +121,11 @@ class Refusals:
         """(table, cookie, digest, packets) entries: the VM flows of conn_verdict."""
         for table, cookie, _, packets in entries:
             owner = host.owner_names.get(cookie >> 24) if host is not None else None
-            if table == CONN_VERDICT and isinstance(owner, str) and \
-                    host.accepted_port(owner) is not None:
+            if (
+                table == CONN_VERDICT
+                and isinstance(owner, str)
+                and host.accepted_port(owner) is not None
+            ):
                 self.counts[owner] = self.counts.get(owner, 0) + packets
         if not more:
             session.xids.release(self.xid)

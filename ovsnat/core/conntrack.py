@@ -17,13 +17,14 @@ from collections import Counter
 
 from ovsnat.core.effects import Reading
 
-ENDED = ("TIME_WAIT", "CLOSED", "CLOSE")        # TCP states of a session that is over
+ENDED = ("TIME_WAIT", "CLOSED", "CLOSE")  # TCP states of a session that is over
 LINE = re.compile(
     r"(?P<proto>\w+),orig=\(src=(?P<src>[\d.]+),dst=[\d.]+"
     r"(?:,sport=\d+,dport=\d+|,id=\d+,type=\d+,code=\d+)?\),"
     r"reply=\(src=[\d.]+,dst=(?P<rdst>[\d.]+)"
     r"(?:,sport=\d+,dport=(?P<rport>\d+)|,id=\d+,type=\d+,code=\d+)?\)"
-    r"(?:,zone=(?P<zone>\d+))?(?:,.*?state=(?P<state>[A-Z_0-9]+))?")
+    r"(?:,zone=(?P<zone>\d+))?(?:,.*?state=(?P<state>[A-Z_0-9]+))?"
+)
 
 
 class Tally:
@@ -50,9 +51,14 @@ class Tally:
 
     def reading(self, seconds: float = 0.0) -> Reading:
         in_use = {port for held in self.ports.values() for _, port in held}
-        return Reading(True, entries=self.entries, sessions=self.sessions,
-                       pat_ports={src: len(held) for src, held in sorted(self.ports.items())},
-                       pat_in_use=len(in_use), seconds=seconds)
+        return Reading(
+            True,
+            entries=self.entries,
+            sessions=self.sessions,
+            pat_ports={src: len(held) for src, held in sorted(self.ports.items())},
+            pat_in_use=len(in_use),
+            seconds=seconds,
+        )
 
 
 def tally(text: str, pat_zone: int = 0, snat_ip: str = "") -> Reading:
@@ -64,5 +70,9 @@ def tally(text: str, pat_zone: int = 0, snat_ip: str = "") -> Reading:
 
 def pat_usage(reading: Reading, capacity: int) -> dict:
     """PAT ports in use per VM (fixed IP), as `ovsnat status` and the metrics show them."""
-    return {"per_vm": dict(reading.pat_ports), "ports_in_use": reading.pat_in_use,
-            "capacity": capacity, "share": round(reading.pat_in_use / capacity, 4)}
+    return {
+        "per_vm": dict(reading.pat_ports),
+        "ports_in_use": reading.pat_in_use,
+        "capacity": capacity,
+        "share": round(reading.pat_in_use / capacity, 4),
+    }

@@ -32,19 +32,19 @@ from ovsnat.core.effects import AdoptSwitch, RefuseSwitch, ReleaseMemory
 from ovsnat.core.failures import Failures
 from ovsnat.core.fips import Fips
 from ovsnat.core.handoff import Handoffs
-from ovsnat.model import HostConfig, mac_str, port_from_row
-from ovsnat.model.hostconfig import RejectionLog, Settings
-from ovsnat.model.rows import IfaceRow, Snapshot
-from ovsnat.packets import arp
 from ovsnat.core.packet_in import PacketIn
 from ovsnat.core.reconcile import FULL_SYNC, Reconciler
 from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats, status_of
 from ovsnat.core.timers import Timers
 from ovsnat.core.vswitchd import Vswitchd
+from ovsnat.model import HostConfig, mac_str, port_from_row
+from ovsnat.model.hostconfig import RejectionLog, Settings
+from ovsnat.model.rows import IfaceRow, Snapshot
+from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
-GATEWAY_ARP_INTERVAL = (1, 30)            # seconds: until resolved, then to follow changes
+GATEWAY_ARP_INTERVAL = (1, 30)  # seconds: until resolved, then to follow changes
 FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
 
 
@@ -53,8 +53,9 @@ class Fatal(RuntimeError):
 
 
 class HostController:
-    def __init__(self, cfg: HostConfig, clock, audit_interval: float = 60.0,
-                 pat_usage: bool = False):
+    def __init__(
+        self, cfg: HostConfig, clock, audit_interval: float = 60.0, pat_usage: bool = False
+    ):
         self.base_cfg, self.audit_interval = cfg, audit_interval
         self.rows: dict[str, IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
@@ -67,7 +68,7 @@ class HostController:
         self.zones = connlimit.Zones()
         self.refusals = connlimit.Refusals()
         self.first_view = True
-        self.unready: dict[str, str] = {}         # row without a device -> rejection logged
+        self.unready: dict[str, str] = {}  # row without a device -> rejection logged
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -82,8 +83,9 @@ class HostController:
         rebuilt host must not take a VM that was here for one that just arrived)."""
         self.host = self.sw.host = None
         self.timers = Timers()
-        self.fips = Fips(self.base_cfg.fip_activation, self.timers, self.stats,
-                         self.sw.session, self.sw.send)
+        self.fips = Fips(
+            self.base_cfg.fip_activation, self.timers, self.stats, self.sw.session, self.sw.send
+        )
         self.fips.seen_ofport = seen_ofport
         self.handoffs = Handoffs(self.timers, self.stats)
         self.audit = audit.Auditor(self.audit_interval, self.sw, self.timers, self.stats)
@@ -95,8 +97,9 @@ class HostController:
         if batch.datapath_id is not None:
             out = self._datapath_named(batch.datapath_id, now) + out
         if built:
-            return out + self.sw.sync(now) + self._markers(self.rows) + \
-                self.zones.reapply(self.host)
+            return (
+                out + self.sw.sync(now) + self._markers(self.rows) + self.zones.reapply(self.host)
+            )
         if self.host is None:
             return out
         delta = Delta()
@@ -108,21 +111,28 @@ class HostController:
         self.rejections.report(self.host)
         delta.extend(self.fips.changed(names, self.rows, now))
         burst = [ReleaseMemory()] if isinstance(batch, Snapshot) else []
-        return out + self.sw.send(delta) + self._markers(names) + \
-            self.zones.update(self.host, names - self._infra()) + burst
+        return (
+            out
+            + self.sw.send(delta)
+            + self._markers(names)
+            + self.zones.update(self.host, names - self._infra())
+            + burst
+        )
 
     def _apply(self, batch) -> set[str]:
         if batch.bridge_ids is not None:
             self.bridge_ids = batch.bridge_ids
         if isinstance(batch, Snapshot):
             self.stats.inc("ovsdb_reconnects")
-            if self.first_view:   # the controller's first view: what is plugged was here
-                self.fips.seen_ofport = {n: r.ofport for n, r in batch.rows.items()
-                                         if r.link_state != "down"}
+            if self.first_view:  # the controller's first view: what is plugged was here
+                self.fips.seen_ofport = {
+                    n: r.ofport for n, r in batch.rows.items() if r.link_state != "down"
+                }
             changed = set(self.rows) | set(batch.rows)
             self.rows = dict(batch.rows)
-            LOG.info("ovsnat: OVSDB snapshot: %d interfaces on %s", len(self.rows),
-                     self.base_cfg.bridge)
+            LOG.info(
+                "ovsnat: OVSDB snapshot: %d interfaces on %s", len(self.rows), self.base_cfg.bridge
+            )
             return changed
         for name in batch.removed:
             self.rows.pop(name, None)
@@ -131,8 +141,11 @@ class HostController:
 
     def _port(self, name: str):
         row = self.rows.get(name)
-        return None if row is None else port_from_row(name, row.ofport, row.external_ids,
-                                                      row.link_state)
+        return (
+            None
+            if row is None
+            else port_from_row(name, row.ofport, row.external_ids, row.link_state)
+        )
 
     def _ensure_host(self, now: float) -> tuple[bool, list]:
         """Build the host state once the uplink's ofport and the SNAT IP are known, or
@@ -154,8 +167,11 @@ class HostController:
             return True, [ReleaseMemory()]
         if cfg == self.host.cfg:
             return False, []
-        LOG.info("ovsnat: host settings changed (uplink ofport %d, SNAT %s); recompiling",
-                 cfg.uplink_ofport, cfg.snat_ip)
+        LOG.info(
+            "ovsnat: host settings changed (uplink ofport %d, SNAT %s); recompiling",
+            cfg.uplink_ofport,
+            cfg.snat_ip,
+        )
         out = self.sw.send(self.host.set_config(cfg))
         self.fips.set_host(self.host)
         for name in sorted(self.host.valid):
@@ -163,8 +179,12 @@ class HostController:
         return False, out
 
     def _config(self) -> HostConfig | None:
-        return self.settings.resolve(self.rows, self.bridge_ids, self.gateway_mac,
-                                     self.host.cfg.snat_ip if self.host else None)
+        return self.settings.resolve(
+            self.rows,
+            self.bridge_ids,
+            self.gateway_mac,
+            self.host.cfg.snat_ip if self.host else None,
+        )
 
     def _infra(self) -> set[str]:
         return self.settings.infra()
@@ -174,13 +194,17 @@ class HostController:
         """A switch connected: ours is adopted (AdoptSwitch, then its dump), another refused
         (ovsnat.core.datapaths); one that comes before OVSDB named ours waits."""
         verdict = self.identity.arrived(dpid)
-        return [RefuseSwitch(dpid)] if verdict == "refuse" else \
-            self._connect(dpid, now) if verdict == "adopt" else []
+        return (
+            [RefuseSwitch(dpid)]
+            if verdict == "refuse"
+            else self._connect(dpid, now)
+            if verdict == "adopt"
+            else []
+        )
 
     def _connect(self, dpid: int, now: float) -> list:
         self.audit.reset(now)
-        return [AdoptSwitch(dpid)] + self.sw.connect(dpid, now) + \
-            self.zones.reapply(self.host)
+        return [AdoptSwitch(dpid)] + self.sw.connect(dpid, now) + self.zones.reapply(self.host)
 
     def _datapath_named(self, datapath_id: str, now: float) -> list:
         refuse, adopt, drop = self.identity.named(datapath_id)
@@ -214,8 +238,7 @@ class HostController:
         return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
 
     def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
-        return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) \
-            else []
+        return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) else []
 
     def _dump_done(self, now: float) -> list:
         """The switch told us what it holds: keep the FIPs it still answers for (they were
@@ -250,8 +273,9 @@ class HostController:
         if self.host is None or not self.sw.session.ready:
             return []
         busy = self.sw.session.in_flight_owners()
-        return markers.changes(self.host, self.rows, names,
-                               lambda name: self.sw.confirmed(name, busy), self.unready)
+        return markers.changes(
+            self.host, self.rows, names, lambda name: self.sw.confirmed(name, busy), self.unready
+        )
 
     # --- packets ---------------------------------------------------------------------------
     def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:
@@ -273,7 +297,7 @@ class HostController:
     def tick(self, now: float) -> list:
         out = []
         for key in self.timers.due(now):
-            if key == audit.KEY:                 # these two re-arm themselves, host or not
+            if key == audit.KEY:  # these two re-arm themselves, host or not
                 out += self.audit.due(now)
             elif key == connlimit.Refusals.KEY:
                 out += self.refusals.due(self.host, self.sw.session, self.timers, now)
@@ -292,8 +316,9 @@ class HostController:
         self.timers.at(now + GATEWAY_ARP_INTERVAL[bool(self.gateway_mac)], ("gateway-arp",))
         if not self.sw.session.ready:
             return []
-        frame = arp.build(arp.REQUEST, mac_str(cfg.snat_mac), str(cfg.snat_ip),
-                          str(cfg.external_gateway_ip))
+        frame = arp.build(
+            arp.REQUEST, mac_str(cfg.snat_mac), str(cfg.snat_ip), str(cfg.external_gateway_ip)
+        )
         return [self.sw.session.packet_out(cfg.uplink_ofport, frame, "ARP for the gateway")]
 
     # --- faults ----------------------------------------------------------------------------
@@ -304,9 +329,11 @@ class HostController:
         self.stats.inc("faults")
         if len(self.faults) >= FAULTS_BEFORE_EXIT:
             raise Fatal(f"{len(self.faults)} faults within {FAULT_WINDOW:.0f} s")
-        LOG.error("ovsnat: recovering from a fault: rebuilding the host state and "
-                  "resynchronising the switch")
-        self.audit.reset(now)                    # releases a dump in progress
+        LOG.error(
+            "ovsnat: recovering from a fault: rebuilding the host state and "
+            "resynchronising the switch"
+        )
+        self.audit.reset(now)  # releases a dump in progress
         self.refusals.reset(self.sw.session)
         self._build(self.fips.seen_ofport)
         self.audit.reset(now)
@@ -324,6 +351,4 @@ class HostController:
 
     def result(self, result, now: float) -> list:
         """What one of those calls answered (a Probed, Reading or ZoneLimitsDone)."""
-        return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs,
-                                                 self.zones, now))
-
+        return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs, self.zones, now))

@@ -27,16 +27,20 @@ def parse_dpid(text: str | None) -> int | None:
 class Identity:
     def __init__(self, bridge: str, stats):
         self.bridge, self.stats = bridge, stats
-        self.wanted: int | None = None             # our bridge's datapath id (OVSDB)
-        self.current: int | None = None            # the switch we program
-        self.waiting: set[int] = set()             # connected before OVSDB named ours
-        self.refused: set[int] = set()             # logged once each
+        self.wanted: int | None = None  # our bridge's datapath id (OVSDB)
+        self.current: int | None = None  # the switch we program
+        self.waiting: set[int] = set()  # connected before OVSDB named ours
+        self.refused: set[int] = set()  # logged once each
 
     def arrived(self, dpid: int) -> str:
         """A switch connected: "adopt", "wait" (ours is not known yet) or "refuse"."""
         if self.wanted is None:
-            LOG.info("ovsnat: datapath %016x connected; waiting for OVSDB to name bridge "
-                     "%s's datapath before programming it", dpid, self.bridge)
+            LOG.info(
+                "ovsnat: datapath %016x connected; waiting for OVSDB to name bridge "
+                "%s's datapath before programming it",
+                dpid,
+                self.bridge,
+            )
             self.waiting.add(dpid)
             return "wait"
         if dpid != self.wanted or self.current not in (None, dpid):
@@ -78,11 +82,17 @@ class Identity:
         self.stats.inc("datapaths_refused")
         if dpid not in self.refused:
             self.refused.add(dpid)
-            LOG.error("ovsnat: refusing datapath %016x: this controller programs bridge %s "
-                      "(datapath %s) only; another bridge points at it (ovs-vsctl "
-                      "set-controller); its connection is closed, nothing it sends is used",
-                      dpid, self.bridge, f"{self.wanted:016x}" if self.wanted else "unknown")
+            LOG.error(
+                "ovsnat: refusing datapath %016x: this controller programs bridge %s "
+                "(datapath %s) only; another bridge points at it (ovs-vsctl "
+                "set-controller); its connection is closed, nothing it sends is used",
+                dpid,
+                self.bridge,
+                f"{self.wanted:016x}" if self.wanted else "unknown",
+            )
 
     def status(self) -> dict:
-        return {"expected": f"{self.wanted:016x}" if self.wanted is not None else None,
-                "refused": [f"{d:016x}" for d in sorted(self.refused)]}
+        return {
+            "expected": f"{self.wanted:016x}" if self.wanted is not None else None,
+            "refused": [f"{d:016x}" for d in sorted(self.refused)],
+        }

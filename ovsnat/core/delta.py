@@ -30,7 +30,7 @@ class Delta:
     def __bool__(self) -> bool:
         return bool(self._delete or self._add)
 
-    def extend(self, other: "Delta") -> None:
+    def extend(self, other: Delta) -> None:
         """Compose: `other` applies after self. A flow added then deleted is never sent; a
         flow deleted then added again stays as it is on the switch."""
         for k in other._delete:
@@ -51,5 +51,8 @@ def flow_key(flow: Flow) -> tuple[int, int]:
 def diff(old: list[tuple[int, int]], new: list[Flow], owners: set) -> Delta:
     new_keys = {flow_key(f) for f in new}
     old_keys = set(old)
-    return Delta([k for k in old if k not in new_keys],
-                 [f for f in new if flow_key(f) not in old_keys], owners)
+    return Delta(
+        [k for k in old if k not in new_keys],
+        [f for f in new if flow_key(f) not in old_keys],
+        owners,
+    )

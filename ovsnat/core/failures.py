@@ -27,7 +27,7 @@ KINDS = {
 class Failures:
     def __init__(self, stats):
         self.stats = stats
-        self.current: dict[str, dict] = {}          # kind -> the failure going on
+        self.current: dict[str, dict] = {}  # kind -> the failure going on
 
     def failed(self, kind: str, error: str, meaning: str, now: float) -> None:
         """One failed call of `kind`; `meaning`: what does not work because of it."""
@@ -38,15 +38,23 @@ class Failures:
             was["count"] += 1
             return
         LOG.error("ovsnat: %s failed: %s; %s", what, error, meaning)
-        self.current[kind] = {"error": error, "meaning": meaning, "count": 1,
-                              "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))}
+        self.current[kind] = {
+            "error": error,
+            "meaning": meaning,
+            "count": 1,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)),
+        }
 
     def ok(self, kind: str) -> None:
         """A call of `kind` worked: a failure going on is over."""
         was = self.current.pop(kind, None)
         if was is not None:
-            LOG.info("ovsnat: %s works again (it failed %d times since %s)", KINDS[kind][1],
-                     was["count"], was["since"])
+            LOG.info(
+                "ovsnat: %s works again (it failed %d times since %s)",
+                KINDS[kind][1],
+                was["count"],
+                was["since"],
+            )
             self.stats.touch()
 
     def status(self) -> dict:

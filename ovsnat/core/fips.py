@@ -15,36 +15,42 @@ them to the host state and turns them into flows and frames.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import netaddr
 
-from ovsnat.packets import arp
-from ovsnat.compile.compiler import fip_responder_key
+from ovsnat.compile.vm import fip_responder_key
 from ovsnat.core.delta import Delta
-from ovsnat.model import mac_str
-from ovsnat.core.presence import CONFLICT, Conflict, GoLive, Presence, SendProbe, SETTLE
+from ovsnat.core.presence import CONFLICT, SETTLE, Conflict, GoLive, Presence, SendProbe
 from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats
-from ovsnat.openflow.session import SwitchSession
 from ovsnat.core.timers import Timers
+from ovsnat.model import mac_str
+from ovsnat.openflow.session import SwitchSession
+from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
 GARP_DELAYS = (0.0, 0.5, 1.5)
-REPORT_EVERY = 60.0         # seconds between conflict lines for one port (a new MAC each)
+REPORT_EVERY = 60.0  # seconds between conflict lines for one port (a new MAC each)
 
 
 class Fips:
-    def __init__(self, mode: str, timers: Timers, stats: Stats, session: SwitchSession,
-                 send: Callable[[Delta], list]):
+    def __init__(
+        self,
+        mode: str,
+        timers: Timers,
+        stats: Stats,
+        session: SwitchSession,
+        send: Callable[[Delta], list],
+    ):
         self.presence = Presence(mode, "")
         self.timers, self.stats, self.session, self.send = timers, stats, session, send
         self.host: HostState | None = None
         self.uplink = 0
-        self.seen_ofport: dict[str, int | None] = {}   # each row's device at the last look
-        self.seen_fip: dict[str, str | None] = {}      # each port's FIP at the last look
-        self.to_announce: set[str] = set()             # live, GARPs once confirmed
-        self.reported: dict[str, tuple[str, float]] = {}   # port -> (MAC, when) logged
+        self.seen_ofport: dict[str, int | None] = {}  # each row's device at the last look
+        self.seen_fip: dict[str, str | None] = {}  # each port's FIP at the last look
+        self.to_announce: set[str] = set()  # live, GARPs once confirmed
+        self.reported: dict[str, tuple[str, float]] = {}  # port -> (MAC, when) logged
 
     def set_host(self, host: HostState) -> None:
         self.host, self.uplink = host, host.cfg.uplink_ofport
@@ -71,11 +77,15 @@ class Fips:
                 self.reported.pop(name, None)
             else:
                 self.seen_ofport[name], self.seen_fip[name] = ofport, fip
-            if was_here and given and self.host.is_pending(name) and \
-                    name not in self.host.yielded:
+            if (
+                was_here
+                and given
+                and self.host.is_pending(name)
+                and name not in self.host.standing.yielded
+            ):
                 LOG.info("ovsnat: port %s was already here; activating its FIP", name)
                 delta.extend(self._activate(name))
-            elif new_fip and self._active(name):      # a FIP live at once: announce it too
+            elif new_fip and self._active(name):  # a FIP live at once: announce it too
                 self.to_announce.add(name)
             self.track(name, now)
         return delta
@@ -120,13 +130,17 @@ class Fips:
             # Keep answering: no device on the external network can take a FIP offline with
             # one GARP. An ovsnat host that wants it probes first, and sees us answer.
             if self._first_report(name, a.sha, now):
-                LOG.warning("ovsnat: FIP %s of port %s is claimed on the uplink by %s; "
-                            "address conflict, keeping it", a.spa, name, a.sha)
+                LOG.warning(
+                    "ovsnat: FIP %s of port %s is claimed on the uplink by %s; "
+                    "address conflict, keeping it",
+                    a.spa,
+                    name,
+                    a.sha,
+                )
             return []
         # Another ovsnat host announces the FIP with the FIP's own MAC: the VM moved there
         # (or the FIP is configured on two hosts). Yield, so two hosts never answer for it.
-        LOG.warning("ovsnat: FIP %s of port %s is announced by another host; yielding",
-                    a.spa, name)
+        LOG.warning("ovsnat: FIP %s of port %s is announced by another host; yielding", a.spa, name)
         self.stats.inc("yields")
         self.to_announce.discard(name)
         out = self.send(host.yield_fip(name))
@@ -136,9 +150,14 @@ class Fips:
     def _report(self, c: Conflict, now: float) -> None:
         self.stats.conflict(c.fip, c.mac, c.name, now)
         if self._first_report(c.name, c.mac, now):
-            LOG.warning("ovsnat: FIP %s of port %s is answered on the uplink by %s, which is "
-                        "no ovsnat host; address conflict: keeping it dark and probing every "
-                        "second until that stops", c.fip, c.name, c.mac)
+            LOG.warning(
+                "ovsnat: FIP %s of port %s is answered on the uplink by %s, which is "
+                "no ovsnat host; address conflict: keeping it dark and probing every "
+                "second until that stops",
+                c.fip,
+                c.name,
+                c.mac,
+            )
 
     def _first_report(self, name: str, mac: str, now: float) -> bool:
         """Log a claim of this port's FIP? Once per claiming MAC, and at most once a minute
@@ -156,10 +175,10 @@ class Fips:
         claims the FIP the frame changes nothing, so its copies stop until that ends."""
         if self.timers.pending(("settle", name)):
             return []
-        if name in self.host.yielded:
+        if name in self.host.standing.yielded:
             a = arp.parse(frame)
             if a is None or not a.is_announcement:
-                return []       # a yielded FIP comes back on the VM's RARP/GARP only
+                return []  # a yielded FIP comes back on the VM's RARP/GARP only
         go = self.presence.first_frame(name)
         if go is None and self.presence.state(name) == CONFLICT:
             return self.send(self.host.hear(name, True))
@@ -182,8 +201,8 @@ class Fips:
             if when is not None:
                 self.timers.at(when, key)
             out = []
-            if name in self.host.heard and self.presence.state(name) != CONFLICT:
-                out += self.send(self.host.hear(name, False))    # its frames count again
+            if name in self.host.standing.heard and self.presence.state(name) != CONFLICT:
+                out += self.send(self.host.hear(name, False))  # its frames count again
             for action in actions:
                 out += self._act(action, now)
             for started in self.presence.start_queued(now):
@@ -215,30 +234,39 @@ class Fips:
                 self.to_announce.discard(name)
             elif self._live(name):
                 self.to_announce.discard(name)
-                LOG.info("ovsnat: FIP %s is live here; announcing it (%d GARPs)",
-                         self.host.valid[name].fip, len(GARP_DELAYS))
+                LOG.info(
+                    "ovsnat: FIP %s is live here; announcing it (%d GARPs)",
+                    self.host.valid[name].fip,
+                    len(GARP_DELAYS),
+                )
                 for i, delay in enumerate(GARP_DELAYS):
                     self.timers.at(now + delay, ("garp", name, i))
 
     def _active(self, name: str) -> bool:
         port = self.host.valid.get(name) if self.host else None
-        return port is not None and port.fip is not None and name not in self.host.lost \
+        return (
+            port is not None
+            and port.fip is not None
+            and name not in self.host.lost
             and not self.host.is_pending(name)
+        )
 
     def _live(self, name: str) -> bool:
         """Active here and its ARP responder confirmed on the switch."""
-        if not self._active(name) or not self.session.installed:   # nothing confirmed yet:
-            return False                           # a cold program skips 10,000 key builds
+        if not self._active(name) or not self.session.installed:  # nothing confirmed yet:
+            return False  # a cold program skips 10,000 key builds
         port = self.host.valid[name]
-        return fip_responder_key(self.host.cfg, port, self.host.net(port)) in \
-            self.session.installed
+        return fip_responder_key(self.host.cfg, port, self.host.net(port)) in self.session.installed
 
     def _garp(self, name: str) -> bytes:
         port = self.host.valid[name]
         mac = mac_str(self.host.cfg.ip_mac(port.fip))
-        return self.session.packet_out(self.uplink, arp.garp(mac, str(port.fip)),
-                                       f"GARP for {port.fip}")
+        return self.session.packet_out(
+            self.uplink, arp.garp(mac, str(port.fip)), f"GARP for {port.fip}"
+        )
 
     def waiting(self) -> dict:
-        return {name: {"fip": w.fip, "state": w.state, "since": w.since}
-                for name, w in sorted(self.presence.waiting.items())}
+        return {
+            name: {"fip": w.fip, "state": w.state, "since": w.since}
+            for name, w in sorted(self.presence.waiting.items())
+        }

@@ -12,10 +12,11 @@ VM moves, for `handoff_grace` seconds:
 
 Neither host learns anything from the other: A acts on its own conntrack, B on its own
 view of which ports arrived. A ends its part as soon as its conntrack holds no live TCP
-session of the VM (read for it every few seconds while a departure lasts: ovsnat.core.vswitchd),
-B at the end of the grace period. A read that fails says nothing: the departure then runs
-its whole grace period, never ends early. Which host did what is decided here, in plain Python; the flows are
-in ovsnat.compile.handoff_flows and docs/handoff.md has the design and its limits.
+session of the VM (read for it every few seconds while a departure lasts:
+ovsnat.core.vswitchd), B at the end of the grace period. A read that fails says nothing: the
+departure then runs its whole grace period, never ends early. Which host did what is decided
+here, in plain Python; the flows are in ovsnat.compile.handoff_flows and docs/handoff.md has
+the design and its limits.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from ovsnat.model import networks
+from ovsnat.compile.handoff_flows import enabled
 from ovsnat.core.conntrack import tally
 from ovsnat.core.delta import Delta
-from ovsnat.compile.handoff_flows import enabled
-from ovsnat.model import VmPort
+from ovsnat.model import VmPort, networks
 
 LOG = logging.getLogger("ovsnat")
-CHECK_EVERY = 2.0           # seconds between conntrack reads while a departure lasts
+CHECK_EVERY = 2.0  # seconds between conntrack reads while a departure lasts
 
 
 def live_tcp_sessions(conntrack: str) -> Counter:
@@ -42,7 +42,7 @@ def live_tcp_sessions(conntrack: str) -> Counter:
 class Handoffs:
     def __init__(self, timers, stats):
         self.timers, self.stats = timers, stats
-        self.sessions: dict[str, int] = {}      # departed port -> its live TCP sessions
+        self.sessions: dict[str, int] = {}  # departed port -> its live TCP sessions
         self.next_check = 0.0
 
     def changed(self, host, name: str, was: VmPort | None, gone: bool, now: float) -> Delta:
@@ -59,17 +59,21 @@ class Handoffs:
         return delta
 
     def _depart(self, host, name: str, port: VmPort, now: float) -> Delta:
-        LOG.info("ovsnat: port %s (%s) left; its PAT sessions are handed to it for up to "
-                 "%d s", name, port.fixed_ip, host.cfg.handoff_grace)
+        LOG.info(
+            "ovsnat: port %s (%s) left; its PAT sessions are handed to it for up to %d s",
+            name,
+            port.fixed_ip,
+            host.cfg.handoff_grace,
+        )
         self.stats.inc("handoff_departures")
-        self.sessions[name] = -1                  # not read yet
+        self.sessions[name] = -1  # not read yet
         self.timers.at(now + host.cfg.handoff_grace, ("handoff", "left", name))
         self.next_check = min(self.next_check or now, now)
         return host.depart(name, port)
 
     def _arrive(self, host, name: str, now: float) -> Delta:
         delta = Delta()
-        if name in host.departed:                 # back within the grace: local again
+        if name in host.standing.departed:  # back within the grace: local again
             delta.extend(self._end_departure(host, name, "came back"))
         self.stats.inc("handoff_arrivals")
         self.timers.at(now + host.cfg.handoff_grace, ("handoff", "arrived", name))
@@ -80,9 +84,9 @@ class Handoffs:
         _, role, name = key
         if host is None:
             return Delta()
-        if role == "left" and name in host.departed:
+        if role == "left" and name in host.standing.departed:
             return self._end_departure(host, name, "grace period over")
-        if role == "arrived" and name in host.arrived:
+        if role == "arrived" and name in host.standing.arrived:
             return host.set_arrived(name, False)
         return Delta()
 
@@ -94,7 +98,7 @@ class Handoffs:
 
     # --- the conntrack of the host a VM left ---------------------------------------------
     def wants_conntrack(self, host, now: float) -> bool:
-        return host is not None and bool(host.departed) and now >= self.next_check
+        return host is not None and bool(host.standing.departed) and now >= self.next_check
 
     def asked(self, now: float) -> None:
         """A read was asked for: the next one is due CHECK_EVERY from now, whether this one
@@ -108,13 +112,16 @@ class Handoffs:
         if host is None:
             return Delta()
         if counts is None:
-            self.sessions.update(dict.fromkeys(host.departed, -1))
+            self.sessions.update(dict.fromkeys(host.standing.departed, -1))
             return Delta()
         delta = Delta()
-        for name, port in sorted(host.departed.items()):
+        for name, port in sorted(host.standing.departed.items()):
             net = host.net(port)
-            zone = host.cfg.ct_zone if net.vlan is None else \
-                networks.zone(host.cfg.network_ct_zone_base, net)
+            zone = (
+                host.cfg.ct_zone
+                if net.vlan is None
+                else networks.zone(host.cfg.network_ct_zone_base, net)
+            )
             self.sessions[name] = counts.get((zone, str(port.fixed_ip)), 0)
             if not self.sessions[name]:
                 delta.extend(self._end_departure(host, name, "no session left"))
@@ -124,13 +131,26 @@ class Handoffs:
         """Per port: which side of a handoff this host is on, and for how long still."""
         if host is None:
             return {}
-        out = {name: {"role": "left", "fixed_ip": str(port.fixed_ip),
-                      "sessions": self.sessions.get(name, -1),
-                      "remaining": self._remaining(("handoff", "left", name), now)}
-               for name, port in host.departed.items()}
-        out.update({name: {"role": "arrived", "fixed_ip": str(host.valid[name].fixed_ip),
-                           "remaining": self._remaining(("handoff", "arrived", name), now)}
-                    for name in host.arrived if name in host.valid})
+        out = {
+            name: {
+                "role": "left",
+                "fixed_ip": str(port.fixed_ip),
+                "sessions": self.sessions.get(name, -1),
+                "remaining": self._remaining(("handoff", "left", name), now),
+            }
+            for name, port in host.standing.departed.items()
+        }
+        out.update(
+            {
+                name: {
+                    "role": "arrived",
+                    "fixed_ip": str(host.valid[name].fixed_ip),
+                    "remaining": self._remaining(("handoff", "arrived", name), now),
+                }
+                for name in host.standing.arrived
+                if name in host.valid
+            }
+        )
         return dict(sorted(out.items()))
 
     def _remaining(self, key: tuple, now: float) -> int:

@@ -23,7 +23,7 @@ plugged meanwhile on this host is seen there, or when the device appears.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ovsnat.core.effects import IfaceKeys
 from ovsnat.model import PortError, VmPort
@@ -47,8 +47,9 @@ def keys_rejection(host, name: str, external_ids) -> str | None:
     return check_alone(host.cfg, port) or host.beaten_by(port)
 
 
-def changes(host, rows: dict, names, confirmed: Callable[[str], bool],
-            logged: dict[str, str]) -> list[IfaceKeys]:
+def changes(
+    host, rows: dict, names, confirmed: Callable[[str], bool], logged: dict[str, str]
+) -> list[IfaceKeys]:
     """The marker writes for the rows `names` (other owners in it are skipped);
     `confirmed(name)`: the port's flows are all on the switch. A row without a device whose
     keys this host rejects gets one log line per reason (`logged`: row -> reason logged,
@@ -61,8 +62,12 @@ def changes(host, rows: dict, names, confirmed: Callable[[str], bool],
         ids = rows[name].external_ids
         accepted = name in host.valid and name not in host.lost
         installed = accepted and (ids.get(INSTALLED_KEY) == "true" or confirmed(name))
-        ready = accepted and (installed or ids.get(READY_KEY) == "true") or \
-            name in host.transient and _keys_ok(host, name, ids, logged)
+        ready = (
+            accepted
+            and (installed or ids.get(READY_KEY) == "true")
+            or name in host.transient
+            and _keys_ok(host, name, ids, logged)
+        )
         write = _write(name, ids, {READY_KEY: ready, INSTALLED_KEY: installed})
         if write is not None:
             out.append(write)
@@ -74,8 +79,9 @@ def _keys_ok(host, name: str, ids, logged: dict[str, str]) -> bool:
     if reason is None:
         logged.pop(name, None)
     elif logged.get(name) != reason:
-        LOG.error("ovsnat: not ready for its device (a live migration cannot come "
-                  "here): %s", reason)
+        LOG.error(
+            "ovsnat: not ready for its device (a live migration cannot come here): %s", reason
+        )
         logged[name] = reason
     return reason is None
 

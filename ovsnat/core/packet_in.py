@@ -18,10 +18,10 @@ import logging
 
 import netaddr
 
-from ovsnat.compile import compiler
+from ovsnat.compile.pipeline import CLASSIFY, UPLINK_ARP
+from ovsnat.compile.punt_flows import quarantine_flows
 from ovsnat.core import punts, relay
 from ovsnat.packets import arp
-from ovsnat.compile.pipeline import CLASSIFY, UPLINK_ARP
 
 LOG = logging.getLogger("ovsnat")
 LOG_EVERY_S = 60.0
@@ -35,17 +35,22 @@ class PacketIn:
     def __init__(self, ctl):
         self.ctl = ctl
         self.budget = punts.PortBudget()
-        self.logged: dict[tuple[str, str], float] = {}        # (what, about) -> when
+        self.logged: dict[tuple[str, str], float] = {}  # (what, about) -> when
 
     def handle(self, in_port: int, table: int, data: bytes, now: float) -> list:
         try:
             return self._handle(in_port, table, data, now)
-        except Exception:          # a defect of ours, not the sender's: never a resync
+        except Exception:  # a defect of ours, not the sender's: never a resync
             self.ctl.stats.drop("error")
             if self._due("error", f"{table}", now):
-                LOG.exception("ovsnat: fault handling a packet-in from port %s (table %d, "
-                              "%d bytes: %s); dropped, state kept (logged once a minute)",
-                              in_port, table, len(data), data[:64].hex())
+                LOG.exception(
+                    "ovsnat: fault handling a packet-in from port %s (table %d, "
+                    "%d bytes: %s); dropped, state kept (logged once a minute)",
+                    in_port,
+                    table,
+                    len(data),
+                    data[:64].hex(),
+                )
             return []
 
     def _handle(self, in_port: int, table: int, data: bytes, now: float) -> list:
@@ -61,8 +66,9 @@ class PacketIn:
         kind = punts.vm_kind(table, data, known and host.is_pending(name))
         admitted = self.budget.admit(in_port, kind, now)
         if admitted != "yes":
-            return self._over_share(name or f"OpenFlow port {in_port}", in_port, kind,
-                                    admitted == "quarantine")
+            return self._over_share(
+                name or f"OpenFlow port {in_port}", in_port, kind, admitted == "quarantine"
+            )
         if kind == "dhcp":
             out = ctl.dhcp.packet_in(host, in_port, data, now)
             return out + (self._presence(name, data, now) if known else [])
@@ -105,11 +111,18 @@ class PacketIn:
         stats.inc("packet_in_quarantines")
         if kind == "dhcp":
             stats.inc("dhcp_quarantines")
-        LOG.warning("ovsnat: port %s floods the controller (%s packet-ins over its share); "
-                    "dropping them at the switch for %d s", name, kind, punts.QUARANTINE_S)
+        LOG.warning(
+            "ovsnat: port %s floods the controller (%s packet-ins over its share); "
+            "dropping them at the switch for %d s",
+            name,
+            kind,
+            punts.QUARANTINE_S,
+        )
         session = self.ctl.sw.session
-        return [session.temporary_flow(f, punts.QUARANTINE_S, f"{kind} quarantine of {name}")
-                for f in compiler.quarantine_flows(kind, ofport)]
+        return [
+            session.temporary_flow(f, punts.QUARANTINE_S, f"{kind} quarantine of {name}")
+            for f in quarantine_flows(kind, ofport)
+        ]
 
     # --- from outside ----------------------------------------------------------------------
     def _from_outside(self, table: int, in_port: int, data: bytes, now: float) -> list:
@@ -132,8 +145,12 @@ class PacketIn:
         if a.spa == str(cfg.snat_ip):
             ctl.stats.conflict(a.spa, a.sha, "SNAT IP", now)
             if self._due("snat-claim", a.sha, now):
-                LOG.warning("ovsnat: this host's SNAT IP %s is claimed on the uplink by %s; "
-                            "address conflict", a.spa, a.sha)
+                LOG.warning(
+                    "ovsnat: this host's SNAT IP %s is claimed on the uplink by %s; "
+                    "address conflict",
+                    a.spa,
+                    a.sha,
+                )
             return []
         return ctl.fips.uplink_arp(a, now)
 
@@ -158,6 +175,6 @@ class PacketIn:
         if len(self.logged) >= 1024:
             self.logged = {k: t for k, t in self.logged.items() if now - t < LOG_EVERY_S}
             if len(self.logged) >= 1024:
-                return False               # a thousand distinct lines this minute: enough
+                return False  # a thousand distinct lines this minute: enough
         self.logged[key] = now
         return True

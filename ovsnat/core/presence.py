@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PROBE_GAP = 0.1            # between the probes of one round
+PROBE_GAP = 0.1  # between the probes of one round
 PROBE_COUNT = 2
-ANSWER_WAIT = 0.2          # after the round's last probe
-REPROBE = 1.0              # while held by another host or in conflict
-SETTLE = 0.1               # after the VM's first frame: the previous host yields on our GARP
-MAX_PROBING = 64           # rounds at once: bounds probe answers to the metered packet-in
+ANSWER_WAIT = 0.2  # after the round's last probe
+REPROBE = 1.0  # while held by another host or in conflict
+SETTLE = 0.1  # after the VM's first frame: the previous host yields on our GARP
+MAX_PROBING = 64  # rounds at once: bounds probe answers to the metered packet-in
 
 IDLE, PROBING, HELD, CONFLICT, SETTLING = "idle", "probing", "held", "conflict", "settling"
 
@@ -37,7 +37,7 @@ class Waiting:
     state: str = IDLE
     round_started: float = 0.0
     probes_sent: int = 0
-    ovsnat_answered: bool = False   # in the current round
+    ovsnat_answered: bool = False  # in the current round
     foreign_mac: str | None = None  # in the current round
     since: float = 0.0
 
@@ -68,10 +68,10 @@ class Conflict:
 class Presence:
     def __init__(self, mode: str, host_mac: str):
         self.mode = mode
-        self.host_mac = host_mac              # this host's probe sender (never a FIP MAC)
+        self.host_mac = host_mac  # this host's probe sender (never a FIP MAC)
         self.waiting: dict[str, Waiting] = {}
-        self.queue: dict[str, None] = {}      # names waiting for a probe slot, in order
-        self.probing = 0                      # rounds in progress
+        self.queue: dict[str, None] = {}  # names waiting for a probe slot, in order
+        self.probing = 0  # rounds in progress
 
     def wait(self, name: str, fip: str, now: float) -> float | None:
         """A FIP is dark on this host. Returns when to call `due` for it (None: nothing to
@@ -146,7 +146,7 @@ class Presence:
         if w is None or w.state not in (PROBING, HELD, CONFLICT):
             return [], None
         if w.state != PROBING and self._start_round(name, now) is None:
-            return [], None                        # queued for a probe slot
+            return [], None  # queued for a probe slot
         if w.probes_sent < PROBE_COUNT:
             w.probes_sent += 1
             wait = PROBE_GAP if w.probes_sent < PROBE_COUNT else ANSWER_WAIT

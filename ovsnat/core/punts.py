@@ -6,7 +6,7 @@ uplink, DHCP, punts from outside, copies for FIP presence), so the controller ne
 more than those rates in all. Within them, one VM must not use up what every VM shares: a
 port may send `burst` packet-ins of a kind at once and `per_second` after that; a port over
 its share is quarantined for that kind at the switch for QUARANTINE_S (temporary drop flows
-with a hard timeout, ovsnat.compile.compiler.quarantine_flows), so its flood stops at the switch
+with a hard timeout, ovsnat.compile.punt_flows.quarantine_flows), so its flood stops at the switch
 instead of crowding out the others at the meter.
 
 Kinds (what a VM port can make reach the controller): `dhcp` (its DHCP requests),
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ovsnat.compile.pipeline import EGRESS, EGRESS_OUT
 
 QUARANTINE_S = 10
-MAX_TRACKED = 4096            # buckets kept before the full ones are forgotten
+MAX_TRACKED = 4096  # buckets kept before the full ones are forgotten
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,11 @@ class Share:
 
 
 SHARES = {
-    "dhcp": Share(10, 2.0),       # a client needs two per lease and retries every few s
-    "presence": Share(20, 5.0),   # one frame proves the VM is here; the rest is a flood
-    "rarp": Share(10, 2.0),       # QEMU sends five after a migration
-    "ttl": Share(20, 5.0),        # traceroute: three per run at this hop
-    "icmp": Share(20, 5.0),       # path MTU discovery, traceroute through a FIP
+    "dhcp": Share(10, 2.0),  # a client needs two per lease and retries every few s
+    "presence": Share(20, 5.0),  # one frame proves the VM is here; the rest is a flood
+    "rarp": Share(10, 2.0),  # QEMU sends five after a migration
+    "ttl": Share(20, 5.0),  # traceroute: three per run at this hop
+    "icmp": Share(20, 5.0),  # path MTU discovery, traceroute through a FIP
 }
 
 
@@ -59,15 +59,15 @@ def _is_dhcp_request(frame: bytes) -> bool:
     if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
         return False
     start = 14 + (frame[14] & 0x0F) * 4
-    return frame[start:start + 4] == b"\x00\x44\x00\x43"
+    return frame[start : start + 4] == b"\x00\x44\x00\x43"
 
 
 class PortBudget:
     """Token buckets per (ofport, kind), and the quarantines they lead to."""
 
     def __init__(self):
-        self.tokens: dict[tuple[int, str], tuple[float, float]] = {}   # -> (tokens, at)
-        self.quarantined: dict[tuple[int, str], float] = {}             # -> until
+        self.tokens: dict[tuple[int, str], tuple[float, float]] = {}  # -> (tokens, at)
+        self.quarantined: dict[tuple[int, str], float] = {}  # -> until
 
     def admit(self, ofport: int, kind: str, now: float) -> str:
         """Take one token: "yes"; "quarantine" when the port has none left (it is
@@ -90,8 +90,11 @@ class PortBudget:
     def _forget(self, now: float) -> None:
         """Drop the buckets that are full again and the quarantines that are over: the maps
         stay bounded however many ports (or spoofed ofports) send."""
-        self.tokens = {k: v for k, v in self.tokens.items()
-                       if v[1] + SHARES[k[1]].burst / SHARES[k[1]].per_second > now}
+        self.tokens = {
+            k: v
+            for k, v in self.tokens.items()
+            if v[1] + SHARES[k[1]].burst / SHARES[k[1]].per_second > now
+        }
         self.quarantined = {k: t for k, t in self.quarantined.items() if t > now}
 
     def forget_port(self, ofport: int) -> None:

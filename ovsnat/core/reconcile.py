@@ -16,9 +16,9 @@ import logging
 
 import netaddr
 
-from ovsnat.compile.compiler import METERS
-from ovsnat.core.delta import Delta
 from ovsnat.compile.flows import COOKIE_HOST, cookie_owner
+from ovsnat.compile.punt_flows import METERS
+from ovsnat.core.delta import Delta
 from ovsnat.core.effects import Reconfigure, ReleaseMemory
 from ovsnat.core.state import HOST, HostState
 from ovsnat.core.status import Stats
@@ -33,7 +33,7 @@ class Reconciler:
         self.session = SwitchSession(clock)
         self.stats = stats
         self.host: HostState | None = None
-        self.failed_owners: dict[int, str] = {}   # owner bits -> why the switch refused it
+        self.failed_owners: dict[int, str] = {}  # owner bits -> why the switch refused it
         self.dpid: int | None = None
         self.connected_at: float | None = None
 
@@ -66,8 +66,11 @@ class Reconciler:
             return out + self.settled(now)
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._count(len(stale) + len(missing))
-        return out + [self.session.bundle(sorted(stale), missing,
-                                          self.host.iter_wire_for(missing), {FULL_SYNC})]
+        return out + [
+            self.session.bundle(
+                sorted(stale), missing, self.host.iter_wire_for(missing), {FULL_SYNC}
+            )
+        ]
 
     def send(self, delta: Delta, retry: bool = True) -> list:
         """One atomic bundle for a change (nothing while the switch is not in step)."""
@@ -75,8 +78,11 @@ class Reconciler:
             return []
         add = delta.add
         self._count(len(delta.delete) + len(add))
-        return [self.session.bundle(delta.delete, [(f.table, f.cookie) for f in add], add,
-                                    delta.owners, retry)]
+        return [
+            self.session.bundle(
+                delta.delete, [(f.table, f.cookie) for f in add], add, delta.owners, retry
+            )
+        ]
 
     def repair(self, delete: list, adds: list, owners: set) -> list:
         """One bundle putting back what the audit found changed on the switch: deletes by
@@ -94,8 +100,9 @@ class Reconciler:
         if self.connected_at is None or self.session.bundles:
             return []
         self.stats.reconcile_seconds = now - self.connected_at
-        LOG.info("ovsnat: in sync %.3f s after the datapath connected",
-                 self.stats.reconcile_seconds)
+        LOG.info(
+            "ovsnat: in sync %.3f s after the datapath connected", self.stats.reconcile_seconds
+        )
         self.connected_at = None
         return [ReleaseMemory(), Reconfigure()]
 
@@ -106,9 +113,14 @@ class Reconciler:
         if b is None:
             return None, []
         # "sent at": when the bundle left ovsnat; the rest until "at" is the switch's.
-        LOG.info("ovsnat: programmed %s (%d flow_mods) at %.6f, sent at %.6f%s",
-                 _names(b.owners), b.size, now, b.sent_at,
-                 f" FAILED: {b.failed}" if b.failed else "")
+        LOG.info(
+            "ovsnat: programmed %s (%d flow_mods) at %.6f, sent at %.6f%s",
+            _names(b.owners),
+            b.size,
+            now,
+            b.sent_at,
+            f" FAILED: {b.failed}" if b.failed else "",
+        )
         prefixes = {c >> 24 for _, c in (*b.delete, *b.add_keys)}
         out = []
         if b.failed is None:
@@ -120,8 +132,7 @@ class Reconciler:
         else:
             for prefix in prefixes:
                 self.failed_owners[prefix & 0xFFFFFFFF] = b.failed
-            LOG.error("ovsnat: giving up on %s: %s", self.owner_name(min(prefixes) << 24),
-                      b.failed)
+            LOG.error("ovsnat: giving up on %s: %s", self.owner_name(min(prefixes) << 24), b.failed)
         return b, out + self.settled(now)
 
     def _resync_owners(self, prefixes: set) -> list:
@@ -134,16 +145,26 @@ class Reconciler:
             owner = HOST if prefix >> 32 == COOKIE_HOST else self.host.owner_names.get(prefix)
             desired = set(self.host.owner_keys(owner)) if owner else set()
             missing = self.host.flows_for(desired - have[prefix])
-            out += self.send(Delta(sorted(have[prefix] - desired), missing,
-                                   {owner or self.owner_name(prefix << 24)}), retry=False)
+            out += self.send(
+                Delta(
+                    sorted(have[prefix] - desired),
+                    missing,
+                    {owner or self.owner_name(prefix << 24)},
+                ),
+                retry=False,
+            )
         return out
 
     def error(self, xid: int, type_: int, code: int) -> None:
         self.stats.inc("of_errors")
         bundle, key, what = self.session.blame(xid)
         if bundle is None:
-            LOG.error("ovsnat: OpenFlow error type=%d code=%d for %s", type_, code,
-                      what or f"xid {xid} (not ovsnat's)")
+            LOG.error(
+                "ovsnat: OpenFlow error type=%d code=%d for %s",
+                type_,
+                code,
+                what or f"xid {xid} (not ovsnat's)",
+            )
             return
         if bundle.failed:
             return
@@ -154,8 +175,7 @@ class Reconciler:
         else:
             what = f"bundle {bundle.id}"
         bundle.failed = f"type={type_} code={code} on {what}"
-        LOG.error("ovsnat: switch rejected %s: OpenFlow error type=%d code=%d", what, type_,
-                  code)
+        LOG.error("ovsnat: switch rejected %s: OpenFlow error type=%d code=%d", what, type_, code)
 
     def owner_name(self, cookie: int) -> str:
         if cookie >> 56 == COOKIE_HOST:
@@ -172,8 +192,11 @@ class Reconciler:
             return False
         prefix = keys[0][1] >> 24
         installed = self.session.installed
-        return prefix not in busy and (prefix & 0xFFFFFFFF) not in self.failed_owners and \
-            all(k in installed for k in keys)
+        return (
+            prefix not in busy
+            and (prefix & 0xFFFFFFFF) not in self.failed_owners
+            and all(k in installed for k in keys)
+        )
 
 
 def _names(owners: set) -> str:

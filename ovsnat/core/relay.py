@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import netaddr
 
-from ovsnat.packets import icmp
 from ovsnat.compile.pipeline import DELIVER, EGRESS, EGRESS_OUT, INGRESS
 from ovsnat.core.state import HostState
+from ovsnat.packets import icmp
 
 TABLES = (EGRESS, INGRESS, EGRESS_OUT, DELIVER)
 
@@ -43,12 +43,18 @@ def first_fragment(host: HostState, frame: bytes):
     if len(frame) < 34:
         return None
     whole = bytearray(frame)
-    whole[20] &= 0xDF                                 # clear More Fragments: one piece now
+    whole[20] &= 0xDF  # clear More Fragments: one piece now
     port = _live_port(host, _ip(frame[30:34]))
     if port is None:
         return None
-    out = icmp.translate_error(bytes(whole), port.fip.packed, port.fixed_ip.packed, True,
-                               host.cfg.router_mac.packed, port.mac.packed)
+    out = icmp.translate_error(
+        bytes(whole),
+        port.fip.packed,
+        port.fixed_ip.packed,
+        True,
+        host.cfg.router_mac.packed,
+        port.mac.packed,
+    )
     return (port.ofport, out) if out else None
 
 
@@ -61,8 +67,9 @@ def time_exceeded(host: HostState, table: int, in_port: int, frame: bytes):
         port = host.valid.get(name) if name else None
         if port is None or name in host.lost:
             return None
-        out = icmp.time_exceeded(frame, host.net(port).gateway.packed, cfg.router_mac.packed,
-                                 frame[6:12])
+        out = icmp.time_exceeded(
+            frame, host.net(port).gateway.packed, cfg.router_mac.packed, frame[6:12]
+        )
         return (in_port, out) if out else None
     dst = netaddr.IPAddress(int.from_bytes(frame[30:34], "big"))
     if dst != cfg.snat_ip and _live_port(host, str(dst)) is None:
@@ -79,7 +86,7 @@ def icmp_error(host: HostState, in_port: int, frame: bytes) -> tuple[int, bytes]
     """(output port, translated frame) for a punted ICMP error, or None to drop it."""
     if len(frame) < 34 or (frame[14] & 0x0F) * 4 < 20:
         return None
-    if in_port in (host.cfg.uplink_ofport, 0):          # from outside, or hairpinned
+    if in_port in (host.cfg.uplink_ofport, 0):  # from outside, or hairpinned
         return _inbound(host, frame, dec_ttl=True)
     return _outbound(host, frame)
 
@@ -94,13 +101,20 @@ def _live_port(host: HostState, fip: str):
 def _inbound(host: HostState, frame: bytes, dec_ttl: bool) -> tuple[int, bytes] | None:
     """To a FIP VM: the quoted source is its FIP; the outer destination its fixed IP."""
     ihl = (frame[14] & 0x0F) * 4
-    quoted_src = frame[14 + ihl + 8 + 12:14 + ihl + 8 + 16]
+    quoted_src = frame[14 + ihl + 8 + 12 : 14 + ihl + 8 + 16]
     port = _live_port(host, _ip(quoted_src)) if len(quoted_src) == 4 else None
     if port is None:
         return None
-    out = icmp.translate_error(frame, port.fip.packed, port.fixed_ip.packed, True,
-                               host.cfg.router_mac.packed, port.mac.packed, outer=False,
-                               dec_ttl=dec_ttl)
+    out = icmp.translate_error(
+        frame,
+        port.fip.packed,
+        port.fixed_ip.packed,
+        True,
+        host.cfg.router_mac.packed,
+        port.mac.packed,
+        outer=False,
+        dec_ttl=dec_ttl,
+    )
     return (port.ofport, out) if out else None
 
 
@@ -112,15 +126,28 @@ def _outbound(host: HostState, frame: bytes) -> tuple[int, bytes] | None:
     if port is None:
         return None
     fip_mac = cfg.ip_mac(port.fip).packed
-    out = icmp.translate_error(frame, port.fixed_ip.packed, port.fip.packed, False, fip_mac,
-                               cfg.external_gateway_mac.packed if cfg.external_gateway_mac
-                               else b"\xff" * 6, outer=False)
+    out = icmp.translate_error(
+        frame,
+        port.fixed_ip.packed,
+        port.fip.packed,
+        False,
+        fip_mac,
+        cfg.external_gateway_mac.packed if cfg.external_gateway_mac else b"\xff" * 6,
+        outer=False,
+    )
     if out is None:
         return None
     peer = _live_port(host, _ip(frame[30:34]))
-    if peer is not None:                              # hairpin: to another local FIP
-        inside = icmp.translate_error(out, peer.fip.packed, peer.fixed_ip.packed, True,
-                                      cfg.router_mac.packed, peer.mac.packed, dec_ttl=False)
+    if peer is not None:  # hairpin: to another local FIP
+        inside = icmp.translate_error(
+            out,
+            peer.fip.packed,
+            peer.fixed_ip.packed,
+            True,
+            cfg.router_mac.packed,
+            peer.mac.packed,
+            dec_ttl=False,
+        )
         return (peer.ofport, inside) if inside else None
     if cfg.external_gateway_mac is None:
         return None

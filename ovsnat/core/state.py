@@ -5,76 +5,77 @@ delete. Cost per change is O(1) in the number of VMs: only the changed port and 
 that compete with it are looked at, and only their flows (and, when a network gains its
 first port or loses its last, that network's flows) are recompiled.
 
-Clash rule (ovsnat.core.claims; also used by the batch `build_state` below, built on this class):
-a valid port is rejected when a direct competitor sorts before it by (iface-id, name), so
-two ports never both answer for one address, and a network is always defined one way.
+Clash rule (ovsnat.core.claims; also used by the batch `build_state` below, built on this
+class): a valid port is rejected when a direct competitor sorts before it by (iface-id,
+name), so two ports never both answer for one address, and a network is always defined one
+way. The desired flows are kept packed per owner (ovsnat.core.flowbook); whether each VM
+has shown up here is its standing (ovsnat.core.standing), which a new host config keeps.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-import netaddr
+from collections.abc import Iterable
 
 from ovsnat.compile import flowident
-from ovsnat.core.claims import Claims, NetworkBook, claim_keys, claim_text, fip_key
-from ovsnat.compile.compiler import fip_responder_key, host_flows, network_flows, sort_flows, vm_flows
+from ovsnat.compile.compiler import sort_flows
+from ovsnat.compile.flows import Flow
 from ovsnat.compile.handoff_flows import gone_flows
+from ovsnat.compile.host import host_flows
+from ovsnat.compile.network import network_flows
+from ovsnat.compile.vm import fip_responder_key, vm_flows
+from ovsnat.core.claims import Arbiter
 from ovsnat.core.delta import Delta, diff, flow_key
 from ovsnat.core.flowbook import FlowBook
-from ovsnat.compile.flows import Flow
+from ovsnat.core.standing import Standing
 from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
 from ovsnat.model.networks import Network
 from ovsnat.model.portcheck import check_alone
 
-HOST = flowident.HOST   # owner key of host-level flows; a network's is ("net", its name)
+HOST = flowident.HOST  # owner key of host-level flows; a network's is ("net", its name)
 
 
 def net_owner(net: Network) -> tuple[str, str]:
     return ("net", net.name)
 
 
-def _rank(port: VmPort) -> tuple[str, str]:
-    return port.iface_id, port.name
-
-
 class HostState:
     def __init__(self, cfg: HostConfig):
+        self.standing = Standing()
+        self._reset(cfg)
+
+    def _reset(self, cfg: HostConfig) -> None:
+        """Everything compiled from a host config, with no port yet: at start, and before a
+        new config's recompile (set_config). The ports' standing is not part of it."""
         self.cfg = cfg
-        self.valid: dict[str, VmPort] = {}          # name -> port valid on its own
-        self.invalid: dict[str, str] = {}           # name -> reason (bad alone)
-        self.transient: set[str] = set()            # names whose rejection is a passing state
-        self.lost: dict[str, str] = {}              # name -> reason (lost a clash)
-        self.claims = Claims()
-        self.book = NetworkBook()
+        self.valid: dict[str, VmPort] = {}  # name -> port valid on its own
+        self.invalid: dict[str, str] = {}  # name -> reason (bad alone)
+        self.transient: set[str] = set()  # names whose rejection is a passing state
+        self.lost: dict[str, str] = {}  # name -> reason (lost a clash)
+        self.arbiter = Arbiter(cfg)
         # Owner (HOST, ("net", name), ("gone", name) or a port name) -> its packed flows,
         # cookie owner bits -> owner, and who holds each (table, priority, match).
         self.desired = FlowBook()
         self.wire, self.owner_names = self.desired.wire, self.desired.owner_names
         self.idents = self.desired.idents
-        self.members: dict[str, set[str]] = {}      # network name -> accepted ports in it
-        self.in_net: dict[str, str] = {}            # accepted port -> its network's name
-        self.nets: dict[str, Network] = {}          # network name -> its definition here
-        self.active: set[str] = set()     # FIP ports whose VM has shown up on this host
-        self.yielded: set[str] = set()    # FIP ports that gave their FIP to another host
-        self.heard: set[str] = set()      # dark FIPs whose VM need not be copied up any more
-        self.arrived: set[str] = set()    # PAT ports in their handoff grace (ovsnat.core.handoff)
-        self.departed: dict[str, VmPort] = {}   # PAT VMs that left, in their handoff grace
+        self.members: dict[str, set[str]] = {}  # network name -> accepted ports in it
+        self.in_net: dict[str, str] = {}  # accepted port -> its network's name
+        self.nets: dict[str, Network] = {}  # network name -> its definition here
         self.by_ofport: dict[int, str] = {}
         # Kept by _refresh (every change of a port's standing passes through it), so the
         # status the controller publishes after each change costs O(1), not a scan of 10,000.
-        self.accepted_fips: set[str] = set()    # accepted ports with a FIP
-        self.pending: set[str] = set()          # of those, the ones whose FIP is still dark
+        self.accepted_fips: set[str] = set()  # accepted ports with a FIP
+        self.pending: set[str] = set()  # of those, the ones whose FIP is still dark
         self._store(HOST, host_flows(cfg))
-        if cfg.default_network is not None:      # always there, ports or not
+        if cfg.default_network is not None:  # always there, ports or not
             self.nets[""] = cfg.default_network
             self._store(net_owner(cfg.default_network), network_flows(cfg, cfg.default_network))
 
     # --- queries --------------------------------------------------------------------------
     @property
     def accepted(self) -> list[VmPort]:
-        return sorted((p for n, p in self.valid.items() if n not in self.lost),
-                      key=lambda p: p.name)
+        return sorted(
+            (p for n, p in self.valid.items() if n not in self.lost), key=lambda p: p.name
+        )
 
     @property
     def rejected(self) -> list[Rejection]:
@@ -95,23 +96,24 @@ class HostState:
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
         port = self.valid.get(name)
-        return port is not None and port.fip is not None and name not in self.lost and \
-            not self._active(name)
+        return (
+            port is not None
+            and port.fip is not None
+            and name not in self.lost
+            and not self._active(name)
+        )
 
     def fip_owner(self, fip: str) -> str | None:
         """The accepted port holding this FIP here, if any."""
-        try:
-            key = fip_key(netaddr.IPAddress(fip, 4, netaddr.INET_PTON))
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            return None
-        for name in self.claims.claimants(key):
+        for name in self.arbiter.fip_claimants(fip):
             if name not in self.lost:
                 return name
         return None
 
     def _active(self, name: str) -> bool:
-        return name in self.active or (self.cfg.fip_activation == "immediate" and
-                                       name not in self.yielded)
+        return name in self.standing.active or (
+            self.cfg.fip_activation == "immediate" and name not in self.standing.yielded
+        )
 
     def owner_keys(self, owner) -> list[tuple[int, int]]:
         """The (table, cookie) keys of one owner's desired flows."""
@@ -133,7 +135,7 @@ class HostState:
         if owner is HOST:
             return host_flows(self.cfg)
         if isinstance(owner, tuple) and owner[0] == "gone":
-            port = self.departed.get(owner[1])
+            port = self.standing.departed.get(owner[1])
             return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
         if isinstance(owner, tuple):
             net = self.nets.get(owner[1])
@@ -144,9 +146,14 @@ class HostState:
         return self._vm_flows(owner, port)
 
     def _vm_flows(self, name: str, port: VmPort) -> list[Flow]:
-        copies = "none" if name in self.heard else "arp" if name in self.yielded else "all"
-        return vm_flows(self.cfg, port, self.net(port), active=self._active(name),
-                        arrived=name in self.arrived, copies=copies)
+        return vm_flows(
+            self.cfg,
+            port,
+            self.net(port),
+            active=self._active(name),
+            arrived=name in self.standing.arrived,
+            copies=self.standing.copies(name),
+        )
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
         """The flows with these keys (recompiling only their owners)."""
@@ -172,17 +179,14 @@ class HostState:
         ofport): recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
-        active, yielded, heard = set(self.active), set(self.yielded), set(self.heard)
-        arrived, departed = set(self.arrived), dict(self.departed)
-        self.__init__(cfg)
+        kept, self.standing = self.standing, Standing()
+        self._reset(cfg)
         for name, port in ports.items():
-            self.update(name, port)      # a port new to this state is not live yet...
-        self.active, self.yielded = active & set(self.valid), yielded & set(self.valid)
-        self.heard = heard & set(self.valid)
-        self.arrived = arrived & set(self.valid)
-        for name in sorted(self.active | self.yielded | self.arrived | self.heard):
-            self._refresh(name)          # ...so restore what was, and recompile those
-        for name, port in departed.items():
+            self.update(name, port)  # a port new to this state is not live yet...
+        self.standing = kept.of(set(self.valid))
+        for name in sorted(self.standing.marked()):
+            self._refresh(name)  # ...so restore what was, and recompile those
+        for name, port in kept.departed.items():
             self.depart(name, port)
         self.invalid.update(invalid)
         self.transient = transient & set(self.invalid)
@@ -192,23 +196,15 @@ class HostState:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
         (gone). Returns the flows to delete and add."""
         if isinstance(port, VmPort) and self.valid.get(name) == port:
-            return Delta()                   # nothing this port's flows depend on changed
+            return Delta()  # nothing this port's flows depend on changed
         affected = {name}
         old = self.valid.pop(name, None)
         if old is not None and self.by_ofport.get(old.ofport) == name:
             del self.by_ofport[old.ofport]
-        if port is None or isinstance(port, Rejection) or old is None or \
-                old.ofport != port.ofport:
-            # Gone, or a new device: the VM must show up (again) before its FIP answers.
-            self.active.discard(name)
-            self.yielded.discard(name)
-            self.heard.discard(name)
-            self.arrived.discard(name)
+        if port is None or isinstance(port, Rejection) or old is None or old.ofport != port.ofport:
+            self.standing.forget(name)  # gone, or a new device: the VM must show up (again)
         if old is not None:
-            net = self.net(old)
-            for key in claim_keys(old, net, self.cfg):
-                affected.update(self.claims.unclaim(key, name))
-            affected |= self.book.remove(name, net)
+            affected |= self.arbiter.leave(name, old, self.net(old))
         self.invalid.pop(name, None)
         self.transient.discard(name)
         if isinstance(port, Rejection):
@@ -227,50 +223,47 @@ class HostState:
         if reason:
             self.invalid[name] = reason
             return
-        net = self.net(port)
         self.valid[name] = port
         self.by_ofport[port.ofport] = name
-        for key in claim_keys(port, net, self.cfg):
-            affected.update(self.claims.claim(key, name))
-        affected |= self.book.add(name, net)
+        affected |= self.arbiter.enter(name, port, self.net(port))
 
     def activate(self, name: str) -> Delta:
         """The VM showed up here: light its FIP."""
-        self.yielded.discard(name)
-        self.heard.discard(name)
-        self.active.add(name)
+        self.standing.yielded.discard(name)
+        self.standing.heard.discard(name)
+        self.standing.active.add(name)
         return self._refresh(name)
 
     def yield_fip(self, name: str) -> Delta:
         """Another host announced this port's FIP: go dark until the VM announces itself
         here again (RARP/GARP), or nobody answers for it any more."""
-        self.active.discard(name)
-        self.heard.discard(name)
-        self.yielded.add(name)
+        self.standing.active.discard(name)
+        self.standing.heard.discard(name)
+        self.standing.yielded.add(name)
         return self._refresh(name)
 
     def hear(self, name: str, heard: bool) -> Delta:
         """Stop (or resume) copying a dark FIP's frames up: what they could prove is known."""
-        if (name in self.heard) == heard:
+        if (name in self.standing.heard) == heard:
             return Delta()
-        (self.heard.add if heard else self.heard.discard)(name)
+        (self.standing.heard.add if heard else self.standing.heard.discard)(name)
         return self._refresh(name)
 
     def set_arrived(self, name: str, arrived: bool) -> Delta:
         """A PAT VM's arrival grace begins or ends (ovsnat.core.handoff)."""
-        (self.arrived.add if arrived else self.arrived.discard)(name)
+        (self.standing.arrived.add if arrived else self.standing.arrived.discard)(name)
         return self._refresh(name)
 
     def depart(self, name: str, port: VmPort) -> Delta:
         """A PAT VM left: its handoff flows, until end_departure. Its network's flows stay
         meanwhile (its sessions go through the network's zone)."""
-        self.departed[name] = port
+        self.standing.departed[name] = port
         delta = self._store(("gone", name), gone_flows(self.cfg, port, self.net(port)))
         delta.extend(self._membership(("gone", name), self.net(port)))
         return delta
 
     def end_departure(self, name: str) -> Delta:
-        self.departed.pop(name, None)
+        self.standing.departed.pop(name, None)
         delta = self._store(("gone", name), [])
         delta.extend(self._membership(("gone", name), None))
         return delta
@@ -280,9 +273,12 @@ class HostState:
         active before, so they stay active (no flap, no new activation needed)."""
         adopted = []
         for name, port in self.valid.items():
-            if port.fip is not None and self.is_pending(name) and \
-                    fip_responder_key(self.cfg, port, self.net(port)) in installed:
-                self.active.add(name)
+            if (
+                port.fip is not None
+                and self.is_pending(name)
+                and fip_responder_key(self.cfg, port, self.net(port)) in installed
+            ):
+                self.standing.active.add(name)
                 self._refresh(name)
                 adopted.append(name)
         return adopted
@@ -334,8 +330,10 @@ class HostState:
 
     def _count(self, name: str, port: VmPort | None) -> None:
         has_fip = port is not None and port.fip is not None and name not in self.lost
-        for members, now in ((self.accepted_fips, has_fip),
-                             (self.pending, has_fip and not self._active(name))):
+        for members, now in (
+            (self.accepted_fips, has_fip),
+            (self.pending, has_fip and not self._active(name)),
+        ):
             if now:
                 members.add(name)
             else:
@@ -343,23 +341,7 @@ class HostState:
 
     def beaten_by(self, port: VmPort) -> str | None:
         """Why `port` loses to the competitor that sorts first before it, if any."""
-        best, why = None, None
-        net = self.net(port)
-        for key in claim_keys(port, net, self.cfg):
-            for other in self.claims.claimants(key):
-                rival = self.valid[other]
-                if other != port.name and _rank(rival) < _rank(port) and \
-                        (best is None or _rank(rival) < _rank(best)):
-                    what, value = claim_text(key)
-                    best, why = rival, f"{what} {value} is already used by"
-        for reason, members in self.book.rivals(net):
-            for other in members:
-                rival = self.valid[other]
-                if _rank(rival) < _rank(port) and (best is None or _rank(rival) < _rank(best)):
-                    best, why = rival, reason + ", says"
-        if best is None:
-            return None
-        return f"{why} port {best.name!r} ({best.iface_id}), which wins the tie"
+        return self.arbiter.beaten_by(port, self.net(port), self.valid)
 
 
 def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:

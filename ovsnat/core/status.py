@@ -39,7 +39,7 @@ COUNTERS = {
     "switch_send_failures": "messages the switch connection refused (it was closing)",
     "ovsdb_write_failures": "writes to OVSDB that could not be sent (made again on reconnect)",
     "vswitchd_call_failures": "calls on ovs-vswitchd's control socket (as ovs-appctl makes "
-                              "them) that failed: conntrack reads, zone limits, probes",
+    "them) that failed: conntrack reads, zone limits, probes",
     "datapaths_refused": "connections of switches that are not the configured bridge, refused",
     "metrics_failures": "attempts to listen on metrics_port that failed (tried every 10 s)",
 }
@@ -58,10 +58,25 @@ DROP_REASONS = {
     "rarp_spoofed": "a RARP whose source MAC is not the port's",
     "not_relayed": "TTL expired or ICMP error that is not for this host to answer",
     "error": "a fault of the controller's while handling it (logged)",
-    **{f"dhcp_{r}": f"malformed DHCP request: {r.replace('_', ' ')}" for r in (
-        "short_frame", "not_ipv4", "bad_ip_header", "not_udp", "fragment", "truncated_udp",
-        "not_dhcp_request", "bad_udp_length", "truncated_bootp", "not_ethernet_request",
-        "no_magic_cookie", "bad_message_type", "bad_address_option", "truncated_option")},
+    **{
+        f"dhcp_{r}": f"malformed DHCP request: {r.replace('_', ' ')}"
+        for r in (
+            "short_frame",
+            "not_ipv4",
+            "bad_ip_header",
+            "not_udp",
+            "fragment",
+            "truncated_udp",
+            "not_dhcp_request",
+            "bad_udp_length",
+            "truncated_bootp",
+            "not_ethernet_request",
+            "no_magic_cookie",
+            "bad_message_type",
+            "bad_address_option",
+            "truncated_option",
+        )
+    },
 }
 
 
@@ -71,8 +86,8 @@ class Stats:
         self.drops: dict[str, int] = {}
         self.conflicts: deque = deque(maxlen=20)
         self.reconcile_seconds: float | None = None
-        self.pat: dict | None = None            # PAT usage from conntrack (see the shim)
-        self.version = 0                        # bumped on every change: the file is stale
+        self.pat: dict | None = None  # PAT usage from conntrack (see the shim)
+        self.version = 0  # bumped on every change: the file is stale
 
     def inc(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -87,9 +102,14 @@ class Stats:
 
     def conflict(self, address: str, mac: str, port: str, now: float) -> None:
         self.inc("fip_conflicts")
-        self.conflicts.append({"fip": address, "mac": mac, "port": port,
-                               "time": time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                     time.gmtime(now))})
+        self.conflicts.append(
+            {
+                "fip": address,
+                "mac": mac,
+                "port": port,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)),
+            }
+        )
 
     def touch(self) -> None:
         self.version += 1
@@ -100,22 +120,28 @@ def status_of(ctl, now: float) -> dict:
     host = ctl.host
     vms, fips, pending = host.counts() if host else (0, 0, [])
     return {
-        "time": now, "datapath": f"{ctl.sw.dpid:016x}" if ctl.sw.dpid else None,
+        "time": now,
+        "datapath": f"{ctl.sw.dpid:016x}" if ctl.sw.dpid else None,
         "in_sync": ctl.sw.session.ready and not ctl.sw.session.bundles,
         "snat_ip": str(host.cfg.snat_ip) if host else None,
         "transit_cidr": str(ctl.base_cfg.transit_cidr),
-        "vms": vms, "fips": fips, "pending_fips": pending,
+        "vms": vms,
+        "fips": fips,
+        "pending_fips": pending,
         "waiting": ctl.fips.waiting(),
-        "rejected": [{"name": r.name, "reason": r.reason}
-                     for r in (host.rejected if host else [])],
+        "rejected": [{"name": r.name, "reason": r.reason} for r in (host.rejected if host else [])],
         "failed_owners": {f"{k:#x}": v for k, v in ctl.sw.failed_owners.items()},
         "duplicate_flows": host.idents.status() if host else [],
-        "conflicts": list(ctl.stats.conflicts), "stats": dict(ctl.stats.counts),
-        "reconcile_seconds": ctl.stats.reconcile_seconds, "pat": ctl.stats.pat,
+        "conflicts": list(ctl.stats.conflicts),
+        "stats": dict(ctl.stats.counts),
+        "reconcile_seconds": ctl.stats.reconcile_seconds,
+        "pat": ctl.stats.pat,
         "dhcp_leases": ctl.dhcp.status(host, now),
         "handoffs": ctl.handoffs.status(host, now),
-        "conn_refused": dict(ctl.refusals.by_port), "conn_limit": ctl.zones.status(),
-        "vswitchd": ctl.vswitchd.status(), "failures": ctl.failures.status(),
+        "conn_refused": dict(ctl.refusals.by_port),
+        "conn_limit": ctl.zones.status(),
+        "vswitchd": ctl.vswitchd.status(),
+        "failures": ctl.failures.status(),
         "datapaths": ctl.identity.status(),
         "packet_in_drops": dict(sorted(ctl.stats.drops.items())),
     }

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class Timers:
     def __init__(self):
         self._heap: list[tuple[float, int, Hashable]] = []
-        self._live: dict[Hashable, int] = {}      # key -> sequence of its live entry
-        self._when: dict[Hashable, float] = {}    # key -> its deadline
+        self._live: dict[Hashable, int] = {}  # key -> sequence of its live entry
+        self._when: dict[Hashable, float] = {}  # key -> its deadline
         self._seq = itertools.count()
 
     def at(self, when: float, key: Hashable) -> None:

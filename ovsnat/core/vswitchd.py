@@ -25,33 +25,42 @@ from ovsnat.core.delta import Delta
 from ovsnat.core.effects import Probe, Probed, ReadConntrack, Reading, ZoneLimitsDone
 
 LOG = logging.getLogger("ovsnat")
-PROBE_EVERY = 10.0        # seconds between probes while the socket does not answer
-PAT_EVERY = 5.0           # seconds between reads of PAT usage (metrics on)
-READ_LOST = 60.0          # a read unanswered this long is forgotten (the shim answers each)
+PROBE_EVERY = 10.0  # seconds between probes while the socket does not answer
+PAT_EVERY = 5.0  # seconds between reads of PAT usage (metrics on)
+READ_LOST = 60.0  # a read unanswered this long is forgotten (the shim answers each)
 
 
 class Vswitchd:
     def __init__(self, cfg, stats, failures, pat_usage: bool = False):
         self.cfg, self.stats, self.failures = cfg, stats, failures
         self.pat_usage = pat_usage
-        self.reachable: bool | None = None           # None: not asked yet
+        self.reachable: bool | None = None  # None: not asked yet
         self.target = ""
         self.next_probe = self.next_pat = 0.0
         self.reading_since: float | None = None
 
     def needed_by(self) -> list[str]:
         """The configured features that cannot work without the control socket."""
-        return [what for on, what in (
-            (self.cfg.handoff_vlan, "handoff_vlan (a departed VM's handoff cannot end when "
-                                    "its sessions do: it runs its whole handoff_grace)"),
-            (self.cfg.conn_limit, "conn_limit (the per-VM limits are not applied)"),
-            (self.pat_usage, "PAT usage (ovsnat status, the metrics)")) if on]
+        return [
+            what
+            for on, what in (
+                (
+                    self.cfg.handoff_vlan,
+                    "handoff_vlan (a departed VM's handoff cannot end when "
+                    "its sessions do: it runs its whole handoff_grace)",
+                ),
+                (self.cfg.conn_limit, "conn_limit (the per-VM limits are not applied)"),
+                (self.pat_usage, "PAT usage (ovsnat status, the metrics)"),
+            )
+            if on
+        ]
 
     # --- what is due -----------------------------------------------------------------------
     def due(self, host, handoffs, now: float) -> list:
         out = []
-        if now >= self.next_probe and (self.reachable is None or
-                                       (not self.reachable and self.needed_by())):
+        if now >= self.next_probe and (
+            self.reachable is None or (not self.reachable and self.needed_by())
+        ):
             self.next_probe = now + PROBE_EVERY
             out.append(Probe(self.cfg.bridge))
         if self.reading_since is not None and now - self.reading_since < READ_LOST:
@@ -71,14 +80,24 @@ class Vswitchd:
             self._answered(result.ok, result.error, self._meaning(), now)
         elif isinstance(result, ZoneLimitsDone):
             zones.done(result, now)
-            self._answered(not result.failed, result.error, f"{len(zones.failed)} counting "
-                           f"zones have no limit (conn_limit not enforced for their VMs); "
-                           f"retried every {zones.RETRY:.0f} s", now)
+            self._answered(
+                not result.failed,
+                result.error,
+                f"{len(zones.failed)} counting "
+                f"zones have no limit (conn_limit not enforced for their VMs); "
+                f"retried every {zones.RETRY:.0f} s",
+                now,
+            )
         elif isinstance(result, Reading):
             self.reading_since = None
-            self._answered(result.ok, result.error, "reading conntrack: a departed VM's "
-                           "handoff runs its whole grace period (its sessions cannot be "
-                           "counted); PAT usage is not updated", now)
+            self._answered(
+                result.ok,
+                result.error,
+                "reading conntrack: a departed VM's "
+                "handoff runs its whole grace period (its sessions cannot be "
+                "counted); PAT usage is not updated",
+                now,
+            )
             if result.ok and self.pat_usage and host is not None:
                 self.stats.pat = pat_usage(result, host.cfg.pat_port_count)
                 self.stats.touch()
@@ -88,9 +107,13 @@ class Vswitchd:
     def _answered(self, ok: bool, error: str, meaning: str, now: float) -> None:
         if ok:
             if self.reachable is None:
-                LOG.info("ovsnat: ovs-vswitchd answers at %s%s", self.target or "(its socket)",
-                         "; needed by " + ", ".join(self.status()["needed_by"])
-                         if self.needed_by() else "")
+                LOG.info(
+                    "ovsnat: ovs-vswitchd answers at %s%s",
+                    self.target or "(its socket)",
+                    "; needed by " + ", ".join(self.status()["needed_by"])
+                    if self.needed_by()
+                    else "",
+                )
             self.reachable = True
             self.failures.ok("vswitchd")
             return
@@ -101,11 +124,14 @@ class Vswitchd:
     def _meaning(self) -> str:
         needed = self.needed_by()
         if not needed:
-            return "nothing configured needs it (handoff_vlan, conn_limit and the metrics " \
-                   "are off)"
-        return "set [ovsnat] vswitchd_ctl or OVS_RUNDIR; cannot work without it: " + \
-            "; ".join(needed)
+            return "nothing configured needs it (handoff_vlan, conn_limit and the metrics are off)"
+        return "set [ovsnat] vswitchd_ctl or OVS_RUNDIR; cannot work without it: " + "; ".join(
+            needed
+        )
 
     def status(self) -> dict:
-        return {"target": self.target, "reachable": self.reachable,
-                "needed_by": [n.split(" (")[0] for n in self.needed_by()]}
+        return {
+            "target": self.target,
+            "reachable": self.reachable,
+            "needed_by": [n.split(" (")[0] for n in self.needed_by()],
+        }

@@ -8,8 +8,9 @@ import os
 import re
 import sys
 
-from ovsnat.compile.compiler import METERS, compile_state
+from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import Flow, ofctl_text
+from ovsnat.compile.punt_flows import METERS
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm

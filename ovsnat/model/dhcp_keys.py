@@ -10,22 +10,22 @@ contract key does: a VM must not boot with half its settings.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import netaddr
 
 from ovsnat.model.parse import ConfigError, PortError, _show, parse_ipv4
 
-KEY_DHCP = "ovsnat-dhcp"          # "off": ovsnat does not answer this port's DHCP
-KEY_DNS = "ovsnat-dns"            # DNS servers, comma-separated
-KEY_DOMAIN = "ovsnat-domain"      # DNS search domain
-KEY_MTU = "ovsnat-mtu"            # the network's MTU (Neutron's, already right for it)
-KEY_ROUTES = "ovsnat-routes"      # host routes: cidr>nexthop,cidr>nexthop
+KEY_DHCP = "ovsnat-dhcp"  # "off": ovsnat does not answer this port's DHCP
+KEY_DNS = "ovsnat-dns"  # DNS servers, comma-separated
+KEY_DOMAIN = "ovsnat-domain"  # DNS search domain
+KEY_MTU = "ovsnat-mtu"  # the network's MTU (Neutron's, already right for it)
+KEY_ROUTES = "ovsnat-routes"  # host routes: cidr>nexthop,cidr>nexthop
 PORT_KEYS = (KEY_DHCP, KEY_DNS, KEY_DOMAIN, KEY_MTU, KEY_ROUTES)
 MAX_DNS, MAX_ROUTES = 8, 32
 MTU_RANGE = (576, 9216)
-VLAN_TAG = 4                      # bytes a VLAN tag takes from a frame on the fabric
+VLAN_TAG = 4  # bytes a VLAN tag takes from a frame on the fabric
 TRUE, FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
 
 
@@ -37,7 +37,7 @@ class PortDhcp:
     dns: tuple[str, ...] = ()
     domain: str = ""
     mtu: int | None = None
-    routes: tuple[tuple[str, str], ...] = ()     # (cidr, next hop)
+    routes: tuple[tuple[str, str], ...] = ()  # (cidr, next hop)
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,13 @@ def parse_port(label: str, external_ids: Mapping[str, str]):
         return PortDhcp(enabled=False)
     if not any(k in external_ids for k in PORT_KEYS[1:]):
         return None
-    return PortDhcp(True, _dns(external_ids.get(KEY_DNS), f"{label}: external_ids:{KEY_DNS}",
-                         PortError),
-                    _domain(external_ids.get(KEY_DOMAIN), f"{label}: external_ids:{KEY_DOMAIN}",
-                            PortError),
-                    _mtu(external_ids.get(KEY_MTU), f"{label}: external_ids:{KEY_MTU}",
-                         PortError),
-                    _routes(label, external_ids.get(KEY_ROUTES)))
+    return PortDhcp(
+        True,
+        _dns(external_ids.get(KEY_DNS), f"{label}: external_ids:{KEY_DNS}", PortError),
+        _domain(external_ids.get(KEY_DOMAIN), f"{label}: external_ids:{KEY_DOMAIN}", PortError),
+        _mtu(external_ids.get(KEY_MTU), f"{label}: external_ids:{KEY_MTU}", PortError),
+        _routes(label, external_ids.get(KEY_ROUTES)),
+    )
 
 
 def parse_host(raw: Mapping[str, object]) -> HostDhcp:
@@ -77,13 +77,17 @@ def parse_host(raw: Mapping[str, object]) -> HostDhcp:
     if enabled not in TRUE + FALSE:
         raise ConfigError(f"dhcp: {_show(raw.get('dhcp'))} is not true or false")
     lease = str(raw.get("dhcp_lease_time") or default.lease_time).strip()
-    if not re.fullmatch(r"[0-9]{1,10}", lease) or not 60 <= int(lease) <= 2 ** 31:
-        raise ConfigError(f"dhcp_lease_time: {_show(lease)} is not a number of seconds "
-                          "(60 or more)")
-    return HostDhcp(enabled in TRUE, _dns(raw.get("dhcp_dns"), "dhcp_dns", ConfigError),
-                    _domain(raw.get("dhcp_domain"), "dhcp_domain", ConfigError),
-                    int(lease),
-                    _mtu(raw.get("dhcp_mtu") or default.mtu, "dhcp_mtu", ConfigError))
+    if not re.fullmatch(r"[0-9]{1,10}", lease) or not 60 <= int(lease) <= 2**31:
+        raise ConfigError(
+            f"dhcp_lease_time: {_show(lease)} is not a number of seconds (60 or more)"
+        )
+    return HostDhcp(
+        enabled in TRUE,
+        _dns(raw.get("dhcp_dns"), "dhcp_dns", ConfigError),
+        _domain(raw.get("dhcp_domain"), "dhcp_domain", ConfigError),
+        int(lease),
+        _mtu(raw.get("dhcp_mtu") or default.mtu, "dhcp_mtu", ConfigError),
+    )
 
 
 def effective_mtu(host: HostDhcp, port: PortDhcp | None, vlan_on_fabric: bool) -> int:
@@ -106,9 +110,14 @@ def _dns(value, what: str, error) -> tuple[str, ...]:
 
 def _domain(value, what: str, error) -> str:
     text = str(value or "").strip().rstrip(".")
-    if text and (len(text) > 253 or not re.fullmatch(
+    if text and (
+        len(text) > 253
+        or not re.fullmatch(
             r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-            r"[A-Za-z0-9])?)*", text)):
+            r"[A-Za-z0-9])?)*",
+            text,
+        )
+    ):
         raise error(f"{what}: {_show(value)} is not a DNS domain name")
     return text
 
@@ -138,8 +147,9 @@ def _routes(label: str, value) -> tuple[tuple[str, str], ...]:
             raise PortError(f"{what}: {_show(item)} is not cidr>nexthop")
         net = _route_cidr(cidr.strip())
         if net is None:
-            raise PortError(f"{what}: {_show(item)}: {_show(cidr)} is not an IPv4 CIDR "
-                            "without host bits")
+            raise PortError(
+                f"{what}: {_show(item)}: {_show(cidr)} is not an IPv4 CIDR without host bits"
+            )
         out.append((str(net.cidr), str(parse_ipv4(hop, what, PortError))))
     return tuple(out)
 
@@ -160,5 +170,7 @@ def check_routes(label: str, routes, cidr: netaddr.IPNetwork) -> None:
     """Every next hop must be on the port's network (RFC 3442 routes are via a neighbour)."""
     for dest, hop in routes:
         if not cidr.first < int(netaddr.IPAddress(hop)) < cidr.last:
-            raise PortError(f"{label}: external_ids:{KEY_ROUTES} {dest}>{hop}: next hop is "
-                            f"not on the port's network {cidr}")
+            raise PortError(
+                f"{label}: external_ids:{KEY_ROUTES} {dest}>{hop}: next hop is "
+                f"not on the port's network {cidr}"
+            )

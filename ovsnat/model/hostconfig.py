@@ -13,7 +13,7 @@ from dataclasses import replace
 from ovsnat.model import ConfigError, HostConfig, parse_ipv4
 
 LOG = logging.getLogger("ovsnat")
-SNAT_KEY = "ovsnat-snat-ip"               # on the Bridge row: the host's SNAT IP (Neutron)
+SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
 
 
 class Settings:
@@ -30,25 +30,39 @@ class Settings:
         base = self.base
         row = rows.get(base.uplink_port)
         if row is None or not row.ofport or row.ofport < 1:
-            self.warn_once("uplink", f"uplink port {base.uplink_port} is not on bridge "
-                           f"{base.bridge} (or has no ofport); waiting for it")
+            self.warn_once(
+                "uplink",
+                f"uplink port {base.uplink_port} is not on bridge "
+                f"{base.bridge} (or has no ofport); waiting for it",
+            )
             return None
         snat = self._snat_ip(bridge_ids) or current_snat
         if snat is None:
-            self.warn_once("snat", f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
-                           f"has no external_ids:{SNAT_KEY}; waiting for it")
+            self.warn_once(
+                "snat",
+                f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
+                f"has no external_ids:{SNAT_KEY}; waiting for it",
+            )
             return None
         self.warned -= {"uplink", "snat"}
-        return replace(base, uplink_ofport=row.ofport, snat_ip=snat,
-                       external_gateway_mac=gateway_mac, fabric_ofport=self._fabric(rows))
+        return replace(
+            base,
+            uplink_ofport=row.ofport,
+            snat_ip=snat,
+            external_gateway_mac=gateway_mac,
+            fabric_ofport=self._fabric(rows),
+        )
 
     def _fabric(self, rows: dict) -> int:
         name = self.base.fabric_port
         row = rows.get(name) if name else None
         if name and (row is None or not row.ofport or row.ofport < 1):
-            self.warn_once("fabric", f"fabric port {name} is not on bridge "
-                           f"{self.base.bridge} (or has no ofport); no traffic between "
-                           "hosts until it is")
+            self.warn_once(
+                "fabric",
+                f"fabric port {name} is not on bridge "
+                f"{self.base.bridge} (or has no ofport); no traffic between "
+                "hosts until it is",
+            )
             return 0
         self.warned.discard("fabric")
         return row.ofport if row else 0
@@ -79,8 +93,8 @@ class RejectionLog:
     (not again when the port's link bounces), passing states at INFO."""
 
     def __init__(self):
-        self.reported: dict[str, str] = {}        # port -> rejection last logged
-        self.errors_logged: dict[str, str] = {}   # port -> error last logged (not on bounces)
+        self.reported: dict[str, str] = {}  # port -> rejection last logged
+        self.errors_logged: dict[str, str] = {}  # port -> error last logged (not on bounces)
 
     def report(self, host) -> None:
         rejected = host.rejected

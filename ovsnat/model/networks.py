@@ -18,30 +18,30 @@ from __future__ import annotations
 import re
 import sys
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import netaddr
 
-from ovsnat.model.parse import ConfigError, PortError, parse_cidr, parse_ipv4, _show
+from ovsnat.model.parse import ConfigError, PortError, _show, parse_cidr, parse_ipv4
 
 KEY_NETWORK = "ovsnat-network"
 KEY_CIDR = "ovsnat-cidr"
 KEY_GATEWAY = "ovsnat-gateway"
 KEY_VLAN = "ovsnat-vlan"
 NETWORK_KEYS = (KEY_NETWORK, KEY_CIDR, KEY_GATEWAY, KEY_VLAN)
-DEFAULT = ""                      # the name of the host's default network
+DEFAULT = ""  # the name of the host's default network
 MAX_NAME = 64
 VLAN_BITS = 12
-OFFSET_BITS = 10                  # transit addresses per VLAN network (transit_cidr is a /10)
+OFFSET_BITS = 10  # transit addresses per VLAN network (transit_cidr is a /10)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Network:
-    name: str                     # DEFAULT for the host's default network
+    name: str  # DEFAULT for the host's default network
     cidr: netaddr.IPNetwork
     gateway: netaddr.IPAddress
-    vlan: int | None = None       # None: untagged on the fabric
+    vlan: int | None = None  # None: untagged on the fabric
 
     @property
     def id(self) -> int:
@@ -76,12 +76,15 @@ def parse(label: str, external_ids: Mapping[str, str]) -> Network | None:
     if not name:
         stray = [k for k in (KEY_CIDR, KEY_GATEWAY, KEY_VLAN) if k in external_ids]
         if stray:
-            raise PortError(f"{label}: external_ids:{stray[0]} is set but "
-                            f"external_ids:{KEY_NETWORK} is not")
+            raise PortError(
+                f"{label}: external_ids:{stray[0]} is set but external_ids:{KEY_NETWORK} is not"
+            )
         return None
     if len(name) > MAX_NAME or not name.isprintable() or not re.fullmatch(r"[^\s,]+", name):
-        raise PortError(f"{label}: external_ids:{KEY_NETWORK} {_show(name)} is not a network "
-                        f"name (up to {MAX_NAME} printable characters, no spaces or commas)")
+        raise PortError(
+            f"{label}: external_ids:{KEY_NETWORK} {_show(name)} is not a network "
+            f"name (up to {MAX_NAME} printable characters, no spaces or commas)"
+        )
     for key in (KEY_CIDR, KEY_GATEWAY):
         if not str(external_ids.get(key, "")).strip():
             raise PortError(f"{label}: external_ids:{key} is missing (network {name})")
@@ -90,13 +93,16 @@ def parse(label: str, external_ids: Mapping[str, str]) -> Network | None:
         cidr = parse_cidr(external_ids[KEY_CIDR], what)
     except ConfigError as e:
         raise PortError(str(e)) from None
-    gateway = parse_ipv4(external_ids[KEY_GATEWAY], f"{label}: external_ids:{KEY_GATEWAY}",
-                         PortError)
+    gateway = parse_ipv4(
+        external_ids[KEY_GATEWAY], f"{label}: external_ids:{KEY_GATEWAY}", PortError
+    )
     vlan = _vlan(label, external_ids.get(KEY_VLAN))
     net = Network(sys.intern(name), cidr, gateway, vlan)
     if not net.host_address(gateway):
-        raise PortError(f"{label}: external_ids:{KEY_GATEWAY} {gateway} is not a host address "
-                        f"of network {name} {cidr}")
+        raise PortError(
+            f"{label}: external_ids:{KEY_GATEWAY} {gateway} is not a host address "
+            f"of network {name} {cidr}"
+        )
     return intern(net)
 
 
@@ -105,8 +111,7 @@ def _vlan(label: str, value) -> int | None:
     if not text:
         return None
     if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= 4094:
-        raise PortError(f"{label}: external_ids:{KEY_VLAN} {_show(value)} is not a VLAN "
-                        "(1-4094)")
+        raise PortError(f"{label}: external_ids:{KEY_VLAN} {_show(value)} is not a VLAN (1-4094)")
     return int(text)
 
 
@@ -129,19 +134,21 @@ def transit_range(transit_cidr: netaddr.IPNetwork, net: Network) -> netaddr.IPNe
 # Where `transit_cidr = auto` (the default) looks, in order: the reserved class E space
 # (240.0.0.0/4, "reserved for future use" and routed nowhere), so no operator's network,
 # external or tenant, can be in it. Transit addresses exist only inside the datapath.
-TRANSIT_CANDIDATES = tuple(netaddr.IPNetwork(f"{240 + i // 4}.{(i % 4) * 64}.0.0/10")
-                           for i in range(64))
+TRANSIT_CANDIDATES = tuple(
+    netaddr.IPNetwork(f"{240 + i // 4}.{(i % 4) * 64}.0.0/10") for i in range(64)
+)
 
 
 def auto_transit(avoid) -> netaddr.IPNetwork:
     """The first candidate /10 that overlaps none of `avoid` (the external network, the
     default network); a port inside it is refused with the reason (VmPort.check)."""
     for cidr in TRANSIT_CANDIDATES:
-        if not any(a is not None and cidr.first <= a.last and a.first <= cidr.last
-                   for a in avoid):
+        if not any(a is not None and cidr.first <= a.last and a.first <= cidr.last for a in avoid):
             return cidr
-    raise ConfigError("transit_cidr: every candidate in 240.0.0.0/4 overlaps the external "
-                      "or default network; set transit_cidr to a free /10")
+    raise ConfigError(
+        "transit_cidr: every candidate in 240.0.0.0/4 overlaps the external "
+        "or default network; set transit_cidr to a free /10"
+    )
 
 
 def transit_option(raw: Mapping) -> netaddr.IPNetwork:
@@ -150,12 +157,17 @@ def transit_option(raw: Mapping) -> netaddr.IPNetwork:
     text = str(raw.get("transit_cidr") or "").strip()
     if text and text != "auto":
         return parse_cidr(text, "transit_cidr")
-    avoid = [parse_cidr(raw[name], name) for name in ("external_cidr", "internal_cidr")
-             if str(raw.get(name) or "").strip()]
+    avoid = [
+        parse_cidr(raw[name], name)
+        for name in ("external_cidr", "internal_cidr")
+        if str(raw.get(name) or "").strip()
+    ]
     return auto_transit(avoid)
 
 
 def check_transit_cidr(cidr: netaddr.IPNetwork) -> None:
     if cidr.prefixlen != 32 - VLAN_BITS - OFFSET_BITS:
-        raise ConfigError(f"transit_cidr: {cidr} must be a /{32 - VLAN_BITS - OFFSET_BITS} "
-                          f"({VLAN_BITS} bits of VLAN, {OFFSET_BITS} of VM offset)")
+        raise ConfigError(
+            f"transit_cidr: {cidr} must be a /{32 - VLAN_BITS - OFFSET_BITS} "
+            f"({VLAN_BITS} bits of VLAN, {OFFSET_BITS} of VM offset)"
+        )

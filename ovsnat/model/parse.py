@@ -53,8 +53,9 @@ def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
             raise ValueError
         mac = netaddr.EUI(text, version=48)
     except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise error(f"{what}: {_show(value)} is not a MAC address "
-                    "(expected six colon-separated hex bytes)") from None
+        raise error(
+            f"{what}: {_show(value)} is not a MAC address (expected six colon-separated hex bytes)"
+        ) from None
     if int(mac) >> 40 & 1:
         raise error(f"{what}: {text} is a multicast MAC")
     if int(mac) == 0:

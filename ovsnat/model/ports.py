@@ -8,8 +8,8 @@ ports down with it: `ovsnat.core.state.build_state` sets it aside with its reaso
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
 import netaddr
 
@@ -39,42 +39,66 @@ class VmPort:
     fixed_ip: netaddr.IPAddress
     iface_id: str
     fip: netaddr.IPAddress | None = None
-    network: Network | None = None     # None: the host's default network
-    dhcp: PortDhcp | None = None       # None: the host's dhcp_* options
+    network: Network | None = None  # None: the host's default network
+    dhcp: PortDhcp | None = None  # None: the host's dhcp_* options
 
     @classmethod
-    def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> "VmPort":
+    def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> VmPort:
         """Parse one Interface row; raises PortError naming the port, key and value."""
         label = f"port {_show(name)}"
-        if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN or \
-                not name.isprintable():
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > MAX_ID_LEN
+            or not name.isprintable()
+        ):
             raise PortError(f"{label}: invalid interface name")
         try:
-            if isinstance(ofport, float) or isinstance(ofport, bool):
+            if isinstance(ofport, (float, bool)):
                 raise TypeError
             ofport = int(ofport)
         except (TypeError, ValueError, OverflowError):
             raise PortError(f"{label}: ofport {_show(ofport)} is not a number") from None
         if not 1 <= ofport <= 0xFFFFFEFF:
-            raise PortError(f"{label}: ofport {ofport} is not a usable OpenFlow port "
-                            "(OVS has not attached the interface)")
-        missing = [k for k in (KEY_IFACE_ID, KEY_ATTACHED_MAC, KEY_FIXED_IP)
-                   if not str(external_ids.get(k, "")).strip()]
+            raise PortError(
+                f"{label}: ofport {ofport} is not a usable OpenFlow port "
+                "(OVS has not attached the interface)"
+            )
+        missing = [
+            k
+            for k in (KEY_IFACE_ID, KEY_ATTACHED_MAC, KEY_FIXED_IP)
+            if not str(external_ids.get(k, "")).strip()
+        ]
         if missing:
             raise PortError(f"{label}: external_ids:{missing[0]} is missing")
         iface_id = str(external_ids[KEY_IFACE_ID]).strip()
         if len(iface_id) > MAX_ID_LEN or not iface_id.isprintable():
-            raise PortError(f"{label}: external_ids:{KEY_IFACE_ID} {_show(iface_id)} is too long "
-                            "or not printable")
-        mac = parse_mac(external_ids[KEY_ATTACHED_MAC], f"{label}: external_ids:"
-                        f"{KEY_ATTACHED_MAC}", PortError)
-        fixed = parse_ipv4(external_ids[KEY_FIXED_IP], f"{label}: external_ids:{KEY_FIXED_IP}",
-                           PortError)
+            raise PortError(
+                f"{label}: external_ids:{KEY_IFACE_ID} {_show(iface_id)} is too long "
+                "or not printable"
+            )
+        mac = parse_mac(
+            external_ids[KEY_ATTACHED_MAC], f"{label}: external_ids:{KEY_ATTACHED_MAC}", PortError
+        )
+        fixed = parse_ipv4(
+            external_ids[KEY_FIXED_IP], f"{label}: external_ids:{KEY_FIXED_IP}", PortError
+        )
         fip_text = str(external_ids.get(KEY_FIP, "")).strip()
-        fip = parse_ipv4(fip_text, f"{label}: external_ids:{KEY_FIP}", PortError) \
-            if fip_text else None
-        return cls(name, ofport, mac, fixed, iface_id, fip, networks.parse(label, external_ids),
-                   dhcp_keys.parse_port(label, external_ids))
+        fip = (
+            parse_ipv4(fip_text, f"{label}: external_ids:{KEY_FIP}", PortError)
+            if fip_text
+            else None
+        )
+        return cls(
+            name,
+            ofport,
+            mac,
+            fixed,
+            iface_id,
+            fip,
+            networks.parse(label, external_ids),
+            dhcp_keys.parse_port(label, external_ids),
+        )
 
     def net(self, cfg: HostConfig) -> Network | None:
         """The network this port is in on this host (None: it names none, and the host has
@@ -86,12 +110,16 @@ class VmPort:
         label = f"port {self.name!r} ({self.iface_id})"
         net = self.net(cfg)
         if net is None:
-            raise PortError(f"{label}: external_ids:{networks.KEY_NETWORK} is missing and this "
-                            "host has no default network (internal_cidr is empty)")
+            raise PortError(
+                f"{label}: external_ids:{networks.KEY_NETWORK} is missing and this "
+                "host has no default network (internal_cidr is empty)"
+            )
         self._check_network(cfg, net, label)
         if not net.host_address(self.fixed_ip):
-            raise PortError(f"{label}: fixed IP {self.fixed_ip} is not a host address of "
-                            f"network {net.label} {net.cidr}")
+            raise PortError(
+                f"{label}: fixed IP {self.fixed_ip} is not a host address of "
+                f"network {net.label} {net.cidr}"
+            )
         if self.fixed_ip == net.gateway:
             raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
         if self.dhcp is not None:
@@ -99,13 +127,14 @@ class VmPort:
         if self.mac == cfg.router_mac:
             raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
         if self.ofport in (cfg.uplink_ofport, cfg.fabric_ofport):
-            raise PortError(f"{label}: ofport {self.ofport} is the "
-                            f"{'uplink' if self.ofport == cfg.uplink_ofport else 'fabric'}'s")
+            raise PortError(
+                f"{label}: ofport {self.ofport} is the "
+                f"{'uplink' if self.ofport == cfg.uplink_ofport else 'fabric'}'s"
+            )
         if self.fip is None:
             return
         if net.contains(self.fip):
-            raise PortError(f"{label}: FIP {self.fip} is inside its network {net.label} "
-                            f"{net.cidr}")
+            raise PortError(f"{label}: FIP {self.fip} is inside its network {net.label} {net.cidr}")
         _require_host(self.fip, cfg.external_cidr, f"{label}: FIP", "external_cidr", PortError)
         if self.fip == cfg.snat_ip:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
@@ -116,20 +145,26 @@ class VmPort:
         """A named network against the host: the fabric's untagged segment belongs to the
         default network when there is one; no network may overlap the external side."""
         if net.name and net.vlan is None and cfg.default_network is not None:
-            raise PortError(f"{label}: network {net.name} is untagged, but the fabric's "
-                            f"untagged segment is this host's default network "
-                            f"(internal_cidr {cfg.internal_cidr}); give it an "
-                            f"external_ids:{networks.KEY_VLAN}")
+            raise PortError(
+                f"{label}: network {net.name} is untagged, but the fabric's "
+                f"untagged segment is this host's default network "
+                f"(internal_cidr {cfg.internal_cidr}); give it an "
+                f"external_ids:{networks.KEY_VLAN}"
+            )
         if net.vlan is not None and net.vlan == cfg.handoff_vlan:
-            raise PortError(f"{label}: network {net.name}'s VLAN {net.vlan} is this host's "
-                            "handoff_vlan")
+            raise PortError(
+                f"{label}: network {net.name}'s VLAN {net.vlan} is this host's handoff_vlan"
+            )
         if net.name and _overlap(net.cidr, cfg.external_cidr):
-            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps external_cidr "
-                            f"{cfg.external_cidr}")
+            raise PortError(
+                f"{label}: network {net.name} {net.cidr} overlaps external_cidr {cfg.external_cidr}"
+            )
         if net.name and _overlap(net.cidr, cfg.transit_cidr):
-            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps transit_cidr "
-                            f"{cfg.transit_cidr} (addresses used inside ovsnat's datapath; "
-                            "set transit_cidr to a /10 no network uses)")
+            raise PortError(
+                f"{label}: network {net.name} {net.cidr} overlaps transit_cidr "
+                f"{cfg.transit_cidr} (addresses used inside ovsnat's datapath; "
+                "set transit_cidr to a /10 no network uses)"
+            )
 
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
         """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports
@@ -185,14 +220,19 @@ def port_from_row(name: str, ofport, external_ids: dict, link_state: str | None 
     except PortError as e:
         return Rejection(name, str(e))
     if type(ofport) is int and 1 <= ofport <= 0xFFFFFEFF:
-        port = replace(port, ofport=ofport)      # a usable ofport: no second parse
+        port = replace(port, ofport=ofport)  # a usable ofport: no second parse
     else:
         try:
-            port = VmPort.from_external_ids(name, ofport if ofport is not None else -1,
-                                            external_ids)
+            port = VmPort.from_external_ids(
+                name, ofport if ofport is not None else -1, external_ids
+            )
         except PortError as e:
             return Rejection(name, str(e), transient=True)
     if link_state == "down":
-        return Rejection(name, f"port {name!r} ({port.iface_id}): link down (the VM's "
-                         "device is gone); no flows until it comes back", transient=True)
+        return Rejection(
+            name,
+            f"port {name!r} ({port.iface_id}): link down (the VM's "
+            "device is gone); no flows until it comes back",
+            transient=True,
+        )
     return port

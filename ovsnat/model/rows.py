@@ -19,20 +19,20 @@ from dataclasses import dataclass, field
 class IfaceRow:
     name: str
     ofport: int | None
-    external_ids: dict                 # only the keys ovsnat reads (watcher.kept_key)
-    link_state: str | None = None      # "down": the device is gone (e.g. the VM left)
+    external_ids: dict  # only the keys ovsnat reads (watcher.kept_key)
+    link_state: str | None = None  # "down": the device is gone (e.g. the VM left)
 
 
 @dataclass
 class Snapshot:
     rows: dict[str, IfaceRow]
-    bridge_ids: dict = field(default_factory=dict)   # the bridge's ovsnat-* external_ids
-    datapath_id: str = ""                            # the bridge's (empty: none yet)
+    bridge_ids: dict = field(default_factory=dict)  # the bridge's ovsnat-* external_ids
+    datapath_id: str = ""  # the bridge's (empty: none yet)
 
 
 @dataclass
 class Changes:
-    rows: dict[str, IfaceRow] = field(default_factory=dict)   # created or updated
-    removed: set[str] = field(default_factory=set)             # gone from the bridge
-    bridge_ids: dict | None = None                             # when they changed
-    datapath_id: str | None = None                             # when it changed
+    rows: dict[str, IfaceRow] = field(default_factory=dict)  # created or updated
+    removed: set[str] = field(default_factory=set)  # gone from the bridge
+    bridge_ids: dict | None = None  # when they changed
+    datapath_id: str | None = None  # when it changed

@@ -13,24 +13,22 @@ flow, so a whole dump of 100,000 flows costs a tenth of a second to compare.
 
 from __future__ import annotations
 
-import struct
 import zlib
 
-_FLOW_MOD_HEAD = struct.Struct("!2xH4xQ8xB")     # length, cookie, table_id (ofp_flow_mod)
-FLOW_MOD_PRIORITY = 30                          # offsets in an OpenFlow 1.3 flow_mod
-FLOW_MOD_BODY = 48
-STATS_PRIORITY = 12                             # offsets in an ofp_flow_stats entry
+from ovsnat.openflow.blobs import FLOW_MOD_HEAD, MATCH_AT, PRIORITY_AT, bad_blob
+
+STATS_PRIORITY = 12  # offsets in an ofp_flow_stats entry
 STATS_BODY = 48
 
 
 def _digest(buf, priority_at: int, body_from: int, body_to: int) -> int:
-    return zlib.crc32(buf[body_from:body_to], zlib.crc32(buf[priority_at:priority_at + 2]))
+    return zlib.crc32(buf[body_from:body_to], zlib.crc32(buf[priority_at : priority_at + 2]))
 
 
 def flow_mod_digest(msg: bytes) -> int:
     """The digest of one packed flow_mod (see the module docstring)."""
     view = memoryview(msg)
-    return _digest(view, FLOW_MOD_PRIORITY, FLOW_MOD_BODY, len(msg))
+    return _digest(view, PRIORITY_AT, MATCH_AT, len(msg))
 
 
 def stats_digest(buf, offset: int, length: int) -> int:
@@ -42,12 +40,15 @@ def stats_digest(buf, offset: int, length: int) -> int:
 def flow_mod_digests(blob: bytes):
     """((table, cookie), digest, offset, length) of each flow_mod in `blob` (packed
     flow_mods back to back, as ovsnat.core.state keeps them), without copying any."""
-    view, offset, size, head = memoryview(blob), 0, len(blob), _FLOW_MOD_HEAD.unpack_from
+    view, offset, size, head = memoryview(blob), 0, len(blob), FLOW_MOD_HEAD.unpack_from
     while offset < size:
         length, cookie, table = head(blob, offset)
-        if length < FLOW_MOD_BODY or offset + length > size:
-            raise ValueError(f"no whole flow_mod at offset {offset} (length {length})")
-        yield (table, cookie), _digest(view, offset + FLOW_MOD_PRIORITY,
-                                       offset + FLOW_MOD_BODY, offset + length), \
-            offset, length
+        if length < MATCH_AT or offset + length > size:
+            raise bad_blob(offset, length)
+        yield (
+            (table, cookie),
+            _digest(view, offset + PRIORITY_AT, offset + MATCH_AT, offset + length),
+            offset,
+            length,
+        )
         offset += length

@@ -1,7 +1,7 @@
 """The switch session: what ovsnat believes its switch holds, and the messages that change it.
 
-Pure: it returns OpenFlow messages as bytes (ovsnat.openflow.messages) and takes parsed replies, so the
-host controller's reconcile logic is unit-tested without a switch.
+Pure: it returns OpenFlow messages as bytes (ovsnat.openflow.messages) and takes parsed
+replies, so the host controller's reconcile logic is unit-tested without a switch.
 
 - One allocator (`Xids`) numbers every message ovsnat sends, so an error reply names exactly
   the message that caused it: a flow of a bundle, a packet-out, a meter, a dump request.
@@ -19,17 +19,17 @@ from __future__ import annotations
 import gc
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
-from ovsnat.openflow import messages as ofwire
 from ovsnat.compile.flows import KINDS, Flow, MeterSpec
+from ovsnat.openflow import blobs, codec, messages
 
 MAX_XID = 0xFFFFFFFF
-SEND_CHUNK = 1024          # messages per write during a large sync: the switch decodes one
-                           # chunk while the next is encoded (about 10 ms of encoding, the
-                           # longest the sync keeps the controller's other green threads)
-RECENT = 4096              # packet-outs and meter mods remembered (their errors name them)
+SEND_CHUNK = 1024  # messages per write during a large sync: the switch decodes one
+# chunk while the next is encoded (about 10 ms of encoding, the
+# longest the sync keeps the controller's other green threads)
+RECENT = 4096  # packet-outs and meter mods remembered (their errors name them)
 
 
 class Xids:
@@ -37,7 +37,7 @@ class Xids:
 
     def __init__(self, start: int = 1):
         self._next = start
-        self._busy: dict[int, int] = {}       # first -> last xid of each range in flight
+        self._busy: dict[int, int] = {}  # first -> last xid of each range in flight
 
     def take(self, n: int = 1, busy: bool = False) -> int:
         """n consecutive xids; returns the first. busy: held until release(first)."""
@@ -46,8 +46,11 @@ class Xids:
             if first + n - 1 > MAX_XID:
                 first = 1
             last = first + n - 1
-            clash = [b_last for b_first, b_last in self._busy.items()
-                     if b_first <= last and b_last >= first]
+            clash = [
+                b_last
+                for b_first, b_last in self._busy.items()
+                if b_first <= last and b_last >= first
+            ]
             if not clash:
                 break
             first = max(clash) + 1
@@ -70,10 +73,10 @@ class Bundle:
     delete: list
     n_add: int
     owners: set
-    announce: list = field(default_factory=list)   # port names whose FIP goes live with it
+    announce: list = field(default_factory=list)  # port names whose FIP goes live with it
     retry: bool = True
-    add_keys: list | set = field(default_factory=list)    # decided when the bundle is made
-    order: list = field(default_factory=list)    # the adds' keys in xid order, as encoded
+    add_keys: list | set = field(default_factory=list)  # decided when the bundle is made
+    order: list = field(default_factory=list)  # the adds' keys in xid order, as encoded
     failed: str | None = None
     sent_at: float = 0.0
 
@@ -106,15 +109,15 @@ class _Dump:
 
 class SwitchSession:
     def __init__(self, clock: Callable[[], float]):
-        self.clock = clock                      # stamps when a bundle's last bytes left
+        self.clock = clock  # stamps when a bundle's last bytes left
         self.xids = Xids()
-        self.installed: set | None = None       # confirmed keys; None until the first dump
-        self.meters: set | None = None          # (meter_id, (rate,)) on the switch
-        self.bundles: dict[int, Bundle] = {}    # barrier xid -> bundle, in send order
-        self.recent: OrderedDict[int, str] = OrderedDict()   # xid -> what (not bundles)
+        self.installed: set | None = None  # confirmed keys; None until the first dump
+        self.meters: set | None = None  # (meter_id, (rate,)) on the switch
+        self.bundles: dict[int, Bundle] = {}  # barrier xid -> bundle, in send order
+        self.recent: OrderedDict[int, str] = OrderedDict()  # xid -> what (not bundles)
         self._dump: _Dump | None = None
         self._ids = itertools.count(1)
-        self._watched: list[Bundle] | None = None   # bundles sent while an audit reads
+        self._watched: list[Bundle] | None = None  # bundles sent while an audit reads
 
     # --- connection and dump ------------------------------------------------------------
     @property
@@ -125,13 +128,13 @@ class SwitchSession:
         """A (re)connected switch: forget what we believed and ask what it holds. Only
         ovsnat's cookies are dumped: other controllers' and operators' flows stay unseen."""
         self.disconnect()
-        out, pending = [ofwire.set_config(self.note("switch config"))], set()
+        out, pending = [messages.set_config(self.note("switch config"))], set()
         for kind in KINDS:
             xid = self.xids.take(busy=True)
-            out.append(ofwire.flow_stats_request(xid, kind << 56, 0xFF << 56))
+            out.append(messages.flow_stats_request(xid, kind << 56, 0xFF << 56))
             pending.add(xid)
         xid = self.xids.take(busy=True)
-        out.append(ofwire.meter_config_request(xid))
+        out.append(messages.meter_config_request(xid))
         pending.add(xid)
         self._dump = _Dump(pending)
         return out
@@ -200,24 +203,35 @@ class SwitchSession:
         for m in specs:
             if (m.meter_id, (m.rate_pps,)) in self.meters:
                 continue
-            command = ofwire.OFPMC_MODIFY if any(i == m.meter_id for i, _ in self.meters) \
-                else ofwire.OFPMC_ADD
+            command = (
+                codec.OFPMC_MODIFY
+                if any(i == m.meter_id for i, _ in self.meters)
+                else codec.OFPMC_ADD
+            )
             xid = self.note(f"meter {m.text()}")
-            out.append(ofwire.meter_mod(xid, command, m.meter_id, m.rate_pps))
-            self.meters = {x for x in self.meters if x[0] != m.meter_id} | \
-                {(m.meter_id, (m.rate_pps,))}
+            out.append(messages.meter_mod(xid, command, m.meter_id, m.rate_pps))
+            self.meters = {x for x in self.meters if x[0] != m.meter_id} | {
+                (m.meter_id, (m.rate_pps,))
+            }
         return out
 
     def packet_out(self, port: int, frame: bytes, what: str) -> bytes:
-        return ofwire.packet_out(self.note(what), port, frame)
+        return messages.packet_out(self.note(what), port, frame)
 
     def temporary_flow(self, flow: Flow, seconds: int, what: str) -> bytes:
         """A flow outside the desired state (its cookie kind is never dumped), which the
         switch removes after `seconds`."""
-        return ofwire.flow_add(flow, self.note(what), hard_timeout=seconds)
+        return messages.flow_add(flow, self.note(what), hard_timeout=seconds)
 
-    def bundle(self, delete: list, add_keys, adds: Iterable, owners: set,
-               retry: bool = True, announce: Iterable[str] = ()) -> Iterator[bytes]:
+    def bundle(
+        self,
+        delete: list,
+        add_keys,
+        adds: Iterable,
+        owners: set,
+        retry: bool = True,
+        announce: Iterable[str] = (),
+    ) -> Iterator[bytes]:
         """One atomic bundle (deletes first) and its barrier, as chunks of bytes. `add_keys`:
         the keys it adds (a list, or a set the bundle then owns). `adds` holds those Flows or
         ((table, cookie), packed flow_mod) pairs, in any order, and may be a generator: a
@@ -226,8 +240,9 @@ class SwitchSession:
         n_add = len(add_keys)
         first = self.xids.take(len(delete) + n_add + 3, busy=True)
         keys = add_keys if isinstance(add_keys, set) else list(add_keys)
-        b = Bundle(next(self._ids), first, list(delete), n_add, set(owners), list(announce),
-                   retry, keys)
+        b = Bundle(
+            next(self._ids), first, list(delete), n_add, set(owners), list(announce), retry, keys
+        )
         self.bundles[b.barrier_xid] = b
         if self._watched is not None:
             self._watched.append(b)
@@ -249,32 +264,36 @@ class SwitchSession:
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            parts = [ofwire.bundle_ctrl(b.id, ofwire.BUNDLE_OPEN, b.first_xid)]
+            parts = [messages.bundle_ctrl(b.id, codec.BUNDLE_OPEN, b.first_xid)]
             xid = b.first_xid + 1
             for table, cookie in b.delete:
-                parts.append(ofwire.bundle_add(b.id, ofwire.flow_delete(table, cookie, xid)))
+                parts.append(messages.bundle_add(b.id, messages.flow_delete(table, cookie, xid)))
                 xid += 1
             keys = b.add_keys if isinstance(b.add_keys, set) else set(b.add_keys)
             for item in adds:
                 if xid >= b.commit_xid:
                     raise ValueError(f"bundle {b.id}: more adds than the {b.n_add} announced")
                 if isinstance(item, Flow):
-                    key, msg = (item.table, item.cookie), ofwire.flow_add(item, xid)
+                    key, msg = (item.table, item.cookie), messages.flow_add(item, xid)
                 else:
-                    key, msg = item[0], ofwire.with_xid(item[1], xid)
+                    key, msg = item[0], blobs.with_xid(item[1], xid)
                 if key not in keys:
                     raise ValueError(f"bundle {b.id}: add {key} was not announced")
-                parts.append(ofwire.bundle_add(b.id, msg))
+                parts.append(messages.bundle_add(b.id, msg))
                 b.order.append(key)
                 xid += 1
                 if len(parts) >= SEND_CHUNK:
                     yield b"".join(parts)
                     parts = []
             if xid != b.commit_xid:
-                raise ValueError(f"bundle {b.id}: {xid - b.first_xid - 1 - len(b.delete)} "
-                                 f"adds, {b.n_add} announced")
-            parts += [ofwire.bundle_ctrl(b.id, ofwire.BUNDLE_COMMIT, b.commit_xid),
-                      ofwire.barrier(b.barrier_xid)]
+                raise ValueError(
+                    f"bundle {b.id}: {xid - b.first_xid - 1 - len(b.delete)} "
+                    f"adds, {b.n_add} announced"
+                )
+            parts += [
+                messages.bundle_ctrl(b.id, codec.BUNDLE_COMMIT, b.commit_xid),
+                messages.barrier(b.barrier_xid),
+            ]
             b.sent_at = self.clock()
             yield b"".join(parts)
         finally:

@@ -60,8 +60,9 @@ def parse(frame: bytes) -> Arp | None:
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _BODY.unpack_from(frame, 14)
     if htype != 1 or ptype != 0x0800 or hlen != 6 or plen != 4:
         return None
-    return Arp(op, _mac(sha), _ip(spa), _mac(tha), _ip(tpa), _mac(frame[6:12]),
-               rarp=ethertype == ETH_RARP)
+    return Arp(
+        op, _mac(sha), _ip(spa), _mac(tha), _ip(tpa), _mac(frame[6:12]), rarp=ethertype == ETH_RARP
+    )
 
 
 def is_unicast(mac: str) -> bool:
@@ -69,11 +70,11 @@ def is_unicast(mac: str) -> bool:
     return mac != ZERO_MAC and not int(mac[:2], 16) & 1
 
 
-def build(op: int, sha: str, spa: str, tpa: str, tha: str = ZERO_MAC,
-          eth_dst: str = BROADCAST) -> bytes:
+def build(
+    op: int, sha: str, spa: str, tpa: str, tha: str = ZERO_MAC, eth_dst: str = BROADCAST
+) -> bytes:
     """An ARP frame sent from sha (the Ethernet source is the sender hardware address)."""
-    body = _BODY.pack(1, 0x0800, 6, 4, op, _raw_mac(sha), _raw_ip(spa), _raw_mac(tha),
-                      _raw_ip(tpa))
+    body = _BODY.pack(1, 0x0800, 6, 4, op, _raw_mac(sha), _raw_ip(spa), _raw_mac(tha), _raw_ip(tpa))
     return _raw_mac(eth_dst) + _raw_mac(sha) + ETH_ARP.to_bytes(2, "big") + body
 
 

@@ -20,8 +20,9 @@ def adjust(checksum: int, old: bytes, new: bytes) -> int:
     """RFC 1624 incremental update of a checksum after `old` (even length) became `new`."""
     total = ~checksum & 0xFFFF
     for i in range(0, len(old), 2):
-        total += (~int.from_bytes(old[i:i + 2], "big") & 0xFFFF) + \
-            int.from_bytes(new[i:i + 2], "big")
+        total += (~int.from_bytes(old[i : i + 2], "big") & 0xFFFF) + int.from_bytes(
+            new[i : i + 2], "big"
+        )
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

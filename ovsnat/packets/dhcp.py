@@ -19,11 +19,11 @@ from ovsnat.packets.checksum import inet_checksum
 
 CLIENT_PORT, SERVER_PORT = 68, 67
 MAGIC = b"\x63\x82\x53\x63"
-BOOTP_LEN = 236                      # the fixed part, up to (not including) the magic cookie
+BOOTP_LEN = 236  # the fixed part, up to (not including) the magic cookie
 OPT_PAD, OPT_END = 0, 255
 OPT_TYPE, OPT_REQUESTED, OPT_SERVER = 53, 50, 54
 ETH, IPV4_MIN, UDP_LEN = 14, 20, 8
-_BOOTP = struct.Struct("!BBBBIHH4s4s4s4s16s")      # op .. chaddr (44 bytes)
+_BOOTP = struct.Struct("!BBBBIHH4s4s4s4s16s")  # op .. chaddr (44 bytes)
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class DhcpRequest:
     flags: int
     ciaddr: bytes
     giaddr: bytes
-    chaddr: str                      # the client's MAC, lower case with colons
-    kind: int | None                 # option 53; None: no message type (plain BOOTP)
-    requested: bytes | None = None   # option 50
-    server: bytes | None = None      # option 54
+    chaddr: str  # the client's MAC, lower case with colons
+    kind: int | None  # option 53; None: no message type (plain BOOTP)
+    requested: bytes | None = None  # option 50
+    server: bytes | None = None  # option 54
 
     @property
     def broadcast(self) -> bool:
@@ -78,7 +78,7 @@ def parse_request(frame: bytes) -> DhcpRequest | Refused:
         return Refused("not_dhcp_request")
     if length < UDP_LEN or udp + length > end:
         return Refused("bad_udp_length")
-    return _bootp(frame[udp + UDP_LEN:udp + length])
+    return _bootp(frame[udp + UDP_LEN : udp + length])
 
 
 def _ipv4(frame: bytes):
@@ -98,24 +98,36 @@ def _ipv4(frame: bytes):
 def _bootp(body: bytes) -> DhcpRequest | Refused:
     if len(body) < BOOTP_LEN + len(MAGIC):
         return Refused("truncated_bootp")
-    op, htype, hlen, _hops, xid, _secs, flags, ciaddr, _yi, _si, giaddr, chaddr = \
+    op, htype, hlen, _hops, xid, _secs, flags, ciaddr, _yi, _si, giaddr, chaddr = (
         _BOOTP.unpack_from(body)
+    )
     if op != 1 or htype != 1 or hlen != 6:
         return Refused("not_ethernet_request")
-    if body[BOOTP_LEN:BOOTP_LEN + 4] != MAGIC:
+    if body[BOOTP_LEN : BOOTP_LEN + 4] != MAGIC:
         return Refused("no_magic_cookie")
-    options = _options(body[BOOTP_LEN + 4:])
+    options = _options(body[BOOTP_LEN + 4 :])
     if isinstance(options, Refused):
         return options
-    kind, requested, server = (options.get(OPT_TYPE), options.get(OPT_REQUESTED),
-                               options.get(OPT_SERVER))
+    kind, requested, server = (
+        options.get(OPT_TYPE),
+        options.get(OPT_REQUESTED),
+        options.get(OPT_SERVER),
+    )
     if kind is not None and len(kind) != 1:
         return Refused("bad_message_type")
     for value in (requested, server):
         if value is not None and len(value) != 4:
             return Refused("bad_address_option")
-    return DhcpRequest(xid, flags, ciaddr, giaddr, chaddr[:6].hex(":"),
-                       kind[0] if kind is not None else None, requested, server)
+    return DhcpRequest(
+        xid,
+        flags,
+        ciaddr,
+        giaddr,
+        chaddr[:6].hex(":"),
+        kind[0] if kind is not None else None,
+        requested,
+        server,
+    )
 
 
 def _options(data: bytes) -> dict[int, bytes] | Refused:
@@ -132,27 +144,53 @@ def _options(data: bytes) -> dict[int, bytes] | Refused:
             continue
         if i + 1 >= len(data) or i + 2 + data[i + 1] > len(data):
             return Refused("truncated_option")
-        out.setdefault(tag, data[i + 2:i + 2 + data[i + 1]])
+        out.setdefault(tag, data[i + 2 : i + 2 + data[i + 1]])
         i += 2 + data[i + 1]
     return out
 
 
-def build_reply(request: DhcpRequest, *, yiaddr: bytes, options: list[tuple[int, bytes]],
-                eth_src: bytes, eth_dst: bytes, ip_src: bytes, ip_dst: bytes) -> bytes:
+def build_reply(
+    request: DhcpRequest,
+    *,
+    yiaddr: bytes,
+    options: list[tuple[int, bytes]],
+    eth_src: bytes,
+    eth_dst: bytes,
+    ip_src: bytes,
+    ip_dst: bytes,
+) -> bytes:
     """A BOOTREPLY to `request` with these options (each (tag, value), value <= 255 bytes),
     in an Ethernet/IPv4/UDP frame from the server port to the client port."""
     opts = b"".join(bytes([tag, len(value)]) + value for tag, value in options)
     chaddr = bytes.fromhex(request.chaddr.replace(":", "")).ljust(16, b"\0")
-    bootp = _BOOTP.pack(2, 1, 6, 0, request.xid, 0, request.flags, request.ciaddr, yiaddr,
-                        bytes(4), request.giaddr, chaddr) + bytes(192) + MAGIC + opts + \
-        bytes([OPT_END])
-    bootp += bytes(max(0, 300 - len(bootp)))       # BOOTP's minimum; some clients need it
+    bootp = (
+        _BOOTP.pack(
+            2,
+            1,
+            6,
+            0,
+            request.xid,
+            0,
+            request.flags,
+            request.ciaddr,
+            yiaddr,
+            bytes(4),
+            request.giaddr,
+            chaddr,
+        )
+        + bytes(192)
+        + MAGIC
+        + opts
+        + bytes([OPT_END])
+    )
+    bootp += bytes(max(0, 300 - len(bootp)))  # BOOTP's minimum; some clients need it
     udp_len = UDP_LEN + len(bootp)
     pseudo = ip_src + ip_dst + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", SERVER_PORT, CLIENT_PORT, udp_len, 0) + bootp
     udp_sum = inet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", udp_sum) + udp[8:]
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_MIN + udp_len, 0, 0, 64, 17,
-                                 0, ip_src, ip_dst))
+    head = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_MIN + udp_len, 0, 0, 64, 17, 0, ip_src, ip_dst)
+    )
     struct.pack_into("!H", head, 10, inet_checksum(bytes(head)))
     return eth_dst + eth_src + b"\x08\x00" + bytes(head) + udp

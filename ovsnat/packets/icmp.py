@@ -14,13 +14,20 @@ import struct
 from ovsnat.packets.checksum import adjust as _adjust
 from ovsnat.packets.checksum import inet_checksum as _checksum
 
-ERROR_TYPES = (3, 11, 12)          # destination unreachable, time exceeded, parameter problem
+ERROR_TYPES = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
 ETH_LEN = 14
 
 
-def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
-                    eth_src: bytes, eth_dst: bytes, outer: bool = True,
-                    dec_ttl: bool = True) -> bytes | None:
+def translate_error(
+    frame: bytes,
+    old_ip: bytes,
+    new_ip: bytes,
+    inbound: bool,
+    eth_src: bytes,
+    eth_dst: bytes,
+    outer: bool = True,
+    dec_ttl: bool = True,
+) -> bytes | None:
     """Rewrite an ICMP error frame for a FIP VM.
 
     inbound: outer dst and inner src go old_ip (the FIP) -> new_ip (the fixed IP).
@@ -36,13 +43,13 @@ def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
     ihl = (ip[0] & 0x0F) * 4
     if ip[9] != 1 or len(ip) < ihl + 8 + 20 or ip[ihl] not in ERROR_TYPES or ip[8] <= 1:
         return None
-    outer_field = 16 if inbound else 12              # dst or src
-    if ip[outer_field:outer_field + 4] != (old_ip if outer else new_ip):
+    outer_field = 16 if inbound else 12  # dst or src
+    if ip[outer_field : outer_field + 4] != (old_ip if outer else new_ip):
         return None
     inner = ihl + 8
     inner_ihl = (ip[inner] & 0x0F) * 4
-    inner_field = inner + (12 if inbound else 16)      # quoted src or dst
-    if ip[inner_field:inner_field + 4] != old_ip:
+    inner_field = inner + (12 if inbound else 16)  # quoted src or dst
+    if ip[inner_field : inner_field + 4] != old_ip:
         return None
     # Quoted transport checksum (UDP 6, TCP 16 bytes in), when it was quoted and set.
     l4 = inner + inner_ihl
@@ -52,13 +59,13 @@ def translate_error(frame: bytes, old_ip: bytes, new_ip: bytes, inbound: bool,
         old_sum = struct.unpack_from("!H", ip, l4 + offset)[0]
         if not (proto == 17 and old_sum == 0):
             struct.pack_into("!H", ip, l4 + offset, _adjust(old_sum, old_ip, new_ip))
-    ip[inner_field:inner_field + 4] = new_ip
+    ip[inner_field : inner_field + 4] = new_ip
     struct.pack_into("!H", ip, inner + 10, 0)
-    struct.pack_into("!H", ip, inner + 10, _checksum(bytes(ip[inner:inner + inner_ihl])))
+    struct.pack_into("!H", ip, inner + 10, _checksum(bytes(ip[inner : inner + inner_ihl])))
     total = struct.unpack_from("!H", ip, 2)[0]
     struct.pack_into("!H", ip, ihl + 2, 0)
     struct.pack_into("!H", ip, ihl + 2, _checksum(bytes(ip[ihl:total])))
-    ip[outer_field:outer_field + 4] = new_ip
+    ip[outer_field : outer_field + 4] = new_ip
     if dec_ttl:
         ip[8] -= 1
     struct.pack_into("!H", ip, 10, 0)
@@ -83,10 +90,11 @@ def time_exceeded(frame: bytes, src_ip: bytes, eth_src: bytes, eth_dst: bytes) -
         return None
     if ip[9] == 1 and len(ip) > ihl and ip[ihl] in ERROR_TYPES:
         return None
-    quoted = ip[:ihl + 8]
+    quoted = ip[: ihl + 8]
     body = bytearray(struct.pack("!BBHI", TIME_EXCEEDED, 0, 0, 0) + quoted)
     struct.pack_into("!H", body, 2, _checksum(bytes(body)))
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
-                                 src_ip, ip[12:16]))
+    head = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0, src_ip, ip[12:16])
+    )
     struct.pack_into("!H", head, 10, _checksum(bytes(head)))
     return eth_dst + eth_src + b"\x08\x00" + bytes(head) + bytes(body)

@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     os.environ["OVSNAT_FRAMEWORK"] = "os_ken"
     from ovsnat.runtime import framework
+
     return framework.run_apps(sys.argv[1:] if argv is None else argv, ["ovsnat.app"])
 
 

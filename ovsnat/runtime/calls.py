@@ -18,14 +18,14 @@ import dataclasses
 import logging
 import time
 
-from ovsnat.runtime import dpctl
-from ovsnat.runtime import framework as fw
 from ovsnat.core.conntrack import Tally
 from ovsnat.core.effects import Probe, Probed, ReadConntrack, Reading, ZoneLimits, ZoneLimitsDone
+from ovsnat.runtime import dpctl
+from ovsnat.runtime import framework as fw
 
 LOG = logging.getLogger("ovsnat")
-CHUNK = 100                # conntrack lines tallied between two yields (well under 1 ms)
-READ_TIMEOUT = 10.0        # seconds ovs-vswitchd has to dump its conntrack
+CHUNK = 100  # conntrack lines tallied between two yields (well under 1 ms)
+READ_TIMEOUT = 10.0  # seconds ovs-vswitchd has to dump its conntrack
 
 
 class Calls:
@@ -50,7 +50,7 @@ class Calls:
     def _answer(self, call, item, failed) -> None:
         try:
             result = call(item)
-        except Exception as e:                   # a bug here must not leave the core waiting
+        except Exception as e:  # a bug here must not leave the core waiting
             LOG.exception("ovsnat: calling ovs-vswitchd for %s", item)
             result = dataclasses.replace(failed, error=f"{type(e).__name__}: {e}")
         self.post(result)
@@ -63,7 +63,7 @@ class Calls:
         lines = answer.out.splitlines()
         tally = Tally(item.pat_zone, item.snat_ip)
         for i in range(0, len(lines), CHUNK):
-            tally.feed(lines[i:i + CHUNK])
+            tally.feed(lines[i : i + CHUNK])
             fw.hub.sleep(0)
         return tally.reading(seconds=time.monotonic() - t0)
 
@@ -75,8 +75,11 @@ class Calls:
     def _apply_limits(self) -> None:
         while True:
             limits = self.queue.get()
-            self._answer(self._limits, limits, ZoneLimitsDone(limits, tuple(
-                [z for z, _ in limits.set] + list(limits.delete))))
+            self._answer(
+                self._limits,
+                limits,
+                ZoneLimitsDone(limits, tuple([z for z, _ in limits.set] + list(limits.delete))),
+            )
 
     def _limits(self, limits: ZoneLimits) -> ZoneLimitsDone:
         failed, error = dpctl.set_zone_limits(self.target, limits)

@@ -8,19 +8,29 @@ ConfigError with one message naming the option.
 
 from __future__ import annotations
 
+import contextlib
+
 from oslo_config import cfg as oslo_cfg
 
 from ovsnat.model import ConfigError, HostConfig
 from ovsnat.model.options import OPTIONS, SECTION
 
-INT_RANGES = {"snat_port_min": (1, 65535), "snat_port_max": (1, 65535),
-              "metrics_port": (0, 65535),
-              "pat_ports_per_vm": (0, 65535), "ct_zone": (0, 65535),
-              "fip_frag_ct_zone": (0, 65535), "network_ct_zone_base": (4095, 61440),
-              "dhcp_lease_time": (60, 2 ** 31), "dhcp_mtu": (576, 9216),
-              "handoff_vlan": (0, 4094), "handoff_grace": (1, 86400),
-              "conn_limit": (0, 10 ** 7), "conn_limit_zone_base": (4095, 65534),
-              "audit_interval": (0, 86400)}
+INT_RANGES = {
+    "snat_port_min": (1, 65535),
+    "snat_port_max": (1, 65535),
+    "metrics_port": (0, 65535),
+    "pat_ports_per_vm": (0, 65535),
+    "ct_zone": (0, 65535),
+    "fip_frag_ct_zone": (0, 65535),
+    "network_ct_zone_base": (4095, 61440),
+    "dhcp_lease_time": (60, 2**31),
+    "dhcp_mtu": (576, 9216),
+    "handoff_vlan": (0, 4094),
+    "handoff_grace": (1, 86400),
+    "conn_limit": (0, 10**7),
+    "conn_limit_zone_base": (4095, 65534),
+    "audit_interval": (0, 86400),
+}
 EXTRA: list = []
 
 
@@ -36,10 +46,8 @@ def oslo_opts() -> list:
 
 
 def register(conf) -> None:
-    try:
+    with contextlib.suppress(oslo_cfg.DuplicateOptError):  # registered (module reloaded)
         conf.register_opts(oslo_opts(), group=SECTION)
-    except oslo_cfg.DuplicateOptError:
-        pass                                     # already registered (module reloaded)
 
 
 def raw_options(conf) -> dict:

@@ -23,10 +23,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-
 DEFAULT_RUNDIR = "/var/run/openvswitch"
 DAEMON = "ovs-vswitchd"
-BATCH = 1000              # zone limits per ct-set-limits call (one call for 10,000 is too long)
+BATCH = 1000  # zone limits per ct-set-limits call (one call for 10,000 is too long)
 RECV_BYTES = 1 << 18
 
 
@@ -49,15 +48,17 @@ class Target:
         if self.option:
             return f"vswitchd_ctl = {self.option}"
         rundir = self.env.get("OVS_RUNDIR")
-        return f"$OVS_RUNDIR = {rundir}" if rundir else \
-            f"{DEFAULT_RUNDIR} (OVS_RUNDIR is not set)"
+        return f"$OVS_RUNDIR = {rundir}" if rundir else f"{DEFAULT_RUNDIR} (OVS_RUNDIR is not set)"
 
     def resolve(self) -> tuple[str | None, str]:
         """(the socket's path, "") or (None, why it cannot be found)."""
         option = self.option
         if option and not option.endswith(".pid") and not os.path.isdir(option):
-            return (option, "") if os.path.exists(option) else \
-                (None, f"{option} does not exist (vswitchd_ctl)")
+            return (
+                (option, "")
+                if os.path.exists(option)
+                else (None, f"{option} does not exist (vswitchd_ctl)")
+            )
         if option.endswith(".pid"):
             pidfile = option
         else:
@@ -67,12 +68,14 @@ class Target:
             with open(pidfile) as f:
                 pid = int(f.read().strip())
         except (OSError, ValueError) as e:
-            return None, f"no pid in {pidfile} ({_reason(e)}): is ovs-vswitchd running " \
-                         f"with that rundir? (looked there through {self.describe()})"
+            return (
+                None,
+                f"no pid in {pidfile} ({_reason(e)}): is ovs-vswitchd running "
+                f"with that rundir? (looked there through {self.describe()})",
+            )
         path = os.path.join(os.path.dirname(pidfile), f"{DAEMON}.{pid}.ctl")
         if not os.path.exists(path):
-            return None, f"{path} does not exist (ovs-vswitchd pid {pid} from {pidfile} is " \
-                         f"gone?)"
+            return None, f"{path} does not exist (ovs-vswitchd pid {pid} from {pidfile} is gone?)"
         return path, ""
 
 
@@ -89,7 +92,7 @@ def appctl(target: Target, command: str, *args: str, timeout: float = 5.0) -> An
         sock.connect(path)
         sock.sendall(json.dumps({"method": command, "params": list(args), "id": 0}).encode())
         reply = _receive(sock, deadline)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Answer(False, error=f"{command}: no answer from {path} within {timeout:.0f} s")
     except EOFError:
         return Answer(False, error=f"{command}: {path} closed the connection without an answer")
@@ -97,10 +100,16 @@ def appctl(target: Target, command: str, *args: str, timeout: float = 5.0) -> An
         return Answer(False, error=f"{command} on {path}: {_reason(e)}")
     finally:
         sock.close()
-    if not isinstance(reply, dict) or reply.get("error") is not None or \
-            not isinstance(reply.get("result"), str):
-        why = str(reply.get("error") if isinstance(reply, dict) and reply.get("error")
-                  else f"not an answer: {str(reply)[:200]}").strip()
+    if (
+        not isinstance(reply, dict)
+        or reply.get("error") is not None
+        or not isinstance(reply.get("result"), str)
+    ):
+        why = str(
+            reply.get("error")
+            if isinstance(reply, dict) and reply.get("error")
+            else f"not an answer: {str(reply)[:200]}"
+        ).strip()
         return Answer(False, error=f"{command} on {path}: {why}")
     return Answer(True, reply["result"])
 
@@ -122,7 +131,7 @@ def _receive(sock, deadline: float):
             try:
                 return json.loads(buf)
             except ValueError:
-                pass                             # a "}" inside the answer: read on
+                pass  # a "}" inside the answer: read on
         time.sleep(0)
 
 
@@ -130,26 +139,32 @@ def probe(target: Target, bridge: str) -> Answer:
     """The socket answers, and its ovs-vswitchd runs `bridge` (not another host's)."""
     answer = appctl(target, "ofproto/list")
     if answer.ok and bridge not in answer.out.split():
-        return Answer(False, answer.out, f"the ovs-vswitchd at {target.resolve()[0]} has no "
-                                         f"bridge {bridge} (it has: "
-                                         f"{', '.join(answer.out.split()) or 'none'})")
+        return Answer(
+            False,
+            answer.out,
+            f"the ovs-vswitchd at {target.resolve()[0]} has no "
+            f"bridge {bridge} (it has: "
+            f"{', '.join(answer.out.split()) or 'none'})",
+        )
     return answer
 
 
 def set_zone_limits(target: Target, limits) -> tuple[tuple[int, ...], str]:
-    """ZoneLimits (ovsnat.core.effects): set, then delete; a freed zone is flushed too, so the next VM
-    on that ofport starts from zero. Returns the zones whose change failed, and why."""
+    """ZoneLimits (ovsnat.core.effects): set, then delete; a freed zone is flushed too, so
+    the next VM on that ofport starts from zero. Returns the zones whose change failed, and
+    why."""
     failed, error = [], ""
     for i in range(0, len(limits.set), BATCH):
-        batch = limits.set[i:i + BATCH]
-        answer = appctl(target, "dpctl/ct-set-limits",
-                        *[f"zone={z},limit={n}" for z, n in batch])
+        batch = limits.set[i : i + BATCH]
+        answer = appctl(target, "dpctl/ct-set-limits", *[f"zone={z},limit={n}" for z, n in batch])
         if not answer.ok:
             failed += [z for z, _ in batch]
             error = answer.error
     for z in limits.delete:
-        for answer in (appctl(target, "dpctl/ct-del-limits", f"zone={z}"),
-                       appctl(target, "dpctl/flush-conntrack", f"zone={z}")):
+        for answer in (
+            appctl(target, "dpctl/ct-del-limits", f"zone={z}"),
+            appctl(target, "dpctl/flush-conntrack", f"zone={z}"),
+        ):
             if not answer.ok:
                 failed.append(z)
                 error = answer.error

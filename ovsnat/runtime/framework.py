@@ -40,7 +40,7 @@ def _m(path: str):
 
 
 app_manager = _m("base.app_manager")
-BaseApp = getattr(app_manager, "RyuApp", None) or getattr(app_manager, "OSKenApp")
+BaseApp = getattr(app_manager, "RyuApp", None) or app_manager.OSKenApp
 handler = _m("controller.handler")
 set_ev_cls = handler.set_ev_cls
 MAIN_DISPATCHER = handler.MAIN_DISPATCHER
@@ -64,20 +64,22 @@ CONF = cfg.CONF
 
 class _FlowKey:
     """Of a flow stats entry, only what ovsnat reads: table, cookie, priority, packet count
-    (the per-VM refusal counters) and a digest of its body (ovsnat.openflow.digest: the audit finds a flow changed in place by it).
+    (the per-VM refusal counters) and a digest of its body (ovsnat.openflow.digest: the
+    audit finds a flow changed in place by it).
 
     Parsing each entry's match and instructions into framework objects is what makes a
     dump of 100,000 flows take seconds; skipping them keeps a controller restart cheap."""
 
     __slots__ = ("length", "table_id", "priority", "cookie", "packets", "digest")
 
-    _HEAD = struct.Struct("!HB9xH10xQQ")        # length, table, priority, cookie, packets
+    _HEAD = struct.Struct("!HB9xH10xQQ")  # length, table, priority, cookie, packets
 
     @classmethod
     def parser(cls, buf, offset):
         entry = cls()
-        entry.length, entry.table_id, entry.priority, entry.cookie, entry.packets = \
+        entry.length, entry.table_id, entry.priority, entry.cookie, entry.packets = (
             cls._HEAD.unpack_from(buf, offset)
+        )
         entry.digest = stats_digest(buf, offset, entry.length)
         return entry
 
@@ -89,7 +91,7 @@ class _PortNo:
     controller stalled meanwhile (bench/connect.py)."""
 
     __slots__ = ("port_no",)
-    length = 64                                  # OFP_PORT_SIZE in OpenFlow 1.3
+    length = 64  # OFP_PORT_SIZE in OpenFlow 1.3
     _NO = struct.Struct("!I")
 
     @classmethod
@@ -116,11 +118,13 @@ def trace_switches(callback) -> None:
     and nothing while the process is idle."""
     import greenlet
     from eventlet import hubs
+
     the_hub = hubs.get_hub()
 
     def trace(event, args):
         if event in ("switch", "throw"):
             callback(args[0], args[1], the_hub.greenlet)
+
     greenlet.settrace(trace)
 
 
@@ -129,7 +133,7 @@ def run_apps(argv: list[str], apps: list[str]) -> int:
     manager command since 4.0. Takes ryu-manager's options (--config-file, --ofp-*)."""
     hub.patch(thread=False)
     log = _m("log")
-    _m("controller.controller")              # registers the --ofp-* options
+    _m("controller.controller")  # registers the --ofp-* options
     log.early_init_log()
     CONF(argv, project=NAME)
     log.init_log()

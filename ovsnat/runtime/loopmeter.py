@@ -19,8 +19,8 @@ from collections import deque
 
 from ovsnat.runtime import framework as fw
 
-WINDOW = 30.0            # seconds: the worst is kept for this window and the one before
-KEPT_MS = 5.0            # stalls and handler runs at least this long are listed with their time
+WINDOW = 30.0  # seconds: the worst is kept for this window and the one before
+KEPT_MS = 5.0  # stalls and handler runs at least this long are listed with their time
 
 
 class Worst:
@@ -30,7 +30,7 @@ class Worst:
     def __init__(self):
         self.bucket, self.current, self.previous = 0, 0.0, 0.0
         self.recent: deque = deque(maxlen=200)
-        self.listed = 0                          # how many went to `recent` (ever)
+        self.listed = 0  # how many went to `recent` (ever)
 
     def add(self, seconds: float, now: float, what: str = "") -> None:
         self._rotate(now)
@@ -61,11 +61,10 @@ class LoopMeter:
 
     def _on_switch(self, origin, target, hub) -> None:
         now = time.perf_counter()
-        if origin is not hub:              # the hub's own time is mostly waiting in epoll
+        if origin is not hub:  # the hub's own time is mostly waiting in epoll
             ran = now - self._last
             if ran >= 0.001:
-                self.stalls.add(ran, time.time(), _where(origin) if ran * 1e3 >= KEPT_MS
-                                else "")
+                self.stalls.add(ran, time.time(), _where(origin) if ran * 1e3 >= KEPT_MS else "")
         self._last = now
 
     def handler(self, name: str, seconds: float) -> None:
@@ -78,10 +77,12 @@ class LoopMeter:
         return self.stalls.listed + self.handlers.listed
 
     def status(self, now: float) -> dict:
-        return {"loop_max_stall_ms": round(self.stalls.worst(now) * 1e3, 1),
-                "handler_max_ms": round(self.handlers.worst(now) * 1e3, 1),
-                "loop_stalls": list(self.stalls.recent),
-                "slow_handlers": list(self.handlers.recent)}
+        return {
+            "loop_max_stall_ms": round(self.stalls.worst(now) * 1e3, 1),
+            "handler_max_ms": round(self.handlers.worst(now) * 1e3, 1),
+            "loop_stalls": list(self.stalls.recent),
+            "slow_handlers": list(self.handlers.recent),
+        }
 
 
 def _where(greenlet) -> str:

@@ -11,12 +11,17 @@ import os
 
 def ovsdb_written(watcher, failures, sent: bool, now: float) -> None:
     """A key write or a Controller touch was handed to the watcher (or not)."""
-    if sent or watcher.connected():              # (a row it does not know yet: no failure)
+    if sent or watcher.connected():  # (a row it does not know yet: no failure)
         failures.ok("ovsdb_write")
         return
-    failures.failed("ovsdb_write", "OVSDB is not connected", "installed markers are written "
-                    "again after the reconnect; the Controller rows are touched again at the "
-                    "next connection", now)
+    failures.failed(
+        "ovsdb_write",
+        "OVSDB is not connected",
+        "installed markers are written "
+        "again after the reconnect; the Controller rows are touched again at the "
+        "next connection",
+        now,
+    )
 
 
 def write_status(path: str, state: dict, failures, now: float) -> None:
@@ -24,8 +29,12 @@ def write_status(path: str, state: dict, failures, now: float) -> None:
     if error is None:
         failures.ok("status_file")
     else:
-        failures.failed("status_file", error, "`ovsnat status` shows an old state; tried "
-                        "again every second", now)
+        failures.failed(
+            "status_file",
+            error,
+            "`ovsnat status` shows an old state; tried again every second",
+            now,
+        )
 
 
 def write_file(path: str, state: dict) -> str | None:

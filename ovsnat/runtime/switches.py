@@ -4,7 +4,7 @@ ovsnat.core.datapaths), which alone is written to and heard."""
 
 from __future__ import annotations
 
-SEND_TIMEOUT = 60.0      # seconds a switch may read nothing before sends fail
+SEND_TIMEOUT = 60.0  # seconds a switch may read nothing before sends fail
 
 
 def patient_sends(dp) -> None:
@@ -19,7 +19,6 @@ def patient_sends(dp) -> None:
 
 
 class Switches:
-
     def __init__(self, failures):
         self.failures = failures
         self.ours = None
@@ -56,6 +55,10 @@ class Switches:
         if self.ours.send(data):
             self.failures.ok("switch_send")
             return True
-        self.failures.failed("switch_send", "the connection is closing", "what was not sent "
-                             "goes again once the switch reconnects (full resync)", now)
+        self.failures.failed(
+            "switch_send",
+            "the connection is closing",
+            "what was not sent goes again once the switch reconnects (full resync)",
+            now,
+        )
         return False
