@@ -4,8 +4,8 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
-	test-openstack-mariadb test-nova
+.PHONY: install lab lab-openstack lab-down test unit lint format golden clean bench \
+	test-openstack test-openstack-mariadb test-nova
 
 install:
 	bash scripts/install.sh
@@ -43,6 +43,16 @@ test-nova: install
 
 unit: install
 	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
+
+# What tests/test_architecture.py checks (make test runs it too): lint, format, the layers.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) .venv-neutron .pytest_cache

@@ -86,6 +86,21 @@ class Probe:
     bridge: str
 
 
+# Every effect above: the shim has a handler for each (tests/test_architecture.py checks it).
+EFFECTS = {
+    c.__name__: c
+    for c in (
+        IfaceKeys,
+        Reconfigure,
+        AdoptSwitch,
+        RefuseSwitch,
+        ReleaseMemory,
+        ZoneLimits,
+        ReadConntrack,
+        Probe,
+    )
+}
+
 # --- answers: what the runtime posts back ---------------------------------------------------
 
 
