@@ -50,7 +50,7 @@ class HostConfig:
     dhcp: HostDhcp = HostDhcp()
     handoff_vlan: int = 0  # 0: no PAT session handoff (docs/handoff.md)
     handoff_grace: int = 300
-    conn_limit: int = 0  # connections per PAT VM (0: none); ovsnat.connlimit
+    conn_limit: int = 0  # connections per PAT VM (0: none); ovsnat.compile.connlimit
     conn_limit_zone_base: int = 20000
 
     @classmethod
