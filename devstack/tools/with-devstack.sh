@@ -11,15 +11,17 @@
 #
 # DEVSTACK_DIR is a checkout of openstack/devstack (never copied into ovsnat; CI has none:
 # CI runs the stub harness, tests/devstack_harness.py). The ovsnat that runs is this
-# checkout's last commit, cloned by devstack's own git_clone from a file:// URL, as the
-# samples' `enable_plugin ovsnat file:///opt/ovsnat main` says.
+# checkout's commit OVSNAT_REF (default HEAD: uncommitted changes are not in it), cloned by
+# devstack's own git_clone from a file:// URL as the samples' `enable_plugin ovsnat
+# file:///opt/ovsnat main` says; local.conf is that commit's sample.
 #
-# It runs in a mount namespace of its own with /etc, /opt, /usr/local and /var overlaid by
+# It runs in a mount namespace of its own with /etc, /opt, /usr/local, /var and /run overlaid by
 # a sandbox: devstack writes where a real node keeps its files (/etc/neutron, /etc/nova,
 # /opt/stack, /etc/systemd/system, /etc/sudoers.d), and none of it reaches this machine. Only
 # what needs the internet or a real node is stubbed (the STUBS section; each call recorded
 # in the sandbox's calls.log):
-#   - packages: apt-get (install_package's apt_get and apt_get_update);
+#   - packages: apt-get (install_package's apt_get and apt_get_update; the apt-get command),
+#     and apache2's a2ensite/a2dissite;
 #   - systemd: systemctl ($SYSTEMCTL, restart_service, start_service, stop_service);
 #   - the node's switch and NICs: ovs-vsctl, ovs-appctl (an OVS that answers only once the
 #     plugin installed and started it), ip;
@@ -48,7 +50,7 @@ devstack_src=$(cd "$1" && pwd)
 sample=${2:-local.conf.sample}
 S=$SANDBOX
 mkdir -p "$S/bin" "$S/home" "$S/state"
-for dir in /etc /opt /usr/local /var; do
+for dir in /etc /opt /usr/local /var /run; do
     name=${dir//\//_}
     mkdir -p "$S/upper/$name" "$S/work/$name"
     mount -t overlay overlay -o "lowerdir=$dir,upperdir=$S/upper/$name,workdir=$S/work/$name" "$dir"
@@ -60,11 +62,11 @@ export HOME=$S/home CALLS=$S/calls.log STUB_STATE=$S/state
 TOP_DIR=/opt/devstack
 git clone -q "$devstack_src" "$TOP_DIR"
 git -C "$TOP_DIR" checkout -q "$(git -C "$devstack_src" rev-parse HEAD)"
-git clone -q "$here" /opt/ovsnat.git-src
-git clone -q --bare /opt/ovsnat.git-src /opt/ovsnat
-git -C /opt/ovsnat branch -f main "$(git -C "$here" rev-parse HEAD)"
+ref=$(git -C "$here" rev-parse "${OVSNAT_REF:-HEAD}")
+git clone -q --bare "$here" /opt/ovsnat
+git -C /opt/ovsnat branch -f main "$ref"
 echo "with-devstack: devstack $(git -C "$TOP_DIR" log -1 --format='%h %cs %s')"
-echo "with-devstack: ovsnat $(git -C "$here" log -1 --format='%h %s') ($sample)"
+echo "with-devstack: ovsnat $(git -C "$here" log -1 --format='%h %s' "$ref") ($sample)"
 
 venv=/opt/stack/data/venv                  # devstack's DEVSTACK_VENV (GLOBAL_VENV=True)
 neutron_venv=${VENV_NEUTRON:-$here/.venv-neutron}
@@ -101,7 +103,7 @@ chmod +x "$nd/tools/generate_config_file_samples.sh"
 
 # local.conf: ovsnat's sample, then what this run needs of its own.
 {
-    cat "$here/devstack/$sample"
+    git -C "$here" show "$ref:devstack/$sample"
     cat <<EOF
 
 [[local|localrc]]
@@ -119,25 +121,49 @@ stub() {      # stub NAME BODY: a command on PATH that records its arguments, th
 }
 stub sudo 'while [[ "${1:-}" == -* ]]; do case "$1" in -u|-g) shift 2 ;; *) shift ;; esac; done
 exec env "$@"'
-stub systemctl ''
+stub systemctl 'u="$STUB_STATE/unit-${2:-}"
+case "${1:-}" in enable) touch "$u" ;; disable) rm -f "$u" ;; is-enabled) [[ -e "$u" ]] ;; esac' 
+stub apt-get ''
+stub a2ensite ''
+stub a2dissite ''
 stub ip '[[ "$1 $2" == "link show" && ( "$3" == eth1 || "$3" == eth2 ) ]]'
 stub ovs-appctl ''
 stub openstack '[[ " $* " != *" network show "* ]]'
 stub ovs-vsctl '[[ "$1" == --timeout=* ]] && shift
+if [[ ! -e "$STUB_STATE/ovs-started" ]]; then
+    echo "ovs-vsctl: unix:/var/run/openvswitch/db.sock: database connection failed" >&2
+    exit 1
+fi
 case "$1" in
-    show) [[ -e "$STUB_STATE/ovs-started" ]] ;;
+    show) ;;
     br-exists) [[ -e "$STUB_STATE/bridge-$2" ]] ;;
+    list-br) [[ -e "$STUB_STATE/bridge-br-int" ]] && echo br-int; true ;;
     get-controller) cat "$STUB_STATE/controller-$2" 2>/dev/null || true ;;
     set-controller) echo "$3" >"$STUB_STATE/controller-$2" ;;
     get-manager) cat "$STUB_STATE/manager" 2>/dev/null || true ;;
     set-manager) echo "$2" >"$STUB_STATE/manager" ;;
-    *) [[ " $* " == *" add-br "* ]] && touch "$STUB_STATE/bridge-br-int"; true ;;
+    *) [[ " $* " == *" add-br "* ]] && touch "$STUB_STATE/bridge-br-int"
+       [[ " $* " == *" del-br br-int "* ]] && rm -f "$STUB_STATE/bridge-br-int"; true ;;
 esac'
 export PATH=$S/bin:$PATH
 
+# --- the stack user (devstack's own script, as on a fresh node; it reads local.conf's
+# localrc, which stack.sh extracts first) ----------------------------------------------------
+(set +o nounset; source "$TOP_DIR/functions"
+ extract_localrc_section "$TOP_DIR/local.conf" "$TOP_DIR/localrc" "$TOP_DIR/.localrc.auto")
+# What packages stack.sh installs on every node would have made (the apt-get stub installs
+# nothing): sudo's drop-in directory, apache2's (install_apache_uwsgi) for configure_neutron.
+mkdir -p /etc/sudoers.d /etc/apache2/sites-available
+"$TOP_DIR/tools/create-stack-user.sh" | sed 's/^/with-devstack: create-stack-user: /'
+
 # --- stack.sh, as far as ovsnat is concerned ------------------------------------------------
 cd "$TOP_DIR"
-export TOP_DIR
+set +o nounset +o pipefail                    # as stack.sh: devstack's code expects neither
+# stack.sh's own first settings (its lines 60-99)
+LC_ALL=en_US.utf8
+export LC_ALL TOP_DIR
+PATH=$PATH:/usr/local/bin:/usr/local/sbin:/usr/sbin:/sbin
+FILES=$TOP_DIR/files
 source "$TOP_DIR/functions"
 source "$TOP_DIR/lib/stack"
 GetDistro
@@ -207,6 +233,39 @@ fi
 step "stack.sh: extra"
 merge_config_group "$TOP_DIR/local.conf" extra
 run_phase stack extra
+step "check: the units devstack wrote start what exists"
+for unit in /etc/systemd/system/devstack@ovsnat*.service; do
+    cmd=$(iniget "$unit" Service ExecStart)
+    echo "with-devstack: $(basename "$unit"): $cmd"
+    read -r -a argv <<<"$cmd"
+    [[ "${argv[0]}" == /usr/bin/env ]] && argv=("${argv[@]:2}")
+    [[ -x "${argv[0]}" ]] || die $LINENO "$unit: ${argv[0]} is not there"
+    files=()
+    for ((i = 1; i < ${#argv[@]}; i++)); do
+        if [[ "${argv[i]}" == --config-file ]]; then
+            [[ -r "${argv[i + 1]}" ]] || die $LINENO "$unit: ${argv[i + 1]} is not there"
+            files+=("${argv[i + 1]}")
+        fi
+    done
+    if [[ "$unit" == *ovsnat-agent* ]]; then     # the agent's own option parsing
+        "$(dirname "${argv[0]}")/python" - "${files[@]}" <<'PY'
+import sys
+from oslo_service import backend; backend.init_backend(backend.BackendType.THREADING)
+from oslo_config import cfg
+from neutron.common import config as common_config
+from ovsnat.neutron import opts
+common_config.register_common_config_options()
+opts.register(cfg.CONF)
+cfg.CONF([a for f in sys.argv[1:] for a in ("--config-file", f)], project="neutron")
+print(f"with-devstack: the agent reads transport_url={cfg.CONF.transport_url!r}, "
+      f"[ovs] integration_bridge={cfg.CONF.OVS.integration_bridge}, "
+      f"[ovsnat] controller_config={cfg.CONF.ovsnat.controller_config}")
+assert cfg.CONF.transport_url, "no transport_url: the agent cannot reach RabbitMQ"
+PY
+    fi
+done
+[[ -e "$STUB_STATE/bridge-br-int" ]] || die $LINENO "no br-int after stack.sh"
+
 step "unstack.sh"
 load_plugin_settings
 if is_service_enabled neutron; then
@@ -217,6 +276,9 @@ if is_service_enabled neutron; then
     stop_neutron
     cleanup_neutron
 fi
+[[ -e "$STUB_STATE/bridge-br-int" ]] ||
+    die $LINENO "unstack.sh deleted br-int (ovsnat's bridge, with its VMs' ports)"
+echo "with-devstack: br-int is still there after unstack.sh"
 step "clean.sh"
 run_phase clean
 cleanup_neutron
