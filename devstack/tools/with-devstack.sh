@@ -160,7 +160,7 @@ mkdir -p /etc/sudoers.d /etc/apache2/sites-available
 cd "$TOP_DIR"
 set +o nounset +o pipefail                    # as stack.sh: devstack's code expects neither
 # stack.sh's own first settings (its lines 60-99)
-LC_ALL=en_US.utf8
+LC_ALL=C.UTF-8          # stack.sh: en_US.utf8, which this machine has not generated
 export LC_ALL TOP_DIR
 PATH=$PATH:/usr/local/bin:/usr/local/sbin:/usr/sbin:/sbin
 FILES=$TOP_DIR/files
@@ -253,8 +253,11 @@ import sys
 from oslo_service import backend; backend.init_backend(backend.BackendType.THREADING)
 from oslo_config import cfg
 from neutron.common import config as common_config
+from oslo_messaging import opts as messaging_opts
 from ovsnat.neutron import opts
 common_config.register_common_config_options()
+for group, options in messaging_opts.list_opts():   # transport_url: oslo.messaging's option
+    cfg.CONF.register_opts(options, group)
 opts.register(cfg.CONF)
 cfg.CONF([a for f in sys.argv[1:] for a in ("--config-file", f)], project="neutron")
 print(f"with-devstack: the agent reads transport_url={cfg.CONF.transport_url!r}, "
