@@ -264,6 +264,10 @@ print(f"with-devstack: the agent reads transport_url={cfg.CONF.transport_url!r},
       f"[ovs] integration_bridge={cfg.CONF.OVS.integration_bridge}, "
       f"[ovsnat] controller_config={cfg.CONF.ovsnat.controller_config}")
 assert cfg.CONF.transport_url, "no transport_url: the agent cannot reach RabbitMQ"
+from ovsnat.neutron.hostlimits import ControllerLimits
+report = ControllerLimits(cfg.CONF.ovsnat.controller_config).report()
+print(f"with-devstack: the agent reports the controller's limits: {report}")
+assert report, "the agent could not read the controller's configuration"
 PY
     fi
 done
