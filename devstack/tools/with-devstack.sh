@@ -107,7 +107,9 @@ chmod +x "$nd/tools/generate_config_file_samples.sh"
     cat <<EOF
 
 [[local|localrc]]
-# with-devstack.sh: this node
+# with-devstack.sh: this node. Tempest (extras.d, enabled by devstack's default list) is not
+# ovsnat's, and installing it is a clone from opendev.
+disable_service tempest
 NO_UPDATE_REPOS=True
 LOGFILE=/opt/stack/logs/stack.sh.log
 EOF
@@ -184,6 +186,7 @@ function start_service { echo -e "start_service\t$*" >>"$CALLS"; }
 function stop_service { echo -e "stop_service\t$*" >>"$CALLS"; }
 SYSTEMCTL="$S/bin/systemctl"
 
+async_init
 source "$TOP_DIR/lib/database"
 source "$TOP_DIR/lib/rpc_backend"
 fetch_plugins
