@@ -9,6 +9,7 @@
 #
 #     devstack/tools/with-devstack.sh DEVSTACK_DIR [local.conf.sample|local.conf.compute.sample]
 #
+# OVS_RUNNING=1: the node already runs Open vSwitch (installed by hand before stack.sh).
 # DEVSTACK_DIR is a checkout of openstack/devstack (never copied into ovsnat; CI has none:
 # CI runs the stub harness, tests/devstack_harness.py). The ovsnat that runs is this
 # checkout's commit OVSNAT_REF (default HEAD: uncommitted changes are not in it), cloned by
@@ -57,6 +58,9 @@ for dir in /etc /opt /usr/local /var /run; do
 done
 export HOME=$S/home CALLS=$S/calls.log STUB_STATE=$S/state
 : >"$CALLS"
+if [[ "${OVS_RUNNING:-0}" == 1 ]]; then     # OVS installed and started before stack.sh
+    touch "$STUB_STATE/ovs-started"
+fi
 
 # --- the node: devstack, ovsnat, Neutron's environment -------------------------------------
 TOP_DIR=/opt/devstack
