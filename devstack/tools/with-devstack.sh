@@ -261,10 +261,15 @@ from oslo_service import backend; backend.init_backend(backend.BackendType.THREA
 from oslo_config import cfg
 from neutron.common import config as common_config
 from oslo_messaging import opts as messaging_opts
-from ovsnat.neutron import opts
 common_config.register_common_config_options()
 for group, options in messaging_opts.list_opts():   # transport_url: oslo.messaging's option
     cfg.CONF.register_opts(options, group)
+try:
+    from ovsnat.neutron import opts
+except ImportError:                  # an OVSNAT_REF from before the options moved to [ovs]
+    cfg.CONF([a for f in sys.argv[1:] for a in ("--config-file", f)], project="neutron")
+    print(f"with-devstack: the agent reads transport_url={cfg.CONF.transport_url!r}")
+    sys.exit(0 if cfg.CONF.transport_url else "no transport_url")
 opts.register(cfg.CONF)
 cfg.CONF([a for f in sys.argv[1:] for a in ("--config-file", f)], project="neutron")
 print(f"with-devstack: the agent reads transport_url={cfg.CONF.transport_url!r}, "
