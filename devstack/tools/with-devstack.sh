@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC1091,SC2034,SC2317
+# shellcheck disable=SC1090,SC1091,SC2016,SC2034,SC2153,SC2317
+# (devstack's files are sourced from DEVSTACK_DIR; the stubs' bodies are single-quoted on
+# purpose; SANDBOX comes from the first, outer run)
 #
 # devstack/tools/with-devstack.sh: ovsnat's devstack plugin run by devstack's own code: its
 # function libraries (functions, functions-common, inc/*, lib/stack, lib/neutron, lib/nova,
@@ -30,6 +32,8 @@
 #   - Neutron's source (a git clone from opendev): install_neutron; devstack's virtualenv is
 #     a copy of ovsnat's .venv-neutron (Neutron 29), its upper-constraints that venv's pins,
 #     $NEUTRON_DIR the installed Neutron's data files and samples generated from them;
+#   - killing by name (pkill, killall: devstack's stop_neutron; the run shares this
+#     machine's processes);
 #   - services that need a running cloud or database: init_neutron,
 #     start_neutron_service_and_check; sudo (this machine has none; we are root).
 # pip is real (ovsnat's own virtualenv and `pip_install --no-deps -e` come from PyPI).
@@ -41,7 +45,7 @@ if [[ "${OVSNAT_WITH_DEVSTACK_INSIDE:-}" != 1 ]]; then
     [[ $# -ge 1 && -f "$1/stackrc" ]] || {
         echo "usage: $0 DEVSTACK_DIR [local.conf.sample|local.conf.compute.sample]" >&2; exit 2; }
     [[ $(id -u) == 0 ]] || { echo "$0: needs root (a mount namespace)" >&2; exit 2; }
-    sandbox=$(mktemp -d /tmp/ovsnat-devstack.XXXXXX)
+    sandbox=$(mktemp -d "${TMPDIR:-/tmp}/ovsnat-devstack.XXXXXX")
     echo "with-devstack: sandbox $sandbox (calls.log, upper/: what devstack wrote)"
     OVSNAT_WITH_DEVSTACK_INSIDE=1 SANDBOX=$sandbox exec unshare --mount --propagation private \
         "$0" "$@"
@@ -128,9 +132,11 @@ stub() {      # stub NAME BODY: a command on PATH that records its arguments, th
 stub sudo 'while [[ "${1:-}" == -* ]]; do case "$1" in -u|-g) shift 2 ;; *) shift ;; esac; done
 exec env "$@"'
 stub systemctl 'u="$STUB_STATE/unit-${2:-}"
-case "${1:-}" in enable) touch "$u" ;; disable) rm -f "$u" ;; is-enabled) [[ -e "$u" ]] ;; esac' 
+case "${1:-}" in enable) touch "$u" ;; disable) rm -f "$u" ;; is-enabled) [[ -e "$u" ]] ;; esac'
 stub apt-get ''
 stub a2ensite ''
+stub pkill ''
+stub killall ''
 stub a2dissite ''
 stub ip '[[ "$1 $2" == "link show" && ( "$3" == eth1 || "$3" == eth2 ) ]]'
 stub ovs-appctl ''
