@@ -8,8 +8,8 @@ oslo-config-generator writes etc/neutron/plugins/ml2/ovsnat_agent.ini.sample
   neutron/conf/agent/ovsdb_api.py, neutron/conf/agent/ovs_conf.py). Only ovsdb_connection's
   default differs: the local unix socket (the agent runs as root, as the controller does;
   Neutron's agent defaults to tcp:127.0.0.1:6640, a manager ovsnat needs only for Nova).
-  Before this release they were `[ovsnat] bridge` and `[ovsnat] ovsdb_connection`: still
-  read, as deprecated aliases (a warning in the log), for one release.
+  Until 0.3.0 they were `[ovsnat] bridge` and `[ovsnat] ovsdb_connection`: still read in
+  0.3.x, as deprecated aliases (a warning in the log), removed in 0.4.0.
 - `[ovsnat] physical_networks`, `external_network`, `controller_config`: ovsnat's own.
 - `[agent] report_interval`, `log_agent_heartbeats`: Neutron's, registered by Neutron.
 
@@ -23,7 +23,7 @@ from oslo_config import cfg
 OVS_GROUP = "OVS"            # neutron-openvswitch-agent's group (`[ovs]` in files)
 OVSNAT_GROUP = "ovsnat"
 _OLD = "ovsnat"              # the deprecated names' group
-_RELEASE = "ovsnat 0.2"      # when the deprecated names go
+_RELEASE = "ovsnat 0.4.0"    # when the deprecated names go (0.3.0 renamed them)
 
 OVS_OPTS = [
     cfg.StrOpt("integration_bridge", default="br-int",
@@ -31,13 +31,13 @@ OVS_OPTS = [
                help="The bridge whose VM ports ovsnat programs: the one Nova plugs "
                     "instances into, reported to Neutron (vif_details bridge_name). The "
                     "same bridge as the controller's [ovsnat] bridge. [ovsnat] bridge is a "
-                    f"deprecated alias, read until {_RELEASE}."),
+                    f"deprecated alias, removed in {_RELEASE}."),
     cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
                regex=r"^(tcp|ssl|unix):.+",
                deprecated_opts=[cfg.DeprecatedOpt("ovsdb_connection", group=_OLD)],
                help="The local OVSDB (the same database as the controller's "
                     "ovsdb_connection). [ovsnat] ovsdb_connection is a deprecated alias, "
-                    f"read until {_RELEASE}."),
+                    f"removed in {_RELEASE}."),
     cfg.IntOpt("ovsdb_timeout", default=10, min=1,
                help="Timeout in seconds for one OVSDB transaction of the agent's (a VM "
                     "port's keys); it is retried on the next pass."),
