@@ -56,7 +56,7 @@ config-samples: install
 		--config-file etc/oslo-config-generator/ovsnat_agent.ini
 
 unit: install
-	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not lab and not devstack" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-neutron .pytest_cache
