@@ -68,7 +68,6 @@ class HostController:
         self.zones = connlimit.Zones()
         self.refusals = connlimit.Refusals()
         self.first_view = True
-        self.unready: dict[str, str] = {}  # row without a device -> rejection logged
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -274,7 +273,11 @@ class HostController:
             return []
         busy = self.sw.session.in_flight_owners()
         return markers.changes(
-            self.host, self.rows, names, lambda name: self.sw.confirmed(name, busy), self.unready
+            self.host,
+            self.rows,
+            names,
+            lambda name: self.sw.confirmed(name, busy),
+            self.rejections.errors_logged,
         )
 
     # --- packets ---------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import netaddr
 
-from ovsnat.model import dhcp_keys, networks
+from ovsnat.model import dhcp_keys, networks, validate
 from ovsnat.model.dhcp_keys import HostDhcp
 from ovsnat.model.networks import Network
 from ovsnat.model.parse import ConfigError, _require_host, _show, parse_cidr, parse_ipv4, parse_mac
@@ -210,6 +211,17 @@ class HostConfig:
                 "snat_ip: required option is empty (set it, or let "
                 "ovsnat-neutron-agent set Bridge external_ids:ovsnat-snat-ip)"
             )
+
+    @cached_property
+    def limits(self) -> validate.HostLimits:
+        """What this host reserves, as the shared validation (and Neutron's driver, through
+        the agent's report) sees it: the external network and the transit range, in the
+        order the controller has always checked them."""
+        return validate.HostLimits(
+            (("external_cidr", self.external_cidr), ("transit_cidr", self.transit_cidr)),
+            self.internal_cidr,
+            self.handoff_vlan,
+        )
 
     @property
     def default_network(self) -> Network | None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import netaddr
 
-from ovsnat.model import dhcp_keys, networks
-from ovsnat.model.config import HostConfig, _overlap
+from ovsnat.model import dhcp_keys, networks, validate
+from ovsnat.model.config import HostConfig
 from ovsnat.model.dhcp_keys import PortDhcp
 from ovsnat.model.networks import Network
 from ovsnat.model.parse import PortError, _require_host, _show, mac_str, parse_ipv4, parse_mac
@@ -114,16 +114,11 @@ class VmPort:
                 f"{label}: external_ids:{networks.KEY_NETWORK} is missing and this "
                 "host has no default network (internal_cidr is empty)"
             )
-        self._check_network(cfg, net, label)
-        if not net.host_address(self.fixed_ip):
-            raise PortError(
-                f"{label}: fixed IP {self.fixed_ip} is not a host address of "
-                f"network {net.label} {net.cidr}"
-            )
-        if self.fixed_ip == net.gateway:
-            raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
-        if self.dhcp is not None:
-            dhcp_keys.check_routes(label, self.dhcp.routes, net.cidr)
+        problem = validate.port_problem(
+            self.fixed_ip, net, self.dhcp.routes if self.dhcp is not None else (), cfg.limits
+        )
+        if problem:
+            raise PortError(f"{label}: {problem}")
         if self.mac == cfg.router_mac:
             raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
         if self.ofport in (cfg.uplink_ofport, cfg.fabric_ofport):
@@ -140,31 +135,6 @@ class VmPort:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
         if self.fip == cfg.external_gateway_ip:
             raise PortError(f"{label}: FIP {self.fip} is the external gateway's address")
-
-    def _check_network(self, cfg: HostConfig, net: Network, label: str) -> None:
-        """A named network against the host: the fabric's untagged segment belongs to the
-        default network when there is one; no network may overlap the external side."""
-        if net.name and net.vlan is None and cfg.default_network is not None:
-            raise PortError(
-                f"{label}: network {net.name} is untagged, but the fabric's "
-                f"untagged segment is this host's default network "
-                f"(internal_cidr {cfg.internal_cidr}); give it an "
-                f"external_ids:{networks.KEY_VLAN}"
-            )
-        if net.vlan is not None and net.vlan == cfg.handoff_vlan:
-            raise PortError(
-                f"{label}: network {net.name}'s VLAN {net.vlan} is this host's handoff_vlan"
-            )
-        if net.name and _overlap(net.cidr, cfg.external_cidr):
-            raise PortError(
-                f"{label}: network {net.name} {net.cidr} overlaps external_cidr {cfg.external_cidr}"
-            )
-        if net.name and _overlap(net.cidr, cfg.transit_cidr):
-            raise PortError(
-                f"{label}: network {net.name} {net.cidr} overlaps transit_cidr "
-                f"{cfg.transit_cidr} (addresses used inside ovsnat's datapath; "
-                "set transit_cidr to a /10 no network uses)"
-            )
 
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
         """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports
