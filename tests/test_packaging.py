@@ -108,7 +108,10 @@ def existing_neutron(tmp_path):
     if not (NEUTRON_VENV / "bin" / "python").exists():
         pytest.fail(f"{NEUTRON_VENV} missing: `make install` builds it")
     venv = tmp_path / "neutron-venv"
-    subprocess.run(["cp", "-al", str(NEUTRON_VENV), str(venv)], check=True)
+    # resolve(): a .venv-neutron that is a symlink must be copied, not the link (the copy's
+    # uninstalls would otherwise empty the real venv)
+    subprocess.run(["cp", "-al", str(NEUTRON_VENV.resolve()), str(venv)], check=True)
+    assert not venv.is_symlink() and (venv / "bin").is_dir() and not (venv / "bin").is_symlink()
     site = next((venv / "lib").glob("python3*/site-packages"))
     for path in [*site.glob("*.pth"), *(venv / "bin").iterdir()]:  # files pip may rewrite
         if path.is_file() and not path.is_symlink():
