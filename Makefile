@@ -4,8 +4,8 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
-	test-openstack-mariadb test-openstack-long
+.PHONY: install lab lab-openstack lab-down test unit lint format golden clean bench \
+	test-openstack test-openstack-mariadb test-openstack-long test-devstack config-samples
 
 install:
 	bash scripts/install.sh
@@ -21,9 +21,11 @@ lab-openstack: install
 lab-down:
 	$(VENV)/bin/ovsnat lab down --all
 
-# Everything but the long runs (marker openstack_long: make test-openstack-long).
+# Everything but the run under devstack's own code, which needs a checkout CI cannot fetch
+# (make test-devstack), and the OpenStack lab's long runs (marker openstack_long: make
+# test-openstack-long).
 test: install
-	$(PY) -m pytest -q -m "not openstack_long" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not devstack and not openstack_long" $(PYTEST_ARGS)
 
 # BENCH_ARGS: e.g. --quick, --only cold,restart, --sizes 1000,10000 (python -m bench --help)
 bench: install
@@ -43,11 +45,33 @@ test-openstack-mariadb: install
 test-openstack-long: install
 	$(PY) -m pytest -q -m openstack_long $(PYTEST_ARGS)
 
+# The devstack plugin run by devstack's own code (devstack/tools/with-devstack.sh), both
+# samples: DEVSTACK_DIR is a checkout of openstack/devstack (outside this repository; e.g.
+# git clone https://opendev.org/openstack/devstack). Needs root and PyPI; about a minute each.
+test-devstack: install
+	OVSNAT_DEVSTACK_DIR=$(DEVSTACK_DIR) $(PY) -m pytest -q -m devstack $(PYTEST_ARGS)
+
+# ovsnat-neutron-agent's sample configuration, generated from its options as Neutron generates
+# its own agents' (tests/test_agent_options.py fails when it is stale).
+config-samples: install
+	.venv-neutron/bin/oslo-config-generator \
+		--config-file etc/oslo-config-generator/ovsnat_agent.ini
+
 unit: install
-	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not lab and not devstack" $(PYTEST_ARGS)
+
+# What tests/test_architecture.py checks (make test runs it too): lint, format, the layers.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) .venv-neutron .pytest_cache
 
 golden: install
-	$(PY) -m ovsnat.golden --write
+	$(PY) -m ovsnat.cli.golden --write

@@ -1,1 +1,2 @@
-"""ovsnat benchmarks: `make bench` (python -m bench); see bench/__main__.py and docs/performance.md."""
+"""ovsnat benchmarks: `make bench` (python -m bench); see bench/__main__.py and
+docs/performance.md."""

@@ -5,10 +5,11 @@ bench/results.json. Needs root, like the lab.
     python -m bench                          the full suite (about 30 minutes on 2 cores)
     python -m bench --quick                  small sizes, short runs (about 3 minutes)
     python -m bench --only cold,restart      some benchmarks: cold restart events memory audit
-                                             datapath handoff connlimit
+                                             datapath handoff connlimit stall
     python -m bench --sizes 1000,10000       cold program sizes; the largest also serves
                                              restart, events (its big side) and memory
     python -m bench --port-types patch       scale hosts with patch ports only (faster)
+    python -m bench --only stall --stall-vms 1000   the loop's stalls under a handoff
 """
 
 from __future__ import annotations
@@ -22,45 +23,70 @@ import subprocess
 import sys
 import time
 
-from bench import cold, connlimit, datapath, events, handoff, memory
+from bench import cold, connlimit, datapath, events, handoff, memory, stall
 from bench.common import Result, say
 
-ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit")
+ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit", "stall")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="sizes 200,1000; 100 additions; 2 datapath rounds of 1.5 s")
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="sizes 200,1000; 100 additions; 2 datapath rounds of 1.5 s",
+    )
     p.add_argument("--only", default=",".join(ALL), help="comma-separated: " + " ".join(ALL))
     p.add_argument("--sizes", help="VMs per cold program run (default 1000,5000,10000)")
     p.add_argument("--additions", type=int, help="port additions per event run (1000)")
-    p.add_argument("--event-base", type=int, default=100,
-                   help="VMs already present on the small side of the event benchmark")
-    p.add_argument("--event-budget", type=float,
-                   help="seconds for the additions on the big side (180): with N ports, "
-                   "ovs-vswitchd itself takes O(N) per port added")
-    p.add_argument("--port-types", default="dummy,patch",
-                   help="VM ports of the scale hosts, each type a full set of scale runs: "
-                   "dummy (type=dummy on a dummy-enabled ovs-vswitchd) and/or patch "
-                   "(peerless patch ports: no datapath port, so ovs-vswitchd's main loop "
-                   "does not poll them)")
-    p.add_argument("--networks", type=int, default=0,
-                   help="deal the VMs of the cold/restart runs over this many VLAN networks "
-                        "with the same CIDR (0: all in the default network)")
+    p.add_argument(
+        "--event-base",
+        type=int,
+        default=100,
+        help="VMs already present on the small side of the event benchmark",
+    )
+    p.add_argument(
+        "--event-budget",
+        type=float,
+        help="seconds for the additions on the big side (180): with N ports, "
+        "ovs-vswitchd itself takes O(N) per port added",
+    )
+    p.add_argument(
+        "--port-types",
+        default="dummy,patch",
+        help="VM ports of the scale hosts, each type a full set of scale runs: "
+        "dummy (type=dummy on a dummy-enabled ovs-vswitchd) and/or patch "
+        "(peerless patch ports: no datapath port, so ovs-vswitchd's main loop "
+        "does not poll them)",
+    )
+    p.add_argument(
+        "--networks",
+        type=int,
+        default=0,
+        help="deal the VMs of the cold/restart runs over this many VLAN networks "
+        "with the same CIDR (0: all in the default network)",
+    )
+    p.add_argument(
+        "--stall-vms",
+        type=int,
+        help="PAT VMs on the host a VM leaves in the stall benchmark (10000)",
+    )
     p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
     p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
     p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
     a = p.parse_args(argv)
     quick = a.quick
-    a.sizes = [int(s) for s in (a.sizes or ("200,1000" if quick else "1000,5000,10000"))
-               .split(",")]
+    a.sizes = [int(s) for s in (a.sizes or ("200,1000" if quick else "1000,5000,10000")).split(",")]
     a.additions = a.additions or (100 if quick else 1000)
     a.event_budget = a.event_budget or (30 if quick else 180)
     a.rounds = a.rounds or (2 if quick else 5)
+    a.stall_vms = a.stall_vms if a.stall_vms is not None else (1000 if quick else 10000)
     a.seconds = a.seconds or (1.5 if quick else 3.0)
     a.conn_seconds = a.conn_seconds or (1.0 if quick else 2.0)
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
@@ -76,17 +102,23 @@ def parse_args(argv):
 def machine() -> dict:
     def out(*argv):
         try:
-            return subprocess.run(argv, capture_output=True, text=True,
-                                  cwd=os.path.dirname(HERE)).stdout.strip()
+            return subprocess.run(
+                argv, capture_output=True, text=True, cwd=os.path.dirname(HERE)
+            ).stdout.strip()
         except OSError:
             return ""
+
     with open("/proc/meminfo") as f:
         mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return {"nproc": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "ovs": out("ovs-vswitchd", "--version").splitlines()[0],
-            "commit": out("git", "rev-parse", "--short", "HEAD") +
-            ("+dirty" if out("git", "status", "--porcelain", "--untracked-files=no") else "")}
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ovs": out("ovs-vswitchd", "--version").splitlines()[0],
+        "commit": out("git", "rev-parse", "--short", "HEAD")
+        + ("+dirty" if out("git", "status", "--porcelain", "--untracked-files=no") else ""),
+    }
 
 
 def fmt(x, unit: str) -> str:
@@ -103,18 +135,27 @@ def table(results: list[Result]) -> str:
     rows = [("benchmark", "metric", "ovsnat", "baseline", "ratio", "target", "")]
     for r in results:
         value, base = fmt(r.value, r.unit), fmt(r.baseline, r.unit)
-        if "min" in r.raw.get("value", {}):             # interleaved runs: show the spread
+        if "min" in r.raw.get("value", {}):  # interleaved runs: show the spread
             v, b = r.raw["value"], r.raw["baseline"]
             value += f" [{v['min']:.2f}-{v['max']:.2f}]"
             base += f" [{b['min']:.2f}-{b['max']:.2f}]"
-        if "min" in r.raw.get("ratios", {}):            # per-round ratios: their spread
+        if "min" in r.raw.get("ratios", {}):  # per-round ratios: their spread
             value += f" [{r.raw['ratios']['min']:.2f}-{r.raw['ratios']['max']:.2f}]"
-        rows.append((r.bench, r.metric, value, base,
-                     "-" if r.ratio is None else f"{r.ratio:.2f}", r.target or "-",
-                     {True: "ok", False: "MISS", None: ""}[r.met]))
+        rows.append(
+            (
+                r.bench,
+                r.metric,
+                value,
+                base,
+                "-" if r.ratio is None else f"{r.ratio:.2f}",
+                r.target or "-",
+                {True: "ok", False: "MISS", None: ""}[r.met],
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def main(argv=None) -> int:
@@ -125,8 +166,11 @@ def main(argv=None) -> int:
         sys.exit("bench: needs root (network namespaces, Open vSwitch): run `make bench`")
     t_start = time.monotonic()
     results: list[Result] = []
-    raw: dict = {"args": {k: v for k, v in vars(a).items() if k != "out"}, "seconds": {},
-                 "loadavg_at_start": os.getloadavg()}
+    raw: dict = {
+        "args": {k: v for k, v in vars(a).items() if k != "out"},
+        "seconds": {},
+        "loadavg_at_start": os.getloadavg(),
+    }
     big, idle = max(a.sizes), None
     with_big = {"restart", "events", "memory", "audit"} & set(a.only)
 
@@ -142,22 +186,33 @@ def main(argv=None) -> int:
             if "cold" not in a.only and not (n == big and with_big):
                 continue
             at_big = n == big
-            res, data = timed(f"scale N={n} {port_type}", cold.scale, n,
-                              restart=at_big and "restart" in a.only,
-                              memory=at_big and "memory" in a.only,
-                              audit=at_big and "audit" in a.only,
-                              additions=a.additions if at_big and "events" in a.only else 0,
-                              budget=a.event_budget, port_type=port_type,
-                              networks=a.networks)
+            res, data = timed(
+                f"scale N={n} {port_type}",
+                cold.scale,
+                n,
+                restart=at_big and "restart" in a.only,
+                memory=at_big and "memory" in a.only,
+                audit=at_big and "audit" in a.only,
+                additions=a.additions if at_big and "events" in a.only else 0,
+                budget=a.event_budget,
+                port_type=port_type,
+                networks=a.networks,
+            )
             results += res
-            raw[f"scale N={n} {port_type}"] = {k: v for k, v in data.items()
-                                               if k != "additions"}
+            raw[f"scale N={n} {port_type}"] = {k: v for k, v in data.items() if k != "additions"}
             if at_big and "events" in a.only:
-                small = timed(f"events N={a.event_base} {port_type}", events.base_run,
-                              a.event_base, a.additions, port_type)
+                small = timed(
+                    f"events N={a.event_base} {port_type}",
+                    events.base_run,
+                    a.event_base,
+                    a.additions,
+                    port_type,
+                )
                 raw[f"events {port_type}"] = {
-                    "small": events.summary(small), "big": events.summary(data["additions"]),
-                    "samples": {"small": small, "big": data["additions"]}}
+                    "small": events.summary(small),
+                    "big": events.summary(data["additions"]),
+                    "samples": {"small": small, "big": data["additions"]},
+                }
                 results += events.results(small, data["additions"], port_type)
             if at_big and "memory" in a.only:
                 idle = idle or timed("memory idle", memory.idle_rss_kb)
@@ -169,15 +224,24 @@ def main(argv=None) -> int:
     if "connlimit" in a.only:
         results += timed("connlimit", connlimit.connlimit, 2 if a.quick else 3)
 
+    if "stall" in a.only:
+        results += timed("stall", stall.stall, a.stall_vms)
+
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()
     say("\n" + table(results))
-    say(f"\n{len(results)} results in {total:.0f} s; "
-        f"{sum(r.met is False for r in results)} miss their target")
-    doc = {"command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "total_seconds": round(total, 1), "results": [r.as_dict() for r in results],
-           "raw": raw}
+    say(
+        f"\n{len(results)} results in {total:.0f} s; "
+        f"{sum(r.met is False for r in results)} miss their target"
+    )
+    doc = {
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "total_seconds": round(total, 1),
+        "results": [r.as_dict() for r in results],
+        "raw": raw,
+    }
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     say(f"wrote {a.out}")

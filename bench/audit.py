@@ -15,9 +15,9 @@ import time
 
 from bench.common import Controller, Result, cpu_seconds, say
 from ovsnat.lab.sh import wait_for
-from ovsnat.options import BY_NAME
+from ovsnat.model.options import BY_NAME
 
-AUDIT_S = 2                                   # seconds between audits while measuring
+AUDIT_S = 2  # seconds between audits while measuring
 WINDOW_S = 20.0
 DEFAULT_S = BY_NAME["audit_interval"].default
 
@@ -32,14 +32,17 @@ def run_with(ctl: Controller, host, interval: int, timeout: float) -> dict:
     audits = lambda: ((ctl.status() or {}).get("stats") or {}).get("audits", 0)  # noqa: E731
     if interval:
         first = audits()
-        wait_for(lambda: audits() > first, interval * 5 + 30, interval=0.1,
-                 what="the first audit")
+        wait_for(lambda: audits() > first, interval * 5 + 30, interval=0.1, what="the first audit")
     vswitchd = host.ovs.pid("ovs-vswitchd")
     n0, cpu0, vcpu0 = audits(), cpu_seconds(ctl.pid), cpu_seconds(vswitchd)
     time.sleep(WINDOW_S)
-    time.sleep(1.2)                          # the status file is rewritten every second
-    return {"audits": audits() - n0, "cpu_s": cpu_seconds(ctl.pid) - cpu0,
-            "vswitchd_cpu_s": cpu_seconds(vswitchd) - vcpu0, "window_s": WINDOW_S}
+    time.sleep(1.2)  # the status file is rewritten every second
+    return {
+        "audits": audits() - n0,
+        "cpu_s": cpu_seconds(ctl.pid) - cpu0,
+        "vswitchd_cpu_s": cpu_seconds(vswitchd) - vcpu0,
+        "window_s": WINDOW_S,
+    }
 
 
 def measure(ctl: Controller, host, n: int, label: str, timeout: float) -> tuple[Result, dict]:
@@ -50,11 +53,24 @@ def measure(ctl: Controller, host, n: int, label: str, timeout: float) -> tuple[
         raise RuntimeError(f"no audit in {WINDOW_S} s with audit_interval={AUDIT_S}")
     per_audit = max(0.0, on["cpu_s"] - off["cpu_s"]) / on["audits"]
     share = 100 * per_audit / DEFAULT_S
-    raw = {"on": on, "off": off, "cpu_per_audit_s": round(per_audit, 4),
-           "vswitchd_cpu_per_audit_s": round(max(0.0, on["vswitchd_cpu_s"] -
-                                                 off["vswitchd_cpu_s"]) / on["audits"], 4)}
-    say(f"  N={n}: audit {per_audit * 1e3:.0f} ms of controller CPU each ({on['audits']} in "
-        f"{WINDOW_S:.0f} s), {share:.2f} % of a core every {DEFAULT_S} s")
-    return Result(f"audit {label}", f"controller CPU per audit / default period "
-                  f"({DEFAULT_S} s), % of one core", share, None, "%", "value <= 1",
-                  raw), raw
+    raw = {
+        "on": on,
+        "off": off,
+        "cpu_per_audit_s": round(per_audit, 4),
+        "vswitchd_cpu_per_audit_s": round(
+            max(0.0, on["vswitchd_cpu_s"] - off["vswitchd_cpu_s"]) / on["audits"], 4
+        ),
+    }
+    say(
+        f"  N={n}: audit {per_audit * 1e3:.0f} ms of controller CPU each ({on['audits']} in "
+        f"{WINDOW_S:.0f} s), {share:.2f} % of a core every {DEFAULT_S} s"
+    )
+    return Result(
+        f"audit {label}",
+        f"controller CPU per audit / default period ({DEFAULT_S} s), % of one core",
+        share,
+        None,
+        "%",
+        "value <= 1",
+        raw,
+    ), raw

@@ -43,12 +43,12 @@ format=%(created).6f %(message)s
 # --- results ---------------------------------------------------------------------------------
 @dataclass
 class Result:
-    bench: str              # e.g. "cold program N=10000"
-    metric: str             # what the value is
+    bench: str  # e.g. "cold program N=10000"
+    metric: str  # what the value is
     value: float
     baseline: float | None  # measured in the same run
     unit: str
-    target: str = ""        # "ratio <= 1.5", or "value <= 150" (in `unit`)
+    target: str = ""  # "ratio <= 1.5", or "value <= 150" (in `unit`)
     raw: dict = field(default_factory=dict)
 
     @property
@@ -68,9 +68,17 @@ class Result:
         return x <= float(limit) if op == "<=" else x >= float(limit)
 
     def as_dict(self) -> dict:
-        return {"bench": self.bench, "metric": self.metric, "value": self.value,
-                "baseline": self.baseline, "ratio": self.ratio, "unit": self.unit,
-                "target": self.target, "met": self.met, "raw": self.raw}
+        return {
+            "bench": self.bench,
+            "metric": self.metric,
+            "value": self.value,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "unit": self.unit,
+            "target": self.target,
+            "met": self.met,
+            "raw": self.raw,
+        }
 
 
 def say(text: str = "") -> None:
@@ -78,8 +86,12 @@ def say(text: str = "") -> None:
 
 
 def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -90,9 +102,11 @@ def percentile(values: list[float], p: float) -> float:
 
 # --- the controller's log ----------------------------------------------------------------------
 LINE = re.compile(r"^(\d+\.\d+) (.*)$")
-PROGRAMMED = re.compile(r"ovsnat: programmed (?P<names>.+?) \((?P<n>\d+) flow_mods\) at "
-                        r"(?P<at>\d+(?:\.\d+)?), sent at (?P<sent>\d+(?:\.\d+)?)"
-                        r"(?P<failed> FAILED: .*)?$")
+PROGRAMMED = re.compile(
+    r"ovsnat: programmed (?P<names>.+?) \((?P<n>\d+) flow_mods\) at "
+    r"(?P<at>\d+(?:\.\d+)?), sent at (?P<sent>\d+(?:\.\d+)?)"
+    r"(?P<failed> FAILED: .*)?$"
+)
 
 
 @dataclass
@@ -111,10 +125,18 @@ def parse_programmed(message: str) -> Programmed | None:
     m = PROGRAMMED.search(message)
     if not m:
         return None
-    names = [n.strip() for n in m.group("names").split(",")
-             if n.strip() and not n.strip().startswith("...")]
-    return Programmed(names, int(m.group("n")), float(m.group("at")), bool(m.group("failed")),
-                      float(m.group("sent")))
+    names = [
+        n.strip()
+        for n in m.group("names").split(",")
+        if n.strip() and not n.strip().startswith("...")
+    ]
+    return Programmed(
+        names,
+        int(m.group("n")),
+        float(m.group("at")),
+        bool(m.group("failed")),
+        float(m.group("sent")),
+    )
 
 
 class LogTail:
@@ -123,8 +145,9 @@ class LogTail:
 
     def __init__(self, path: str, offset: int | None = None):
         self.path = path
-        self.pos = os.path.getsize(path) if offset is None and os.path.exists(path) else \
-            (offset or 0)
+        self.pos = (
+            os.path.getsize(path) if offset is None and os.path.exists(path) else (offset or 0)
+        )
         self.partial = b""
         self.lines: list[tuple[float, str]] = []
 
@@ -169,8 +192,10 @@ class LogTail:
             start = max(start, len(self.lines))
             if time.monotonic() > deadline:
                 tail = "\n".join(m for _, m in self.lines[-15:])
-                raise LabError(f"timed out after {timeout:.0f} s waiting for {pattern} in "
-                               f"{self.path}; last lines:\n{tail}")
+                raise LabError(
+                    f"timed out after {timeout:.0f} s waiting for {pattern} in "
+                    f"{self.path}; last lines:\n{tail}"
+                )
             time.sleep(interval)
 
 
@@ -221,8 +246,9 @@ class Controller:
     def start(self) -> LogTail:
         """Start the process (its log is followed from here on); the bridge is not touched."""
         argv = scenario.controller_argv(self.conf) + ["--log-config-file", self.log_ini]
-        self.lab.spawn(self.name, argv, ns=self.h.ns,
-                       env={**self.h.ovs.env, **scenario.CONTROLLER_ENV})
+        self.lab.spawn(
+            self.name, argv, ns=self.h.ns, env={**self.h.ovs.env, **scenario.CONTROLLER_ENV}
+        )
         self.log = LogTail(self.lab.procs[self.name]["log"])
         return self.log
 
@@ -234,9 +260,17 @@ class Controller:
         if not self.h.vsctl("get-controller", BRIDGE).strip():
             # --no-wait: with thousands of ports, ovs-vswitchd's reconfiguration can outlast
             # ovs-vsctl's timeout; the controller times the sync from the connection anyway.
-            self.h.vsctl("--no-wait", "set-controller", BRIDGE,
-                         f"tcp:127.0.0.1:{scenario.OF_PORT}", "--", "set", "controller",
-                         BRIDGE, "inactivity_probe=5000")
+            self.h.vsctl(
+                "--no-wait",
+                "set-controller",
+                BRIDGE,
+                f"tcp:127.0.0.1:{scenario.OF_PORT}",
+                "--",
+                "set",
+                "controller",
+                BRIDGE,
+                "inactivity_probe=5000",
+            )
 
     def fast_reconnect(self, timeout: float = 600) -> None:
         """Make ovs-vswitchd retry the controller every second. OVS 3.1 applies max_backoff
@@ -244,9 +278,19 @@ class Controller:
         the Controller row is one (the controller also makes one once in sync). Waits until
         ovs-vswitchd has applied it, which can take it many seconds with thousands of
         ports."""
-        run(["ovs-vsctl", f"--db=unix:{self.h.ovs.db_sock}", f"--timeout={int(timeout)}",
-             "set", "controller", BRIDGE, "max_backoff=1000"], env=self.h.ovs.env,
-            timeout=timeout + 10)
+        run(
+            [
+                "ovs-vsctl",
+                f"--db=unix:{self.h.ovs.db_sock}",
+                f"--timeout={int(timeout)}",
+                "set",
+                "controller",
+                BRIDGE,
+                "max_backoff=1000",
+            ],
+            env=self.h.ovs.env,
+            timeout=timeout + 10,
+        )
 
     def status(self) -> dict | None:
         try:
@@ -260,26 +304,35 @@ class Controller:
         VMs (its status file says so; it is written within a second of the snapshot)."""
         t0 = time.monotonic()
         self.log.wait(r"OVSDB snapshot", timeout)
-        wait_for(lambda: (self.status() or {}).get("vms") == vms,
-                 max(1.0, timeout - (time.monotonic() - t0)), interval=0.05,
-                 what=f"controller status to show {vms} VMs")
+        wait_for(
+            lambda: (self.status() or {}).get("vms") == vms,
+            max(1.0, timeout - (time.monotonic() - t0)),
+            interval=0.05,
+            what=f"controller status to show {vms} VMs",
+        )
         return time.monotonic() - t0
 
     def wait_in_sync(self, timeout: float, start: int = 0) -> dict:
         """After a (re)connect: wait for the end of the full sync. Returns what the log says:
         seconds (the controller's own `in sync` timing, else connect -> `nothing sent` from
         the log stamps), whether anything was sent, and the phase stamps."""
-        hit = self.log.wait(r"in sync [\d.]+ s after|flows in sync \(\d+\), nothing sent",
-                            timeout, start)
+        hit = self.log.wait(
+            r"in sync [\d.]+ s after|flows in sync \(\d+\), nothing sent", timeout, start
+        )
         connected = self.log.find(r"datapath \S+ connected", start)
         holds = self.log.find(r"switch holds \d+ ovsnat flows", start)
         plan = self.log.find(r"sync: \d+ to add", start)
         m = re.search(r"in sync ([\d.]+) s after", hit[2])
         seconds = float(m.group(1)) if m else hit[1] - connected[1]
-        return {"seconds": seconds, "nothing_sent": "nothing sent" in hit[2],
-                "t_connected": connected[1] if connected else None,
-                "t_dumped": holds[1] if holds else None,
-                "t_planned": plan[1] if plan else None, "t_done": hit[1], "index": hit[0]}
+        return {
+            "seconds": seconds,
+            "nothing_sent": "nothing sent" in hit[2],
+            "t_connected": connected[1] if connected else None,
+            "t_dumped": holds[1] if holds else None,
+            "t_planned": plan[1] if plan else None,
+            "t_done": hit[1],
+            "index": hit[0],
+        }
 
 
 def vswitchd_log(host) -> str:

@@ -29,8 +29,22 @@ SNAT = {"hv1": "203.0.113.11", "hv2": "203.0.113.21"}
 def _iperf(ns: str, seconds: float, move=None) -> list[float]:
     """Gbit/s of each one-second interval of an iperf3 run from ns; `move()` is called
     MOVE_AT seconds into it."""
-    argv = ["ip", "netns", "exec", ns, "iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT),
-            "-t", str(seconds), "-i", "1", "-J"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "iperf3",
+        "-c",
+        SERVER_IP,
+        "-p",
+        str(IPERF_PORT),
+        "-t",
+        str(seconds),
+        "-i",
+        "1",
+        "-J",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     if move is not None:
         try:
@@ -50,24 +64,44 @@ def handoff(rounds: int = 3, seconds: float = 6.0) -> list[Result]:
         for host in SNAT:
             lab.add_host(host, fabric=True)
         for host, snat in SNAT.items():
-            scenario.start_controller(lab, host, snat, fabric_port="fabric", handoff_vlan=4000,
-                                      handoff_grace=600)
-        vm = lab.add_vm("vmh", "hv1", "10.0.0.70", "02:00:0a:00:00:46",
-                        {"ovsnat-fixed-ip": "10.0.0.70"})
+            scenario.start_controller(
+                lab, host, snat, fabric_port="fabric", handoff_vlan=4000, handoff_grace=600
+            )
+        vm = lab.add_vm(
+            "vmh", "hv1", "10.0.0.70", "02:00:0a:00:00:46", {"ovsnat-fixed-ip": "10.0.0.70"}
+        )
         lab.spawn("iperf-srv", ["iperf3", "-s", "-p", str(IPERF_PORT)], ns=lab.srv_ns)
-        wait_for(lambda: ping(vm.ns, SERVER_IP, count=1, wait=0.3).received, 15,
-                 what="the VM to reach the server")
+        wait_for(
+            lambda: ping(vm.ns, SERVER_IP, count=1, wait=0.3).received,
+            15,
+            what="the VM to reach the server",
+        )
         normal, handed = [], []
         for r in range(rounds):
             normal.append(statistics.mean(_iperf(vm.ns, seconds)))
             other = "hv2" if vm.host == "hv1" else "hv1"
             intervals = _iperf(vm.ns, seconds, move=lambda: lab.move_vm(vm, other))
-            after = intervals[int(MOVE_AT) + 2:]          # from 1 s after the move on
+            after = intervals[int(MOVE_AT) + 2 :]  # from 1 s after the move on
             handed.append(statistics.mean(after))
-            say(f"  handoff round {r + 1}/{rounds}: normal PAT {normal[-1]:.2f} Gbit/s, "
-                f"handed off {handed[-1]:.2f} Gbit/s")
-    ratios = [h / n for h, n in zip(handed, normal)]
-    return [Result("handoff PAT session", "iperf3 Gbit/s, handed-off / normal PAT",
-                   statistics.median(handed), statistics.median(normal), "Gbit/s", "",
-                   {"value": spread(handed), "baseline": spread(normal),
-                    "ratios": spread(ratios), "rounds": rounds, "seconds_each": seconds})]
+            say(
+                f"  handoff round {r + 1}/{rounds}: normal PAT {normal[-1]:.2f} Gbit/s, "
+                f"handed off {handed[-1]:.2f} Gbit/s"
+            )
+    ratios = [h / n for h, n in zip(handed, normal, strict=True)]
+    return [
+        Result(
+            "handoff PAT session",
+            "iperf3 Gbit/s, handed-off / normal PAT",
+            statistics.median(handed),
+            statistics.median(normal),
+            "Gbit/s",
+            "",
+            {
+                "value": spread(handed),
+                "baseline": spread(normal),
+                "ratios": spread(ratios),
+                "rounds": rounds,
+                "seconds_each": seconds,
+            },
+        )
+    ]

@@ -24,7 +24,15 @@ def idle_rss_kb(timeout: float = 60) -> dict:
 
 
 def results(n: int, at_n: dict, idle: dict, port_type: str) -> list[Result]:
-    mb = lambda kb: kb / 1024       # noqa: E731
-    return [Result(f"memory N={n} {port_type}", "controller VmRSS after the cold program (MB)",
-                   mb(at_n["cold"]["VmRSS"]), mb(idle["VmRSS"]), "MB", "value <= 150",
-                   {"kB": {**{k: v for k, v in at_n.items()}, "idle": idle}})]
+    mb = lambda kb: kb / 1024  # noqa: E731
+    return [
+        Result(
+            f"memory N={n} {port_type}",
+            "controller VmRSS after the cold program (MB)",
+            mb(at_n["cold"]["VmRSS"]),
+            mb(idle["VmRSS"]),
+            "MB",
+            "value <= 150",
+            {"kB": {**{k: v for k, v in at_n.items()}, "idle": idle}},
+        )
+    ]

@@ -1,9 +1,9 @@
 """Run inside lab namespaces as a script (`python bench/netload.py MODE ...`):
 
-  accept PORT...               accept TCP connections and close them at once; prints READY
-  connect HOST PORT SECONDS MAX
-                              open and close TCP connections one after the other for SECONDS
-                              (at most MAX); prints {"connects": n, "errors": n, "seconds": s}
+accept PORT...               accept TCP connections and close them at once; prints READY
+connect HOST PORT SECONDS MAX
+                            open and close TCP connections one after the other for SECONDS
+                            (at most MAX); prints {"connects": n, "errors": n, "seconds": s}
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ def connect(host: str, port: int, seconds: float, most: int) -> None:
             errors += 1
         finally:
             s.close()
-    print(json.dumps({"connects": connects, "errors": errors,
-                      "seconds": time.monotonic() - t0}), flush=True)
+    print(
+        json.dumps({"connects": connects, "errors": errors, "seconds": time.monotonic() - t0}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

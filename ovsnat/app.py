@@ -1,15 +1,20 @@
 """ovsnat's controller as a Ryu/os-ken application: a thin shim over the host controller.
 
 Run it with `ryu-manager --config-file ovsnat.conf ovsnat.app` (or `ovsnat-agent` on
-os-ken). Every decision lives in ovsnat.controller, plain Python unit-tested without a
+os-ken). Every decision lives in ovsnat.core.controller, plain Python unit-tested without a
 switch (as Faucet's faucet.py sits over valve.py). This module only:
-- turns framework events into calls with `now`, inside the app's one event loop, so every
-  state change happens in one place, serialized with the OpenFlow events;
-- writes what they return: the one send point (`_write`);
-- runs the OVSDB watcher and the clock in green threads, and posts their news as events;
-- writes the status file and serves the metrics.
-An exception inside a call is not left to the framework (which would log it and carry on
-with a diverged state): the controller resynchronises, or exits for its supervisor.
+- turns framework events into calls with `now`, inside the app's one event loop;
+- does what they return (`_write`, the one send point): bytes to the switch it was told is
+  ours, and each effect (ovsnat.core.effects) by its type: key writes to OVSDB, calls on
+  ovs-vswitchd handed to green threads (ovsnat.runtime.calls) whose answers come back as
+  events, memory given back; no handler waits on anything;
+- runs the OVSDB watcher and the clock in green threads (ovsnat.runtime.events), which post
+  their news as events;
+- writes the status file and serves the metrics (ovsnat.runtime).
+An exception inside a call, or while doing what it returned, is not left to the framework
+(which would log it and carry on diverged): the controller resynchronises, or exits for
+its supervisor. A failure outside (a send, a write) is logged once with what it means and
+shown in the status (ovsnat.core.failures).
 """
 
 from __future__ import annotations
@@ -18,40 +23,37 @@ import logging
 import os
 import time
 
-from ovsnat import config, connlimit, controller, dpctl, ovsdb, status
-from ovsnat import framework as fw
-from ovsnat.flows import KINDS
-from ovsnat.metrics import Metrics
+from ovsnat import ovsdb
+from ovsnat.compile.flows import KINDS
+from ovsnat.core.controller import HostController
+from ovsnat.core.effects import (
+    AdoptSwitch,
+    IfaceKeys,
+    Probe,
+    ReadConntrack,
+    Reconfigure,
+    RefuseSwitch,
+    ReleaseMemory,
+    ZoneLimits,
+)
 from ovsnat.model import ConfigError
-from ovsnat.reconcile import Reconfigure
+from ovsnat.runtime import config, dpctl, events, memory, outside
+from ovsnat.runtime import framework as fw
+from ovsnat.runtime.calls import Calls
+from ovsnat.runtime.events import EventChores, EventOvsdb, EventResult, EventTick
+from ovsnat.runtime.loopmeter import LoopMeter
+from ovsnat.runtime.metrics import Metrics, serve_metrics
+from ovsnat.runtime.switches import Switches
 
 LOG = logging.getLogger("ovsnat")
 config.register(fw.CONF)
 fw.use_light_flow_stats()
-SEND_TIMEOUT = 60.0      # seconds a switch may read nothing before sends fail
-TICK = 0.05              # how often the clock looks for deadlines that came
-EXIT_DIVERGED = 70       # exit status after repeated faults (EX_SOFTWARE)
-
-
-class EventOvsdb(fw.event.EventBase):
-    """A batch from the OVSDB watcher (ovsdb.Snapshot or ovsdb.Changes)."""
-
-    def __init__(self, batch):
-        super().__init__()
-        self.batch = batch
-
-
-class EventTick(fw.event.EventBase):
-    """A deadline of the host controller has come."""
-
-
-class EventChores(fw.event.EventBase):
-    """Once a second: the status file and PAT usage."""
+EXIT_DIVERGED = 70  # exit status after repeated faults (EX_SOFTWARE)
 
 
 class OvsNatApp(fw.BaseApp):
     OFP_VERSIONS = [fw.ofproto.OFP_VERSION]
-    _EVENTS = [EventOvsdb, EventTick, EventChores]
+    _EVENTS = [EventOvsdb, EventTick, EventChores, EventResult]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -59,110 +61,114 @@ class OvsNatApp(fw.BaseApp):
             cfg = config.load(fw.CONF)
         except ConfigError as e:
             LOG.error("ovsnat: invalid configuration: %s", e)
-            raise SystemExit(f"ovsnat: invalid configuration: {e}")
-        opts = getattr(fw.CONF, "ovsnat")
+            raise SystemExit(f"ovsnat: invalid configuration: {e}") from None
+        opts = fw.CONF.ovsnat
         self.cfg, self.remote = cfg, opts.ovsdb_connection
-        self.core = controller.HostController(cfg, time.time, opts.audit_interval)
+        self.metrics = Metrics(opts.metrics_port, opts.metrics_host, self._status)
+        self.core = HostController(
+            cfg, time.time, opts.audit_interval, pat_usage=self.metrics.enabled
+        )
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
-        self.dp = None
+        self.calls = Calls(dpctl.Target(opts.vswitchd_ctl), self._post_result)
+        self.switches = Switches(self.core.failures)
         self.status_file = opts.status_file
-        self.calls_since_status = 1
-        self.chores = 0
-        self.metrics = Metrics(opts.metrics_port, opts.metrics_host,
-                               lambda: self.core.status(time.time()))
+        self.calls_since_status, self.listed = 1, 0
+        self.meter = LoopMeter()
+        # What `_write` does with each effect the core returns (ovsnat.core.effects).
+        self.effects = {
+            IfaceKeys: lambda e, now: self._ovsdb_written(
+                self.watcher.write_keys(e.name, dict(e.set), e.remove), now
+            ),
+            Reconfigure: lambda e, now: self._ovsdb_written(
+                self.watcher.request_reconfigure(), now
+            ),
+            AdoptSwitch: lambda e, now: self.switches.adopt(e.dpid),
+            RefuseSwitch: lambda e, now: self.switches.refuse(e.dpid),
+            ReleaseMemory: lambda e, now: memory.release_memory(),
+            ZoneLimits: lambda e, now: self.calls.run(e),
+            ReadConntrack: lambda e, now: self.calls.run(e),
+            Probe: lambda e, now: self.calls.run(e),
+        }
 
     # --- green threads ---------------------------------------------------------------------
     def start(self):
         thread = super().start()
-        self.threads.append(fw.hub.spawn(self._ovsdb_loop))
-        self.threads.append(fw.hub.spawn(self._clock))
+        self.meter.start()
+        self.threads += [
+            fw.hub.spawn(events.watch_ovsdb, self.watcher, self.remote),
+            fw.hub.spawn(events.clock, self.core.next_wakeup, self._post),
+            *self.calls.start(),
+        ]
         if self.metrics.enabled:
-            self.threads.append(fw.hub.spawn(self._serve_metrics))
-        LOG.info("ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s",
-                 self.cfg.bridge, self.cfg.uplink_port, self.remote,
-                 self.cfg.snat_ip or "(from the bridge)", self.cfg.snat_port_min,
-                 self.cfg.snat_port_max, self.cfg.fip_activation)
+            self.threads.append(fw.hub.spawn(serve_metrics, self.metrics, self.core.failures))
+        LOG.info(
+            "ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
+            "ovs-vswitchd through %s",
+            self.cfg.bridge,
+            self.cfg.uplink_port,
+            self.remote,
+            self.cfg.snat_ip or "(from the bridge)",
+            self.cfg.snat_port_min,
+            self.cfg.snat_port_max,
+            self.cfg.fip_activation,
+            self.calls.target.describe(),
+        )
         return thread
 
     def stop(self):
         self.watcher.stop()
         super().stop()
 
-    def _ovsdb_loop(self):
-        while True:
-            try:
-                self.watcher.connect()
-                self.watcher.run_forever()
-                return
-            except Exception as e:               # OVSDB not up yet, or gone: retry
-                LOG.warning("ovsnat: OVSDB %s: %s; retrying in 1 s", self.remote, e)
-                fw.hub.sleep(1)
+    def _post(self, event) -> None:
+        self.send_event(self.name, event)
 
     def _post_ovsdb(self, batch):
-        self.send_event(self.name, EventOvsdb(batch))
+        self._post(EventOvsdb(batch))
 
-    def _clock(self):
-        chores_at = time.time() + 1
-        while True:
-            fw.hub.sleep(TICK)
-            now = time.time()
-            wake = self.core.next_wakeup()
-            if wake is not None and wake <= now:
-                self.send_event(self.name, EventTick())
-            if now >= chores_at:
-                chores_at = now + 1
-                self.send_event(self.name, EventChores())
+    def _post_result(self, result):
+        self._post(EventResult(result))
 
-    def _serve_metrics(self):
-        def handle(sock, addr):
-            try:
-                sock.settimeout(5)
-                sock.sendall(self.metrics.http_response(sock.recv(4096)))
-            except OSError:
-                pass
-            finally:
-                sock.close()
-        server = fw.hub.StreamServer((self.metrics.host, self.metrics.port), handle)
-        LOG.info("ovsnat: metrics on http://%s:%d/metrics", self.metrics.host,
-                 self.metrics.port)
-        server.serve_forever()
+    def _status(self) -> dict:
+        now = time.time()
+        return {**self.core.status(now), **self.meter.status(now)}
 
     # --- the one way in, the one way out ---------------------------------------------------
     def _call(self, fn, *args) -> None:
-        now = time.time()
+        now, t0 = time.time(), time.perf_counter()
         self.calls_since_status += 1
         try:
-            out = fn(*args, now)
+            self._write(fn(*args, now), now)
         except Exception:
             LOG.exception("ovsnat: fault in %s", fn.__name__)
             try:
-                out = self.core.recover(now)
-            except controller.Fatal as e:
-                LOG.critical("ovsnat: %s; exiting so the supervisor restarts ovsnat (the "
-                             "switch keeps its flows meanwhile)", e)
+                self._write(self.core.recover(now), now)
+            except Exception as e:  # core.controller.Fatal, or the recovery failed
+                LOG.critical(
+                    "ovsnat: %s; exiting so the supervisor restarts ovsnat (the "
+                    "switch keeps its flows meanwhile)",
+                    e,
+                )
                 logging.shutdown()
                 os._exit(EXIT_DIVERGED)
-        self._write(out)
+        self.meter.handler(fn.__name__, time.perf_counter() - t0)
 
-    def _write(self, out) -> None:
-        """Bytes to the switch (a large sync arrives as chunks: each goes out while the next
-        is encoded, and the switch decodes meanwhile), key writes to OVSDB, conntrack zone
-        limits to ovs-vswitchd."""
+    def _write(self, out, now: float) -> None:
+        """Do what a call returned: bytes go to our switch, an effect to its handler
+        (`self.effects`). Anything else is a large sync's chunks: each goes out while the
+        next is encoded (inside the caller's fault boundary), the switch decoding meanwhile."""
         for item in out:
-            if isinstance(item, controller.IfaceKeys):
-                self.watcher.write_keys(item.name, dict(item.set), item.remove)
-            elif isinstance(item, connlimit.ZoneLimits):
-                dpctl.apply_zone_limits(item)
-            elif isinstance(item, Reconfigure):
-                self.watcher.request_reconfigure()
-            elif isinstance(item, bytes):
-                if self.dp is not None:
-                    self.dp.send(item)
+            if isinstance(item, bytes):
+                self.switches.send(item, now)
+            elif type(item) in self.effects:
+                self.effects[type(item)](item, now)
             else:
                 for chunk in item:
-                    if self.dp is not None:
-                        self.dp.send(chunk)
-                        fw.hub.sleep(0)
+                    if not self.switches.send(chunk, now):
+                        break
+                    fw.hub.sleep(0)
+
+    def _ovsdb_written(self, sent: bool, now: float) -> None:
+        outside.ovsdb_written(self.watcher, self.core.failures, sent, now)
 
     # --- events ----------------------------------------------------------------------------
     @fw.set_ev_cls(EventOvsdb)
@@ -173,74 +179,68 @@ class OvsNatApp(fw.BaseApp):
     def on_tick(self, ev):
         self._call(self.core.tick)
 
+    @fw.set_ev_cls(EventResult)
+    def on_result(self, ev):
+        self._call(self.core.result, ev.result)
+
     @fw.set_ev_cls(fw.ofp_event.EventOFPSwitchFeatures, fw.CONFIG_DISPATCHER)
     def on_features(self, ev):
-        self.dp = ev.msg.datapath
-        _patient_sends(self.dp)
-        self._call(self.core.switch_up, self.dp.id)
+        self.switches.connected(ev.msg.datapath)
+        self._call(self.core.switch_up, ev.msg.datapath.id)
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPStateChange, fw.DEAD_DISPATCHER)
     def on_disconnect(self, ev):
-        if ev.datapath is self.dp:        # not a late event of an older connection
-            self.dp = None
+        was = self.switches.gone(ev.datapath)  # None: refused, or an older connection's
+        if was == "ours":
             self._call(self.core.switch_down)
+        elif was == "other":
+            self._call(self.core.switch_gone, ev.datapath.id)
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPFlowStatsReply, fw.MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
         msg = ev.msg
-        entries = [(s.table_id, s.cookie, s.digest, s.packets) for s in msg.body
-                   if s.cookie >> 56 in KINDS]                 # is_ours, inlined: 100,000
-        self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
+        if msg.datapath is self.switches.ours:  # another switch's replies are not ours
+            entries = [
+                (s.table_id, s.cookie, s.digest, s.packets)
+                for s in msg.body
+                if s.cookie >> 56 in KINDS
+            ]  # is_ours, inlined: 100,000
+            self._call(self.core.flow_stats, msg.xid, entries, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPMeterConfigStatsReply, fw.MAIN_DISPATCHER)
     def on_meter_stats(self, ev):
         msg = ev.msg
-        meters = [(m.meter_id, tuple(b.rate for b in m.bands)) for m in msg.body]
-        self._call(self.core.meter_stats, msg.xid, meters, _more(msg))
+        if msg.datapath is self.switches.ours:
+            meters = [(m.meter_id, tuple(b.rate for b in m.bands)) for m in msg.body]
+            self._call(self.core.meter_stats, msg.xid, meters, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPErrorMsg, fw.MAIN_DISPATCHER)
     def on_error(self, ev):
-        self._call(self.core.error, ev.msg.xid, ev.msg.type, ev.msg.code)
+        if ev.msg.datapath is self.switches.ours:
+            self._call(self.core.error, ev.msg.xid, ev.msg.type, ev.msg.code)
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPBarrierReply, fw.MAIN_DISPATCHER)
     def on_barrier(self, ev):
-        self._call(self.core.barrier, ev.msg.xid)
+        if ev.msg.datapath is self.switches.ours:
+            self._call(self.core.barrier, ev.msg.xid)
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPPacketIn, fw.MAIN_DISPATCHER)
     def on_packet_in(self, ev):
         msg = ev.msg
-        self._call(self.core.packet_in, msg.match.get("in_port"), msg.table_id, bytes(msg.data))
+        if msg.datapath is self.switches.ours:
+            self._call(self.core.packet_in, msg.match.get("in_port"), msg.table_id, bytes(msg.data))
 
     @fw.set_ev_cls(EventChores)
     def on_chores(self, ev):
-        self.chores += 1
-        if self.core.wants_conntrack(time.time()):
-            text = dpctl.dump_conntrack()
-            if text is not None:
-                self._call(self.core.conntrack, text)
-        if self.metrics.enabled and self.core.host is not None and self.chores % 5 == 1:
-            self._refresh_pat_usage()
-        if self.status_file and self.calls_since_status:
-            self.calls_since_status = 0
-            if not status.write_file(self.status_file, self.core.status(time.time())):
-                self.status_file = ""
+        t0, calls = time.perf_counter(), self.calls_since_status
+        self._call(self.core.chores)
+        self.calls_since_status = calls  # asking is no change to report
+        failing = "status_file" in self.core.failures.current
+        if self.status_file and (calls or failing or self.meter.listed != self.listed):
+            self.calls_since_status, self.listed = 0, self.meter.listed
+            outside.write_status(self.status_file, self._status(), self.core.failures, time.time())
+        self.meter.handler("chores+status file", time.perf_counter() - t0)
 
-    def _refresh_pat_usage(self):
-        from ovsnat.inspect import pat_usage
-        out = dpctl.dump_conntrack(self.core.host.cfg.ct_zone)
-        if out is not None:
-            self.core.stats.pat = pat_usage(self.core.host.cfg, out)
 
 def _more(msg) -> bool:
     return bool(msg.flags & fw.ofproto.OFPMPF_REPLY_MORE)
-
-
-def _patient_sends(dp) -> None:
-    """ryu and os-ken give a send 5 s (--socket-timeout) to make progress, then shut the
-    socket mid-message: the switch sees a truncated message ("Protocol error"), drops the
-    connection, and the next full sync starts over. A busy ovs-vswitchd (10,000 ports,
-    a 115,000-flow bundle) can read nothing for longer than that, so ovsnat gives its
-    switch a minute. Receives are unaffected (the frameworks retry a timed-out read)."""
-    sock = getattr(dp, "socket", None)
-    if sock is not None and (sock.gettimeout() or SEND_TIMEOUT) < SEND_TIMEOUT:
-        sock.settimeout(SEND_TIMEOUT)

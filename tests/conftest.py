@@ -13,11 +13,16 @@ from ovsnat.lab.ovs import Ovs, require_ovs
 
 def _require_lab_prerequisites(request) -> None:
     if request.node.get_closest_marker("lab") is None:
-        pytest.fail(f"{request.node.nodeid} builds a lab but is not marked `lab`: the unit "
-                    "tests must run with no OVS and no namespace", pytrace=False)
+        pytest.fail(
+            f"{request.node.nodeid} builds a lab but is not marked `lab`: the unit "
+            "tests must run with no OVS and no namespace",
+            pytrace=False,
+        )
     if os.geteuid() != 0:
-        pytest.fail("lab tests need root (network namespaces, Open vSwitch): run `make test` "
-                    "as root", pytrace=False)
+        pytest.fail(
+            "lab tests need root (network namespaces, Open vSwitch): run `make test` as root",
+            pytrace=False,
+        )
     try:
         require_ovs()
     except Exception as e:
@@ -34,9 +39,14 @@ def _unit_tests_start_no_ovs_and_make_no_namespace(request, monkeypatch):
 
     def refuse(what):
         def fail(*args, **kwargs):
-            pytest.fail(f"{request.node.nodeid} is not marked `lab` but {what}: the unit "
-                        "tests must run with no OVS and no namespace", pytrace=False)
+            pytest.fail(
+                f"{request.node.nodeid} is not marked `lab` but {what}: the unit "
+                "tests must run with no OVS and no namespace",
+                pytrace=False,
+            )
+
         return fail
+
     monkeypatch.setattr(Lab, "up", refuse("builds a lab"))
     monkeypatch.setattr(Lab, "_add_ns", refuse("creates a network namespace"))
     for method in ("start_db", "start_vswitchd", "vsctl", "ofctl", "appctl"):

@@ -4,23 +4,39 @@ output of the controller is delivered, and every answer fed back, until all is q
 
 from __future__ import annotations
 
-from ovsnat import arp, golden
-from ovsnat.compiler import compile_state
-from ovsnat.connlimit import ZoneLimits
-from ovsnat.controller import HostController, IfaceKeys
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.core.controller import HostController
+from ovsnat.core.effects import (
+    AdoptSwitch,
+    IfaceKeys,
+    Probe,
+    ReadConntrack,
+    Reconfigure,
+    RefuseSwitch,
+    ReleaseMemory,
+    ZoneLimits,
+    ZoneLimitsDone,
+)
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, mac_str
-from ovsnat.ovsdb import Changes, IfaceRow, Snapshot
-from ovsnat.reconcile import Reconfigure
-from ovsnat.state import build_state
+from ovsnat.model.rows import Changes, IfaceRow, Snapshot
+from ovsnat.packets import arp
 from tests.switchmodel import ModelSwitch
 
 UPLINK = 1
 UPLINK_ROW = IfaceRow("uplink", UPLINK, {}, "up")
+DPID = 0x1  # the bridge's datapath id (OVSDB and the switch)
 
 
 def vm_row(n: int, fip: str | None = None, ofport: int | None = None, **extra) -> IfaceRow:
-    ids = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}", **({"ovsnat-fip": fip} if fip else {}), **extra}
+    ids = {
+        "iface-id": f"vm{n}",
+        "attached-mac": f"02:00:0a:00:00:{n:02x}",
+        "ovsnat-fixed-ip": f"10.0.0.{n}",
+        **({"ovsnat-fip": fip} if fip else {}),
+        **extra,
+    }
     return IfaceRow(f"tapvm{n}", n if ofport is None else ofport, ids, "up")
 
 
@@ -33,9 +49,14 @@ class SimHost:
         self.rows: dict[str, IfaceRow] = {"uplink": UPLINK_ROW}
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
-        self.zone_limits: list = []                  # ZoneLimits the shim would apply
-        self.echo_writes = True          # apply key writes to the rows, as OVSDB would
-        self.reconfigures = 0            # ovs-vswitchd reconfigurations asked for
+        self.zone_limits: list = []  # ZoneLimits the shim would apply
+        self.zone_limit_error = ""  # set: the shim's ct-set-limits calls fail with it
+        self.calls: list = []  # ReadConntrack and Probe asked for (tests answer)
+        self.switch_verdicts: list = []  # AdoptSwitch and RefuseSwitch, in order
+        self.datapath_id = f"{DPID:016x}"
+        self.echo_writes = True  # apply key writes to the rows, as OVSDB would
+        self.reconfigures = 0  # ovs-vswitchd reconfigurations asked for
+        self.memory_releases = 0  # bursts over (the shim gives memory back)
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
@@ -45,6 +66,9 @@ class SimHost:
             if isinstance(item, Reconfigure):
                 self.reconfigures += 1
                 continue
+            if isinstance(item, ReleaseMemory):
+                self.memory_releases += 1
+                continue
             if isinstance(item, IfaceKeys):
                 self.key_writes.append(item)
                 if self.echo_writes:
@@ -52,6 +76,18 @@ class SimHost:
                 continue
             if isinstance(item, ZoneLimits):
                 self.zone_limits.append(item)
+                failed = (
+                    tuple(z for z, _ in item.set) + item.delete if self.zone_limit_error else ()
+                )
+                queue += self.ctl.result(
+                    ZoneLimitsDone(item, failed, self.zone_limit_error), self.now
+                )
+                continue
+            if isinstance(item, (ReadConntrack, Probe)):
+                self.calls.append(item)
+                continue
+            if isinstance(item, (AdoptSwitch, RefuseSwitch)):
+                self.switch_verdicts.append(item)
                 continue
             data = item if isinstance(item, bytes) else b"".join(item)
             for r in self.switch.receive(data):
@@ -75,16 +111,19 @@ class SimHost:
         self.rows[keys.name] = IfaceRow(row.name, row.ofport, ids, row.link_state)
         return self.ctl.ovsdb(Changes({keys.name: self.rows[keys.name]}), self.now)
 
-    def start(self, connect: bool = True) -> "SimHost":
+    def start(self, connect: bool = True) -> SimHost:
         """The controller's first OVSDB view, then (optionally) its switch connects."""
-        self.deliver(self.ctl.ovsdb(Snapshot(dict(self.rows), dict(self.bridge_ids)),
-                                    self.now))
+        self.deliver(
+            self.ctl.ovsdb(
+                Snapshot(dict(self.rows), dict(self.bridge_ids), self.datapath_id), self.now
+            )
+        )
         if connect:
             self.connect()
         return self
 
     def connect(self) -> None:
-        self.deliver(self.ctl.switch_up(0x1, self.now))
+        self.deliver(self.ctl.switch_up(DPID, self.now))
 
     def plug(self, *rows: IfaceRow) -> None:
         for row in rows:
@@ -98,6 +137,16 @@ class SimHost:
     def set_bridge_ids(self, **ids) -> None:
         self.bridge_ids = ids
         self.deliver(self.ctl.ovsdb(Changes(bridge_ids=dict(ids)), self.now))
+
+    def chores(self) -> list:
+        """The shim's once-a-second chores; returns the calls on ovs-vswitchd asked for."""
+        before = len(self.calls)
+        self.deliver(self.ctl.chores(self.now))
+        return self.calls[before:]
+
+    def answer(self, result) -> None:
+        """A call on ovs-vswitchd answered (a Reading, Probed or ZoneLimitsDone)."""
+        self.deliver(self.ctl.result(result, self.now))
 
     def advance(self, seconds: float) -> None:
         """Move the clock, firing every deadline on the way, in order."""
@@ -118,30 +167,44 @@ class SimHost:
 
     # --- reading results ---------------------------------------------------------------
     def desired_keys(self) -> set:
-        from ovsnat.model import port_from_row, VmPort
-        ports = [p for name, r in sorted(self.rows.items()) if name != "uplink"
-                 for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
-                 if p is not None]
+        from ovsnat.model import port_from_row
+
+        ports = [
+            p
+            for name, r in sorted(self.rows.items())
+            if name != "uplink"
+            for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
+            if p is not None
+        ]
         cfg = self.ctl.host.cfg
         return {(f.table, f.cookie) for f in compile_state(build_state(cfg, ports))}
 
     def arps_out(self) -> list[arp.Arp]:
         """Every ARP the controller sent out of the uplink, in order."""
-        return [a for port, frame in self.switch.packet_outs if port == UPLINK
-                for a in [arp.parse(frame)] if a is not None]
+        return [
+            a
+            for port, frame in self.switch.packet_outs
+            if port == UPLINK
+            for a in [arp.parse(frame)]
+            if a is not None
+        ]
 
     def fip_live(self, fip: str) -> bool:
         """The switch answers ARP for the FIP (its responder flow is installed)."""
         name = self.ctl.host.fip_owner(fip)
         if name is None:
             return False
-        from ovsnat.compiler import fip_responder_key
+        from ovsnat.compile.vm import fip_responder_key
+
         port = self.ctl.host.valid[name]
-        return fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port)) in \
-            self.switch.keys()
+        return (
+            fip_responder_key(self.ctl.host.cfg, port, self.ctl.host.net(port))
+            in self.switch.flow_keys()
+        )
 
     def fip_mac(self, fip: str) -> str:
         import netaddr
+
         return mac_str(self.cfg.ip_mac(netaddr.IPAddress(fip)))
 
     @property

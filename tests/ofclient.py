@@ -9,8 +9,8 @@ import socket
 import struct
 import time
 
-from ovsnat import ofwire
-from ovsnat.flowdigest import stats_digest
+from ovsnat.openflow import blobs, codec, messages
+from ovsnat.openflow.digest import stats_digest
 
 OFPT_ERROR, OFPT_BARRIER_REPLY, OFPT_MULTIPART_REPLY = 1, 21, 19
 
@@ -21,7 +21,7 @@ class OfClient:
         self.sock.settimeout(timeout)
         self.sock.connect(os.path.join(rundir, f"{bridge}.mgmt"))
         self.buf = b""
-        self.sock.sendall(struct.pack("!BBHI", 4, 0, 8, 1))            # hello, 1.3 only
+        self.sock.sendall(struct.pack("!BBHI", 4, 0, 8, 1))  # hello, 1.3 only
 
     def close(self) -> None:
         self.sock.close()
@@ -46,25 +46,28 @@ class OfClient:
             if msg_type == OFPT_ERROR:
                 raise RuntimeError(f"OpenFlow error {msg[8:12].hex()} for xid {xid}")
             out.append(msg)
-            if msg_type == kind and not (kind == OFPT_MULTIPART_REPLY and
-                                         struct.unpack_from("!H", msg, 10)[0] & 1):
+            if msg_type == kind and not (
+                kind == OFPT_MULTIPART_REPLY and struct.unpack_from("!H", msg, 10)[0] & 1
+            ):
                 return out
         raise TimeoutError(f"no answer to xid {xid}")
 
     def install(self, packed: list[bytes], bundle_id: int = 1) -> None:
         """Packed flow_mods in one atomic bundle, as ovsnat sends them, then a barrier."""
-        xid, parts = 100, [ofwire.bundle_ctrl(bundle_id, ofwire.BUNDLE_OPEN, 100)]
+        xid, parts = 100, [messages.bundle_ctrl(bundle_id, codec.BUNDLE_OPEN, 100)]
         for msg in packed:
             xid += 1
-            parts.append(ofwire.bundle_add(bundle_id, ofwire.with_xid(msg, xid)))
-        parts += [ofwire.bundle_ctrl(bundle_id, ofwire.BUNDLE_COMMIT, xid + 1),
-                  ofwire.barrier(xid + 2)]
+            parts.append(messages.bundle_add(bundle_id, blobs.with_xid(msg, xid)))
+        parts += [
+            messages.bundle_ctrl(bundle_id, codec.BUNDLE_COMMIT, xid + 1),
+            messages.barrier(xid + 2),
+        ]
         self.sock.sendall(b"".join(parts))
         self._until(xid + 2, OFPT_BARRIER_REPLY)
 
     def dump(self) -> dict[tuple[int, int], int]:
         """(table, cookie) -> body digest of every flow on the bridge."""
-        self.sock.sendall(ofwire.flow_stats_request(7, 0, 0))
+        self.sock.sendall(messages.flow_stats_request(7, 0, 0))
         entries = {}
         for msg in self._until(7, OFPT_MULTIPART_REPLY):
             offset = 16

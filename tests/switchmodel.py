@@ -14,18 +14,18 @@ in several replies, all but the last flagged OFPMPF_REPLY_MORE, as OVS splits bi
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ovsnat import ofwire
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.openflow import blobs, codec
+from ovsnat.openflow.digest import flow_mod_digest
 
 OFPET_BAD_ACTION, OFPET_BUNDLE_FAILED = 2, 0xFFFF
 
 
 @dataclass
 class Reply:
-    kind: str            # flow_stats | meter_stats | barrier | error
+    kind: str  # flow_stats | meter_stats | barrier | error
     xid: int
     args: tuple = ()
 
@@ -33,7 +33,7 @@ class Reply:
 def flow_identity(msg: bytes) -> tuple[int, int, bytes]:
     """(table, priority, match) of a flow_mod: what OVS knows a flow by."""
     match_len = struct.unpack_from("!H", msg, 50)[0]
-    return msg[24], struct.unpack_from("!H", msg, 30)[0], bytes(msg[48:48 + match_len])
+    return msg[24], struct.unpack_from("!H", msg, 30)[0], bytes(msg[48 : 48 + match_len])
 
 
 def flow_key(msg: bytes) -> tuple[int, int]:
@@ -43,46 +43,46 @@ def flow_key(msg: bytes) -> tuple[int, int]:
 
 @dataclass
 class ModelSwitch:
-    entries: dict = field(default_factory=dict)        # (table, priority, match) -> flow_mod
-    meters: dict = field(default_factory=dict)         # meter id -> rate
-    packet_outs: list = field(default_factory=list)    # (port, frame)
-    flow_mods: int = 0                                 # every flow_mod received
-    xids: list = field(default_factory=list)           # every xid received, in order
-    reject: Callable[[tuple], bool] | None = None      # flow key -> refuse it
-    frag_mode: int = 0                                 # OFPC_FRAG_*: 3 is OVS's nx-match
-    temporary: dict = field(default_factory=dict)      # key -> hard timeout (outside bundles)
-    packets: dict = field(default_factory=dict)        # key -> packet count the test sets
-    stats_part: int = 16                               # flow stats entries per reply
-    _bundles: dict = field(default_factory=dict)       # id -> [(xid, inner message)]
+    entries: dict = field(default_factory=dict)  # (table, priority, match) -> flow_mod
+    meters: dict = field(default_factory=dict)  # meter id -> rate
+    packet_outs: list = field(default_factory=list)  # (port, frame)
+    flow_mods: int = 0  # every flow_mod received
+    xids: list = field(default_factory=list)  # every xid received, in order
+    reject: Callable[[tuple], bool] | None = None  # flow key -> refuse it
+    frag_mode: int = 0  # OFPC_FRAG_*: 3 is OVS's nx-match
+    temporary: dict = field(default_factory=dict)  # key -> hard timeout (outside bundles)
+    packets: dict = field(default_factory=dict)  # key -> packet count the test sets
+    stats_part: int = 16  # flow stats entries per reply
+    _bundles: dict = field(default_factory=dict)  # id -> [(xid, inner message)]
 
     def receive(self, data: bytes) -> list[Reply]:
         replies = []
-        for msg_type, xid, msg in ofwire.split_messages(data):
+        for msg_type, xid, msg in blobs.split_messages(data):
             self.xids.append(xid)
             replies += self._one(msg_type, xid, msg)
         return replies
 
     def _one(self, msg_type: int, xid: int, msg: bytes) -> list[Reply]:
-        if msg_type == ofwire.OFPT_EXPERIMENTER:
+        if msg_type == codec.OFPT_EXPERIMENTER:
             return self._bundle_msg(xid, msg)
-        if msg_type == ofwire.OFPT_BARRIER_REQUEST:
+        if msg_type == codec.OFPT_BARRIER_REQUEST:
             return [Reply("barrier", xid)]
-        if msg_type == ofwire.OFPT_MULTIPART_REQUEST:
+        if msg_type == codec.OFPT_MULTIPART_REQUEST:
             return self._stats(xid, msg)
-        if msg_type == ofwire.OFPT_METER_MOD:
+        if msg_type == codec.OFPT_METER_MOD:
             meter_id = struct.unpack_from("!I", msg, 12)[0]
             self.meters[meter_id] = struct.unpack_from("!I", msg, 20)[0]
             return []
-        if msg_type == ofwire.OFPT_SET_CONFIG:
+        if msg_type == codec.OFPT_SET_CONFIG:
             self.frag_mode = struct.unpack_from("!H", msg, 8)[0]
             return []
-        if msg_type == ofwire.OFPT_FLOW_MOD:           # only flows with a hard timeout
+        if msg_type == codec.OFPT_FLOW_MOD:  # only flows with a hard timeout
             hard = struct.unpack_from("!H", msg, 28)[0]
-            assert msg[25] == ofwire.OFPFC_ADD and hard, "flow_mod outside a bundle"
+            assert msg[25] == codec.OFPFC_ADD and hard, "flow_mod outside a bundle"
             self.temporary[flow_key(msg)] = hard
             self.entries[flow_identity(msg)] = msg
             return []
-        if msg_type == ofwire.OFPT_PACKET_OUT:
+        if msg_type == codec.OFPT_PACKET_OUT:
             port = struct.unpack_from("!I", msg, 24 + 4)[0]
             self.packet_outs.append((port, msg[40:]))
             return []
@@ -90,12 +90,12 @@ class ModelSwitch:
 
     def _bundle_msg(self, xid: int, msg: bytes) -> list[Reply]:
         exp_type, bundle_id = struct.unpack_from("!II", msg, 12)
-        if exp_type == ofwire.ONF_ET_BUNDLE_ADD:
+        if exp_type == codec.ONF_ET_BUNDLE_ADD:
             inner = msg[24:]
             self._bundles[bundle_id].append((struct.unpack_from("!I", inner, 4)[0], inner))
             return []
         kind = struct.unpack_from("!H", msg, 20)[0]
-        if kind == ofwire.BUNDLE_OPEN:
+        if kind == codec.BUNDLE_OPEN:
             self._bundles[bundle_id] = []
             return []
         return self._commit(xid, self._bundles.pop(bundle_id))
@@ -106,13 +106,16 @@ class ModelSwitch:
         for xid, inner in messages:
             self.flow_mods += 1
             key = flow_key(inner)
-            if inner[25] == ofwire.OFPFC_DELETE:      # non-strict, by cookie/mask, any match
+            if inner[25] == codec.OFPFC_DELETE:  # non-strict, by cookie/mask, any match
                 mask = struct.unpack_from("!Q", inner, 16)[0]
-                entries = {i: m for i, m in entries.items()
-                           if not _selected(m, inner[24], key[1], mask)}
+                entries = {
+                    i: m for i, m in entries.items() if not _selected(m, inner[24], key[1], mask)
+                }
             elif self.reject and self.reject(key):
-                return [Reply("error", xid, (OFPET_BAD_ACTION, 4)),
-                        Reply("error", commit_xid, (OFPET_BUNDLE_FAILED, 0))]
+                return [
+                    Reply("error", xid, (OFPET_BAD_ACTION, 4)),
+                    Reply("error", commit_xid, (OFPET_BUNDLE_FAILED, 0)),
+                ]
             else:
                 entries[flow_identity(inner)] = inner
         self.entries = entries
@@ -120,20 +123,23 @@ class ModelSwitch:
 
     def _stats(self, xid: int, msg: bytes) -> list[Reply]:
         mp_type = struct.unpack_from("!H", msg, 8)[0]
-        if mp_type == ofwire.OFPMP_METER_CONFIG:
-            return [Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()],
-                                               False))]
+        if mp_type == codec.OFPMP_METER_CONFIG:
+            return [Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()], False))]
         table, (cookie, mask) = msg[16], struct.unpack_from("!QQ", msg, 32)
-        entries = [(*flow_key(m), flow_mod_digest(m), self.packets.get(flow_key(m), 0))
-                   for m in self.entries.values()           # OVS returns the bytes it got
-                   if _selected(m, table, cookie, mask)]
-        parts = [entries[i:i + self.stats_part]
-                 for i in range(0, len(entries), self.stats_part)] or [[]]
-        return [Reply("flow_stats", xid, (part, i < len(parts) - 1))
-                for i, part in enumerate(parts)]
+        entries = [
+            (*flow_key(m), flow_mod_digest(m), self.packets.get(flow_key(m), 0))
+            for m in self.entries.values()  # OVS returns the bytes it got
+            if _selected(m, table, cookie, mask)
+        ]
+        parts = [
+            entries[i : i + self.stats_part] for i in range(0, len(entries), self.stats_part)
+        ] or [[]]
+        return [
+            Reply("flow_stats", xid, (part, i < len(parts) - 1)) for i, part in enumerate(parts)
+        ]
 
     # --- what the switch holds, and changes behind the controller's back -----------------
-    def keys(self) -> set:
+    def flow_keys(self) -> set:
         """(table, cookie) of every flow."""
         return {flow_key(m) for m in self.entries.values()}
 
@@ -162,4 +168,4 @@ class ModelSwitch:
 def _selected(msg: bytes, table: int, cookie: int, mask: int) -> bool:
     """A flow a request for (table or OFPTT_ALL, cookie/mask) selects."""
     t, c = flow_key(msg)
-    return c & mask == cookie & mask and table in (t, ofwire.OFPTT_ALL)
+    return c & mask == cookie & mask and table in (t, codec.OFPTT_ALL)

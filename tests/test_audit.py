@@ -1,4 +1,4 @@
-"""The periodic audit (ovsnat/audit.py), event by event against the model switch: drift made
+"""The periodic audit (ovsnat/core/audit.py), event by event against the model switch: drift made
 behind the controller's back is repaired within one audit period, in-flight changes are never
 "repaired", foreign flows are never touched. The lab test (test_audit_lab.py) does the same
 to a real Open vSwitch with ovs-ofctl and checks traffic."""
@@ -8,41 +8,40 @@ from __future__ import annotations
 import logging
 import struct
 
-from ovsnat import ofwire
-from ovsnat.audit import KEY, STALLED
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.core.audit import KEY, STALLED
+from ovsnat.openflow import blobs, codec
+from ovsnat.openflow.digest import flow_mod_digest
 from tests.hostsim import SimHost, vm_row
 
 FIP = "203.0.113.10"
 PERIOD = 60.0
-FOREIGN_COOKIE = 0x1234               # another controller's flow: a cookie kind not ovsnat's
+FOREIGN_COOKIE = 0x1234  # another controller's flow: a cookie kind not ovsnat's
 
 
 def synced_host() -> SimHost:
     host = SimHost(fip_activation="immediate")
     host.rows.update({r.name: r for r in (vm_row(11, FIP), vm_row(12))})
     host.start()
-    assert host.switch.keys() == host.desired_keys()
+    assert host.switch.flow_keys() == host.desired_keys()
     return host
 
 
 def vm_key(host: SimHost, n: int, index: int = 0) -> tuple[int, int]:
     """One of VM 10.0.0.n's flows on the switch."""
-    return sorted(k for k in host.switch.keys() if k[1] >> 24 == 0xA20A000000 | n)[index]
+    return sorted(k for k in host.switch.flow_keys() if k[1] >> 24 == 0xA20A000000 | n)[index]
 
 
 def changed_in_place(msg: bytes) -> bytes:
     """The same flow_mod (table, cookie, priority, match) with other instructions: a drop,
     as `ovs-ofctl mod-flows ... actions=drop` leaves it."""
     match_len = struct.unpack_from("!H", msg, 50)[0]
-    head = msg[:48 + (match_len + 7) // 8 * 8]
+    head = msg[: 48 + (match_len + 7) // 8 * 8]
     return head[:2] + struct.pack("!H", len(head)) + head[4:]
 
 
 def variant(msg: bytes, cookie: int, priority: int) -> bytes:
     """The flow_mod with another cookie and priority: a flow of its own on the switch."""
-    return msg[:8] + struct.pack("!Q", cookie) + msg[16:30] + struct.pack("!H", priority) + \
-        msg[32:]
+    return msg[:8] + struct.pack("!Q", cookie) + msg[16:30] + struct.pack("!H", priority) + msg[32:]
 
 
 def held(host: SimHost) -> dict:
@@ -58,7 +57,7 @@ def test_a_deleted_a_changed_and_a_stale_flow_are_repaired_within_one_period(cap
     host = synced_host()
     desired = held(host)
     gone, changed = vm_key(host, 11), vm_key(host, 12, 1)
-    stale = (gone[0], gone[1] ^ 0x1)                       # ovsnat's kind, nobody's flow
+    stale = (gone[0], gone[1] ^ 0x1)  # ovsnat's kind, nobody's flow
     foreign = (gone[0], FOREIGN_COOKIE)
     gone_msg = host.switch.flow(gone)
     host.switch.remove(gone)
@@ -68,12 +67,14 @@ def test_a_deleted_a_changed_and_a_stale_flow_are_repaired_within_one_period(cap
     with caplog.at_level(logging.WARNING, logger="ovsnat"):
         host.advance(PERIOD + 0.1)
     assert {k: v for k, v in held(host).items() if k != foreign} == desired
-    assert held(host)[foreign] == variant(gone_msg, foreign[1], 2)[8:]     # never touched
+    assert held(host)[foreign] == variant(gone_msg, foreign[1], 2)[8:]  # never touched
     assert stats(host)["audits"] == 1 and stats(host)["flow_repairs"] == 3
     lines = [r.getMessage() for r in caplog.records if "audit: " in r.getMessage()]
     for kind, key in (("missing", gone), ("changed", changed), ("stale", stale)):
-        assert any(line.startswith(f"ovsnat: audit: {kind} flow table={key[0]} "
-                                   f"cookie={key[1]:#x} of ") for line in lines), lines
+        assert any(
+            line.startswith(f"ovsnat: audit: {kind} flow table={key[0]} cookie={key[1]:#x} of ")
+            for line in lines
+        ), lines
     assert any("of port tapvm11 (vm11, 10.0.0.11)" in line for line in lines), lines
     assert host.ctl.sw.session.installed == set(desired)
 
@@ -102,12 +103,12 @@ def test_the_audit_period_is_the_option_and_zero_turns_it_off():
 def test_no_audit_starts_while_a_bundle_is_in_flight():
     host = synced_host()
     host.now += PERIOD - 1
-    held = host.ctl.ovsdb(_changes(vm_row(13)), host.now)      # a bundle, not yet delivered
+    held = host.ctl.ovsdb(_changes(vm_row(13)), host.now)  # a bundle, not yet delivered
     host.now += 1.5
-    out = host.ctl.tick(host.now)                                # audit due, but postponed
+    out = host.ctl.tick(host.now)  # audit due, but postponed
     assert not dump_requests(out)
     host.deliver(held)
-    host.advance(1.1)                                            # retried a second later
+    host.advance(1.1)  # retried a second later
     assert stats(host)["audits"] == 1 and stats(host)["flow_repairs"] == 0
 
 
@@ -120,16 +121,16 @@ def test_an_owner_changed_while_the_dump_is_read_is_not_repaired_from_the_old_du
     desired_gone = host.switch.flow(gone)
     host.switch.remove(gone)
     host.now += PERIOD + 0.1
-    requests = host.ctl.tick(host.now)                           # the audit's dump requests
-    replies = host.switch.receive(b"".join(requests))            # answered now, read later
-    host.plug(vm_row(13))                                        # a bundle meanwhile
+    requests = host.ctl.tick(host.now)  # the audit's dump requests
+    replies = host.switch.receive(b"".join(requests))  # answered now, read later
+    host.plug(vm_row(13))  # a bundle meanwhile
     mods = host.switch.flow_mods
     for r in replies:
         host.deliver(host.ctl.flow_stats(r.xid, *r.args, host.now))
-    assert stats(host)["flow_repairs"] == 1                      # vm12's flow, not vm13's
+    assert stats(host)["flow_repairs"] == 1  # vm12's flow, not vm13's
     assert host.switch.flow(gone)[8:] == desired_gone[8:]
-    assert host.switch.flow_mods - mods == 1                     # the one add
-    assert host.switch.keys() == host.desired_keys()
+    assert host.switch.flow_mods - mods == 1  # the one add
+    assert host.switch.flow_keys() == host.desired_keys()
 
 
 def test_a_refused_owner_is_left_to_the_reconciler_not_retried_every_period():
@@ -146,18 +147,19 @@ def test_a_refused_owner_is_left_to_the_reconciler_not_retried_every_period():
 def test_the_switch_returns_exactly_the_digest_of_the_flow_mod_ovsnat_keeps():
     host = synced_host()
     for blob in host.ctl.host.wire.values():
-        for key, packed in ofwire.iter_flow_mods(blob):
+        for key, packed in blobs.iter_flow_mods(blob):
             assert flow_mod_digest(host.switch.flow(key)) == flow_mod_digest(packed)
     assert flow_mod_digest(changed_in_place(packed)) != flow_mod_digest(packed)
 
 
 def dump_requests(out) -> list:
     data = b"".join(x for x in out if isinstance(x, bytes))
-    return [m for m in ofwire.split_messages(data) if m[0] == ofwire.OFPT_MULTIPART_REQUEST]
+    return [m for m in blobs.split_messages(data) if m[0] == codec.OFPT_MULTIPART_REQUEST]
 
 
 def _changes(row):
-    from ovsnat.ovsdb import Changes
+    from ovsnat.model.rows import Changes
+
     return Changes({row.name: row})
 
 
@@ -171,7 +173,7 @@ def test_an_audit_due_before_the_host_is_built_still_runs_once_it_is():
     host.advance(2 * PERIOD)
     assert host.ctl.host is None and stats(host).get("audits", 0) == 0
     host.plug(uplink)
-    assert host.switch.keys() == host.desired_keys()
+    assert host.switch.flow_keys() == host.desired_keys()
     host.advance(PERIOD + 0.1)
     assert stats(host)["audits"] >= 1
 
@@ -180,18 +182,19 @@ def test_a_dump_the_switch_never_answers_is_given_up_and_the_audit_goes_on(caplo
     host = synced_host()
     receive, swallowed = host.switch.receive, []
 
-    def deaf(data):                  # the flow stats replies of one audit never arrive
+    def deaf(data):  # the flow stats replies of one audit never arrive
         replies = receive(data)
         if not swallowed and any(r.kind == "flow_stats" for r in replies):
             swallowed.extend(r for r in replies if r.kind == "flow_stats")
             return [r for r in replies if r.kind != "flow_stats"]
         return replies
+
     host.switch.receive = deaf
     host.advance(PERIOD + 0.1)
-    assert swallowed and stats(host).get("audits", 0) == 0       # the dump hangs
+    assert swallowed and stats(host).get("audits", 0) == 0  # the dump hangs
     with caplog.at_level(logging.WARNING, logger="ovsnat"):
         host.advance(STALLED)
     assert "left the flow dump unanswered" in caplog.text
-    assert stats(host)["audits"] == 1                            # asked again, answered
+    assert stats(host)["audits"] == 1  # asked again, answered
     host.advance(PERIOD)
     assert stats(host)["audits"] == 2

@@ -9,22 +9,23 @@ import sys
 
 import pytest
 
-from ovsnat import golden, ofwire
-from ovsnat.compiler import compile_state
-from ovsnat.flowdigest import flow_mod_digest
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.core.state import build_state
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import ping, start_server, tcp_connect
 from ovsnat.model import HostConfig
-from ovsnat.state import build_state
+from ovsnat.openflow import messages
+from ovsnat.openflow.digest import flow_mod_digest
 from tests.ofclient import OfClient
 from tests.test_controller import SNAT, converged, vm_ids
 
 pytestmark = pytest.mark.lab
 
 FIP = "203.0.113.10"
-AUDIT = 2                                      # seconds: the test's audit_interval
+AUDIT = 2  # seconds: the test's audit_interval
 STALE = "cookie=0xa20a0000630000ab,table=0,priority=1,ip,nw_src=10.0.0.99,actions=drop"
 FOREIGN = "cookie=0x5,table=0,priority=1,ip,nw_src=10.0.0.98,actions=drop"
 METRICS = 9102
@@ -39,14 +40,14 @@ def test_the_switch_returns_the_bytes_ovsnat_sent_for_every_golden_scenario(make
     try:
         for name, (_, overrides, ports) in golden.SCENARIOS.items():
             host.ofctl("del-flows", "br-int")
-            flows = compile_state(build_state(HostConfig.parse({**golden.BASE, **overrides}),
-                                              ports))
-            packed = {(f.table, f.cookie): ofwire.flow_add(f, 0) for f in flows}
+            flows = compile_state(
+                build_state(HostConfig.parse({**golden.BASE, **overrides}), ports)
+            )
+            packed = {(f.table, f.cookie): messages.flow_add(f, 0) for f in flows}
             client.install(list(packed.values()))
             dumped = client.dump()
             assert set(dumped) == set(packed), name
-            differ = [hex(k[1]) for k, msg in packed.items()
-                      if dumped[k] != flow_mod_digest(msg)]
+            differ = [hex(k[1]) for k, msg in packed.items() if dumped[k] != flow_mod_digest(msg)]
             assert not differ, f"{name}: the switch rewrote {differ}"
     finally:
         client.close()
@@ -54,8 +55,11 @@ def test_the_switch_returns_the_bytes_ovsnat_sent_for_every_golden_scenario(make
 
 def cookie_of(host, table: int, *contains: str) -> str:
     """The cookie of the one installed flow of `table` whose dump line has every string."""
-    lines = [line for line in host.ofctl("dump-flows", "br-int", f"table={table}").splitlines()
-             if all(c in line for c in contains)]
+    lines = [
+        line
+        for line in host.ofctl("dump-flows", "br-int", f"table={table}").splitlines()
+        if all(c in line for c in contains)
+    ]
     assert len(lines) == 1, lines
     return re.search(r"cookie=(0x[0-9a-f]+)", lines[0]).group(1)
 
@@ -67,8 +71,10 @@ def repairs(lab) -> int:
 def metric(lab, name: str) -> float | None:
     """One value from the controller's Prometheus endpoint (inside the host's namespace);
     None while it does not answer yet."""
-    script = ("import urllib.request;print(urllib.request.urlopen("
-              f"'http://127.0.0.1:{METRICS}/metrics',timeout=5).read().decode())")
+    script = (
+        "import urllib.request;print(urllib.request.urlopen("
+        f"'http://127.0.0.1:{METRICS}/metrics',timeout=5).read().decode())"
+    )
     out = run([sys.executable, "-c", script], ns=lab.hosts["hv1"].ns, check=False)
     m = re.search(rf"^{name} (\S+)$", out.stdout, re.M) if out.returncode == 0 else None
     return float(m.group(1)) if m else None
@@ -82,38 +88,43 @@ def test_drift_behind_the_controllers_back_is_repaired_within_the_audit_period(m
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "vm1-tcp", vm1.ns, "tcp", 7000)
     scenario.start_controller(lab, "hv1", SNAT, audit_interval=AUDIT, metrics_port=METRICS)
-    wait_for(lambda: tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=0.3).ok, 20,
-             what="vm1's FIP")
-    wait_for(lambda: tcp_connect(lab, vm2.ns, SERVER_IP, 8080, timeout=0.3).ok, 20,
-             what="vm2's PAT")
+    wait_for(lambda: tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=0.3).ok, 20, what="vm1's FIP")
+    wait_for(
+        lambda: tcp_connect(lab, vm2.ns, SERVER_IP, 8080, timeout=0.3).ok, 20, what="vm2's PAT"
+    )
     converged(lab)
     wait_for(lambda: repairs(lab) >= 0, 5, what="the status file")
     before, pid = repairs(lab), lab.procs["ctl-hv1"]["pid"]
-    scraped = wait_for(lambda: (v,) if (v := metric(lab, "ovsnat_flow_repairs_total"))
-                       is not None else None, 10, what="the metrics endpoint")[0]
+    scraped = wait_for(
+        lambda: (v,) if (v := metric(lab, "ovsnat_flow_repairs_total")) is not None else None,
+        10,
+        what="the metrics endpoint",
+    )[0]
     offset = len(scenario.controller_log(lab, "hv1"))
 
     changed = cookie_of(host, 50, f"nw_dst={FIP} ", "goto_table:60")
     gone = cookie_of(host, 0, f"in_port={host.ofport(vm2.tap)},", ",ip,")
-    host.ofctl("mod-flows", "br-int", f"table=50,cookie={changed}/-1,ip,nw_dst={FIP} "
-               "actions=drop")
+    host.ofctl("mod-flows", "br-int", f"table=50,cookie={changed}/-1,ip,nw_dst={FIP} actions=drop")
     host.ofctl("del-flows", "br-int", f"cookie={gone}/-1")
     host.ofctl("add-flow", "br-int", STALE)
     host.ofctl("add-flow", "br-int", FOREIGN)
     assert "actions=drop" in host.ofctl("dump-flows", "br-int", f"cookie={changed}/-1")
 
-    converged(lab, timeout=3 * AUDIT + 5)          # within the audit period (and slack)
+    converged(lab, timeout=3 * AUDIT + 5)  # within the audit period (and slack)
     wait_for(lambda: repairs(lab) >= before + 3, 5, what="the repair counter to rise")
     assert metric(lab, "ovsnat_flow_repairs_total") >= scraped + 3
     assert metric(lab, "ovsnat_audits_total") >= 1
-    assert "cookie=0x5," in host.ofctl("dump-flows", "br-int", "cookie=0x5/-1")   # foreign
+    assert "cookie=0x5," in host.ofctl("dump-flows", "br-int", "cookie=0x5/-1")  # foreign
     log = scenario.controller_log(lab, "hv1")[offset:]
-    for kind, cookie, table, owner in (("changed", changed, 50, "port tapvm1 "),
-                                       ("missing", gone, 0, "port tapvm2 "),
-                                       ("stale", "0xa20a0000630000ab", 0, "VM 10.0.0.99")):
-        assert re.search(rf"audit: {kind} flow table={table} cookie={cookie} of {owner}", log), \
-            log[-2000:]
-    assert pid_alive(pid) and not re.search(r"datapath \w+ connected", log)    # no restart
-    assert tcp_connect(lab, lab.srv_ns, FIP, 7000).ok                   # traffic works again
+    for kind, cookie, table, owner in (
+        ("changed", changed, 50, "port tapvm1 "),
+        ("missing", gone, 0, "port tapvm2 "),
+        ("stale", "0xa20a0000630000ab", 0, "VM 10.0.0.99"),
+    ):
+        assert re.search(rf"audit: {kind} flow table={table} cookie={cookie} of {owner}", log), log[
+            -2000:
+        ]
+    assert pid_alive(pid) and not re.search(r"datapath \w+ connected", log)  # no restart
+    assert tcp_connect(lab, lab.srv_ns, FIP, 7000).ok  # traffic works again
     assert tcp_connect(lab, vm2.ns, SERVER_IP, 8080).peer_ip == SNAT
     assert ping(lab.srv_ns, FIP, count=1).received

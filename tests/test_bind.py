@@ -20,12 +20,13 @@ from ovsnat.lab.traffic import ping, start_server, tcp_connect
 pytestmark = pytest.mark.lab
 
 FIP, SNAT = "203.0.113.10", "203.0.113.11"
-CONVERGE = 8.0          # seconds: OVSDB -> watcher -> controller -> bundle is well under one
+CONVERGE = 8.0  # seconds: OVSDB -> watcher -> controller -> bundle is well under one
 
 
 def ovsnat(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovsnat.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ovsnat.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def eventually(probe, timeout: float = CONVERGE):
@@ -55,8 +56,9 @@ def host(make_lab):
     assert eventually(lambda: seen_as(lab, vm1) == SNAT), scenario.controller_log(lab, "hv1")
     # The controller marks the port installed just after its flows are confirmed: wait for
     # it, or a test comparing external_ids before and after may see it land in between.
-    assert eventually(lambda: "ovsnat-installed" in external_ids(lab)), \
-        scenario.controller_log(lab, "hv1")
+    assert eventually(lambda: "ovsnat-installed" in external_ids(lab)), scenario.controller_log(
+        lab, "hv1"
+    )
     return lab
 
 
@@ -70,7 +72,7 @@ def external_ids(lab) -> str:
 
 def test_bind_gives_a_pat_vm_its_fip_and_unbind_returns_it_to_pat(host):
     lab, vm1 = host, host.vms["vm1"].ns
-    assert not tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1).ok   # nothing there yet
+    assert not tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1).ok  # nothing there yet
 
     done = ovsnat("bind", "--iface-id", "vm1", "--fip", FIP, "--db", db(lab))
     assert done.returncode == 0, done.stderr
@@ -78,18 +80,19 @@ def test_bind_gives_a_pat_vm_its_fip_and_unbind_returns_it_to_pat(host):
     # Outbound first: a VM talks, and the controller may wait for the VM's first frame
     # before it makes a FIP live (activation on first frame, as after a migration).
     assert eventually(lambda: seen_as(lab, vm1) == FIP), scenario.controller_log(lab, "hv1")
-    inbound = eventually(lambda: (lambda r: r if r.ok else None)(
-        tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1)))
+    inbound = eventually(
+        lambda: (lambda r: r if r.ok else None)(tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1))
+    )
     assert inbound and inbound.peer_ip == SERVER_IP, scenario.controller_log(lab, "hv1")
 
     done = ovsnat("unbind", "--iface-id", "vm1", "--db", db(lab))
     assert done.returncode == 0, done.stderr
     assert "ovsnat-fip" not in external_ids(lab)
-    assert "ovsnat-fixed-ip" in external_ids(lab)          # other keys untouched
+    assert "ovsnat-fixed-ip" in external_ids(lab)  # other keys untouched
     assert eventually(lambda: seen_as(lab, vm1) == SNAT), seen_as(lab, vm1)
     assert eventually(lambda: ping(lab.srv_ns, FIP, count=1, wait=0.5).received == 0)
     assert not tcp_connect(lab, lab.srv_ns, FIP, 7000, timeout=1).ok
-    assert seen_as(lab, vm1) == SNAT      # (control) the host still passes traffic now
+    assert seen_as(lab, vm1) == SNAT  # (control) the host still passes traffic now
 
 
 def test_bind_refuses_bad_input_and_writes_nothing(host):
@@ -107,7 +110,7 @@ def test_bind_refuses_bad_input_and_writes_nothing(host):
     done = ovsnat("unbind", "--iface-id", "no-such-port", "--db", db(lab))
     assert done.returncode == 1 and "no-such-port" in done.stderr, done.stderr
     assert external_ids(lab) == before
-    assert seen_as(lab, lab.vms["vm1"].ns) == SNAT           # still on PAT
+    assert seen_as(lab, lab.vms["vm1"].ns) == SNAT  # still on PAT
 
 
 def test_bind_again_replaces_the_fip_and_unbind_twice_is_harmless(host):
@@ -116,8 +119,9 @@ def test_bind_again_replaces_the_fip_and_unbind_twice_is_harmless(host):
         done = ovsnat("bind", "--iface-id", "vm1", "--fip", fip, "--db", db(lab))
         assert done.returncode == 0 and f"ovsnat-fip={fip}" in done.stdout, done.stderr
         assert f'ovsnat-fip="{fip}"' in external_ids(lab)
-    assert eventually(lambda: seen_as(lab, lab.vms["vm1"].ns) == "203.0.113.12"), \
+    assert eventually(lambda: seen_as(lab, lab.vms["vm1"].ns) == "203.0.113.12"), (
         scenario.controller_log(lab, "hv1")
+    )
     for _ in range(2):
         done = ovsnat("unbind", "--iface-id", "vm1", "--db", db(lab))
         assert done.returncode == 0, done.stderr
@@ -129,11 +133,12 @@ def test_bind_with_the_hosts_config_refuses_a_fip_the_controller_would_reject(ho
     """A rejected port loses all its flows, PAT included: --config catches it beforehand."""
     lab = host
     conf = f"{lab.hosts['hv1'].rundir}/ovsnat.conf"
-    for fip in ("198.51.100.20", SNAT, "203.0.113.1"):     # outside external_cidr, SNAT, gw
+    for fip in ("198.51.100.20", SNAT, "203.0.113.1"):  # outside external_cidr, SNAT, gw
         done = ovsnat("bind", "--iface-id", "vm1", "--fip", fip, "--config", conf)
         assert done.returncode == 1 and "refused" in done.stderr, (fip, done.stderr)
     assert "ovsnat-fip" not in external_ids(lab)
     done = ovsnat("bind", "--iface-id", "vm1", "--fip", FIP, "--config", conf)  # db from conf
     assert done.returncode == 0, done.stderr
-    assert eventually(lambda: seen_as(lab, lab.vms["vm1"].ns) == FIP), \
-        scenario.controller_log(lab, "hv1")
+    assert eventually(lambda: seen_as(lab, lab.vms["vm1"].ns) == FIP), scenario.controller_log(
+        lab, "hv1"
+    )

@@ -1,6 +1,6 @@
-"""Properties of the flow compiler (ovsnat.compiler), checked on compiled flows as values.
+"""Properties of the flow compiler (ovsnat.compile.compiler), checked on compiled flows as values.
 
-Deterministic output, every flow within its table's declaration (ovsnat.pipeline), per-VM
+Deterministic output, every flow within its table's declaration (ovsnat.compile.pipeline), per-VM
 flows that depend on nothing but the host config and that VM, cookies that name their owner,
 and the shape of the FIP, PAT and gateway-by-ARP paths. Pure unit tests: no root, no OVS.
 """
@@ -12,20 +12,61 @@ from collections import Counter
 
 import pytest
 
-from ovsnat import compiler
-from ovsnat.compiler import PACKET_IN_METER, CLAIM_METER, DHCP_METER, UPLINK_METER, compile_state, host_flows, \
-    network_flows
-from ovsnat.flows import COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_VM, Controller, Ct, \
-    DecTtl, Goto, Match, Meter, Nat, Output, PushVlan, SetField, cookie_kind, cookie_owner, \
-    make_flow, owner_cookie
-from ovsnat.golden import BASE, FABRIC, NET_A, NET_B, port
-from ovsnat.pipeline import CONN_COUNT, HANDOFF_IN
-from ovsnat.state import build_state
+from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
+from ovsnat.compile import flows as flowlib
+from ovsnat.compile import pipeline
+from ovsnat.compile import vm as vmflows
+from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.flows import (
+    COOKIE_HOST,
+    COOKIE_NET,
+    COOKIE_VLAN_VM,
+    COOKIE_VM,
+    Controller,
+    Ct,
+    DecTtl,
+    Goto,
+    Match,
+    Meter,
+    Nat,
+    Output,
+    PushVlan,
+    SetField,
+    cookie_kind,
+    cookie_owner,
+    make_flow,
+    owner_cookie,
+)
+from ovsnat.compile.host import host_flows
+from ovsnat.compile.network import network_flows
+from ovsnat.compile.pipeline import (
+    CLASSIFY,
+    CONN_COUNT,
+    DELIVER,
+    EGRESS,
+    FABRIC_IN,
+    HANDOFF_IN,
+    INGRESS,
+    PAT_OUT,
+    TABLES,
+    UPLINK_ARP,
+    VM_ARP,
+    VM_L2,
+    VM_ROUTE,
+    PipelineViolation,
+    check_flow,
+)
+from ovsnat.compile.punt_flows import (
+    CLAIM_METER,
+    DHCP_METER,
+    PACKET_IN_METER,
+    UPLINK_METER,
+    quarantine_flows,
+)
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.pipeline import CLASSIFY, DELIVER, EGRESS, FABRIC_IN, INGRESS, PAT_OUT, TABLES, \
-    UPLINK_ARP, VM_ARP, VM_L2, VM_ROUTE, PipelineViolation, check_flow
 
-OPTIONS = BASE          # the valid host options of the golden scenarios
+OPTIONS = BASE  # the valid host options of the golden scenarios
 
 
 def config(**overrides) -> HostConfig:
@@ -33,8 +74,11 @@ def config(**overrides) -> HostConfig:
 
 
 def vm(n: int, fip: str | None = None) -> VmPort:
-    ids = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}"}
+    ids = {
+        "iface-id": f"vm{n}",
+        "attached-mac": f"02:00:0a:00:00:{n:02x}",
+        "ovsnat-fixed-ip": f"10.0.0.{n}",
+    }
     if fip:
         ids["ovsnat-fip"] = fip
     return VmPort.from_external_ids(f"tapvm{n}", n, ids)
@@ -46,7 +90,7 @@ CROWD = [vm(n, f"203.0.113.{100 + n}" if n % 3 == 0 else None) for n in range(20
 
 
 def vm_flows(cfg: HostConfig, vm: VmPort, active: bool = True) -> list:
-    return compiler.vm_flows(cfg, vm, vm.net(cfg), active)
+    return vmflows.vm_flows(cfg, vm, vm.net(cfg), active)
 
 
 def compiled(cfg: HostConfig, ports) -> list:
@@ -56,6 +100,7 @@ def compiled(cfg: HostConfig, ports) -> list:
 
 
 # --- determinism ------------------------------------------------------------------------------
+
 
 def test_same_state_compiles_to_identical_flows_and_cookies():
     cfg = config()
@@ -76,8 +121,8 @@ def test_port_order_does_not_change_the_flows():
 
 # --- the declared pipeline --------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64},
-                                       {"external_gateway_mac": ""}])
+
+@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64}, {"external_gateway_mac": ""}])
 def test_every_flow_stays_inside_its_tables_declaration(overrides):
     for flow in compiled(config(**overrides), [FIP_VM, PAT_VM, *CROWD]):
         check_flow(flow)
@@ -89,8 +134,8 @@ def test_every_declared_table_ends_in_a_priority_0_catch_all():
     # conn_count's catch-all goes on to egress: only new connections are counted.
     assert drops == {t.id for t in TABLES} - {CONN_COUNT}
     [switched] = [f for f in flows if f.table == VM_ROUTE and f.priority == 10]
-    assert switched.actions == (compiler.TO_KEY_IP, Goto(VM_L2))   # switched in the network
-    assert FABRIC_IN not in {f.table for f in host_flows(config())}   # no fabric, no table
+    assert switched.actions == (pipeline.TO_KEY_IP, Goto(VM_L2))  # switched in the network
+    assert FABRIC_IN not in {f.table for f in host_flows(config())}  # no fabric, no table
     assert HANDOFF_IN not in {f.table for f in host_flows(config(**FABRIC))}
 
 
@@ -104,14 +149,20 @@ HOST = owner_cookie(COOKIE_HOST, 0)
 OFF_PIPELINE = [
     ("undeclared table", make_flow(HOST, 99, 0, Match(), [])),
     ("undeclared action", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Output(3)])),
-    ("undeclared match", make_flow(HOST, DELIVER, 10, Match.of(proto="tcp", tp_dst=80),
-                                   [Output(3)])),
+    (
+        "undeclared match",
+        make_flow(HOST, DELIVER, 10, Match.of(proto="tcp", tp_dst=80), [Output(3)]),
+    ),
     ("undeclared goto", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Goto(DELIVER)])),
     ("goto backwards", make_flow(HOST, DELIVER, 10, Match.of(proto="ip"), [Goto(VM_ROUTE)])),
-    ("undeclared ct recirculation", make_flow(HOST, EGRESS, 10, Match.of(proto="ip"),
-                                              [Ct(zone=1, table=DELIVER)])),
-    ("dec_ttl without ip", make_flow(HOST, DELIVER, 10, Match.of(nw_dst="10.0.0.5"),
-                                     [DecTtl(), Output(3)])),
+    (
+        "undeclared ct recirculation",
+        make_flow(HOST, EGRESS, 10, Match.of(proto="ip"), [Ct(zone=1, table=DELIVER)]),
+    ),
+    (
+        "dec_ttl without ip",
+        make_flow(HOST, DELIVER, 10, Match.of(nw_dst="10.0.0.5"), [DecTtl(), Output(3)]),
+    ),
 ]
 
 
@@ -122,6 +173,7 @@ def test_check_flow_rejects_a_flow_outside_the_declaration(flow):
 
 
 # --- one VM's flows are its own ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("port", [FIP_VM, PAT_VM], ids=["fip", "pat"])
 @pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64}])
@@ -138,7 +190,7 @@ def test_removing_a_vm_removes_exactly_its_flows():
     everyone = compiled(cfg, [FIP_VM, PAT_VM, *CROWD])
     removed = compiled(cfg, [PAT_VM, *CROWD])
     assert Counter(everyone) - Counter(removed) == Counter(vm_flows(cfg, FIP_VM))
-    mask = compiler.vm_cookie(FIP_VM, FIP_VM.net(cfg))
+    mask = vmflows.vm_cookie(FIP_VM, FIP_VM.net(cfg))
     assert [f for f in everyone if f.cookie >> 24 != mask >> 24] == removed
 
 
@@ -153,12 +205,13 @@ def test_a_vms_flows_do_not_depend_on_other_vms():
 
 # --- cookies ----------------------------------------------------------------------------------
 
+
 def test_vm_cookies_carry_the_fixed_ip_and_host_cookies_owner_zero():
     cfg = config()
-    for port in [FIP_VM, PAT_VM, *CROWD]:
-        for flow in vm_flows(cfg, port):
+    for vm in [FIP_VM, PAT_VM, *CROWD]:
+        for flow in vm_flows(cfg, vm):
             assert cookie_kind(flow.cookie) == COOKIE_VM
-            assert cookie_owner(flow.cookie) == int(port.fixed_ip)
+            assert cookie_owner(flow.cookie) == int(vm.fixed_ip)
     for flow in host_flows(cfg):
         assert (cookie_kind(flow.cookie), cookie_owner(flow.cookie)) == (COOKIE_HOST, 0)
     for flow in network_flows(cfg, cfg.default_network):
@@ -169,14 +222,15 @@ def test_vlan_networks_vm_cookies_carry_the_vlan_so_equal_fixed_ips_stay_apart()
     cfg = config(**FABRIC)
     a, b = port(11, net=NET_A, ofport=21), port(11, net=NET_B, ofport=31)
     cookies = {p.name: {f.cookie >> 24 for f in vm_flows(cfg, p)} for p in (a, b)}
-    low = int(a.fixed_ip) & 0xFFFFF                      # 10.1.0.11: 0x1000b
-    assert cookies == {a.name: {(COOKIE_VLAN_VM << 32 | 101 << 20 | low)},
-                       b.name: {(COOKIE_VLAN_VM << 32 | 102 << 20 | low)}}
+    low = int(a.fixed_ip) & 0xFFFFF  # 10.1.0.11: 0x1000b
+    assert cookies == {
+        a.name: {(COOKIE_VLAN_VM << 32 | 101 << 20 | low)},
+        b.name: {(COOKIE_VLAN_VM << 32 | 102 << 20 | low)},
+    }
     assert {cookie_owner(f.cookie) for f in network_flows(cfg, a.network)} == {101}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64},
-                                       {"external_gateway_mac": ""}])
+@pytest.mark.parametrize("overrides", [{}, {"pat_ports_per_vm": 64}, {"external_gateway_mac": ""}])
 def test_cookies_are_unique_within_a_hosts_flows(overrides):
     flows = compiled(config(**overrides), [FIP_VM, PAT_VM, *CROWD])
     cookies = [f.cookie for f in flows]
@@ -187,61 +241,71 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 # Current numbers, counted from the compiler; flows/pipeline.md ("Flows per object") records
 # the same numbers, so a change here must show up there too.
 
+
 def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
     assert len(host_flows(cfg)) == 63
-    assert len(host_flows(cfg64)) == 62          # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 63   # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 72   # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
-    assert len(host_flows(config(dhcp="false"))) == 61    # no DHCP punt, no uplink drop
+    assert len(host_flows(cfg64)) == 62  # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 63  # ARP punt replaces egress
+    assert len(host_flows(fabric)) == 72  # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
+    assert len(host_flows(config(dhcp="false"))) == 61  # no DHCP punt, no uplink drop
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
     # Issue 17's budget for the sample config: at most 8 per FIP VM and 3 per PAT VM.
     assert len(vm_flows(cfg, FIP_VM)) == len(vm_flows(cfg64, FIP_VM)) == 8
-    assert len(vm_flows(cfg, FIP_VM, active=False)) == 7     # FIP dark until activation
+    assert len(vm_flows(cfg, FIP_VM, active=False)) == 7  # FIP dark until activation
     assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 3
     assert len(vm_flows(cfg64, PAT_VM)) == 4
-    assert len(vm_flows(fabric, PAT_VM)) == 4    # nobody on the fabric may use its MAC
+    assert len(vm_flows(fabric, PAT_VM)) == 4  # nobody on the fabric may use its MAC
 
 
 # --- FIP: stateless but for fragments ---------------------------------------------------------
 
+
 def test_fip_vm_uses_conntrack_only_for_fragments():
     flows = vm_flows(config(), FIP_VM)
     with_ct = [f for f in flows if any(isinstance(a, Ct) for a in f.actions)]
-    assert len(with_ct) == 2                       # one each way
+    assert len(with_ct) == 2  # one each way
     assert all(f.match.get("nw_frag") == "yes" for f in with_ct)
     assert {a.zone for f in with_ct for a in f.actions if isinstance(a, Ct)} == {65001}
 
 
 def test_fip_vm_rewrites_addresses_both_ways():
     actions = {a for f in vm_flows(config(), FIP_VM) for a in f.actions}
-    assert SetField("ip_dst", "10.0.0.10") in actions                  # in: its own flow
-    assert compiler.Load("reg8", 0xCB00710A) in actions                 # out: its FIP...
-    [out] = [f for f in host_flows(config()) if f.table == compiler.EGRESS and
-             f.match.get("reg5") == compiler.flag(compiler.HAS_FIP)]     # ...for one host flow
-    assert out.actions[:3] == (compiler.Move("reg8", "ip_src"),
-                               compiler.Move("reg8", "eth_src", (0, 31)),
-                               compiler.Load("eth_src", 0x025A, span=(32, 47)))
+    assert SetField("ip_dst", "10.0.0.10") in actions  # in: its own flow
+    assert flowlib.Load("reg8", 0xCB00710A) in actions  # out: its FIP...
+    [out] = [
+        f
+        for f in host_flows(config())
+        if f.table == pipeline.EGRESS and f.match.get("reg5") == pipeline.flag(pipeline.HAS_FIP)
+    ]  # ...for one host flow
+    assert out.actions[:3] == (
+        flowlib.Move("reg8", "ip_src"),
+        flowlib.Move("reg8", "eth_src", (0, 31)),
+        flowlib.Load("eth_src", 0x025A, span=(32, 47)),
+    )
 
 
 # --- PAT --------------------------------------------------------------------------------------
+
 
 def test_pat_vm_commits_its_own_block_with_ports_per_vm():
     cfg = config(pat_ports_per_vm=64)
     commits = [a for f in vm_flows(cfg, PAT_VM) if f.table == PAT_OUT for a in f.actions]
     # 10.0.0.12 is offset 12: 20000 + 12 * 64 = 20768 ... 20768 + 63 = 20831.
-    assert commits == [Ct(zone=65000, table=38, commit=True,
-                          nat=Nat("src", "203.0.113.11", 20768, 20831))]
+    assert commits == [
+        Ct(zone=65000, table=38, commit=True, nat=Nat("src", "203.0.113.11", 20768, 20831))
+    ]
     assert "nat(src=203.0.113.11:20768-20831)" in commits[0].text()
     assert not [f for f in host_flows(cfg) if f.table == PAT_OUT and f.priority == 50]
 
 
 def test_shared_pat_range_is_one_host_flow():
     commits = [f for f in host_flows(config()) if f.table == PAT_OUT and f.priority == 50]
-    assert [f.actions for f in commits] == [(Ct(zone=65000, table=38, commit=True,
-                                               nat=Nat("src", "203.0.113.11", 20000, 29999)),)]
+    assert [f.actions for f in commits] == [
+        (Ct(zone=65000, table=38, commit=True, nat=Nat("src", "203.0.113.11", 20000, 29999)),)
+    ]
     assert not [f for f in vm_flows(config(), PAT_VM) if f.table == PAT_OUT]
 
 
@@ -251,13 +315,19 @@ def test_fip_vm_gets_no_pat_block():
 
 # --- gateway MAC learned by ARP ---------------------------------------------------------------
 
+
 def test_unknown_gateway_mac_means_no_uplink_output_and_the_gateways_arp_is_copied_up():
     cfg = config(external_gateway_mac="")
     flows = compiled(cfg, [FIP_VM, PAT_VM])
     assert not [f for f in flows if Output(cfg.uplink_ofport) in f.actions]
-    [punt] = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)
-              and f.cookie >> 56 == COOKIE_HOST and f.table == CLASSIFY
-              and f.match.get("proto") == "arp"]
+    [punt] = [
+        f
+        for f in flows
+        if any(isinstance(a, Controller) for a in f.actions)
+        and f.cookie >> 56 == COOKIE_HOST
+        and f.table == CLASSIFY
+        and f.match.get("proto") == "arp"
+    ]
     assert punt.table == CLASSIFY and punt.match.get("in_port") == str(cfg.uplink_ofport)
     assert punt.match.get("proto") == "arp" and punt.match.get("arp_spa") == "203.0.113.1"
     # A copy for the controller (only the copy metered, with the uplink's claims), then
@@ -274,29 +344,39 @@ def test_known_gateway_mac_means_uplink_output_and_no_punt():
     # errors to or from the FIP VM (their quoted header needs translating), DHCP requests.
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
 
-    def meter(f):           # each source its own meter: the uplink's never starve the VMs'
+    def meter(f):  # each source its own meter: the uplink's never starve the VMs'
         if f.table == UPLINK_ARP:
             return CLAIM_METER
         if f.match.get("tp_dst") == "67":
             return DHCP_METER
         return UPLINK_METER if f.table in (INGRESS, DELIVER) else PACKET_IN_METER
+
     assert all(f.actions[0] == Meter(meter(f)) for f in punts)
     assert len([f for f in punts if f.match.get("tp_dst") == "67"]) == 1
     watches = sorted(f.match.get("arp_spa") for f in punts if f.table == UPLINK_ARP)
-    assert watches == ["203.0.113.10", "203.0.113.11"]         # the FIP and the SNAT IP
+    assert watches == ["203.0.113.10", "203.0.113.11"]  # the FIP and the SNAT IP
     errors = [f for f in punts if f.match.get("proto") == "icmp"]
-    assert sorted(f.match.get("icmp_type") for f in errors) == ["11", "11", "11", "12", "12",
-                                                                "12", "3", "3", "3"]
+    assert sorted(f.match.get("icmp_type") for f in errors) == [
+        "11",
+        "11",
+        "11",
+        "12",
+        "12",
+        "12",
+        "3",
+        "3",
+        "3",
+    ]
     # ICMP-error punts are host-level: any FIP-translated error (the FIP flag in reg5), and
     # the first fragment of an error arriving in pieces.
     assert all(f.cookie >> 56 == COOKIE_HOST for f in errors)
-    assert {f.match.get("reg5") or f.match.get("nw_frag") for f in errors} == {"0x2/0x2",
-                                                                               "first"}
+    assert {f.match.get("reg5") or f.match.get("nw_frag") for f in errors} == {"0x2/0x2", "first"}
     ttl = [f for f in punts if f.match.get("nw_ttl") == "1"]
-    assert sorted(f.table for f in ttl) == [EGRESS, INGRESS]    # time exceeded, both ways
+    assert sorted(f.table for f in ttl) == [EGRESS, INGRESS]  # time exceeded, both ways
 
 
 # --- networks ----------------------------------------------------------------------------------
+
 
 def test_a_networks_flows_exist_while_it_has_a_vm_here():
     cfg = config(**FABRIC)
@@ -309,29 +389,32 @@ def test_a_networks_flows_exist_while_it_has_a_vm_here():
 def test_fabric_output_is_tagged_with_the_networks_vlan_and_comes_last():
     cfg = config(**FABRIC)
     a = port(11, net=NET_A, ofport=21)
-    to_fabric = [f for f in compiled(cfg, [a]) if Output(cfg.fabric_ofport) in f.actions
-                 and f.match.get("reg6") != "0"]
+    to_fabric = [
+        f
+        for f in compiled(cfg, [a])
+        if Output(cfg.fabric_ofport) in f.actions and f.match.get("reg6") != "0"
+    ]
     assert to_fabric
     for f in to_fabric:
         i = f.actions.index(Output(cfg.fabric_ofport))
         assert f.actions[i - 1] == PushVlan(101) and f.match.get("reg6") == "0x65"
-        assert f.actions[i + 1:i + 2] in ((), (compiler.PopVlan(),))   # the tag goes again
-    default_out = [f for f in compiled(cfg, [PAT_VM])
-                   if Output(cfg.fabric_ofport) in f.actions]
-    assert default_out and not [f for f in default_out
-                                if any(isinstance(x, PushVlan) for x in f.actions)]
+        assert f.actions[i + 1 : i + 2] in ((), (flowlib.PopVlan(),))  # the tag goes again
+    default_out = [f for f in compiled(cfg, [PAT_VM]) if Output(cfg.fabric_ofport) in f.actions]
+    assert default_out and not [
+        f for f in default_out if any(isinstance(x, PushVlan) for x in f.actions)
+    ]
 
 
 def test_routed_traffic_never_goes_to_the_fabric():
     cfg = config(**FABRIC)
     flows = compiled(cfg, [port(11, net=NET_A, ofport=21), FIP_VM])
     [routed] = [f for f in flows if f.table == DELIVER and f.priority == 100]
-    assert compiler.Load("reg5", 1, compiler.ROUTED) in routed.actions
+    assert flowlib.Load("reg5", 1, pipeline.ROUTED) in routed.actions
     for f in flows:
         if f.table == VM_L2 and Output(cfg.fabric_ofport) in f.actions:
-            assert f.match.get("reg5") == "0/0x8"          # only when not routed
+            assert f.match.get("reg5") == "0/0x8"  # only when not routed
         if f.table == VM_ARP and Output(cfg.fabric_ofport) in f.actions:
-            assert f.match.get("reg5") == "0/0x4"          # not back to the fabric
+            assert f.match.get("reg5") == "0/0x4"  # not back to the fabric
 
 
 # --- every packet-in is metered ---------------------------------------------------------------
@@ -345,31 +428,35 @@ def _metered(f) -> bool:
 @pytest.mark.parametrize("copies", ["all", "arp", "none"])
 @pytest.mark.parametrize("overrides", [{}, FABRIC, {"external_gateway_mac": ""}])
 def test_every_packet_in_path_is_metered_pending_fips_and_the_gateways_arp_included(
-        overrides, copies):
+    overrides, copies
+):
     cfg = config(**overrides)
-    flows = host_flows(cfg) + compiler.vm_flows(cfg, FIP_VM, FIP_VM.net(cfg), active=False,
-                                                copies=copies)
+    flows = host_flows(cfg) + vmflows.vm_flows(
+        cfg, FIP_VM, FIP_VM.net(cfg), active=False, copies=copies
+    )
     punts = [f for f in flows if any(isinstance(a, Controller) for a in f.actions)]
-    assert punts and all(_metered(f) for f in punts), [f.text() for f in punts
-                                                       if not _metered(f)]
+    assert punts and all(_metered(f) for f in punts), [f.text() for f in punts if not _metered(f)]
 
 
 def test_a_dark_fip_copies_what_can_still_prove_its_vm_and_nothing_once_heard():
     cfg = config()
 
     def copying(copies):
-        flows = compiler.vm_flows(cfg, FIP_VM, FIP_VM.net(cfg), active=False, copies=copies)
-        return sorted(f.match.get("proto") or "any" for f in flows
-                      if any(isinstance(a, Controller) for a in f.actions)
-                      and f.table == CLASSIFY)
+        flows = vmflows.vm_flows(cfg, FIP_VM, FIP_VM.net(cfg), active=False, copies=copies)
+        return sorted(
+            f.match.get("proto") or "any"
+            for f in flows
+            if any(isinstance(a, Controller) for a in f.actions) and f.table == CLASSIFY
+        )
+
     assert copying("all") == ["any", "arp", "ip"]
-    assert copying("arp") == ["any", "arp"]          # yielded: back on a RARP or GARP only
+    assert copying("arp") == ["any", "arp"]  # yielded: back on a RARP or GARP only
     assert copying("none") == []
 
 
 @pytest.mark.parametrize("kind", ["dhcp", "presence", "rarp", "ttl", "icmp"])
 def test_quarantine_flows_drop_only_that_port_and_fit_the_pipeline(kind):
-    flows = compiler.quarantine_flows(kind, 7)
+    flows = quarantine_flows(kind, 7)
     assert flows and all(f.match.get("in_port") == "7" and f.actions == () for f in flows)
     for f in flows:
         check_flow(f)

@@ -1,15 +1,19 @@
 """Per-VM connection limits in the host controller: which zones the datapath limits, and the
 refused connections per VM as the switch counted them (the lab tests send the flood)."""
 
-from ovsnat.connlimit import Refusals, ZoneLimits
-from ovsnat.pipeline import CONN_VERDICT
+from ovsnat.compile.pipeline import CONN_VERDICT
+from ovsnat.core.connlimit import Refusals
+from ovsnat.core.effects import ZoneLimits
 from tests.hostsim import SimHost, vm_row
 
 
 def refusal_key(sim: SimHost, name: str) -> tuple:
     host = sim.ctl.host
-    return next(k for k in sim.switch.keys()
-                if k[0] == CONN_VERDICT and host.owner_names.get(k[1] >> 24) == name)
+    return next(
+        k
+        for k in sim.switch.flow_keys()
+        if k[0] == CONN_VERDICT and host.owner_names.get(k[1] >> 24) == name
+    )
 
 
 def test_each_vms_refused_connections_are_its_refusal_flows_packet_count():
@@ -40,7 +44,7 @@ def test_without_a_limit_nothing_is_polled():
     before = len(sim.switch.xids)
     sim.advance(3 * Refusals.POLL)
     assert sim.ctl.status(sim.now)["conn_refused"] == {}
-    assert len(sim.switch.xids) == before          # positive control below
+    assert len(sim.switch.xids) == before  # positive control below
     limited = SimHost(conn_limit=10).start()
     limited.plug(vm_row(2))
     before = len(limited.switch.xids)
@@ -51,7 +55,7 @@ def test_without_a_limit_nothing_is_polled():
 def test_a_disconnect_drops_a_poll_in_flight_and_polling_resumes():
     sim = SimHost(conn_limit=10).start()
     sim.plug(vm_row(2))
-    sim.ctl.refusals.xid = 12345                   # asked, never answered
+    sim.ctl.refusals.xid = 12345  # asked, never answered
     sim.deliver(sim.ctl.switch_down(sim.now))
     assert sim.ctl.refusals.xid is None
     sim.connect()
@@ -69,9 +73,9 @@ def test_zone_limits_follow_the_ports():
 def test_a_poll_never_answered_is_given_up_and_polling_goes_on():
     sim = SimHost(conn_limit=10).start()
     sim.plug(vm_row(2))
-    sim.ctl.refusals.xid, sim.ctl.refusals.asked_at = 12345, sim.now   # lost on the way
+    sim.ctl.refusals.xid, sim.ctl.refusals.asked_at = 12345, sim.now  # lost on the way
     sim.switch.packets[refusal_key(sim, "tapvm2")] = 4
     sim.advance(2 * Refusals.POLL)
-    assert sim.ctl.status(sim.now)["conn_refused"] == {}              # still waiting
+    assert sim.ctl.status(sim.now)["conn_refused"] == {}  # still waiting
     sim.advance(2 * Refusals.POLL)
     assert sim.ctl.status(sim.now)["conn_refused"] == {"tapvm2": 4}

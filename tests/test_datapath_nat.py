@@ -9,14 +9,22 @@ sits behind the outside router 203.0.113.1.
 from __future__ import annotations
 
 import pytest
-from scapy.all import ARP, Dot1Q, IP, TCP, UDP, Ether, Raw, rdpcap
+from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, Raw, rdpcap
 
+from ovsnat.compile.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import capture, captured, ping, send_frames, start_server, \
-    tcp_connect, udp_request, wait_captured
-from ovsnat.pipeline import CLASSIFY, EGRESS, INGRESS, PAT_GUARD, PAT_IN
+from ovsnat.lab.traffic import (
+    capture,
+    captured,
+    ping,
+    send_frames,
+    start_server,
+    tcp_connect,
+    udp_request,
+    wait_captured,
+)
 
 FIP1, FIP3, SNAT1, SNAT2 = "203.0.113.10", "203.0.113.12", "203.0.113.11", "203.0.113.21"
 pytestmark = pytest.mark.lab
@@ -27,15 +35,28 @@ def nat(module_lab):
     lab = module_lab
     lab.add_host("hv1")
     lab.add_host("hv2")
-    lab.add_vm("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b",
-               {"ovsnat-fixed-ip": "10.0.0.11", "ovsnat-fip": FIP1})
+    lab.add_vm(
+        "vm1",
+        "hv1",
+        "10.0.0.11",
+        "02:00:0a:00:00:0b",
+        {"ovsnat-fixed-ip": "10.0.0.11", "ovsnat-fip": FIP1},
+    )
     lab.add_vm("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", {"ovsnat-fixed-ip": "10.0.0.12"})
-    lab.add_vm("vm3", "hv1", "10.0.0.13", "02:00:0a:00:00:0d",
-               {"ovsnat-fixed-ip": "10.0.0.13", "ovsnat-fip": FIP3})
+    lab.add_vm(
+        "vm3",
+        "hv1",
+        "10.0.0.13",
+        "02:00:0a:00:00:0d",
+        {"ovsnat-fixed-ip": "10.0.0.13", "ovsnat-fip": FIP3},
+    )
     lab.add_vm("vm4", "hv2", "10.0.0.14", "02:00:0a:00:00:0e", {"ovsnat-fixed-ip": "10.0.0.14"})
     scenario.program_with_ofctl(lab, "hv1", scenario.host_config(lab, "hv1", SNAT1))
-    scenario.program_with_ofctl(lab, "hv2", scenario.host_config(
-        lab, "hv2", SNAT2, snat_port_min=20000, snat_port_max=20003))
+    scenario.program_with_ofctl(
+        lab,
+        "hv2",
+        scenario.host_config(lab, "hv2", SNAT2, snat_port_min=20000, snat_port_max=20003),
+    )
     for proto in ("tcp", "udp"):
         start_server(lab, f"srv-{proto}", lab.srv_ns, proto, 8080)
         for vm in ("vm1", "vm2", "vm3"):
@@ -51,7 +72,7 @@ def vm(lab, name):
 def test_outside_reaches_vm1_through_its_fip(nat):
     assert ping(nat.srv_ns, FIP1).received == 3
     reply = tcp_connect(nat, nat.srv_ns, FIP1, 7000)
-    assert reply.ok and reply.peer_ip == SERVER_IP, reply.line     # vm1 sees the real client
+    assert reply.ok and reply.peer_ip == SERVER_IP, reply.line  # vm1 sees the real client
     reply = udp_request(nat, nat.srv_ns, FIP1, 7000)
     assert reply.ok and reply.peer_ip == SERVER_IP, reply.line
 
@@ -68,7 +89,7 @@ def test_arp_for_a_fip_is_answered_on_the_uplink_with_the_fips_own_mac(nat):
     assert ping(nat.out_ns, FIP1, count=1).received == 1
     neigh = run(["ip", "-n", nat.out_ns, "neigh", "show", FIP1]).stdout
     assert "02:5a:cb:00:71:0a" in neigh, neigh
-    assert ping(nat.out_ns, SNAT1, count=1).received == 0   # nothing answers ICMP on SNAT IP
+    assert ping(nat.out_ns, SNAT1, count=1).received == 0  # nothing answers ICMP on SNAT IP
     neigh = run(["ip", "-n", nat.out_ns, "neigh", "show", SNAT1]).stdout
     assert "02:5a:cb:00:71:0b" in neigh, neigh
 
@@ -79,14 +100,19 @@ def test_arp_for_a_fip_from_a_vm_is_not_answered(nat):
     its own gateway entry meanwhile)."""
     vm2 = vm(nat, "vm2")
     request = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst=FIP1)
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst=FIP1
+    )
     control = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.1")
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.1"
+    )
     with capture(nat, "arp-vm2", vm2.ns, "eth0", "arp") as pcap:
         send_frames(nat, vm2.ns, [bytes(request)], count=3)
         send_frames(nat, vm2.ns, [bytes(control)])
-        wait_captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and
-                      p[ARP].psrc == "10.0.0.1", what="the gateway's ARP reply (control)")
+        wait_captured(
+            pcap,
+            lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == "10.0.0.1",
+            what="the gateway's ARP reply (control)",
+        )
     replies = captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == FIP1)
     assert replies == []
 
@@ -125,8 +151,10 @@ def test_inbound_to_a_vm_without_fip_is_dropped(nat):
             before = scenario.flow_packets(nat, "hv1", INGRESS, "priority=0 ")
             assert ping(nat.out_ns, vm(nat, "vm2").ip, count=2, wait=0.5).received == 0
             assert not tcp_connect(nat, nat.out_ns, vm(nat, "vm2").ip, 7000, timeout=1).ok
-            assert scenario.counter_reaches(nat, "hv1", INGRESS, before + 3, "priority=0 ") \
-                >= before + 3, via
+            assert (
+                scenario.counter_reaches(nat, "hv1", INGRESS, before + 3, "priority=0 ")
+                >= before + 3
+            ), via
         finally:
             run(["ip", "-n", nat.out_ns, "route", "del", "10.0.0.0/24"])
 
@@ -152,41 +180,74 @@ def _outside_sees(nat, name, frames, src_ns, control: bytes, bpf="udp port 9999"
     with capture(nat, name, nat.srv_ns, "eth0", bpf) as pcap:
         send_frames(nat, src_ns, frames, count=3)
         send_frames(nat, src_ns, [control])
-        wait_captured(pcap, lambda p: _payload(p) == b"control-" + name.encode(),
-                      what="the control frame at the server")
+        wait_captured(
+            pcap,
+            lambda p: _payload(p) == b"control-" + name.encode(),
+            what="the control frame at the server",
+        )
     return rdpcap(pcap)
 
 
 def _control(vm, name: str) -> bytes:
-    return bytes(Ether(src=vm.mac, dst=scenario.ROUTER_MAC) / IP(src=vm.ip, dst=SERVER_IP) /
-                 UDP(sport=4449, dport=9999) / f"control-{name}".encode())
+    return bytes(
+        Ether(src=vm.mac, dst=scenario.ROUTER_MAC)
+        / IP(src=vm.ip, dst=SERVER_IP)
+        / UDP(sport=4449, dport=9999)
+        / f"control-{name}".encode()
+    )
 
 
 def test_spoofed_source_ip_or_mac_from_a_vm_is_dropped(nat):
     vm2 = vm(nat, "vm2")
-    good = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src=vm2.ip, dst=SERVER_IP) / \
-        UDP(sport=4444, dport=9999) / b"ok"
-    spoof_ip = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src="10.0.0.11", dst=SERVER_IP) \
-        / UDP(sport=4445, dport=9999) / b"spoof-ip"
-    spoof_mac = Ether(src="02:00:0a:00:00:0b", dst=scenario.ROUTER_MAC) / \
-        IP(src=vm2.ip, dst=SERVER_IP) / UDP(sport=4446, dport=9999) / b"spoof-mac"
-    fip_src = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / IP(src=FIP1, dst=SERVER_IP) / \
-        UDP(sport=4447, dport=9999) / b"spoof-fip"
-    seen = _outside_sees(nat, "spoof", [bytes(f) for f in (good, spoof_ip, spoof_mac, fip_src)],
-                         vm2.ns, _control(vm2, "spoof"))
+    good = (
+        Ether(src=vm2.mac, dst=scenario.ROUTER_MAC)
+        / IP(src=vm2.ip, dst=SERVER_IP)
+        / UDP(sport=4444, dport=9999)
+        / b"ok"
+    )
+    spoof_ip = (
+        Ether(src=vm2.mac, dst=scenario.ROUTER_MAC)
+        / IP(src="10.0.0.11", dst=SERVER_IP)
+        / UDP(sport=4445, dport=9999)
+        / b"spoof-ip"
+    )
+    spoof_mac = (
+        Ether(src="02:00:0a:00:00:0b", dst=scenario.ROUTER_MAC)
+        / IP(src=vm2.ip, dst=SERVER_IP)
+        / UDP(sport=4446, dport=9999)
+        / b"spoof-mac"
+    )
+    fip_src = (
+        Ether(src=vm2.mac, dst=scenario.ROUTER_MAC)
+        / IP(src=FIP1, dst=SERVER_IP)
+        / UDP(sport=4447, dport=9999)
+        / b"spoof-fip"
+    )
+    seen = _outside_sees(
+        nat,
+        "spoof",
+        [bytes(f) for f in (good, spoof_ip, spoof_mac, fip_src)],
+        vm2.ns,
+        _control(vm2, "spoof"),
+    )
     assert [p.summary() for p in seen if _payload(p).startswith(b"spoof")] == []
     good_seen = [p for p in seen if _payload(p) == b"ok"]
-    assert len(good_seen) == 3, [p.summary() for p in seen]      # all 3 copies of `good`
+    assert len(good_seen) == 3, [p.summary() for p in seen]  # all 3 copies of `good`
     sports = {p[UDP].sport for p in good_seen}
-    assert sports <= set(range(20000, 30000)), sports               # translated by PAT
+    assert sports <= set(range(20000, 30000)), sports  # translated by PAT
 
 
 def test_vlan_tagged_frame_from_a_vm_is_dropped(nat):
     """The tagged frames never get out (the untagged control sent after them does), and
     classify's default drop counted at least them (other traffic may add to it)."""
     vm2 = vm(nat, "vm2")
-    tagged = Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) / Dot1Q(vlan=5) / \
-        IP(src=vm2.ip, dst=SERVER_IP) / UDP(sport=4450, dport=9999) / b"tagged"
+    tagged = (
+        Ether(src=vm2.mac, dst=scenario.ROUTER_MAC)
+        / Dot1Q(vlan=5)
+        / IP(src=vm2.ip, dst=SERVER_IP)
+        / UDP(sport=4450, dport=9999)
+        / b"tagged"
+    )
     before = scenario.flow_packets(nat, "hv1", CLASSIFY, "priority=0 ")
     seen = _outside_sees(nat, "vlan", [bytes(tagged)], vm2.ns, _control(vm2, "vlan"))
     assert [p.summary() for p in seen if _payload(p) == b"tagged"] == []
@@ -200,22 +261,31 @@ def test_vm_traffic_the_host_does_not_serve_is_dropped_and_counted(nat):
     have counted at least these frames; a normal request sent after them is the positive
     control that the capture saw everything sent before it."""
     vm2 = vm(nat, "vm2")
-    frames = {"nw_dst=224.0.0.0/4": Ether(src=vm2.mac, dst="01:00:5e:00:00:fb") /
-              IP(src=vm2.ip, dst="224.0.0.251") / UDP(sport=5353, dport=5353),
-              "nw_dst=169.254.169.254": Ether(src=vm2.mac, dst=scenario.ROUTER_MAC) /
-              IP(src=vm2.ip, dst="169.254.169.254") / UDP(sport=5000, dport=80)}
-    before = {m: scenario.flow_packets(nat, "hv1", CLASSIFY, "priority=400", m)
-              for m in frames}
+    frames = {
+        "nw_dst=224.0.0.0/4": Ether(src=vm2.mac, dst="01:00:5e:00:00:fb")
+        / IP(src=vm2.ip, dst="224.0.0.251")
+        / UDP(sport=5353, dport=5353),
+        "nw_dst=169.254.169.254": Ether(src=vm2.mac, dst=scenario.ROUTER_MAC)
+        / IP(src=vm2.ip, dst="169.254.169.254")
+        / UDP(sport=5000, dport=80),
+    }
+    before = {m: scenario.flow_packets(nat, "hv1", CLASSIFY, "priority=400", m) for m in frames}
     with capture(nat, "not-served", nat.ext_ns, "hv1", "udp") as pcap:
         send_frames(nat, vm2.ns, [bytes(f) for f in frames.values()])
         assert udp_request(nat, vm2.ns, SERVER_IP, 8080).peer_ip == SNAT1
-        wait_for(lambda: any(IP in p and p[IP].dst == SERVER_IP for p in rdpcap(pcap)), 5,
-                 what="the positive control in the capture")
+        wait_for(
+            lambda: any(IP in p and p[IP].dst == SERVER_IP for p in rdpcap(pcap)),
+            5,
+            what="the positive control in the capture",
+        )
     for match, count in before.items():
-        assert scenario.counter_reaches(nat, "hv1", CLASSIFY, count + 1, "priority=400",
-                                        match) >= count + 1, match
-    assert not [p for p in rdpcap(pcap) if IP in p and
-                p[IP].dst in ("224.0.0.251", "169.254.169.254")]
+        assert (
+            scenario.counter_reaches(nat, "hv1", CLASSIFY, count + 1, "priority=400", match)
+            >= count + 1
+        ), match
+    assert not [
+        p for p in rdpcap(pcap) if IP in p and p[IP].dst in ("224.0.0.251", "169.254.169.254")
+    ]
 
 
 # --- east-west and hairpin -----------------------------------------------------------------
@@ -232,22 +302,32 @@ def test_vm_answers_arp_only_for_itself_claiming_another_ip_is_dropped(nat):
     """Positive control: vm2's honest request for vm3, sent after the claims, reaches vm3."""
     vm2 = vm(nat, "vm2")
     claim = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=2, hwsrc=vm2.mac, psrc="10.0.0.11", pdst="10.0.0.13", hwdst="ff:ff:ff:ff:ff:ff")
+        op=2, hwsrc=vm2.mac, psrc="10.0.0.11", pdst="10.0.0.13", hwdst="ff:ff:ff:ff:ff:ff"
+    )
     control = Ether(src=vm2.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.13")
+        op=1, hwsrc=vm2.mac, psrc=vm2.ip, pdst="10.0.0.13"
+    )
     with capture(nat, "arp-claim", vm(nat, "vm3").ns, "eth0", "arp") as pcap:
         send_frames(nat, vm2.ns, [bytes(claim)], count=2)
         send_frames(nat, vm2.ns, [bytes(control)])
-        wait_captured(pcap, lambda p: ARP in p and p[ARP].op == 1 and p[ARP].psrc == vm2.ip
-                      and p[ARP].pdst == "10.0.0.13", what="vm2's request at vm3 (control)")
+        wait_captured(
+            pcap,
+            lambda p: (
+                ARP in p and p[ARP].op == 1 and p[ARP].psrc == vm2.ip and p[ARP].pdst == "10.0.0.13"
+            ),
+            what="vm2's request at vm3 (control)",
+        )
     assert captured(pcap, lambda p: ARP in p and p[ARP].psrc == "10.0.0.11") == []
 
 
-@pytest.mark.parametrize("client,fip,seen_as", [
-    ("vm1", FIP1, FIP1),        # a FIP VM to its own FIP
-    ("vm3", FIP1, FIP3),        # a FIP VM to another local VM's FIP
-    ("vm2", FIP1, SNAT1),       # a PAT VM to a local FIP: its source is translated too
-])
+@pytest.mark.parametrize(
+    "client,fip,seen_as",
+    [
+        ("vm1", FIP1, FIP1),  # a FIP VM to its own FIP
+        ("vm3", FIP1, FIP3),  # a FIP VM to another local VM's FIP
+        ("vm2", FIP1, SNAT1),  # a PAT VM to a local FIP: its source is translated too
+    ],
+)
 def test_hairpin_to_a_local_fip(nat, client, fip, seen_as):
     for proto in (tcp_connect, udp_request):
         reply = proto(nat, vm(nat, client).ns, fip, 7000)
@@ -300,8 +380,11 @@ def test_exhausted_pat_range_fails_new_connections_and_never_leaks_a_private_sou
     leaked = [p for p in rdpcap(pcap) if IP in p and p[IP].src.startswith("10.")]
     assert leaked == [], leaked[:3]
     # Positive control: the capture saw the 4 translated sessions go out.
-    assert {p[TCP].sport for p in rdpcap(pcap) if TCP in p and p[IP].src == SNAT2
-            and p[IP].dst == SERVER_IP} == {20000, 20001, 20002, 20003}
+    assert {
+        p[TCP].sport
+        for p in rdpcap(pcap)
+        if TCP in p and p[IP].src == SNAT2 and p[IP].dst == SERVER_IP
+    } == {20000, 20001, 20002, 20003}
     assert scenario.counter_reaches(nat, "hv2", PAT_GUARD, guard + 1, "priority=0") > guard
 
 

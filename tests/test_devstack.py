@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ovsnat.model import HostConfig
-from ovsnat.options import BY_NAME, read_ini
+from ovsnat.model.options import BY_NAME, read_ini
 from tests.devstack_harness import DEVSTACK, REPO, SNAT_IP, Devstack, devstack, index, named, \
     q
 

@@ -8,39 +8,62 @@ import struct
 
 import pytest
 
-from ovsnat import dhcp, golden, punts
-from ovsnat import framework as fw
-from ovsnat.compiler import DHCP_METER, compile_state
-from ovsnat.flows import COOKIE_QUARANTINE, cookie_kind
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.flows import COOKIE_QUARANTINE, cookie_kind
+from ovsnat.compile.punt_flows import DHCP_METER
+from ovsnat.core import dhcp, punts
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, PortError, VmPort
-from ovsnat.state import build_state
+from ovsnat.runtime import framework as fw
 from tests.hostsim import SimHost, vm_row
 
 ROUTER = "02:00:00:00:00:01"
-OPTS = dict(dhcp_dns="198.51.100.53,198.51.100.54", dhcp_domain="lab.example",
-            dhcp_lease_time="600")
+OPTS = dict(
+    dhcp_dns="198.51.100.53,198.51.100.54", dhcp_domain="lab.example", dhcp_lease_time="600"
+)
 
 
 def mac(n: int) -> str:
     return f"02:00:0a:00:00:{n:02x}"
 
 
-def client(kind: int, chaddr: str, *, requested: str | None = None, server: str | None = None,
-           ciaddr: str = "0.0.0.0", broadcast: bool = True, xid: int = 0x1234) -> bytes:
+def client(
+    kind: int,
+    chaddr: str,
+    *,
+    requested: str | None = None,
+    server: str | None = None,
+    ciaddr: str = "0.0.0.0",
+    broadcast: bool = True,
+    xid: int = 0x1234,
+) -> bytes:
     """A client message as a real client sends it (udhcpc: broadcast until bound)."""
     opts = [fw.dhcp.option(dhcp.OPT_TYPE, bytes([kind]))]
     if requested:
         opts.append(fw.dhcp.option(dhcp.OPT_REQUESTED, _ip(requested)))
     if server:
         opts.append(fw.dhcp.option(dhcp.OPT_SERVER, _ip(server)))
-    body = fw.dhcp.dhcp(op=1, chaddr=chaddr, xid=xid, hlen=6, ciaddr=ciaddr,
-                        flags=0x8000 if broadcast else 0,
-                        options=fw.dhcp.options(option_list=opts))
+    body = fw.dhcp.dhcp(
+        op=1,
+        chaddr=chaddr,
+        xid=xid,
+        hlen=6,
+        ciaddr=ciaddr,
+        flags=0x8000 if broadcast else 0,
+        options=fw.dhcp.options(option_list=opts),
+    )
     pkt = fw.packet.Packet()
-    pkt.add_protocol(fw.ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff" if ciaddr == "0.0.0.0"
-                                          else ROUTER, src=chaddr, ethertype=0x0800))
-    pkt.add_protocol(fw.ipv4.ipv4(src=ciaddr, dst="255.255.255.255" if ciaddr == "0.0.0.0"
-                                  else "10.0.0.1", proto=17))
+    pkt.add_protocol(
+        fw.ethernet.ethernet(
+            dst="ff:ff:ff:ff:ff:ff" if ciaddr == "0.0.0.0" else ROUTER, src=chaddr, ethertype=0x0800
+        )
+    )
+    pkt.add_protocol(
+        fw.ipv4.ipv4(
+            src=ciaddr, dst="255.255.255.255" if ciaddr == "0.0.0.0" else "10.0.0.1", proto=17
+        )
+    )
     pkt.add_protocol(fw.udp.udp(src_port=68, dst_port=67))
     pkt.add_protocol(body)
     pkt.serialize()
@@ -81,7 +104,7 @@ def test_discover_gets_an_offer_of_the_fixed_ip_with_gateway_dns_and_lease(host)
     assert opts[dhcp.OPT_DOMAIN] == b"lab.example"
     assert struct.unpack("!I", opts[dhcp.OPT_LEASE]) == (600,)
     assert struct.unpack("!H", opts[dhcp.OPT_MTU]) == (1500,)
-    assert (ip.src, ip.dst) == ("10.0.0.1", "255.255.255.255")   # the client asked broadcast
+    assert (ip.src, ip.dst) == ("10.0.0.1", "255.255.255.255")  # the client asked broadcast
 
 
 def test_request_is_acked_and_the_lease_shows_in_status(host):
@@ -103,13 +126,13 @@ def test_a_client_asking_for_another_vms_address_is_refused(host):
 
 
 def test_a_request_for_another_mac_or_from_an_unserved_port_gets_nothing(host):
-    host.from_vm(5, client(dhcp.DISCOVER, mac(6)))            # vm5 asks with vm6's MAC
-    host.from_vm(9, client(dhcp.DISCOVER, mac(9)))            # no ovsnat port there
+    host.from_vm(5, client(dhcp.DISCOVER, mac(6)))  # vm5 asks with vm6's MAC
+    host.from_vm(9, client(dhcp.DISCOVER, mac(9)))  # no ovsnat port there
     host.plug(vm_row(7, **{"ovsnat-dhcp": "off"}))
-    host.from_vm(7, client(dhcp.DISCOVER, mac(7)))            # opted out
+    host.from_vm(7, client(dhcp.DISCOVER, mac(7)))  # opted out
     assert not host.switch.packet_outs
     assert host.ctl.stats.counts["dhcp_refused"] == 3
-    host.from_vm(6, client(dhcp.DISCOVER, mac(6)))            # positive control
+    host.from_vm(6, client(dhcp.DISCOVER, mac(6)))  # positive control
     assert len(answers(host, 6)) == 1
 
 
@@ -146,19 +169,32 @@ def test_a_flooding_port_is_quarantined_at_the_switch_and_others_are_still_serve
     assert host.ctl.status(host.now)["packet_in_drops"]["over_share"] == 100 - burst
     host.from_vm(6, client(dhcp.DISCOVER, mac(6)))
     assert len(answers(host, 6)) == 1
-    host.advance(punts.QUARANTINE_S + 1)                        # the quarantine is over
+    host.advance(punts.QUARANTINE_S + 1)  # the quarantine is over
     host.from_vm(5, client(dhcp.DISCOVER, mac(5)))
     assert len(answers(host, 5)) == burst + 1
 
 
 def test_port_values_win_and_vlan_networks_on_a_fabric_get_a_smaller_mtu():
     h = SimHost(fabric_port="fabric", fabric_ofport="2", **OPTS).start()
-    net = {"ovsnat-network": "blue", "ovsnat-cidr": "10.1.0.0/24",
-           "ovsnat-gateway": "10.1.0.1", "ovsnat-vlan": "101"}
-    h.plug(vm_row(5, **{**net, "ovsnat-fixed-ip": "10.1.0.5"}),
-           vm_row(6, **{**net, "ovsnat-fixed-ip": "10.1.0.6", "ovsnat-mtu": "1450",
-                        "ovsnat-dns": "198.51.100.99", "ovsnat-routes":
-                        "198.51.100.0/24>10.1.0.254,10.9.0.0/16>10.1.0.253"}))
+    net = {
+        "ovsnat-network": "blue",
+        "ovsnat-cidr": "10.1.0.0/24",
+        "ovsnat-gateway": "10.1.0.1",
+        "ovsnat-vlan": "101",
+    }
+    h.plug(
+        vm_row(5, **{**net, "ovsnat-fixed-ip": "10.1.0.5"}),
+        vm_row(
+            6,
+            **{
+                **net,
+                "ovsnat-fixed-ip": "10.1.0.6",
+                "ovsnat-mtu": "1450",
+                "ovsnat-dns": "198.51.100.99",
+                "ovsnat-routes": "198.51.100.0/24>10.1.0.254,10.9.0.0/16>10.1.0.253",
+            },
+        ),
+    )
     h.from_vm(5, client(dhcp.DISCOVER, mac(5)))
     h.from_vm(6, client(dhcp.DISCOVER, mac(6)))
     [(_, _, five)], [(_, _, six)] = answers(h, 5), answers(h, 6)
@@ -168,9 +204,14 @@ def test_port_values_win_and_vlan_networks_on_a_fabric_get_a_smaller_mtu():
     assert six[dhcp.OPT_DNS] == _ip("198.51.100.99")
     # RFC 3442: the default route first (a client then ignores option 3), each destination
     # as its significant octets.
-    assert six[dhcp.OPT_ROUTES] == (bytes([0]) + _ip("10.1.0.1") +
-                                    bytes([24, 198, 51, 100]) + _ip("10.1.0.254") +
-                                    bytes([16, 10, 9]) + _ip("10.1.0.253"))
+    assert six[dhcp.OPT_ROUTES] == (
+        bytes([0])
+        + _ip("10.1.0.1")
+        + bytes([24, 198, 51, 100])
+        + _ip("10.1.0.254")
+        + bytes([16, 10, 9])
+        + _ip("10.1.0.253")
+    )
 
 
 def test_a_pending_fip_vms_dhcp_request_proves_it_is_here():
@@ -178,19 +219,22 @@ def test_a_pending_fip_vms_dhcp_request_proves_it_is_here():
     h.plug(vm_row(5, fip="203.0.113.50"))
     assert not h.fip_live("203.0.113.50")
     h.from_vm(5, client(dhcp.DISCOVER, mac(5)))
-    h.advance(0.2)                       # the FIP settles, as at any first frame
+    h.advance(0.2)  # the FIP settles, as at any first frame
     assert h.fip_live("203.0.113.50") and len(answers(h, 5)) == 1
 
 
-@pytest.mark.parametrize("key, value, reason", [
-    ("ovsnat-dns", "198.51.100.1,nope", "is not an IPv4 address"),
-    ("ovsnat-mtu", "100", "is not an MTU"),
-    ("ovsnat-routes", "10.9.0.0/16", "is not cidr>nexthop"),
-    ("ovsnat-routes", "10.9.0.1/16>10.0.0.254", "is not an IPv4 CIDR without host bits"),
-    ("ovsnat-routes", "10.9.0.0/16>10.5.0.254", "next hop is not on the port's network"),
-    ("ovsnat-domain", "bad domain", "is not a DNS domain name"),
-    ("ovsnat-dhcp", "maybe", "is not on or off"),
-])
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("ovsnat-dns", "198.51.100.1,nope", "is not an IPv4 address"),
+        ("ovsnat-mtu", "100", "is not an MTU"),
+        ("ovsnat-routes", "10.9.0.0/16", "is not cidr>nexthop"),
+        ("ovsnat-routes", "10.9.0.1/16>10.0.0.254", "is not an IPv4 CIDR without host bits"),
+        ("ovsnat-routes", "10.9.0.0/16>10.5.0.254", "next hop is not on the port's network"),
+        ("ovsnat-domain", "bad domain", "is not a DNS domain name"),
+        ("ovsnat-dhcp", "maybe", "is not on or off"),
+    ],
+)
 def test_bad_port_values_reject_that_port_with_the_key_named(key, value, reason):
     cfg = HostConfig.parse({**golden.BASE, **OPTS})
     ids = {**vm_row(5).external_ids, key: value}
@@ -201,12 +245,11 @@ def test_bad_port_values_reject_that_port_with_the_key_named(key, value, reason)
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_dhcp_requests_reach_the_controller_only_from_vm_ports(enabled):
-    cfg = HostConfig.parse({**golden.BASE, **OPTS,
-                            "dhcp": str(enabled).lower()})
+    cfg = HostConfig.parse({**golden.BASE, **OPTS, "dhcp": str(enabled).lower()})
     flows = compile_state(build_state(cfg, []))
-    punts = [f for f in flows if any(getattr(a, "meter_id", 0) == DHCP_METER
-                                     for a in f.actions)]
+    punts = [f for f in flows if any(getattr(a, "meter_id", 0) == DHCP_METER for a in f.actions)]
     assert len(punts) == (1 if enabled else 0)
     texts = [f.body() for f in flows]
-    assert any("in_port=1" in t and "tp_src=68" in t and "actions=drop" in t for t in texts) \
-        == enabled
+    assert (
+        any("in_port=1" in t and "tp_src=68" in t and "actions=drop" in t for t in texts) == enabled
+    )

@@ -12,17 +12,21 @@ from hypothesis import strategies as st
 from ovsnat.ovsdb.fastjson import Framer
 
 TRICKY = [
-    {"id": 1, "result": {"Interface": {"u1": {"initial": {"name": "p0", "ofport": 5}}}},
-     "error": None},
+    {
+        "id": 1,
+        "result": {"Interface": {"u1": {"initial": {"name": "p0", "ofport": 5}}}},
+        "error": None,
+    },
     {"method": "update2", "params": ["ovsnat", {"x": {"k": "}{ ] [ {{"}}], "id": None},
-    {"id": "echo", "result": ["quote \" and \\ and \\\" }{", "é ü 字 🙂"], "error": None},
+    {"id": "echo", "result": ['quote " and \\ and \\" }{', "é ü 字 🙂"], "error": None},
     {"id": 3, "result": [[], {}, [{}], {"a": []}], "error": None},
 ]
 
 
 def stream(messages: list, sep: str = "") -> bytes:
-    return sep.join(json.dumps(m, ensure_ascii=False, separators=(",", ":"))
-                    for m in messages).encode("utf-8")
+    return sep.join(
+        json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in messages
+    ).encode("utf-8")
 
 
 def decode_in_pieces(data: bytes, cuts: list[int]) -> list:
@@ -44,9 +48,9 @@ def test_a_message_is_handed_over_as_soon_as_its_last_byte_arrives():
     data = stream(TRICKY[:2])
     first_end = len(stream(TRICKY[:1]))
     framer = Framer()
-    framer.feed(data[:first_end - 1])
+    framer.feed(data[: first_end - 1])
     assert framer.values() == []
-    framer.feed(data[first_end - 1:first_end])
+    framer.feed(data[first_end - 1 : first_end])
     assert framer.values() == TRICKY[:1]
     framer.feed(data[first_end:])
     assert framer.values() == TRICKY[1:2]
@@ -64,17 +68,26 @@ def test_bytes_that_are_not_json_raise():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(
-        codec="utf-8", exclude_categories=("Cs",)), max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=4),
-    max_leaves=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4),
-                min_size=1, max_size=4),
-       st.lists(st.integers(min_value=1, max_value=400), max_size=6))
+@given(
+    st.lists(
+        st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+)
 def test_any_objects_cut_anywhere_decode_to_themselves(messages, cuts):
     data = stream(messages)
     assert decode_in_pieces(data, [c for c in cuts if c < len(data)]) == messages

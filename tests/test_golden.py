@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat import golden
+from ovsnat.cli import golden
 from ovsnat.lab import scenario
 
 
@@ -27,15 +27,19 @@ def test_pipeline_md_tables_match_the_declared_pipeline():
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("name", ["hairpin", "per-vm-pat-blocks", "gateway-by-arp", "networks",
-                                  "handoff", "conn-limit"])
+@pytest.mark.parametrize(
+    "name", ["hairpin", "per-vm-pat-blocks", "gateway-by-arp", "networks", "handoff", "conn-limit"]
+)
 def test_ovs_accepts_golden_flows_and_dumps_them_identically(make_lab, name):
     lab = make_lab()
     host = lab.add_host("hv1")
     text = golden.render(name)
     scenario.install_meters(host)
     host.ofctl("--bundle", "add-flows", "br-int", "-", input=text)
-    dumped = {line.strip() for line in host.ofctl("dump-flows", "br-int", "--no-stats")
-              .splitlines() if "priority=" in line}
+    dumped = {
+        line.strip()
+        for line in host.ofctl("dump-flows", "br-int", "--no-stats").splitlines()
+        if "priority=" in line
+    }
     rendered = {line for line in text.splitlines() if not line.startswith("#")}
     assert dumped == rendered

@@ -1,5 +1,5 @@
 """The moonshot, with real packets: outbound PAT sessions survive a live migration with no
-state copied between hosts (ovsnat.handoff, docs/handoff.md).
+state copied between hosts (ovsnat.core.handoff, docs/handoff.md).
 
 Lab: three hypervisors on one fabric, every controller with handoff_vlan 4000. Each test
 boots its own PAT VM on hv1 and removes it at the end. A sending session (an echo every
@@ -23,8 +23,16 @@ from ovsnat.lab import scenario
 from ovsnat.lab.fabric import TENANT_A
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import Background, background_tcp, capture, captured, \
-    send_frames, start_server, tcp_connect, tcp_established
+from ovsnat.lab.traffic import (
+    Background,
+    background_tcp,
+    capture,
+    captured,
+    send_frames,
+    start_server,
+    tcp_connect,
+    tcp_established,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -39,10 +47,11 @@ def hosts(module_lab):
     for host in SNAT:
         lab.add_host(host, fabric=True)
     for host, snat in SNAT.items():
-        scenario.start_controller(lab, host, snat, fabric_port="fabric", handoff_vlan=VLAN,
-                                  handoff_grace=GRACE)
-    for host in SNAT:              # a VM moved to a host whose controller is still starting
-        scenario.wait_in_sync(lab, host)       # would measure the start, not the handoff
+        scenario.start_controller(
+            lab, host, snat, fabric_port="fabric", handoff_vlan=VLAN, handoff_grace=GRACE
+        )
+    for host in SNAT:  # a VM moved to a host whose controller is still starting
+        scenario.wait_in_sync(lab, host)  # would measure the start, not the handoff
     start_server(lab, "srv-tcp", lab.srv_ns, "tcp", 8080)
     start_server(lab, "srv-push", lab.srv_ns, "tcp-push", 9090)
     return lab
@@ -54,10 +63,19 @@ def vm(hosts, request):
     n = next(NUMBERS)
     net = TENANT_A if getattr(request, "param", None) == "vlan" else None
     ip = f"10.{1 if net else 0}.0.{n}"
-    v = hosts.add_vm(f"m{n}", "hv1", ip, f"02:00:0a:0{1 if net else 0}:01:{n:02x}",
-                     {"ovsnat-fixed-ip": ip}, net=net)
-    wait_for(lambda: tcp_connect(hosts, v.ns, SERVER_IP, 8080, timeout=0.5).ok, 10,
-             what=f"{v.name} to reach the server")
+    v = hosts.add_vm(
+        f"m{n}",
+        "hv1",
+        ip,
+        f"02:00:0a:0{1 if net else 0}:01:{n:02x}",
+        {"ovsnat-fixed-ip": ip},
+        net=net,
+    )
+    wait_for(
+        lambda: tcp_connect(hosts, v.ns, SERVER_IP, 8080, timeout=0.5).ok,
+        10,
+        what=f"{v.name} to reach the server",
+    )
     yield v
     hosts.remove_vm(v)
 
@@ -66,8 +84,11 @@ def handoff_flows(lab, host: str, vm) -> list[str]:
     """The host's flows of the VM's handoff: its departure flows (cookie 0xa6/0xa7) or its
     arrival flow (handoff_in for its address)."""
     out = lab.hosts[host].ofctl("dump-flows", "br-int")
-    return [line for line in out.splitlines() if re.search(r"cookie=0xa[67]", line)
-            or ("table=25" in line and vm.ip in line)]
+    return [
+        line
+        for line in out.splitlines()
+        if re.search(r"cookie=0xa[67]", line) or ("table=25" in line and vm.ip in line)
+    ]
 
 
 def longest(out: str, key: str) -> float:
@@ -89,8 +110,19 @@ def test_a_sending_session_survives_a_migration_with_under_1s_gap(hosts, vm):
 
 
 def test_a_receive_only_session_survives_a_migration(hosts, vm):
-    sink = Background([hosts.python()[0], "-m", "ovsnat.lab.peer", "tcp-sink-client",
-                       SERVER_IP, "9090", "--hold", "6"], vm.ns)
+    sink = Background(
+        [
+            hosts.python()[0],
+            "-m",
+            "ovsnat.lab.peer",
+            "tcp-sink-client",
+            SERVER_IP,
+            "9090",
+            "--hold",
+            "6",
+        ],
+        vm.ns,
+    )
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 9090), 5, what="the session")
     hosts.move_vm(vm, "hv2")
     out = sink.result()
@@ -104,15 +136,30 @@ def test_handoff_flows_go_when_the_sessions_end_and_after_the_grace_period(hosts
     hosts.move_vm(vm, "hv2")
     wait_for(lambda: handoff_flows(hosts, "hv1", vm), 5, what="hv1's departure flows")
     assert handoff_flows(hosts, "hv2", vm), "hv2 has no arrival flow"
-    wait_for(lambda: scenario.status(hosts, "hv1").get("handoffs", {}).get(vm.tap, {}).get(
-        "sessions", 0) >= 1, 3, what="hv1's status to show the handed-off session")
-    assert "HELD" in session.result()          # the session closed: hv1 lets go soon after
-    wait_for(lambda: not handoff_flows(hosts, "hv1", vm), 15,
-             what="hv1 to end the handoff once its conntrack holds no session of the VM")
-    wait_for(lambda: not handoff_flows(hosts, "hv2", vm), GRACE + 5,
-             what="hv2 to end the arrival at the end of the grace period")
-    wait_for(lambda: vm.tap not in scenario.status(hosts, "hv2").get("handoffs", {"": 0}), 5,
-             what="hv2's status to show the handoff over")
+    wait_for(
+        lambda: (
+            scenario.status(hosts, "hv1").get("handoffs", {}).get(vm.tap, {}).get("sessions", 0)
+            >= 1
+        ),
+        3,
+        what="hv1's status to show the handed-off session",
+    )
+    assert "HELD" in session.result()  # the session closed: hv1 lets go soon after
+    wait_for(
+        lambda: not handoff_flows(hosts, "hv1", vm),
+        15,
+        what="hv1 to end the handoff once its conntrack holds no session of the VM",
+    )
+    wait_for(
+        lambda: not handoff_flows(hosts, "hv2", vm),
+        GRACE + 5,
+        what="hv2 to end the arrival at the end of the grace period",
+    )
+    wait_for(
+        lambda: vm.tap not in scenario.status(hosts, "hv2").get("handoffs", {"": 0}),
+        5,
+        what="hv2's status to show the handoff over",
+    )
 
 
 def test_a_host_that_never_had_the_vm_forwards_nothing_handed_to_it(hosts, vm):
@@ -121,8 +168,10 @@ def test_a_host_that_never_had_the_vm_forwards_nothing_handed_to_it(hosts, vm):
     session = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=4)
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080), 5, what="the session")
     bpf = "tcp port 8080"
-    with capture(hosts, "handoff-hv1", hosts.ext_ns, "hv1", bpf, "in") as via_hv1, \
-            capture(hosts, "handoff-hv3", hosts.ext_ns, "hv3", bpf, "in") as via_hv3:
+    with (
+        capture(hosts, "handoff-hv1", hosts.ext_ns, "hv1", bpf, "in") as via_hv1,
+        capture(hosts, "handoff-hv3", hosts.ext_ns, "hv3", bpf, "in") as via_hv3,
+    ):
         hosts.move_vm(vm, "hv2")
         assert "HELD" in session.result()
     assert captured(via_hv1, lambda p: TCP in p and p[IP].src == SNAT["hv1"])
@@ -136,20 +185,27 @@ def test_a_device_on_the_fabric_cannot_use_the_handoff_path(hosts, vm):
     spy = fabric_device(hosts)
     session = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=5)
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080), 5, what="the session")
-    resident = hosts.add_vm(f"r{next(NUMBERS)}", "hv1", "10.0.0.99", "02:00:0a:00:02:63",
-                            {"ovsnat-fixed-ip": "10.0.0.99"})
+    resident = hosts.add_vm(
+        f"r{next(NUMBERS)}",
+        "hv1",
+        "10.0.0.99",
+        "02:00:0a:00:02:63",
+        {"ovsnat-fixed-ip": "10.0.0.99"},
+    )
     try:
         hosts.move_vm(vm, "hv2")
-        forged = [handoff_frame(resident.mac, resident.ip, 41000, "A"),       # never left
-                  handoff_frame(vm.mac, vm.ip, 41001, "A"),                    # no such session
-                  handoff_frame(vm.mac, vm.ip, 41002, "S")]                    # a new one
+        forged = [
+            handoff_frame(resident.mac, resident.ip, 41000, "A"),  # never left
+            handoff_frame(vm.mac, vm.ip, 41001, "A"),  # no such session
+            handoff_frame(vm.mac, vm.ip, 41002, "S"),
+        ]  # a new one
         with capture(hosts, "forged-hv1", hosts.ext_ns, "hv1", "tcp", "in") as pcap:
             send_frames(hosts, spy, forged, count=3)
             assert "HELD" in session.result()
-        assert captured(pcap, lambda p: TCP in p and p[TCP].dport == 8080)     # control
-        assert not captured(pcap, lambda p: TCP in p and p[TCP].sport in (41000, 41001,
-                                                                          41002)), \
+        assert captured(pcap, lambda p: TCP in p and p[TCP].dport == 8080)  # control
+        assert not captured(pcap, lambda p: TCP in p and p[TCP].sport in (41000, 41001, 41002)), (
             "a forged handoff frame left hv1"
+        )
     finally:
         hosts.remove_vm(resident)
 
@@ -159,7 +215,7 @@ def test_a_second_migration_within_the_grace_period(hosts, vm):
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080), 5, what="the session")
     hosts.move_vm(vm, "hv2")
     wait_for(lambda: handoff_flows(hosts, "hv2", vm), 5, what="hv2's arrival flow")
-    later = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=5)     # begins on hv2
+    later = background_tcp(hosts, vm.ns, SERVER_IP, 8080, hold=5)  # begins on hv2
     wait_for(lambda: tcp_established(vm.ns, SERVER_IP, 8080) >= 2, 5, what="the 2nd session")
     # The VM runs on hv2 a while before it moves on, as a guest does (a live migration
     # itself takes seconds), so both sessions cross a migration with state on two hosts.
@@ -184,5 +240,9 @@ def fabric_device(lab) -> str:
 
 
 def handoff_frame(mac: str, ip: str, sport: int, flags: str) -> bytes:
-    return bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=VLAN) /
-                 IP(src=ip, dst=SERVER_IP) / TCP(sport=sport, dport=8080, flags=flags))
+    return bytes(
+        Ether(src=mac, dst="ff:ff:ff:ff:ff:ff")
+        / Dot1Q(vlan=VLAN)
+        / IP(src=ip, dst=SERVER_IP)
+        / TCP(sport=sport, dport=8080, flags=flags)
+    )

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+
 import pytest
 
 from ovsnat.lab import Lab
@@ -24,10 +25,14 @@ VM2 = ("10.0.0.12", "02:00:0a:00:00:0c")
 def l2_flows(ports_by_mac: dict[str, int]) -> str:
     """Plain MAC forwarding plus ARP flooding, installed with ovs-ofctl (no ovsnat code)."""
     all_ports = sorted(ports_by_mac.values())
-    lines = [f"table=0,priority=10,dl_dst={mac},actions=output:{port}"
-             for mac, port in ports_by_mac.items()]
-    lines.append("table=0,priority=5,dl_dst=ff:ff:ff:ff:ff:ff,actions="
-                 + ",".join(f"output:{p}" for p in all_ports))
+    lines = [
+        f"table=0,priority=10,dl_dst={mac},actions=output:{port}"
+        for mac, port in ports_by_mac.items()
+    ]
+    lines.append(
+        "table=0,priority=5,dl_dst=ff:ff:ff:ff:ff:ff,actions="
+        + ",".join(f"output:{p}" for p in all_ports)
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -35,8 +40,7 @@ def two_vm_host(lab: Lab):
     host = lab.add_host("hv1")
     vm1 = lab.add_vm("vm1", "hv1", *VM1)
     vm2 = lab.add_vm("vm2", "hv1", *VM2)
-    host.install_flows(l2_flows({vm1.mac: host.ofport(vm1.tap),
-                                 vm2.mac: host.ofport(vm2.tap)}))
+    host.install_flows(l2_flows({vm1.mac: host.ofport(vm1.tap), vm2.mac: host.ofport(vm2.tap)}))
     return host, vm1, vm2
 
 
@@ -60,8 +64,7 @@ def test_without_flows_nothing_passes(make_lab):
     vm2 = lab.add_vm("vm2", "hv1", *VM2)
     assert ping(vm1.ns, vm2.ip, count=2, wait=0.5).received == 0
     # Positive control: the same VMs reach each other once the flows are there.
-    host.install_flows(l2_flows({vm1.mac: host.ofport(vm1.tap),
-                                 vm2.mac: host.ofport(vm2.tap)}))
+    host.install_flows(l2_flows({vm1.mac: host.ofport(vm1.tap), vm2.mac: host.ofport(vm2.tap)}))
     assert ping(vm1.ns, vm2.ip, count=2).received == 2
 
 
@@ -76,7 +79,7 @@ def test_outside_reaches_a_vm_through_ofctl_flows(make_lab):
     run(["ip", "-n", lab.out_ns, "addr", "add", "10.0.0.254/24", "dev", "eth0"])
     assert ping(lab.out_ns, vm1.ip).received == 3
     start_server(lab, "udp", vm1.ns, "udp", 5353)
-    reply = udp_request(lab, lab.out_ns, vm1.ip, 5353, size=3000)   # fragmented both ways
+    reply = udp_request(lab, lab.out_ns, vm1.ip, 5353, size=3000)  # fragmented both ways
     assert reply.ok and reply.peer_ip == "10.0.0.254", reply.line
     assert "reply_len=3000" in reply.line
 
@@ -109,7 +112,9 @@ def test_move_vm_keeps_its_namespace_and_external_ids(make_lab):
     assert ofport > 0 and vm1.host == "hv2"
     ids = hv2.vsctl("get", "Interface", vm1.tap, "external_ids")
     assert 'ovsnat-fixed-ip="10.0.0.11"' in ids and "iface-id=vm1" in ids
-    assert lab.hosts["hv1"].vsctl("--if-exists", "get", "Interface", vm1.tap, "ofport").strip() == ""
+    assert (
+        lab.hosts["hv1"].vsctl("--if-exists", "get", "Interface", vm1.tap, "ofport").strip() == ""
+    )
     assert "10.0.0.11" in run(["ip", "-n", vm1.ns, "addr"]).stdout
 
 
@@ -117,8 +122,7 @@ def test_teardown_removes_namespaces_and_daemons(make_lab):
     lab = make_lab()
     host, vm1, _ = two_vm_host(lab)
     start_server(lab, "srv", vm1.ns, "tcp", 8080)
-    pids = [host.ovs.pid("ovs-vswitchd"), host.ovs.pid("ovsdb-server"),
-            lab.procs["srv"]["pid"]]
+    pids = [host.ovs.pid("ovs-vswitchd"), host.ovs.pid("ovsdb-server"), lab.procs["srv"]["pid"]]
     namespaces = list(lab.namespaces)
     lab.down()
     remaining = list_lab_namespaces()
@@ -130,10 +134,12 @@ def test_teardown_removes_namespaces_and_daemons(make_lab):
 def test_lab_down_cleans_up_after_a_killed_creator():
     """A process builds a lab and is SIGKILLed (no teardown ran); `ovsnat lab down ID`
     still removes its namespaces and its OVS daemons."""
-    script = ("from ovsnat.lab import Lab; import time\n"
-              "lab = Lab(); lab.up(); lab.add_host('hv1')\n"
-              "lab.add_vm('vm1', 'hv1', '10.0.0.11', '02:00:0a:00:00:0b')\n"
-              "print(lab.id, flush=True); time.sleep(600)\n")
+    script = (
+        "from ovsnat.lab import Lab; import time\n"
+        "lab = Lab(); lab.up(); lab.add_host('hv1')\n"
+        "lab.add_vm('vm1', 'hv1', '10.0.0.11', '02:00:0a:00:00:0b')\n"
+        "print(lab.id, flush=True); time.sleep(600)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     lab_id = proc.stdout.readline().strip()
     try:

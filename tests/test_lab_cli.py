@@ -16,8 +16,9 @@ pytestmark = pytest.mark.lab
 
 
 def ovsnat(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovsnat.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ovsnat.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def lab_id(output: str) -> str:

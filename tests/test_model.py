@@ -12,17 +12,25 @@ import math
 
 import netaddr
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ovsnat.compiler import host_flows
-from ovsnat.golden import BASE
-from ovsnat.state import build_state
-from ovsnat.model import ConfigError, DesiredState, HostConfig, PortError, Rejection, VmPort, \
-    mac_str
+from ovsnat.cli.golden import BASE
+from ovsnat.compile.host import host_flows
+from ovsnat.core.state import build_state
+from ovsnat.model import (
+    ConfigError,
+    DesiredState,
+    HostConfig,
+    PortError,
+    Rejection,
+    VmPort,
+    mac_str,
+)
 
-MISSING = object()          # an override that removes the option / key
+MISSING = object()  # an override that removes the option / key
 
-OPTIONS = BASE          # the valid host options of the golden scenarios
+OPTIONS = BASE  # the valid host options of the golden scenarios
 
 
 def options(**overrides) -> dict:
@@ -35,13 +43,23 @@ def config(**overrides) -> HostConfig:
 
 
 def ids(n: int = 11, fip: str | None = None, **overrides) -> dict:
-    raw = {"iface-id": f"vm{n}", "attached-mac": f"02:00:0a:00:00:{n:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}", "ovsnat-fip": fip, **overrides}
+    raw = {
+        "iface-id": f"vm{n}",
+        "attached-mac": f"02:00:0a:00:00:{n:02x}",
+        "ovsnat-fixed-ip": f"10.0.0.{n}",
+        "ovsnat-fip": fip,
+        **overrides,
+    }
     return {k: v for k, v in raw.items() if v is not MISSING and v is not None}
 
 
-def vm(n: int = 11, fip: str | None = None, name: str | None = None, ofport: int | None = None,
-       **overrides) -> VmPort:
+def vm(
+    n: int = 11,
+    fip: str | None = None,
+    name: str | None = None,
+    ofport: int | None = None,
+    **overrides,
+) -> VmPort:
     return VmPort.from_external_ids(name or f"tapvm{n}", ofport or n, ids(n, fip, **overrides))
 
 
@@ -75,8 +93,10 @@ def test_fip_mac_is_prefix_plus_the_address_bytes():
     cfg = config()
     assert mac_str(cfg.ip_mac(netaddr.IPAddress("203.0.113.10"))) == "02:5a:cb:00:71:0a"
     assert mac_str(cfg.snat_mac) == "02:5a:cb:00:71:0b"
-    assert mac_str(config(mac_prefix="0A:BC").ip_mac(
-        netaddr.IPAddress("203.0.113.10"))) == "0a:bc:cb:00:71:0a"
+    assert (
+        mac_str(config(mac_prefix="0A:BC").ip_mac(netaddr.IPAddress("203.0.113.10")))
+        == "0a:bc:cb:00:71:0a"
+    )
 
 
 def test_dashed_mac_is_accepted_and_normalised_to_colons():
@@ -89,8 +109,10 @@ def test_pat_block_without_per_vm_ports_is_the_whole_range():
     assert vm(12).pat_block(config()) == (20000, 29999)
 
 
-@pytest.mark.parametrize("n, block", [(0, (20000, 20063)), (2, (20128, 20191)),
-                                      (12, (20768, 20831)), (155, (29920, 29983))])
+@pytest.mark.parametrize(
+    "n, block",
+    [(0, (20000, 20063)), (2, (20128, 20191)), (12, (20768, 20831)), (155, (29920, 29983))],
+)
 def test_pat_block_is_offset_times_ports_per_vm(n, block):
     cfg = config(pat_ports_per_vm=64)
     port = VmPort.from_external_ids("tap", 5, ids(12, **{"ovsnat-fixed-ip": f"10.0.0.{n}"}))
@@ -108,7 +130,7 @@ BAD_OPTIONS = [
     ("internal_gateway_ip", "010.0.0.1", "'010.0.0.1' is not an IPv4 address"),  # no octal
     ("external_gateway_ip", "2001:db8::1", "'2001:db8::1' is not an IPv4 address"),
     ("snat_ip", "203.0.113.300", "'203.0.113.300' is not an IPv4 address"),
-    ("snat_ip", "3405803787", "'3405803787' is not an IPv4 address"),      # integer form
+    ("snat_ip", "3405803787", "'3405803787' is not an IPv4 address"),  # integer form
     # CIDRs
     ("internal_cidr", "10.0.0.1/24", "10.0.0.1/24 has host bits set (did you mean 10.0.0.0/24?)"),
     ("internal_cidr", "10.0.0.0", "'10.0.0.0' needs a prefix length"),
@@ -165,8 +187,9 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("option, value, reason", BAD_OPTIONS,
-                         ids=[f"{o}={v!r:.20}" for o, v, _ in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    "option, value, reason", BAD_OPTIONS, ids=[f"{o}={v!r:.20}" for o, v, _ in BAD_OPTIONS]
+)
 def test_bad_option_is_rejected_naming_the_option(option, value, reason):
     # ct_zone == fip_frag_ct_zone is reported on fip_frag_ct_zone (the second of the pair).
     named = "fip_frag_ct_zone" if reason.endswith("equals ct_zone") else option
@@ -201,7 +224,7 @@ def test_mac_prefix_with_a_space_is_rejected_at_parse_time():
         cfg = config(mac_prefix="02 5a")
     except ConfigError:
         return
-    cfg.snat_mac        # a config that parsed must be usable
+    assert cfg.snat_mac is not None  # a config that parsed must be usable
 
 
 # --- VM ports: from_external_ids --------------------------------------------------------------
@@ -225,50 +248,147 @@ BAD_PORTS = [
     ("tapvm11", 11, {"iface-id": "vm\x00"}, "external_ids:iface-id 'vm\\x00'", "not printable"),
     ("tapvm11", 11, {"iface-id": "vm\n1"}, "external_ids:iface-id 'vm\\n1'", "not printable"),
     ("tapvm11", 11, {"iface-id": "vm\u200b"}, "external_ids:iface-id", "not printable"),
-    ("tapvm11", 11, {"attached-mac": LONG}, "external_ids:attached-mac: 'xxxx",
-     "is not a MAC address"),
-    ("tapvm11", 11, {"attached-mac": "02:00:0a:00:0b"}, "external_ids:attached-mac: "
-     "'02:00:0a:00:0b'", "is not a MAC address"),
-    ("tapvm11", 11, {"attached-mac": "02:00:0a:00:00:zz"}, "external_ids:attached-mac",
-     "'02:00:0a:00:00:zz' is not a MAC address"),
-    ("tapvm11", 11, {"attached-mac": "03:00:0a:00:00:0b"}, "external_ids:attached-mac",
-     "03:00:0a:00:00:0b is a multicast MAC"),
-    ("tapvm11", 11, {"attached-mac": "00:00:00:00:00:00"}, "external_ids:attached-mac",
-     "is the zero MAC"),
-    ("tapvm11", 11, {"attached-mac": "0é:00:0a:00:00:0b"}, "external_ids:attached-mac",
-     "'0é:00:0a:00:00:0b' is not a MAC address"),
-    ("tapvm11", 11, {"attached-mac": "02:00:0a:00:00:0\x07"}, "external_ids:attached-mac",
-     "is not a MAC address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "10.0.0"}, "external_ids:ovsnat-fixed-ip",
-     "'10.0.0' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "fd00::11"}, "external_ids:ovsnat-fixed-ip",
-     "'fd00::11' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "10.0.0.256"}, "external_ids:ovsnat-fixed-ip",
-     "'10.0.0.256' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "010.0.0.11"}, "external_ids:ovsnat-fixed-ip",
-     "'010.0.0.11' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": LONG}, "external_ids:ovsnat-fixed-ip: 'xxxx",
-     "is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "١٠.0.0.11"}, "external_ids:ovsnat-fixed-ip",
-     "is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fixed-ip": "10.0.0.11\x00"}, "external_ids:ovsnat-fixed-ip",
-     "is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fip": "203.0.113"}, "external_ids:ovsnat-fip",
-     "'203.0.113' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fip": "2001:db8::10"}, "external_ids:ovsnat-fip",
-     "'2001:db8::10' is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fip": LONG}, "external_ids:ovsnat-fip: 'xxxx",
-     "is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fip": "203.0.113.１0"}, "external_ids:ovsnat-fip",
-     "is not an IPv4 address"),
-    ("tapvm11", 11, {"ovsnat-fip": "\x1b[31m"}, "external_ids:ovsnat-fip",
-     "'\\x1b[31m' is not an IPv4 address"),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": LONG},
+        "external_ids:attached-mac: 'xxxx",
+        "is not a MAC address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "02:00:0a:00:0b"},
+        "external_ids:attached-mac: '02:00:0a:00:0b'",
+        "is not a MAC address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "02:00:0a:00:00:zz"},
+        "external_ids:attached-mac",
+        "'02:00:0a:00:00:zz' is not a MAC address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "03:00:0a:00:00:0b"},
+        "external_ids:attached-mac",
+        "03:00:0a:00:00:0b is a multicast MAC",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "00:00:00:00:00:00"},
+        "external_ids:attached-mac",
+        "is the zero MAC",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "0é:00:0a:00:00:0b"},
+        "external_ids:attached-mac",
+        "'0é:00:0a:00:00:0b' is not a MAC address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"attached-mac": "02:00:0a:00:00:0\x07"},
+        "external_ids:attached-mac",
+        "is not a MAC address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "10.0.0"},
+        "external_ids:ovsnat-fixed-ip",
+        "'10.0.0' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "fd00::11"},
+        "external_ids:ovsnat-fixed-ip",
+        "'fd00::11' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "10.0.0.256"},
+        "external_ids:ovsnat-fixed-ip",
+        "'10.0.0.256' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "010.0.0.11"},
+        "external_ids:ovsnat-fixed-ip",
+        "'010.0.0.11' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": LONG},
+        "external_ids:ovsnat-fixed-ip: 'xxxx",
+        "is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "١٠.0.0.11"},
+        "external_ids:ovsnat-fixed-ip",
+        "is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fixed-ip": "10.0.0.11\x00"},
+        "external_ids:ovsnat-fixed-ip",
+        "is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fip": "203.0.113"},
+        "external_ids:ovsnat-fip",
+        "'203.0.113' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fip": "2001:db8::10"},
+        "external_ids:ovsnat-fip",
+        "'2001:db8::10' is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fip": LONG},
+        "external_ids:ovsnat-fip: 'xxxx",
+        "is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fip": "203.0.113.１0"},
+        "external_ids:ovsnat-fip",
+        "is not an IPv4 address",
+    ),
+    (
+        "tapvm11",
+        11,
+        {"ovsnat-fip": "\x1b[31m"},
+        "external_ids:ovsnat-fip",
+        "'\\x1b[31m' is not an IPv4 address",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, ofport, overrides, names, reason", BAD_PORTS,
-                         ids=[f"{n!r:.12}-{o!r:.12}-{list(ov.items())!r:.40}"
-                              for n, o, ov, _, _ in BAD_PORTS])
+@pytest.mark.parametrize(
+    "name, ofport, overrides, names, reason",
+    BAD_PORTS,
+    ids=[f"{n!r:.12}-{o!r:.12}-{list(ov.items())!r:.40}" for n, o, ov, _, _ in BAD_PORTS],
+)
 def test_bad_port_row_is_rejected_naming_port_and_key(name, ofport, overrides, names, reason):
     with pytest.raises(PortError) as err:
         VmPort.from_external_ids(name, ofport, ids(11, **overrides))
@@ -276,7 +396,7 @@ def test_bad_port_row_is_rejected_naming_port_and_key(name, ofport, overrides, n
     message = str(err.value)
     assert message.startswith("port "), message
     assert names in message and reason in message, message
-    assert len(message) < 300          # a 10,000-character value is shown shortened
+    assert len(message) < 300  # a 10,000-character value is shown shortened
 
 
 def test_port_row_with_fip_parses():
@@ -307,17 +427,23 @@ def test_infinite_ofport_is_a_port_error(ofport):
 # --- VM ports: check against the host ---------------------------------------------------------
 
 BAD_AGAINST_HOST = [
-    (dict(n=11, **{"ovsnat-fixed-ip": "10.0.1.11"}),
-     "fixed IP 10.0.1.11 is not a host address of network (default) 10.0.0.0/24"),
+    (
+        dict(n=11, **{"ovsnat-fixed-ip": "10.0.1.11"}),
+        "fixed IP 10.0.1.11 is not a host address of network (default) 10.0.0.0/24",
+    ),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.0"}), "fixed IP 10.0.0.0 is not a host address"),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.255"}), "fixed IP 10.0.0.255 is not a host address"),
     (dict(n=11, **{"ovsnat-fixed-ip": "10.0.0.1"}), "fixed IP 10.0.0.1 is the VMs' gateway"),
-    (dict(n=11, **{"attached-mac": "02:00:00:00:00:01"}),
-     "MAC 02:00:00:00:00:01 is the router MAC"),
+    (
+        dict(n=11, **{"attached-mac": "02:00:00:00:00:01"}),
+        "MAC 02:00:00:00:00:01 is the router MAC",
+    ),
     (dict(n=11, ofport=1), "ofport 1 is the uplink's"),
     (dict(n=11, fip="10.0.0.50"), "FIP 10.0.0.50 is inside its network (default) 10.0.0.0/24"),
-    (dict(n=11, fip="198.51.100.10"),
-     "FIP 198.51.100.10 is not a host address of external_cidr 203.0.113.0/24"),
+    (
+        dict(n=11, fip="198.51.100.10"),
+        "FIP 198.51.100.10 is not a host address of external_cidr 203.0.113.0/24",
+    ),
     (dict(n=11, fip="203.0.113.0"), "FIP 203.0.113.0 is not a host address of external_cidr"),
     (dict(n=11, fip="203.0.113.255"), "FIP 203.0.113.255 is not a host address of external"),
     (dict(n=11, fip="203.0.113.11"), "FIP 203.0.113.11 is this host's SNAT IP"),
@@ -342,29 +468,43 @@ def test_valid_ports_pass_the_host_check():
 
 # --- desired state ----------------------------------------------------------------------------
 
+
 def test_every_valid_port_is_accepted_sorted_by_name():
     state = build_state(config(), [vm(13), vm(11, fip="203.0.113.10"), vm(12)])
     assert [p.name for p in state.vms] == ["tapvm11", "tapvm12", "tapvm13"]
     assert state.rejected == ()
 
 
-@pytest.mark.parametrize("what, winner, loser", [
-    ("FIP 203.0.113.10",
-     vm(11, fip="203.0.113.10", name="tap-z", **{"iface-id": "aaa"}),
-     vm(12, fip="203.0.113.10", name="tap-a", **{"iface-id": "bbb"})),
-    ("fixed IP 10.0.0.11",
-     vm(11, name="tap-z", **{"iface-id": "aaa"}),
-     vm(12, name="tap-a", **{"iface-id": "bbb", "ovsnat-fixed-ip": "10.0.0.11"})),
-    ("MAC 02:00:0a:00:00:0b",         # netaddr's spelling, unlike mac_str's elsewhere
-     vm(11, name="tap-z", **{"iface-id": "aaa"}),
-     vm(12, name="tap-a", **{"iface-id": "bbb", "attached-mac": "02:00:0a:00:00:0b"})),
-    ("ofport 11",
-     vm(11, name="tap-z", **{"iface-id": "aaa"}),
-     vm(12, name="tap-a", ofport=11, **{"iface-id": "bbb"})),
-    ("FIP 203.0.113.10",        # same iface-id: the interface name breaks the tie
-     vm(11, fip="203.0.113.10", name="tap-a", **{"iface-id": "same"}),
-     vm(12, fip="203.0.113.10", name="tap-b", **{"iface-id": "same"})),
-])
+@pytest.mark.parametrize(
+    "what, winner, loser",
+    [
+        (
+            "FIP 203.0.113.10",
+            vm(11, fip="203.0.113.10", name="tap-z", **{"iface-id": "aaa"}),
+            vm(12, fip="203.0.113.10", name="tap-a", **{"iface-id": "bbb"}),
+        ),
+        (
+            "fixed IP 10.0.0.11",
+            vm(11, name="tap-z", **{"iface-id": "aaa"}),
+            vm(12, name="tap-a", **{"iface-id": "bbb", "ovsnat-fixed-ip": "10.0.0.11"}),
+        ),
+        (
+            "MAC 02:00:0a:00:00:0b",  # netaddr's spelling, unlike mac_str's elsewhere
+            vm(11, name="tap-z", **{"iface-id": "aaa"}),
+            vm(12, name="tap-a", **{"iface-id": "bbb", "attached-mac": "02:00:0a:00:00:0b"}),
+        ),
+        (
+            "ofport 11",
+            vm(11, name="tap-z", **{"iface-id": "aaa"}),
+            vm(12, name="tap-a", ofport=11, **{"iface-id": "bbb"}),
+        ),
+        (
+            "FIP 203.0.113.10",  # same iface-id: the interface name breaks the tie
+            vm(11, fip="203.0.113.10", name="tap-a", **{"iface-id": "same"}),
+            vm(12, fip="203.0.113.10", name="tap-b", **{"iface-id": "same"}),
+        ),
+    ],
+)
 def test_duplicate_claim_goes_to_smallest_iface_id_then_name_in_any_order(what, winner, loser):
     cfg = config()
     forward = build_state(cfg, [winner, loser, vm(20)])
@@ -373,8 +513,7 @@ def test_duplicate_claim_goes_to_smallest_iface_id_then_name_in_any_order(what, 
     assert forward.vms == tuple(sorted([winner, vm(20)], key=lambda p: p.name))
     [rejection] = forward.rejected
     assert rejection.name == loser.name
-    assert f"{what} is already used by port {winner.name!r} ({winner.iface_id})" \
-        in rejection.reason
+    assert f"{what} is already used by port {winner.name!r} ({winner.iface_id})" in rejection.reason
     assert rejection.reason.startswith(f"port {loser.name!r} ({loser.iface_id}): ")
 
 
@@ -393,8 +532,9 @@ def test_pat_vm_whose_block_does_not_fit_is_rejected_naming_the_block():
     assert [p.name for p in state.vms] == ["tapvm12"]
     [rejection] = state.rejected
     assert rejection.name == "tapvm200"
-    assert "PAT block 32800-32863 for 10.0.0.200 does not fit snat_port_max 29999" \
-        in rejection.reason
+    assert (
+        "PAT block 32800-32863 for 10.0.0.200 does not fit snat_port_max 29999" in rejection.reason
+    )
 
 
 def test_fip_vm_at_an_offset_beyond_the_pat_range_is_accepted():
@@ -412,11 +552,14 @@ values = st.one_of(st.text(), st.integers(), st.text(alphabet="0123456789./:abcd
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.one_of(st.text(), st.integers(), st.none()),
-       ofport=st.one_of(st.text(), st.integers(), st.none()),
-       external_ids=st.dictionaries(
-           st.sampled_from(["iface-id", "attached-mac", "ovsnat-fixed-ip", "ovsnat-fip",
-                            "other"]), values))
+@given(
+    name=st.one_of(st.text(), st.integers(), st.none()),
+    ofport=st.one_of(st.text(), st.integers(), st.none()),
+    external_ids=st.dictionaries(
+        st.sampled_from(["iface-id", "attached-mac", "ovsnat-fixed-ip", "ovsnat-fip", "other"]),
+        values,
+    ),
+)
 def test_any_port_row_parses_or_raises_port_error(name, ofport, external_ids):
     try:
         port = VmPort.from_external_ids(name, ofport, external_ids)
@@ -429,9 +572,16 @@ ALL_OPTIONS = sorted(OPTIONS) + ["pat_ports_per_vm", "mac_prefix"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(option=st.sampled_from(ALL_OPTIONS),
-       value=st.one_of(st.none(), st.integers(), st.text(), st.floats(allow_nan=False),
-                       st.text(alphabet="0123456789./:-abcdef ²")))
+@given(
+    option=st.sampled_from(ALL_OPTIONS),
+    value=st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(),
+        st.floats(allow_nan=False),
+        st.text(alphabet="0123456789./:-abcdef ²"),
+    ),
+)
 def test_any_value_for_one_option_parses_or_raises_config_error(option, value):
     try:
         cfg = HostConfig.parse(options(**{option: value}))
@@ -443,11 +593,20 @@ def test_any_value_for_one_option_parses_or_raises_config_error(option, value):
 
 
 # --- upgrades --------------------------------------------------------------------------------
-ROUND_ONE = {"bridge": "br-int", "uplink_port": "uplink", "internal_cidr": "10.0.0.0/24",
-             "internal_gateway_ip": "10.0.0.1", "router_mac": "02:00:00:00:00:01",
-             "external_cidr": "100.64.0.0/10", "external_gateway_ip": "100.64.0.1",
-             "snat_ip": "100.64.0.11", "snat_port_min": "20000", "snat_port_max": "29999",
-             "ct_zone": "65000", "fip_frag_ct_zone": "65001"}
+ROUND_ONE = {
+    "bridge": "br-int",
+    "uplink_port": "uplink",
+    "internal_cidr": "10.0.0.0/24",
+    "internal_gateway_ip": "10.0.0.1",
+    "router_mac": "02:00:00:00:00:01",
+    "external_cidr": "100.64.0.0/10",
+    "external_gateway_ip": "100.64.0.1",
+    "snat_ip": "100.64.0.11",
+    "snat_port_min": "20000",
+    "snat_port_max": "29999",
+    "ct_zone": "65000",
+    "fip_frag_ct_zone": "65001",
+}
 
 
 def test_a_round_one_config_in_rfc6598_space_starts_with_a_transit_range_of_its_own():
@@ -455,26 +614,51 @@ def test_a_round_one_config_in_rfc6598_space_starts_with_a_transit_range_of_its_
     transit default); `auto` picks a range no real network can be in."""
     cfg = HostConfig.parse({**ROUND_ONE, "transit_cidr": "auto"})
     assert str(cfg.transit_cidr) == "240.0.0.0/10"
-    assert str(HostConfig.parse(ROUND_ONE).transit_cidr) == "240.0.0.0/10"    # unset: auto
+    assert str(HostConfig.parse(ROUND_ONE).transit_cidr) == "240.0.0.0/10"  # unset: auto
 
 
 def test_auto_transit_steps_past_configured_networks_and_an_explicit_one_is_kept():
-    cfg = HostConfig.parse({**ROUND_ONE, "external_cidr": "240.0.0.0/9",
-                            "external_gateway_ip": "240.0.0.1", "snat_ip": "240.0.0.11"})
+    cfg = HostConfig.parse(
+        {
+            **ROUND_ONE,
+            "external_cidr": "240.0.0.0/9",
+            "external_gateway_ip": "240.0.0.1",
+            "snat_ip": "240.0.0.11",
+        }
+    )
     assert str(cfg.transit_cidr) == "240.128.0.0/10"
-    assert str(HostConfig.parse({**ROUND_ONE, "external_cidr": "203.0.113.0/24",
-                                 "external_gateway_ip": "203.0.113.1",
-                                 "snat_ip": "203.0.113.11",
-                                 "transit_cidr": "100.64.0.0/10"}).transit_cidr) == \
-        "100.64.0.0/10"
+    assert (
+        str(
+            HostConfig.parse(
+                {
+                    **ROUND_ONE,
+                    "external_cidr": "203.0.113.0/24",
+                    "external_gateway_ip": "203.0.113.1",
+                    "snat_ip": "203.0.113.11",
+                    "transit_cidr": "100.64.0.0/10",
+                }
+            ).transit_cidr
+        )
+        == "100.64.0.0/10"
+    )
 
 
 def test_a_network_inside_the_transit_range_is_refused_with_the_reason():
-    from ovsnat.portcheck import check_alone
+    from ovsnat.model.portcheck import check_alone
+
     cfg = HostConfig.parse({**ROUND_ONE, "fabric_port": "fabric", "uplink_ofport": 1})
-    port = VmPort.from_external_ids("tapx", 7, {
-        "iface-id": "x", "attached-mac": "02:00:0a:00:00:07", "ovsnat-fixed-ip": "240.1.0.7",
-        "ovsnat-network": "odd", "ovsnat-cidr": "240.1.0.0/24", "ovsnat-gateway": "240.1.0.1",
-        "ovsnat-vlan": "300"})
+    port = VmPort.from_external_ids(
+        "tapx",
+        7,
+        {
+            "iface-id": "x",
+            "attached-mac": "02:00:0a:00:00:07",
+            "ovsnat-fixed-ip": "240.1.0.7",
+            "ovsnat-network": "odd",
+            "ovsnat-cidr": "240.1.0.0/24",
+            "ovsnat-gateway": "240.1.0.1",
+            "ovsnat-vlan": "300",
+        },
+    )
     reason = check_alone(cfg, port)
     assert "overlaps transit_cidr 240.0.0.0/10" in reason and "set transit_cidr" in reason

@@ -18,8 +18,15 @@ from ovsnat.lab import scenario
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import background_tcp, capture, ping, send_frames, start_server, \
-    tcp_connect, udp_request
+from ovsnat.lab.traffic import (
+    background_tcp,
+    capture,
+    ping,
+    send_frames,
+    start_server,
+    tcp_connect,
+    udp_request,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -53,8 +60,7 @@ def fab(module_lab):
     for name in VMS:
         start_server(lab, f"{name}-tcp", lab.vms[name].ns, "tcp", 7000)
     start_server(lab, "a1-udp", lab.vms["a1"].ns, "udp", 7000)
-    wait_for(lambda: ping(lab.srv_ns, FIP_A1, count=1, wait=0.2).received, 15,
-             what="a1's FIP")
+    wait_for(lambda: ping(lab.srv_ns, FIP_A1, count=1, wait=0.2).received, 15, what="a1's FIP")
     return lab
 
 
@@ -62,13 +68,14 @@ def vm(lab, name):
     return lab.vms[name]
 
 
-@pytest.mark.parametrize("src,dst", [("d1", "d2"), ("a1", "a2"), ("b1", "b2")],
-                         ids=["untagged", "vlan-101", "vlan-102"])
+@pytest.mark.parametrize(
+    "src,dst", [("d1", "d2"), ("a1", "a2"), ("b1", "b2")], ids=["untagged", "vlan-101", "vlan-102"]
+)
 def test_vms_of_one_network_talk_across_hosts(fab, src, dst):
     s, d = vm(fab, src), vm(fab, dst)
     assert ping(s.ns, d.ip).received == 3
     reply = tcp_connect(fab, s.ns, d.ip, 7000)
-    assert reply.ok and reply.peer_ip == s.ip, reply.line        # no NAT between them
+    assert reply.ok and reply.peer_ip == s.ip, reply.line  # no NAT between them
     assert tcp_connect(fab, d.ns, s.ip, 7000).peer_ip == d.ip
 
 
@@ -80,18 +87,24 @@ def test_equal_fixed_ips_of_two_networks_pat_to_one_server_port_at_once(fab):
     for v in (a3, b3):
         reply = tcp_connect(fab, v.ns, SERVER_IP, 8080)
         assert reply.peer_ip == SNAT["hv1"], reply.line
-    sessions = [background_tcp(fab, v.ns, SERVER_IP, 8080, hold=3, src_port=45000)
-                for v in (a3, b3)]
-    wait_for(lambda: conntrack_to_server(fab, 45000) >= 2, 5,
-             what="both sessions in hv1's network zones")
+    sessions = [
+        background_tcp(fab, v.ns, SERVER_IP, 8080, hold=3, src_port=45000) for v in (a3, b3)
+    ]
+    wait_for(
+        lambda: conntrack_to_server(fab, 45000) >= 2, 5, what="both sessions in hv1's network zones"
+    )
     results = [s.result() for s in sessions]
     assert all("HELD" in r for r in results), results
     zones = fab.hosts["hv1"].appctl("dpctl/dump-conntrack", "zone=65000")
     transit = netaddr.IPNetwork(scenario.status(fab, "hv1")["transit_cidr"])
-    transits = {src for line in zones.splitlines() if "dport=8080" in line
-                for src in [line.split("src=")[1].split(",")[0]]
-                if netaddr.IPAddress(src) in transit}
-    assert len(transits) >= 2, zones       # each network under its own transit address
+    transits = {
+        src
+        for line in zones.splitlines()
+        if "dport=8080" in line
+        for src in [line.split("src=")[1].split(",")[0]]
+        if netaddr.IPAddress(src) in transit
+    }
+    assert len(transits) >= 2, zones  # each network under its own transit address
 
 
 def conntrack_to_server(lab, sport: int) -> int:
@@ -107,19 +120,25 @@ def test_no_frame_of_one_network_reaches_the_other(fab):
     """a1 reaches 10.1.0.12 in its network (a2); b2, with the same address in tenant-b,
     sees nothing of it. ARP injected on the fabric in one VLAN reaches only that VLAN's VM."""
     a1, a2, b1, b2 = (vm(fab, n) for n in ("a1", "a2", "b1", "b2"))
-    with capture(fab, "b2-eth0", b2.ns, "eth0", f"ether src {a1.mac}") as b2_pcap, \
-            capture(fab, "a2-eth0", a2.ns, "eth0", f"ether src {a1.mac}") as a2_pcap:
+    with (
+        capture(fab, "b2-eth0", b2.ns, "eth0", f"ether src {a1.mac}") as b2_pcap,
+        capture(fab, "a2-eth0", a2.ns, "eth0", f"ether src {a1.mac}") as a2_pcap,
+    ):
         run(["ip", "-n", a1.ns, "neigh", "flush", "dev", "eth0"])
         assert ping(a1.ns, a2.ip).received == 3
         wait_for(lambda: len(rdpcap(a2_pcap)) >= 3, 5, what="a1's frames at a2")
     assert not rdpcap(b2_pcap)
     inject = fabric_injector(fab)
     for vlan, hears, deaf in ((101, a1, b1), (102, b1, a1)):
-        request = Ether(src="02:00:00:00:99:01", dst="ff:ff:ff:ff:ff:ff") / \
-            Dot1Q(vlan=vlan) / ARP(op=1, hwsrc="02:00:00:00:99:01", psrc="10.1.0.99",
-                                   pdst="10.1.0.11")
-        with capture(fab, f"hear-{vlan}", hears.ns, "eth0", "arp host 10.1.0.99") as heard, \
-                capture(fab, f"deaf-{vlan}", deaf.ns, "eth0", "arp host 10.1.0.99") as missed:
+        request = (
+            Ether(src="02:00:00:00:99:01", dst="ff:ff:ff:ff:ff:ff")
+            / Dot1Q(vlan=vlan)
+            / ARP(op=1, hwsrc="02:00:00:00:99:01", psrc="10.1.0.99", pdst="10.1.0.11")
+        )
+        with (
+            capture(fab, f"hear-{vlan}", hears.ns, "eth0", "arp host 10.1.0.99") as heard,
+            capture(fab, f"deaf-{vlan}", deaf.ns, "eth0", "arp host 10.1.0.99") as missed,
+        ):
             send_frames(fab, fab.ns_name("tor"), [bytes(request)], iface=inject)
             wait_for(lambda: len(rdpcap(heard)) >= 1, 5, what=f"VLAN {vlan}'s ARP at its VM")
         assert not rdpcap(missed), f"VLAN {vlan}'s ARP reached the other network"
@@ -137,9 +156,11 @@ def fabric_injector(lab) -> str:
     return "injp"
 
 
-@pytest.mark.parametrize("client,seen_as", [("b1", SNAT["hv1"]), ("a1", FIP_A1),
-                                            ("d1", SNAT["hv1"])],
-                         ids=["other-network-pat", "own-fip", "default-network-pat"])
+@pytest.mark.parametrize(
+    "client,seen_as",
+    [("b1", SNAT["hv1"]), ("a1", FIP_A1), ("d1", SNAT["hv1"])],
+    ids=["other-network-pat", "own-fip", "default-network-pat"],
+)
 def test_hairpin_through_a_fip_works_within_and_across_networks(fab, client, seen_as):
     for proto in (tcp_connect, udp_request):
         reply = proto(fab, vm(fab, client).ns, FIP_A1, 7000)
@@ -150,14 +171,20 @@ def ovsnat(lab, host: str, *args: str):
     import os
     import subprocess
     import sys
+
     h = lab.hosts[host]
     conf = os.path.join(h.rundir, "ovsnat.conf")
-    return subprocess.run([sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
-                          capture_output=True, text=True, env=dict(os.environ, **h.ovs.env))
+    return subprocess.run(
+        [sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **h.ovs.env),
+    )
 
 
 def test_status_and_trace_show_networks_and_trace_tells_equal_addresses_apart(fab):
     import json
+
     st = json.loads(ovsnat(fab, "hv1", "status", "--json").stdout)
     nets = {n["name"]: n for n in st["networks"]}
     assert nets["tenant-a"]["vlan"] == 101 and nets["tenant-b"]["vlan"] == 102
@@ -166,14 +193,39 @@ def test_status_and_trace_show_networks_and_trace_tells_equal_addresses_apart(fa
     assert {v["name"]: v["network"] for v in st["vms"]}["tapb3"] == "tenant-b"
     ambiguous = ovsnat(fab, "hv1", "trace", "10.1.0.13", SERVER_IP, "tcp", "80")
     assert ambiguous.returncode == 2
-    assert "10.1.0.13 is in several networks (tenant-a, tenant-b): add --network" in \
-        ambiguous.stderr
+    assert (
+        "10.1.0.13 is in several networks (tenant-a, tenant-b): add --network" in ambiguous.stderr
+    )
     for net, vlan in (("tenant-a", 101), ("tenant-b", 102)):
-        out = json.loads(ovsnat(fab, "hv1", "trace", "--json", "--network", net, "10.1.0.13",
-                                "10.1.0.12", "tcp", "7000").stdout)
+        out = json.loads(
+            ovsnat(
+                fab,
+                "hv1",
+                "trace",
+                "--json",
+                "--network",
+                net,
+                "10.1.0.13",
+                "10.1.0.12",
+                "tcp",
+                "7000",
+            ).stdout
+        )
         assert out["verdict"]["where"] == f"the fabric in VLAN {vlan}", out["verdict"]
-    routed = json.loads(ovsnat(fab, "hv1", "trace", "--json", "--network", "tenant-b",
-                               "10.1.0.13", SERVER_IP, "tcp", "80").stdout)
+    routed = json.loads(
+        ovsnat(
+            fab,
+            "hv1",
+            "trace",
+            "--json",
+            "--network",
+            "tenant-b",
+            "10.1.0.13",
+            SERVER_IP,
+            "tcp",
+            "80",
+        ).stdout
+    )
     assert routed["verdict"]["where"] == "the uplink"
     assert "net_pat_out" in [s["role"] for s in routed["steps"]]
     dump = ovsnat(fab, "hv1", "dump").stdout
@@ -187,8 +239,7 @@ def test_migration_keeps_an_inbound_fip_session_and_an_east_west_session(fab):
     a1, a2 = vm(fab, "a1"), vm(fab, "a2")
     inbound = background_tcp(fab, fab.srv_ns, FIP_A1, 7000, hold=6)
     east_west = background_tcp(fab, a2.ns, a1.ip, 7000, hold=6)
-    wait_for(lambda: "tapa1" in fab.hosts["hv1"].vsctl("list-ports", "br-int"), 5,
-             what="a1 on hv1")
+    wait_for(lambda: "tapa1" in fab.hosts["hv1"].vsctl("list-ports", "br-int"), 5, what="a1 on hv1")
     try:
         fab.move_vm(a1, "hv3")
         results = inbound.result(), east_west.result()
@@ -196,5 +247,6 @@ def test_migration_keeps_an_inbound_fip_session_and_an_east_west_session(fab):
         assert tcp_connect(fab, a1.ns, SERVER_IP, 8080).peer_ip == FIP_A1
     finally:
         fab.move_vm(a1, "hv1")
-        wait_for(lambda: tcp_connect(fab, a2.ns, a1.ip, 7000, timeout=0.5).ok, 10,
-                 what="a1 back on hv1")
+        wait_for(
+            lambda: tcp_connect(fab, a2.ns, a1.ip, 7000, timeout=0.5).ok, 10, what="a1 back on hv1"
+        )

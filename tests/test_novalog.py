@@ -33,8 +33,10 @@ def test_the_events_nova_accepted_with_their_times_and_no_other(tmp_path):
     paths = _paths(tmp_path)
     got = novalog.events(paths)
     assert [(e.name, e.tag, e.server, e.host) for e in got] == [
-        ("network-changed", PORT, SERVER, "hv4"), ("network-vif-plugged", PORT, SERVER, "hv4")]
-    assert got[1].at == datetime(2026, 12, 5, 1, 41, 53, 6000).timestamp()     # local time
+        ("network-changed", PORT, SERVER, "hv4"),
+        ("network-vif-plugged", PORT, SERVER, "hv4"),
+    ]
+    assert got[1].at == datetime(2026, 12, 5, 1, 41, 53, 6000).timestamp()  # local time
     plugged = novalog.first_event(paths, novalog.VIF_PLUGGED, PORT, got[0].at)
     assert plugged == got[1]
     # `since` is compared a millisecond early: the log truncates to the millisecond
@@ -73,7 +75,7 @@ row                                  action name           external_ids
 
 
 def _watch(tmp_path, iface: str) -> RowWatch:
-    watch = RowWatch.__new__(RowWatch)      # no lab: only the monitor's text is read
+    watch = RowWatch.__new__(RowWatch)  # no lab: only the monitor's text is read
     watch.iface, watch.path = iface, str(tmp_path / "monitor.log")
     with open(watch.path, "w") as f:
         f.write(MONITOR)
@@ -81,15 +83,14 @@ def _watch(tmp_path, iface: str) -> RowWatch:
 
 
 def _utc(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(
-        tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
 
 
 def test_a_rows_insertion_and_its_keys_as_the_monitor_announced_them(tmp_path):
     watch = _watch(tmp_path, "tap5d3af28c-e4")
-    assert watch.inserted_or_none() == _utc("2026-12-05 01:41:51.862")      # ovsdb-client: UTC
+    assert watch.inserted_or_none() == _utc("2026-12-05 01:41:51.862")  # ovsdb-client: UTC
     assert watch.key_at("ovsnat-fixed-ip", timeout=0) == _utc("2026-12-05 01:41:52.001")
     assert watch.key_at("ovsnat-ready", timeout=0) == _utc("2026-12-05 01:41:52.140")
     # an old row's values are not the row's state: only inserts and new rows count
     assert _watch(tmp_path, "tap-other").inserted_or_none() is None
-    assert _watch(tmp_path, "br-int").inserted_or_none() is None           # initial, not new
+    assert _watch(tmp_path, "br-int").inserted_or_none() is None  # initial, not new

@@ -9,12 +9,13 @@ import subprocess
 
 import pytest
 
-from ovsnat import framework as fw
-from ovsnat import golden
-from tests import framework_render as ofmsgs
-from ovsnat.compiler import METERS, compile_state
-from ovsnat.state import build_state
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.punt_flows import METERS
+from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig
+from ovsnat.runtime import framework as fw
+from tests import framework_render as ofmsgs
 
 
 class OfflineDatapath:
@@ -36,12 +37,15 @@ def serialize(msgs) -> bytes:
 def ofp_parse(tmp_path, data: bytes) -> str:
     path = tmp_path / "msgs.bin"
     path.write_bytes(data)
-    return subprocess.run(["ovs-ofctl", "ofp-parse", str(path)], capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["ovs-ofctl", "ofp-parse", str(path)], capture_output=True, text=True, check=True
+    ).stdout
 
 
-ADD = re.compile(r"ADD (?:table:(\d+) )?(priority=\d+\S*) cookie:(0x[0-9a-f]+) "
-                 r"out_port:\d+ actions=(\S+)")
+ADD = re.compile(
+    r"ADD (?:table:(\d+) )?(priority=\d+\S*) cookie:(0x[0-9a-f]+) "
+    r"out_port:\d+ actions=(\S+)"
+)
 
 
 def as_dump_line(m: re.Match) -> str:
@@ -61,8 +65,11 @@ def test_framework_flow_mods_decode_to_the_golden_text(tmp_path, name):
 
 def test_framework_meter_and_delete_messages(tmp_path):
     dp = OfflineDatapath()
-    decoded = ofp_parse(tmp_path, serialize([ofmsgs.meter_add(dp, METERS[0]),
-                                             ofmsgs.flow_delete(dp, 30, 0xA20A00000B123456)]))
+    decoded = ofp_parse(
+        tmp_path,
+        serialize(
+            [ofmsgs.meter_add(dp, METERS[0]), ofmsgs.flow_delete(dp, 30, 0xA20A00000B123456)]
+        ),
+    )
     assert "meter=1 pktps bands=\ntype=drop rate=100" in decoded.replace(" \n", "\n")
-    assert re.search(r"DEL table:30 cookie:0xa20a00000b123456/0xffffffffffffffff", decoded), \
-        decoded
+    assert re.search(r"DEL table:30 cookie:0xa20a00000b123456/0xffffffffffffffff", decoded), decoded

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from ovsnat import golden, ofwire
-from ovsnat.compiler import compile_state
+from ovsnat.cli import golden
+from ovsnat.compile.compiler import compile_state
+from ovsnat.core.state import HostState, build_state
 from ovsnat.model import HostConfig
-from ovsnat.state import HostState, build_state
-from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, serialize
+from ovsnat.openflow import blobs, codec, messages
 from tests import framework_render as ofmsgs
+from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, serialize
 
 
 def scenario_flows(name):
@@ -21,9 +22,8 @@ def scenario_flows(name):
 @pytest.mark.parametrize("name", sorted(golden.SCENARIOS))
 def test_packed_flow_mods_decode_like_the_framework_path_and_the_golden_text(tmp_path, name):
     flows = scenario_flows(name)
-    fast = ofp_parse(tmp_path, b"".join(ofwire.flow_add(f, i) for i, f in enumerate(flows, 1)))
-    framework = ofp_parse(tmp_path, serialize(ofmsgs.flow_add(OfflineDatapath(), f)
-                                              for f in flows))
+    fast = ofp_parse(tmp_path, b"".join(messages.flow_add(f, i) for i, f in enumerate(flows, 1)))
+    framework = ofp_parse(tmp_path, serialize(ofmsgs.flow_add(OfflineDatapath(), f) for f in flows))
     fast_lines = [as_dump_line(m) for m in ADD.finditer(fast)]
     assert fast_lines == [as_dump_line(m) for m in ADD.finditer(framework)]
     assert fast_lines == [f.text() for f in flows]
@@ -35,36 +35,40 @@ def test_pending_fip_flows_decode_too(tmp_path):
     port = golden.port(11, "203.0.113.10")
     host.update(port.name, port)
     flows = host.all_flows()
-    decoded = ofp_parse(tmp_path, b"".join(ofwire.flow_add(f, 1) for f in flows))
+    decoded = ofp_parse(tmp_path, b"".join(messages.flow_add(f, 1) for f in flows))
     assert [as_dump_line(m) for m in ADD.finditer(decoded)] == [f.text() for f in flows]
 
 
 @pytest.mark.parametrize("name", sorted(golden.SCENARIOS))
 def test_a_concatenation_of_packed_flow_mods_reads_back_as_its_flows_keys(name):
     flows = scenario_flows(name)
-    blob = b"".join(ofwire.flow_add(f, 0) for f in flows)
+    blob = b"".join(messages.flow_add(f, 0) for f in flows)
     keys = [(f.table, f.cookie) for f in flows]
-    assert ofwire.flow_mod_keys(blob) == keys
-    assert list(ofwire.iter_flow_mods(blob)) == [(k, ofwire.flow_add(f, 0))
-                                                 for k, f in zip(keys, flows)]
-    assert ofwire.flow_mod_keys(b"") == [] and list(ofwire.iter_flow_mods(b"")) == []
+    assert blobs.flow_mod_keys(blob) == keys
+    assert list(blobs.iter_flow_mods(blob)) == [
+        (k, messages.flow_add(f, 0)) for k, f in zip(keys, flows, strict=True)
+    ]
+    assert blobs.flow_mod_keys(b"") == [] and list(blobs.iter_flow_mods(b"")) == []
 
 
 def test_a_corrupt_blob_of_flow_mods_raises_instead_of_looping_or_misreading():
-    one = ofwire.flow_add(scenario_flows("fip-only")[0], 0)
+    one = messages.flow_add(scenario_flows("fip-only")[0], 0)
     for bad in (one + one[:60], one[:2] + b"\0\0" + one[4:], one[:-8]):
         with pytest.raises(ValueError):
-            ofwire.flow_mod_keys(bad)
+            blobs.flow_mod_keys(bad)
         with pytest.raises(ValueError):
-            list(ofwire.iter_flow_mods(bad))
+            list(blobs.iter_flow_mods(bad))
 
 
 def test_bundle_delete_and_barrier_messages_decode(tmp_path):
     flow = scenario_flows("fip-only")[0]
-    data = ofwire.bundle_ctrl(7, ofwire.BUNDLE_OPEN, 1) + \
-        ofwire.bundle_add(7, ofwire.flow_add(flow, 2)) + \
-        ofwire.bundle_add(7, ofwire.flow_delete(30, 0xA20A00000B123456, 3)) + \
-        ofwire.bundle_ctrl(7, ofwire.BUNDLE_COMMIT, 4) + ofwire.barrier(5)
+    data = (
+        messages.bundle_ctrl(7, codec.BUNDLE_OPEN, 1)
+        + messages.bundle_add(7, messages.flow_add(flow, 2))
+        + messages.bundle_add(7, messages.flow_delete(30, 0xA20A00000B123456, 3))
+        + messages.bundle_ctrl(7, codec.BUNDLE_COMMIT, 4)
+        + messages.barrier(5)
+    )
     out = ofp_parse(tmp_path, data)
     assert "decode error" not in out, out
     assert "bundle_id=0x7 type=OPEN_REQUEST flags=atomic ordered" in out

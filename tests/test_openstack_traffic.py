@@ -347,8 +347,9 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
         f"{k} {v - began:.2f}" for k, v in m.steps.items()))
     assert m.status == "error", m
     assert ROW in m.steps and EVENT not in m.steps       # hv3 plugged; no event came
-    assert re.search(rf"not ready .*port '{tap}'.*overlaps transit_cidr "
-                     r"10\.0\.0\.0/10", scenario.controller_log(cl.lab, "hv3")), \
+    assert re.search(rf"skipping port '{tap}'.*overlaps transit_cidr "
+                     r"10\.0\.0\.0/10.*\(not ready for its device",
+                     scenario.controller_log(cl.lab, "hv3")), \
         "hv3's controller never judged the keys"
     timed_out = re.search(rf"^(\S+ \S+) .*\[instance: {server.id}\] Timed out waiting for "
                           "events", open(novalog.log_path(cl.stack.paths,

@@ -3,36 +3,44 @@ the same ports, whatever the order of events, and each event touches only its ow
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ovsnat import golden
-from ovsnat import compiler
-from ovsnat.compiler import compile_state
+from ovsnat.cli import golden
+from ovsnat.compile import vm as vmflows
+from ovsnat.compile.compiler import compile_state
+from ovsnat.core.state import HOST, HostState, build_state
 from ovsnat.model import HostConfig, VmPort
-from ovsnat.state import HOST, HostState, build_state
 
 
 def vm_flows(cfg, vm, active=True):
-    return compiler.vm_flows(cfg, vm, vm.net(cfg), active)
+    return vmflows.vm_flows(cfg, vm, vm.net(cfg), active)
+
 
 CFG = HostConfig.parse({**golden.BASE, "fip_activation": "immediate"})
 
 
 def port(name: str, n: int, mac: int, fip: int | None, iface: str) -> VmPort:
-    ids = {"iface-id": iface, "attached-mac": f"02:00:0a:00:00:{mac:02x}",
-           "ovsnat-fixed-ip": f"10.0.0.{n}"}
+    ids = {
+        "iface-id": iface,
+        "attached-mac": f"02:00:0a:00:00:{mac:02x}",
+        "ovsnat-fixed-ip": f"10.0.0.{n}",
+    }
     if fip is not None:
         ids["ovsnat-fip"] = f"203.0.113.{fip}"
     return VmPort.from_external_ids(name, n + 100, ids)
 
 
 # Small pools of addresses so clashes (same fixed IP, MAC or FIP) are frequent.
-ports = st.builds(port, name=st.sampled_from([f"tap{i}" for i in range(6)]),
-                  n=st.integers(10, 13), mac=st.integers(1, 4),
-                  fip=st.one_of(st.none(), st.integers(20, 22)),
-                  iface=st.sampled_from(["a", "b", "c", "d"]))
-events = st.lists(st.one_of(ports, st.sampled_from([f"tap{i}" for i in range(6)])),
-                  max_size=25)
+ports = st.builds(
+    port,
+    name=st.sampled_from([f"tap{i}" for i in range(6)]),
+    n=st.integers(10, 13),
+    mac=st.integers(1, 4),
+    fip=st.one_of(st.none(), st.integers(20, 22)),
+    iface=st.sampled_from(["a", "b", "c", "d"]),
+)
+events = st.lists(st.one_of(ports, st.sampled_from([f"tap{i}" for i in range(6)])), max_size=25)
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,7 +50,7 @@ def test_incremental_updates_equal_a_batch_compile_of_the_final_ports(events):
     current: dict[str, VmPort] = {}
     installed = {(f.table, f.cookie) for f in host.all_flows()}
     for ev in events:
-        if isinstance(ev, str):                 # the port was unplugged
+        if isinstance(ev, str):  # the port was unplugged
             current.pop(ev, None)
             delta = host.update(ev, None)
         else:
@@ -69,16 +77,19 @@ def test_adding_one_vm_changes_only_that_vms_flows():
     new = golden.port(50, "203.0.113.50")
     delta = host.update(new.name, new)
     assert delta.delete == [] and delta.owners == {new.name}
-    assert sorted(delta.add, key=lambda f: f.text()) == \
-        sorted(vm_flows(CFG, new), key=lambda f: f.text())
+    assert sorted(delta.add, key=lambda f: f.text()) == sorted(
+        vm_flows(CFG, new), key=lambda f: f.text()
+    )
     gone = host.update(new.name, None)
-    assert gone.add == [] and sorted(gone.delete) == \
-        sorted((f.table, f.cookie) for f in vm_flows(CFG, new))
+    assert gone.add == [] and sorted(gone.delete) == sorted(
+        (f.table, f.cookie) for f in vm_flows(CFG, new)
+    )
 
 
 def test_a_learned_gateway_mac_changes_only_host_level_flows():
-    host = HostState(HostConfig.parse({**golden.BASE, "external_gateway_mac": "",
-                                       "fip_activation": "immediate"}))
+    host = HostState(
+        HostConfig.parse({**golden.BASE, "external_gateway_mac": "", "fip_activation": "immediate"})
+    )
     for n in (11, 12):
         host.update(f"tapvm{n}", golden.port(n, "203.0.113.10" if n == 11 else None))
     delta = host.set_config(CFG)
@@ -88,7 +99,7 @@ def test_a_learned_gateway_mac_changes_only_host_level_flows():
 
 
 def test_a_fip_stays_dark_until_the_vm_shows_up_then_yields_to_another_host():
-    host = HostState(HostConfig.parse(golden.BASE))          # fip_activation=first-packet
+    host = HostState(HostConfig.parse(golden.BASE))  # fip_activation=first-packet
     vm = golden.port(11, "203.0.113.10")
     host.update(vm.name, vm)
     assert host.is_pending(vm.name)
@@ -98,7 +109,7 @@ def test_a_fip_stays_dark_until_the_vm_shows_up_then_yields_to_another_host():
     assert host.owner_flows(vm.name) == vm_flows(host.cfg, vm, active=True)
     assert any(f.match.get("arp_tpa") == "203.0.113.10" for f in delta.add)
     host.yield_fip(vm.name)
-    assert host.is_pending(vm.name) and vm.name in host.yielded
+    assert host.is_pending(vm.name) and vm.name in host.standing.yielded
     # A row update that keeps the device (same ofport) keeps the state...
     host.activate(vm.name)
     host.update(vm.name, vm)
@@ -120,12 +131,13 @@ def test_after_a_restart_fips_still_installed_on_the_switch_stay_active():
 
 
 def test_composed_deltas_never_send_a_flow_that_was_added_then_removed():
-    host = HostState(HostConfig.parse(golden.BASE))          # first-packet activation
+    host = HostState(HostConfig.parse(golden.BASE))  # first-packet activation
     vm = golden.port(11, "203.0.113.10")
-    delta = host.update(vm.name, vm)                          # pending flows
-    delta.extend(host.activate(vm.name))                      # then active flows
-    assert {(f.table, f.cookie) for f in delta.add} == \
-        {(f.table, f.cookie) for f in vm_flows(host.cfg, vm, active=True)}
+    delta = host.update(vm.name, vm)  # pending flows
+    delta.extend(host.activate(vm.name))  # then active flows
+    assert {(f.table, f.cookie) for f in delta.add} == {
+        (f.table, f.cookie) for f in vm_flows(host.cfg, vm, active=True)
+    }
     assert delta.delete == []
 
 
@@ -137,8 +149,9 @@ def test_missing_flows_are_recompiled_from_their_keys_alone():
     everything = host.all_flows()
     assert {(f.table, f.cookie) for f in everything} == host.all_keys()
     some = {(f.table, f.cookie) for f in everything[::7]}
-    assert sorted(host.flows_for(some), key=lambda f: f.text()) == \
-        sorted((f for f in everything if (f.table, f.cookie) in some), key=lambda f: f.text())
+    assert sorted(host.flows_for(some), key=lambda f: f.text()) == sorted(
+        (f for f in everything if (f.table, f.cookie) in some), key=lambda f: f.text()
+    )
 
 
 def test_cached_packed_flow_mods_equal_a_fresh_encoding():
@@ -146,11 +159,12 @@ def test_cached_packed_flow_mods_equal_a_fresh_encoding():
     for n in (11, 12):
         port = golden.port(n, "203.0.113.10" if n == 11 else None)
         host.update(port.name, port)
-    from ovsnat import ofwire
+    from ovsnat.openflow import messages
+
     flows = {(f.table, f.cookie): f for f in host.all_flows()}
     cached = dict(host.iter_wire_for(set(flows)))
     assert cached.keys() == flows.keys()
-    assert all(cached[k] == ofwire.flow_add(f, 0) for k, f in flows.items())
+    assert all(cached[k] == messages.flow_add(f, 0) for k, f in flows.items())
 
 
 def test_a_clash_resolved_leaves_one_plain_claimant_and_the_fip_with_the_survivor():
@@ -162,14 +176,15 @@ def test_a_clash_resolved_leaves_one_plain_claimant_and_the_fip_with_the_survivo
     assert "FIP 203.0.113.10 is already used by port 'tapvm11'" in host.lost[second.name]
     host.update(first.name, None)
     assert host.fip_owner("203.0.113.10") == second.name and not host.lost
-    assert all(isinstance(names, str) for names in host.claims._held.values())
+    assert all(isinstance(names, str) for names in host.arbiter.claims._held.values())
     assert host.fip_owner("203.0.113.99") is None and host.fip_owner("not an IP") is None
 
 
-FIRST_PACKET = HostConfig.parse(golden.BASE)                # FIPs wait for the VM's frame
+FIRST_PACKET = HostConfig.parse(golden.BASE)  # FIPs wait for the VM's frame
 names = st.sampled_from([f"tap{i}" for i in range(6)])
-lifecycle = st.lists(st.one_of(ports, names, st.tuples(st.sampled_from(["activate", "yield"]),
-                                                       names)), max_size=30)
+lifecycle = st.lists(
+    st.one_of(ports, names, st.tuples(st.sampled_from(["activate", "yield"]), names)), max_size=30
+)
 
 
 @settings(max_examples=200, deadline=None)

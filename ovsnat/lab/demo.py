@@ -9,14 +9,14 @@ from collections import Counter
 
 import netaddr
 
-from ovsnat.flows import COOKIE_GONE, COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_GONE, COOKIE_VLAN_VM, \
-    cookie_kind, cookie_owner
+from ovsnat.compile.flows import COOKIE_GONE, COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_GONE, \
+    COOKIE_VLAN_VM, cookie_kind, cookie_owner
 from ovsnat.lab import dhcpclient, scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab
 from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
     tcp_connect, udp_request
-from ovsnat.pipeline import BY_ID
+from ovsnat.compile.pipeline import BY_ID
 
 
 def say(text: str = "") -> None:

@@ -8,12 +8,13 @@ import os
 import re
 import sys
 
-from ovsnat.compiler import METERS, compile_state
-from ovsnat.flows import Flow, ofctl_text
+from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.flows import Flow, ofctl_text
+from ovsnat.compile.punt_flows import METERS
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
     UPLINK, Lab, Vm
-from ovsnat.state import build_state
+from ovsnat.core.state import build_state
 from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
 
 ROUTER_MAC = "02:00:00:00:00:01"        # the VMs' gateway MAC (answered by ovsnat)
@@ -135,16 +136,19 @@ def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
 
 
 def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework: str = "ryu",
-                     point_bridge: bool = True, **overrides) -> str:
+                     point_bridge: bool = True, ovs_env: bool = True, **overrides) -> str:
     """Start ovsnat's controller inside the host's namespace (listening on its loopback) and
-    point br-int at it. Returns the process name in lab.procs (its log is beside it)."""
+    point br-int at it. Returns the process name in lab.procs (its log is beside it).
+    ovs_env=False: without the host's OVS_RUNDIR (and OVS_LOGDIR, OVS_DBDIR) in its
+    environment, as a controller started by hand or by a unit file that does not set it."""
     h = lab.hosts[host]
     conf = os.path.join(h.rundir, "ovsnat.conf")
     if snat_ip is not None or not os.path.exists(conf):
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
-    lab.spawn(name, controller_argv(conf, framework), ns=h.ns,
-              env={**h.ovs.env, **CONTROLLER_ENV})
+    env = {**h.ovs.env, **CONTROLLER_ENV} if ovs_env else \
+        {**CONTROLLER_ENV, **{k: "" for k in h.ovs.env}}
+    lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=env)
     if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
         point_bridge_at_controller(h)
     return name
@@ -155,7 +159,7 @@ def controller_row_args() -> list[str]:
     transaction creating the Controller row with its settings. max_backoff=1000: reconnect
     within a second of a restarted controller. OVS 3.1 applies it to the connection only in
     a reconfiguration made while connected; the controller asks for one once in sync
-    (ovsnat.reconcile.Reconfigure), so it holds after ovs-vswitchd restarts too."""
+    (ovsnat.core.effects.Reconfigure), so it holds after ovs-vswitchd restarts too."""
     return ["--", "--id=@c", "create", "Controller", f'target="tcp:127.0.0.1:{OF_PORT}"',
             "max_backoff=1000", "inactivity_probe=5000",
             "--", "set", "Bridge", BRIDGE, "controller=@c"]

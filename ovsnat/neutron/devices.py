@@ -16,7 +16,7 @@ Neutron's `update_device_up` (neutron/plugins/ml2/rpc.py) does one of two things
 So the marker the agent reports up from depends on this host's binding of the port:
 - inactive and bound (vif_type set by ovsnat's driver for this host): a live migration's
   destination, waiting for Nova to activate it. `ovsnat-ready=true`: the controller accepts
-  the port's keys on this host (ovsnat.markers). Rejected keys never get it, so no event,
+  the port's keys on this host (ovsnat.core.markers). Rejected keys never get it, so no event,
   and Nova keeps the guest where it is rather than move it to a host that cannot serve it.
 - anything else: `ovsnat-installed=true`, the flows are confirmed, as always. That is the
   active binding (a boot, the destination once activated), no binding record here (an

@@ -6,21 +6,48 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from ovsnat.flows import Controller, Ct, CtClear, DecTtl, Flow, Goto, Load, Meter, Move, \
-    Output, PopVlan, PushVlan, SetField
-from ovsnat.openflow.codec import NX_VENDOR, OFPP_CONTROLLER, OFPP_IN_PORT, ip, mac, nx1, ofb, \
-    pad8
+from ovsnat.compile.flows import (
+    Controller,
+    Ct,
+    CtClear,
+    DecTtl,
+    Flow,
+    Goto,
+    Load,
+    Meter,
+    Move,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetField,
+)
+from ovsnat.openflow.codec import NX_VENDOR, OFPP_CONTROLLER, OFPP_IN_PORT, ip, mac, nx1, ofb, pad8
 
-NXM = {"eth_src": (0x00000406, 48), "eth_dst": (0x00000206, 48),
-       "arp_sha": (0x00012206, 48), "arp_tha": (0x00012406, 48),
-       "arp_spa": (0x00002004, 32), "arp_tpa": (0x00002204, 32),
-       "in_port": (0x00000002, 16), "reg5": (0x00010A04, 32), "reg6": (0x00010C04, 32),
-       "reg4": (0x00010804, 32), "reg7": (0x00010E04, 32), "reg8": (0x00011004, 32), "ip_src": (0x00000E04, 32),
-       "ip_dst": (0x00001004, 32)}
-SET_FIELD = {"eth_src": (ofb(4, 6), mac), "eth_dst": (ofb(3, 6), mac),
-             "ip_src": (ofb(11, 4), ip), "ip_dst": (ofb(12, 4), ip),
-             "arp_op": (ofb(21, 2), lambda v: struct.pack("!H", int(v))),
-             "arp_sha": (ofb(24, 6), mac), "arp_spa": (ofb(22, 4), ip)}
+NXM = {
+    "eth_src": (0x00000406, 48),
+    "eth_dst": (0x00000206, 48),
+    "arp_sha": (0x00012206, 48),
+    "arp_tha": (0x00012406, 48),
+    "arp_spa": (0x00002004, 32),
+    "arp_tpa": (0x00002204, 32),
+    "in_port": (0x00000002, 16),
+    "reg5": (0x00010A04, 32),
+    "reg6": (0x00010C04, 32),
+    "reg4": (0x00010804, 32),
+    "reg7": (0x00010E04, 32),
+    "reg8": (0x00011004, 32),
+    "ip_src": (0x00000E04, 32),
+    "ip_dst": (0x00001004, 32),
+}
+SET_FIELD = {
+    "eth_src": (ofb(4, 6), mac),
+    "eth_dst": (ofb(3, 6), mac),
+    "ip_src": (ofb(11, 4), ip),
+    "ip_dst": (ofb(12, 4), ip),
+    "arp_op": (ofb(21, 2), lambda v: struct.pack("!H", int(v))),
+    "arp_sha": (ofb(24, 6), mac),
+    "arp_spa": (ofb(22, 4), ip),
+}
 
 
 def _nx(subtype: int, body: bytes) -> bytes:
@@ -65,8 +92,9 @@ def action_bytes(a) -> bytes:
         return _nx(7, struct.pack("!HIQ", ofs_nbits, dst, a.value))
     if isinstance(a, PushVlan):
         vid = pad8(struct.pack("!HHI", 25, 0, ofb(6, 2)) + struct.pack("!H", 0x1000 | a.vid))
-        return struct.pack("!HHH2x", 17, 8, 0x8100) + vid[:2] + struct.pack("!H", len(vid)) + \
-            vid[4:]
+        return (
+            struct.pack("!HHH2x", 17, 8, 0x8100) + vid[:2] + struct.pack("!H", len(vid)) + vid[4:]
+        )
     if isinstance(a, PopVlan):
         return struct.pack("!HH4x", 18, 8)
     if isinstance(a, CtClear):
@@ -83,7 +111,7 @@ def action_bytes(a) -> bytes:
                     present |= 0x10 | 0x20
                     ranges += struct.pack("!HH", a.nat.port_min, a.nat.port_max)
             nat = _nx(36, struct.pack("!2xHH", flags, present) + ranges)
-        if a.mark is not None:          # exec(set_field:mark->ct_mark)
+        if a.mark is not None:  # exec(set_field:mark->ct_mark)
             field = pad8(struct.pack("!HHI", 25, 0, nx1(107, 4)) + struct.pack("!I", a.mark))
             nat += field[:2] + struct.pack("!H", len(field)) + field[4:]
         table = a.table if a.table is not None else 0xFF

@@ -7,14 +7,15 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from ovsnat.flows import PROTOCOLS, Flow
+from ovsnat.compile.flows import PROTOCOLS, Flow
 from ovsnat.openflow.codec import CT_STATE_BITS, ONF_EXPERIMENTER, ip, mac, nx1, ofb, oxm, pad8
 
 
 def _tlv(header: int, value: bytes, mask: bytes | None = None) -> bytes:
     length = len(value) + (len(mask) if mask else 0)
-    return struct.pack("!I", header & ~0xFF | length | (0x100 if mask else 0)) + value + \
-        (mask or b"")
+    return (
+        struct.pack("!I", header & ~0xFF | length | (0x100 if mask else 0)) + value + (mask or b"")
+    )
 
 
 def _ip_tlv(field: int, text: str) -> bytes:
@@ -44,14 +45,15 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
         reg = int(name[3:])
         value, _, mask = value.partition("/")
         if mask:
-            return 30 + reg, _tlv(nx1(reg, 8, True), struct.pack("!I", int(value, 0)),
-                           struct.pack("!I", int(mask, 0)))
+            return 30 + reg, _tlv(
+                nx1(reg, 8, True), struct.pack("!I", int(value, 0)), struct.pack("!I", int(mask, 0))
+            )
         return 30 + reg, _tlv(nx1(reg, 4), struct.pack("!I", int(value, 0)))
     if name == "in_port":
         return 0, _tlv(ofb(0, 4), struct.pack("!I", int(value)))
     if name == "dl_vlan":
         return 13, _tlv(ofb(6, 2), struct.pack("!H", 0x1000 | int(value)))
-    if name == "vlan_tci":                 # untagged only: OFPVID_NONE
+    if name == "vlan_tci":  # untagged only: OFPVID_NONE
         return 13, _tlv(ofb(6, 2), b"\0\0")
     if name == "dl_src":
         return 10, _tlv(ofb(4, 6), mac(value))
@@ -67,29 +69,36 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
         return 23, _tlv(ofb(24, 6), mac(value))
     if name == "nw_ttl":
         return 23, _tlv(nx1(29, 1), bytes([int(value)]))
-    if name == "nw_frag":                  # value/mask over the ANY (1) and LATER (2) bits
+    if name == "nw_frag":  # value/mask over the ANY (1) and LATER (2) bits
         v, m = {"yes": (1, 1), "no": (0, 1), "first": (1, 3), "later": (3, 3)}[value]
-        if m == 3:                         # both bits: OVS writes it unmasked
+        if m == 3:  # both bits: OVS writes it unmasked
             return 22, _tlv(nx1(26, 1), bytes([v]))
         return 22, _tlv(nx1(26, 2, True), bytes([v]), bytes([m]))
     if name in ("tp_src", "tp_dst"):
         base = {"tcp": 13, "udp": 15}[proto]
-        return 25 + (name == "tp_dst"), _tlv(ofb(base + (name == "tp_dst"), 2),
-                                             struct.pack("!H", int(value)))
-    if name == "tcp_flags":                # "-syn" / "+syn": the SYN bit clear or set
+        return 25 + (name == "tp_dst"), _tlv(
+            ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value))
+        )
+    if name == "tcp_flags":  # "-syn" / "+syn": the SYN bit clear or set
         # OpenFlow 1.3 has no TCP flags field: OVS writes ONF's experimenter OXM (field 42)
         # back, so ovsnat sends that rather than NXM's, and the audit's digests agree.
-        return 27, _tlv(oxm(0xFFFF, 42, 8, True), struct.pack("!I", ONF_EXPERIMENTER) +
-                        struct.pack("!H", 2 if value == "+syn" else 0), struct.pack("!H", 2))
+        return 27, _tlv(
+            oxm(0xFFFF, 42, 8, True),
+            struct.pack("!I", ONF_EXPERIMENTER) + struct.pack("!H", 2 if value == "+syn" else 0),
+            struct.pack("!H", 2),
+        )
     if name == "icmp_type":
         return 25, _tlv(ofb(19, 1), bytes([int(value)]))
     if name == "ct_state":
         v, m = ct_state(value)
         return 50, _tlv(nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
-    if name == "ct_mark":                  # after ct_state (and ct_zone), as OVS writes it
+    if name == "ct_mark":  # after ct_state (and ct_zone), as OVS writes it
         v, _, m = value.partition("/")
-        return 52, _tlv(nx1(107, 8, True), struct.pack("!I", int(v, 0)),
-                        struct.pack("!I", int(m or "0xffffffff", 0)))
+        return 52, _tlv(
+            nx1(107, 8, True),
+            struct.pack("!I", int(v, 0)),
+            struct.pack("!I", int(m or "0xffffffff", 0)),
+        )
     raise ValueError(f"no wire encoding for match field {name}")
 
 

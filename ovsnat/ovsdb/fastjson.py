@@ -22,7 +22,7 @@ import re
 
 import ovs.jsonrpc
 
-RECV_BYTES = 1 << 18          # per read: python-ovs reads 4 KB at a time
+RECV_BYTES = 1 << 18  # per read: python-ovs reads 4 KB at a time
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 # Whole strings and runs of anything else, from outside a string: where it stops, a string
 # begins that has not arrived whole (a regex scanning for strings alone would resync on its
@@ -37,9 +37,9 @@ class Framer:
 
     def __init__(self):
         self.buf = b""
-        self.scanned = 0          # bytes of buf counted into depth (never inside a string)
+        self.scanned = 0  # bytes of buf counted into depth (never inside a string)
         self.depth = 0
-        self.complete = False     # buf holds at least one whole value
+        self.complete = False  # buf holds at least one whole value
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -47,23 +47,25 @@ class Framer:
             self._scan()
 
     def _scan(self) -> None:
-        region = self.buf[self.scanned:]
+        region = self.buf[self.scanned :]
         counted, safe = _STRING.sub(b"", region), len(region)
-        if b'"' in counted:                     # a string not yet whole: stop before it
+        if b'"' in counted:  # a string not yet whole: stop before it
             safe = _WHOLE.match(region).end()
             counted = _STRING.sub(b"", region[:safe])
         self.scanned += safe
-        self.depth += counted.count(b"{") + counted.count(b"[") - counted.count(b"}") - \
-            counted.count(b"]")
-        self.complete = (self.depth == 0 and counted.strip() != b"") or \
-            _BOUNDARY.search(counted) is not None
+        self.depth += (
+            counted.count(b"{") + counted.count(b"[") - counted.count(b"}") - counted.count(b"]")
+        )
+        self.complete = (self.depth == 0 and counted.strip() != b"") or _BOUNDARY.search(
+            counted
+        ) is not None
 
     def values(self) -> list:
         """Every whole value in the buffer, in order; the rest waits for more bytes.
         Raises ValueError on bytes that are not JSON."""
         if not self.complete:
             return []
-        text = self.buf.decode("utf-8", "surrogateescape")    # the tail may end mid-character
+        text = self.buf.decode("utf-8", "surrogateescape")  # the tail may end mid-character
         out, index, end = [], 0, len(text)
         while True:
             while index < end and text[index].isspace():
@@ -73,11 +75,11 @@ class Framer:
             try:
                 value, index = _DECODER.raw_decode(text, index)
             except json.JSONDecodeError as e:
-                if e.pos < end and out:      # a partial next value: keep it
+                if e.pos < end and out:  # a partial next value: keep it
                     break
                 if e.pos < end:
                     raise ValueError(f"bad JSON from OVSDB: {e}") from None
-                break                         # ran out of bytes: wait for more
+                break  # ran out of bytes: wait for more
             out.append(value)
         self.buf = text[index:].encode("utf-8", "surrogateescape")
         self.scanned = self.depth = 0

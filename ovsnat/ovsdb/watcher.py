@@ -4,14 +4,13 @@ The only module that talks OVSDB. It runs one monitor session (in a green thread
 controller) and hands each batch to a callback, which posts it to the app's event loop: all
 state changes happen in one place (the ovsdbapp pattern).
 
-Two kinds of batch:
-- `Snapshot`: every VM interface of the bridge. Sent on the first sync and after every
-  reconnect, because a new monitor re-sends all rows without delete events: the receiver
-  must treat anything missing from a snapshot as gone (level-triggered).
-- `Changes`: the interfaces touched since the last batch (O(changes), not O(rows)).
+Two kinds of batch (ovsnat.model.rows): a `Snapshot` of every VM interface of the bridge
+on the first sync and after every reconnect (a new monitor re-sends all rows without
+delete events), and `Changes`: the interfaces touched since the last batch.
 
-Bridge membership is tracked incrementally (interface -> port -> bridge), so an interface
-counts only while its port is on the configured bridge.
+Bridge membership is tracked incrementally (ovsnat.ovsdb.tables), so an interface counts
+only while its port is on the configured bridge. The bridge's datapath_id comes with the
+batches too: the controller programs that datapath only (ovsnat.core.datapaths).
 
 Why not the python-ovs IDL: at 10,000 VMs it held about 60 MB of Row/Datum/Atom objects for
 four columns, and every port added to the bridge made it copy the bridge's whole port set
@@ -26,88 +25,27 @@ writes go through this session (`write_keys`).
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import ovs.jsonrpc
 import ovs.poller
 
-from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
+from ovsnat.model.rows import Changes, Snapshot
 from ovsnat.ovsdb import fastjson, ownwrites
+from ovsnat.ovsdb.tables import Tables
 
 LOG = logging.getLogger(__name__)
 
 DATABASE = "Open_vSwitch"
 MONITOR_ID = "ovsnat"
-COLUMNS = {"Bridge": ["name", "ports", "external_ids", "controller"], "Port": ["interfaces"],
-           "Interface": ["name", "ofport", "external_ids", "link_state"]}
-RECONNECT_MS = 1000      # OVSDB gone: try again every second (python-ovs default backs off to 8 s)
-
-
-def kept_key(key: str) -> bool:
-    """The external_ids keys ovsnat reads; a hypervisor's other keys (vm-uuid, iface-status,
-    Neutron's and os-vif's) are dropped as they arrive, so they cost no memory."""
-    return key in (KEY_IFACE_ID, KEY_ATTACHED_MAC) or key.startswith("ovsnat-")
-
-
-@dataclass(frozen=True, slots=True)
-class IfaceRow:
-    name: str
-    ofport: int | None
-    external_ids: dict                 # only the keys `kept_key` accepts
-    link_state: str | None = None      # "down": the device is gone (e.g. the VM left)
-
-
-@dataclass
-class Snapshot:
-    rows: dict[str, IfaceRow]
-    bridge_ids: dict = field(default_factory=dict)   # the bridge's ovsnat-* external_ids
-
-
-@dataclass
-class Changes:
-    rows: dict[str, IfaceRow] = field(default_factory=dict)   # created or updated
-    removed: set[str] = field(default_factory=set)             # gone from the bridge
-    bridge_ids: dict | None = None                             # when they changed
-
-
-# --- OVSDB JSON values (RFC 7047 section 5.1) ---------------------------------------------------
-def _atom(value):
-    """An atom; a UUID reference ["uuid", "..."] becomes its string, interned: each UUID is
-    kept in several indexes, as one string object."""
-    return sys.intern(value[1]) if isinstance(value, list) else value
-
-
-def _set(value) -> list:
-    """A set column's elements: ["set", [...]] or, for exactly one element, the atom itself."""
-    if isinstance(value, list) and value[0] == "set":
-        return [_atom(a) for a in value[1]]
-    return [_atom(value)]
-
-
-def _optional(value):
-    """A column of at most one element (ofport, link_state): its value or None. In update2 a
-    change of such a column carries the new value, not a difference."""
-    values = _set(value)
-    return values[0] if values else None
-
-
-def _map(value) -> dict:
-    return {sys.intern(k): v for k, v in value[1]}
-
-
-def _apply_map_diff(old: dict, diff: dict) -> dict:
-    """update2's map difference: a new key is added, a key with its old value is removed,
-    a key with another value is changed."""
-    new = dict(old)
-    for k, v in diff.items():
-        if new.get(k) == v:
-            del new[k]
-        else:
-            new[k] = v
-    return new
+COLUMNS = {
+    "Bridge": ["name", "ports", "external_ids", "controller", "datapath_id"],
+    "Port": ["interfaces"],
+    "Interface": ["name", "ofport", "external_ids", "link_state"],
+}
+RECONNECT_MS = 1000  # OVSDB gone: try again every second (python-ovs default backs off to 8 s)
+MAX_WRITES = 10_000  # key writes awaiting OVSDB's answer (more: the oldest is forgotten)
 
 
 class Watcher:
@@ -119,24 +57,21 @@ class Watcher:
         self.reconnects = 0
         self.session: ovs.jsonrpc.Session | None = None
         self._session_state = None
-        self._request_id = None              # our monitor_cond request, until its reply
-        self._writes: dict = {}              # request id -> what a key write was for
+        self._request_id = None  # our monitor_cond request, until its reply
+        self._writes: dict = {}  # request id -> what a key write was for
         self._monitoring = False
         self._warned = False
-        self._refused = None                 # the server's last refusal, logged once
+        self._refused = None  # the server's last refusal, logged once
+        self._write_error = None  # the last write refusal, logged once
         self._reset()
 
     def _reset(self) -> None:
-        self._ifaces: dict[str, IfaceRow] = {}       # iface uuid -> row (every bridge)
-        self._bridges: dict[str, tuple[str, set]] = {}   # bridge uuid -> (name, port uuids)
-        self._bridge_ids: dict[str, dict] = {}       # bridge uuid -> its ovsnat-* external_ids
-        self._controllers: dict[str, set] = {}       # bridge uuid -> its Controller uuids
+        """A new monitor: everything is described again (tables) and published again."""
+        self.tables = Tables(self.bridge)
+        self._published_dpid: str | None = None
         self._published_ids: dict | None = None
-        self._uuid_of: dict[str, str] = {}           # published name -> iface uuid
-        self._port_of_iface: dict[str, str] = {}     # iface uuid -> port uuid
-        self._ifaces_of_port: dict[str, tuple] = {}  # port uuid -> iface uuids
-        self._names: dict[str, str] = {}             # iface uuid -> last published name
-        self._dirty: set[str] = set()
+        self._uuid_of: dict[str, str] = {}  # published name -> iface uuid
+        self._names: dict[str, str] = {}  # iface uuid -> last published name
 
     # --- the loop ---------------------------------------------------------------------
     def connect(self) -> None:
@@ -163,25 +98,29 @@ class Watcher:
         """Connect or reconnect, read what has arrived, publish the batch it makes."""
         session = self.session
         session.run()
-        fastjson.upgrade(session)            # decode with the C decoder (ovsdb/fastjson.py)
+        fastjson.upgrade(session)  # decode with the C decoder (ovsdb/fastjson.py)
         state = (session.get_seqno(), session.is_connected())
-        if state != self._session_state:    # python-ovs bumps seqno on connecting, not
-            self._session_state = state      # on connected: watch both
+        if state != self._session_state:  # python-ovs bumps seqno on connecting, not
+            self._session_state = state  # on connected: watch both
             self._on_session_change()
-        for _ in range(1000):                 # bounded: let the caller's loop breathe
+        for _ in range(1000):  # bounded: let the caller's loop breathe
             msg = session.recv()
             if msg is None:
                 break
             self._handle(msg)
-        if self._monitoring and (self._dirty or self._our_ids() != self._published_ids):
+        if self._monitoring and (
+            self.tables.dirty
+            or self.tables.our_ids() != self._published_ids
+            or self.tables.our_dpid() != self._published_dpid
+        ):
             self._publish_changes()
 
-    def snapshot_once(self, timeout: float = 10.0) -> "Snapshot":
+    def snapshot_once(self, timeout: float = 10.0) -> Snapshot:
         """Connect, wait for the first full view, and return it (for the CLI tools, which
         should fail at once, not retry, when OVSDB is not there)."""
         got: list = []
         self.publish = got.append
-        self._warned = True                  # no "retrying" line: a failure raises below
+        self._warned = True  # no "retrying" line: a failure raises below
         self.connect()
         deadline = time.monotonic() + timeout
         try:
@@ -189,8 +128,10 @@ class Watcher:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no answer from OVSDB at {self.remote} in {timeout}s")
                 self.run_once()
-                if not self.session.is_connected() and \
-                        self.session.reconnect.state.name == "BACKOFF":   # attempt failed
+                if (
+                    not self.session.is_connected()
+                    and self.session.reconnect.state.name == "BACKOFF"
+                ):  # attempt failed
                     raise ConnectionError(f"cannot connect to OVSDB at {self.remote}")
                 self._wait(100)
         finally:
@@ -205,14 +146,20 @@ class Watcher:
     # --- the session ------------------------------------------------------------------
     def _on_session_change(self) -> None:
         self._monitoring, self._request_id = False, None
+        self._writes.clear()  # a new session never answers the old one's
         if not self.session.is_connected():
-            if self._session_state[0] > 1 and not self._warned:    # a failed attempt
-                LOG.warning("ovsnat: OVSDB %s: not connected; retrying every %d ms",
-                            self.remote, RECONNECT_MS)
+            if self._session_state[0] > 1 and not self._warned:  # a failed attempt
+                LOG.warning(
+                    "ovsnat: OVSDB %s: not connected; retrying every %d ms",
+                    self.remote,
+                    RECONNECT_MS,
+                )
                 self._warned = True
             return
-        request = ovs.jsonrpc.Message.create_request("monitor_cond", [
-            DATABASE, MONITOR_ID, {t: [{"columns": c}] for t, c in COLUMNS.items()}])
+        request = ovs.jsonrpc.Message.create_request(
+            "monitor_cond",
+            [DATABASE, MONITOR_ID, {t: [{"columns": c}] for t, c in COLUMNS.items()}],
+        )
         self._request_id = request.id
         self.session.send(request)
 
@@ -221,124 +168,39 @@ class Watcher:
         if msg.type in (Message.T_REPLY, Message.T_ERROR) and msg.id == self._request_id:
             self._request_id = None
             if msg.type == Message.T_ERROR:
-                if self._refused != msg.error:       # once per distinct answer, not per retry
-                    LOG.error("ovsnat: OVSDB %s refused to monitor %s: %s; retrying",
-                              self.remote, DATABASE, msg.error)
+                if self._refused != msg.error:  # once per distinct answer, not per retry
+                    LOG.error(
+                        "ovsnat: OVSDB %s refused to monitor %s: %s; retrying",
+                        self.remote,
+                        DATABASE,
+                        msg.error,
+                    )
                     self._refused = msg.error
                 self.session.force_reconnect()
                 return
             self._reset()
-            self._apply(msg.result)
+            self.tables.apply(msg.result)
             self._monitoring, self._warned, self._refused = True, False, None
             self.reconnects += 1
             self._publish_snapshot()
         elif msg.type in (Message.T_REPLY, Message.T_ERROR) and msg.id in self._writes:
             self._write_done(self._writes.pop(msg.id), msg)
-        elif msg.type == Message.T_NOTIFY and msg.method == "update2" and self._monitoring \
-                and msg.params[0] == MONITOR_ID:
-            self._apply(msg.params[1])
+        elif (
+            msg.type == Message.T_NOTIFY
+            and msg.method == "update2"
+            and self._monitoring
+            and msg.params[0] == MONITOR_ID
+        ):
+            self.tables.apply(msg.params[1])
         elif msg.type == Message.T_NOTIFY and msg.method == "monitor_canceled":
             LOG.warning("ovsnat: OVSDB %s canceled the monitor; reconnecting", self.remote)
             self.session.force_reconnect()
 
-    # --- applying updates ---------------------------------------------------------------
-    def _apply(self, updates: dict) -> None:
-        for table, rows in updates.items():
-            apply = {"Bridge": self._apply_bridge, "Port": self._apply_port,
-                     "Interface": self._apply_iface}[table]
-            for uuid, change in rows.items():
-                for kind, row in change.items():
-                    apply(sys.intern(uuid), kind, row or {})
-
-    def _apply_bridge(self, uuid: str, kind: str, row: dict) -> None:
-        """Only our bridge's port set matters. A modify carries the ports that joined or
-        left, so adding one port to a bridge of 10,000 touches one port, not 10,000."""
-        name, ports = self._bridges.pop(uuid, (None, set()))
-        was_ours = name == self.bridge
-        if kind == "delete":
-            touched = ports if was_ours else set()
-            self._bridge_ids.pop(uuid, None)
-            self._controllers.pop(uuid, None)
-        else:
-            diff = set(_set(row["ports"])) if "ports" in row else set()
-            if kind == "modify":
-                ports ^= diff                 # in place: O(ports changed)
-            else:
-                ports = diff                  # initial, insert: the whole set
-            name = row.get("name", name)
-            self._bridges[uuid] = (name, ports)
-            if "controller" in row:
-                ctls = set(_set(row["controller"]))
-                self._controllers[uuid] = self._controllers.get(uuid, set()) ^ ctls \
-                    if kind == "modify" else ctls
-            if "external_ids" in row:
-                ids = {k: v for k, v in _map(row["external_ids"]).items() if kept_key(k)}
-                old = self._bridge_ids.get(uuid, {})
-                self._bridge_ids[uuid] = _apply_map_diff(old, ids) if kind == "modify" \
-                    else ids
-            is_ours = name == self.bridge
-            if was_ours and is_ours:
-                touched = diff
-            else:                             # became ours, stopped being ours, or neither
-                touched = ports | diff if was_ours or is_ours else set()
-        for port in touched:
-            self._dirty.update(self._ifaces_of_port.get(port, ()))
-
-    def _apply_port(self, uuid: str, kind: str, row: dict) -> None:
-        old = self._ifaces_of_port.pop(uuid, ())
-        new = old
-        if kind == "delete":
-            new = ()
-        elif "interfaces" in row:
-            diff = _set(row["interfaces"])
-            new = tuple(set(old) ^ set(diff)) if kind == "modify" else tuple(diff)
-        for iface in old:
-            if self._port_of_iface.get(iface) == uuid:
-                del self._port_of_iface[iface]
-        for iface in new:
-            self._port_of_iface[iface] = uuid
-        if new:
-            self._ifaces_of_port[uuid] = new
-        self._dirty.update(old)
-        self._dirty.update(new)
-
-    def _apply_iface(self, uuid: str, kind: str, row: dict) -> None:
-        self._dirty.add(uuid)
-        old = self._ifaces.pop(uuid, None)
-        if kind == "delete":
-            return
-        if kind != "modify" or old is None:
-            old = IfaceRow("", None, {}, None)
-        ids = old.external_ids
-        if "external_ids" in row:
-            diff = {k: v for k, v in _map(row["external_ids"]).items() if kept_key(k)}
-            ids = _apply_map_diff(ids, diff) if kind == "modify" else diff
-        ofport = _optional(row["ofport"]) if "ofport" in row else old.ofport
-        link = _optional(row["link_state"]) if "link_state" in row else old.link_state
-        self._ifaces[uuid] = IfaceRow(row.get("name", old.name), ofport, ids, link)
-
-    # --- publishing -----------------------------------------------------------------------
-    def _ours(self) -> set:
-        return next((ports for name, ports in self._bridges.values() if name == self.bridge),
-                    set())
-
-    def _our_ids(self) -> dict:
-        for uuid, (name, _) in self._bridges.items():
-            if name == self.bridge:
-                return dict(self._bridge_ids.get(uuid, {}))
-        return {}
-
-    def _row(self, uuid: str, ours: set) -> IfaceRow | None:
-        """The interface if it is on our bridge, else None."""
-        if self._port_of_iface.get(uuid) not in ours:
-            return None
-        return self._ifaces.get(uuid)
-
     def _publish_changes(self) -> None:
-        ours = self._ours()
+        ours = self.tables.ours()
         batch = Changes()
-        for uuid in self._dirty:
-            row = self._row(uuid, ours)
+        for uuid in self.tables.dirty:
+            row = self.tables.row(uuid, ours)
             old_name = self._names.pop(uuid, None)
             if old_name and self._uuid_of.get(old_name) == uuid:
                 del self._uuid_of[old_name]
@@ -351,27 +213,37 @@ class Watcher:
             elif old_name:
                 batch.removed.add(old_name)
         batch.removed -= set(batch.rows)
-        self._dirty.clear()
-        ids = self._our_ids()
+        self.tables.dirty.clear()
+        ids = self.tables.our_ids()
         if ids != self._published_ids:
             batch.bridge_ids = self._published_ids = ids
-        if batch.rows or batch.removed or batch.bridge_ids is not None:
+        if self.tables.our_dpid() != self._published_dpid:
+            batch.datapath_id = self._published_dpid = self.tables.our_dpid()
+        if (
+            batch.rows
+            or batch.removed
+            or batch.bridge_ids is not None
+            or batch.datapath_id is not None
+        ):
             self.publish(batch)
 
     def _publish_snapshot(self) -> None:
-        ours = self._ours()
-        self._dirty.clear()
+        ours = self.tables.ours()
+        self.tables.dirty.clear()
         rows = {}
-        for uuid in self._ifaces:
-            row = self._row(uuid, ours)
+        for uuid in self.tables.ifaces:
+            row = self.tables.row(uuid, ours)
             if row is not None:
                 rows[row.name] = row
                 self._names[uuid] = row.name
                 self._uuid_of[row.name] = uuid
-        self._published_ids = self._our_ids()
-        self.publish(Snapshot(rows, dict(self._published_ids)))
+        self._published_ids, self._published_dpid = self.tables.our_ids(), self.tables.our_dpid()
+        self.publish(Snapshot(rows, dict(self._published_ids), self._published_dpid))
 
     # --- the controller's own writes ------------------------------------------------------
+    def connected(self) -> bool:
+        return self.session is not None and self.session.is_connected()
+
     def write_keys(self, name: str, set_keys: dict, remove_keys=()) -> bool:
         """Set and remove external_ids keys on the Interface `name` of our bridge. Fire and
         forget: the update comes back through the monitor; a write lost to a reconnect is
@@ -380,20 +252,33 @@ class Watcher:
         if uuid is None or self.session is None or not self.session.is_connected():
             return False
         request = ownwrites.iface_keys(uuid, set_keys, remove_keys)
-        self._writes[request.id] = f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}"
+        self._remember(request.id, f"{name}: set {sorted(set_keys)} remove {list(remove_keys)}")
         return self.session.send(request) == 0
 
     def request_reconfigure(self) -> bool:
         """Touch our bridge's Controller rows (ovsnat.ovsdb.ownwrites says why)."""
-        uuids = {c for u, (name, _) in self._bridges.items() if name == self.bridge
-                 for c in self._controllers.get(u, ())}
+        uuids = self.tables.our_controllers()
         if not uuids or self.session is None or not self.session.is_connected():
             return False
         request = ownwrites.touch_controllers(uuids, f"{time.time():.6f}")
-        self._writes[request.id] = "the bridge's Controller rows"
+        self._remember(request.id, "the bridge's Controller rows")
         return self.session.send(request) == 0
 
+    def _remember(self, request_id, what: str) -> None:
+        """What a write was for, until OVSDB answers it. Bounded: a server that answers
+        nothing (yet keeps the session up) costs at most MAX_WRITES entries."""
+        if len(self._writes) >= MAX_WRITES:
+            del self._writes[next(iter(self._writes))]
+        self._writes[request_id] = what
+
     def _write_done(self, what: str, msg) -> None:
+        """OVSDB answered a write: a refusal is logged once per distinct error (the marker
+        is written again when its port next changes, or after a reconnect)."""
         error = ownwrites.failure(msg)
-        if error:
-            LOG.warning("ovsnat: OVSDB write failed (%s): %s", what, error)
+        if error and error != self._write_error:
+            LOG.warning(
+                "ovsnat: OVSDB refused a write (%s): %s; the same error again is not logged",
+                what,
+                error,
+            )
+        self._write_error = error or None

@@ -8,7 +8,7 @@ watcher's session instead (ovsnat.ovsdb.watcher).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ovs.db.idl
 import ovs.jsonrpc
@@ -20,14 +20,16 @@ DATABASE = "Open_vSwitch"
 
 def fetch_schema(remote: str, timeout: float = 10) -> dict:
     """The Open_vSwitch schema from the server itself (no schema file needed)."""
-    error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote),
-                                                 timeout=int(timeout * 1000))
+    error, stream = ovs.stream.Stream.open_block(
+        ovs.stream.Stream.open(remote), timeout=int(timeout * 1000)
+    )
     if error:
         raise ConnectionError(f"cannot connect to OVSDB at {remote}: {error}")
     rpc = ovs.jsonrpc.Connection(stream)
     try:
-        error, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request(
-            "get_schema", [DATABASE]))
+        error, reply = rpc.transact_block(
+            ovs.jsonrpc.Message.create_request("get_schema", [DATABASE])
+        )
     finally:
         rpc.close()
     if error or reply.error:
@@ -39,10 +41,14 @@ class IfaceNotFound(LookupError):
     """No Interface row carries the requested external_ids:iface-id."""
 
 
-def set_iface_external_ids(remote: str, iface_id: str, set_keys: dict[str, str],
-                           remove_keys: list[str] | tuple = (),
-                           check: Callable[[str, int | None, dict], None] | None = None,
-                           timeout: float = 10) -> dict[str, dict]:
+def set_iface_external_ids(
+    remote: str,
+    iface_id: str,
+    set_keys: dict[str, str],
+    remove_keys: list[str] | tuple = (),
+    check: Callable[[str, int | None, dict], None] | None = None,
+    timeout: float = 10,
+) -> dict[str, dict]:
     """Set and remove external_ids keys on every Interface row whose external_ids:iface-id is
     `iface_id`, in one OVSDB transaction; returns {interface name: external_ids after}.
 
@@ -70,18 +76,22 @@ def set_iface_external_ids(remote: str, iface_id: str, set_keys: dict[str, str],
         poller.block()
 
     try:
-        seqno = None                     # the IDL contents the last attempt was built on
+        seqno = None  # the IDL contents the last attempt was built on
         while True:
             idl.run()
             while idl.state != idl.IDL_S_MONITORING or idl.change_seqno == seqno:
                 wait()
                 idl.run()
             seqno = idl.change_seqno
-            rows = [r for r in idl.tables["Interface"].rows.values()
-                    if dict(r.external_ids).get("iface-id") == iface_id]
+            rows = [
+                r
+                for r in idl.tables["Interface"].rows.values()
+                if dict(r.external_ids).get("iface-id") == iface_id
+            ]
             if not rows:
-                raise IfaceNotFound(f"no Interface has external_ids:iface-id={iface_id!r} "
-                                    f"(OVSDB {remote})")
+                raise IfaceNotFound(
+                    f"no Interface has external_ids:iface-id={iface_id!r} (OVSDB {remote})"
+                )
             after = {}
             for row in sorted(rows, key=lambda r: r.name):
                 ids = dict(row.external_ids)

@@ -1,0 +1,252 @@
+"""Operator views of a live host: `ovsnat dump` and `diff` here, `status` (ovsnat.cli.status)
+and `trace` (ovsnat.cli.trace) on the same view.
+
+They run on the hypervisor, next to the controller, and read the same two sources it does:
+OVSDB (through ovsnat.ovsdb) and the switch (through `ovs-ofctl`/`ovs-appctl`, as an
+operator would). Desired flows come from the same core code as the controller's, so `diff`
+says exactly what the controller would send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import netaddr
+
+from ovsnat.compile.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
+from ovsnat.compile.pipeline import BY_ID, INGRESS
+from ovsnat.core.state import HostState
+from ovsnat.model import HostConfig, VmPort, port_from_row, with_gateway_mac
+from ovsnat.model.options import read_ini
+from ovsnat.ovsdb import Watcher
+
+
+class InspectError(RuntimeError):
+    pass
+
+
+# --- the switch, read with the OVS tools -------------------------------------------------------
+@dataclass
+class Installed:
+    cookie: int
+    table: int
+    priority: int
+    packets: int
+    bytes: int
+    duration: float
+    text: str  # as ovsnat renders a flow: cookie, table, priority, match, actions
+
+    @property
+    def match(self) -> str:
+        head = self.text.split(" actions=")[0].split("priority=", 1)[1]
+        return head.partition(",")[2]
+
+    @property
+    def actions(self) -> str:
+        return self.text.split(" actions=", 1)[1]
+
+
+DUMP_LINE = re.compile(
+    r"cookie=(?P<cookie>0x[0-9a-f]+), duration=(?P<dur>[\d.]+)s, (?:table=(?P<table>\d+), )?"
+    r"n_packets=(?P<pk>\d+), n_bytes=(?P<by>\d+), (?:idle_age=\d+, )?(?:hard_age=\d+, )?"
+    r"priority=(?P<prio>\d+)(?P<rest>.*)$"
+)
+
+
+def parse_dump(text: str) -> list[Installed]:
+    flows = []
+    for line in text.splitlines():
+        m = DUMP_LINE.search(line.strip())
+        if not m:
+            continue
+        table = int(m.group("table") or 0)
+        prefix = f"table={table}, " if table else ""
+        body = f"cookie={m.group('cookie')}, {prefix}priority={m.group('prio')}{m.group('rest')}"
+        flows.append(
+            Installed(
+                int(m.group("cookie"), 16),
+                table,
+                int(m.group("prio")),
+                int(m.group("pk")),
+                int(m.group("by")),
+                float(m.group("dur")),
+                body,
+            )
+        )
+    return flows
+
+
+def ovs_tool(*argv: str) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise InspectError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def dump_flows(bridge: str) -> list[Installed]:
+    return parse_dump(ovs_tool("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge))
+
+
+# --- the host as the controller sees it ---------------------------------------------------------
+@dataclass
+class View:
+    cfg: HostConfig
+    host: HostState
+    rows: dict
+    installed: list[Installed]
+    status: dict  # the controller's status file, if any
+
+    def owner(self, cookie: int) -> str:
+        """The object that made a flow: host, a network, or a VM's port name."""
+        if cookie_kind(cookie) == COOKIE_HOST:
+            return "host"
+        owner = self.host.owner_names.get(cookie >> 24)
+        if isinstance(owner, tuple):
+            return f"network {owner[1] or '(default)'}"
+        if owner is not None:
+            return owner
+        if cookie_kind(cookie) == COOKIE_VM:
+            return f"unknown VM {netaddr.IPAddress(cookie_owner(cookie))}"
+        return f"unknown owner {cookie >> 24:#x}"
+
+
+def load_view(conf_path: str) -> View:
+    options = read_ini(conf_path)
+    snap = Watcher(options["ovsdb_connection"], options["bridge"], lambda b: None).snapshot_once()
+    uplink = snap.rows.get(options["uplink_port"])
+    if uplink is None or not uplink.ofport or uplink.ofport < 1:
+        raise InspectError(
+            f"uplink port {options['uplink_port']} is not on bridge {options['bridge']}"
+        )
+    fabric = snap.rows.get(options.get("fabric_port") or "")
+    snat = snap.bridge_ids.get("ovsnat-snat-ip") or options.get("snat_ip")
+    cfg = HostConfig.parse(
+        {
+            **options,
+            "uplink_ofport": uplink.ofport,
+            "snat_ip": snat,
+            "fabric_ofport": fabric.ofport if fabric and fabric.ofport and fabric.ofport > 0 else 0,
+        }
+    )
+    installed = dump_flows(cfg.bridge)
+    if cfg.learn_gateway_mac:
+        cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
+    host = HostState(cfg)
+    for name, row in sorted(snap.rows.items()):
+        if name not in (cfg.uplink_port, cfg.fabric_port):
+            host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))
+    host.adopt_installed({(f.table, f.cookie) for f in installed})
+    return View(cfg, host, snap.rows, installed, read_status(options))
+
+
+def _installed_gateway_mac(installed: list[Installed]):
+    for f in installed:
+        m = re.search(r"set_field:([0-9a-f:]{17})->eth_dst,output", f.actions)
+        if f.table == INGRESS and m and is_ours(f.cookie):
+            return netaddr.EUI(m.group(1))
+    return None
+
+
+def read_status(options: dict) -> dict:
+    path = options.get("status_file") or ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+# --- ovsnat dump --------------------------------------------------------------------------------
+def dump(view: View) -> dict:
+    """Installed flows grouped by owner, each with its table's role and counters."""
+    groups: dict[str, list] = defaultdict(list)
+    for f in view.installed:
+        owner = view.owner(f.cookie) if is_ours(f.cookie) else "foreign"
+        table = BY_ID.get(f.table)
+        groups[owner].append(
+            {
+                "table": f.table,
+                "role": table.name if table else "?",
+                "priority": f.priority,
+                "match": f.match,
+                "actions": f.actions,
+                "packets": f.packets,
+                "bytes": f.bytes,
+                "cookie": f"{f.cookie:#x}",
+            }
+        )
+    return dict(groups)
+
+
+def describe_owner(view: View, owner: str) -> str:
+    if owner in ("host", "foreign"):
+        return {
+            "host": f"host-level (SNAT {view.cfg.snat_ip}:{view.cfg.snat_port_min}-"
+            f"{view.cfg.snat_port_max})",
+            "foreign": "not ovsnat's (left alone)",
+        }[owner]
+    port = view.host.valid.get(owner)
+    if port is None:
+        return owner
+    nat = f"FIP {port.fip}" if port.fip else "PAT"
+    net = view.host.net(port)
+    where = "" if not net.name else f"network {net.name}, "
+    return f"{owner} ({port.iface_id}, {where}{port.fixed_ip}, {nat}, ofport {port.ofport})"
+
+
+def format_dump(view: View, groups: dict) -> str:
+    lines = []
+    for owner in sorted(groups, key=lambda o: (o != "host", o == "foreign", o)):
+        flows = groups[owner]
+        lines.append(f"{describe_owner(view, owner)}: {len(flows)} flows")
+        for f in sorted(flows, key=lambda f: (f["table"], -f["priority"])):
+            lines.append(
+                f"  {f['table']:>2} {f['role']:<11} {f['packets']:>8} pkts  "
+                f"prio {f['priority']:<3} {f['match'] or '*'}  ->  {f['actions']}"
+            )
+    return "\n".join(lines)
+
+
+# --- ovsnat diff --------------------------------------------------------------------------------
+def diff(view: View) -> dict:
+    """Desired against installed: missing and stale ovsnat flows, and foreign flows."""
+    desired = {f.text() for f in view.host.all_flows()}
+    ours = {f.text for f in view.installed if is_ours(f.cookie)}
+    return {
+        "missing": sorted(desired - ours),
+        "stale": sorted(ours - desired),
+        "foreign": sorted(f.text for f in view.installed if not is_ours(f.cookie)),
+    }
+
+
+def vm_counts(view: View) -> Counter:
+    return Counter("fip" if p.fip else "pat" for p in view.host.accepted)
+
+
+def find_vm(view: View, key: str, network: str | None = None) -> VmPort:
+    """A VM by port name, iface-id, fixed IP or FIP; `network` picks among VMs of several
+    networks with the same fixed IP."""
+    found = [
+        p
+        for p in view.host.accepted
+        if key in (p.name, p.iface_id, str(p.fixed_ip), str(p.fip))
+        and (
+            network is None or view.host.net(p).label == network or view.host.net(p).name == network
+        )
+    ]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InspectError(
+            f"no VM port named {key!r} (port name, iface-id, fixed IP or FIP)"
+            + (f" in network {network}" if network else "")
+        )
+    nets = ", ".join(sorted(view.host.net(p).label for p in found))
+    raise InspectError(f"{key} is in several networks ({nets}): add --network NAME")
+
+
+__all__ = ["COOKIE_VM", "load_view", "dump", "diff", "find_vm"]

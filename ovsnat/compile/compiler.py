@@ -1,0 +1,42 @@
+"""The flow compiler: desired state in, flows out. Pure and deterministic.
+
+Three kinds of owner, each compiled on its own: host-level flows depend only on the host
+config; a network's flows on the config and the network; a VM's flows on the config, its
+network and the VM. So one port event recomputes one VM's flows (O(1)), a network's flows
+appear with its first VM here and go with its last, and adding or removing a VM never
+touches another VM's flows. flows/pipeline.md walks through every table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ovsnat.compile import flowident
+from ovsnat.compile.flows import Flow
+from ovsnat.compile.host import host_flows
+from ovsnat.compile.network import network_flows
+from ovsnat.compile.pipeline import check_flow
+from ovsnat.compile.vm import vm_flows
+from ovsnat.model import DesiredState
+
+
+def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
+    """Every flow of the host, in a stable order (table, -priority, text): each owner's,
+    settled as the controller settles them (ovsnat.compile.flowident)."""
+    cfg = state.config
+    nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
+    flows = flowident.resolve(
+        [
+            (flowident.HOST, host_flows(cfg)),
+            *((("net", net.name), network_flows(cfg, net)) for net in nets),
+            *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms),
+        ]
+    )
+    if check:
+        for flow in flows:
+            check_flow(flow)
+    return sort_flows(flows)
+
+
+def sort_flows(flows: Iterable[Flow]) -> list[Flow]:
+    return sorted(flows, key=lambda f: (f.table, -f.priority, f.body()))

@@ -1,0 +1,151 @@
+"""A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
+They exist while the network has an accepted port on this host (the default network's
+always), and depend on nothing but the host config and the network."""
+
+from __future__ import annotations
+
+from ovsnat.compile import handoff_flows
+from ovsnat.compile.flows import (
+    COOKIE_NET,
+    NO_VLAN,
+    Ct,
+    CtClear,
+    Flow,
+    Goto,
+    Load,
+    Match,
+    Nat,
+    Output,
+    PopVlan,
+    PushVlan,
+    make_flow,
+    owner_cookie,
+)
+from ovsnat.compile.pipeline import (
+    CLASSIFY,
+    DELIVER,
+    EGRESS,
+    FABRIC_IN,
+    FROM_FABRIC,
+    NET_PAT_DONE,
+    NET_PAT_IN,
+    NET_PAT_OUT,
+    PAT_IN_NET,
+    PAT_OUT,
+    ROUTED,
+    TO_KEY_ARP,
+    VM_ARP,
+    VM_L2,
+    no_flag,
+    reg6,
+)
+from ovsnat.compile.shared import arp_reply
+from ovsnat.model import HostConfig, mac_str, networks
+from ovsnat.model.networks import Network
+
+
+def fabric_out(cfg: HostConfig, net: Network) -> list:
+    """To the fabric in the network's VLAN. Last in an action list: push_vlan applies to
+    every output after it."""
+    if not cfg.fabric_ofport:
+        return []
+    return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]
+
+
+def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
+    """A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
+    The untagged network goes straight to the shared PAT zone; a VLAN network first through
+    its own zone, to its transit address, so overlapping fixed IPs never meet there."""
+    c = owner_cookie(COOKIE_NET, net.id)
+    r6 = reg6(net)
+    gw = str(net.gateway)
+    flows = [
+        make_flow(
+            c,
+            VM_ARP,
+            200,
+            Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6, arp_tpa=gw, arp_op=1),
+            arp_reply(mac_str(cfg.router_mac), gw),
+        ),
+        make_flow(c, EGRESS, 250, Match.of(proto="ip", reg6=r6, nw_dst=net.cidr), []),
+    ]
+    if net.vlan is None:
+        flows += [
+            make_flow(
+                c,
+                EGRESS,
+                50,
+                Match.of(proto="ip", reg6=r6),
+                [Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())],
+            ),
+            make_flow(
+                c,
+                PAT_IN_NET,
+                100,
+                Match.of(proto="ip", nw_dst=net.cidr),
+                [Load("reg6", 0), Goto(DELIVER)],
+            ),
+        ]
+    else:
+        zone = networks.zone(cfg.network_ct_zone_base, net)
+        flows += [
+            make_flow(
+                c,
+                EGRESS,
+                50,
+                Match.of(proto="ip", reg6=r6),
+                [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())],
+            ),
+            make_flow(
+                c,
+                NET_PAT_OUT,
+                50,
+                Match.of(ct_state="+new+trk", proto="ip", reg6=r6, **handoff_flows.not_handed(cfg)),
+                [
+                    Ct(
+                        zone=zone,
+                        table=NET_PAT_DONE,
+                        commit=True,
+                        nat=Nat("src", str(networks.transit(cfg.transit_cidr, net))),
+                    )
+                ],
+            ),
+            make_flow(
+                c,
+                PAT_IN_NET,
+                100,
+                Match.of(proto="ip", nw_dst=networks.transit_range(cfg.transit_cidr, net)),
+                [Load("reg6", net.id), CtClear(), Ct(zone=zone, table=NET_PAT_IN, nat=Nat())],
+            ),
+        ]
+    if cfg.fabric_ofport:
+        from_fabric = (
+            Match.of(in_port=cfg.fabric_ofport, dl_vlan=net.vlan)
+            if net.vlan
+            else Match.of(in_port=cfg.fabric_ofport, vlan_tci=NO_VLAN)
+        )
+        tag = [PopVlan(), Load("reg6", net.id)] if net.vlan else []
+        flows += [
+            make_flow(
+                c, CLASSIFY, 100, from_fabric, tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]
+            ),
+            # ARP from a local VM reaches the fabric as a switch floods it (GARPs, requests
+            # for VMs elsewhere), then goes on to local delivery.
+            make_flow(
+                c,
+                VM_ARP,
+                100,
+                Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
+                fabric_out(cfg, net)
+                + ([PopVlan()] if net.vlan else [])
+                + [TO_KEY_ARP, Goto(VM_L2)],
+            ),
+            make_flow(
+                c,
+                VM_L2,
+                50,
+                Match.of(proto="ip", reg5=no_flag(ROUTED), reg6=r6),
+                fabric_out(cfg, net),
+            ),
+        ]
+    return flows

@@ -1,0 +1,357 @@
+"""The host controller: every decision of ovsnat's controller, in plain Python.
+
+ovsnat.app, the Ryu/os-ken shim, turns framework events into calls here, each with `now`,
+and does what they return: bytes (or an iterator of byte chunks) go to the switch,
+`IfaceKeys` to OVSDB. Nothing here opens a socket, starts a thread or reads the clock, so
+unit tests drive a host event by event against a model switch, as Faucet's tests drive
+valve.py under faucet.py.
+
+- OVSDB batches update the host state (ovsnat.core.state); the changed VMs' flows go out in one
+  atomic bundle. A snapshot (every reconnect) is level-triggered: rows missing from it are
+  gone.
+- On datapath connect: dump ovsnat's flows and meters, diff against the desired state by
+  (table, cookie), send only the difference in one bundle. A restart with nothing changed
+  sends no flow_mod.
+- A rejected bundle is retried owner by owner, so one bad VM never blocks the others.
+- Once a port's flows are confirmed on the switch, its Interface row gets
+  external_ids:ovsnat-installed=true (as ovn-controller's ovn-installed), and
+  ovsnat-ready=true once this host accepts its keys, even before its device exists (a live
+  migration's destination): the Neutron agent reports the port up from them (ovsnat.core.markers).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import netaddr
+
+from ovsnat.core import audit, connlimit, dhcp, markers
+from ovsnat.core.datapaths import Identity
+from ovsnat.core.delta import Delta
+from ovsnat.core.effects import AdoptSwitch, RefuseSwitch, ReleaseMemory
+from ovsnat.core.failures import Failures
+from ovsnat.core.fips import Fips
+from ovsnat.core.handoff import Handoffs
+from ovsnat.core.packet_in import PacketIn
+from ovsnat.core.reconcile import FULL_SYNC, Reconciler
+from ovsnat.core.state import HostState
+from ovsnat.core.status import Stats, status_of
+from ovsnat.core.timers import Timers
+from ovsnat.core.vswitchd import Vswitchd
+from ovsnat.model import HostConfig, mac_str, port_from_row
+from ovsnat.model.hostconfig import RejectionLog, Settings
+from ovsnat.model.rows import IfaceRow, Snapshot
+from ovsnat.packets import arp
+
+LOG = logging.getLogger("ovsnat")
+GATEWAY_ARP_INTERVAL = (1, 30)  # seconds: until resolved, then to follow changes
+FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
+
+
+class Fatal(RuntimeError):
+    """The controller keeps failing: better to exit and be restarted than run diverged."""
+
+
+class HostController:
+    def __init__(
+        self, cfg: HostConfig, clock, audit_interval: float = 60.0, pat_usage: bool = False
+    ):
+        self.base_cfg, self.audit_interval = cfg, audit_interval
+        self.rows: dict[str, IfaceRow] = {}
+        self.bridge_ids: dict[str, str] = {}
+        self.gateway_mac = cfg.external_gateway_mac
+        self.stats = Stats()
+        self.failures = Failures(self.stats)
+        self.sw = Reconciler(clock, self.stats)
+        self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
+        self.packets = PacketIn(self)
+        self.zones = connlimit.Zones()
+        self.refusals = connlimit.Refusals()
+        self.first_view = True
+        self.rejections = RejectionLog()
+        self.settings = Settings(cfg)
+        self.faults: list[float] = []
+        self.identity = Identity(cfg.bridge, self.stats)
+        self.vswitchd = Vswitchd(cfg, self.stats, self.failures, pat_usage)
+        self._build(seen_ofport={})
+
+    def _build(self, seen_ofport: dict[str, int | None]) -> None:
+        """The host state and the components whose deadlines and decisions follow it, built
+        afresh over what outlives a fault (the rows, the counters, the switch session): at
+        start, and by `recover`. `seen_ofport`: each row's device at the last look (a
+        rebuilt host must not take a VM that was here for one that just arrived)."""
+        self.host = self.sw.host = None
+        self.timers = Timers()
+        self.fips = Fips(
+            self.base_cfg.fip_activation, self.timers, self.stats, self.sw.session, self.sw.send
+        )
+        self.fips.seen_ofport = seen_ofport
+        self.handoffs = Handoffs(self.timers, self.stats)
+        self.audit = audit.Auditor(self.audit_interval, self.sw, self.timers, self.stats)
+
+    # --- OVSDB ---------------------------------------------------------------------------
+    def ovsdb(self, batch, now: float) -> list:
+        names = self._apply(batch)
+        built, out = self._ensure_host(now)
+        if batch.datapath_id is not None:
+            out = self._datapath_named(batch.datapath_id, now) + out
+        if built:
+            return (
+                out + self.sw.sync(now) + self._markers(self.rows) + self.zones.reapply(self.host)
+            )
+        if self.host is None:
+            return out
+        delta = Delta()
+        for name in sorted(names - self._infra()):
+            was = self.host.accepted_port(name)
+            delta.extend(self.host.update(name, self._port(name)))
+            gone = name not in self.rows or name in self.host.transient
+            delta.extend(self.handoffs.changed(self.host, name, was, gone, now))
+        self.rejections.report(self.host)
+        delta.extend(self.fips.changed(names, self.rows, now))
+        burst = [ReleaseMemory()] if isinstance(batch, Snapshot) else []
+        return (
+            out
+            + self.sw.send(delta)
+            + self._markers(names)
+            + self.zones.update(self.host, names - self._infra())
+            + burst
+        )
+
+    def _apply(self, batch) -> set[str]:
+        if batch.bridge_ids is not None:
+            self.bridge_ids = batch.bridge_ids
+        if isinstance(batch, Snapshot):
+            self.stats.inc("ovsdb_reconnects")
+            if self.first_view:  # the controller's first view: what is plugged was here
+                self.fips.seen_ofport = {
+                    n: r.ofport for n, r in batch.rows.items() if r.link_state != "down"
+                }
+            changed = set(self.rows) | set(batch.rows)
+            self.rows = dict(batch.rows)
+            LOG.info(
+                "ovsnat: OVSDB snapshot: %d interfaces on %s", len(self.rows), self.base_cfg.bridge
+            )
+            return changed
+        for name in batch.removed:
+            self.rows.pop(name, None)
+        self.rows.update(batch.rows)
+        return set(batch.rows) | batch.removed
+
+    def _port(self, name: str):
+        row = self.rows.get(name)
+        return (
+            None
+            if row is None
+            else port_from_row(name, row.ofport, row.external_ids, row.link_state)
+        )
+
+    def _ensure_host(self, now: float) -> tuple[bool, list]:
+        """Build the host state once the uplink's ofport and the SNAT IP are known, or
+        follow a change of either (recompiling, without forgetting which FIPs are live)."""
+        cfg = self._config()
+        if cfg is None:
+            return False, []
+        if self.host is None:
+            self.host = self.sw.host = HostState(cfg)
+            self.fips.set_host(self.host)
+            for name in sorted(set(self.rows) - self._infra()):
+                self.host.update(name, self._port(name))
+            self.rejections.report(self.host)
+            self.fips.changed(set(self.rows), self.rows, now, resident=self.first_view)
+            self.first_view = False
+            if cfg.learn_gateway_mac:
+                self.timers.at(now, ("gateway-arp",))
+            self.timers.at(now + connlimit.Refusals.POLL, connlimit.Refusals.KEY)
+            return True, [ReleaseMemory()]
+        if cfg == self.host.cfg:
+            return False, []
+        LOG.info(
+            "ovsnat: host settings changed (uplink ofport %d, SNAT %s); recompiling",
+            cfg.uplink_ofport,
+            cfg.snat_ip,
+        )
+        out = self.sw.send(self.host.set_config(cfg))
+        self.fips.set_host(self.host)
+        for name in sorted(self.host.valid):
+            self.fips.track(name, now)
+        return False, out
+
+    def _config(self) -> HostConfig | None:
+        return self.settings.resolve(
+            self.rows,
+            self.bridge_ids,
+            self.gateway_mac,
+            self.host.cfg.snat_ip if self.host else None,
+        )
+
+    def _infra(self) -> set[str]:
+        return self.settings.infra()
+
+    # --- the switch ----------------------------------------------------------------------
+    def switch_up(self, dpid: int, now: float) -> list:
+        """A switch connected: ours is adopted (AdoptSwitch, then its dump), another refused
+        (ovsnat.core.datapaths); one that comes before OVSDB named ours waits."""
+        verdict = self.identity.arrived(dpid)
+        return (
+            [RefuseSwitch(dpid)]
+            if verdict == "refuse"
+            else self._connect(dpid, now)
+            if verdict == "adopt"
+            else []
+        )
+
+    def _connect(self, dpid: int, now: float) -> list:
+        self.audit.reset(now)
+        return [AdoptSwitch(dpid)] + self.sw.connect(dpid, now) + self.zones.reapply(self.host)
+
+    def _datapath_named(self, datapath_id: str, now: float) -> list:
+        refuse, adopt, drop = self.identity.named(datapath_id)
+        out = [RefuseSwitch(d) for d in refuse]
+        if drop:
+            out += [RefuseSwitch(self.sw.dpid)] + self._switch_lost(now)
+        return out + (self._connect(adopt, now) if adopt is not None else [])
+
+    def switch_down(self, now: float) -> list:
+        """Our switch disconnected."""
+        self.identity.gone(self.identity.current)
+        return self._switch_lost(now)
+
+    def switch_gone(self, dpid: int, now: float) -> list:
+        """A switch we did not program (yet) disconnected."""
+        return self.switch_down(now) if self.identity.gone(dpid) else []
+
+    def _switch_lost(self, now: float) -> list:
+        self.audit.reset(now)
+        self.refusals.reset(self.sw.session)
+        self.sw.disconnect()
+        return []
+
+    def flow_stats(self, xid: int, entries, more: bool, now: float) -> list:
+        """Part of a flow dump: (table, cookie, body digest) of ovsnat's flows."""
+        if self.audit.owns(xid):
+            return self.audit.flow_stats(xid, entries, more, now)
+        if self.refusals.owns(xid):
+            return self.refusals.flow_stats(self.host, self.sw.session, entries, more)
+        keys = [(e[0], e[1]) for e in entries]
+        return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
+
+    def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
+        return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) else []
+
+    def _dump_done(self, now: float) -> list:
+        """The switch told us what it holds: keep the FIPs it still answers for (they were
+        live before a restart: no flap, no GARP), then send the difference."""
+        installed = self.sw.session.installed
+        LOG.info("ovsnat: switch holds %d ovsnat flows", len(installed))
+        if self.host is None:
+            return []
+        for name in self.host.adopt_installed(installed):
+            LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
+            self.fips.track(name, now)
+        self.fips.forget_announced()
+        out = self.sw.sync(now)
+        self.fips.announce_confirmed(now)
+        return out + self._markers(self.rows)
+
+    def barrier(self, xid: int, now: float) -> list:
+        bundle, out = self.sw.barrier(xid, now)
+        if bundle is not None and bundle.failed is None:
+            out += self._markers(self.rows if FULL_SYNC in bundle.owners else bundle.owners)
+            self.fips.announce_confirmed(now)
+        return out
+
+    def error(self, xid: int, type_: int, code: int, now: float) -> list:
+        self.sw.error(xid, type_, code)
+        return []
+
+    # --- the markers ------------------------------------------------------------------
+    def _markers(self, names) -> list:
+        """ovsnat-installed and ovsnat-ready on the rows `names` (ovsnat.core.markers), once the
+        switch's flows are known."""
+        if self.host is None or not self.sw.session.ready:
+            return []
+        busy = self.sw.session.in_flight_owners()
+        return markers.changes(
+            self.host,
+            self.rows,
+            names,
+            lambda name: self.sw.confirmed(name, busy),
+            self.rejections.errors_logged,
+        )
+
+    # --- packets ---------------------------------------------------------------------------
+    def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:
+        """A frame the switch sent up: never raises, whatever its bytes (ovsnat.core.packet_in)."""
+        return self.packets.handle(in_port, table, data, now)
+
+    def learn_gateway_mac(self, mac: netaddr.EUI, ip: str, now: float) -> list:
+        """The external gateway's ARP (learn_gateway_mac): follow its MAC."""
+        if mac == self.gateway_mac:
+            return []
+        LOG.info("ovsnat: external gateway %s is at %s", ip, mac_str(mac))
+        self.gateway_mac = mac
+        return self._ensure_host(now)[1]
+
+    # --- time ------------------------------------------------------------------------------
+    def next_wakeup(self) -> float | None:
+        return self.timers.next_at()
+
+    def tick(self, now: float) -> list:
+        out = []
+        for key in self.timers.due(now):
+            if key == audit.KEY:  # these two re-arm themselves, host or not
+                out += self.audit.due(now)
+            elif key == connlimit.Refusals.KEY:
+                out += self.refusals.due(self.host, self.sw.session, self.timers, now)
+            elif self.host is None:
+                continue
+            elif key == ("gateway-arp",):
+                out += self._gateway_arp(now)
+            elif key[0] == "handoff":
+                out += self.sw.send(self.handoffs.due(self.host, key, now))
+            else:
+                out += self.fips.due(key, now)
+        return out
+
+    def _gateway_arp(self, now: float) -> list:
+        cfg = self.host.cfg
+        self.timers.at(now + GATEWAY_ARP_INTERVAL[bool(self.gateway_mac)], ("gateway-arp",))
+        if not self.sw.session.ready:
+            return []
+        frame = arp.build(
+            arp.REQUEST, mac_str(cfg.snat_mac), str(cfg.snat_ip), str(cfg.external_gateway_ip)
+        )
+        return [self.sw.session.packet_out(cfg.uplink_ofport, frame, "ARP for the gateway")]
+
+    # --- faults ----------------------------------------------------------------------------
+    def recover(self, now: float) -> list:
+        """After an exception inside a handler the state may have diverged: rebuild it from
+        the rows and re-dump the switch (a full resync). Repeated faults raise Fatal."""
+        self.faults = [t for t in self.faults if now - t < FAULT_WINDOW] + [now]
+        self.stats.inc("faults")
+        if len(self.faults) >= FAULTS_BEFORE_EXIT:
+            raise Fatal(f"{len(self.faults)} faults within {FAULT_WINDOW:.0f} s")
+        LOG.error(
+            "ovsnat: recovering from a fault: rebuilding the host state and "
+            "resynchronising the switch"
+        )
+        self.audit.reset(now)  # releases a dump in progress
+        self.refusals.reset(self.sw.session)
+        self._build(self.fips.seen_ofport)
+        self.audit.reset(now)
+        out = self.sw.redump(now)
+        return out + self._ensure_host(now)[1]
+
+    # --- status ------------------------------------------------------------------------------
+    def status(self, now: float) -> dict:
+        return status_of(self, now)
+
+    # --- ovs-vswitchd's control socket (ovsnat.core.vswitchd; the shim makes the calls) -------
+    def chores(self, now: float) -> list:
+        """Once a second: the calls on ovs-vswitchd that are due."""
+        return self.vswitchd.due(self.host, self.handoffs, now) + self.zones.due(now)
+
+    def result(self, result, now: float) -> list:
+        """What one of those calls answered (a Probed, Reading or ZoneLimitsDone)."""
+        return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs, self.zones, now))

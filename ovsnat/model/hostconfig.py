@@ -1,0 +1,114 @@
+"""The host config in effect: the `[ovsnat]` options plus what only OVSDB knows.
+
+The uplink's and fabric's OpenFlow ports, the SNAT IP from the bridge (Neutron's per-host
+port, over the configured one) and the gateway MAC when it is learned. Until the uplink and
+a SNAT IP are known there is no host to program; each thing waited for is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ovsnat.model import ConfigError, HostConfig, parse_ipv4
+
+LOG = logging.getLogger("ovsnat")
+SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
+
+
+class Settings:
+    def __init__(self, base: HostConfig):
+        self.base = base
+        self.warned: set[str] = set()
+
+    def infra(self) -> set[str]:
+        """The bridge's own ports: not VMs."""
+        return {self.base.uplink_port, self.base.fabric_port} - {""}
+
+    def resolve(self, rows: dict, bridge_ids: dict, gateway_mac, current_snat):
+        """The effective config, or None while the uplink or the SNAT IP is missing."""
+        base = self.base
+        row = rows.get(base.uplink_port)
+        if row is None or not row.ofport or row.ofport < 1:
+            self.warn_once(
+                "uplink",
+                f"uplink port {base.uplink_port} is not on bridge "
+                f"{base.bridge} (or has no ofport); waiting for it",
+            )
+            return None
+        snat = self._snat_ip(bridge_ids) or current_snat
+        if snat is None:
+            self.warn_once(
+                "snat",
+                f"no SNAT IP: snat_ip is empty and bridge {base.bridge} "
+                f"has no external_ids:{SNAT_KEY}; waiting for it",
+            )
+            return None
+        self.warned -= {"uplink", "snat"}
+        return replace(
+            base,
+            uplink_ofport=row.ofport,
+            snat_ip=snat,
+            external_gateway_mac=gateway_mac,
+            fabric_ofport=self._fabric(rows),
+        )
+
+    def _fabric(self, rows: dict) -> int:
+        name = self.base.fabric_port
+        row = rows.get(name) if name else None
+        if name and (row is None or not row.ofport or row.ofport < 1):
+            self.warn_once(
+                "fabric",
+                f"fabric port {name} is not on bridge "
+                f"{self.base.bridge} (or has no ofport); no traffic between "
+                "hosts until it is",
+            )
+            return 0
+        self.warned.discard("fabric")
+        return row.ofport if row else 0
+
+    def _snat_ip(self, bridge_ids: dict):
+        """The bridge's SNAT IP over the configured one. A bad value is logged and ignored:
+        the host keeps the last good one."""
+        text = bridge_ids.get(SNAT_KEY, "").strip()
+        if not text:
+            return self.base.snat_ip
+        what = f"bridge {self.base.bridge} external_ids:{SNAT_KEY}"
+        try:
+            ip = parse_ipv4(text, what)
+            self.base.check_snat_ip(ip, what)
+            return ip
+        except ConfigError as e:
+            self.warn_once(f"snat {text}", f"{e}; ignored")
+            return None
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            LOG.error("ovsnat: %s", message)
+
+
+class RejectionLog:
+    """One log line per new reason a port is skipped: an error once per distinct bad value
+    (not again when the port's link bounces), passing states at INFO."""
+
+    def __init__(self):
+        self.reported: dict[str, str] = {}  # port -> rejection last logged
+        self.errors_logged: dict[str, str] = {}  # port -> error last logged (not on bounces)
+
+    def report(self, host) -> None:
+        rejected = host.rejected
+        current = {r.name: r.reason for r in rejected}
+        for r in rejected:
+            if self.reported.get(r.name) == r.reason:
+                continue
+            if r.transient:
+                LOG.info("ovsnat: skipping %s", r.reason)
+            elif self.errors_logged.get(r.name) != r.reason:
+                LOG.error("ovsnat: skipping %s", r.reason)
+                self.errors_logged[r.name] = r.reason
+        for name in set(self.reported) - set(current):
+            self.errors_logged.pop(name, None)
+            if name in host.valid:
+                LOG.info("ovsnat: port %s is programmed again", name)
+        self.reported = current
