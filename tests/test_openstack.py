@@ -239,12 +239,12 @@ def test_rpc_server_down_keeps_keys_and_converges_when_it_returns(cl):
             assert row_ids(cl, "hv2", server.tap) == before
             time.sleep(0.5)
     finally:
-        t = time.monotonic()
+        t, restarted = time.monotonic(), time.time()
         cl.stack.start_rpc()
     wait_key(cl, server, "ovsnat-fip", None, timeout=60)
     TIMES["rpc-server start to converged"] = time.monotonic() - t
     assert row_ids(cl, "hv2", server.tap)["ovsnat-fixed-ip"] == server.fixed_ip
-    cl.agents_alive()
+    cl.agents_alive(since=restarted)        # the next test binds ports on them
 
 
 def test_ovsdb_restart_keeps_keys_and_applies_changes_made_meanwhile(cl):
@@ -346,12 +346,12 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
     watched.wait_lease()
 
     cl.stack.stop_agent("hv1")
-    stopped = time.monotonic()
     late = unique("late")
     try:
         late_id = cl.operator.compute.create_server(
             name=late, flavor_id=cl.flavor, image_id=cl.image, networks=[{"uuid": net.id}],
             host="hv1").id
+        late_bound(cl, late_id)
         fip = new_fip(cl, port_id=watched.port_id)
         changed = {s.port_id: {"ovsnat-fip": new_fip(cl, s.port_id).floating_ip_address}
                    for s in booted[1:11]}
@@ -365,7 +365,6 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
         changed[moved.port_id] = {"ovsnat-fixed-ip": "10.50.1.250"}
         removed = booted[14]
         cl.lab.hosts["hv1"].vsctl("del-port", "br-int", removed.tap)
-        assert time.monotonic() - stopped < config.AGENT_DOWN_TIME, "too slow to test this"
     finally:
         t = time.monotonic()
         cl.stack.start_agent("hv1")
@@ -379,6 +378,17 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
     with Pinger(cl.lab.srv_ns, fip.floating_ip_address) as pinger:
         pinger.first_reply_after(time.time(), timeout=10)
     cl.agents_alive()
+
+
+def late_bound(cl, server_id: str, timeout: float = 60) -> None:
+    """Until Nova has had the server's port bound (its agent stopped, Neutron still counts
+    it alive: agent_down_time, 75 s, after its last heartbeat); binding_failed fails."""
+    def bound():
+        ports = list(cl.admin.network.ports(device_id=server_id))
+        vif = ports[0].binding_vif_type if ports else "unbound"
+        return None if vif == "unbound" else vif
+    vif = wait_for(bound, timeout, interval=0.2, what=f"the port of {server_id} bound")
+    assert vif == "ovs", f"the late server's port: {vif} (Neutron counted the agent dead?)"
 
 
 def converge(cl, want: dict, changed: dict, timeout: float = 60) -> None:

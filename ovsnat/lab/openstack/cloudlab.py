@@ -92,13 +92,25 @@ class CloudLab:
             self.wait_snat(host)
         self.stack.wait_computes(list(hosts))
 
-    def agents_alive(self, *hosts: str, timeout: float = 40.0) -> None:
-        """Wait until these hosts' agents (default: all) count as alive. Neutron binds a
-        port only to a host whose agent it thinks alive; after a service outage, heartbeats
-        are late for a few seconds."""
+    def agents_alive(self, *hosts: str, since: float | None = None,
+                     timeout: float = 40.0) -> None:
+        """Wait until these hosts' agents (default: all) count as alive; with `since` (wall
+        clock), until each has a heartbeat Neutron stamped after it. Neutron binds a port
+        only to a host whose agent it thinks alive; after a service outage, heartbeats are
+        late for a few seconds, and an agent whose last heartbeat is from before the outage
+        still counts alive until agent_down_time after it: it is dead a moment later (a
+        server booted then fails to bind: seen after the rpc-server's restart). Neutron
+        stamps in whole seconds: a heartbeat counts from the second after `since`."""
         want = set(hosts or self.lab.hosts)
-        wait_for(lambda: want <= {a.host for a in self.admin.network.agents() if a.is_alive},
-                 timeout, interval=0.2, what=f"the agents of {sorted(want)} alive")
+
+        def fresh(a) -> bool:
+            return since is None or bool(a.last_heartbeat_at) and \
+                _utc(a.last_heartbeat_at) >= int(since) + 1
+        wait_for(lambda: want <= {a.host for a in self.admin.network.agents()
+                                  if a.is_alive and fresh(a)},
+                 timeout, interval=0.2,
+                 what=f"the agents of {sorted(want)} alive" +
+                 (" with a heartbeat since the outage" if since is not None else ""))
 
     def computes_reported(self, since: float, *hosts: str, timeout: float = 120.0) -> None:
         """Until every nova-compute of these hosts (default: all) has reported its state

@@ -25,7 +25,11 @@ EXTERNAL_PHYSNET = "external"
 ELSEWHERE_PHYSNET = "elsewhere"
 VLAN_RANGE = (100, 199)
 REPORT_INTERVAL = 5          # s, the agents' heartbeat in the lab (Neutron's default is 30)
-AGENT_DOWN_TIME = 20         # s, > 2 heartbeats: an agent stopped shows dead within 20 s
+# s, Neutron's default: an agent is counted dead this long after its last heartbeat, and
+# Neutron binds no port to its host then. 20 s (4 heartbeats) was too short for this loaded
+# machine: an agent whose heartbeats were late after the rpc-server's restart was dead for
+# a moment and Nova's boot there failed (PortBindingFailed).
+AGENT_DOWN_TIME = 75
 
 
 # oslo.messaging's defaults reconnect to a returning RabbitMQ with a backoff that grows to
