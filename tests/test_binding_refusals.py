@@ -36,6 +36,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 TIMES: dict[str, float] = {}
 REFUSED = "ovsnat_refused"
+# Provider VLANs outside the lab's tenant range (config.VLAN_RANGE, 100-199), from which
+# Neutron allocates each tenant network's VLAN at random: a fixed VLAN inside it can be
+# taken by a network made earlier in the module (409, "The VLAN 180 ... is in use").
+VLAN = 280
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,12 @@ def bind(cl, net_id: str, host: str = "hv1", **kw):
     the API's answer."""
     cl.agents_alive(host)
     return cl.operator.network.create_port(
-        network_id=net_id, name=unique("port"), binding_host_id=host, **kw
+        network_id=net_id,
+        name=unique("port"),
+        binding_host_id=host,
+        device_owner="compute:nova",  # Neutron's bindings API serves compute ports only
+        device_id=str(uuid.uuid4()),
+        **kw,
     )
 
 
@@ -251,17 +260,19 @@ def test_a_network_with_two_fabric_segments_is_refused(cl):
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 180,
+                "provider:segmentation_id": VLAN,
             },
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 181,
+                "provider:segmentation_id": VLAN + 1,
             },
         ],
     )
     assert_refused(
-        cl, bind(cl, net.id), "has 2 segments this host reaches (vlan:fabric:180, vlan:fabric:181)"
+        cl,
+        bind(cl, net.id),
+        f"has 2 segments this host reaches (vlan:fabric:{VLAN}, vlan:fabric:{VLAN + 1})",
     )
 
 
@@ -277,12 +288,12 @@ def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_v
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": config.ELSEWHERE_PHYSNET,
-                "provider:segmentation_id": 182,
+                "provider:segmentation_id": VLAN + 2,
             },
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 183,
+                "provider:segmentation_id": VLAN + 3,
             },
         ],
     )
@@ -291,7 +302,7 @@ def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_v
     try:
         port = cl.conn.network.get_port(server.port_id)
         assert port.binding_vif_type == "ovs", port.binding_vif_details
-        assert row_ids(cl, "hv1", server.tap)["ovsnat-vlan"] == "183"
+        assert row_ids(cl, "hv1", server.tap)["ovsnat-vlan"] == str(VLAN + 3)
         assert row_ids(cl, "hv1", server.tap)["ovsnat-network"] == net.id
     finally:
         servers.delete(cl, server)
