@@ -238,9 +238,14 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     assert "HELD" in held, held
     assert gap < LIMIT
     last, other = server.host, ("hv2" if server.host == "hv1" else "hv1")
-    assert port_status(cl, server.port_id) == "ACTIVE"
-    bindings = cl.admin.network.port_bindings(server.port_id)
-    assert [(b.host, b.status) for b in bindings] == [(last, "ACTIVE")]
+    # Neutron sets the port DOWN when Nova activates the destination's binding; the
+    # destination's agent reports it up again (from ovsnat-installed), after Nova may already
+    # call the migration completed: poll, do not sample.
+    wait_for(lambda: port_status(cl, server.port_id) == "ACTIVE", 20, interval=0.1,
+             what=f"port {server.port_id} ACTIVE again on {last}")
+    wait_for(lambda: [(b.host, b.status) for b in cl.admin.network.port_bindings(
+        server.port_id)] == [(last, "ACTIVE")], 20, interval=0.1,
+        what=f"the port's one binding, ACTIVE on {last}")
     assert cl.admin.network.get_port(server.port_id).binding_host_id == last
     assert row_ids(cl, other, server.tap) == {}
     assert row_ids(cl, last, server.tap)["ovsnat-fip"] == address
