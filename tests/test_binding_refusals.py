@@ -187,6 +187,8 @@ def test_two_ipv4_subnets_on_one_network_are_refused(cl):
     )
 
 
+# The provider VLANs below are outside the lab's tenant range (config.VLAN_RANGE): Neutron gives
+# tenant networks a random free VLAN from it, so a fixed one there may already be taken.
 def test_a_network_with_two_fabric_segments_is_refused(cl):
     net, _ = network(
         cl,
@@ -195,17 +197,19 @@ def test_a_network_with_two_fabric_segments_is_refused(cl):
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 180,
+                "provider:segmentation_id": 2180,
             },
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 181,
+                "provider:segmentation_id": 2181,
             },
         ],
     )
     assert_refused(
-        cl, bind(cl, net.id), "has 2 segments this host reaches (vlan:fabric:180, vlan:fabric:181)"
+        cl,
+        bind(cl, net.id),
+        "has 2 segments this host reaches (vlan:fabric:2180, vlan:fabric:2181)",
     )
 
 
@@ -225,7 +229,7 @@ def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_v
             {
                 "provider:network_type": "vlan",
                 "provider:physical_network": "fabric",
-                "provider:segmentation_id": 183,
+                "provider:segmentation_id": 2183,
             },
         ],
     )
@@ -236,7 +240,7 @@ def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_v
     instances.os_vif(cl.lab, "hv1", "plug", spec)
     try:
         wait_for(
-            lambda: row_ids(cl, "hv1", spec.vif_name).get("ovsnat-vlan") == "183",
+            lambda: row_ids(cl, "hv1", spec.vif_name).get("ovsnat-vlan") == "2183",
             10,
             interval=0.1,
             what="the fabric segment's VLAN on the row",
