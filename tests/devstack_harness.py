@@ -6,7 +6,8 @@ unstack.sh and clean.sh source it, in bash, over stub devstack functions that re
 calls (run_process, stop_process, pip_install, git_clone, die, openstack, install_package,
 restart_service...) or really do the work (iniset writes INI files; sudo runs its command,
 which is a stub or a harmless real one in a temp dir). CI has no devstack: the run against
-devstack's own function libraries is devstack/tools/with-devstack.sh (devstack/README.md). Open vSwitch commands are stubs that record their arguments and answer the few
+devstack's own function libraries is devstack/tools/with-devstack.sh (devstack/README.md).
+Open vSwitch commands are stubs that record their arguments and answer the few
 queries the plugin makes; ovsnat's virtualenv is a stub whose pip records, and whose python is
 the real interpreter for everything else, so the config check runs ovsnat's own validation.
 """
@@ -27,7 +28,7 @@ SNAT_IP = "172.24.4.250"
 NEUTRON_VENV = Path(os.environ.get("VENV_NEUTRON", REPO / ".venv-neutron"))
 
 # Stub devstack functions and commands. record() writes one tab-separated line per call.
-STUBS = r'''
+STUBS = r"""
 record() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STUB_LOG"; }
 is_service_enabled() {      # with devstack's is_neutron_enabled: any q-* or neutron-* too
     local s
@@ -40,7 +41,9 @@ is_service_enabled() {      # with devstack's is_neutron_enabled: any q-* or neu
 enable_service() { local s; for s in "$@"; do ENABLED_SERVICES="$ENABLED_SERVICES,$s"; done; }
 disable_service() {
     local s
-    for s in "$@"; do ENABLED_SERVICES=",$ENABLED_SERVICES,"; ENABLED_SERVICES=${ENABLED_SERVICES//,$s,/,}; done
+    for s in "$@"; do
+        ENABLED_SERVICES=",$ENABLED_SERVICES,"; ENABLED_SERVICES=${ENABLED_SERVICES//,$s,/,}
+    done
 }
 run_process() { record run_process "$@"; }
 stop_process() { record stop_process "$@"; }
@@ -100,10 +103,10 @@ EOF
         >"$1/bin/ryu-manager"
     chmod +x "$1/bin/python" "$1/bin/ryu-manager"
 }
-'''
+"""
 
 # devstack's iniset: set one option, creating the file and the section when missing.
-INISET = r'''
+INISET = r"""
 import configparser, os, sys
 path, section, option, value = sys.argv[1:5]
 parser = configparser.ConfigParser(interpolation=None)
@@ -115,7 +118,7 @@ if not parser.has_section(section):
 parser.set(section, option, value)
 with open(path, "w") as f:
     parser.write(f)
-'''
+"""
 
 
 class Devstack:
@@ -129,15 +132,20 @@ class Devstack:
         self.stub_dir = root / "stubs"
         self.state = root / "state"
         self.log = root / "calls.log"
-        for d in (self.stub_dir, self.state, root / "opt-stack",
-                  root / "etc-neutron"):            # devstack's neutron made it
+        for d in (
+            self.stub_dir,
+            self.state,
+            root / "opt-stack",
+            root / "etc-neutron",
+        ):  # devstack's neutron made it
             d.mkdir(parents=True, exist_ok=True)
         (self.stub_dir / "stubs.sh").write_text(STUBS)
         (self.stub_dir / "iniset.py").write_text(INISET)
         self.env = {
             "DEST": str(root / "opt-stack"),
-            "STACK_USER": subprocess.run(["id", "-un"], capture_output=True,
-                                         text=True).stdout.strip(),
+            "STACK_USER": subprocess.run(
+                ["id", "-un"], capture_output=True, text=True
+            ).stdout.strip(),
             "ENABLED_SERVICES": "key,n-cpu,q-svc,q-agt,q-dhcp,q-l3,q-meta",
             "OVSNAT_DIR": str(REPO),
             "OVSNAT_CONF_DIR": str(root / "etc-ovsnat"),
@@ -153,10 +161,15 @@ class Devstack:
         }
         self.bridge("br-ex")
 
-    def neutron_mode(self, services: str) -> "Devstack":
+    def neutron_mode(self, services: str) -> Devstack:
         """A node where ovsnat is Neutron's backend, running `services`."""
-        self.env.update(OVSNAT_MODE="neutron", ENABLED_SERVICES=services, OVSNAT_SNAT_IP="",
-                        OVSNAT_FABRIC_PORT="eth2", Q_AGENT="ovsnat")
+        self.env.update(
+            OVSNAT_MODE="neutron",
+            ENABLED_SERVICES=services,
+            OVSNAT_SNAT_IP="",
+            OVSNAT_FABRIC_PORT="eth2",
+            Q_AGENT="ovsnat",
+        )
         self.env.pop("Q_FLOATING_ALLOCATION_POOL")
         (self.state / "nic-eth1").touch()
         (self.state / "nic-eth2").touch()
@@ -164,6 +177,7 @@ class Devstack:
 
     def ini(self, path: str) -> dict[str, dict[str, str]]:
         import configparser
+
         parser = configparser.ConfigParser(interpolation=None)
         parser.optionxform = str
         parser.read(path)
@@ -182,8 +196,9 @@ class Devstack:
         if controller:
             (self.state / f"controller-{name}").write_text(controller + "\n")
 
-    def run(self, *args: str, localrc: str = "", after_settings: str = "",
-            **env: str) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, localrc: str = "", after_settings: str = "", **env: str
+    ) -> subprocess.CompletedProcess:
         """Source settings then plugin.sh with args, as devstack does; return the process.
         env and localrc: local.conf's variables (localrc: a [[local|localrc]] block's text);
         after_settings: bash run between settings and plugin.sh."""
@@ -191,21 +206,32 @@ class Devstack:
         assignments = "".join(f"{k}={q(v)}\n" for k, v in {**self.env, **env}.items())
         script = textwrap.dedent(f"""\
             set -o errexit -o nounset -o pipefail
-            source {q(str(self.stub_dir / 'stubs.sh'))}
+            source {q(str(self.stub_dir / "stubs.sh"))}
             {assignments}
             {localrc}
-            source {q(str(DEVSTACK / 'settings'))}
+            source {q(str(DEVSTACK / "settings"))}
             {after_settings}
-            source {q(str(DEVSTACK / 'plugin.sh'))} "$@"
+            source {q(str(DEVSTACK / "plugin.sh"))} "$@"
             """)
-        proc_env = dict(os.environ, STUB_LOG=str(self.log), STUB_STATE=str(self.state),
-                        STUB_DIR=str(self.stub_dir), STUB_PYTHON=sys.executable)
+        proc_env = dict(
+            os.environ,
+            STUB_LOG=str(self.log),
+            STUB_STATE=str(self.state),
+            STUB_DIR=str(self.stub_dir),
+            STUB_PYTHON=sys.executable,
+        )
         proc_env.pop("OVS_RUNDIR", None)
         if self.ovs_rundir:
-            proc_env.update(OVS_RUNDIR=self.ovs_rundir, OVS_LOGDIR=self.ovs_rundir,
-                            OVS_DBDIR=self.ovs_rundir)
-        return subprocess.run(["bash", "-c", script, "plugin.sh", *args], env=proc_env,
-                              capture_output=True, text=True, timeout=60)
+            proc_env.update(
+                OVS_RUNDIR=self.ovs_rundir, OVS_LOGDIR=self.ovs_rundir, OVS_DBDIR=self.ovs_rundir
+            )
+        return subprocess.run(
+            ["bash", "-c", script, "plugin.sh", *args],
+            env=proc_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def ok(self, *args: str, **env: str) -> list[list[str]]:
         proc = self.run(*args, **env)

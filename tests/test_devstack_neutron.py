@@ -22,10 +22,12 @@ ALL_IN_ONE = "key,n-api,n-cpu,placement-api,q-svc,ovsnat,ovsnat-agent,ovsnat-ml2
 COMPUTE = "n-cpu,placement-client,neutron,ovsnat,ovsnat-agent"
 # stackrc's default at devstack 493835a6: Neutron with OVN (what the all-in-one sample turns
 # off)
-DEVSTACK_DEFAULT_SERVICES = ("key,n-api,n-cpu,n-cond,n-sch,n-novnc,n-api-meta,placement-api,"
-                             "placement-client,g-api,c-sch,c-api,c-vol,ovn-controller,"
-                             "ovn-northd,ovs-vswitchd,ovsdb-server,q-svc,q-ovn-agent,horizon,"
-                             "rabbit,tempest,mysql,etcd3,dstat")
+DEVSTACK_DEFAULT_SERVICES = (
+    "key,n-api,n-cpu,n-cond,n-sch,n-novnc,n-api-meta,placement-api,"
+    "placement-client,g-api,c-sch,c-api,c-vol,ovn-controller,"
+    "ovn-northd,ovs-vswitchd,ovsdb-server,q-svc,q-ovn-agent,horizon,"
+    "rabbit,tempest,mysql,etcd3,dstat"
+)
 
 
 @pytest.fixture
@@ -36,19 +38,25 @@ def node(tmp_path) -> Devstack:
 def agent_options(*files: str) -> dict:
     """The agent's own options ([ovs] and [ovsnat]) as ovsnat-neutron-agent itself parses
     these files, as "group.name"."""
-    code = ("import json, sys\n"
-            "from oslo_service import backend; backend.init_backend("
-            "backend.BackendType.THREADING)\n"
-            "from oslo_config import cfg\n"
-            "from ovsnat.neutron import opts\n"
-            "opts.register(cfg.CONF)\n"
-            "cfg.CONF([a for f in sys.argv[1:] for a in ('--config-file', f)], "
-            "project='neutron')\n"
-            "print(json.dumps({f'{g}.{o.name}': getattr(getattr(cfg.CONF, g), o.name) "
-            "for g, group in ((opts.OVS_GROUP, opts.OVS_OPTS), "
-            "(opts.OVSNAT_GROUP, opts.OVSNAT_OPTS)) for o in group}))\n")
-    out = subprocess.run([str(NEUTRON_VENV / "bin" / "python"), "-c", code, *files],
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys\n"
+        "from oslo_service import backend; backend.init_backend("
+        "backend.BackendType.THREADING)\n"
+        "from oslo_config import cfg\n"
+        "from ovsnat.neutron import opts\n"
+        "opts.register(cfg.CONF)\n"
+        "cfg.CONF([a for f in sys.argv[1:] for a in ('--config-file', f)], "
+        "project='neutron')\n"
+        "print(json.dumps({f'{g}.{o.name}': getattr(getattr(cfg.CONF, g), o.name) "
+        "for g, group in ((opts.OVS_GROUP, opts.OVS_OPTS), "
+        "(opts.OVSNAT_GROUP, opts.OVSNAT_OPTS)) for o in group}))\n"
+    )
+    out = subprocess.run(
+        [str(NEUTRON_VENV / "bin" / "python"), "-c", code, *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -80,31 +88,34 @@ def test_devstacks_agent_hooks_keep_br_int_through_unstack(node):
     """lib/neutron's cleanup_neutron (unstack.sh, clean.sh) deletes br-int and its tap ports
     when is_neutron_ovs_base_plugin says so; configure_neutron_nova calls
     neutron_plugin_create_nova_conf on every Nova node."""
-    script = (f"(source {REPO}/devstack/plugin.sh unstack >/dev/null; "
-              "neutron_plugin_create_nova_conf && ! is_neutron_ovs_base_plugin && "
-              "echo hooks-ok) >&2")
+    script = (
+        f"(source {REPO}/devstack/plugin.sh unstack >/dev/null; "
+        "neutron_plugin_create_nova_conf && ! is_neutron_ovs_base_plugin && "
+        "echo hooks-ok) >&2"
+    )
     proc = node.run("unstack", after_settings=script)
     assert proc.returncode == 0 and "hooks-ok" in proc.stderr, proc.stderr
     proc = node.run("unstack", after_settings=script, Q_AGENT="openvswitch")
-    assert "hooks-ok" not in proc.stderr          # devstack's own agent files define them
+    assert "hooks-ok" not in proc.stderr  # devstack's own agent files define them
 
 
 def test_install_installs_and_starts_open_vswitch_when_it_does_not_answer(node):
     node.ovs_down(installed=False)
     calls = node.ok("stack", "install")
-    assert named(calls, "get_packages") == [["openvswitch"]]      # devstack's own list
+    assert named(calls, "get_packages") == [["openvswitch"]]  # devstack's own list
     assert named(calls, "install_package") == [["fakeroot", "make", "openvswitch-switch"]]
     assert named(calls, "restart_service") == [["openvswitch-switch"]]
-    assert index(calls, lambda c: c[0] == "restart_service") < \
-        index(calls, lambda c: c[0] == "venv-python")
-    again = node.ok("stack", "install")                         # running: left alone
+    assert index(calls, lambda c: c[0] == "restart_service") < index(
+        calls, lambda c: c[0] == "venv-python"
+    )
+    again = node.ok("stack", "install")  # running: left alone
     assert not named(again, "install_package") and not named(again, "restart_service")
 
 
 def test_install_puts_ovsnat_into_neutrons_environment_without_moving_its_pins(node):
     calls = node.ok("stack", "install")
     assert named(calls, "pip_install") == [["--no-deps", "-e", str(REPO)]]
-    assert named(calls, "venv-python")          # and the controller's own virtualenv
+    assert named(calls, "venv-python")  # and the controller's own virtualenv
     node.env["ENABLED_SERVICES"] = "ovsnat"
     assert not named(node.ok("stack", "install"), "pip_install")
 
@@ -114,8 +125,11 @@ def test_post_config_makes_ovsnat_ml2s_driver_with_vlan_tenant_networks_on_the_f
     node.ok("stack", "install")
     node.ok("stack", "post-config")
     ml2 = node.ini("/" + node.env["Q_PLUGIN_CONF_FILE"])
-    assert ml2["ml2"] == {"mechanism_drivers": "ovsnat", "type_drivers": "flat,vlan",
-                          "tenant_network_types": "vlan"}
+    assert ml2["ml2"] == {
+        "mechanism_drivers": "ovsnat",
+        "type_drivers": "flat,vlan",
+        "tenant_network_types": "vlan",
+    }
     assert ml2["ml2_type_vlan"] == {"network_vlan_ranges": "fabric:100:199"}
     assert ml2["ml2_type_flat"] == {"flat_networks": "fabric,public"}
 
@@ -123,14 +137,16 @@ def test_post_config_makes_ovsnat_ml2s_driver_with_vlan_tenant_networks_on_the_f
 def test_the_agents_ini_starts_from_the_generated_sample_and_is_what_the_agent_reads(node):
     calls = node.ok("stack", "post-config")
     sample = f"{REPO}/etc/neutron/plugins/ml2/ovsnat_agent.ini.sample"
-    assert ["install", "-m", "644", sample, node.env["OVSNAT_AGENT_CONF"]] in \
-        named(calls, "sudo")
+    assert ["install", "-m", "644", sample, node.env["OVSNAT_AGENT_CONF"]] in named(calls, "sudo")
     options = agent_options(node.env["OVSNAT_AGENT_CONF"])
-    assert options == {"OVS.integration_bridge": "br-int", "OVS.ovsdb_connection":
-                       "unix:/var/run/openvswitch/db.sock", "OVS.ovsdb_timeout": 10,
-                       "ovsnat.physical_networks": ["fabric"],
-                       "ovsnat.external_network": "public",
-                       "ovsnat.controller_config": str(node.conf)}
+    assert options == {
+        "OVS.integration_bridge": "br-int",
+        "OVS.ovsdb_connection": "unix:/var/run/openvswitch/db.sock",
+        "OVS.ovsdb_timeout": 10,
+        "ovsnat.physical_networks": ["fabric"],
+        "ovsnat.external_network": "public",
+        "ovsnat.controller_config": str(node.conf),
+    }
 
 
 def test_the_controllers_config_names_no_network_and_takes_its_snat_address_from_neutron(node):
@@ -142,8 +158,18 @@ def test_the_controllers_config_names_no_network_and_takes_its_snat_address_from
     assert cfg.fabric_port == "eth2" and cfg.fip_activation == "probe"
 
 
-@pytest.mark.parametrize("service", ["q-agt", "q-l3", "q-dhcp", "ovn-controller", "q-ovn-agent",
-                                     "neutron-ovn-agent", "q-ovn-metadata-agent"])
+@pytest.mark.parametrize(
+    "service",
+    [
+        "q-agt",
+        "q-l3",
+        "q-dhcp",
+        "ovn-controller",
+        "q-ovn-agent",
+        "neutron-ovn-agent",
+        "q-ovn-metadata-agent",
+    ],
+)
 def test_a_neutron_agent_beside_ovsnats_is_refused(node, service):
     node.env["ENABLED_SERVICES"] += f",{service}"
     proc = node.run("stack", "post-config")
@@ -160,31 +186,43 @@ def test_extra_starts_the_controller_then_the_agent_on_br_int_with_uplink_and_fa
     assert add_br[add_br.index("add-br") + 1] == "br-int" and "fail_mode=secure" in add_br
     assert [c for c in vsctl if c[-3:] == ["add-port", "br-int", "eth1"]]
     assert [c for c in vsctl if c[-3:] == ["add-port", "br-int", "eth2"]]
-    assert ["set-manager", "ptcp:6640:127.0.0.1"] in vsctl       # for nova-compute's os-vif
+    assert ["set-manager", "ptcp:6640:127.0.0.1"] in vsctl  # for nova-compute's os-vif
     (ctl, ctl_cmd, _, ctl_user), (agent, cmd, _, user) = named(calls, "run_process")
     assert (ctl, agent, ctl_user, user) == ("ovsnat", "ovsnat-agent", "root", "root")
     argv = cmd.split()
-    assert argv == [f"{NEUTRON_VENV}/bin/ovsnat-neutron-agent",
-                    "--config-file", node.env["NEUTRON_CONF"],
-                    "--config-file", node.env["OVSNAT_AGENT_CONF"]]
-    assert os.access(argv[0], os.X_OK)          # the console script Neutron's venv has
-    assert index(calls, lambda c: c[:2] == ["ovs-vsctl", "set-controller"]) < \
-        index(calls, lambda c: c[:2] == ["run_process", "ovsnat-agent"])
+    assert argv == [
+        f"{NEUTRON_VENV}/bin/ovsnat-neutron-agent",
+        "--config-file",
+        node.env["NEUTRON_CONF"],
+        "--config-file",
+        node.env["OVSNAT_AGENT_CONF"],
+    ]
+    assert os.access(argv[0], os.X_OK)  # the console script Neutron's venv has
+    assert index(calls, lambda c: c[:2] == ["ovs-vsctl", "set-controller"]) < index(
+        calls, lambda c: c[:2] == ["run_process", "ovsnat-agent"]
+    )
 
 
 def test_extra_makes_the_networks_ovsnat_serves_once(node):
     calls = stack(node)
-    cli = [" ".join(c[4:]) for c in named(calls, "openstack")]    # after --os-cloud/--os-region
+    cli = [" ".join(c[4:]) for c in named(calls, "openstack")]  # after --os-cloud/--os-region
     assert cli[0] == "network show public"
-    assert ("network create public --external --provider-network-type flat "
-            "--provider-physical-network public") in cli
-    assert any(c.startswith("subnet create public-subnet --network public --subnet-range "
-                            "172.24.4.0/24 --gateway 172.24.4.1 --no-dhcp --allocation-pool "
-                            "start=172.24.4.10,end=172.24.4.250") for c in cli)
+    assert (
+        "network create public --external --provider-network-type flat "
+        "--provider-physical-network public"
+    ) in cli
+    assert any(
+        c.startswith(
+            "subnet create public-subnet --network public --subnet-range "
+            "172.24.4.0/24 --gateway 172.24.4.1 --no-dhcp --allocation-pool "
+            "start=172.24.4.10,end=172.24.4.250"
+        )
+        for c in cli
+    )
     assert "network create private --project demo" in cli
     assert "router set private-router --external-gateway public" in cli
     assert "router add subnet private-router private-subnet" in cli
-    (node.state / "networks-exist").touch()          # a second stack.sh
+    (node.state / "networks-exist").touch()  # a second stack.sh
     again = [" ".join(c[4:]) for c in named(node.ok("stack", "extra"), "openstack")]
     assert again == ["network show public"]
 
@@ -207,9 +245,13 @@ def test_unstack_stops_agent_and_controller_and_clean_removes_the_agents_ini(nod
 
 
 # --- the samples ----------------------------------------------------------------------------
-@pytest.mark.parametrize("sample, services", [
-    ("local.conf.sample", {"ovsnat", "ovsnat-agent", "ovsnat-ml2"}),
-    ("local.conf.compute.sample", {"ovsnat", "ovsnat-agent"})])
+@pytest.mark.parametrize(
+    "sample, services",
+    [
+        ("local.conf.sample", {"ovsnat", "ovsnat-agent", "ovsnat-ml2"}),
+        ("local.conf.compute.sample", {"ovsnat", "ovsnat-agent"}),
+    ],
+)
 def test_the_local_conf_samples_stack_in_neutron_mode(tmp_path, sample, services):
     node = Devstack(tmp_path).neutron_mode(DEVSTACK_DEFAULT_SERVICES)
     for var in ("OVSNAT_MODE", "OVSNAT_SNAT_IP", "OVSNAT_FABRIC_PORT"):
@@ -224,5 +266,4 @@ def test_the_local_conf_samples_stack_in_neutron_mode(tmp_path, sample, services
     assert bool(named(calls, "openstack")) == ("ovsnat-ml2" in services)
     cfg = HostConfig.parse({**read_ini(str(node.conf)), "uplink_ofport": 1})
     assert (cfg.bridge, cfg.uplink_port, cfg.fabric_port) == ("br-int", "eth1", "eth2")
-    assert agent_options(node.env["OVSNAT_AGENT_CONF"])["ovsnat.physical_networks"] == \
-        ["fabric"]
+    assert agent_options(node.env["OVSNAT_AGENT_CONF"])["ovsnat.physical_networks"] == ["fabric"]

@@ -33,18 +33,23 @@ from ovsnat.lab.topology import BRIDGE, Host
 
 # A NAT scenario big enough for 10,000 VMs and 5,000 FIPs (203.0.113.0/24 is not).
 INTERNAL_CIDR = "10.0.0.0/16"
-EXTERNAL_CIDR = "198.18.0.0/15"          # benchmarking range (RFC 2544)
+EXTERNAL_CIDR = "198.18.0.0/15"  # benchmarking range (RFC 2544)
 EXTERNAL_GW = "198.18.0.1"
 EXTERNAL_GW_MAC = "02:00:00:00:fe:01"
 SNAT_IP = "198.18.0.2"
-FIRST_HOST = 16                           # VM i gets the address at offset FIRST_HOST + i
+FIRST_HOST = 16  # VM i gets the address at offset FIRST_HOST + i
 
 
 def scale_options() -> dict:
     """[ovsnat] overrides (for scenario.write_config) matching `vm_spec`'s addresses."""
-    return {"internal_cidr": INTERNAL_CIDR, "internal_gateway_ip": "10.0.0.1",
-            "external_cidr": EXTERNAL_CIDR, "external_gateway_ip": EXTERNAL_GW,
-            "external_gateway_mac": EXTERNAL_GW_MAC, "fip_activation": "immediate"}
+    return {
+        "internal_cidr": INTERNAL_CIDR,
+        "internal_gateway_ip": "10.0.0.1",
+        "external_cidr": EXTERNAL_CIDR,
+        "external_gateway_ip": EXTERNAL_GW,
+        "external_gateway_mac": EXTERNAL_GW_MAC,
+        "fip_activation": "immediate",
+    }
 
 
 @dataclass(frozen=True)
@@ -59,19 +64,28 @@ def vm_spec(i: int, fip: bool | None = None, networks: int = 0) -> PortSpec:
     `networks` = K > 0 the VMs are dealt over K VLAN networks (VLAN 101 ...) that all use
     INTERNAL_CIDR: VM i is in network i % K at offset i // K, so every fixed IP is used by K
     VMs at once, one per network."""
-    offset, vlan = (FIRST_HOST + i // networks, 101 + i % networks) if networks else \
-        (FIRST_HOST + i, 0)
+    offset, vlan = (
+        (FIRST_HOST + i // networks, 101 + i % networks) if networks else (FIRST_HOST + i, 0)
+    )
     fixed = netaddr.IPAddress(netaddr.IPNetwork(INTERNAL_CIDR).first + offset)
-    ids = {"iface-id": f"vm{i}",
-           "attached-mac": "02:%02x:%02x:%02x:%02x:%02x" % (vlan >> 8, vlan & 0xFF,
-                                                            *fixed.words[1:]),
-           "ovsnat-fixed-ip": str(fixed)}
+    ids = {
+        "iface-id": f"vm{i}",
+        "attached-mac": ":".join(f"{b:02x}" for b in (2, vlan >> 8, vlan & 0xFF, *fixed.words[1:])),
+        "ovsnat-fixed-ip": str(fixed),
+    }
     if networks:
-        ids.update({"ovsnat-network": f"net{vlan}", "ovsnat-cidr": INTERNAL_CIDR,
-                    "ovsnat-gateway": "10.0.0.1", "ovsnat-vlan": str(vlan)})
+        ids.update(
+            {
+                "ovsnat-network": f"net{vlan}",
+                "ovsnat-cidr": INTERNAL_CIDR,
+                "ovsnat-gateway": "10.0.0.1",
+                "ovsnat-vlan": str(vlan),
+            }
+        )
     if fip if fip is not None else i % 2 == 0:
-        ids["ovsnat-fip"] = str(netaddr.IPAddress(
-            netaddr.IPNetwork(EXTERNAL_CIDR).first + FIRST_HOST + i))
+        ids["ovsnat-fip"] = str(
+            netaddr.IPAddress(netaddr.IPNetwork(EXTERNAL_CIDR).first + FIRST_HOST + i)
+        )
     return PortSpec(f"p{i}", ids)
 
 
@@ -79,10 +93,21 @@ def create_args(specs: list[PortSpec], port_type: str = "dummy") -> list[str]:
     """ovs-vsctl arguments adding every spec to br-int in one transaction."""
     args, refs = [], []
     for n, spec in enumerate(specs):
-        args += ["--", f"--id=@i{n}", "create", "Interface", f"name={spec.name}",
-                 *iface_type(port_type),
-                 *[f'external_ids:{k}="{v}"' for k, v in spec.external_ids.items()],
-                 "--", f"--id=@p{n}", "create", "Port", f"name={spec.name}", f"interfaces=@i{n}"]
+        args += [
+            "--",
+            f"--id=@i{n}",
+            "create",
+            "Interface",
+            f"name={spec.name}",
+            *iface_type(port_type),
+            *[f'external_ids:{k}="{v}"' for k, v in spec.external_ids.items()],
+            "--",
+            f"--id=@p{n}",
+            "create",
+            "Port",
+            f"name={spec.name}",
+            f"interfaces=@i{n}",
+        ]
         refs.append(f"@p{n}")
     return args + ["--", "add", "Bridge", BRIDGE, "ports", *refs]
 
@@ -93,21 +118,30 @@ def iface_type(port_type: str) -> list[str]:
     return [f"type={port_type}"] + (["options:peer=nowhere"] if port_type == "patch" else [])
 
 
-def add_ports(host: Host, specs: list[PortSpec], per_txn: int = 1000, port_type: str = "dummy",
-              timeout: float = 900) -> float:
+def add_ports(
+    host: Host,
+    specs: list[PortSpec],
+    per_txn: int = 1000,
+    port_type: str = "dummy",
+    timeout: float = 900,
+) -> float:
     """Add the ports in transactions of `per_txn`, then wait until ovs-vswitchd has given
     every one an ofport. Returns the seconds it took."""
     t0 = time.monotonic()
-    vsctl = ["ovs-vsctl", f"--db=unix:{host.ovs.db_sock}", f"--timeout={int(timeout)}",
-             "--no-wait"]
+    vsctl = ["ovs-vsctl", f"--db=unix:{host.ovs.db_sock}", f"--timeout={int(timeout)}", "--no-wait"]
     for lo in range(0, len(specs), per_txn):
-        run(vsctl + create_args(specs[lo:lo + per_txn], port_type), env=host.ovs.env,
-            timeout=timeout)
+        run(
+            vsctl + create_args(specs[lo : lo + per_txn], port_type),
+            env=host.ovs.env,
+            timeout=timeout,
+        )
     names = {s.name for s in specs}
     while names - ofported(host):
         if time.monotonic() - t0 > timeout:
-            raise LabError(f"{len(names - ofported(host))} of {len(names)} ports have no "
-                           f"ofport after {timeout:.0f} s")
+            raise LabError(
+                f"{len(names - ofported(host))} of {len(names)} ports have no "
+                f"ofport after {timeout:.0f} s"
+            )
         time.sleep(0.5)
     return time.monotonic() - t0
 

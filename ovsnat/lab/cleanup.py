@@ -3,6 +3,7 @@ while their environment still carries the lab's id (a recycled pid is left alone
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ovsnat.lab.sh import LabError, kill_pid, pid_alive, wait_for
@@ -14,18 +15,14 @@ def kill_recorded(info: dict, lab_id: str) -> None:
     pid = info["pid"]
     if not pid_alive(pid) or f"OVSNAT_LAB_ID={lab_id}".encode() not in _environ(pid):
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, 15)
-    except (ProcessLookupError, PermissionError):
-        pass
     try:
         wait_for(lambda: not pid_alive(pid), 5, what=f"pid {pid} to exit")
     except LabError:
         kill_pid(pid, "")
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _environ(pid: int) -> bytes:

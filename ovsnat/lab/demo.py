@@ -9,14 +9,28 @@ from collections import Counter
 
 import netaddr
 
-from ovsnat.compile.flows import COOKIE_GONE, COOKIE_HOST, COOKIE_NET, COOKIE_VLAN_GONE, \
-    COOKIE_VLAN_VM, cookie_kind, cookie_owner
+from ovsnat.compile.flows import (
+    COOKIE_GONE,
+    COOKIE_HOST,
+    COOKIE_NET,
+    COOKIE_VLAN_GONE,
+    COOKIE_VLAN_VM,
+    cookie_kind,
+    cookie_owner,
+)
+from ovsnat.compile.pipeline import BY_ID
 from ovsnat.lab import dhcpclient, scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab
-from ovsnat.lab.traffic import background_ping, background_tcp, parse_ping, ping, ping_gap, \
-    tcp_connect, udp_request
-from ovsnat.compile.pipeline import BY_ID
+from ovsnat.lab.traffic import (
+    background_ping,
+    background_tcp,
+    parse_ping,
+    ping,
+    ping_gap,
+    tcp_connect,
+    udp_request,
+)
 
 
 def say(text: str = "") -> None:
@@ -31,16 +45,24 @@ def tenant_networks(lab: Lab) -> None:
     say("  are both 10.1.0.11 on hv1, ta2 is 10.1.0.12 on hv2.")
     for src, dst in (("vm2", "vm4"), ("ta1", "ta2")):
         reply = tcp_connect(lab, vms[src].ns, vms[dst].ip, 7000)
-        say(f"  {src} (hv1) -> {dst} (hv2) across the fabric: {dst} sees {reply.peer_ip} "
-            "(no NAT inside a network)")
+        say(
+            f"  {src} (hv1) -> {dst} (hv2) across the fabric: {dst} sees {reply.peer_ip} "
+            "(no NAT inside a network)"
+        )
     tb_to_ta2 = ping(vms["tb1"].ns, vms["ta2"].ip, count=2, wait=0.3)
-    say(f"  tb1 -> 10.1.0.12: {tb_to_ta2.received} of 2 answered (tenant-b has no "
-        "10.1.0.12; ta2 is in tenant-a)")
-    sessions = [background_tcp(lab, vms[n].ns, SERVER_IP, 8080, hold=2, src_port=45000)
-                for n in ("ta1", "tb1")]
+    say(
+        f"  tb1 -> 10.1.0.12: {tb_to_ta2.received} of 2 answered (tenant-b has no "
+        "10.1.0.12; ta2 is in tenant-a)"
+    )
+    sessions = [
+        background_tcp(lab, vms[n].ns, SERVER_IP, 8080, hold=2, src_port=45000)
+        for n in ("ta1", "tb1")
+    ]
     results = [s.result().strip().splitlines()[-1] for s in sessions]
-    say(f"  ta1 and tb1 to the server from the same port at once: {results[0]} / "
-        f"{results[1]} (each network's own conntrack zone, then one SNAT IP)")
+    say(
+        f"  ta1 and tb1 to the server from the same port at once: {results[0]} / "
+        f"{results[1]} (each network's own conntrack zone, then one SNAT IP)"
+    )
 
 
 def step(title: str) -> None:
@@ -59,10 +81,14 @@ def flow_summary(lab: Lab, host: str) -> str:
         t = re.search(r"table=(\d+)", line)
         tables[int(t.group(1)) if t else 0] += 1
         owners[_owner(lab, cookie)] += 1
-    lines = [f"  {host}: {sum(owners.values())} flows; by owner: " +
-             ", ".join(f"{k} {v}" for k, v in sorted(owners.items()))]
-    lines.append("    by table: " + ", ".join(f"{t} {BY_ID[t].name} {n}"
-                                               for t, n in sorted(tables.items()) if t in BY_ID))
+    lines = [
+        f"  {host}: {sum(owners.values())} flows; by owner: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(owners.items()))
+    ]
+    lines.append(
+        "    by table: "
+        + ", ".join(f"{t} {BY_ID[t].name} {n}" for t, n in sorted(tables.items()) if t in BY_ID)
+    )
     return "\n".join(lines)
 
 
@@ -80,8 +106,7 @@ def _owner(lab: Lab, cookie: int) -> str:
         ip = int(netaddr.IPAddress(v.ip))
         v_vlan = int(v.external_ids.get("ovsnat-vlan", 0)) or None
         if v_vlan == vlan and (ip == owner if vlan is None else ip & 0xFFFFF == owner & 0xFFFFF):
-            nat = f"FIP {v.external_ids['ovsnat-fip']}" if "ovsnat-fip" in v.external_ids \
-                else "PAT"
+            nat = f"FIP {v.external_ids['ovsnat-fip']}" if "ovsnat-fip" in v.external_ids else "PAT"
             return f"{v.name} ({v.ip}, {nat})"
     return f"owner {cookie >> 24:#x}"
 
@@ -94,17 +119,25 @@ def run_demo(lab: Lab) -> None:
     say("namespace with ovsnat's controller (ryu-manager ovsnat.app); VMs are namespaces.")
     say("Outside: router 203.0.113.1 and a server 198.51.100.10 behind it.")
     for vm in lab.vms.values():
-        kind = f"floating IP {vm.external_ids['ovsnat-fip']}" if "ovsnat-fip" in \
-            vm.external_ids else "PAT (no floating IP)"
+        kind = (
+            f"floating IP {vm.external_ids['ovsnat-fip']}"
+            if "ovsnat-fip" in vm.external_ids
+            else "PAT (no floating IP)"
+        )
         say(f"  {vm.name} on {vm.host}: {vm.ip}, {kind}")
-    wait_for(lambda: ping(lab.srv_ns, fip, count=1, wait=0.2).received, 20,
-             what="the controllers to program the hosts")
+    wait_for(
+        lambda: ping(lab.srv_ns, fip, count=1, wait=0.2).received,
+        20,
+        what="the controllers to program the hosts",
+    )
     for vm in lab.vms.values():
         got = dhcpclient.lease(lab, vm)
         if got:
-            say(f"  {vm.name} booted like a cloud image, by DHCP only (udhcpc): {vm.host}'s "
+            say(
+                f"  {vm.name} booted like a cloud image, by DHCP only (udhcpc): {vm.host}'s "
                 f"ovsnat gave it {got['ip']}/{got['mask']}, gateway {got['router']}, DNS "
-                f"{got['dns'].strip()}, domain {got['domain']}, MTU {got['mtu']}")
+                f"{got['dns'].strip()}, domain {got['domain']}, MTU {got['mtu']}"
+            )
 
     step("2. Static 1:1 NAT and PAT")
     for vm in lab.vms.values():
@@ -115,8 +148,7 @@ def run_demo(lab: Lab) -> None:
         if "ovsnat-fip" in vm.external_ids:
             f = vm.external_ids["ovsnat-fip"]
             reply = tcp_connect(lab, lab.srv_ns, f, 7000)
-            say(f"  server -> {f}: reaches {vm.name}, which sees the client as "
-                f"{reply.peer_ip}")
+            say(f"  server -> {f}: reaches {vm.name}, which sees the client as {reply.peer_ip}")
     reply = udp_request(lab, vm1.ns, SERVER_IP, 8080, size=3000)
     say(f"  {vm1.name} -> server, 3000-byte UDP (fragmented): {reply.line}")
 
@@ -131,8 +163,10 @@ def run_demo(lab: Lab) -> None:
     lab.move_vm(vm1, "hv2")
     moved = time.monotonic() - t0
     result, out = parse_ping(pinger.result()), session.result().strip().splitlines()[-1]
-    say(f"  moved in {moved:.2f}s (unplug, move, plug, RARP); ping gap "
-        f"{ping_gap(result.output, 0.01):.2f}s, {result.lost} of {result.sent} lost")
+    say(
+        f"  moved in {moved:.2f}s (unplug, move, plug, RARP); ping gap "
+        f"{ping_gap(result.output, 0.01):.2f}s, {result.lost} of {result.sent} lost"
+    )
     say(f"  the inbound TCP session: {out}  (stateless FIP: nothing to lose)")
 
     step(f"4. Live-migrate {vm2.name} (PAT) from hv1 to hv2 while it holds a session")
@@ -142,19 +176,27 @@ def run_demo(lab: Lab) -> None:
     time.sleep(1)
     t0 = time.monotonic()
     lab.move_vm(vm2, "hv2")
-    while not (reply := tcp_connect(lab, vm2.ns, SERVER_IP, 8080, timeout=0.3)).ok and \
-            time.monotonic() - t0 < 5:
+    while (
+        not (reply := tcp_connect(lab, vm2.ns, SERVER_IP, 8080, timeout=0.3)).ok
+        and time.monotonic() - t0 < 5
+    ):
         pass
-    say(f"  a new session works {time.monotonic() - t0:.2f}s after the move; the server "
-        f"sees {reply.peer_ip} (hv2's PAT address)")
-    say(f"  the old session: {session.result().strip().splitlines()[-1]}  (still through "
-        "hv1's SNAT IP: no state copied, hv1 acts on its own conntrack)")
+    say(
+        f"  a new session works {time.monotonic() - t0:.2f}s after the move; the server "
+        f"sees {reply.peer_ip} (hv2's PAT address)"
+    )
+    say(
+        f"  the old session: {session.result().strip().splitlines()[-1]}  (still through "
+        "hv1's SNAT IP: no state copied, hv1 acts on its own conntrack)"
+    )
     handoffs = scenario.status(lab, "hv1").get("handoffs", {})
     for name, h in handoffs.items():
         if h["role"] != "left":
             continue
-        say(f"  hv1 status: {name} left, {h['sessions']} session(s) handed, ends when "
-            f"they do or in {h['remaining']} s")
+        say(
+            f"  hv1 status: {name} left, {h['sessions']} session(s) handed, ends when "
+            f"they do or in {h['remaining']} s"
+        )
 
     step("5. Flows per host (cookies name the owner)")
     for host in lab.hosts:

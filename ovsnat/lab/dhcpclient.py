@@ -65,10 +65,31 @@ def start(lab, vm) -> None:
     for stale in (path, path + ".events"):
         if os.path.exists(stale):
             os.remove(stale)
-    lab.spawn(f"udhcpc-{vm.name}",
-              ["udhcpc", "-f", "-i", "eth0", "-s", _script(lab), "-t", "5", "-T", "1",
-               "-A", "1", "-O", "mtu", "-O", "staticroutes", "-O", "domain"],
-              ns=vm.ns, env={"OVSNAT_LEASE_FILE": path})
+    lab.spawn(
+        f"udhcpc-{vm.name}",
+        [
+            "udhcpc",
+            "-f",
+            "-i",
+            "eth0",
+            "-s",
+            _script(lab),
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-O",
+            "mtu",
+            "-O",
+            "staticroutes",
+            "-O",
+            "domain",
+        ],
+        ns=vm.ns,
+        env={"OVSNAT_LEASE_FILE": path},
+    )
 
 
 def lease(lab, vm) -> dict[str, str]:
@@ -98,11 +119,13 @@ def events(lab, vm) -> list[str]:
 def wait_bound(lab, vm, timeout: float = 15.0) -> dict[str, str]:
     """Wait for the VM's first lease; returns it."""
     try:
-        return wait_for(lambda: lease(lab, vm) or None, timeout, interval=0.05,
-                        what=f"{vm.name}'s DHCP lease")
+        return wait_for(
+            lambda: lease(lab, vm) or None, timeout, interval=0.05, what=f"{vm.name}'s DHCP lease"
+        )
     except LabError:
-        raise LabError(f"{vm.name} got no DHCP lease within {timeout} s; client events: "
-                       f"{events(lab, vm)}") from None
+        raise LabError(
+            f"{vm.name} got no DHCP lease within {timeout} s; client events: {events(lab, vm)}"
+        ) from None
 
 
 def renew(lab, vm) -> None:

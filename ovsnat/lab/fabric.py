@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ovsnat.lab.sh import run
 
-FABRIC = "fabric"         # the OVS port of every host toward the switch
+FABRIC = "fabric"  # the OVS port of every host toward the switch
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ class LabNet:
         return int(self.cidr.split("/")[1])
 
     def external_ids(self) -> dict[str, str]:
-        ids = {"ovsnat-network": self.name, "ovsnat-cidr": self.cidr,
-               "ovsnat-gateway": self.gateway}
+        ids = {
+            "ovsnat-network": self.name,
+            "ovsnat-cidr": self.cidr,
+            "ovsnat-gateway": self.gateway,
+        }
         return ids | ({"ovsnat-vlan": str(self.vlan)} if self.vlan else {})
 
 

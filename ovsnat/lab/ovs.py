@@ -49,18 +49,27 @@ class Ovs:
 
     # --- tools -------------------------------------------------------------------------
     def vsctl(self, *args: str, check: bool = True) -> str:
-        return run(["ovs-vsctl", f"--db=unix:{self.db_sock}", "--timeout=20", *args],
-                   env=self.env, check=check).stdout
+        return run(
+            ["ovs-vsctl", f"--db=unix:{self.db_sock}", "--timeout=20", *args],
+            env=self.env,
+            check=check,
+        ).stdout
 
     def ofctl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         """ovs-ofctl on OpenFlow 1.3; bridge names resolve to the mgmt socket in the rundir."""
-        return run(["ovs-ofctl", "-O", "OpenFlow13", *args], env=self.env, check=check,
-                   input=input).stdout
+        return run(
+            ["ovs-ofctl", "-O", "OpenFlow13", *args], env=self.env, check=check, input=input
+        ).stdout
 
-    def appctl(self, *args: str, daemon: str = "ovs-vswitchd", check: bool = True,
-               timeout: float = 20) -> str:
-        return run(["ovs-appctl", "-t", self.ctl(daemon), *args], env=self.env, check=check,
-                   timeout=timeout).stdout
+    def appctl(
+        self, *args: str, daemon: str = "ovs-vswitchd", check: bool = True, timeout: float = 20
+    ) -> str:
+        return run(
+            ["ovs-appctl", "-t", self.ctl(daemon), *args],
+            env=self.env,
+            check=check,
+            timeout=timeout,
+        ).stdout
 
     def alive(self, daemon: str = "ovs-vswitchd") -> bool:
         """Liveness by asking the daemon, not by its pidfile (zombies keep pidfiles). A
@@ -69,8 +78,15 @@ class Ovs:
         if not os.path.exists(self.ctl(daemon)):
             return False
         try:
-            return run(["ovs-appctl", "-t", self.ctl(daemon), "version"], env=self.env,
-                       check=False, timeout=5).returncode == 0
+            return (
+                run(
+                    ["ovs-appctl", "-t", self.ctl(daemon), "version"],
+                    env=self.env,
+                    check=False,
+                    timeout=5,
+                ).returncode
+                == 0
+            )
         except LabError:
             return False
 
@@ -92,9 +108,18 @@ class Ovs:
         self.start_vswitchd(dummy)
 
     def _daemon(self, name: str, args: list[str]) -> None:
-        run([name, *args, f"--pidfile={self.pidfile(name)}",
-             f"--log-file={os.path.join(self.rundir, name + '.log')}",
-             "--detach", "--no-chdir"], ns=self.ns, env=self.env)
+        run(
+            [
+                name,
+                *args,
+                f"--pidfile={self.pidfile(name)}",
+                f"--log-file={os.path.join(self.rundir, name + '.log')}",
+                "--detach",
+                "--no-chdir",
+            ],
+            ns=self.ns,
+            env=self.env,
+        )
         wait_for(lambda: self.alive(name), 10, what=f"{name} in {self.rundir}")
 
     def stop_daemon(self, name: str, kill: bool = False) -> None:
@@ -103,8 +128,7 @@ class Ovs:
         if kill and pid and pid_alive(pid) and self.rundir in pid_cmdline(pid):
             os.kill(pid, 9)
         elif self.alive(name):
-            run(["ovs-appctl", "-t", self.ctl(name), "exit"], env=self.env, check=False,
-                timeout=10)
+            run(["ovs-appctl", "-t", self.ctl(name), "exit"], env=self.env, check=False, timeout=10)
         if pid:
             kill_pid(pid, self.rundir)
         for path in (self.ctl(name), self.pidfile(name)):
@@ -117,18 +141,30 @@ class Ovs:
 
     def add_bridge(self, bridge: str, uplink: str | None = None) -> None:
         """A secure-fail-mode, OpenFlow 1.3, netdev bridge: no flows means no traffic."""
-        args = ["--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
-                "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13",
-                "other_config:disable-in-band=true"]
+        args = [
+            "--may-exist",
+            "add-br",
+            bridge,
+            "--",
+            "set",
+            "bridge",
+            bridge,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "protocols=OpenFlow13",
+            "other_config:disable-in-band=true",
+        ]
         if uplink:
             args += ["--", "--may-exist", "add-port", bridge, uplink]
         self.vsctl(*args)
 
     def ofport(self, iface: str, timeout: float = 10) -> int:
         """The OpenFlow port number OVS assigned to `iface` (waits until it has one)."""
+
         def get():
             out = self.vsctl("--if-exists", "get", "Interface", iface, "ofport").strip()
             return int(out) if out.lstrip("-").isdigit() and int(out) > 0 else None
+
         return wait_for(get, timeout, what=f"ofport of {iface}")
 
 
@@ -137,7 +173,9 @@ def require_ovs() -> None:
     installed it."""
     for tool in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovsdb-tool"):
         if run(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0:
-            raise LabError(f"{tool} not found: run `make install` (scripts/install.sh installs "
-                           "the Debian package openvswitch-switch)")
+            raise LabError(
+                f"{tool} not found: run `make install` (scripts/install.sh installs "
+                "the Debian package openvswitch-switch)"
+            )
     if not os.path.exists(SCHEMA):
         raise LabError(f"{SCHEMA} missing: reinstall openvswitch-common")

@@ -66,7 +66,7 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
         s.close()
         return 0
     sent = received = 0
-    tag = f"{os.getpid():07d}".encode()     # a reply meant for another client shows at once
+    tag = f"{os.getpid():07d}".encode()  # a reply meant for another client shows at once
     deadline = time.monotonic() + hold
     start = last = time.monotonic()
     longest, longest_at = 0.0, 0.0
@@ -93,8 +93,7 @@ def tcp_client(host: str, port: int, timeout: float, hold: float, src_port: int)
     except OSError as e:
         print(f"BROKEN {type(e).__name__} after {received} echoes", flush=True)
         return 2
-    print(f"HELD {received} echoes longest_gap={longest:.2f} from={longest_at:.2f}",
-          flush=True)
+    print(f"HELD {received} echoes longest_gap={longest:.2f} from={longest_at:.2f}", flush=True)
     s.close()
     return 0
 
@@ -128,7 +127,7 @@ def tcp_sink_client(host: str, port: int, hold: float) -> int:
     while time.monotonic() - t0 < hold:
         try:
             data = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError as e:
             state = f"BROKEN {type(e).__name__}"
@@ -150,7 +149,7 @@ def udp_server(port: int) -> None:
     while True:
         data, addr = s.recvfrom(65535)
         reply = _peer_line(addr).strip() + f" len={len(data)}\n".encode()
-        if len(data) > 1000:      # large requests get a large reply (fragmented inbound)
+        if len(data) > 1000:  # large requests get a large reply (fragmented inbound)
             reply += b"x" * (len(data) - len(reply))
         s.sendto(reply, addr)
 
@@ -161,11 +160,11 @@ def udp_client(host: str, port: int, size: int, timeout: float, src_port: int) -
     if src_port:
         s.bind(("0.0.0.0", src_port))
     payload = b"u" * size
-    for _ in range(3):                 # UDP: retry a lost datagram twice
+    for _ in range(3):  # UDP: retry a lost datagram twice
         s.sendto(payload, (host, port))
         try:
             data, _ = s.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             continue
         line = data.split(b"\n", 1)[0].decode()
         print(f"{line} reply_len={len(data)}", flush=True)
@@ -174,8 +173,9 @@ def udp_client(host: str, port: int, size: int, timeout: float, src_port: int) -
     return 1
 
 
-def send_raw(iface: str, hexframes: list[str], count: int, interval: float = 0.0,
-             step: float = 0.0) -> int:
+def send_raw(
+    iface: str, hexframes: list[str], count: int, interval: float = 0.0, step: float = 0.0
+) -> int:
     """Send prebuilt Ethernet frames (hex) as-is: crafted packets for attack tests, and the
     GARP/RARP announcements of a booting or migrated VM."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

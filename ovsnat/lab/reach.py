@@ -25,14 +25,29 @@ class Pinger:
 
     def __init__(self, ns: str, dst: str, interval: float = 0.02, wait: float = 1.0):
         self.dst, self.interval = dst, interval
-        self.replies: list[float] = []          # wall-clock receive times, in order
-        self.seqs: list[int] = []               # their icmp_seq
+        self.replies: list[float] = []  # wall-clock receive times, in order
+        self.seqs: list[int] = []  # their icmp_seq
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-D", "-n", "-i", str(interval),
-             "-W", str(wait), dst],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "ping",
+                "-D",
+                "-n",
+                "-i",
+                str(interval),
+                "-W",
+                str(wait),
+                dst,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -54,7 +69,7 @@ class Pinger:
                 self.proc.wait()
         self._reader.join(5)
 
-    def __enter__(self) -> "Pinger":
+    def __enter__(self) -> Pinger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -105,4 +120,4 @@ class Pinger:
         """The longest silence between two consecutive replies, in seconds."""
         with self._lock:
             times = list(self.replies)
-        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=float("inf"))

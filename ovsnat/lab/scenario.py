@@ -11,13 +11,21 @@ import sys
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import Flow, ofctl_text
 from ovsnat.compile.punt_flows import METERS
-from ovsnat.lab.sh import run, wait_for
-from ovsnat.lab.topology import BRIDGE, EXTERNAL_CIDR, INTERNAL_GW, INTERNAL_PREFIX, ROUTER_IP, \
-    UPLINK, Lab, Vm
 from ovsnat.core.state import build_state
+from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.topology import (
+    BRIDGE,
+    EXTERNAL_CIDR,
+    INTERNAL_GW,
+    INTERNAL_PREFIX,
+    ROUTER_IP,
+    UPLINK,
+    Lab,
+    Vm,
+)
 from ovsnat.model import DesiredState, HostConfig, PortError, Rejection, VmPort
 
-ROUTER_MAC = "02:00:00:00:00:01"        # the VMs' gateway MAC (answered by ovsnat)
+ROUTER_MAC = "02:00:00:00:00:01"  # the VMs' gateway MAC (answered by ovsnat)
 
 
 def outside_router_mac(lab: Lab) -> str:
@@ -28,12 +36,20 @@ def outside_router_mac(lab: Lab) -> str:
 def host_options(lab: Lab, host: str, snat_ip: str, **overrides) -> dict:
     """The `[ovsnat]` options for a lab host, as an operator would write them."""
     options = {
-        "bridge": BRIDGE, "uplink_port": UPLINK,
-        "internal_cidr": f"10.0.0.0/{INTERNAL_PREFIX}", "internal_gateway_ip": INTERNAL_GW,
-        "router_mac": ROUTER_MAC, "external_cidr": EXTERNAL_CIDR,
-        "external_gateway_ip": ROUTER_IP, "external_gateway_mac": outside_router_mac(lab),
-        "snat_ip": snat_ip, "snat_port_min": 20000, "snat_port_max": 29999,
-        "ct_zone": 65000, "fip_frag_ct_zone": 65001, "pat_ports_per_vm": 0,
+        "bridge": BRIDGE,
+        "uplink_port": UPLINK,
+        "internal_cidr": f"10.0.0.0/{INTERNAL_PREFIX}",
+        "internal_gateway_ip": INTERNAL_GW,
+        "router_mac": ROUTER_MAC,
+        "external_cidr": EXTERNAL_CIDR,
+        "external_gateway_ip": ROUTER_IP,
+        "external_gateway_mac": outside_router_mac(lab),
+        "snat_ip": snat_ip,
+        "snat_port_min": 20000,
+        "snat_port_max": 29999,
+        "ct_zone": 65000,
+        "fip_frag_ct_zone": 65001,
+        "pat_ports_per_vm": 0,
     }
     options.update(overrides)
     return options
@@ -60,8 +76,11 @@ def ovsdb_rows(lab: Lab, host: str) -> dict[str, tuple[int, dict]]:
     h = lab.hosts[host]
     rows = {}
     for port in h.vsctl("list-ports", BRIDGE).split():
-        out = json.loads(h.vsctl("--format=json", "--columns=name,ofport,external_ids",
-                                 "list", "Interface", port))
+        out = json.loads(
+            h.vsctl(
+                "--format=json", "--columns=name,ofport,external_ids", "list", "Interface", port
+            )
+        )
         name, ofport, ids = out["data"][0]
         rows[name] = (ofport if isinstance(ofport, int) else -1, dict(ids[1]))
     return rows
@@ -100,9 +119,13 @@ def flow_packets(lab: Lab, host: str, table: int, *contains: str) -> int:
     """Sum of n_packets over the flows of `table` whose dump line holds every `contains`
     substring (e.g. "priority=0" for the table's default drop)."""
     out = lab.hosts[host].ofctl("dump-flows", BRIDGE, f"table={table}")
-    return sum(int(m.group(1)) for line in out.splitlines()
-               if all(c in line for c in contains)
-               for m in [re.search(r"n_packets=(\d+)", line)] if m)
+    return sum(
+        int(m.group(1))
+        for line in out.splitlines()
+        if all(c in line for c in contains)
+        for m in [re.search(r"n_packets=(\d+)", line)]
+        if m
+    )
 
 
 # --- the controller on a lab host ----------------------------------------------------------
@@ -116,8 +139,9 @@ def write_config(lab: Lab, host: str, snat_ip: str, **overrides) -> str:
     options["status_file"] = os.path.join(lab.hosts[host].rundir, "ovsnat-status.json")
     path = os.path.join(lab.hosts[host].rundir, "ovsnat.conf")
     with open(path, "w") as f:
-        f.write("[ovsnat]\n" + "".join(f"{k} = {'' if v is None else v}\n"
-                                       for k, v in options.items()))
+        f.write(
+            "[ovsnat]\n" + "".join(f"{k} = {'' if v is None else v}\n" for k, v in options.items())
+        )
     return path
 
 
@@ -130,13 +154,27 @@ CONTROLLER_ENV = {"EVENTLET_NO_GREENDNS": "yes"}
 def controller_argv(conf: str, framework: str = "ryu") -> list[str]:
     bindir = os.path.dirname(sys.executable)
     program = "ryu-manager" if framework == "ryu" else "ovsnat-agent"
-    argv = [os.path.join(bindir, program), "--config-file", conf,
-            "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(OF_PORT)]
+    argv = [
+        os.path.join(bindir, program),
+        "--config-file",
+        conf,
+        "--ofp-listen-host",
+        "127.0.0.1",
+        "--ofp-tcp-listen-port",
+        str(OF_PORT),
+    ]
     return argv + (["ovsnat.app"] if framework == "ryu" else [])
 
 
-def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework: str = "ryu",
-                     point_bridge: bool = True, ovs_env: bool = True, **overrides) -> str:
+def start_controller(
+    lab: Lab,
+    host: str,
+    snat_ip: str | None = None,
+    framework: str = "ryu",
+    point_bridge: bool = True,
+    ovs_env: bool = True,
+    **overrides,
+) -> str:
     """Start ovsnat's controller inside the host's namespace (listening on its loopback) and
     point br-int at it. Returns the process name in lab.procs (its log is beside it).
     ovs_env=False: without the host's OVS_RUNDIR (and OVS_LOGDIR, OVS_DBDIR) in its
@@ -146,8 +184,11 @@ def start_controller(lab: Lab, host: str, snat_ip: str | None = None, framework:
     if snat_ip is not None or not os.path.exists(conf):
         conf = write_config(lab, host, snat_ip, **overrides)
     name = f"ctl-{host}"
-    env = {**h.ovs.env, **CONTROLLER_ENV} if ovs_env else \
-        {**CONTROLLER_ENV, **{k: "" for k in h.ovs.env}}
+    env = (
+        {**h.ovs.env, **CONTROLLER_ENV}
+        if ovs_env
+        else {**CONTROLLER_ENV, **{k: "" for k in h.ovs.env}}
+    )
     lab.spawn(name, controller_argv(conf, framework), ns=h.ns, env=env)
     if point_bridge and not h.vsctl("get-controller", BRIDGE).strip():
         point_bridge_at_controller(h)
@@ -160,9 +201,20 @@ def controller_row_args() -> list[str]:
     within a second of a restarted controller. OVS 3.1 applies it to the connection only in
     a reconfiguration made while connected; the controller asks for one once in sync
     (ovsnat.core.effects.Reconfigure), so it holds after ovs-vswitchd restarts too."""
-    return ["--", "--id=@c", "create", "Controller", f'target="tcp:127.0.0.1:{OF_PORT}"',
-            "max_backoff=1000", "inactivity_probe=5000",
-            "--", "set", "Bridge", BRIDGE, "controller=@c"]
+    return [
+        "--",
+        "--id=@c",
+        "create",
+        "Controller",
+        f'target="tcp:127.0.0.1:{OF_PORT}"',
+        "max_backoff=1000",
+        "inactivity_probe=5000",
+        "--",
+        "set",
+        "Bridge",
+        BRIDGE,
+        "controller=@c",
+    ]
 
 
 def point_bridge_at_controller(h) -> None:
@@ -188,9 +240,13 @@ def wait_in_sync(lab: Lab, host: str, timeout: float = 30) -> dict:
     """Until the host's controller is connected to its switch and in sync (its status file
     says so). A controller needs a few seconds to start on a loaded machine: a test that
     moves a VM to a host whose controller is not up yet measures the start, not ovsnat."""
-    return wait_for(lambda: (lambda st: st if st.get("datapath") and st.get("in_sync")
-                             else None)(status(lab, host)), timeout,
-                    what=f"{host}'s controller in sync")
+    return wait_for(
+        lambda: (lambda st: st if st.get("datapath") and st.get("in_sync") else None)(
+            status(lab, host)
+        ),
+        timeout,
+        what=f"{host}'s controller in sync",
+    )
 
 
 def controller_log(lab: Lab, host: str) -> str:
@@ -199,14 +255,20 @@ def controller_log(lab: Lab, host: str) -> str:
     return open(path).read() if os.path.exists(path) else ""
 
 
-def counter_reaches(lab: Lab, host: str, table: int, target: int, *contains: str,
-                    timeout: float = 5.0) -> int:
+def counter_reaches(
+    lab: Lab, host: str, table: int, target: int, *contains: str, timeout: float = 5.0
+) -> int:
     """Wait until flow_packets(...) >= target and return it. OVS folds datapath hits into
     OpenFlow counters periodically (revalidation), not at once, so a counter read right
     after the packets were sent may lag."""
     from ovsnat.lab.sh import LabError, wait_for
+
     try:
-        return wait_for(lambda: (n := flow_packets(lab, host, table, *contains)) >= target
-                        and n, timeout, interval=0.1, what="a flow counter")
+        return wait_for(
+            lambda: (n := flow_packets(lab, host, table, *contains)) >= target and n,
+            timeout,
+            interval=0.1,
+            what="a flow counter",
+        )
     except LabError:
         return flow_packets(lab, host, table, *contains)

@@ -9,26 +9,35 @@ import os
 import signal
 import subprocess
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class LabError(RuntimeError):
     """A lab operation failed; the message names the command and what it printed."""
 
 
-def run(argv: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 60,
-        env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    argv: Sequence[str],
+    ns: str | None = None,
+    check: bool = True,
+    timeout: float = 60,
+    env: dict | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     """Run argv (inside netns `ns` when given) and return the completed process."""
     full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
     merged = dict(os.environ, **env) if env else None
     try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              env=merged, input=input)
+        proc = subprocess.run(
+            full, capture_output=True, text=True, timeout=timeout, env=merged, input=input
+        )
     except subprocess.TimeoutExpired as e:
         raise LabError(f"timed out after {timeout}s: {' '.join(full)}") from e
     if check and proc.returncode != 0:
-        raise LabError(f"command failed ({proc.returncode}): {' '.join(full)}\n"
-                       f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise LabError(
+            f"command failed ({proc.returncode}): {' '.join(full)}\n"
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 

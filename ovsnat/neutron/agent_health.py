@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from oslo_log import log
 
 LOG = log.getLogger(__name__)
 
-RETRY = 0.25            # s between retries of failed work (and probes while cut off)
+RETRY = 0.25  # s between retries of failed work (and probes while cut off)
 # A call Neutron answered with an error (a fault on the server's side: a bug, an exhausted
 # address pool for the SNAT port...) waits before it is made again, doubling from the first
 # to the second value: every host retrying 4 times a second would only load the server.
@@ -64,14 +64,15 @@ class Health:
     """`resync(recovered)` asks the agent's loop for a full sync (recovered: Neutron just
     came back) and wakes it; it may be called from any thread."""
 
-    def __init__(self, report_interval: float, resync: Callable[[bool], None],
-                 stopping: threading.Event) -> None:
+    def __init__(
+        self, report_interval: float, resync: Callable[[bool], None], stopping: threading.Event
+    ) -> None:
         self.interval = report_interval
         self.resync = resync
         self.stopping = stopping
         self.neutron_ok = True
-        self.beat_since: float | None = None    # monotonic start of the heartbeat in flight
-        self.settle_at: float | None = None     # the second sync after an outage
+        self.beat_since: float | None = None  # monotonic start of the heartbeat in flight
+        self.settle_at: float | None = None  # the second sync after an outage
         self.probes_timed_out = 0
 
         self.holds = Holds()
@@ -82,20 +83,26 @@ class Health:
         server-side fault: log it and hold that call back (True), without a full resync
         (which would hit the same fault)."""
         import oslo_messaging
+
         from ovsnat.neutron.agent_rpc import UNREACHABLE
+
         if isinstance(error, oslo_messaging.MessagingTimeout) and not self.neutron_ok:
             self.probes_timed_out += 1
         if isinstance(error, UNREACHABLE):
             self.failed(f"{what}: {error.__class__.__name__}")
             return False
         delay = self.holds.failed(what, time.monotonic())
-        LOG.error("%s failed on the server (%s); trying it again in %.0f s", what,
-                  str(error).strip().splitlines()[0] if str(error).strip() else
-                  error.__class__.__name__, delay)
+        LOG.error(
+            "%s failed on the server (%s); trying it again in %.0f s",
+            what,
+            str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__,
+            delay,
+        )
         return True
 
     def call_timeout(self) -> float:
         from ovsnat.neutron.agent_rpc import CALL_TIMEOUT
+
         if self.neutron_ok:
             return CALL_TIMEOUT
         return PROBE_TIMEOUTS[min(self.probes_timed_out, len(PROBE_TIMEOUTS) - 1)]
@@ -131,7 +138,7 @@ class Health:
                 status = report(start)
                 start = False
                 if status == "revived":
-                    self.neutron_ok = False     # the server thought us dead: resync
+                    self.neutron_ok = False  # the server thought us dead: resync
                 self.answered()
             except Exception as e:
                 self.failed(f"report_state: {e.__class__.__name__}")
@@ -143,11 +150,11 @@ class Health:
         """A heartbeat in flight for more than a report interval: cut off, now."""
         while not self.stopping.wait(RETRY):
             since = self.beat_since
-            if since is not None and time.monotonic() - since > self.interval and \
-                    self.neutron_ok:
+            if since is not None and time.monotonic() - since > self.interval and self.neutron_ok:
                 self.failed(f"heartbeat unanswered for {self.interval} s")
 
     def start(self, report: Callable[[bool], str | None]) -> None:
-        threading.Thread(target=self.heartbeat_loop, args=(report,), name="heartbeat",
-                         daemon=True).start()
+        threading.Thread(
+            target=self.heartbeat_loop, args=(report,), name="heartbeat", daemon=True
+        ).start()
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()

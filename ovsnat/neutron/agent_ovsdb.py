@@ -14,13 +14,13 @@ write (ovsdbapp's db_set on a map) could erase a key one of them set a moment ea
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+from oslo_log import log
 from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
-from oslo_log import log
 
 from ovsnat.neutron.keys import KeyDiff
 
@@ -54,7 +54,7 @@ class Snapshot:
     bridge_found: bool
     datapath_type: str
     bridge_ids: dict
-    rows: dict      # port id -> VmRow (a port id on two rows: the first name wins)
+    rows: dict  # port id -> VmRow (a port id on two rows: the first name wins)
 
 
 class _WakingIdl(ovs_idl.Idl):
@@ -79,7 +79,7 @@ class _SetKeys(command.BaseCommand):
         try:
             row = self.api.lookup(self.table, self.record)
         except idlutils.RowNotFound:
-            return      # unplugged meanwhile: nothing to write
+            return  # unplugged meanwhile: nothing to write
         for key in self.diff.remove:
             row.delkey(self.column, key)
         for key, value in self.diff.set.items():
@@ -89,8 +89,9 @@ class _SetKeys(command.BaseCommand):
 class LocalOvsdb:
     """ovsdbapp connection to this host's ovsdb-server, watching one bridge."""
 
-    def __init__(self, remote: str, bridge: str, on_change: Callable[[], None],
-                 timeout: float = 10):
+    def __init__(
+        self, remote: str, bridge: str, on_change: Callable[[], None], timeout: float = 10
+    ):
         self.bridge = bridge
         self.timeout = timeout
         helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
@@ -106,8 +107,9 @@ class LocalOvsdb:
         we walk them."""
         with self.conn.lock:
             connected = self.idl.has_ever_connected()
-            bridge = next((b for b in self.idl.tables["Bridge"].rows.values()
-                           if b.name == self.bridge), None)
+            bridge = next(
+                (b for b in self.idl.tables["Bridge"].rows.values() if b.name == self.bridge), None
+            )
             if bridge is None:
                 return Snapshot(connected, False, "", {}, {})
             rows: dict[str, VmRow] = {}
@@ -117,8 +119,9 @@ class LocalOvsdb:
                     pid = ids.get("iface-id")
                     if pid and pid not in rows:
                         rows[pid] = VmRow(iface.name, pid, ids)
-            return Snapshot(connected, True, bridge.datapath_type or "system",
-                            dict(bridge.external_ids), rows)
+            return Snapshot(
+                connected, True, bridge.datapath_type or "system", dict(bridge.external_ids), rows
+            )
 
     def write_keys(self, table: str, record: str, diff: KeyDiff) -> None:
         """Apply one row's key changes in one transaction; raises on failure (the caller
@@ -126,8 +129,9 @@ class LocalOvsdb:
         if not diff:
             return
         with self._lock:
-            txn = transaction.Transaction(self.api, self.conn, self.timeout,
-                                          check_error=True, log_errors=False)
+            txn = transaction.Transaction(
+                self.api, self.conn, self.timeout, check_error=True, log_errors=False
+            )
             txn.add(_SetKeys(self.api, table, record, "external_ids", diff))
             txn.commit()
 

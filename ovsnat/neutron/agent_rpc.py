@@ -7,25 +7,27 @@ fetches the current keys: a cast that arrives late or twice cannot install a sta
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from neutron_lib.agent import topics
-from neutron_lib import rpc as n_rpc
 import oslo_messaging
-
 from neutron.agent import rpc as agent_rpc
+from neutron_lib import rpc as n_rpc
+from neutron_lib.agent import topics
 
 from ovsnat.neutron import constants as c
 
-CALL_TIMEOUT = 10       # s: a dead rpc-server must not stall the loop for the default 60 s
+CALL_TIMEOUT = 10  # s: a dead rpc-server must not stall the loop for the default 60 s
 # Calls fail at once rather than wait for their timeout when nobody could hear them: with the
 # broker down (retry=0: no reconnect loop inside the call; the agent's own loop retries) or
 # with no server consuming the topic yet (mandatory publish: RabbitMQ returns the message,
 # oslo.messaging raises MessageUndeliverable). After a broker restart the servers' queues
 # come back a moment after the broker does; the agent's next try then gets through.
 AT_LEAST_ONCE = oslo_messaging.TransportOptions(at_least_once=True)
-UNREACHABLE = (oslo_messaging.MessagingTimeout, oslo_messaging.MessageDeliveryFailure,
-               oslo_messaging.MessageUndeliverable)
+UNREACHABLE = (
+    oslo_messaging.MessagingTimeout,
+    oslo_messaging.MessageDeliveryFailure,
+    oslo_messaging.MessageUndeliverable,
+)
 
 
 class OvsnatPluginApi:
@@ -36,14 +38,17 @@ class OvsnatPluginApi:
         self.client = n_rpc.get_client(target)
 
     def _prepare(self, version: str = c.RPC_VERSION, timeout: float = CALL_TIMEOUT):
-        return self.client.prepare(timeout=timeout, retry=0, version=version,
-                                   transport_options=AT_LEAST_ONCE)
+        return self.client.prepare(
+            timeout=timeout, retry=0, version=version, transport_options=AT_LEAST_ONCE
+        )
 
-    def get_ports(self, context, host: str, port_ids: list[str],
-                  timeout: float = CALL_TIMEOUT) -> dict:
+    def get_ports(
+        self, context, host: str, port_ids: list[str], timeout: float = CALL_TIMEOUT
+    ) -> dict:
         """port id -> {"keys": ..., "up": bool} or None (the port does not exist)."""
-        return self._prepare("1.1", timeout).call(context, "get_ports", host=host,
-                                                  port_ids=port_ids)
+        return self._prepare("1.1", timeout).call(
+            context, "get_ports", host=host, port_ids=port_ids
+        )
 
     def get_up_ports(self, context, host: str) -> list[str]:
         """The ports Neutron has ACTIVE on this host."""
@@ -59,23 +64,33 @@ class DeviceApi:
     inside the call until the broker is back: the agent's loop must stay free to resync."""
 
     STEP = 20
-    TIMEOUT = 30.0          # s per step: Neutron spends tens of ms on each device
+    TIMEOUT = 30.0  # s per step: Neutron spends tens of ms on each device
 
     def __init__(self) -> None:
-        self.client = n_rpc.get_client(oslo_messaging.Target(topic=topics.PLUGIN,
-                                                             version="1.0"))
+        self.client = n_rpc.get_client(oslo_messaging.Target(topic=topics.PLUGIN, version="1.0"))
 
-    def update_device_list(self, context, up: list[str], down: list[str], agent_id: str,
-                           host: str) -> dict:
-        cctxt = self.client.prepare(version="1.9", timeout=self.TIMEOUT, retry=0,
-                                    transport_options=AT_LEAST_ONCE)
-        result: dict[str, list] = {"devices_up": [], "failed_devices_up": [],
-                                   "devices_down": [], "failed_devices_down": []}
+    def update_device_list(
+        self, context, up: list[str], down: list[str], agent_id: str, host: str
+    ) -> dict:
+        cctxt = self.client.prepare(
+            version="1.9", timeout=self.TIMEOUT, retry=0, transport_options=AT_LEAST_ONCE
+        )
+        result: dict[str, list] = {
+            "devices_up": [],
+            "failed_devices_up": [],
+            "devices_down": [],
+            "failed_devices_down": [],
+        }
         for i in range(0, max(len(up), len(down)), self.STEP):
-            answer = cctxt.call(context, "update_device_list",
-                                devices_up=up[i:i + self.STEP],
-                                devices_down=down[i:i + self.STEP],
-                                agent_id=agent_id, host=host, refresh_tunnels=False)
+            answer = cctxt.call(
+                context,
+                "update_device_list",
+                devices_up=up[i : i + self.STEP],
+                devices_down=down[i : i + self.STEP],
+                agent_id=agent_id,
+                host=host,
+                refresh_tunnels=False,
+            )
             for key, values in result.items():
                 values.extend(answer.get(key, []))
         return result
@@ -87,9 +102,12 @@ class PushEndpoint:
     # Neutron's AgentNotifierApi casts at versions up to 1.5 (binding (de)activate).
     target = oslo_messaging.Target(version="1.5")
 
-    def __init__(self, ports: Callable[[list[str]], None],
-                 networks: Callable[[str], None],
-                 activated: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        ports: Callable[[list[str]], None],
+        networks: Callable[[str], None],
+        activated: Callable[[str, str], None],
+    ) -> None:
         self._ports = ports
         self._networks = networks
         self._activated = activated
@@ -126,11 +144,18 @@ class PushEndpoint:
 def start_consumers(endpoint: PushEndpoint) -> object:
     """Listen where Neutron's L2 agents listen, plus ovsnat's own fanout topic."""
     conn = agent_rpc.create_consumers(
-        [endpoint], topics.AGENT,
-        [[topics.PORT, topics.UPDATE], [topics.PORT, topics.DELETE],
-         [topics.NETWORK, topics.UPDATE], [topics.NETWORK, topics.DELETE],
-         [topics.PORT_BINDING, topics.ACTIVATE], [topics.PORT_BINDING, topics.DEACTIVATE]],
-        start_listening=False)
+        [endpoint],
+        topics.AGENT,
+        [
+            [topics.PORT, topics.UPDATE],
+            [topics.PORT, topics.DELETE],
+            [topics.NETWORK, topics.UPDATE],
+            [topics.NETWORK, topics.DELETE],
+            [topics.PORT_BINDING, topics.ACTIVATE],
+            [topics.PORT_BINDING, topics.DEACTIVATE],
+        ],
+        start_listening=False,
+    )
     conn.create_consumer(c.AGENT_TOPIC, [endpoint], fanout=True)
     conn.consume_in_threads()
     return conn

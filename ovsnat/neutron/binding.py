@@ -21,13 +21,13 @@ Two layers:
 from __future__ import annotations
 
 import ipaddress
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from ovsnat.neutron.keys import PortFacts, Segment, port_keys
 from ovsnat.model.portcheck import keys_problem
 from ovsnat.model.validate import HostLimits
+from ovsnat.neutron.keys import PortFacts, Segment, port_keys
 
-REFUSED = "ovsnat_refused"          # the vif_details key of a refused binding
+REFUSED = "ovsnat_refused"  # the vif_details key of a refused binding
 
 
 def tap_name(port_id: str) -> str:
@@ -50,26 +50,38 @@ def address_refusal(port: Mapping) -> str | None:
         return "it has no fixed IP (ovsnat serves a port by its one IPv4 address)"
     v6 = [ip for ip in ips if _version(ip) != 4]
     if v6:
-        return (f"fixed IP {v6[0]} is not IPv4: ovsnat serves IPv4 only, its traffic would be "
-                "dropped (use a network without an IPv6 subnet)")
+        return (
+            f"fixed IP {v6[0]} is not IPv4: ovsnat serves IPv4 only, its traffic would be "
+            "dropped (use a network without an IPv6 subnet)"
+        )
     if len(ips) > 1:
-        return (f"it has {len(ips)} fixed IPs ({', '.join(ips)}): ovsnat serves one IPv4 "
-                "address per port (its NAT, DHCP and anti-spoofing), never part of a port")
+        return (
+            f"it has {len(ips)} fixed IPs ({', '.join(ips)}): ovsnat serves one IPv4 "
+            "address per port (its NAT, DHCP and anti-spoofing), never part of a port"
+        )
     return None
 
 
-def network_refusal(network: Mapping, subnet: Mapping, subnets: Sequence[Mapping],
-                    segment: Mapping) -> str | None:
+def network_refusal(
+    network: Mapping, subnet: Mapping, subnets: Sequence[Mapping], segment: Mapping
+) -> str | None:
     """The port's subnet and the network's other IPv4 subnets on the bound segment."""
     if not subnet.get("gateway_ip"):
-        return (f"subnet {subnet.get('id')} {subnet.get('cidr')} has no gateway (created with "
-                "--gateway none): ovsnat is the gateway of every network it serves")
-    here = [s for s in subnets if s.get("ip_version") == 4 and
-            s.get("segment_id") in (None, segment.get("id"))]
+        return (
+            f"subnet {subnet.get('id')} {subnet.get('cidr')} has no gateway (created with "
+            "--gateway none): ovsnat is the gateway of every network it serves"
+        )
+    here = [
+        s
+        for s in subnets
+        if s.get("ip_version") == 4 and s.get("segment_id") in (None, segment.get("id"))
+    ]
     if len(here) > 1:
         cidrs = ", ".join(sorted(str(s.get("cidr")) for s in here))
-        return (f"network {network.get('id')} has {len(here)} IPv4 subnets ({cidrs}): ovsnat "
-                "serves one IPv4 subnet per network (one CIDR and gateway per VLAN)")
+        return (
+            f"network {network.get('id')} has {len(here)} IPv4 subnets ({cidrs}): ovsnat "
+            "serves one IPv4 subnet per network (one CIDR and gateway per VLAN)"
+        )
     return None
 
 
@@ -78,15 +90,25 @@ def segment_refusal(network: Mapping, bindable: Sequence[Mapping]) -> str | None
     goes into the port's keys); with two such segments the host could not tell them apart:
     ovsnat names a network on a host by its id, with one VLAN."""
     if len(bindable) > 1:
-        names = ", ".join(f"{s.get('network_type')}:{s.get('physical_network')}:"
-                          f"{s.get('segmentation_id')}" for s in bindable)
-        return (f"network {network.get('id')} has {len(bindable)} segments this host reaches "
-                f"({names}): ovsnat serves one segment of a network per host")
+        names = ", ".join(
+            f"{s.get('network_type')}:{s.get('physical_network')}:{s.get('segmentation_id')}"
+            for s in bindable
+        )
+        return (
+            f"network {network.get('id')} has {len(bindable)} segments this host reaches "
+            f"({names}): ovsnat serves one segment of a network per host"
+        )
     return None
 
 
-def refusal(port: Mapping, network: Mapping, subnets: Sequence[Mapping], segment: Mapping,
-            bindable: Sequence[Mapping], limits: HostLimits | None) -> str | None:
+def refusal(
+    port: Mapping,
+    network: Mapping,
+    subnets: Sequence[Mapping],
+    segment: Mapping,
+    bindable: Sequence[Mapping],
+    limits: HostLimits | None,
+) -> str | None:
     """Why ovsnat cannot serve `port` bound to `segment` on a host whose agent reported
     `limits` (None: it reported none; the host's ranges are then left to its controller);
     `subnets`: every subnet of the port's network; `bindable`: the network's segments the
@@ -101,13 +123,21 @@ def refusal(port: Mapping, network: Mapping, subnets: Sequence[Mapping], segment
     problem = network_refusal(network, subnet, subnets, segment)
     if problem:
         return problem
-    facts = PortFacts(port_id=port["id"], network_id=network["id"],
-                      fixed_ips=((fixed["subnet_id"], fixed["ip_address"]),),
-                      subnets={subnet["id"]: subnet},
-                      segment=Segment(segment.get("network_type"),
-                                      segment.get("physical_network"),
-                                      segment.get("segmentation_id")),
-                      mtu=network.get("mtu"))
-    ids = {**port_keys(facts), "iface-id": port["id"],
-           "attached-mac": port.get("mac_address") or ""}
+    facts = PortFacts(
+        port_id=port["id"],
+        network_id=network["id"],
+        fixed_ips=((fixed["subnet_id"], fixed["ip_address"]),),
+        subnets={subnet["id"]: subnet},
+        segment=Segment(
+            segment.get("network_type"),
+            segment.get("physical_network"),
+            segment.get("segmentation_id"),
+        ),
+        mtu=network.get("mtu"),
+    )
+    ids = {
+        **port_keys(facts),
+        "iface-id": port["id"],
+        "attached-mac": port.get("mac_address") or "",
+    }
     return keys_problem(tap_name(port["id"]), ids, limits or HostLimits())

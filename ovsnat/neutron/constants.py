@@ -4,7 +4,7 @@ Pure, no Neutron import: changing one of these is a wire-protocol change between
 neutron-server and every host's ovsnat-neutron-agent.
 """
 
-AGENT_TYPE = "ovsnat agent"               # agents table `agent_type`; the driver binds for it
+AGENT_TYPE = "ovsnat agent"  # agents table `agent_type`; the driver binds for it
 AGENT_BINARY = "ovsnat-neutron-agent"
 
 # RPC: the agent calls the driver's endpoint on SERVER_TOPIC (served by neutron-rpc-server);
@@ -12,7 +12,7 @@ AGENT_BINARY = "ovsnat-neutron-agent"
 # during a live migration, and each agent ignores ports it does not have).
 SERVER_TOPIC = "ovsnat-plugin"
 AGENT_TOPIC = "ovsnat-agent"
-RPC_VERSION = "1.0"                      # the casts to agents
+RPC_VERSION = "1.0"  # the casts to agents
 # The driver's endpoint: 1.0 get_port_keys, get_snat_address; 1.1 get_ports (the keys and
 # whether Neutron already has the port up on the asking host); 1.2 get_ports' answers also
 # carry the status of the asking host's binding. Agents still call get_ports at 1.1: a 1.1

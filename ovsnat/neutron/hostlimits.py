@@ -22,7 +22,7 @@ LOG = log.getLogger(__name__)
 class ControllerLimits:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.seen: tuple | None = None          # (mtime_ns, size) of the file last read
+        self.seen: tuple | None = None  # (mtime_ns, size) of the file last read
         self.cached: dict | None = None
 
     def report(self) -> dict | None:
@@ -38,6 +38,7 @@ class ControllerLimits:
             return self.cached
         from ovsnat.model import HostConfig
         from ovsnat.model.options import read_ini
+
         try:
             values = read_ini(self.path)
             values["uplink_ofport"] = 0
@@ -50,7 +51,11 @@ class ControllerLimits:
 
     def _give_up(self, stamp: tuple, why: str) -> None:
         if stamp != self.seen:
-            LOG.warning("controller_config %s: %s; Neutron is told nothing about the "
-                        "address ranges this host reserves", self.path, why)
+            LOG.warning(
+                "controller_config %s: %s; Neutron is told nothing about the "
+                "address ranges this host reserves",
+                self.path,
+                why,
+            )
             self.seen, self.cached = stamp, None
         return None

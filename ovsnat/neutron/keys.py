@@ -23,12 +23,12 @@ VLAN = "ovsnat-vlan"
 DNS = "ovsnat-dns"
 MTU = "ovsnat-mtu"
 ROUTES = "ovsnat-routes"
-DHCP = "ovsnat-dhcp"                  # "off" when the subnet has DHCP disabled
+DHCP = "ovsnat-dhcp"  # "off" when the subnet has DHCP disabled
 MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES, DHCP)
 
-INSTALLED = "ovsnat-installed"        # written by the controller once the port's flows are in
-READY = "ovsnat-ready"                # ... once it accepts the port's keys, device or not
-SNAT_IP = "ovsnat-snat-ip"            # Bridge:external_ids, this host's PAT address
+INSTALLED = "ovsnat-installed"  # written by the controller once the port's flows are in
+READY = "ovsnat-ready"  # ... once it accepts the port's keys, device or not
+SNAT_IP = "ovsnat-snat-ip"  # Bridge:external_ids, this host's PAT address
 
 # A port whose iface-id Neutron does not know (deleted) gets none of the managed keys.
 NO_KEYS: dict[str, str] = {}
@@ -49,11 +49,11 @@ class PortFacts:
 
     port_id: str
     network_id: str
-    fixed_ips: tuple[tuple[str, str], ...]           # (subnet_id, ip_address)
-    subnets: dict = field(default_factory=dict)      # subnet_id -> Neutron subnet dict
+    fixed_ips: tuple[tuple[str, str], ...]  # (subnet_id, ip_address)
+    subnets: dict = field(default_factory=dict)  # subnet_id -> Neutron subnet dict
     segment: Segment | None = None
     mtu: int | None = None
-    floating_ips: tuple[tuple[str, str], ...] = ()   # (fixed_ip_address, floating_ip_address)
+    floating_ips: tuple[tuple[str, str], ...] = ()  # (fixed_ip_address, floating_ip_address)
 
 
 def _ipv4(address: str) -> bool:
@@ -82,9 +82,11 @@ def format_routes(host_routes: list[dict], cidr: str | None = None) -> str:
     With the subnet's cidr, only routes via a neighbour on it (Neutron does not insist; a
     DHCP client could not use another)."""
     net = ipaddress.ip_network(cidr) if cidr else None
-    return ",".join(f"{r['destination']}>{r['nexthop']}" for r in host_routes
-                    if _ipv4(r["nexthop"]) and
-                    (net is None or ipaddress.ip_address(r["nexthop"]) in net))
+    return ",".join(
+        f"{r['destination']}>{r['nexthop']}"
+        for r in host_routes
+        if _ipv4(r["nexthop"]) and (net is None or ipaddress.ip_address(r["nexthop"]) in net)
+    )
 
 
 def port_keys(facts: PortFacts) -> dict[str, str]:

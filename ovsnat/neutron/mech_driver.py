@@ -28,27 +28,26 @@ stale value: the agent always reads the current truth.
 
 from __future__ import annotations
 
-from neutron_lib.api.definitions import portbindings
-from neutron_lib.callbacks import events, registry, resources
+from neutron.plugins.ml2.drivers import mech_agent
 from neutron_lib import constants as n_const
 from neutron_lib import exceptions as n_exc
+from neutron_lib import rpc as n_rpc
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
-from neutron_lib import rpc as n_rpc
 from oslo_log import log
 
-from neutron.plugins.ml2.drivers import mech_agent
-
+from ovsnat.model.validate import REPORT_KEY, HostLimits
 from ovsnat.neutron import binding
 from ovsnat.neutron import constants as c
 from ovsnat.neutron.server_rpc import AgentNotifier, OvsnatServerRpc
-from ovsnat.model.validate import REPORT_KEY, HostLimits
 
 LOG = log.getLogger(__name__)
 
 FIP_EVENTS = (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE)
-DRIVER_NAME = "ovsnat"          # the entry point's name: ML2's name for this driver
-LOGGED_REFUSALS = 1024          # (port, host) -> reason already logged as an error
+DRIVER_NAME = "ovsnat"  # the entry point's name: ML2's name for this driver
+LOGGED_REFUSALS = 1024  # (port, host) -> reason already logged as an error
 
 
 def _fip_binding(fip: dict) -> tuple:
@@ -61,9 +60,11 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
 
     def __init__(self) -> None:
         super().__init__(
-            c.AGENT_TYPE, portbindings.VIF_TYPE_OVS,
+            c.AGENT_TYPE,
+            portbindings.VIF_TYPE_OVS,
             {portbindings.CAP_PORT_FILTER: False, portbindings.OVS_HYBRID_PLUG: False},
-            supported_vnic_types=[portbindings.VNIC_NORMAL])
+            supported_vnic_types=[portbindings.VNIC_NORMAL],
+        )
         self.notifier: AgentNotifier | None = None
         self.refused: dict[tuple[str, str], str] = {}
 
@@ -97,23 +98,27 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         then the binding fails now, with the reason (ML2 tries other drivers first)."""
         if not self.check_segment_for_agent(segment, agent):
             return False
-        problem = self._judge(context, segment, agent,
-                              [s for s in context.network.network_segments
-                               if self.check_segment_for_agent(s, agent)])
+        problem = self._judge(
+            context,
+            segment,
+            agent,
+            [s for s in context.network.network_segments if self.check_segment_for_agent(s, agent)],
+        )
         if problem is None:
             return super().try_to_bind_segment_for_agent(context, segment, agent)
         self._log_refusal(context.current["id"], context.host, problem)
-        context.set_binding(None, portbindings.VIF_TYPE_BINDING_FAILED,
-                            {binding.REFUSED: problem})
+        context.set_binding(None, portbindings.VIF_TYPE_BINDING_FAILED, {binding.REFUSED: problem})
         return True
 
     def _judge(self, context, segment, agent, bindable) -> str | None:
         plugin = directory.get_plugin()
         network = context.network.current
-        subnets = plugin.get_subnets(context.plugin_context,
-                                     filters={"network_id": [network["id"]]})
-        return binding.refusal(context.current, network, subnets, segment, bindable,
-                               self._limits(agent))
+        subnets = plugin.get_subnets(
+            context.plugin_context, filters={"network_id": [network["id"]]}
+        )
+        return binding.refusal(
+            context.current, network, subnets, segment, bindable, self._limits(agent)
+        )
 
     @staticmethod
     def _limits(agent) -> HostLimits | None:
@@ -125,8 +130,9 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         try:
             return HostLimits.from_report(report)
         except ValueError as e:
-            LOG.warning("ovsnat: agent on host %s reported unreadable limits: %s",
-                        agent.get("host"), e)
+            LOG.warning(
+                "ovsnat: agent on host %s reported unreadable limits: %s", agent.get("host"), e
+            )
             return None
 
     def _log_refusal(self, port_id: str, host: str, problem: str) -> None:
@@ -146,9 +152,11 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         datapath type matters: os-vif's plug sets it on the bridge it is given, and its
         default ("system") would turn a netdev bridge into a kernel one."""
         conf = agent["configurations"]
-        return {**self.vif_details,
-                portbindings.VIF_DETAILS_BRIDGE_NAME: conf.get(c.CONF_BRIDGE),
-                portbindings.OVS_DATAPATH_TYPE: conf.get(c.CONF_DATAPATH, "system")}
+        return {
+            **self.vif_details,
+            portbindings.VIF_DETAILS_BRIDGE_NAME: conf.get(c.CONF_BRIDGE),
+            portbindings.OVS_DATAPATH_TYPE: conf.get(c.CONF_DATAPATH, "system"),
+        }
 
     # --- pushes ------------------------------------------------------------------------
     def _floatingip_changed(self, resource, event, trigger, payload) -> None:
@@ -156,13 +164,15 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         left or reached must be looked at again. An update that changes none of what the
         keys depend on (a description, QoS) is not cast."""
         states = [s for s in payload.states if isinstance(s, dict)]
-        if event == events.AFTER_UPDATE and len(states) == 2 and \
-                _fip_binding(states[0]) == _fip_binding(states[1]):
+        if (
+            event == events.AFTER_UPDATE
+            and len(states) == 2
+            and _fip_binding(states[0]) == _fip_binding(states[1])
+        ):
             return
         port_ids = sorted({s["port_id"] for s in states if s.get("port_id")})
         if port_ids:
-            LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event,
-                      port_ids)
+            LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event, port_ids)
             self.notifier.ports_changed(payload.context, port_ids)
 
     def update_port_precommit(self, context) -> None:
@@ -179,23 +189,26 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         agents = [a for a in context.host_agents(self.agent_type) if a.get("alive")]
         problem = self._judge(context, segment, agents[0] if agents else {}, [segment])
         if problem:
-            raise n_exc.InvalidInput(error_message=(
-                f"ovsnat cannot serve port {current['id']} with fixed IPs "
-                f"{[ip.get('ip_address') for ip in current.get('fixed_ips') or []]}: "
-                f"{problem}"))
+            raise n_exc.InvalidInput(
+                error_message=(
+                    f"ovsnat cannot serve port {current['id']} with fixed IPs "
+                    f"{[ip.get('ip_address') for ip in current.get('fixed_ips') or []]}: "
+                    f"{problem}"
+                )
+            )
 
     def update_port_postcommit(self, context) -> None:
         """ML2 notifies L2 agents of a port update for admin state, security groups and
         bindings, but not for new fixed IPs."""
         if context.original and context.original.get("fixed_ips") != context.current.get(
-                "fixed_ips"):
+            "fixed_ips"
+        ):
             self.notifier.ports_changed(context.plugin_context, [context.current["id"]])
 
     def update_subnet_postcommit(self, context) -> None:
         """Gateway, DNS servers and host routes live on the subnet: every port of the
         network may carry them."""
-        self.notifier.network_changed(context.plugin_context,
-                                      context.current["network_id"])
+        self.notifier.network_changed(context.plugin_context, context.current["network_id"])
 
     def update_network_postcommit(self, context) -> None:
         if context.original and context.original.get("mtu") != context.current.get("mtu"):

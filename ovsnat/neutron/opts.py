@@ -20,43 +20,62 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-OVS_GROUP = "OVS"            # neutron-openvswitch-agent's group (`[ovs]` in files)
+OVS_GROUP = "OVS"  # neutron-openvswitch-agent's group (`[ovs]` in files)
 OVSNAT_GROUP = "ovsnat"
-_OLD = "ovsnat"              # the deprecated names' group
-_RELEASE = "ovsnat 0.4.0"    # when the deprecated names go (0.3.0 renamed them)
+_OLD = "ovsnat"  # the deprecated names' group
+_RELEASE = "ovsnat 0.4.0"  # when the deprecated names go (0.3.0 renamed them)
 
 OVS_OPTS = [
-    cfg.StrOpt("integration_bridge", default="br-int",
-               deprecated_opts=[cfg.DeprecatedOpt("bridge", group=_OLD)],
-               help="The bridge whose VM ports ovsnat programs: the one Nova plugs "
-                    "instances into, reported to Neutron (vif_details bridge_name). The "
-                    "same bridge as the controller's [ovsnat] bridge. [ovsnat] bridge is a "
-                    f"deprecated alias, removed in {_RELEASE}."),
-    cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
-               regex=r"^(tcp|ssl|unix):.+",
-               deprecated_opts=[cfg.DeprecatedOpt("ovsdb_connection", group=_OLD)],
-               help="The local OVSDB (the same database as the controller's "
-                    "ovsdb_connection). [ovsnat] ovsdb_connection is a deprecated alias, "
-                    f"removed in {_RELEASE}."),
-    cfg.IntOpt("ovsdb_timeout", default=10, min=1,
-               help="Timeout in seconds for one OVSDB transaction of the agent's (a VM "
-                    "port's keys); it is retried on the next pass."),
+    cfg.StrOpt(
+        "integration_bridge",
+        default="br-int",
+        deprecated_opts=[cfg.DeprecatedOpt("bridge", group=_OLD)],
+        help="The bridge whose VM ports ovsnat programs: the one Nova plugs "
+        "instances into, reported to Neutron (vif_details bridge_name). The "
+        "same bridge as the controller's [ovsnat] bridge. [ovsnat] bridge is a "
+        f"deprecated alias, removed in {_RELEASE}.",
+    ),
+    cfg.StrOpt(
+        "ovsdb_connection",
+        default="unix:/var/run/openvswitch/db.sock",
+        regex=r"^(tcp|ssl|unix):.+",
+        deprecated_opts=[cfg.DeprecatedOpt("ovsdb_connection", group=_OLD)],
+        help="The local OVSDB (the same database as the controller's "
+        "ovsdb_connection). [ovsnat] ovsdb_connection is a deprecated alias, "
+        f"removed in {_RELEASE}.",
+    ),
+    cfg.IntOpt(
+        "ovsdb_timeout",
+        default=10,
+        min=1,
+        help="Timeout in seconds for one OVSDB transaction of the agent's (a VM "
+        "port's keys); it is retried on the next pass.",
+    ),
 ]
 
 OVSNAT_OPTS = [
-    cfg.ListOpt("physical_networks", default=["fabric"],
-                help="Physical networks the bridge's fabric port reaches; the mechanism "
-                     "driver binds vlan and flat segments of these only."),
-    cfg.StrOpt("external_network", default="",
-               help="Name or id of the external network for this host's SNAT address; "
-                    "empty: the only router:external network."),
-    cfg.StrOpt("controller_config", default="/etc/ovsnat/ovsnat.conf",
-               help="The configuration file of this host's ovsnat controller. The agent "
-                    "reports what it reserves (external_cidr, transit_cidr, a default "
-                    "network, handoff_vlan) to Neutron, whose mechanism driver then refuses "
-                    "at binding a port whose network overlaps them. Empty, or a file that "
-                    "cannot be read: nothing is reported (logged), and such ports bind but "
-                    "the controller refuses them."),
+    cfg.ListOpt(
+        "physical_networks",
+        default=["fabric"],
+        help="Physical networks the bridge's fabric port reaches; the mechanism "
+        "driver binds vlan and flat segments of these only.",
+    ),
+    cfg.StrOpt(
+        "external_network",
+        default="",
+        help="Name or id of the external network for this host's SNAT address; "
+        "empty: the only router:external network.",
+    ),
+    cfg.StrOpt(
+        "controller_config",
+        default="/etc/ovsnat/ovsnat.conf",
+        help="The configuration file of this host's ovsnat controller. The agent "
+        "reports what it reserves (external_cidr, transit_cidr, a default "
+        "network, handoff_vlan) to Neutron, whose mechanism driver then refuses "
+        "at binding a port whose network overlaps them. Empty, or a file that "
+        "cannot be read: nothing is reported (logged), and such ports bind but "
+        "the controller refuses them.",
+    ),
 ]
 
 
@@ -70,5 +89,5 @@ def list_opts() -> list[tuple[str, list]]:
     the [agent] options of Neutron's that the agent reads, as Neutron's own agents list
     them."""
     from neutron.conf.agent import common as agent_conf
-    return [("agent", agent_conf.AGENT_STATE_OPTS), ("ovs", OVS_OPTS),
-            (OVSNAT_GROUP, OVSNAT_OPTS)]
+
+    return [("agent", agent_conf.AGENT_STATE_OPTS), ("ovs", OVS_OPTS), (OVSNAT_GROUP, OVSNAT_OPTS)]

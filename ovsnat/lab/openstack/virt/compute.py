@@ -17,7 +17,9 @@ def main() -> int:
     # First: nova.cmd.compute's own first line applies Nova's concurrency mode (native
     # threads for nova-compute in Nova 34) before anything else is imported.
     from nova.cmd import compute as nova_compute
+
     from ovsnat.lab.openstack.virt import driver
+
     sys.modules["nova.virt.ovsnat_lab"] = driver
     sys.argv[0] = "nova-compute"
     return nova_compute.main()

@@ -33,20 +33,18 @@ the fake driver's: resources, instance bookkeeping, the live-migration checks an
 
 from __future__ import annotations
 
+import nova.conf
+import nova.virt.node
 import os_vif
+from nova import exception
+from nova.compute import power_state
+from nova.network import model as network_model
+from nova.network import neutron, os_vif_util
+from nova.objects import migrate_data as migrate_data_obj
+from nova.virt import fake
 from os_vif import exception as osv_exception
 from oslo_config import cfg
 from oslo_log import log as logging
-
-import nova.conf
-from nova.compute import power_state
-from nova import exception
-from nova.network import model as network_model
-from nova.network import neutron
-from nova.network import os_vif_util
-from nova.objects import migrate_data as migrate_data_obj
-from nova.virt import fake
-import nova.virt.node
 
 from ovsnat.lab.openstack.virt.guest import Guest, Nic
 
@@ -56,8 +54,10 @@ LOG = logging.getLogger(__name__)
 OPTS = [
     cfg.StrOpt("lab_id", help="the lab this nova-compute belongs to"),
     cfg.StrOpt("host_namespace", help="the hypervisor's network namespace (its OVS, taps)"),
-    cfg.StrOpt("guests_dir", help="where the guests' records are (shared by the lab's "
-                                  "nova-computes and its teardown)"),
+    cfg.StrOpt(
+        "guests_dir",
+        help="where the guests' records are (shared by the lab's nova-computes and its teardown)",
+    ),
 ]
 CONF.register_opts(OPTS, group="ovsnat_lab")
 
@@ -75,9 +75,9 @@ class LabDriver(fake.FakeLiveMigrateDriver):
         super().init_host(host)
         for guest in Guest.all(self.lab.guests_dir):
             if guest.host == CONF.host:
-                self.instances[guest.uuid] = fake.FakeInstance(guest.name,
-                                                               power_state.RUNNING,
-                                                               guest.uuid)
+                self.instances[guest.uuid] = fake.FakeInstance(
+                    guest.name, power_state.RUNNING, guest.uuid
+                )
 
     # --- node identity: libvirt's Host.get_node_uuid ---------------------------------------
     def get_available_resource(self, nodename):
@@ -107,31 +107,49 @@ class LabDriver(fake.FakeLiveMigrateDriver):
         vif_obj = os_vif_util.nova_to_osvif_vif(vif)
         if vif_obj is None:
             raise exception.VirtualInterfacePlugException(
-                f"vif_type {vif['type']} is not an os-vif type: the lab plugs only those")
+                f"vif_type {vif['type']} is not an os-vif type: the lab plugs only those"
+            )
         instance_info = os_vif_util.nova_to_osvif_instance(instance)
         try:
             action(vif_obj, instance_info)
         except osv_exception.ExceptionBase as ex:
             raise exception.InternalError(
-                f"Failure running os_vif plugin {action.__name__} method: {ex}")
+                f"Failure running os_vif plugin {action.__name__} method: {ex}"
+            ) from ex
 
     # --- boot: libvirt's spawn / _create_guest_with_network -------------------------------
     @staticmethod
     def _get_neutron_events(network_info):
-        return [('network-vif-plugged', vif['id'])
-                for vif in network_info if vif.get('active', True) is False and
-                vif['vnic_type'] != network_model.VNIC_TYPE_REMOTE_MANAGED]
+        return [
+            ("network-vif-plugged", vif["id"])
+            for vif in network_info
+            if vif.get("active", True) is False
+            and vif["vnic_type"] != network_model.VNIC_TYPE_REMOTE_MANAGED
+        ]
 
     @staticmethod
     def _neutron_failed_callback(event_name, instance):
-        LOG.error('Neutron Reported failure on event %(event)s for instance %(uuid)s',
-                  {'event': event_name, 'uuid': instance.uuid}, instance=instance)
+        LOG.error(
+            "Neutron Reported failure on event %(event)s for instance %(uuid)s",
+            {"event": event_name, "uuid": instance.uuid},
+            instance=instance,
+        )
         if CONF.vif_plugging_is_fatal:
             raise exception.VirtualInterfaceCreateException()
 
-    def spawn(self, context, instance, image_meta, injected_files, admin_password,
-              allocations, network_info=None, block_device_info=None, power_on=True,
-              accel_info=None):
+    def spawn(
+        self,
+        context,
+        instance,
+        image_meta,
+        injected_files,
+        admin_password,
+        allocations,
+        network_info=None,
+        block_device_info=None,
+        power_on=True,
+        accel_info=None,
+    ):
         network_info = network_info or network_model.NetworkInfo([])
         timeout = CONF.vif_plugging_timeout
         events = self._get_neutron_events(network_info) if power_on and timeout else []
@@ -139,24 +157,35 @@ class LabDriver(fake.FakeLiveMigrateDriver):
         guest = None
         try:
             with self.virtapi.wait_for_instance_event(
-                    instance, events, timeout=timeout,
-                    error_callback=self._neutron_failed_callback):
+                instance, events, timeout=timeout, error_callback=self._neutron_failed_callback
+            ):
                 self.plug_vifs(instance, network_info)
                 guest = self._create_guest(instance, network_info)
-                LOG.info("Guest created paused=%s, waiting for %s", pause, events,
-                         instance=instance)
+                LOG.info(
+                    "Guest created paused=%s, waiting for %s", pause, events, instance=instance
+                )
         except exception.InstanceEventTimeout:
             if CONF.vif_plugging_is_fatal:
                 self._cleanup_failed_spawn(instance, network_info, guest)
-                raise exception.VirtualInterfaceCreateException()
+                raise exception.VirtualInterfaceCreateException() from None
         except Exception:
-            LOG.error('Failed to start lab guest', instance=instance)
+            LOG.error("Failed to start lab guest", instance=instance)
             self._cleanup_failed_spawn(instance, network_info, guest)
             raise
         if power_on:
             guest.resume()
-        super().spawn(context, instance, image_meta, injected_files, admin_password,
-                      allocations, network_info, block_device_info, power_on, accel_info)
+        super().spawn(
+            context,
+            instance,
+            image_meta,
+            injected_files,
+            admin_password,
+            allocations,
+            network_info,
+            block_device_info,
+            power_on,
+            accel_info,
+        )
 
     def _cleanup_failed_spawn(self, instance, network_info, guest):
         if guest is not None:
@@ -167,27 +196,42 @@ class LabDriver(fake.FakeLiveMigrateDriver):
             LOG.exception("Unplugging after a failed spawn failed", instance=instance)
 
     def _create_guest(self, instance, network_info) -> Guest:
-        nics = [Nic(tap=os_vif_util.nova_to_osvif_vif(vif).vif_name, dev=f"eth{i}",
-                    mac=vif['address'], mtu=int(vif['network'].get_meta('mtu') or 1500),
-                    port_id=vif['id'])
-                for i, vif in enumerate(network_info)]
-        return Guest.create(self.lab.guests_dir, self.lab.lab_id, instance.uuid,
-                            instance.name, CONF.host, nics)
+        nics = [
+            Nic(
+                tap=os_vif_util.nova_to_osvif_vif(vif).vif_name,
+                dev=f"eth{i}",
+                mac=vif["address"],
+                mtu=int(vif["network"].get_meta("mtu") or 1500),
+                port_id=vif["id"],
+            )
+            for i, vif in enumerate(network_info)
+        ]
+        return Guest.create(
+            self.lab.guests_dir, self.lab.lab_id, instance.uuid, instance.name, CONF.host, nics
+        )
 
     def _guest_here(self, instance) -> Guest | None:
         guest = Guest.load(self.lab.guests_dir, instance.uuid)
         return guest if guest is not None and guest.host == CONF.host else None
 
     # --- delete: libvirt's destroy -> _destroy + cleanup ---------------------------------
-    def destroy(self, context, instance, network_info, block_device_info=None,
-                destroy_disks=True, destroy_secrets=True):
+    def destroy(
+        self,
+        context,
+        instance,
+        network_info,
+        block_device_info=None,
+        destroy_disks=True,
+        destroy_secrets=True,
+    ):
         guest = self._guest_here(instance)
         if guest is not None:
             guest.destroy()
         if network_info:
             self._unplug_ignoring_errors(instance, network_info)
-        super().destroy(context, instance, network_info, block_device_info, destroy_disks,
-                        destroy_secrets)
+        super().destroy(
+            context, instance, network_info, block_device_info, destroy_disks, destroy_secrets
+        )
 
     def _unplug_ignoring_errors(self, instance, network_info):
         """libvirt's _cleanup unplugs with ignore_errors=True."""
@@ -195,23 +239,30 @@ class LabDriver(fake.FakeLiveMigrateDriver):
             try:
                 self._plug_os_vif(instance, vif, os_vif.unplug)
             except exception.NovaException:
-                LOG.warning("Unplugging %s failed", vif['id'], instance=instance)
+                LOG.warning("Unplugging %s failed", vif["id"], instance=instance)
 
     # --- live migration ------------------------------------------------------------------
-    def check_can_live_migrate_destination(self, context, instance, src_compute_info,
-                                           dst_compute_info, block_migration=False,
-                                           disk_over_commit=False):
+    def check_can_live_migrate_destination(
+        self,
+        context,
+        instance,
+        src_compute_info,
+        dst_compute_info,
+        block_migration=False,
+        disk_over_commit=False,
+    ):
         """The fake driver's data, and the VIFs as libvirt's gives them: with Neutron's
         multiple port bindings, a skeleton per VIF flagged `supports_os_vif_delegation`
         (it travels in the destination binding's profile, and get_dest_vif() turns it into
         `delegate_create`: os-vif creates the destination's OVS port in
         pre_live_migration, before any tap exists)."""
         data = super().check_can_live_migrate_destination(
-            context, instance, src_compute_info, dst_compute_info, block_migration,
-            disk_over_commit)
+            context, instance, src_compute_info, dst_compute_info, block_migration, disk_over_commit
+        )
         if self._network_api.has_port_binding_extension(context):
             data.vifs = migrate_data_obj.VIFMigrateData.create_skeleton_migrate_vifs(
-                instance.get_network_info())
+                instance.get_network_info()
+            )
             for vif in data.vifs:
                 vif.supports_os_vif_delegation = True
         return data
@@ -222,22 +273,34 @@ class LabDriver(fake.FakeLiveMigrateDriver):
             self._neutron_api = neutron.API()
         return self._neutron_api
 
-    def pre_live_migration(self, context, instance, block_device_info, network_info,
-                           disk_info, migrate_data):
+    def pre_live_migration(
+        self, context, instance, block_device_info, network_info, disk_info, migrate_data
+    ):
         """libvirt's _pre_live_migration_plug_vifs: the destination's bindings if Neutron
         gave them (multiple port bindings), else the instance's network_info."""
-        if 'vifs' in migrate_data and migrate_data.vifs:
-            LOG.debug('Plugging VIFs using destination host port bindings before live '
-                      'migration.', instance=instance)
+        if "vifs" in migrate_data and migrate_data.vifs:
+            LOG.debug(
+                "Plugging VIFs using destination host port bindings before live migration.",
+                instance=instance,
+            )
             nw_info = network_model.NetworkInfo(
-                [migrate_vif.get_dest_vif() for migrate_vif in migrate_data.vifs])
+                [migrate_vif.get_dest_vif() for migrate_vif in migrate_data.vifs]
+            )
         else:
             nw_info = network_info
         self.plug_vifs(instance, nw_info)
         return migrate_data
 
-    def live_migration(self, context, instance, dest, post_method, recover_method,
-                       block_migration=False, migrate_data=None):
+    def live_migration(
+        self,
+        context,
+        instance,
+        dest,
+        post_method,
+        recover_method,
+        block_migration=False,
+        migrate_data=None,
+    ):
         """The memory copy is instantaneous here; the switch-over is the tap's move."""
         self._abort_migration = False
         guest = self._guest_here(instance)
@@ -246,8 +309,9 @@ class LabDriver(fake.FakeLiveMigrateDriver):
                 raise exception.InstanceNotRunning(instance_id=instance.uuid)
             guest.move(dest)
         except Exception:
-            LOG.exception("Live migration to %s failed before the switch-over", dest,
-                          instance=instance)
+            LOG.exception(
+                "Live migration to %s failed before the switch-over", dest, instance=instance
+            )
             recover_method(context, instance, dest, migrate_data)
             return
         post_method(context, instance, dest, block_migration, migrate_data)
@@ -255,13 +319,20 @@ class LabDriver(fake.FakeLiveMigrateDriver):
     def post_live_migration_at_source(self, context, instance, network_info):
         self.unplug_vifs(instance, network_info)
 
-    def post_live_migration_at_destination(self, context, instance, network_info,
-                                           block_migration=False, block_device_info=None):
-        self.instances[instance.uuid] = fake.FakeInstance(instance.name,
-                                                          power_state.RUNNING,
-                                                          instance.uuid)
+    def post_live_migration_at_destination(
+        self, context, instance, network_info, block_migration=False, block_device_info=None
+    ):
+        self.instances[instance.uuid] = fake.FakeInstance(
+            instance.name, power_state.RUNNING, instance.uuid
+        )
 
-    def rollback_live_migration_at_destination(self, context, instance, network_info,
-                                               block_device_info, destroy_disks=True,
-                                               migrate_data=None):
+    def rollback_live_migration_at_destination(
+        self,
+        context,
+        instance,
+        network_info,
+        block_device_info,
+        destroy_disks=True,
+        migrate_data=None,
+    ):
         self.destroy(context, instance, network_info, block_device_info, destroy_disks)
