@@ -22,6 +22,7 @@ def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS):
     compute mapped. Torn down pass or fail; the module's measurements are printed at the
     end."""
     from tests.conftest import _require_lab_prerequisites
+
     _require_lab_prerequisites(request)
     cl = cloudlab.bring_up(hosts)
     times.update(cl.timings)
@@ -32,8 +33,7 @@ def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS):
         t = time.monotonic()
         cl.down()
         times["teardown"] = time.monotonic() - t
-        print("\nOpenStack lab times (s): " +
-              ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+        print("\nOpenStack lab times (s): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
 
 
 def unique(prefix: str) -> str:
@@ -41,26 +41,33 @@ def unique(prefix: str) -> str:
 
 
 def row_ids(cl: CloudLab, host: str, iface: str) -> dict[str, str]:
-    out = cl.lab.hosts[host].vsctl("--if-exists", "--format=json", "--columns=external_ids",
-                                   "list", "Interface", iface)
+    out = cl.lab.hosts[host].vsctl(
+        "--if-exists", "--format=json", "--columns=external_ids", "list", "Interface", iface
+    )
     data = json.loads(out)["data"] if out.strip() else []
     return dict(data[0][0][1]) if data else {}
 
 
 def all_rows(cl: CloudLab, host: str) -> dict[str, dict[str, str]]:
     """Every Interface row of the host: name -> external_ids (one ovs-vsctl call)."""
-    out = cl.lab.hosts[host].vsctl("--format=json", "--columns=name,external_ids", "list",
-                                   "Interface")
+    out = cl.lab.hosts[host].vsctl(
+        "--format=json", "--columns=name,external_ids", "list", "Interface"
+    )
     return {name: dict(ids[1]) for name, ids in json.loads(out)["data"]}
 
 
-def wait_key(cl: CloudLab, server: servers.Server, key: str, value: str | None,
-             timeout: float = 10) -> float:
+def wait_key(
+    cl: CloudLab, server: servers.Server, key: str, value: str | None, timeout: float = 10
+) -> float:
     """Poll the server's Interface row until `key` has `value` (None: absent); returns the
     wall clock time it was first seen so."""
     host, tap = server.host, server.tap
-    wait_for(lambda: row_ids(cl, host, tap).get(key) == value, timeout, interval=0.01,
-             what=f"{key}={value} on {tap}")
+    wait_for(
+        lambda: row_ids(cl, host, tap).get(key) == value,
+        timeout,
+        interval=0.01,
+        what=f"{key}={value} on {tap}",
+    )
     return time.time()
 
 
@@ -78,14 +85,19 @@ def port_status(cl: CloudLab, port_id: str) -> str:
 
 
 def wait_active(cl: CloudLab, port_id: str, timeout: float = 20) -> None:
-    wait_for(lambda: port_status(cl, port_id) == "ACTIVE", timeout, interval=0.1,
-             what=f"port {port_id} ACTIVE")
+    wait_for(
+        lambda: port_status(cl, port_id) == "ACTIVE",
+        timeout,
+        interval=0.1,
+        what=f"port {port_id} ACTIVE",
+    )
 
 
 def new_fip(cl: CloudLab, port_id: str | None = None):
     """A floating IP of the tenant's (associated with `port_id` if given)."""
-    return cl.tenant.network.create_ip(floating_network_id=cl.topo.external_net,
-                                       **({"port_id": port_id} if port_id else {}))
+    return cl.tenant.network.create_ip(
+        floating_network_id=cl.topo.external_net, **({"port_id": port_id} if port_id else {})
+    )
 
 
 def boot(cl: CloudLab, host: str, name: str | None = None, **kwargs) -> servers.Server:

@@ -11,8 +11,8 @@ from ovsnat.neutron.keys import INSTALLED, READY
 OS_VIF = {"iface-id": "p", "attached-mac": "fa:16:3e:00:00:01", "iface-status": "active"}
 KEYS = {**OS_VIF, "ovsnat-fixed-ip": "10.1.0.5", "ovsnat-network": "n1"}
 ACTIVE = {"status": "ACTIVE", "vif_type": "ovs"}
-DESTINATION = {"status": "INACTIVE", "vif_type": "ovs"}        # created by Nova's conductor
-DEACTIVATED = {"status": "INACTIVE", "vif_type": "unbound"}    # the source, after activation
+DESTINATION = {"status": "INACTIVE", "vif_type": "ovs"}  # created by Nova's conductor
+DEACTIVATED = {"status": "INACTIVE", "vif_type": "unbound"}  # the source, after activation
 FAILED = {"status": "INACTIVE", "vif_type": "binding_failed"}
 
 
@@ -38,8 +38,11 @@ def test_at_boot_on_the_active_host_and_on_the_source_up_means_the_flows_are_con
 def test_a_port_whose_keys_the_host_rejects_is_never_reported_up():
     """Rejected keys get neither marker: not up whatever the binding; a port beside it
     with good keys is (the control)."""
-    rows = {"bad": {**KEYS, "iface-id": "bad"}, "good": {**KEYS, READY: "true"},
-            "os-vif only": OS_VIF}
+    rows = {
+        "bad": {**KEYS, "iface-id": "bad"},
+        "good": {**KEYS, READY: "true"},
+        "os-vif only": OS_VIF,
+    }
     for binding in (ACTIVE, DESTINATION, DEACTIVATED, None):
         up = ports_up(rows, {pid: binding for pid in rows})
         assert "bad" not in up and "os-vif only" not in up
@@ -68,7 +71,8 @@ def test_a_port_neutron_re_bound_and_set_down_here_is_reported_again_unless_it_m
         "steady": {"up": True, "binding": here},
         "old-server": {"up": False, "binding": {"status": "ACTIVE", "vif_type": "ovs"}},
         "no-binding": {"up": False, "binding": None},
-        "never-reported": {"up": False, "binding": here}}
+        "never-reported": {"up": False, "binding": here},
+    }
     reported = set(answers) - {"never-reported"}
     assert forgotten(answers, reported) == {"rolled-back"}
     assert forgotten({}, reported) == set()

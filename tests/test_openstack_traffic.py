@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,12 @@ from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import background_tcp, tcp_connect, tcp_established
-from tests.openstack_lab import boot, cloud_lab, new_fip, port_status, row_ids, unique, \
-    wait_key
+from tests.openstack_lab import boot, cloud_lab, new_fip, port_status, row_ids, unique, wait_key
 
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 TIMES: dict[str, float] = {}
-LIMIT = 2.0                 # s: the issue's bound for every push to take effect
+LIMIT = 2.0  # s: the issue's bound for every push to take effect
 SERVER_PORT = 8080
 
 
@@ -54,8 +54,11 @@ def quick_arp(server) -> None:
 
 
 def answers(cl, address: str) -> None:
-    wait_for(lambda: tcp_connect(cl.lab, cl.lab.srv_ns, address, GUEST_PORT).ok, 10,
-             what=f"{address}:{GUEST_PORT} to answer")
+    wait_for(
+        lambda: tcp_connect(cl.lab, cl.lab.srv_ns, address, GUEST_PORT).ok,
+        10,
+        what=f"{address}:{GUEST_PORT} to answer",
+    )
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -70,8 +73,9 @@ def test_servers_configured_by_dhcp_reach_out_through_pat_and_each_other(cl):
     for server in (a, b):
         lease = server.wait_lease()
         guest = server.guest
-        TIMES[f"DHCP lease after the guest started ({guest.host})"] = \
+        TIMES[f"DHCP lease after the guest started ({guest.host})"] = (
             guest.bound_at() - guest.times["resumed"]
+        )
         assert lease["ip"] == server.fixed_ip and lease["router"] == subnet.gateway_ip
         assert lease["dns"].split() == subnet.dns_nameservers
         assert lease["mtu"] == str(cl.admin.network.get_network(cl.topo.tenant_net).mtu)
@@ -80,7 +84,7 @@ def test_servers_configured_by_dhcp_reach_out_through_pat_and_each_other(cl):
     snat = {h: cl.snat_ip(h) for h in ("hv1", "hv2")}
     assert seen_as(cl, a) == snat["hv1"] and seen_as(cl, b) == snat["hv2"]
     reply = tcp_connect(cl.lab, a.ns, b.fixed_ip, GUEST_PORT)
-    assert reply.ok and reply.peer_ip == a.fixed_ip      # east-west: no NAT in a network
+    assert reply.ok and reply.peer_ip == a.fixed_ip  # east-west: no NAT in a network
     assert port_status(cl, a.port_id) == port_status(cl, b.port_id) == "ACTIVE"
 
 
@@ -112,8 +116,9 @@ def test_fip_reachable_within_2s_of_association_and_gone_within_2s_of_disassocia
     Each silence is followed by replies on the same pinger at the next association: the
     positive control that the path itself still works."""
     server = boot(cl, "hv1", lease=False)
-    address = cl.openstack("floating", "ip", "create", "public", "-f", "value", "-c",
-                           "floating_ip_address").strip()
+    address = cl.openstack(
+        "floating", "ip", "create", "public", "-f", "value", "-c", "floating_ip_address"
+    ).strip()
     with Pinger(cl.lab.srv_ns, address) as pinger:
         cl.openstack("floating", "ip", "set", "--port", server.port_id, address)
         pinger.first_reply_after(time.time(), timeout=10)
@@ -135,11 +140,13 @@ def test_fip_reachable_within_2s_of_association_and_gone_within_2s_of_disassocia
     TIMES["FIP unreachable after the API answered, worst of 20"] = max(gone)
     TIMES["FIP associate, API call included, worst of 20"] = max(end_to_end)
     TIMES["FIP key on the row after the API answered, worst of 20"] = max(rows)
-    print(f"\nFIP reachable: worst {max(reach):.3f} s, median {sorted(reach)[10]:.3f} s; "
-          f"unreachable: worst {max(gone):.3f} s, median {sorted(gone)[10]:.3f} s "
-          f"(from Neutron's answer); with the API call: worst {max(end_to_end):.3f} s")
+    print(
+        f"\nFIP reachable: worst {max(reach):.3f} s, median {sorted(reach)[10]:.3f} s; "
+        f"unreachable: worst {max(gone):.3f} s, median {sorted(gone)[10]:.3f} s "
+        f"(from Neutron's answer); with the API call: worst {max(end_to_end):.3f} s"
+    )
     assert max(reach) < LIMIT and max(gone) < LIMIT
-    assert seen_as(cl, server) == cl.snat_ip("hv1")        # disassociated: PAT again
+    assert seen_as(cl, server) == cl.snat_ip("hv1")  # disassociated: PAT again
     assert "ovsnat-fip" not in row_ids(cl, "hv1", server.tap)
 
 
@@ -151,12 +158,11 @@ def test_neutron_api_down_30s_traffic_unharmed_nothing_removed(cl):
     fip = new_fip(cl, port_id=fip_vm.port_id)
     address = fip.floating_ip_address
     wait_key(cl, fip_vm, "ovsnat-fip", address)
-    answers(cl, address)                                     # positive control
+    answers(cl, address)  # positive control
     before = {s.tap: row_ids(cl, s.host, s.tap) for s in (fip_vm, pat_vm)}
     outage = 30.0
     session = background_tcp(cl.lab, pat_vm.ns, SERVER_IP, SERVER_PORT, hold=outage + 2)
-    wait_for(lambda: tcp_established(pat_vm.ns, SERVER_IP, SERVER_PORT), 10,
-             what="the PAT session")
+    wait_for(lambda: tcp_established(pat_vm.ns, SERVER_IP, SERVER_PORT), 10, what="the PAT session")
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
         stopped = time.time()
         cl.stack.stop_api()
@@ -168,11 +174,11 @@ def test_neutron_api_down_30s_traffic_unharmed_nothing_removed(cl):
         finally:
             cl.stack.start_api()
             cl.stack.wait_api()
-    assert pinger.since(stopped)[-1] >= stopped + outage      # it answered all along
+    assert pinger.since(stopped)[-1] >= stopped + outage  # it answered all along
     assert pinger.lost() == 0 and pinger.gap() < 0.5, (pinger.lost(), pinger.gap())
     assert "HELD" in session.result()
     with Pinger(cl.lab.srv_ns, address) as after:
-        after.first_reply_after(time.time(), timeout=5)     # it answers before the change
+        after.first_reply_after(time.time(), timeout=5)  # it answers before the change
         cl.tenant.network.update_ip(fip, port_id=None)
         gone = after.silent_after(time.time(), quiet=0.5, timeout=LIMIT)
     TIMES["FIP gone after the API outage (from the answer)"] = gone
@@ -186,7 +192,7 @@ def fresh_reports(cl, *hosts: str) -> None:
     cl.computes_reported(time.time() - 20, *hosts)
 
 
-EVENT_LIMIT = 1.0           # s: issue 23's bound from the destination's row to its event
+EVENT_LIMIT = 1.0  # s: issue 23's bound from the destination's row to its event
 
 
 @pytest.mark.parametrize("moves", [2, pytest.param(10, marks=pytest.mark.openstack_long)])
@@ -208,8 +214,9 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     address = fip.floating_ip_address
     answers(cl, address)
     session = background_tcp(cl.lab, cl.lab.srv_ns, address, GUEST_PORT, hold=8)
-    wait_for(lambda: tcp_established(cl.lab.srv_ns, address, GUEST_PORT), 10,
-             what="the inbound session")
+    wait_for(
+        lambda: tcp_established(cl.lab.srv_ns, address, GUEST_PORT), 10, what="the inbound session"
+    )
     waits, requests, totals = [], [], []
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
         for _ in range(moves):
@@ -222,18 +229,23 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
             totals.append(m.gap(REQUESTED, DONE))
         pinger.first_reply_after(time.time(), timeout=5)
     held, gap = session.result(), pinger.gap()
-    TIMES[f"live migration: network-vif-plugged after the destination's row, worst of "
-          f"{moves}"] = max(waits)
-    TIMES[f"live migration: network-vif-plugged after Nova's request, worst of {moves}"] = \
-        max(requests)
-    TIMES[f"live migration: request to Nova's migration completed, mean of {moves}"] = \
-        sum(totals) / len(totals)
+    TIMES[f"live migration: network-vif-plugged after the destination's row, worst of {moves}"] = (
+        max(waits)
+    )
+    TIMES[f"live migration: network-vif-plugged after Nova's request, worst of {moves}"] = max(
+        requests
+    )
+    TIMES[f"live migration: request to Nova's migration completed, mean of {moves}"] = sum(
+        totals
+    ) / len(totals)
     TIMES[f"live migration: longest ping gap over {moves}"] = gap
-    print(f"\nlive migration x{moves}: network-vif-plugged after the destination's row "
-          f"{', '.join(f'{w:.2f}' for w in waits)} s (worst {max(waits):.2f}); after "
-          f"Nova's request {', '.join(f'{r:.2f}' for r in requests)} s (worst "
-          f"{max(requests):.2f}); {held.strip().splitlines()[-1]}, ping gap {gap:.2f} s, "
-          f"{pinger.lost()} lost")
+    print(
+        f"\nlive migration x{moves}: network-vif-plugged after the destination's row "
+        f"{', '.join(f'{w:.2f}' for w in waits)} s (worst {max(waits):.2f}); after "
+        f"Nova's request {', '.join(f'{r:.2f}' for r in requests)} s (worst "
+        f"{max(requests):.2f}); {held.strip().splitlines()[-1]}, ping gap {gap:.2f} s, "
+        f"{pinger.lost()} lost"
+    )
     assert max(waits) < EVENT_LIMIT, waits
     assert "HELD" in held, held
     assert gap < LIMIT
@@ -241,18 +253,31 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     # Neutron sets the port DOWN when Nova activates the destination's binding; the
     # destination's agent reports it up again (from ovsnat-installed), after Nova may already
     # call the migration completed: poll, do not sample.
-    wait_for(lambda: port_status(cl, server.port_id) == "ACTIVE", 20, interval=0.1,
-             what=f"port {server.port_id} ACTIVE again on {last}")
-    wait_for(lambda: [(b.host, b.status) for b in cl.admin.network.port_bindings(
-        server.port_id)] == [(last, "ACTIVE")], 20, interval=0.1,
-        what=f"the port's one binding, ACTIVE on {last}")
+    wait_for(
+        lambda: port_status(cl, server.port_id) == "ACTIVE",
+        20,
+        interval=0.1,
+        what=f"port {server.port_id} ACTIVE again on {last}",
+    )
+    wait_for(
+        lambda: (
+            [(b.host, b.status) for b in cl.admin.network.port_bindings(server.port_id)]
+            == [(last, "ACTIVE")]
+        ),
+        20,
+        interval=0.1,
+        what=f"the port's one binding, ACTIVE on {last}",
+    )
     assert cl.admin.network.get_port(server.port_id).binding_host_id == last
     assert row_ids(cl, other, server.tap) == {}
     assert row_ids(cl, last, server.tap)["ovsnat-fip"] == address
     guest = server.guest
     guest.renew()
-    wait_for(lambda: f"renew {server.fixed_ip}" in guest.dhcp_events(), 10,
-             what=f"the lease renewed on {last}")
+    wait_for(
+        lambda: f"renew {server.fixed_ip}" in guest.dhcp_events(),
+        10,
+        what=f"the lease renewed on {last}",
+    )
     assert tcp_connect(cl.lab, cl.lab.srv_ns, address, GUEST_PORT).ok
 
 
@@ -268,7 +293,8 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
     more agents syncing at the broker's return, the bound here would be theirs too); the
     tests that live-migrate wait for fresh reports of their hosts first.)"""
     old_vm, new_vm, pat_vm = servers.boot_many(
-        cl, [(unique("vm"), "hv1"), (unique("vm"), "hv2"), (unique("vm"), "hv2")])
+        cl, [(unique("vm"), "hv1"), (unique("vm"), "hv2"), (unique("vm"), "hv2")]
+    )
     old = new_fip(cl, port_id=old_vm.port_id)
     wait_key(cl, old_vm, "ovsnat-fip", old.floating_ip_address)
     answers(cl, old.floating_ip_address)
@@ -276,8 +302,7 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
     outage = 30.0
     pinger = Pinger(cl.lab.srv_ns, old.floating_ip_address, interval=0.01)
     session = background_tcp(cl.lab, pat_vm.ns, SERVER_IP, SERVER_PORT, hold=outage + 8)
-    wait_for(lambda: tcp_established(pat_vm.ns, SERVER_IP, SERVER_PORT), 10,
-             what="the PAT session")
+    wait_for(lambda: tcp_established(pat_vm.ns, SERVER_IP, SERVER_PORT), 10, what="the PAT session")
     new_tap = new_vm.tap
     with pinger, Pinger(cl.lab.srv_ns, fip.floating_ip_address) as watch:
         stopped = time.time()
@@ -289,18 +314,20 @@ def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_it
             while time.time() - stopped < outage:
                 assert "ovsnat-fip" not in row_ids(cl, "hv2", new_tap)
                 time.sleep(1)
-            assert not watch.since(0)            # dark all along (answers below: control)
+            assert not watch.since(0)  # dark all along (answers below: control)
         finally:
             back = cl.stack.restart_rabbit()
         took = watch.first_reply_after(back, timeout=30)
     TIMES["FIP reachable after RabbitMQ's return (associated while it was down)"] = took
-    print(f"\nRabbitMQ back after {back - stopped:.1f} s; "
-          f"the FIP associated meanwhile answered {took:.2f} s after its return")
-    assert pinger.since(stopped)[-1] >= back                 # it answered all along
+    print(
+        f"\nRabbitMQ back after {back - stopped:.1f} s; "
+        f"the FIP associated meanwhile answered {took:.2f} s after its return"
+    )
+    assert pinger.since(stopped)[-1] >= back  # it answered all along
     assert pinger.lost() == 0 and pinger.gap() < 0.5, (pinger.lost(), pinger.gap())
     assert "HELD" in session.result()
     assert took < LIMIT
-    cl.agents_alive(since=back)             # the next test binds ports on them
+    cl.agents_alive(since=back)  # the next test binds ports on them
 
 
 # Nova's source waits vif_plugging_timeout (300 s) for an event that must never come: the
@@ -327,10 +354,12 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     fresh_reports(cl, "hv3", "hv4")
     scenario.wait_in_sync(cl.lab, "hv3")
     net = cl.tenant.network.create_network(name=unique("ctl"))
-    cl.tenant.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.100.0.0/24",
-                                    gateway_ip="10.100.0.1")
+    cl.tenant.network.create_subnet(
+        network_id=net.id, ip_version=4, cidr="10.100.0.0/24", gateway_ip="10.100.0.1"
+    )
     control, server = servers.boot_many(
-        cl, [(unique("ctl"), "hv4", net.id), (unique("vm"), "hv4")], lease=False)
+        cl, [(unique("ctl"), "hv4", net.id), (unique("vm"), "hv4")], lease=False
+    )
     control_net = cl.admin.network.get_port(control.port_id).network_id
     assert control_net == net.id
     m = servers.live_migrate(cl, control, "hv3")
@@ -341,42 +370,60 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     address = fip.floating_ip_address
     answers(cl, address)
     session = background_tcp(cl.lab, cl.lab.srv_ns, address, GUEST_PORT, hold=6)
-    wait_for(lambda: tcp_established(cl.lab.srv_ns, address, GUEST_PORT), 10,
-             what="the inbound session")
+    wait_for(
+        lambda: tcp_established(cl.lab.srv_ns, address, GUEST_PORT), 10, what="the inbound session"
+    )
     tap = server.tap
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
         m = servers.live_migrate(cl, server, "hv3")
         pinger.first_reply_after(time.time(), timeout=5)
     began = m.steps[REQUESTED]
-    print(f"\nrejected on hv3: Nova's migration {m.status}; steps " + ", ".join(
-        f"{k} {v - began:.2f}" for k, v in m.steps.items()))
+    print(
+        f"\nrejected on hv3: Nova's migration {m.status}; steps "
+        + ", ".join(f"{k} {v - began:.2f}" for k, v in m.steps.items())
+    )
     assert m.status == "error", m
-    assert ROW in m.steps and EVENT not in m.steps       # hv3 plugged; no event came
-    assert re.search(rf"skipping port '{tap}'.*overlaps transit_cidr "
-                     r"10\.0\.0\.0/10.*\(not ready for its device",
-                     scenario.controller_log(cl.lab, "hv3")), \
-        "hv3's controller never judged the keys"
-    timed_out = re.search(rf"^(\S+ \S+) .*\[instance: {server.id}\] Timed out waiting for "
-                          "events", open(novalog.log_path(cl.stack.paths,
-                                                          "nova-compute-hv4")).read(), re.M)
+    assert ROW in m.steps and EVENT not in m.steps  # hv3 plugged; no event came
+    assert re.search(
+        rf"skipping port '{tap}'.*overlaps transit_cidr "
+        r"10\.0\.0\.0/10.*\(not ready for its device",
+        scenario.controller_log(cl.lab, "hv3"),
+    ), "hv3's controller never judged the keys"
+    timed_out = re.search(
+        rf"^(\S+ \S+) .*\[instance: {server.id}\] Timed out waiting for "
+        "events",
+        Path(novalog.log_path(cl.stack.paths, "nova-compute-hv4")).read_text(),
+        re.M,
+    )
     assert timed_out, "Nova's source did not time out waiting for the event"
     # none came while Nova waited (after its rollback, hv4 reports the port up again:
     # Neutron set it DOWN when Nova cleared `migrating_to`; Nova no longer waits then)
     gave_up = novalog.stamp(timed_out.group(1))
     assert gave_up - began >= REJECTED_TIMEOUT
-    assert [e for e in novalog.events(cl.stack.paths, began) if e.at <= gave_up and
-            e.name == novalog.VIF_PLUGGED and e.tag == server.port_id] == []
+    assert [
+        e
+        for e in novalog.events(cl.stack.paths, began)
+        if e.at <= gave_up and e.name == novalog.VIF_PLUGGED and e.tag == server.port_id
+    ] == []
     assert "HELD" in session.result()
     assert pinger.lost() == 0 and pinger.gap() < 0.5, (pinger.lost(), pinger.gap())
-    wait_for(lambda: cl.admin.compute.get_server(server.id).task_state is None, 30,
-             interval=0.2, what="Nova's rollback to end")
+    wait_for(
+        lambda: cl.admin.compute.get_server(server.id).task_state is None,
+        30,
+        interval=0.2,
+        what="Nova's rollback to end",
+    )
     nova_server = cl.admin.compute.get_server(server.id)
     assert (nova_server.status, nova_server.compute_host) == ("ACTIVE", "hv4")
     assert server.host == "hv4" and server.guest.state == "running"
     bindings = cl.admin.network.port_bindings(server.port_id)
     assert [(b.host, b.status) for b in bindings] == [("hv4", "ACTIVE")]
-    wait_for(lambda: port_status(cl, server.port_id) == "ACTIVE", 10, interval=0.1,
-             what="the port ACTIVE on hv4 again")
+    wait_for(
+        lambda: port_status(cl, server.port_id) == "ACTIVE",
+        10,
+        interval=0.1,
+        what="the port ACTIVE on hv4 again",
+    )
     assert row_ids(cl, "hv4", tap)["ovsnat-installed"] == "true"
     # With shared storage (the fake driver's migrate data, as libvirt's on a shared
     # instance path) Nova's rollback does not call the destination's

@@ -22,9 +22,9 @@ DEFAULT_VMS = [
     ("tb1", "hv1", "10.1.0.11", "02:00:0a:02:00:0b", None, TENANT_B),
     ("ta2", "hv2", "10.1.0.12", "02:00:0a:01:00:0c", None, TENANT_A),
 ]
-DHCP_VMS = {"vm3"}       # configured only by a DHCP client, as a cloud image boots
+DHCP_VMS = {"vm3"}  # configured only by a DHCP client, as a cloud image boots
 LAB_DHCP = {"dhcp_dns": "198.51.100.53", "dhcp_domain": "lab.example"}
-LAB_HANDOFF = {"handoff_vlan": 4000, "handoff_grace": 120}   # docs/handoff.md
+LAB_HANDOFF = {"handoff_vlan": 4000, "handoff_grace": 120}  # docs/handoff.md
 
 
 def contract_ids(ip: str, fip: str | None) -> dict[str, str]:
@@ -45,12 +45,20 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
     for i in range(1, hosts + 1):
         lab.add_host(f"hv{i}", fabric=True)
         if controllers:
-            scenario.start_controller(lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric",
-                                      **LAB_DHCP, **LAB_HANDOFF)
+            scenario.start_controller(
+                lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric", **LAB_DHCP, **LAB_HANDOFF
+            )
     for name, host, ip, mac, fip, net in DEFAULT_VMS:
         if host in lab.hosts:
-            vm = lab.add_vm(name, host, ip, mac, contract_ids(ip, fip), net=net,
-                            dhcp=controllers and name in DHCP_VMS)
+            vm = lab.add_vm(
+                name,
+                host,
+                ip,
+                mac,
+                contract_ids(ip, fip),
+                net=net,
+                dhcp=controllers and name in DHCP_VMS,
+            )
             start_server(lab, f"{name}-tcp", vm.ns, "tcp", 7000)
     if controllers:
         for name in sorted(DHCP_VMS & set(lab.vms)):
@@ -61,18 +69,22 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
 
 
 def describe(lab: Lab) -> str:
-    lines = [f"lab {lab.id}  (state {lab.dir})",
-             f"  outside: router 203.0.113.1 in {lab.out_ns}, server 198.51.100.10 in "
-             f"{lab.srv_ns}, external segment in {lab.ext_ns}"]
+    lines = [
+        f"lab {lab.id}  (state {lab.dir})",
+        f"  outside: router 203.0.113.1 in {lab.out_ns}, server 198.51.100.10 in "
+        f"{lab.srv_ns}, external segment in {lab.ext_ns}",
+    ]
     for host in lab.hosts.values():
         alive = "running" if host.ovs.alive() else "DOWN"
         lines.append(f"  {host.name}: netns {host.ns}, ovs-vswitchd {alive}, rundir {host.rundir}")
-        lines.append(f"      inspect: OVS_RUNDIR={host.rundir} ovs-ofctl -O OpenFlow13 "
-                     f"dump-flows br-int")
+        lines.append(
+            f"      inspect: OVS_RUNDIR={host.rundir} ovs-ofctl -O OpenFlow13 dump-flows br-int"
+        )
         for vm in lab.vms.values():
             if vm.host == host.name:
-                ids = host.vsctl("--if-exists", "get", "Interface", vm.tap,
-                                 "external_ids", check=False).strip()
+                ids = host.vsctl(
+                    "--if-exists", "get", "Interface", vm.tap, "external_ids", check=False
+                ).strip()
                 lines.append(f"      {vm.name}: {vm.ip} {vm.mac} port {vm.tap} {ids}")
     for name, info in lab.procs.items():
         lines.append(f"  process {name}: pid {info['pid']} log {info['log']}")
@@ -82,6 +94,7 @@ def describe(lab: Lab) -> str:
 def openstack(a) -> int:
     """`ovsnat lab up|demo --openstack`: ovsnat.lab.openstack's entry points."""
     from ovsnat.lab.openstack import __main__ as os_lab
+
     if a.cmd == "demo":
         os_lab.demo()
     else:
@@ -94,24 +107,41 @@ def main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the default lab and leave it running")
     up.add_argument("--hosts", type=int, default=2)
-    up.add_argument("--no-controllers", action="store_true",
-                    help="leave br-int without ovsnat (program it yourself)")
+    up.add_argument(
+        "--no-controllers",
+        action="store_true",
+        help="leave br-int without ovsnat (program it yourself)",
+    )
     demo = sub.add_parser("demo", help="build the default lab and run the narrated demo")
-    demo.add_argument("--keep", action="store_true", default=True,
-                      help="leave the lab running afterwards (default)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        default=True,
+        help="leave the lab running afterwards (default)",
+    )
     for cmd in (up, demo):
-        cmd.add_argument("--openstack", action="store_true",
-                         help="the OpenStack lab: Keystone, Placement, Glance, Nova and "
-                              "Neutron driving ovsnat (ML2 driver, ovsnat-neutron-agent), "
-                              "servers booted by Nova (docs/openstack.md)")
-    up.add_argument("--instances", type=int, default=1,
-                    help="with --openstack: servers per host, booted by Nova (DHCP)")
+        cmd.add_argument(
+            "--openstack",
+            action="store_true",
+            help="the OpenStack lab: Keystone, Placement, Glance, Nova and "
+            "Neutron driving ovsnat (ML2 driver, ovsnat-neutron-agent), "
+            "servers booted by Nova (docs/openstack.md)",
+        )
+    up.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="with --openstack: servers per host, booted by Nova (DHCP)",
+    )
     mig = sub.add_parser("migrate", help="live-migrate a VM of a running lab to a host")
     mig.add_argument("vm")
     mig.add_argument("host")
     mig.add_argument("--lab", dest="lab_id", help="lab id (default: the only lab)")
-    mig.add_argument("--overlap", action="store_true",
-                     help="create the destination row first and leave the source's behind")
+    mig.add_argument(
+        "--overlap",
+        action="store_true",
+        help="create the destination row first and leave the source's behind",
+    )
     sub.add_parser("status", help="show every lab on this machine")
     down = sub.add_parser("down", help="remove a lab (or all) and everything it started")
     down.add_argument("lab_id", nargs="?")
@@ -123,10 +153,12 @@ def main(argv: list[str]) -> int:
     if a.cmd in ("up", "demo"):
         lab = Lab()
         try:
-            build_default(lab, getattr(a, "hosts", 2),
-                          controllers=not getattr(a, "no_controllers", False))
+            build_default(
+                lab, getattr(a, "hosts", 2), controllers=not getattr(a, "no_controllers", False)
+            )
             if a.cmd == "demo":
                 from ovsnat.lab.demo import run_demo
+
                 run_demo(lab)
         except BaseException:
             lab.down()
@@ -147,7 +179,7 @@ def main(argv: list[str]) -> int:
         if not ids:
             print("no labs")
         for lab_id in ids:
-            try:       # another process may be building or removing that lab right now
+            try:  # another process may be building or removing that lab right now
                 print(describe(Lab.load(lab_id)))
             except Exception as e:
                 print(f"lab {lab_id}: cannot be read right now ({type(e).__name__}: {e})")
@@ -159,8 +191,10 @@ def main(argv: list[str]) -> int:
                 known |= {ns for ns in list_lab_namespaces() if f"-{i}-" in ns}
         orphans = set(list_lab_namespaces()) - known
         if orphans:
-            print("orphan namespaces (remove with `ovsnat lab down --all`): "
-                  + " ".join(sorted(orphans)))
+            print(
+                "orphan namespaces (remove with `ovsnat lab down --all`): "
+                + " ".join(sorted(orphans))
+            )
     elif a.cmd == "down":
         if a.all:
             gone = down_all()

@@ -22,41 +22,45 @@ from __future__ import annotations
 # Neutron's agents run on oslo.service's threading backend (no eventlet), and the backend
 # must be chosen before anything imports oslo.messaging (as neutron/cmd/agents does).
 from oslo_service import backend as _backend
+
 _backend.init_backend(_backend.BackendType.THREADING)
 
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-from neutron_lib.agent import topics  # noqa: E402
 from neutron_lib import context as n_context  # noqa: E402
+from neutron_lib.agent import topics  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 from oslo_log import log  # noqa: E402
 
+from ovsnat.model.validate import REPORT_KEY  # noqa: E402
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron import opts  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
+from ovsnat.neutron.agent_snat import SNAT_BACKOFF, SnatAddress  # noqa: E402
 from ovsnat.neutron.devices import forgotten, ports_up  # noqa: E402
 from ovsnat.neutron.hostlimits import ControllerLimits  # noqa: E402
-from ovsnat.neutron.keys import SNAT_IP, KeyDiff, diff_keys  # noqa: E402
-from ovsnat.model.validate import REPORT_KEY  # noqa: E402
+from ovsnat.neutron.keys import diff_keys  # noqa: E402
 
 LOG = log.getLogger(__name__)
 
-BATCH = 100             # ports per get_ports call
-SNAT_BACKOFF = (2.0, 60.0)  # s: asking again for a SNAT address while Neutron has none
+BATCH = 100  # ports per get_ports call
 
 
 class _Held(Exception):
     """A call held back after a server error (Health.holds): not made this pass."""
 
 
-class OvsnatAgent:
-    """One loop thread does all the work; RPC and OVSDB threads only mark and wake it."""
+class OvsnatAgent(SnatAddress):
+    """One loop thread does all the work; RPC and OVSDB threads only mark and wake it. The
+    host's SNAT address is agent_snat.py's part of the pass."""
 
     def __init__(self, conf) -> None:
         from neutron.agent import rpc as agent_rpc
+
         from ovsnat.neutron.agent_rpc import DeviceApi, OvsnatPluginApi, PushEndpoint
+
         self.conf = conf
         self.bridge = conf.OVS.integration_bridge
         self.host = conf.host
@@ -69,14 +73,14 @@ class OvsnatAgent:
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.dirty: set[str] = set()
-        self.reup: set[str] = set()             # ports to report up again (activated here)
+        self.reup: set[str] = set()  # ports to report up again (activated here)
         self.full_sync = True
         self.snat_wanted = True
-        self.desired: dict[str, dict | None] = {}   # port id -> keys (None: no such port)
+        self.desired: dict[str, dict | None] = {}  # port id -> keys (None: no such port)
         self.bindings: dict[str, dict | None] = {}  # port id -> this host's binding
         self.reported_up: set[str] = set()
-        self.neutron_up: set[str] = set()       # local ports Neutron has ACTIVE here
-        self.orphans: set[str] = set()          # ACTIVE here in Neutron, with no row here
+        self.neutron_up: set[str] = set()  # local ports Neutron has ACTIVE here
+        self.orphans: set[str] = set()  # ACTIVE here in Neutron, with no row here
         self.snat_ip: str | None = None
         self.snat_next = 0.0
         self.snat_backoff = SNAT_BACKOFF[0]
@@ -86,7 +90,7 @@ class OvsnatAgent:
         self.health = Health(conf.AGENT.report_interval, self.resync, self.stopping)
         self.ovsdb = None
         self.limits = ControllerLimits(conf.ovsnat.controller_config)
-        self.fast_retry = False     # the last pass failed on something to retry at once
+        self.fast_retry = False  # the last pass failed on something to retry at once
 
     # --- marks (any thread) --------------------------------------------------------------
     def mark_ports(self, port_ids: list[str]) -> None:
@@ -107,8 +111,11 @@ class OvsnatAgent:
 
     def mark_network(self, network_id: str) -> None:
         with self.lock:
-            self.dirty.update(pid for pid, keys in self.desired.items()
-                              if keys and keys.get("ovsnat-network") == network_id)
+            self.dirty.update(
+                pid
+                for pid, keys in self.desired.items()
+                if keys and keys.get("ovsnat-network") == network_id
+            )
         self.wake.set()
 
     def resync(self, recovered: bool) -> None:
@@ -120,16 +127,21 @@ class OvsnatAgent:
 
     # --- heartbeat ------------------------------------------------------------------------
     def agent_state(self, start: bool) -> dict:
-        state = {"binary": c.AGENT_BINARY, "host": self.host, "topic": c.AGENT_TOPIC,
-                 "agent_type": c.AGENT_TYPE,
-                 "configurations": {c.CONF_BRIDGE: self.bridge,
-                                    c.CONF_PHYSNETS: list(self.conf.ovsnat.physical_networks),
-                                    c.CONF_DATAPATH: self.datapath_type,
-                                    "devices": self.devices,
-                                    "log_agent_heartbeats":
-                                        self.conf.AGENT.log_agent_heartbeats}}
+        state = {
+            "binary": c.AGENT_BINARY,
+            "host": self.host,
+            "topic": c.AGENT_TOPIC,
+            "agent_type": c.AGENT_TYPE,
+            "configurations": {
+                c.CONF_BRIDGE: self.bridge,
+                c.CONF_PHYSNETS: list(self.conf.ovsnat.physical_networks),
+                c.CONF_DATAPATH: self.datapath_type,
+                "devices": self.devices,
+                "log_agent_heartbeats": self.conf.AGENT.log_agent_heartbeats,
+            },
+        }
         report = self.limits.report()
-        if report is not None:      # what the host reserves: the driver refuses overlaps
+        if report is not None:  # what the host reserves: the driver refuses overlaps
             state["configurations"][REPORT_KEY] = report
         if start:
             state["start_flag"] = True
@@ -163,7 +175,7 @@ class OvsnatAgent:
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
         ok &= self._apply(snap)
-        if not self.health.neutron_ok:   # cut off: the rest would only wait for timeouts
+        if not self.health.neutron_ok:  # cut off: the rest would only wait for timeouts
             return False
         ok &= self._report_devices(snap, full)
         ok &= self._snat(snap)
@@ -183,12 +195,13 @@ class OvsnatAgent:
 
     def _fetch(self, port_ids: list[str], full: bool) -> bool:
         for i in range(0, len(port_ids), BATCH):
-            chunk = port_ids[i:i + BATCH]
+            chunk = port_ids[i : i + BATCH]
             try:
                 if self._held("get_ports"):
                     raise _Held
-                answer = self.ovsnat_rpc.get_ports(self.context, self.host, chunk,
-                                                   self.health.call_timeout())
+                answer = self.ovsnat_rpc.get_ports(
+                    self.context, self.host, chunk, self.health.call_timeout()
+                )
             except Exception as e:
                 if not isinstance(e, _Held):
                     self._failed("get_ports", e)
@@ -202,11 +215,11 @@ class OvsnatAgent:
                     port = answer.get(pid)
                     self.desired[pid] = port["keys"] if port else None
                     self.bindings[pid] = port.get("binding") if port else None
-                    (self.neutron_up.add if port and port["up"] else
-                     self.neutron_up.discard)(pid)
+                    (self.neutron_up.add if port and port["up"] else self.neutron_up.discard)(pid)
                 # re-bound and set DOWN by Neutron since it was reported (devices.py)
                 self.reported_up -= forgotten(
-                    {pid: answer[pid] for pid in chunk if answer.get(pid)}, self.reported_up)
+                    {pid: answer[pid] for pid in chunk if answer.get(pid)}, self.reported_up
+                )
         return True
 
     def _fetch_orphans(self, local: set[str]) -> bool:
@@ -237,8 +250,9 @@ class OvsnatAgent:
                 continue
             try:
                 self.ovsdb.write_keys("Interface", row.name, diff)
-                LOG.info("port %s (%s): set %s, removed %s", pid, row.name,
-                         diff.set, list(diff.remove))
+                LOG.info(
+                    "port %s (%s): set %s, removed %s", pid, row.name, diff.set, list(diff.remove)
+                )
             except Exception as e:
                 LOG.warning("port %s: OVSDB write failed (%s); retrying", pid, e)
                 self.fast_retry = True
@@ -258,7 +272,7 @@ class OvsnatAgent:
             wanted = ports_up(rows, self.bindings)
             self.reported_up -= self.reup
             self.reup.clear()
-            if full:        # Neutron's view is the truth: report what differs from it
+            if full:  # Neutron's view is the truth: report what differs from it
                 self.reported_up = self.neutron_up | self.orphans
                 self.orphans = set()
         up = sorted(wanted - self.reported_up)
@@ -269,54 +283,20 @@ class OvsnatAgent:
             return False
         try:
             result = self.device_rpc.update_device_list(
-                self.context, up, down, self.agent_id, self.host)
+                self.context, up, down, self.agent_id, self.host
+            )
         except Exception as e:
             self._failed("update_device_list", e)
             return False
         self._answered("update_device_list")
         # devices_up lists ids; devices_down lists {"device": id, "exists": bool}
         self.reported_up |= set(result.get("devices_up", []))
-        self.reported_up -= {d["device"] if isinstance(d, dict) else d
-                             for d in result.get("devices_down", [])}
+        self.reported_up -= {
+            d["device"] if isinstance(d, dict) else d for d in result.get("devices_down", [])
+        }
         failed = result.get("failed_devices_up", []) + result.get("failed_devices_down", [])
         LOG.info("devices up %s, down %s, failed %s", up, down, failed)
         return not failed
-
-    def _snat(self, snap) -> bool:
-        """The host's SNAT address: a port Neutron allocates on the external network."""
-        with self.lock:
-            wanted, self.snat_wanted = self.snat_wanted, False
-        if self._held("get_snat_address"):
-            with self.lock:
-                self.snat_wanted |= wanted
-            return False
-        if wanted or (self.snat_ip is None and time.monotonic() >= self.snat_next):
-            try:
-                answer = self.ovsnat_rpc.get_snat_address(
-                    self.context, self.host, self.conf.ovsnat.external_network)
-            except Exception as e:
-                self._failed("get_snat_address", e)
-                with self.lock:
-                    self.snat_wanted = True
-                return False
-            self._answered("get_snat_address")
-            if answer is None:
-                LOG.warning("no SNAT address: Neutron has no usable external network; "
-                            "asking again in %.0f s", self.snat_backoff)
-                self.snat_next = time.monotonic() + self.snat_backoff
-                self.snat_backoff = min(SNAT_BACKOFF[1], self.snat_backoff * 2)
-            else:
-                self.snat_ip, self.snat_backoff = answer["ip"], SNAT_BACKOFF[0]
-        if self.snat_ip and snap.bridge_ids.get(SNAT_IP) != self.snat_ip:
-            try:
-                self.ovsdb.write_keys("Bridge", self.bridge,
-                                      KeyDiff({SNAT_IP: self.snat_ip}, ()))
-                LOG.info("bridge %s: %s=%s", self.bridge, SNAT_IP, self.snat_ip)
-            except Exception as e:
-                LOG.warning("bridge SNAT address write failed (%s); retrying", e)
-                self.fast_retry = True
-                return False
-        return True
 
     def loop(self) -> None:
         while not self.stopping.is_set():
@@ -337,37 +317,52 @@ class OvsnatAgent:
             if self.fast_retry or held is None:
                 return RETRY
             return max(RETRY, held - time.monotonic())
-        deadlines = [t for t in (self.snat_next if self.snat_ip is None else None,
-                                 self.health.settle_at) if t is not None]
+        deadlines = [
+            t
+            for t in (self.snat_next if self.snat_ip is None else None, self.health.settle_at)
+            if t is not None
+        ]
         return max(0.1, min(deadlines) - time.monotonic()) if deadlines else None
 
     # --- lifecycle ------------------------------------------------------------------------
     def connect_ovsdb(self) -> None:
         from ovsnat.neutron.agent_ovsdb import LocalOvsdb
+
         while not self.stopping.is_set():
             try:
-                self.ovsdb = LocalOvsdb(self.conf.OVS.ovsdb_connection, self.bridge,
-                                        self.wake.set, self.conf.OVS.ovsdb_timeout)
+                self.ovsdb = LocalOvsdb(
+                    self.conf.OVS.ovsdb_connection,
+                    self.bridge,
+                    self.wake.set,
+                    self.conf.OVS.ovsdb_timeout,
+                )
                 return
             except Exception as e:
-                LOG.warning("OVSDB %s not reachable (%s); retrying",
-                            self.conf.OVS.ovsdb_connection, e)
+                LOG.warning(
+                    "OVSDB %s not reachable (%s); retrying", self.conf.OVS.ovsdb_connection, e
+                )
                 self.stopping.wait(RETRY)
 
     def run(self) -> None:
         from ovsnat.neutron.agent_rpc import start_consumers
+
         self.connect_ovsdb()
         self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
         start_consumers(self.endpoint)
         self.health.start(self.report_state)
-        LOG.info("ovsnat-neutron-agent on host %s, bridge %s, physnets %s", self.host,
-                 self.bridge, self.conf.ovsnat.physical_networks)
+        LOG.info(
+            "ovsnat-neutron-agent on host %s, bridge %s, physnets %s",
+            self.host,
+            self.bridge,
+            self.conf.ovsnat.physical_networks,
+        )
         self.loop()
 
 
 def main(argv: list[str] | None = None) -> int:
     from neutron.common import config as common_config
     from neutron.conf.agent import common as agent_conf
+
     common_config.register_common_config_options()
     agent_conf.register_agent_state_opts_helper(cfg.CONF)
     opts.register(cfg.CONF)

@@ -43,36 +43,44 @@ with Nova's own code). An older server that does not say `migrating_to`: never a
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ovsnat.neutron.keys import INSTALLED, READY
 
-ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"     # a port binding's status in Neutron
-UNBOUND = ("unbound", "binding_failed")     # vif_types of a binding no driver bound
+ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"  # a port binding's status in Neutron
+UNBOUND = ("unbound", "binding_failed")  # vif_types of a binding no driver bound
 
 
 def up_marker(binding: Mapping | None) -> str:
     """The marker that says a port is up on this host, given this host's binding of it
     ({"status", "vif_type"} as get_ports answers it, or None)."""
-    if binding and binding.get("status") == INACTIVE and \
-            binding.get("vif_type") not in UNBOUND:
+    if binding and binding.get("status") == INACTIVE and binding.get("vif_type") not in UNBOUND:
         return READY
     return INSTALLED
 
 
-def ports_up(rows: Mapping[str, Mapping[str, str]],
-             bindings: Mapping[str, Mapping | None]) -> set[str]:
+def ports_up(
+    rows: Mapping[str, Mapping[str, str]], bindings: Mapping[str, Mapping | None]
+) -> set[str]:
     """The local ports to report up: port id -> the row's external_ids, port id -> this
     host's binding (ports Neutron has not answered for yet: none)."""
-    return {pid for pid, ids in rows.items()
-            if ids.get(up_marker(bindings.get(pid))) == "true"}
+    return {pid for pid, ids in rows.items() if ids.get(up_marker(bindings.get(pid))) == "true"}
 
 
 def forgotten(answers: Mapping[str, Mapping], reported_up: set[str]) -> set[str]:
     """The ports this agent reported up to report again (module doc): port id -> Neutron's
     answer for it ({"up", "binding"} as get_ports answers it), for the ports just asked."""
+
     def settled_here(binding: Mapping | None) -> bool:
-        return bool(binding) and binding.get("status") == ACTIVE and \
-            "migrating_to" in binding and not binding["migrating_to"]
-    return {pid for pid, answer in answers.items()
-            if not answer.get("up") and settled_here(answer.get("binding"))} & reported_up
+        return (
+            bool(binding)
+            and binding.get("status") == ACTIVE
+            and "migrating_to" in binding
+            and not binding["migrating_to"]
+        )
+
+    return {
+        pid
+        for pid, answer in answers.items()
+        if not answer.get("up") and settled_here(answer.get("binding"))
+    } & reported_up

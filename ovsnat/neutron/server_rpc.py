@@ -12,18 +12,17 @@ round trips, not N x 4 REST requests.
 
 from __future__ import annotations
 
+import oslo_messaging
+from neutron.objects import network as network_obj
+from neutron.objects import ports as ports_obj
 from neutron_lib import context as n_context
+from neutron_lib import rpc as n_rpc
+from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 from neutron_lib.plugins import utils as plugin_utils
-from neutron_lib import rpc as n_rpc
 from oslo_log import log
 from oslo_serialization import jsonutils
-import oslo_messaging
-
-from neutron_lib.api.definitions import portbindings
-from neutron.objects import network as network_obj
-from neutron.objects import ports as ports_obj
 
 from ovsnat.neutron import constants as c
 from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, port_keys
@@ -50,7 +49,7 @@ class AgentNotifier:
         made good by the agents, which resync when their heartbeat gets through again."""
         try:
             self.client.prepare(fanout=True, retry=1).cast(context, method, **kwargs)
-        except Exception:    # a lost cast is repaired by the agents' resync, never fatal
+        except Exception:  # a lost cast is repaired by the agents' resync, never fatal
             LOG.exception("ovsnat: could not cast %s %s to the agents", method, kwargs)
 
 
@@ -60,8 +59,9 @@ def _segment(network: dict) -> Segment | None:
     net_type = network.get("provider:network_type")
     if not net_type:
         return None
-    return Segment(net_type, network.get("provider:physical_network"),
-                   network.get("provider:segmentation_id"))
+    return Segment(
+        net_type, network.get("provider:physical_network"), network.get("provider:segmentation_id")
+    )
 
 
 def _bound_segments(ctx, host: str, port_ids: list[str]) -> dict[str, Segment]:
@@ -70,27 +70,43 @@ def _bound_segments(ctx, host: str, port_ids: list[str]) -> dict[str, Segment]:
     multi-segment network too, whose provider attributes ML2 leaves out."""
     levels: dict[str, object] = {}
     for level in ports_obj.PortBindingLevel.get_objects(ctx, host=host, port_id=port_ids):
-        if level.segment_id and (level.port_id not in levels or
-                                 level.level > levels[level.port_id].level):
+        if level.segment_id and (
+            level.port_id not in levels or level.level > levels[level.port_id].level
+        ):
             levels[level.port_id] = level
     if not levels:
         return {}
-    segs = {s.id: s for s in network_obj.NetworkSegment.get_objects(
-        ctx, id=[lv.segment_id for lv in levels.values()])}
-    return {pid: Segment(seg.network_type, seg.physical_network, seg.segmentation_id)
-            for pid, lv in levels.items() if (seg := segs.get(lv.segment_id)) is not None}
+    segs = {
+        s.id: s
+        for s in network_obj.NetworkSegment.get_objects(
+            ctx, id=[lv.segment_id for lv in levels.values()]
+        )
+    }
+    return {
+        pid: Segment(seg.network_type, seg.physical_network, seg.segmentation_id)
+        for pid, lv in levels.items()
+        if (seg := segs.get(lv.segment_id)) is not None
+    }
 
 
-def _port_facts(port: dict, networks: dict, subnets: dict, fips: list[dict],
-                segment: Segment | None) -> PortFacts:
+def _port_facts(
+    port: dict, networks: dict, subnets: dict, fips: list[dict], segment: Segment | None
+) -> PortFacts:
     network = networks.get(port["network_id"], {})
     fixed = tuple((ip["subnet_id"], ip["ip_address"]) for ip in port.get("fixed_ips", []))
     return PortFacts(
-        port_id=port["id"], network_id=port["network_id"], fixed_ips=fixed,
+        port_id=port["id"],
+        network_id=port["network_id"],
+        fixed_ips=fixed,
         subnets={sid: subnets[sid] for sid, _ in fixed if sid in subnets},
-        segment=segment or _segment(network), mtu=network.get("mtu"),
-        floating_ips=tuple((f["fixed_ip_address"], f["floating_ip_address"]) for f in fips
-                           if f.get("port_id") == port["id"] and f.get("fixed_ip_address")))
+        segment=segment or _segment(network),
+        mtu=network.get("mtu"),
+        floating_ips=tuple(
+            (f["fixed_ip_address"], f["floating_ip_address"])
+            for f in fips
+            if f.get("port_id") == port["id"] and f.get("fixed_ip_address")
+        ),
+    )
 
 
 def _migrating_to(profile) -> str | None:
@@ -119,8 +135,7 @@ class OvsnatServerRpc:
     def get_port_keys(self, context, host: str, port_ids: list[str]) -> dict:
         """port id -> the contract's keys (dict), or None for a port Neutron does not know
         (deleted): only that answer lets an agent remove a port's keys."""
-        return {pid: p and p["keys"] for pid, p in self.get_ports(context, host,
-                                                                    port_ids).items()}
+        return {pid: p and p["keys"] for pid, p in self.get_ports(context, host, port_ids).items()}
 
     def get_ports(self, context, host: str, port_ids: list[str]) -> dict:
         """(1.1) port id -> {"keys": the contract's keys (none unless `host` holds a
@@ -143,22 +158,37 @@ class OvsnatServerRpc:
         subnets = {s["id"]: s for s in plugin.get_subnets(ctx, filters={"id": subnet_ids})}
         fips = self._floatingips(ctx, [p["id"] for p in ports])
         ids = [p["id"] for p in ports]
-        bindings = {b.port_id: b for b in ports_obj.PortBinding.get_objects(
-            ctx, host=host, port_id=ids)} if ports else {}
+        bindings = (
+            {b.port_id: b for b in ports_obj.PortBinding.get_objects(ctx, host=host, port_id=ids)}
+            if ports
+            else {}
+        )
         segments = _bound_segments(ctx, host, ids) if ports else {}
         result: dict = {pid: None for pid in port_ids}
         for port in ports:
             b = bindings.get(port["id"])
             result[port["id"]] = {
-                "keys": port_keys(_port_facts(port, networks, subnets, fips,
-                                              segments.get(port["id"])))
-                if _serves(b) else dict(NO_KEYS),
+                "keys": port_keys(
+                    _port_facts(port, networks, subnets, fips, segments.get(port["id"]))
+                )
+                if _serves(b)
+                else dict(NO_KEYS),
                 "up": port.get("status") == "ACTIVE" and port.get("binding:host_id") == host,
-                "binding": {"status": b.status, "vif_type": b.vif_type,
-                            "migrating_to": _migrating_to(b.profile)} if b else None}
+                "binding": {
+                    "status": b.status,
+                    "vif_type": b.vif_type,
+                    "migrating_to": _migrating_to(b.profile),
+                }
+                if b
+                else None,
+            }
             if not _serves(b):
-                LOG.info("ovsnat: port %s has no usable binding on host %s (%s): no keys "
-                         "there", port["id"], host, b.vif_type if b else "none")
+                LOG.info(
+                    "ovsnat: port %s has no usable binding on host %s (%s): no keys there",
+                    port["id"],
+                    host,
+                    b.vif_type if b else "none",
+                )
         LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
         return result
 
@@ -168,7 +198,8 @@ class OvsnatServerRpc:
         looking."""
         ctx = n_context.get_admin_context()
         ports = directory.get_plugin().get_ports(
-            ctx, filters={"binding:host_id": [host], "status": ["ACTIVE"]}, fields=["id"])
+            ctx, filters={"binding:host_id": [host], "status": ["ACTIVE"]}, fields=["id"]
+        )
         return sorted(p["id"] for p in ports)
 
     @staticmethod
@@ -186,13 +217,16 @@ class OvsnatServerRpc:
         net = self._external_network(ctx, plugin, network)
         if net is None:
             return None
-        filters = {"network_id": [net["id"]], "device_owner": [c.DEVICE_OWNER_SNAT],
-                   "device_id": [host]}
+        filters = {
+            "network_id": [net["id"]],
+            "device_owner": [c.DEVICE_OWNER_SNAT],
+            "device_id": [host],
+        }
         ports = sorted(plugin.get_ports(ctx, filters=filters), key=lambda p: p["id"])
         if not ports:
             ports = [self._create_snat_port(ctx, plugin, net, host)]
         port = ports[0]
-        for extra in ports[1:]:    # two workers raced on a first request: keep one
+        for extra in ports[1:]:  # two workers raced on a first request: keep one
             plugin.delete_port(ctx, extra["id"])
         return self._snat_answer(ctx, plugin, port)
 
@@ -202,26 +236,40 @@ class OvsnatServerRpc:
         if network:
             nets = [n for n in nets if network in (n["id"], n["name"])]
         if len(nets) != 1:
-            LOG.warning("ovsnat: %d external networks match %r; need exactly one",
-                        len(nets), network)
+            LOG.warning(
+                "ovsnat: %d external networks match %r; need exactly one", len(nets), network
+            )
             return None
         return nets[0]
 
     @staticmethod
     def _create_snat_port(ctx, plugin, net: dict, host: str) -> dict:
-        LOG.info("ovsnat: allocating the SNAT address of host %s on network %s", host,
-                 net["id"])
-        return plugin_utils.create_port(plugin, ctx, {"port": {
-            "project_id": "", "network_id": net["id"], "name": f"ovsnat-snat-{host}",
-            "device_id": host, "device_owner": c.DEVICE_OWNER_SNAT,
-            "admin_state_up": True}})
+        LOG.info("ovsnat: allocating the SNAT address of host %s on network %s", host, net["id"])
+        return plugin_utils.create_port(
+            plugin,
+            ctx,
+            {
+                "port": {
+                    "project_id": "",
+                    "network_id": net["id"],
+                    "name": f"ovsnat-snat-{host}",
+                    "device_id": host,
+                    "device_owner": c.DEVICE_OWNER_SNAT,
+                    "admin_state_up": True,
+                }
+            },
+        )
 
     @staticmethod
     def _snat_answer(ctx, plugin, port: dict) -> dict | None:
         for ip in port.get("fixed_ips", []):
             subnet = plugin.get_subnet(ctx, ip["subnet_id"])
             if subnet["ip_version"] == 4:
-                return {"ip": ip["ip_address"], "port_id": port["id"],
-                        "network_id": port["network_id"], "cidr": subnet["cidr"],
-                        "gateway": subnet.get("gateway_ip")}
+                return {
+                    "ip": ip["ip_address"],
+                    "port_id": port["id"],
+                    "network_id": port["network_id"],
+                    "cidr": subnet["cidr"],
+                    "gateway": subnet.get("gateway_ip"),
+                }
         return None

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXTERNAL = {"name": "public", "cidr": "203.0.113.0/24", "gateway": "203.0.113.1",
-            "pool": ("203.0.113.10", "203.0.113.250")}
-TENANT = {"name": "tenant-a", "cidr": "10.1.0.0/24", "gateway": "10.1.0.1",
-          "dns": ["198.51.100.53"], "routes": [{"destination": "10.9.0.0/16",
-                                                "nexthop": "10.1.0.254"}]}
+EXTERNAL = {
+    "name": "public",
+    "cidr": "203.0.113.0/24",
+    "gateway": "203.0.113.1",
+    "pool": ("203.0.113.10", "203.0.113.250"),
+}
+TENANT = {
+    "name": "tenant-a",
+    "cidr": "10.1.0.0/24",
+    "gateway": "10.1.0.1",
+    "dns": ["198.51.100.53"],
+    "routes": [{"destination": "10.9.0.0/16", "nexthop": "10.1.0.254"}],
+}
 
 
 @dataclass(frozen=True)
@@ -24,10 +32,10 @@ class Topology:
     tenant_subnet: str
     router: str
     vlan: int
-    project: str        # the tenant's project id
+    project: str  # the tenant's project id
 
 
-PROXIES = ("network", "compute", "image", "identity")     # openstacksdk's service proxies
+PROXIES = ("network", "compute", "image", "identity")  # openstacksdk's service proxies
 
 
 class InNamespace:
@@ -40,8 +48,10 @@ class InNamespace:
 
     def __getattr__(self, name: str):
         import inspect
+
         from ovsnat.lab.openstack.netns import inside
-        with inside(self._ns):      # a service proxy discovers its API version on first use
+
+        with inside(self._ns):  # a service proxy discovers its API version on first use
             attr = getattr(self._target, name)
         if name in PROXIES:
             return InNamespace(attr, self._ns)
@@ -52,4 +62,5 @@ class InNamespace:
             with inside(self._ns):
                 result = attr(*args, **kwargs)
                 return list(result) if inspect.isgenerator(result) else result
+
         return call

@@ -33,11 +33,11 @@ from ovsnat.lab.traffic import start_server
 
 # The [ovsnat] options that differ from the reference lab's (scenario.host_options).
 CONTROLLER_OPTIONS = {"fabric_port": FABRIC, "internal_cidr": "", "internal_gateway_ip": ""}
-SERVER_PORT = 8080          # the outside server's TCP and UDP echo port
-AGENT_TIMEOUT = 60.0        # s: an agent's first heartbeat, on a loaded machine
-FLAVOR = "lab.tiny"         # 1 vCPU, 64 MiB, 1 GiB: the fake driver claims, nothing runs
+SERVER_PORT = 8080  # the outside server's TCP and UDP echo port
+AGENT_TIMEOUT = 60.0  # s: an agent's first heartbeat, on a loaded machine
+FLAVOR = "lab.tiny"  # 1 vCPU, 64 MiB, 1 GiB: the fake driver claims, nothing runs
 IMAGE = "lab-tiny"
-IMAGE_DATA = b"ovsnat lab guest image\n" * 2048     # 47 KiB, raw
+IMAGE_DATA = b"ovsnat lab guest image\n" * 2048  # 47 KiB, raw
 # The tenant's quotas, raised by the admin: Nova's defaults (10 instances, 20 cores) are
 # below what the scale test boots.
 QUOTAS = {"instances": 200, "cores": 200, "ram": 200 * 64}
@@ -70,16 +70,23 @@ class CloudLab:
     def services(self) -> Stack:
         return self.stack
 
-    def add_hypervisor(self, name: str, controller: bool = True, agent: bool = True,
-                       nova_options: dict[str, str] | None = None, **options) -> None:
+    def add_hypervisor(
+        self,
+        name: str,
+        controller: bool = True,
+        agent: bool = True,
+        nova_options: dict[str, str] | None = None,
+        **options,
+    ) -> None:
         """A host on the fabric with its controller (listening on the host namespace's
         loopback; `options` override its [ovsnat] options), its agent (in the services
         namespace, see services.py; agent=False: started later, e.g. once the external
         network exists) and its nova-compute (`nova_options`: its own [DEFAULT] options)."""
         self.lab.add_host(name, fabric=True)
         if controller:
-            scenario.start_controller(self.lab, name, snat_ip="",
-                                      **{**CONTROLLER_OPTIONS, **options})
+            scenario.start_controller(
+                self.lab, name, snat_ip="", **{**CONTROLLER_OPTIONS, **options}
+            )
         if agent:
             self.stack.start_agent(name)
         self.stack.add_compute(name, **(nova_options or {}))
@@ -92,8 +99,7 @@ class CloudLab:
             self.wait_snat(host)
         self.stack.wait_computes(list(hosts))
 
-    def agents_alive(self, *hosts: str, since: float | None = None,
-                     timeout: float = 40.0) -> None:
+    def agents_alive(self, *hosts: str, since: float | None = None, timeout: float = 40.0) -> None:
         """Wait until these hosts' agents (default: all) count as alive; with `since` (wall
         clock), until each has a heartbeat Neutron stamped after it. Neutron binds a port
         only to a host whose agent it thinks alive; after a service outage, heartbeats are
@@ -104,13 +110,21 @@ class CloudLab:
         want = set(hosts or self.lab.hosts)
 
         def fresh(a) -> bool:
-            return since is None or bool(a.last_heartbeat_at) and \
-                _utc(a.last_heartbeat_at) >= int(since) + 1
-        wait_for(lambda: want <= {a.host for a in self.admin.network.agents()
-                                  if a.is_alive and fresh(a)},
-                 timeout, interval=0.2,
-                 what=f"the agents of {sorted(want)} alive" +
-                 (" with a heartbeat since the outage" if since is not None else ""))
+            return (
+                since is None
+                or bool(a.last_heartbeat_at)
+                and _utc(a.last_heartbeat_at) >= int(since) + 1
+            )
+
+        wait_for(
+            lambda: (
+                want <= {a.host for a in self.admin.network.agents() if a.is_alive and fresh(a)}
+            ),
+            timeout,
+            interval=0.2,
+            what=f"the agents of {sorted(want)} alive"
+            + (" with a heartbeat since the outage" if since is not None else ""),
+        )
 
     def computes_reported(self, since: float, *hosts: str, timeout: float = 120.0) -> None:
         """Until every nova-compute of these hosts (default: all) has reported its state
@@ -121,25 +135,38 @@ class CloudLab:
         want = set(hosts or self.lab.hosts)
 
         def reported() -> bool:
-            seen = {s.host for s in self.admin.compute.services(binary="nova-compute")
-                    if s.state == "up" and s.updated_at and
-                    _utc(s.updated_at) >= int(since)}
+            seen = {
+                s.host
+                for s in self.admin.compute.services(binary="nova-compute")
+                if s.state == "up" and s.updated_at and _utc(s.updated_at) >= int(since)
+            }
             return want <= seen
-        wait_for(reported, timeout, interval=0.5,
-                 what=f"the nova-computes of {sorted(want)} to report")
+
+        wait_for(
+            reported, timeout, interval=0.5, what=f"the nova-computes of {sorted(want)} to report"
+        )
 
     def snat_ip(self, host: str) -> str:
         """The host's SNAT address as its bridge carries it (empty before the agent wrote
         it)."""
-        return self.lab.hosts[host].vsctl("--if-exists", "get", "Bridge", "br-int",
-                                          "external_ids:ovsnat-snat-ip").strip().strip('"')
+        return (
+            self.lab.hosts[host]
+            .vsctl("--if-exists", "get", "Bridge", "br-int", "external_ids:ovsnat-snat-ip")
+            .strip()
+            .strip('"')
+        )
 
     def wait_snat(self, host: str, timeout: float = 30.0) -> str:
-        return wait_for(lambda: self.snat_ip(host), timeout, interval=0.1,
-                        what=f"{host}'s SNAT address from Neutron")
+        return wait_for(
+            lambda: self.snat_ip(host),
+            timeout,
+            interval=0.1,
+            what=f"{host}'s SNAT address from Neutron",
+        )
 
-    def openstack(self, *args: str, user: str = sc.DEMO, project: str = sc.DEMO,
-                  timeout: float = 600) -> str:
+    def openstack(
+        self, *args: str, user: str = sc.DEMO, project: str = sc.DEMO, timeout: float = 600
+    ) -> str:
         """python-openstackclient as `user` in `project` (the tenant by default)."""
         return self.stack.openstack(*args, user=user, project=project, timeout=timeout)
 
@@ -169,23 +196,37 @@ def create_topology(ns: str) -> cloud.Topology:
     admin, tenant = keystone.admin(), keystone.demo()
     with inside(ns):
         ext = admin.network.create_network(
-            name=ext_spec["name"], is_router_external=True,
-            provider_network_type="flat", provider_physical_network="external")
+            name=ext_spec["name"],
+            is_router_external=True,
+            provider_network_type="flat",
+            provider_physical_network="external",
+        )
         lo, hi = ext_spec["pool"]
         ext_sub = admin.network.create_subnet(
-            network_id=ext.id, ip_version=4, cidr=ext_spec["cidr"],
-            gateway_ip=ext_spec["gateway"], is_dhcp_enabled=False,
-            allocation_pools=[{"start": lo, "end": hi}])
+            network_id=ext.id,
+            ip_version=4,
+            cidr=ext_spec["cidr"],
+            gateway_ip=ext_spec["gateway"],
+            is_dhcp_enabled=False,
+            allocation_pools=[{"start": lo, "end": hi}],
+        )
         net = tenant.network.create_network(name=ten["name"])
         sub = tenant.network.create_subnet(
-            network_id=net.id, ip_version=4, cidr=ten["cidr"], gateway_ip=ten["gateway"],
-            dns_nameservers=ten["dns"], host_routes=ten["routes"])
-        router = tenant.network.create_router(name="router-a",
-                                              external_gateway_info={"network_id": ext.id})
+            network_id=net.id,
+            ip_version=4,
+            cidr=ten["cidr"],
+            gateway_ip=ten["gateway"],
+            dns_nameservers=ten["dns"],
+            host_routes=ten["routes"],
+        )
+        router = tenant.network.create_router(
+            name="router-a", external_gateway_info={"network_id": ext.id}
+        )
         tenant.network.add_interface_to_router(router, subnet=sub.id)
         vlan = admin.network.get_network(net.id).provider_segmentation_id
-    return cloud.Topology(ext.id, ext_sub.id, net.id, sub.id, router.id, int(vlan or 0),
-                          net.project_id)
+    return cloud.Topology(
+        ext.id, ext_sub.id, net.id, sub.id, router.id, int(vlan or 0), net.project_id
+    )
 
 
 def create_flavor_and_image(ns: str) -> tuple[str, str]:
@@ -194,9 +235,14 @@ def create_flavor_and_image(ns: str) -> tuple[str, str]:
     admin = keystone.admin()
     with inside(ns):
         flavor = admin.compute.create_flavor(name=FLAVOR, ram=64, vcpus=1, disk=1)
-        image = admin.image.create_image(IMAGE, data=io.BytesIO(IMAGE_DATA),
-                                         disk_format="raw", container_format="bare",
-                                         visibility="public", wait=True)
+        image = admin.image.create_image(
+            IMAGE,
+            data=io.BytesIO(IMAGE_DATA),
+            disk_format="raw",
+            container_format="bare",
+            visibility="public",
+            wait=True,
+        )
         tenant = admin.identity.find_project(sc.DEMO, domain_id="default")
         admin.compute.update_quota_set(tenant.id, **QUOTAS)
     return flavor.id, image.id
@@ -220,8 +266,9 @@ def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2")) -> CloudLab:
         steps["services"] = time.monotonic() - t0
         with ThreadPoolExecutor(2) as pool:
             topo_f = pool.submit(_timed, steps, "networks", create_topology, stack.ns)
-            image_f = pool.submit(_timed, steps, "flavor, image, quotas",
-                                  create_flavor_and_image, stack.ns)
+            image_f = pool.submit(
+                _timed, steps, "flavor, image, quotas", create_flavor_and_image, stack.ns
+            )
             cl = CloudLab(lab, stack, cloud.Topology("", "", "", "", "", 0, ""))
             for host in hosts:
                 cl.add_hypervisor(host, agent=False)
@@ -231,8 +278,12 @@ def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2")) -> CloudLab:
             for host in hosts:
                 stack.start_agent(host)
             cl.flavor, cl.image = image_f.result()
-        _timed(steps, "hypervisors ready (agents, SNAT addresses, computes)",
-               cl.hypervisor_ready, *hosts)
+        _timed(
+            steps,
+            "hypervisors ready (agents, SNAT addresses, computes)",
+            cl.hypervisor_ready,
+            *hosts,
+        )
     except BaseException:
         stack.down()
         lab.down()

@@ -27,17 +27,18 @@ from ovsnat.lab.sh import wait_for
 
 VIF_PLUGGED = "network-vif-plugged"
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) "
-_EVENT = re.compile(_STAMP + r".*Creating event ([\w-]+):(\S+) for instance ([\w-]+) on (\S+)",
-                    re.M)
+_EVENT = re.compile(
+    _STAMP + r".*Creating event ([\w-]+):(\S+) for instance ([\w-]+) on (\S+)", re.M
+)
 
 
 @dataclass(frozen=True)
 class Event:
     """One external event accepted by Nova's API."""
 
-    at: float           # wall clock (time.time() scale), to the millisecond
+    at: float  # wall clock (time.time() scale), to the millisecond
     name: str
-    tag: str            # the port's id for network-vif-* events
+    tag: str  # the port's id for network-vif-* events
     server: str
     host: str
 
@@ -63,8 +64,10 @@ def log_path(paths: cfg.Paths, name: str) -> str:
 def events(paths: cfg.Paths, since: float = 0.0) -> list[Event]:
     """Every event Nova's API accepted at or after `since` (time.time()), in order. A log
     line's time is truncated to the millisecond: `since` is compared a millisecond early."""
-    found = (Event(stamp(m[0]), m[1], m[2], m[3], m[4])
-             for m in _EVENT.findall(_read(log_path(paths, "nova-api"))))
+    found = (
+        Event(stamp(m[0]), m[1], m[2], m[3], m[4])
+        for m in _EVENT.findall(_read(log_path(paths, "nova-api")))
+    )
     return [e for e in found if e.at >= since - 0.001]
 
 
@@ -80,15 +83,18 @@ def wait_notifier_idle(paths: cfg.Paths, timeout: float = 30.0) -> None:
     step's events are still batched would measure Neutron's batching, not ovsnat's path.
     Idle: nothing received for the interval and 1 s more (events queued meanwhile go out
     when the interval ends, and the notifier sleeps another interval after them)."""
+
     def idle() -> bool:
         last = max((e.at for e in events(paths)), default=0.0)
         return time.time() - last > cfg.SEND_EVENTS_INTERVAL + 1.0
+
     wait_for(idle, timeout, interval=0.05, what="Neutron's Nova notifier idle")
 
 
 def compute_seconds(paths: cfg.Paths, host: str, pattern: str, server: str) -> float | None:
     """A number nova-compute logged for a server: `pattern` with one group, e.g.
     r"Took ([\\d.]+) seconds to build" (the last such line of that server)."""
-    found = re.findall(rf"\[instance: {server}\] {pattern}",
-                       _read(log_path(paths, f"nova-compute-{host}")))
+    found = re.findall(
+        rf"\[instance: {server}\] {pattern}", _read(log_path(paths, f"nova-compute-{host}"))
+    )
     return float(found[-1]) if found else None

@@ -26,12 +26,23 @@ class RowWatch:
         self.ovs, self.iface = lab.hosts[host].ovs, iface
         self.path = os.path.join(lab.dir, f"rowwatch-{host}-{iface}.log")
 
-    def __enter__(self) -> "RowWatch":
+    def __enter__(self) -> RowWatch:
         with open(self.path, "w") as out:
             self.proc = subprocess.Popen(
-                ["ovsdb-client", "--timestamp", "monitor", f"unix:{self.ovs.db_sock}",
-                 "Open_vSwitch", "Interface", "name,external_ids"], stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.ovs.env)
+                [
+                    "ovsdb-client",
+                    "--timestamp",
+                    "monitor",
+                    f"unix:{self.ovs.db_sock}",
+                    "Open_vSwitch",
+                    "Interface",
+                    "name,external_ids",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.ovs.env,
+            )
         wait_for(lambda: " initial " in self._text(), 10, what="the OVSDB monitor")
         return self
 
@@ -50,8 +61,11 @@ class RowWatch:
 
     def key_at(self, key: str, timeout: float = 10) -> float:
         """The wall clock time `key` first appeared in the row's external_ids."""
-        return wait_for(lambda: self._first(rf"[{{ ]{re.escape(key)}="), timeout,
-                        what=f"{key} on {self.iface}'s row in the monitor")
+        return wait_for(
+            lambda: self._first(rf"[{{ ]{re.escape(key)}="),
+            timeout,
+            what=f"{key} on {self.iface}'s row in the monitor",
+        )
 
     def _inserted(self) -> float | None:
         return self._first(None)
@@ -64,11 +78,15 @@ class RowWatch:
         row = re.compile(rf"\s{actions}\s+\"?{re.escape(self.iface)}\"?(\s|$)")
         for line in self._text().splitlines():
             if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$", line):
-                stamp = line           # ovsdb-client prints UTC
-            elif stamp and row.search(line) and (key_pattern is None or
-                                                 re.search(key_pattern, line)):
-                return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(
-                    tzinfo=timezone.utc).timestamp()
+                stamp = line  # ovsdb-client prints UTC
+            elif (
+                stamp and row.search(line) and (key_pattern is None or re.search(key_pattern, line))
+            ):
+                return (
+                    datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f")
+                    .replace(tzinfo=timezone.utc)
+                    .timestamp()
+                )
         return None
 
     def _text(self) -> str:

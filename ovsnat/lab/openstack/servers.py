@@ -21,8 +21,16 @@ from ovsnat.lab.openstack.rowwatch import RowWatch
 from ovsnat.lab.openstack.virt.guest import GUEST_PORT, Guest
 from ovsnat.lab.sh import LabError, wait_for
 
-__all__ = ["GUEST_PORT", "Server", "Migration", "boot", "boot_many", "wait_active",
-           "live_migrate", "delete"]
+__all__ = [
+    "GUEST_PORT",
+    "Server",
+    "Migration",
+    "boot",
+    "boot_many",
+    "wait_active",
+    "live_migrate",
+    "delete",
+]
 
 # Our own waits, not Nova's: a boot that is neither ACTIVE nor ERROR after this failed the
 # test (Nova's vif_plugging_timeout, 300 s, would set it ERROR later); a live migration
@@ -44,7 +52,7 @@ class Server:
     fixed_ip: str
     mac: str
     guests_dir: str
-    times: dict[str, float] = field(default_factory=dict)     # wall clock of each step
+    times: dict[str, float] = field(default_factory=dict)  # wall clock of each step
 
     @property
     def guest(self) -> Guest:
@@ -69,48 +77,83 @@ class Server:
     def wait_lease(self, timeout: float = 20.0) -> dict[str, str]:
         """The guest's first DHCP lease (ovsnat's DHCP answered)."""
         try:
-            return wait_for(lambda: self.guest.lease() or None, timeout, interval=0.05,
-                            what=f"{self.name}'s DHCP lease")
+            return wait_for(
+                lambda: self.guest.lease() or None,
+                timeout,
+                interval=0.05,
+                what=f"{self.name}'s DHCP lease",
+            )
         except LabError:
-            raise LabError(f"{self.name} got no DHCP lease within {timeout} s; client "
-                           f"events: {self.guest.dhcp_events()}") from None
+            raise LabError(
+                f"{self.name} got no DHCP lease within {timeout} s; client "
+                f"events: {self.guest.dhcp_events()}"
+            ) from None
 
 
-def _create(cl, name: str, host: str | None, network: str | None, port: str | None = None,
-            ) -> str:
+def _create(
+    cl,
+    name: str,
+    host: str | None,
+    network: str | None,
+    port: str | None = None,
+) -> str:
     nic = {"port": port} if port else {"uuid": network or cl.topo.tenant_net}
     server = cl.operator.compute.create_server(
-        name=name, flavor_id=cl.flavor, image_id=cl.image, networks=[nic],
-        **({"host": host} if host else {}))
+        name=name,
+        flavor_id=cl.flavor,
+        image_id=cl.image,
+        networks=[nic],
+        **({"host": host} if host else {}),
+    )
     return server.id
 
 
-def wait_active(cl, server_id: str, name: str, requested: float = 0.0, lease: bool = False,
-                timeout: float = BOOT_TIMEOUT) -> Server:
+def wait_active(
+    cl,
+    server_id: str,
+    name: str,
+    requested: float = 0.0,
+    lease: bool = False,
+    timeout: float = BOOT_TIMEOUT,
+) -> Server:
     """Wait for ACTIVE (Nova's answer to ERROR: its fault), then the server's port and
     guest; with `lease`, its first DHCP lease too."""
+
     def state():
         s = cl.admin.compute.get_server(server_id)
         if s.status == "ERROR":
             raise LabError(f"Nova failed to boot {name}: {s.fault}")
         return s if s.status == "ACTIVE" else None
+
     wait_for(state, timeout, interval=0.1, what=f"{name} ACTIVE")
     active = time.time()
     ports = cl.admin.network.ports(device_id=server_id)
     if len(ports) != 1:
         raise LabError(f"{name}: {len(ports)} ports, the lab's servers have one")
     port = ports[0]
-    server = Server(server_id, name, port.id, port.fixed_ips[0]["ip_address"],
-                    port.mac_address, cl.stack.sp.guests,
-                    {"requested": requested, "active": active})
+    server = Server(
+        server_id,
+        name,
+        port.id,
+        port.fixed_ips[0]["ip_address"],
+        port.mac_address,
+        cl.stack.sp.guests,
+        {"requested": requested, "active": active},
+    )
     if lease:
         server.wait_lease()
     return server
 
 
-def boot(cl, name: str, host: str | None = None, network: str | None = None,
-         lease: bool = True, timeout: float = BOOT_TIMEOUT, port: str | None = None,
-         ) -> Server:
+def boot(
+    cl,
+    name: str,
+    host: str | None = None,
+    network: str | None = None,
+    lease: bool = True,
+    timeout: float = BOOT_TIMEOUT,
+    port: str | None = None,
+) -> Server:
     """`openstack server create` through openstacksdk as the operator, on `host` (None:
     where Nova's scheduler puts it), on `network` (default the tenant's) or with a port the
     user made (`port`); returns once Nova says ACTIVE (it waited for Neutron's
@@ -120,16 +163,23 @@ def boot(cl, name: str, host: str | None = None, network: str | None = None,
     return wait_active(cl, server_id, name, requested, lease, timeout)
 
 
-def boot_many(cl, placements: list[tuple], network: str | None = None, lease: bool = True,
-              timeout: float = BOOT_TIMEOUT) -> list[Server]:
+def boot_many(
+    cl,
+    placements: list[tuple],
+    network: str | None = None,
+    lease: bool = True,
+    timeout: float = BOOT_TIMEOUT,
+) -> list[Server]:
     """Several servers at once, each (name, host) or (name, host, network): every request
     first, then the waits, so Nova builds them side by side as it would for several
     users."""
     requested = time.time()
     ids = [_create(cl, p[0], p[1], p[2] if len(p) > 2 else network) for p in placements]
     with ThreadPoolExecutor(min(8, len(ids))) as pool:
-        futures = [pool.submit(wait_active, cl, sid, p[0], requested, lease, timeout)
-                   for sid, p in zip(ids, placements)]
+        futures = [
+            pool.submit(wait_active, cl, sid, p[0], requested, lease, timeout)
+            for sid, p in zip(ids, placements, strict=False)
+        ]
         return [f.result() for f in futures]
 
 
@@ -155,8 +205,12 @@ MOVED = "guest on destination"
 DONE = "migration completed"
 
 
-def live_migrate(cl, server: Server, dest: str, timeout: float = MIGRATION_TIMEOUT,
-                 ) -> Migration:
+def live_migrate(
+    cl,
+    server: Server,
+    dest: str,
+    timeout: float = MIGRATION_TIMEOUT,
+) -> Migration:
     """`openstack server migrate --live-migration --host DEST` through openstacksdk, with
     Nova's defaults; returns once Nova's migration record has a final status and, if it
     completed, the server is ACTIVE on `dest` again. The destination's row is watched from
@@ -168,19 +222,28 @@ def live_migrate(cl, server: Server, dest: str, timeout: float = MIGRATION_TIMEO
     with RowWatch(cl.lab, dest, server.tap) as row:
         m.steps[REQUESTED] = time.time()
         cl.operator.compute.live_migrate_server(server.id, host=dest, block_migration="auto")
-        m.status = wait_for(lambda: _final(cl, server.id, before), timeout,
-                            interval=0.1, what=f"the live migration of {server.name}")
+        m.status = wait_for(
+            lambda: _final(cl, server.id, before),
+            timeout,
+            interval=0.1,
+            what=f"the live migration of {server.name}",
+        )
         m.steps[f"migration {m.status}"] = time.time()
         inserted = row.inserted_or_none()
     if inserted is not None:
         m.steps[ROW] = inserted
-    event = novalog.first_event(cl.stack.paths, novalog.VIF_PLUGGED, server.port_id,
-                                m.steps[REQUESTED])
+    event = novalog.first_event(
+        cl.stack.paths, novalog.VIF_PLUGGED, server.port_id, m.steps[REQUESTED]
+    )
     if event is not None:
         m.steps[EVENT] = event.at
     if m.status == "completed":
-        wait_for(lambda: _settled_on(cl, server.id, dest), 30, interval=0.1,
-                 what=f"{server.name} ACTIVE on {dest}")
+        wait_for(
+            lambda: _settled_on(cl, server.id, dest),
+            30,
+            interval=0.1,
+            what=f"{server.name} ACTIVE on {dest}",
+        )
         m.steps[MOVED] = server.guest.times["moved"]
     m.steps = dict(sorted(m.steps.items(), key=lambda kv: kv[1]))
     return m
@@ -207,5 +270,9 @@ def _settled_on(cl, server_id: str, host: str) -> bool:
 def delete(cl, server: Server, timeout: float = 60.0) -> None:
     """`openstack server delete --wait`: gone from Nova (its guest and port with it)."""
     cl.operator.compute.delete_server(server.id)
-    wait_for(lambda: cl.admin.compute.find_server(server.id, ignore_missing=True) is None,
-             timeout, interval=0.1, what=f"{server.name} deleted")
+    wait_for(
+        lambda: cl.admin.compute.find_server(server.id, ignore_missing=True) is None,
+        timeout,
+        interval=0.1,
+        what=f"{server.name} deleted",
+    )

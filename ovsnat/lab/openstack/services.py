@@ -17,6 +17,7 @@ the VMs' plugging stay in the hypervisor namespaces, where the datapath is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -57,16 +58,20 @@ class OpenStack:
         """epmd first, in the foreground and on loopback: RabbitMQ would otherwise start
         its own as a daemon, which would outlive the lab and listen on every address."""
         self.rabbit_env = cfg.write_rabbit(self.paths, self.lab.id)
-        self.lab.spawn("epmd", ["epmd", "-address", "127.0.0.1"], ns=self.ns,
-                       env=self.rabbit_env)
-        self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
-                       env=self.rabbit_env)
+        self.lab.spawn("epmd", ["epmd", "-address", "127.0.0.1"], ns=self.ns, env=self.rabbit_env)
+        self.lab.spawn(
+            "rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns, env=self.rabbit_env
+        )
 
     def wait_rabbit(self, timeout: float = 60, interval: float = 0.2) -> float:
         """RabbitMQ opens its AMQP listener last, once it is ready for clients. Returns the
         wall clock time the listener was first seen open (at most `interval` late)."""
-        wait_for(lambda: self._port_open(cfg.RABBIT_PORT), timeout, interval=interval,
-                 what="RabbitMQ to listen (see rabbitmq.log in the lab dir)")
+        wait_for(
+            lambda: self._port_open(cfg.RABBIT_PORT),
+            timeout,
+            interval=interval,
+            what="RabbitMQ to listen (see rabbitmq.log in the lab dir)",
+        )
         return time.time()
 
     def stop_rabbit(self) -> None:
@@ -76,13 +81,18 @@ class OpenStack:
         """Same node, same database: users and durable objects survive as after a broker
         restart (the RPC queues, not durable, are declared again by their consumers).
         Returns when RabbitMQ was back: its listener first seen open (polled every 20 ms)."""
-        self.lab.spawn("rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns,
-                       env=self.rabbit_env)
+        self.lab.spawn(
+            "rabbitmq", [f"{RABBIT_BIN}/rabbitmq-server"], ns=self.ns, env=self.rabbit_env
+        )
         return self.wait_rabbit(interval=0.02)
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
-        return run([f"{RABBIT_BIN}/rabbitmqctl", "-q", *args], ns=self.ns,
-                   env=self.rabbit_env, timeout=timeout).stdout
+        return run(
+            [f"{RABBIT_BIN}/rabbitmqctl", "-q", *args],
+            ns=self.ns,
+            env=self.rabbit_env,
+            timeout=timeout,
+        ).stdout
 
     def start_neutron(self) -> None:
         self.start_api()
@@ -92,12 +102,15 @@ class OpenStack:
 
     def start_api(self) -> None:
         ini = os.path.join(self.paths.etc, "neutron-api-uwsgi.ini")
-        self.lab.spawn("neutron-api", [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
-                       env={**cfg.api_env(self.paths), **self.neutron_env})
+        self.lab.spawn(
+            "neutron-api",
+            [cfg.venv_bin("uwsgi"), "--ini", ini],
+            ns=self.ns,
+            env={**cfg.api_env(self.paths), **self.neutron_env},
+        )
 
     def start_rpc(self, wait: bool = True) -> None:
-        self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns,
-                       env=self.neutron_env)
+        self.lab.spawn("neutron-rpc", cfg.rpc_argv(self.paths), ns=self.ns, env=self.neutron_env)
         if wait:
             self.wait_rpc()
 
@@ -105,8 +118,12 @@ class OpenStack:
         self.stop("neutron-api")
 
     def wait_api(self, timeout: float = 120) -> None:
-        wait_for(self.api_answers, timeout, interval=0.25,
-                 what=f"the Neutron API (see {self.paths.log}/uwsgi.log)")
+        wait_for(
+            self.api_answers,
+            timeout,
+            interval=0.25,
+            what=f"the Neutron API (see {self.paths.log}/uwsgi.log)",
+        )
 
     def api_answers(self) -> bool:
         return self.http_answers(cfg.API_PORT)
@@ -115,9 +132,11 @@ class OpenStack:
         """Any HTTP answer: the application is loaded (uWSGI's need-app) and serving (an
         API behind Keystone answers 401 to a request without a token)."""
         try:
-            with inside(self.ns):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
-                    return True
+            with (
+                inside(self.ns),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5),
+            ):
+                return True
         except urllib.error.HTTPError as e:
             return e.code < 500
         except OSError:
@@ -126,25 +145,40 @@ class OpenStack:
     def wait_rpc(self, timeout: float = 120) -> None:
         """neutron-rpc-server is ready when ovsnat's endpoint (started last, by the
         mechanism driver) consumes its queue."""
+
         def ready() -> bool:
             out = self.rabbitmqctl("list_queues", "name", "consumers")
-            return any(line.split()[:1] == [cfg_topic()] and line.split()[1] != "0"
-                       for line in out.splitlines() if len(line.split()) == 2)
-        wait_for(ready, timeout, interval=0.5,
-                 what=f"neutron-rpc-server (see {self.paths.log}/neutron-rpc.log)")
+            return any(
+                line.split()[:1] == [cfg_topic()] and line.split()[1] != "0"
+                for line in out.splitlines()
+                if len(line.split()) == 2
+            )
+
+        wait_for(
+            ready,
+            timeout,
+            interval=0.5,
+            what=f"neutron-rpc-server (see {self.paths.log}/neutron-rpc.log)",
+        )
 
     # --- agents ----------------------------------------------------------------------------
-    def start_agent(self, host: str, external_network: str = "",
-                    report_limits: bool = False) -> str:
+    def start_agent(
+        self, host: str, external_network: str = "", report_limits: bool = False
+    ) -> str:
         """ovsnat-neutron-agent for lab host `host`, in this namespace (see module doc).
         report_limits: it reports what the host's controller reserves (its config file)."""
         h = self.lab.hosts[host]
         controller = os.path.join(h.rundir, "ovsnat.conf") if report_limits else ""
-        conf = cfg.write_agent(self.paths, host, h.ovs.db_sock, BRIDGE, external_network,
-                               controller)
+        conf = cfg.write_agent(
+            self.paths, host, h.ovs.db_sock, BRIDGE, external_network, controller
+        )
         name = f"agent-{host}"
-        self.lab.spawn(name, [cfg.venv_bin("ovsnat-neutron-agent"), "--config-file", conf],
-                       ns=self.ns, env=NEUTRON_ENV)
+        self.lab.spawn(
+            name,
+            [cfg.venv_bin("ovsnat-neutron-agent"), "--config-file", conf],
+            ns=self.ns,
+            env=NEUTRON_ENV,
+        )
         if name not in self.agents:
             self.agents.append(name)
         return name
@@ -161,8 +195,11 @@ class OpenStack:
 
     def api_request_lines(self) -> list[str]:
         """uWSGI's line for each REST request served (written once the answer went out)."""
-        return [line for line in _read(os.path.join(self.paths.log, "uwsgi.log")).splitlines()
-                if "=> generated" in line]
+        return [
+            line
+            for line in _read(os.path.join(self.paths.log, "uwsgi.log")).splitlines()
+            if "=> generated" in line
+        ]
 
     def rpc_log(self) -> str:
         return _read(os.path.join(self.paths.log, "neutron-rpc.log"))
@@ -172,13 +209,14 @@ class OpenStack:
         """The lab's directory goes at teardown: with OVSNAT_OPENSTACK_LOGS set, its logs
         are copied there first (per lab id)."""
         keep = os.environ.get("OVSNAT_OPENSTACK_LOGS")
-        if keep and self.paths:     # the lab's directory goes at teardown; keep the logs
+        if keep and self.paths:  # the lab's directory goes at teardown; keep the logs
             dest = os.path.join(keep, self.lab.id)
             shutil.copytree(self.paths.log, dest, dirs_exist_ok=True)
-            for name in os.listdir(self.lab.dir):       # the processes' stdout/stderr
+            for name in os.listdir(self.lab.dir):  # the processes' stdout/stderr
                 if name.endswith(".log"):
-                    shutil.copy(os.path.join(self.lab.dir, name),
-                                os.path.join(dest, f"stdout-{name}"))
+                    shutil.copy(
+                        os.path.join(self.lab.dir, name), os.path.join(dest, f"stdout-{name}")
+                    )
 
     def stop(self, name: str, grace: float = 5.0) -> None:
         """Stop a spawned service and every process of its session. Services fork workers
@@ -229,10 +267,8 @@ def _stop_session(sid: int, lab_id: str, grace: float) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and _session_members(sid, lab_id):
             time.sleep(0.05)
@@ -240,6 +276,7 @@ def _stop_session(sid: int, lab_id: str, grace: float) -> None:
 
 def cfg_topic() -> str:
     from ovsnat.neutron.constants import SERVER_TOPIC
+
     return SERVER_TOPIC
 
 
@@ -253,11 +290,14 @@ def _read(path: str) -> str:
 
 def require_services() -> None:
     """Fail loudly (never skip) when a part is missing: the install path installs them."""
-    needs = {"rabbitmq-server (Debian package rabbitmq-server)": f"{RABBIT_BIN}/rabbitmq-server",
-             "epmd (Debian package erlang-base)": shutil.which("epmd") or "/nonexistent",
-             "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi"),
-             "mariadbd (Debian package mariadb-server; `make install` installs it)":
-             "/usr/sbin/mariadbd"}
+    needs = {
+        "rabbitmq-server (Debian package rabbitmq-server)": f"{RABBIT_BIN}/rabbitmq-server",
+        "epmd (Debian package erlang-base)": shutil.which("epmd") or "/nonexistent",
+        "Neutron's virtualenv (scripts/install-neutron.sh)": cfg.venv_bin("uwsgi"),
+        "mariadbd (Debian package mariadb-server; `make install` installs it)": (
+            "/usr/sbin/mariadbd"
+        ),
+    }
     missing = [what for what, path in needs.items() if not os.path.exists(path)]
     if missing:
         raise LabError("OpenStack lab needs: " + ", ".join(missing) + "; run `make install`")

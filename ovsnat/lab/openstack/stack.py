@@ -15,22 +15,35 @@ their queue). Hypervisors' nova-computes are added by `add_compute`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 
 from ovsnat.lab.openstack import config as cfg
-from ovsnat.lab.openstack import keystone, stackdb
+from ovsnat.lab.openstack import keystone, novaconf, stackdb
 from ovsnat.lab.openstack import stackconf as sc
-from ovsnat.lab.openstack.services import NEUTRON_ENV, OpenStack, _session_members, \
-    cfg_topic, require_services
+from ovsnat.lab.openstack.services import (
+    NEUTRON_ENV,
+    OpenStack,
+    _session_members,
+    cfg_topic,
+    require_services,
+)
 from ovsnat.lab.openstack.virt.guest import destroy_all, host_namespace
 from ovsnat.lab.sh import LabError, run, wait_for
 
 # Stopped first to last (the agents, Neutron, RabbitMQ and MariaDB by OpenStack.down after).
-SERVICES = ("nova-scheduler", "nova-conductor", "nova-metadata", "nova-api", "glance-api",
-            "placement", "keystone")
+SERVICES = (
+    "nova-scheduler",
+    "nova-conductor",
+    "nova-metadata",
+    "nova-api",
+    "glance-api",
+    "placement",
+    "keystone",
+)
 
 
 @dataclass
@@ -47,14 +60,23 @@ class Stack(OpenStack):
         return dict(NEUTRON_ENV)
 
     # --- bring-up ------------------------------------------------------------------------
-    def up(self) -> "Stack":
+    def up(self) -> Stack:
         require_services()
-        missing = [c for c in ("nova-manage", "keystone-manage", "glance-manage",
-                               "placement-manage", "openstack")
-                   if not os.path.exists(cfg.venv_bin(c))]
+        missing = [
+            c
+            for c in (
+                "nova-manage",
+                "keystone-manage",
+                "glance-manage",
+                "placement-manage",
+                "openstack",
+            )
+            if not os.path.exists(cfg.venv_bin(c))
+        ]
         if missing:
-            raise LabError(f"Neutron's virtualenv lacks {missing} (extra `lab`): run "
-                           "`make install`")
+            raise LabError(
+                f"Neutron's virtualenv lacks {missing} (extra `lab`): run `make install`"
+            )
         t0 = time.monotonic()
         self.ns = self.lab._add_ns("os")
         self.paths = cfg.Paths(os.path.join(self.lab.dir, "openstack"))
@@ -72,8 +94,7 @@ class Stack(OpenStack):
         self.start_services()
         self.wait_services()
         t4 = time.monotonic()
-        self.timings.update(databases=t2 - t1, rabbit_wait=t3 - t2, services=t4 - t3,
-                            total=t4 - t0)
+        self.timings.update(databases=t2 - t1, rabbit_wait=t3 - t2, services=t4 - t3, total=t4 - t0)
         return self
 
     def databases(self) -> None:
@@ -97,8 +118,7 @@ class Stack(OpenStack):
             stackdb.save(self, key)
             stackdb.start(self)
         self.timings.update({f"migrate {k}": v for k, v in took.items()})
-        self.timings["databases made" + ("" if fresh else " and cached")] = \
-            time.monotonic() - t0
+        self.timings["databases made" + ("" if fresh else " and cached")] = time.monotonic() - t0
 
     def start_services(self) -> None:
         for name in sc.wsgi_apps(self.sp):
@@ -106,12 +126,23 @@ class Stack(OpenStack):
                 self.start_wsgi(name)
         self.start_api()
         self.start_rpc(wait=False)
-        nova = [a for f in ("nova.conf", "nova-db.conf")
-                for a in ("--config-file", os.path.join(self.paths.etc, f))]
+        nova = [
+            a
+            for f in ("nova.conf", "nova-db.conf")
+            for a in ("--config-file", os.path.join(self.paths.etc, f))
+        ]
         for name in ("nova-conductor", "nova-scheduler"):
-            self.lab.spawn(name, [cfg.venv_bin(name), *nova, "--log-file",
-                                  os.path.join(self.paths.log, f"{name}.log")],
-                           ns=self.ns, env=self.service_env)
+            self.lab.spawn(
+                name,
+                [
+                    cfg.venv_bin(name),
+                    *nova,
+                    "--log-file",
+                    os.path.join(self.paths.log, f"{name}.log"),
+                ],
+                ns=self.ns,
+                env=self.service_env,
+            )
 
     def wait_services(self, timeout: float = 180) -> None:
         for name, (port, _module, _env) in sc.wsgi_apps(self.sp).items():
@@ -122,23 +153,40 @@ class Stack(OpenStack):
     def start_wsgi(self, name: str) -> None:
         _port, _module, env = sc.wsgi_apps(self.sp)[name]
         ini = os.path.join(self.paths.etc, f"{name}-uwsgi.ini")
-        self.lab.spawn(name, [cfg.venv_bin("uwsgi"), "--ini", ini], ns=self.ns,
-                       env={**env, **self.service_env, "TMPDIR": self.paths.state})
+        self.lab.spawn(
+            name,
+            [cfg.venv_bin("uwsgi"), "--ini", ini],
+            ns=self.ns,
+            env={**env, **self.service_env, "TMPDIR": self.paths.state},
+        )
 
     def wait_http(self, name: str, port: int, timeout: float = 180) -> None:
-        wait_for(lambda: self.http_answers(port), timeout, interval=0.25,
-                 what=f"{name} on port {port} (see {self.paths.log}/{name}*.log)")
+        wait_for(
+            lambda: self.http_answers(port),
+            timeout,
+            interval=0.25,
+            what=f"{name} on port {port} (see {self.paths.log}/{name}*.log)",
+        )
 
     def wait_consumers(self, topics: list[str], timeout: float = 180) -> None:
         """RPC servers are ready when their queue has a consumer (one rabbitmqctl call for
         all of them: each call starts an Erlang VM)."""
+
         def missing() -> list[str]:
             out = self.rabbitmqctl("list_queues", "name", "consumers")
-            ready = {f[0] for f in (line.split() for line in out.splitlines())
-                     if len(f) == 2 and f[1] != "0"}
+            ready = {
+                f[0]
+                for f in (line.split() for line in out.splitlines())
+                if len(f) == 2 and f[1] != "0"
+            }
             return [t for t in topics if t not in ready]
-        wait_for(lambda: not missing(), timeout, interval=0.5,
-                 what=f"consumers on {topics} (see {self.paths.log})")
+
+        wait_for(
+            lambda: not missing(),
+            timeout,
+            interval=0.5,
+            what=f"consumers on {topics} (see {self.paths.log})",
+        )
 
     # --- nova-compute ---------------------------------------------------------------------
     def add_compute(self, host: str, **nova_options: str) -> str:
@@ -147,16 +195,33 @@ class Stack(OpenStack):
         OVSDB through the socket, and makes its guests' taps in the host's namespace.
         `nova_options`: [DEFAULT] options of this compute only (Nova's defaults otherwise)."""
         h = self.lab.hosts[host]
-        conf = sc.write_compute(self.sp, host, self.lab.id, host_namespace(self.lab.id, host),
-                                h.ovs.db_sock, nova_options)
+        conf = novaconf.write_compute(
+            self.sp,
+            host,
+            self.lab.id,
+            host_namespace(self.lab.id, host),
+            h.ovs.db_sock,
+            nova_options,
+        )
         name = f"nova-compute-{host}"
         # nsenter --net, not `ip netns exec`: that gives the process a mount namespace of
         # its own, where the guests' namespaces (`ip netns add`, a bind mount under
         # /run/netns) would be invisible to everyone else
-        self.lab.spawn(name, ["nsenter", f"--net=/run/netns/{self.ns}", cfg.venv_bin("python"),
-                              "-m", "ovsnat.lab.openstack.virt.compute",
-                              "--config-file", os.path.join(self.paths.etc, "nova.conf"),
-                              "--config-file", conf], env=self.service_env)
+        self.lab.spawn(
+            name,
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.ns}",
+                cfg.venv_bin("python"),
+                "-m",
+                "ovsnat.lab.openstack.virt.compute",
+                "--config-file",
+                os.path.join(self.paths.etc, "nova.conf"),
+                "--config-file",
+                conf,
+            ],
+            env=self.service_env,
+        )
         if host not in self.computes:
             self.computes.append(host)
         return name
@@ -169,23 +234,38 @@ class Stack(OpenStack):
         def mapped() -> bool:
             rows = stackdb.sql(self, "SELECT host FROM host_mappings", "nova_api")
             return set(hosts) <= set(rows.split())
+
         wait_for(mapped, timeout, interval=0.25, what=f"{hosts} mapped to Nova's cell")
 
     # --- the `openstack` command ----------------------------------------------------------
-    def openstack(self, *args: str, user: str = sc.DEMO, project: str = sc.DEMO,
-                  timeout: float = 600) -> str:
+    def openstack(
+        self, *args: str, user: str = sc.DEMO, project: str = sc.DEMO, timeout: float = 600
+    ) -> str:
         """python-openstackclient from the lab's environment, in this namespace, as `user`."""
-        return run([cfg.venv_bin("openstack"), *args], ns=self.ns, timeout=timeout,
-                   env=keystone.cli_env(user, project)).stdout
+        return run(
+            [cfg.venv_bin("openstack"), *args],
+            ns=self.ns,
+            timeout=timeout,
+            env=keystone.cli_env(user, project),
+        ).stdout
 
     # --- teardown and measurement ---------------------------------------------------------
     def down(self) -> None:
         """Every service at once (each may take its graceful shutdown's seconds; the
         guests' processes go with their nova-compute, guest.py), then the guests, then
         OpenStack.down (the logs kept, if asked)."""
-        self.stop_all([*(f"nova-compute-{h}" for h in self.computes), *SERVICES,
-                       *self.agents, "neutron-rpc", "neutron-api", "rabbitmq", "epmd",
-                       "mariadbd"])
+        self.stop_all(
+            [
+                *(f"nova-compute-{h}" for h in self.computes),
+                *SERVICES,
+                *self.agents,
+                "neutron-rpc",
+                "neutron-api",
+                "rabbitmq",
+                "epmd",
+                "mariadbd",
+            ]
+        )
         if self.sp is not None:
             destroy_all(self.sp.guests)
         self.keep_logs()
@@ -197,13 +277,12 @@ class Stack(OpenStack):
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             pids = [p for sid in sessions for p in _session_members(sid, self.lab.id)]
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and any(
-                    _session_members(sid, self.lab.id) for sid in sessions):
+                _session_members(sid, self.lab.id) for sid in sessions
+            ):
                 time.sleep(0.05)
         for name in names:
             self.lab.stop_proc(name)

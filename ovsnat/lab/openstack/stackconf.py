@@ -5,15 +5,17 @@ Neutron needs beside the lab's usual files to sit behind Keystone and tell Nova 
 Everything listens on the services namespace's loopback, as RabbitMQ and Neutron do
 (config.py); MariaDB too (127.0.0.1:3306 in that namespace), so every database URL, the
 cell mappings Nova stores in its API database among them, is the same in every lab: the
-migrated databases can be cached and reused as they are (stackdb.py).
+migrated databases can be cached and reused as they are (stackdb.py). Nova's files are
+novaconf.py's.
 
 Options are those devstack writes for the same services, cut to what a single-cell cloud
 with one conductor needs; whatever is not written is the service's own default, notably
 Nova's `vif_plugging_timeout` (300 s) and `[compute] live_migration_wait_for_vif_plug`
 (true). Nova's services reconnect to RabbitMQ every second, as Neutron's and the agents do
 (config.RABBIT_RECONNECT): with oslo.messaging's backoff, up to 30 s, a test right after a
-broker outage would wait that long for the conductor. `vif_plugging_is_fatal` is written as true although it is the default: the lab's
-boot must fail, not go on, when Neutron's event does not come.
+broker outage would wait that long for the conductor. `vif_plugging_is_fatal` is written as
+true although it is the default: the lab's boot must fail, not go on, when Neutron's event
+does not come.
 """
 
 from __future__ import annotations
@@ -33,21 +35,30 @@ REGION = "RegionOne"
 KEYSTONE_URL = f"http://127.0.0.1:{KEYSTONE_PORT}/v3"
 SERVICE_PROJECT = "service"
 ADMIN_USER = "admin"
-DEMO = "demo"                   # the tenant: project and user of that name, role member
+DEMO = "demo"  # the tenant: project and user of that name, role member
 SERVICE_USERS = ("nova", "neutron", "placement", "glance")
 # database -> the user that owns it (Nova's three databases belong to one user)
-DATABASES = {"keystone": "keystone", "placement": "placement", "glance": "glance",
-             "nova_api": "nova", "nova": "nova", "nova_cell0": "nova", "neutron": "neutron"}
+DATABASES = {
+    "keystone": "keystone",
+    "placement": "placement",
+    "glance": "glance",
+    "nova_api": "nova",
+    "nova": "nova",
+    "nova_cell0": "nova",
+    "neutron": "neutron",
+}
 # The catalog: service name -> (type, URL); every interface (public, internal, admin) the
 # same URL, as on a single-node devstack.
-CATALOG = {"keystone": ("identity", KEYSTONE_URL),
-           "placement": ("placement", f"http://127.0.0.1:{PLACEMENT_PORT}"),
-           "glance": ("image", f"http://127.0.0.1:{GLANCE_PORT}"),
-           "nova": ("compute", f"http://127.0.0.1:{NOVA_PORT}/v2.1"),
-           "neutron": ("network", f"http://127.0.0.1:{cfg.API_PORT}")}
+CATALOG = {
+    "keystone": ("identity", KEYSTONE_URL),
+    "placement": ("placement", f"http://127.0.0.1:{PLACEMENT_PORT}"),
+    "glance": ("image", f"http://127.0.0.1:{GLANCE_PORT}"),
+    "nova": ("compute", f"http://127.0.0.1:{NOVA_PORT}/v2.1"),
+    "neutron": ("network", f"http://127.0.0.1:{cfg.API_PORT}"),
+}
 METADATA_SECRET = "ovsnat-lab-metadata-secret"
 TRANSPORT_URL = f"rabbit://guest:guest@127.0.0.1:{cfg.RABBIT_PORT}/"
-LAB_DRIVER = "ovsnat_lab.LabDriver"     # nova.virt.<this>: see virt/compute.py
+LAB_DRIVER = "ovsnat_lab.LabDriver"  # nova.virt.<this>: see virt/compute.py
 
 
 def password(user: str) -> str:
@@ -57,8 +68,9 @@ def password(user: str) -> str:
 
 def db_url(database: str) -> str:
     user = DATABASES[database]
-    return (f"mysql+pymysql://{user}:{password(user)}@127.0.0.1:{MYSQL_PORT}/{database}"
-            "?charset=utf8mb4")
+    return (
+        f"mysql+pymysql://{user}:{password(user)}@127.0.0.1:{MYSQL_PORT}/{database}?charset=utf8mb4"
+    )
 
 
 @dataclass(frozen=True)
@@ -93,12 +105,17 @@ class StackPaths:
 
     def make(self) -> None:
         self.base.make()
-        for d in (self.guests, self.state("glance", "images"), self.state("glance", "staging"),
-                  self.state("glance", "tasks"), self.state("nova")):
+        for d in (
+            self.guests,
+            self.state("glance", "images"),
+            self.state("glance", "staging"),
+            self.state("glance", "tasks"),
+            self.state("nova"),
+        ):
             os.makedirs(d, exist_ok=True)
 
 
-def _write(path: str, text: str) -> str:
+def write_file(path: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -106,22 +123,32 @@ def _write(path: str, text: str) -> str:
 
 def credentials(section: str, user: str, **extra: str) -> str:
     """A keystoneauth password section: how one service calls another."""
-    lines = [f"[{section}]", "auth_type = password", f"auth_url = {KEYSTONE_URL}",
-             f"username = {user}", f"password = {password(user)}",
-             f"project_name = {SERVICE_PROJECT}", "user_domain_name = Default",
-             "project_domain_name = Default", f"region_name = {REGION}"]
+    lines = [
+        f"[{section}]",
+        "auth_type = password",
+        f"auth_url = {KEYSTONE_URL}",
+        f"username = {user}",
+        f"password = {password(user)}",
+        f"project_name = {SERVICE_PROJECT}",
+        "user_domain_name = Default",
+        "project_domain_name = Default",
+        f"region_name = {REGION}",
+    ]
     lines += [f"{k} = {v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 
 
 def authtoken(user: str, service_type: str) -> str:
     """keystonemiddleware in front of a service's API: it validates tokens as `user`."""
-    return credentials("keystone_authtoken", user, www_authenticate_uri=KEYSTONE_URL,
-                       service_type=service_type)
+    return credentials(
+        "keystone_authtoken", user, www_authenticate_uri=KEYSTONE_URL, service_type=service_type
+    )
 
 
 def write_keystone(p: StackPaths) -> None:
-    _write(os.path.join(p.etc, "keystone.conf"), f"""[DEFAULT]
+    write_file(
+        os.path.join(p.etc, "keystone.conf"),
+        f"""[DEFAULT]
 log_file = {p.log}/keystone.log
 [database]
 connection = {db_url("keystone")}
@@ -133,22 +160,29 @@ key_repository = {p.keystone_keys}/fernet-keys
 key_repository = {p.keystone_keys}/fernet-keys
 [credential]
 key_repository = {p.keystone_keys}/credential-keys
-""")
+""",
+    )
 
 
 def write_placement(p: StackPaths) -> None:
-    _write(os.path.join(p.etc, "placement.conf"), f"""[DEFAULT]
+    write_file(
+        os.path.join(p.etc, "placement.conf"),
+        f"""[DEFAULT]
 log_file = {p.log}/placement.log
 [api]
 auth_strategy = keystone
 [placement_database]
 connection = {db_url("placement")}
-""" + authtoken("placement", "placement"))
+"""
+        + authtoken("placement", "placement"),
+    )
 
 
 def write_glance(p: StackPaths) -> None:
     """A file store in the lab's directory; images are uploaded with a PUT of their data."""
-    _write(os.path.join(p.etc, "glance-api.conf"), f"""[DEFAULT]
+    write_file(
+        os.path.join(p.etc, "glance-api.conf"),
+        f"""[DEFAULT]
 log_file = {p.log}/glance-api.log
 enabled_backends = fs:file
 worker_self_reference_url = {CATALOG["glance"][1]}
@@ -166,83 +200,11 @@ connection = {db_url("glance")}
 flavor = keystone
 [oslo_concurrency]
 lock_path = {p.state("lock")}
-""" + authtoken("glance", "image"))
+"""
+        + authtoken("glance", "image"),
+    )
     src = cfg.neutron_venv() / "etc" / "glance" / "glance-api-paste.ini"
-    _write(os.path.join(p.etc, "glance-api-paste.ini"), src.read_text())
-
-
-def write_nova(p: StackPaths) -> None:
-    """nova.conf, shared by every Nova service; nova-db.conf adds the databases for all but
-    nova-compute (one cell, one conductor: devstack's `singleconductor`); nova-compute adds
-    its host's file."""
-    _write(os.path.join(p.etc, "nova.conf"), f"""[DEFAULT]
-transport_url = {TRANSPORT_URL}
-my_ip = 127.0.0.1
-state_path = {p.state("nova")}
-graceful_shutdown_timeout = 5
-vif_plugging_is_fatal = true
-[api]
-auth_strategy = keystone
-[scheduler]
-# a new nova-compute is mapped to the cell within 2 s (devstack runs
-# `nova-manage cell_v2 discover_hosts` once instead)
-discover_hosts_in_cells_interval = 2
-workers = 1
-[conductor]
-workers = 1
-[oslo_concurrency]
-lock_path = {p.state("lock")}
-[vnc]
-enabled = false
-[os_vif_ovs]
-# only nova-compute plugs; its own file names its host's OVSDB
-ovsdb_connection = unix:/nonexistent
-{cfg.RABBIT_RECONNECT}""" + authtoken("nova", "compute")
-           + credentials("placement", "nova")
-           + credentials("neutron", "nova", service_metadata_proxy="true",
-                         metadata_proxy_shared_secret=METADATA_SECRET)
-           + credentials("service_user", "nova", send_service_user_token="true")
-           + f"[glance]\nregion_name = {REGION}\n")
-    # Not for nova-compute, which reaches the databases only through the conductor (a
-    # compute with database options tries them, and Nova logs that it may not)
-    _write(os.path.join(p.etc, "nova-db.conf"), f"""[api_database]
-connection = {db_url("nova_api")}
-[database]
-connection = {db_url("nova")}
-""")
-    for name, log in (("nova-api.conf", "nova-api.log"),
-                      ("nova-metadata.conf", "nova-metadata.log")):
-        _write(os.path.join(p.etc, name), f"[DEFAULT]\nlog_file = {p.log}/{log}\n")
-    src = cfg.neutron_venv() / "etc" / "nova" / "api-paste.ini"
-    _write(os.path.join(p.etc, "nova-api-paste.ini"), src.read_text())
-
-
-def write_compute(p: StackPaths, host: str, lab_id: str, host_ns: str, db_sock: str,
-                  options: dict[str, str] | None = None) -> str:
-    """nova-compute of lab hypervisor `host`: its name (Nova's host and node, Neutron's
-    binding host, the ovsnat agent's host), the lab's virt driver, os-vif toward the host's
-    OVSDB. os-vif's privileged helper runs without sudo (the lab runs as root). `options`:
-    more [DEFAULT] options for this compute only (the lab sets none of Nova's vif options
-    but where a test says why)."""
-    extra = "".join(f"{k} = {v}\n" for k, v in (options or {}).items())
-    state = p.state(f"nova-{host}")
-    os.makedirs(os.path.join(state, "instances"), exist_ok=True)
-    helper = cfg.venv_bin("privsep-helper")
-    return _write(os.path.join(p.etc, f"nova-compute-{host}.conf"), f"""[DEFAULT]
-host = {host}
-compute_driver = {LAB_DRIVER}
-state_path = {state}
-instances_path = {state}/instances
-log_file = {p.log}/nova-compute-{host}.log
-{extra}[os_vif_ovs]
-ovsdb_connection = unix:{db_sock}
-[vif_plug_ovs_privileged]
-helper_command = {helper}
-[ovsnat_lab]
-lab_id = {lab_id}
-host_namespace = {host_ns}
-guests_dir = {p.guests}
-""")
+    write_file(os.path.join(p.etc, "glance-api-paste.ini"), src.read_text())
 
 
 def write_neutron(p: StackPaths) -> str:
@@ -251,7 +213,9 @@ def write_neutron(p: StackPaths) -> str:
     Nova notifier on (network-vif-plugged and -unplugged, sent every
     `send_events_interval`, 2 s by default, to Nova's API found in the catalog, as the
     `neutron` service user)."""
-    return _write(os.path.join(p.etc, "neutron.conf"), f"""[DEFAULT]
+    return write_file(
+        os.path.join(p.etc, "neutron.conf"),
+        f"""[DEFAULT]
 host = neutron-server
 core_plugin = ml2
 service_plugins = router
@@ -276,7 +240,10 @@ quota_subnet = -1
 quota_port = -1
 quota_router = -1
 quota_floatingip = -1
-""" + authtoken("neutron", "network") + credentials("nova", "neutron"))
+"""
+        + authtoken("neutron", "network")
+        + credentials("nova", "neutron"),
+    )
 
 
 # --- uWSGI ------------------------------------------------------------------------------
@@ -285,25 +252,38 @@ def wsgi_apps(p: StackPaths) -> dict[str, tuple[int, str, dict[str, str]]]:
     # Nova's WSGI loader takes its paste file from the first of these
     nova_files = "nova-api-paste.ini;nova.conf;nova-db.conf;{}"
     return {
-        "keystone": (KEYSTONE_PORT, "keystone.wsgi.api",
-                     {"OS_KEYSTONE_CONFIG_DIR": p.etc, "OS_KEYSTONE_CONFIG_FILES":
-                      "keystone.conf"}),
-        "placement": (PLACEMENT_PORT, "placement.wsgi.api",
-                      {"OS_PLACEMENT_CONFIG_DIR": p.etc}),
+        "keystone": (
+            KEYSTONE_PORT,
+            "keystone.wsgi.api",
+            {"OS_KEYSTONE_CONFIG_DIR": p.etc, "OS_KEYSTONE_CONFIG_FILES": "keystone.conf"},
+        ),
+        "placement": (PLACEMENT_PORT, "placement.wsgi.api", {"OS_PLACEMENT_CONFIG_DIR": p.etc}),
         "glance-api": (GLANCE_PORT, "glance.wsgi.api", {"OS_GLANCE_CONFIG_DIR": p.etc}),
-        "nova-api": (NOVA_PORT, "nova.wsgi.osapi_compute",
-                     {"OS_NOVA_CONFIG_DIR": p.etc,
-                      "OS_NOVA_CONFIG_FILES": nova_files.format("nova-api.conf")}),
-        "nova-metadata": (METADATA_PORT, "nova.wsgi.metadata",
-                          {"OS_NOVA_CONFIG_DIR": p.etc,
-                           "OS_NOVA_CONFIG_FILES": nova_files.format("nova-metadata.conf")}),
+        "nova-api": (
+            NOVA_PORT,
+            "nova.wsgi.osapi_compute",
+            {
+                "OS_NOVA_CONFIG_DIR": p.etc,
+                "OS_NOVA_CONFIG_FILES": nova_files.format("nova-api.conf"),
+            },
+        ),
+        "nova-metadata": (
+            METADATA_PORT,
+            "nova.wsgi.metadata",
+            {
+                "OS_NOVA_CONFIG_DIR": p.etc,
+                "OS_NOVA_CONFIG_FILES": nova_files.format("nova-metadata.conf"),
+            },
+        ),
     }
 
 
 def write_uwsgi(p: StackPaths, name: str, port: int, module: str) -> str:
     """As Neutron's API runs in the lab (config.write_uwsgi): one process, a few threads,
     no daemonizing; the lab spawns it and stops it by pid."""
-    return _write(os.path.join(p.etc, f"{name}-uwsgi.ini"), f"""[uwsgi]
+    return write_file(
+        os.path.join(p.etc, f"{name}-uwsgi.ini"),
+        f"""[uwsgi]
 http-socket = 127.0.0.1:{port}
 module = {module}:application
 master = true
@@ -316,10 +296,13 @@ die-on-term = true
 buffer-size = 65535
 add-header = Connection: close
 logto = {p.log}/{name}-uwsgi.log
-""")
+""",
+    )
 
 
 def write_all(p: StackPaths) -> None:
+    from ovsnat.lab.openstack.novaconf import write_nova  # it builds on this module
+
     write_keystone(p)
     write_placement(p)
     write_glance(p)

@@ -23,6 +23,7 @@ its session) stops them too, so nothing a guest started can outlive its lab.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,7 +38,7 @@ from ovsnat.lab.topology import NS_PREFIX, arp_frame
 
 # QEMU's announce-initial / -step / -rounds defaults (as Lab.announce sends them)
 RARP_ROUNDS, RARP_INITIAL, RARP_STEP = 5, 0.05, 0.1
-GUEST_PORT = 7000           # the image's TCP echo server
+GUEST_PORT = 7000  # the image's TCP echo server
 
 
 def host_namespace(lab_id: str, host: str) -> str:
@@ -47,8 +48,8 @@ def host_namespace(lab_id: str, host: str) -> str:
 
 @dataclass
 class Nic:
-    tap: str            # host end, in the hypervisor's namespace
-    dev: str            # guest end: eth0, eth1, ...
+    tap: str  # host end, in the hypervisor's namespace
+    dev: str  # guest end: eth0, eth1, ...
     mac: str
     mtu: int
     port_id: str
@@ -65,9 +66,9 @@ class Guest:
     host: str
     nics: list[Nic]
     guests_dir: str
-    state: str = "paused"           # paused (created, nothing runs) | running
+    state: str = "paused"  # paused (created, nothing runs) | running
     pids: list[int] = field(default_factory=list)
-    times: dict[str, float] = field(default_factory=dict)   # wall clock of each step
+    times: dict[str, float] = field(default_factory=dict)  # wall clock of each step
 
     # --- records ------------------------------------------------------------------------
     @staticmethod
@@ -85,7 +86,7 @@ class Guest:
         os.replace(tmp, self.record_path(self.guests_dir, self.uuid))
 
     @classmethod
-    def load(cls, guests_dir: str, uuid: str) -> "Guest | None":
+    def load(cls, guests_dir: str, uuid: str) -> Guest | None:
         try:
             with open(cls.record_path(guests_dir, uuid)) as f:
                 data = json.load(f)
@@ -95,7 +96,7 @@ class Guest:
         return cls(**data)
 
     @classmethod
-    def all(cls, guests_dir: str) -> list["Guest"]:
+    def all(cls, guests_dir: str) -> list[Guest]:
         names = sorted(n for n in os.listdir(guests_dir) if n.endswith(".json"))
         guests = [cls.load(guests_dir, n[:-5]) for n in names]
         return [g for g in guests if g is not None]
@@ -106,20 +107,43 @@ class Guest:
 
     # --- lifecycle ----------------------------------------------------------------------
     @classmethod
-    def create(cls, guests_dir: str, lab_id: str, uuid: str, name: str, host: str,
-               nics: list[Nic]) -> "Guest":
+    def create(
+        cls, guests_dir: str, lab_id: str, uuid: str, name: str, host: str, nics: list[Nic]
+    ) -> Guest:
         """The domain, paused: namespace and taps, nothing running (module doc)."""
-        guest = cls(uuid, name, lab_id, f"{NS_PREFIX}{lab_id}-i{uuid[:8]}", host, nics,
-                    guests_dir)
-        guest.save()                    # recorded before it exists: teardown finds it
+        guest = cls(uuid, name, lab_id, f"{NS_PREFIX}{lab_id}-i{uuid[:8]}", host, nics, guests_dir)
+        guest.save()  # recorded before it exists: teardown finds it
         run(["ip", "netns", "add", guest.ns])
         run(["ip", "-n", guest.ns, "link", "set", "lo", "up"])
         # a paused guest sends nothing: no IPv6 autoconfiguration until it runs
-        run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-             "net.ipv6.conf.default.disable_ipv6=1"], ns=guest.ns)
+        run(
+            [
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+            ns=guest.ns,
+        )
         for nic in nics:
-            run(["ip", "-n", guest.host_ns, "link", "add", nic.tap, "type", "veth", "peer",
-                 "name", nic.dev, "netns", guest.ns])
+            run(
+                [
+                    "ip",
+                    "-n",
+                    guest.host_ns,
+                    "link",
+                    "add",
+                    nic.tap,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    nic.dev,
+                    "netns",
+                    guest.ns,
+                ]
+            )
             run(["ip", "-n", guest.ns, "link", "set", nic.dev, "address", nic.mac])
             for ns, dev in ((guest.host_ns, nic.tap), (guest.ns, nic.dev)):
                 run(["ip", "-n", ns, "link", "set", dev, "mtu", str(nic.mtu)])
@@ -136,9 +160,17 @@ class Guest:
     def resume(self) -> None:
         """The guest's CPUs run: its DHCP client starts on eth0 (and IPv6 autoconfigures,
         as a booting guest's kernel does)."""
-        run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0",
-             "net.ipv6.conf.default.disable_ipv6=0",
-             *[f"net.ipv6.conf.{nic.dev}.disable_ipv6=0" for nic in self.nics]], ns=self.ns)
+        run(
+            [
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.default.disable_ipv6=0",
+                *[f"net.ipv6.conf.{nic.dev}.disable_ipv6=0" for nic in self.nics],
+            ],
+            ns=self.ns,
+        )
         script = os.path.join(self.guests_dir, "udhcpc.script")
         if not os.path.exists(script):
             with open(script + ".tmp", "w") as f:
@@ -146,14 +178,39 @@ class Guest:
             os.chmod(script + ".tmp", 0o755)
             os.replace(script + ".tmp", script)
         for argv, env in (
-                (["udhcpc", "-f", "-i", self.nics[0].dev, "-s", script, "-t", "5", "-T", "1",
-                  "-A", "1", "-O", "mtu", "-O", "staticroutes"],
-                 {"OVSNAT_LEASE_FILE": self.lease_file}),
-                ([sys.executable, "-m", "ovsnat.lab.peer", "tcp-server", "--port",
-                  str(GUEST_PORT)], {})):
-            proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
+            (
+                [
+                    "udhcpc",
+                    "-f",
+                    "-i",
+                    self.nics[0].dev,
+                    "-s",
+                    script,
+                    "-t",
+                    "5",
+                    "-T",
+                    "1",
+                    "-A",
+                    "1",
+                    "-O",
+                    "mtu",
+                    "-O",
+                    "staticroutes",
+                ],
+                {"OVSNAT_LEASE_FILE": self.lease_file},
+            ),
+            (
+                [sys.executable, "-m", "ovsnat.lab.peer", "tcp-server", "--port", str(GUEST_PORT)],
+                {},
+            ),
+        ):
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=dict(os.environ, **env),
+            )
             self.pids.append(proc.pid)
         self.state = "running"
         self.times["resumed"] = time.time()
@@ -177,20 +234,41 @@ class Guest:
         """QEMU's self-announcement after a migration: RARPs from the NIC's MAC, in the
         background (the guest does not wait for them either)."""
         frame = arp_frame(nic.mac, "0.0.0.0", rarp=True)
-        subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m",
-                          "ovsnat.lab.peer", "send", "--iface", nic.dev, "--count",
-                          str(RARP_ROUNDS), "--interval", str(RARP_INITIAL), "--step",
-                          str(RARP_STEP), frame.hex()],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                sys.executable,
+                "-m",
+                "ovsnat.lab.peer",
+                "send",
+                "--iface",
+                nic.dev,
+                "--count",
+                str(RARP_ROUNDS),
+                "--interval",
+                str(RARP_INITIAL),
+                "--step",
+                str(RARP_STEP),
+                frame.hex(),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def destroy(self) -> None:
         """The domain goes: its processes, its namespace (and with it both ends of every
         veth), its record."""
         stop_pids(self.pids, self.lab_id)
         run(["ip", "netns", "del", self.ns], check=False)
-        for path in (self.record_path(self.guests_dir, self.uuid), self.lease_file,
-                     self.lease_file + ".events"):
+        for path in (
+            self.record_path(self.guests_dir, self.uuid),
+            self.lease_file,
+            self.lease_file + ".events",
+        ):
             if os.path.exists(path):
                 os.remove(path)
 
@@ -225,10 +303,8 @@ def stop_pids(pids: list[int], lab_id: str, grace: float = 3.0) -> None:
     ours = [p for p in pids if pid_alive(p) and _is_ours(p, lab_id)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in ours:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(pid_alive(p) for p in ours):
             time.sleep(0.02)
