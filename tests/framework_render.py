@@ -10,23 +10,21 @@ so a dump of flows installed by the controller reads exactly like the golden fil
 
 from __future__ import annotations
 
-from ovsnat.compile.flows import (
-    PROTOCOLS,
+from ovsnat.compile.actions import (
     Controller,
     Ct,
     CtClear,
     DecTtl,
-    Flow,
     Goto,
     Load,
     Meter,
-    MeterSpec,
     Move,
     Output,
     PopVlan,
     PushVlan,
     SetField,
 )
+from ovsnat.compile.flows import PROTOCOLS, Flow, MeterSpec
 from ovsnat.runtime import framework as fw
 
 NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx_nat flags (ryu has no names for them)

@@ -13,25 +13,29 @@ from collections import Counter
 import pytest
 
 from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
-from ovsnat.compile import flows as flowlib
 from ovsnat.compile import pipeline
 from ovsnat.compile import vm as vmflows
+from ovsnat.compile.actions import (
+    Controller,
+    Ct,
+    DecTtl,
+    Goto,
+    Load,
+    Meter,
+    Move,
+    Nat,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetField,
+)
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import (
     COOKIE_HOST,
     COOKIE_NET,
     COOKIE_VLAN_VM,
     COOKIE_VM,
-    Controller,
-    Ct,
-    DecTtl,
-    Goto,
     Match,
-    Meter,
-    Nat,
-    Output,
-    PushVlan,
-    SetField,
     cookie_kind,
     cookie_owner,
     make_flow,
@@ -274,16 +278,16 @@ def test_fip_vm_uses_conntrack_only_for_fragments():
 def test_fip_vm_rewrites_addresses_both_ways():
     actions = {a for f in vm_flows(config(), FIP_VM) for a in f.actions}
     assert SetField("ip_dst", "10.0.0.10") in actions  # in: its own flow
-    assert flowlib.Load("reg8", 0xCB00710A) in actions  # out: its FIP...
+    assert Load("reg8", 0xCB00710A) in actions  # out: its FIP...
     [out] = [
         f
         for f in host_flows(config())
         if f.table == pipeline.EGRESS and f.match.get("reg5") == pipeline.flag(pipeline.HAS_FIP)
     ]  # ...for one host flow
     assert out.actions[:3] == (
-        flowlib.Move("reg8", "ip_src"),
-        flowlib.Move("reg8", "eth_src", (0, 31)),
-        flowlib.Load("eth_src", 0x025A, span=(32, 47)),
+        Move("reg8", "ip_src"),
+        Move("reg8", "eth_src", (0, 31)),
+        Load("eth_src", 0x025A, span=(32, 47)),
     )
 
 
@@ -398,7 +402,7 @@ def test_fabric_output_is_tagged_with_the_networks_vlan_and_comes_last():
     for f in to_fabric:
         i = f.actions.index(Output(cfg.fabric_ofport))
         assert f.actions[i - 1] == PushVlan(101) and f.match.get("reg6") == "0x65"
-        assert f.actions[i + 1 : i + 2] in ((), (flowlib.PopVlan(),))  # the tag goes again
+        assert f.actions[i + 1 : i + 2] in ((), (PopVlan(),))  # the tag goes again
     default_out = [f for f in compiled(cfg, [PAT_VM]) if Output(cfg.fabric_ofport) in f.actions]
     assert default_out and not [
         f for f in default_out if any(isinstance(x, PushVlan) for x in f.actions)
@@ -409,7 +413,7 @@ def test_routed_traffic_never_goes_to_the_fabric():
     cfg = config(**FABRIC)
     flows = compiled(cfg, [port(11, net=NET_A, ofport=21), FIP_VM])
     [routed] = [f for f in flows if f.table == DELIVER and f.priority == 100]
-    assert flowlib.Load("reg5", 1, pipeline.ROUTED) in routed.actions
+    assert Load("reg5", 1, pipeline.ROUTED) in routed.actions
     for f in flows:
         if f.table == VM_L2 and Output(cfg.fabric_ofport) in f.actions:
             assert f.match.get("reg5") == "0/0x8"  # only when not routed

@@ -13,6 +13,7 @@ import pytest
 
 from ovsnat.cli.golden import NET_A, NET_B
 from ovsnat.compile import flows
+from ovsnat.compile.actions import Output
 from ovsnat.compile.pipeline import CLASSIFY, HANDOFF_IN
 from ovsnat.model.rows import IfaceRow
 from ovsnat.openflow import codec, messages
@@ -234,9 +235,7 @@ def test_the_model_switch_keeps_flows_as_ovs_does():
     parts."""
     sw = ModelSwitch(stats_part=2)
     a = flows.make_flow(0xA2 << 56 | 1 << 24, 70, 100, flows.Match.of(reg7="0x5"), [])
-    b = flows.make_flow(
-        0xA2 << 56 | 2 << 24, 70, 100, flows.Match.of(reg7="0x5"), [flows.Output(5)]
-    )
+    b = flows.make_flow(0xA2 << 56 | 2 << 24, 70, 100, flows.Match.of(reg7="0x5"), [Output(5)])
     c = flows.Flow(70, 90, flows.Match.of(reg7="0x5"), (), 0, b.cookie)
     sw.install(messages.flow_add(a, 0))
     sw.install(messages.flow_add(b, 0))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import struct
 
-from ovsnat.compile.flows import COOKIE_QUARANTINE, Controller, cookie_kind
+from ovsnat.compile.actions import Controller
+from ovsnat.compile.flows import COOKIE_QUARANTINE, cookie_kind
 from ovsnat.compile.pipeline import CLASSIFY, EGRESS
 from ovsnat.core import punts
 from ovsnat.packets import arp

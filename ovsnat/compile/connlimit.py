@@ -12,7 +12,8 @@ kernel's and OVS's zone limits do. FIP VMs are stateless and have no limit.
 
 from __future__ import annotations
 
-from ovsnat.compile.flows import Ct, Flow, Goto, Load, Match, make_flow
+from ovsnat.compile.actions import Ct, Goto, Load
+from ovsnat.compile.flows import Flow, Match, make_flow
 from ovsnat.compile.pipeline import (
     ARRIVED,
     CONN_COUNT,

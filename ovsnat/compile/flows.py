@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from ovsnat.compile.actions import Action, Ct, Goto
+
 COOKIE_HOST = 0xA1
 COOKIE_VM = 0xA2
 COOKIE_NET = 0xA3
@@ -65,8 +67,10 @@ PROTOCOLS = {
     "tcp": (0x0800, 6),
     "udp": (0x0800, 17),
     "icmp": (0x0800, 1),
+    "sctp": (0x0800, 132),
 }
 FIELD_ORDER = (
+    "conj_id",
     "ct_state",
     "ct_mark",
     "proto",
@@ -74,6 +78,9 @@ FIELD_ORDER = (
     "reg5",
     "reg6",
     "reg7",
+    "reg9",
+    "reg10",
+    "reg11",
     "in_port",
     "vlan_tci",
     "dl_vlan",
@@ -81,6 +88,7 @@ FIELD_ORDER = (
     "dl_dst",
     "nw_src",
     "nw_dst",
+    "nw_proto",
     "arp_spa",
     "arp_tpa",
     "arp_op",
@@ -91,6 +99,7 @@ FIELD_ORDER = (
     "tp_dst",
     "tcp_flags",
     "icmp_type",
+    "icmp_code",
 )
 NO_VLAN = "0x0000/0x1fff"  # untagged frames only (OpenFlow 1.3 OFPVID_NONE)
 RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
@@ -120,184 +129,6 @@ class Match:
 
     def text(self) -> str:
         return ",".join(v if k == "proto" else f"{k}={v}" for k, v in self.fields)
-
-
-# --- actions ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Output:
-    port: int | str  # an ofport, or "IN_PORT" (OVS skips output to the in_port)
-
-    def text(self) -> str:
-        return "IN_PORT" if self.port == "IN_PORT" else f"output:{self.port}"
-
-
-@dataclass(frozen=True)
-class SetField:
-    field: str  # eth_src eth_dst ip_src ip_dst arp_op arp_sha arp_spa
-    value: str
-
-    def text(self) -> str:
-        return f"set_field:{self.value}->{self.field}"
-
-
-NXM_NAMES = {
-    "eth_src": "NXM_OF_ETH_SRC",
-    "eth_dst": "NXM_OF_ETH_DST",
-    "arp_sha": "NXM_NX_ARP_SHA",
-    "arp_tha": "NXM_NX_ARP_THA",
-    "arp_spa": "NXM_OF_ARP_SPA",
-    "arp_tpa": "NXM_OF_ARP_TPA",
-    "in_port": "NXM_OF_IN_PORT",
-    "reg5": "NXM_NX_REG5",
-    "reg6": "NXM_NX_REG6",
-    "reg4": "NXM_NX_REG4",
-    "reg7": "NXM_NX_REG7",
-    "reg8": "NXM_NX_REG8",
-    "ip_src": "NXM_OF_IP_SRC",
-    "ip_dst": "NXM_OF_IP_DST",
-}
-
-
-def _bits(span: tuple[int, int] | None) -> str:
-    return "" if span is None else f"{span[0]}..{span[1]}"
-
-
-@dataclass(frozen=True)
-class Move:
-    """Copy a whole field into a field, or into bits lo..hi of it (`dst_bits`)."""
-
-    src: str
-    dst: str
-    dst_bits: tuple[int, int] | None = None
-
-    def text(self) -> str:
-        return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[{_bits(self.dst_bits)}]"
-
-
-@dataclass(frozen=True)
-class Load:
-    field: str
-    value: int
-    bit: int | None = None  # one bit of the field (a flag register); None: the whole field
-    span: tuple[int, int] | None = None  # or bits lo..hi
-
-    def text(self) -> str:
-        bits = str(self.bit) if self.bit is not None else _bits(self.span)
-        return f"load:{self.value:#x}->{NXM_NAMES[self.field]}[{bits}]".replace("0x0->", "0->")
-
-
-@dataclass(frozen=True)
-class PushVlan:
-    """Tag with VLAN `vid` (push_vlan, then set_field on vlan_vid with the present bit)."""
-
-    vid: int
-
-    def text(self) -> str:
-        return f"push_vlan:0x8100,set_field:{0x1000 | self.vid}->vlan_vid"
-
-
-@dataclass(frozen=True)
-class PopVlan:
-    def text(self) -> str:
-        return "pop_vlan"
-
-
-@dataclass(frozen=True)
-class DecTtl:
-    def text(self) -> str:
-        return "dec_ttl"
-
-
-@dataclass(frozen=True)
-class Nat:
-    kind: str | None = None  # "src", "dst", or None: apply the connection's existing NAT
-    ip: str | None = None
-    port_min: int | None = None
-    port_max: int | None = None
-
-    def text(self) -> str:
-        if self.kind is None:
-            return "nat"
-        ports = f":{self.port_min}-{self.port_max}" if self.port_min is not None else ""
-        return f"nat({self.kind}={self.ip}{ports})"
-
-
-@dataclass(frozen=True)
-class Ct:
-    zone: int | str  # a number, or "reg4": the zone in register 4's low 16 bits
-    table: int | None = None  # continue in this table after conntrack (recirculation)
-    commit: bool = False
-    nat: Nat | None = None
-    mark: int | None = None  # with commit: set the connection's ct_mark
-
-    def text(self) -> str:
-        zone = "NXM_NX_REG4[0..15]" if self.zone == "reg4" else self.zone
-        parts = (
-            (["commit"] if self.commit else [])
-            + ([f"table={self.table}"] if self.table is not None else [])
-            + [f"zone={zone}"]
-            + ([self.nat.text()] if self.nat else [])
-            + ([f"exec(set_field:{self.mark:#x}->ct_mark)"] if self.mark is not None else [])
-        )
-        return f"ct({','.join(parts)})"
-
-
-@dataclass(frozen=True)
-class CtClear:
-    def text(self) -> str:
-        return "ct_clear"
-
-
-@dataclass(frozen=True)
-class Controller:
-    """A packet-in. With `meter`, only the copy sent to the controller is metered (OVS's
-    controller action with a meter_id): a flow that copies a frame up and forwards it on
-    meters the copy without dropping the frame itself, as a meter instruction would."""
-
-    max_len: int = 128
-    meter: int | None = None
-
-    def text(self) -> str:
-        if self.meter is None:
-            return f"CONTROLLER:{self.max_len}"
-        size = f"max_len={self.max_len}," if self.max_len != 0xFFFF else ""
-        return f"controller({size}meter_id={self.meter})"
-
-
-@dataclass(frozen=True)
-class Meter:
-    """OpenFlow 1.3 meter instruction (rendered first, as OVS prints it)."""
-
-    meter_id: int
-
-    def text(self) -> str:
-        return f"meter:{self.meter_id}"
-
-
-@dataclass(frozen=True)
-class Goto:
-    """goto_table instruction (always last)."""
-
-    table: int
-
-    def text(self) -> str:
-        return f"goto_table:{self.table}"
-
-
-Action = (
-    Output
-    | SetField
-    | Move
-    | Load
-    | PushVlan
-    | PopVlan
-    | DecTtl
-    | Ct
-    | CtClear
-    | Controller
-    | Meter
-    | Goto
-)
 
 
 # --- flows -----------------------------------------------------------------------------------

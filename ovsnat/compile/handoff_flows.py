@@ -14,20 +14,8 @@ Three parts, all on the handoff VLAN of the fabric, which no tenant network may 
 
 from __future__ import annotations
 
-from ovsnat.compile.flows import (
-    COOKIE_GONE,
-    COOKIE_VLAN_GONE,
-    Flow,
-    Goto,
-    Load,
-    Match,
-    Output,
-    PopVlan,
-    PushVlan,
-    SetField,
-    make_flow,
-    owner_cookie,
-)
+from ovsnat.compile.actions import Goto, Load, Output, PopVlan, PushVlan, SetField
+from ovsnat.compile.flows import COOKIE_GONE, COOKIE_VLAN_GONE, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     ARRIVED,
     CLASSIFY,

@@ -7,25 +7,20 @@ limits, the gateway's MAC, DHCP, the fabric). They depend on the host config alo
 from __future__ import annotations
 
 from ovsnat.compile import connlimit, handoff_flows
-from ovsnat.compile.flows import (
-    COOKIE_HOST,
-    NO_VLAN,
+from ovsnat.compile.actions import (
     Controller,
     Ct,
     CtClear,
     DecTtl,
-    Flow,
     Goto,
     Load,
-    Match,
     Meter,
     Move,
     Nat,
     Output,
     SetField,
-    make_flow,
-    owner_cookie,
 )
+from ovsnat.compile.flows import COOKIE_HOST, NO_VLAN, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     CLASSIFY,
     DELIVER,

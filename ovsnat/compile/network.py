@@ -5,22 +5,8 @@ always), and depend on nothing but the host config and the network."""
 from __future__ import annotations
 
 from ovsnat.compile import handoff_flows
-from ovsnat.compile.flows import (
-    COOKIE_NET,
-    NO_VLAN,
-    Ct,
-    CtClear,
-    Flow,
-    Goto,
-    Load,
-    Match,
-    Nat,
-    Output,
-    PopVlan,
-    PushVlan,
-    make_flow,
-    owner_cookie,
-)
+from ovsnat.compile.actions import Ct, CtClear, Goto, Load, Nat, Output, PopVlan, PushVlan
+from ovsnat.compile.flows import COOKIE_NET, NO_VLAN, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     CLASSIFY,
     DELIVER,

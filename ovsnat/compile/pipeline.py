@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovsnat.compile.flows import (
+from ovsnat.compile.actions import (
     Controller,
     Ct,
     CtClear,
     DecTtl,
-    Flow,
     Goto,
     Load,
     Meter,
@@ -24,6 +23,7 @@ from ovsnat.compile.flows import (
     PushVlan,
     SetField,
 )
+from ovsnat.compile.flows import Flow
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,13 @@ port that floods (ovsnat.core.punts decides when)."""
 
 from __future__ import annotations
 
+from ovsnat.compile.actions import Controller, Meter
 from ovsnat.compile.flows import (
     COOKIE_QUARANTINE,
     METER_CONTROLLER,
     NO_VLAN,
-    Controller,
     Flow,
     Match,
-    Meter,
     MeterSpec,
     make_flow,
     owner_cookie,

@@ -4,7 +4,7 @@ VM's own block)."""
 
 from __future__ import annotations
 
-from ovsnat.compile.flows import Ct, Move, Nat, Output, SetField
+from ovsnat.compile.actions import Ct, Move, Nat, Output, SetField
 from ovsnat.compile.pipeline import PAT_GUARD
 from ovsnat.model import HostConfig
 

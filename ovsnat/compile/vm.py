@@ -5,20 +5,13 @@ the host config, the VM's network and the VM, so one port event recompiles one V
 from __future__ import annotations
 
 from ovsnat.compile import connlimit, flowident, handoff_flows
+from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, Output, SetField
 from ovsnat.compile.flows import (
     COOKIE_VLAN_VM,
     COOKIE_VM,
     NO_VLAN,
-    Controller,
-    Ct,
     Flow,
-    Goto,
-    Load,
     Match,
-    Meter,
-    Nat,
-    Output,
-    SetField,
     make_flow,
     owner_cookie,
 )

@@ -6,21 +6,23 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from ovsnat.compile.flows import (
+from ovsnat.compile.actions import (
+    Conjunction,
     Controller,
     Ct,
     CtClear,
     DecTtl,
-    Flow,
     Goto,
     Load,
     Meter,
     Move,
     Output,
+    OutputReg,
     PopVlan,
     PushVlan,
     SetField,
 )
+from ovsnat.compile.flows import Flow
 from ovsnat.openflow.codec import NX_VENDOR, OFPP_CONTROLLER, OFPP_IN_PORT, ip, mac, nx1, ofb, pad8
 
 NXM = {
@@ -36,6 +38,9 @@ NXM = {
     "reg4": (0x00010804, 32),
     "reg7": (0x00010E04, 32),
     "reg8": (0x00011004, 32),
+    "reg9": (0x00011204, 32),
+    "reg10": (0x00011404, 32),
+    "reg11": (0x00011604, 32),
     "ip_src": (0x00000E04, 32),
     "ip_dst": (0x00001004, 32),
 }
@@ -115,10 +120,14 @@ def action_bytes(a) -> bytes:
             field = pad8(struct.pack("!HHI", 25, 0, nx1(107, 4)) + struct.pack("!I", a.mark))
             nat += field[:2] + struct.pack("!H", len(field)) + field[4:]
         table = a.table if a.table is not None else 0xFF
-        zone_src, zone = (NXM["reg4"][0], 15) if a.zone == "reg4" else (0, a.zone)
+        zone_src, zone = (NXM[a.zone][0], 15) if isinstance(a.zone, str) else (0, a.zone)
         body = struct.pack("!HIHB3xH", 1 if a.commit else 0, zone_src, zone, table, 0) + nat
         data = struct.pack("!HHIH", 0xFFFF, 0, NX_VENDOR, 35) + body
         return data[:2] + struct.pack("!H", len(data)) + data[4:]
+    if isinstance(a, OutputReg):  # NXAST_OUTPUT_REG: bits 0-15, max_len as ovs-ofctl writes
+        return _nx(15, struct.pack("!HIH6x", 15, NXM[a.field][0], 0xFFFF))
+    if isinstance(a, Conjunction):  # NXAST_CONJUNCTION: the clause is 0-based on the wire
+        return _nx(34, struct.pack("!BBI", a.clause - 1, a.n_clauses, a.id))
     raise ValueError(f"no wire encoding for action {a!r}")
 
 

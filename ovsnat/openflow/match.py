@@ -41,7 +41,7 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     writes the fields back (lib/nx-match.c nx_put_raw), so a flow dumped from the switch has
     exactly the match bytes ovsnat sent: the audit compares the two by digest. The cache
     serves the fields shared by many flows; per-VM ones would not fit at scale anyway."""
-    if name in ("reg4", "reg5", "reg6", "reg7"):
+    if name in REGISTERS:
         reg = int(name[3:])
         value, _, mask = value.partition("/")
         if mask:
@@ -49,6 +49,10 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
                 nx1(reg, 8, True), struct.pack("!I", int(value, 0)), struct.pack("!I", int(mask, 0))
             )
         return 30 + reg, _tlv(nx1(reg, 4), struct.pack("!I", int(value, 0)))
+    if name == "conj_id":  # before in_port, as OVS writes it (nx_put_raw)
+        return -1, _tlv(nx1(37, 4), struct.pack("!I", int(value, 0)))
+    if name == "nw_proto":
+        return 24, _tlv(ofb(10, 1), bytes([int(value)]))
     if name == "in_port":
         return 0, _tlv(ofb(0, 4), struct.pack("!I", int(value)))
     if name == "dl_vlan":
@@ -75,10 +79,15 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
             return 22, _tlv(nx1(26, 1), bytes([v]))
         return 22, _tlv(nx1(26, 2, True), bytes([v]), bytes([m]))
     if name in ("tp_src", "tp_dst"):
-        base = {"tcp": 13, "udp": 15}[proto]
-        return 25 + (name == "tp_dst"), _tlv(
-            ofb(base + (name == "tp_dst"), 2), struct.pack("!H", int(value))
-        )
+        field = {"tcp": 13, "udp": 15, "sctp": 17}[proto] + (name == "tp_dst")
+        value, _, mask = value.partition("/")
+        if mask:  # a block of a port range: value/mask
+            return 25 + (name == "tp_dst"), _tlv(
+                ofb(field, 4, True),
+                struct.pack("!H", int(value, 0)),
+                struct.pack("!H", int(mask, 0)),
+            )
+        return 25 + (name == "tp_dst"), _tlv(ofb(field, 2), struct.pack("!H", int(value)))
     if name == "tcp_flags":  # "-syn" / "+syn": the SYN bit clear or set
         # OpenFlow 1.3 has no TCP flags field: OVS writes ONF's experimenter OXM (field 42)
         # back, so ovsnat sends that rather than NXM's, and the audit's digests agree.
@@ -89,6 +98,8 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
         )
     if name == "icmp_type":
         return 25, _tlv(ofb(19, 1), bytes([int(value)]))
+    if name == "icmp_code":
+        return 26, _tlv(ofb(20, 1), bytes([int(value)]))
     if name == "ct_state":
         v, m = ct_state(value)
         return 50, _tlv(nx1(105, 8, True), struct.pack("!I", v), struct.pack("!I", m))
@@ -100,6 +111,9 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
             struct.pack("!I", int(m or "0xffffffff", 0)),
         )
     raise ValueError(f"no wire encoding for match field {name}")
+
+
+REGISTERS = ("reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11")
 
 
 def match_bytes(flow: Flow) -> bytes:
