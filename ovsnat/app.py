@@ -28,6 +28,7 @@ from ovsnat.compile.flows import KINDS
 from ovsnat.core.controller import HostController
 from ovsnat.core.effects import (
     AdoptSwitch,
+    FlushConntrack,
     IfaceKeys,
     Probe,
     ReadConntrack,
@@ -86,6 +87,7 @@ class OvsNatApp(fw.BaseApp):
             RefuseSwitch: lambda e, now: self.switches.refuse(e.dpid),
             ReleaseMemory: lambda e, now: memory.release_memory(),
             ZoneLimits: lambda e, now: self.calls.run(e),
+            FlushConntrack: lambda e, now: self.calls.run(e),
             ReadConntrack: lambda e, now: self.calls.run(e),
             Probe: lambda e, now: self.calls.run(e),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import ofctl_text
@@ -20,6 +21,7 @@ from ovsnat.compile.punt_flows import METERS
 from ovsnat.compile.vm import vm_flows
 from ovsnat.core.state import HostState, build_state
 from ovsnat.model import HostConfig, VmPort
+from ovsnat.model.secgroups import parse_bridge
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOWS_DIR = os.path.join(REPO, "flows")
@@ -53,9 +55,11 @@ NET_B = {**NET_A, "ovsnat-network": "tenant-b", "ovsnat-vlan": "102"}
 FLAT = {"ovsnat-network": "flat", "ovsnat-cidr": "10.3.0.0/24", "ovsnat-gateway": "10.3.0.1"}
 
 
-def port(n: int, fip: str | None = None, net: dict | None = None, ofport: int = 0) -> VmPort:
+def port(
+    n: int, fip: str | None = None, net: dict | None = None, ofport: int = 0, **keys: str
+) -> VmPort:
     """VM n: MAC 02:00:0a:00:00:n, fixed IP .n of its network (the default one unless `net`
-    names one), ofport n unless given."""
+    names one), ofport n unless given; `keys`: more external_ids (ovsnat_sg: ovsnat-sg)."""
     prefix = net["ovsnat-cidr"].rsplit(".", 1)[0] if net else "10.0.0"
     ids = {
         "iface-id": f"vm{n}",
@@ -65,6 +69,7 @@ def port(n: int, fip: str | None = None, net: dict | None = None, ofport: int = 
     }
     if fip:
         ids["ovsnat-fip"] = fip
+    ids.update({k.replace("_", "-"): v for k, v in keys.items()})
     name = f"tapvm{n}" + (f"-{net['ovsnat-network']}" if net else "")
     return VmPort.from_external_ids(name, ofport or n, ids)
 
@@ -126,6 +131,33 @@ SCENARIOS = {
         {**FABRIC, "handoff_vlan": 4000},
         [port(12), port(13)],
     ),
+    "security-groups": (
+        "Security groups (flows/pipeline.md): vm11 (FIP) and vm12 share Neutron's default "
+        "group (egress open, ingress from the group's members); vm13 has a web group "
+        "(TCP 80 and 8000-8099 from anywhere, ICMP echo from 198.51.100.0/24, SSH from "
+        "the default group) and an allowed address pair; vm14 has port security off; vm15 "
+        "is administratively down. Members of the default group: vm11, vm12 and 10.0.0.40 "
+        "(on another host).",
+        {},
+        [
+            port(11, "203.0.113.10", ovsnat_sg="default"),
+            port(12, ovsnat_sg="default"),
+            port(13, ovsnat_sg="web", ovsnat_allowed_pairs="10.0.0.100"),
+            port(14, ovsnat_port_security="off"),
+            port(15, ovsnat_sg="default", ovsnat_admin="down"),
+        ],
+    ),
+}
+# Scenario name -> the bridge's security-group keys
+BRIDGE_KEYS = {
+    "security-groups": {
+        "ovsnat-sg-default": "r1,in,4,any,-,g:default;r2,out,4,any,-,-;r3,out,6,any,-,-",
+        "ovsnat-sgm-default": "10.0.0.11,10.0.0.12,10.0.0.40",
+        "ovsnat-sg-web": (
+            "w1,in,4,tcp,80,-;w2,in,4,tcp,8000-8099,p:0.0.0.0/0;w3,in,4,icmp,8,p:198.51.100.0/24;"
+            "w4,in,4,tcp,22,g:default;w5,out,4,any,-,-"
+        ),
+    }
 }
 # Scenario name -> (ports that arrived after the controller's first view, ports that left)
 HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
@@ -136,6 +168,8 @@ def render(name: str) -> str:
     cfg = HostConfig.parse({**BASE, **overrides})
     state = build_state(cfg, ports)
     assert not state.rejected, state.rejected
+    if name in BRIDGE_KEYS:
+        state = replace(state, security=parse_bridge(BRIDGE_KEYS[name]))
     header = (
         f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
         + "".join(f"# meter (add first): {m.text()}\n" for m in METERS)

@@ -16,6 +16,7 @@ from ovsnat.compile.flows import Flow
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
 from ovsnat.compile.pipeline import check_flow
+from ovsnat.compile.sg_owners import SecurityOwners
 from ovsnat.compile.vm import vm_flows
 from ovsnat.model import DesiredState
 
@@ -25,17 +26,27 @@ def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
     settled as the controller settles them (ovsnat.compile.flowident)."""
     cfg = state.config
     nets = {vm.net(cfg) for vm in state.vms} | ({cfg.default_network} - {None})
+    sg = SecurityOwners(state.security)
+    for vm in state.vms:
+        sg.use(vm.name, port_profile(vm))
     flows = flowident.resolve(
         [
             (flowident.HOST, host_flows(cfg)),
             *((("net", net.name), network_flows(cfg, net)) for net in nets),
             *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms),
+            *((owner, sg.flows(owner)) for owner in sg.owners()),
         ]
     )
     if check:
         for flow in flows:
             check_flow(flow)
     return sort_flows(flows)
+
+
+def port_profile(vm) -> tuple[str, ...] | None:
+    """The groups whose profile a port uses (None: unfiltered, or sending nothing)."""
+    sec = vm.security
+    return sec.groups if sec.filtered and not sec.admin_down else None
 
 
 def sort_flows(flows: Iterable[Flow]) -> list[Flow]:

@@ -56,12 +56,16 @@ class _HostOwner:
 HOST = _HostOwner()
 
 
+SG_LABELS = {"sgp": "security profile", "sgg": "remote group", "sgm": "remote group member"}
+
+
 def rank(owner) -> tuple[int, str]:
     """The order in which owners win an identity: host, networks, ports, departed ports."""
     if owner is HOST:
         return 0, ""
     if isinstance(owner, tuple):
-        return (1 if owner[0] == "net" else 3), owner[1]
+        order = {"net": 1, "gone": 3, "sgp": 4, "sgg": 5, "sgm": 6}[owner[0]]
+        return order, str(owner[1])
     return 2, owner
 
 
@@ -71,6 +75,8 @@ def label(owner) -> str:
     if isinstance(owner, tuple):
         if owner[0] == "net":
             return f"network {owner[1] or '(default)'}"
+        if owner[0] in SG_LABELS:
+            return f"{SG_LABELS[owner[0]]} {owner[1]}"
         return f"departed port {owner[1]}"
     return f"port {owner}"
 

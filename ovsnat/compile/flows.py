@@ -34,7 +34,20 @@ COOKIE_NET = 0xA3
 COOKIE_VLAN_VM = 0xA4
 COOKIE_GONE = 0xA6  # a PAT VM that left this host, during its handoff (owner: as 0xa2)
 COOKIE_VLAN_GONE = 0xA7  # the same for a VLAN network's VM (owner: as 0xa4)
-KINDS = (COOKIE_HOST, COOKIE_VM, COOKIE_NET, COOKIE_VLAN_VM, COOKIE_GONE, COOKIE_VLAN_GONE)
+# Security groups (ovsnat.compile.sg_owners): a profile's rules, a remote group's
+# conjunctions, a remote group member's address (owner: the profile id, conj id, address).
+COOKIE_SG_PROFILE, COOKIE_SG_GROUP, COOKIE_SG_MEMBER = 0xA8, 0xA9, 0xAA
+KINDS = (
+    COOKIE_HOST,
+    COOKIE_VM,
+    COOKIE_NET,
+    COOKIE_VLAN_VM,
+    COOKIE_GONE,
+    COOKIE_VLAN_GONE,
+    COOKIE_SG_PROFILE,
+    COOKIE_SG_GROUP,
+    COOKIE_SG_MEMBER,
+)
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
 COOKIE_QUARANTINE = 0xA5

@@ -6,7 +6,7 @@ limits, the gateway's MAC, DHCP, the fabric). They depend on the host config alo
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, handoff_flows
+from ovsnat.compile import connlimit, handoff_flows, sg_flows
 from ovsnat.compile.actions import (
     Controller,
     Ct,
@@ -85,6 +85,7 @@ DROPPED = (
     PAT_IN_NET,
     NET_PAT_IN,
     DELIVER,
+    *sg_flows.TABLES,
 )
 EXPIRED = Match.of(proto="ip", nw_ttl=1)  # answered (time exceeded), metered
 DEAD = Match.of(proto="ip", nw_ttl=0)
@@ -113,7 +114,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows += dhcp_punts(cfg, c)
     if cfg.fabric_ofport:
         flows += _fabric(cfg, c)
-    return flows
+    return flows + sg_flows.host_flows(c)
 
 
 def _drop(c: int, table: int, prio: int = 0, match: Match = Match()) -> Flow:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovsnat.compile.actions import (
+    Conjunction,
     Controller,
     Ct,
     CtClear,
@@ -19,6 +20,7 @@ from ovsnat.compile.actions import (
     Meter,
     Move,
     Output,
+    OutputReg,
     PopVlan,
     PushVlan,
     SetField,
@@ -46,11 +48,14 @@ CLASSIFY, FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN = 0, 5, 10, 15, 20
 CONN_COUNT, CONN_VERDICT = 22, 23
 EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 35, 38, 40
 INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
+SG_OUT_CT, SG_OUT, SG_IN_CT, SG_IN = 16, 17, 71, 72
 
 # Register 5 carries flags from one table to a later one (registers start at 0 for every
 # packet and survive goto, recirculation and ct_clear); register 6 the packet's network;
 # register 7 the address vm_l2 delivers to (IP destination or ARP target); register 8 the
-# sending VM's FIP (with the HAS_FIP flag), set where its port is classified.
+# sending VM's FIP (with the HAS_FIP flag), set where its port is classified. Registers 9-11
+# carry a filtered port's security profile, conntrack zone and OpenFlow port to the
+# security-group tables (ovsnat.compile.sg_flows).
 LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4  # bits of reg5
 HANDED, ARRIVED = 5, 6  # came over the handoff VLAN; sent by a VM in its arrival grace
 LIMITED = 7  # sent by a PAT VM with a connection limit (its zone in reg4)
@@ -95,7 +100,7 @@ TABLES: tuple[Table, ...] = (
         "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped).",
         "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
         {Goto, Controller, Load, PopVlan, Meter},
-        {FABRIC_IN, VM_ARP, UPLINK_ARP, VM_ROUTE, HANDOFF_IN, INGRESS},
+        {FABRIC_IN, VM_ARP, UPLINK_ARP, SG_OUT_CT, VM_ROUTE, HANDOFF_IN, INGRESS},
     ),
     _t(
         FABRIC_IN,
@@ -126,6 +131,28 @@ TABLES: tuple[Table, ...] = (
         "controller (metered): another host answers for it, or took it over.",
         "proto arp_op arp_spa arp_tpa",
         ARP_REPLY | {Controller, Meter},
+    ),
+    _t(
+        SG_OUT_CT,
+        "sg_out_ct",
+        "IP from a filtered port (its security profile in reg9, zone in reg10): looked up in "
+        "the port's own conntrack zone.",
+        "proto",
+        {Ct},
+        {SG_OUT},
+    ),
+    _t(
+        SG_OUT,
+        "sg_out",
+        "The port's egress rules: invalid dropped; replies and related on to vm_route; every "
+        "other packet meets the rules of the port's profile (remote groups as conjunctions "
+        "with their members' addresses): a new connection allowed is committed in the port's "
+        "zone, a later packet allowed goes on; a later packet no rule allows any more marks "
+        "its connection dead (ct_mark 0x2), and a dead connection's packets are dropped; "
+        "anything else is dropped by the port's own flow, which counts it.",
+        "ct_state ct_mark proto reg9 nw_proto nw_dst tp_dst icmp_type icmp_code conj_id in_port",
+        {Ct, Conjunction, Goto},
+        {VM_ROUTE},
     ),
     _t(
         VM_ROUTE,
@@ -296,9 +323,30 @@ TABLES: tuple[Table, ...] = (
         "destination; IP for no local VM, when switched rather than routed, to the fabric in "
         "the network's VLAN. Routed traffic never leaves on the fabric, except a reply for a VM "
         "that left this host within its handoff grace: to the handoff VLAN, for the host it "
-        "went to.",
+        "went to. IP for a filtered port goes through its ingress rules instead (its profile, "
+        "zone and port loaded into registers 9-11); a port that is administratively down "
+        "gets nothing.",
         "proto reg5 reg6 reg7",
-        {SetField, Output, PushVlan},
+        {SetField, Output, PushVlan, Load, Goto},
+        {SG_IN_CT},
+    ),
+    _t(
+        SG_IN_CT,
+        "sg_in_ct",
+        "IP to a filtered port: its earlier conntrack state cleared (PAT's or a network's "
+        "zone), looked up in the port's own zone.",
+        "proto",
+        {CtClear, Ct},
+        {SG_IN},
+    ),
+    _t(
+        SG_IN,
+        "sg_in",
+        "The port's ingress rules, as sg_out's, delivering out of the port in reg11; a "
+        "packet handed over the handoff VLAN (a session the host the VM left holds) is "
+        "committed and delivered.",
+        "ct_state ct_mark proto reg5 reg9 reg11 nw_proto nw_src tp_dst icmp_type icmp_code conj_id",
+        {Ct, Conjunction, OutputReg},
     ),
 )
 

@@ -4,12 +4,11 @@ the host config, the VM's network and the VM, so one port event recompiles one V
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, flowident, handoff_flows
-from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, Output, SetField
+from ovsnat.compile import connlimit, flowident, handoff_flows, portsec
+from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, SetField
 from ovsnat.compile.flows import (
     COOKIE_VLAN_VM,
     COOKIE_VM,
-    NO_VLAN,
     Flow,
     Match,
     make_flow,
@@ -30,8 +29,6 @@ from ovsnat.compile.pipeline import (
     PAT_OUT,
     UPLINK_ARP,
     VM_ARP,
-    VM_L2,
-    VM_ROUTE,
     reg6,
 )
 from ovsnat.compile.punt_flows import CLAIM_METER, PRESENCE_METER
@@ -78,32 +75,24 @@ def vm_flows(
         else []
     )
     marks += connlimit.classify_marks(cfg, vm)
-    flows = [
-        make_flow(
-            c,
-            CLASSIFY,
-            100,
-            Match.of(proto="ip", in_port=port, vlan_tci=NO_VLAN, dl_src=mac, nw_src=fixed),
-            tag + marks + [Goto(VM_ROUTE)],
-        ),
-        make_flow(
-            c,
-            CLASSIFY,
-            100,
-            Match.of(
-                proto="arp", in_port=port, vlan_tci=NO_VLAN, dl_src=mac, arp_spa=fixed, arp_sha=mac
+    if vm.security.admin_down:
+        return portsec.admin_down(vm, net, c)
+    flows = []
+    for prio, ip_match, arp_match in portsec.sources(vm):
+        flows += [
+            make_flow(
+                c,
+                CLASSIFY,
+                prio,
+                Match.of(proto="ip", **ip_match),
+                tag + marks + portsec.onward(vm),
             ),
-            copy + reg + [Goto(VM_ARP)],
-        ),
-        # IP and ARP alike: register 7 holds the IP destination or ARP target.
-        make_flow(
-            c,
-            VM_L2,
-            100,
-            Match.of(reg6=r6, reg7=f"{int(vm.fixed_ip):#x}"),
-            [SetField("eth_dst", mac), Output(port)],
-        ),
-    ]
+            make_flow(
+                c, CLASSIFY, prio, Match.of(proto="arp", **arp_match), copy + reg + [Goto(VM_ARP)]
+            ),
+        ]
+    # IP and ARP alike: register 7 holds the IP destination or ARP target.
+    flows += portsec.deliveries(vm, net, c)
     if cfg.fabric_ofport:  # nobody on the fabric may speak with this VM's MAC
         flows.append(make_flow(c, FABRIC_IN, 200, Match.of(reg6=r6, dl_src=mac), []))
     if vm.fip is not None:

@@ -28,7 +28,7 @@ import netaddr
 from ovsnat.core import audit, connlimit, dhcp, markers
 from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
-from ovsnat.core.effects import AdoptSwitch, RefuseSwitch, ReleaseMemory
+from ovsnat.core.effects import AdoptSwitch, FlushConntrack, RefuseSwitch, ReleaseMemory
 from ovsnat.core.failures import Failures
 from ovsnat.core.fips import Fips
 from ovsnat.core.handoff import Handoffs
@@ -41,6 +41,7 @@ from ovsnat.core.vswitchd import Vswitchd
 from ovsnat.model import HostConfig, mac_str, port_from_row
 from ovsnat.model.hostconfig import RejectionLog, Settings
 from ovsnat.model.rows import IfaceRow, Snapshot
+from ovsnat.model.secgroups import HostSecurity, parse_bridge
 from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
@@ -59,6 +60,7 @@ class HostController:
         self.base_cfg, self.audit_interval = cfg, audit_interval
         self.rows: dict[str, IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
+        self.sg_broken: dict[str, str] = {}  # malformed groups, as last logged
         self.gateway_mac = cfg.external_gateway_mac
         self.stats = Stats()
         self.failures = Failures(self.stats)
@@ -102,6 +104,8 @@ class HostController:
         if self.host is None:
             return out
         delta = Delta()
+        if batch.bridge_ids is not None:
+            delta.extend(self.host.set_security(self._security()))
         for name in sorted(names - self._infra()):
             was = self.host.accepted_port(name)
             delta.extend(self.host.update(name, self._port(name)))
@@ -115,8 +119,23 @@ class HostController:
             + self.sw.send(delta)
             + self._markers(names)
             + self.zones.update(self.host, names - self._infra())
+            + self._flushes()
             + burst
         )
+
+    def _security(self) -> HostSecurity:
+        """The bridge's security groups; each malformed group logged once (its ports fail
+        closed: ovsnat.compile.sg_owners)."""
+        security = parse_bridge(self.bridge_ids)
+        for gid, error in sorted(security.broken.items()):
+            if self.sg_broken.get(gid) != error:
+                LOG.error("ovsnat: %s; the ports in group %s get no new connection", error, gid)
+        self.sg_broken = dict(security.broken)
+        return security
+
+    def _flushes(self) -> list:
+        flushes = self.host.sg.take_flushes()
+        return [FlushConntrack(tuple(flushes))] if flushes else []
 
     def _apply(self, batch) -> set[str]:
         if batch.bridge_ids is not None:
@@ -154,6 +173,7 @@ class HostController:
             return False, []
         if self.host is None:
             self.host = self.sw.host = HostState(cfg)
+            self.host.set_security(self._security())
             self.fips.set_host(self.host)
             for name in sorted(set(self.rows) - self._infra()):
                 self.host.update(name, self._port(name))

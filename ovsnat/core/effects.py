@@ -79,6 +79,16 @@ class ReadConntrack:
 
 
 @dataclass(frozen=True)
+class FlushConntrack:
+    """End connections a change no longer allows (security groups, OSSN-0020): each
+    (zone, tuple) is one `dpctl/flush-conntrack zone=Z [tuple]`, the tuple a partial
+    ct-tuple (ct_nw_dst=...,ct_nw_proto=...) or empty for the whole zone. Applied in order
+    with the zone limits; answered by a Flushed."""
+
+    flushes: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
 class Probe:
     """Does ovs-vswitchd answer on its control socket, with this bridge? Answered by a
     Probed (ovsnat.core.vswitchd)."""
@@ -96,6 +106,7 @@ EFFECTS = {
         RefuseSwitch,
         ReleaseMemory,
         ZoneLimits,
+        FlushConntrack,
         ReadConntrack,
         Probe,
     )
@@ -110,6 +121,15 @@ class ZoneLimitsDone:
 
     limits: ZoneLimits
     failed: tuple[int, ...] = ()  # zones whose set or delete failed
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """How one FlushConntrack went (failed: how many of its flushes failed)."""
+
+    flush: FlushConntrack
+    failed: int = 0
     error: str = ""
 
 

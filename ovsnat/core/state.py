@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ovsnat.compile import flowident
-from ovsnat.compile.compiler import sort_flows
+from ovsnat.compile.compiler import port_profile, sort_flows
 from ovsnat.compile.flows import Flow
 from ovsnat.compile.handoff_flows import gone_flows
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
+from ovsnat.compile.sg_owners import SecurityOwners
 from ovsnat.compile.vm import fip_responder_key, vm_flows
 from ovsnat.core.claims import Arbiter
 from ovsnat.core.delta import Delta, diff, flow_key
@@ -30,6 +31,7 @@ from ovsnat.core.standing import Standing
 from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
 from ovsnat.model.networks import Network
 from ovsnat.model.portcheck import check_alone
+from ovsnat.model.secgroups import NO_GROUPS, HostSecurity
 
 HOST = flowident.HOST  # owner key of host-level flows; a network's is ("net", its name)
 
@@ -41,6 +43,7 @@ def net_owner(net: Network) -> tuple[str, str]:
 class HostState:
     def __init__(self, cfg: HostConfig):
         self.standing = Standing()
+        self.security = NO_GROUPS  # the bridge's security groups (kept by set_config)
         self._reset(cfg)
 
     def _reset(self, cfg: HostConfig) -> None:
@@ -65,6 +68,7 @@ class HostState:
         # status the controller publishes after each change costs O(1), not a scan of 10,000.
         self.accepted_fips: set[str] = set()  # accepted ports with a FIP
         self.pending: set[str] = set()  # of those, the ones whose FIP is still dark
+        self.sg = SecurityOwners(self.security)  # profiles, remote groups, their members
         self._store(HOST, host_flows(cfg))
         if cfg.default_network is not None:  # always there, ports or not
             self.nets[""] = cfg.default_network
@@ -134,6 +138,8 @@ class HostState:
     def _compile(self, owner) -> list[Flow]:
         if owner is HOST:
             return host_flows(self.cfg)
+        if isinstance(owner, tuple) and owner[0] in ("sgp", "sgg", "sgm"):
+            return self.sg.flows(owner)
         if isinstance(owner, tuple) and owner[0] == "gone":
             port = self.standing.departed.get(owner[1])
             return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
@@ -191,6 +197,17 @@ class HostState:
         self.invalid.update(invalid)
         self.transient = transient & set(self.invalid)
         return diff(old, self.all_flows(), {HOST, *ports})
+
+    def set_security(self, security: HostSecurity) -> Delta:
+        """The bridge's security groups changed: recompile the owners they touch."""
+        self.security = security
+        return self._store_sg(self.sg.set_security(security))
+
+    def _store_sg(self, owners) -> Delta:
+        delta = Delta()
+        for owner in owners:
+            delta.extend(self._store(owner, self.sg.flows(owner)))
+        return delta
 
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
@@ -297,6 +314,9 @@ class HostState:
                 new = self._vm_flows(name, port)
         self._count(name, port)
         delta = self._store(name, new)
+        profile = port_profile(port) if new else None
+        zone = (port.sg_zone, str(port.fixed_ip)) if profile is not None else (0, "")
+        delta.extend(self._store_sg(self.sg.use(name, profile, *zone)))
         delta.extend(self._membership(name, self.net(port) if new else None))
         return delta
 

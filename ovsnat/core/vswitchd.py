@@ -22,7 +22,7 @@ import logging
 
 from ovsnat.core.conntrack import pat_usage
 from ovsnat.core.delta import Delta
-from ovsnat.core.effects import Probe, Probed, ReadConntrack, Reading, ZoneLimitsDone
+from ovsnat.core.effects import Flushed, Probe, Probed, ReadConntrack, Reading, ZoneLimitsDone
 
 LOG = logging.getLogger("ovsnat")
 PROBE_EVERY = 10.0  # seconds between probes while the socket does not answer
@@ -86,6 +86,14 @@ class Vswitchd:
                 f"{len(zones.failed)} counting "
                 f"zones have no limit (conn_limit not enforced for their VMs); "
                 f"retried every {zones.RETRY:.0f} s",
+                now,
+            )
+        elif isinstance(result, Flushed):
+            self._answered(
+                not result.failed,
+                result.error,
+                f"{result.failed} conntrack flushes failed: connections a security-group "
+                "change no longer allows may go on until they end",
                 now,
             )
         elif isinstance(result, Reading):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import netaddr
 
-from ovsnat.model import dhcp_keys, networks, validate
+from ovsnat.model import dhcp_keys, networks, secgroups, validate
 from ovsnat.model.config import HostConfig
 from ovsnat.model.dhcp_keys import PortDhcp
 from ovsnat.model.networks import Network
@@ -41,6 +41,7 @@ class VmPort:
     fip: netaddr.IPAddress | None = None
     network: Network | None = None  # None: the host's default network
     dhcp: PortDhcp | None = None  # None: the host's dhcp_* options
+    security: secgroups.PortSecurity = secgroups.UNFILTERED
 
     @classmethod
     def from_external_ids(cls, name: str, ofport, external_ids: Mapping[str, str]) -> VmPort:
@@ -98,6 +99,7 @@ class VmPort:
             fip,
             networks.parse(label, external_ids),
             dhcp_keys.parse_port(label, external_ids),
+            secgroups.parse_port(label, external_ids),
         )
 
     def net(self, cfg: HostConfig) -> Network | None:
@@ -126,6 +128,10 @@ class VmPort:
                 f"{label}: ofport {self.ofport} is the "
                 f"{'uplink' if self.ofport == cfg.uplink_ofport else 'fabric'}'s"
             )
+        if self.security.filtered:
+            problem = secgroups.zone_problem(cfg, self.ofport)
+            if problem:
+                raise PortError(f"{label}: {problem}")
         if self.fip is None:
             return
         if net.contains(self.fip):
@@ -149,6 +155,11 @@ class VmPort:
         lo = cfg.snat_port_min + offset * k
         return lo, lo + k - 1
 
+    @property
+    def sg_zone(self) -> int:
+        """The conntrack zone of this port's security groups (a zone per port, as OVN)."""
+        return secgroups.SG_ZONE_BASE + self.ofport
+
     def offset(self, cfg: HostConfig) -> int:
         """The fixed IP's offset in its network (its PAT block and transit address)."""
         return int(self.fixed_ip) - self.net(cfg).cidr.first
@@ -171,6 +182,7 @@ class DesiredState:
     config: HostConfig
     vms: tuple[VmPort, ...] = ()
     rejected: tuple[Rejection, ...] = field(default=())
+    security: secgroups.HostSecurity = secgroups.NO_GROUPS  # the bridge's groups
 
 
 def with_gateway_mac(cfg: HostConfig, mac: netaddr.EUI | None) -> HostConfig:

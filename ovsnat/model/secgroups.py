@@ -25,6 +25,10 @@ PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
 PORTED = (6, 17)  # protocols whose rules may name ports
 MAX_ID = 64
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# A filtered port's conntrack zone is SG_ZONE_BASE + its ofport: above the zones Neutron's
+# OVS firewall takes (1-4095, a zone per network), below conn_limit's (20000 + ofport), so
+# a port's zone needs no allocation and survives a controller restart (flows/pipeline.md).
+SG_ZONE_BASE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,57 @@ class PortSecurity:
 
 
 UNFILTERED = PortSecurity()
+
+
+def zone_problem(cfg, ofport: int) -> str | None:
+    """Why a filtered port's zone (SG_ZONE_BASE + ofport) cannot be used, if it cannot."""
+    zone = SG_ZONE_BASE + ofport
+    taken = [
+        (zone > 0xFFFF, "beyond the 16-bit zones"),
+        (zone in (cfg.ct_zone, cfg.fip_frag_ct_zone), "the PAT or FIP fragment zone"),
+        (
+            cfg.network_ct_zone_base < zone < cfg.network_ct_zone_base + 4095,
+            "a VLAN network's PAT zone",
+        ),
+        (cfg.conn_limit and zone > cfg.conn_limit_zone_base, "conn_limit's counting zones"),
+    ]
+    for hit, what in taken:
+        if hit:
+            return (
+                f"ofport {ofport} gives security conntrack zone {zone} "
+                f"({SG_ZONE_BASE} + ofport), {what}: its security groups cannot be enforced"
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class HostSecurity:
+    """The groups and remote-group members the bridge carries (once per host), and the
+    groups whose keys are malformed (their ports fail closed)."""
+
+    groups: Mapping[str, Group]
+    members: Mapping[str, frozenset]
+    broken: Mapping[str, str]  # group id -> the error naming key and value
+
+
+NO_GROUPS = HostSecurity({}, {}, {})
+
+
+def parse_bridge(ids: Mapping[str, str]) -> HostSecurity:
+    groups, members, broken = {}, {}, {}
+    for key in sorted(ids):
+        for prefix, parse, into in (
+            (MEMBERS_PREFIX, parse_members, members),
+            (GROUP_PREFIX, parse_group, groups),
+        ):
+            if key.startswith(prefix):
+                gid = key[len(prefix) :]
+                try:
+                    into[gid] = parse(group_id(gid, f"bridge external_ids:{key}"), ids[key])
+                except ConfigError as e:
+                    broken[gid] = str(e)
+                break
+    return HostSecurity(groups, members, broken)
 
 
 def group_id(text: str, what: str, error=ConfigError) -> str:

@@ -19,7 +19,16 @@ import logging
 import time
 
 from ovsnat.core.conntrack import Tally
-from ovsnat.core.effects import Probe, Probed, ReadConntrack, Reading, ZoneLimits, ZoneLimitsDone
+from ovsnat.core.effects import (
+    FlushConntrack,
+    Flushed,
+    Probe,
+    Probed,
+    ReadConntrack,
+    Reading,
+    ZoneLimits,
+    ZoneLimitsDone,
+)
 from ovsnat.runtime import dpctl
 from ovsnat.runtime import framework as fw
 
@@ -36,9 +45,9 @@ class Calls:
     def start(self) -> list:
         return [fw.hub.spawn(self._apply_limits)]
 
-    def run(self, item: ZoneLimits | ReadConntrack | Probe) -> None:
+    def run(self, item: ZoneLimits | FlushConntrack | ReadConntrack | Probe) -> None:
         """Start one of these calls; its answer is posted back when it is done."""
-        if isinstance(item, ZoneLimits):
+        if isinstance(item, (ZoneLimits, FlushConntrack)):
             self.queue.put(item)
         elif isinstance(item, ReadConntrack):
             fw.hub.spawn(self._answer, self._read, item, Reading(False))
@@ -74,12 +83,19 @@ class Calls:
 
     def _apply_limits(self) -> None:
         while True:
-            limits = self.queue.get()
+            item = self.queue.get()
+            if isinstance(item, FlushConntrack):
+                self._answer(self._flush, item, Flushed(item, len(item.flushes)))
+                continue
             self._answer(
                 self._limits,
-                limits,
-                ZoneLimitsDone(limits, tuple([z for z, _ in limits.set] + list(limits.delete))),
+                item,
+                ZoneLimitsDone(item, tuple([z for z, _ in item.set] + list(item.delete))),
             )
+
+    def _flush(self, item: FlushConntrack) -> Flushed:
+        failed, error = dpctl.flush_conntrack(self.target, item.flushes)
+        return Flushed(item, failed, error)
 
     def _limits(self, limits: ZoneLimits) -> ZoneLimitsDone:
         failed, error = dpctl.set_zone_limits(self.target, limits)

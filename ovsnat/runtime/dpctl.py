@@ -172,5 +172,17 @@ def set_zone_limits(target: Target, limits) -> tuple[tuple[int, ...], str]:
     return tuple(failed), error
 
 
+def flush_conntrack(target: Target, flushes) -> tuple[int, str]:
+    """Each (zone, partial ct-tuple) flushed; how many failed, and the last error."""
+    failed, error = 0, ""
+    for zone, match in flushes:
+        answer = appctl(
+            target, "dpctl/flush-conntrack", f"zone={zone}", *([match] if match else [])
+        )
+        if not answer.ok:
+            failed, error = failed + 1, answer.error
+    return failed, error
+
+
 def _reason(e: Exception) -> str:
     return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
