@@ -11,6 +11,7 @@ so a dump of flows installed by the controller reads exactly like the golden fil
 from __future__ import annotations
 
 from ovsnat.compile.actions import (
+    Conjunction,
     Controller,
     Ct,
     CtClear,
@@ -20,6 +21,7 @@ from ovsnat.compile.actions import (
     Meter,
     Move,
     Output,
+    OutputReg,
     PopVlan,
     PushVlan,
     SetField,
@@ -82,7 +84,7 @@ def match_kwargs(flow: Flow) -> dict:
         if ip_proto:
             kw["ip_proto"] = ip_proto
     for name, value in m.items():
-        if name in ("reg4", "reg5", "reg6", "reg7"):
+        if name in ("reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11"):
             v, _, mask = value.partition("/")
             kw[name] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
         elif name == "dl_vlan":
@@ -104,7 +106,14 @@ def match_kwargs(flow: Flow) -> dict:
         elif name == "nw_frag":
             kw["ip_frag"] = {"yes": (1, 1), "no": (0, 1), "first": (1, 3), "later": (3, 3)}[value]
         elif name in ("tp_src", "tp_dst"):
-            kw[f"{proto}_{name[3:]}"] = int(value)
+            v, _, mask = str(value).partition("/")
+            kw[f"{proto}_{name[3:]}"] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
+        elif name == "conj_id":
+            kw["conj_id"] = int(value)
+        elif name == "nw_proto":
+            kw["ip_proto"] = int(value)
+        elif name == "icmp_code":
+            kw["icmpv4_code"] = int(value)
         elif name == "ct_state":
             kw["ct_state"] = ct_state(value)
         elif name == "ct_mark":
@@ -182,15 +191,19 @@ def action(a):
             nat = [p.NXActionNAT(flags=flags, **kw)]
         if a.mark is not None:
             nat.append(p.OFPActionSetField(ct_mark=a.mark))
-        from_reg = a.zone == "reg4"
+        from_reg = isinstance(a.zone, str)
         return p.NXActionCT(
             flags=nx.NX_CT_F_COMMIT if a.commit else 0,
-            zone_src="reg4" if from_reg else "",
+            zone_src=a.zone if from_reg else "",
             zone_ofs_nbits=nx.ofs_nbits(0, 15) if from_reg else a.zone,
             recirc_table=a.table if a.table is not None else nx.NX_CT_RECIRC_NONE,
             alg=0,
             actions=nat,
         )
+    if isinstance(a, OutputReg):
+        return p.NXActionOutputReg2(ofs_nbits=nx.ofs_nbits(0, 15), src=a.field, max_len=0)
+    if isinstance(a, Conjunction):
+        return p.NXActionConjunction(clause=a.clause - 1, n_clauses=a.n_clauses, id_=a.id)
     raise ValueError(f"no framework rendering for action {a!r}")
 
 

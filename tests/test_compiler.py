@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -69,6 +70,7 @@ from ovsnat.compile.punt_flows import (
 )
 from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, VmPort
+from ovsnat.model.secgroups import PortSecurity
 
 OPTIONS = BASE  # the valid host options of the golden scenarios
 
@@ -248,11 +250,12 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 
 def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
-    assert len(host_flows(cfg)) == 63
-    assert len(host_flows(cfg64)) == 62  # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 63  # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 72  # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
-    assert len(host_flows(config(dhcp="false"))) == 61  # no DHCP punt, no uplink drop
+    # 17 of them are the security-group tables' (ovsnat.compile.sg_flows.host_flows)
+    assert len(host_flows(cfg)) == 80
+    assert len(host_flows(cfg64)) == 79  # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 80  # ARP punt replaces egress
+    assert len(host_flows(fabric)) == 89  # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
+    assert len(host_flows(config(dhcp="false"))) == 78  # no DHCP punt, no uplink drop
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
@@ -262,6 +265,11 @@ def test_flow_counts_per_object():
     assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 3
     assert len(vm_flows(cfg64, PAT_VM)) == 4
     assert len(vm_flows(fabric, PAT_VM)) == 4  # nobody on the fabric may use its MAC
+    # A filtered port: its IP delivered through its ingress rules, a drop flow each way.
+    filtered = replace(FIP_VM, security=PortSecurity(groups=("default",)))
+    assert len(vm_flows(cfg, filtered)) == 8 + 3
+    admin_down = replace(FIP_VM, security=PortSecurity(groups=(), admin_down=True))
+    assert len(vm_flows(cfg, admin_down)) == 2  # nothing in, nothing out
 
 
 # --- FIP: stateless but for fragments ---------------------------------------------------------

@@ -12,8 +12,6 @@ import pytest
 from ovsnat.cli import golden
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.punt_flows import METERS
-from ovsnat.core.state import build_state
-from ovsnat.model import HostConfig
 from ovsnat.runtime import framework as fw
 from tests import framework_render as ofmsgs
 
@@ -55,8 +53,7 @@ def as_dump_line(m: re.Match) -> str:
 
 @pytest.mark.parametrize("name", sorted(golden.SCENARIOS))
 def test_framework_flow_mods_decode_to_the_golden_text(tmp_path, name):
-    _, overrides, ports = golden.SCENARIOS[name]
-    flows = compile_state(build_state(HostConfig.parse({**golden.BASE, **overrides}), ports))
+    flows = compile_state(golden.scenario_state(name))
     dp = OfflineDatapath()
     decoded = ofp_parse(tmp_path, serialize(ofmsgs.flow_add(dp, f) for f in flows))
     lines = [as_dump_line(m) for m in ADD.finditer(decoded)]

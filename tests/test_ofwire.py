@@ -7,7 +7,7 @@ import pytest
 
 from ovsnat.cli import golden
 from ovsnat.compile.compiler import compile_state
-from ovsnat.core.state import HostState, build_state
+from ovsnat.core.state import HostState
 from ovsnat.model import HostConfig
 from ovsnat.openflow import blobs, codec, messages
 from tests import framework_render as ofmsgs
@@ -15,8 +15,7 @@ from tests.test_ofmsgs import ADD, OfflineDatapath, as_dump_line, ofp_parse, ser
 
 
 def scenario_flows(name):
-    _, overrides, ports = golden.SCENARIOS[name]
-    return compile_state(build_state(HostConfig.parse({**golden.BASE, **overrides}), ports))
+    return compile_state(golden.scenario_state(name))
 
 
 @pytest.mark.parametrize("name", sorted(golden.SCENARIOS))

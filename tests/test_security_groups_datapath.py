@@ -12,11 +12,21 @@ from __future__ import annotations
 import time
 
 import pytest
+from scapy.all import ICMP, IP, UDP, Ether
 
 from ovsnat.lab import scenario
-from ovsnat.lab.sh import wait_for
-from ovsnat.lab.topology import SERVER_IP
-from ovsnat.lab.traffic import background_tcp, ping, start_server, tcp_connect, tcp_established
+from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.topology import SERVER_GW, SERVER_IP
+from ovsnat.lab.traffic import (
+    background_tcp,
+    capture,
+    captured,
+    ping,
+    send_frames,
+    start_server,
+    tcp_connect,
+    tcp_established,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -35,7 +45,7 @@ def lab(module_lab):
         ("c", "10.0.0.23", {"ovsnat-sg": "other"}),
     )
     for name, ip, keys in vms:
-        mac = "02:00:0a:00:00:%02x" % int(ip.rsplit(".", 1)[1])
+        mac = f"02:00:0a:00:00:{int(ip.rsplit('.', 1)[1]):02x}"
         lab.add_vm(name, "hv1", ip, mac, {"ovsnat-fixed-ip": ip, **keys})
     bridge(lab, default=DEFAULT, other="o-out,out,4,any,-,-")
     members(lab, "default", "10.0.0.21,10.0.0.22")
@@ -133,8 +143,6 @@ def test_a_removed_rule_ends_the_session_it_allowed_and_no_other(lab):
 def test_port_security_off_lets_any_source_out_of_that_port_only(lab):
     # c sends from an address that is not its own: dropped with port security on...
     c = lab.vms["c"]
-    from ovsnat.lab.sh import run
-
     run(["ip", "-n", c.ns, "addr", "add", "10.0.0.99/32", "dev", "eth0"])
     try:
         assert not _from(lab, c.ns, "10.0.0.99")
@@ -155,9 +163,6 @@ def _from(lab, ns: str, src: str, add: bool = False) -> bool:
 
 def _spoof_leaves(lab, ns: str, src: str = "10.0.0.99", add: bool = False) -> bool:
     """A UDP datagram from `src` reaches the server (seen in a capture there)."""
-    from ovsnat.lab.sh import run
-    from ovsnat.lab.traffic import capture, captured
-
     if add:
         run(["ip", "-n", ns, "addr", "add", f"{src}/32", "dev", "eth0"], check=False)
     try:
@@ -198,8 +203,6 @@ def test_an_administratively_down_port_sends_and_receives_nothing(lab):
 
 
 def test_an_allowed_address_pair_is_reachable_on_its_holder(lab):
-    from ovsnat.lab.sh import run
-
     a = lab.vms["a"]
     run(["ip", "-n", a.ns, "addr", "add", "10.0.0.100/32", "dev", "eth0"])
     try:
@@ -213,3 +216,33 @@ def test_an_allowed_address_pair_is_reachable_on_its_holder(lab):
     finally:
         port_key(lab, "a", "ovsnat-allowed-pairs", None)
         run(["ip", "-n", a.ns, "addr", "del", "10.0.0.100/32", "dev", "eth0"], check=False)
+
+
+def test_icmp_errors_through_the_fip_reach_a_filtered_vm_as_related(lab):
+    """The controller un-NATs an error's quoted header and sends it through the port's
+    ingress rules, where it is related to the connection it quotes; the default group lets
+    no ICMP in from outside otherwise (the ping from outside above)."""
+    a = lab.vms["a"]
+    out = ping(a.ns, SERVER_IP, count=1, ttl=2, wait=1).output
+    assert "From 203.0.113.1" in out and "Time to live exceeded" in out, out
+    run(["ip", "-n", a.ns, "route", "flush", "cache"])
+    first = ping(a.ns, SERVER_IP, count=2, size=1450, df=True, wait=0.5)
+    assert "mtu = 1400" in first.output or "mtu=1400" in first.output, first.output
+
+
+def test_a_forged_icmp_error_through_the_fip_is_dropped(lab):
+    """An error quoting no connection of the port's is invalid in its zone: the controller
+    translates it, the port's ingress rules drop it (a real one passes: the test above)."""
+
+    a = lab.vms["a"]
+    ping(lab.srv_ns, SERVER_GW, count=1)  # the server's neighbour entry for its gateway
+    gw_mac = run(["ip", "-n", lab.srv_ns, "neigh", "show", SERVER_GW]).stdout.split()[4]
+    srv_mac = run(["cat", "/sys/class/net/eth0/address"], ns=lab.srv_ns).stdout.strip()
+    quoted = IP(src=FIP, dst=SERVER_IP) / UDP(sport=4444, dport=5555)
+    forged = Ether(src=srv_mac, dst=gw_mac) / IP(src=SERVER_IP, dst=FIP) / ICMP(type=3, code=3)
+    with capture(lab, "forged", a.ns, "eth0", "icmp", "in") as pcap:
+        send_frames(lab, lab.srv_ns, [bytes(forged / bytes(quoted))], count=3)
+        # Positive control on the same capture: a real error reaches the VM.
+        assert "Time to live exceeded" in ping(a.ns, SERVER_IP, count=1, ttl=2, wait=1).output
+    errors = captured(pcap, lambda p: ICMP in p and p[ICMP].type in (3, 11))
+    assert [p[ICMP].type for p in errors] == [11], errors

@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import replace
 
+from ovsnat.compile import sg_flows
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import ofctl_text
 from ovsnat.compile.host import host_flows
@@ -20,8 +21,8 @@ from ovsnat.compile.pipeline import TABLES
 from ovsnat.compile.punt_flows import METERS
 from ovsnat.compile.vm import vm_flows
 from ovsnat.core.state import HostState, build_state
-from ovsnat.model import HostConfig, VmPort
-from ovsnat.model.secgroups import parse_bridge
+from ovsnat.model import DesiredState, HostConfig, VmPort
+from ovsnat.model.secgroups import Group, Rule, parse_bridge
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOWS_DIR = os.path.join(REPO, "flows")
@@ -163,13 +164,18 @@ BRIDGE_KEYS = {
 HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
 
 
+def scenario_state(name: str) -> DesiredState:
+    """A scenario's desired state: its host config, ports and bridge keys."""
+    _, overrides, ports = SCENARIOS[name]
+    state = build_state(HostConfig.parse({**BASE, **overrides}), ports)
+    assert not state.rejected, state.rejected
+    return replace(state, security=parse_bridge(BRIDGE_KEYS.get(name, {})))
+
+
 def render(name: str) -> str:
     description, overrides, ports = SCENARIOS[name]
-    cfg = HostConfig.parse({**BASE, **overrides})
-    state = build_state(cfg, ports)
-    assert not state.rejected, state.rejected
-    if name in BRIDGE_KEYS:
-        state = replace(state, security=parse_bridge(BRIDGE_KEYS[name]))
+    state = scenario_state(name)
+    cfg = state.config
     header = (
         f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
         + "".join(f"# meter (add first): {m.text()}\n" for m in METERS)
@@ -200,6 +206,7 @@ def flow_counts() -> dict[str, int]:
     blocks = HostConfig.parse({**BASE, "pat_ports_per_vm": 64})
     fabric = HostConfig.parse({**BASE, **FABRIC})
     vlan = port(11, net=NET_A).network
+    ssh = Group("g", (Rule("r", True, 6, 22, 22),))
     return {
         "FIP VM": len(vm_flows(cfg, port(11, "203.0.113.10"), cfg.default_network)),
         "PAT VM": len(vm_flows(cfg, port(12), cfg.default_network)),
@@ -212,6 +219,17 @@ def flow_counts() -> dict[str, int]:
             network_flows(fabric, fabric.default_network)
         ),
         "VLAN network, with a fabric": len(network_flows(fabric, vlan)),
+        "filtered port (security groups), besides its FIP or PAT flows": len(
+            vm_flows(cfg, port(12, ovsnat_sg="g"), cfg.default_network)
+        )
+        - len(vm_flows(cfg, port(12), cfg.default_network)),
+        "security profile, per stateful rule (TCP 22)": len(sg_flows.profile_flows(1, 1, (ssh,))),
+        "security profile, per rule naming a remote group": len(
+            sg_flows.profile_flows(1, 1, (Group("g", (Rule("r", True, remote_group="g"),)),))
+        ),
+        "remote group member address, per direction a rule names its group in": len(
+            sg_flows.member_flows(1, "10.0.0.5", [("g", True, True)])
+        ),
         "host-level (gateway MAC configured)": len(host_flows(cfg)),
         "host-level, with a fabric": len(host_flows(fabric)),
     }

@@ -153,6 +153,18 @@ class Conjunction:
 
 
 @dataclass(frozen=True)
+class Resubmit:
+    """Continue in `table` (NXAST_RESUBMIT_TABLE). Only in packet-outs: a frame the
+    controller rewrote enters the pipeline where it would have been (an ICMP error for a
+    filtered port meets the port's ingress rules)."""
+
+    table: int
+
+    def text(self) -> str:
+        return f"resubmit(,{self.table})"
+
+
+@dataclass(frozen=True)
 class CtClear:
     def text(self) -> str:
         return "ct_clear"

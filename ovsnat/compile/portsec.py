@@ -7,7 +7,7 @@ port's flows (it sends and receives nothing)."""
 from __future__ import annotations
 
 from ovsnat.compile import sg_flows
-from ovsnat.compile.actions import Goto, Load, Output, SetField
+from ovsnat.compile.actions import Goto, Load, Output, Resubmit, SetField
 from ovsnat.compile.flows import NO_VLAN, Flow, Match, make_flow
 from ovsnat.compile.pipeline import CLASSIFY, SG_IN_CT, SG_OUT_CT, VM_L2, VM_ROUTE, reg6
 from ovsnat.model import VmPort, mac_str
@@ -79,6 +79,16 @@ def deliveries(vm: VmPort, net: Network, c: int) -> list[Flow]:
         ]
         flows += sg_flows.port_drops(c, vm.ofport)
     return flows
+
+
+def reinjected(vm: VmPort) -> list:
+    """How the controller sends a frame it rewrote to this port (an ICMP error through its
+    FIP, its quoted header un-NATed): a filtered port's through its ingress rules, where the
+    error is related to the connection it quotes (or dropped); [] straight out."""
+    if not vm.security.filtered:
+        return []
+    regs = [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Load("reg11", vm.ofport)]
+    return [*regs, Resubmit(SG_IN_CT)]
 
 
 def admin_down(vm: VmPort, net: Network, c: int) -> list[Flow]:

@@ -18,6 +18,7 @@ import logging
 
 import netaddr
 
+from ovsnat.compile import portsec
 from ovsnat.compile.pipeline import CLASSIFY, UPLINK_ARP
 from ovsnat.compile.punt_flows import quarantine_flows
 from ovsnat.core import punts, relay
@@ -160,7 +161,11 @@ class PacketIn:
             return self._drop("not_relayed")
         port, frame, counter = answer
         self.ctl.stats.inc(counter)
-        return [self.ctl.sw.session.packet_out(port, frame, counter.replace("_", " "))]
+        name = self.ctl.host.by_ofport.get(port)
+        vm = self.ctl.host.accepted_port(name) if name is not None else None
+        actions = portsec.reinjected(vm) if vm is not None else []
+        what = counter.replace("_", " ")
+        return [self.ctl.sw.session.packet_out(port, frame, what, actions)]
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _drop(self, reason: str) -> list:

@@ -20,6 +20,7 @@ from ovsnat.compile.actions import (
     OutputReg,
     PopVlan,
     PushVlan,
+    Resubmit,
     SetField,
 )
 from ovsnat.compile.flows import Flow
@@ -128,6 +129,8 @@ def action_bytes(a) -> bytes:
         return _nx(15, struct.pack("!HIH6x", 15, NXM[a.field][0], 0xFFFF))
     if isinstance(a, Conjunction):  # NXAST_CONJUNCTION: the clause is 0-based on the wire
         return _nx(34, struct.pack("!BBI", a.clause - 1, a.n_clauses, a.id))
+    if isinstance(a, Resubmit):  # NXAST_RESUBMIT_TABLE, in_port unchanged (OFPP_IN_PORT)
+        return _nx(14, struct.pack("!HB3x", 0xFFF8, a.table))
     raise ValueError(f"no wire encoding for action {a!r}")
 
 

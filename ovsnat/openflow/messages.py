@@ -155,8 +155,9 @@ def meter_mod(xid: int, command: int, meter_id: int, rate_pps: int) -> bytes:
     return _msg(OFPT_METER_MOD, xid, struct.pack("!HHI", command, OFPMF_PKTPS, meter_id) + band)
 
 
-def packet_out(xid: int, port: int, frame: bytes) -> bytes:
-    """Send `frame` out of `port`, as if it came from the controller."""
-    action = struct.pack("!HHIH6x", 0, 16, port, 0)
+def packet_out(xid: int, port: int, frame: bytes, actions: bytes | None = None) -> bytes:
+    """Send `frame` out of `port`, as if it came from the controller (or through
+    `actions`, packed, instead)."""
+    action = struct.pack("!HHIH6x", 0, 16, port, 0) if actions is None else actions
     head = struct.pack("!IIH6x", NO_BUFFER, OFPP_CONTROLLER, len(action))
     return _msg(OFPT_PACKET_OUT, xid, head + action + frame)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ovsnat.compile.flows import KINDS, Flow, MeterSpec
 from ovsnat.openflow import blobs, codec, messages
+from ovsnat.openflow.actions import action_bytes
 
 MAX_XID = 0xFFFFFFFF
 SEND_CHUNK = 1024  # messages per write during a large sync: the switch decodes one
@@ -215,8 +216,10 @@ class SwitchSession:
             }
         return out
 
-    def packet_out(self, port: int, frame: bytes, what: str) -> bytes:
-        return messages.packet_out(self.note(what), port, frame)
+    def packet_out(self, port: int, frame: bytes, what: str, actions=()) -> bytes:
+        """`frame` out of `port`, or through `actions` (compile.actions values) instead."""
+        packed = b"".join(action_bytes(a) for a in actions) if actions else None
+        return messages.packet_out(self.note(what), port, frame, packed)
 
     def temporary_flow(self, flow: Flow, seconds: int, what: str) -> bytes:
         """A flow outside the desired state (its cookie kind is never dumped), which the
