@@ -9,6 +9,7 @@ from ovsnat.compile.compiler import compile_state
 from ovsnat.core.controller import HostController
 from ovsnat.core.effects import (
     AdoptSwitch,
+    FlushConntrack,
     IfaceKeys,
     Probe,
     ReadConntrack,
@@ -50,6 +51,7 @@ class SimHost:
         self.bridge_ids: dict = {}
         self.key_writes: list[IfaceKeys] = []
         self.zone_limits: list = []  # ZoneLimits the shim would apply
+        self.flushes: list = []  # (zone, ct-tuple) conntrack flushes asked for
         self.zone_limit_error = ""  # set: the shim's ct-set-limits calls fail with it
         self.calls: list = []  # ReadConntrack and Probe asked for (tests answer)
         self.switch_verdicts: list = []  # AdoptSwitch and RefuseSwitch, in order
@@ -82,6 +84,9 @@ class SimHost:
                 queue += self.ctl.result(
                     ZoneLimitsDone(item, failed, self.zone_limit_error), self.now
                 )
+                continue
+            if isinstance(item, FlushConntrack):
+                self.flushes += list(item.flushes)
                 continue
             if isinstance(item, (ReadConntrack, Probe)):
                 self.calls.append(item)

@@ -2,7 +2,7 @@
 refused connections per VM as the switch counted them (the lab tests send the flood)."""
 
 from ovsnat.compile.pipeline import CONN_VERDICT
-from ovsnat.core.connlimit import Refusals
+from ovsnat.core.dropcounts import DropCounts as Refusals
 from ovsnat.core.effects import ZoneLimits
 from tests.hostsim import SimHost, vm_row
 
@@ -55,9 +55,9 @@ def test_without_a_limit_nothing_is_polled():
 def test_a_disconnect_drops_a_poll_in_flight_and_polling_resumes():
     sim = SimHost(conn_limit=10).start()
     sim.plug(vm_row(2))
-    sim.ctl.refusals.xid = 12345  # asked, never answered
+    sim.ctl.refusals.xids = {12345: CONN_VERDICT}  # asked, never answered
     sim.deliver(sim.ctl.switch_down(sim.now))
-    assert sim.ctl.refusals.xid is None
+    assert sim.ctl.refusals.xids == {}
     sim.connect()
     sim.switch.packets[refusal_key(sim, "tapvm2")] = 3
     sim.advance(2 * Refusals.POLL)
@@ -73,7 +73,8 @@ def test_zone_limits_follow_the_ports():
 def test_a_poll_never_answered_is_given_up_and_polling_goes_on():
     sim = SimHost(conn_limit=10).start()
     sim.plug(vm_row(2))
-    sim.ctl.refusals.xid, sim.ctl.refusals.asked_at = 12345, sim.now  # lost on the way
+    sim.ctl.refusals.xids = {12345: CONN_VERDICT}  # lost on the way
+    sim.ctl.refusals.asked_at = sim.now
     sim.switch.packets[refusal_key(sim, "tapvm2")] = 4
     sim.advance(2 * Refusals.POLL)
     assert sim.ctl.status(sim.now)["conn_refused"] == {}  # still waiting

@@ -123,6 +123,35 @@ class SecurityOwners:
         profile closed: no rule of any of its groups applies."""
         return _Groups(self.security).of(profile)
 
+    def status(self) -> dict:
+        """What `ovsnat status` shows: each group the host's ports use, how many ports, its
+        rules applied and those not applied (and why), and the malformed groups."""
+        groups: dict[str, dict] = {}
+        for profile, n in self.refs.items():
+            for gid in profile:
+                entry = groups.setdefault(gid, {"ports": 0})
+                entry["ports"] += n
+        for gid, entry in groups.items():
+            g = self.security.groups.get(gid)
+            if gid in self.security.broken:
+                entry["error"] = self.security.broken[gid]
+            elif g is None:
+                entry["error"] = "no ovsnat-sg-<id> key on the bridge: nothing allowed"
+            else:
+                entry["stateful"] = g.stateful
+                entry["rules"] = sum(r.applied for r in g.rules)
+                entry["not_applied"] = [
+                    {"rule": r.id, "reason": r.not_applied} for r in g.rules if not r.applied
+                ]
+        return {
+            "filtered_ports": len(self.used),
+            "profiles": len(self.refs),
+            "groups": dict(sorted(groups.items())),
+            "remote_groups": len(self.named),
+            "remote_members": len(self.members),
+            "broken": dict(self.security.broken),
+        }
+
     def owners(self) -> list[Owner]:
         return (
             [("sgp", sg_flows.profile_id(p)) for p in sorted(self.refs)]

@@ -4,15 +4,14 @@ refused.
 
 The limits themselves are applied by the shim (`dpctl/ct-set-limits`) from the ZoneLimits
 effects the controller returns; each answer (ZoneLimitsDone) comes back to `Zones.done`.
-The refusals are the packet counts of the VMs' refusal flows, read by flow stats.
+The refusals are the packet counts of the VMs' refusal flows, read by flow stats
+(ovsnat.core.dropcounts).
 """
 
 from __future__ import annotations
 
 from ovsnat.compile.connlimit import zone
-from ovsnat.compile.pipeline import CONN_VERDICT
 from ovsnat.core.effects import ZoneLimits, ZoneLimitsDone
-from ovsnat.openflow import messages
 
 
 class Zones:
@@ -84,56 +83,3 @@ class Zones:
             "not_applied": len(self.failed),
             "error": next(iter(self.failed.values()), ""),
         }
-
-
-class Refusals:
-    """Connections refused per VM, as the datapath counted them: the packet counts of the
-    VMs' refusal flows (table conn_verdict), asked for every POLL seconds. No packet-in:
-    a flood is counted at line rate. A count starts again when the VM's flows are
-    re-created (a new plug); the metrics publish it as a counter, which may reset."""
-
-    POLL = 5.0
-    KEY = ("conn-refusals",)
-
-    def __init__(self):
-        self.by_port: dict[str, int] = {}
-        self.xid: int | None = None
-        self.asked_at = 0.0
-        self.counts: dict[str, int] = {}
-
-    def due(self, host, session, timers, now: float) -> list:
-        """Ask again; a request unanswered for three periods (refused by the switch, say)
-        is given up, so polling never stops for good."""
-        timers.at(now + self.POLL, self.KEY)
-        if host is None or not host.cfg.conn_limit or not session.ready:
-            return []
-        if self.xid is not None:
-            if now - self.asked_at < 3 * self.POLL:
-                return []
-            self.reset(session)
-        self.xid, self.asked_at, self.counts = session.xids.take(), now, {}
-        return [messages.flow_stats_request(self.xid, 0, 0, table=CONN_VERDICT)]
-
-    def owns(self, xid: int) -> bool:
-        return xid is not None and xid == self.xid
-
-    def flow_stats(self, host, session, entries, more: bool) -> list:
-        """(table, cookie, digest, packets) entries: the VM flows of conn_verdict."""
-        for table, cookie, _, packets in entries:
-            owner = host.owner_names.get(cookie >> 24) if host is not None else None
-            if (
-                table == CONN_VERDICT
-                and isinstance(owner, str)
-                and host.accepted_port(owner) is not None
-            ):
-                self.counts[owner] = self.counts.get(owner, 0) + packets
-        if not more:
-            session.xids.release(self.xid)
-            self.xid, self.by_port = None, self.counts
-        return []
-
-    def reset(self, session) -> None:
-        """A disconnect or a fault: a request in flight will not be answered."""
-        if self.xid is not None:
-            session.xids.release(self.xid)
-        self.xid = None

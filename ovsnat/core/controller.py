@@ -28,6 +28,7 @@ import netaddr
 from ovsnat.core import audit, connlimit, dhcp, markers
 from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
+from ovsnat.core.dropcounts import DropCounts
 from ovsnat.core.effects import AdoptSwitch, FlushConntrack, RefuseSwitch, ReleaseMemory
 from ovsnat.core.failures import Failures
 from ovsnat.core.fips import Fips
@@ -68,7 +69,7 @@ class HostController:
         self.dhcp = dhcp.DhcpService(self.stats, self.sw.session)
         self.packets = PacketIn(self)
         self.zones = connlimit.Zones()
-        self.refusals = connlimit.Refusals()
+        self.refusals = DropCounts()
         self.first_view = True
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
@@ -182,7 +183,7 @@ class HostController:
             self.first_view = False
             if cfg.learn_gateway_mac:
                 self.timers.at(now, ("gateway-arp",))
-            self.timers.at(now + connlimit.Refusals.POLL, connlimit.Refusals.KEY)
+            self.timers.at(now + DropCounts.POLL, DropCounts.KEY)
             return True, [ReleaseMemory()]
         if cfg == self.host.cfg:
             return False, []
@@ -252,7 +253,7 @@ class HostController:
         if self.audit.owns(xid):
             return self.audit.flow_stats(xid, entries, more, now)
         if self.refusals.owns(xid):
-            return self.refusals.flow_stats(self.host, self.sw.session, entries, more)
+            return self.refusals.flow_stats(self.host, self.sw.session, entries, more, xid)
         keys = [(e[0], e[1]) for e in entries]
         return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
 
@@ -322,7 +323,7 @@ class HostController:
         for key in self.timers.due(now):
             if key == audit.KEY:  # these two re-arm themselves, host or not
                 out += self.audit.due(now)
-            elif key == connlimit.Refusals.KEY:
+            elif key == DropCounts.KEY:
                 out += self.refusals.due(self.host, self.sw.session, self.timers, now)
             elif self.host is None:
                 continue

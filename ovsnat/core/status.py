@@ -139,6 +139,11 @@ def status_of(ctl, now: float) -> dict:
         "dhcp_leases": ctl.dhcp.status(host, now),
         "handoffs": ctl.handoffs.status(host, now),
         "conn_refused": dict(ctl.refusals.by_port),
+        "security_groups": {
+            **(host.sg.status() if host else {}),
+            "dropped": dict(ctl.refusals.sg_host),
+            "dropped_by_port": dict(ctl.refusals.sg_by_port),
+        },
         "conn_limit": ctl.zones.status(),
         "vswitchd": ctl.vswitchd.status(),
         "failures": ctl.failures.status(),

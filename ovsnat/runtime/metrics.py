@@ -119,6 +119,25 @@ class _Collector:
         for port, n in st.get("conn_refused", {}).items():
             refused.add_metric([port], n)
         yield refused
+        sg = st.get("security_groups", {})
+        dropped = CounterMetricFamily(
+            "ovsnat_sg_dropped",
+            "Packets the port's security groups refused (packets), per direction",
+            labels=["port", "direction"],
+        )
+        for port, per in sg.get("dropped_by_port", {}).items():
+            for direction, n in per.items():
+                dropped.add_metric([port, direction], n)
+        yield dropped
+        invalid = CounterMetricFamily(
+            "ovsnat_sg_host_dropped",
+            "Packets the security-group tables dropped for every port: invalid, dead "
+            "(a connection a rule change no longer allows)",
+            labels=["reason"],
+        )
+        for reason, n in sg.get("dropped", {}).items():
+            invalid.add_metric([reason], n)
+        yield invalid
         pat = st.get("pat")
         if pat:
             yield _gauge(
