@@ -9,6 +9,9 @@ puts them back; each "nothing arrives" has its positive control in the same test
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -246,3 +249,30 @@ def test_a_forged_icmp_error_through_the_fip_is_dropped(lab):
         assert "Time to live exceeded" in ping(a.ns, SERVER_IP, count=1, ttl=2, wait=1).output
     errors = captured(pcap, lambda p: ICMP in p and p[ICMP].type in (3, 11))
     assert [p[ICMP].type for p in errors] == [11], errors
+
+
+def trace(lab, *args: str) -> str:
+    host = lab.hosts["hv1"]
+    conf = os.path.join(host.rundir, "ovsnat.conf")
+    out = subprocess.run(
+        [sys.executable, "-m", "ovsnat.cli", "trace", *args, "--config", conf],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **host.ovs.env),
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_trace_names_the_port_whose_groups_refuse_and_the_rule_that_allows(lab):
+    refused = trace(lab, "outside", FIP, "tcp", "22")
+    assert "dropped in table 72 (sg_in)" in refused, refused
+    assert "refused by the security groups of port tapa" in refused, refused
+    bridge(lab, default=f"{DEFAULT};{SSH_FROM_SERVERS}")
+    try:
+        within(2, lambda: connects(lab, "srv", FIP, 22), "SSH through the FIP")
+        allowed = trace(lab, "outside", FIP, "tcp", "22")
+        assert "leaves port tapa as 198.51.100.10:40000 -> 10.0.0.21:22" in allowed, allowed
+        assert "[security group default rule d-ssh]" in allowed, allowed
+    finally:
+        bridge(lab, default=DEFAULT)

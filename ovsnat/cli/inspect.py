@@ -23,6 +23,7 @@ from ovsnat.compile.pipeline import BY_ID, INGRESS
 from ovsnat.core.state import HostState
 from ovsnat.model import HostConfig, VmPort, port_from_row, with_gateway_mac
 from ovsnat.model.options import read_ini
+from ovsnat.model.secgroups import parse_bridge
 from ovsnat.ovsdb import Watcher
 
 
@@ -101,11 +102,14 @@ class View:
     installed: list[Installed]
     status: dict  # the controller's status file, if any
 
-    def owner(self, cookie: int) -> str:
-        """The object that made a flow: host, a network, or a VM's port name."""
+    def owner(self, cookie: int, table: int | None = None) -> str:
+        """The object that made a flow: host, a network, a VM's port name, or the security
+        group and rule (a security profile's flow, with its table)."""
         if cookie_kind(cookie) == COOKIE_HOST:
             return "host"
         owner = self.host.owner_names.get(cookie >> 24)
+        if isinstance(owner, tuple) and owner[0] in ("sgp", "sgg", "sgm"):
+            return self.host.sg.explain(owner, table if table is not None else -1, cookie)
         if isinstance(owner, tuple):
             return f"network {owner[1] or '(default)'}"
         if owner is not None:
@@ -137,6 +141,7 @@ def load_view(conf_path: str) -> View:
     if cfg.learn_gateway_mac:
         cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
     host = HostState(cfg)
+    host.set_security(parse_bridge(snap.bridge_ids))
     for name, row in sorted(snap.rows.items()):
         if name not in (cfg.uplink_port, cfg.fabric_port):
             host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import netaddr
 
 from ovsnat.cli.inspect import InspectError, View, find_vm, ovs_tool
-from ovsnat.compile.pipeline import BY_ID
+from ovsnat.compile.pipeline import BY_ID, SG_IN, SG_OUT
 from ovsnat.model import mac_str
 
 STEP = re.compile(r"^\s*(\d+)\. (.*?), priority (\d+), cookie (0x[0-9a-f]+)")
@@ -79,12 +79,7 @@ def run_trace(view: View, flow: str) -> str:
         "ofproto/trace",
         view.cfg.bridge,
         flow,
-        "--ct-next",
-        "trk,new",
-        "--ct-next",
-        "trk,new",
-        "--ct-next",
-        "trk,new",
+        *["--ct-next", "trk,new"] * 4,  # security zones, a network's, PAT's
     )
 
 
@@ -119,7 +114,7 @@ def analyse(view: View, flow: str, output: str, proto: str) -> dict:
             {
                 "table": s.table,
                 "role": BY_ID[s.table].name if s.table in BY_ID else None,
-                "owner": view.owner(s.cookie),
+                "owner": view.owner(s.cookie, s.table),
                 "cookie": f"{s.cookie:#x}",
                 "match": s.match,
                 "actions": s.actions,
@@ -137,10 +132,20 @@ def analyse(view: View, flow: str, output: str, proto: str) -> dict:
             "table": table,
             "role": BY_ID[table].name if table in BY_ID else None,
         }
+        if last is not None and table in (SG_OUT, SG_IN):
+            who = result["steps"][-1]["owner"]
+            result["notes"].append(
+                f"refused by the security groups of port {who}: no rule of its groups allows it"
+                if who not in ("host",)
+                else "dropped by the security-group tables: invalid, or a dead connection"
+            )
         result["final"] = None
         return result
     action = outputs[-1]
     port = action.split(":", 1)[1] if action.startswith("output:") else "IN_PORT"
+    if port.startswith("NXM_NX_REG11"):  # a filtered port's delivery: the port it loaded
+        loads = [a for s in steps for a in s.actions if a.endswith("->NXM_NX_REG11[]")]
+        port = str(int(loads[-1].split(":", 1)[1].split("->")[0], 16)) if loads else port
     name = next((n for n, r in view.rows.items() if str(r.ofport) == port), port)
     uplink = port == str(view.cfg.uplink_ofport)
     fabric = view.cfg.fabric_ofport and port == str(view.cfg.fabric_ofport)
@@ -186,7 +191,7 @@ def explain(view: View, flow: str, output: str, proto: str) -> str:
     if v["outcome"] == "dropped":
         where = f"table {v['table']} ({v['role']})" if v["role"] else "table 0"
         lines.append(f"verdict: dropped in {where}; see flows/pipeline.md for its counter")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in r["notes"]])
     final = r["final"]
     ports = proto != "icmp" and "tp_src" in final
     src = final.get("nw_src", "?") + (f":{final.get('tp_src')}" if ports else "")

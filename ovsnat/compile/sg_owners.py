@@ -152,6 +152,28 @@ class SecurityOwners:
             "broken": dict(self.security.broken),
         }
 
+    def explain(self, owner: Owner, table: int, cookie: int) -> str:
+        """Which group and rule made a flow (for `ovsnat trace`): a profile's flow is
+        recompiled rule by rule until one gives the same (table, cookie)."""
+        kind, key = owner
+        if kind == "sgg":
+            return f"remote group {key} (a rule naming it allowed this)"
+        if kind == "sgm":
+            groups = sorted({side[0] for side in self.members.get(key, ())})
+            return f"member {key} of remote group(s) {', '.join(groups)}"
+        profile = self.by_id.get(key)
+        groups = self.groups(profile) if profile is not None else ()
+        c = owner_cookie(COOKIE_SG_PROFILE, key)
+        for g in groups:
+            for rule in g.rules:
+                one = (Group(g.id, (rule,), g.stateful),)
+                if any(
+                    (f.table, f.cookie) == (table, cookie)
+                    for f in sg_flows.profile_flows(c, key, one)
+                ):
+                    return f"security group {g.id} rule {rule.id}"
+        return f"security profile {key:#x} ({', '.join(profile or ())})"
+
     def owners(self) -> list[Owner]:
         return (
             [("sgp", sg_flows.profile_id(p)) for p in sorted(self.refs)]
