@@ -19,7 +19,7 @@ from scapy.all import ICMP, IP, UDP, Ether
 
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
-from ovsnat.lab.topology import SERVER_GW, SERVER_IP
+from ovsnat.lab.topology import SERVER_GW, SERVER_IP, Vm
 from ovsnat.lab.traffic import (
     background_tcp,
     capture,
@@ -276,3 +276,45 @@ def test_trace_names_the_port_whose_groups_refuse_and_the_rule_that_allows(lab):
         assert "[security group default rule d-ssh]" in allowed, allowed
     finally:
         bridge(lab, default=DEFAULT)
+
+
+def test_a_vip_moves_between_two_ports_with_its_fip(lab):
+    """keepalived's way on one host: a and b both have the VIP as an allowed pair (and a FIP
+    on it); whoever announces it (a master's gratuitous ARP) gets it, from its network and
+    through the FIP; c, without the pair, cannot take it (its own traffic works: the
+    control). a's server listens on 7001, b's on 7002: a connection tells who answered."""
+    vip, vip_fip = "10.0.0.100", "203.0.113.30"
+    for name, port in (("a", 7001), ("b", 7002)):
+        start_server(lab, f"{name}-{port}", lab.vms[name].ns, "tcp", port)
+    bridge(lab, default=f"{DEFAULT};v,in,4,tcp,7001-7002,p:198.51.100.0/24")
+    for name in ("a", "b"):
+        port_key(lab, name, "ovsnat-allowed-pairs", vip)
+        port_key(lab, name, "ovsnat-pair-fips", f"{vip}={vip_fip}")
+    try:
+        for holder, other, port in (("a", "b", 7001), ("b", "a", 7002)):
+            unhold(lab, other, vip)
+            hold(lab, holder, vip)
+            within(2, lambda: connects(lab, other, vip, port), f"the VIP on {holder}")
+            within(3, lambda: connects(lab, "srv", vip_fip, port), f"its FIP on {holder}")
+        unhold(lab, "b", vip)
+        assert connects(lab, "c", SERVER_IP, 8080)  # c works
+        hold(lab, "c", vip)
+        assert not _spoof_leaves(lab, lab.vms["c"].ns, vip)  # c has no pair: not its VIP
+    finally:
+        for name in ("a", "b"):
+            port_key(lab, name, "ovsnat-pair-fips", None)
+            port_key(lab, name, "ovsnat-allowed-pairs", None)
+        for name in ("a", "b", "c"):
+            unhold(lab, name, vip)
+        bridge(lab, default=DEFAULT)
+
+
+def hold(lab, name: str, vip: str) -> None:
+    """The VM takes the VIP and announces it, as a VRRP master does."""
+    vm = lab.vms[name]
+    run(["ip", "-n", vm.ns, "addr", "add", f"{vip}/32", "dev", "eth0"], check=False)
+    lab.announce(Vm(vm.name, vm.ns, vip, vm.mac, vm.host, vm.tap), wait=True, count=1)
+
+
+def unhold(lab, name: str, vip: str) -> None:
+    run(["ip", "-n", lab.vms[name].ns, "addr", "del", f"{vip}/32", "dev", "eth0"], check=False)

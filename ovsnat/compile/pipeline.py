@@ -107,9 +107,11 @@ TABLES: tuple[Table, ...] = (
         "fabric_in",
         "Frames from the fabric, already in their network: never with the router MAC or a "
         "local VM's MAC as source, never to the router MAC (routing stays on each host); ARP "
-        "and IP go on to the network's delivery tables.",
-        "proto reg6 dl_src dl_dst",
-        {Goto, Move},
+        "and IP go on to the network's delivery tables. ARP from an address a local port has "
+        "as an allowed pair is copied to the controller (metered): another host's VM holds "
+        "that VIP now.",
+        "proto reg6 dl_src dl_dst arp_spa",
+        {Goto, Move, Controller},
         {VM_ARP, VM_L2},
     ),
     _t(

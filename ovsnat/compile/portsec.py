@@ -6,12 +6,26 @@ port's flows (it sends and receives nothing)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from ovsnat.compile import sg_flows
-from ovsnat.compile.actions import Goto, Load, Output, Resubmit, SetField
+from ovsnat.compile.actions import Controller, Goto, Load, Output, Resubmit, SetField
 from ovsnat.compile.flows import NO_VLAN, Flow, Match, make_flow
-from ovsnat.compile.pipeline import CLASSIFY, SG_IN_CT, SG_OUT_CT, VM_L2, VM_ROUTE, reg6
+from ovsnat.compile.pipeline import (
+    CLASSIFY,
+    FABRIC_IN,
+    SG_IN_CT,
+    SG_OUT_CT,
+    VM_ARP,
+    VM_L2,
+    VM_ROUTE,
+    reg6,
+)
+from ovsnat.compile.punt_flows import CLAIM_METER
 from ovsnat.model import VmPort, mac_str
 from ovsnat.model.networks import Network
+
+HELD, ELSEWHERE, UNKNOWN = "held", "elsewhere", "unknown"  # a VIP's state (core.vips)
 
 ADMIN_DOWN_PRIO = 450  # above every classify flow, the DHCP punts' included
 PAIR_PRIO = 90  # an allowed pair's classify and delivery, under the port's own address
@@ -21,30 +35,60 @@ def profile(vm: VmPort) -> int:
     return sg_flows.profile_id(vm.security.groups) if vm.security.filtered else 0
 
 
-def sources(vm: VmPort) -> list[tuple[int, dict, dict]]:
-    """(priority, IP match, ARP match) for each source the port may send from."""
+@dataclass(frozen=True)
+class Source:
+    """A source the port may send from: its classify matches; `fip`: the FIP its IP leaves
+    through (a held VIP's), instead of the port's own; `learn`: its ARP tells the controller
+    who holds the address (ovsnat.core.vips)."""
+
+    prio: int
+    ip: dict
+    arp: dict
+    fip: object = None
+    learn: bool = False
+
+
+def sources(vm: VmPort, vips=()) -> list[Source]:
     port, mac = vm.ofport, mac_str(vm.mac)
     base = dict(in_port=port, vlan_tci=NO_VLAN)
     if not vm.security.anti_spoofing:  # port security off: anything from the port
-        return [(100, base, base)]
+        return [Source(100, base, base)]
     own = str(vm.fixed_ip)
     out = [
-        (
+        Source(
             100,
             dict(base, dl_src=mac, nw_src=own),
             dict(base, dl_src=mac, arp_spa=own, arp_sha=mac),
         )
     ]
+    held = {vip: fip for vip, state, fip in vips if state == HELD}
     for pair in vm.security.pairs:
         pmac, cidr = mac_str(pair.mac) if pair.mac else mac, _cidr(pair.cidr)
+        single = pair.cidr.prefixlen == 32
         out.append(
-            (
+            Source(
                 PAIR_PRIO,
                 dict(base, dl_src=pmac, nw_src=cidr),
                 dict(base, dl_src=pmac, arp_spa=cidr, arp_sha=pmac),
+                held.get(pair.cidr.ip) if single else None,
+                single,
             )
         )
     return out
+
+
+def vip_flows(cfg, vm: VmPort, net: Network, c: int, vips, fip_flows) -> list[Flow]:
+    """A held VIP's FIP (its stateless NAT, as a port's own FIP's), and, with a fabric, the
+    VIP's ARP from other hosts copied to the controller (another VM holds it now)."""
+    flows = []
+    for vip, state, fip in vips:
+        if state == HELD and fip is not None:
+            flows += fip_flows(cfg, replace(vm, fixed_ip=vip, fip=fip), net, c)
+        if cfg.fabric_ofport:
+            match = Match.of(proto="arp", reg6=reg6(net), arp_spa=str(vip))
+            actions = [Controller(meter=CLAIM_METER), Goto(VM_ARP)]
+            flows.append(make_flow(c, FABRIC_IN, 210, match, actions))
+    return flows
 
 
 def onward(vm: VmPort) -> list:
@@ -54,12 +98,17 @@ def onward(vm: VmPort) -> list:
     return [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Goto(SG_OUT_CT)]
 
 
-def deliveries(vm: VmPort, net: Network, c: int) -> list[Flow]:
-    """vm_l2: IP and ARP for the port's fixed IP (and /32 allowed pairs) to the port; a
-    filtered port's IP first through its ingress rules."""
+def deliveries(vm: VmPort, net: Network, c: int, vips=()) -> list[Flow]:
+    """vm_l2: IP and ARP for the port's fixed IP and allowed pairs to the port (a VIP: as
+    its own address while it holds it, nothing while another port does, as a pair while
+    nobody has spoken from it); a filtered port's IP first through its ingress rules."""
     mac, r6 = mac_str(vm.mac), reg6(net)
+    state = {vip: s for vip, s, _ in vips}
     keys = [(100, f"{int(vm.fixed_ip):#x}")]
-    keys += [(PAIR_PRIO, _reg7(p.cidr)) for p in vm.security.pairs]
+    for p in vm.security.pairs:
+        s = state.get(p.cidr.ip, UNKNOWN) if p.cidr.prefixlen == 32 else UNKNOWN
+        if s != ELSEWHERE:
+            keys.append((100 if s == HELD else PAIR_PRIO, _reg7(p.cidr)))
     out_ = [SetField("eth_dst", mac)]
     flows = [
         make_flow(c, VM_L2, prio, Match.of(reg6=r6, reg7=key), [*out_, Output(vm.ofport)])

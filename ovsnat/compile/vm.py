@@ -50,6 +50,7 @@ def vm_flows(
     active: bool = True,
     arrived: bool = False,
     copies: str = "all",
+    vips: tuple = (),
 ) -> list[Flow]:
     """A VM's flows. `active=False` is a FIP VM whose presence on this host is not proven
     yet (see README "Live migration"): its FIP stays dark (no ARP answers, no translation,
@@ -58,7 +59,8 @@ def vm_flows(
     a yielded FIP comes back on; "none": the controller heard what it needed), and so do ARP
     claims and probes for its FIP from the uplink (another host answering for it, or
     probing it at the same time). `arrived`: a PAT VM in its handoff grace
-    (ovsnat.compile.handoff_flows)."""
+    (ovsnat.compile.handoff_flows). `vips`: (address, held/elsewhere/unknown, its FIP) of
+    the port's single-address allowed pairs (ovsnat.core.vips)."""
     c = vm_cookie(vm, net)
     port, mac, fixed, r6 = vm.ofport, mac_str(vm.mac), str(vm.fixed_ip), reg6(net)
     responder = _fip_responder(cfg, vm, c) if vm.fip is not None else None
@@ -78,21 +80,28 @@ def vm_flows(
     if vm.security.admin_down:
         return portsec.admin_down(vm, net, c)
     flows = []
-    for prio, ip_match, arp_match in portsec.sources(vm):
+    for src in portsec.sources(vm, vips):
+        own = marks if src.fip is None else [Load("reg8", int(src.fip)), Load("reg5", 1, HAS_FIP)]
+        learn = [Controller(meter=CLAIM_METER)] if src.learn and not copy else []
         flows += [
             make_flow(
                 c,
                 CLASSIFY,
-                prio,
-                Match.of(proto="ip", **ip_match),
-                tag + marks + portsec.onward(vm),
+                src.prio,
+                Match.of(proto="ip", **src.ip),
+                tag + own + portsec.onward(vm),
             ),
             make_flow(
-                c, CLASSIFY, prio, Match.of(proto="arp", **arp_match), copy + reg + [Goto(VM_ARP)]
+                c,
+                CLASSIFY,
+                src.prio,
+                Match.of(proto="arp", **src.arp),
+                copy + learn + reg + [Goto(VM_ARP)],
             ),
         ]
     # IP and ARP alike: register 7 holds the IP destination or ARP target.
-    flows += portsec.deliveries(vm, net, c)
+    flows += portsec.deliveries(vm, net, c, vips)
+    flows += portsec.vip_flows(cfg, vm, net, c, vips, fip_flows)
     if cfg.fabric_ofport:  # nobody on the fabric may speak with this VM's MAC
         flows.append(make_flow(c, FABRIC_IN, 200, Match.of(reg6=r6, dl_src=mac), []))
     if vm.fip is not None:

@@ -19,9 +19,10 @@ import logging
 import netaddr
 
 from ovsnat.compile import portsec
-from ovsnat.compile.pipeline import CLASSIFY, UPLINK_ARP
+from ovsnat.compile.pipeline import CLASSIFY, FABRIC_IN, UPLINK_ARP
 from ovsnat.compile.punt_flows import quarantine_flows
 from ovsnat.core import punts, relay
+from ovsnat.model import mac_str
 from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
@@ -61,7 +62,7 @@ class PacketIn:
         if in_port in (host.cfg.uplink_ofport, 0):
             return self._from_outside(table, in_port, data, now)
         if in_port == host.cfg.fabric_ofport:
-            return self._drop("from_fabric")
+            return self._from_fabric(table, data)
         name = host.by_ofport.get(in_port)
         known = name is not None and name not in host.lost
         kind = punts.vm_kind(table, data, known and host.is_pending(name))
@@ -79,12 +80,46 @@ class PacketIn:
             return self._relay(table, in_port, data)
         if table != CLASSIFY:
             return self._drop("unexpected_table")
-        return self._relay_rarp(name, data) + self._presence(name, data, now)
+        return (
+            self._relay_rarp(name, data) + self._presence(name, data, now) + self._vip(name, data)
+        )
 
     # --- from VMs --------------------------------------------------------------------------
     def _presence(self, name: str, frame: bytes, now: float) -> list:
         host = self.ctl.host
         return self.ctl.fips.vm_frame(name, frame, now) if host.is_pending(name) else []
+
+    def _vip(self, name: str, frame: bytes) -> list:
+        """A port's ARP from one of its allowed-pair addresses: it holds that VIP now
+        (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink."""
+        a = arp.parse(frame)
+        port = self.ctl.host.valid[name]
+        if a is None or not any(
+            p.cidr.prefixlen == 32 and str(p.cidr.ip) == a.spa for p in port.security.pairs
+        ):
+            return []
+        out = self.ctl.sw.send(self.ctl.host.vip_seen(name, a.spa))
+        for vip, fip in port.security.pair_fips:
+            if str(vip) == a.spa and out:
+                LOG.info(
+                    "ovsnat: VIP %s is held by port %s here; its FIP %s goes live", vip, name, fip
+                )
+                mac = mac_str(self.ctl.host.cfg.ip_mac(fip))
+                garp = arp.garp(mac, str(fip))
+                out.append(
+                    self.ctl.sw.session.packet_out(
+                        self.ctl.host.cfg.uplink_ofport, garp, f"GARP for {fip}"
+                    )
+                )
+        return out
+
+    def _from_fabric(self, table: int, frame: bytes) -> list:
+        """Another host's VM's ARP from an address a local port has as a pair: it holds
+        that VIP now."""
+        a = arp.parse(frame) if table == FABRIC_IN else None
+        if a is None:
+            return self._drop("from_fabric")
+        return self.ctl.sw.send(self.ctl.host.vip_elsewhere(a.spa))
 
     def _relay_rarp(self, name: str, frame: bytes) -> list:
         """A VM's RARP (QEMU sends them when a migrated VM resumes) goes on to the fabric in

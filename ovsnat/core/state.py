@@ -27,11 +27,13 @@ from ovsnat.compile.vm import fip_responder_key, vm_flows
 from ovsnat.core.claims import Arbiter
 from ovsnat.core.delta import Delta, diff, flow_key
 from ovsnat.core.flowbook import FlowBook
+from ovsnat.core.security_state import SecurityState
 from ovsnat.core.standing import Standing
+from ovsnat.core.vips import Vips
 from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
 from ovsnat.model.networks import Network
 from ovsnat.model.portcheck import check_alone
-from ovsnat.model.secgroups import NO_GROUPS, HostSecurity
+from ovsnat.model.secgroups import NO_GROUPS
 
 HOST = flowident.HOST  # owner key of host-level flows; a network's is ("net", its name)
 
@@ -40,10 +42,11 @@ def net_owner(net: Network) -> tuple[str, str]:
     return ("net", net.name)
 
 
-class HostState:
+class HostState(SecurityState):
     def __init__(self, cfg: HostConfig):
         self.standing = Standing()
         self.security = NO_GROUPS  # the bridge's security groups (kept by set_config)
+        self.vips = Vips()  # who holds each allowed-pair address (kept by set_config)
         self._reset(cfg)
 
     def _reset(self, cfg: HostConfig) -> None:
@@ -159,6 +162,7 @@ class HostState:
             active=self._active(name),
             arrived=name in self.standing.arrived,
             copies=self.standing.copies(name),
+            vips=self._vips(name, port),
         )
 
     def flows_for(self, keys: set[tuple[int, int]]) -> list[Flow]:
@@ -198,17 +202,6 @@ class HostState:
         self.transient = transient & set(self.invalid)
         return diff(old, self.all_flows(), {HOST, *ports})
 
-    def set_security(self, security: HostSecurity) -> Delta:
-        """The bridge's security groups changed: recompile the owners they touch."""
-        self.security = security
-        return self._store_sg(self.sg.set_security(security))
-
-    def _store_sg(self, owners) -> Delta:
-        delta = Delta()
-        for owner in owners:
-            delta.extend(self._store(owner, self.sg.flows(owner)))
-        return delta
-
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
         (gone). Returns the flows to delete and add."""
@@ -222,6 +215,8 @@ class HostState:
             self.standing.forget(name)  # gone, or a new device: the VM must show up (again)
         if old is not None:
             affected |= self.arbiter.leave(name, old, self.net(old))
+        if not isinstance(port, VmPort):
+            affected |= self.vips.forget(name)
         self.invalid.pop(name, None)
         self.transient.discard(name)
         if isinstance(port, Rejection):
@@ -242,6 +237,8 @@ class HostState:
             return
         self.valid[name] = port
         self.by_ofport[port.ofport] = name
+        singles = tuple(str(p.cidr.ip) for p in port.security.pairs if p.cidr.prefixlen == 32)
+        affected |= self.vips.track(name, self.net(port).name, singles)
         affected |= self.arbiter.enter(name, port, self.net(port))
 
     def activate(self, name: str) -> Delta:

@@ -19,6 +19,7 @@ KEY_GROUPS = "ovsnat-sg"
 KEY_PORT_SECURITY = "ovsnat-port-security"
 KEY_PAIRS = "ovsnat-allowed-pairs"
 KEY_ADMIN = "ovsnat-admin"
+KEY_PAIR_FIPS = "ovsnat-pair-fips"  # vip=fip,...: a FIP on an allowed pair's address
 GROUP_PREFIX = "ovsnat-sg-"  # Bridge: ovsnat-sg-<id> = rules
 MEMBERS_PREFIX = "ovsnat-sgm-"  # Bridge: ovsnat-sgm-<id> = member addresses
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
@@ -76,6 +77,7 @@ class PortSecurity:
     anti_spoofing: bool = True
     pairs: tuple[Pair, ...] = ()
     admin_down: bool = False
+    pair_fips: tuple[tuple[netaddr.IPAddress, netaddr.IPAddress], ...] = ()  # (vip, fip)
 
     @property
     def filtered(self) -> bool:
@@ -168,13 +170,36 @@ def parse_port(label: str, ids: Mapping[str, str]) -> PortSecurity:
     pairs = tuple(
         _pair(label, p.strip()) for p in str(ids.get(KEY_PAIRS, "")).split(",") if p.strip()
     )
+    kept = tuple(p for p in pairs if p is not None)
     result = PortSecurity(
         groups if security == "on" else None,
         security == "on",
-        tuple(p for p in pairs if p is not None),
+        kept,
         admin == "down",
+        _pair_fips(label, str(ids.get(KEY_PAIR_FIPS, "")), kept),
     )
     return UNFILTERED if result == UNFILTERED else result
+
+
+def _pair_fips(label: str, text: str, pairs: tuple[Pair, ...]):
+    """`vip=fip,...`: each VIP one of the port's single-address pairs."""
+    singles = {p.cidr.ip for p in pairs if p.cidr.prefixlen == 32}
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        what = f"{label}: external_ids:{KEY_PAIR_FIPS} {_show(item)}"
+        vip, _, fip = item.partition("=")
+        try:
+            vip_ip, fip_ip = (
+                netaddr.IPAddress(v.strip(), 4, netaddr.INET_PTON) for v in (vip, fip)
+            )
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            raise PortError(f"{what}: not VIP=FIP (two IPv4 addresses)") from None
+        if vip_ip not in singles:
+            raise PortError(f"{what}: {vip_ip} is not one of the port's allowed address pairs")
+        out.append((vip_ip, fip_ip))
+    return tuple(sorted(out))
 
 
 def _pair(label: str, text: str) -> Pair | None:
