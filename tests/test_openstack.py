@@ -97,7 +97,7 @@ def test_port_binds_and_its_row_gets_the_keys_within_1s_of_the_plug(cl):
     port = nova.create_port(cl, "hv1", cl.topo.tenant_net, unique("keys"))
     assert port.binding_vif_type == "ovs", port.binding_vif_type
     details = port.binding_vif_details
-    assert details["bridge_name"] == "br-int" and details["port_filter"] is False
+    assert details["bridge_name"] == "br-int" and details["port_filter"] is True
     assert details["datapath_type"] == "netdev" and details["ovs_hybrid_plug"] is False
     spec = cloud.vif_spec(cl.conn, port, port.name)
     fixed = port.fixed_ips[0]["ip_address"]
@@ -116,6 +116,7 @@ def test_port_binds_and_its_row_gets_the_keys_within_1s_of_the_plug(cl):
         "ovsnat-cidr": cloud.TENANT["cidr"], "ovsnat-gateway": cloud.TENANT["gateway"],
         "ovsnat-vlan": str(net.provider_segmentation_id), "ovsnat-mtu": str(net.mtu),
         "ovsnat-dns": "198.51.100.53", "ovsnat-routes": "10.9.0.0/16>10.1.0.254",
+        "ovsnat-sg": ",".join(sorted(port.security_group_ids)),     # the default group
         "ovsnat-installed": "true", "ovsnat-ready": "true"}
     assert 100 <= int(net.provider_segmentation_id) <= 199
 

@@ -35,6 +35,7 @@ from oslo_config import cfg  # noqa: E402
 
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
+from ovsnat.neutron.agent_sg import GroupSync, admin_down  # noqa: E402
 from ovsnat.neutron.devices import ports_up  # noqa: E402
 from ovsnat.neutron.keys import SNAT_IP, KeyDiff, diff_keys  # noqa: E402
 
@@ -89,6 +90,7 @@ class OvsnatAgent:
         self.stopping = threading.Event()
         self.health = Health(conf.AGENT.report_interval, self.resync, self.stopping)
         self.ovsdb = None
+        self.sg = GroupSync(self)               # security groups: the Bridge's group keys
 
     # --- marks (any thread) --------------------------------------------------------------
     def mark_ports(self, port_ids: list[str]) -> None:
@@ -157,7 +159,7 @@ class OvsnatAgent:
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
-        ok &= self._apply(snap)
+        ok &= self.sg.before_ports(snap, full) & self._apply(snap) & self.sg.after_ports(snap)
         if not self.health.neutron_ok:   # cut off: the rest would only wait for timeouts
             return False
         ok &= self._report_devices(snap, full)
@@ -206,6 +208,9 @@ class OvsnatAgent:
         for pid, row in snap.rows.items():
             if pid not in self.desired:
                 continue
+            if not self.sg.covers(self.desired[pid]):
+                ok = False      # its groups are not on the bridge yet (agent_sg)
+                continue
             diff = diff_keys(row.external_ids, self.desired[pid] or {})
             if not diff:
                 continue
@@ -228,7 +233,7 @@ class OvsnatAgent:
         ignores)."""
         rows = {pid: row.external_ids for pid, row in snap.rows.items()}
         with self.lock:
-            wanted = ports_up(rows, self.bindings)
+            wanted = ports_up(rows, self.bindings) - admin_down(self.desired)
             self.reported_up -= self.reup
             self.reup.clear()
             if full:        # Neutron's view is the truth: report what differs from it
@@ -321,7 +326,7 @@ class OvsnatAgent:
         from ovsnat.neutron.agent_rpc import start_consumers
         self.connect_ovsdb()
         self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
-        start_consumers(self.endpoint)
+        start_consumers(self.endpoint, self.sg.endpoint)
         self.health.start(self.report_state)
         LOG.info("ovsnat-neutron-agent on host %s, bridge %s, physnets %s", self.host,
                  self.conf.ovsnat.bridge, self.conf.ovsnat.physical_networks)

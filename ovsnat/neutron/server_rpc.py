@@ -23,6 +23,7 @@ import oslo_messaging
 from neutron.objects import ports as ports_obj
 
 from ovsnat.neutron import constants as c
+from ovsnat.neutron import server_sg
 from ovsnat.neutron.keys import PortFacts, Segment, port_keys
 
 LOG = log.getLogger(__name__)
@@ -109,6 +110,7 @@ class OvsnatServerRpc:
                 "keys": port_keys(_port_facts(port, networks, subnets, fips)),
                 "up": port.get("status") == "ACTIVE" and port.get("binding:host_id") == host,
                 "binding": bindings.get(port["id"])}
+        server_sg.add_port_keys(result, ports)      # groups, port security, admin state
         LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
         return result
 

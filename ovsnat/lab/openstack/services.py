@@ -36,9 +36,30 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 # /proc/PID/environ shows, and the lab's teardown, which stops only processes whose
 # environment carries the lab's id, would leave neutron-rpc-server running.
 NEUTRON_ENV = {"PYTHONWARNINGS": "ignore", "SPT_NOENV": "1"}
-SCHEMA_FROM_MODELS = ("import sys, sqlalchemy as sa\n"
-                      "from neutron.db.migration.models import head\n"
-                      "head.get_metadata().create_all(sa.create_engine(sys.argv[1]))\n")
+# Neutron's schema from its models, then what migration c33da356b165 inserts besides its
+# table: the default security group rule templates (egress IPv4 and IPv6 for every group,
+# ingress from the group itself for the default group), from the migration's own list, the
+# migration's way. Without them every group Neutron makes has no rule at all.
+SCHEMA_FROM_MODELS = """import glob, importlib.util, os, sys, sqlalchemy as sa
+import neutron
+from neutron.db.migration.models import head
+engine = sa.create_engine(sys.argv[1])
+head.get_metadata().create_all(engine)
+path, = glob.glob(os.path.join(os.path.dirname(neutron.__file__), "db", "migration",
+                  "alembic_migrations", "versions", "*", "expand",
+                  "c33da356b165_security_group_default_rules.py"))
+spec = importlib.util.spec_from_file_location("c33da356b165", path)
+migration = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(migration)
+table = sa.Table(migration.table_name, sa.MetaData(), autoload_with=engine)
+with engine.begin() as conn:
+    for rule in migration.default_template_rules:
+        rule = dict(rule)
+        res = conn.execute(sa.insert(migration.standardattr).values(
+            {"description": rule.pop("description"), "resource_type": migration.table_name}))
+        rule["standard_attr_id"] = res.inserted_primary_key[0]
+        conn.execute(sa.insert(table).values(rule))
+"""
 
 
 @dataclass
