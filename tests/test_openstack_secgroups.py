@@ -83,7 +83,8 @@ def new_group(cl, name: str, self_ingress: bool = False, **kw):
 
 def boot_with(cl, host: str, **port_kw) -> nova.Instance:
     """nova.boot's steps (module doc of nova.py) for a port made with `port_kw` (its
-    groups, pairs...), as Nova creates it when the user asked for them; no DHCP."""
+    groups, pairs...), as Nova creates it when the user asked for them; no DHCP. Returns
+    once the port is ACTIVE, as Nova's boot returns once Neutron said so."""
     name = unique("vm")
     port = nova.create_port(cl, host, cl.topo.tenant_net, f"{name}-port", **port_kw)
     spec = cloud.vif_spec(cl.conn, port, name)
@@ -92,6 +93,7 @@ def boot_with(cl, host: str, **port_kw) -> nova.Instance:
                              cloud.TENANT["gateway"])
     plugged = instances.os_vif(cl.lab, host, "plug", spec)
     start_server(cl.lab, f"{name}-tcp", vm.ns, "tcp", nova.GUEST_PORT)
+    wait_active(cl, port.id)
     return nova.Instance(name, port.id, fixed, vm, spec, plugged, dhcp=False)
 
 

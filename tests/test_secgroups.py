@@ -186,3 +186,34 @@ def test_protocol_table_is_neutrons():
                          capture_output=True, text=True, timeout=60, check=True).stdout
     table, aliases = json.loads(out)
     assert sg.PROTOCOL_NUMBERS == {**table, **{a: table[n] for a, n in aliases.items()}}
+
+
+# --- what the agent fetches ------------------------------------------------------------------
+def plan(own, held=None, known=(), rules=(), members=(), full=False) -> sg.Fetch:
+    return sg.plan_fetch(set(own), {g: frozenset(r) for g, r in (held or {}).items()},
+                         set(known), set(rules), set(members), full)
+
+
+def test_a_new_group_is_fetched_with_its_remotes_members_unless_held():
+    assert plan([G]) == sg.Fetch((G,), (), ())
+    assert plan([G, W], held={G: [G]}, known=[G]) == sg.Fetch((W,), (), (G,))
+
+
+def test_pushes_fetch_only_what_they_name_and_the_host_holds():
+    held = {G: [G], W: [G]}
+    assert not plan([G, W], held, known=[G])                       # idle: nothing
+    assert plan([G, W], held, known=[G], rules=[W]) == sg.Fetch((W,), (), (G,))
+    assert plan([G, W], held, known=[G], members=[G]) == sg.Fetch((), (G,), ())
+    assert not plan([G, W], held, known=[G], rules=["x"], members=["y"])   # not held here
+
+
+def test_a_deleted_remote_group_refetches_the_groups_naming_it():
+    """Neutron deletes the rules naming a deleted group with it (ON DELETE CASCADE)."""
+    held = {W: ["gone"]}
+    assert plan([W], held, known=["gone"], rules=["gone"], members=["gone"]) == \
+        sg.Fetch((W,), ("gone",), ())
+
+
+def test_a_resync_fetches_everything_the_host_needs():
+    held = {G: [G], W: [G]}
+    assert plan([G, W], held, known=[G, "old"], full=True) == sg.Fetch((G, W), (G,), ("old",))

@@ -48,11 +48,12 @@ class GroupApi:
             topic=c.SERVER_TOPIC, namespace=sg.RPC_NAMESPACE, version=sg.RPC_VERSION))
 
     def get_security_groups(self, context, host: str, group_ids: list[str],
-                            member_ids: list[str], timeout: float = CALL_TIMEOUT) -> dict:
+                            member_ids: list[str], known: list[str],
+                            timeout: float = CALL_TIMEOUT) -> dict:
         return self.client.prepare(timeout=timeout, retry=0,
                                    transport_options=AT_LEAST_ONCE).call(
             context, "get_security_groups", host=host, group_ids=group_ids,
-            member_ids=member_ids)
+            member_ids=member_ids, known=known)
 
 
 class GroupPushEndpoint:
@@ -116,42 +117,41 @@ class GroupSync:
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:
-        """Fetch what changed or is missing, then write the group keys that are new or
-        changed (removals wait for after_ports)."""
+        """Fetch what changed or is missing (one call: the server adds the members of the
+        remote groups of the groups asked for, unless this host holds them already), then
+        write the group keys that are new or changed (removals wait for after_ports)."""
         own = self.own(set(snap.rows))
         with self.lock:
             rules_dirty, self.rules_dirty = self.rules_dirty, set()
             members_dirty, self.members_dirty = self.members_dirty, set()
-        namers = {g for g in own if g in self.groups and
-                  self.groups[g].remotes & rules_dirty}   # a deleted remote (CASCADE)
-        fetch = own if full else (own - set(self.groups)) | (own & (rules_dirty | namers))
-        ok = self._fetch(sorted(fetch), [], rules_dirty, members_dirty)
+        plan = sg.plan_fetch(own, {g: v.remotes for g, v in self.groups.items()},
+                             set(self.members), rules_dirty, members_dirty, full)
+        ok = self._fetch(plan, rules_dirty, members_dirty)
         remotes = self.remotes(own)
-        stale = remotes if full else (remotes - set(self.members)) | (remotes & members_dirty)
-        ok = ok and self._fetch([], sorted(stale), rules_dirty, members_dirty)
         self.groups = {g: v for g, v in self.groups.items() if g in own}
-        self.members = {g: v for g, v in self.members.items() if g in self.remotes(own)}
+        self.members = {g: v for g, v in self.members.items() if g in remotes}
         self.wanted = sg.bridge_keys({g: v.value for g, v in self.groups.items()},
                                      self.members)
         changed = {k: v for k, v in self.wanted.items() if snap.bridge_ids.get(k) != v}
-        return self._write(KeyDiff(changed, ())) and ok
+        complete = own <= set(self.groups) and remotes <= set(self.members)
+        return self._write(KeyDiff(changed, ())) and ok and complete
 
     def after_ports(self, snap) -> bool:
         """Remove the group keys no local port needs any more."""
         gone = tuple(k for k in snap.bridge_ids if sg.is_group_key(k) and k not in self.wanted)
         return self._write(KeyDiff({}, gone))
 
-    def _fetch(self, group_ids: list[str], member_ids: list[str], rules_dirty: set[str],
-               members_dirty: set[str]) -> bool:
-        if not group_ids and not member_ids:
+    def _fetch(self, plan: sg.Fetch, rules_dirty: set[str], members_dirty: set[str]) -> bool:
+        if not plan:
             return True
         agent = self.agent
         if not agent.health.neutron_ok:     # cut off: the ports' sync probes, not this
             self._requeue(rules_dirty, members_dirty)
             return False
         try:
-            answer = self.api.get_security_groups(agent.context, agent.host, group_ids,
-                                                  member_ids, agent.health.call_timeout())
+            answer = self.api.get_security_groups(
+                agent.context, agent.host, list(plan.groups), list(plan.members),
+                list(plan.known), agent.health.call_timeout())
         except Exception as e:
             agent.health.rpc_failed("get_security_groups", e)
             self._requeue(rules_dirty, members_dirty)

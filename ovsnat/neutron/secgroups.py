@@ -228,3 +228,34 @@ def bridge_keys(groups: dict[str, str], members: dict[str, str]) -> dict[str, st
 def is_group_key(key: str) -> bool:
     """A Bridge key the agent manages (ovsnat-snat-ip and others are not)."""
     return key.startswith(GROUP_PREFIX) or key.startswith(MEMBERS_PREFIX)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """What an agent asks the server for in one call: the rules of `groups`, the members
+    of `members`, and (the server adds them) the members of the remote groups of `groups`
+    that are not in `known`."""
+
+    groups: tuple[str, ...]
+    members: tuple[str, ...]
+    known: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.members)
+
+
+def plan_fetch(own: set[str], remotes_of: dict[str, frozenset], members_known: set[str],
+               rules_dirty: set[str], members_dirty: set[str], full: bool) -> Fetch:
+    """The agent's fetch, given its local ports' groups (`own`), the remote groups of the
+    groups it holds, the member lists it holds, and the ids the server's pushes named since
+    (rules changed, members changed). A group is fetched when new, when its rules changed,
+    or when a remote group its rules name changed (a deleted group takes the rules naming
+    it with it); a member list when new or changed; everything after a (re)sync."""
+    held = {g for g in own if g in remotes_of}
+    namers = {g for g in held if remotes_of[g] & rules_dirty}
+    groups = own if full else (own - held) | (own & rules_dirty) | namers
+    remotes = set().union(*(remotes_of[g] for g in held))
+    members = remotes if full else (remotes - members_known) | (remotes & members_dirty)
+    return Fetch(tuple(sorted(groups)), tuple(sorted(members)),
+                 tuple(sorted(members_known - members)))
+

@@ -74,15 +74,21 @@ class SecurityGroupRpc:
 
     target = oslo_messaging.Target(namespace=sg.RPC_NAMESPACE, version=sg.RPC_VERSION)
 
-    def get_security_groups(self, context, host: str, group_ids=(), member_ids=()) -> dict:
+    def get_security_groups(self, context, host: str, group_ids=(), member_ids=(),
+                            known=()) -> dict:
         """{"groups": group id -> {"value": `ovsnat-sg-<id>`, "remotes": [group ids its
-        rules name]}, "members": group id -> `ovsnat-sgm-<id>`}. A group Neutron does not
+        rules name]}, "members": group id -> `ovsnat-sgm-<id>`} for `group_ids`, and the
+        members of `member_ids` and of every remote group of `group_ids` not in `known`
+        (the agent holds those already): one round trip for a new group and its remotes,
+        and a rule change does not resend a 1,000-member list. A group Neutron does not
         know (deleted meanwhile) has no rules and no members: "" for both, which allow
         nothing."""
         ctx = n_context.get_admin_context()
         plugin = directory.get_plugin()
-        answer = {"groups": self._groups(ctx, plugin, sorted(set(group_ids))),
-                  "members": self._members(ctx, plugin, sorted(set(member_ids)))}
+        groups = self._groups(ctx, plugin, sorted(set(group_ids)))
+        remotes = {r for g in groups.values() for r in g["remotes"]} - set(known)
+        answer = {"groups": groups,
+                  "members": self._members(ctx, plugin, sorted(set(member_ids) | remotes))}
         LOG.debug("ovsnat: %d groups, %d member lists requested by %s",
                   len(answer["groups"]), len(answer["members"]), host)
         return answer
