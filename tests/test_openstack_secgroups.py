@@ -33,7 +33,14 @@ LIMIT = 1.0     # s: the issue's bound, from Neutron's answer to the key on the 
 @pytest.fixture(scope="module")
 def cl(request):
     with cloud_lab(request, TIMES) as lab:
+        unlimited_groups(lab)
         yield lab
+
+
+def unlimited_groups(cl) -> None:
+    """The tenant may make as many groups and rules as the tests need (Neutron's default
+    quota is 10 groups and 100 rules), set as an operator sets it, through the API."""
+    cl.conn.network.update_quota(cloud.PROJECT, security_groups=-1, security_group_rules=-1)
 
 
 # --- helpers ---------------------------------------------------------------------------------
