@@ -66,7 +66,19 @@ def add_port_keys(result: dict, ports: list[dict]) -> None:
     for port in ports:
         entry = result.get(port["id"])
         if entry and entry.get("keys"):
-            entry["keys"].update(sg.port_sg_keys(port, enabled))
+            entry["keys"].update(_port_sg_keys(port, enabled))
+
+
+def _port_sg_keys(port: dict, enabled: bool) -> dict[str, str]:
+    """An allowed address pair Neutron validated cannot be unreadable; if one were, the
+    port gets its keys without its pairs (pairs only add what the port may send from) and
+    the reason is logged, rather than failing the whole batch."""
+    try:
+        return sg.port_sg_keys(port, enabled)
+    except ValueError as e:
+        LOG.error("ovsnat: port %s: unreadable allowed address pairs %s (%s); written "
+                  "without them", port["id"], port.get("allowed_address_pairs"), e)
+        return sg.port_sg_keys({**port, "allowed_address_pairs": []}, enabled)
 
 
 class SecurityGroupRpc:
