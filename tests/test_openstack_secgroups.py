@@ -330,6 +330,45 @@ def test_a_stateless_group_is_flagged(cl):
     assert value.split(";")[0] == "stateless" and len(value.split(";")) == 3, value
 
 
+def test_an_agent_started_while_neutron_is_away_removes_no_group_key(cl):
+    """hv1's agent restarts while neutron-rpc-server is down: it knows no port's groups, so
+    it must remove none of the group keys its ports' rows name (the controller would drop
+    their traffic). A rule deleted meanwhile (the API still answers) stays on the bridge
+    until Neutron answers again, then goes."""
+    group = new_group(cl, "outage", self_ingress=True)
+    inst = boot_with(cl, "hv1", security_group_ids=[group.id])
+    wait_key(cl, inst.vm, "ovsnat-sg", group.id)
+
+    def group_keys() -> dict:
+        return {k: v for k, v in bridge_ids(cl, "hv1").items() if k.startswith("ovsnat-sg")}
+    before = group_keys()
+    rule = next(r for r in cl.conn.network.security_group_rules(security_group_id=group.id)
+                if r.remote_group_id == group.id)
+    assert any(r.startswith(rule.id) for r in rules(before, group.id))
+    cl.services.stop_agent("hv1")
+    cl.services.stop("neutron-rpc")
+    try:
+        cl.services.start_agent("hv1")
+        cl.conn.network.delete_security_group_rule(rule.id)
+        # The restarted agent's first call waits out its 10 s timeout (the server's queue
+        # outlives the server, so the call is not refused), a whole pass follows, then a
+        # probe every 0.25 s: 16 s covers its start, that pass and a few probes.
+        deadline = time.monotonic() + 16
+        while time.monotonic() < deadline:
+            assert group_keys() == before
+            assert row_ids(cl, "hv1", inst.vm.tap).get("ovsnat-sg") == group.id
+            time.sleep(0.2)
+    finally:
+        t = time.monotonic()
+        cl.services.start_rpc()
+    wait_bridge(cl, "hv1", lambda k: rules(k, group.id) is not None and not any(
+        r.startswith(rule.id) for r in rules(k, group.id)),
+        "the rule deleted meanwhile gone", timeout=60)
+    TIMES["rpc-server back: group keys converged"] = time.monotonic() - t
+    assert rules(bridge_ids(cl, "hv1"), group.id)
+    cl.agents_alive()
+
+
 def test_groups_switched_off_in_neutron_no_group_keys_and_port_filter_false(cl):
     """[securitygroup] enable_security_group = False (Neutron's API then has no groups):
     a port bound then says port_filter false and gets no `ovsnat-sg`. Neutron's API and RPC

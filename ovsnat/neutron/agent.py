@@ -159,7 +159,8 @@ class OvsnatAgent:
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
-        ok &= self.sg.before_ports(snap, full) & self._apply(snap) & self.sg.after_ports(snap)
+        ok &= self.sg.before_ports(snap, full) & self._apply(snap)
+        ok = ok and self.sg.after_ports(snap)   # group keys go once every row is right
         if not self.health.neutron_ok:   # cut off: the rest would only wait for timeouts
             return False
         ok &= self._report_devices(snap, full)

@@ -11,7 +11,8 @@ group's keys go as soon as no local port needs them any more.
 Order of writes, so the controller never sees a port name a group it has no value for: the
 group keys a pass needs are written before the ports' keys; a port whose groups could not
 be fetched keeps its old keys until they are (covers()); keys no longer needed are removed
-after the ports' keys.
+after the ports' keys, and only after a pass in which Neutron answered for every local port
+and every row was written (nothing is removed on silence or errors, as for the ports).
 
 A port whose admin_state_up is False is reported DOWN, as Neutron's OVS agent does
 (ovs_neutron_agent._bind_devices puts it in devices_down and treat_vif_port calls
@@ -137,7 +138,11 @@ class GroupSync:
         return self._write(KeyDiff(changed, ())) and ok and complete
 
     def after_ports(self, snap) -> bool:
-        """Remove the group keys no local port needs any more."""
+        """Remove the group keys no local port needs any more. Called only after a pass in
+        which Neutron answered and every row got its keys: a row still naming a group (an
+        agent started while Neutron is away knows no port's groups yet) keeps it."""
+        if any(pid not in self.agent.desired for pid in snap.rows):
+            return False
         gone = tuple(k for k in snap.bridge_ids if sg.is_group_key(k) and k not in self.wanted)
         return self._write(KeyDiff({}, gone))
 
