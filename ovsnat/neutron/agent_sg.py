@@ -71,6 +71,8 @@ class GroupPushEndpoint:
 
 @dataclass(frozen=True)
 class Group:
+    """A group as the server gave it: its Bridge value and the remote groups it names."""
+
     value: str
     remotes: frozenset
 
