@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export VENV
 
 .PHONY: install lab lab-openstack lab-down test unit golden clean bench test-openstack \
-	test-openstack-mariadb test-nova
+	test-openstack-mariadb test-nova test-devstack config-samples
 
 install:
 	bash scripts/install.sh
@@ -21,8 +21,10 @@ lab-openstack: install
 lab-down:
 	$(VENV)/bin/ovsnat lab down --all
 
+# Everything but the run under devstack's own code, which needs a checkout CI cannot fetch
+# (make test-devstack).
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not devstack" $(PYTEST_ARGS)
 
 # BENCH_ARGS: e.g. --quick, --only cold,restart, --sizes 1000,10000 (python -m bench --help)
 bench: install
@@ -41,8 +43,20 @@ test-openstack-mariadb: install
 test-nova: install
 	$(PY) -m pytest -q -m nova $(PYTEST_ARGS)
 
+# The devstack plugin run by devstack's own code (devstack/tools/with-devstack.sh), both
+# samples: DEVSTACK_DIR is a checkout of openstack/devstack (outside this repository; e.g.
+# git clone https://opendev.org/openstack/devstack). Needs root and PyPI; about a minute each.
+test-devstack: install
+	OVSNAT_DEVSTACK_DIR=$(DEVSTACK_DIR) $(PY) -m pytest -q -m devstack $(PYTEST_ARGS)
+
+# ovsnat-neutron-agent's sample configuration, generated from its options as Neutron generates
+# its own agents' (tests/test_agent_options.py fails when it is stale).
+config-samples: install
+	.venv-neutron/bin/oslo-config-generator \
+		--config-file etc/oslo-config-generator/ovsnat_agent.ini
+
 unit: install
-	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not lab and not devstack" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-neutron .pytest_cache

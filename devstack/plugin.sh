@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 #
 # devstack/plugin.sh: ovsnat's devstack plugin. devstack sources it as
-#     source plugin.sh stack install|post-config|extra     (stack.sh)
+#     source plugin.sh stack pre-install|install|post-config|extra     (stack.sh)
 #     source plugin.sh unstack                              (unstack.sh)
 #     source plugin.sh clean                                (clean.sh, after unstack.sh)
 # with its own functions loaded (is_service_enabled, run_process, stop_process, iniset, die,
@@ -64,6 +64,26 @@ function _ovsnat_check_settings {
 }
 
 # --- stack install --------------------------------------------------------------------------
+# Open vSwitch as devstack installs it for its own OVS agent (lib/neutron_plugins/ovs_base:
+# the distribution's packages, then the service started), which devstack does only for
+# q-agt, q-dhcp, q-l3 or OVN, none of which runs beside ovsnat in Neutron mode. A running
+# OVS (devstack's own, or one installed before) is left as it is.
+function install_ovsnat_ovs {
+    if sudo ovs-vsctl --timeout=5 show >/dev/null 2>&1; then
+        return
+    fi
+    # shellcheck disable=SC2046  # devstack's package list for openvswitch, one word each
+    install_package $(get_packages openvswitch)
+    if is_ubuntu; then
+        restart_service openvswitch-switch
+    else
+        restart_service openvswitch
+        sudo systemctl enable openvswitch
+    fi
+    sudo ovs-vsctl --timeout=30 show >/dev/null ||
+        die $LINENO "Open vSwitch does not answer after its installation (ovs-vsctl show)"
+}
+
 # The same steps as scripts/install.sh, in a virtualenv of ovsnat's own (see settings).
 function install_ovsnat {
     if [[ ! -d "$OVSNAT_DIR" ]]; then
@@ -255,9 +275,14 @@ function cleanup_ovsnat {
 # ovsnat: the controller (both modes); ovsnat-agent and ovsnat-ml2: Neutron mode's parts
 # (devstack/lib/ovsnat-neutron). The agent starts after the controller, which marks the ports
 # whose flows are in (the agent reports those up to Neutron).
-if [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
+if [[ "${1:-}" == "stack" && "${2:-}" == "pre-install" ]]; then
+    if [[ "$OVSNAT_MODE" == neutron ]] && is_service_enabled ovsnat-agent ovsnat-ml2; then
+        _ovsnat_neutron_check_node
+    fi
+elif [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
     if is_service_enabled ovsnat; then
-        echo_summary "Installing ovsnat"
+        echo_summary "Installing Open vSwitch and ovsnat"
+        install_ovsnat_ovs
         install_ovsnat
     fi
     if is_service_enabled ovsnat-agent ovsnat-ml2; then

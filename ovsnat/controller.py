@@ -71,7 +71,6 @@ class HostController:
         self.refusals = connlimit.Refusals()
         self.audit = audit.Auditor(audit_interval, self.sw, self.timers, self.stats)
         self.first_view = True
-        self.unready: dict[str, str] = {}         # row without a device -> rejection logged
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -244,7 +243,8 @@ class HostController:
             return []
         busy = self.sw.session.in_flight_owners()
         return markers.changes(self.host, self.rows, names,
-                               lambda name: self.sw.confirmed(name, busy), self.unready)
+                               lambda name: self.sw.confirmed(name, busy),
+                               self.rejections.errors_logged)
 
     # --- packets ---------------------------------------------------------------------------
     def packet_in(self, in_port: int, table: int, data: bytes, now: float) -> list:

@@ -154,11 +154,3 @@ def _route_cidr(text: str) -> netaddr.IPNetwork | None:
         return None
     net = netaddr.IPNetwork(f"{ip}/{plen}")
     return net if net.ip == net.network else None
-
-
-def check_routes(label: str, routes, cidr: netaddr.IPNetwork) -> None:
-    """Every next hop must be on the port's network (RFC 3442 routes are via a neighbour)."""
-    for dest, hop in routes:
-        if not cidr.first < int(netaddr.IPAddress(hop)) < cidr.last:
-            raise PortError(f"{label}: external_ids:{KEY_ROUTES} {dest}>{hop}: next hop is "
-                            f"not on the port's network {cidr}")

@@ -53,7 +53,9 @@ def keys_rejection(host, name: str, external_ids) -> str | None:
         port = VmPort.from_external_ids(name, UNATTACHED, external_ids)
     except PortError as e:
         return str(e)
-    return check_alone(host.cfg, port) or host.beaten_by(port)
+    beaten = host.beaten_by(port)        # worded as the host state words a lost clash
+    return check_alone(host.cfg, port) or \
+        (f"port {port.name!r} ({port.iface_id}): {beaten}" if beaten else None)
 
 
 def changes(host, rows: dict, names, confirmed: Callable[[str], bool],
@@ -83,8 +85,8 @@ def _keys_ok(host, name: str, ids, logged: dict[str, str]) -> bool:
     if reason is None:
         logged.pop(name, None)
     elif logged.get(name) != reason:
-        LOG.error("ovsnat: not ready for its device (a live migration cannot come "
-                  "here): %s", reason)
+        LOG.error("ovsnat: skipping %s (not ready for its device: a live migration cannot "
+                  "come here)", reason)
         logged[name] = reason
     return reason is None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Mapping
 
 import netaddr
@@ -22,7 +23,7 @@ KEY_FIP = "ovsnat-fip"
 MAX_ID_LEN = 255
 FIP_ACTIVATIONS = ("probe", "first-packet", "immediate")
 
-from ovsnat import dhcp_keys, networks  # noqa: E402
+from ovsnat import dhcp_keys, networks, validate  # noqa: E402
 from ovsnat.dhcp_keys import HostDhcp, PortDhcp  # noqa: E402
 from ovsnat.networks import Network  # noqa: E402
 from ovsnat.parse import ConfigError, PortError, _in, _require_host, _show, _usable, \
@@ -182,6 +183,15 @@ class HostConfig:
             raise ConfigError("snat_ip: required option is empty (set it, or let "
                               "ovsnat-neutron-agent set Bridge external_ids:ovsnat-snat-ip)")
 
+    @cached_property
+    def limits(self) -> validate.HostLimits:
+        """What this host reserves, as the shared validation (and Neutron's driver, through
+        the agent's report) sees it: the external network and the transit range, in the
+        order the controller has always checked them."""
+        return validate.HostLimits((("external_cidr", self.external_cidr),
+                                    ("transit_cidr", self.transit_cidr)),
+                                   self.internal_cidr, self.handoff_vlan)
+
     @property
     def default_network(self) -> Network | None:
         """The network of ports that name none: internal_cidr, untagged."""
@@ -281,14 +291,11 @@ class VmPort:
         if net is None:
             raise PortError(f"{label}: external_ids:{networks.KEY_NETWORK} is missing and this "
                             "host has no default network (internal_cidr is empty)")
-        self._check_network(cfg, net, label)
-        if not net.host_address(self.fixed_ip):
-            raise PortError(f"{label}: fixed IP {self.fixed_ip} is not a host address of "
-                            f"network {net.label} {net.cidr}")
-        if self.fixed_ip == net.gateway:
-            raise PortError(f"{label}: fixed IP {self.fixed_ip} is the VMs' gateway address")
-        if self.dhcp is not None:
-            dhcp_keys.check_routes(label, self.dhcp.routes, net.cidr)
+        problem = validate.port_problem(self.fixed_ip, net,
+                                        self.dhcp.routes if self.dhcp is not None else (),
+                                        cfg.limits)
+        if problem:
+            raise PortError(f"{label}: {problem}")
         if self.mac == cfg.router_mac:
             raise PortError(f"{label}: MAC {mac_str(self.mac)} is the router MAC")
         if self.ofport in (cfg.uplink_ofport, cfg.fabric_ofport):
@@ -304,25 +311,6 @@ class VmPort:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
         if self.fip == cfg.external_gateway_ip:
             raise PortError(f"{label}: FIP {self.fip} is the external gateway's address")
-
-    def _check_network(self, cfg: HostConfig, net: Network, label: str) -> None:
-        """A named network against the host: the fabric's untagged segment belongs to the
-        default network when there is one; no network may overlap the external side."""
-        if net.name and net.vlan is None and cfg.default_network is not None:
-            raise PortError(f"{label}: network {net.name} is untagged, but the fabric's "
-                            f"untagged segment is this host's default network "
-                            f"(internal_cidr {cfg.internal_cidr}); give it an "
-                            f"external_ids:{networks.KEY_VLAN}")
-        if net.vlan is not None and net.vlan == cfg.handoff_vlan:
-            raise PortError(f"{label}: network {net.name}'s VLAN {net.vlan} is this host's "
-                            "handoff_vlan")
-        if net.name and _overlap(net.cidr, cfg.external_cidr):
-            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps external_cidr "
-                            f"{cfg.external_cidr}")
-        if net.name and _overlap(net.cidr, cfg.transit_cidr):
-            raise PortError(f"{label}: network {net.name} {net.cidr} overlaps transit_cidr "
-                            f"{cfg.transit_cidr} (addresses used inside ovsnat's datapath; "
-                            "set transit_cidr to a /10 no network uses)")
 
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:
         """This VM's PAT source ports. With pat_ports_per_vm = K > 0 the VM owns the K ports

@@ -24,6 +24,7 @@ from typing import Mapping
 import netaddr
 
 from ovsnat.parse import ConfigError, PortError, parse_cidr, parse_ipv4, _show
+from ovsnat.validate import gateway_problem
 
 KEY_NETWORK = "ovsnat-network"
 KEY_CIDR = "ovsnat-cidr"
@@ -93,11 +94,10 @@ def parse(label: str, external_ids: Mapping[str, str]) -> Network | None:
     gateway = parse_ipv4(external_ids[KEY_GATEWAY], f"{label}: external_ids:{KEY_GATEWAY}",
                          PortError)
     vlan = _vlan(label, external_ids.get(KEY_VLAN))
-    net = Network(sys.intern(name), cidr, gateway, vlan)
-    if not net.host_address(gateway):
-        raise PortError(f"{label}: external_ids:{KEY_GATEWAY} {gateway} is not a host address "
-                        f"of network {name} {cidr}")
-    return intern(net)
+    problem = gateway_problem(name, cidr, gateway, f"external_ids:{KEY_GATEWAY}")
+    if problem:
+        raise PortError(f"{label}: {problem}")
+    return intern(Network(sys.intern(name), cidr, gateway, vlan))
 
 
 def _vlan(label: str, value) -> int | None:

@@ -1,11 +1,18 @@
-"""What a port must satisfy on this host beyond its own keys (which ovsnat.model checks): its
-network fits the cookie layout, and its PAT block fits the host's port range. A port that
-fails is rejected alone, with the reason naming it; every other port keeps working."""
+"""What a port must satisfy on this host beyond its own keys: the shared rules
+(ovsnat.validate, through VmPort.check: its network against what the host reserves, its
+address, its routes), then what only this host's controller can judge: its PAT block fits
+the host's port range. A port that fails is rejected alone, with the reason naming it;
+every other port keeps working.
+
+`keys_problem` is the same judgement made before any row exists, by Neutron's mechanism
+driver at binding, on the keys the agent would write and the limits the host's agent
+reported."""
 
 from __future__ import annotations
 
 from ovsnat.model import HostConfig, PortError, VmPort
 from ovsnat.networks import OFFSET_BITS, Network
+from ovsnat.validate import HostLimits, port_problem
 
 
 def check_alone(cfg: HostConfig, port: VmPort) -> str | None:
@@ -14,15 +21,27 @@ def check_alone(cfg: HostConfig, port: VmPort) -> str | None:
     try:
         port.check(cfg)
         net = port.net(cfg)
-        if net.vlan is not None and net.cidr.prefixlen < 12:
-            raise PortError(f"port {port.name!r} ({port.iface_id}): network {net.name} "
-                            f"{net.cidr} is larger than a /12 (its VMs' flows are "
-                            "named by VLAN and the fixed IP's last 20 bits)")
         if port.fip is None and cfg.pat_ports_per_vm:
             _check_block(cfg, port, net)
     except PortError as e:
         return str(e)
     return None
+
+
+def keys_problem(name: str, external_ids: dict, limits: HostLimits) -> str | None:
+    """Why the controller would refuse a port with these keys on a host with these limits,
+    whatever the other ports and the switch are; None if it would not. `name` is the
+    Interface name the port will have (Nova's tap name)."""
+    try:
+        port = VmPort.from_external_ids(name, 1, external_ids)
+    except PortError as e:
+        return str(e)
+    if port.network is None:
+        return (f"port {name!r} ({port.iface_id}): external_ids:ovsnat-network is missing "
+                "(a Neutron port always names its network)")
+    problem = port_problem(port.fixed_ip, port.network,
+                           port.dhcp.routes if port.dhcp is not None else (), limits)
+    return f"port {name!r} ({port.iface_id}): {problem}" if problem else None
 
 
 def _check_block(cfg: HostConfig, port: VmPort, net: Network) -> None:

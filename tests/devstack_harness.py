@@ -3,9 +3,10 @@ devstack: the harness tests/test_devstack.py and tests/test_devstack_neutron.py 
 
 devstack cannot run on this build machine, so the plugin is sourced the way stack.sh,
 unstack.sh and clean.sh source it, in bash, over stub devstack functions that record their
-calls (run_process, stop_process, pip_install, git_clone, die, openstack...) or really do the
-work (iniset writes INI files; sudo runs its command, which is a stub or a harmless real one in
-a temp dir). Open vSwitch commands are stubs that record their arguments and answer the few
+calls (run_process, stop_process, pip_install, git_clone, die, openstack, install_package,
+restart_service...) or really do the work (iniset writes INI files; sudo runs its command,
+which is a stub or a harmless real one in a temp dir). CI has no devstack: the run against
+devstack's own function libraries is devstack/tools/with-devstack.sh (devstack/README.md). Open vSwitch commands are stubs that record their arguments and answer the few
 queries the plugin makes; ovsnat's virtualenv is a stub whose pip records, and whose python is
 the real interpreter for everything else, so the config check runs ovsnat's own validation.
 """
@@ -28,9 +29,12 @@ NEUTRON_VENV = Path(os.environ.get("VENV_NEUTRON", REPO / ".venv-neutron"))
 # Stub devstack functions and commands. record() writes one tab-separated line per call.
 STUBS = r'''
 record() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STUB_LOG"; }
-is_service_enabled() {
+is_service_enabled() {      # with devstack's is_neutron_enabled: any q-* or neutron-* too
     local s
-    for s in "$@"; do [[ ",$ENABLED_SERVICES," == *",$s,"* ]] && return 0; done
+    for s in "$@"; do
+        [[ ",$ENABLED_SERVICES," == *",$s,"* ]] && return 0
+        [[ $s == neutron && ",$ENABLED_SERVICES" =~ ,(q-|neutron-) ]] && return 0
+    done
     return 1
 }
 enable_service() { local s; for s in "$@"; do ENABLED_SERVICES="$ENABLED_SERVICES,$s"; done; }
@@ -51,10 +55,20 @@ iniset() {
     "$STUB_PYTHON" "$STUB_DIR/iniset.py" "$@"
 }
 sudo() { record sudo "$@"; "$@"; }
+install_package() { record install_package "$@"; rm -f "$STUB_STATE/ovs-missing"; }
+get_packages() { record get_packages "$@"; echo "fakeroot make openvswitch-switch"; }
+restart_service() {
+    record restart_service "$@"
+    [[ -e "$STUB_STATE/ovs-missing" ]] || rm -f "$STUB_STATE/ovs-down"
+}
+is_ubuntu() { return 0; }
+systemctl() { record systemctl "$@"; }
 ovs-vsctl() {
     record ovs-vsctl "$@"
     if [[ -n "${OVS_RUNDIR:-}" ]]; then command ovs-vsctl --timeout=20 "$@"; return; fi
+    [[ "$1" == --timeout=* ]] && shift
     case "$1" in
+        show) [[ ! -e "$STUB_STATE/ovs-down" ]] ;;
         br-exists) [[ -e "$STUB_STATE/bridge-$2" ]] ;;
         get-controller) cat "$STUB_STATE/controller-$2" 2>/dev/null || true ;;
         set-controller) echo "$3" >"$STUB_STATE/controller-$2" ;;
@@ -142,7 +156,7 @@ class Devstack:
     def neutron_mode(self, services: str) -> "Devstack":
         """A node where ovsnat is Neutron's backend, running `services`."""
         self.env.update(OVSNAT_MODE="neutron", ENABLED_SERVICES=services, OVSNAT_SNAT_IP="",
-                        OVSNAT_FABRIC_PORT="eth2")
+                        OVSNAT_FABRIC_PORT="eth2", Q_AGENT="ovsnat")
         self.env.pop("Q_FLOATING_ALLOCATION_POOL")
         (self.state / "nic-eth1").touch()
         (self.state / "nic-eth2").touch()
@@ -200,6 +214,12 @@ class Devstack:
 
     def calls(self) -> list[list[str]]:
         return [line.split("\t") for line in self.log.read_text().splitlines()]
+
+    def ovs_down(self, installed: bool = True) -> None:
+        """Open vSwitch not answering: stopped (installed) or not installed at all."""
+        (self.state / "ovs-down").touch()
+        if not installed:
+            (self.state / "ovs-missing").touch()
 
     def stack(self) -> None:
         """install + post-config, as stack.sh runs them before extra."""

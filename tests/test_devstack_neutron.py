@@ -19,10 +19,13 @@ from ovsnat.options import read_ini
 from tests.devstack_harness import NEUTRON_VENV, REPO, Devstack, index, localrc, named
 
 ALL_IN_ONE = "key,n-api,n-cpu,placement-api,q-svc,ovsnat,ovsnat-agent,ovsnat-ml2"
-COMPUTE = "n-cpu,placement-client,ovsnat,ovsnat-agent"
-# stackrc's default: Neutron with OVN (what the all-in-one sample turns off)
-DEVSTACK_DEFAULT_SERVICES = ("key,n-api,n-cpu,n-cond,n-sch,placement-api,g-api,q-svc,"
-                             "ovn-controller,ovn-northd,q-ovn-metadata-agent,c-vol,horizon")
+COMPUTE = "n-cpu,placement-client,neutron,ovsnat,ovsnat-agent"
+# stackrc's default at devstack 493835a6: Neutron with OVN (what the all-in-one sample turns
+# off)
+DEVSTACK_DEFAULT_SERVICES = ("key,n-api,n-cpu,n-cond,n-sch,n-novnc,n-api-meta,placement-api,"
+                             "placement-client,g-api,c-sch,c-api,c-vol,ovn-controller,"
+                             "ovn-northd,ovs-vswitchd,ovsdb-server,q-svc,q-ovn-agent,horizon,"
+                             "rabbit,tempest,mysql,etcd3,dstat")
 
 
 @pytest.fixture
@@ -31,16 +34,19 @@ def node(tmp_path) -> Devstack:
 
 
 def agent_options(*files: str) -> dict:
-    """The [ovsnat] options as ovsnat-neutron-agent itself parses these files."""
+    """The agent's own options ([ovs] and [ovsnat]) as ovsnat-neutron-agent itself parses
+    these files, as "group.name"."""
     code = ("import json, sys\n"
             "from oslo_service import backend; backend.init_backend("
             "backend.BackendType.THREADING)\n"
             "from oslo_config import cfg\n"
-            "from ovsnat.neutron.agent import OPTS\n"
-            "cfg.CONF.register_opts(OPTS, 'ovsnat')\n"
+            "from ovsnat.neutron import opts\n"
+            "opts.register(cfg.CONF)\n"
             "cfg.CONF([a for f in sys.argv[1:] for a in ('--config-file', f)], "
             "project='neutron')\n"
-            "print(json.dumps({o.name: getattr(cfg.CONF.ovsnat, o.name) for o in OPTS}))\n")
+            "print(json.dumps({f'{g}.{o.name}': getattr(getattr(cfg.CONF, g), o.name) "
+            "for g, group in ((opts.OVS_GROUP, opts.OVS_OPTS), "
+            "(opts.OVSNAT_GROUP, opts.OVSNAT_OPTS)) for o in group}))\n")
     out = subprocess.run([str(NEUTRON_VENV / "bin" / "python"), "-c", code, *files],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -54,7 +60,47 @@ def stack(node: Devstack, **env: str) -> list:
     return node.ok("stack", "extra", **env)
 
 
-# --- install --------------------------------------------------------------------------------
+# --- pre-install and install ------------------------------------------------------------------
+def test_pre_install_refuses_a_q_agent_whose_cleanup_deletes_br_int_or_that_configures_ovn(node):
+    for agent in ("openvswitch", "ovn"):
+        proc = node.run("stack", "pre-install", Q_AGENT=agent)
+        assert proc.returncode != 0 and f"Q_AGENT={agent}" in proc.stderr, proc.stderr
+    node.ok("stack", "pre-install")
+
+
+def test_pre_install_refuses_an_agent_node_without_neutrons_library_and_conf(node):
+    node.env["ENABLED_SERVICES"] = COMPUTE.replace(",neutron", "")
+    proc = node.run("stack", "pre-install")
+    assert proc.returncode != 0 and "enable_service neutron" in proc.stderr, proc.stderr
+    node.env["ENABLED_SERVICES"] = COMPUTE
+    node.ok("stack", "pre-install")
+
+
+def test_devstacks_agent_hooks_keep_br_int_through_unstack(node):
+    """lib/neutron's cleanup_neutron (unstack.sh, clean.sh) deletes br-int and its tap ports
+    when is_neutron_ovs_base_plugin says so; configure_neutron_nova calls
+    neutron_plugin_create_nova_conf on every Nova node."""
+    script = (f"(source {REPO}/devstack/plugin.sh unstack >/dev/null; "
+              "neutron_plugin_create_nova_conf && ! is_neutron_ovs_base_plugin && "
+              "echo hooks-ok) >&2")
+    proc = node.run("unstack", after_settings=script)
+    assert proc.returncode == 0 and "hooks-ok" in proc.stderr, proc.stderr
+    proc = node.run("unstack", after_settings=script, Q_AGENT="openvswitch")
+    assert "hooks-ok" not in proc.stderr          # devstack's own agent files define them
+
+
+def test_install_installs_and_starts_open_vswitch_when_it_does_not_answer(node):
+    node.ovs_down(installed=False)
+    calls = node.ok("stack", "install")
+    assert named(calls, "get_packages") == [["openvswitch"]]      # devstack's own list
+    assert named(calls, "install_package") == [["fakeroot", "make", "openvswitch-switch"]]
+    assert named(calls, "restart_service") == [["openvswitch-switch"]]
+    assert index(calls, lambda c: c[0] == "restart_service") < \
+        index(calls, lambda c: c[0] == "venv-python")
+    again = node.ok("stack", "install")                         # running: left alone
+    assert not named(again, "install_package") and not named(again, "restart_service")
+
+
 def test_install_puts_ovsnat_into_neutrons_environment_without_moving_its_pins(node):
     calls = node.ok("stack", "install")
     assert named(calls, "pip_install") == [["--no-deps", "-e", str(REPO)]]
@@ -74,12 +120,17 @@ def test_post_config_makes_ovsnat_ml2s_driver_with_vlan_tenant_networks_on_the_f
     assert ml2["ml2_type_flat"] == {"flat_networks": "fabric,public"}
 
 
-def test_the_agents_ini_is_what_the_agent_reads(node):
-    node.ok("stack", "post-config")
+def test_the_agents_ini_starts_from_the_generated_sample_and_is_what_the_agent_reads(node):
+    calls = node.ok("stack", "post-config")
+    sample = f"{REPO}/etc/neutron/plugins/ml2/ovsnat_agent.ini.sample"
+    assert ["install", "-m", "644", sample, node.env["OVSNAT_AGENT_CONF"]] in \
+        named(calls, "sudo")
     options = agent_options(node.env["OVSNAT_AGENT_CONF"])
-    assert options == {"bridge": "br-int", "ovsdb_connection":
-                       "unix:/var/run/openvswitch/db.sock", "physical_networks": ["fabric"],
-                       "external_network": "public"}
+    assert options == {"OVS.integration_bridge": "br-int", "OVS.ovsdb_connection":
+                       "unix:/var/run/openvswitch/db.sock", "OVS.ovsdb_timeout": 10,
+                       "ovsnat.physical_networks": ["fabric"],
+                       "ovsnat.external_network": "public",
+                       "ovsnat.controller_config": str(node.conf)}
 
 
 def test_the_controllers_config_names_no_network_and_takes_its_snat_address_from_neutron(node):
@@ -91,7 +142,8 @@ def test_the_controllers_config_names_no_network_and_takes_its_snat_address_from
     assert cfg.fabric_port == "eth2" and cfg.fip_activation == "probe"
 
 
-@pytest.mark.parametrize("service", ["q-agt", "q-l3", "q-dhcp", "ovn-controller"])
+@pytest.mark.parametrize("service", ["q-agt", "q-l3", "q-dhcp", "ovn-controller", "q-ovn-agent",
+                                     "neutron-ovn-agent", "q-ovn-metadata-agent"])
 def test_a_neutron_agent_beside_ovsnats_is_refused(node, service):
     node.env["ENABLED_SERVICES"] += f",{service}"
     proc = node.run("stack", "post-config")
@@ -172,4 +224,5 @@ def test_the_local_conf_samples_stack_in_neutron_mode(tmp_path, sample, services
     assert bool(named(calls, "openstack")) == ("ovsnat-ml2" in services)
     cfg = HostConfig.parse({**read_ini(str(node.conf)), "uplink_ofport": 1})
     assert (cfg.bridge, cfg.uplink_port, cfg.fabric_port) == ("br-int", "eth1", "eth2")
-    assert agent_options(node.env["OVSNAT_AGENT_CONF"])["physical_networks"] == ["fabric"]
+    assert agent_options(node.env["OVSNAT_AGENT_CONF"])["ovsnat.physical_networks"] == \
+        ["fabric"]

@@ -14,14 +14,14 @@ V6 = {"cidr": "2001:db8::/64", "gateway_ip": "2001:db8::1"}
 
 def facts(**kw) -> PortFacts:
     base = dict(port_id="p1", network_id="n1",
-                fixed_ips=(("s6", "2001:db8::5"), ("s4", "10.1.0.5")),
+                fixed_ips=(("s4", "10.1.0.5"),),
                 subnets={"s4": SUBNET, "s6": V6}, segment=Segment("vlan", "fabric", 123),
                 mtu=1450, floating_ips=(("10.1.0.5", "203.0.113.20"),))
     base.update(kw)
     return PortFacts(**base)
 
 
-def test_every_key_from_neutron_facts_ipv4_only():
+def test_every_key_from_neutron_facts_and_only_ipv4_values():
     assert port_keys(facts()) == {
         "ovsnat-fixed-ip": "10.1.0.5", "ovsnat-network": "n1", "ovsnat-cidr": "10.1.0.0/24",
         "ovsnat-gateway": "10.1.0.1", "ovsnat-fip": "203.0.113.20", "ovsnat-vlan": "123",
@@ -40,8 +40,12 @@ def test_fip_of_another_fixed_ip_is_not_this_ports():
     assert "ovsnat-fip" not in port_keys(facts(floating_ips=(("10.1.0.9", "203.0.113.9"),)))
 
 
-def test_port_without_ipv4_gets_no_keys():
-    assert port_keys(facts(fixed_ips=(("s6", "2001:db8::5"),))) == {}
+def test_a_port_ovsnat_could_only_half_serve_gets_no_keys_at_all():
+    """Never NAT for part of a port: IPv6 only, dual stack, two IPv4 addresses, none (the
+    driver refuses such ports at binding; this is a binding made before that rule)."""
+    for fixed in ((("s6", "2001:db8::5"),), (("s6", "2001:db8::5"), ("s4", "10.1.0.5")),
+                  (("s4", "10.1.0.5"), ("s4", "10.1.0.6")), ()):
+        assert port_keys(facts(fixed_ips=fixed)) == {}, fixed
 
 
 def test_a_subnet_without_dhcp_turns_ovsnats_off_and_routes_need_a_neighbour():

@@ -24,7 +24,6 @@ from __future__ import annotations
 from oslo_service import backend as _backend
 _backend.init_backend(_backend.BackendType.THREADING)
 
-import logging  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -32,29 +31,25 @@ import time  # noqa: E402
 from neutron_lib.agent import topics  # noqa: E402
 from neutron_lib import context as n_context  # noqa: E402
 from oslo_config import cfg  # noqa: E402
+from oslo_log import log  # noqa: E402
 
 from ovsnat.neutron import constants as c  # noqa: E402
+from ovsnat.neutron import opts  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
 from ovsnat.neutron.agent_sg import GroupSync, admin_down  # noqa: E402
 from ovsnat.neutron.devices import ports_up  # noqa: E402
+from ovsnat.neutron.hostlimits import ControllerLimits  # noqa: E402
 from ovsnat.neutron.keys import SNAT_IP, KeyDiff, diff_keys  # noqa: E402
+from ovsnat.validate import REPORT_KEY  # noqa: E402
 
-LOG = logging.getLogger(__name__)
+LOG = log.getLogger(__name__)
 
-OPTS = [
-    cfg.StrOpt("bridge", default="br-int", help="Bridge whose VM ports ovsnat programs "
-               "(the same option as the controller's)."),
-    cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
-               help="Local OVSDB (the same option as the controller's)."),
-    cfg.ListOpt("physical_networks", default=["fabric"],
-                help="Physical networks the bridge's fabric port reaches; the driver binds "
-                     "vlan and flat segments of these only."),
-    cfg.StrOpt("external_network", default="",
-               help="Name or id of the external network for this host's SNAT address; "
-                    "empty: the only router:external network."),
-]
 BATCH = 100             # ports per get_ports call
 SNAT_BACKOFF = (2.0, 60.0)  # s: asking again for a SNAT address while Neutron has none
+
+
+class _Held(Exception):
+    """A call held back after a server error (Health.holds): not made this pass."""
 
 
 class OvsnatAgent:
@@ -64,6 +59,7 @@ class OvsnatAgent:
         from neutron.agent import rpc as agent_rpc
         from ovsnat.neutron.agent_rpc import DeviceApi, OvsnatPluginApi, PushEndpoint
         self.conf = conf
+        self.bridge = conf.OVS.integration_bridge
         self.host = conf.host
         self.agent_id = f"ovsnat-{self.host}"
         self.context = n_context.get_admin_context_without_session()
@@ -90,6 +86,8 @@ class OvsnatAgent:
         self.stopping = threading.Event()
         self.health = Health(conf.AGENT.report_interval, self.resync, self.stopping)
         self.ovsdb = None
+        self.limits = ControllerLimits(conf.ovsnat.controller_config)
+        self.fast_retry = False     # the last pass failed on something to retry at once
         self.sg = GroupSync(self)               # security groups: the Bridge's group keys
 
     # --- marks (any thread) --------------------------------------------------------------
@@ -126,12 +124,15 @@ class OvsnatAgent:
     def agent_state(self, start: bool) -> dict:
         state = {"binary": c.AGENT_BINARY, "host": self.host, "topic": c.AGENT_TOPIC,
                  "agent_type": c.AGENT_TYPE,
-                 "configurations": {c.CONF_BRIDGE: self.conf.ovsnat.bridge,
+                 "configurations": {c.CONF_BRIDGE: self.bridge,
                                     c.CONF_PHYSNETS: list(self.conf.ovsnat.physical_networks),
                                     c.CONF_DATAPATH: self.datapath_type,
                                     "devices": self.devices,
                                     "log_agent_heartbeats":
                                         self.conf.AGENT.log_agent_heartbeats}}
+        report = self.limits.report()
+        if report is not None:      # what the host reserves: the driver refuses overlaps
+            state["configurations"][REPORT_KEY] = report
         if start:
             state["start_flag"] = True
         return state
@@ -141,9 +142,13 @@ class OvsnatAgent:
 
     # --- the loop -------------------------------------------------------------------------
     def run_once(self) -> bool:
-        """One pass; returns True when everything is done (else retry after RETRY)."""
+        """One pass; returns True when everything is done (else retry: after RETRY, or,
+        when only calls held back after a server error are left, once the first may be
+        made again)."""
+        self.fast_retry = False
         snap = self.ovsdb.snapshot()
         if not snap.connected or not snap.bridge_found:
+            self.fast_retry = True
             return False
         self.datapath_type = snap.datapath_type
         self.devices = len(snap.rows)
@@ -167,19 +172,34 @@ class OvsnatAgent:
         ok &= self._snat(snap)
         return ok
 
+    def _failed(self, what: str, error: Exception) -> None:
+        """A call failed: held back after a server error, else retried soon."""
+        if not self.health.rpc_failed(what, error):
+            self.fast_retry = True
+
+    def _held(self, what: str) -> bool:
+        return self.health.holds.held(what, time.monotonic())
+
+    def _answered(self, what: str) -> None:
+        self.health.answered()
+        self.health.holds.ok(what)
+
     def _fetch(self, port_ids: list[str], full: bool) -> bool:
         for i in range(0, len(port_ids), BATCH):
             chunk = port_ids[i:i + BATCH]
             try:
+                if self._held("get_ports"):
+                    raise _Held
                 answer = self.ovsnat_rpc.get_ports(self.context, self.host, chunk,
                                                    self.health.call_timeout())
             except Exception as e:
-                self.health.rpc_failed("get_ports", e)
+                if not isinstance(e, _Held):
+                    self._failed("get_ports", e)
                 with self.lock:
                     self.dirty.update(port_ids[i:])
                     self.full_sync |= full
                 return False
-            self.health.answered()
+            self._answered("get_ports")
             with self.lock:
                 for pid in chunk:
                     port = answer.get(pid)
@@ -193,13 +213,16 @@ class OvsnatAgent:
         """At a full sync: ports Neutron has ACTIVE on this host whose row is not here (a
         port unplugged while this agent was down): they are reported down."""
         try:
+            if self._held("get_up_ports"):
+                raise _Held
             up_here = self.ovsnat_rpc.get_up_ports(self.context, self.host)
         except Exception as e:
-            self.health.rpc_failed("get_up_ports", e)
+            if not isinstance(e, _Held):
+                self._failed("get_up_ports", e)
             with self.lock:
                 self.full_sync = True
             return False
-        self.health.answered()
+        self._answered("get_up_ports")
         with self.lock:
             self.orphans = set(up_here) - local
         return True
@@ -221,6 +244,7 @@ class OvsnatAgent:
                          diff.set, list(diff.remove))
             except Exception as e:
                 LOG.warning("port %s: OVSDB write failed (%s); retrying", pid, e)
+                self.fast_retry = True
                 ok = False
         return ok
 
@@ -244,13 +268,15 @@ class OvsnatAgent:
         down = sorted(self.reported_up - wanted)
         if not up and not down:
             return True
+        if self._held("update_device_list"):
+            return False
         try:
             result = self.device_rpc.update_device_list(
                 self.context, up, down, self.agent_id, self.host)
         except Exception as e:
-            self.health.rpc_failed("update_device_list", e)
+            self._failed("update_device_list", e)
             return False
-        self.health.answered()
+        self._answered("update_device_list")
         # devices_up lists ids; devices_down lists {"device": id, "exists": bool}
         self.reported_up |= set(result.get("devices_up", []))
         self.reported_up -= {d["device"] if isinstance(d, dict) else d
@@ -263,16 +289,20 @@ class OvsnatAgent:
         """The host's SNAT address: a port Neutron allocates on the external network."""
         with self.lock:
             wanted, self.snat_wanted = self.snat_wanted, False
+        if self._held("get_snat_address"):
+            with self.lock:
+                self.snat_wanted |= wanted
+            return False
         if wanted or (self.snat_ip is None and time.monotonic() >= self.snat_next):
             try:
                 answer = self.ovsnat_rpc.get_snat_address(
                     self.context, self.host, self.conf.ovsnat.external_network)
             except Exception as e:
-                self.health.rpc_failed("get_snat_address", e)
+                self._failed("get_snat_address", e)
                 with self.lock:
                     self.snat_wanted = True
                 return False
-            self.health.answered()
+            self._answered("get_snat_address")
             if answer is None:
                 LOG.warning("no SNAT address: Neutron has no usable external network; "
                             "asking again in %.0f s", self.snat_backoff)
@@ -282,11 +312,12 @@ class OvsnatAgent:
                 self.snat_ip, self.snat_backoff = answer["ip"], SNAT_BACKOFF[0]
         if self.snat_ip and snap.bridge_ids.get(SNAT_IP) != self.snat_ip:
             try:
-                self.ovsdb.write_keys("Bridge", self.conf.ovsnat.bridge,
+                self.ovsdb.write_keys("Bridge", self.bridge,
                                       KeyDiff({SNAT_IP: self.snat_ip}, ()))
-                LOG.info("bridge %s: %s=%s", self.conf.ovsnat.bridge, SNAT_IP, self.snat_ip)
+                LOG.info("bridge %s: %s=%s", self.bridge, SNAT_IP, self.snat_ip)
             except Exception as e:
                 LOG.warning("bridge SNAT address write failed (%s); retrying", e)
+                self.fast_retry = True
                 return False
         return True
 
@@ -305,7 +336,10 @@ class OvsnatAgent:
         outage, or to ask for a SNAT address again (the only requests an idle agent makes
         besides its heartbeat, and only while Neutron has no external network for it)."""
         if not done:
-            return RETRY
+            held = self.health.holds.next_at()
+            if self.fast_retry or held is None:
+                return RETRY
+            return max(RETRY, held - time.monotonic())
         deadlines = [t for t in (self.snat_next if self.snat_ip is None else None,
                                  self.health.settle_at) if t is not None]
         return max(0.1, min(deadlines) - time.monotonic()) if deadlines else None
@@ -315,12 +349,12 @@ class OvsnatAgent:
         from ovsnat.neutron.agent_ovsdb import LocalOvsdb
         while not self.stopping.is_set():
             try:
-                self.ovsdb = LocalOvsdb(self.conf.ovsnat.ovsdb_connection,
-                                        self.conf.ovsnat.bridge, self.wake.set)
+                self.ovsdb = LocalOvsdb(self.conf.OVS.ovsdb_connection, self.bridge,
+                                        self.wake.set, self.conf.OVS.ovsdb_timeout)
                 return
             except Exception as e:
                 LOG.warning("OVSDB %s not reachable (%s); retrying",
-                            self.conf.ovsnat.ovsdb_connection, e)
+                            self.conf.OVS.ovsdb_connection, e)
                 self.stopping.wait(RETRY)
 
     def run(self) -> None:
@@ -330,7 +364,7 @@ class OvsnatAgent:
         start_consumers(self.endpoint, self.sg.endpoint)
         self.health.start(self.report_state)
         LOG.info("ovsnat-neutron-agent on host %s, bridge %s, physnets %s", self.host,
-                 self.conf.ovsnat.bridge, self.conf.ovsnat.physical_networks)
+                 self.bridge, self.conf.ovsnat.physical_networks)
         self.loop()
 
 
@@ -339,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from neutron.conf.agent import common as agent_conf
     common_config.register_common_config_options()
     agent_conf.register_agent_state_opts_helper(cfg.CONF)
-    cfg.CONF.register_opts(OPTS, "ovsnat")
+    opts.register(cfg.CONF)
     common_config.init(sys.argv[1:] if argv is None else argv)
     common_config.setup_logging()
     agent = OvsnatAgent(cfg.CONF)

@@ -16,18 +16,48 @@ own push queues may come back after that first sync, and a push in between is lo
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable
 
-LOG = logging.getLogger(__name__)
+from oslo_log import log
+
+LOG = log.getLogger(__name__)
 
 RETRY = 0.25            # s between retries of failed work (and probes while cut off)
+# A call Neutron answered with an error (a fault on the server's side: a bug, an exhausted
+# address pool for the SNAT port...) waits before it is made again, doubling from the first
+# to the second value: every host retrying 4 times a second would only load the server.
+SERVER_BACKOFF = (1.0, 60.0)
 # A probe's call waits this long for its answer, longer after each probe that timed out (a
 # Neutron that is slow, not away, still gets through); a reply lost in a reconnect must not
 # hold the agent for the full call timeout.
 PROBE_TIMEOUTS = (2.0, 4.0, 8.0)
+
+
+class Holds:
+    """Calls held back after an error answer: `what` -> when it may be made again, with a
+    delay that doubles per error (SERVER_BACKOFF) and is forgotten at its first success."""
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}
+        self.delay: dict[str, float] = {}
+
+    def held(self, what: str, now: float) -> bool:
+        return now < self.until.get(what, 0.0)
+
+    def failed(self, what: str, now: float) -> float:
+        delay = min(SERVER_BACKOFF[1], self.delay.get(what, SERVER_BACKOFF[0] / 2) * 2)
+        self.delay[what], self.until[what] = delay, now + delay
+        return delay
+
+    def ok(self, what: str) -> None:
+        self.until.pop(what, None)
+        self.delay.pop(what, None)
+
+    def next_at(self) -> float | None:
+        """When the first held call may be made again (None: nothing held)."""
+        return min(self.until.values()) if self.until else None
 
 
 class Health:
@@ -44,18 +74,25 @@ class Health:
         self.settle_at: float | None = None     # the second sync after an outage
         self.probes_timed_out = 0
 
-    def rpc_failed(self, what: str, error: Exception) -> None:
+        self.holds = Holds()
+
+    def rpc_failed(self, what: str, error: Exception) -> bool:
         """A call that got no answer means Neutron (or RabbitMQ) is away: resync when it
-        answers again. A call that got an error answer is a server-side fault: log it and
-        retry the work, without a full resync (which would hit the same fault)."""
+        answers again (False: probe again soon). A call that got an error answer is a
+        server-side fault: log it and hold that call back (True), without a full resync
+        (which would hit the same fault)."""
         import oslo_messaging
         from ovsnat.neutron.agent_rpc import UNREACHABLE
         if isinstance(error, oslo_messaging.MessagingTimeout) and not self.neutron_ok:
             self.probes_timed_out += 1
         if isinstance(error, UNREACHABLE):
             self.failed(f"{what}: {error.__class__.__name__}")
-        else:
-            LOG.error("%s failed on the server: %s", what, error)
+            return False
+        delay = self.holds.failed(what, time.monotonic())
+        LOG.error("%s failed on the server (%s); trying it again in %.0f s", what,
+                  str(error).strip().splitlines()[0] if str(error).strip() else
+                  error.__class__.__name__, delay)
+        return True
 
     def call_timeout(self) -> float:
         from ovsnat.neutron.agent_rpc import CALL_TIMEOUT

@@ -13,7 +13,6 @@ write (ovsdbapp's db_set on a map) could erase a key one of them set a moment ea
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,10 +20,11 @@ from typing import Callable
 from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
+from oslo_log import log
 
 from ovsnat.neutron.keys import KeyDiff
 
-LOG = logging.getLogger(__name__)
+LOG = log.getLogger(__name__)
 
 COLUMNS = {
     "Open_vSwitch": ["bridges"],
@@ -45,7 +45,10 @@ class VmRow:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The bridge as OVSDB shows it now; connected=False means the rows may be stale."""
+    """The bridge as OVSDB shows it now; connected=False: nothing was ever read (the agent
+    waits). After a disconnection the IDL keeps the last rows it had, a consistent if
+    aging picture: writes made meanwhile wait for OVSDB (up to [ovs] ovsdb_timeout) and
+    are retried; on reconnection the IDL reloads and every change wakes the agent."""
 
     connected: bool
     bridge_found: bool
@@ -102,7 +105,7 @@ class LocalOvsdb:
         """Read under the connection's lock, so the IDL thread does not change rows while
         we walk them."""
         with self.conn.lock:
-            connected = self.idl._session.is_connected()
+            connected = self.idl.has_ever_connected()
             bridge = next((b for b in self.idl.tables["Bridge"].rows.values()
                            if b.name == self.bridge), None)
             if bridge is None:

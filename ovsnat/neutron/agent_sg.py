@@ -34,6 +34,7 @@ from ovsnat.neutron.agent_rpc import AT_LEAST_ONCE, CALL_TIMEOUT
 from ovsnat.neutron.keys import KeyDiff
 
 LOG = log.getLogger(__name__)
+GET = "get_security_groups"
 
 
 def admin_down(desired: dict[str, dict | None]) -> set[str]:
@@ -152,7 +153,8 @@ class GroupSync:
         if not plan:
             return True
         agent = self.agent
-        if not agent.health.neutron_ok:     # cut off: the ports' sync probes, not this
+        # cut off (the ports' sync probes, not this), or held back after a server error
+        if not agent.health.neutron_ok or agent._held(GET):
             self._requeue(rules_dirty, members_dirty)
             return False
         try:
@@ -160,10 +162,10 @@ class GroupSync:
                 agent.context, agent.host, list(plan.groups), list(plan.members),
                 list(plan.known), agent.health.call_timeout())
         except Exception as e:
-            agent.health.rpc_failed("get_security_groups", e)
+            agent._failed(GET, e)
             self._requeue(rules_dirty, members_dirty)
             return False
-        agent.health.answered()
+        agent._answered(GET)
         for gid, group in answer.get("groups", {}).items():
             self.groups[gid] = Group(group["value"], frozenset(group["remotes"]))
         self.members.update(answer.get("members", {}))
@@ -177,6 +179,7 @@ class GroupSync:
             self.agent.ovsdb.write_keys("Bridge", bridge, diff)
         except Exception as e:
             LOG.warning("bridge %s: security group keys not written (%s); retrying", bridge, e)
+            self.agent.fast_retry = True
             return False
         LOG.info("bridge %s: security groups set %s, removed %s", bridge,
                  {k: len(v) for k, v in diff.set.items()}, list(diff.remove))

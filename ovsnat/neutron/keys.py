@@ -68,14 +68,18 @@ def _ipv4(address: str) -> bool:
         return False
 
 
-def first_ipv4(facts: PortFacts) -> tuple[str, str] | None:
-    """The port's first IPv4 fixed IP and its subnet id: ovsnat NATs IPv4 only, and a port
-    with several IPv4 addresses gets NAT for the first (Neutron's order), as the controller
-    takes one fixed IP per port."""
-    for subnet_id, address in facts.fixed_ips:
-        if _ipv4(address) and subnet_id in facts.subnets:
-            return subnet_id, address
-    return None
+def served_address(facts: PortFacts) -> tuple[str, str] | None:
+    """The port's one fixed IP and its subnet id, when ovsnat can serve the port: exactly
+    one fixed IP, IPv4, on a subnet Neutron told us about. Anything else (several fixed IPs,
+    an IPv6 one, none) gets no keys at all rather than NAT for part of its addresses: the
+    mechanism driver refuses such ports at binding (ovsnat.neutron.binding says why), so
+    this only meets a port whose fixed IPs changed under a binding made before that rule."""
+    if len(facts.fixed_ips) != 1:
+        return None
+    subnet_id, address = facts.fixed_ips[0]
+    if not _ipv4(address) or subnet_id not in facts.subnets:
+        return None
+    return subnet_id, address
 
 
 def format_routes(host_routes: list[dict], cidr: str | None = None) -> str:
@@ -90,7 +94,7 @@ def format_routes(host_routes: list[dict], cidr: str | None = None) -> str:
 
 def port_keys(facts: PortFacts) -> dict[str, str]:
     """The managed keys this port's Interface row should carry; absent keys must go."""
-    chosen = first_ipv4(facts)
+    chosen = served_address(facts)
     if chosen is None:
         return dict(NO_KEYS)
     subnet_id, address = chosen

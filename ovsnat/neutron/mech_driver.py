@@ -9,6 +9,15 @@ bridge as for any OVS backend. `port_filter` says whether ovsnat filters the por
 Neutron has security groups at all ([securitygroup] enable_security_group, Neutron's
 switch), false otherwise, when ovsnat enforces none (ovsnat.neutron.server_sg).
 
+Refusals: a port ovsnat cannot serve (several fixed IPs, IPv6, a subnet without a gateway,
+its gateway's address, a network overlapping what the host reserves, two IPv4 subnets or two
+reachable segments: ovsnat.neutron.binding) is not bound: `binding_failed` at once, the
+reason logged once as an error and kept in the binding's vif_details (`ovsnat_refused`), so
+Nova fails the boot at once instead of after its 300 s wait for `network-vif-plugged`. A
+fixed-IP update that would make a port ovsnat has bound unservable is refused (400) for the
+same reasons. Multi-segment networks bind on the one segment of the agent's physnets; the
+keys carry that segment's VLAN (ovsnat.neutron.server_rpc reads it from the binding).
+
 Pushes: Neutron's L2 agents hear port_update/port_delete/network_update on the
 q-agent-notifier-* topics, but nothing about floating IPs, subnets or a port's new fixed
 IPs. The driver subscribes to those events and casts the affected port ids (or network id)
@@ -22,18 +31,25 @@ from __future__ import annotations
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events, registry, resources
 from neutron_lib import constants as n_const
+from neutron_lib import exceptions as n_exc
+from neutron_lib.plugins import directory
+from neutron_lib.plugins.ml2 import api
 from neutron_lib import rpc as n_rpc
 from oslo_log import log
 
 from neutron.plugins.ml2.drivers import mech_agent
 
+from ovsnat.neutron import binding
 from ovsnat.neutron import constants as c
 from ovsnat.neutron import server_sg
 from ovsnat.neutron.server_rpc import AgentNotifier, OvsnatServerRpc
+from ovsnat.validate import REPORT_KEY, HostLimits
 
 LOG = log.getLogger(__name__)
 
 FIP_EVENTS = (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE)
+DRIVER_NAME = "ovsnat"          # the entry point's name: ML2's name for this driver
+LOGGED_REFUSALS = 1024          # (port, host) -> reason already logged as an error
 
 
 def _fip_binding(fip: dict) -> tuple:
@@ -51,6 +67,7 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
              portbindings.OVS_HYBRID_PLUG: False},
             supported_vnic_types=[portbindings.VNIC_NORMAL])
         self.notifier: AgentNotifier | None = None
+        self.refused: dict[tuple[str, str], str] = {}
 
     @property
     def connectivity(self) -> str:
@@ -80,6 +97,55 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         conf = agent["configurations"]
         return {physnet: conf.get(c.CONF_BRIDGE) for physnet in conf.get(c.CONF_PHYSNETS, [])}
 
+    def try_to_bind_segment_for_agent(self, context, segment, agent) -> bool:
+        """Bind as the base class does, unless ovsnat could not serve the port there:
+        then the binding fails now, with the reason (ML2 tries other drivers first)."""
+        if not self.check_segment_for_agent(segment, agent):
+            return False
+        problem = self._judge(context, segment, agent,
+                              [s for s in context.network.network_segments
+                               if self.check_segment_for_agent(s, agent)])
+        if problem is None:
+            return super().try_to_bind_segment_for_agent(context, segment, agent)
+        self._log_refusal(context.current["id"], context.host, problem)
+        context.set_binding(None, portbindings.VIF_TYPE_BINDING_FAILED,
+                            {binding.REFUSED: problem})
+        return True
+
+    def _judge(self, context, segment, agent, bindable) -> str | None:
+        plugin = directory.get_plugin()
+        network = context.network.current
+        subnets = plugin.get_subnets(context.plugin_context,
+                                     filters={"network_id": [network["id"]]})
+        return binding.refusal(context.current, network, subnets, segment, bindable,
+                               self._limits(agent))
+
+    @staticmethod
+    def _limits(agent) -> HostLimits | None:
+        """What the host reserves, as its agent reported it (None: not reported, or not
+        understood: the host's own controller still refuses what it cannot serve)."""
+        report = (agent.get("configurations") or {}).get(REPORT_KEY)
+        if report is None:
+            return None
+        try:
+            return HostLimits.from_report(report)
+        except ValueError as e:
+            LOG.warning("ovsnat: agent on host %s reported unreadable limits: %s",
+                        agent.get("host"), e)
+            return None
+
+    def _log_refusal(self, port_id: str, host: str, problem: str) -> None:
+        """ML2 retries a failed binding up to 10 times in one request: one error line per
+        port, host and reason, the repeats at debug."""
+        key = (port_id, host)
+        if self.refused.get(key) == problem:
+            LOG.debug("ovsnat: still refusing port %s on host %s: %s", port_id, host, problem)
+            return
+        if len(self.refused) >= LOGGED_REFUSALS:
+            self.refused.pop(next(iter(self.refused)))
+        self.refused[key] = problem
+        LOG.error("ovsnat: refusing to bind port %s on host %s: %s", port_id, host, problem)
+
     def get_vif_details(self, context, agent, segment):
         """The bridge and datapath type come from the agent of the host being bound. The
         datapath type matters: os-vif's plug sets it on the bridge it is given, and its
@@ -103,6 +169,25 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event,
                       port_ids)
             self.notifier.ports_changed(payload.context, port_ids)
+
+    def update_port_precommit(self, context) -> None:
+        """A port ovsnat has bound keeps being servable: new fixed IPs that it could not
+        serve (several, IPv6, the gateway's...) are refused with the reason (HTTP 400)."""
+        super().update_port_precommit(context)
+        original, current = context.original, context.current
+        if not original or original.get("fixed_ips") == current.get("fixed_ips"):
+            return
+        levels = context.binding_levels or []
+        if not levels or levels[-1].get(api.BOUND_DRIVER) != DRIVER_NAME:
+            return
+        segment = levels[-1].get(api.BOUND_SEGMENT) or {}
+        agents = [a for a in context.host_agents(self.agent_type) if a.get("alive")]
+        problem = self._judge(context, segment, agents[0] if agents else {}, [segment])
+        if problem:
+            raise n_exc.InvalidInput(error_message=(
+                f"ovsnat cannot serve port {current['id']} with fixed IPs "
+                f"{[ip.get('ip_address') for ip in current.get('fixed_ips') or []]}: "
+                f"{problem}"))
 
     def update_port_postcommit(self, context) -> None:
         """ML2 notifies L2 agents of a port update for admin state, security groups and

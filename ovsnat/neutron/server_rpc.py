@@ -20,11 +20,13 @@ from neutron_lib import rpc as n_rpc
 from oslo_log import log
 import oslo_messaging
 
+from neutron_lib.api.definitions import portbindings
+from neutron.objects import network as network_obj
 from neutron.objects import ports as ports_obj
 
 from ovsnat.neutron import constants as c
 from ovsnat.neutron import server_sg
-from ovsnat.neutron.keys import PortFacts, Segment, port_keys
+from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, port_keys
 
 LOG = log.getLogger(__name__)
 
@@ -53,8 +55,8 @@ class AgentNotifier:
 
 
 def _segment(network: dict) -> Segment | None:
-    """The network's segment from its provider attributes (single-segment networks; a
-    multi-segment network gets no VLAN key)."""
+    """The network's segment from its provider attributes (single-segment networks: ML2
+    omits them for a network of several segments)."""
     net_type = network.get("provider:network_type")
     if not net_type:
         return None
@@ -62,15 +64,41 @@ def _segment(network: dict) -> Segment | None:
                    network.get("provider:segmentation_id"))
 
 
-def _port_facts(port: dict, networks: dict, subnets: dict, fips: list[dict]) -> PortFacts:
+def _bound_segments(ctx, host: str, port_ids: list[str]) -> dict[str, Segment]:
+    """port id -> the segment the port's binding on `host` is bound to (its bottom level),
+    as Neutron's own L2 agents learn it (get_devices_details_list): right for a
+    multi-segment network too, whose provider attributes ML2 leaves out."""
+    levels: dict[str, object] = {}
+    for level in ports_obj.PortBindingLevel.get_objects(ctx, host=host, port_id=port_ids):
+        if level.segment_id and (level.port_id not in levels or
+                                 level.level > levels[level.port_id].level):
+            levels[level.port_id] = level
+    if not levels:
+        return {}
+    segs = {s.id: s for s in network_obj.NetworkSegment.get_objects(
+        ctx, id=[lv.segment_id for lv in levels.values()])}
+    return {pid: Segment(seg.network_type, seg.physical_network, seg.segmentation_id)
+            for pid, lv in levels.items() if (seg := segs.get(lv.segment_id)) is not None}
+
+
+def _port_facts(port: dict, networks: dict, subnets: dict, fips: list[dict],
+                segment: Segment | None) -> PortFacts:
     network = networks.get(port["network_id"], {})
     fixed = tuple((ip["subnet_id"], ip["ip_address"]) for ip in port.get("fixed_ips", []))
     return PortFacts(
         port_id=port["id"], network_id=port["network_id"], fixed_ips=fixed,
         subnets={sid: subnets[sid] for sid, _ in fixed if sid in subnets},
-        segment=_segment(network), mtu=network.get("mtu"),
+        segment=segment or _segment(network), mtu=network.get("mtu"),
         floating_ips=tuple((f["fixed_ip_address"], f["floating_ip_address"]) for f in fips
                            if f.get("port_id") == port["id"] and f.get("fixed_ip_address")))
+
+
+def _serves(binding) -> bool:
+    """Keys go only to a host holding a binding of the port, active or inactive (a live
+    migration's destination before the move, its source after), and not a failed one: a
+    host that merely has a row with the port's id (a stale plug, a mistake) gets nothing,
+    and neither does a host where the driver refused the port."""
+    return binding is not None and binding.vif_type != portbindings.VIF_TYPE_BINDING_FAILED
 
 
 class OvsnatServerRpc:
@@ -85,14 +113,16 @@ class OvsnatServerRpc:
                                                                     port_ids).items()}
 
     def get_ports(self, context, host: str, port_ids: list[str]) -> dict:
-        """(1.1) port id -> {"keys": the contract's keys, "up": the port is ACTIVE and bound
-        to `host`, (1.2) "binding": the port's binding on `host`, {"status": ACTIVE or
-        INACTIVE, "vif_type": ...} or None}, or None for a port Neutron does not know. A
-        live migration's destination holds a bound INACTIVE binding until Nova activates
-        it; the source's binding, once deactivated, is INACTIVE and unbound. "up" spares a restarted agent reporting
-        every port up again: Neutron spends tens of milliseconds on each such report, and a
-        port it already has ACTIVE here needs none. "binding" says when to report up
-        (ovsnat.neutron.devices)."""
+        """(1.1) port id -> {"keys": the contract's keys (none unless `host` holds a
+        binding of the port: _serves), "up": the port is ACTIVE and bound to `host`, (1.2)
+        "binding": the port's binding on `host`, {"status": ACTIVE or INACTIVE, "vif_type":
+        ...} or None}, or None for a port Neutron does not know. A live migration's
+        destination holds a bound INACTIVE binding until Nova activates it; the source's
+        binding, once deactivated, is INACTIVE and unbound. "up" spares a restarted agent
+        reporting every port up again: Neutron spends tens of milliseconds on each such
+        report, and a port it already has ACTIVE here needs none. "binding" says when to
+        report up (ovsnat.neutron.devices). The VLAN is the bound segment's (a network of
+        several segments has no provider attributes)."""
         ctx = n_context.get_admin_context()
         plugin = directory.get_plugin()
         ports = plugin.get_ports(ctx, filters={"id": list(port_ids)})
@@ -101,15 +131,22 @@ class OvsnatServerRpc:
         subnet_ids = sorted({ip["subnet_id"] for p in ports for ip in p.get("fixed_ips", [])})
         subnets = {s["id"]: s for s in plugin.get_subnets(ctx, filters={"id": subnet_ids})}
         fips = self._floatingips(ctx, [p["id"] for p in ports])
-        bindings = {b.port_id: {"status": b.status, "vif_type": b.vif_type}
-                    for b in ports_obj.PortBinding.get_objects(
-                        ctx, host=host, port_id=[p["id"] for p in ports])} if ports else {}
+        ids = [p["id"] for p in ports]
+        bindings = {b.port_id: b for b in ports_obj.PortBinding.get_objects(
+            ctx, host=host, port_id=ids)} if ports else {}
+        segments = _bound_segments(ctx, host, ids) if ports else {}
         result: dict = {pid: None for pid in port_ids}
         for port in ports:
+            b = bindings.get(port["id"])
             result[port["id"]] = {
-                "keys": port_keys(_port_facts(port, networks, subnets, fips)),
+                "keys": port_keys(_port_facts(port, networks, subnets, fips,
+                                              segments.get(port["id"])))
+                if _serves(b) else dict(NO_KEYS),
                 "up": port.get("status") == "ACTIVE" and port.get("binding:host_id") == host,
-                "binding": bindings.get(port["id"])}
+                "binding": {"status": b.status, "vif_type": b.vif_type} if b else None}
+            if not _serves(b):
+                LOG.info("ovsnat: port %s has no usable binding on host %s (%s): no keys "
+                         "there", port["id"], host, b.vif_type if b else "none")
         server_sg.add_port_keys(result, ports)      # groups, port security, admin state
         LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
         return result

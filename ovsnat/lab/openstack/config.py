@@ -21,6 +21,9 @@ API_PORT = 9696
 RABBIT_PORT = 5672
 TENANT_PHYSNET = "fabric"
 EXTERNAL_PHYSNET = "external"
+# A physnet no lab host reaches (no VLAN range: provider networks only): the second segment
+# of a multi-segment network, which ovsnat binds on its fabric segment.
+ELSEWHERE_PHYSNET = "elsewhere"
 VLAN_RANGE = (100, 199)
 REPORT_INTERVAL = 5          # s, the agents' heartbeat in the lab (Neutron's default is 30)
 AGENT_DOWN_TIME = 20         # s, > 2 heartbeats: an agent stopped shows dead within 20 s
@@ -154,7 +157,7 @@ extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = {TENANT_PHYSNET},{EXTERNAL_PHYSNET}
 [ml2_type_vlan]
-network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi}
+network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi},{ELSEWHERE_PHYSNET}
 """)
     _write(os.path.join(paths.etc, "api.conf"), f"""[DEFAULT]
 log_file = {paths.log}/neutron-api.log
@@ -230,9 +233,11 @@ def write_rabbit(paths: Paths, lab_id: str) -> dict[str, str]:
 
 
 def write_agent(paths: Paths, host: str, db_sock: str, bridge: str,
-                external_network: str = "") -> str:
+                external_network: str = "", controller_config: str = "") -> str:
     """One host's ovsnat-neutron-agent.conf. The agent runs in the services namespace
-    (RabbitMQ on its loopback) and reaches the host's OVSDB through its unix socket."""
+    (RabbitMQ on its loopback) and reaches the host's OVSDB through its unix socket.
+    `controller_config`: the host's controller's file, whose reserved ranges the agent
+    reports to Neutron (empty: none reported, so the controller judges them)."""
     return _write(os.path.join(paths.etc, f"ovsnat-agent-{host}.conf"), f"""[DEFAULT]
 host = {host}
 transport_url = rabbit://guest:guest@127.0.0.1:{RABBIT_PORT}/
@@ -241,9 +246,11 @@ log_file = {paths.log}/ovsnat-agent-{host}.log
 [AGENT]
 report_interval = {REPORT_INTERVAL}
 log_agent_heartbeats = true
-[ovsnat]
-bridge = {bridge}
+[ovs]
+integration_bridge = {bridge}
 ovsdb_connection = unix:{db_sock}
+[ovsnat]
 physical_networks = {TENANT_PHYSNET}
 external_network = {external_network}
+controller_config = {controller_config}
 """)

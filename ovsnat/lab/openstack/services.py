@@ -216,10 +216,14 @@ class OpenStack:
                  what=f"neutron-rpc-server (see {self.paths.log}/neutron-rpc.log)")
 
     # --- agents ----------------------------------------------------------------------------
-    def start_agent(self, host: str, external_network: str = "") -> str:
-        """ovsnat-neutron-agent for lab host `host`, in this namespace (see module doc)."""
+    def start_agent(self, host: str, external_network: str = "",
+                    report_limits: bool = False) -> str:
+        """ovsnat-neutron-agent for lab host `host`, in this namespace (see module doc).
+        report_limits: it reports what the host's controller reserves (its config file)."""
         h = self.lab.hosts[host]
-        conf = cfg.write_agent(self.paths, host, h.ovs.db_sock, BRIDGE, external_network)
+        controller = os.path.join(h.rundir, "ovsnat.conf") if report_limits else ""
+        conf = cfg.write_agent(self.paths, host, h.ovs.db_sock, BRIDGE, external_network,
+                               controller)
         name = f"agent-{host}"
         self.lab.spawn(name, [cfg.venv_bin("ovsnat-neutron-agent"), "--config-file", conf],
                        ns=self.ns, env=NEUTRON_ENV)
