@@ -8,6 +8,10 @@ needs them), with the time from Neutron's answer to the key on the row: within 1
 Keys only: what the datapath does with them is tests/test_security_groups_lab.py. The
 lab's Neutron has its real default security-group rule templates: its databases are made by
 each service's own migrations (MariaDB; Neutron's c33da356b165 inserts the templates).
+
+`make test` runs the cases that take seconds (the module about 90 s with its bring-up); the
+two that stop and restart Neutron's services (about 30 s each) are marked `openstack_long`
+(`make test-openstack-long`).
 """
 
 from __future__ import annotations
@@ -425,6 +429,7 @@ def test_a_stateless_group_is_flagged(cl):
     assert value.split(";")[0] == "stateless" and len(value.split(";")) == 3, value
 
 
+@pytest.mark.openstack_long  # stops and restarts Neutron's services: about 30 s
 def test_an_agent_started_while_neutron_is_away_removes_no_group_key(cl):
     """hv1's agent restarts while neutron-rpc-server is down: it knows no port's groups, so
     it must remove none of the group keys its ports' rows name (the controller would drop
@@ -475,6 +480,7 @@ def test_an_agent_started_while_neutron_is_away_removes_no_group_key(cl):
     cl.agents_alive(since=restarted)  # the next test binds ports on them
 
 
+@pytest.mark.openstack_long  # stops and restarts Neutron's services: about 30 s
 def test_groups_switched_off_in_neutron_no_group_keys_and_port_filter_false(cl):
     """[securitygroup] enable_security_group = False (Neutron's API then has no groups):
     a port bound then says port_filter false and gets no `ovsnat-sg`. Neutron's API and RPC

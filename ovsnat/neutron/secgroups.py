@@ -90,18 +90,19 @@ def _address(value: str) -> str:
 
 
 def allowed_pairs(port: dict) -> str:
-    """Neutron's allowed_address_pairs as `ip[/len][@mac]`: Neutron stores every pair with
-    a MAC (the port's own when none was given); only another MAC is written."""
+    """Neutron's allowed_address_pairs as `ip[/len][@mac]`, sorted: Neutron stores every
+    pair with a MAC (the port's own when none was given); only another MAC is written. The
+    order Neutron lists them in is its database's (MariaDB's primary key: MAC, then
+    address), not the user's, so the value is sorted to depend on the pairs alone."""
     own = str(port.get("mac_address") or "").lower()
-    out: list[str] = []
+    out: set[str] = set()
     for pair in port.get("allowed_address_pairs") or []:
         entry = _address(pair["ip_address"])
         mac = str(pair.get("mac_address") or "").lower()
         if mac and mac != own:
             entry += f"@{mac}"
-        if entry not in out:
-            out.append(entry)
-    return ",".join(out)
+        out.add(entry)
+    return ",".join(sorted(out))
 
 
 def port_sg_keys(port: dict, groups_enabled: bool) -> dict[str, str]:
