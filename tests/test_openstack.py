@@ -162,7 +162,7 @@ def test_nova_boots_a_server_to_active_with_its_defaults_and_deletes_it(cl):
     assert port.status == "ACTIVE" and port.binding_host_id == host
     assert port.binding_vif_type == "ovs"
     details = port.binding_vif_details
-    assert details["bridge_name"] == "br-int" and details["port_filter"] is False
+    assert details["bridge_name"] == "br-int" and details["port_filter"] is True
     assert details["datapath_type"] == "netdev" and details["ovs_hybrid_plug"] is False
     guest = cl.guest(server["id"])
     assert guest is not None and guest.host == host and guest.state == "running"
@@ -182,6 +182,7 @@ def test_nova_boots_a_server_to_active_with_its_defaults_and_deletes_it(cl):
         "ovsnat-mtu": str(net.mtu),
         "ovsnat-dns": "198.51.100.53",
         "ovsnat-routes": "10.9.0.0/16>10.1.0.254",
+        "ovsnat-sg": ",".join(sorted(port.security_group_ids)),  # the default group
         "ovsnat-installed": "true",
         "ovsnat-ready": "true",
     }

@@ -38,6 +38,7 @@ from ovsnat.model.validate import REPORT_KEY  # noqa: E402
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron import opts  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
+from ovsnat.neutron.agent_sg import GroupSync, admin_down  # noqa: E402
 from ovsnat.neutron.agent_snat import SNAT_BACKOFF, SnatAddress  # noqa: E402
 from ovsnat.neutron.devices import forgotten, ports_up  # noqa: E402
 from ovsnat.neutron.hostlimits import ControllerLimits  # noqa: E402
@@ -91,6 +92,7 @@ class OvsnatAgent(SnatAddress):
         self.ovsdb = None
         self.limits = ControllerLimits(conf.ovsnat.controller_config)
         self.fast_retry = False  # the last pass failed on something to retry at once
+        self.sg = GroupSync(self)  # security groups: the Bridge's group keys
 
     # --- marks (any thread) --------------------------------------------------------------
     def mark_ports(self, port_ids: list[str]) -> None:
@@ -174,7 +176,8 @@ class OvsnatAgent(SnatAddress):
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
-        ok &= self._apply(snap)
+        ok &= self.sg.before_ports(snap, full) & self._apply(snap)
+        ok = ok and self.sg.after_ports(snap)  # group keys go once every row is right
         if not self.health.neutron_ok:  # cut off: the rest would only wait for timeouts
             return False
         ok &= self._report_devices(snap, full)
@@ -245,6 +248,9 @@ class OvsnatAgent(SnatAddress):
         for pid, row in snap.rows.items():
             if pid not in self.desired:
                 continue
+            if not self.sg.covers(self.desired[pid]):
+                ok = False  # its groups are not on the bridge yet (agent_sg)
+                continue
             diff = diff_keys(row.external_ids, self.desired[pid] or {})
             if not diff:
                 continue
@@ -269,7 +275,7 @@ class OvsnatAgent(SnatAddress):
         ignores)."""
         rows = {pid: row.external_ids for pid, row in snap.rows.items()}
         with self.lock:
-            wanted = ports_up(rows, self.bindings)
+            wanted = ports_up(rows, self.bindings) - admin_down(self.desired)
             self.reported_up -= self.reup
             self.reup.clear()
             if full:  # Neutron's view is the truth: report what differs from it
@@ -348,7 +354,7 @@ class OvsnatAgent(SnatAddress):
 
         self.connect_ovsdb()
         self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
-        start_consumers(self.endpoint)
+        start_consumers(self.endpoint, self.sg.endpoint)
         self.health.start(self.report_state)
         LOG.info(
             "ovsnat-neutron-agent on host %s, bridge %s, physnets %s",

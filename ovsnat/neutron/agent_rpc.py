@@ -141,8 +141,9 @@ class PushEndpoint:
         self._networks(network_id)
 
 
-def start_consumers(endpoint: PushEndpoint) -> object:
-    """Listen where Neutron's L2 agents listen, plus ovsnat's own fanout topic."""
+def start_consumers(endpoint: PushEndpoint, *more: object) -> object:
+    """Listen where Neutron's L2 agents listen, plus ovsnat's own fanout topic (where `more`
+    endpoints, in namespaces of their own, listen too: agent_sg)."""
     conn = agent_rpc.create_consumers(
         [endpoint],
         topics.AGENT,
@@ -156,6 +157,6 @@ def start_consumers(endpoint: PushEndpoint) -> object:
         ],
         start_listening=False,
     )
-    conn.create_consumer(c.AGENT_TOPIC, [endpoint], fanout=True)
+    conn.create_consumer(c.AGENT_TOPIC, [endpoint, *more], fanout=True)
     conn.consume_in_threads()
     return conn

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from ovsnat.neutron import secgroups
+
 # Keys the agent owns on an Interface row. Everything else there (iface-id, attached-mac,
 # vm-uuid, iface-status: os-vif/Nova; ovsnat-installed, ovsnat-ready: the controller) is never
 # touched.
@@ -24,7 +26,21 @@ DNS = "ovsnat-dns"
 MTU = "ovsnat-mtu"
 ROUTES = "ovsnat-routes"
 DHCP = "ovsnat-dhcp"  # "off" when the subnet has DHCP disabled
-MANAGED_KEYS = (FIXED_IP, FIP, NETWORK, CIDR, GATEWAY, VLAN, DNS, MTU, ROUTES, DHCP)
+# Security groups and port security (ovsnat.neutron.secgroups): ovsnat-sg,
+# ovsnat-port-security, ovsnat-allowed-pairs, ovsnat-admin.
+MANAGED_KEYS = (
+    FIXED_IP,
+    FIP,
+    NETWORK,
+    CIDR,
+    GATEWAY,
+    VLAN,
+    DNS,
+    MTU,
+    ROUTES,
+    DHCP,
+    *secgroups.PORT_KEYS,
+)
 
 INSTALLED = "ovsnat-installed"  # written by the controller once the port's flows are in
 READY = "ovsnat-ready"  # ... once it accepts the port's keys, device or not

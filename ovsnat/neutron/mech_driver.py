@@ -5,9 +5,9 @@ Binding follows Neutron's own agent-based drivers (SimpleAgentMechanismDriverBas
 openvswitch driver): the agent's heartbeat row says which bridge it serves, its datapath type
 and which physical networks its fabric port reaches; a port binds on a vlan or flat segment
 of such a physnet with vif_type `ovs`, so Nova and os-vif plug the instance into ovsnat's
-bridge as for any OVS backend. `port_filter` is False: ovsnat does not enforce security
-groups yet, and the binding must not claim otherwise (Nova would skip its own filtering
-decisions on a false claim).
+bridge as for any OVS backend. `port_filter` says whether ovsnat filters the port: true when
+Neutron has security groups at all ([securitygroup] enable_security_group, Neutron's
+switch), false otherwise, when ovsnat enforces none (ovsnat.neutron.server_sg).
 
 Refusals: a port ovsnat cannot serve (several fixed IPs, IPv6, a subnet without a gateway,
 its gateway's address, a network overlapping what the host reserves, two IPv4 subnets or two
@@ -39,7 +39,7 @@ from neutron_lib.plugins.ml2 import api
 from oslo_log import log
 
 from ovsnat.model.validate import REPORT_KEY, HostLimits
-from ovsnat.neutron import binding
+from ovsnat.neutron import binding, server_sg
 from ovsnat.neutron import constants as c
 from ovsnat.neutron.server_rpc import AgentNotifier, OvsnatServerRpc
 
@@ -62,7 +62,10 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         super().__init__(
             c.AGENT_TYPE,
             portbindings.VIF_TYPE_OVS,
-            {portbindings.CAP_PORT_FILTER: False, portbindings.OVS_HYBRID_PLUG: False},
+            {
+                portbindings.CAP_PORT_FILTER: server_sg.groups_enabled(),
+                portbindings.OVS_HYBRID_PLUG: False,
+            },
             supported_vnic_types=[portbindings.VNIC_NORMAL],
         )
         self.notifier: AgentNotifier | None = None
@@ -78,11 +81,15 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         self.notifier = AgentNotifier()
         for event in FIP_EVENTS:
             registry.subscribe(self._floatingip_changed, resources.FLOATING_IP, event)
+        self.group_pushes = server_sg.GroupPushes(server_sg.GroupNotifier())
+        self.group_pushes.subscribe()
 
     def start_rpc_listeners(self) -> list:
         """ML2 calls this in neutron-rpc-server only: the endpoint agents call for keys."""
         conn = n_rpc.Connection()
-        conn.create_consumer(c.SERVER_TOPIC, [OvsnatServerRpc()], fanout=False)
+        conn.create_consumer(
+            c.SERVER_TOPIC, [OvsnatServerRpc(), server_sg.SecurityGroupRpc()], fanout=False
+        )
         return conn.consume_in_threads()
 
     # --- binding -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from oslo_log import log
 from oslo_serialization import jsonutils
 
 from ovsnat.neutron import constants as c
+from ovsnat.neutron import server_sg
 from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, port_keys
 
 LOG = log.getLogger(__name__)
@@ -189,6 +190,7 @@ class OvsnatServerRpc:
                     host,
                     b.vif_type if b else "none",
                 )
+        server_sg.add_port_keys(result, ports)  # groups, port security, admin state
         LOG.debug("ovsnat: keys for %d ports requested by %s", len(port_ids), host)
         return result
 
