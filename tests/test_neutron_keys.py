@@ -101,15 +101,37 @@ def test_a_subnet_without_dhcp_turns_ovsnats_off_and_routes_need_a_neighbour():
 
 
 def test_the_agent_writes_the_keys_the_controller_reads():
-    """The security keys (ovsnat.neutron.secgroups.PORT_KEYS, issue 25) are read by the
-    controller's security-group side, which lands separately: until then they are checked
-    against the contract's own list (tests/test_secgroups.py)."""
+    """Every key the agent manages is one the controller's model reads, the security keys
+    (issue 25) included, and the security prefixes of the bridge are the model's."""
     from ovsnat import model
     from ovsnat.model import dhcp_keys, networks
+    from ovsnat.model import secgroups as model_sg
     from ovsnat.neutron import keys, secgroups
 
     core = {model.KEY_FIXED_IP, model.KEY_FIP, *networks.NETWORK_KEYS, *dhcp_keys.PORT_KEYS}
-    assert set(keys.MANAGED_KEYS) - set(secgroups.PORT_KEYS) <= core
+    security = {
+        model_sg.KEY_GROUPS,
+        model_sg.KEY_PORT_SECURITY,
+        model_sg.KEY_PAIRS,
+        model_sg.KEY_ADMIN,
+        model_sg.KEY_PAIR_FIPS,
+    }
+    assert set(secgroups.PORT_KEYS) == security
+    assert set(keys.MANAGED_KEYS) <= core | security
+    assert (secgroups.GROUP_PREFIX, secgroups.MEMBERS_PREFIX) == (
+        model_sg.GROUP_PREFIX,
+        model_sg.MEMBERS_PREFIX,
+    )
+
+
+def test_a_vip_fip_goes_to_the_ports_with_that_pair():
+    from ovsnat.neutron import secgroups
+
+    port = {"allowed_address_pairs": [{"ip_address": "10.1.0.250"}, {"ip_address": "10.2.0.0/24"}]}
+    assert secgroups.single_pairs(port) == {"10.1.0.250"}
+    fips = [("10.1.0.250", "203.0.113.40"), ("10.1.0.9", "203.0.113.41")]
+    assert secgroups.pair_fips_value({"10.1.0.250"}, fips) == "10.1.0.250=203.0.113.40"
+    assert secgroups.single_pairs({**port, "port_security_enabled": False}) == set()
 
 
 def test_routes_format():

@@ -178,6 +178,7 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         ):
             return
         port_ids = sorted({s["port_id"] for s in states if s.get("port_id")})
+        port_ids += server_sg.pair_holders(states)  # a VIP's FIP
         if port_ids:
             LOG.debug("ovsnat: floating IP %s %s, ports %s", payload.resource_id, event, port_ids)
             self.notifier.ports_changed(payload.context, port_ids)

@@ -29,7 +29,8 @@ SG = "ovsnat-sg"
 PORT_SECURITY = "ovsnat-port-security"
 ALLOWED_PAIRS = "ovsnat-allowed-pairs"
 ADMIN = "ovsnat-admin"
-PORT_KEYS = (SG, PORT_SECURITY, ALLOWED_PAIRS, ADMIN)
+PAIR_FIPS = "ovsnat-pair-fips"  # vip=fip: a floating IP on one of the port's pair addresses
+PORT_KEYS = (SG, PORT_SECURITY, ALLOWED_PAIRS, ADMIN, PAIR_FIPS)
 # Bridge keys, one per group
 GROUP_PREFIX = "ovsnat-sg-"
 MEMBERS_PREFIX = "ovsnat-sgm-"
@@ -125,6 +126,23 @@ def port_sg_keys(port: dict, groups_enabled: bool) -> dict[str, str]:
     if groups_enabled:
         keys[SG] = ",".join(sorted(port.get("security_groups") or []))
     return keys
+
+
+def single_pairs(port: dict) -> set[str]:
+    """A port's allowed-pair addresses that are one IPv4 address (a VIP it may hold)."""
+    if port.get("port_security_enabled") is False:
+        return set()
+    out = set()
+    for pair in port.get("allowed_address_pairs") or []:
+        text = str(pair.get("ip_address", ""))
+        if ":" not in text and (text.endswith("/32") or "/" not in text):
+            out.add(text.split("/")[0])
+    return out
+
+
+def pair_fips_value(vips: set[str], fips) -> str:
+    """`vip=fip,...` for the (fixed address, floating address) of the FIPs on these VIPs."""
+    return ",".join(sorted(f"{fixed}={floating}" for fixed, floating in fips if fixed in vips))
 
 
 def port_groups(keys: dict[str, str] | None) -> set[str]:

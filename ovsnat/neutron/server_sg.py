@@ -40,6 +40,7 @@ from neutron.objects import securitygroup as sg_obj
 from neutron_lib import context as n_context
 from neutron_lib import rpc as n_rpc
 from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 from oslo_log import log
 
@@ -62,10 +63,66 @@ def add_port_keys(result: dict, ports: list[dict]) -> None:
     """Add the security keys to get_ports' answer (port id -> {"keys": ...}) for the ports
     that get keys at all (a port ovsnat does not serve here gets none of these either)."""
     enabled = groups_enabled()
-    for port in ports:
-        entry = result.get(port["id"])
-        if entry and entry.get("keys"):
-            entry["keys"].update(_port_sg_keys(port, enabled))
+    served = [p for p in ports if (result.get(p["id"]) or {}).get("keys")]
+    fips = _vip_fips(served)
+    for port in served:
+        keys = result[port["id"]]["keys"]
+        keys.update(_port_sg_keys(port, enabled))
+        value = sg.pair_fips_value(sg.single_pairs(port), fips.get(port["network_id"], ()))
+        if value:
+            keys[sg.PAIR_FIPS] = value
+
+
+def _vip_fips(ports: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """network id -> (fixed address, floating address) of the FIPs on another port of that
+    network whose fixed address is one of these ports' allowed pairs (a keepalived VIP's
+    port, which no VM binds: its FIP follows the VM that holds the VIP)."""
+    vips = sorted({ip for p in ports for ip in sg.single_pairs(p)})
+    l3 = directory.get_plugin(plugin_constants.L3)
+    if not vips or l3 is None:
+        return {}
+    ctx = n_context.get_admin_context()
+    fips = l3.get_floatingips(ctx, filters={"fixed_ip_address": vips})
+    port_ids = sorted({f["port_id"] for f in fips if f.get("port_id")})
+    nets = (
+        {
+            p["id"]: p["network_id"]
+            for p in directory.get_plugin().get_ports(ctx, filters={"id": port_ids})
+        }
+        if port_ids
+        else {}
+    )
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in fips:
+        net = nets.get(f.get("port_id"))
+        if net is not None:
+            out.setdefault(net, []).append((f["fixed_ip_address"], f["floating_ip_address"]))
+    return out
+
+
+def pair_holders(fip_states: list[dict]) -> list[str]:
+    """The ports that have a changed FIP's fixed address as an allowed pair, in the FIP
+    port's network: their keys carry it (ovsnat-pair-fips)."""
+    wanted = {
+        (s["port_id"], s["fixed_ip_address"])
+        for s in fip_states
+        if s.get("port_id") and s.get("fixed_ip_address")
+    }
+    if not wanted:
+        return []
+    plugin = directory.get_plugin()
+    ctx = n_context.get_admin_context()
+    fip_ports = {
+        p["id"]: p["network_id"]
+        for p in plugin.get_ports(ctx, filters={"id": sorted({w[0] for w in wanted})})
+    }
+    out = set()
+    for net in set(fip_ports.values()):
+        vips = {fixed for pid, fixed in wanted if fip_ports.get(pid) == net}
+        for port in plugin.get_ports(ctx, filters={"network_id": [net]}):
+            if sg.single_pairs(port) & vips:
+                out.add(port["id"])
+    return sorted(out)
 
 
 def _port_sg_keys(port: dict, enabled: bool) -> dict[str, str]:
