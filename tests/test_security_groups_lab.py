@@ -4,12 +4,8 @@ them, servers booted by Nova, and what the datapath then lets through, east-west
 fabric, through a FIP and through PAT. Every negative has a positive control made just before
 or after it.
 
-Needs both halves of issue 25: the agent's keys (tests/test_openstack_secgroups.py) and
+Both halves of issue 25 at work: the agent's keys (tests/test_openstack_secgroups.py) and
 the controller that enforces them. Times are from Neutron's answer to the API call.
-
-SKIPPED on this branch (SKIP_UNTIL_ENFORCED below): the controller's enforcement is not
-merged yet, and without it every negative case here fails. Remove that marker with the
-merge of the controller's side of issue 25.
 """
 
 from __future__ import annotations
@@ -43,12 +39,7 @@ from tests.openstack_lab import (
 )
 from tests.test_openstack_secgroups import bridge_ids, new_group, new_port, unlimited_groups
 
-SKIP_UNTIL_ENFORCED = pytest.mark.skip(
-    reason="issue 25: needs the controller's enforcement of security groups (the lead's "
-    "branch); remove SKIP_UNTIL_ENFORCED when it is merged"
-)
-
-pytestmark = [pytest.mark.lab, pytest.mark.openstack, SKIP_UNTIL_ENFORCED]
+pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 TIMES: dict[str, float] = {}
 LIMIT = 1.0  # s: a change takes effect within this of Neutron's answer
