@@ -193,3 +193,38 @@ def test_an_unplugged_filtered_port_has_its_zone_flushed():
     sim.plug(vm_row(11, **{"ovsnat-sg": "default"}))
     sim.unplug("tapvm11")
     assert sim.flushes == [(4096 + 11, "")]
+
+
+# --- VIPs ------------------------------------------------------------------------------------
+def test_a_vip_is_held_by_the_port_that_speaks_from_it_until_another_does():
+    from ovsnat.core.vips import ELSEWHERE, HELD, UNKNOWN, Vips
+
+    v = Vips()
+    v.track("a", "net", ("10.0.0.100",))
+    v.track("b", "net", ("10.0.0.100",))
+    assert v.state("a", "net", "10.0.0.100") == UNKNOWN
+    assert v.seen("a", "net", "10.0.0.100") == {"a", "b"}
+    assert v.seen("a", "net", "10.0.0.100") == set()  # nothing new: nothing recompiled
+    assert (v.state("a", "net", "10.0.0.100"), v.state("b", "net", "10.0.0.100")) == (
+        HELD,
+        ELSEWHERE,
+    )
+    assert v.seen("c", "net", "10.0.0.100") == set()  # c has no such pair: ignored
+    assert v.elsewhere("10.0.0.100") == {"a", "b"}  # another host's VM has it now
+    assert v.state("a", "net", "10.0.0.100") == ELSEWHERE
+    v.seen("b", "net", "10.0.0.100")
+    assert v.forget("b") == {"a"}  # the holder gone: nobody holds it here
+    assert v.state("a", "net", "10.0.0.100") == UNKNOWN
+
+
+def test_a_vip_announced_by_a_port_moves_its_delivery_and_tells_the_network():
+    from ovsnat.packets import arp
+
+    pair = {"ovsnat-allowed-pairs": "10.0.0.100"}
+    sim = SimHost().start()
+    sim.plug(vm_row(11, **pair), vm_row(12, **pair), vm_row(13))
+    garp = arp.garp("02:00:0a:00:00:0c", "10.0.0.100")
+    sim.from_vm(12, garp)
+    assert sim.ctl.host.vips.state("tapvm12", "", "10.0.0.100") == "held"
+    told = {port for port, frame in sim.switch.packet_outs if frame == garp}
+    assert told == {11, 13}  # every other local VM of the network hears it

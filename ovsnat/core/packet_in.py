@@ -92,26 +92,25 @@ class PacketIn:
     def _vip(self, name: str, frame: bytes) -> list:
         """A port's ARP from one of its allowed-pair addresses: it holds that VIP now
         (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink."""
-        a = arp.parse(frame)
-        port = self.ctl.host.valid[name]
+        host = self.ctl.host
+        a, port = arp.parse(frame), host.valid[name]
         if a is None or not any(
             p.cidr.prefixlen == 32 and str(p.cidr.ip) == a.spa for p in port.security.pairs
         ):
             return []
-        out = self.ctl.sw.send(self.ctl.host.vip_seen(name, a.spa))
+        out = self.ctl.sw.send(host.vip_seen(name, a.spa))
+        if not out:
+            return []
         for vip, fip in port.security.pair_fips:
-            if str(vip) == a.spa and out:
+            if str(vip) == a.spa:
                 LOG.info(
-                    "ovsnat: VIP %s is held by port %s here; its FIP %s goes live", vip, name, fip
+                    "ovsnat: VIP %s held by port %s here; its FIP %s goes live", vip, name, fip
                 )
-                mac = mac_str(self.ctl.host.cfg.ip_mac(fip))
-                garp = arp.garp(mac, str(fip))
+                garp = arp.garp(mac_str(host.cfg.ip_mac(fip)), str(fip))
                 out.append(
-                    self.ctl.sw.session.packet_out(
-                        self.ctl.host.cfg.uplink_ofport, garp, f"GARP for {fip}"
-                    )
+                    self.ctl.sw.session.packet_out(host.cfg.uplink_ofport, garp, f"GARP for {fip}")
                 )
-        return out
+        return out + self._tell_neighbours(host.net(port), frame, name)
 
     def _from_fabric(self, table: int, frame: bytes) -> list:
         """Another host's VM's ARP from an address a local port has as a pair: it holds
@@ -119,7 +118,23 @@ class PacketIn:
         a = arp.parse(frame) if table == FABRIC_IN else None
         if a is None:
             return self._drop("from_fabric")
-        return self.ctl.sw.send(self.ctl.host.vip_elsewhere(a.spa))
+        host = self.ctl.host
+        nets = {host.net(host.valid[n]) for n in host.vips.ports_of(a.spa) if n in host.valid}
+        out = self.ctl.sw.send(host.vip_elsewhere(a.spa))
+        for net in nets if out else ():
+            out += self._tell_neighbours(net, frame, None)
+        return out
+
+    def _tell_neighbours(self, net, frame: bytes, holder: str | None) -> list:
+        """A VIP moved: its ARP, as a switch floods a gratuitous ARP, to every local VM of its
+        network, so their neighbour caches follow it (ovsnat delivers ARP by target
+        address, which a gratuitous ARP's is the VIP's own)."""
+        host, session = self.ctl.host, self.ctl.sw.session
+        return [
+            session.packet_out(p.ofport, frame, f"VIP announcement to {p.name}")
+            for p in host.accepted
+            if p.name != holder and host.net(p) == net and not p.security.admin_down
+        ]
 
     def _relay_rarp(self, name: str, frame: bytes) -> list:
         """A VM's RARP (QEMU sends them when a migrated VM resumes) goes on to the fabric in

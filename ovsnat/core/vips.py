@@ -62,6 +62,10 @@ class Vips:
                 touched |= names
         return touched
 
+    def ports_of(self, vip: str) -> set[str]:
+        """The local ports that have `vip` as a pair, in any network."""
+        return {n for (_, v), names in self.ports.items() if v == vip for n in names}
+
     def state(self, name: str, net: str, vip: str) -> str:
         holder = self.holder.get((net, vip))
         if holder is None:
