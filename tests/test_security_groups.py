@@ -228,3 +228,14 @@ def test_a_vip_announced_by_a_port_moves_its_delivery_and_tells_the_network():
     assert sim.ctl.host.vips.state("tapvm12", "", "10.0.0.100") == "held"
     told = {port for port, frame in sim.switch.packet_outs if frame == garp}
     assert told == {11, 13}  # every other local VM of the network hears it
+
+
+def test_a_filtered_row_without_its_device_yet_is_ready_for_a_live_migration():
+    """A live migration's destination holds os-vif's row before the guest's tap exists:
+    its keys are judged without an ofport, and a filtered port's zone is judged when the
+    device appears (found with Nova: a zone judged on no ofport refused every filtered
+    destination, and Nova waited for network-vif-plugged in vain)."""
+    sim = SimHost().start()
+    sim.plug(vm_row(11, ofport=-1, **{"ovsnat-sg": "default"}))
+    ready = [w for w in sim.key_writes if dict(w.set).get("ovsnat-ready") == "true"]
+    assert [w.name for w in ready] == ["tapvm11"]

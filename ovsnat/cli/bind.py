@@ -31,6 +31,7 @@ from ovsnat.model import (
     parse_ipv4,
 )
 from ovsnat.model.options import BY_NAME, read_ini
+from ovsnat.model.ports import UNATTACHED
 
 DEFAULT_DB = BY_NAME["ovsdb_connection"].default
 
@@ -106,7 +107,7 @@ def _check_port(cfg: HostConfig | None):
         try:
             # ofport 0 means "not attached yet": check the addresses anyway.
             port = VmPort.from_external_ids(
-                name, ofport if ofport and ofport > 0 else 0xFFFFFEFF, ids
+                name, ofport if ofport and ofport > 0 else UNATTACHED, ids
             )
             port.check(cfg)
         except PortError as e:

@@ -28,13 +28,11 @@ from collections.abc import Callable
 from ovsnat.core.effects import IfaceKeys
 from ovsnat.model import PortError, VmPort
 from ovsnat.model.portcheck import check_alone
+from ovsnat.model.ports import UNATTACHED
 
 LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
 READY_KEY = "ovsnat-ready"
-# The ofport a row without a device is judged with (as `ovsnat bind` does): no real port has
-# it, so it clashes with nothing; OVS numbers the device when it appears.
-UNATTACHED = 0xFFFFFEFF
 
 
 def keys_rejection(host, name: str, external_ids) -> str | None:

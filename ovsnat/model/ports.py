@@ -26,6 +26,9 @@ KEY_FIXED_IP = "ovsnat-fixed-ip"
 KEY_FIP = "ovsnat-fip"
 
 MAX_ID_LEN = 255
+# The ofport a row without a device is judged with (ovsnat.core.markers, `ovsnat bind`): no
+# real port has it, so it clashes with nothing; OVS numbers the device when it appears.
+UNATTACHED = 0xFFFFFEFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,7 @@ class VmPort:
                 f"{label}: ofport {self.ofport} is the "
                 f"{'uplink' if self.ofport == cfg.uplink_ofport else 'fabric'}'s"
             )
-        if self.security.filtered:
+        if self.security.filtered and self.ofport != UNATTACHED:  # judged when it attaches
             problem = secgroups.zone_problem(cfg, self.ofport)
             if problem:
                 raise PortError(f"{label}: {problem}")
