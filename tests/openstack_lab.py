@@ -16,11 +16,12 @@ HOSTS = ("hv1", "hv2")
 
 
 @contextmanager
-def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS):
+def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS, open_default: bool = True):
     """One bring-up for a module: OpenStack's services, topology, hosts with controller,
     agent and nova-compute, every agent alive, every SNAT address on its bridge, every
-    compute mapped. Torn down pass or fail; the module's measurements are printed at the
-    end."""
+    compute mapped. `open_default`: the tenant's default group lets ICMP, TCP and UDP in
+    (the security-group modules keep Neutron's own default). Torn down pass or fail; the
+    module's measurements are printed at the end."""
     from tests.conftest import _require_lab_prerequisites
 
     _require_lab_prerequisites(request)
@@ -28,6 +29,8 @@ def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS):
     times.update(cl.timings)
     times["databases from the cache"] = float(cl.stack.cached)
     try:
+        if open_default:
+            cl.open_default_group()
         yield cl
     finally:
         t = time.monotonic()

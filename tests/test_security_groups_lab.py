@@ -50,7 +50,7 @@ VIP = "10.1.0.250"
 
 @pytest.fixture(scope="module")
 def cl(request):
-    with cloud_lab(request, TIMES) as lab:
+    with cloud_lab(request, TIMES, open_default=False) as lab:
         unlimited_groups(lab)
         yield lab
 

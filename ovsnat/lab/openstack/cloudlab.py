@@ -174,6 +174,20 @@ class CloudLab:
         """This thread in the services namespace, where every API listens."""
         return inside(self.stack.ns)
 
+    def open_default_group(self) -> None:
+        """The tenant lets ICMP, TCP and UDP in from anywhere through its default security
+        group, as most tenants do first (Neutron's default group lets nothing in from
+        outside the group): the NAT tests reach servers through their FIPs."""
+        group = self.tenant.network.find_security_group("default", project_id=self.topo.project)
+        for proto in ("icmp", "tcp", "udp"):
+            self.tenant.network.create_security_group_rule(
+                security_group_id=group.id,
+                direction="ingress",
+                ether_type="IPv4",
+                protocol=proto,
+                remote_ip_prefix="0.0.0.0/0",
+            )
+
     def guest(self, server_id: str) -> Guest | None:
         """The lab driver's guest of a server (None once it is gone)."""
         return Guest.load(self.stack.sp.guests, server_id)

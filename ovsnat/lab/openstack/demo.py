@@ -144,6 +144,21 @@ def boot_two(cl: CloudLab) -> dict[str, dict]:
 
 def floating_ip(cl: CloudLab, inst: dict) -> str:
     step("3. A floating IP for inst-a, with `openstack floating ip`")
+    say("  (Neutron's default security group lets nothing in from outside the group: the")
+    say("   tenant opens ping and the servers' TCP port, as tenants do)")
+    cli(cl, "security", "group", "rule", "create", "--protocol", "icmp", "default")
+    cli(
+        cl,
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        str(GUEST_PORT),
+        "default",
+    )
     out, _ = cli(
         cl, "floating", "ip", "create", "public", "-f", "value", "-c", "floating_ip_address"
     )
