@@ -143,6 +143,7 @@ def status_of(ctl, now: float) -> dict:
             **(host.sg.status() if host else {}),
             "dropped": dict(ctl.refusals.sg_host),
             "dropped_by_port": dict(ctl.refusals.sg_by_port),
+            "vips": host.vips.status() if host else {},
         },
         "conn_limit": ctl.zones.status(),
         "vswitchd": ctl.vswitchd.status(),
