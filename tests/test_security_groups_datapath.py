@@ -318,3 +318,18 @@ def hold(lab, name: str, vip: str) -> None:
 
 def unhold(lab, name: str, vip: str) -> None:
     run(["ip", "-n", lab.vms[name].ns, "addr", "del", f"{vip}/32", "dev", "eth0"], check=False)
+
+
+def test_a_stateless_group_lets_replies_out_only_by_its_own_rules(lab):
+    """b in a stateless group allowing TCP 22 in and nothing out: a's connection reaches it
+    but b's answer does not leave; a rule letting everything out completes it."""
+    assert connects(lab, "a", "10.0.0.22", 22)  # control: b in default (stateful)
+    bridge(lab, sl="stateless;s-in,in,4,tcp,22,-")
+    port_key(lab, "b", "ovsnat-sg", "sl")
+    try:
+        within(2, lambda: not connects(lab, "a", "10.0.0.22", 22), "b's answers held back")
+        bridge(lab, sl="stateless;s-in,in,4,tcp,22,-;s-out,out,4,any,-,-")
+        within(2, lambda: connects(lab, "a", "10.0.0.22", 22), "b's answers let out")
+        assert not connects(lab, "a", "10.0.0.22", 23)  # still only 22 in
+    finally:
+        port_key(lab, "b", "ovsnat-sg", "default")

@@ -138,9 +138,9 @@ TABLES: tuple[Table, ...] = (
         SG_OUT_CT,
         "sg_out_ct",
         "IP from a filtered port (its security profile in reg9, zone in reg10): looked up in "
-        "the port's own conntrack zone.",
-        "proto",
-        {Ct},
+        "the port's own conntrack zone (a stateless profile's go on untracked).",
+        "proto reg9",
+        {Ct, Goto},
         {SG_OUT},
     ),
     _t(
@@ -336,9 +336,9 @@ TABLES: tuple[Table, ...] = (
         SG_IN_CT,
         "sg_in_ct",
         "IP to a filtered port: its earlier conntrack state cleared (PAT's or a network's "
-        "zone), looked up in the port's own zone.",
-        "proto",
-        {CtClear, Ct},
+        "zone), looked up in the port's own zone (a stateless profile's go on untracked).",
+        "proto reg9",
+        {CtClear, Ct, Goto},
         {SG_IN},
     ),
     _t(

@@ -111,7 +111,7 @@ def profile_flows(c: int, pid: int, groups: tuple[Group, ...]) -> list[Flow]:
     commit nothing. A rule naming a remote group is the first dimension of the group's
     conjunction, one flow for both."""
     sf = stateful(groups)
-    flows = []
+    flows = [] if sf else _untracked(c, pid)
     for rule in applied_rules(groups):
         table = SG_IN if rule.ingress else SG_OUT
         if rule.remote_group is not None:
@@ -127,6 +127,16 @@ def profile_flows(c: int, pid: int, groups: tuple[Group, ...]) -> list[Flow]:
         for state, actions, prio in variants:
             flows += [make_flow(c, table, prio, m, actions) for m in rule_matches(pid, rule, state)]
     return _merge(flows)
+
+
+def _untracked(c: int, pid: int) -> list[Flow]:
+    """A stateless profile's packets skip conntrack (its rules match every packet): a
+    reply conntrack never saw the start of would be invalid (a SYN-ACK creates nothing)."""
+    match = Match.of(proto="ip", reg9=f"{pid:#x}")
+    return [
+        make_flow(c, SG_OUT_CT, 110, match, [Goto(SG_OUT)]),
+        make_flow(c, SG_IN_CT, 110, match, [CtClear(), Goto(SG_IN)]),
+    ]
 
 
 def rule_matches(pid: int, rule: Rule, state: str | None) -> list[Match]:
