@@ -98,7 +98,7 @@ TABLES: tuple[Table, ...] = (
         "unproven, copy its frames to the controller (the copies metered; activation) until "
         "one proves it or none can; with a fabric, a VM's RARP goes to the controller "
         "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped).",
-        "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_sha tp_src tp_dst",
+        "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_tpa arp_sha tp_src tp_dst",
         {Goto, Controller, Load, PopVlan, Meter},
         {FABRIC_IN, VM_ARP, UPLINK_ARP, SG_OUT_CT, VM_ROUTE, HANDOFF_IN, INGRESS},
     ),
@@ -107,10 +107,10 @@ TABLES: tuple[Table, ...] = (
         "fabric_in",
         "Frames from the fabric, already in their network: never with the router MAC or a "
         "local VM's MAC as source, never to the router MAC (routing stays on each host); ARP "
-        "and IP go on to the network's delivery tables. ARP from an address a local port has "
-        "as an allowed pair is copied to the controller (metered): another host's VM holds "
-        "that VIP now.",
-        "proto reg6 dl_src dl_dst arp_spa",
+        "and IP go on to the network's delivery tables. A gratuitous ARP for an address a "
+        "local port has as an allowed pair is copied to the controller (metered): another "
+        "host's VM holds that VIP now.",
+        "proto reg6 dl_src dl_dst arp_spa arp_tpa",
         {Goto, Move, Controller},
         {VM_ARP, VM_L2},
     ),

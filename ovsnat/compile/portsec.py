@@ -45,7 +45,7 @@ class Source:
     ip: dict
     arp: dict
     fip: object = None
-    learn: bool = False
+    learn: bool = False  # a single-address pair: its gratuitous ARP goes to the controller
 
 
 def sources(vm: VmPort, vips=()) -> list[Source]:
@@ -85,7 +85,7 @@ def vip_flows(cfg, vm: VmPort, net: Network, c: int, vips, fip_flows) -> list[Fl
         if state == HELD and fip is not None:
             flows += fip_flows(cfg, replace(vm, fixed_ip=vip, fip=fip), net, c)
         if cfg.fabric_ofport:
-            match = Match.of(proto="arp", reg6=reg6(net), arp_spa=str(vip))
+            match = Match.of(proto="arp", reg6=reg6(net), arp_spa=str(vip), arp_tpa=str(vip))
             actions = [Controller(meter=CLAIM_METER), Goto(VM_ARP)]
             flows.append(make_flow(c, FABRIC_IN, 210, match, actions))
     return flows

@@ -82,7 +82,11 @@ def vm_flows(
     flows = []
     for src in portsec.sources(vm, vips):
         own = marks if src.fip is None else [Load("reg8", int(src.fip)), Load("reg5", 1, HAS_FIP)]
-        learn = [Controller(meter=CLAIM_METER)] if src.learn and not copy else []
+        arp_out = copy + reg + [Goto(VM_ARP)]
+        if src.learn and not copy:  # a gratuitous ARP from a VIP: who holds it (core.vips)
+            gratuitous = Match.of(proto="arp", **src.arp, arp_tpa=src.arp["arp_spa"])
+            learn = [Controller(meter=CLAIM_METER), *reg, Goto(VM_ARP)]
+            flows.append(make_flow(c, CLASSIFY, src.prio + 1, gratuitous, learn))
         flows += [
             make_flow(
                 c,
@@ -96,7 +100,7 @@ def vm_flows(
                 CLASSIFY,
                 src.prio,
                 Match.of(proto="arp", **src.arp),
-                copy + learn + reg + [Goto(VM_ARP)],
+                arp_out,
             ),
         ]
     # IP and ARP alike: register 7 holds the IP destination or ARP target.
