@@ -9,6 +9,7 @@ puts them back; each "nothing arrives" has its positive control in the same test
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from ovsnat.lab.traffic import (
     start_server,
     tcp_connect,
     tcp_established,
+    wait_captured,
 )
 
 pytestmark = pytest.mark.lab
@@ -333,3 +335,26 @@ def test_a_stateless_group_lets_replies_out_only_by_its_own_rules(lab):
         assert not connects(lab, "a", "10.0.0.22", 23)  # still only 22 in
     finally:
         port_key(lab, "b", "ovsnat-sg", "default")
+
+
+def test_a_members_address_from_outside_is_not_a_member(lab):
+    """A frame from the external segment with a remote-group member's fixed IP as source is
+    spoofed (a member reaches a port from inside): the member rule does not let it in.
+    Control in the same capture: a rule for that port from the outside's prefix."""
+    out_mac = json.loads(run(["ip", "-n", lab.out_ns, "-j", "link", "show", "eth0"]).stdout)
+    fip_mac = "02:5a:" + ":".join(f"{int(b):02x}" for b in FIP.split("."))
+
+    def frame(src: str, dport: int) -> bytes:
+        ip = IP(src=src, dst=FIP) / UDP(sport=5555, dport=dport) / (b"x" * 20)
+        return bytes(Ether(src=out_mac[0]["address"], dst=fip_mac) / ip)
+
+    bridge(lab, default=f"{DEFAULT};d-x,in,4,udp,7777,p:198.51.100.0/24")
+    try:
+        with capture(lab, "member-spoof", lab.vms["a"].ns, "eth0", "udp", "in") as pcap:
+            send_frames(lab, lab.out_ns, [frame("10.0.0.22", 9999)], count=3)
+            send_frames(lab, lab.out_ns, [frame("198.51.100.77", 7777)], count=3)
+            wait_captured(pcap, lambda p: UDP in p and p[UDP].dport == 7777, 5)
+        got = {(p[IP].src, p[UDP].dport) for p in captured(pcap, lambda p: UDP in p)}
+        assert got == {("198.51.100.77", 7777)}, got
+    finally:
+        bridge(lab, default=DEFAULT)

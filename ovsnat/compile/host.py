@@ -34,6 +34,7 @@ from ovsnat.compile.pipeline import (
     NET_PAT_DONE,
     NET_PAT_IN,
     NET_PAT_OUT,
+    OUTSIDE,
     PAT_GUARD,
     PAT_IN,
     PAT_IN_NET,
@@ -143,8 +144,13 @@ def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
     snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
     return [
         *[_drop(c, CLASSIFY, 400, Match.of(proto=p, **m)) for p, m in NOT_SERVED],
+        # Marked as from outside: no source there is a remote group's member (sg_flows).
         make_flow(
-            c, CLASSIFY, 100, Match.of(proto="ip", in_port=up, vlan_tci=NO_VLAN), [Goto(INGRESS)]
+            c,
+            CLASSIFY,
+            100,
+            Match.of(proto="ip", in_port=up, vlan_tci=NO_VLAN),
+            [Load("reg5", 1, OUTSIDE), Goto(INGRESS)],
         ),
         make_flow(
             c,

@@ -59,6 +59,7 @@ SG_OUT_CT, SG_OUT, SG_IN_CT, SG_IN = 16, 17, 71, 72
 LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4  # bits of reg5
 HANDED, ARRIVED = 5, 6  # came over the handoff VLAN; sent by a VM in its arrival grace
 LIMITED = 7  # sent by a PAT VM with a connection limit (its zone in reg4)
+OUTSIDE = 8  # arrived on the uplink (a remote group's member is never its source)
 
 # The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
 TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")

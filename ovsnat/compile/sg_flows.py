@@ -21,7 +21,17 @@ import zlib
 
 from ovsnat.compile.actions import Conjunction, Ct, CtClear, Goto, OutputReg
 from ovsnat.compile.flows import Flow, Match, make_flow
-from ovsnat.compile.pipeline import HANDED, SG_IN, SG_IN_CT, SG_OUT, SG_OUT_CT, VM_ROUTE, flag
+from ovsnat.compile.pipeline import (
+    HANDED,
+    OUTSIDE,
+    SG_IN,
+    SG_IN_CT,
+    SG_OUT,
+    SG_OUT_CT,
+    VM_ROUTE,
+    flag,
+    no_flag,
+)
 from ovsnat.model.secgroups import Group, Rule, port_ranges
 
 TABLES = (SG_OUT_CT, SG_OUT, SG_IN_CT, SG_IN)  # their misses are dropped (host.DROPPED)
@@ -186,7 +196,10 @@ def member_flows(c: int, ip: str, sides) -> list[Flow]:
     for table, ingress, side in ((SG_IN, True, "nw_src"), (SG_OUT, False, "nw_dst")):
         conj = [Conjunction(conj_id(g, i, sf), 2, 2) for g, i, sf in sorted(sides) if i == ingress]
         if conj:
-            match = Match.of(proto="ip", **{side: ip})
+            # From the uplink, a member's address is spoofed: a member reaches a port from
+            # inside (its own fixed IP), never through a FIP or PAT from outside.
+            outside = {"reg5": no_flag(OUTSIDE)} if ingress else {}
+            match = Match.of(proto="ip", **outside, **{side: ip})
             flows.append(make_flow(c, table, CONJ_PRIO, match, conj))
     return flows
 
