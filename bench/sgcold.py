@@ -35,6 +35,8 @@ PER_TXN = 200  # ports per ovsdb-client transaction (one argument: at most 128 K
 
 
 def transact(host, ops: list[dict]) -> None:
+    if not ops:
+        return
     run(
         [
             "ovsdb-client",
