@@ -1,7 +1,7 @@
 """The security-group configuration the issue-25 benchmarks measure, written as the contract
-says (/docs security-groups keys): every port in three groups of `rules` rules each, one rule
-per group naming the remote group, which has `members` addresses cloud-wide, the local
-ports' among them.
+says (the keys ovsnat.model.secgroups reads): every port in three groups of `rules` rules
+each, one rule per group naming the remote group, which has `members` addresses cloud-wide,
+the local ports' among them.
 
 The groups: `sg-r` (the remote group, self-referencing as Neutron's default group is) and,
 per profile j, `sg-a<j>` and `sg-b<j>`; ports are dealt over `profiles` distinct triples
