@@ -10,6 +10,7 @@ bench/results.json. Needs root, like the lab.
                                              restart, events (its big side) and memory
     python -m bench --port-types patch       scale hosts with patch ports only (faster)
     python -m bench --only stall --stall-vms 1000   the loop's stalls under a handoff
+    python -m bench --only sgflows,sgcold,sgdatapath   security groups (issue 25)
 """
 
 from __future__ import annotations
@@ -23,10 +24,34 @@ import subprocess
 import sys
 import time
 
-from bench import cold, connlimit, datapath, events, handoff, memory, stall
+from bench import (
+    cold,
+    connlimit,
+    datapath,
+    events,
+    handoff,
+    memory,
+    sgcold,
+    sgdatapath,
+    sgflows,
+    stall,
+)
 from bench.common import Result, say
 
-ALL = ("cold", "restart", "events", "memory", "audit", "datapath", "handoff", "connlimit", "stall")
+ALL = (
+    "cold",
+    "restart",
+    "events",
+    "memory",
+    "audit",
+    "datapath",
+    "handoff",
+    "connlimit",
+    "stall",
+    "sgflows",
+    "sgcold",
+    "sgdatapath",
+)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -76,7 +101,14 @@ def parse_args(argv):
         type=int,
         help="PAT VMs on the host a VM leaves in the stall benchmark (10000)",
     )
-    p.add_argument("--rounds", type=int, help="datapath A/B rounds (5)")
+    p.add_argument("--rounds", type=int, help="datapath A/B rounds (5), also sgdatapath's")
+    p.add_argument("--sg-ports", type=int, default=1000, help="VMs of the sgcold host (1000)")
+    p.add_argument(
+        "--sg-profiles",
+        default="1,100",
+        help="sgcold: distinct group triples the VMs are dealt over, one run each (1,100)",
+    )
+    p.add_argument("--sg-rounds", type=int, help="sgcold: starts with and without groups (3)")
     p.add_argument("--seconds", type=float, help="seconds per iperf3 run (3)")
     p.add_argument("--conn-seconds", type=float, help="seconds per connect loop (2)")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
@@ -89,6 +121,8 @@ def parse_args(argv):
     a.stall_vms = a.stall_vms if a.stall_vms is not None else (1000 if quick else 10000)
     a.seconds = a.seconds or (1.5 if quick else 3.0)
     a.conn_seconds = a.conn_seconds or (1.0 if quick else 2.0)
+    a.sg_rounds = a.sg_rounds or (1 if quick else 3)
+    a.sg_profiles = [int(x) for x in a.sg_profiles.split(",") if x.strip()]
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
     a.port_types = [t.strip() for t in a.port_types.split(",") if t.strip()]
     if set(a.port_types) - {"dummy", "patch"}:
@@ -226,6 +260,20 @@ def main(argv=None) -> int:
 
     if "stall" in a.only:
         results += timed("stall", stall.stall, a.stall_vms)
+    if "sgflows" in a.only:
+        results += timed("sgflows", sgflows.sgflows)
+    if "sgcold" in a.only:
+        for profiles in a.sg_profiles:
+            results += timed(
+                f"sgcold profiles={profiles}",
+                sgcold.sgcold,
+                a.sg_ports,
+                a.sg_rounds,
+                profiles,
+                members=a.sg_ports + 1000,
+            )
+    if "sgdatapath" in a.only:
+        results += timed("sgdatapath", sgdatapath.sgdatapath, a.rounds, a.seconds, a.conn_seconds)
 
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()
