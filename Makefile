@@ -35,7 +35,7 @@ bench: install
 # from the cache of migrated databases); the same with every database migrated from
 # nothing by each service (no cache read or written); the long runs: 10 live migrations for
 # the worst event latency, 100 servers on one host through an agent restart, and the
-# security-group cases that restart Neutron's services (tests/test_openstack_secgroups.py).
+# security-group cases that restart Neutron's services (tests/secgroup_keys.py).
 test-openstack: install
 	$(PY) -m pytest -q -m "openstack and not openstack_long" $(PYTEST_ARGS)
 

@@ -4,7 +4,7 @@ them, servers booted by Nova, and what the datapath then lets through, east-west
 fabric, through a FIP and through PAT. Every negative has a positive control made just before
 or after it.
 
-Both halves of issue 25 at work: the agent's keys (tests/test_openstack_secgroups.py) and
+Both halves of issue 25 at work: the agent's keys (tests/secgroup_keys.py) and
 the controller that enforces them. Times are from Neutron's answer to the API call.
 """
 
@@ -37,11 +37,13 @@ from tests.openstack_lab import (
     wait_active,
     wait_key,
 )
-from tests.test_openstack_secgroups import bridge_ids, new_group, new_port, unlimited_groups
+
+# The keys' cases (Neutron's API to OVSDB) run here too, on this module's lab.
+from tests.secgroup_keys import *  # noqa: F403
+from tests.secgroup_keys import TIMES, bridge_ids, new_group, new_port, unlimited_groups
 
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
-TIMES: dict[str, float] = {}
 LIMIT = 1.0  # s: a change takes effect within this of Neutron's answer
 SERVER_PORT = 8080  # the outside server's TCP echo port (cloudlab.SERVER_PORT)
 PORT = servers.GUEST_PORT  # every guest's TCP echo server

@@ -5,13 +5,14 @@ booted by Nova with those ports, and the keys ovsnat-neutron-agent writes (a por
 row; each group's `ovsnat-sg-<id>` and `ovsnat-sgm-<id>` on the Bridge row of every host that
 needs them), with the time from Neutron's answer to the key on the row: within 1 s.
 
-Keys only: what the datapath does with them is tests/test_security_groups_lab.py. The
-lab's Neutron has its real default security-group rule templates: its databases are made by
-each service's own migrations (MariaDB; Neutron's c33da356b165 inserts the templates).
+Keys only: what the datapath does with them is tests/test_security_groups_lab.py, which
+collects these cases too, so both run on one bring-up of the lab (this module is not
+collected on its own). The lab's Neutron has its real default security-group rule
+templates: its databases are made by each service's own migrations (MariaDB; Neutron's
+c33da356b165 inserts the templates).
 
-`make test` runs the cases that take seconds (the module about 90 s with its bring-up); the
-two that stop and restart Neutron's services (about 30 s each) are marked `openstack_long`
-(`make test-openstack-long`).
+`make test` runs the cases that take seconds; the two that stop and restart Neutron's
+services (about 30 s each) are marked `openstack_long` (`make test-openstack-long`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from ovsnat.lab.openstack import servers
 from ovsnat.lab.sh import wait_for
 from tests.openstack_lab import (
     boot,
-    cloud_lab,
     port_status,
     row_ids,
     unique,
@@ -39,13 +39,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 TIMES: dict[str, float] = {}
 LIMIT = 1.0  # s: the issue's bound, from Neutron's answer to the key on the row
-
-
-@pytest.fixture(scope="module")
-def cl(request):
-    with cloud_lab(request, TIMES, open_default=False) as lab:
-        unlimited_groups(lab)
-        yield lab
 
 
 def unlimited_groups(cl) -> None:
