@@ -47,7 +47,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 LIMIT = 1.0  # s: a change takes effect within this of Neutron's answer
 SERVER_PORT = 8080  # the outside server's TCP echo port (cloudlab.SERVER_PORT)
 PORT = servers.GUEST_PORT  # every guest's TCP echo server
-VIP = "10.1.0.250"
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +349,9 @@ def test_an_allowed_address_pair_vip_fails_over_with_its_fip(cl):
         port_range_max=PORT,
         remote_ip_prefix="10.1.0.0/24",
     )
-    vip_port = new_port(cl, "vip", fixed_ips=[{"ip_address": VIP}])
+    # The VIP's port: its address is Neutron's to allocate (a fixed one may be a server's).
+    vip_port = new_port(cl, "vip")
+    VIP = vip_port.fixed_ips[0]["ip_address"]
     fip = new_fip(cl, port_id=vip_port.id).floating_ip_address
     pair = [{"ip_address": VIP}]
     a = boot_with(cl, "hv1", security_group_ids=[group.id], allowed_address_pairs=pair)

@@ -81,7 +81,9 @@ class PacketIn:
         if table != CLASSIFY:
             return self._drop("unexpected_table")
         return (
-            self._relay_rarp(name, data) + self._presence(name, data, now) + self._vip(name, data)
+            self._relay_rarp(name, data)
+            + self._presence(name, data, now)
+            + self._vip(name, data, now)
         )
 
     # --- from VMs --------------------------------------------------------------------------
@@ -89,9 +91,11 @@ class PacketIn:
         host = self.ctl.host
         return self.ctl.fips.vm_frame(name, frame, now) if host.is_pending(name) else []
 
-    def _vip(self, name: str, frame: bytes) -> list:
+    def _vip(self, name: str, frame: bytes, now: float) -> list:
         """A port's ARP from one of its allowed-pair addresses: it holds that VIP now
-        (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink."""
+        (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink, three
+        times as a FIP's is (ovsnat.core.fips: the external switch may relearn the MAC from a
+        frame the former host sent before it heard of the move)."""
         host = self.ctl.host
         a, port = arp.parse(frame), host.valid[name]
         if a is None or not any(
@@ -111,6 +115,22 @@ class PacketIn:
                     self.ctl.sw.session.packet_out(host.cfg.uplink_ofport, garp, f"GARP for {fip}")
                 )
         return out + self._tell_neighbours(host.net(port), frame, name)
+
+    def vip_garp(self, fip: str) -> bytes:
+        host = self.ctl.host
+        garp = arp.garp(mac_str(host.cfg.ip_mac(netaddr.IPAddress(fip))), fip)
+        return self.ctl.sw.session.packet_out(host.cfg.uplink_ofport, garp, f"GARP for {fip}")
+
+    def vip_garp_due(self, key: tuple) -> list:
+        """A VIP FIP's later GARP, if the port still holds the VIP here."""
+        _, name, vip, fip, _ = key
+        port = self.ctl.host.accepted_port(name)
+        if (
+            port is None
+            or self.ctl.host.vips.state(name, self.ctl.host.net(port).name, vip) != "held"
+        ):
+            return []
+        return [self.vip_garp(fip)]
 
     def _from_fabric(self, table: int, frame: bytes) -> list:
         """Another host's VM's ARP from an address a local port has as a pair: it holds
