@@ -150,20 +150,16 @@ def test_port_security_off_lets_any_source_out_of_that_port_only(lab):
     c = lab.vms["c"]
     run(["ip", "-n", c.ns, "addr", "add", "10.0.0.99/32", "dev", "eth0"])
     try:
-        assert not _from(lab, c.ns, "10.0.0.99")
+        assert not _spoof_leaves(lab, c.ns, "10.0.0.99")
         assert connects(lab, "c", SERVER_IP, 8080)  # positive control
         port_key(lab, "c", "ovsnat-port-security", "off")
         port_key(lab, "c", "ovsnat-sg", None)
         within(2, lambda: _spoof_leaves(lab, c.ns), "c's other source leaving with security off")
-        assert not _from(lab, lab.vms["b"].ns, "10.0.0.98", add=True)  # b still checked
+        assert not _spoof_leaves(lab, lab.vms["b"].ns, "10.0.0.98", add=True)  # b still checked
     finally:
         port_key(lab, "c", "ovsnat-port-security", None)
         port_key(lab, "c", "ovsnat-sg", "other")
         run(["ip", "-n", c.ns, "addr", "del", "10.0.0.99/32", "dev", "eth0"], check=False)
-
-
-def _from(lab, ns: str, src: str, add: bool = False) -> bool:
-    return _spoof_leaves(lab, ns, src, add)
 
 
 def _spoof_leaves(lab, ns: str, src: str = "10.0.0.99", add: bool = False) -> bool:

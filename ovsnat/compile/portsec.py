@@ -95,7 +95,7 @@ def onward(vm: VmPort) -> list:
     """Where a port's IP goes after classify: its security groups, or straight on."""
     if not vm.security.filtered:
         return [Goto(VM_ROUTE)]
-    return [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Goto(SG_OUT_CT)]
+    return [*_sg_regs(vm)[:2], Goto(SG_OUT_CT)]
 
 
 def deliveries(vm: VmPort, net: Network, c: int, vips=()) -> list[Flow]:
@@ -115,7 +115,7 @@ def deliveries(vm: VmPort, net: Network, c: int, vips=()) -> list[Flow]:
         for prio, key in keys
     ]
     if vm.security.filtered:
-        regs = [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Load("reg11", vm.ofport)]
+        regs = _sg_regs(vm)
         flows += [
             make_flow(
                 c,
@@ -136,8 +136,7 @@ def reinjected(vm: VmPort) -> list:
     error is related to the connection it quotes (or dropped); [] straight out."""
     if not vm.security.filtered:
         return []
-    regs = [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Load("reg11", vm.ofport)]
-    return [*regs, Resubmit(SG_IN_CT)]
+    return [*_sg_regs(vm), Resubmit(SG_IN_CT)]
 
 
 def admin_down(vm: VmPort, net: Network, c: int) -> list[Flow]:
@@ -148,6 +147,11 @@ def admin_down(vm: VmPort, net: Network, c: int) -> list[Flow]:
         make_flow(c, CLASSIFY, ADMIN_DOWN_PRIO, Match.of(in_port=vm.ofport), []),
         make_flow(c, VM_L2, 100, Match.of(reg6=reg6(net), reg7=key), []),
     ]
+
+
+def _sg_regs(vm: VmPort) -> list:
+    """A filtered port's profile, zone and OpenFlow port, for the security-group tables."""
+    return [Load("reg9", profile(vm)), Load("reg10", vm.sg_zone), Load("reg11", vm.ofport)]
 
 
 def _cidr(cidr) -> str:

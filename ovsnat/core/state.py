@@ -225,10 +225,7 @@ class HostState(SecurityState):
                 self.transient.add(name)
         elif port is not None:
             self._add(name, port, affected)
-        delta = Delta()
-        for n in sorted(affected):
-            delta.extend(self._refresh(n))
-        return delta
+        return self._refresh_all(affected)
 
     def _add(self, name: str, port: VmPort, affected: set[str]) -> None:
         reason = check_alone(self.cfg, port)
