@@ -20,7 +20,7 @@ from ovsnat.core.effects import (
     ZoneLimitsDone,
 )
 from ovsnat.core.state import build_state
-from ovsnat.model import HostConfig, mac_str
+from ovsnat.model import HostConfig, mac_str, routing
 from ovsnat.model.rows import Changes, IfaceRow, Snapshot
 from ovsnat.packets import arp
 from tests.switchmodel import ModelSwitch
@@ -181,8 +181,8 @@ class SimHost:
             for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
             if p is not None
         ]
-        cfg = self.ctl.host.cfg
-        return {(f.table, f.cookie) for f in compile_state(build_state(cfg, ports))}
+        cfg, keys = self.ctl.host.cfg, routing.parse_bridge(self.bridge_ids)
+        return {(f.table, f.cookie) for f in compile_state(build_state(cfg, ports, keys))}
 
     def arps_out(self) -> list[arp.Arp]:
         """Every ARP the controller sent out of the uplink, in order."""

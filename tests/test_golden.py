@@ -28,7 +28,16 @@ def test_pipeline_md_tables_match_the_declared_pipeline():
 
 @pytest.mark.lab
 @pytest.mark.parametrize(
-    "name", ["hairpin", "per-vm-pat-blocks", "gateway-by-arp", "networks", "handoff", "conn-limit"]
+    "name",
+    [
+        "hairpin",
+        "per-vm-pat-blocks",
+        "gateway-by-arp",
+        "networks",
+        "handoff",
+        "conn-limit",
+        "unrouted",
+    ],
 )
 def test_ovs_accepts_golden_flows_and_dumps_them_identically(make_lab, name):
     lab = make_lab()

@@ -21,7 +21,7 @@ from ovsnat.compile.pipeline import TABLES
 from ovsnat.compile.punt_flows import METERS
 from ovsnat.compile.vm import vm_flows
 from ovsnat.core.state import HostState, build_state
-from ovsnat.model import DesiredState, HostConfig, VmPort
+from ovsnat.model import DesiredState, HostConfig, VmPort, routing
 from ovsnat.model.secgroups import Group, Rule, parse_bridge
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -148,9 +148,43 @@ SCENARIOS = {
             port(15, ovsnat_sg="default", ovsnat_admin="down"),
         ],
     ),
+    "unrouted": (
+        "A network on no router (tenant-a: ovsnat-net-tenant-a router=-, docs/routers.md): "
+        "its gateway's ARP is answered (the DHCP server's address) but nothing is routed, "
+        "no PAT, and vm12's FIP is held inert; tenant-b, on router r1 with a gateway, is "
+        "routed as before.",
+        FABRIC,
+        [
+            port(11, net=NET_A, ofport=21),
+            port(12, "203.0.113.12", net=NET_A, ofport=22),
+            port(11, net=NET_B, ofport=31),
+        ],
+    ),
+    "no-snat": (
+        "Routers without PAT (docs/routers.md): tenant-a on router r1 with enable_snat "
+        "off (its FIP VM vm12 still translated, its PAT VM vm11 reaches nothing outside), "
+        "the untagged network flat on router r2 without gateway (vm13's FIP held inert).",
+        {**FABRIC, "internal_cidr": "", "internal_gateway_ip": ""},
+        [
+            port(11, net=NET_A, ofport=21),
+            port(12, "203.0.113.12", net=NET_A, ofport=22),
+            port(13, "203.0.113.13", net=FLAT, ofport=13),
+        ],
+    ),
 }
-# Scenario name -> the bridge's security-group keys
+# Scenario name -> the bridge's keys (security groups, routers)
 BRIDGE_KEYS = {
+    "unrouted": {
+        "ovsnat-net-tenant-a": "router=-",
+        "ovsnat-net-tenant-b": "router=r1",
+        "ovsnat-router-r1": "ext=public;snat=on",
+    },
+    "no-snat": {
+        "ovsnat-net-tenant-a": "router=r1",
+        "ovsnat-router-r1": "ext=public;snat=off",
+        "ovsnat-net-flat": "router=r2",
+        "ovsnat-router-r2": "ext=-;snat=off",
+    },
     "security-groups": {
         "ovsnat-sg-default": "r1,in,4,any,-,g:default;r2,out,4,any,-,-;r3,out,6,any,-,-",
         "ovsnat-sgm-default": "10.0.0.11,10.0.0.12,10.0.0.40",
@@ -158,7 +192,7 @@ BRIDGE_KEYS = {
             "w1,in,4,tcp,80,-;w2,in,4,tcp,8000-8099,p:0.0.0.0/0;w3,in,4,icmp,8,p:198.51.100.0/24;"
             "w4,in,4,tcp,22,g:default;w5,out,4,any,-,-"
         ),
-    }
+    },
 }
 # Scenario name -> (ports that arrived after the controller's first view, ports that left)
 HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
@@ -167,9 +201,10 @@ HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
 def scenario_state(name: str) -> DesiredState:
     """A scenario's desired state: its host config, ports and bridge keys."""
     _, overrides, ports = SCENARIOS[name]
-    state = build_state(HostConfig.parse({**BASE, **overrides}), ports)
+    keys = BRIDGE_KEYS.get(name, {})
+    state = build_state(HostConfig.parse({**BASE, **overrides}), ports, routing.parse_bridge(keys))
     assert not state.rejected, state.rejected
-    return replace(state, security=parse_bridge(BRIDGE_KEYS.get(name, {})))
+    return replace(state, security=parse_bridge(keys))
 
 
 def render(name: str) -> str:

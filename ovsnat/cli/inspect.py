@@ -21,7 +21,7 @@ import netaddr
 from ovsnat.compile.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
 from ovsnat.compile.pipeline import BY_ID, INGRESS
 from ovsnat.core.state import HostState
-from ovsnat.model import HostConfig, VmPort, port_from_row, with_gateway_mac
+from ovsnat.model import HostConfig, VmPort, port_from_row, routing, with_gateway_mac
 from ovsnat.model.options import read_ini
 from ovsnat.model.secgroups import parse_bridge
 from ovsnat.ovsdb import Watcher
@@ -142,6 +142,7 @@ def load_view(conf_path: str) -> View:
         cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
     host = HostState(cfg)
     host.set_security(parse_bridge(snap.bridge_ids))
+    host.set_routing(routing.parse_bridge(snap.bridge_ids))
     for name, row in sorted(snap.rows.items()):
         if name not in (cfg.uplink_port, cfg.fabric_port):
             host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))

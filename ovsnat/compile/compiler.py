@@ -32,7 +32,10 @@ def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
     flows = flowident.resolve(
         [
             (flowident.HOST, host_flows(cfg)),
-            *((("net", net.name), network_flows(cfg, net)) for net in nets),
+            *(
+                (("net", net.name), network_flows(cfg, net, state.routing.of(net.name)))
+                for net in nets
+            ),
             *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms),
             *((owner, sg.flows(owner)) for owner in sg.owners()),
         ]

@@ -22,12 +22,14 @@ from ovsnat.compile.pipeline import (
     TO_KEY_ARP,
     VM_ARP,
     VM_L2,
+    VM_ROUTE,
     no_flag,
     reg6,
 )
 from ovsnat.compile.shared import arp_reply
 from ovsnat.model import HostConfig, mac_str, networks
 from ovsnat.model.networks import Network
+from ovsnat.model.routing import LEGACY, Routing
 
 
 def fabric_out(cfg: HostConfig, net: Network) -> list:
@@ -38,10 +40,13 @@ def fabric_out(cfg: HostConfig, net: Network) -> list:
     return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]
 
 
-def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
+def network_flows(cfg: HostConfig, net: Network, route: Routing = LEGACY) -> list[Flow]:
     """A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
     The untagged network goes straight to the shared PAT zone; a VLAN network first through
-    its own zone, to its transit address, so overlapping fixed IPs never meet there."""
+    its own zone, to its transit address, so overlapping fixed IPs never meet there. Its
+    routing (docs/routers.md) decides what its gateway does: on no router, nothing routed
+    (the gateway's ARP is still answered: it is the DHCP server's identifier); without PAT,
+    nothing leaves but through a FIP."""
     c = owner_cookie(COOKIE_NET, net.id)
     r6 = reg6(net)
     gw = str(net.gateway)
@@ -53,10 +58,24 @@ def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
             Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6, arp_tpa=gw, arp_op=1),
             arp_reply(mac_str(cfg.router_mac), gw),
         ),
-        make_flow(c, EGRESS, 250, Match.of(proto="ip", reg6=r6, nw_dst=net.cidr), []),
     ]
+    if not route.routed:  # above conn_limit's counting (110): nothing to count
+        router = mac_str(cfg.router_mac)
+        flows.append(make_flow(c, VM_ROUTE, 120, Match.of(proto="ip", reg6=r6, dl_dst=router), []))
+    else:
+        flows.append(make_flow(c, EGRESS, 250, Match.of(proto="ip", reg6=r6, nw_dst=net.cidr), []))
+    if route.pat:
+        flows += _pat_flows(cfg, net, c)
+    elif route.routed:  # counted apart from the table's default drop
+        flows.append(make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6), []))
+    return flows + _fabric_flows(cfg, net, c)
+
+
+def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
+    """The network's way into PAT and the way back for its replies."""
+    r6 = reg6(net)
     if net.vlan is None:
-        flows += [
+        return [
             make_flow(
                 c,
                 EGRESS,
@@ -72,66 +91,68 @@ def network_flows(cfg: HostConfig, net: Network) -> list[Flow]:
                 [Load("reg6", 0), Goto(DELIVER)],
             ),
         ]
-    else:
-        zone = networks.zone(cfg.network_ct_zone_base, net)
-        flows += [
-            make_flow(
-                c,
-                EGRESS,
-                50,
-                Match.of(proto="ip", reg6=r6),
-                [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())],
-            ),
-            make_flow(
-                c,
-                NET_PAT_OUT,
-                50,
-                Match.of(ct_state="+new+trk", proto="ip", reg6=r6, **handoff_flows.not_handed(cfg)),
-                [
-                    Ct(
-                        zone=zone,
-                        table=NET_PAT_DONE,
-                        commit=True,
-                        nat=Nat("src", str(networks.transit(cfg.transit_cidr, net))),
-                    )
-                ],
-            ),
-            make_flow(
-                c,
-                PAT_IN_NET,
-                100,
-                Match.of(proto="ip", nw_dst=networks.transit_range(cfg.transit_cidr, net)),
-                [Load("reg6", net.id), CtClear(), Ct(zone=zone, table=NET_PAT_IN, nat=Nat())],
-            ),
-        ]
-    if cfg.fabric_ofport:
-        from_fabric = (
-            Match.of(in_port=cfg.fabric_ofport, dl_vlan=net.vlan)
-            if net.vlan
-            else Match.of(in_port=cfg.fabric_ofport, vlan_tci=NO_VLAN)
-        )
-        tag = [PopVlan(), Load("reg6", net.id)] if net.vlan else []
-        flows += [
-            make_flow(
-                c, CLASSIFY, 100, from_fabric, tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]
-            ),
-            # ARP from a local VM reaches the fabric as a switch floods it (GARPs, requests
-            # for VMs elsewhere), then goes on to local delivery.
-            make_flow(
-                c,
-                VM_ARP,
-                100,
-                Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
-                fabric_out(cfg, net)
-                + ([PopVlan()] if net.vlan else [])
-                + [TO_KEY_ARP, Goto(VM_L2)],
-            ),
-            make_flow(
-                c,
-                VM_L2,
-                50,
-                Match.of(proto="ip", reg5=no_flag(ROUTED), reg6=r6),
-                fabric_out(cfg, net),
-            ),
-        ]
-    return flows
+    zone = networks.zone(cfg.network_ct_zone_base, net)
+    return [
+        make_flow(
+            c,
+            EGRESS,
+            50,
+            Match.of(proto="ip", reg6=r6),
+            [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())],
+        ),
+        make_flow(
+            c,
+            NET_PAT_OUT,
+            50,
+            Match.of(ct_state="+new+trk", proto="ip", reg6=r6, **handoff_flows.not_handed(cfg)),
+            [
+                Ct(
+                    zone=zone,
+                    table=NET_PAT_DONE,
+                    commit=True,
+                    nat=Nat("src", str(networks.transit(cfg.transit_cidr, net))),
+                )
+            ],
+        ),
+        make_flow(
+            c,
+            PAT_IN_NET,
+            100,
+            Match.of(proto="ip", nw_dst=networks.transit_range(cfg.transit_cidr, net)),
+            [Load("reg6", net.id), CtClear(), Ct(zone=zone, table=NET_PAT_IN, nat=Nat())],
+        ),
+    ]
+
+
+def _fabric_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
+    """The network's segment of the fabric: in from it, ARP and switched IP out to it."""
+    if not cfg.fabric_ofport:
+        return []
+    r6 = reg6(net)
+    from_fabric = (
+        Match.of(in_port=cfg.fabric_ofport, dl_vlan=net.vlan)
+        if net.vlan
+        else Match.of(in_port=cfg.fabric_ofport, vlan_tci=NO_VLAN)
+    )
+    tag = [PopVlan(), Load("reg6", net.id)] if net.vlan else []
+    return [
+        make_flow(
+            c, CLASSIFY, 100, from_fabric, tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]
+        ),
+        # ARP from a local VM reaches the fabric as a switch floods it (GARPs, requests
+        # for VMs elsewhere), then goes on to local delivery.
+        make_flow(
+            c,
+            VM_ARP,
+            100,
+            Match.of(proto="arp", reg5=no_flag(FROM_FABRIC), reg6=r6),
+            fabric_out(cfg, net) + ([PopVlan()] if net.vlan else []) + [TO_KEY_ARP, Goto(VM_L2)],
+        ),
+        make_flow(
+            c,
+            VM_L2,
+            50,
+            Match.of(proto="ip", reg5=no_flag(ROUTED), reg6=r6),
+            fabric_out(cfg, net),
+        ),
+    ]

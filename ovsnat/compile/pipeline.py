@@ -161,9 +161,10 @@ TABLES: tuple[Table, ...] = (
         VM_ROUTE,
         "vm_route",
         "IP from a VM: to the router MAC is routed (egress; first through the VM's counting "
-        "zone when it has a connection limit); anything else is switched within the VM's "
-        "network.",
-        "proto reg5 dl_dst",
+        "zone when it has a connection limit), except from a network on no router, where "
+        "it is dropped by the network's own flow (docs/routers.md); anything else is "
+        "switched within the VM's network.",
+        "proto reg5 reg6 dl_dst",
         {Goto, Move, Ct},
         {CONN_COUNT, EGRESS, VM_L2},
     ),
@@ -210,7 +211,9 @@ TABLES: tuple[Table, ...] = (
         "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
         "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "
         "via conntrack, per VM) and the FIP flag set; any other VM goes to PAT: the untagged "
-        "network straight to the shared PAT zone, a VLAN network first through its own zone.",
+        "network straight to the shared PAT zone, a VLAN network first through its own zone "
+        "(a network whose router does no PAT, snat off or no gateway: dropped by the "
+        "network's own flow).",
         "proto reg5 reg6 in_port nw_src nw_dst nw_ttl nw_frag",
         {SetField, Ct, Goto, Load, Move, Meter, Controller},
         {NET_PAT_OUT, PAT_OUT, EGRESS_OUT},

@@ -35,6 +35,7 @@ from ovsnat.core.fips import Fips
 from ovsnat.core.handoff import Handoffs
 from ovsnat.core.packet_in import PacketIn
 from ovsnat.core.reconcile import FULL_SYNC, Reconciler
+from ovsnat.core.routing_state import parse_logged, rows_in
 from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats, status_of
 from ovsnat.core.timers import Timers
@@ -62,6 +63,7 @@ class HostController:
         self.rows: dict[str, IfaceRow] = {}
         self.bridge_ids: dict[str, str] = {}
         self.sg_broken: dict[str, str] = {}  # malformed groups, as last logged
+        self.routing_logged: dict[str, str] = {}  # malformed routing keys, as last logged
         self.gateway_mac = cfg.external_gateway_mac
         self.stats = Stats()
         self.failures = Failures(self.stats)
@@ -107,6 +109,9 @@ class HostController:
         delta = Delta()
         if batch.bridge_ids is not None:
             delta.extend(self.host.set_security(self._security()))
+            routed, nets = self.host.set_routing(parse_logged(self.bridge_ids, self.routing_logged))
+            delta.extend(routed)
+            names |= rows_in(self.rows, nets)  # their FIPs may be served, or held inert, now
         for name in sorted(names - self._infra()):
             was = self.host.accepted_port(name)
             delta.extend(self.host.update(name, self._port(name)))
@@ -175,6 +180,7 @@ class HostController:
         if self.host is None:
             self.host = self.sw.host = HostState(cfg)
             self.host.set_security(self._security())
+            self.host.set_routing(parse_logged(self.bridge_ids, self.routing_logged))
             self.fips.set_host(self.host)
             for name in sorted(set(self.rows) - self._infra()):
                 self.host.update(name, self._port(name))

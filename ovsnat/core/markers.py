@@ -29,6 +29,7 @@ from ovsnat.core.effects import IfaceKeys
 from ovsnat.model import PortError, VmPort
 from ovsnat.model.portcheck import check_alone
 from ovsnat.model.ports import UNATTACHED
+from ovsnat.model.routing import served
 
 LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
@@ -42,6 +43,8 @@ def keys_rejection(host, name: str, external_ids) -> str | None:
         port = VmPort.from_external_ids(name, UNATTACHED, external_ids)
     except PortError as e:
         return str(e)
+    net = port.net(host.cfg)
+    port = served(port, host.routing.of(net.name)) if net is not None else port
     beaten = host.beaten_by(port)  # worded as the host state words a lost clash
     return check_alone(host.cfg, port) or (
         f"port {port.name!r} ({port.iface_id}): {beaten}" if beaten else None

@@ -27,12 +27,14 @@ from ovsnat.compile.vm import fip_responder_key, vm_flows
 from ovsnat.core.claims import Arbiter
 from ovsnat.core.delta import Delta, diff, flow_key
 from ovsnat.core.flowbook import FlowBook
+from ovsnat.core.routing_state import RoutingState
 from ovsnat.core.security_state import SecurityState
 from ovsnat.core.standing import Standing
 from ovsnat.core.vips import Vips
 from ovsnat.model import DesiredState, HostConfig, Rejection, VmPort
 from ovsnat.model.networks import Network
 from ovsnat.model.portcheck import check_alone
+from ovsnat.model.routing import NO_KEYS, HostRouting
 from ovsnat.model.secgroups import NO_GROUPS
 
 HOST = flowident.HOST  # owner key of host-level flows; a network's is ("net", its name)
@@ -42,11 +44,13 @@ def net_owner(net: Network) -> tuple[str, str]:
     return ("net", net.name)
 
 
-class HostState(SecurityState):
+class HostState(SecurityState, RoutingState):
     def __init__(self, cfg: HostConfig):
         self.standing = Standing()
         self.security = NO_GROUPS  # the bridge's security groups (kept by set_config)
         self.vips = Vips()  # who holds each allowed-pair address (kept by set_config)
+        self.routing = NO_KEYS  # the bridge's routers (kept by set_config)
+        self.inert: dict[str, dict] = {}  # port -> its FIPs its network does not serve
         self._reset(cfg)
 
     def _reset(self, cfg: HostConfig) -> None:
@@ -75,7 +79,8 @@ class HostState(SecurityState):
         self._store(HOST, host_flows(cfg))
         if cfg.default_network is not None:  # always there, ports or not
             self.nets[""] = cfg.default_network
-            self._store(net_owner(cfg.default_network), network_flows(cfg, cfg.default_network))
+            default = cfg.default_network
+            self._store(net_owner(default), network_flows(cfg, default, self.route(default)))
 
     # --- queries --------------------------------------------------------------------------
     @property
@@ -148,7 +153,7 @@ class HostState(SecurityState):
             return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
         if isinstance(owner, tuple):
             net = self.nets.get(owner[1])
-            return network_flows(self.cfg, net) if net is not None else []
+            return network_flows(self.cfg, net, self.route(net)) if net is not None else []
         port = self.valid.get(owner)
         if port is None or owner in self.lost:
             return []
@@ -205,6 +210,7 @@ class HostState(SecurityState):
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
         """Port `name` is now `port` (parsed row), a Rejection (unparseable row) or None
         (gone). Returns the flows to delete and add."""
+        port = self._served(name, port)
         if isinstance(port, VmPort) and self.valid.get(name) == port:
             return Delta()  # nothing this port's flows depend on changed
         affected = {name}
@@ -337,7 +343,8 @@ class HostState(SecurityState):
             members = self.members.setdefault(net.name, set())
             if not members:
                 self.nets[net.name] = net
-                delta.extend(self._store(net_owner(net), network_flows(self.cfg, net)))
+                flows = network_flows(self.cfg, net, self.route(net))
+                delta.extend(self._store(net_owner(net), flows))
             members.add(name)
             self.in_net[name] = net.name
         return delta
@@ -358,10 +365,13 @@ class HostState(SecurityState):
         return self.arbiter.beaten_by(port, self.net(port), self.valid)
 
 
-def build_state(cfg: HostConfig, ports: Iterable[VmPort | Rejection]) -> DesiredState:
+def build_state(
+    cfg: HostConfig, ports: Iterable[VmPort | Rejection], routing: HostRouting = NO_KEYS
+) -> DesiredState:
     """Accept every port that is valid on its own and wins its clashes. The same code path
     as the controller's incremental updates, so the offline compile and a live host agree."""
     host = HostState(cfg)
+    host.set_routing(routing)
     for i, port in enumerate(ports):
         host.update(port.name if port.name else f"#{i}", port)
-    return DesiredState(cfg, tuple(host.accepted), tuple(host.rejected))
+    return DesiredState(cfg, tuple(host.accepted), tuple(host.rejected), routing=routing)

@@ -145,6 +145,7 @@ def status_of(ctl, now: float) -> dict:
             "dropped_by_port": dict(ctl.refusals.sg_by_port),
             "vips": host.vips.status() if host else {},
         },
+        "routing": host.routing_status() if host else {},
         "conn_limit": ctl.zones.status(),
         "vswitchd": ctl.vswitchd.status(),
         "failures": ctl.failures.status(),

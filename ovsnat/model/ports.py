@@ -18,6 +18,7 @@ from ovsnat.model.config import HostConfig
 from ovsnat.model.dhcp_keys import PortDhcp
 from ovsnat.model.networks import Network
 from ovsnat.model.parse import PortError, _require_host, _show, mac_str, parse_ipv4, parse_mac
+from ovsnat.model.routing import NO_KEYS, HostRouting
 
 # external_ids keys of the user-facing contract (README "external_ids contract").
 KEY_IFACE_ID = "iface-id"
@@ -186,6 +187,7 @@ class DesiredState:
     vms: tuple[VmPort, ...] = ()
     rejected: tuple[Rejection, ...] = field(default=())
     security: secgroups.HostSecurity = secgroups.NO_GROUPS  # the bridge's groups
+    routing: HostRouting = NO_KEYS  # the bridge's routers (docs/routers.md)
 
 
 def with_gateway_mac(cfg: HostConfig, mac: netaddr.EUI | None) -> HostConfig:
