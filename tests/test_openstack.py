@@ -333,13 +333,15 @@ def test_a_server_on_a_flat_tenant_network_goes_out_untagged(cl):
         provider_physical_network="fabric",
         project_id=cl.topo.project,
     )
-    cl.admin.network.create_subnet(
+    sub = cl.admin.network.create_subnet(
         network_id=net.id,
         ip_version=4,
         cidr="10.2.0.0/24",
         gateway_ip="10.2.0.1",
         project_id=cl.topo.project,
     )
+    # On a router, or it is isolated (docs/routers.md): no PAT to reach the server with.
+    cl.tenant.network.add_interface_to_router(cl.topo.router, subnet=sub.id)
     server = boot(cl, "hv1", network=net.id)
     ids = row_ids(cl, "hv1", server.tap)
     assert ids["ovsnat-network"] == net.id

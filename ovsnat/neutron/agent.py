@@ -5,8 +5,8 @@ binds ports against), writes each local VM port's contract keys onto its OVSDB I
 row, reports the port up to Neutron once the controller says its flows are in
 (`ovsnat-installed=true`), or where this host holds an inactive binding of the port (a live
 migration's destination, before the guest arrives) once the controller accepts its keys
-(`ovsnat-ready=true`: ovsnat.neutron.devices says why), and writes the host's SNAT address
-onto the bridge.
+(`ovsnat-ready=true`: ovsnat.neutron.devices says why), and writes the host's SNAT address,
+its ports' security groups and their networks' routers onto the bridge.
 
 Level-triggered: one loop compares what OVSDB shows with what Neutron said last, and only
 writes differences. It asks Neutron (RPC) about a port when the port appears, when a push
@@ -38,6 +38,7 @@ from ovsnat.model.validate import REPORT_KEY  # noqa: E402
 from ovsnat.neutron import constants as c  # noqa: E402
 from ovsnat.neutron import opts  # noqa: E402
 from ovsnat.neutron.agent_health import RETRY, Health  # noqa: E402
+from ovsnat.neutron.agent_routers import RouterSync  # noqa: E402
 from ovsnat.neutron.agent_sg import GroupSync, admin_down  # noqa: E402
 from ovsnat.neutron.agent_snat import SNAT_BACKOFF, SnatAddress  # noqa: E402
 from ovsnat.neutron.devices import forgotten, ports_up  # noqa: E402
@@ -93,6 +94,7 @@ class OvsnatAgent(SnatAddress):
         self.limits = ControllerLimits(conf.ovsnat.controller_config)
         self.fast_retry = False  # the last pass failed on something to retry at once
         self.sg = GroupSync(self)  # security groups: the Bridge's group keys
+        self.routers = RouterSync(self)  # routers: the Bridge's routing keys
 
     # --- marks (any thread) --------------------------------------------------------------
     def mark_ports(self, port_ids: list[str]) -> None:
@@ -176,8 +178,9 @@ class OvsnatAgent(SnatAddress):
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full) and (not full or self._fetch_orphans(local))
-        ok &= self.sg.before_ports(snap, full) & self._apply(snap)
-        ok = ok and self.sg.after_ports(snap)  # group keys go once every row is right
+        ok &= self.sg.before_ports(snap, full) & self.routers.before_ports(snap, full)
+        ok &= self._apply(snap)
+        ok = ok and self.sg.after_ports(snap) and self.routers.after_ports(snap)
         if not self.health.neutron_ok:  # cut off: the rest would only wait for timeouts
             return False
         ok &= self._report_devices(snap, full)
@@ -248,8 +251,8 @@ class OvsnatAgent(SnatAddress):
         for pid, row in snap.rows.items():
             if pid not in self.desired:
                 continue
-            if not self.sg.covers(self.desired[pid]):
-                ok = False  # its groups are not on the bridge yet (agent_sg)
+            if not self.sg.covers(self.desired[pid]) or not self.routers.covers(self.desired[pid]):
+                ok = False  # its groups or routing not on the bridge yet (agent_sg, _routers)
                 continue
             diff = diff_keys(row.external_ids, self.desired[pid] or {})
             if not diff:
@@ -354,7 +357,7 @@ class OvsnatAgent(SnatAddress):
 
         self.connect_ovsdb()
         self.datapath_type = self.ovsdb.snapshot().datapath_type or "system"
-        start_consumers(self.endpoint, self.sg.endpoint)
+        start_consumers(self.endpoint, self.sg.endpoint, self.routers.endpoint)
         self.health.start(self.report_state)
         LOG.info(
             "ovsnat-neutron-agent on host %s, bridge %s, physnets %s",

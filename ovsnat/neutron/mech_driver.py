@@ -39,7 +39,7 @@ from neutron_lib.plugins.ml2 import api
 from oslo_log import log
 
 from ovsnat.model.validate import REPORT_KEY, HostLimits
-from ovsnat.neutron import binding, server_sg
+from ovsnat.neutron import binding, server_routers, server_sg
 from ovsnat.neutron import constants as c
 from ovsnat.neutron.server_rpc import AgentNotifier, OvsnatServerRpc
 
@@ -83,12 +83,16 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             registry.subscribe(self._floatingip_changed, resources.FLOATING_IP, event)
         self.group_pushes = server_sg.GroupPushes(server_sg.GroupNotifier())
         self.group_pushes.subscribe()
+        self.router_pushes = server_routers.RouterPushes(server_routers.RouterNotifier())
+        self.router_pushes.subscribe()
 
     def start_rpc_listeners(self) -> list:
         """ML2 calls this in neutron-rpc-server only: the endpoint agents call for keys."""
         conn = n_rpc.Connection()
         conn.create_consumer(
-            c.SERVER_TOPIC, [OvsnatServerRpc(), server_sg.SecurityGroupRpc()], fanout=False
+            c.SERVER_TOPIC,
+            [OvsnatServerRpc(), server_sg.SecurityGroupRpc(), server_routers.RouterRpc()],
+            fanout=False,
         )
         return conn.consume_in_threads()
 

@@ -1,0 +1,165 @@
+"""The agent's routers (docs/routers.md): each local port's network's router attachment
+(`ovsnat-net-<network>`) and what that router reaches (`ovsnat-router-<id>`), on the Bridge
+row, fetched from the driver's endpoint (ovsnat.neutron.server_routers) and re-fetched when
+the server casts that a network's routing changed.
+
+Order of writes, as for security groups (agent_sg), so the controller never sees a Neutron
+port without its network's key (a network without one is routed as before routers): the
+keys a pass needs are written before the ports' keys, a port whose network's routing is not
+known yet keeps its old keys until it is (covers()), and keys no local port needs any more
+are removed after the ports' keys, only after a pass in which Neutron answered for every
+local port.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import oslo_messaging
+from neutron_lib import rpc as n_rpc
+from oslo_log import log
+
+from ovsnat.neutron import constants as c
+from ovsnat.neutron import routers as rt
+from ovsnat.neutron.agent_rpc import AT_LEAST_ONCE, CALL_TIMEOUT
+from ovsnat.neutron.keys import KeyDiff
+
+LOG = log.getLogger(__name__)
+GET = "get_routing"
+NETWORK = "ovsnat-network"  # the port key naming its network (the Neutron network id)
+
+
+class RouterApi:
+    """Client of server_routers.RouterRpc (ovsnat's server topic, its own namespace)."""
+
+    def __init__(self) -> None:
+        self.client = n_rpc.get_client(
+            oslo_messaging.Target(
+                topic=c.SERVER_TOPIC, namespace=rt.RPC_NAMESPACE, version=rt.RPC_VERSION
+            )
+        )
+
+    def get_routing(
+        self, context, host: str, network_ids: list[str], timeout: float = CALL_TIMEOUT
+    ) -> dict:
+        return self.client.prepare(timeout=timeout, retry=0, transport_options=AT_LEAST_ONCE).call(
+            context, GET, host=host, network_ids=network_ids
+        )
+
+
+class RouterPushEndpoint:
+    """Receives the server's casts on ovsnat's agent topic (namespace ovsnat-routers)."""
+
+    target = oslo_messaging.Target(namespace=rt.RPC_NAMESPACE, version=rt.RPC_VERSION)
+
+    def __init__(self, mark) -> None:
+        self._mark = mark
+
+    def routing_changed(self, context, networks=()) -> None:
+        self._mark(list(networks))
+
+
+def port_network(keys: dict | None) -> str | None:
+    return (keys or {}).get(NETWORK) or None
+
+
+class RouterSync:
+    """The routers part of the agent's loop (called from its loop thread only, but for
+    mark(), which RPC threads call). `api`: RouterApi, given by tests."""
+
+    def __init__(self, agent, api=None) -> None:
+        self.agent = agent
+        self.api = api or RouterApi()
+        self.endpoint = RouterPushEndpoint(self.mark)
+        self.lock = threading.Lock()
+        self.dirty: set[str] = set()
+        self.nets: dict[str, str] = {}  # network id -> its value (the networks local ports name)
+        self.routers: dict[str, str] = {}  # router id -> its value (the routers they name)
+        self.wanted: dict[str, str] = {}  # the Bridge keys of the last pass
+
+    def mark(self, networks: list[str]) -> None:
+        with self.lock:
+            self.dirty.update(networks)
+        self.agent.wake.set()
+
+    def own(self, local: set[str]) -> set[str]:
+        """The networks the keys Neutron gave for the ports on the bridge name."""
+        return {n for pid in local for n in [port_network(self.agent.desired.get(pid))] if n}
+
+    def covers(self, keys: dict | None) -> bool:
+        """The port's network's routing is known (so it is on the Bridge by the time the
+        port's keys are written); a port without a network needs none."""
+        net = port_network(keys)
+        return net is None or (net in self.nets and self._held(self.nets[net]))
+
+    # --- a pass ----------------------------------------------------------------------------
+    def before_ports(self, snap, full: bool) -> bool:
+        """Fetch the networks that are new, changed or (at a full sync) all, then write the
+        keys that are new or changed (removals wait for after_ports)."""
+        own = self.own(set(snap.rows))
+        with self.lock:
+            dirty, self.dirty = self.dirty, set()
+        fetch = own if full else (own - set(self.nets)) | (dirty & own)
+        ok = self._fetch(sorted(fetch), dirty)
+        self.nets = {n: v for n, v in self.nets.items() if n in own}
+        named = {r for r in map(rt.named_router, self.nets.values()) if r}
+        self.routers = {r: v for r, v in self.routers.items() if r in named}
+        complete = own <= set(self.nets) and named <= set(self.routers)
+        self.wanted = rt.bridge_keys(
+            self.nets if complete else {n: v for n, v in self.nets.items() if self._held(v)},
+            self.routers,
+        )
+        changed = {k: v for k, v in self.wanted.items() if snap.bridge_ids.get(k) != v}
+        return self._write(KeyDiff(changed, ())) and ok and complete
+
+    def _held(self, value: str) -> bool:
+        """A network's value may be written: it names no router, or one whose value is
+        known (a router's key goes with or before its networks')."""
+        rid = rt.named_router(value)
+        return rid is None or rid in self.routers
+
+    def after_ports(self, snap) -> bool:
+        """Remove the routing keys no local port needs any more (only after a pass in which
+        Neutron answered for every row)."""
+        if any(pid not in self.agent.desired for pid in snap.rows):
+            return False
+        gone = tuple(k for k in snap.bridge_ids if rt.is_routing_key(k) and k not in self.wanted)
+        return self._write(KeyDiff({}, gone))
+
+    def _fetch(self, network_ids: list[str], dirty: set[str]) -> bool:
+        if not network_ids:
+            return True
+        agent = self.agent
+        if not agent.health.neutron_ok or agent._held(GET):
+            self._requeue(dirty)
+            return False
+        try:
+            answer = self.api.get_routing(
+                agent.context, agent.host, network_ids, agent.health.call_timeout()
+            )
+        except Exception as e:
+            agent._failed(GET, e)
+            self._requeue(dirty)
+            return False
+        agent._answered(GET)
+        self.nets.update(answer.get("networks", {}))
+        self.routers.update(answer.get("routers", {}))
+        return True
+
+    def _requeue(self, networks) -> None:
+        """Ask again on the next pass, without waking the loop."""
+        with self.lock:
+            self.dirty.update(networks)
+
+    def _write(self, diff: KeyDiff) -> bool:
+        if not diff:
+            return True
+        bridge = self.agent.ovsdb.bridge
+        try:
+            self.agent.ovsdb.write_keys("Bridge", bridge, diff)
+        except Exception as e:
+            LOG.warning("bridge %s: routing keys not written (%s); retrying", bridge, e)
+            self.agent.fast_retry = True
+            return False
+        LOG.info("bridge %s: routing set %s, removed %s", bridge, diff.set, list(diff.remove))
+        return True

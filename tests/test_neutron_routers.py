@@ -1,0 +1,246 @@
+"""Neutron's routers -> the routing keys (docs/routers.md): the pure mapping
+(ovsnat.neutron.routers), checked against the controller's own parser, and the agent's
+routing part (ovsnat.neutron.agent_routers.RouterSync) driven pass by pass with a fake
+OVSDB and a fake server, in Neutron's virtualenv (oslo.messaging, neutron-lib). The
+inputs are shaped as Neutron 29 returns them: ports as the ML2 plugin's get_ports, routers
+as the L3 plugin's get_routers."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ovsnat.model.routing import parse_bridge
+from ovsnat.neutron import routers as rt
+from tests.devstack_harness import NEUTRON_VENV
+
+
+def iface(router: str, ip: str, owner: str = "network:router_interface") -> dict:
+    return {"device_id": router, "device_owner": owner, "fixed_ips": [{"ip_address": ip}]}
+
+
+def test_the_router_holding_a_network_is_the_one_with_its_gateway_address():
+    assert rt.attached_router([], {"10.1.0.1"}) is None
+    assert rt.attached_router([iface("r2", "10.1.0.1")], {"10.1.0.1"}) == "r2"
+    both = [iface("r1", "10.1.0.50"), iface("r9", "10.1.0.1")]
+    assert rt.attached_router(both, {"10.1.0.1"}) == "r9"  # add subnet beats add port
+    assert rt.attached_router([iface("r9", "10.1.0.60"), iface("r1", "10.1.0.50")], set()) == "r1"
+    dvr = iface("r3", "10.1.0.1", "network:router_interface_distributed")
+    assert rt.attached_router([dvr], {"10.1.0.1"}) == "r3"
+
+
+def gw(**info) -> dict:
+    return {"external_gateway_info": info or None}
+
+
+@pytest.mark.parametrize(
+    "router,value,fips,pat",
+    [
+        (gw(network_id="ext1", enable_snat=True), "ext=ext1;snat=on", True, True),
+        (gw(network_id="ext1", enable_snat=False), "ext=ext1;snat=off", True, False),
+        (gw(network_id="ext1"), "ext=ext1;snat=on", True, True),  # Neutron's default: on
+        (gw(), "ext=-;snat=off", False, False),
+        (None, "ext=-;snat=off", False, False),  # deleted meanwhile
+    ],
+)
+def test_router_values_mean_to_the_controller_what_neutron_says(router, value, fips, pat):
+    assert rt.router_value(router) == value
+    keys = rt.bridge_keys({"n1": rt.net_value("r1")}, {"r1": value})
+    got = parse_bridge(keys)
+    assert not got.problems
+    route = got.of("n1")
+    assert (route.routed, route.fips, route.pat) == (True, fips, pat)
+
+
+def test_a_network_on_no_router_is_isolated_for_the_controller():
+    got = parse_bridge(rt.bridge_keys({"n1": rt.net_value(None)}, {}))
+    assert not got.problems and not got.of("n1").routed
+    assert rt.named_router(rt.net_value(None)) is None and rt.named_router("router=r1") == "r1"
+
+
+def test_only_gateway_and_snat_changes_concern_the_agents():
+    gw = {"external_gateway_info": {"network_id": "ext1", "enable_snat": True}}
+    renamed = {**gw, "name": "other"}
+    assert not rt.gateway_changed(gw, renamed)
+    assert rt.gateway_changed(
+        gw, {"external_gateway_info": {**gw["external_gateway_info"], "enable_snat": False}}
+    )
+    assert rt.gateway_changed(gw, {"external_gateway_info": None})
+
+
+CHECK = r"""
+import threading
+from types import SimpleNamespace as NS
+from ovsnat.neutron.agent_routers import RouterSync
+
+class Ovsdb:
+    bridge = "br-int"
+    def __init__(self): self.keys, self.writes = {}, []
+    def write_keys(self, table, record, diff):
+        assert table == "Bridge" and record == "br-int"
+        self.writes.append((dict(diff.set), tuple(diff.remove)))
+        self.keys.update(diff.set)
+        for k in diff.remove: self.keys.pop(k, None)
+
+class Api:
+    def __init__(self): self.routing, self.calls, self.fail = {}, [], False
+    def get_routing(self, context, host, network_ids, timeout):
+        self.calls.append(list(network_ids))
+        if self.fail: raise RuntimeError("no answer")
+        nets = {n: self.routing.get(n, "router=-") for n in network_ids}
+        routers = {v[7:]: f"ext=ext1;snat={SNAT[v[7:]]}" for v in nets.values() if v != "router=-"}
+        return {"networks": nets, "routers": routers}
+
+SNAT = {"r1": "on", "r2": "off"}
+failed = []
+agent = NS(desired={}, wake=threading.Event(), context=None, host="hv1", fast_retry=False,
+           health=NS(neutron_ok=True, call_timeout=lambda: 2.0), _held=lambda what: False,
+           _failed=lambda what, e: failed.append(what), _answered=lambda what: None,
+           ovsdb=Ovsdb())
+api = Api()
+sync = RouterSync(agent, api)
+
+def snap(*pids):
+    return NS(rows={p: None for p in pids}, bridge_ids=dict(agent.ovsdb.keys))
+
+def one_pass(*pids, full=False):
+    ok = sync.before_ports(snap(*pids), full)
+    return ok and sync.after_ports(snap(*pids))
+
+# p1 and p2 on n1 (router r1), p3 on n2 (no router)
+agent.desired = {"p1": {"ovsnat-network": "n1"}, "p2": {"ovsnat-network": "n1"},
+                 "p3": {"ovsnat-network": "n2"}}
+api.routing = {"n1": "router=r1"}
+assert not sync.covers(agent.desired["p1"])            # nothing known: the port waits
+assert one_pass("p1", "p2", "p3")
+assert agent.ovsdb.keys == {"ovsnat-net-n1": "router=r1", "ovsnat-net-n2": "router=-",
+                            "ovsnat-router-r1": "ext=ext1;snat=on"}, agent.ovsdb.keys
+assert api.calls == [["n1", "n2"]]                      # one call for both networks
+assert all(sync.covers(agent.desired[p]) for p in ("p1", "p3")) and sync.covers({})
+assert one_pass("p1", "p2", "p3") and api.calls == [["n1", "n2"]]   # idle: no call, no write
+writes = len(agent.ovsdb.writes)
+
+# the server says n1 was detached from r1: one refetch, the router's key goes after the ports
+api.routing = {}
+sync.mark(["n1", "n9"])
+assert agent.wake.is_set()
+assert one_pass("p1", "p2", "p3")
+assert api.calls[-1] == ["n1"], api.calls               # not a network without local port
+assert agent.ovsdb.keys == {"ovsnat-net-n1": "router=-", "ovsnat-net-n2": "router=-"}
+assert agent.ovsdb.writes[writes] == ({"ovsnat-net-n1": "router=-"}, ())  # set first...
+assert agent.ovsdb.writes[writes + 1] == ({}, ("ovsnat-router-r1",))     # ...removed after
+
+# attached to r2 (snat off); then the server cannot be reached: nothing removed, retried
+api.routing = {"n1": "router=r2"}
+sync.mark(["n1"])
+assert one_pass("p1", "p2", "p3")
+assert agent.ovsdb.keys["ovsnat-router-r2"] == "ext=ext1;snat=off"
+agent.desired["p4"] = {"ovsnat-network": "n3"}
+api.fail = True
+assert not sync.before_ports(snap("p1", "p2", "p3", "p4"), False)
+assert failed == ["get_routing"] and not sync.covers(agent.desired["p4"])
+assert "ovsnat-net-n1" in agent.ovsdb.keys             # kept while Neutron is silent
+api.fail = False
+assert one_pass("p1", "p2", "p3", "p4") and sync.covers(agent.desired["p4"])
+
+# the last port of n2 leaves: its key goes, only once Neutron answered for every row
+del agent.desired["p3"]
+assert not sync.after_ports(snap("p1", "p2", "p3", "p4"))  # p3 still a row, unknown
+assert one_pass("p1", "p2", "p4")
+assert "ovsnat-net-n2" not in agent.ovsdb.keys and "ovsnat-net-n3" in agent.ovsdb.keys
+# a full sync asks for every local network again
+before = len(api.calls)
+assert one_pass("p1", "p2", "p4", full=True) and sorted(api.calls[before]) == ["n1", "n3"]
+print("ok")
+"""
+
+
+def test_the_agent_writes_routing_keys_before_ports_and_removes_them_after():
+    proc = subprocess.run(
+        [str(NEUTRON_VENV / "bin" / "python"), "-c", CHECK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    )
+
+
+SERVER = r"""
+from oslo_config import cfg
+cfg.CONF([], project="neutron")  # an admin context reads the policy options
+from neutron_lib import context as n_context
+from neutron_lib.callbacks import events, resources
+from neutron_lib.plugins import constants as plugin_constants
+from neutron_lib.plugins import directory
+from ovsnat.neutron.server_routers import RouterPushes, RouterRpc
+
+PORTS = [  # router interface ports as the ML2 plugin lists them
+    {"id": "i1", "network_id": "n1", "device_id": "r1",
+     "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.1.0.1"}]},
+    {"id": "i2", "network_id": "n2", "device_id": "r2",
+     "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.2.0.1"}]},
+    {"id": "i3", "network_id": "n2", "device_id": "r0",
+     "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.2.0.9"}]},
+]
+
+class Core:
+    def get_ports(self, ctx, filters):
+        assert set(filters["device_owner"]) >= {"network:router_interface"}
+        return [p for p in PORTS
+                if all(p[k] in v for k, v in filters.items() if k != "device_owner")]
+    def get_subnets(self, ctx, filters):
+        assert filters["ip_version"] == [4]
+        subnets = [{"network_id": "n1", "gateway_ip": "10.1.0.1"},
+                   {"network_id": "n2", "gateway_ip": "10.2.0.1"},
+                   {"network_id": "n3", "gateway_ip": "10.3.0.1"}]
+        return [s for s in subnets if s["network_id"] in filters["network_id"]]
+
+class L3:
+    def get_routers(self, ctx, filters):
+        routers = {"r1": {"id": "r1", "external_gateway_info":
+                          {"network_id": "ext1", "enable_snat": False}},
+                   "r2": {"id": "r2", "external_gateway_info": None}}
+        return [routers[i] for i in filters["id"] if i in routers]
+
+directory.add_plugin(plugin_constants.CORE, Core())
+directory.add_plugin(plugin_constants.L3, L3())
+got = RouterRpc().get_routing(None, "hv1", ["n3", "n2", "n1"])
+assert got == {"networks": {"n1": "router=r1", "n2": "router=r2", "n3": "router=-"},
+               "routers": {"r1": "ext=ext1;snat=off", "r2": "ext=-;snat=off"}}, got
+
+class Notifier:
+    def __init__(self): self.casts = []
+    def changed(self, context, networks): self.casts.append(sorted(set(networks)))
+
+notifier = Notifier()
+pushes = RouterPushes(notifier)
+ctx = n_context.get_admin_context()
+payload = events.DBEventPayload(ctx, metadata={"port": PORTS[0]}, states=({"id": "r1"},),
+                                resource_id="r1")
+pushes.interface_changed(resources.ROUTER_INTERFACE, events.AFTER_DELETE, None, payload)
+old = {"id": "r2", "name": "a", "external_gateway_info": None}
+renamed = events.DBEventPayload(ctx, states=(old, {**old, "name": "b"}), resource_id="r2")
+pushes.router_updated(resources.ROUTER, events.AFTER_UPDATE, None, renamed)
+gw = {**old, "external_gateway_info": {"network_id": "ext1", "enable_snat": True}}
+pushes.router_updated(resources.ROUTER, events.AFTER_UPDATE, None,
+                      events.DBEventPayload(ctx, states=(old, gw), resource_id="r2"))
+pushes.gateway_changed(resources.ROUTER_GATEWAY, events.AFTER_DELETE, None,
+                       events.DBEventPayload(ctx, states=({"id": "r0"},)))
+assert notifier.casts == [["n1"], ["n2"], ["n2"]], notifier.casts  # the rename: nothing
+print("ok")
+"""
+
+
+def test_the_server_answers_each_networks_router_and_pushes_what_changed():
+    proc = subprocess.run(
+        [str(NEUTRON_VENV / "bin" / "python"), "-c", SERVER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    )
