@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import netaddr
 import pytest
 
 from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
@@ -203,6 +204,11 @@ def test_a_live_host_follows_the_keys_at_once_and_the_fip_comes_back(caplog):
         assert sim.switch.flow_keys() == sim.desired_keys()
         status = sim.ctl.host.routing_status()
         assert status["inert_fips"]["tapvm12"]["fips"] == ["203.0.113.12"]
+        isolated = {**ON_R1, "ovsnat-net-tenant-a": "router=-"}
+        sim.set_bridge_ids(**isolated, **{"ovsnat-snat-ip": "203.0.113.50"})  # recompiles all
+        assert sim.ctl.host.cfg.snat_ip == netaddr.IPAddress("203.0.113.50")
+        assert sim.ctl.host.routing_status()["inert_fips"] == status["inert_fips"]
+        assert not sim.fip_live("203.0.113.12")
 
         sim.set_bridge_ids(**{**ON_R1, "ovsnat-net-tenant-a": "nonsense"})
         sim.set_bridge_ids(**{**ON_R1, "ovsnat-net-tenant-a": "nonsense", "other": "x"})

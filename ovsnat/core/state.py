@@ -194,6 +194,7 @@ class HostState(SecurityState, RoutingState):
         ofport): recompile everything, keeping which FIPs are live or yielded here."""
         old = sorted(self.all_keys())
         ports, invalid, transient = dict(self.valid), dict(self.invalid), set(self.transient)
+        inert = dict(self.inert)  # the ports below are given as served: their FIPs gone
         kept, self.standing = self.standing, Standing()
         self._reset(cfg)
         for name, port in ports.items():
@@ -205,6 +206,7 @@ class HostState(SecurityState, RoutingState):
             self.depart(name, port)
         self.invalid.update(invalid)
         self.transient = transient & set(self.invalid)
+        self.inert = inert
         return diff(old, self.all_flows(), {HOST, *ports})
 
     def update(self, name: str, port: VmPort | Rejection | None) -> Delta:
