@@ -59,7 +59,7 @@ def status(view: View, conntrack: str) -> dict:
                 "network": host.net(port).label,
                 "mac": mac_str(port.mac),
                 "fixed_ip": str(port.fixed_ip),
-                "nat": f"FIP {port.fip}" if port.fip else "PAT",
+                "nat": _nat(host, port),
                 "fip_state": ("pending" if host.is_pending(port.name) else "active")
                 if port.fip
                 else None,
@@ -81,6 +81,7 @@ def status(view: View, conntrack: str) -> dict:
                 "cidr": str(net.cidr),
                 "gateway": str(net.gateway),
                 "vms": sum(1 for vm in vms if vm["network"] == net.label),
+                "routing": host.route(net).describe(),
             }
             for net in sorted(host.nets.values(), key=lambda n: (n.id, n.name))
         ],
@@ -93,6 +94,18 @@ def status(view: View, conntrack: str) -> dict:
     }
 
 
+def _nat(host, port) -> str:
+    """How the port reaches outside: its FIP, PAT, or nothing its network's router allows
+    (docs/routers.md); a FIP held inert is named."""
+    route, inert = host.route(host.net(port)), host.inert.get(port.name)
+    held = f", FIP {', '.join(inert['fips'])} inert" if inert else ""
+    if port.fip:
+        return f"FIP {port.fip}"
+    if route.pat:
+        return "PAT" + held
+    return ("none: isolated" if not route.routed else "none: no PAT") + held
+
+
 def format_status(st: dict) -> str:
     lines = [
         f"bridge {st['bridge']}: SNAT {st['snat_ip']} ports {st['snat_ports']}, "
@@ -103,7 +116,7 @@ def format_status(st: dict) -> str:
         vlan = f"VLAN {net['vlan']}" if net["vlan"] else "untagged"
         lines.append(
             f"  {net['name']:<14} {vlan:<9} {net['cidr']:<18} gateway "
-            f"{net['gateway']:<15} {net['vms']} VMs"
+            f"{net['gateway']:<15} {net['vms']} VMs; {net['routing']}"
         )
     leased = sum(1 for vm in st["vms"] if vm.get("dhcp"))
     lines.append(f"VMs ({len(st['vms'])}, {leased} with a DHCP lease from this host):")
