@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import netaddr
 import pytest
 
 from ovsnat.cli import golden
 from ovsnat.compile import sg_flows
+from ovsnat.compile.actions import Output
 from ovsnat.compile.compiler import compile_state
-from ovsnat.compile.pipeline import SG_IN, SG_OUT
+from ovsnat.compile.pipeline import FABRIC_IN, SG_IN, SG_OUT, UPLINK_ARP, VM_L2
 from ovsnat.compile.sg_owners import SecurityOwners
 from ovsnat.model import HostConfig, PortError, VmPort
 from ovsnat.model.parse import ConfigError
@@ -239,3 +241,75 @@ def test_a_filtered_row_without_its_device_yet_is_ready_for_a_live_migration():
     sim.plug(vm_row(11, ofport=-1, **{"ovsnat-sg": "default"}))
     ready = [w for w in sim.key_writes if dict(w.set).get("ovsnat-ready") == "true"]
     assert [w.name for w in ready] == ["tapvm11"]
+
+
+VIP_KEYS = {"ovsnat-allowed-pairs": "10.0.0.100", "ovsnat-pair-fips": "10.0.0.100=203.0.113.30"}
+
+
+def vip_host():
+    from ovsnat.model.rows import IfaceRow
+
+    sim = SimHost(fabric_port="fabric")
+    sim.rows["fabric"] = IfaceRow("fabric", 2, {}, "up")
+    sim.start()
+    sim.plug(vm_row(11, **VIP_KEYS), vm_row(12, **VIP_KEYS), vm_row(13))
+    return sim
+
+
+def test_two_local_ports_with_one_vip_share_its_flows_and_want_none_twice(caplog):
+    """keepalived's pair on one host: the VIP's fabric ARP copy and its FIP's uplink guard
+    are the address's own flows, once, not each port's (two owners wanting one flow would be
+    an operator-facing error for a normal configuration), and so is its delivery while
+    nobody has spoken from it."""
+    sim = vip_host()
+    host = sim.ctl.host
+    shared = host.owner_flows(("vip", int(netaddr.IPAddress("10.0.0.100"))))
+    assert {(f.table, f.priority) for f in shared} == {
+        (FABRIC_IN, 210),
+        (UPLINK_ARP, 250),
+        (VM_L2, 90),  # nobody spoke from it yet: the first port by name gets it
+    }
+    assert [f.actions[-1] for f in shared if f.table == VM_L2] == [Output(11)]
+    assert host.idents.status() == []
+    assert "both want the flow" not in caplog.text
+    sim.unplug("tapvm11")
+    sim.unplug("tapvm12")
+    assert host.owner_flows(("vip", int(netaddr.IPAddress("10.0.0.100")))) == []
+
+
+def test_the_host_a_vip_left_never_answers_its_fips_announcement_from_the_new_host():
+    """The FIP's own ARP from the uplink (another host announcing it) is dropped above the
+    FIP's responder: an answer, sourced from the FIP's MAC, pulled the external switch back
+    to the host the VIP had just left (the VIP failover flake, under load)."""
+    from ovsnat.packets import arp
+
+    sim = vip_host()
+    sim.from_vm(11, arp.garp("02:00:0a:00:00:0b", "10.0.0.100"))
+    flows = sim.ctl.host.all_flows()
+    responder = [
+        f
+        for f in flows
+        if f.table == UPLINK_ARP and f.match.get("arp_tpa") == "203.0.113.30" and f.actions
+    ]
+    guard = [f for f in flows if f.table == UPLINK_ARP and f.match.get("arp_spa") == "203.0.113.30"]
+    assert responder, "the holder answers ARP for the VIP's FIP"
+    assert [(f.priority, f.actions) for f in guard] == [(250, ())]
+    assert guard[0].priority > responder[0].priority
+
+
+def test_a_vips_fip_is_announced_three_times_while_the_port_holds_it():
+    from ovsnat.packets import arp
+
+    def garps() -> int:
+        return sum(a.spa == a.tpa == "203.0.113.30" for a in sim.arps_out())
+
+    sim = vip_host()
+    sim.from_vm(11, arp.garp("02:00:0a:00:00:0b", "10.0.0.100"))
+    sim.advance(2)
+    assert garps() == 3  # 0, 0.5 and 1.5 s, as a FIP's
+    sim.from_vm(12, arp.garp("02:00:0a:00:00:0c", "10.0.0.100"))
+    sim.advance(0.1)
+    other_host = arp.garp("02:00:0a:00:00:0d", "10.0.0.100")  # over the fabric
+    sim.deliver(sim.ctl.packet_in(2, FABRIC_IN, other_host, sim.now))
+    sim.advance(2)
+    assert garps() == 4  # b took it (one GARP), then another host did: b's later ones stay

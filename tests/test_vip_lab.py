@@ -12,7 +12,15 @@ from ovsnat.lab import scenario
 from ovsnat.lab.fabric import TENANT_A
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import Vm
-from ovsnat.lab.traffic import ping, start_server, tcp_connect
+from ovsnat.lab.traffic import (
+    capture,
+    captured,
+    ping,
+    send_frames,
+    start_server,
+    tcp_connect,
+    wait_captured,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -74,3 +82,38 @@ def test_the_vip_and_its_fip_follow_the_vm_that_announces_it(lab):
         wait_for(
             lambda: reaches(lab, lab.srv_ns, VIP_FIP, port), 3, what=f"the VIP's FIP on {holder}"
         )
+
+
+def test_the_holder_never_answers_the_vip_fips_announcement_by_another_host(lab):
+    """The new holder's host announces the VIP's FIP with a GARP from the FIP's own MAC. The
+    host the VIP left may not have heard of the move yet (its fabric ARP is still on the
+    way): it must not answer that GARP, or its answer, sourced from the FIP's MAC, pulls the
+    external switch back to it (seen as a VIP failover flake under load). Positive control:
+    the same host answers an ordinary request for the FIP, before and after, in one capture."""
+    from scapy.all import ARP, Ether
+
+    release(lab, "b")
+    hold(lab, "a")
+    wait_for(lambda: reaches(lab, lab.srv_ns, VIP_FIP, 7001), 3, what="the VIP's FIP on a")
+    router = run(["ip", "-n", lab.out_ns, "-br", "link", "show", "eth0"]).stdout.split()[2]
+
+    def request(tag: int) -> bytes:
+        return bytes(
+            Ether(src=router, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=router, psrc=f"203.0.113.{tag}", pdst=VIP_FIP)
+        )
+
+    def answers(pcap: str, to: str) -> list:
+        return captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and p[ARP].pdst == to)
+
+    with capture(lab, "vip-arp-hv1", lab.ext_ns, "hv1", "arp", "in") as pcap:
+        send_frames(lab, lab.out_ns, [request(2)])
+        fip_mac = wait_captured(
+            pcap, lambda p: ARP in p and p[ARP].op == 2 and p[ARP].pdst == "203.0.113.2"
+        )[0][ARP].hwsrc
+        garp = Ether(src=router, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=1, hwsrc=fip_mac, psrc=VIP_FIP, pdst=VIP_FIP
+        )
+        send_frames(lab, lab.out_ns, [bytes(garp), request(3)])
+        wait_captured(pcap, lambda p: ARP in p and p[ARP].op == 2 and p[ARP].pdst == "203.0.113.3")
+        assert answers(pcap, VIP_FIP) == [], "hv1 answered another host's GARP for the FIP"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import netaddr
 
+from ovsnat.compile import flowident
 from ovsnat.compile.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
 from ovsnat.compile.pipeline import BY_ID, INGRESS
 from ovsnat.core.state import HostState
@@ -111,7 +112,7 @@ class View:
         if isinstance(owner, tuple) and owner[0] in ("sgp", "sgg", "sgm"):
             return self.host.sg.explain(owner, table if table is not None else -1, cookie)
         if isinstance(owner, tuple):
-            return f"network {owner[1] or '(default)'}"
+            return flowident.label(owner)  # a network, a departed port, a VIP
         if owner is not None:
             return owner
         if cookie_kind(cookie) == COOKIE_VM:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovsnat.compile import flowident
+from ovsnat.compile import flowident, portsec
 from ovsnat.compile.flows import Flow
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
@@ -38,12 +38,25 @@ def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
             ),
             *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms),
             *((owner, sg.flows(owner)) for owner in sg.owners()),
+            *vip_owners(cfg, state.vms),
         ]
     )
     if check:
         for flow in flows:
             check_flow(flow)
     return sort_flows(flows)
+
+
+def vip_owners(cfg, vms) -> list:
+    """The VIPs' shared flows (ovsnat.compile.portsec), nobody having spoken from one yet."""
+    ports: dict = {}
+    for vm in sorted(vms, key=lambda v: v.name):
+        for vip in portsec.vip_addresses(vm):
+            ports.setdefault(vip, []).append((vm, vm.net(cfg)))
+    return [
+        (("vip", int(vip)), portsec.vip_owner_flows(cfg, vip, members))
+        for vip, members in sorted(ports.items())
+    ]
 
 
 def port_profile(vm) -> tuple[str, ...] | None:

@@ -33,6 +33,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import netaddr
+
 from ovsnat.compile import flows as flowlib
 from ovsnat.compile.flows import Flow
 from ovsnat.openflow import messages
@@ -64,7 +66,7 @@ def rank(owner) -> tuple[int, str]:
     if owner is HOST:
         return 0, ""
     if isinstance(owner, tuple):
-        order = {"net": 1, "gone": 3, "sgp": 4, "sgg": 5, "sgm": 6}[owner[0]]
+        order = {"net": 1, "gone": 3, "sgp": 4, "sgg": 5, "sgm": 6, "vip": 7}[owner[0]]
         return order, str(owner[1])
     return 2, owner
 
@@ -75,6 +77,8 @@ def label(owner) -> str:
     if isinstance(owner, tuple):
         if owner[0] == "net":
             return f"network {owner[1] or '(default)'}"
+        if owner[0] == "vip":
+            return f"VIP {netaddr.IPAddress(owner[1])}"
         if owner[0] in SG_LABELS:
             return f"{SG_LABELS[owner[0]]} {owner[1]}"
         return f"departed port {owner[1]}"

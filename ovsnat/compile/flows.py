@@ -12,7 +12,8 @@ can be removed exactly:
                 0xa4 VM of a VLAN network           (other values: not ovsnat's)
     bits 55-24  owner: 0 for host-level flows; the VM's fixed IPv4 address (0xa2); the
                 network's VLAN, 0 when untagged (0xa3); VLAN << 20 | the fixed IP's low 20
-                bits (0xa4: two VLAN networks may use the same addresses)
+                bits (0xa4: two VLAN networks may use the same addresses); 0xa8-0xaa
+                security groups (ovsnat.compile.sg_owners); 0xab a VIP's address
     bits 23-0   digest of the flow's table, priority, match and actions (salted when two
                 flows of one owner would share a cookie: ovsnat.compile.flowident)
 
@@ -37,6 +38,9 @@ COOKIE_VLAN_GONE = 0xA7  # the same for a VLAN network's VM (owner: as 0xa4)
 # Security groups (ovsnat.compile.sg_owners): a profile's rules, a remote group's
 # conjunctions, a remote group member's address (owner: the profile id, conj id, address).
 COOKIE_SG_PROFILE, COOKIE_SG_GROUP, COOKIE_SG_MEMBER = 0xA8, 0xA9, 0xAA
+# An allowed-pair address local ports share (a VIP): the flows every holder-to-be needs,
+# owned once however many local ports have it (owner: the address).
+COOKIE_VIP = 0xAB
 KINDS = (
     COOKIE_HOST,
     COOKIE_VM,
@@ -47,6 +51,7 @@ KINDS = (
     COOKIE_SG_PROFILE,
     COOKIE_SG_GROUP,
     COOKIE_SG_MEMBER,
+    COOKIE_VIP,
 )
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).

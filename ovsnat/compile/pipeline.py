@@ -131,7 +131,8 @@ TABLES: tuple[Table, ...] = (
         "uplink_arp",
         "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
         "with its own MAC; ARP claiming one of them, and probes for a dark FIP, go to the "
-        "controller (metered): another host answers for it, or took it over.",
+        "controller (metered): another host answers for it, or took it over. A VIP's FIP's "
+        "own ARP (the new holder's host announcing it) is dropped, never answered.",
         "proto arp_op arp_spa arp_tpa",
         ARP_REPLY | {Controller, Meter},
     ),

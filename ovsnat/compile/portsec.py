@@ -10,12 +10,13 @@ from dataclasses import dataclass, replace
 
 from ovsnat.compile import sg_flows
 from ovsnat.compile.actions import Controller, Goto, Load, Output, Resubmit, SetField
-from ovsnat.compile.flows import NO_VLAN, Flow, Match, make_flow
+from ovsnat.compile.flows import COOKIE_VIP, NO_VLAN, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     CLASSIFY,
     FABRIC_IN,
     SG_IN_CT,
     SG_OUT_CT,
+    UPLINK_ARP,
     VM_ARP,
     VM_L2,
     VM_ROUTE,
@@ -78,17 +79,46 @@ def sources(vm: VmPort, vips=()) -> list[Source]:
 
 
 def vip_flows(cfg, vm: VmPort, net: Network, c: int, vips, fip_flows) -> list[Flow]:
-    """A held VIP's FIP (its stateless NAT, as a port's own FIP's), and, with a fabric, the
-    VIP's ARP from other hosts copied to the controller (another VM holds it now)."""
+    """A held VIP's FIP: its stateless NAT, as a port's own FIP's."""
     flows = []
     for vip, state, fip in vips:
         if state == HELD and fip is not None:
             flows += fip_flows(cfg, replace(vm, fixed_ip=vip, fip=fip), net, c)
+    return flows
+
+
+def vip_owner_flows(cfg, vip, ports: list, held_nets=frozenset()) -> list[Flow]:
+    """What a VIP needs on this host however many local ports have it as a single pair
+    (`ports`: (port, its network), sorted by name), owned by the address so two ports never
+    want one flow:
+    - where nobody has spoken from it yet (a network not in `held_nets`, here or
+      elsewhere), it is delivered as a pair to that network's first port by name;
+    - with a fabric, its ARP from other hosts is copied to the controller: another host's
+      VM holds it now (ovsnat.core.vips);
+    - its FIP's own ARP from the uplink (the new holder's host announcing it) is dropped
+      before the FIP's responder: answering it, from the FIP's MAC, would pull the
+      external switches back to this host when the VIP has just left it."""
+    c = owner_cookie(COOKIE_VIP, int(vip))
+    nets = {net.name: net for _, net in ports}
+    flows = []
+    for name, net in sorted(nets.items()):
+        first = next((vm for vm, n in ports if n.name == name and not vm.security.admin_down), None)
+        if name not in held_nets and first is not None:
+            flows += _deliver(first, net, c, PAIR_PRIO, f"{int(vip):#x}")
         if cfg.fabric_ofport:
             match = Match.of(proto="arp", reg6=reg6(net), arp_spa=str(vip), arp_tpa=str(vip))
-            actions = [Controller(meter=CLAIM_METER), Goto(VM_ARP)]
-            flows.append(make_flow(c, FABRIC_IN, 210, match, actions))
+            flows.append(
+                make_flow(c, FABRIC_IN, 210, match, [Controller(meter=CLAIM_METER), Goto(VM_ARP)])
+            )
+    fips = {f for vm, _ in ports for v, f in vm.security.pair_fips if v == vip}
+    for fip in sorted(fips):
+        flows.append(make_flow(c, UPLINK_ARP, 250, Match.of(proto="arp", arp_spa=str(fip)), []))
     return flows
+
+
+def vip_addresses(vm: VmPort) -> list:
+    """The port's single-address pairs: VIPs (ovsnat.core.vips)."""
+    return [p.cidr.ip for p in vm.security.pairs if p.cidr.prefixlen == 32]
 
 
 def onward(vm: VmPort) -> list:
@@ -100,33 +130,28 @@ def onward(vm: VmPort) -> list:
 
 def deliveries(vm: VmPort, net: Network, c: int, vips=()) -> list[Flow]:
     """vm_l2: IP and ARP for the port's fixed IP and allowed pairs to the port (a VIP: as
-    its own address while it holds it, nothing while another port does, as a pair while
-    nobody has spoken from it); a filtered port's IP first through its ingress rules."""
-    mac, r6 = mac_str(vm.mac), reg6(net)
+    its own address while it holds it; nothing while another port does, or while nobody
+    has spoken from it: then vip_owner_flows delivers it to one of its ports); a filtered
+    port's IP first through its ingress rules."""
     state = {vip: s for vip, s, _ in vips}
     keys = [(100, f"{int(vm.fixed_ip):#x}")]
     for p in vm.security.pairs:
-        s = state.get(p.cidr.ip, UNKNOWN) if p.cidr.prefixlen == 32 else UNKNOWN
-        if s != ELSEWHERE:
-            keys.append((100 if s == HELD else PAIR_PRIO, _reg7(p.cidr)))
-    out_ = [SetField("eth_dst", mac)]
-    flows = [
-        make_flow(c, VM_L2, prio, Match.of(reg6=r6, reg7=key), [*out_, Output(vm.ofport)])
-        for prio, key in keys
-    ]
+        if p.cidr.prefixlen != 32:
+            keys.append((PAIR_PRIO, _reg7(p.cidr)))
+        elif state.get(p.cidr.ip, UNKNOWN) == HELD:
+            keys.append((100, _reg7(p.cidr)))
+    flows = [f for prio, key in keys for f in _deliver(vm, net, c, prio, key)]
+    return flows + (sg_flows.port_drops(c, vm.ofport) if vm.security.filtered else [])
+
+
+def _deliver(vm: VmPort, net: Network, c: int, prio: int, key: str) -> list[Flow]:
+    """vm_l2 flows that deliver register 7's `key` to the port (IP through its ingress
+    rules when it is filtered)."""
+    r6, out_ = reg6(net), [SetField("eth_dst", mac_str(vm.mac))]
+    flows = [make_flow(c, VM_L2, prio, Match.of(reg6=r6, reg7=key), [*out_, Output(vm.ofport)])]
     if vm.security.filtered:
-        regs = _sg_regs(vm)
-        flows += [
-            make_flow(
-                c,
-                VM_L2,
-                prio + 5,
-                Match.of(proto="ip", reg6=r6, reg7=key),
-                [*out_, *regs, Goto(SG_IN_CT)],
-            )
-            for prio, key in keys
-        ]
-        flows += sg_flows.port_drops(c, vm.ofport)
+        match = Match.of(proto="ip", reg6=r6, reg7=key)
+        flows.append(make_flow(c, VM_L2, prio + 5, match, [*out_, *_sg_regs(vm), Goto(SG_IN_CT)]))
     return flows
 
 

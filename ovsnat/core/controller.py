@@ -337,8 +337,6 @@ class HostController:
                 out += self._gateway_arp(now)
             elif key[0] == "handoff":
                 out += self.sw.send(self.handoffs.due(self.host, key, now))
-            elif key[0] == "vip-garp":
-                out += self.packets.vip_garp_due(key)
             else:
                 out += self.fips.due(key, now)
         return out

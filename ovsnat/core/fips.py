@@ -8,6 +8,8 @@ them to the host state and turns them into flows and frames.
   FIP yields), the flows SETTLE later. Going live after unanswered probes: the flows at once.
 - Once a FIP's ARP responder is confirmed on the switch, three GARPs announce it (0, 0.5,
   1.5 s) so the external switches learn where it lives; each only while it is still live.
+- A VIP's FIP (an allowed pair's, ovsnat.core.vips) is announced the same way when a local
+  port takes the VIP, each GARP only while the port still holds it.
 - Another ovsnat host announcing one of our live FIPs (a GARP with the FIP's own MAC) means
   the VM moved there: yield. Anyone else claiming it is a conflict: logged, counted, kept.
 """
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 import netaddr
 
+from ovsnat.compile.portsec import HELD
 from ovsnat.compile.vm import fip_responder_key
 from ovsnat.core.delta import Delta
 from ovsnat.core.presence import CONFLICT, SETTLE, Conflict, GoLive, Presence, SendProbe
@@ -191,7 +194,7 @@ class Fips:
         # Announce at once, so the host that answered until now yields, and light the FIP
         # once it had time to (SETTLE).
         self.timers.at(now + SETTLE, ("settle", go.name))
-        return [self._garp(go.name)]
+        return [self._garp(self.host.valid[go.name].fip)]
 
     # --- deadlines ---------------------------------------------------------------------------
     def due(self, key: tuple, now: float) -> list:
@@ -212,7 +215,9 @@ class Fips:
             LOG.info("ovsnat: port %s is here (first frame seen); activating its FIP", name)
             return self.send(self._activate(name))
         if kind == "garp" and self._live(name):
-            return [self._garp(name)]
+            return [self._garp(self.host.valid[name].fip)]
+        if kind == "vip-garp" and self._holds(name, key[2]):
+            return [self._garp(key[3])]
         return []
 
     def _act(self, action, now: float) -> list:
@@ -258,12 +263,22 @@ class Fips:
         port = self.host.valid[name]
         return fip_responder_key(self.host.cfg, port, self.host.net(port)) in self.session.installed
 
-    def _garp(self, name: str) -> bytes:
-        port = self.host.valid[name]
-        mac = mac_str(self.host.cfg.ip_mac(port.fip))
-        return self.session.packet_out(
-            self.uplink, arp.garp(mac, str(port.fip)), f"GARP for {port.fip}"
-        )
+    def _garp(self, fip) -> bytes:
+        mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
+        return self.session.packet_out(self.uplink, arp.garp(mac, str(fip)), f"GARP for {fip}")
+
+    # --- a VIP's FIP (ovsnat.core.vips) --------------------------------------------------------
+    def announce_vip(self, name: str, vip, fip, now: float) -> None:
+        """Port `name` took VIP `vip` here, and with it its FIP: announced as a FIP is, while
+        the port still holds the VIP."""
+        LOG.info("ovsnat: VIP %s held by port %s here; its FIP %s goes live", vip, name, fip)
+        for i, delay in enumerate(GARP_DELAYS):
+            self.timers.at(now + delay, ("vip-garp", name, str(vip), str(fip), i))
+
+    def _holds(self, name: str, vip: str) -> bool:
+        host = self.host
+        port = host.accepted_port(name)
+        return port is not None and host.vips.state(name, host.net(port).name, vip) == HELD
 
     def waiting(self) -> dict:
         return {

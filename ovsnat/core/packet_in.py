@@ -22,7 +22,6 @@ from ovsnat.compile import portsec
 from ovsnat.compile.pipeline import CLASSIFY, FABRIC_IN, UPLINK_ARP
 from ovsnat.compile.punt_flows import quarantine_flows
 from ovsnat.core import punts, relay
-from ovsnat.model import mac_str
 from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
@@ -93,9 +92,8 @@ class PacketIn:
 
     def _vip(self, name: str, frame: bytes, now: float) -> list:
         """A port's ARP from one of its allowed-pair addresses: it holds that VIP now
-        (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink, three
-        times as a FIP's is (ovsnat.core.fips: the external switch may relearn the MAC from a
-        frame the former host sent before it heard of the move)."""
+        (ovsnat.core.vips); a VIP's FIP that goes live here is announced on the uplink as a
+        FIP's is (ovsnat.core.fips)."""
         host = self.ctl.host
         a, port = arp.parse(frame), host.valid[name]
         if a is None or not any(
@@ -107,30 +105,8 @@ class PacketIn:
             return []
         for vip, fip in port.security.pair_fips:
             if str(vip) == a.spa:
-                LOG.info(
-                    "ovsnat: VIP %s held by port %s here; its FIP %s goes live", vip, name, fip
-                )
-                garp = arp.garp(mac_str(host.cfg.ip_mac(fip)), str(fip))
-                out.append(
-                    self.ctl.sw.session.packet_out(host.cfg.uplink_ofport, garp, f"GARP for {fip}")
-                )
+                self.ctl.fips.announce_vip(name, vip, fip, now)
         return out + self._tell_neighbours(host.net(port), frame, name)
-
-    def vip_garp(self, fip: str) -> bytes:
-        host = self.ctl.host
-        garp = arp.garp(mac_str(host.cfg.ip_mac(netaddr.IPAddress(fip))), fip)
-        return self.ctl.sw.session.packet_out(host.cfg.uplink_ofport, garp, f"GARP for {fip}")
-
-    def vip_garp_due(self, key: tuple) -> list:
-        """A VIP FIP's later GARP, if the port still holds the VIP here."""
-        _, name, vip, fip, _ = key
-        port = self.ctl.host.accepted_port(name)
-        if (
-            port is None
-            or self.ctl.host.vips.state(name, self.ctl.host.net(port).name, vip) != "held"
-        ):
-            return []
-        return [self.vip_garp(fip)]
 
     def _from_fabric(self, table: int, frame: bytes) -> list:
         """Another host's VM's ARP from an address a local port has as a pair: it holds

@@ -5,6 +5,10 @@ uses."""
 
 from __future__ import annotations
 
+import netaddr
+
+from ovsnat.compile.flows import Flow
+from ovsnat.compile.portsec import vip_owner_flows
 from ovsnat.core.delta import Delta
 from ovsnat.model import VmPort
 from ovsnat.model.secgroups import HostSecurity
@@ -44,7 +48,31 @@ class SecurityState:
         return self._refresh_all(self.vips.elsewhere(vip))
 
     def _refresh_all(self, names) -> Delta:
+        """Recompile these ports, and the shared flows of the VIPs whose ports or holder
+        changed on the way."""
         delta = Delta()
         for n in sorted(names):
             delta.extend(self._refresh(n))
+        delta.extend(self._store_vips(self.vips.take_dirty()))
         return delta
+
+    def _store_vips(self, addresses) -> Delta:
+        """The shared flows of VIPs whose local ports changed (ovsnat.compile.portsec)."""
+        delta = Delta()
+        for vip in sorted(addresses):
+            owner = ("vip", int(netaddr.IPAddress(vip)))
+            delta.extend(self._store(owner, self._vip_flows(owner[1])))
+        return delta
+
+    def _vip_flows(self, address: int) -> list[Flow]:
+        vip = str(netaddr.IPAddress(address))
+        ports = [
+            (self.valid[n], self.net(self.valid[n]))
+            for (_, v), names in self.vips.ports.items()
+            if v == vip
+            for n in names
+            if n in self.valid and n not in self.lost
+        ]
+        held = {net for net, v in self.vips.holder if v == vip}
+        ports.sort(key=lambda pn: pn[0].name)
+        return vip_owner_flows(self.cfg, netaddr.IPAddress(vip), ports, held)

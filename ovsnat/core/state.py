@@ -22,6 +22,7 @@ from ovsnat.compile.flows import Flow
 from ovsnat.compile.handoff_flows import gone_flows
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
+from ovsnat.compile.portsec import vip_addresses
 from ovsnat.compile.sg_owners import SecurityOwners
 from ovsnat.compile.vm import fip_responder_key, vm_flows
 from ovsnat.core.claims import Arbiter
@@ -148,6 +149,8 @@ class HostState(SecurityState, RoutingState):
             return host_flows(self.cfg)
         if isinstance(owner, tuple) and owner[0] in ("sgp", "sgg", "sgm"):
             return self.sg.flows(owner)
+        if isinstance(owner, tuple) and owner[0] == "vip":
+            return self._vip_flows(owner[1])
         if isinstance(owner, tuple) and owner[0] == "gone":
             port = self.standing.departed.get(owner[1])
             return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
@@ -242,7 +245,7 @@ class HostState(SecurityState, RoutingState):
             return
         self.valid[name] = port
         self.by_ofport[port.ofport] = name
-        singles = tuple(str(p.cidr.ip) for p in port.security.pairs if p.cidr.prefixlen == 32)
+        singles = tuple(str(ip) for ip in vip_addresses(port))
         affected |= self.vips.track(name, self.net(port).name, singles)
         affected |= self.arbiter.enter(name, port, self.net(port))
 

@@ -16,6 +16,7 @@ class Vips:
     def __init__(self):
         self.holder: dict[tuple[str, str], str] = {}  # (network, vip) -> port, "" elsewhere
         self.ports: dict[tuple[str, str], set[str]] = {}  # (network, vip) -> local pair ports
+        self.dirty: set[str] = set()  # addresses whose ports changed: their shared flows too
 
     def track(self, name: str, net: str, vips: tuple[str, ...]) -> set[str]:
         """Port `name` (in network `net`) has these single-address pairs now; the other
@@ -26,6 +27,7 @@ class Vips:
                 touched |= self._drop(name, key)
         for vip in vips:
             self.ports.setdefault((net, vip), set()).add(name)
+        self.dirty.update(vips)
         return touched - {name}
 
     def forget(self, name: str) -> set[str]:
@@ -38,6 +40,7 @@ class Vips:
     def _drop(self, name: str, key) -> set[str]:
         names = self.ports[key]
         names.discard(name)
+        self.dirty.add(key[1])
         if not names:
             del self.ports[key]
         if self.holder.get(key) == name:
@@ -51,6 +54,7 @@ class Vips:
         if name not in self.ports.get(key, ()) or self.holder.get(key) == name:
             return set()
         self.holder[key] = name
+        self.dirty.add(vip)
         return set(self.ports[key])
 
     def elsewhere(self, vip: str) -> set[str]:
@@ -59,8 +63,16 @@ class Vips:
         for key, names in self.ports.items():
             if key[1] == vip and self.holder.get(key) != "":
                 self.holder[key] = ""
+                self.dirty.add(vip)
                 touched |= names
         return touched
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def addresses(self) -> set[str]:
+        return {vip for _, vip in self.ports}
 
     def ports_of(self, vip: str) -> set[str]:
         """The local ports that have `vip` as a pair, in any network."""
