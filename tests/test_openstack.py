@@ -46,6 +46,9 @@ from tests.openstack_lab import (
     wait_key,
 )
 
+# Neutron's routers' cases (issue 26) run here too, on this module's lab.
+from tests.router_cases import *  # noqa: E402,F403
+
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]
 
 TIMES: dict[str, float] = {}
