@@ -63,11 +63,14 @@ t0=$(date +%s)
 [ -x "$venv/bin/python" ] || { say "creating virtualenv $venv"; "$python" -m venv "$venv"; }
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -c "$here/constraints-neutron.txt" -e "${here}[neutron,lab]"
-# Neutron must find ovsnat's mechanism driver by its entry point, as it will in production.
+# Neutron must find ovsnat's mechanism driver and router plugin by their entry points, as it
+# will in production.
 "$venv/bin/python" - <<'EOF'
 from importlib.metadata import entry_points
 names = [e.name for e in entry_points(group="neutron.ml2.mechanism_drivers")]
 assert "ovsnat" in names and "openvswitch" in names, names
+plugins = [e.name for e in entry_points(group="neutron.service_plugins")]
+assert "ovsnat-router" in plugins and "router" in plugins, plugins
 EOF
 # The lab's services start from these (ovsnat/lab/openstack/stack.py): fail here, not in a test.
 for cmd in keystone-manage placement-manage glance-manage nova-manage nova-conductor \

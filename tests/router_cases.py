@@ -23,6 +23,7 @@ from tests.secgroup_keys import wait_bridge
 __all__ = [
     "test_a_subnet_is_routed_only_through_a_router_interface",
     "test_disable_snat_ends_a_live_pat_session_and_keeps_the_fip",
+    "test_router_ports_are_active_and_what_ovsnat_does_not_do_is_refused",
 ]
 
 LIMIT = 1.0  # s from Neutron's answer: the issue's bound for a removal to take effect
@@ -115,3 +116,30 @@ def test_disable_snat_ends_a_live_pat_session_and_keeps_the_fip(cl):
         router, external_gateway_info={"network_id": cl.topo.external_net, "enable_snat": True}
     )
     wait_for(lambda: _goes_out(cl, pat), 5, interval=0.05, what="PAT after --enable-snat")
+
+
+def test_router_ports_are_active_and_what_ovsnat_does_not_do_is_refused(cl):
+    """ovsnat-router (ovsnat.neutron.l3_plugin): the module's router's interface and
+    gateway ports are ACTIVE (ovsnat routes on every host; no L3 agent binds them); extra
+    routes are refused by Neutron's API (positive control: renaming the router works),
+    and the extensions ovsnat does not do are not listed."""
+    import openstack.exceptions
+
+    aliases = {e.alias for e in cl.admin.network.extensions()}
+    assert {"router", "ext-gw-mode"} <= aliases
+    assert not aliases & {"extraroute", "extraroute-atomic", "l3-ha", "qos-fip", "dvr"}, aliases
+    ports = list(cl.admin.network.ports(device_id=cl.topo.router))
+    statuses = {(p.device_owner, p.status) for p in ports}
+    assert statuses == {
+        ("network:router_interface", "ACTIVE"),
+        ("network:router_gateway", "ACTIVE"),
+    }
+    router = cl.tenant.network.update_router(cl.topo.router, name=unique("renamed"))
+    assert router.name.startswith("renamed")
+    route = {"destination": "10.9.0.0/24", "nexthop": "10.1.0.5"}
+    try:
+        cl.tenant.network.update_router(cl.topo.router, routes=[route])
+    except openstack.exceptions.BadRequestException as e:
+        assert "routes" in str(e), e
+    else:
+        raise AssertionError("Neutron accepted a router route ovsnat would ignore")

@@ -244,3 +244,50 @@ def test_the_server_answers_each_networks_router_and_pushes_what_changed():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
         proc.stdout[-2000:] + proc.stderr[-3000:]
     )
+
+
+L3 = r"""
+from types import SimpleNamespace
+from neutron.services.l3_router import l3_router_plugin
+from neutron_lib.callbacks import resources
+from ovsnat.neutron import l3_plugin as l3
+
+upstream = l3_router_plugin.L3RouterPlugin._supported_extension_aliases
+names = set(upstream) | {"qos-fip"}
+missing = [a for a in l3.REFUSED if a not in names]
+assert not missing, f"refused aliases Neutron does not have: {missing}"
+kept = l3.kept_aliases(list(upstream))
+assert "router" in kept and "ext-gw-mode" in kept and "extraroute" not in kept, kept
+# Neutron's API refuses to start when a loaded extension needs one left out (seen: the
+# DVR-only router-admin-state-down-before-update without dvr).
+from neutron_lib.api import definitions
+defs = {d.ALIAS: d for d in definitions._ALL_API_DEFINITIONS}
+required = {a: getattr(defs.get(a), "REQUIRED_EXTENSIONS", []) for a in kept}
+needs = {a: [r for r in rs if r in l3.REFUSED] for a, rs in required.items()}
+assert not any(needs.values()), needs
+assert l3.clashing(["ovsnat-router", "port_forwarding"]) == ["port_forwarding"]
+assert l3.clashing(["ovsnat-router", "qos"]) == []
+iface = SimpleNamespace(metadata={"port": {"id": "p1", "device_owner": "network:router_interface"}})
+other = SimpleNamespace(metadata={"port": {"id": "p2", "device_owner": "compute:nova"}})
+gateway = SimpleNamespace(latest_state=SimpleNamespace(gw_port_id="g1"))
+assert l3.router_port_ids(resources.ROUTER_INTERFACE, iface) == ["p1"]
+assert l3.router_port_ids(resources.ROUTER_INTERFACE, other) == []
+assert l3.router_port_ids(resources.ROUTER_GATEWAY, gateway) == ["g1"]
+assert issubclass(l3.OvsnatL3RouterPlugin, l3_router_plugin.L3RouterPlugin)
+print("ok")
+"""
+
+
+def test_the_l3_plugin_refuses_only_aliases_neutron_has_and_finds_its_router_ports():
+    """ovsnat-router's trimmed list names Neutron 29's own aliases (a typo would leave an
+    extension loaded), keeps the router API and no extension that needs one it left out
+    (Neutron's API would not start), and knows the router port each callback made."""
+    proc = subprocess.run(
+        [str(NEUTRON_VENV / "bin" / "python"), "-c", L3],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    )

@@ -218,7 +218,7 @@ def write_neutron(p: StackPaths) -> str:
         f"""[DEFAULT]
 host = neutron-server
 core_plugin = ml2
-service_plugins = router
+service_plugins = ovsnat-router
 auth_strategy = keystone
 transport_url = {TRANSPORT_URL}
 state_path = {p.base.state}
