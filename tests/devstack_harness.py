@@ -27,6 +27,21 @@ DEVSTACK = REPO / "devstack"
 SNAT_IP = "172.24.4.250"
 NEUTRON_VENV = Path(os.environ.get("VENV_NEUTRON", REPO / ".venv-neutron"))
 
+
+def in_neutron_venv(code: str) -> None:
+    """Run a check script in Neutron's virtualenv; it prints `ok` last when every assert
+    in it held (the script's output and errors are the failure's message)."""
+    proc = subprocess.run(
+        [str(NEUTRON_VENV / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    )
+
+
 # Stub devstack functions and commands. record() writes one tab-separated line per call.
 STUBS = r"""
 record() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STUB_LOG"; }

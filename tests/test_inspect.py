@@ -4,8 +4,6 @@ metrics, and detection of another host claiming one of our FIPs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -42,19 +40,8 @@ def live(module_lab):
     return lab
 
 
-def ovsnat(lab, *args: str) -> subprocess.CompletedProcess:
-    host = lab.hosts["hv1"]
-    conf = os.path.join(host.rundir, "ovsnat.conf")
-    return subprocess.run(
-        [sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **host.ovs.env),
-    )
-
-
 def dump_json(lab) -> dict:
-    out = ovsnat(lab, "dump", "--json")
+    out = scenario.cli(lab, "hv1", "dump", "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -82,19 +69,19 @@ def test_dump_groups_flows_by_vm_with_roles_and_counters(live):
         5,
         what="vm2's packets in its dump counters (OVS folds them in periodically)",
     )
-    text = ovsnat(live, "dump").stdout
+    text = scenario.cli(live, "hv1", "dump").stdout
     assert "tapvm1 (vm1, 10.0.0.11, FIP 203.0.113.10, ofport" in text
 
 
 def test_diff_is_clean_then_reports_injected_drift_exactly(live):
     host = live.hosts["hv1"]
-    clean = ovsnat(live, "diff", "--json")
+    clean = scenario.cli(live, "hv1", "diff", "--json")
     assert clean.returncode == 0 and json.loads(clean.stdout) == {
         "missing": [],
         "stale": [],
         "foreign": [],
     }
-    vm1_flows = json.loads(ovsnat(live, "dump", "--json").stdout)["tapvm1"]
+    vm1_flows = json.loads(scenario.cli(live, "hv1", "dump", "--json").stdout)["tapvm1"]
     victim = next(f for f in vm1_flows if f["role"] == "ingress" and "nw_frag" not in f["match"])
     stale_cookie = "0xa20a0000630000aa"  # a flow of a VM that does not exist
     try:
@@ -110,7 +97,7 @@ def test_diff_is_clean_then_reports_injected_drift_exactly(live):
             "br-int",
             f"cookie={stale_cookie},table=60,priority=100,ip,nw_dst=10.0.0.99,actions=drop",
         )
-        drift = ovsnat(live, "diff", "--json")
+        drift = scenario.cli(live, "hv1", "diff", "--json")
         assert drift.returncode == 1
         d = json.loads(drift.stdout)
         assert (
@@ -128,14 +115,14 @@ def test_diff_is_clean_then_reports_injected_drift_exactly(live):
         # Restore by letting the controller resync (restart: it diffs and sends the gap).
         scenario.stop_controller(live, "hv1")
         scenario.start_controller(live, "hv1")
-        wait_for(lambda: ovsnat(live, "diff").returncode == 0, 15, what="resync")
+        wait_for(lambda: scenario.cli(live, "hv1", "diff").returncode == 0, 15, what="resync")
 
 
 def test_status_lists_vms_skipped_ports_and_pat_usage(live):
     vm2 = live.vms["vm2"]
     session = background_tcp(live, vm2.ns, SERVER_IP, 8080, hold=3)  # a PAT port in use
     wait_for(lambda: tcp_established(vm2.ns, SERVER_IP, 8080), 5, what="vm2's session")
-    st = json.loads(ovsnat(live, "status", "--json").stdout)
+    st = json.loads(scenario.cli(live, "hv1", "status", "--json").stdout)
     assert "HELD" in session.result()
     vms = {vm["name"]: vm for vm in st["vms"]}
     assert vms["tapvm1"]["nat"] == "FIP 203.0.113.10" and vms["tapvm1"]["fip_state"] == "active"
@@ -150,7 +137,7 @@ def test_status_lists_vms_skipped_ports_and_pat_usage(live):
     ]
     assert st["pat"]["per_vm"].get("10.0.0.12", 0) >= 1 and st["pat"]["capacity"] == 10000
     assert st["controller"]["stats"]["flow_mods"] > 0
-    assert "skipped ports (1)" in ovsnat(live, "status").stdout
+    assert "skipped ports (1)" in scenario.cli(live, "hv1", "status").stdout
 
 
 @pytest.mark.parametrize(
@@ -173,7 +160,7 @@ def test_status_lists_vms_skipped_ports_and_pat_usage(live):
     ],
 )
 def test_trace_says_what_happens_in_plain_words(live, args, verdict):
-    out = ovsnat(live, "trace", *args)
+    out = scenario.cli(live, "hv1", "trace", *args)
     assert out.returncode == 0, out.stderr
     assert verdict in out.stdout, out.stdout
     if args[0] == "vm2" and args[1] == SERVER_IP:
@@ -181,7 +168,7 @@ def test_trace_says_what_happens_in_plain_words(live, args, verdict):
 
 
 def test_trace_json_gives_steps_verdict_and_final_packet(live):
-    out = ovsnat(live, "trace", "--json", "vm1", SERVER_IP, "tcp", "80")
+    out = scenario.cli(live, "hv1", "trace", "--json", "vm1", SERVER_IP, "tcp", "80")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["verdict"] == {
@@ -195,7 +182,7 @@ def test_trace_json_gives_steps_verdict_and_final_packet(live):
     assert roles == ["classify", "vm_route", "egress", "egress_out", "ingress"]
     assert {s["owner"] for s in r["steps"]} == {"host", "tapvm1"}
     dropped = json.loads(
-        ovsnat(live, "trace", "--json", "outside", "10.0.0.12", "tcp", "22").stdout
+        scenario.cli(live, "hv1", "trace", "--json", "outside", "10.0.0.12", "tcp", "22").stdout
     )
     assert dropped["verdict"] == {"outcome": "dropped", "table": 0, "role": "classify"}
     assert dropped["final"] is None
@@ -232,9 +219,9 @@ def test_a_foreign_claim_on_our_fip_is_detected_but_does_not_take_it_offline(liv
         op=1, hwsrc="02:00:00:00:0b:ad", psrc=FIP, pdst=FIP
     )
     offset = len(scenario.controller_log(live, "hv1"))
-    counted = json.loads(ovsnat(live, "status", "--json").stdout)["controller"]["stats"].get(
-        "fip_conflicts", 0
-    )
+    counted = json.loads(scenario.cli(live, "hv1", "status", "--json").stdout)["controller"][
+        "stats"
+    ].get("fip_conflicts", 0)
 
     def ours(st) -> bool:  # other tests' conflicts may be listed too
         return any(
@@ -244,11 +231,11 @@ def test_a_foreign_claim_on_our_fip_is_detected_but_does_not_take_it_offline(liv
 
     send_frames(live, live.out_ns, [bytes(claim)])
     wait_for(
-        lambda: ours(json.loads(ovsnat(live, "status", "--json").stdout)),
+        lambda: ours(json.loads(scenario.cli(live, "hv1", "status", "--json").stdout)),
         5,
         what="the conflict in status",
     )
-    st = json.loads(ovsnat(live, "status", "--json").stdout)
+    st = json.loads(scenario.cli(live, "hv1", "status", "--json").stdout)
     assert st["controller"]["stats"]["fip_conflicts"] >= counted + 1
     assert {vm["name"]: vm["fip_state"] for vm in st["vms"]}["tapvm1"] == "active"
     assert (
@@ -303,9 +290,9 @@ def test_another_host_claiming_our_snat_ip_is_detected(live):
     wait_for(
         lambda: any(
             c["fip"] == SNAT and c["mac"] == "02:00:00:00:0b:ae"
-            for c in json.loads(ovsnat(live, "status", "--json").stdout)["controller"].get(
-                "conflicts", []
-            )
+            for c in json.loads(scenario.cli(live, "hv1", "status", "--json").stdout)[
+                "controller"
+            ].get("conflicts", [])
         ),
         5,
         what="the SNAT conflict in status",

@@ -167,38 +167,23 @@ def test_hairpin_through_a_fip_works_within_and_across_networks(fab, client, see
         assert reply.ok and reply.peer_ip == seen_as, reply.line
 
 
-def ovsnat(lab, host: str, *args: str):
-    import os
-    import subprocess
-    import sys
-
-    h = lab.hosts[host]
-    conf = os.path.join(h.rundir, "ovsnat.conf")
-    return subprocess.run(
-        [sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **h.ovs.env),
-    )
-
-
 def test_status_and_trace_show_networks_and_trace_tells_equal_addresses_apart(fab):
     import json
 
-    st = json.loads(ovsnat(fab, "hv1", "status", "--json").stdout)
+    st = json.loads(scenario.cli(fab, "hv1", "status", "--json").stdout)
     nets = {n["name"]: n for n in st["networks"]}
     assert nets["tenant-a"]["vlan"] == 101 and nets["tenant-b"]["vlan"] == 102
     assert nets["tenant-a"]["cidr"] == nets["tenant-b"]["cidr"] == "10.1.0.0/24"
     assert nets["(default)"]["vlan"] is None and st["fabric_port"] == "fabric"
     assert {v["name"]: v["network"] for v in st["vms"]}["tapb3"] == "tenant-b"
-    ambiguous = ovsnat(fab, "hv1", "trace", "10.1.0.13", SERVER_IP, "tcp", "80")
+    ambiguous = scenario.cli(fab, "hv1", "trace", "10.1.0.13", SERVER_IP, "tcp", "80")
     assert ambiguous.returncode == 2
     assert (
         "10.1.0.13 is in several networks (tenant-a, tenant-b): add --network" in ambiguous.stderr
     )
     for net, vlan in (("tenant-a", 101), ("tenant-b", 102)):
         out = json.loads(
-            ovsnat(
+            scenario.cli(
                 fab,
                 "hv1",
                 "trace",
@@ -213,7 +198,7 @@ def test_status_and_trace_show_networks_and_trace_tells_equal_addresses_apart(fa
         )
         assert out["verdict"]["where"] == f"the fabric in VLAN {vlan}", out["verdict"]
     routed = json.loads(
-        ovsnat(
+        scenario.cli(
             fab,
             "hv1",
             "trace",
@@ -228,7 +213,7 @@ def test_status_and_trace_show_networks_and_trace_tells_equal_addresses_apart(fa
     )
     assert routed["verdict"]["where"] == "the uplink"
     assert "net_pat_out" in [s["role"] for s in routed["steps"]]
-    dump = ovsnat(fab, "hv1", "dump").stdout
+    dump = scenario.cli(fab, "hv1", "dump").stdout
     assert "network tenant-a" in dump and "network tenant-b" in dump
 
 

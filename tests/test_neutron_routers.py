@@ -7,13 +7,11 @@ as the L3 plugin's get_routers."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from ovsnat.model.routing import parse_bridge
 from ovsnat.neutron import routers as rt
-from tests.devstack_harness import NEUTRON_VENV
+from tests.devstack_harness import in_neutron_venv
 
 
 def iface(router: str, ip: str, owner: str = "network:router_interface") -> dict:
@@ -72,10 +70,12 @@ def test_only_gateway_and_snat_changes_concern_the_agents():
 CHECK = r"""
 import threading
 from types import SimpleNamespace as NS
+from ovsnat.neutron.agent_ovsdb import LocalOvsdb
 from ovsnat.neutron.agent_routers import RouterSync
 
 class Ovsdb:
     bridge = "br-int"
+    write_bridge = LocalOvsdb.write_bridge  # the agent's own, over this fake write_keys
     def __init__(self): self.keys, self.writes = {}, []
     def write_keys(self, table, record, diff):
         assert table == "Bridge" and record == "br-int"
@@ -157,15 +157,7 @@ print("ok")
 
 
 def test_the_agent_writes_routing_keys_before_ports_and_removes_them_after():
-    proc = subprocess.run(
-        [str(NEUTRON_VENV / "bin" / "python"), "-c", CHECK],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
-        proc.stdout[-2000:] + proc.stderr[-3000:]
-    )
+    in_neutron_venv(CHECK)
 
 
 SERVER = r"""
@@ -235,15 +227,7 @@ print("ok")
 
 
 def test_the_server_answers_each_networks_router_and_pushes_what_changed():
-    proc = subprocess.run(
-        [str(NEUTRON_VENV / "bin" / "python"), "-c", SERVER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
-        proc.stdout[-2000:] + proc.stderr[-3000:]
-    )
+    in_neutron_venv(SERVER)
 
 
 L3 = r"""
@@ -282,12 +266,4 @@ def test_the_l3_plugin_refuses_only_aliases_neutron_has_and_finds_its_router_por
     """ovsnat-router's trimmed list names Neutron 29's own aliases (a typo would leave an
     extension loaded), keeps the router API and no extension that needs one it left out
     (Neutron's API would not start), and knows the router port each callback made."""
-    proc = subprocess.run(
-        [str(NEUTRON_VENV / "bin" / "python"), "-c", L3],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
-        proc.stdout[-2000:] + proc.stderr[-3000:]
-    )
+    in_neutron_venv(L3)

@@ -4,9 +4,7 @@ ICMP errors through FIPs and bundle atomicity. docs/reliability.md lists every c
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 
@@ -37,21 +35,7 @@ FIP = "203.0.113.10"
 
 
 def ovsnat_status(lab, host="hv1") -> dict:
-    h = lab.hosts[host]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ovsnat.cli",
-            "status",
-            "--json",
-            "--config",
-            os.path.join(h.rundir, "ovsnat.conf"),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **h.ovs.env),
-    )
+    out = scenario.cli(lab, host, "status", "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

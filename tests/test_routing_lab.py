@@ -15,10 +15,7 @@ keys and waits until PAT and both FIPs work).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -82,19 +79,6 @@ def set_keys(lab, keys: dict[str, str]) -> float:
     when = time.time()
     lab.hosts["hv1"].vsctl("set", "Bridge", "br-int", *args)
     return when
-
-
-def ovsnat(lab, *args: str) -> subprocess.CompletedProcess:
-    """The `ovsnat` command on hv1, as an operator runs it."""
-    host = lab.hosts["hv1"]
-    conf = os.path.join(host.rundir, "ovsnat.conf")
-    return subprocess.run(
-        [sys.executable, "-m", "ovsnat.cli", *args, "--config", conf],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **host.ovs.env),
-        timeout=60,
-    )
 
 
 def seen_as(lab, vm: str) -> str | None:
@@ -163,8 +147,9 @@ def test_a_network_on_no_router_is_an_isolated_l2_segment(routed):
     assert routing["networks"]["tenant-a"].startswith("on no router"), routing
     assert routing["inert_fips"]["tapa2"]["fips"] == [FIP_A2], routing
     # The command line recompiles the host as the controller does: no drift, and says it.
-    assert ovsnat(lab, "diff").returncode == 0, ovsnat(lab, "diff").stdout
-    st = json.loads(ovsnat(lab, "status", "--json").stdout)
+    diff = scenario.cli(lab, "hv1", "diff")
+    assert diff.returncode == 0, diff.stdout
+    st = json.loads(scenario.cli(lab, "hv1", "status", "--json").stdout)
     nat = {vm["name"]: vm["nat"] for vm in st["vms"]}
     assert nat["tapa2"] == f"none: isolated, FIP {FIP_A2} inert" and nat["tapb1"] == "PAT", nat
     nets = {n["name"]: n["routing"] for n in st["networks"]}

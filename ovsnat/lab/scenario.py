@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 
 from ovsnat.compile.compiler import compile_state
@@ -246,6 +247,25 @@ def wait_in_sync(lab: Lab, host: str, timeout: float = 30) -> dict:
         ),
         timeout,
         what=f"{host}'s controller in sync",
+    )
+
+
+def cli(lab: Lab, host: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The `ovsnat` command on `host`, as its operator runs it (its config, its OVS)."""
+    h = lab.hosts[host]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ovsnat.cli",
+            *args,
+            "--config",
+            os.path.join(h.rundir, "ovsnat.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **h.ovs.env),
+        timeout=timeout,
     )
 
 

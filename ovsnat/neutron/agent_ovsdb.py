@@ -135,5 +135,24 @@ class LocalOvsdb:
             txn.add(_SetKeys(self.api, table, record, "external_ids", diff))
             txn.commit()
 
+    def write_bridge(self, diff: KeyDiff, what: str, shown: Callable = list) -> bool:
+        """Bridge keys (security groups', routers'): False when OVSDB refused them (logged;
+        the caller retries at once). `shown`: how the set values are logged."""
+        if not diff:
+            return True
+        try:
+            self.write_keys("Bridge", self.bridge, diff)
+        except Exception as e:
+            LOG.warning("bridge %s: %s keys not written (%s); retrying", self.bridge, what, e)
+            return False
+        LOG.info(
+            "bridge %s: %s set %s, removed %s",
+            self.bridge,
+            what,
+            shown(diff.set),
+            list(diff.remove),
+        )
+        return True
+
     def stop(self) -> None:
         self.conn.stop(timeout=2)

@@ -16,12 +16,10 @@ from __future__ import annotations
 import threading
 
 import oslo_messaging
-from neutron_lib import rpc as n_rpc
 from oslo_log import log
 
-from ovsnat.neutron import constants as c
 from ovsnat.neutron import routers as rt
-from ovsnat.neutron.agent_rpc import AT_LEAST_ONCE, CALL_TIMEOUT
+from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
 from ovsnat.neutron.keys import KeyDiff
 
 LOG = log.getLogger(__name__)
@@ -29,22 +27,16 @@ GET = "get_routing"
 NETWORK = "ovsnat-network"  # the port key naming its network (the Neutron network id)
 
 
-class RouterApi:
+class RouterApi(NamespacedApi):
     """Client of server_routers.RouterRpc (ovsnat's server topic, its own namespace)."""
 
     def __init__(self) -> None:
-        self.client = n_rpc.get_client(
-            oslo_messaging.Target(
-                topic=c.SERVER_TOPIC, namespace=rt.RPC_NAMESPACE, version=rt.RPC_VERSION
-            )
-        )
+        super().__init__(rt.RPC_NAMESPACE, rt.RPC_VERSION)
 
     def get_routing(
         self, context, host: str, network_ids: list[str], timeout: float = CALL_TIMEOUT
     ) -> dict:
-        return self.client.prepare(timeout=timeout, retry=0, transport_options=AT_LEAST_ONCE).call(
-            context, GET, host=host, network_ids=network_ids
-        )
+        return self._call(context, GET, timeout, host=host, network_ids=network_ids)
 
 
 class RouterPushEndpoint:
@@ -152,14 +144,6 @@ class RouterSync:
             self.dirty.update(networks)
 
     def _write(self, diff: KeyDiff) -> bool:
-        if not diff:
-            return True
-        bridge = self.agent.ovsdb.bridge
-        try:
-            self.agent.ovsdb.write_keys("Bridge", bridge, diff)
-        except Exception as e:
-            LOG.warning("bridge %s: routing keys not written (%s); retrying", bridge, e)
-            self.agent.fast_retry = True
-            return False
-        LOG.info("bridge %s: routing set %s, removed %s", bridge, diff.set, list(diff.remove))
-        return True
+        ok = self.agent.ovsdb.write_bridge(diff, "routing")
+        self.agent.fast_retry |= not ok
+        return ok

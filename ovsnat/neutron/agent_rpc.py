@@ -30,6 +30,19 @@ UNREACHABLE = (
 )
 
 
+class NamespacedApi:
+    """A client of one of the driver's endpoints in its own RPC namespace on ovsnat's server
+    topic (security groups', routers'), whose calls fail fast as OvsnatPluginApi's do."""
+
+    def __init__(self, namespace: str, version: str) -> None:
+        target = oslo_messaging.Target(topic=c.SERVER_TOPIC, namespace=namespace, version=version)
+        self.client = n_rpc.get_client(target)
+
+    def _call(self, context, method: str, timeout: float, **kwargs):
+        cctxt = self.client.prepare(timeout=timeout, retry=0, transport_options=AT_LEAST_ONCE)
+        return cctxt.call(context, method, **kwargs)
+
+
 class OvsnatPluginApi:
     """Client of ovsnat.neutron.server_rpc.OvsnatServerRpc (topic ovsnat-plugin)."""
 

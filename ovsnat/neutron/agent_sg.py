@@ -25,12 +25,10 @@ import threading
 from dataclasses import dataclass
 
 import oslo_messaging
-from neutron_lib import rpc as n_rpc
 from oslo_log import log
 
-from ovsnat.neutron import constants as c
 from ovsnat.neutron import secgroups as sg
-from ovsnat.neutron.agent_rpc import AT_LEAST_ONCE, CALL_TIMEOUT
+from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
 from ovsnat.neutron.keys import KeyDiff
 
 LOG = log.getLogger(__name__)
@@ -42,15 +40,11 @@ def admin_down(desired: dict[str, dict | None]) -> set[str]:
     return {pid for pid, keys in desired.items() if keys and keys.get(sg.ADMIN) == "down"}
 
 
-class GroupApi:
+class GroupApi(NamespacedApi):
     """Client of server_sg.SecurityGroupRpc (ovsnat's server topic, its own namespace)."""
 
     def __init__(self) -> None:
-        self.client = n_rpc.get_client(
-            oslo_messaging.Target(
-                topic=c.SERVER_TOPIC, namespace=sg.RPC_NAMESPACE, version=sg.RPC_VERSION
-            )
-        )
+        super().__init__(sg.RPC_NAMESPACE, sg.RPC_VERSION)
 
     def get_security_groups(
         self,
@@ -61,9 +55,10 @@ class GroupApi:
         known: list[str],
         timeout: float = CALL_TIMEOUT,
     ) -> dict:
-        return self.client.prepare(timeout=timeout, retry=0, transport_options=AT_LEAST_ONCE).call(
+        return self._call(
             context,
             "get_security_groups",
+            timeout,
             host=host,
             group_ids=group_ids,
             member_ids=member_ids,
@@ -196,19 +191,8 @@ class GroupSync:
         return True
 
     def _write(self, diff: KeyDiff) -> bool:
-        if not diff:
-            return True
-        bridge = self.agent.ovsdb.bridge
-        try:
-            self.agent.ovsdb.write_keys("Bridge", bridge, diff)
-        except Exception as e:
-            LOG.warning("bridge %s: security group keys not written (%s); retrying", bridge, e)
-            self.agent.fast_retry = True
-            return False
-        LOG.info(
-            "bridge %s: security groups set %s, removed %s",
-            bridge,
-            {k: len(v) for k, v in diff.set.items()},
-            list(diff.remove),
+        ok = self.agent.ovsdb.write_bridge(
+            diff, "security group", lambda keys: {k: len(v) for k, v in keys.items()}
         )
-        return True
+        self.agent.fast_retry |= not ok
+        return ok
