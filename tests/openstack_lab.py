@@ -16,16 +16,23 @@ HOSTS = ("hv1", "hv2")
 
 
 @contextmanager
-def cloud_lab(request, times: dict, hosts: tuple[str, ...] = HOSTS, open_default: bool = True):
+def cloud_lab(
+    request,
+    times: dict,
+    hosts: tuple[str, ...] = HOSTS,
+    open_default: bool = True,
+    report_limits: bool = False,
+):
     """One bring-up for a module: OpenStack's services, topology, hosts with controller,
     agent and nova-compute, every agent alive, every SNAT address on its bridge, every
     compute mapped. `open_default`: the tenant's default group lets ICMP, TCP and UDP in
-    (the security-group modules keep Neutron's own default). Torn down pass or fail; the
+    (the security-group modules keep Neutron's own default). `report_limits`: the agents
+    report their controllers' limits from the start (cloudlab.bring_up). Torn down pass or fail; the
     module's measurements are printed at the end."""
     from tests.conftest import _require_lab_prerequisites
 
     _require_lab_prerequisites(request)
-    cl = cloudlab.bring_up(hosts)
+    cl = cloudlab.bring_up(hosts, report_limits)
     times.update(cl.timings)
     times["databases from the cache"] = float(cl.stack.cached)
     try:

@@ -262,8 +262,10 @@ def create_flavor_and_image(ns: str) -> tuple[str, str]:
     return flavor.id, image.id
 
 
-def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2")) -> CloudLab:
+def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2"), report_limits: bool = False) -> CloudLab:
     """Everything, or nothing: a failed bring-up is torn down before the error goes up.
+    `report_limits`: the agents report what their controllers reserve (Neutron then
+    refuses at binding what a host cannot serve), as they do with `controller_config`.
 
     Once the services answer, three things go side by side: the hypervisors (lab hosts,
     controllers, nova-computes, which take the longest to start) here, the networks and
@@ -290,7 +292,7 @@ def bring_up(hosts: tuple[str, ...] = ("hv1", "hv2")) -> CloudLab:
             start_server(lab, "srv-udp", lab.srv_ns, "udp", SERVER_PORT)
             cl.topo = topo_f.result()
             for host in hosts:
-                stack.start_agent(host)
+                stack.start_agent(host, report_limits=report_limits)
             cl.flavor, cl.image = image_f.result()
         _timed(
             steps,
