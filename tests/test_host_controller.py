@@ -434,3 +434,24 @@ def test_no_reconfiguration_is_asked_for_before_the_switch_is_in_sync():
     assert host.ctl.host is None and host.reconfigures == 0
     host.plug(IfaceRow("uplink", 1, {}, "up"))
     assert host.reconfigures == 1
+
+
+def test_the_fip_live_marker_says_where_the_fip_is_live():
+    """`ovsnat-fip-live=<fip>` (ovsnat.core.markers), from which Neutron's view of the
+    floating IP is to follow: set once the FIP is live and its flows are confirmed,
+    removed when another host takes it (the port stays installed), set again when this
+    host takes it back (nobody answered its probes), never on a port without a FIP."""
+    host = SimHost().start()
+    host.plug(vm_row(11, FIP), vm_row(12))
+    host.advance(0.5)
+    host.from_uplink(arp.garp(host.fip_mac(FIP), FIP))  # another ovsnat host announces it
+    host.advance(5)
+    marks = [
+        ("set" if w.set else "removed", w.name)
+        for w in host.key_writes
+        if "ovsnat-fip-live" in dict(w.set) or "ovsnat-fip-live" in w.remove
+    ]
+    assert marks == [("set", "tapvm11"), ("removed", "tapvm11"), ("set", "tapvm11")]
+    ids = host.rows["tapvm11"].external_ids
+    assert (ids.get("ovsnat-fip-live"), ids.get("ovsnat-installed")) == (FIP, "true")
+    assert host.rows["tapvm12"].external_ids.get("ovsnat-installed") == "true"

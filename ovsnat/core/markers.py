@@ -11,6 +11,9 @@ which reports ports up to Neutron from them (as ovn-controller writes `ovn-insta
   port's binding is inactive. Keys the host rejects (a bad value, a clash, this host's own
   settings) never get it, so Nova never moves a guest to a host that cannot serve it.
 
+- `ovsnat-fip-live=<fip>`: the port's FIP is live here (answered and translated, its flows
+  confirmed): the agent reports the floating IP ACTIVE from it, DOWN when it goes.
+
 A port with its device gets both in one write, once its flows are confirmed (ready alone
 would be one more OVSDB write per port at every boot); a row without a device gets ready
 alone, and keeps it when its device appears (the guest arrived) while its flows go in.
@@ -34,6 +37,7 @@ from ovsnat.model.routing import served
 LOG = logging.getLogger("ovsnat")
 INSTALLED_KEY = "ovsnat-installed"
 READY_KEY = "ovsnat-ready"
+FIP_LIVE_KEY = "ovsnat-fip-live"
 
 
 def keys_rejection(host, name: str, external_ids) -> str | None:
@@ -72,7 +76,12 @@ def changes(
             or name in host.transient
             and _keys_ok(host, name, ids, logged)
         )
-        write = _write(name, ids, {READY_KEY: ready, INSTALLED_KEY: installed})
+        live = host.live_fip(name) if installed else None
+        write = _write(
+            name,
+            ids,
+            {READY_KEY: ready and "true", INSTALLED_KEY: installed and "true", FIP_LIVE_KEY: live},
+        )
         if write is not None:
             out.append(write)
     return out
@@ -91,7 +100,8 @@ def _keys_ok(host, name: str, ids, logged: dict[str, str]) -> bool:
     return reason is None
 
 
-def _write(name: str, ids, wanted: dict[str, bool]) -> IfaceKeys | None:
-    set_ = tuple((k, "true") for k, want in wanted.items() if want and ids.get(k) != "true")
-    remove = tuple(k for k, want in wanted.items() if not want and k in ids)
+def _write(name: str, ids, wanted: dict) -> IfaceKeys | None:
+    """Each key set to its wanted value, or removed where the value is false."""
+    set_ = tuple((k, v) for k, v in wanted.items() if v and ids.get(k) != v)
+    remove = tuple(k for k, v in wanted.items() if not v and k in ids)
     return IfaceKeys(name, set_, remove) if set_ or remove else None

@@ -106,6 +106,14 @@ class HostState(SecurityState, RoutingState):
         port = self.valid.get(name)
         return port if port is not None and name not in self.lost else None
 
+    def live_fip(self, name: str) -> str | None:
+        """The port's FIP, when this host answers and translates it (its flows compiled
+        live: accepted, not dark, not held inert by its network's routing)."""
+        port = self.valid.get(name)
+        if port is None or port.fip is None or name in self.lost or not self._active(name):
+            return None
+        return str(port.fip)
+
     def is_pending(self, name: str) -> bool:
         """A FIP port whose FIP is still dark, waiting for the VM to show up."""
         port = self.valid.get(name)
