@@ -17,13 +17,14 @@ from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import background_tcp, ping, tcp_connect, tcp_established
-from tests.openstack_lab import new_fip, unique, wait_key
+from tests.openstack_lab import boot, new_fip, unique, wait_key
 from tests.secgroup_keys import wait_bridge
 
 __all__ = [
     "test_a_subnet_is_routed_only_through_a_router_interface",
     "test_disable_snat_ends_a_live_pat_session_and_keeps_the_fip",
     "test_router_ports_are_active_and_what_ovsnat_does_not_do_is_refused",
+    "test_a_floating_ip_is_active_while_a_host_has_it_live_and_down_otherwise",
 ]
 
 LIMIT = 1.0  # s from Neutron's answer: the issue's bound for a removal to take effect
@@ -143,3 +144,31 @@ def test_router_ports_are_active_and_what_ovsnat_does_not_do_is_refused(cl):
         assert "routes" in str(e), e
     else:
         raise AssertionError("Neutron accepted a router route ovsnat would ignore")
+
+
+def _fip_status(cl, fip_id: str) -> str:
+    return cl.admin.network.get_ip(fip_id).status
+
+
+def test_a_floating_ip_is_active_while_a_host_has_it_live_and_down_otherwise(cl):
+    """Neutron's view follows the datapath (ovsnat-fip-live, reported by the agent): DOWN
+    unassociated, ACTIVE once its host answers for it (and it does: pinged from outside),
+    DOWN at once when it is disassociated, while it stops answering."""
+    server = boot(cl, "hv1")
+    fip = new_fip(cl)
+    address = fip.floating_ip_address
+    assert _fip_status(cl, fip.id) == "DOWN"
+    with Pinger(cl.lab.srv_ns, address) as outside:
+        cl.tenant.network.update_ip(fip, port_id=server.port_id)
+        answered = time.time()
+        wait_for(lambda: _fip_status(cl, fip.id) == "ACTIVE", 5, what="the FIP ACTIVE")
+        ROUTER_TIMES["FIP associated -> ACTIVE in Neutron (s)"] = time.time() - answered
+        outside.first_reply_after(answered, timeout=5)  # it is live indeed
+        cl.tenant.network.update_ip(fip, port_id=None)
+        gone = time.time()
+        assert _fip_status(cl, fip.id) == "DOWN"  # set with the disassociation itself
+        outside.silent_after(gone, quiet=1.0, timeout=5)
+    # hv1's controller let go of it (its marker gone, which the agent reports): still DOWN.
+    wait_key(cl, server, "ovsnat-fip-live", None)
+    assert _fip_status(cl, fip.id) == "DOWN"
+    print(ROUTER_TIMES)

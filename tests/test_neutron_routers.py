@@ -160,6 +160,36 @@ def test_the_agent_writes_routing_keys_before_ports_and_removes_them_after():
     in_neutron_venv(CHECK)
 
 
+FIPS = (
+    CHECK.rsplit("# p1 and p2 on n1", 1)[0]
+    + r"""
+told = []
+api.fip_status = lambda context, host, ports, timeout: told.append(dict(ports))
+
+def rows(**live):
+    ids = {p: ({"ovsnat-fip-live": f} if f else {}) for p, f in live.items()}
+    return NS(rows={p: NS(external_ids=i) for p, i in ids.items()}, bridge_ids={})
+
+assert sync.report_fips(rows(p1="203.0.113.5", p2=""), True)
+assert told == [{"p1": "203.0.113.5", "p2": ""}]        # a full sync tells everything
+assert sync.report_fips(rows(p1="203.0.113.5", p2=""), False) and len(told) == 1  # idle
+assert sync.report_fips(rows(p1="", p2="203.0.113.6", p3=""), False)
+assert told[-1] == {"p1": "", "p2": "203.0.113.6"}      # changes only; a new port without
+agent.health.neutron_ok = False                          # a FIP is nothing to tell
+assert not sync.report_fips(rows(p1="203.0.113.5"), False) and len(told) == 2
+agent.health.neutron_ok = True                           # cut off: told when it answers
+assert sync.report_fips(rows(p1="203.0.113.5"), False) and told[-1] == {"p1": "203.0.113.5"}
+print("ok")
+"""
+)
+
+
+def test_the_agent_tells_neutron_which_fips_are_live_when_that_changes():
+    """From the controller's ovsnat-fip-live markers: everything at a full sync, then only
+    what changed; nothing while Neutron is unreachable, then what is true by then."""
+    in_neutron_venv(FIPS)
+
+
 SERVER = r"""
 from oslo_config import cfg
 cfg.CONF([], project="neutron")  # an admin context reads the policy options
@@ -257,6 +287,10 @@ gateway = SimpleNamespace(latest_state=SimpleNamespace(gw_port_id="g1"))
 assert l3.router_port_ids(resources.ROUTER_INTERFACE, iface) == ["p1"]
 assert l3.router_port_ids(resources.ROUTER_INTERFACE, other) == []
 assert l3.router_port_ids(resources.ROUTER_GATEWAY, gateway) == ["g1"]
+from ovsnat.neutron import routers as rt
+fip = {"floating_ip_address": "203.0.113.5"}
+assert (rt.fip_status_of(fip, "203.0.113.5"), rt.fip_status_of(fip, "")) == ("ACTIVE", "DOWN")
+assert rt.fip_status_of(fip, "203.0.113.9") == "DOWN"  # another of the port's FIPs is live
 assert issubclass(l3.OvsnatL3RouterPlugin, l3_router_plugin.L3RouterPlugin)
 print("ok")
 """

@@ -183,7 +183,7 @@ class OvsnatAgent(SnatAddress):
         ok = ok and self.sg.after_ports(snap) and self.routers.after_ports(snap)
         if not self.health.neutron_ok:  # cut off: the rest would only wait for timeouts
             return False
-        ok &= self._report_devices(snap, full)
+        ok &= self._report_devices(snap, full) & self.routers.report_fips(snap, full)
         ok &= self._snat(snap)
         return ok
 

@@ -25,6 +25,7 @@ from ovsnat.neutron.keys import KeyDiff
 LOG = log.getLogger(__name__)
 GET = "get_routing"
 NETWORK = "ovsnat-network"  # the port key naming its network (the Neutron network id)
+FIP_LIVE = "ovsnat-fip-live"  # the controller's marker: the port's FIP live here
 
 
 class RouterApi(NamespacedApi):
@@ -37,6 +38,9 @@ class RouterApi(NamespacedApi):
         self, context, host: str, network_ids: list[str], timeout: float = CALL_TIMEOUT
     ) -> dict:
         return self._call(context, GET, timeout, host=host, network_ids=network_ids)
+
+    def fip_status(self, context, host: str, ports: dict, timeout: float = CALL_TIMEOUT) -> None:
+        self._call(context, "fip_status", timeout, host=host, ports=ports)
 
 
 class RouterPushEndpoint:
@@ -68,6 +72,7 @@ class RouterSync:
         self.nets: dict[str, str] = {}  # network id -> its value (the networks local ports name)
         self.routers: dict[str, str] = {}  # router id -> its value (the routers they name)
         self.wanted: dict[str, str] = {}  # the Bridge keys of the last pass
+        self.fips_told: dict[str, str] = {}  # port id -> the live FIP Neutron was told
 
     def mark(self, networks: list[str]) -> None:
         with self.lock:
@@ -117,6 +122,28 @@ class RouterSync:
             return False
         gone = tuple(k for k in snap.bridge_ids if rt.is_routing_key(k) and k not in self.wanted)
         return self._write(KeyDiff({}, gone))
+
+    def report_fips(self, snap, full: bool) -> bool:
+        """Tell Neutron which FIPs the controller has live here (`ovsnat-fip-live`), when
+        that changed since it was last told (everything at a full sync): it sets them
+        ACTIVE, or DOWN (ovsnat.neutron.server_routers.fip_status)."""
+        live = {pid: row.external_ids.get(FIP_LIVE, "") for pid, row in snap.rows.items()}
+        told = {} if full else {p: v for p, v in self.fips_told.items() if p in live}
+        changed = {p: v for p, v in live.items() if told.get(p, None if full else "") != v}
+        if not changed:
+            self.fips_told = told
+            return True
+        agent = self.agent
+        if not agent.health.neutron_ok or agent._held("fip_status"):
+            return False
+        try:
+            self.api.fip_status(agent.context, agent.host, changed, agent.health.call_timeout())
+        except Exception as e:
+            agent._failed("fip_status", e)
+            return False
+        agent._answered("fip_status")
+        self.fips_told = {**told, **changed}
+        return True
 
     def _fetch(self, network_ids: list[str], dirty: set[str]) -> bool:
         if not network_ids:

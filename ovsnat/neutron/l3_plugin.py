@@ -6,6 +6,9 @@ and 6): Neutron's own router plugin (its API, database and floating IPs, as OVN'
   of the plugin's list, so Neutron's API rejects their attributes and resources (a 400 for
   an unknown attribute, a 404 for a resource) instead of accepting them and doing nothing;
   the plugin refuses to start beside the `port_forwarding` service plugin (one log line).
+- **Floating IPs say where they are live.** A FIP given to another port, or to none, or
+  whose port is deleted, is DOWN at once; the host where it goes live reports it ACTIVE
+  (ovsnat.neutron.server_routers.fip_status, from the controller's `ovsnat-fip-live`).
 - **Router ports say what they are.** ovsnat routes on every host at once (no L3 agent, no
   binding to a host): a router's interface and gateway ports are ACTIVE from their
   creation, as OVN reports its router ports, instead of DOWN forever.
@@ -56,6 +59,7 @@ REFUSED = {
 # Service plugins whose API ovsnat would accept and ignore.
 CLASHING = ("port_forwarding", "neutron.services.portforwarding.pf_plugin.PortForwardingPlugin")
 ROUTER_PORTS = (n_const.DEVICE_OWNER_ROUTER_INTF, n_const.DEVICE_OWNER_ROUTER_GW)
+FIP_DOWN, FIP_ACTIVE = n_const.FLOATINGIP_STATUS_DOWN, n_const.FLOATINGIP_STATUS_ACTIVE
 
 
 def kept_aliases(aliases: list[str]) -> list[str]:
@@ -82,6 +86,9 @@ class OvsnatL3RouterPlugin(l3_router_plugin.L3RouterPlugin):
         super().__init__()
         for resource in (resources.ROUTER_INTERFACE, resources.ROUTER_GATEWAY):
             registry.subscribe(self._router_port_created, resource, events.AFTER_CREATE)
+        registry.subscribe(
+            self._fip_association_changing, resources.FLOATING_IP, events.PRECOMMIT_UPDATE
+        )
 
     @property
     def supported_extension_aliases(self) -> list[str]:
@@ -95,6 +102,23 @@ class OvsnatL3RouterPlugin(l3_router_plugin.L3RouterPlugin):
             directory.get_plugin().update_port_status(
                 payload.context, port_id, n_const.PORT_STATUS_ACTIVE
             )
+
+    def _fip_association_changing(self, resource, event, trigger, payload) -> None:
+        """A floating IP given to another port (or to none) is DOWN until the host of its
+        new port reports it live (ovsnat.neutron.server_routers.fip_status). Set inside the
+        update's transaction, so no agent, told of the change after the commit, can report
+        it live before this lands."""
+        old, new = payload.states[0], payload.desired_state
+        if old.get("port_id") != getattr(new, "fixed_port_id", None):
+            self.update_floatingip_status(payload.context, old["id"], FIP_DOWN)
+
+    def disassociate_floatingips(self, context, port_id):
+        """A deleted port's floating IPs lose it: DOWN (Neutron leaves their status)."""
+        fips = self.get_floatingips(context.elevated(), filters={"port_id": [port_id]})
+        routers = super().disassociate_floatingips(context, port_id)
+        for fip in fips:
+            self.update_floatingip_status(context.elevated(), fip["id"], FIP_DOWN)
+        return routers
 
 
 def router_port_ids(resource, payload) -> list[str]:

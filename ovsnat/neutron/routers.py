@@ -81,3 +81,8 @@ def gateway_changed(old: dict | None, new: dict | None) -> bool:
     """Whether a router update changed what its networks reach (its gateway network or
     enable_snat): only then do the agents need to hear of it."""
     return router_value(old) != router_value(new)
+
+
+def fip_status_of(fip: dict, live: str) -> str:
+    """A floating IP's status from what its port's host reports live ("" none)."""
+    return "ACTIVE" if live and fip.get("floating_ip_address") == live else "DOWN"

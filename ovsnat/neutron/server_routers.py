@@ -65,6 +65,29 @@ class RouterRpc:
         LOG.debug("ovsnat: routing of %d networks requested by %s", len(ids), host)
         return answer
 
+    def fip_status(self, context, host: str, ports: dict) -> None:
+        """`ports`: port id -> the FIP the controller of `host` has live for it, or "" (none
+        any more). Live: that FIP ACTIVE (another FIP of the port, not live there, DOWN).
+        None: its FIPs DOWN, but only from the host of the port's binding (a live
+        migration's source going dark after the destination lit it changes nothing)."""
+        ctx = n_context.get_admin_context()
+        l3 = directory.get_plugin(plugin_constants.L3)
+        if l3 is None:
+            return
+        core = directory.get_plugin()
+        by_port: dict[str, list[dict]] = {}
+        for fip in l3.get_floatingips(ctx, filters={"port_id": sorted(ports)}):
+            by_port.setdefault(fip["port_id"], []).append(fip)
+        for port_id, fips in sorted(by_port.items()):
+            live = ports[port_id]
+            if not live and not _bound_to(core, ctx, port_id, host):
+                continue
+            for fip in fips:
+                status = rt.fip_status_of(fip, live)
+                if fip["status"] != status:
+                    l3.update_floatingip_status(ctx, fip["id"], status)
+                    LOG.info("ovsnat: FIP %s %s (reported by %s)", fip["id"], status, host)
+
     @staticmethod
     def _routers(ctx, ids: list[str]) -> dict[str, str]:
         l3 = directory.get_plugin(plugin_constants.L3)
@@ -72,6 +95,13 @@ class RouterRpc:
             return {}
         known = {r["id"]: r for r in l3.get_routers(ctx, filters={"id": ids})} if l3 else {}
         return {r: rt.router_value(known.get(r)) for r in ids}
+
+
+def _bound_to(core, ctx, port_id: str, host: str) -> bool:
+    try:
+        return core.get_port(ctx, port_id).get("binding:host_id") == host
+    except Exception:  # deleted meanwhile: its FIPs were disassociated (DOWN) with it
+        return False
 
 
 class RouterNotifier:
