@@ -301,3 +301,62 @@ def test_the_l3_plugin_refuses_only_aliases_neutron_has_and_finds_its_router_por
     extension loaded), keeps the router API and no extension that needs one it left out
     (Neutron's API would not start), and knows the router port each callback made."""
     in_neutron_venv(L3)
+
+
+STATUS = r"""
+from oslo_config import cfg
+cfg.CONF([], project="neutron")  # an admin context reads the policy options
+from types import SimpleNamespace as NS
+from neutron_lib.plugins import constants as pc, directory
+from ovsnat.neutron import server_routers as sr
+
+class Core:
+    ports = [
+        {"id": "s1", "device_owner": "network:ovsnat_snat", "device_id": "hv9"},
+        {"id": "s2", "device_owner": "network:ovsnat_snat", "device_id": "hv1"},
+        {"id": "p1", "device_owner": "compute:nova", "device_id": "vm1",
+         "binding:host_id": "hv1"},
+    ]
+    deleted = []
+    def get_ports(self, ctx, filters):
+        return [p for p in self.ports if all(p.get(k) in v for k, v in filters.items())]
+    def get_port(self, ctx, pid):
+        return next(p for p in self.ports if p["id"] == pid)
+    def delete_port(self, ctx, pid):
+        self.deleted.append(pid)
+
+class L3:
+    fips = [{"id": "f1", "port_id": "p1", "floating_ip_address": "203.0.113.5",
+             "status": "DOWN"}]
+    updates = []
+    def get_floatingips(self, ctx, filters):
+        return [f for f in self.fips if f["port_id"] in filters["port_id"]]
+    def update_floatingip_status(self, ctx, fid, status):
+        self.updates.append((fid, status))
+        next(f for f in self.fips if f["id"] == fid)["status"] = status
+
+core, l3 = Core(), L3()
+directory.add_plugin(pc.CORE, core)
+directory.add_plugin(pc.L3, l3)
+gone = lambda kind, host: NS(latest_state=NS(agent_type=kind, host=host))
+sr.snat_ports_go_with_their_agent(None, None, None, gone("ovsnat agent", "hv9"))
+assert core.deleted == ["s1"], core.deleted
+sr.snat_ports_go_with_their_agent(None, None, None, gone("Open vSwitch agent", "hv1"))
+assert core.deleted == ["s1"]                            # not ovsnat's agent: nothing
+rpc = sr.RouterRpc()
+rpc.fip_status(None, "hv1", {"p1": "203.0.113.5"})
+assert l3.updates == [("f1", "ACTIVE")]
+rpc.fip_status(None, "hv1", {"p1": "203.0.113.5", "p9": ""})
+assert len(l3.updates) == 1                              # unchanged: no write
+rpc.fip_status(None, "hv2", {"p1": ""})
+assert len(l3.updates) == 1                              # not the host of its binding
+rpc.fip_status(None, "hv1", {"p1": ""})
+assert l3.updates[-1] == ("f1", "DOWN")
+print("ok")
+"""
+
+
+def test_the_server_sets_fip_statuses_from_reports_and_drops_a_deleted_agents_snat_ports():
+    """fip_status: ACTIVE from a live report, DOWN only from the host of the port's binding,
+    no write when nothing changes; an ovsnat agent deleted takes its host's SNAT ports."""
+    in_neutron_venv(STATUS)

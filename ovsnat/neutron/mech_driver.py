@@ -85,6 +85,9 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         self.group_pushes.subscribe()
         self.router_pushes = server_routers.RouterPushes(server_routers.RouterNotifier())
         self.router_pushes.subscribe()
+        registry.subscribe(
+            server_routers.snat_ports_go_with_their_agent, resources.AGENT, events.AFTER_DELETE
+        )
 
     def start_rpc_listeners(self) -> list:
         """ML2 calls this in neutron-rpc-server only: the endpoint agents call for keys."""

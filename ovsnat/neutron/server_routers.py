@@ -104,6 +104,21 @@ def _bound_to(core, ctx, port_id: str, host: str) -> bool:
         return False
 
 
+def snat_ports_go_with_their_agent(resource, event, trigger, payload) -> None:
+    """An ovsnat agent deleted (`openstack network agent delete`, a host retired): its
+    host's SNAT ports go with it, so a dead host never keeps an external network from being
+    deleted (docs/routers.md, item 4). A host whose agent returns asks for a new one."""
+    agent = payload.latest_state
+    if getattr(agent, "agent_type", None) != c.AGENT_TYPE:
+        return
+    ctx = n_context.get_admin_context()
+    plugin = directory.get_plugin()
+    filters = {"device_owner": [c.DEVICE_OWNER_SNAT], "device_id": [agent.host]}
+    for port in plugin.get_ports(ctx, filters=filters):
+        plugin.delete_port(ctx, port["id"])
+        LOG.info("ovsnat: SNAT port %s of host %s deleted with its agent", port["id"], agent.host)
+
+
 class RouterNotifier:
     """Casts to every ovsnat agent (fanout): which networks' routing changed."""
 
