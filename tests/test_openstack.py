@@ -428,8 +428,14 @@ def test_servers_on_a_host_converge_after_an_agent_restart(cl, count):
     row right: the late server goes ACTIVE (Nova got its event), the removed port DOWN,
     and the server's FIP answers from outside. (100 servers: `make test-openstack-long`.)"""
     net = cl.tenant.network.create_network(name=unique("scale"))
+    # The port moved below takes 10.50.1.250: outside the pool, so Neutron never gave it to
+    # one of the servers first (it did once: 409, "already allocated").
     sub = cl.tenant.network.create_subnet(
-        network_id=net.id, ip_version=4, cidr="10.50.0.0/23", gateway_ip="10.50.0.1"
+        network_id=net.id,
+        ip_version=4,
+        cidr="10.50.0.0/23",
+        gateway_ip="10.50.0.1",
+        allocation_pools=[{"start": "10.50.0.2", "end": "10.50.1.200"}],
     )
     cl.tenant.network.add_interface_to_router(cl.topo.router, subnet=sub.id)  # for FIPs
     t = time.monotonic()
