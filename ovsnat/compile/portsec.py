@@ -102,9 +102,9 @@ def vip_owner_flows(cfg, vip, ports: list, held_nets=frozenset()) -> list[Flow]:
     nets = {net.name: net for _, net in ports}
     flows = []
     for name, net in sorted(nets.items()):
-        first = next((vm for vm, n in ports if n.name == name and not vm.security.admin_down), None)
-        if name not in held_nets and first is not None:
-            flows += _deliver(first, net, c, PAIR_PRIO, f"{int(vip):#x}")
+        if name not in held_nets:
+            up = [vm for vm, n in ports if n.name == name and not vm.security.admin_down]
+            flows += _deliver(up[0], net, c, PAIR_PRIO, f"{int(vip):#x}") if up else []
         if cfg.fabric_ofport:
             match = Match.of(proto="arp", reg6=reg6(net), arp_spa=str(vip), arp_tpa=str(vip))
             flows.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import netaddr
 
 from ovsnat.compile.flows import Flow
-from ovsnat.compile.portsec import vip_owner_flows
+from ovsnat.compile.portsec import vip_addresses, vip_owner_flows
 from ovsnat.core.delta import Delta
 from ovsnat.model import VmPort
 from ovsnat.model.secgroups import HostSecurity
@@ -31,9 +31,7 @@ class SecurityState:
         fips = dict(port.security.pair_fips)
         net = self.net(port).name
         return tuple(
-            (p.cidr.ip, self.vips.state(name, net, str(p.cidr.ip)), fips.get(p.cidr.ip))
-            for p in port.security.pairs
-            if p.cidr.prefixlen == 32
+            (ip, self.vips.state(name, net, str(ip)), fips.get(ip)) for ip in vip_addresses(port)
         )
 
     def vip_seen(self, name: str, vip: str) -> Delta:
@@ -65,14 +63,14 @@ class SecurityState:
         return delta
 
     def _vip_flows(self, address: int) -> list[Flow]:
-        vip = str(netaddr.IPAddress(address))
+        vip = netaddr.IPAddress(address)
         ports = [
             (self.valid[n], self.net(self.valid[n]))
             for (_, v), names in self.vips.ports.items()
-            if v == vip
+            if v == str(vip)
             for n in names
             if n in self.valid and n not in self.lost
         ]
-        held = {net for net, v in self.vips.holder if v == vip}
+        held = {net for net, v in self.vips.holder if v == str(vip)}
         ports.sort(key=lambda pn: pn[0].name)
-        return vip_owner_flows(self.cfg, netaddr.IPAddress(vip), ports, held)
+        return vip_owner_flows(self.cfg, vip, ports, held)

@@ -71,9 +71,6 @@ class Vips:
         dirty, self.dirty = self.dirty, set()
         return dirty
 
-    def addresses(self) -> set[str]:
-        return {vip for _, vip in self.ports}
-
     def ports_of(self, vip: str) -> set[str]:
         """The local ports that have `vip` as a pair, in any network."""
         return {n for (_, v), names in self.ports.items() if v == vip for n in names}
