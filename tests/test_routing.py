@@ -63,7 +63,7 @@ def test_what_a_router_lets_its_networks_reach(ids, routed, fips, pat):
         (
             {"ovsnat-net-tenant-a": "router=r1;vlan=3"},
             "ovsnat-net-tenant-a",
-            "'router=r1;vlan=3' is not router=...",
+            "'router=r1;vlan=3' defines the network without cidr=",
             "isolated",
         ),
         (
