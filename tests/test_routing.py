@@ -13,7 +13,8 @@ from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
 from ovsnat.compile.actions import Ct
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.network import network_flows
-from ovsnat.compile.pipeline import EGRESS, PAT_IN_NET, VM_ARP, VM_ROUTE, check_flow
+from ovsnat.compile.pipeline import EGRESS, PAT_IN_NET, VM_ARP, VM_ROUTE
+from ovsnat.compile.tables import check_flow
 from ovsnat.core.state import HostState, build_state
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.model.networks import parse as parse_network

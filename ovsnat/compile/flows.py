@@ -37,6 +37,9 @@ COOKIE_VLAN_GONE = 0xA7  # the same for a VLAN network's VM (owner: as 0xa4)
 # Security groups (ovsnat.compile.sg_owners): a profile's rules, a remote group's
 # conjunctions, a remote group member's address (owner: the profile id, conj id, address).
 COOKIE_SG_PROFILE, COOKIE_SG_GROUP, COOKIE_SG_MEMBER = 0xA8, 0xA9, 0xAA
+# East-west routing (ovsnat.compile.eastwest): a network routed to (owner: its VLAN, 0 when
+# untagged), the hosts' routed MACs (owner 0).
+COOKIE_EW, COOKIE_HOSTMACS = 0xAB, 0xAC
 KINDS = (
     COOKIE_HOST,
     COOKIE_VM,
@@ -47,6 +50,8 @@ KINDS = (
     COOKIE_SG_PROFILE,
     COOKIE_SG_GROUP,
     COOKIE_SG_MEMBER,
+    COOKIE_EW,
+    COOKIE_HOSTMACS,
 )
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
@@ -87,6 +92,7 @@ FIELD_ORDER = (
     "ct_state",
     "ct_mark",
     "proto",
+    "reg3",
     "reg4",
     "reg5",
     "reg6",
