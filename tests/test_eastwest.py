@@ -210,3 +210,18 @@ def test_routing_status_shows_east_west(sim):
     assert ew["host"] == "hv1" and ew["routed_mac"] == "fa:16:3f:00:00:01"
     assert ew["networks"]["tenant-d"] == {"router": "r1", "local": False, "neighbours": 1}
     assert ew["networks"]["tenant-a"]["local"] and "tenant-b" not in ew["networks"]
+
+
+def test_a_key_change_recompiles_only_the_east_west_owners_whose_inputs_changed():
+    state = HostState(CFG)
+    state.set_routing(parse_bridge(KEYS))
+    for p in PORTS:
+        state.update(p.name, p)
+    delta, nets = state.set_routing(parse_bridge({**KEYS, "ovsnat-sgm-default": "10.1.0.12"}))
+    assert not delta and not delta.owners and not nets  # a security group's key: nothing
+    nb = KEYS["ovsnat-nb-tenant-d"] + ",10.4.0.6=02:00:0a:04:00:06@hv2"
+    keys = {**KEYS, "ovsnat-nb-tenant-d": nb}
+    delta, nets = state.set_routing(parse_bridge(keys))
+    assert delta.owners == {("ew", "tenant-d")} and not nets
+    delta, _ = state.set_routing(parse_bridge({**keys, "ovsnat-hostmac-hv3": "fa:16:3f:00:00:09"}))
+    assert delta.owners == {eastwest.HOSTMACS}

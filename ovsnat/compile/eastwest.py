@@ -138,6 +138,14 @@ def plan(routing: HostRouting, local: Mapping[str, Network]) -> Plan:
     return Plan(tags, dests, problems)
 
 
+def inputs(cfg: HostConfig, routing: HostRouting, p: Plan, owner) -> tuple:
+    """What one of the plan's owners' flows depend on (the same inputs, the same flows)."""
+    if owner == HOSTMACS:
+        return (owner in p.owners(cfg), routing.hosts)
+    name = owner[1]
+    return (p.dests.get(name), routing.neighbours.get(name, ()), routing.hosts.mac)
+
+
 def owner_flows(cfg: HostConfig, routing: HostRouting, p: Plan, owner) -> list[Flow]:
     """The flows of one of the plan's owners."""
     if owner == HOSTMACS:

@@ -37,26 +37,31 @@ class RoutingState:
         and the east-west plan. Returns the flows and the names of those networks (present
         here or not), whose ports the caller gives again."""
         old, self.routing = self.routing, routing
+        if routing == old:  # another bridge key changed (a security group's, say)
+            return Delta(), set()
         changed = {n for n in {*old.nets, *routing.nets} if old.of(n) != routing.of(n)}
-        delta = self.replan(force=True, skip=changed)
+        delta = self.replan(old, skip=changed)
         for name in sorted(changed & set(self.nets)):
             delta.extend(self._store(("net", name), self.net_flows(self.nets[name])))
         return delta, changed
 
-    def replan(self, force: bool = False, skip=()) -> Delta:
-        """Make the east-west plan again (the keys changed, `force`, or this host's
-        networks did): store what changed of its owners' flows and of the local networks'
-        whose tag changed (but those in `skip`, which the caller stores)."""
-        old = self.plan
+    def replan(self, was: HostRouting | None = None, skip=()) -> Delta:
+        """Make the east-west plan again (the keys were `was`, or this host's networks
+        changed): store the plan's owners whose inputs changed (a network's neighbours
+        change one owner's flows, not all) and the local networks whose tag changed (but
+        those in `skip`, which the caller stores)."""
+        old, was = self.plan, was or self.routing
         self.plan = eastwest.plan(self.routing, {n: net for n, net in self.nets.items() if n})
-        if self.plan == old and not force:
+        if self.plan == old and was is self.routing:
             return Delta()
         for name, problem in sorted(self.plan.problems.items()):
             if old.problems.get(name) != problem:
                 LOG.error("ovsnat: %s", problem)
         delta = Delta()
         for owner in sorted({*old.owners(self.cfg), *self.plan.owners(self.cfg)}):
-            delta.extend(self._store(owner, self.ew_flows(owner)))
+            before = eastwest.inputs(self.cfg, was, old, owner)
+            if before != eastwest.inputs(self.cfg, self.routing, self.plan, owner):
+                delta.extend(self._store(owner, self.ew_flows(owner)))
         for name in sorted(set(self.nets) - set(skip)):
             if old.local.get(name, 0) != self.plan.local.get(name, 0):
                 delta.extend(self._store(("net", name), self.net_flows(self.nets[name])))
