@@ -126,7 +126,7 @@ def test_a_remote_network_on_a_local_networks_vlan_is_left_out():
     keys = {**KEYS, "ovsnat-net-tenant-d": "router=r1;cidr=10.4.0.0/24;gw=10.4.0.1;vlan=102"}
     del keys["ovsnat-net-tenant-b"]  # tenant-b has no key: routed as before routers
     ports = [*PORTS, port(11, net=NET_B, ofport=31)]  # and holds VLAN 102 here
-    got = eastwest.plan(parse_bridge(keys), {p.network.name: p.network for p in ports})
+    got = eastwest.plan(CFG, parse_bridge(keys), {p.network.name: p.network for p in ports})
     assert (
         "tenant-d" not in got.dests
         and "network tenant-b's on this host" in got.problems["tenant-d"]
@@ -225,3 +225,20 @@ def test_a_key_change_recompiles_only_the_east_west_owners_whose_inputs_changed(
     assert delta.owners == {("ew", "tenant-d")} and not nets
     delta, _ = state.set_routing(parse_bridge({**keys, "ovsnat-hostmac-hv3": "fa:16:3f:00:00:09"}))
     assert delta.owners == {eastwest.HOSTMACS}
+
+
+@pytest.mark.parametrize(
+    "definition,words",
+    [
+        ("vlan=-", "untagged, but the fabric's untagged segment is this host's default network"),
+        ("vlan=4000", "VLAN 4000 is this host's handoff_vlan"),
+    ],
+)
+def test_a_remote_network_is_held_to_what_the_host_reserves(definition, words):
+    cfg = HostConfig.parse({**BASE, **FABRIC, "handoff_vlan": 4000})
+    value = "router=r1;cidr=10.4.0.0/24;gw=10.4.0.1;" + definition
+    keys = parse_bridge({**KEYS, "ovsnat-net-tenant-d": value})
+    local = {"": cfg.default_network, **{p.network.name: p.network for p in PORTS}}
+    got = eastwest.plan(cfg, keys, local)
+    assert "tenant-d" not in got.dests and words in got.problems["tenant-d"], got.problems
+    assert "tenant-c" in got.dests  # the router's other networks are untouched

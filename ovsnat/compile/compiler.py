@@ -30,7 +30,7 @@ def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
     for vm in state.vms:
         sg.use(vm.name, port_profile(vm))
     routing = state.routing
-    ew = eastwest.plan(routing, {net.name: net for net in nets if net.name})
+    ew = eastwest.plan(cfg, routing, {net.name: net for net in nets})
     flows = flowident.resolve(
         [
             (flowident.HOST, host_flows(cfg)),

@@ -46,6 +46,7 @@ from ovsnat.compile.shared import fabric_out
 from ovsnat.model import HostConfig, VmPort, mac_str
 from ovsnat.model.networks import Network
 from ovsnat.model.routing import HostRouting, Routing
+from ovsnat.model.validate import network_problem
 
 TABLES = (
     declare(
@@ -108,13 +109,19 @@ class Plan:
 NO_PLAN = Plan()
 
 
-def plan(routing: HostRouting, local: Mapping[str, Network]) -> Plan:
-    """The plan from the bridge's keys and this host's networks (name -> definition)."""
+def plan(cfg: HostConfig, routing: HostRouting, local: Mapping[str, Network]) -> Plan:
+    """The plan from the bridge's keys and this host's networks (name -> definition, the
+    default network's too). A network with no port here is held to what the host reserves
+    as a port's network is (ovsnat.model.validate.network_problem)."""
     tags: dict[str, int] = {}
     kept: dict[str, Routing] = {}
     problems: dict[str, str] = {}
     by_id = {n.id: n for n in local.values()}
     for name, r in sorted(routing.east_west().items()):
+        reserved = name not in local and network_problem(name, r.net.cidr, r.net.vlan, cfg.limits)
+        if reserved:
+            problems[name] = f"{reserved}; not routed east-west"
+            continue
         if name in local and local[name] != r.net:
             mine = local[name]
             problems[name] = (

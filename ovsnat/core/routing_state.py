@@ -51,7 +51,7 @@ class RoutingState:
         change one owner's flows, not all) and the local networks whose tag changed (but
         those in `skip`, which the caller stores)."""
         old, was = self.plan, was or self.routing
-        self.plan = eastwest.plan(self.routing, {n: net for n, net in self.nets.items() if n})
+        self.plan = eastwest.plan(self.cfg, self.routing, self.nets)
         if self.plan == old and was is self.routing:
             return Delta()
         for name, problem in sorted(self.plan.problems.items()):
