@@ -94,8 +94,8 @@ class Plan:
     """Which networks are routed east-west here. `local`: this host's networks that are
     (name -> their router's tag); `dests`: every network they may reach (of a router with
     a local network here, the local ones included); `problems`: networks left out because
-    of this host's ports (a key that defines a network otherwise than its ports do, or
-    names a VLAN a local network of another name has)."""
+    of this host (a key that defines a network otherwise than its ports do, names a VLAN
+    a local network of another name has, or what the host reserves)."""
 
     local: Mapping[str, int] = field(default_factory=dict)
     dests: Mapping[str, Routing] = field(default_factory=dict)
