@@ -1,6 +1,7 @@
-"""A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
-They exist while the network has an accepted port on this host (the default network's
-always), and depend on nothing but the host config and the network."""
+"""A network's own flows: its gateway, its fabric segment, its way into and out of PAT, its
+part of east-west routing. They exist while the network has an accepted port on this host
+(the default network's always), and depend on nothing but the host config, the network,
+its routing and its router's tag (docs/routers.md)."""
 
 from __future__ import annotations
 
