@@ -192,3 +192,48 @@ def test_switched_traffic_of_a_routed_network_still_crosses_the_fabric(ew):
         assert tcp_connect(ew, c1.ns, c2.ip, 7000).ok
         [syn] = wait_captured(pcap, lambda p: TCP in p and p[IP].src == c1.ip)[:1]
     assert syn.src == c1.mac and syn[IP].ttl == 64
+
+
+def set_keys(lab, keys: dict[str, str]) -> None:
+    """The same bridge keys on both hosts, as both agents would write them."""
+    for host in ("hv1", "hv2"):
+        lab.hosts[host].vsctl(
+            "set", "Bridge", "br-int", *[f'external_ids:{k}="{v}"' for k, v in keys.items()]
+        )
+
+
+def reaches(lab, src: str, dst: str) -> bool:
+    return tcp_connect(lab, lab.vms[src].ns, ip_of(dst), 7000, timeout=1).ok
+
+
+def test_detaching_a_network_from_its_router_stops_east_west_and_attaching_it_resumes(ew):
+    detached = f"router=-;cidr={TENANT_C.cidr};gw={TENANT_C.gateway};vlan={TENANT_C.vlan}"
+    attached = bridge_keys("hv1")["ovsnat-net-tenant-c"]
+    assert reaches(ew, "a1", "c2") and reaches(ew, "a1", "c1")
+    try:
+        set_keys(ew, {"ovsnat-net-tenant-c": detached})
+        wait_for(lambda: not reaches(ew, "a1", "c2"), 5, what="a1 to c2 stopped")
+        assert not reaches(ew, "a1", "c1") and not reaches(ew, "c2", "a1")
+        assert reaches(ew, "c1", "c2")  # tenant-c itself: an isolated L2 segment, working
+    finally:
+        set_keys(ew, {"ovsnat-net-tenant-c": attached})
+    wait_for(lambda: reaches(ew, "a1", "c2"), 5, what="a1 to c2 routed again")
+    assert reaches(ew, "c1", "a1")
+
+
+def test_a_routed_packet_meets_the_destination_ports_security_groups(ew):
+    c2 = ew.vms["c2"]
+    hv2 = ew.hosts["hv2"]
+    hv2.vsctl(
+        "set",
+        "Bridge",
+        "br-int",
+        'external_ids:ovsnat-sg-pingonly="i1,in,4,icmp,-,-;o1,out,4,any,-,-"',
+    )
+    try:
+        hv2.vsctl("set", "Interface", c2.tap, "external_ids:ovsnat-sg=pingonly")
+        wait_for(lambda: not reaches(ew, "a1", "c2"), 5, what="TCP to c2 refused by its group")
+        assert ping(ew.vms["a1"].ns, c2.ip, count=2).received == 2  # ICMP allowed: control
+    finally:
+        hv2.vsctl("remove", "Interface", c2.tap, "external_ids", "ovsnat-sg")
+    wait_for(lambda: reaches(ew, "a1", "c2"), 5, what="TCP to c2 unfiltered again")
