@@ -49,17 +49,15 @@ from ovsnat.compile.pipeline import (
     CONN_COUNT,
     DELIVER,
     EGRESS,
+    EW_ROUTE,
     FABRIC_IN,
     HANDOFF_IN,
     INGRESS,
     PAT_OUT,
-    TABLES,
     UPLINK_ARP,
     VM_ARP,
     VM_L2,
     VM_ROUTE,
-    PipelineViolation,
-    check_flow,
 )
 from ovsnat.compile.punt_flows import (
     CLAIM_METER,
@@ -68,6 +66,7 @@ from ovsnat.compile.punt_flows import (
     UPLINK_METER,
     quarantine_flows,
 )
+from ovsnat.compile.tables import TABLES, PipelineViolation, check_flow
 from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, VmPort
 from ovsnat.model.secgroups import PortSecurity
@@ -137,8 +136,9 @@ def test_every_flow_stays_inside_its_tables_declaration(overrides):
 def test_every_declared_table_ends_in_a_priority_0_catch_all():
     flows = host_flows(config(**FABRIC, handoff_vlan=4000, conn_limit=100))
     drops = {f.table for f in flows if f.priority == 0 and f.match == Match() and not f.actions}
-    # conn_count's catch-all goes on to egress: only new connections are counted.
-    assert drops == {t.id for t in TABLES} - {CONN_COUNT}
+    # conn_count's catch-all goes on to egress: only new connections are counted; and
+    # ew_route's: what is not routed east-west is routed as before.
+    assert drops == {t.id for t in TABLES} - {CONN_COUNT, EW_ROUTE}
     [switched] = [f for f in flows if f.table == VM_ROUTE and f.priority == 10]
     assert switched.actions == (pipeline.TO_KEY_IP, Goto(VM_L2))  # switched in the network
     assert FABRIC_IN not in {f.table for f in host_flows(config())}  # no fabric, no table
@@ -251,11 +251,13 @@ def test_cookies_are_unique_within_a_hosts_flows(overrides):
 def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
     # 17 of them are the security-group tables' (ovsnat.compile.sg_flows.host_flows)
-    assert len(host_flows(cfg)) == 80
-    assert len(host_flows(cfg64)) == 79  # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 80  # ARP punt replaces egress
-    assert len(host_flows(fabric)) == 89  # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1
-    assert len(host_flows(config(dhcp="false"))) == 78  # no DHCP punt, no uplink drop
+    # 3 the east-west lookup's (ew_route: TTL 0 and 1, the miss)
+    assert len(host_flows(cfg)) == 83
+    assert len(host_flows(cfg64)) == 82  # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 83  # ARP punt replaces egress
+    # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1, ew_in and ew_in_port drops: 2
+    assert len(host_flows(fabric)) == 94
+    assert len(host_flows(config(dhcp="false"))) == 81  # no DHCP punt, no uplink drop
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7
     assert len(network_flows(fabric, port(11, net=NET_A).network)) == 8
@@ -264,7 +266,8 @@ def test_flow_counts_per_object():
     assert len(vm_flows(cfg, FIP_VM, active=False)) == 7  # FIP dark until activation
     assert len(vm_flows(cfg, PAT_VM)) == len(vm_flows(cfg, PAT_VM, active=False)) == 3
     assert len(vm_flows(cfg64, PAT_VM)) == 4
-    assert len(vm_flows(fabric, PAT_VM)) == 4  # nobody on the fabric may use its MAC
+    # nobody on the fabric may use its MAC; routed frames from other hosts to its MAC
+    assert len(vm_flows(fabric, PAT_VM)) == 5
     # A filtered port: its IP delivered through its ingress rules, a drop flow each way.
     filtered = replace(FIP_VM, security=PortSecurity(groups=("default",)))
     assert len(vm_flows(cfg, filtered)) == 8 + 3

@@ -37,6 +37,7 @@ def test_pipeline_md_tables_match_the_declared_pipeline():
         "handoff",
         "conn-limit",
         "unrouted",
+        "east-west",
     ],
 )
 def test_ovs_accepts_golden_flows_and_dumps_them_identically(make_lab, name):

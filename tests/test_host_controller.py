@@ -396,7 +396,7 @@ def test_every_message_gets_a_distinct_xid_and_errors_blame_the_right_one(caplog
 
 def test_flows_go_through_the_declared_pipeline_on_the_runtime_path(monkeypatch):
     from ovsnat.compile.flows import Match, make_flow
-    from ovsnat.compile.pipeline import PipelineViolation
+    from ovsnat.compile.tables import PipelineViolation
     from ovsnat.core import state
 
     monkeypatch.setattr(

@@ -14,7 +14,8 @@ from ovsnat.cli.golden import BASE, FABRIC, NET_A, NET_B, port
 from ovsnat.compile.actions import Ct
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.network import network_flows
-from ovsnat.compile.pipeline import EGRESS, PAT_IN_NET, VM_ARP, VM_ROUTE, check_flow
+from ovsnat.compile.pipeline import EGRESS, PAT_IN_NET, VM_ARP, VM_ROUTE
+from ovsnat.compile.tables import check_flow
 from ovsnat.core.state import HostState, build_state
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.model.networks import parse as parse_network
@@ -64,7 +65,7 @@ def test_what_a_router_lets_its_networks_reach(ids, routed, fips, pat):
         (
             {"ovsnat-net-tenant-a": "router=r1;vlan=3"},
             "ovsnat-net-tenant-a",
-            "'router=r1;vlan=3' is not router=...",
+            "'router=r1;vlan=3' defines the network without cidr=",
             "isolated",
         ),
         (

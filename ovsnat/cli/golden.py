@@ -10,201 +10,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 
-from ovsnat.compile import sg_flows
+from ovsnat.cli.scenarios import (
+    BASE,
+    FABRIC,
+    HANDOFFS,
+    NET_A,
+    SCENARIOS,
+    port,
+    scenario_state,
+)
+from ovsnat.cli.scenarios import FLAT as FLAT
+from ovsnat.cli.scenarios import NET_B as NET_B
+from ovsnat.cli.scenarios import build_state as build_state
+from ovsnat.compile import eastwest, sg_flows
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import ofctl_text
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
-from ovsnat.compile.pipeline import TABLES
 from ovsnat.compile.punt_flows import METERS
+from ovsnat.compile.tables import TABLES
 from ovsnat.compile.vm import vm_flows
-from ovsnat.core.state import HostState, build_state
-from ovsnat.model import DesiredState, HostConfig, VmPort, routing
-from ovsnat.model.secgroups import Group, Rule, parse_bridge
+from ovsnat.core.state import HostState
+from ovsnat.model import HostConfig, routing
+from ovsnat.model.secgroups import Group, Rule
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOWS_DIR = os.path.join(REPO, "flows")
-
-BASE = {
-    "bridge": "br-int",
-    "uplink_port": "uplink",
-    "uplink_ofport": 1,
-    "internal_cidr": "10.0.0.0/24",
-    "internal_gateway_ip": "10.0.0.1",
-    "router_mac": "02:00:00:00:00:01",
-    "external_cidr": "203.0.113.0/24",
-    "external_gateway_ip": "203.0.113.1",
-    "external_gateway_mac": "02:00:00:00:00:fe",
-    "snat_ip": "203.0.113.11",
-    "snat_port_min": 20000,
-    "snat_port_max": 29999,
-    "ct_zone": 65000,
-    "fip_frag_ct_zone": 65001,
-}
-
-
-FABRIC = {"fabric_port": "fabric", "fabric_ofport": 2}
-NET_A = {
-    "ovsnat-network": "tenant-a",
-    "ovsnat-cidr": "10.1.0.0/24",
-    "ovsnat-gateway": "10.1.0.1",
-    "ovsnat-vlan": "101",
-}
-NET_B = {**NET_A, "ovsnat-network": "tenant-b", "ovsnat-vlan": "102"}
-FLAT = {"ovsnat-network": "flat", "ovsnat-cidr": "10.3.0.0/24", "ovsnat-gateway": "10.3.0.1"}
-
-
-def port(
-    n: int, fip: str | None = None, net: dict | None = None, ofport: int = 0, **keys: str
-) -> VmPort:
-    """VM n: MAC 02:00:0a:00:00:n, fixed IP .n of its network (the default one unless `net`
-    names one), ofport n unless given; `keys`: more external_ids (ovsnat_sg: ovsnat-sg)."""
-    prefix = net["ovsnat-cidr"].rsplit(".", 1)[0] if net else "10.0.0"
-    ids = {
-        "iface-id": f"vm{n}",
-        "attached-mac": f"02:00:0a:00:00:{n:02x}",
-        "ovsnat-fixed-ip": f"{prefix}.{n}",
-        **(net or {}),
-    }
-    if fip:
-        ids["ovsnat-fip"] = fip
-    ids.update({k.replace("_", "-"): v for k, v in keys.items()})
-    name = f"tapvm{n}" + (f"-{net['ovsnat-network']}" if net else "")
-    return VmPort.from_external_ids(name, ofport or n, ids)
-
-
-# name -> (description, option overrides, ports)
-SCENARIOS = {
-    "fip-only": ("One VM with a floating IP.", {}, [port(11, "203.0.113.10")]),
-    "pat-only": ("One VM without a floating IP (PAT).", {}, [port(12)]),
-    "mixed": ("A FIP VM and a PAT VM on one host.", {}, [port(11, "203.0.113.10"), port(12)]),
-    "hairpin": (
-        "Two FIP VMs and a PAT VM that reach each other's FIPs.",
-        {},
-        [port(11, "203.0.113.10"), port(12), port(13, "203.0.113.12")],
-    ),
-    "per-vm-pat-blocks": (
-        "PAT with 64 ports per VM (pat_ports_per_vm=64).",
-        {"pat_ports_per_vm": 64},
-        [port(12), port(14), port(15, "203.0.113.15")],
-    ),
-    "gateway-by-arp": (
-        "external_gateway_mac empty: the gateway's MAC is learned by ARP; "
-        "until then nothing leaves the uplink.",
-        {"external_gateway_mac": ""},
-        [port(11, "203.0.113.10"), port(12)],
-    ),
-    "many-vms": (
-        "20 VMs, every third with a FIP.",
-        {},
-        [port(n, f"203.0.113.{100 + n}" if n % 3 == 0 else None) for n in range(20, 40)],
-    ),
-    "networks": (
-        "A fabric port; the default network and two VLAN networks with the same "
-        "CIDR (10.1.0.0/24 in VLAN 101 and 102), each with a PAT VM at 10.1.0.11 and "
-        "VLAN 101 with a FIP VM.",
-        FABRIC,
-        [
-            port(11, "203.0.113.10"),
-            port(11, net=NET_A, ofport=21),
-            port(12, "203.0.113.12", net=NET_A, ofport=22),
-            port(11, net=NET_B, ofport=31),
-        ],
-    ),
-    "flat": (
-        "No default network (internal_cidr empty): an untagged network 'flat' and a VLAN "
-        "network on the fabric.",
-        {**FABRIC, "internal_cidr": "", "internal_gateway_ip": ""},
-        [port(11, "203.0.113.10", net=FLAT, ofport=11), port(11, net=NET_A, ofport=21)],
-    ),
-    "conn-limit": (
-        "conn_limit 100: each PAT VM counts its connections in a zone of its own "
-        "(conn_limit_zone_base 20000 + its ofport); a FIP VM has no limit.",
-        {"conn_limit": 100},
-        [port(11, "203.0.113.10"), port(12), port(13)],
-    ),
-    "handoff": (
-        "PAT session handoff (handoff_vlan 4000): a resident PAT VM (vm12), one that "
-        "arrived within its grace period (vm13), and one that left this host for "
-        "another (vm14 of tenant-a); docs/handoff.md.",
-        {**FABRIC, "handoff_vlan": 4000},
-        [port(12), port(13)],
-    ),
-    "security-groups": (
-        "Security groups (flows/pipeline.md): vm11 (FIP) and vm12 share Neutron's default "
-        "group (egress open, ingress from the group's members); vm13 has a web group "
-        "(TCP 80 and 8000-8099 from anywhere, ICMP echo from 198.51.100.0/24, SSH from "
-        "the default group) and an allowed address pair; vm14 has port security off; vm15 "
-        "is administratively down. Members of the default group: vm11, vm12 and 10.0.0.40 "
-        "(on another host).",
-        {},
-        [
-            port(11, "203.0.113.10", ovsnat_sg="default"),
-            port(12, ovsnat_sg="default"),
-            port(13, ovsnat_sg="web", ovsnat_allowed_pairs="10.0.0.100"),
-            port(14, ovsnat_port_security="off"),
-            port(15, ovsnat_sg="default", ovsnat_admin="down"),
-        ],
-    ),
-    "unrouted": (
-        "A network on no router (tenant-a: ovsnat-net-tenant-a router=-, docs/routers.md): "
-        "its gateway's ARP is answered (the DHCP server's address) but nothing is routed, "
-        "no PAT, and vm12's FIP is held inert; tenant-b, on router r1 with a gateway, is "
-        "routed as before.",
-        FABRIC,
-        [
-            port(11, net=NET_A, ofport=21),
-            port(12, "203.0.113.12", net=NET_A, ofport=22),
-            port(11, net=NET_B, ofport=31),
-        ],
-    ),
-    "no-snat": (
-        "Routers without PAT (docs/routers.md): tenant-a on router r1 with enable_snat "
-        "off (its FIP VM vm12 still translated, its PAT VM vm11 reaches nothing outside), "
-        "the untagged network flat on router r2 without gateway (vm13's FIP held inert).",
-        {**FABRIC, "internal_cidr": "", "internal_gateway_ip": ""},
-        [
-            port(11, net=NET_A, ofport=21),
-            port(12, "203.0.113.12", net=NET_A, ofport=22),
-            port(13, "203.0.113.13", net=FLAT, ofport=13),
-        ],
-    ),
-}
-# Scenario name -> the bridge's keys (security groups, routers)
-BRIDGE_KEYS = {
-    "unrouted": {
-        "ovsnat-net-tenant-a": "router=-",
-        "ovsnat-net-tenant-b": "router=r1",
-        "ovsnat-router-r1": "ext=public;snat=on",
-    },
-    "no-snat": {
-        "ovsnat-net-tenant-a": "router=r1",
-        "ovsnat-router-r1": "ext=public;snat=off",
-        "ovsnat-net-flat": "router=r2",
-        "ovsnat-router-r2": "ext=-;snat=off",
-    },
-    "security-groups": {
-        "ovsnat-sg-default": "r1,in,4,any,-,g:default;r2,out,4,any,-,-;r3,out,6,any,-,-",
-        "ovsnat-sgm-default": "10.0.0.11,10.0.0.12,10.0.0.40",
-        "ovsnat-sg-web": (
-            "w1,in,4,tcp,80,-;w2,in,4,tcp,8000-8099,p:0.0.0.0/0;w3,in,4,icmp,8,p:198.51.100.0/24;"
-            "w4,in,4,tcp,22,g:default;w5,out,4,any,-,-"
-        ),
-    },
-}
-# Scenario name -> (ports that arrived after the controller's first view, ports that left)
-HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
-
-
-def scenario_state(name: str) -> DesiredState:
-    """A scenario's desired state: its host config, ports and bridge keys."""
-    _, overrides, ports = SCENARIOS[name]
-    keys = BRIDGE_KEYS.get(name, {})
-    state = build_state(HostConfig.parse({**BASE, **overrides}), ports, routing.parse_bridge(keys))
-    assert not state.rejected, state.rejected
-    return replace(state, security=parse_bridge(keys))
 
 
 def render(name: str) -> str:
@@ -265,8 +97,35 @@ def flow_counts() -> dict[str, int]:
         "remote group member address, per direction a rule names its group in": len(
             sg_flows.member_flows(1, "10.0.0.5", [("g", True, True)])
         ),
+        **_east_west_counts(fabric, vlan),
         "host-level (gateway MAC configured)": len(host_flows(cfg)),
         "host-level, with a fabric": len(host_flows(fabric)),
+    }
+
+
+def _east_west_counts(fabric: HostConfig, vlan) -> dict[str, int]:
+    """East-west routing's costs (docs/routers.md), with a fabric."""
+    keys = routing.parse_bridge(
+        {
+            "ovsnat-net-tenant-a": "router=r1;cidr=10.1.0.0/24;gw=10.1.0.1;vlan=101",
+            "ovsnat-router-r1": "ext=-;snat=off",
+            "ovsnat-host": "hv1",
+            "ovsnat-hostmac-hv1": "fa:16:3f:00:00:01",
+            "ovsnat-hostmac-hv2": "fa:16:3f:00:00:02",
+            "ovsnat-nb-tenant-a": "10.1.0.20=02:00:0a:01:00:14@hv2",
+        }
+    )
+    route = keys.of("tenant-a")
+    own = len(network_flows(fabric, vlan, route, route.tag)) - len(
+        network_flows(fabric, vlan, route)
+    )
+    dest = eastwest.dest_flows(fabric, route, (), keys.hosts.mac)
+    neighbours = eastwest.dest_flows(fabric, route, keys.neighbours["tenant-a"], keys.hosts.mac)
+    return {
+        "network routed east-west with a port here, besides its own flows": own,
+        "network reachable east-west (each network of a router with a network here)": len(dest),
+        "remote neighbour (an `ovsnat-nb-*` entry)": len(neighbours) - len(dest),
+        "host with a routed MAC (ovsnat-hostmac-*; this host's own: a drop)": 1,
     }
 
 

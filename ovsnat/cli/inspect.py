@@ -20,7 +20,8 @@ import netaddr
 
 from ovsnat.compile import flowident
 from ovsnat.compile.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_owner, is_ours
-from ovsnat.compile.pipeline import BY_ID, INGRESS
+from ovsnat.compile.pipeline import INGRESS
+from ovsnat.compile.tables import BY_ID
 from ovsnat.core.state import HostState
 from ovsnat.model import HostConfig, VmPort, port_from_row, routing, with_gateway_mac
 from ovsnat.model.options import read_ini
@@ -111,6 +112,8 @@ class View:
         owner = self.host.owner_names.get(cookie >> 24)
         if isinstance(owner, tuple) and owner[0] in ("sgp", "sgg", "sgm"):
             return self.host.sg.explain(owner, table if table is not None else -1, cookie)
+        if isinstance(owner, tuple) and owner[0] != "net":
+            return flowident.label(owner)
         if isinstance(owner, tuple):
             return flowident.label(owner)  # a network, a departed port, a VIP
         if owner is not None:

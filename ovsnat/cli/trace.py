@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import netaddr
 
 from ovsnat.cli.inspect import InspectError, View, find_vm, ovs_tool
-from ovsnat.compile.pipeline import BY_ID, SG_IN, SG_OUT
+from ovsnat.compile.pipeline import SG_IN, SG_OUT
+from ovsnat.compile.tables import BY_ID
 from ovsnat.model import mac_str
 
 STEP = re.compile(r"^\s*(\d+)\. (.*?), priority (\d+), cookie (0x[0-9a-f]+)")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovsnat.compile import flowident, portsec
+from ovsnat.compile import eastwest, flowident, portsec
 from ovsnat.compile.flows import Flow
 from ovsnat.compile.host import host_flows
 from ovsnat.compile.network import network_flows
-from ovsnat.compile.pipeline import check_flow
 from ovsnat.compile.sg_owners import SecurityOwners
+from ovsnat.compile.tables import check_flow
 from ovsnat.compile.vm import vm_flows
 from ovsnat.model import DesiredState
 
@@ -29,16 +29,22 @@ def compile_state(state: DesiredState, check: bool = True) -> list[Flow]:
     sg = SecurityOwners(state.security)
     for vm in state.vms:
         sg.use(vm.name, port_profile(vm))
+    routing = state.routing
+    ew = eastwest.plan(cfg, routing, {net.name: net for net in nets})
     flows = flowident.resolve(
         [
             (flowident.HOST, host_flows(cfg)),
             *(
-                (("net", net.name), network_flows(cfg, net, state.routing.of(net.name)))
+                (
+                    ("net", net.name),
+                    network_flows(cfg, net, routing.of(net.name), ew.local.get(net.name, 0)),
+                )
                 for net in nets
             ),
             *((vm.name, vm_flows(cfg, vm, vm.net(cfg))) for vm in state.vms),
             *((owner, sg.flows(owner)) for owner in sg.owners()),
             *vip_owners(cfg, state.vms),
+            *((o, eastwest.owner_flows(cfg, routing, ew, o)) for o in ew.owners(cfg)),
         ]
     )
     if check:

@@ -19,6 +19,7 @@ from ovsnat.compile.pipeline import (
     CONN_COUNT,
     CONN_VERDICT,
     EGRESS,
+    EW_ROUTE,
     LIMITED,
     VM_ROUTE,
     flag,
@@ -68,6 +69,15 @@ def host_flows(cfg: HostConfig, c: int, router_mac: str) -> list[Flow]:
             VM_ROUTE,
             110,
             Match.of(proto="ip", reg5=flag(LIMITED), dl_dst=router_mac),
+            [Ct(zone="reg4", table=CONN_COUNT)],
+        ),
+        # A network routed east-west comes through ew_route: what it does not route on
+        # is counted as from vm_route.
+        make_flow(
+            c,
+            EW_ROUTE,
+            10,
+            Match.of(proto="ip", reg5=flag(LIMITED)),
             [Ct(zone="reg4", table=CONN_COUNT)],
         ),
         make_flow(

@@ -66,8 +66,17 @@ def rank(owner) -> tuple[int, str]:
     if owner is HOST:
         return 0, ""
     if isinstance(owner, tuple):
-        order = {"net": 1, "gone": 3, "sgp": 4, "sgg": 5, "sgm": 6, "vip": 7}[owner[0]]
-        return order, str(owner[1])
+        order = {
+            "net": 1,
+            "gone": 3,
+            "sgp": 4,
+            "sgg": 5,
+            "sgm": 6,
+            "vip": 7,
+            "ew": 8,
+            "hostmacs": 9,
+        }
+        return order[owner[0]], str(owner[1])
     return 2, owner
 
 
@@ -81,6 +90,10 @@ def label(owner) -> str:
             return f"VIP {netaddr.IPAddress(owner[1])}"
         if owner[0] in SG_LABELS:
             return f"{SG_LABELS[owner[0]]} {owner[1]}"
+        if owner[0] == "ew":
+            return f"east-west routes to network {owner[1] or '(default)'}"
+        if owner[0] == "hostmacs":
+            return "hosts' routed MACs"
         return f"departed port {owner[1]}"
     return f"port {owner}"
 

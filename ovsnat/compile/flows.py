@@ -13,7 +13,8 @@ can be removed exactly:
     bits 55-24  owner: 0 for host-level flows; the VM's fixed IPv4 address (0xa2); the
                 network's VLAN, 0 when untagged (0xa3); VLAN << 20 | the fixed IP's low 20
                 bits (0xa4: two VLAN networks may use the same addresses); 0xa8-0xaa
-                security groups (ovsnat.compile.sg_owners); 0xab a VIP's address
+                security groups (ovsnat.compile.sg_owners); 0xab a VIP's address; 0xac,
+                0xad east-west (ovsnat.compile.eastwest)
     bits 23-0   digest of the flow's table, priority, match and actions (salted when two
                 flows of one owner would share a cookie: ovsnat.compile.flowident)
 
@@ -41,6 +42,9 @@ COOKIE_SG_PROFILE, COOKIE_SG_GROUP, COOKIE_SG_MEMBER = 0xA8, 0xA9, 0xAA
 # An allowed-pair address local ports share (a VIP): the flows every holder-to-be needs,
 # owned once however many local ports have it (owner: the address).
 COOKIE_VIP = 0xAB
+# East-west routing (ovsnat.compile.eastwest): a network routed to (owner: its VLAN, 0 when
+# untagged), the hosts' routed MACs (owner 0).
+COOKIE_EW, COOKIE_HOSTMACS = 0xAC, 0xAD
 KINDS = (
     COOKIE_HOST,
     COOKIE_VM,
@@ -52,6 +56,8 @@ KINDS = (
     COOKIE_SG_GROUP,
     COOKIE_SG_MEMBER,
     COOKIE_VIP,
+    COOKIE_EW,
+    COOKIE_HOSTMACS,
 )
 # Flows with a hard timeout, outside the desired state: never dumped or reconciled, they
 # expire by themselves (a DHCP-flooding port's quarantine, owner = its OpenFlow port).
@@ -92,6 +98,7 @@ FIELD_ORDER = (
     "ct_state",
     "ct_mark",
     "proto",
+    "reg3",
     "reg4",
     "reg5",
     "reg6",

@@ -6,7 +6,7 @@ limits, the gateway's MAC, DHCP, the fabric). They depend on the host config alo
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, handoff_flows, sg_flows
+from ovsnat.compile import connlimit, eastwest, handoff_flows, sg_flows
 from ovsnat.compile.actions import (
     Controller,
     Ct,
@@ -115,7 +115,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows += dhcp_punts(cfg, c)
     if cfg.fabric_ofport:
         flows += _fabric(cfg, c)
-    return flows + sg_flows.host_flows(c)
+    return flows + eastwest.host_part(cfg, c) + sg_flows.host_flows(c)
 
 
 def _drop(c: int, table: int, prio: int = 0, match: Match = Match()) -> Flow:

@@ -1,11 +1,12 @@
-"""A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
-They exist while the network has an accepted port on this host (the default network's
-always), and depend on nothing but the host config and the network."""
+"""A network's own flows: its gateway, its fabric segment, its way into and out of PAT, its
+part of east-west routing. They exist while the network has an accepted port on this host
+(the default network's always), and depend on nothing but the host config, the network,
+its routing and its router's tag (docs/routers.md)."""
 
 from __future__ import annotations
 
-from ovsnat.compile import handoff_flows
-from ovsnat.compile.actions import Ct, CtClear, Goto, Load, Nat, Output, PopVlan, PushVlan
+from ovsnat.compile import eastwest, handoff_flows
+from ovsnat.compile.actions import Ct, CtClear, Goto, Load, Nat, PopVlan
 from ovsnat.compile.flows import COOKIE_NET, NO_VLAN, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     CLASSIFY,
@@ -26,27 +27,23 @@ from ovsnat.compile.pipeline import (
     no_flag,
     reg6,
 )
-from ovsnat.compile.shared import arp_reply
+from ovsnat.compile.shared import arp_reply, fabric_out
 from ovsnat.model import HostConfig, mac_str, networks
 from ovsnat.model.networks import Network
 from ovsnat.model.routing import LEGACY, Routing
 
 
-def fabric_out(cfg: HostConfig, net: Network) -> list:
-    """To the fabric in the network's VLAN. Last in an action list: push_vlan applies to
-    every output after it."""
-    if not cfg.fabric_ofport:
-        return []
-    return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]
-
-
-def network_flows(cfg: HostConfig, net: Network, route: Routing = LEGACY) -> list[Flow]:
+def network_flows(
+    cfg: HostConfig, net: Network, route: Routing = LEGACY, ew_tag: int = 0
+) -> list[Flow]:
     """A network's own flows: its gateway, its fabric segment, its way into and out of PAT.
     The untagged network goes straight to the shared PAT zone; a VLAN network first through
     its own zone, to its transit address, so overlapping fixed IPs never meet there. Its
     routing (docs/routers.md) decides what its gateway does: on no router, nothing routed
     (the gateway's ARP is still answered: it is the DHCP server's identifier); without PAT,
-    nothing leaves but through a FIP."""
+    nothing leaves but through a FIP; routed east-west (`ew_tag`, its router's tag when
+    its key defines it as its ports do: ovsnat.compile.eastwest), its routed packets look
+    for the router's other networks first."""
     c = owner_cookie(COOKIE_NET, net.id)
     r6 = reg6(net)
     gw = str(net.gateway)
@@ -68,7 +65,8 @@ def network_flows(cfg: HostConfig, net: Network, route: Routing = LEGACY) -> lis
         flows += _pat_flows(cfg, net, c)
     elif route.routed:  # counted apart from the table's default drop
         flows.append(make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6), []))
-    return flows + _fabric_flows(cfg, net, c)
+    flows += eastwest.network_part(cfg, net, ew_tag, c)
+    return flows + _fabric_flows(cfg, net, c, ew_tag)
 
 
 def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
@@ -124,7 +122,7 @@ def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
     ]
 
 
-def _fabric_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
+def _fabric_flows(cfg: HostConfig, net: Network, c: int, ew_tag: int) -> list[Flow]:
     """The network's segment of the fabric: in from it, ARP and switched IP out to it."""
     if not cfg.fabric_ofport:
         return []
@@ -134,7 +132,7 @@ def _fabric_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
         if net.vlan
         else Match.of(in_port=cfg.fabric_ofport, vlan_tci=NO_VLAN)
     )
-    tag = [PopVlan(), Load("reg6", net.id)] if net.vlan else []
+    tag = ([PopVlan(), Load("reg6", net.id)] if net.vlan else []) + eastwest.classify_tag(ew_tag)
     return [
         make_flow(
             c, CLASSIFY, 100, from_fabric, tag + [Load("reg5", 1, FROM_FABRIC), Goto(FABRIC_IN)]

@@ -1,10 +1,11 @@
 """Action lists more than one owner's flows use: an ARP responder (the SNAT IP's, a
-network gateway's, a FIP's) and the commit into the shared PAT zone (the host's range, or a
-VM's own block)."""
+network gateway's, a FIP's), the commit into the shared PAT zone (the host's range, or a
+VM's own block) and the way onto the fabric in a network's VLAN (a network's switched
+traffic, a routed packet for a remote neighbour)."""
 
 from __future__ import annotations
 
-from ovsnat.compile.actions import Ct, Move, Nat, Output, SetField
+from ovsnat.compile.actions import Ct, Move, Nat, Output, PushVlan, SetField
 from ovsnat.compile.pipeline import PAT_GUARD
 from ovsnat.model import HostConfig
 
@@ -30,3 +31,11 @@ def pat_commit(cfg: HostConfig, lo: int, hi: int) -> Ct:
     return Ct(
         zone=cfg.ct_zone, table=PAT_GUARD, commit=True, nat=Nat("src", str(cfg.snat_ip), lo, hi)
     )
+
+
+def fabric_out(cfg: HostConfig, net) -> list:
+    """To the fabric in the network's VLAN. Last in an action list: push_vlan applies to
+    every output after it."""
+    if not cfg.fabric_ofport:
+        return []
+    return ([PushVlan(net.vlan)] if net.vlan else []) + [Output(cfg.fabric_ofport)]

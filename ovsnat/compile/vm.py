@@ -4,7 +4,7 @@ the host config, the VM's network and the VM, so one port event recompiles one V
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, flowident, handoff_flows, portsec
+from ovsnat.compile import connlimit, eastwest, flowident, handoff_flows, portsec
 from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, SetField
 from ovsnat.compile.flows import (
     COOKIE_VLAN_VM,
@@ -108,6 +108,7 @@ def vm_flows(
     flows += portsec.vip_flows(cfg, vm, net, c, vips, fip_flows)
     if cfg.fabric_ofport:  # nobody on the fabric may speak with this VM's MAC
         flows.append(make_flow(c, FABRIC_IN, 200, Match.of(reg6=r6, dl_src=mac), []))
+    flows += eastwest.port_flow(cfg, vm, net, c)  # routed to it from another host
     if vm.fip is not None:
         # Someone else on the external network claims this FIP (an answer to our probe, a
         # GARP from the host a VM migrated to, or a misconfigured duplicate): tell the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ovsnat.compile import flowident
 from ovsnat.compile.flows import COOKIE_HOST, Flow
-from ovsnat.compile.pipeline import check_flows
+from ovsnat.compile.tables import check_flows
 from ovsnat.core.delta import Delta, diff
 from ovsnat.openflow import blobs
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovsnat.compile import flowident
+from ovsnat.compile import eastwest, flowident
 from ovsnat.compile.compiler import port_profile, sort_flows
 from ovsnat.compile.flows import Flow
 from ovsnat.compile.handoff_flows import gone_flows
 from ovsnat.compile.host import host_flows
-from ovsnat.compile.network import network_flows
 from ovsnat.compile.portsec import vip_addresses
 from ovsnat.compile.sg_owners import SecurityOwners
 from ovsnat.compile.vm import fip_responder_key, vm_flows
@@ -58,6 +57,7 @@ class HostState(SecurityState, RoutingState):
         """Everything compiled from a host config, with no port yet: at start, and before a
         new config's recompile (set_config). The ports' standing is not part of it."""
         self.cfg = cfg
+        self.plan = eastwest.NO_PLAN  # east-west (kept by RoutingState.replan)
         self.valid: dict[str, VmPort] = {}  # name -> port valid on its own
         self.invalid: dict[str, str] = {}  # name -> reason (bad alone)
         self.transient: set[str] = set()  # names whose rejection is a passing state
@@ -81,7 +81,7 @@ class HostState(SecurityState, RoutingState):
         if cfg.default_network is not None:  # always there, ports or not
             self.nets[""] = cfg.default_network
             default = cfg.default_network
-            self._store(net_owner(default), network_flows(cfg, default, self.route(default)))
+            self._store(net_owner(default), self.net_flows(default))
 
     # --- queries --------------------------------------------------------------------------
     @property
@@ -159,12 +159,14 @@ class HostState(SecurityState, RoutingState):
             return self.sg.flows(owner)
         if isinstance(owner, tuple) and owner[0] == "vip":
             return self._vip_flows(owner[1])
+        if isinstance(owner, tuple) and owner[0] in ("ew", "hostmacs"):
+            return self.ew_flows(owner)
         if isinstance(owner, tuple) and owner[0] == "gone":
             port = self.standing.departed.get(owner[1])
             return gone_flows(self.cfg, port, self.net(port)) if port is not None else []
         if isinstance(owner, tuple):
             net = self.nets.get(owner[1])
-            return network_flows(self.cfg, net, self.route(net)) if net is not None else []
+            return self.net_flows(net) if net is not None else []
         port = self.valid.get(owner)
         if port is None or owner in self.lost:
             return []
@@ -352,12 +354,13 @@ class HostState(SecurityState, RoutingState):
                 del self.members[was]
                 del self.nets[was]
                 delta.extend(self._store(("net", was), []))
+                delta.extend(self.replan())
         if net is not None and net.name:
             members = self.members.setdefault(net.name, set())
             if not members:
                 self.nets[net.name] = net
-                flows = network_flows(self.cfg, net, self.route(net))
-                delta.extend(self._store(net_owner(net), flows))
+                delta.extend(self.replan(skip={net.name}))
+                delta.extend(self._store(net_owner(net), self.net_flows(net)))
             members.add(name)
             self.in_net[name] = net.name
         return delta

@@ -18,7 +18,7 @@ from ovsnat.compile.flows import (
     cookie_kind,
     cookie_owner,
 )
-from ovsnat.compile.pipeline import BY_ID
+from ovsnat.compile.tables import BY_ID
 from ovsnat.lab import dhcpclient, scenario
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import SERVER_IP, Lab

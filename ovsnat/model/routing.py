@@ -1,8 +1,11 @@
 """Routers as the contract carries them (docs/routers.md): which router holds each network,
 and what the router lets its networks reach, on the Bridge row once per host.
 
-- `ovsnat-net-<network>` = `router=<router-id>` or `router=-` (on no router);
-- `ovsnat-router-<router-id>` = `ext=<external-network-id>` or `ext=-`, `;snat=on|off`.
+- `ovsnat-net-<network>` = `router=<router-id>` or `router=-` (on no router), and for
+  east-west routing (item 2) the network's definition: `;cidr=<cidr>;gw=<ip>;vlan=<1-4094|->`
+  (all three or none);
+- `ovsnat-router-<router-id>` = `ext=<external-network-id>` or `ext=-`, `;snat=on|off`;
+- the hosts' routed MACs and the networks' remote neighbours (ovsnat.model.eastwest).
 
 A network without a key is routed as every network was before routers existed (LEGACY:
 gateway, PAT, FIPs), so a deployment without Neutron keeps working; the Neutron agent
@@ -17,7 +20,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ovsnat.model.parse import _show
+from ovsnat.model import eastwest
+from ovsnat.model.networks import Network, intern
+from ovsnat.model.parse import ConfigError, _show, parse_cidr, parse_ipv4
+from ovsnat.model.validate import gateway_problem
 
 NET_PREFIX = "ovsnat-net-"
 ROUTER_PREFIX = "ovsnat-router-"
@@ -36,6 +42,12 @@ class Routing:
     external: str | None = None
     snat: bool = False
     why: str = ""  # set when a bad or missing key decided it (shown in `ovsnat status`)
+    net: Network | None = None  # the network's definition in its key (east-west)
+    tag: int = 0  # its router's tag when the network is routed east-west here, else 0
+
+    @property
+    def east_west(self) -> bool:
+        return self.tag != 0
 
     @property
     def routed(self) -> bool:
@@ -59,6 +71,8 @@ class Routing:
         else:
             snat = "PAT and FIPs" if self.snat else "FIPs only (snat off)"
             text = f"router {self.router}, gateway {self.external}: {snat}"
+        if self.east_west:
+            text += "; east-west"
         return f"{text} ({self.why})" if self.why else text
 
 
@@ -72,9 +86,15 @@ class HostRouting:
 
     nets: Mapping[str, Routing] = field(default_factory=dict)
     problems: Mapping[str, str] = field(default_factory=dict)  # key -> error (key and value)
+    hosts: eastwest.Hosts = field(default_factory=eastwest.Hosts)
+    neighbours: Mapping[str, tuple[eastwest.Neighbour, ...]] = field(default_factory=dict)
 
     def of(self, network: str) -> Routing:
         return self.nets.get(network, LEGACY) if network else LEGACY
+
+    def east_west(self) -> dict[str, Routing]:
+        """The networks routed east-west here (their keys define them), by name."""
+        return {n: r for n, r in self.nets.items() if r.east_west}
 
 
 NO_KEYS = HostRouting()
@@ -101,7 +121,8 @@ def parse_bridge(ids: Mapping[str, str]) -> HostRouting:
             problems[key] = f"{what}: {_show(name)} is not a network name; key ignored"
             continue
         try:
-            rid = _fields(ids[key], ("router",), what)["router"]
+            f = _fields(ids[key], ("router",), what, DEFINITION)
+            rid, net = f["router"], _definition(name, f, ids[key], what)
         except ValueError as e:
             problems[key] = f"{e}; network {name} is isolated"
             nets[name] = replace(ISOLATED, why=f"{key} is malformed")
@@ -119,8 +140,68 @@ def parse_bridge(ids: Mapping[str, str]) -> HostRouting:
                     f"network {name} gets no PAT and no FIP"
                 )
                 router = f"no key {ROUTER_PREFIX}{rid}"
-            nets[name] = router if isinstance(router, Routing) else Routing(rid, why=router)
-    return HostRouting(nets, problems)
+            routing = router if isinstance(router, Routing) else Routing(rid, why=router)
+            nets[name] = replace(routing, net=net) if net is not None else routing
+    nets = _east_west(nets, problems)
+    cidrs = {n: r.net.cidr for n, r in nets.items() if r.east_west}
+    neighbours = eastwest.parse_neighbours(ids, cidrs, problems)
+    return HostRouting(nets, problems, eastwest.parse_hosts(ids, problems), neighbours)
+
+
+DEFINITION = ("cidr", "gw", "vlan")
+
+
+def _definition(name: str, f: dict[str, str], value, what: str) -> Network | None:
+    """The network as its key defines it (all of cidr, gw, vlan), or None (none of them)."""
+    given = [n for n in DEFINITION if n in f]
+    if not given:
+        return None
+    if len(given) < len(DEFINITION):
+        missing = next(n for n in DEFINITION if n not in f)
+        raise ValueError(f"{what}: {_show(value)} defines the network without {missing}=")
+    try:
+        cidr = parse_cidr(f["cidr"], f"{what}: cidr")
+        gw = parse_ipv4(f["gw"], f"{what}: gw")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    problem = gateway_problem(name, cidr, gw, f"{what}: gw")
+    if problem:
+        raise ValueError(problem)
+    vlan = f["vlan"]
+    if vlan != NONE and not (re.fullmatch(r"[0-9]{1,4}", vlan) and 1 <= int(vlan) <= 4094):
+        raise ValueError(f"{what}: vlan {_show(vlan)} is not a VLAN (1-4094) or {NONE}")
+    return intern(Network(name, cidr, gw, None if vlan == NONE else int(vlan)))
+
+
+def _east_west(nets: dict[str, Routing], problems: dict[str, str]) -> dict[str, Routing]:
+    """Tag the networks routed east-west: on a router, defined by their keys. Neutron
+    refuses overlapping subnets on one router, and a VLAN is one network's on a host: if the
+    keys show either anyway, the later network (by name) is not routed east-west, said."""
+    routers = {r.router for r in nets.values() if r.router and r.net is not None}
+    tags = eastwest.router_tags(routers)
+    out = dict(nets)
+    kept: list[Network] = []
+    for name in sorted(nets):
+        r = nets[name]
+        if not r.router or r.net is None:
+            continue
+        clash = next((k for k in kept if _clash(k, r.net, nets[k.name].router == r.router)), None)
+        if clash is not None:
+            key = f"{NET_PREFIX}{name}"
+            problems[key] = (
+                f"bridge external_ids:{key}: network {name} ({r.net.cidr}, VLAN "
+                f"{r.net.vlan or NONE}) clashes with network {clash.name} ({clash.cidr}, VLAN "
+                f"{clash.vlan or NONE}); {name} is not routed east-west"
+            )
+            continue
+        kept.append(r.net)
+        out[name] = replace(r, tag=tags[r.router])
+    return out
+
+
+def _clash(a: Network, b: Network, same_router: bool) -> bool:
+    overlap = a.cidr.first <= b.cidr.last and b.cidr.first <= a.cidr.last
+    return a.id == b.id or (same_router and overlap)
 
 
 def _router(rid: str, value, what: str) -> Routing:
@@ -133,13 +214,14 @@ def _router(rid: str, value, what: str) -> Routing:
     return Routing(rid, None if ext == NONE else ext, snat == "on")
 
 
-def _fields(value, names: tuple[str, ...], what: str) -> dict[str, str]:
-    """`name=value;...`, each of `names` exactly once and nothing else."""
+def _fields(value, names: tuple[str, ...], what: str, optional=()) -> dict[str, str]:
+    """`name=value;...`, each of `names` exactly once, `optional` at most once, and
+    nothing else."""
     text = str(value).strip()
     out: dict[str, str] = {}
     for part in text.split(";"):
         name, eq, val = part.strip().partition("=")
-        if not eq or name not in names or name in out or not val.strip():
+        if not eq or name not in (*names, *optional) or name in out or not val.strip():
             raise ValueError(f"{what}: {_show(value)} is not {';'.join(n + '=...' for n in names)}")
         out[name] = val.strip()
     missing = [n for n in names if n not in out]
