@@ -190,6 +190,67 @@ def test_the_agent_tells_neutron_which_fips_are_live_when_that_changes():
     in_neutron_venv(FIPS)
 
 
+EAST_WEST = (
+    CHECK.rsplit("# p1 and p2 on n1", 1)[0]
+    + r"""
+from ovsnat.model.routing import parse_bridge
+# n1 (a local port's) and n4 (no local port) on r1, answered as RouterRpc.get_routing does
+N1 = "router=r1;cidr=10.1.0.0/24;gw=10.1.0.1;vlan=101"
+N4 = "router=r1;cidr=10.4.0.0/24;gw=10.4.0.1;vlan=-"
+state = {"nb4": "10.4.0.3=fa:16:3e:00:04:03@hv2", "peer": True,
+         "macs": {"hv1": "fa:16:3f:00:00:01", "hv2": "fa:16:3f:00:00:02"}}
+def get_routing(context, host, network_ids, timeout):
+    api.calls.append(list(network_ids))
+    nets = {"n1": N1, **({"n4": N4} if state["peer"] else {})}
+    return {"networks": nets, "routers": {"r1": "ext=ext1;snat=on"},
+            "neighbours": {"n1": "", **({"n4": state["nb4"]} if state["peer"] else {})},
+            "hostmacs": dict(state["macs"])}
+api.get_routing = get_routing
+keys = agent.ovsdb.keys
+agent.desired = {"p1": {"ovsnat-network": "n1"}}
+assert one_pass("p1") and api.calls == [["n1"]]
+assert keys == {"ovsnat-net-n1": N1, "ovsnat-net-n4": N4, "ovsnat-router-r1": "ext=ext1;snat=on",
+                "ovsnat-nb-n4": state["nb4"], "ovsnat-host": "hv1",
+                "ovsnat-hostmac-hv1": "fa:16:3f:00:00:01",
+                "ovsnat-hostmac-hv2": "fa:16:3f:00:00:02"}, keys   # n1: no remote port, no key
+parsed = parse_bridge(keys)
+assert not parsed.problems and sorted(parsed.east_west()) == ["n1", "n4"], parsed.problems
+
+# a port of n4 moved to hv3: the server casts n4, a peer: n1 is fetched again
+state["nb4"] = "10.4.0.3=fa:16:3e:00:04:03@hv3"
+sync.mark(["n4"])
+assert one_pass("p1") and api.calls[-1] == ["n1"] and keys["ovsnat-nb-n4"].endswith("@hv3")
+calls = len(api.calls)
+sync.mark(["n7"])                                        # a network of nobody's here: no call
+assert one_pass("p1") and len(api.calls) == calls
+
+# n4 detached from r1 (cast about n4): n1's answer no longer has it, its keys go
+state["peer"] = False
+sync.mark(["n4"])
+assert one_pass("p1") and "ovsnat-net-n4" not in keys and "ovsnat-nb-n4" not in keys, keys
+
+# a host allocated its routed MAC (hosts_changed): fetched again, written
+state["macs"]["hv3"] = "fa:16:3f:00:00:03"
+sync.endpoint.hosts_changed(None)
+assert one_pass("p1") and keys["ovsnat-hostmac-hv3"] == "fa:16:3f:00:00:03"
+
+# the last local port leaves: every routing key goes, the host's too
+agent.desired = {}
+assert one_pass()
+assert not [k for k in keys if k.startswith(("ovsnat-net-", "ovsnat-nb-", "ovsnat-host"))], keys
+print("ok")
+"""
+)
+
+
+def test_the_agent_writes_a_routers_other_networks_neighbours_and_host_macs():
+    """East-west keys (issue 26 item 2): the networks of a local network's router with
+    their neighbours, the host's name and every host's routed MAC, parsed by the
+    controller without a problem; a cast about a peer fetches its local network again, a
+    detached peer's keys go, a new host's MAC arrives by hosts_changed."""
+    in_neutron_venv(EAST_WEST)
+
+
 SERVER = r"""
 from oslo_config import cfg
 cfg.CONF([], project="neutron")  # an admin context reads the policy options
@@ -206,19 +267,47 @@ PORTS = [  # router interface ports as the ML2 plugin lists them
      "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.2.0.1"}]},
     {"id": "i3", "network_id": "n2", "device_id": "r0",
      "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.2.0.9"}]},
+    {"id": "i4", "network_id": "n4", "device_id": "r1",  # n4: r1's other network, no port here
+     "device_owner": "network:router_interface", "fixed_ips": [{"ip_address": "10.4.0.1"}]},
 ]
+def vm(pid, net, ip, mac, host, owner="compute:nova", vif="ovs"):
+    return {"id": pid, "network_id": net, "device_owner": owner, "mac_address": mac,
+            "binding:host_id": host, "binding:vif_type": vif, "fixed_ips": [{"ip_address": ip}]}
+VMS = [vm("v1", "n1", "10.1.0.5", "fa:16:3e:00:00:05", "hv1"),    # on the asking host
+       vm("v2", "n1", "10.1.0.7", "fa:16:3e:00:00:07", "hv2"),
+       vm("v3", "n4", "10.4.0.3", "fa:16:3e:00:04:03", "hv2"),
+       vm("v4", "n4", "10.4.0.2", "fa:16:3e:00:04:02", "hv3"),
+       vm("v5", "n4", "10.4.0.9", "fa:16:3e:00:04:09", "", vif="unbound"),   # not bound
+       vm("v6", "n4", "10.4.0.8", "fa:16:3e:00:04:08", "hv3", vif="binding_failed"),
+       vm("d1", "n4", "10.4.0.4", "fa:16:3e:00:04:04", "hv2", owner="network:dhcp")]
+MACS = [{"host": "hv2", "mac_address": "fa:16:3f:00:00:02"}]
 
 class Core:
     def get_ports(self, ctx, filters):
-        assert set(filters["device_owner"]) >= {"network:router_interface"}
-        return [p for p in PORTS
+        pool = PORTS if "device_owner" in filters else VMS
+        if "device_owner" in filters:
+            assert set(filters["device_owner"]) >= {"network:router_interface"}
+        return [p for p in pool
                 if all(p[k] in v for k, v in filters.items() if k != "device_owner")]
     def get_subnets(self, ctx, filters):
         assert filters["ip_version"] == [4]
-        subnets = [{"network_id": "n1", "gateway_ip": "10.1.0.1"},
-                   {"network_id": "n2", "gateway_ip": "10.2.0.1"},
-                   {"network_id": "n3", "gateway_ip": "10.3.0.1"}]
+        subnets = [{"network_id": "n1", "gateway_ip": "10.1.0.1", "cidr": "10.1.0.0/24"},
+                   {"network_id": "n2", "gateway_ip": "10.2.0.1", "cidr": "10.2.0.0/24"},
+                   {"network_id": "n3", "gateway_ip": "10.3.0.1", "cidr": "10.3.0.0/24"},
+                   {"network_id": "n4", "gateway_ip": "10.4.0.1", "cidr": "10.4.0.0/24"}]
         return [s for s in subnets if s["network_id"] in filters["network_id"]]
+    def get_networks(self, ctx, filters):
+        nets = {"n1": {"id": "n1", "provider:network_type": "vlan",
+                       "provider:segmentation_id": 101},
+                "n2": {"id": "n2", "provider:network_type": "vxlan",
+                       "provider:segmentation_id": 7},
+                "n4": {"id": "n4", "provider:network_type": "flat"}}
+        return [nets[i] for i in filters["id"] if i in nets]
+    def get_dvr_mac_address_list(self, ctx):
+        return list(MACS)
+    def get_dvr_mac_address_by_host(self, ctx, host):
+        MACS.append({"host": host, "mac_address": "fa:16:3f:00:00:01"})
+        return MACS[-1]
 
 class L3:
     def get_routers(self, ctx, filters):
@@ -229,13 +318,37 @@ class L3:
 
 directory.add_plugin(plugin_constants.CORE, Core())
 directory.add_plugin(plugin_constants.L3, L3())
-got = RouterRpc().get_routing(None, "hv1", ["n3", "n2", "n1"])
-assert got == {"networks": {"n1": "router=r1", "n2": "router=r2", "n3": "router=-"},
-               "routers": {"r1": "ext=ext1;snat=off", "r2": "ext=-;snat=off"}}, got
+class Hosts:
+    def __init__(self): self.casts = 0
+    def hosts_changed(self, context): self.casts += 1
+hosts = Hosts()
+got = RouterRpc(hosts).get_routing(None, "hv1", ["n3", "n2", "n1"])
+want = {"networks": {"n1": "router=r1;cidr=10.1.0.0/24;gw=10.1.0.1;vlan=101",
+                     "n2": "router=r2",  # a VXLAN network: routed, never east-west
+                     "n3": "router=-",
+                     "n4": "router=r1;cidr=10.4.0.0/24;gw=10.4.0.1;vlan=-"},
+        "routers": {"r1": "ext=ext1;snat=off", "r2": "ext=-;snat=off"},
+        "neighbours": {"n1": "10.1.0.7=fa:16:3e:00:00:07@hv2",
+                       "n4": "10.4.0.2=fa:16:3e:00:04:02@hv3,10.4.0.3=fa:16:3e:00:04:03@hv2"},
+        "hostmacs": {"hv1": "fa:16:3f:00:00:01", "hv2": "fa:16:3f:00:00:02"}}
+assert got == want, got
+assert hosts.casts == 1   # hv1's MAC was allocated: every agent hears of it
+assert RouterRpc(hosts).get_routing(None, "hv1", ["n1"])["hostmacs"] == want["hostmacs"]
+assert hosts.casts == 1   # known: nothing cast
+# what the agent writes from it means to the controller what Neutron says
+from ovsnat.model.routing import parse_bridge
+from ovsnat.neutron import routers as rt
+keys = rt.bridge_keys(got["networks"], got["routers"], got["neighbours"], "hv1", got["hostmacs"])
+parsed = parse_bridge(keys)
+assert not parsed.problems, parsed.problems
+assert sorted(parsed.east_west()) == ["n1", "n4"]
+assert parsed.hosts.name == "hv1" and set(parsed.hosts.others) == {"hv2"}
+assert [str(n.ip) for n in parsed.neighbours["n4"]] == ["10.4.0.2", "10.4.0.3"]
 
 class Notifier:
-    def __init__(self): self.casts = []
+    def __init__(self): self.casts, self.hosts = [], 0
     def changed(self, context, networks): self.casts.append(sorted(set(networks)))
+    def hosts_changed(self, context): self.hosts += 1
 
 notifier = Notifier()
 pushes = RouterPushes(notifier)
@@ -252,6 +365,24 @@ pushes.router_updated(resources.ROUTER, events.AFTER_UPDATE, None,
 pushes.gateway_changed(resources.ROUTER_GATEWAY, events.AFTER_DELETE, None,
                        events.DBEventPayload(ctx, states=({"id": "r0"},)))
 assert notifier.casts == [["n1"], ["n2"], ["n2"]], notifier.casts  # the rename: nothing
+# VM ports: bound, moved (a live migration's activation), re-addressed, deleted: its
+# network's neighbours changed; a status change or a router's own port: nothing
+def port_event(event, *states):
+    pushes.port_changed(resources.PORT, event, None, events.DBEventPayload(ctx, states=states))
+v2 = VMS[1]
+port_event(events.AFTER_UPDATE, {**v2, "binding:host_id": "", "binding:vif_type": "unbound"}, v2)
+port_event(events.AFTER_UPDATE, v2, {**v2, "binding:host_id": "hv3"})
+port_event(events.AFTER_UPDATE, v2, {**v2, "status": "DOWN"})
+port_event(events.AFTER_UPDATE, PORTS[0], {**PORTS[0], "status": "ACTIVE"})
+port_event(events.AFTER_UPDATE, v2, {**v2, "fixed_ips": [{"ip_address": "10.1.0.8"}]})
+port_event(events.AFTER_DELETE, v2)
+port_event(events.AFTER_CREATE, {**VMS[0], "network_id": "n9"})
+assert notifier.casts[3:] == [["n1"]] * 4 + [["n9"]], notifier.casts
+agent = lambda kind: events.DBEventPayload(ctx, states=(NS(agent_type=kind, host="hv2"),))
+from types import SimpleNamespace as NS
+pushes.agent_deleted(resources.AGENT, events.AFTER_DELETE, None, agent("Open vSwitch agent"))
+pushes.agent_deleted(resources.AGENT, events.AFTER_DELETE, None, agent("ovsnat agent"))
+assert notifier.hosts == 1
 print("ok")
 """
 

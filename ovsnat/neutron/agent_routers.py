@@ -1,7 +1,10 @@
 """The agent's routers (docs/routers.md): each local port's network's router attachment
 (`ovsnat-net-<network>`) and what that router reaches (`ovsnat-router-<id>`), on the Bridge
 row, fetched from the driver's endpoint (ovsnat.neutron.server_routers) and re-fetched when
-the server casts that a network's routing changed.
+the server casts that a network's routing changed. For east-west routing, also the other
+networks of those routers with their neighbours (`ovsnat-nb-<network>`), this host's name
+(`ovsnat-host`) and every host's routed MAC (`ovsnat-hostmac-<host>`): a cast about one of
+those networks, or about the hosts, fetches the local networks it concerns again.
 
 Order of writes, as for security groups (agent_sg), so the controller never sees a Neutron
 port without its network's key (a network without one is routed as before routers): the
@@ -54,6 +57,9 @@ class RouterPushEndpoint:
     def routing_changed(self, context, networks=()) -> None:
         self._mark(list(networks))
 
+    def hosts_changed(self, context) -> None:
+        self._mark([], hosts=True)
+
 
 def port_network(keys: dict | None) -> str | None:
     return (keys or {}).get(NETWORK) or None
@@ -69,14 +75,20 @@ class RouterSync:
         self.endpoint = RouterPushEndpoint(self.mark)
         self.lock = threading.Lock()
         self.dirty: set[str] = set()
-        self.nets: dict[str, str] = {}  # network id -> its value (the networks local ports name)
+        self.hosts_dirty = False
+        # network id -> its value: the networks local ports name, and the other networks of
+        # their routers (peers)
+        self.nets: dict[str, str] = {}
         self.routers: dict[str, str] = {}  # router id -> its value (the routers they name)
+        self.neighbours: dict[str, str] = {}  # routed network id -> its ovsnat-nb- value
+        self.hostmacs: dict[str, str] = {}  # host -> its routed MAC
         self.wanted: dict[str, str] = {}  # the Bridge keys of the last pass
         self.fips_told: dict[str, str] = {}  # port id -> the live FIP Neutron was told
 
-    def mark(self, networks: list[str]) -> None:
+    def mark(self, networks: list[str], hosts: bool = False) -> None:
         with self.lock:
             self.dirty.update(networks)
+            self.hosts_dirty |= hosts
         self.agent.wake.set()
 
     def own(self, local: set[str]) -> set[str]:
@@ -91,23 +103,42 @@ class RouterSync:
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:
-        """Fetch the networks that are new, changed or (at a full sync) all, then write the
-        keys that are new or changed (removals wait for after_ports)."""
+        """Fetch the networks that are new, changed, on the router of a changed peer or (at
+        a full sync, or when the hosts changed) all, then write the keys that are new or
+        changed (removals wait for after_ports)."""
         own = self.own(set(snap.rows))
         with self.lock:
             dirty, self.dirty = self.dirty, set()
-        fetch = own if full else (own - set(self.nets)) | (dirty & own)
-        ok = self._fetch(sorted(fetch), dirty)
-        self.nets = {n: v for n, v in self.nets.items() if n in own}
+            hosts, self.hosts_dirty = self.hosts_dirty, False
+        full |= hosts
+        fetch = own if full else (own - set(self.nets)) | (own & self._concerned(dirty))
+        ok = self._fetch(sorted(fetch), dirty, hosts, full)
+        self._prune(own)
+        if not own:  # nothing routed here: no host keys either (fetched with a network)
+            self.hostmacs = {}
         named = {r for r in map(rt.named_router, self.nets.values()) if r}
-        self.routers = {r: v for r, v in self.routers.items() if r in named}
         complete = own <= set(self.nets) and named <= set(self.routers)
+        nets = self.nets if complete else {n: v for n, v in self.nets.items() if self._held(v)}
         self.wanted = rt.bridge_keys(
-            self.nets if complete else {n: v for n, v in self.nets.items() if self._held(v)},
-            self.routers,
+            nets, self.routers, self.neighbours, self.agent.host, self.hostmacs
         )
         changed = {k: v for k, v in self.wanted.items() if snap.bridge_ids.get(k) != v}
         return self._write(KeyDiff(changed, ())) and ok and complete
+
+    def _concerned(self, dirty: set[str]) -> set[str]:
+        """The networks a cast about `dirty` concerns: those, and every network on the
+        router of one of them (its peers' keys come with a local network's answer)."""
+        routers = {rt.named_router(self.nets[n]) for n in dirty if n in self.nets} - {None}
+        return dirty | {n for n, v in self.nets.items() if rt.named_router(v) in routers}
+
+    def _prune(self, own: set[str]) -> None:
+        """Keep the local networks, the routers they name and those routers' networks."""
+        named = {r for n in own if n in self.nets for r in [rt.named_router(self.nets[n])] if r}
+        self.nets = {n: v for n, v in self.nets.items() if n in own or rt.named_router(v) in named}
+        self.routers = {r: v for r, v in self.routers.items() if r in named}
+        self.neighbours = {
+            n: v for n, v in self.neighbours.items() if rt.named_router(self.nets.get(n)) in named
+        }
 
     def _held(self, value: str) -> bool:
         """A network's value may be written: it names no router, or one whose value is
@@ -145,12 +176,12 @@ class RouterSync:
         self.fips_told = {**told, **changed}
         return True
 
-    def _fetch(self, network_ids: list[str], dirty: set[str]) -> bool:
+    def _fetch(self, network_ids: list[str], dirty: set[str], hosts: bool, full: bool) -> bool:
         if not network_ids:
             return True
         agent = self.agent
         if not agent.health.neutron_ok or agent._held(GET):
-            self._requeue(dirty)
+            self._requeue(dirty, hosts)
             return False
         try:
             answer = self.api.get_routing(
@@ -158,17 +189,36 @@ class RouterSync:
             )
         except Exception as e:
             agent._failed(GET, e)
-            self._requeue(dirty)
+            self._requeue(dirty, hosts)
             return False
         agent._answered(GET)
-        self.nets.update(answer.get("networks", {}))
-        self.routers.update(answer.get("routers", {}))
+        self._take(set(network_ids), answer, full)
         return True
 
-    def _requeue(self, networks) -> None:
+    def _take(self, asked: set[str], answer: dict, full: bool) -> None:
+        """An answer is whole for the networks asked and the routers holding them: their
+        peers not in it are no longer theirs (a peer detached, or now on another router)."""
+        routers = set(answer.get("routers", {}))
+        if full:
+            self.nets, self.neighbours = {}, {}
+        stale = {
+            n
+            for n, v in self.nets.items()
+            if n in asked or (n not in asked and rt.named_router(v) in routers)
+        }
+        self.nets = {n: v for n, v in self.nets.items() if n not in stale}
+        self.neighbours = {n: v for n, v in self.neighbours.items() if n not in stale}
+        self.nets.update(answer.get("networks", {}))
+        self.routers.update(answer.get("routers", {}))
+        self.neighbours.update(answer.get("neighbours", {}))
+        if answer.get("hostmacs") or full:
+            self.hostmacs = dict(answer.get("hostmacs") or {})
+
+    def _requeue(self, networks, hosts: bool = False) -> None:
         """Ask again on the next pass, without waking the loop."""
         with self.lock:
             self.dirty.update(networks)
+            self.hosts_dirty |= hosts
 
     def _write(self, diff: KeyDiff) -> bool:
         ok = self.agent.ovsdb.write_bridge(diff, "routing")

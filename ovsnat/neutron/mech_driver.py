@@ -94,7 +94,11 @@ class OvsnatMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         conn = n_rpc.Connection()
         conn.create_consumer(
             c.SERVER_TOPIC,
-            [OvsnatServerRpc(), server_sg.SecurityGroupRpc(), server_routers.RouterRpc()],
+            [
+                OvsnatServerRpc(),
+                server_sg.SecurityGroupRpc(),
+                server_routers.RouterRpc(server_routers.RouterNotifier()),
+            ],
             fanout=False,
         )
         return conn.consume_in_threads()

@@ -6,13 +6,22 @@ dicts Neutron's own code returns (router interface ports, subnets, routers), the
 - `ovsnat-net-<network>` = `router=<router-id>` or `router=-`: the router holding the
   network's IPv4 subnet (ovsnat serves one per network);
 - `ovsnat-router-<router-id>` = `ext=<external-network-id>|-;snat=on|off`, from the
-  router's `external_gateway_info`.
+  router's `external_gateway_info`;
+- for east-west routing (item 2): a routed network's value also defines it
+  (`;cidr=<cidr>;gw=<ip>;vlan=<id>|-`, from its IPv4 subnet and its segment), the networks
+  of the routers holding a local port's network are written too (with their neighbours,
+  `ovsnat-nb-<network>` = `<ip>=<mac>@<host>,...`: their ports bound to other hosts),
+  `ovsnat-host` is the agent's host and `ovsnat-hostmac-<host>` each host's routed MAC
+  (Neutron's DVR MAC table).
 
 Values are deterministic, so an unchanged router never causes a write.
 """
 
 from __future__ import annotations
 
+import ipaddress
+
+from ovsnat.model.eastwest import HOST_KEY, HOSTMAC_PREFIX, NB_PREFIX
 from ovsnat.model.routing import NET_PREFIX, NONE, ROUTER_PREFIX
 
 # Neutron's router interface owners (neutron_lib.constants.ROUTER_INTERFACE_OWNERS):
@@ -43,8 +52,73 @@ def attached_router(interfaces: list[dict], gateway_ips: set[str]) -> str | None
     return routers[0] if routers else None
 
 
-def net_value(router_id: str | None) -> str:
-    return f"router={router_id or NONE}"
+def net_value(router_id: str | None, definition: str | None = None) -> str:
+    """A network's value: its router, and (when routed and definable) its definition."""
+    value = f"router={router_id or NONE}"
+    return f"{value};{definition}" if router_id and definition else value
+
+
+def definition(subnet: dict | None, network: dict | None) -> str | None:
+    """`cidr=..;gw=..;vlan=..` from the network's IPv4 subnet and its segment (provider
+    attributes: a VLAN's id, `-` for flat), or None: no gateway, or a segment ovsnat does
+    not serve (the network is then routed through PAT and FIPs only, not east-west)."""
+    if not subnet or not subnet.get("gateway_ip") or not network:
+        return None
+    kind = network.get("provider:network_type")
+    if kind == "vlan" and network.get("provider:segmentation_id"):
+        vlan = str(network["provider:segmentation_id"])
+    elif kind == "flat":
+        vlan = NONE
+    else:
+        return None
+    return f"cidr={subnet['cidr']};gw={subnet['gateway_ip']};vlan={vlan}"
+
+
+def neighbour_value(ports: list[dict], cidr: str, host: str) -> str:
+    """`<ip>=<mac>@<host>,...` sorted by address: the network's VM ports bound to another
+    host than `host`, by their one fixed IP in `cidr` (Neutron's own ports, router, DHCP
+    and SNAT, are `network:*` and not VMs; a port with several IPv4 addresses there, or none,
+    is left out, as the driver refuses to bind it)."""
+    net = ipaddress.ip_network(cidr)
+    entries = []
+    for port in ports:
+        if neighbour_of(port) is None or (bound := port["binding:host_id"]) == host:
+            continue
+        ips = [ip["ip_address"] for ip in port.get("fixed_ips") or [] if _in(ip, net)]
+        if len(ips) == 1:
+            entries.append(
+                (ipaddress.ip_address(ips[0]), f"{ips[0]}={port['mac_address']}@{bound}")
+            )
+    return ",".join(e for _, e in sorted(entries))
+
+
+def neighbour_of(port: dict | None) -> tuple | None:
+    """What the other hosts' neighbour lists hold of a port (None: nothing): a bound VM
+    port's host, MAC and addresses."""
+    if not port or str(port.get("device_owner", "")).startswith("network:"):
+        return None
+    host = port.get("binding:host_id")
+    if not host or port.get("binding:vif_type") in ("unbound", "binding_failed"):
+        return None
+    ips = tuple(sorted(f.get("ip_address", "") for f in port.get("fixed_ips") or []))
+    return host, port.get("mac_address"), ips
+
+
+def _in(fixed_ip: dict, net) -> bool:
+    try:
+        return ipaddress.ip_address(fixed_ip.get("ip_address", "")) in net
+    except ValueError:
+        return False
+
+
+def subnet_of(subnets: list[dict], interface_ips: set[str]) -> dict | None:
+    """The IPv4 subnet a router reaches the network by: the one whose gateway a router
+    interface holds, else the network's only IPv4 subnet (None: several, none of them)."""
+    v4 = [s for s in subnets if s.get("ip_version", 4) == 4]
+    held = [s for s in v4 if s.get("gateway_ip") in interface_ips]
+    if held:
+        return held[0]
+    return v4[0] if len(v4) == 1 else None
 
 
 def router_value(router: dict | None) -> str:
@@ -62,19 +136,31 @@ def named_router(value: str | None) -> str | None:
     """The router id a network's value names (None: none, or no value)."""
     if not value or not value.startswith("router="):
         return None
-    rid = value[len("router=") :]
+    rid = value.split(";", 1)[0][len("router=") :]
     return None if rid == NONE else rid
 
 
-def bridge_keys(nets: dict[str, str], routers: dict[str, str]) -> dict[str, str]:
-    """The Bridge keys for these networks' values and their routers' values."""
+def bridge_keys(
+    nets: dict[str, str],
+    routers: dict[str, str],
+    neighbours: dict[str, str] | None = None,
+    host: str | None = None,
+    hostmacs: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The Bridge keys for these networks' values, their routers' values, the routed
+    networks' neighbours (an empty list: no key) and, when this host's routed MAC is known,
+    this host's name and every host's routed MAC."""
     keys = {NET_PREFIX + n: v for n, v in nets.items()}
     keys.update({ROUTER_PREFIX + r: v for r, v in routers.items()})
+    keys.update({NB_PREFIX + n: v for n, v in (neighbours or {}).items() if v and n in nets})
+    if host and host in (hostmacs or {}):
+        keys[HOST_KEY] = host
+        keys.update({HOSTMAC_PREFIX + h: m for h, m in (hostmacs or {}).items()})
     return keys
 
 
 def is_routing_key(key: str) -> bool:
-    return key.startswith((NET_PREFIX, ROUTER_PREFIX))
+    return key == HOST_KEY or key.startswith((NET_PREFIX, ROUTER_PREFIX, NB_PREFIX, HOSTMAC_PREFIX))
 
 
 def gateway_changed(old: dict | None, new: dict | None) -> bool:

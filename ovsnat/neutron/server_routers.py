@@ -42,25 +42,46 @@ class RouterRpc:
 
     target = oslo_messaging.Target(namespace=rt.RPC_NAMESPACE, version=rt.RPC_VERSION)
 
+    def __init__(self, notifier: RouterNotifier | None = None) -> None:
+        self.notifier = notifier
+
+    def hosts_changed(self) -> None:
+        if self.notifier is not None:
+            self.notifier.hosts_changed(n_context.get_admin_context())
+
     def get_routing(self, context, host: str, network_ids=()) -> dict:
-        """{"networks": network id -> `ovsnat-net-<id>`, "routers": router id ->
-        `ovsnat-router-<id>`} for these networks and the routers holding them."""
+        """For these networks (a host's local ports'): {"networks": network id ->
+        `ovsnat-net-<id>`, "routers": router id -> `ovsnat-router-<id>`, "neighbours":
+        routed network id -> `ovsnat-nb-<id>`, "hostmacs": host -> routed MAC}. The
+        networks are these and every other network of the routers holding them (east-west
+        reaches those), a routed one with its definition; the routers are those."""
         ctx = n_context.get_admin_context()
         plugin = directory.get_plugin()
         ids = sorted(set(network_ids))
         if not ids:
-            return {"networks": {}, "routers": {}}
-        by_net: dict[str, list[dict]] = {n: [] for n in ids}
-        for port in _interfaces(ctx, plugin, {"network_id": ids}):
+            return {"networks": {}, "routers": {}, "neighbours": {}, "hostmacs": {}}
+        held = _held(ctx, plugin, ids)
+        routers = sorted({r for r, _ in held.values() if r})
+        peers = {p["network_id"] for p in _interfaces(ctx, plugin, {"device_id": routers})}
+        for net, (r, subnet) in _held(ctx, plugin, sorted(peers - set(ids))).items():
+            if r in routers:  # a network of one of these routers, not of another
+                held[net] = (r, subnet)
+        routed = sorted(n for n, (r, _) in held.items() if r)
+        networks = {n["id"]: n for n in plugin.get_networks(ctx, filters={"id": routed})}
+        defs = {n: rt.definition(held[n][1], networks.get(n)) for n in routed}
+        ports = plugin.get_ports(ctx, filters={"network_id": [n for n in routed if defs[n]]})
+        by_net: dict[str, list[dict]] = {}
+        for port in ports:
             by_net.setdefault(port["network_id"], []).append(port)
-        gateways: dict[str, set[str]] = {n: set() for n in ids}
-        for subnet in plugin.get_subnets(ctx, filters={"network_id": ids, "ip_version": [4]}):
-            if subnet.get("gateway_ip"):
-                gateways[subnet["network_id"]].add(subnet["gateway_ip"])
-        held = {n: rt.attached_router(by_net[n], gateways[n]) for n in ids}
         answer = {
-            "networks": {n: rt.net_value(r) for n, r in held.items()},
-            "routers": self._routers(ctx, sorted({r for r in held.values() if r})),
+            "networks": {n: rt.net_value(r, defs.get(n)) for n, (r, _) in held.items()},
+            "routers": self._routers(ctx, routers),
+            "neighbours": {
+                n: rt.neighbour_value(by_net.get(n, []), held[n][1]["cidr"], host)
+                for n in routed
+                if defs[n]
+            },
+            "hostmacs": _host_macs(ctx, plugin, host, self.hosts_changed),
         }
         LOG.debug("ovsnat: routing of %d networks requested by %s", len(ids), host)
         return answer
@@ -97,6 +118,39 @@ class RouterRpc:
         return {r: rt.router_value(known.get(r)) for r in ids}
 
 
+def _held(ctx, plugin, ids: list[str]) -> dict[str, tuple[str | None, dict | None]]:
+    """network id -> (the router holding it or None, the IPv4 subnet it routes)."""
+    if not ids:
+        return {}
+    by_net: dict[str, list[dict]] = {n: [] for n in ids}
+    for port in _interfaces(ctx, plugin, {"network_id": ids}):
+        by_net.setdefault(port["network_id"], []).append(port)
+    subnets: dict[str, list[dict]] = {n: [] for n in ids}
+    for subnet in plugin.get_subnets(ctx, filters={"network_id": ids, "ip_version": [4]}):
+        subnets[subnet["network_id"]].append(subnet)
+    out = {}
+    for n in ids:
+        gateways = {s["gateway_ip"] for s in subnets[n] if s.get("gateway_ip")}
+        addresses = {f.get("ip_address") for p in by_net[n] for f in p.get("fixed_ips") or []}
+        out[n] = (rt.attached_router(by_net[n], gateways), rt.subnet_of(subnets[n], addresses))
+    return out
+
+
+def _host_macs(ctx, plugin, host: str, created) -> dict[str, str]:
+    """host -> routed MAC, from Neutron's DVR MAC table (ML2's DVRDbMixin), the asking
+    host's allocated on its first ask (then `created()`: the other hosts must hear of it).
+    A core plugin without the table: {} (east-west only between a host's own VMs)."""
+    if not hasattr(plugin, "get_dvr_mac_address_list"):
+        return {}
+    macs = {m["host"]: str(m["mac_address"]) for m in plugin.get_dvr_mac_address_list(ctx)}
+    if host not in macs:
+        mine = plugin.get_dvr_mac_address_by_host(ctx, host)
+        macs[host] = str(mine["mac_address"])
+        LOG.info("ovsnat: routed MAC %s allocated to host %s", macs[host], host)
+        created()
+    return macs
+
+
 def _bound_to(core, ctx, port_id: str, host: str) -> bool:
     try:
         return core.get_port(ctx, port_id).get("binding:host_id") == host
@@ -128,17 +182,22 @@ class RouterNotifier:
         )
         self.client = n_rpc.get_client(target)
 
+    def hosts_changed(self, context) -> None:
+        """A host's routed MAC was allocated or deleted: every agent fetches them again."""
+        self._cast(context, "hosts_changed")
+
     def changed(self, context, networks) -> None:
         networks = sorted(set(networks))
         if not networks:
             return
         LOG.debug("ovsnat: routing changed for networks %s", networks)
+        self._cast(context, "routing_changed", networks=networks)
+
+    def _cast(self, context, method: str, **kwargs) -> None:
         try:  # retry=1: as the driver's other casts (a broker outage must not hold the API)
-            self.client.prepare(fanout=True, retry=1).cast(
-                context, "routing_changed", networks=networks
-            )
+            self.client.prepare(fanout=True, retry=1).cast(context, method, **kwargs)
         except Exception:  # repaired by the agents' resync when they reach Neutron again
-            LOG.exception("ovsnat: could not cast routing changes of %s", networks)
+            LOG.exception("ovsnat: could not cast %s %s", method, kwargs)
 
 
 class RouterPushes:
@@ -152,6 +211,26 @@ class RouterPushes:
             registry.subscribe(self.interface_changed, resources.ROUTER_INTERFACE, event)
             registry.subscribe(self.gateway_changed, resources.ROUTER_GATEWAY, event)
         registry.subscribe(self.router_updated, resources.ROUTER, events.AFTER_UPDATE)
+        for event in (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE):
+            registry.subscribe(self.port_changed, resources.PORT, event)
+        registry.subscribe(self.agent_deleted, resources.AGENT, events.AFTER_DELETE)
+
+    def port_changed(self, resource, event, trigger, payload) -> None:
+        """A VM port bound, moved (a live migration's activation included), re-addressed or
+        deleted: its network's neighbours changed for the other hosts."""
+        states = [s for s in payload.states if isinstance(s, dict)]
+        if not states:
+            return
+        deleted = event == events.AFTER_DELETE
+        old = states[0] if len(states) == 2 or deleted else None
+        new = None if deleted else states[-1]
+        if rt.neighbour_of(old) != rt.neighbour_of(new):
+            self.notifier.changed(payload.context, [states[-1]["network_id"]])
+
+    def agent_deleted(self, resource, event, trigger, payload) -> None:
+        """Neutron deletes a host's DVR MAC with its last agent (DVRDbMixin)."""
+        if getattr(payload.latest_state, "agent_type", None) == c.AGENT_TYPE:
+            self.notifier.hosts_changed(payload.context)
 
     def interface_changed(self, resource, event, trigger, payload) -> None:
         port = (payload.metadata or {}).get("port") or {}
