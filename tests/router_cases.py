@@ -9,6 +9,7 @@ Cases only: test_openstack.py collects them on its lab (one bring-up for both).
 
 from __future__ import annotations
 
+import re
 import time
 
 from ovsnat.lab.openstack import servers
@@ -25,6 +26,7 @@ __all__ = [
     "test_disable_snat_ends_a_live_pat_session_and_keeps_the_fip",
     "test_router_ports_are_active_and_what_ovsnat_does_not_do_is_refused",
     "test_a_floating_ip_is_active_while_a_host_has_it_live_and_down_otherwise",
+    "test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts",
 ]
 
 LIMIT = 1.0  # s from Neutron's answer: the issue's bound for a removal to take effect
@@ -172,3 +174,44 @@ def test_a_floating_ip_is_active_while_a_host_has_it_live_and_down_otherwise(cl)
     wait_key(cl, server, "ovsnat-fip-live", None)
     assert _fip_status(cl, fip.id) == "DOWN"
     print(ROUTER_TIMES)
+
+
+def _routed_once(result) -> bool:
+    """Every echo reply came back and with TTL 63: routed once, on the replier's host."""
+    ttls = re.findall(r"ttl=(\d+)", result.output)
+    return result.received == result.sent and ttls and set(ttls) == {"63"}
+
+
+def test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts(cl):
+    """Two subnets of one router without a gateway (east-west needs none), and a network on
+    a router of its own. A server reaches the other subnet's servers on its own host and on
+    the other host, every reply with TTL 63, and the far one reaches it back the same way:
+    each direction routed once, on its sender's host. The other router's server is reached
+    by none of them (the same pings within the router are the positive control)."""
+    (net_a, sub_a), (net_b, sub_b), (net_c, sub_c) = (_subnet(cl, i) for i in (6, 7, 8))
+    router = cl.tenant.network.create_router(name=unique("router"))
+    other = cl.tenant.network.create_router(name=unique("router"))
+    for sub in (sub_a, sub_b):
+        cl.tenant.network.add_interface_to_router(router, subnet=sub.id)
+    cl.tenant.network.add_interface_to_router(other, subnet=sub_c.id)
+    a, near, far, c = servers.boot_many(
+        cl,
+        [
+            (unique("vm"), "hv1", net_a.id),
+            (unique("vm"), "hv1", net_b.id),
+            (unique("vm"), "hv2", net_b.id),
+            (unique("vm"), "hv2", net_c.id),
+        ],
+    )
+    for src, dst in ((a, near), (a, far), (far, a)):
+        wait_for(
+            lambda: ping(src.ns, dst.fixed_ip, count=1, wait=0.5).received,
+            10,
+            what=f"{src.fixed_ip} -> {dst.fixed_ip} east-west",
+        )
+        result = ping(src.ns, dst.fixed_ip, count=3, interval=0.05, wait=1)
+        assert _routed_once(result), result.output
+    for src in (a, far):
+        assert ping(src.ns, c.fixed_ip, count=2, interval=0.05, wait=0.5).received == 0
+        assert ping(c.ns, src.fixed_ip, count=2, interval=0.05, wait=0.5).received == 0
+    assert ping(a.ns, far.fixed_ip, count=1, wait=1).received == 1  # still: the control
