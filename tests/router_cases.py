@@ -203,11 +203,11 @@ def test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts(cl):
             (unique("vm"), "hv2", net_c.id),
         ],
     )
-    for src, dst in ((a, near), (a, far), (far, a)):
+    for src, dst, where in ((a, near, "on hv1"), (a, far, "hv1 -> hv2"), (far, a, "hv2 -> hv1")):
         wait_for(
             lambda: ping(src.ns, dst.fixed_ip, count=1, wait=0.5).received,
             10,
-            what=f"{src.fixed_ip} -> {dst.fixed_ip} east-west",
+            what=f"{src.fixed_ip} -> {dst.fixed_ip} east-west {where}",
         )
         result = ping(src.ns, dst.fixed_ip, count=3, interval=0.05, wait=1)
         assert _routed_once(result), result.output
