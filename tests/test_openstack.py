@@ -262,7 +262,7 @@ def test_idle_agents_ask_neutron_nothing_but_their_heartbeat(cl):
     quiet_agents(cl, 2 * config.REPORT_INTERVAL)
     log_before = len(cl.stack.rpc_log())
     api_before = cl.stack.api_requests()
-    window = 30.0
+    window = 3.0 * config.REPORT_INTERVAL  # three heartbeats of each agent
     time.sleep(window)  # the measurement itself: idle agents, nobody else talks
     log = cl.stack.rpc_log()[log_before:]
     requests = len(re.findall(r"received message (?:msg_id|with unique_id)", log))
@@ -291,6 +291,8 @@ def test_rpc_server_down_keeps_keys_and_converges_when_it_returns(cl):
     server = boot(cl, "hv2", lease=False)
     fip = new_fip(cl, port_id=server.port_id)
     wait_key(cl, server, "ovsnat-fip", fip.floating_ip_address)
+    # the controller's own marker (the FIP live here) comes after the agent's keys
+    wait_key(cl, server, "ovsnat-fip-live", fip.floating_ip_address)
     before = row_ids(cl, "hv2", server.tap)
     cl.stack.stop("neutron-rpc")
     try:

@@ -207,15 +207,28 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     10 in `make test-openstack-long`). The server's TCP session to the FIP (held through
     the first moves) survives, and its pings every 10 ms never stop for 2 s. Afterwards
     the server and its port are ACTIVE on its last host only, and that host's ovsnat
-    renews the guest's lease."""
+    renews the guest's lease. A server of another subnet of the server's router, on hv1,
+    holds a TCP session to the server's fixed IP, routed east-west (on one host, then
+    across hosts after the first move): it survives too (issue 26 item 7)."""
     fresh_reports(cl, "hv1", "hv2")
-    server = boot(cl, "hv1")
+    net = cl.tenant.network.create_network(name=unique("ewnet"))
+    sub = cl.tenant.network.create_subnet(
+        network_id=net.id, ip_version=4, cidr="10.11.0.0/24", gateway_ip="10.11.0.1"
+    )
+    cl.tenant.network.add_interface_to_router(cl.topo.router, subnet=sub.id)
+    server, peer = servers.boot_many(cl, [(unique("vm"), "hv1"), (unique("vm"), "hv1", net.id)])
     fip = new_fip(cl, port_id=server.port_id)
     address = fip.floating_ip_address
     answers(cl, address)
     session = background_tcp(cl.lab, cl.lab.srv_ns, address, GUEST_PORT, hold=8)
+    routed = background_tcp(cl.lab, peer.ns, server.fixed_ip, GUEST_PORT, hold=8)
     wait_for(
         lambda: tcp_established(cl.lab.srv_ns, address, GUEST_PORT), 10, what="the inbound session"
+    )
+    wait_for(
+        lambda: tcp_established(peer.ns, server.fixed_ip, GUEST_PORT),
+        10,
+        what="the east-west session",
     )
     waits, requests, totals = [], [], []
     with Pinger(cl.lab.srv_ns, address, interval=0.01) as pinger:
@@ -229,6 +242,7 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
             totals.append(m.gap(REQUESTED, DONE))
         pinger.first_reply_after(time.time(), timeout=5)
     held, gap = session.result(), pinger.gap()
+    east_west = routed.result()
     TIMES[f"live migration: network-vif-plugged after the destination's row, worst of {moves}"] = (
         max(waits)
     )
@@ -244,10 +258,11 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
         f"{', '.join(f'{w:.2f}' for w in waits)} s (worst {max(waits):.2f}); after "
         f"Nova's request {', '.join(f'{r:.2f}' for r in requests)} s (worst "
         f"{max(requests):.2f}); {held.strip().splitlines()[-1]}, ping gap {gap:.2f} s, "
-        f"{pinger.lost()} lost"
+        f"{pinger.lost()} lost; east-west: {east_west.strip().splitlines()[-1]}"
     )
     assert max(waits) < EVENT_LIMIT, waits
     assert "HELD" in held, held
+    assert "HELD" in east_west, east_west
     assert gap < LIMIT
     last, other = server.host, ("hv2" if server.host == "hv1" else "hv1")
     # Neutron sets the port DOWN when Nova activates the destination's binding; the
