@@ -365,6 +365,7 @@ def test_subnet_and_fixed_ip_changes_are_pushed(cl):
     server = boot(cl, "hv2", network=net.id, lease=False)
     wait_key(cl, server, "ovsnat-fixed-ip", server.fixed_ip)
     assert "ovsnat-dns" not in row_ids(cl, "hv2", server.tap)
+    new_ip = "10.3.0.77" if server.fixed_ip != "10.3.0.77" else "10.3.0.78"  # a change
     assert (
         pushed(
             cl,
@@ -380,10 +381,10 @@ def test_subnet_and_fixed_ip_changes_are_pushed(cl):
             cl,
             server,
             lambda: cl.tenant.network.update_port(
-                server.port_id, fixed_ips=[{"subnet_id": sub.id, "ip_address": "10.3.0.77"}]
+                server.port_id, fixed_ips=[{"subnet_id": sub.id, "ip_address": new_ip}]
             ),
             "ovsnat-fixed-ip",
-            "10.3.0.77",
+            new_ip,
         )
         < 2.0
     )
