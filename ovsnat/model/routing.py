@@ -28,7 +28,7 @@ from ovsnat.model.validate import gateway_problem
 NET_PREFIX = "ovsnat-net-"
 ROUTER_PREFIX = "ovsnat-router-"
 NONE = "-"
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ID = eastwest.ID  # router, network and host ids share one form
 _NETWORK = re.compile(r"[^\s,]{1,64}")  # as ovsnat-network names it (ovsnat.model.networks)
 
 

@@ -201,11 +201,7 @@ class RouterSync:
         routers = set(answer.get("routers", {}))
         if full:
             self.nets, self.neighbours = {}, {}
-        stale = {
-            n
-            for n, v in self.nets.items()
-            if n in asked or (n not in asked and rt.named_router(v) in routers)
-        }
+        stale = {n for n, v in self.nets.items() if n in asked or rt.named_router(v) in routers}
         self.nets = {n: v for n, v in self.nets.items() if n not in stale}
         self.neighbours = {n: v for n, v in self.neighbours.items() if n not in stale}
         self.nets.update(answer.get("networks", {}))
