@@ -223,6 +223,46 @@ def test_a_pending_fip_vms_dhcp_request_proves_it_is_here():
     assert h.fip_live("203.0.113.50") and len(answers(h, 5)) == 1
 
 
+def lease(h: SimHost, n: int) -> None:
+    """The VM of port n takes its lease: DISCOVER, then REQUEST of what was offered."""
+    h.from_vm(n, client(dhcp.DISCOVER, mac(n)))
+    h.from_vm(n, client(dhcp.REQUEST, mac(n), requested=f"10.0.0.{n}", server="10.0.0.1"))
+    assert h.ctl.dhcp.leases[f"tapvm{n}"]["acks"] >= 1
+
+
+def test_a_fip_given_to_a_vm_that_took_its_lease_here_goes_live_at_once():
+    """A FIP moved to a running VM (its lease taken from this host since its plug): no
+    probe round, live and announced at once, even while another host still answers for it
+    (that host yields on the announcement). A VM that never spoke DHCP here probes."""
+    h = SimHost(**OPTS).start()
+    h.plug(vm_row(5), vm_row(6))
+    lease(h, 5)
+    h.advance(1.0)
+    h.plug(vm_row(5, fip="203.0.113.50"), vm_row(6, fip="203.0.113.60"))
+    h.advance(0.05)  # within the first probe round (PROBE_GAP)
+    assert h.fip_live("203.0.113.50") and not h.fip_live("203.0.113.60")
+    garps = [a for a in h.arps_out() if a.is_announcement and a.spa == "203.0.113.50"]
+    assert garps and garps[0].sha == h.fip_mac("203.0.113.50")
+    assert not [a for a in h.arps_out() if a.is_probe and a.tpa == "203.0.113.50"]
+    assert [a.tpa for a in h.arps_out() if a.is_probe] == ["203.0.113.60"]  # the control
+
+
+def test_a_lease_from_before_the_ports_current_device_proves_nothing():
+    """The port left and came back on a new device (a live migration back here: the
+    destination hears nothing from the VM before it runs here): its old lease does not
+    light a FIP given now; it probes."""
+    h = SimHost(**OPTS).start()
+    h.plug(vm_row(5))
+    lease(h, 5)
+    h.advance(1.0)
+    h.plug(vm_row(5, ofport=15))
+    h.advance(1.0)
+    h.plug(vm_row(5, ofport=15, fip="203.0.113.50"))
+    h.advance(0.05)
+    assert not h.fip_live("203.0.113.50")
+    assert [a.tpa for a in h.arps_out() if a.is_probe] == ["203.0.113.50"]
+
+
 @pytest.mark.parametrize(
     "key, value, reason",
     [

@@ -91,6 +91,7 @@ class HostController:
             self.base_cfg.fip_activation, self.timers, self.stats, self.sw.session, self.sw.send
         )
         self.fips.seen_ofport = seen_ofport
+        self.fips.leased_at = lambda name: self.dhcp.leases.get(name, {}).get("at")
         self.handoffs = Handoffs(self.timers, self.stats)
         self.audit = audit.Auditor(self.audit_interval, self.sw, self.timers, self.stats)
 

@@ -52,6 +52,9 @@ class Fips:
         self.uplink = 0
         self.seen_ofport: dict[str, int | None] = {}  # each row's device at the last look
         self.seen_fip: dict[str, str | None] = {}  # each port's FIP at the last look
+        self.plugged_at: dict[str, float] = {}  # when each row's device was first seen
+        # When this host's DHCP last answered the port (None: never): set by the controller
+        self.leased_at: Callable[[str], float | None] = lambda name: None
         self.to_announce: set[str] = set()  # live, GARPs once confirmed
         self.reported: dict[str, tuple[str, float]] = {}  # port -> (MAC, when) logged
 
@@ -64,7 +67,9 @@ class Fips:
         """After the host state took these rows. At the controller's first view
         (`resident`) the VMs already plugged were live before a restart. In `first-packet`
         mode a FIP given to a device that was already here (`ovsnat bind` on a running VM)
-        needs no proof either. Every other dark FIP waits for presence.py."""
+        needs no proof either, nor in any mode a FIP given to a VM that spoke DHCP with this
+        host since its device was plugged here (spoke_here). Every other dark FIP waits for
+        presence.py."""
         delta = Delta()
         for name in sorted(names):
             row = rows.get(name)
@@ -74,24 +79,34 @@ class Fips:
             was_here = bool(ofport and ofport > 0 and self.seen_ofport.get(name) == ofport)
             new_fip = self.seen_fip.get(name) != fip
             given = resident or (self.presence.mode == "first-packet" and new_fip)
+            spoke = was_here and new_fip and not resident and self.spoke_here(name)
             if row is None:
                 self.seen_ofport.pop(name, None)
                 self.seen_fip.pop(name, None)
                 self.reported.pop(name, None)
+                self.plugged_at.pop(name, None)
             else:
+                if self.seen_ofport.get(name) != ofport:
+                    self.plugged_at[name] = now
                 self.seen_ofport[name], self.seen_fip[name] = ofport, fip
-            if (
-                was_here
-                and given
-                and self.host.is_pending(name)
-                and name not in self.host.standing.yielded
-            ):
-                LOG.info("ovsnat: port %s was already here; activating its FIP", name)
+            pending = was_here and self.host.is_pending(name)
+            if pending and (spoke or (given and name not in self.host.standing.yielded)):
+                why = "its VM spoke DHCP here" if spoke else "was already here"
+                LOG.info("ovsnat: port %s %s; activating its FIP", name, why)
                 delta.extend(self._activate(name))
             elif new_fip and self._active(name):  # a FIP live at once: announce it too
                 self.to_announce.add(name)
             self.track(name, now)
         return delta
+
+    def spoke_here(self, name: str) -> bool:
+        """This host's DHCP answered the port since its device was plugged here: its VM runs
+        here. A live migration's destination hears nothing from the VM before it runs there,
+        so a FIP given to such a VM (moved from another port, perhaps on another host) needs
+        no probe: it goes live and is announced, and a host that still answered for it
+        yields on the announcement, as to any other host's."""
+        at, plugged = self.leased_at(name), self.plugged_at.get(name)
+        return at is not None and plugged is not None and at >= plugged
 
     def track(self, name: str, now: float) -> None:
         """Keep presence.py's view of `name` in step with the host state."""
