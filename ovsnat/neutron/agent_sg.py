@@ -128,6 +128,11 @@ class GroupSync:
             r in self.members for r in self.remotes(groups)
         )
 
+    def on_bridge(self, snap) -> bool:
+        """Every group key known here is on the Bridge as known (covers() trusts memory,
+        which before_ports writes in the same pass; a port written before that needs this)."""
+        return all(snap.bridge_ids.get(k) == v for k, v in self.wanted.items())
+
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:
         """Fetch what changed or is missing (one call: the server adds the members of the

@@ -150,3 +150,10 @@ def diff_keys(current: dict[str, str], desired: dict[str, str]) -> KeyDiff:
     to_set = {k: v for k, v in desired.items() if current.get(k) != v}
     to_remove = tuple(k for k in MANAGED_KEYS if k in current and k not in desired)
     return KeyDiff(to_set, to_remove)
+
+
+def apply_diff(current: dict[str, str], diff: KeyDiff) -> None:
+    """`current` as it is once `diff` is written."""
+    current.update(diff.set)
+    for key in diff.remove:
+        current.pop(key, None)
