@@ -212,8 +212,9 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     across hosts after the first move): it survives too (issue 26 item 7)."""
     fresh_reports(cl, "hv1", "hv2")
     net = cl.tenant.network.create_network(name=unique("ewnet"))
+    third = 10 + moves  # each variant its own subnet: one router holds no overlapping two
     sub = cl.tenant.network.create_subnet(
-        network_id=net.id, ip_version=4, cidr="10.11.0.0/24", gateway_ip="10.11.0.1"
+        network_id=net.id, ip_version=4, cidr=f"10.{third}.0.0/24", gateway_ip=f"10.{third}.0.1"
     )
     cl.tenant.network.add_interface_to_router(cl.topo.router, subnet=sub.id)
     server, peer = servers.boot_many(cl, [(unique("vm"), "hv1"), (unique("vm"), "hv1", net.id)])
