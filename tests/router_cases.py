@@ -187,7 +187,9 @@ def test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts(cl):
     a router of its own. A server reaches the other subnet's servers on its own host and on
     the other host, every reply with TTL 63, and the far one reaches it back the same way:
     each direction routed once, on its sender's host. The other router's server is reached
-    by none of them (the same pings within the router are the positive control)."""
+    by none of them (the same pings within the router are the positive control). Then the
+    third subnet moves to the first router, its server running: hv1, which holds no port of
+    it, hears of it with the router's other networks, and both ways are routed."""
     (net_a, sub_a), (net_b, sub_b), (net_c, sub_c) = (_subnet(cl, i) for i in (6, 7, 8))
     router = cl.tenant.network.create_router(name=unique("router"))
     other = cl.tenant.network.create_router(name=unique("router"))
@@ -215,3 +217,18 @@ def test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts(cl):
         assert ping(src.ns, c.fixed_ip, count=2, interval=0.05, wait=0.5).received == 0
         assert ping(c.ns, src.fixed_ip, count=2, interval=0.05, wait=0.5).received == 0
     assert ping(a.ns, far.fixed_ip, count=1, wait=1).received == 1  # still: the control
+    cl.tenant.network.remove_interface_from_router(other, subnet=sub_c.id)
+    cl.tenant.network.add_interface_to_router(router, subnet=sub_c.id)
+    answered = time.time()
+    wait_for(
+        lambda: ping(a.ns, c.fixed_ip, count=1, wait=0.3).received,
+        5,
+        interval=0.05,
+        what="east-west hv1 -> hv2 to a subnet that joined the router",
+    )
+    ROUTER_TIMES["router add subnet -> east-west across hosts (s, from the answer)"] = (
+        time.time() - answered
+    )
+    for src, dst in ((a, c), (c, a)):
+        result = ping(src.ns, dst.fixed_ip, count=3, interval=0.05, wait=1)
+        assert _routed_once(result), result.output

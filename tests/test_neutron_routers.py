@@ -364,7 +364,8 @@ pushes.router_updated(resources.ROUTER, events.AFTER_UPDATE, None,
                       events.DBEventPayload(ctx, states=(old, gw), resource_id="r2"))
 pushes.gateway_changed(resources.ROUTER_GATEWAY, events.AFTER_DELETE, None,
                        events.DBEventPayload(ctx, states=({"id": "r0"},)))
-assert notifier.casts == [["n1"], ["n2"], ["n2"]], notifier.casts  # the rename: nothing
+# an interface removed: its network and the router's others (n4's hosts forget n1)
+assert notifier.casts == [["n1", "n4"], ["n2"], ["n2"]], notifier.casts  # a rename: nothing
 # VM ports: bound, moved (a live migration's activation), re-addressed, deleted: its
 # network's neighbours changed; a status change or a router's own port: nothing
 def port_event(event, *states):

@@ -233,9 +233,12 @@ class RouterPushes:
             self.notifier.hosts_changed(payload.context)
 
     def interface_changed(self, resource, event, trigger, payload) -> None:
+        """A subnet joined or left a router: its network, and the router's other networks,
+        whose hosts learn or forget it as a peer (a host holds only its own networks' ports
+        and hears only of those: told of the joining network alone, a host of another of
+        the router's networks would never route to it)."""
         port = (payload.metadata or {}).get("port") or {}
-        if port.get("network_id"):
-            self.notifier.changed(payload.context, [port["network_id"]])
+        self._router_networks(payload.context, payload.resource_id, [port.get("network_id")])
 
     def gateway_changed(self, resource, event, trigger, payload) -> None:
         router = payload.latest_state or {}
@@ -246,9 +249,11 @@ class RouterPushes:
         if len(states) == 2 and rt.gateway_changed(states[0], states[1]):
             self._router_networks(payload.context, payload.resource_id)
 
-    def _router_networks(self, context, router_id: str | None) -> None:
-        if not router_id:
-            return
-        ctx = n_context.get_admin_context()
-        ports = _interfaces(ctx, directory.get_plugin(), {"device_id": [router_id]})
-        self.notifier.changed(context, [p["network_id"] for p in ports])
+    def _router_networks(self, context, router_id: str | None, also=()) -> None:
+        ports = []
+        if router_id:
+            ctx = n_context.get_admin_context()
+            ports = _interfaces(ctx, directory.get_plugin(), {"device_id": [router_id]})
+        networks = [n for n in [*also, *(p["network_id"] for p in ports)] if n]
+        if networks:
+            self.notifier.changed(context, networks)
