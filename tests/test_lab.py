@@ -156,3 +156,15 @@ def test_lab_down_cleans_up_after_a_killed_creator():
     finally:
         if lab_id in Lab.list_ids():
             Lab.load(lab_id).down()
+
+
+def test_a_process_that_ended_is_seen_as_exited_and_a_running_one_is_not(make_lab):
+    """Lab.exited, by which a service that dies while starting fails the OpenStack lab's
+    bring-up at once (services.OpenStack.alive): read from /proc, the zombie of a process
+    nobody reaped yet counts as ended."""
+    lab = make_lab()
+    lab.spawn("ends", ["true"], ns=lab.srv_ns)
+    lab.spawn("runs", ["sleep", "60"], ns=lab.srv_ns)
+    wait_for(lambda: lab.exited("ends"), 5, what="`true` to end")
+    assert not lab.exited("runs") and not lab.exited("never-spawned")
+    lab.stop_proc("runs")

@@ -1,7 +1,7 @@
 """The mechanism driver's refusals at binding (ovsnat.neutron.binding: pure, Neutron's dicts in,
 a reason out) and the shared validation they rest on (ovsnat.model.validate): a port the controller
 would refuse is refused at binding, with the controller's own reason. Through Neutron's API:
-tests/test_binding_refusals.py."""
+tests/refusal_cases.py."""
 
 from __future__ import annotations
 

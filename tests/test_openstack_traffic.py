@@ -26,6 +26,7 @@ from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import background_tcp, tcp_connect, tcp_established
+from ovsnat.neutron.constants import DEVICE_OWNER_SNAT
 from tests.openstack_lab import boot, cloud_lab, new_fip, port_status, row_ids, unique, wait_key
 
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]
@@ -448,3 +449,28 @@ def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server
     stale = row_ids(cl, "hv3", tap)
     assert "ovsnat-ready" not in stale and "ovsnat-installed" not in stale
     assert not re.search(rf"devices up \[[^]]*{server.port_id}", cl.stack.agent_log("hv3"))
+
+
+def test_a_retired_hosts_snat_port_goes_with_its_deleted_agent_and_returns_with_it(cl):
+    """hv5 (controller and agent; Nova does not know it) serves the external network: its
+    SNAT port exists (device_owner network:ovsnat_snat, device_id the host). The host is
+    retired as an operator does it: its agent stopped, then deleted through the API. Its
+    SNAT port goes with the agent (a dead host never keeps the external network from being
+    deleted: issue 26 item 4) while hv1's stays (control). The host returns: its agent
+    registers again and gets a new SNAT port."""
+    cl.add_hypervisor("hv5", compute=False)
+    cl.agents_alive("hv5", timeout=60)
+    cl.wait_snat("hv5")
+
+    def snat_ports(host: str) -> list:
+        return list(cl.admin.network.ports(device_owner=DEVICE_OWNER_SNAT, device_id=host))
+
+    assert len(snat_ports("hv5")) == 1 and len(snat_ports("hv1")) == 1
+    agent = next(a for a in cl.admin.network.agents(host="hv5"))
+    cl.stack.stop_agent("hv5")
+    cl.admin.network.delete_agent(agent)
+    assert snat_ports("hv5") == []  # deleted in the same request (AGENT BEFORE_DELETE)
+    assert len(snat_ports("hv1")) == 1
+    cl.stack.start_agent("hv5")
+    cl.agents_alive("hv5", timeout=60)
+    wait_for(lambda: len(snat_ports("hv5")) == 1, 30, interval=0.2, what="hv5's new SNAT port")

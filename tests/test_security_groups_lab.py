@@ -38,7 +38,9 @@ from tests.openstack_lab import (
     wait_key,
 )
 
-# The keys' cases (Neutron's API to OVSDB) run here too, on this module's lab.
+# The keys' cases (Neutron's API to OVSDB) run here too, on this module's lab, and after
+# this module's own cases the binding refusals (tests/refusal_cases.py: they need the
+# agents to report their controllers' limits, as this lab's do).
 from tests.secgroup_keys import *  # noqa: F403
 from tests.secgroup_keys import TIMES, bridge_ids, new_group, new_port, unlimited_groups
 
@@ -51,7 +53,7 @@ PORT = servers.GUEST_PORT  # every guest's TCP echo server
 
 @pytest.fixture(scope="module")
 def cl(request):
-    with cloud_lab(request, TIMES, open_default=False) as lab:
+    with cloud_lab(request, TIMES, open_default=False, report_limits=True) as lab:
         unlimited_groups(lab)
         yield lab
 
@@ -445,3 +447,6 @@ def test_a_live_migration_keeps_an_allowed_inbound_session_and_the_groups_follow
         cl, cl.lab.srv_ns, fip, time.time()
     )
     assert took < LIMIT, took
+
+
+from tests.refusal_cases import *  # noqa: E402,F403  (last: they run after the rest)

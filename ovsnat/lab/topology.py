@@ -222,6 +222,19 @@ class Lab(VmPlumbing):
         self._save()
         return proc
 
+    def exited(self, name: str) -> bool:
+        """The process recorded as `name` has ended (a zombie not yet reaped counts); False
+        for a name never spawned. Reads /proc: reaps nothing."""
+        pid = self.procs.get(name, {}).get("pid")
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
     def stop_proc(self, name: str) -> None:
         info = self.procs.pop(name, None)
         if info:

@@ -76,12 +76,14 @@ class CloudLab:
         controller: bool = True,
         agent: bool = True,
         nova_options: dict[str, str] | None = None,
+        compute: bool = True,
         **options,
     ) -> None:
         """A host on the fabric with its controller (listening on the host namespace's
         loopback; `options` override its [ovsnat] options), its agent (in the services
         namespace, see services.py; agent=False: started later, e.g. once the external
-        network exists) and its nova-compute (`nova_options`: its own [DEFAULT] options)."""
+        network exists) and its nova-compute (`nova_options`: its own [DEFAULT] options;
+        compute=False: none, a host Nova does not know)."""
         self.lab.add_host(name, fabric=True)
         if controller:
             scenario.start_controller(
@@ -89,7 +91,8 @@ class CloudLab:
             )
         if agent:
             self.stack.start_agent(name)
-        self.stack.add_compute(name, **(nova_options or {}))
+        if compute:
+            self.stack.add_compute(name, **(nova_options or {}))
 
     def hypervisor_ready(self, *hosts: str) -> None:
         """Agents alive, SNAT addresses on the bridges, nova-computes mapped: Nova can place

@@ -48,6 +48,7 @@ class OpenStack:
     paths: cfg.Paths | None = None
     rabbit_env: dict = field(default_factory=dict)
     agents: list[str] = field(default_factory=list)
+    limits_reported: set[str] = field(default_factory=set)  # hosts whose agent reports them
     timings: dict = field(default_factory=dict)
 
     @property
@@ -119,11 +120,28 @@ class OpenStack:
 
     def wait_api(self, timeout: float = 120) -> None:
         wait_for(
-            self.api_answers,
+            self.alive("neutron-api", self.api_answers, "neutron-api.log"),
             timeout,
             interval=0.25,
             what=f"the Neutron API (see {self.paths.log}/uwsgi.log)",
         )
+
+    def alive(self, name: str, ready, log: str):
+        """`ready`, failing at once, with the last ERROR line of the service's `log`, when
+        the process `name` ended: a broken install (a plugin's entry point missing, an
+        import error) fails the bring-up in seconds instead of at the wait's timeout."""
+
+        def check() -> bool:
+            if ready():
+                return True
+            if self.lab.exited(name):
+                path = os.path.join(self.paths.log, log)
+                errors = [ln for ln in _read(path).splitlines() if " ERROR " in ln]
+                last = errors[-1].split(" ERROR ", 1)[1] if errors else "no ERROR line"
+                raise LabError(f"{name} exited while starting: {last} (see {path})")
+            return False
+
+        return check
 
     def api_answers(self) -> bool:
         return self.http_answers(cfg.API_PORT)
@@ -155,7 +173,7 @@ class OpenStack:
             )
 
         wait_for(
-            ready,
+            self.alive("neutron-rpc", ready, "neutron-rpc.log"),
             timeout,
             interval=0.5,
             what=f"neutron-rpc-server (see {self.paths.log}/neutron-rpc.log)",
@@ -163,10 +181,14 @@ class OpenStack:
 
     # --- agents ----------------------------------------------------------------------------
     def start_agent(
-        self, host: str, external_network: str = "", report_limits: bool = False
+        self, host: str, external_network: str = "", report_limits: bool | None = None
     ) -> str:
         """ovsnat-neutron-agent for lab host `host`, in this namespace (see module doc).
-        report_limits: it reports what the host's controller reserves (its config file)."""
+        report_limits: it reports what the host's controller reserves (its config file);
+        None: as the host's agent did before (a restarted agent keeps reporting them)."""
+        if report_limits is None:
+            report_limits = host in self.limits_reported
+        (self.limits_reported.add if report_limits else self.limits_reported.discard)(host)
         h = self.lab.hosts[host]
         controller = os.path.join(h.rundir, "ovsnat.conf") if report_limits else ""
         conf = cfg.write_agent(

@@ -162,7 +162,7 @@ class Stack(OpenStack):
 
     def wait_http(self, name: str, port: int, timeout: float = 180) -> None:
         wait_for(
-            lambda: self.http_answers(port),
+            self.alive(name, lambda: self.http_answers(port), f"{name}.log"),
             timeout,
             interval=0.25,
             what=f"{name} on port {port} (see {self.paths.log}/{name}*.log)",

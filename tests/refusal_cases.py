@@ -1,9 +1,11 @@
-"""Through Neutron's API (a real Neutron 29 with ovsnat's ML2 driver, agents that report what
-their host's controller reserves): every port ovsnat cannot serve is refused at binding
-(`binding_failed` in the API's answer, the reason in the binding's vif_details and in
-Neutron's log) while the other ports keep working; a multi-segment network binds on its
-fabric segment and its VLAN reaches the row; a bound port cannot be given fixed IPs it could
-only be half-served with; keys go only to a host that holds a binding of the port.
+"""Binding refusals, on test_security_groups_lab.py's lab (one bring-up for both: its agents report
+what their controllers reserve, as these cases need). Through Neutron's API (a real Neutron
+29 with ovsnat's ML2 driver, agents that report what their host's controller reserves):
+every port ovsnat cannot serve is refused at binding (`binding_failed` in the API's answer,
+the reason in the binding's vif_details and in Neutron's log) while the other ports keep
+working; a multi-segment network binds on its fabric segment and its VLAN reaches the row; a
+bound port cannot be given fixed IPs it could only be half-served with; keys go only to a
+host that holds a binding of the port.
 
 The decision itself is unit-tested in tests/test_neutron_binding.py; here Neutron's own code
 runs it (ML2's binding loop, its retries, the bindings API, the agents' RPC), in the lab of
@@ -30,11 +32,9 @@ from ovsnat.lab.openstack import config, keystone, servers
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.cloud import InNamespace
 from ovsnat.lab.sh import wait_for
-from tests.openstack_lab import HOSTS, boot, cloud_lab, row_ids, unique, wait_active
+from tests.openstack_lab import HOSTS, boot, row_ids, unique, wait_active
+from tests.secgroup_keys import TIMES
 
-pytestmark = [pytest.mark.lab, pytest.mark.openstack]
-
-TIMES: dict[str, float] = {}
 REFUSED = "ovsnat_refused"
 # Provider VLANs outside the lab's tenant range (config.VLAN_RANGE, 100-199), from which
 # Neutron allocates each tenant network's VLAN at random: a fixed VLAN inside it can be
@@ -43,25 +43,24 @@ VLAN = 280
 
 
 @pytest.fixture(scope="module")
-def cl(request):
-    """The lab, its agents reporting what their controllers reserve from the start, and
-    one server booted by Nova on hv1: every refusal must leave it working."""
-    with cloud_lab(request, TIMES, report_limits=True) as lab:
-        wait_for(
-            lambda: all(
-                a.configuration.get("ovsnat_host_limits")
-                for a in lab.conn.network.agents()
-                if a.host in HOSTS
-            ),
-            60,
-            interval=0.5,
-            what="the agents' reports of their hosts' limits",
-        )
-        lab.agents_alive()
-        lab.service = InNamespace(keystone.connect("nova", sc.SERVICE_PROJECT), lab.stack.ns)
-        lab.witness = boot(lab, "hv1")
-        wait_active(lab, lab.witness.port_id)
-        yield lab
+def refusals(cl):
+    """The agents' reports of their controllers' limits in, Nova's service user, and one
+    server booted by Nova on hv1: every refusal must leave it working."""
+    wait_for(
+        lambda: all(
+            a.configuration.get("ovsnat_host_limits")
+            for a in cl.conn.network.agents()
+            if a.host in HOSTS
+        ),
+        60,
+        interval=0.5,
+        what="the agents' reports of their hosts' limits",
+    )
+    cl.agents_alive()
+    cl.service = InNamespace(keystone.connect("nova", sc.SERVICE_PROJECT), cl.stack.ns)
+    cl.witness = boot(cl, "hv1")
+    wait_active(cl, cl.witness.port_id)
+    return cl
 
 
 def network(cl, cidr: str, gateway: str | None = "auto", v6: bool = False, **net):
@@ -137,6 +136,19 @@ def answered_without_keys(cl, port, host: str) -> None:
     )
 
 
+def keys_for_control_only(cl, host: str, control, port) -> None:
+    """Plugged together on `host`: the control port gets its keys, and Neutron answers the
+    host's agent that `port` has none there (its row gets no ovsnat key)."""
+    wait_for(
+        lambda: row_ids(cl, host, tap(control)).get("ovsnat-fixed-ip"),
+        10,
+        interval=0.1,
+        what=f"the control port's keys on {host}",
+    )
+    answered_without_keys(cl, port, host)
+    assert not [k for k in row_ids(cl, host, tap(port)) if k.startswith("ovsnat")]
+
+
 def api_log(cl) -> str:
     with open(os.path.join(cl.stack.paths.log, "neutron-api.log")) as f:
         return f.read()
@@ -168,7 +180,7 @@ def assert_unharmed(cl) -> None:
 
 
 # --- refusals ----------------------------------------------------------------------------
-def test_an_ipv6_only_port_is_refused_at_binding(cl):
+def test_an_ipv6_only_port_is_refused_at_binding(cl, refusals):
     net, _ = network(cl, "2001:db8:1::/64", v6=True)
     t = time.monotonic()
     port = bind(cl, net.id)
@@ -176,7 +188,7 @@ def test_an_ipv6_only_port_is_refused_at_binding(cl):
     assert_refused(cl, port, "is not IPv4: ovsnat serves IPv4 only")
 
 
-def test_a_dual_stack_port_is_refused_and_a_host_it_is_plugged_on_anyway_gets_no_keys(cl):
+def test_a_dual_stack_port_is_refused_and_a_host_it_is_plugged_on_anyway_gets_no_keys(cl, refusals):
     net, _ = network(cl, "10.20.0.0/24")
     cl.operator.network.create_subnet(network_id=net.id, ip_version=6, cidr="2001:db8:2::/64")
     port = bind(cl, net.id)
@@ -185,20 +197,13 @@ def test_a_dual_stack_port_is_refused_and_a_host_it_is_plugged_on_anyway_gets_no
     good = bind(cl, cl.topo.tenant_net)  # positive control, plugged with it
     plug_rows(cl, "hv1", port, good)
     try:
-        wait_for(
-            lambda: row_ids(cl, "hv1", tap(good)).get("ovsnat-fixed-ip"),
-            10,
-            interval=0.1,
-            what="the control port's keys",
-        )
-        answered_without_keys(cl, port, "hv1")
-        assert not [k for k in row_ids(cl, "hv1", tap(port)) if k.startswith("ovsnat")]
+        keys_for_control_only(cl, "hv1", good, port)
     finally:
         unplug_rows(cl, "hv1", port, good)
         cl.operator.network.delete_port(good.id)
 
 
-def test_a_port_with_two_ipv4_addresses_is_refused_not_half_served(cl):
+def test_a_port_with_two_ipv4_addresses_is_refused_not_half_served(cl, refusals):
     net, sub = network(cl, "10.21.0.0/24")
     port = bind(
         cl,
@@ -211,25 +216,25 @@ def test_a_port_with_two_ipv4_addresses_is_refused_not_half_served(cl):
     assert_refused(cl, port, "it has 2 fixed IPs (10.21.0.5, 10.21.0.6)")
 
 
-def test_a_subnet_without_gateway_is_refused(cl):
+def test_a_subnet_without_gateway_is_refused(cl, refusals):
     net, sub = network(cl, "10.22.0.0/24", gateway=None)
     assert sub.gateway_ip is None
     assert_refused(cl, bind(cl, net.id), "has no gateway (created with --gateway none)")
 
 
-def test_a_port_holding_its_subnets_gateway_address_is_refused(cl):
+def test_a_port_holding_its_subnets_gateway_address_is_refused(cl, refusals):
     net, sub = network(cl, "10.23.0.0/24")
     port = bind(cl, net.id, fixed_ips=[{"subnet_id": sub.id, "ip_address": sub.gateway_ip}])
     assert_refused(cl, port, f"fixed IP {sub.gateway_ip} is the VMs' gateway address")
 
 
-def test_a_network_overlapping_the_hosts_external_network_is_refused(cl):
+def test_a_network_overlapping_the_hosts_external_network_is_refused(cl, refusals):
     """hv1's controller: external_cidr 203.0.113.0/24 (its agent reported it)."""
     net, _ = network(cl, "203.0.113.128/25")
     assert_refused(cl, bind(cl, net.id), "203.0.113.128/25 overlaps external_cidr 203.0.113.0/24")
 
 
-def test_a_network_overlapping_the_hosts_transit_range_is_refused(cl):
+def test_a_network_overlapping_the_hosts_transit_range_is_refused(cl, refusals):
     """hv1's controller chose transit_cidr 240.0.0.0/10 (auto) and its agent reported it."""
     limits = next(a for a in cl.conn.network.agents() if a.host == "hv1").configuration[
         "ovsnat_host_limits"
@@ -240,7 +245,7 @@ def test_a_network_overlapping_the_hosts_transit_range_is_refused(cl):
     assert_refused(cl, bind(cl, net.id), "240.0.7.0/24 overlaps transit_cidr 240.0.0.0/10")
 
 
-def test_two_ipv4_subnets_on_one_network_are_refused(cl):
+def test_two_ipv4_subnets_on_one_network_are_refused(cl, refusals):
     net, _ = network(cl, "10.24.0.0/24")
     cl.operator.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.25.0.0/24")
     assert_refused(
@@ -248,7 +253,7 @@ def test_two_ipv4_subnets_on_one_network_are_refused(cl):
     )
 
 
-def test_a_network_with_two_fabric_segments_is_refused(cl):
+def test_a_network_with_two_fabric_segments_is_refused(cl, refusals):
     net, _ = network(
         cl,
         "10.26.0.0/24",
@@ -273,7 +278,7 @@ def test_a_network_with_two_fabric_segments_is_refused(cl):
 
 
 # --- what binds ------------------------------------------------------------------------------
-def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_vlan(cl):
+def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_vlan(cl, refusals):
     """ML2 omits provider:* for a network of several segments: the VLAN comes from the
     segment the port is bound to (the binding's level), as Neutron's own agents get it. A
     server booted there by Nova gets its port bound, the VLAN on its row and its lease."""
@@ -304,7 +309,7 @@ def test_a_multi_segment_network_binds_its_fabric_segment_and_the_row_gets_its_v
         servers.delete(cl, server)
 
 
-def test_a_bound_port_cannot_be_given_fixed_ips_it_would_be_half_served_with(cl):
+def test_a_bound_port_cannot_be_given_fixed_ips_it_would_be_half_served_with(cl, refusals):
     net, sub = network(cl, "10.28.0.0/24")
     port = bind(cl, net.id)
     assert port.binding_vif_type == "ovs"
@@ -329,7 +334,9 @@ def test_a_bound_port_cannot_be_given_fixed_ips_it_would_be_half_served_with(cl)
 
 
 # --- keys only where the port has a binding ------------------------------------------------
-def test_a_host_without_a_binding_of_the_port_gets_no_keys_and_an_inactive_binding_does(cl):
+def test_a_host_without_a_binding_of_the_port_gets_no_keys_and_an_inactive_binding_does(
+    cl, refusals
+):
     """A port bound to hv1 whose row also appears on hv2 (a stray plug): hv2's agent asks,
     Neutron answers with no keys (positive control: a port bound to hv2, plugged in the
     same call, gets its keys). A port of which hv2 holds an inactive binding (a live
@@ -339,14 +346,7 @@ def test_a_host_without_a_binding_of_the_port_gets_no_keys_and_an_inactive_bindi
     moving = bind(cl, cl.topo.tenant_net, host="hv1")
     plug_rows(cl, "hv2", port, control)
     try:
-        wait_for(
-            lambda: row_ids(cl, "hv2", tap(control)).get("ovsnat-fixed-ip"),
-            10,
-            interval=0.1,
-            what="the control port's keys on hv2",
-        )
-        answered_without_keys(cl, port, "hv2")
-        assert not [k for k in row_ids(cl, "hv2", tap(port)) if k.startswith("ovsnat")]
+        keys_for_control_only(cl, "hv2", control, port)
         binding = cl.service.network.create_port_binding(moving.id, host="hv2")
         assert binding.status == "INACTIVE" and binding.vif_type == "ovs"
         plug_rows(cl, "hv2", moving)
