@@ -15,6 +15,7 @@ from ovsnat.compile.punt_flows import DHCP_METER
 from ovsnat.core import dhcp, punts
 from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, PortError, VmPort
+from ovsnat.packets import arp
 from ovsnat.runtime import framework as fw
 from tests.hostsim import SimHost, vm_row
 
@@ -230,21 +231,49 @@ def lease(h: SimHost, n: int) -> None:
     assert h.ctl.dhcp.leases[f"tapvm{n}"]["acks"] >= 1
 
 
-def test_a_fip_given_to_a_vm_that_took_its_lease_here_goes_live_at_once():
+def test_a_fip_given_to_a_vm_that_took_its_lease_here_is_announced_then_lit_unprobed():
     """A FIP moved to a running VM (its lease taken from this host since its plug): no
-    probe round, live and announced at once, even while another host still answers for it
-    (that host yields on the announcement). A VM that never spoke DHCP here probes."""
+    probe round; announced at once (a host that still answers for it yields on that) and
+    lit SETTLE later, so two hosts never answer for it. A VM that never spoke DHCP here
+    probes (the control)."""
     h = SimHost(**OPTS).start()
     h.plug(vm_row(5), vm_row(6))
     lease(h, 5)
     h.advance(1.0)
     h.plug(vm_row(5, fip="203.0.113.50"), vm_row(6, fip="203.0.113.60"))
-    h.advance(0.05)  # within the first probe round (PROBE_GAP)
-    assert h.fip_live("203.0.113.50") and not h.fip_live("203.0.113.60")
+    h.advance(0.01)
     garps = [a for a in h.arps_out() if a.is_announcement and a.spa == "203.0.113.50"]
     assert garps and garps[0].sha == h.fip_mac("203.0.113.50")
+    assert not h.fip_live("203.0.113.50")  # announced before it answers
+    h.advance(0.1)  # SETTLE, still within the first probe round (PROBE_GAP)
+    assert h.fip_live("203.0.113.50") and not h.fip_live("203.0.113.60")
     assert not [a for a in h.arps_out() if a.is_probe and a.tpa == "203.0.113.50"]
-    assert [a.tpa for a in h.arps_out() if a.is_probe] == ["203.0.113.60"]  # the control
+    assert {a.tpa for a in h.arps_out() if a.is_probe} == {"203.0.113.60"}  # the control
+
+
+def test_a_lease_from_before_the_port_yielded_its_fip_proves_nothing():
+    """The port's FIP was announced by another host (the VM moved there; this host's row
+    can outlive the move): a FIP given to the port now probes, its old lease
+    notwithstanding. A lease taken after the yield lights the next one unprobed."""
+    h = SimHost(**OPTS).start()
+    h.plug(vm_row(5))
+    lease(h, 5)
+    h.advance(1.0)
+    h.plug(vm_row(5, fip="203.0.113.50"))
+    h.advance(0.2)
+    assert h.fip_live("203.0.113.50")
+    fip_mac = h.fip_mac("203.0.113.50")
+    h.from_uplink(arp.garp(fip_mac, "203.0.113.50"))  # another ovsnat host announces it
+    assert not h.fip_live("203.0.113.50")
+    h.plug(vm_row(5, fip="203.0.113.51"))
+    h.advance(0.2)
+    assert not h.fip_live("203.0.113.51")
+    assert {a.tpa for a in h.arps_out() if a.is_probe} == {"203.0.113.51"}
+    lease(h, 5)
+    h.plug(vm_row(5, fip="203.0.113.52"))
+    h.advance(0.2)
+    assert h.fip_live("203.0.113.52")
+    assert "203.0.113.52" not in [a.tpa for a in h.arps_out() if a.is_probe]
 
 
 def test_a_lease_from_before_the_ports_current_device_proves_nothing():

@@ -469,7 +469,7 @@ def test_a_retired_hosts_snat_port_goes_with_its_deleted_agent_and_returns_with_
     agent = next(a for a in cl.admin.network.agents(host="hv5"))
     cl.stack.stop_agent("hv5")
     cl.admin.network.delete_agent(agent)
-    assert snat_ports("hv5") == []  # deleted in the same request (AGENT BEFORE_DELETE)
+    assert snat_ports("hv5") == []  # in the same request (AGENT AFTER_DELETE callback)
     assert len(snat_ports("hv1")) == 1
     cl.stack.start_agent("hv5")
     cl.agents_alive("hv5", timeout=60)

@@ -24,7 +24,15 @@ import netaddr
 from ovsnat.compile.portsec import HELD
 from ovsnat.compile.vm import fip_responder_key
 from ovsnat.core.delta import Delta
-from ovsnat.core.presence import CONFLICT, SETTLE, Conflict, GoLive, Presence, SendProbe
+from ovsnat.core.presence import (
+    CONFLICT,
+    SETTLE,
+    SETTLING,
+    Conflict,
+    GoLive,
+    Presence,
+    SendProbe,
+)
 from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats
 from ovsnat.core.timers import Timers
@@ -53,6 +61,7 @@ class Fips:
         self.seen_ofport: dict[str, int | None] = {}  # each row's device at the last look
         self.seen_fip: dict[str, str | None] = {}  # each port's FIP at the last look
         self.plugged_at: dict[str, float] = {}  # when each row's device was first seen
+        self.yielded_at: dict[str, float] = {}  # when each port last yielded its FIP
         # When this host's DHCP last answered the port (None: never): set by the controller
         self.leased_at: Callable[[str], float | None] = lambda name: None
         self.to_announce: set[str] = set()  # live, GARPs once confirmed
@@ -67,9 +76,9 @@ class Fips:
         """After the host state took these rows. At the controller's first view
         (`resident`) the VMs already plugged were live before a restart. In `first-packet`
         mode a FIP given to a device that was already here (`ovsnat bind` on a running VM)
-        needs no proof either, nor in any mode a FIP given to a VM that spoke DHCP with this
-        host since its device was plugged here (spoke_here). Every other dark FIP waits for
-        presence.py."""
+        needs no proof either. A FIP given to a VM that spoke DHCP with this host since its
+        device was plugged here (spoke_here) is announced at once and lit SETTLE later, as
+        after the VM's first frame. Every other dark FIP waits for presence.py."""
         delta = Delta()
         for name in sorted(names):
             row = rows.get(name)
@@ -85,28 +94,33 @@ class Fips:
                 self.seen_fip.pop(name, None)
                 self.reported.pop(name, None)
                 self.plugged_at.pop(name, None)
+                self.yielded_at.pop(name, None)
             else:
                 if self.seen_ofport.get(name) != ofport:
                     self.plugged_at[name] = now
                 self.seen_ofport[name], self.seen_fip[name] = ofport, fip
             pending = was_here and self.host.is_pending(name)
-            if pending and (spoke or (given and name not in self.host.standing.yielded)):
-                why = "its VM spoke DHCP here" if spoke else "was already here"
-                LOG.info("ovsnat: port %s %s; activating its FIP", name, why)
+            if pending and given and not spoke and name not in self.host.standing.yielded:
+                LOG.info("ovsnat: port %s was already here; activating its FIP", name)
                 delta.extend(self._activate(name))
             elif new_fip and self._active(name):  # a FIP live at once: announce it too
                 self.to_announce.add(name)
             self.track(name, now)
+            if pending and spoke and self.presence.first_frame(name) is not None:
+                self.timers.at(now, ("spoke", name))  # no probe: announced by due()
         return delta
 
     def spoke_here(self, name: str) -> bool:
-        """This host's DHCP answered the port since its device was plugged here: its VM runs
-        here. A live migration's destination hears nothing from the VM before it runs there,
-        so a FIP given to such a VM (moved from another port, perhaps on another host) needs
-        no probe: it goes live and is announced, and a host that still answered for it
-        yields on the announcement, as to any other host's."""
+        """This host's DHCP answered the port since its device was plugged here, and since
+        the port last yielded its FIP: its VM runs here. A live migration's destination hears
+        nothing from the VM before it runs there, and a source hears nothing after (its row
+        can outlive the move: it yielded then). So a FIP given to such a VM (moved from
+        another port, perhaps on another host) needs no probe: it is announced, a host that
+        still answered for it yields, and it lights SETTLE later."""
         at, plugged = self.leased_at(name), self.plugged_at.get(name)
-        return at is not None and plugged is not None and at >= plugged
+        if at is None or plugged is None:
+            return False
+        return at >= plugged and at > self.yielded_at.get(name, float("-inf"))
 
     def track(self, name: str, now: float) -> None:
         """Keep presence.py's view of `name` in step with the host state."""
@@ -160,6 +174,7 @@ class Fips:
         # (or the FIP is configured on two hosts). Yield, so two hosts never answer for it.
         LOG.warning("ovsnat: FIP %s of port %s is announced by another host; yielding", a.spa, name)
         self.stats.inc("yields")
+        self.yielded_at[name] = now
         self.to_announce.discard(name)
         out = self.send(host.yield_fip(name))
         self.track(name, now)
@@ -226,8 +241,11 @@ class Fips:
             for started in self.presence.start_queued(now):
                 self.timers.at(now, ("presence", started))
             return out
+        if kind == "spoke" and self.presence.state(name) == SETTLING:
+            LOG.info("ovsnat: port %s: its VM spoke DHCP here; announcing its FIP", name)
+            return self._go_live(GoLive(name, "its VM spoke DHCP here", settle=True), now)
         if kind == "settle" and self.host.is_pending(name):
-            LOG.info("ovsnat: port %s is here (first frame seen); activating its FIP", name)
+            LOG.info("ovsnat: port %s is here (announced); activating its FIP", name)
             return self.send(self._activate(name))
         if kind == "garp" and self._live(name):
             return [self._garp(self.host.valid[name].fip)]

@@ -178,7 +178,8 @@ class OvsnatAgent(SnatAddress):
                 self.neutron_up.discard(gone)
         fetch = local if full else (dirty & local) | (local - set(self.desired))
         ok = self._fetch(sorted(fetch), full)
-        if ok and full and self.sg.on_bridge(snap):  # the ports first: see _apply
+        if ok and full and self.sg.on_bridge(snap) and self.routers.on_bridge(snap):
+            # the ports first (see _apply)
             self._apply(snap)
         ok = ok and (not full or self._fetch_orphans(local))
         ok &= self.sg.before_ports(snap, full) & self.routers.before_ports(snap, full)

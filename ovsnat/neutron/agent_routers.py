@@ -23,7 +23,7 @@ from oslo_log import log
 
 from ovsnat.neutron import routers as rt
 from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
-from ovsnat.neutron.keys import KeyDiff
+from ovsnat.neutron.keys import KeyDiff, in_step
 
 LOG = log.getLogger(__name__)
 GET = "get_routing"
@@ -100,6 +100,11 @@ class RouterSync:
         port's keys are written); a port without a network needs none."""
         net = port_network(keys)
         return net is None or (net in self.nets and self._held(self.nets[net]))
+
+    def on_bridge(self, snap) -> bool:
+        """Every routing key known here is on the Bridge as known (covers() reads memory,
+        which before_ports writes in the same pass; a port written before that needs this)."""
+        return in_step(snap.bridge_ids, self.wanted)
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:

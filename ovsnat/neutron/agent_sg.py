@@ -29,7 +29,7 @@ from oslo_log import log
 
 from ovsnat.neutron import secgroups as sg
 from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
-from ovsnat.neutron.keys import KeyDiff
+from ovsnat.neutron.keys import KeyDiff, in_step
 
 LOG = log.getLogger(__name__)
 GET = "get_security_groups"
@@ -130,8 +130,11 @@ class GroupSync:
 
     def on_bridge(self, snap) -> bool:
         """Every group key known here is on the Bridge as known (covers() trusts memory,
-        which before_ports writes in the same pass; a port written before that needs this)."""
-        return all(snap.bridge_ids.get(k) == v for k, v in self.wanted.items())
+        which before_ports writes in the same pass; a port written before that needs this).
+        A port that newly names a known group is written with the group's rules as known
+        before an outage until this pass's fetch brings any change: pushes are not replayed,
+        and the rules' change is written right after, in the same pass."""
+        return in_step(snap.bridge_ids, self.wanted)
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:

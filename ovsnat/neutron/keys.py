@@ -157,3 +157,8 @@ def apply_diff(current: dict[str, str], diff: KeyDiff) -> None:
     current.update(diff.set)
     for key in diff.remove:
         current.pop(key, None)
+
+
+def in_step(bridge_ids: dict[str, str], wanted: dict[str, str]) -> bool:
+    """Every key of `wanted` is on the Bridge with its value."""
+    return all(bridge_ids.get(k) == v for k, v in wanted.items())
