@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from ovsnat.lab.openstack import cloudlab, servers
 from ovsnat.lab.openstack.cloudlab import CloudLab
 from ovsnat.lab.sh import wait_for
+from ovsnat.lab.traffic import tcp_connect
 
 HOSTS = ("hv1", "hv2")
 
@@ -113,3 +114,19 @@ def new_fip(cl: CloudLab, port_id: str | None = None):
 def boot(cl: CloudLab, host: str, name: str | None = None, **kwargs) -> servers.Server:
     """A server booted by Nova on `host`, with its DHCP lease."""
     return servers.boot(cl, name or unique("vm"), host, **kwargs)
+
+
+def fresh_reports(cl, *hosts: str) -> None:
+    """These hosts' nova-computes (default: all) reported within their last two report
+    intervals (Nova's 10 s): Nova counts them up for a good while yet, and a live migration
+    to them is not refused."""
+    cl.computes_reported(time.time() - 20, *hosts)
+
+
+def answers(cl, address: str) -> None:
+    """The outside server opens a TCP connection to `address`'s guest echo port."""
+    wait_for(
+        lambda: tcp_connect(cl.lab, cl.lab.srv_ns, address, servers.GUEST_PORT).ok,
+        10,
+        what=f"{address}:{servers.GUEST_PORT} to answer",
+    )
