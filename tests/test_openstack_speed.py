@@ -4,7 +4,7 @@ to the first or last reply of a pinger that runs all along (ovsnat.lab.reach, 10
 probes: the resolution): a FIP associated (reachable from outside), a FIP moved to a port
 on another host (reachable through it), a router interface added (east-west working
 across hosts) and removed (stopped). Bounds: 0.5 s at the 95th percentile, 1 s at worst.
-Results in docs/openstack.md. `make test-openstack-long` (about 12 minutes);
+Results in docs/openstack.md. `make test-openstack-long` (about 9 minutes);
 OVSNAT_SPEED_OPS sets the count for a quicker look.
 """
 
