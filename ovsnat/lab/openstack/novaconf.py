@@ -67,7 +67,12 @@ ovsdb_connection = unix:/nonexistent
     # compute with database options tries them, and Nova logs that it may not)
     write_file(
         os.path.join(p.etc, "nova-db.conf"),
-        f"""[api_database]
+        f"""[DEFAULT]
+# The scheduler's periodic tasks (the host discovery above) start at once: Nova's default
+# delays their start by a random 0-60 s against stampedes, and a bring-up waited 3-47 s
+# for its hypervisors to be mapped (computes and their records long ready).
+periodic_fuzzy_delay = 0
+[api_database]
 connection = {db_url("nova_api")}
 [database]
 connection = {db_url("nova")}
