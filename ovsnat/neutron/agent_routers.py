@@ -23,7 +23,7 @@ from oslo_log import log
 
 from ovsnat.neutron import routers as rt
 from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
-from ovsnat.neutron.keys import KeyDiff, in_step
+from ovsnat.neutron.keys import KeyDiff, unwritten
 
 LOG = log.getLogger(__name__)
 GET = "get_routing"
@@ -104,7 +104,7 @@ class RouterSync:
     def on_bridge(self, snap) -> bool:
         """Every routing key known here is on the Bridge as known (covers() reads memory,
         which before_ports writes in the same pass; a port written before that needs this)."""
-        return in_step(snap.bridge_ids, self.wanted)
+        return not unwritten(snap.bridge_ids, self.wanted)
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:
@@ -127,7 +127,7 @@ class RouterSync:
         self.wanted = rt.bridge_keys(
             nets, self.routers, self.neighbours, self.agent.host, self.hostmacs
         )
-        changed = {k: v for k, v in self.wanted.items() if snap.bridge_ids.get(k) != v}
+        changed = unwritten(snap.bridge_ids, self.wanted)
         return self._write(KeyDiff(changed, ())) and ok and complete
 
     def _concerned(self, dirty: set[str]) -> set[str]:

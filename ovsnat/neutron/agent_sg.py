@@ -29,7 +29,7 @@ from oslo_log import log
 
 from ovsnat.neutron import secgroups as sg
 from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
-from ovsnat.neutron.keys import KeyDiff, in_step
+from ovsnat.neutron.keys import KeyDiff, unwritten
 
 LOG = log.getLogger(__name__)
 GET = "get_security_groups"
@@ -134,7 +134,7 @@ class GroupSync:
         A port that newly names a known group is written with the group's rules as known
         before an outage until this pass's fetch brings any change: pushes are not replayed,
         and the rules' change is written right after, in the same pass."""
-        return in_step(snap.bridge_ids, self.wanted)
+        return not unwritten(snap.bridge_ids, self.wanted)
 
     # --- a pass ----------------------------------------------------------------------------
     def before_ports(self, snap, full: bool) -> bool:
@@ -158,7 +158,7 @@ class GroupSync:
         self.groups = {g: v for g, v in self.groups.items() if g in own}
         self.members = {g: v for g, v in self.members.items() if g in remotes}
         self.wanted = sg.bridge_keys({g: v.value for g, v in self.groups.items()}, self.members)
-        changed = {k: v for k, v in self.wanted.items() if snap.bridge_ids.get(k) != v}
+        changed = unwritten(snap.bridge_ids, self.wanted)
         complete = own <= set(self.groups) and remotes <= set(self.members)
         return self._write(KeyDiff(changed, ())) and ok and complete
 

@@ -159,6 +159,6 @@ def apply_diff(current: dict[str, str], diff: KeyDiff) -> None:
         current.pop(key, None)
 
 
-def in_step(bridge_ids: dict[str, str], wanted: dict[str, str]) -> bool:
-    """Every key of `wanted` is on the Bridge with its value."""
-    return all(bridge_ids.get(k) == v for k, v in wanted.items())
+def unwritten(bridge_ids: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
+    """The keys of `wanted` not on the Bridge with their value (empty: it is in step)."""
+    return {k: v for k, v in wanted.items() if bridge_ids.get(k) != v}

@@ -238,7 +238,7 @@ class RouterPushes:
         and hears only of those: told of the joining network alone, a host of another of
         the router's networks would never route to it)."""
         port = (payload.metadata or {}).get("port") or {}
-        self._router_networks(payload.context, payload.resource_id, [port.get("network_id")])
+        self._router_networks(payload.context, payload.resource_id, (port.get("network_id"),))
 
     def gateway_changed(self, resource, event, trigger, payload) -> None:
         router = payload.latest_state or {}
@@ -249,7 +249,8 @@ class RouterPushes:
         if len(states) == 2 and rt.gateway_changed(states[0], states[1]):
             self._router_networks(payload.context, payload.resource_id)
 
-    def _router_networks(self, context, router_id: str | None, also=()) -> None:
+    def _router_networks(self, context, router_id: str | None, also: tuple = ()) -> None:
+        """Cast the router's networks (its interfaces now) and `also` (one that just left)."""
         ports = []
         if router_id:
             ctx = n_context.get_admin_context()
