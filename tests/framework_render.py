@@ -84,7 +84,7 @@ def match_kwargs(flow: Flow) -> dict:
         if ip_proto:
             kw["ip_proto"] = ip_proto
     for name, value in m.items():
-        if name in ("reg3", "reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11"):
+        if name in ("reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11"):
             v, _, mask = value.partition("/")
             kw[name] = (int(v, 0), int(mask, 0)) if mask else int(v, 0)
         elif name == "dl_vlan":
@@ -227,6 +227,7 @@ def instructions(flow: Flow) -> list:
 # (OFPBMC_BAD_PREREQ), and ryu's default order (by OXM class) puts Nicira fields such as
 # nw_ttl before eth_type.
 PREREQ_FIRST = (
+    "reg2",
     "reg3",
     "reg4",
     "reg5",

@@ -21,6 +21,7 @@ from ovsnat.core.effects import (
 )
 from ovsnat.core.state import build_state
 from ovsnat.model import HostConfig, mac_str, routing
+from ovsnat.model.externals import served_ids
 from ovsnat.model.rows import Changes, IfaceRow, Snapshot
 from ovsnat.packets import arp
 from tests.switchmodel import ModelSwitch
@@ -181,7 +182,8 @@ class SimHost:
             for p in [port_from_row(name, r.ofport, r.external_ids, r.link_state)]
             if p is not None
         ]
-        cfg, keys = self.ctl.host.cfg, routing.parse_bridge(self.bridge_ids)
+        cfg = self.ctl.host.cfg
+        keys = routing.parse_bridge(self.bridge_ids, served_ids(self.bridge_ids, cfg.externals))
         return {(f.table, f.cookie) for f in compile_state(build_state(cfg, ports, keys))}
 
     def arps_out(self) -> list[arp.Arp]:

@@ -124,12 +124,12 @@ def test_a_gateway_arp_with_a_group_mac_is_not_learned():
     host = SimHost(external_gateway_mac="").start()
     for bad in ("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "00:00:00:00:00:00"):
         host.from_uplink(arp.build(arp.REPLY, bad, "203.0.113.1", "203.0.113.11"), table=0)
-    assert host.ctl.gateway_mac is None
+    assert host.ctl.gateways.mac is None
     assert host.ctl.status(host.now)["packet_in_drops"]["bad_gateway_mac"] == 3
     host.from_uplink(
         arp.build(arp.REPLY, "02:00:00:00:00:fe", "203.0.113.1", "203.0.113.11"), table=0
     )
-    assert str(host.ctl.gateway_mac).lower().replace("-", ":") == "02:00:00:00:00:fe"
+    assert str(host.ctl.gateways.mac).lower().replace("-", ":") == "02:00:00:00:00:fe"
 
 
 def test_a_handler_fault_is_counted_and_logged_never_a_resync(caplog, monkeypatch):

@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import netaddr
 
@@ -24,6 +24,7 @@ from ovsnat.compile.pipeline import INGRESS
 from ovsnat.compile.tables import BY_ID
 from ovsnat.core.state import HostState
 from ovsnat.model import HostConfig, VmPort, port_from_row, routing, with_gateway_mac
+from ovsnat.model.externals import parse_externals, served_ids
 from ovsnat.model.options import read_ini
 from ovsnat.model.secgroups import parse_bridge
 from ovsnat.ovsdb import Watcher
@@ -144,9 +145,11 @@ def load_view(conf_path: str) -> View:
     installed = dump_flows(cfg.bridge)
     if cfg.learn_gateway_mac:
         cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
+    cfg = replace(cfg, externals=_externals(cfg, snap.bridge_ids, installed))
     host = HostState(cfg)
     host.set_security(parse_bridge(snap.bridge_ids))
-    host.set_routing(routing.parse_bridge(snap.bridge_ids))
+    served = served_ids(snap.bridge_ids, cfg.externals)
+    host.set_routing(routing.parse_bridge(snap.bridge_ids, served))
     for name, row in sorted(snap.rows.items()):
         if name not in (cfg.uplink_port, cfg.fabric_port):
             host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))
@@ -160,6 +163,28 @@ def _installed_gateway_mac(installed: list[Installed]):
         if f.table == INGRESS and m and is_ours(f.cookie):
             return netaddr.EUI(m.group(1))
     return None
+
+
+def _externals(cfg: HostConfig, bridge_ids: dict, installed: list[Installed]) -> tuple:
+    """The bridge's external networks, each tagged one with the gateway MAC its flows use
+    (what the controller learned, as for the untagged gateway above)."""
+    out = []
+    for ext in parse_externals(bridge_ids, cfg)[0]:
+        if ext.vlan is not None:
+            pattern = r"set_field:([0-9a-f:]{17})->eth_dst,push_vlan"
+            mac = next(
+                (
+                    netaddr.EUI(m.group(1))
+                    for f in installed
+                    if f.table == INGRESS and is_ours(f.cookie) and f"nw_src={ext.cidr}" in f.text
+                    for m in [re.search(pattern, f.actions)]
+                    if m
+                ),
+                None,
+            )
+            ext = replace(ext, gateway_mac=mac)
+        out.append(ext)
+    return tuple(out)
 
 
 def read_status(options: dict) -> dict:

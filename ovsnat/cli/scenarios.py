@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import netaddr
+
 from ovsnat.core.state import build_state
 from ovsnat.model import DesiredState, HostConfig, VmPort, routing
+from ovsnat.model.externals import parse_externals, served_ids
 from ovsnat.model.secgroups import parse_bridge
 
 BASE = {
@@ -175,6 +178,21 @@ SCENARIOS = {
             port(11, net=NET_B, ofport=31),
         ],
     ),
+    "externals": (
+        "Two external networks (docs/routers.md item 3): tenant-a on router r1, whose "
+        "gateway is public (the options' untagged network); tenant-b on router r2, whose "
+        "gateway is pub2 (VLAN 200 on the uplink, SNAT 198.51.100.140, its gateway's MAC "
+        "learned), each with a PAT VM and a FIP VM; tenant-c on router r3, whose gateway "
+        "network pub9 has no key here (vm13's FIP held inert, no PAT).",
+        FABRIC,
+        [
+            port(11, net=NET_A, ofport=21),
+            port(12, "203.0.113.12", net=NET_A, ofport=22),
+            port(11, net=NET_B, ofport=31),
+            port(12, "198.51.100.142", net=NET_B, ofport=32),
+            port(13, "198.51.100.143", net=NET_C, ofport=33),
+        ],
+    ),
 }
 # Scenario name -> the bridge's keys (security groups, routers)
 BRIDGE_KEYS = {
@@ -205,6 +223,16 @@ BRIDGE_KEYS = {
         "ovsnat-net-flat": "router=r2",
         "ovsnat-router-r2": "ext=-;snat=off",
     },
+    "externals": {
+        "ovsnat-net-tenant-a": "router=r1",
+        "ovsnat-net-tenant-b": "router=r2",
+        "ovsnat-net-tenant-c": "router=r3",
+        "ovsnat-router-r1": "ext=public;snat=on",
+        "ovsnat-router-r2": "ext=pub2;snat=on",
+        "ovsnat-router-r3": "ext=pub9;snat=on",
+        "ovsnat-ext-public": "vlan=-;cidr=203.0.113.0/24;gw=203.0.113.1;snat=203.0.113.11",
+        "ovsnat-ext-pub2": "vlan=200;cidr=198.51.100.128/25;gw=198.51.100.129;snat=198.51.100.140",
+    },
     "security-groups": {
         "ovsnat-sg-default": "r1,in,4,any,-,g:default;r2,out,4,any,-,-;r3,out,6,any,-,-",
         "ovsnat-sgm-default": "10.0.0.11,10.0.0.12,10.0.0.40",
@@ -222,6 +250,13 @@ def scenario_state(name: str) -> DesiredState:
     """A scenario's desired state: its host config, ports and bridge keys."""
     _, overrides, ports = SCENARIOS[name]
     keys = BRIDGE_KEYS.get(name, {})
-    state = build_state(HostConfig.parse({**BASE, **overrides}), ports, routing.parse_bridge(keys))
+    cfg = HostConfig.parse({**BASE, **overrides})
+    tagged_mac = netaddr.EUI("02:00:00:00:c8:fe")  # as a tagged network's gateway's, learned
+    externals = parse_externals(keys, cfg)[0]
+    cfg = replace(
+        cfg, externals=tuple(replace(e, gateway_mac=tagged_mac) if e.vlan else e for e in externals)
+    )
+    served = routing.parse_bridge(keys, served_ids(keys, cfg.externals))
+    state = build_state(cfg, ports, served)
     assert not state.rejected, state.rejected
     return replace(state, security=parse_bridge(keys))

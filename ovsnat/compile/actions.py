@@ -31,6 +31,7 @@ NXM_NAMES = {
     "arp_spa": "NXM_OF_ARP_SPA",
     "arp_tpa": "NXM_OF_ARP_TPA",
     "in_port": "NXM_OF_IN_PORT",
+    "reg2": "NXM_NX_REG2",
     "reg3": "NXM_NX_REG3",
     "reg5": "NXM_NX_REG5",
     "reg6": "NXM_NX_REG6",

@@ -98,6 +98,7 @@ FIELD_ORDER = (
     "ct_state",
     "ct_mark",
     "proto",
+    "reg2",
     "reg3",
     "reg4",
     "reg5",

@@ -6,7 +6,7 @@ limits, the gateway's MAC, DHCP, the fabric). They depend on the host config alo
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, eastwest, handoff_flows, sg_flows
+from ovsnat.compile import connlimit, eastwest, ext_flows, handoff_flows, sg_flows
 from ovsnat.compile.actions import (
     Controller,
     Ct,
@@ -20,6 +20,7 @@ from ovsnat.compile.actions import (
     Output,
     SetField,
 )
+from ovsnat.compile.ext_flows import uplink_vlan
 from ovsnat.compile.flows import COOKIE_HOST, NO_VLAN, Flow, Match, make_flow, owner_cookie
 from ovsnat.compile.pipeline import (
     CLASSIFY,
@@ -115,6 +116,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows += dhcp_punts(cfg, c)
     if cfg.fabric_ofport:
         flows += _fabric(cfg, c)
+    flows += ext_flows.host_flows(cfg, c)
     return flows + eastwest.host_part(cfg, c) + sg_flows.host_flows(c)
 
 
@@ -163,7 +165,7 @@ def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
             c,
             UPLINK_ARP,
             200,
-            Match.of(proto="arp", arp_tpa=snat, arp_op=1),
+            Match.of(proto="arp", **uplink_vlan(cfg, cfg.snat_ip), arp_tpa=snat, arp_op=1),
             arp_reply(snat_mac, snat),
         ),
         # Anyone else on the external network claiming our SNAT IP: tell the controller.

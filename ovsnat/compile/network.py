@@ -62,16 +62,19 @@ def network_flows(
     else:
         flows.append(make_flow(c, EGRESS, 250, Match.of(proto="ip", reg6=r6, nw_dst=net.cidr), []))
     if route.pat:
-        flows += _pat_flows(cfg, net, c)
+        flows += _pat_flows(cfg, net, c, cfg.external_vlan(route.external))
     elif route.routed:  # counted apart from the table's default drop
         flows.append(make_flow(c, EGRESS, 50, Match.of(proto="ip", reg6=r6), []))
     flows += eastwest.network_part(cfg, net, ew_tag, c)
     return flows + _fabric_flows(cfg, net, c, ew_tag)
 
 
-def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
-    """The network's way into PAT and the way back for its replies."""
+def _pat_flows(cfg: HostConfig, net: Network, c: int, ext_vlan: int) -> list[Flow]:
+    """The network's way into PAT and the way back for its replies. `ext_vlan`: its
+    router's gateway network's VLAN, which picks the SNAT address (ovsnat.compile.ext_flows;
+    0: the untagged network's)."""
     r6 = reg6(net)
+    ext = [Load("reg2", ext_vlan)] if ext_vlan else []
     if net.vlan is None:
         return [
             make_flow(
@@ -79,7 +82,7 @@ def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
                 EGRESS,
                 50,
                 Match.of(proto="ip", reg6=r6),
-                [Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())],
+                [*ext, Ct(zone=cfg.ct_zone, table=PAT_OUT, nat=Nat())],
             ),
             make_flow(
                 c,
@@ -96,7 +99,7 @@ def _pat_flows(cfg: HostConfig, net: Network, c: int) -> list[Flow]:
             EGRESS,
             50,
             Match.of(proto="ip", reg6=r6),
-            [Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())],
+            [*ext, Ct(zone=zone, table=NET_PAT_OUT, nat=Nat())],
         ),
         make_flow(
             c,

@@ -112,8 +112,9 @@ _DECLARED: tuple[Table, ...] = (
         "ARP from the external network: answer only for this host's FIPs and SNAT IP, each "
         "with its own MAC; ARP claiming one of them, and probes for a dark FIP, go to the "
         "controller (metered): another host answers for it, or took it over. A VIP's FIP's "
-        "own ARP (the new holder's host announcing it) is dropped, never answered.",
-        "proto arp_op arp_spa arp_tpa",
+        "own ARP (the new holder's host announcing it) is dropped, never answered. With tagged "
+        "external networks, each address is answered only in its own network's VLAN.",
+        "proto vlan_tci dl_vlan arp_op arp_spa arp_tpa",
         ARP_REPLY | {Controller, Meter},
     ),
     declare(
@@ -227,8 +228,10 @@ _DECLARED: tuple[Table, ...] = (
         "After the shared PAT conntrack lookup: drop invalid, pass established and related "
         "(already translated), commit new connections with nat(src=snat_ip:range); as in "
         "net_pat_out, never for a handed packet, and a TCP segment without SYN from a VM in "
-        "its arrival grace goes to the handoff VLAN instead.",
-        "ct_state proto reg5 reg6 nw_src tcp_flags",
+        "its arrival grace goes to the handoff VLAN instead. A network whose router's gateway "
+        "is a tagged external network (its VLAN in reg2) commits to that network's SNAT "
+        "address instead.",
+        "ct_state proto reg2 reg5 reg6 nw_src tcp_flags",
         {Ct, Goto, SetField, PushVlan, Output},
         {PAT_GUARD},
     ),
@@ -262,9 +265,10 @@ _DECLARED: tuple[Table, ...] = (
         "FIP VM, whole); a FIP is "
         "rewritten to its VM's fixed IP and network (fragments via conntrack) with the FIP flag "
         "set; the SNAT IP goes through the shared PAT lookup; leaving traffic goes to the "
-        "external gateway with dec_ttl; anything else is dropped.",
-        "proto reg5 nw_dst nw_ttl nw_frag icmp_type",
-        {SetField, Ct, Goto, Load, DecTtl, Output, Meter, Controller},
+        "external gateway with dec_ttl, in the VLAN of the external network its source "
+        "belongs to; anything else is dropped.",
+        "proto reg5 nw_src nw_dst nw_ttl nw_frag icmp_type",
+        {SetField, Ct, Goto, Load, DecTtl, PushVlan, Output, Meter, Controller},
         {PAT_IN, DELIVER},
     ),
     declare(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ovsnat.compile import connlimit, eastwest, flowident, handoff_flows, portsec
 from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, SetField
+from ovsnat.compile.ext_flows import uplink_vlan
 from ovsnat.compile.flows import (
     COOKIE_VLAN_VM,
     COOKIE_VM,
@@ -118,7 +119,7 @@ def vm_flows(
                 c,
                 UPLINK_ARP,
                 250,
-                Match.of(proto="arp", arp_spa=str(vm.fip)),
+                Match.of(proto="arp", **uplink_vlan(cfg, vm.fip), arp_spa=str(vm.fip)),
                 [Meter(CLAIM_METER), Controller()],
             )
         )
@@ -132,7 +133,13 @@ def vm_flows(
                 c,
                 UPLINK_ARP,
                 240,
-                Match.of(proto="arp", arp_spa="0.0.0.0", arp_tpa=str(vm.fip), arp_op=1),
+                Match.of(
+                    proto="arp",
+                    **uplink_vlan(cfg, vm.fip),
+                    arp_spa="0.0.0.0",
+                    arp_tpa=str(vm.fip),
+                    arp_op=1,
+                ),
                 [Meter(CLAIM_METER), Controller()],
             ),
         ]
@@ -185,7 +192,7 @@ def _fip_responder(cfg: HostConfig, vm: VmPort, c: int) -> Flow:
         c,
         UPLINK_ARP,
         200,
-        Match.of(proto="arp", arp_tpa=fip, arp_op=1),
+        Match.of(proto="arp", **uplink_vlan(cfg, vm.fip), arp_tpa=fip, arp_op=1),
         arp_reply(mac_str(cfg.ip_mac(vm.fip)), fip),
     )
 

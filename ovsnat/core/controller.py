@@ -25,7 +25,7 @@ import logging
 
 import netaddr
 
-from ovsnat.core import audit, connlimit, dhcp, markers
+from ovsnat.core import audit, connlimit, dhcp, gateways, markers
 from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
 from ovsnat.core.dropcounts import DropCounts
@@ -40,14 +40,12 @@ from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats, status_of
 from ovsnat.core.timers import Timers
 from ovsnat.core.vswitchd import Vswitchd
-from ovsnat.model import HostConfig, mac_str, port_from_row
+from ovsnat.model import HostConfig, port_from_row
 from ovsnat.model.hostconfig import RejectionLog, Settings
 from ovsnat.model.rows import IfaceRow, Snapshot
 from ovsnat.model.secgroups import HostSecurity, parse_bridge
-from ovsnat.packets import arp
 
 LOG = logging.getLogger("ovsnat")
-GATEWAY_ARP_INTERVAL = (1, 30)  # seconds: until resolved, then to follow changes
 FAULTS_BEFORE_EXIT, FAULT_WINDOW = 3, 60.0
 
 
@@ -64,7 +62,7 @@ class HostController:
         self.bridge_ids: dict[str, str] = {}
         self.sg_broken: dict[str, str] = {}  # malformed groups, as last logged
         self.routing_logged: dict[str, str] = {}  # malformed routing keys, as last logged
-        self.gateway_mac = cfg.external_gateway_mac
+        self.gateways = gateways.Gateways(cfg.external_gateway_mac)
         self.stats = Stats()
         self.failures = Failures(self.stats)
         self.sw = Reconciler(clock, self.stats)
@@ -98,6 +96,7 @@ class HostController:
     # --- OVSDB ---------------------------------------------------------------------------
     def ovsdb(self, batch, now: float) -> list:
         names = self._apply(batch)
+        externals = self.host.cfg.externals if self.host else ()
         built, out = self._ensure_host(now)
         if batch.datapath_id is not None:
             out = self._datapath_named(batch.datapath_id, now) + out
@@ -108,9 +107,11 @@ class HostController:
         if self.host is None:
             return out
         delta = Delta()
+        if externals != self.host.cfg.externals:  # a FIP may be in a network new here
+            names |= set(self.rows)
         if batch.bridge_ids is not None:
             delta.extend(self.host.set_security(self._security()))
-            routed, nets = self.host.set_routing(parse_logged(self.bridge_ids, self.routing_logged))
+            routed, nets = self.host.set_routing(self._routing())
             delta.extend(routed)
             names |= rows_in(self.rows, nets)  # their FIPs may be served, or held inert, now
         for name in sorted(names - self._infra()):
@@ -129,6 +130,9 @@ class HostController:
             + self._flushes()
             + burst
         )
+
+    def _routing(self):
+        return parse_logged(self.bridge_ids, self.routing_logged, self.host.cfg)
 
     def _security(self) -> HostSecurity:
         """The bridge's security groups; each malformed group logged once (its ports fail
@@ -181,15 +185,14 @@ class HostController:
         if self.host is None:
             self.host = self.sw.host = HostState(cfg)
             self.host.set_security(self._security())
-            self.host.set_routing(parse_logged(self.bridge_ids, self.routing_logged))
+            self.host.set_routing(self._routing())
             self.fips.set_host(self.host)
             for name in sorted(set(self.rows) - self._infra()):
                 self.host.update(name, self._port(name))
             self.rejections.report(self.host)
             self.fips.changed(set(self.rows), self.rows, now, resident=self.first_view)
             self.first_view = False
-            if cfg.learn_gateway_mac:
-                self.timers.at(now, ("gateway-arp",))
+            self.gateways.arm(cfg, self.timers, now)
             self.timers.at(now + DropCounts.POLL, DropCounts.KEY)
             return True, [ReleaseMemory()]
         if cfg == self.host.cfg:
@@ -201,6 +204,7 @@ class HostController:
         )
         out = self.sw.send(self.host.set_config(cfg))
         self.fips.set_host(self.host)
+        self.gateways.arm(cfg, self.timers, now)
         for name in sorted(self.host.valid):
             self.fips.track(name, now)
         return False, out
@@ -209,8 +213,9 @@ class HostController:
         return self.settings.resolve(
             self.rows,
             self.bridge_ids,
-            self.gateway_mac,
+            self.gateways.mac,
             self.host.cfg.snat_ip if self.host else None,
+            self.gateways.macs,
         )
 
     def _infra(self) -> set[str]:
@@ -313,13 +318,9 @@ class HostController:
         """A frame the switch sent up: never raises, whatever its bytes (ovsnat.core.packet_in)."""
         return self.packets.handle(in_port, table, data, now)
 
-    def learn_gateway_mac(self, mac: netaddr.EUI, ip: str, now: float) -> list:
-        """The external gateway's ARP (learn_gateway_mac): follow its MAC."""
-        if mac == self.gateway_mac:
-            return []
-        LOG.info("ovsnat: external gateway %s is at %s", ip, mac_str(mac))
-        self.gateway_mac = mac
-        return self._ensure_host(now)[1]
+    def learn_gateway(self, ext, mac: netaddr.EUI, ip: str, now: float) -> list:
+        """A gateway's ARP (`ext` None: the untagged network's): follow its MAC."""
+        return self._ensure_host(now)[1] if self.gateways.learn(ext, mac, ip) else []
 
     # --- time ------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
@@ -334,23 +335,13 @@ class HostController:
                 out += self.refusals.due(self.host, self.sw.session, self.timers, now)
             elif self.host is None:
                 continue
-            elif key == ("gateway-arp",):
-                out += self._gateway_arp(now)
+            elif key[0] == gateways.KEY:
+                out += self.gateways.due(self.host.cfg, key, self.timers, self.sw.session, now)
             elif key[0] == "handoff":
                 out += self.sw.send(self.handoffs.due(self.host, key, now))
             else:
                 out += self.fips.due(key, now)
         return out
-
-    def _gateway_arp(self, now: float) -> list:
-        cfg = self.host.cfg
-        self.timers.at(now + GATEWAY_ARP_INTERVAL[bool(self.gateway_mac)], ("gateway-arp",))
-        if not self.sw.session.ready:
-            return []
-        frame = arp.build(
-            arp.REQUEST, mac_str(cfg.snat_mac), str(cfg.snat_ip), str(cfg.external_gateway_ip)
-        )
-        return [self.sw.session.packet_out(cfg.uplink_ofport, frame, "ARP for the gateway")]
 
     # --- faults ----------------------------------------------------------------------------
     def recover(self, now: float) -> list:

@@ -38,7 +38,7 @@ from ovsnat.core.status import Stats
 from ovsnat.core.timers import Timers
 from ovsnat.model import mac_str
 from ovsnat.openflow.session import SwitchSession
-from ovsnat.packets import arp
+from ovsnat.packets import arp, vlan
 
 LOG = logging.getLogger("ovsnat")
 GARP_DELAYS = (0.0, 0.5, 1.5)
@@ -257,7 +257,7 @@ class Fips:
         if isinstance(action, SendProbe):
             self.stats.inc("probes")
             frame = arp.probe(self.presence.host_mac, action.fip)
-            return [self.session.packet_out(self.uplink, frame, f"probe for {action.fip}")]
+            return [self._to_uplink(action.fip, frame, f"probe for {action.fip}")]
         return self._go_live(action, now)
 
     def forget_announced(self) -> None:
@@ -298,7 +298,12 @@ class Fips:
 
     def _garp(self, fip) -> bytes:
         mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
-        return self.session.packet_out(self.uplink, arp.garp(mac, str(fip)), f"GARP for {fip}")
+        return self._to_uplink(fip, arp.garp(mac, str(fip)), f"GARP for {fip}")
+
+    def _to_uplink(self, fip, frame: bytes, what: str):
+        """Out of the uplink in the FIP's own external network (its VLAN, if tagged)."""
+        ext = self.host.cfg.external_for(netaddr.IPAddress(fip))
+        return self.session.packet_out(self.uplink, vlan.tag(frame, ext and ext.vlan), what)
 
     # --- a VIP's FIP (ovsnat.core.vips) --------------------------------------------------------
     def announce_vip(self, name: str, vip, fip, now: float) -> None:

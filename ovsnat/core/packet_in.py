@@ -22,7 +22,8 @@ from ovsnat.compile import portsec
 from ovsnat.compile.pipeline import CLASSIFY, FABRIC_IN, UPLINK_ARP
 from ovsnat.compile.punt_flows import quarantine_flows
 from ovsnat.core import punts, relay
-from ovsnat.packets import arp
+from ovsnat.core.gateways import Gateways
+from ovsnat.packets import arp, vlan
 
 LOG = logging.getLogger("ovsnat")
 LOG_EVERY_S = 60.0
@@ -177,19 +178,27 @@ class PacketIn:
             return self._relay(table, in_port, data)
         if table not in (CLASSIFY, UPLINK_ARP) or in_port == 0:
             return self._drop("unexpected_table")
-        a = arp.parse(data)
+        vid, frame = vlan.untag(data)
+        a = arp.parse(frame)
         if a is None:
             return self._drop("not_arp")
-        return self._uplink_arp(a, now)
+        if vid is None:
+            return self._uplink_arp(a, None, now)
+        ext = Gateways.of_vlan(self.ctl.host.cfg, vid)
+        return self._uplink_arp(a, ext, now) if ext is not None else self._drop("unknown_vlan")
 
-    def _uplink_arp(self, a: arp.Arp, now: float) -> list:
+    def _uplink_arp(self, a: arp.Arp, ext, now: float) -> list:
+        """An ARP from the uplink, in the untagged network (`ext` None) or a tagged one."""
         ctl = self.ctl
         cfg = ctl.host.cfg
-        if cfg.learn_gateway_mac and a.spa == str(cfg.external_gateway_ip):
+        gw, snat = (
+            (cfg.external_gateway_ip, cfg.snat_ip) if ext is None else (ext.gateway, ext.snat)
+        )
+        if (cfg.learn_gateway_mac or ext is not None) and a.spa == str(gw):
             if not arp.is_unicast(a.sha):
                 return self._drop("bad_gateway_mac")
-            return ctl.learn_gateway_mac(netaddr.EUI(a.sha), a.spa, now)
-        if a.spa == str(cfg.snat_ip):
+            return ctl.learn_gateway(ext, netaddr.EUI(a.sha), a.spa, now)
+        if a.spa == str(snat):
             ctl.stats.conflict(a.spa, a.sha, "SNAT IP", now)
             if self._due("snat-claim", a.sha, now):
                 LOG.warning(

@@ -18,6 +18,7 @@ from ovsnat.compile import eastwest
 from ovsnat.compile.network import network_flows
 from ovsnat.core.delta import Delta
 from ovsnat.model import VmPort
+from ovsnat.model.externals import served_ids
 from ovsnat.model.networks import KEY_NETWORK, Network
 from ovsnat.model.routing import HostRouting, Routing, parse_bridge, served
 
@@ -98,6 +99,8 @@ class RoutingState:
         return {
             "networks": {n.label: self.route(n).describe() for n in self.nets.values()},
             "inert_fips": dict(self.inert),
+            # ovsnat-ext-* (ovsnat.model.externals): each with this host's SNAT address
+            "externals": {e.id: e.describe() for e in self.cfg.externals},
             "problems": sorted([*self.routing.problems.values(), *self.plan.problems.values()]),
             "east_west": {
                 "host": hosts.name,
@@ -126,10 +129,10 @@ def rows_in(rows: dict, networks: set[str]) -> set[str]:
     }
 
 
-def parse_logged(bridge_ids: dict, logged: dict[str, str]) -> HostRouting:
+def parse_logged(bridge_ids: dict, logged: dict[str, str], cfg) -> HostRouting:
     """The bridge's routing keys, each problem logged once while it lasts (`logged`: key ->
-    the error last logged, kept by the caller)."""
-    routing = parse_bridge(bridge_ids)
+    the error last logged, kept by the caller); routers on the external networks of `cfg`."""
+    routing = parse_bridge(bridge_ids, served_ids(bridge_ids, cfg.externals))
     for key, error in sorted(routing.problems.items()):
         if logged.get(key) != error:
             LOG.error("ovsnat: %s", error)

@@ -54,6 +54,7 @@ DROP_REASONS = {
     "unexpected_table": "sent up by a table that punts nothing from that port",
     "over_share": "the port is over its share of packet-ins (quarantined)",
     "not_arp": "not a well-formed ARP from the uplink",
+    "unknown_vlan": "an ARP from the uplink in a VLAN that is no external network here",
     "bad_gateway_mac": "the external gateway's ARP with a multicast or zero MAC",
     "rarp_spoofed": "a RARP whose source MAC is not the port's",
     "not_relayed": "TTL expired or ICMP error that is not for this host to answer",

@@ -16,6 +16,7 @@ import netaddr
 
 from ovsnat.model import dhcp_keys, networks, validate
 from ovsnat.model.dhcp_keys import HostDhcp
+from ovsnat.model.externals import External
 from ovsnat.model.networks import Network
 from ovsnat.model.parse import ConfigError, _require_host, _show, parse_cidr, parse_ipv4, parse_mac
 
@@ -53,6 +54,9 @@ class HostConfig:
     handoff_grace: int = 300
     conn_limit: int = 0  # connections per PAT VM (0: none); ovsnat.compile.connlimit
     conn_limit_zone_base: int = 20000
+    # The Bridge's ovsnat-ext-* keys (ovsnat.model.externals); () without any key: every
+    # router's gateway is the options' network, as before several external networks.
+    externals: tuple[External, ...] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> HostConfig:
@@ -245,6 +249,20 @@ class HostConfig:
     @property
     def snat_mac(self) -> netaddr.EUI:
         return self.ip_mac(self.snat_ip)
+
+    @property
+    def tagged(self) -> tuple[External, ...]:
+        """The external networks in a VLAN of the uplink (the untagged one is the options')."""
+        return tuple(e for e in self.externals if e.vlan is not None)
+
+    def external_vlan(self, ext_id: str | None) -> int:
+        """The uplink VLAN of a router's gateway network (0: untagged, the options')."""
+        return next((e.vlan for e in self.tagged if e.id == ext_id), 0)
+
+    def external_for(self, ip: netaddr.IPAddress) -> External | None:
+        """The tagged external network an address (a FIP, a SNAT IP) belongs to, or None:
+        the untagged one. The addresses decide: external networks never overlap."""
+        return next((e for e in self.tagged if e.cidr.first <= int(ip) <= e.cidr.last), None)
 
 
 def _given(raw: Mapping, name: str) -> bool:

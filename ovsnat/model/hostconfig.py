@@ -11,6 +11,7 @@ import logging
 from dataclasses import replace
 
 from ovsnat.model import ConfigError, HostConfig, parse_ipv4
+from ovsnat.model.externals import EXT_PREFIX, External, parse_externals
 
 LOG = logging.getLogger("ovsnat")
 SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
@@ -25,8 +26,9 @@ class Settings:
         """The bridge's own ports: not VMs."""
         return {self.base.uplink_port, self.base.fabric_port} - {""}
 
-    def resolve(self, rows: dict, bridge_ids: dict, gateway_mac, current_snat):
-        """The effective config, or None while the uplink or the SNAT IP is missing."""
+    def resolve(self, rows: dict, bridge_ids: dict, gateway_mac, current_snat, ext_macs=None):
+        """The effective config, or None while the uplink or the SNAT IP is missing.
+        `ext_macs`: the tagged external networks' gateway MACs learned, by (VLAN, gateway)."""
         base = self.base
         row = rows.get(base.uplink_port)
         if row is None or not row.ofport or row.ofport < 1:
@@ -45,12 +47,27 @@ class Settings:
             )
             return None
         self.warned -= {"uplink", "snat"}
-        return replace(
+        cfg = replace(
             base,
             uplink_ofport=row.ofport,
             snat_ip=snat,
             external_gateway_mac=gateway_mac,
             fabric_ofport=self._fabric(rows),
+        )
+        return replace(cfg, externals=self._externals(cfg, bridge_ids, ext_macs or {}))
+
+    def _externals(self, cfg, bridge_ids: dict, macs) -> tuple[External, ...]:
+        """The ovsnat-ext-* keys, each bad one logged once while it lasts; the tagged
+        networks with their gateway's MAC when it is learned."""
+        externals, problems = parse_externals(bridge_ids, cfg)
+        for key, error in problems.items():
+            self.warn_once(f"{key} {error}", error)
+        self.warned -= {w for w in self.warned if w.startswith(EXT_PREFIX)} - {
+            f"{k} {e}" for k, e in problems.items()
+        }
+        return tuple(
+            replace(e, gateway_mac=macs.get((e.vlan, str(e.gateway)))) if e.vlan else e
+            for e in externals
         )
 
     def _fabric(self, rows: dict) -> int:

@@ -63,6 +63,22 @@ def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
     return mac
 
 
+def parse_fields(value, names: tuple[str, ...], what: str, optional=()) -> dict[str, str]:
+    """`name=value;...`, each of `names` exactly once, `optional` at most once, and
+    nothing else."""
+    text = str(value).strip()
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        name, eq, val = part.strip().partition("=")
+        if not eq or name not in (*names, *optional) or name in out or not val.strip():
+            raise ValueError(f"{what}: {_show(value)} is not {';'.join(n + '=...' for n in names)}")
+        out[name] = val.strip()
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise ValueError(f"{what}: {_show(value)} has no {missing[0]}=")
+    return out
+
+
 def mac_str(mac: netaddr.EUI) -> str:
     """aa:bb:cc:dd:ee:ff (netaddr's str() is slow and dashed). As fast as a cache lookup, so
     not cached: a cache would keep every VM's MAC alive a second time."""

@@ -140,10 +140,17 @@ class VmPort:
             return
         if net.contains(self.fip):
             raise PortError(f"{label}: FIP {self.fip} is inside its network {net.label} {net.cidr}")
-        _require_host(self.fip, cfg.external_cidr, f"{label}: FIP", "external_cidr", PortError)
-        if self.fip == cfg.snat_ip:
+        ext = cfg.external_for(self.fip)  # a tagged external network's (ovsnat-ext-*)
+        cidr, snat, gw = (
+            (cfg.external_cidr, cfg.snat_ip, cfg.external_gateway_ip)
+            if ext is None
+            else (ext.cidr, ext.snat, ext.gateway)
+        )
+        where = "external_cidr" if ext is None else f"external network {ext.id}"
+        _require_host(self.fip, cidr, f"{label}: FIP", where, PortError)
+        if self.fip == snat:
             raise PortError(f"{label}: FIP {self.fip} is this host's SNAT IP")
-        if self.fip == cfg.external_gateway_ip:
+        if self.fip == gw:
             raise PortError(f"{label}: FIP {self.fip} is the external gateway's address")
 
     def pat_block(self, cfg: HostConfig) -> tuple[int, int]:

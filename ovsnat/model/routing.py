@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ovsnat.model import eastwest
+from ovsnat.model.externals import EXT_PREFIX
 from ovsnat.model.networks import Network, intern
-from ovsnat.model.parse import ConfigError, _show, parse_cidr, parse_ipv4
+from ovsnat.model.parse import ConfigError, _show, parse_cidr, parse_fields, parse_ipv4
 from ovsnat.model.validate import gateway_problem
 
 NET_PREFIX = "ovsnat-net-"
@@ -100,8 +101,10 @@ class HostRouting:
 NO_KEYS = HostRouting()
 
 
-def parse_bridge(ids: Mapping[str, str]) -> HostRouting:
-    """Every network's routing from the bridge's keys; each bad key one problem."""
+def parse_bridge(ids: Mapping[str, str], externals: frozenset[str] | None = None) -> HostRouting:
+    """Every network's routing from the bridge's keys; each bad key one problem.
+    `externals`: the external networks this host has a good `ovsnat-ext-*` key for (None:
+    no such key at all, so every gateway is the options' network, ovsnat.model.externals)."""
     problems: dict[str, str] = {}
     routers: dict[str, Routing | str] = {}  # id -> its routing, or the error that broke it
     for key in sorted(k for k in ids if k.startswith(ROUTER_PREFIX)):
@@ -114,6 +117,14 @@ def parse_bridge(ids: Mapping[str, str]) -> HostRouting:
         except ValueError as e:
             problems[key] = f"{e}; its networks get no PAT and no FIP"
             routers[rid] = "its key is malformed"
+            continue
+        ext = routers[rid].external
+        if externals is not None and ext is not None and ext not in externals:
+            problems[key] = (
+                f"{what}: its gateway network {ext} has no good key {EXT_PREFIX}{ext} on "
+                "this host; its networks get no PAT and no FIP"
+            )
+            routers[rid] = f"gateway network {ext} not served here"
     nets: dict[str, Routing] = {}
     for key in sorted(k for k in ids if k.startswith(NET_PREFIX)):
         name, what = key[len(NET_PREFIX) :], f"bridge external_ids:{key}"
@@ -121,7 +132,7 @@ def parse_bridge(ids: Mapping[str, str]) -> HostRouting:
             problems[key] = f"{what}: {_show(name)} is not a network name; key ignored"
             continue
         try:
-            f = _fields(ids[key], ("router",), what, DEFINITION)
+            f = parse_fields(ids[key], ("router",), what, DEFINITION)
             rid, net = f["router"], _definition(name, f, ids[key], what)
         except ValueError as e:
             problems[key] = f"{e}; network {name} is isolated"
@@ -205,29 +216,13 @@ def _clash(a: Network, b: Network, same_router: bool) -> bool:
 
 
 def _router(rid: str, value, what: str) -> Routing:
-    f = _fields(value, ("ext", "snat"), what)
+    f = parse_fields(value, ("ext", "snat"), what)
     ext, snat = f["ext"], f["snat"]
     if ext != NONE and not _ID.fullmatch(ext):
         raise ValueError(f"{what}: ext {_show(ext)} is not a network id or {NONE}")
     if snat not in ("on", "off"):
         raise ValueError(f"{what}: snat {_show(snat)} is not on or off")
     return Routing(rid, None if ext == NONE else ext, snat == "on")
-
-
-def _fields(value, names: tuple[str, ...], what: str, optional=()) -> dict[str, str]:
-    """`name=value;...`, each of `names` exactly once, `optional` at most once, and
-    nothing else."""
-    text = str(value).strip()
-    out: dict[str, str] = {}
-    for part in text.split(";"):
-        name, eq, val = part.strip().partition("=")
-        if not eq or name not in (*names, *optional) or name in out or not val.strip():
-            raise ValueError(f"{what}: {_show(value)} is not {';'.join(n + '=...' for n in names)}")
-        out[name] = val.strip()
-    missing = [n for n in names if n not in out]
-    if missing:
-        raise ValueError(f"{what}: {_show(value)} has no {missing[0]}=")
-    return out
 
 
 def served(port, routing: Routing):

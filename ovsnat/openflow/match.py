@@ -113,7 +113,7 @@ def _field(name: str, value: str, proto: str | None) -> tuple[int, bytes]:
     raise ValueError(f"no wire encoding for match field {name}")
 
 
-REGISTERS = ("reg3", "reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11")
+REGISTERS = ("reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg9", "reg10", "reg11")
 
 
 def match_bytes(flow: Flow) -> bytes:
