@@ -20,7 +20,7 @@ import netaddr
 
 from ovsnat.compile.pipeline import DELIVER, EGRESS, EGRESS_OUT, INGRESS
 from ovsnat.core.state import HostState
-from ovsnat.packets import icmp
+from ovsnat.packets import icmp, vlan
 
 TABLES = (EGRESS, INGRESS, EGRESS_OUT, DELIVER)
 
@@ -72,10 +72,12 @@ def time_exceeded(host: HostState, table: int, in_port: int, frame: bytes):
         )
         return (in_port, out) if out else None
     dst = netaddr.IPAddress(int.from_bytes(frame[30:34], "big"))
-    if dst != cfg.snat_ip and _live_port(host, str(dst)) is None:
+    snats = {cfg.snat_ip, *(e.snat for e in cfg.tagged)}
+    if dst not in snats and _live_port(host, str(dst)) is None:
         return None
     out = icmp.time_exceeded(frame, dst.packed, cfg.ip_mac(dst).packed, frame[6:12])
-    return (cfg.uplink_ofport, out) if out else None
+    ext = cfg.external_for(dst)  # back into the VLAN it came in on (popped on arrival)
+    return (cfg.uplink_ofport, vlan.tag(out, ext and ext.vlan)) if out else None
 
 
 def _ip(raw: bytes) -> str:
@@ -126,13 +128,15 @@ def _outbound(host: HostState, frame: bytes) -> tuple[int, bytes] | None:
     if port is None:
         return None
     fip_mac = cfg.ip_mac(port.fip).packed
+    ext = cfg.external_for(port.fip)  # a tagged external network's FIP: its gateway, VLAN
+    gateway = cfg.external_gateway_mac if ext is None else ext.gateway_mac
     out = icmp.translate_error(
         frame,
         port.fixed_ip.packed,
         port.fip.packed,
         False,
         fip_mac,
-        cfg.external_gateway_mac.packed if cfg.external_gateway_mac else b"\xff" * 6,
+        gateway.packed if gateway else b"\xff" * 6,
         outer=False,
     )
     if out is None:
@@ -149,6 +153,6 @@ def _outbound(host: HostState, frame: bytes) -> tuple[int, bytes] | None:
             dec_ttl=False,
         )
         return (peer.ofport, inside) if inside else None
-    if cfg.external_gateway_mac is None:
+    if gateway is None:
         return None
-    return cfg.uplink_ofport, out
+    return cfg.uplink_ofport, vlan.tag(out, ext and ext.vlan)
