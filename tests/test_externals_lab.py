@@ -21,7 +21,7 @@ import pytest
 from ovsnat.lab import outside, scenario
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.sh import run, wait_for
-from ovsnat.lab.topology import SERVER_GW, SERVER_IP
+from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import ping, start_server, tcp_connect
 
 pytestmark = pytest.mark.lab
@@ -54,7 +54,6 @@ def xlab(module_lab):
     dev = outside.add_external_vlan(lab, PUB2_VLAN, f"{PUB2_GW}/25")  # the outside router's
     for conf in ("all", "default", "eth0", dev):
         run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=1"], ns=out)
-    run(["ip", "-n", srv, "route", "add", PUB2_CIDR, "via", SERVER_GW])  # not on its link
     lab.add_host("hv1", fabric=True)
     set_keys(lab, KEYS)  # before the ports: a Neutron port is never seen without them
     for name, (ip, mac, net, extra) in VMS.items():

@@ -95,6 +95,7 @@ class Api:
 SNAT = {"r1": "on", "r2": "off"}
 failed = []
 agent = NS(desired={}, wake=threading.Event(), context=None, host="hv1", fast_retry=False,
+           snat_network=None,
            health=NS(neutron_ok=True, call_timeout=lambda: 2.0), _held=lambda what: False,
            _failed=lambda what, e: failed.append(what), _answered=lambda what: None,
            ovsdb=Ovsdb())
@@ -282,8 +283,13 @@ VMS = [vm("v1", "n1", "10.1.0.5", "fa:16:3e:00:00:05", "hv1"),    # on the askin
        vm("d1", "n4", "10.4.0.4", "fa:16:3e:00:04:04", "hv2", owner="network:dhcp")]
 MACS = [{"host": "hv2", "mac_address": "fa:16:3f:00:00:02"}]
 
+SNAT_PORTS = [{"id": "s1", "network_id": "ext1", "device_owner": "network:ovsnat_snat",
+               "device_id": "hv1", "fixed_ips": [{"ip_address": "198.51.100.140",
+                                                  "subnet_id": "e1"}]}]
 class Core:
     def get_ports(self, ctx, filters):
+        if filters.get("device_owner") == ["network:ovsnat_snat"]:  # a host's SNAT port
+            return [p for p in SNAT_PORTS if all(p[k] in v for k, v in filters.items())]
         pool = PORTS if "device_owner" in filters else VMS
         if "device_owner" in filters:
             assert set(filters["device_owner"]) >= {"network:router_interface"}
@@ -301,8 +307,13 @@ class Core:
                        "provider:segmentation_id": 101},
                 "n2": {"id": "n2", "provider:network_type": "vxlan",
                        "provider:segmentation_id": 7},
-                "n4": {"id": "n4", "provider:network_type": "flat"}}
+                "n4": {"id": "n4", "provider:network_type": "flat"},
+                "ext1": {"id": "ext1", "provider:network_type": "vlan",
+                         "provider:segmentation_id": 200}}
         return [nets[i] for i in filters["id"] if i in nets]
+    def get_subnet(self, ctx, sid):
+        assert sid == "e1"
+        return {"ip_version": 4, "cidr": "198.51.100.128/25", "gateway_ip": "198.51.100.129"}
     def get_dvr_mac_address_list(self, ctx):
         return list(MACS)
     def get_dvr_mac_address_by_host(self, ctx, host):
@@ -330,7 +341,10 @@ want = {"networks": {"n1": "router=r1;cidr=10.1.0.0/24;gw=10.1.0.1;vlan=101",
         "routers": {"r1": "ext=ext1;snat=off", "r2": "ext=-;snat=off"},
         "neighbours": {"n1": "10.1.0.7=fa:16:3e:00:00:07@hv2",
                        "n4": "10.4.0.2=fa:16:3e:00:04:02@hv3,10.4.0.3=fa:16:3e:00:04:03@hv2"},
-        "hostmacs": {"hv1": "fa:16:3f:00:00:01", "hv2": "fa:16:3f:00:00:02"}}
+        "hostmacs": {"hv1": "fa:16:3f:00:00:01", "hv2": "fa:16:3f:00:00:02"},
+        # r1's gateway network, with hv1's SNAT port on it: VLAN 200 on the uplink
+        "externals": {"ext1": "vlan=200;cidr=198.51.100.128/25;gw=198.51.100.129;"
+                              "snat=198.51.100.140"}}
 assert got == want, got
 assert hosts.casts == 1   # hv1's MAC was allocated: every agent hears of it
 assert RouterRpc(hosts).get_routing(None, "hv1", ["n1"])["hostmacs"] == want["hostmacs"]
@@ -338,8 +352,11 @@ assert hosts.casts == 1   # known: nothing cast
 # what the agent writes from it means to the controller what Neutron says
 from ovsnat.model.routing import parse_bridge
 from ovsnat.neutron import routers as rt
-keys = rt.bridge_keys(got["networks"], got["routers"], got["neighbours"], "hv1", got["hostmacs"])
-parsed = parse_bridge(keys)
+keys = rt.bridge_keys(got["networks"], got["routers"], got["neighbours"], "hv1", got["hostmacs"],
+                     got["externals"])
+assert keys["ovsnat-ext-ext1"] == want["externals"]["ext1"]
+assert rt.untagged(keys["ovsnat-ext-ext1"]).startswith("vlan=-;cidr=198.51.100.128/25;")
+parsed = parse_bridge(keys, frozenset({"ext1"}))
 assert not parsed.problems, parsed.problems
 assert sorted(parsed.east_west()) == ["n1", "n4"]
 assert parsed.hosts.name == "hv1" and set(parsed.hosts.others) == {"hv2"}

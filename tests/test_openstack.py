@@ -33,6 +33,9 @@ from ovsnat.lab.reach import Pinger
 from ovsnat.lab.sh import LabError, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import tcp_connect
+
+# Neutron's routers' cases (issue 26) run here too, on this module's lab.
+from tests.external_cases import *  # noqa: E402,F403
 from tests.openstack_lab import (
     HOSTS,
     all_rows,
@@ -45,8 +48,6 @@ from tests.openstack_lab import (
     unique,
     wait_key,
 )
-
-# Neutron's routers' cases (issue 26) run here too, on this module's lab.
 from tests.router_cases import *  # noqa: E402,F403
 
 pytestmark = [pytest.mark.lab, pytest.mark.openstack]

@@ -10,8 +10,10 @@ lab's records, so every teardown (and `ovsnat lab down` after a crash) stops the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
+from ovsnat.lab.nodes import SERVER_GW
 from ovsnat.lab.ovs import SCHEMA, Ovs
 from ovsnat.lab.sh import run, wait_for
 
@@ -49,4 +51,7 @@ def add_external_vlan(lab, vlan: int, gateway_cidr: str) -> str:
         "--", "add-port", "br0", "access", f"tag={vlan}",
     )  # fmt: skip
     run(["ip", "-n", lab.out_ns, "addr", "add", gateway_cidr, "dev", dev])
+    # The server's own link may hold the range (198.51.100.0/24): it goes through its router.
+    cidr = str(ipaddress.ip_interface(gateway_cidr).network)
+    run(["ip", "-n", lab.srv_ns, "route", "add", cidr, "via", SERVER_GW])
     return dev

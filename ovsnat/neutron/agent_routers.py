@@ -82,6 +82,7 @@ class RouterSync:
         self.routers: dict[str, str] = {}  # router id -> its value (the routers they name)
         self.neighbours: dict[str, str] = {}  # routed network id -> its ovsnat-nb- value
         self.hostmacs: dict[str, str] = {}  # host -> its routed MAC
+        self.externals: dict[str, str] = {}  # external network id -> its value
         self.wanted: dict[str, str] = {}  # the Bridge keys of the last pass
         self.fips_told: dict[str, str] = {}  # port id -> the live FIP Neutron was told
 
@@ -124,8 +125,10 @@ class RouterSync:
         named = {r for r in map(rt.named_router, self.nets.values()) if r}
         complete = own <= set(self.nets) and named <= set(self.routers)
         nets = self.nets if complete else {n: v for n, v in self.nets.items() if self._held(v)}
+        own_ext = self.agent.snat_network  # the options' network: untagged on the uplink
+        exts = {e: rt.untagged(v) if e == own_ext else v for e, v in self.externals.items()}
         self.wanted = rt.bridge_keys(
-            nets, self.routers, self.neighbours, self.agent.host, self.hostmacs
+            nets, self.routers, self.neighbours, self.agent.host, self.hostmacs, exts
         )
         changed = unwritten(snap.bridge_ids, self.wanted)
         return self._write(KeyDiff(changed, ())) and ok and complete
@@ -141,6 +144,8 @@ class RouterSync:
         named = {r for n in own if n in self.nets for r in [rt.named_router(self.nets[n])] if r}
         self.nets = {n: v for n, v in self.nets.items() if n in own or rt.named_router(v) in named}
         self.routers = {r: v for r, v in self.routers.items() if r in named}
+        exts = {rt.router_external(v) for v in self.routers.values()}
+        self.externals = {e: v for e, v in self.externals.items() if e in exts}
         self.neighbours = {
             n: v for n, v in self.neighbours.items() if rt.named_router(self.nets.get(n)) in named
         }
@@ -212,6 +217,9 @@ class RouterSync:
         self.nets.update(answer.get("networks", {}))
         self.routers.update(answer.get("routers", {}))
         self.neighbours.update(answer.get("neighbours", {}))
+        for ext in {rt.router_external(v) for v in answer.get("routers", {}).values()} - {None}:
+            self.externals.pop(ext, None)  # the answer is whole for its routers' gateways
+        self.externals.update(answer.get("externals", {}))
         if answer.get("hostmacs") or full:
             self.hostmacs = dict(answer.get("hostmacs") or {})
 

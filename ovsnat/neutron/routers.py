@@ -12,7 +12,11 @@ dicts Neutron's own code returns (router interface ports, subnets, routers), the
   of the routers holding a local port's network are written too (with their neighbours,
   `ovsnat-nb-<network>` = `<ip>=<mac>@<host>,...`: their ports bound to other hosts),
   `ovsnat-host` is the agent's host and `ovsnat-hostmac-<host>` each host's routed MAC
-  (Neutron's DVR MAC table).
+  (Neutron's DVR MAC table);
+- for several external networks (item 3): `ovsnat-ext-<external-network-id>` =
+  `vlan=<id>|-;cidr=;gw=;snat=` for each network the routers above name as their gateway,
+  with this host's SNAT address on it (a VLAN provider network is tagged on the uplink, a
+  flat one is the untagged network; any other type cannot be served: no key).
 
 Values are deterministic, so an unchanged router never causes a write.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 
 from ovsnat.model.eastwest import HOST_KEY, HOSTMAC_PREFIX, NB_PREFIX
+from ovsnat.model.externals import EXT_PREFIX
 from ovsnat.model.routing import NET_PREFIX, NONE, ROUTER_PREFIX
 
 # Neutron's router interface owners (neutron_lib.constants.ROUTER_INTERFACE_OWNERS):
@@ -132,6 +137,31 @@ def router_value(router: dict | None) -> str:
     return f"ext={network};snat={'on' if gateway.get('enable_snat', True) else 'off'}"
 
 
+def router_external(value: str | None) -> str | None:
+    """The gateway network a router's value names (None: no gateway, or no value)."""
+    if not value or not value.startswith("ext="):
+        return None
+    ext = value.split(";", 1)[0][len("ext=") :]
+    return None if ext == NONE else ext
+
+
+def external_value(network: dict, snat: dict | None) -> str | None:
+    """An external network's value from its API dict (provider attributes) and this host's
+    SNAT address on it (ovsnat.neutron.server_snat), or None when it cannot be served: not
+    flat or VLAN, or no IPv4 SNAT address with a gateway."""
+    kind = network.get("provider:network_type")
+    if kind not in ("flat", "vlan") or not snat or not snat.get("gateway"):
+        return None
+    vlan = network.get("provider:segmentation_id") if kind == "vlan" else NONE
+    return f"vlan={vlan};cidr={snat['cidr']};gw={snat['gateway']};snat={snat['ip']}"
+
+
+def untagged(value: str) -> str:
+    """An external network's value as the host's own external network (the one its SNAT
+    address, `ovsnat-snat-ip`, is on): the untagged one on its uplink, whatever its type."""
+    return ";".join(f"vlan={NONE}" if f.startswith("vlan=") else f for f in value.split(";"))
+
+
 def named_router(value: str | None) -> str | None:
     """The router id a network's value names (None: none, or no value)."""
     if not value or not value.startswith("router="):
@@ -146,12 +176,16 @@ def bridge_keys(
     neighbours: dict[str, str] | None = None,
     host: str | None = None,
     hostmacs: dict[str, str] | None = None,
+    externals: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The Bridge keys for these networks' values, their routers' values, the routed
-    networks' neighbours (an empty list: no key) and, when this host's routed MAC is known,
-    this host's name and every host's routed MAC."""
+    networks' neighbours (an empty list: no key), the external networks those routers name
+    and, when this host's routed MAC is known, this host's name and every host's routed
+    MAC."""
     keys = {NET_PREFIX + n: v for n, v in nets.items()}
     keys.update({ROUTER_PREFIX + r: v for r, v in routers.items()})
+    named = {router_external(v) for v in routers.values()}
+    keys.update({EXT_PREFIX + e: v for e, v in (externals or {}).items() if e in named})
     keys.update({NB_PREFIX + n: v for n, v in (neighbours or {}).items() if v and n in nets})
     if host and host in (hostmacs or {}):
         keys[HOST_KEY] = host
@@ -160,7 +194,8 @@ def bridge_keys(
 
 
 def is_routing_key(key: str) -> bool:
-    return key == HOST_KEY or key.startswith((NET_PREFIX, ROUTER_PREFIX, NB_PREFIX, HOSTMAC_PREFIX))
+    prefixes = (NET_PREFIX, ROUTER_PREFIX, NB_PREFIX, HOSTMAC_PREFIX, EXT_PREFIX)
+    return key == HOST_KEY or key.startswith(prefixes)
 
 
 def gateway_changed(old: dict | None, new: dict | None) -> bool:

@@ -29,6 +29,7 @@ from oslo_log import log
 
 from ovsnat.neutron import constants as c
 from ovsnat.neutron import routers as rt
+from ovsnat.neutron import server_snat
 
 LOG = log.getLogger(__name__)
 
@@ -59,7 +60,13 @@ class RouterRpc:
         plugin = directory.get_plugin()
         ids = sorted(set(network_ids))
         if not ids:
-            return {"networks": {}, "routers": {}, "neighbours": {}, "hostmacs": {}}
+            return {
+                "networks": {},
+                "routers": {},
+                "neighbours": {},
+                "hostmacs": {},
+                "externals": {},
+            }
         held = _held(ctx, plugin, ids)
         routers = sorted({r for r, _ in held.values() if r})
         peers = {p["network_id"] for p in _interfaces(ctx, plugin, {"device_id": routers})}
@@ -73,9 +80,11 @@ class RouterRpc:
         by_net: dict[str, list[dict]] = {}
         for port in ports:
             by_net.setdefault(port["network_id"], []).append(port)
+        values = self._routers(ctx, routers)
         answer = {
             "networks": {n: rt.net_value(r, defs.get(n)) for n, (r, _) in held.items()},
-            "routers": self._routers(ctx, routers),
+            "routers": values,
+            "externals": _externals(ctx, plugin, host, values),
             "neighbours": {
                 n: rt.neighbour_value(by_net.get(n, []), held[n][1]["cidr"], host)
                 for n in routed
@@ -116,6 +125,22 @@ class RouterRpc:
             return {}
         known = {r["id"]: r for r in l3.get_routers(ctx, filters={"id": ids})} if l3 else {}
         return {r: rt.router_value(known.get(r)) for r in ids}
+
+
+def _externals(ctx, plugin, host: str, routers: dict[str, str]) -> dict[str, str]:
+    """external network id -> `ovsnat-ext-<id>`, for the gateway networks of these routers,
+    with the host's SNAT port on each (created on its first ask: ovsnat.neutron.server_snat).
+    A network that cannot be served (not flat or VLAN) has no value: its routers get no PAT
+    and no FIP on the host, which says so."""
+    ids = sorted({e for e in map(rt.router_external, routers.values()) if e})
+    out = {}
+    for net in plugin.get_networks(ctx, filters={"id": ids}) if ids else []:
+        value = rt.external_value(net, server_snat.snat_address(ctx, plugin, net, host))
+        if value is None:
+            LOG.warning("ovsnat: external network %s cannot be served on an uplink", net["id"])
+        else:
+            out[net["id"]] = value
+    return out
 
 
 def _held(ctx, plugin, ids: list[str]) -> dict[str, tuple[str | None, dict | None]]:

@@ -20,12 +20,11 @@ from neutron_lib import rpc as n_rpc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
-from neutron_lib.plugins import utils as plugin_utils
 from oslo_log import log
 from oslo_serialization import jsonutils
 
 from ovsnat.neutron import constants as c
-from ovsnat.neutron import server_sg
+from ovsnat.neutron import server_sg, server_snat
 from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, port_keys
 
 LOG = log.getLogger(__name__)
@@ -212,25 +211,13 @@ class OvsnatServerRpc:
         return l3.get_floatingips(ctx, filters={"port_id": port_ids})
 
     def get_snat_address(self, context, host: str, network: str = "") -> dict | None:
-        """This host's SNAT port on the external network, created on first request. The
-        address is Neutron's (IPAM), so it is never handed out as a floating IP."""
+        """This host's SNAT port on the external network (ovsnat.neutron.server_snat)."""
         ctx = n_context.get_admin_context()
         plugin = directory.get_plugin()
         net = self._external_network(ctx, plugin, network)
         if net is None:
             return None
-        filters = {
-            "network_id": [net["id"]],
-            "device_owner": [c.DEVICE_OWNER_SNAT],
-            "device_id": [host],
-        }
-        ports = sorted(plugin.get_ports(ctx, filters=filters), key=lambda p: p["id"])
-        if not ports:
-            ports = [self._create_snat_port(ctx, plugin, net, host)]
-        port = ports[0]
-        for extra in ports[1:]:  # two workers raced on a first request: keep one
-            plugin.delete_port(ctx, extra["id"])
-        return self._snat_answer(ctx, plugin, port)
+        return server_snat.snat_address(ctx, plugin, net, host)
 
     @staticmethod
     def _external_network(ctx, plugin, network: str) -> dict | None:
@@ -243,35 +230,3 @@ class OvsnatServerRpc:
             )
             return None
         return nets[0]
-
-    @staticmethod
-    def _create_snat_port(ctx, plugin, net: dict, host: str) -> dict:
-        LOG.info("ovsnat: allocating the SNAT address of host %s on network %s", host, net["id"])
-        return plugin_utils.create_port(
-            plugin,
-            ctx,
-            {
-                "port": {
-                    "project_id": "",
-                    "network_id": net["id"],
-                    "name": f"ovsnat-snat-{host}",
-                    "device_id": host,
-                    "device_owner": c.DEVICE_OWNER_SNAT,
-                    "admin_state_up": True,
-                }
-            },
-        )
-
-    @staticmethod
-    def _snat_answer(ctx, plugin, port: dict) -> dict | None:
-        for ip in port.get("fixed_ips", []):
-            subnet = plugin.get_subnet(ctx, ip["subnet_id"])
-            if subnet["ip_version"] == 4:
-                return {
-                    "ip": ip["ip_address"],
-                    "port_id": port["id"],
-                    "network_id": port["network_id"],
-                    "cidr": subnet["cidr"],
-                    "gateway": subnet.get("gateway_ip"),
-                }
-        return None

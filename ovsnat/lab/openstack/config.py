@@ -23,6 +23,8 @@ EXTERNAL_PHYSNET = "external"
 # A physnet no lab host reaches (no VLAN range: provider networks only): the second segment
 # of a multi-segment network, which ovsnat binds on its fabric segment.
 ELSEWHERE_PHYSNET = "elsewhere"
+# The external physnet's VLANs are provider networks only (no range): an admin's second
+# external network, tagged on the uplink (docs/routers.md item 3).
 VLAN_RANGE = (100, 199)
 REPORT_INTERVAL = 5  # s, the agents' heartbeat in the lab (Neutron's default is 30)
 # s, Neutron's default: an agent is counted dead this long after its last heartbeat, and
@@ -120,7 +122,7 @@ extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = {TENANT_PHYSNET},{EXTERNAL_PHYSNET}
 [ml2_type_vlan]
-network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi},{ELSEWHERE_PHYSNET}
+network_vlan_ranges = {TENANT_PHYSNET}:{lo}:{hi},{ELSEWHERE_PHYSNET},{EXTERNAL_PHYSNET}
 """,
     )
     _write(

@@ -181,7 +181,7 @@ class OpenStack:
 
     # --- agents ----------------------------------------------------------------------------
     def start_agent(
-        self, host: str, external_network: str = "", report_limits: bool | None = None
+        self, host: str, external_network: str = "public", report_limits: bool | None = None
     ) -> str:
         """ovsnat-neutron-agent for lab host `host`, in this namespace (see module doc).
         report_limits: it reports what the host's controller reserves (its config file);
