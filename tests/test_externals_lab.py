@@ -110,11 +110,12 @@ def test_each_router_leaves_through_its_own_external_network(both):
         assert f"From {fip}" in expired and "Time to live exceeded" in expired, expired
     gw_mac = run(["ip", "-n", lab.out_ns, "-j", "link", "show", PUB2_DEV]).stdout
     gw_mac = json.loads(gw_mac)[0]["address"]
-    routing = wait_for(
-        lambda: (r := scenario.status(lab, "hv1").get("routing", {})).get("externals") and r,
-        5,
-        what="the status file",
-    )
+
+    def learned():  # the status file is rewritten once a second
+        r = scenario.status(lab, "hv1").get("routing", {})
+        return r if r.get("externals", {}).get("pub2", {}).get("gateway_mac") else None
+
+    routing = wait_for(learned, 5, what="pub2's gateway MAC in the status file")
     pub2 = routing["externals"]["pub2"]
     assert pub2 == {
         "vlan": PUB2_VLAN,
@@ -126,6 +127,9 @@ def test_each_router_leaves_through_its_own_external_network(both):
     assert routing["externals"]["public"]["snat"] == SNAT and not routing["problems"]
     diff = scenario.cli(lab, "hv1", "diff")
     assert diff.returncode == 0, diff.stdout
+    text = scenario.cli(lab, "hv1", "status").stdout  # the operator's view says the same
+    line = next(line for line in text.splitlines() if line.strip().startswith("pub2 "))
+    assert f"VLAN {PUB2_VLAN}" in line and f"SNAT {SNAT2}" in line and gw_mac in line, text
 
 
 def test_a_fip_answers_arp_only_in_its_own_vlan(both):

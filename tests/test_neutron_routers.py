@@ -191,6 +191,55 @@ def test_the_agent_tells_neutron_which_fips_are_live_when_that_changes():
     in_neutron_venv(FIPS)
 
 
+EXTERNALS = (
+    CHECK.rsplit("# p1 and p2 on n1", 1)[0]
+    + r"""
+from ovsnat.model import HostConfig
+from ovsnat.model.externals import parse_externals
+# r1's gateway: ext1, a VLAN provider network; r2's: ext0, the host's own (its SNAT address's)
+EXT1 = "vlan=200;cidr=198.51.100.128/25;gw=198.51.100.129;snat=198.51.100.140"
+EXT0 = "vlan=300;cidr=203.0.113.0/24;gw=203.0.113.1;snat=203.0.113.11"
+GATEWAYS = {"r1": "ext=ext1;snat=on", "r2": "ext=ext0;snat=on"}
+agent.snat_network = "ext0"
+def get_routing(context, host, network_ids, timeout):
+    nets = {n: api.routing.get(n, "router=-") for n in network_ids}
+    routers = {v[7:]: GATEWAYS[v[7:]] for v in nets.values() if v != "router=-"}
+    exts = {"ext1": EXT1, "ext0": EXT0}
+    named = {v.split(";")[0][4:] for v in routers.values()}
+    return {"networks": nets, "routers": routers,
+            "externals": {e: v for e, v in exts.items() if e in named}}
+api.get_routing = get_routing
+agent.desired = {"p1": {"ovsnat-network": "n1"}, "p2": {"ovsnat-network": "n2"}}
+api.routing = {"n1": "router=r1", "n2": "router=r2"}
+assert one_pass("p1", "p2")
+keys = agent.ovsdb.keys
+assert keys["ovsnat-ext-ext1"] == EXT1                        # tagged on the uplink
+assert keys["ovsnat-ext-ext0"] == EXT0.replace("vlan=300", "vlan=-")  # the options' own
+assert agent.ovsdb.writes[0][0]["ovsnat-ext-ext1"] == EXT1  # with the routers, one write
+cfg = HostConfig.parse({"bridge": "br-int", "uplink_port": "uplink",
+    "router_mac": "02:00:00:00:00:01", "external_cidr": "203.0.113.0/24",
+    "external_gateway_ip": "203.0.113.1",
+    "snat_ip": "203.0.113.11", "snat_port_min": 1024, "snat_port_max": 65535,
+    "ct_zone": 1, "fip_frag_ct_zone": 2})
+externals, problems = parse_externals(keys, cfg)
+assert not problems and [(e.id, e.vlan) for e in externals] == [("ext0", None), ("ext1", 200)]
+# p2's network leaves r2: ext0's key goes with r2's, after the ports
+del agent.desired["p2"]
+assert one_pass("p1")
+assert "ovsnat-ext-ext0" not in agent.ovsdb.keys and "ovsnat-router-r2" not in agent.ovsdb.keys
+assert agent.ovsdb.keys["ovsnat-ext-ext1"] == EXT1
+print("ok")
+"""
+)
+
+
+def test_the_agent_writes_the_external_networks_its_routers_name():
+    """Each gateway network of a local network's router, with this host's SNAT address on
+    it, in the routers' own write; the host's own external network untagged whatever its
+    type (the controller's options'); removed with the last router naming it."""
+    in_neutron_venv(EXTERNALS)
+
+
 EAST_WEST = (
     CHECK.rsplit("# p1 and p2 on n1", 1)[0]
     + r"""

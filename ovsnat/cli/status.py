@@ -74,6 +74,8 @@ def status(view: View, conntrack: str) -> dict:
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
         "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
         "fabric_port": cfg.fabric_port or None,
+        # ovsnat-ext-* (docs/routers.md item 3): each with this host's SNAT address on it
+        "externals": {e.id: e.describe() for e in cfg.externals},
         "networks": [
             {
                 "name": net.label,
@@ -111,6 +113,15 @@ def format_status(st: dict) -> str:
         f"bridge {st['bridge']}: SNAT {st['snat_ip']} ports {st['snat_ports']}, "
         f"gateway MAC {st['gateway_mac'] or 'unknown'}, transit {st['transit_cidr']}"
     ]
+    externals = st.get("externals") or {}
+    if externals:
+        lines.append(f"external networks ({len(externals)}):")
+    for eid, e in sorted(externals.items()):
+        vlan = f"VLAN {e['vlan']}" if e["vlan"] else "untagged"
+        mac = f" ({e['gateway_mac']})" if e["gateway_mac"] else ""
+        lines.append(
+            f"  {eid:<14} {vlan:<9} {e['cidr']:<18} gateway {e['gateway']}{mac}, SNAT {e['snat']}"
+        )
     lines.append(f"networks ({len(st['networks'])}), fabric port {st['fabric_port'] or 'none'}:")
     for net in st["networks"]:
         vlan = f"VLAN {net['vlan']}" if net["vlan"] else "untagged"
