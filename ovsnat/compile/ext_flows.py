@@ -47,7 +47,8 @@ from ovsnat.compile.shared import arp_reply
 from ovsnat.model import HostConfig, mac_str
 from ovsnat.model.externals import External
 
-COMMIT_PRIO = 60  # above a VM's own PAT block (50): those are the untagged network's
+COMMIT_PRIO = 55  # above a VM's own PAT block (50), which is the untagged network's; below
+# the handoff's (60): a session that began on another host is handed back there as ever
 
 
 def uplink_vlan(cfg: HostConfig, ip) -> dict:
