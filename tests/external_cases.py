@@ -82,7 +82,9 @@ def test_two_external_networks_each_with_their_own_pat_source(cl):
     snat2 = wait_for(lambda: _snat_port_ip(cl, ext2.id, "hv1"), 10, what="hv1's SNAT port")
     assert snat2.startswith("198.51.100.") and snat2 != PUBLIC2["gateway"]
     wait_for(lambda: _seen_as(cl, b) == snat2, 15, interval=0.1, what=f"b through {snat2}")
-    assert _seen_as(cl, a) == cl.snat_ip("hv1")  # the other router's, at the same time
+    own = cl.snat_ip("hv1")  # the other router's, at the same time
+    wait_for(lambda: _seen_as(cl, a) == own, 15, interval=0.1, what=f"a through {own}")
+    assert _seen_as(cl, b) == snat2
     fip = cl.tenant.network.create_ip(floating_network_id=ext2.id, port_id=floating.port_id)
     assert fip.floating_ip_address.startswith("198.51.100.")
     answers(cl, fip.floating_ip_address)

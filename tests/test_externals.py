@@ -152,3 +152,29 @@ def test_an_arp_from_a_vlan_that_is_no_network_here_is_dropped_and_counted():
     assert host.ctl.host.cfg.tagged[0].gateway_mac is None
     host.from_uplink(vlan.tag(reply, 200), table=0)
     assert host.ctl.host.cfg.tagged[0].gateway_mac is not None
+
+
+def test_a_new_external_network_set_reaches_the_switch_with_the_routing_it_brings():
+    """Removing a network's key changes the host config and, through it, the routing of
+    the routers naming it: one atomic bundle for both, so no moment has the router's
+    networks committing new connections to the untagged SNAT address."""
+    host = tagged_host()
+    keys = {**KEYS, "ovsnat-net-t": "router=r2", "ovsnat-router-r2": ROUTER_R2}
+    host.set_bridge_ids(**keys)
+    net = {
+        "ovsnat-network": "t",
+        "ovsnat-cidr": "10.5.0.0/24",
+        "ovsnat-gateway": "10.5.0.1",
+        "ovsnat-fixed-ip": "10.5.0.6",
+        "ovsnat-vlan": "105",
+    }
+    host.plug(vm_row(6, **net))
+    host.advance(1.0)
+    commits = []
+    commit = host.switch._commit
+    host.switch._commit = lambda xid, msgs: commits.append(len(msgs)) or commit(xid, msgs)
+    host.set_bridge_ids(**{k: v for k, v in keys.items() if k != "ovsnat-ext-pub2"})
+    assert len(commits) == 1, commits
+    assert "ovsnat-router-r2" in host.ctl.host.routing.problems  # no PAT, no FIP: said
+    assert not host.ctl.host.route(host.ctl.host.nets["t"]).pat
+    assert host.switch.flow_keys() == host.desired_keys()

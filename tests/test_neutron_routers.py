@@ -95,7 +95,7 @@ class Api:
 SNAT = {"r1": "on", "r2": "off"}
 failed = []
 agent = NS(desired={}, wake=threading.Event(), context=None, host="hv1", fast_retry=False,
-           snat_network=None,
+           own_external=None,
            health=NS(neutron_ok=True, call_timeout=lambda: 2.0), _held=lambda what: False,
            _failed=lambda what, e: failed.append(what), _answered=lambda what: None,
            ovsdb=Ovsdb())
@@ -196,26 +196,42 @@ EXTERNALS = (
     + r"""
 from ovsnat.model import HostConfig
 from ovsnat.model.externals import parse_externals
-# r1's gateway: ext1, a VLAN provider network; r2's: ext0, the host's own (its SNAT address's)
+from ovsnat.neutron import routers as rt
+# r1's gateway: ext1, a VLAN provider network on the uplink's physnet; r3's: ext2, on another
+# physnet; the host's own network ext0 (a VLAN network too, as Neutron types it)
 EXT1 = "vlan=200;cidr=198.51.100.128/25;gw=198.51.100.129;snat=198.51.100.140"
-EXT0 = "vlan=300;cidr=203.0.113.0/24;gw=203.0.113.1;snat=203.0.113.11"
-GATEWAYS = {"r1": "ext=ext1;snat=on", "r2": "ext=ext0;snat=on"}
-agent.snat_network = "ext0"
+EXT2 = "vlan=201;cidr=198.51.100.64/26;gw=198.51.100.65;snat=198.51.100.70"
+GATEWAYS = {"r1": "ext=ext1;snat=on", "r2": "ext=ext0;snat=on", "r3": "ext=ext2;snat=on"}
+PHYSNETS = {"ext0": "external", "ext1": "external", "ext2": "elsewhere"}
 def get_routing(context, host, network_ids, timeout):
     nets = {n: api.routing.get(n, "router=-") for n in network_ids}
     routers = {v[7:]: GATEWAYS[v[7:]] for v in nets.values() if v != "router=-"}
-    exts = {"ext1": EXT1, "ext0": EXT0}
-    named = {v.split(";")[0][4:] for v in routers.values()}
+    named = {rt.router_external(v) for v in routers.values()}
+    exts = {"ext1": EXT1, "ext2": EXT2,  # the server's value for ext0 says its VLAN: unused
+            "ext0": "vlan=300;cidr=203.0.113.0/24;gw=203.0.113.1;snat=203.0.113.99"}
     return {"networks": nets, "routers": routers,
-            "externals": {e: v for e, v in exts.items() if e in named}}
+            "externals": {e: v for e, v in exts.items() if e in named},
+            "external_physnets": {e: p for e, p in PHYSNETS.items() if e in named}}
 api.get_routing = get_routing
-agent.desired = {"p1": {"ovsnat-network": "n1"}, "p2": {"ovsnat-network": "n2"}}
-api.routing = {"n1": "router=r1", "n2": "router=r2"}
-assert one_pass("p1", "p2")
+agent.desired = {"p1": {"ovsnat-network": "n1"}, "p2": {"ovsnat-network": "n2"},
+                 "p3": {"ovsnat-network": "n3"}}
+api.routing = {"n1": "router=r1", "n2": "router=r2", "n3": "router=r3"}
+agent.ovsdb.keys["ovsnat-ext-old"] = EXT1.replace("200", "202")  # from before a restart
+# the host's own network not known yet (get_snat_address not answered): no external
+# network is written, none removed
+assert one_pass("p1", "p2", "p3")
+assert "ovsnat-ext-old" in agent.ovsdb.keys
+assert not any(k.startswith("ovsnat-ext-") and k != "ovsnat-ext-old" for k in agent.ovsdb.keys)
+own = rt.own_external({"network_id": "ext0", "ip": "203.0.113.11", "cidr": "203.0.113.0/24",
+                       "gateway": "203.0.113.1", "physnet": "external"})
+agent.own_external = own
+sync.mark(["n1", "n2", "n3"])
+assert one_pass("p1", "p2", "p3")
 keys = agent.ovsdb.keys
 assert keys["ovsnat-ext-ext1"] == EXT1                        # tagged on the uplink
-assert keys["ovsnat-ext-ext0"] == EXT0.replace("vlan=300", "vlan=-")  # the options' own
-assert agent.ovsdb.writes[0][0]["ovsnat-ext-ext1"] == EXT1  # with the routers, one write
+assert keys["ovsnat-ext-ext0"] == "vlan=-;cidr=203.0.113.0/24;gw=203.0.113.1;snat=203.0.113.11"
+assert "ovsnat-ext-ext2" not in keys                         # another wire: not served
+assert "ovsnat-ext-old" not in keys                          # removed after the ports
 cfg = HostConfig.parse({"bridge": "br-int", "uplink_port": "uplink",
     "router_mac": "02:00:00:00:00:01", "external_cidr": "203.0.113.0/24",
     "external_gateway_ip": "203.0.113.1",
@@ -223,20 +239,24 @@ cfg = HostConfig.parse({"bridge": "br-int", "uplink_port": "uplink",
     "ct_zone": 1, "fip_frag_ct_zone": 2})
 externals, problems = parse_externals(keys, cfg)
 assert not problems and [(e.id, e.vlan) for e in externals] == [("ext0", None), ("ext1", 200)]
-# p2's network leaves r2: ext0's key goes with r2's, after the ports
+# p2's network leaves r2: the host's own network's key stays (never no key at all)
 del agent.desired["p2"]
-assert one_pass("p1")
-assert "ovsnat-ext-ext0" not in agent.ovsdb.keys and "ovsnat-router-r2" not in agent.ovsdb.keys
-assert agent.ovsdb.keys["ovsnat-ext-ext1"] == EXT1
+assert one_pass("p1", "p3")
+assert "ovsnat-router-r2" not in agent.ovsdb.keys and "ovsnat-ext-ext0" in agent.ovsdb.keys
+# p1's leaves r1: ext1's key goes with r1's, after the ports
+del agent.desired["p1"]
+assert one_pass("p3")
+assert "ovsnat-ext-ext1" not in agent.ovsdb.keys and "ovsnat-ext-ext0" in agent.ovsdb.keys
 print("ok")
 """
 )
 
 
 def test_the_agent_writes_the_external_networks_its_routers_name():
-    """Each gateway network of a local network's router, with this host's SNAT address on
-    it, in the routers' own write; the host's own external network untagged whatever its
-    type (the controller's options'); removed with the last router naming it."""
+    """Each gateway network of a local network's router on the uplink's physnet, with this
+    host's SNAT address on it; the host's own external network always, untagged whatever
+    its type (the controller's options'), and nothing before it is known; each other one
+    removed with the last router naming it."""
     in_neutron_venv(EXTERNALS)
 
 
@@ -358,7 +378,8 @@ class Core:
                        "provider:segmentation_id": 7},
                 "n4": {"id": "n4", "provider:network_type": "flat"},
                 "ext1": {"id": "ext1", "provider:network_type": "vlan",
-                         "provider:segmentation_id": 200}}
+                         "provider:segmentation_id": 200,
+                         "provider:physical_network": "external"}}
         return [nets[i] for i in filters["id"] if i in nets]
     def get_subnet(self, ctx, sid):
         assert sid == "e1"
@@ -393,7 +414,8 @@ want = {"networks": {"n1": "router=r1;cidr=10.1.0.0/24;gw=10.1.0.1;vlan=101",
         "hostmacs": {"hv1": "fa:16:3f:00:00:01", "hv2": "fa:16:3f:00:00:02"},
         # r1's gateway network, with hv1's SNAT port on it: VLAN 200 on the uplink
         "externals": {"ext1": "vlan=200;cidr=198.51.100.128/25;gw=198.51.100.129;"
-                              "snat=198.51.100.140"}}
+                              "snat=198.51.100.140"},
+        "external_physnets": {"ext1": "external"}}
 assert got == want, got
 assert hosts.casts == 1   # hv1's MAC was allocated: every agent hears of it
 assert RouterRpc(hosts).get_routing(None, "hv1", ["n1"])["hostmacs"] == want["hostmacs"]
@@ -404,7 +426,6 @@ from ovsnat.neutron import routers as rt
 keys = rt.bridge_keys(got["networks"], got["routers"], got["neighbours"], "hv1", got["hostmacs"],
                      got["externals"])
 assert keys["ovsnat-ext-ext1"] == want["externals"]["ext1"]
-assert rt.untagged(keys["ovsnat-ext-ext1"]).startswith("vlan=-;cidr=198.51.100.128/25;")
 parsed = parse_bridge(keys, frozenset({"ext1"}))
 assert not parsed.problems, parsed.problems
 assert sorted(parsed.east_west()) == ["n1", "n4"]

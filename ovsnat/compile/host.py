@@ -173,7 +173,7 @@ def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
             c,
             UPLINK_ARP,
             250,
-            Match.of(proto="arp", arp_spa=snat),
+            Match.of(proto="arp", **uplink_vlan(cfg, cfg.snat_ip), arp_spa=snat),
             [Meter(CLAIM_METER), Controller()],
         ),
         make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),

@@ -97,7 +97,8 @@ class HostController:
     def ovsdb(self, batch, now: float) -> list:
         names = self._apply(batch)
         externals = self.host.cfg.externals if self.host else ()
-        built, out = self._ensure_host(now)
+        delta = Delta()  # a new config goes to the switch with the routing it brings
+        built, out = self._ensure_host(now, delta)
         if batch.datapath_id is not None:
             out = self._datapath_named(batch.datapath_id, now) + out
         if built:
@@ -106,7 +107,6 @@ class HostController:
             )
         if self.host is None:
             return out
-        delta = Delta()
         if externals != self.host.cfg.externals:  # a FIP may be in a network new here
             names |= set(self.rows)
         if batch.bridge_ids is not None:
@@ -176,9 +176,11 @@ class HostController:
             else port_from_row(name, row.ofport, row.external_ids, row.link_state)
         )
 
-    def _ensure_host(self, now: float) -> tuple[bool, list]:
+    def _ensure_host(self, now: float, into: Delta | None = None) -> tuple[bool, list]:
         """Build the host state once the uplink's ofport and the SNAT IP are known, or
-        follow a change of either (recompiling, without forgetting which FIPs are live)."""
+        follow a change of either (recompiling, without forgetting which FIPs are live).
+        `into`: the recompile is added to it, not sent (the caller sends it in one bundle
+        with what the same OVSDB change does to the routing)."""
         cfg = self._config()
         if cfg is None:
             return False, []
@@ -202,7 +204,10 @@ class HostController:
             cfg.uplink_ofport,
             cfg.snat_ip,
         )
-        out = self.sw.send(self.host.set_config(cfg))
+        recompiled = self.host.set_config(cfg)
+        out = [] if into is not None else self.sw.send(recompiled)
+        if into is not None:
+            into.extend(recompiled)
         self.fips.set_host(self.host)
         self.gateways.arm(cfg, self.timers, now)
         for name in sorted(self.host.valid):

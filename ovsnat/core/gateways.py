@@ -30,6 +30,8 @@ class Gateways:
 
     def arm(self, cfg: HostConfig, timers, now: float) -> None:
         """Ask for each gateway that is learned now, unless a request is already due."""
+        current = {(e.vlan, str(e.gateway)) for e in cfg.tagged}
+        self.macs = {k: m for k, m in self.macs.items() if k in current}  # a key gone: forgot
         keys = [(KEY, None)] if cfg.learn_gateway_mac else []
         for key in keys + [(KEY, ext.vlan) for ext in cfg.tagged]:
             if not timers.pending(key):

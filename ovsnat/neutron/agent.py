@@ -182,14 +182,14 @@ class OvsnatAgent(SnatAddress):
             # the ports first (see _apply)
             self._apply(snap)
         ok = ok and (not full or self._fetch_orphans(local))
+        if self.health.neutron_ok:  # first: the routers' external networks need its network
+            ok &= self._snat(snap)
         ok &= self.sg.before_ports(snap, full) & self.routers.before_ports(snap, full)
         ok &= self._apply(snap)
         ok = ok and self.sg.after_ports(snap) and self.routers.after_ports(snap)
         if not self.health.neutron_ok:  # cut off: the rest would only wait for timeouts
             return False
-        ok &= self._report_devices(snap, full) & self.routers.report_fips(snap, full)
-        ok &= self._snat(snap)
-        return ok
+        return ok & self._report_devices(snap, full) & self.routers.report_fips(snap, full)
 
     def _failed(self, what: str, error: Exception) -> None:
         """A call failed: held back after a server error, else retried soon."""

@@ -21,6 +21,7 @@ import threading
 import oslo_messaging
 from oslo_log import log
 
+from ovsnat.model.externals import EXT_PREFIX
 from ovsnat.neutron import routers as rt
 from ovsnat.neutron.agent_rpc import CALL_TIMEOUT, NamespacedApi
 from ovsnat.neutron.keys import KeyDiff, unwritten
@@ -83,6 +84,8 @@ class RouterSync:
         self.neighbours: dict[str, str] = {}  # routed network id -> its ovsnat-nb- value
         self.hostmacs: dict[str, str] = {}  # host -> its routed MAC
         self.externals: dict[str, str] = {}  # external network id -> its value
+        self.physnets: dict[str, str | None] = {}  # external network id -> its physnet
+        self.warned: set[str] = set()  # external networks said to be on another physnet
         self.wanted: dict[str, str] = {}  # the Bridge keys of the last pass
         self.fips_told: dict[str, str] = {}  # port id -> the live FIP Neutron was told
 
@@ -125,13 +128,36 @@ class RouterSync:
         named = {r for r in map(rt.named_router, self.nets.values()) if r}
         complete = own <= set(self.nets) and named <= set(self.routers)
         nets = self.nets if complete else {n: v for n, v in self.nets.items() if self._held(v)}
-        own_ext = self.agent.snat_network  # the options' network: untagged on the uplink
-        exts = {e: rt.untagged(v) if e == own_ext else v for e, v in self.externals.items()}
+        exts, own = self._externals()
         self.wanted = rt.bridge_keys(
-            nets, self.routers, self.neighbours, self.agent.host, self.hostmacs, exts
+            nets, self.routers, self.neighbours, self.agent.host, self.hostmacs, exts, own
         )
         changed = unwritten(snap.bridge_ids, self.wanted)
         return self._write(KeyDiff(changed, ())) and ok and complete
+
+    def _externals(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """The external networks to write: those on the uplink's wire (the physnet of the
+        host's own network, which goes as the controller's untagged one), none until that
+        is known (after_ports then keeps the ones on the Bridge)."""
+        own = self.agent.own_external
+        if own is None:
+            return {}, None
+        exts = {}
+        for e, v in sorted(self.externals.items()):
+            if e == own[0]:
+                continue
+            if self.physnets.get(e) == own[2]:
+                exts[e] = v
+            elif e not in self.warned:
+                self.warned.add(e)
+                LOG.warning(
+                    "external network %s is on physnet %s, not the uplink's (%s): "
+                    "its routers get no PAT and no FIP here",
+                    e,
+                    self.physnets.get(e),
+                    own[2],
+                )
+        return exts, (own[0], own[1])
 
     def _concerned(self, dirty: set[str]) -> set[str]:
         """The networks a cast about `dirty` concerns: those, and every network on the
@@ -161,7 +187,14 @@ class RouterSync:
         Neutron answered for every row)."""
         if any(pid not in self.agent.desired for pid in snap.rows):
             return False
-        gone = tuple(k for k in snap.bridge_ids if rt.is_routing_key(k) and k not in self.wanted)
+        held = self.agent.own_external is None  # external networks not known yet: kept
+        gone = tuple(
+            k
+            for k in snap.bridge_ids
+            if rt.is_routing_key(k)
+            and k not in self.wanted
+            and not (held and k.startswith(EXT_PREFIX))
+        )
         return self._write(KeyDiff({}, gone))
 
     def report_fips(self, snap, full: bool) -> bool:
@@ -220,6 +253,7 @@ class RouterSync:
         for ext in {rt.router_external(v) for v in answer.get("routers", {}).values()} - {None}:
             self.externals.pop(ext, None)  # the answer is whole for its routers' gateways
         self.externals.update(answer.get("externals", {}))
+        self.physnets.update(answer.get("external_physnets", {}))
         if answer.get("hostmacs") or full:
             self.hostmacs = dict(answer.get("hostmacs") or {})
 

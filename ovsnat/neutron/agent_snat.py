@@ -11,6 +11,7 @@ import time
 
 from oslo_log import log
 
+from ovsnat.neutron import routers as rt
 from ovsnat.neutron.keys import SNAT_IP, KeyDiff
 
 LOG = log.getLogger(__name__)
@@ -21,9 +22,11 @@ SNAT_BACKOFF = (2.0, 60.0)  # s: asking again for a SNAT address while Neutron h
 class SnatAddress:
     """OvsnatAgent's SNAT address (module doc)."""
 
-    # The network it is on: the controller's untagged external network (its options'),
-    # whatever Neutron's type for it (ovsnat.neutron.agent_routers writes it so).
-    snat_network: str | None = None
+    # (network id, `ovsnat-ext-<id>` value, physnet) of the network it is on: the
+    # controller's untagged external network (its options'), whatever Neutron's type for it;
+    # ovsnat.neutron.agent_routers always writes its key, and serves other external
+    # networks only on its physnet (the uplink's wire).
+    own_external: tuple[str, str, str | None] | None = None
 
     def _snat(self, snap) -> bool:
         """The host's SNAT address: a port Neutron allocates on the external network."""
@@ -54,7 +57,7 @@ class SnatAddress:
                 self.snat_backoff = min(SNAT_BACKOFF[1], self.snat_backoff * 2)
             else:
                 self.snat_ip, self.snat_backoff = answer["ip"], SNAT_BACKOFF[0]
-                self.snat_network = answer.get("network_id")
+                self.own_external = rt.own_external(answer)
         if self.snat_ip and snap.bridge_ids.get(SNAT_IP) != self.snat_ip:
             try:
                 self.ovsdb.write_keys("Bridge", self.bridge, KeyDiff({SNAT_IP: self.snat_ip}, ()))

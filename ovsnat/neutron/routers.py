@@ -156,10 +156,14 @@ def external_value(network: dict, snat: dict | None) -> str | None:
     return f"vlan={vlan};cidr={snat['cidr']};gw={snat['gateway']};snat={snat['ip']}"
 
 
-def untagged(value: str) -> str:
-    """An external network's value as the host's own external network (the one its SNAT
-    address, `ovsnat-snat-ip`, is on): the untagged one on its uplink, whatever its type."""
-    return ";".join(f"vlan={NONE}" if f.startswith("vlan=") else f for f in value.split(";"))
+def own_external(snat: dict) -> tuple[str, str, str | None] | None:
+    """(network id, value, physnet) of the host's own external network, from its SNAT
+    address (get_snat_address's answer): the untagged network on its uplink, whatever its
+    type, since it is the controller's options' network; None without a gateway."""
+    if not snat.get("network_id") or not snat.get("gateway"):
+        return None
+    value = f"vlan={NONE};cidr={snat['cidr']};gw={snat['gateway']};snat={snat['ip']}"
+    return snat["network_id"], value, snat.get("physnet")
 
 
 def named_router(value: str | None) -> str | None:
@@ -177,15 +181,19 @@ def bridge_keys(
     host: str | None = None,
     hostmacs: dict[str, str] | None = None,
     externals: dict[str, str] | None = None,
+    own: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The Bridge keys for these networks' values, their routers' values, the routed
     networks' neighbours (an empty list: no key), the external networks those routers name
     and, when this host's routed MAC is known, this host's name and every host's routed
-    MAC."""
+    MAC. `own`: (id, value) of the host's own external network, always written (so no key
+    at all never means "every gateway is the options' network" under Neutron)."""
     keys = {NET_PREFIX + n: v for n, v in nets.items()}
     keys.update({ROUTER_PREFIX + r: v for r, v in routers.items()})
     named = {router_external(v) for v in routers.values()}
     keys.update({EXT_PREFIX + e: v for e, v in (externals or {}).items() if e in named})
+    if own is not None:
+        keys[EXT_PREFIX + own[0]] = own[1]
     keys.update({NB_PREFIX + n: v for n, v in (neighbours or {}).items() if v and n in nets})
     if host and host in (hostmacs or {}):
         keys[HOST_KEY] = host

@@ -84,7 +84,7 @@ class RouterRpc:
         answer = {
             "networks": {n: rt.net_value(r, defs.get(n)) for n, (r, _) in held.items()},
             "routers": values,
-            "externals": _externals(ctx, plugin, host, values),
+            **_externals(ctx, plugin, host, values),
             "neighbours": {
                 n: rt.neighbour_value(by_net.get(n, []), held[n][1]["cidr"], host)
                 for n in routed
@@ -127,20 +127,20 @@ class RouterRpc:
         return {r: rt.router_value(known.get(r)) for r in ids}
 
 
-def _externals(ctx, plugin, host: str, routers: dict[str, str]) -> dict[str, str]:
-    """external network id -> `ovsnat-ext-<id>`, for the gateway networks of these routers,
-    with the host's SNAT port on each (created on its first ask: ovsnat.neutron.server_snat).
-    A network that cannot be served (not flat or VLAN) has no value: its routers get no PAT
-    and no FIP on the host, which says so."""
+def _externals(ctx, plugin, host: str, routers: dict[str, str]) -> dict[str, dict]:
+    """{"externals": external network id -> `ovsnat-ext-<id>`, "external_physnets": id ->
+    its physical network}, for the gateway networks of these routers, with the host's SNAT
+    port on each (created on its first ask: ovsnat.neutron.server_snat). A network that
+    cannot be served (not flat or VLAN) has no value: its routers get no PAT and no FIP on
+    the host, which says so; the agent serves only its own external network's physnet."""
     ids = sorted({e for e in map(rt.router_external, routers.values()) if e})
-    out = {}
+    out, physnets = {}, {}
     for net in plugin.get_networks(ctx, filters={"id": ids}) if ids else []:
         value = rt.external_value(net, server_snat.snat_address(ctx, plugin, net, host))
-        if value is None:
-            LOG.warning("ovsnat: external network %s cannot be served on an uplink", net["id"])
-        else:
+        if value is not None:
             out[net["id"]] = value
-    return out
+            physnets[net["id"]] = net.get("provider:physical_network")
+    return {"externals": out, "external_physnets": physnets}
 
 
 def _held(ctx, plugin, ids: list[str]) -> dict[str, tuple[str | None, dict | None]]:

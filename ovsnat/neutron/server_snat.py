@@ -30,7 +30,10 @@ def snat_address(ctx, plugin, net: dict, host: str) -> dict | None:
     port = ports[0]
     for extra in ports[1:]:  # two workers raced on a first request: keep one
         plugin.delete_port(ctx, extra["id"])
-    return _answer(ctx, plugin, port)
+    answer = _answer(ctx, plugin, port)
+    if answer is not None:  # the wire the network is on: an agent serves only its own's
+        answer["physnet"] = net.get("provider:physical_network")
+    return answer
 
 
 def _create(ctx, plugin, net: dict, host: str) -> dict:
