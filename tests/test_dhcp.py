@@ -215,6 +215,28 @@ def test_port_values_win_and_vlan_networks_on_a_fabric_get_a_smaller_mtu():
     )
 
 
+def test_with_metadata_on_the_answer_routes_169_254_169_254_through_the_gateway():
+    """Option 121 (RFC 3442, so the default route goes first), as Neutron's DHCP gives it;
+    a subnet's own route for 169.254.169.254/32 is left as it is."""
+    h = SimHost(metadata_port="ovsnat-meta", **OPTS).start()
+    own = "169.254.169.254/32>10.0.0.254"
+    h.plug(vm_row(5), vm_row(6, **{"ovsnat-routes": own}))
+    h.from_vm(5, client(dhcp.DISCOVER, mac(5)))
+    h.from_vm(6, client(dhcp.DISCOVER, mac(6)))
+    [(_, _, five)], [(_, _, six)] = answers(h, 5), answers(h, 6)
+    gw = _ip("10.0.0.1")
+    assert five[dhcp.OPT_ROUTES] == bytes([0]) + gw + bytes([32, 169, 254, 169, 254]) + gw
+    assert six[dhcp.OPT_ROUTES] == (
+        bytes([0]) + gw + bytes([32, 169, 254, 169, 254]) + _ip("10.0.0.254")
+    )
+    # without metadata, no option 121 at all (the positive control above)
+    plain = SimHost(**OPTS).start()
+    plain.plug(vm_row(5))
+    plain.from_vm(5, client(dhcp.DISCOVER, mac(5)))
+    [(_, _, answer)] = answers(plain, 5)
+    assert dhcp.OPT_ROUTES not in answer and answer[dhcp.OPT_ROUTER] == gw
+
+
 def test_a_pending_fip_vms_dhcp_request_proves_it_is_here():
     h = SimHost(fip_activation="first-packet", **OPTS).start()
     h.plug(vm_row(5, fip="203.0.113.50"))

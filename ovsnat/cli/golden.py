@@ -72,6 +72,7 @@ def flow_counts() -> dict[str, int]:
     cfg = HostConfig.parse(BASE)
     blocks = HostConfig.parse({**BASE, "pat_ports_per_vm": 64})
     fabric = HostConfig.parse({**BASE, **FABRIC})
+    meta = HostConfig.parse({**BASE, "metadata_port": "ovsnat-meta", "metadata_ofport": 3})
     vlan = port(11, net=NET_A).network
     ssh = Group("g", (Rule("r", True, 6, 22, 22),))
     return {
@@ -98,6 +99,11 @@ def flow_counts() -> dict[str, int]:
             sg_flows.member_flows(1, "10.0.0.5", [("g", True, True)])
         ),
         **_east_west_counts(fabric, vlan),
+        "port, with metadata (metadata_port), besides its other flows": len(
+            vm_flows(meta, port(12), meta.default_network)
+        )
+        - len(vm_flows(cfg, port(12), cfg.default_network)),
+        "host-level, with metadata, besides the rest": len(host_flows(meta)) - len(host_flows(cfg)),
         "host-level (gateway MAC configured)": len(host_flows(cfg)),
         "host-level, with a fabric": len(host_flows(fabric)),
     }

@@ -193,6 +193,19 @@ SCENARIOS = {
             port(13, "198.51.100.143", net=NET_C, ofport=33),
         ],
     ),
+    "metadata": (
+        "Metadata (docs/metadata.md): the proxy on port 3 (ovsnat-meta); vm11 (FIP, "
+        "filtered by the default group) and vm12 on the untagged network, vm11 of tenant-a "
+        "with vm11's fixed IP (each its own data: its own port), vm14 with port security "
+        "off (still only its own fixed IP is steered).",
+        {**FABRIC, "metadata_port": "ovsnat-meta", "metadata_ofport": 3},
+        [
+            port(11, "203.0.113.10", ovsnat_sg="default"),
+            port(12),
+            port(11, net=NET_A, ofport=21),
+            port(14, ovsnat_port_security="off"),
+        ],
+    ),
 }
 # Scenario name -> the bridge's keys (security groups, routers)
 BRIDGE_KEYS = {

@@ -6,7 +6,14 @@ limits, the gateway's MAC, DHCP, the fabric). They depend on the host config alo
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, eastwest, ext_flows, handoff_flows, sg_flows
+from ovsnat.compile import (
+    connlimit,
+    eastwest,
+    ext_flows,
+    handoff_flows,
+    metadata_flows,
+    sg_flows,
+)
 from ovsnat.compile.actions import (
     Controller,
     Ct,
@@ -88,6 +95,7 @@ DROPPED = (
     NET_PAT_IN,
     DELIVER,
     *sg_flows.TABLES,
+    *[t.id for t in metadata_flows.TABLES],
 )
 EXPIRED = Match.of(proto="ip", nw_ttl=1)  # answered (time exceeded), metered
 DEAD = Match.of(proto="ip", nw_ttl=0)
@@ -116,7 +124,7 @@ def host_flows(cfg: HostConfig) -> list[Flow]:
         flows += dhcp_punts(cfg, c)
     if cfg.fabric_ofport:
         flows += _fabric(cfg, c)
-    flows += ext_flows.host_flows(cfg, c)
+    flows += ext_flows.host_flows(cfg, c) + metadata_flows.host_flows(cfg, c)
     return flows + eastwest.host_part(cfg, c) + sg_flows.host_flows(c)
 
 

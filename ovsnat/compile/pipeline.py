@@ -16,6 +16,7 @@ EGRESS, NET_PAT_OUT, NET_PAT_DONE, PAT_OUT, PAT_GUARD, EGRESS_OUT = 30, 31, 32, 
 INGRESS, PAT_IN, PAT_IN_NET, NET_PAT_IN, DELIVER, VM_L2 = 50, 55, 56, 57, 60, 70
 SG_OUT_CT, SG_OUT, SG_IN_CT, SG_IN = 16, 17, 71, 72
 EW_IN, EW_IN_PORT, EW_ROUTE = 6, 7, 21  # east-west routing (ovsnat.compile.eastwest)
+META_REPLY = 65  # the metadata proxy's replies (ovsnat.compile.metadata_flows)
 
 # Register 5 carries flags from one table to a later one (registers start at 0 for every
 # packet and survive goto, recirculation and ct_clear); register 6 the packet's network;
@@ -28,6 +29,7 @@ LEAVING, FIP_DONE, FROM_FABRIC, ROUTED, HAS_FIP = 0, 1, 2, 3, 4  # bits of reg5
 HANDED, ARRIVED = 5, 6  # came over the handoff VLAN; sent by a VM in its arrival grace
 LIMITED = 7  # sent by a PAT VM with a connection limit (its zone in reg4)
 OUTSIDE = 8  # arrived on the uplink (a remote group's member is never its source)
+METADATA = 9  # a VM's own request to 169.254.169.254:80 (its encoded port in reg8)
 
 # The delivery key vm_l2 matches: the IP destination or the ARP target, in register 7.
 TO_KEY_IP, TO_KEY_ARP = Move("ip_dst", "reg7"), Move("arp_tpa", "reg7")

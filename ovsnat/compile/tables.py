@@ -8,7 +8,7 @@ numbers and the registers' layout are ovsnat.compile.pipeline's.
 
 from __future__ import annotations
 
-from ovsnat.compile import eastwest
+from ovsnat.compile import eastwest, metadata_flows
 from ovsnat.compile.actions import (
     Conjunction,
     Controller,
@@ -38,6 +38,7 @@ from ovsnat.compile.pipeline import (
     FABRIC_IN,
     HANDOFF_IN,
     INGRESS,
+    META_REPLY,
     NET_PAT_DONE,
     NET_PAT_IN,
     NET_PAT_OUT,
@@ -71,15 +72,17 @@ _DECLARED: tuple[Table, ...] = (
         "controller (metered), which answers it (from the uplink or the fabric it is "
         "dropped). A VM port over its share of packet-ins of a kind (DHCP, RARP, presence "
         "copies) has that kind dropped here for a while by flows with a hard timeout. Drop "
-        "and count IPv6, multicast, broadcast, DHCP server frames and metadata traffic; drop "
-        "everything else. When the gateway MAC is learned dynamically, copy the gateway's "
+        "and count IPv6, multicast, broadcast, DHCP server frames and metadata traffic but a "
+        "port's own request to the metadata proxy (its MAC and fixed IP, to "
+        "169.254.169.254:80, marked with its encoded address) and the proxy's replies; "
+        "drop everything else. When the gateway MAC is learned dynamically, copy the gateway's "
         "ARP to the controller (only the copy metered); while a FIP VM's presence is "
         "unproven, copy its frames to the controller (the copies metered; activation) until "
         "one proves it or none can; with a fabric, a VM's RARP goes to the controller "
         "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped).",
         "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_tpa arp_sha tp_src tp_dst",
         {Goto, Controller, Load, PopVlan, Meter},
-        {FABRIC_IN, VM_ARP, UPLINK_ARP, SG_OUT_CT, VM_ROUTE, HANDOFF_IN, INGRESS},
+        {FABRIC_IN, VM_ARP, UPLINK_ARP, SG_OUT_CT, VM_ROUTE, HANDOFF_IN, INGRESS, META_REPLY},
     ),
     declare(
         FABRIC_IN,
@@ -98,8 +101,9 @@ _DECLARED: tuple[Table, ...] = (
     declare(
         VM_ARP,
         "vm_arp",
-        "ARP within a network: answer a VM's request for its gateway with the router MAC (not "
-        "from the fabric); any other ARP from a local VM is copied to the fabric (as a switch "
+        "ARP within a network: answer a VM's request for its gateway, or for "
+        "169.254.169.254 when metadata is on, with the router MAC (not from the fabric); any "
+        "other ARP from a local VM is copied to the fabric (as a switch "
         "floods it: GARPs and requests reach the other hosts); then vm_l2 delivers it to the "
         "local VM whose fixed IP is its target, if any.",
         "proto reg5 reg6 arp_op arp_tpa",
@@ -146,9 +150,11 @@ _DECLARED: tuple[Table, ...] = (
         "zone when it has a connection limit), except from a network on no router, where "
         "it is dropped by the network's own flow (docs/routers.md), and from a network "
         "routed east-west, which gets its router's tag (reg3) and goes to ew_route first; "
-        "anything else is switched within the VM's network.",
+        "anything else is switched within the VM's network. A port's own request to "
+        "169.254.169.254:80 (marked in classify) goes to the metadata proxy, its source the "
+        "port's encoded address (register 8).",
         "proto reg5 reg6 dl_dst",
-        {Goto, Move, Ct, Load},
+        {Goto, Move, Ct, Load, SetField, Output},
         {CONN_COUNT, EW_ROUTE, EGRESS, VM_L2},
     ),
     declare(
@@ -344,8 +350,10 @@ _DECLARED: tuple[Table, ...] = (
     ),
 )
 
-# Every table by its number; east-west routing declares its own (ovsnat.compile.eastwest).
-TABLES: tuple[Table, ...] = tuple(sorted((*_DECLARED, *eastwest.TABLES), key=lambda t: t.id))
+# Every table by its number; east-west routing and metadata declare their own.
+TABLES: tuple[Table, ...] = tuple(
+    sorted((*_DECLARED, *eastwest.TABLES, *metadata_flows.TABLES), key=lambda t: t.id)
+)
 BY_ID = {t.id: t for t in TABLES}
 
 

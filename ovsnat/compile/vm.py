@@ -4,7 +4,14 @@ the host config, the VM's network and the VM, so one port event recompiles one V
 
 from __future__ import annotations
 
-from ovsnat.compile import connlimit, eastwest, flowident, handoff_flows, portsec
+from ovsnat.compile import (
+    connlimit,
+    eastwest,
+    flowident,
+    handoff_flows,
+    metadata_flows,
+    portsec,
+)
 from ovsnat.compile.actions import Controller, Ct, Goto, Load, Meter, Nat, SetField
 from ovsnat.compile.ext_flows import uplink_vlan
 from ovsnat.compile.flows import (
@@ -104,6 +111,7 @@ def vm_flows(
                 arp_out,
             ),
         ]
+    flows += metadata_flows.vm_flows(cfg, vm, net, c, portsec.onward(vm))
     # IP and ARP alike: register 7 holds the IP destination or ARP target.
     flows += portsec.deliveries(vm, net, c, vips)
     flows += portsec.vip_flows(cfg, vm, net, c, vips, fip_flows)

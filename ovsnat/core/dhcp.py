@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import netaddr
 
 from ovsnat.model import HostConfig, VmPort, dhcp_keys, mac_str
+from ovsnat.model.metadata import METADATA_IP
 from ovsnat.model.networks import Network
 from ovsnat.packets import dhcp as dhcp_wire
 from ovsnat.packets.dhcp import CLIENT_PORT, SERVER_PORT, DhcpRequest
@@ -30,6 +31,7 @@ DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6,
 OPT_MASK, OPT_ROUTER, OPT_DNS, OPT_DOMAIN, OPT_MTU = 1, 3, 6, 15, 26
 OPT_REQUESTED, OPT_LEASE, OPT_TYPE, OPT_SERVER, OPT_T1, OPT_T2 = 50, 51, 53, 54, 58, 59
 OPT_ROUTES = 121
+METADATA_ROUTE = f"{METADATA_IP}/32"
 LOG_EVERY_S = 60
 LOG = logging.getLogger("ovsnat")
 
@@ -53,6 +55,7 @@ def lease_for(cfg: HostConfig, port: VmPort, net: Network) -> Lease:
     """The host's options, with the port's own (Neutron's subnet and network) on top."""
     own, host = port.dhcp, cfg.dhcp
     mtu = dhcp_keys.effective_mtu(host, own, bool(net.vlan and cfg.fabric_port))
+    routes = own.routes if own else ()
     return Lease(
         mac_str(port.mac),
         port.fixed_ip,
@@ -62,8 +65,18 @@ def lease_for(cfg: HostConfig, port: VmPort, net: Network) -> Lease:
         own.domain if own and own.domain else host.domain,
         host.lease_time,
         mtu,
-        own.routes if own else (),
+        _with_metadata(cfg, routes, net.gateway),
     )
+
+
+def _with_metadata(cfg: HostConfig, routes: tuple, gateway) -> tuple:
+    """With metadata on, the route to 169.254.169.254 through the gateway (option 121, as
+    Neutron's DHCP gives it): the host's flows take the request whatever MAC it is sent to,
+    but an image with a link-local route on its NIC, or a subnet route sending
+    169.254.0.0/16 elsewhere, would not send it at all. A subnet's own route for it wins."""
+    if not cfg.metadata_port or any(c == METADATA_ROUTE for c, _ in routes):
+        return routes
+    return (*routes, (METADATA_ROUTE, str(gateway)))
 
 
 def is_request(frame: bytes) -> bool:

@@ -47,6 +47,8 @@ class HostConfig:
     fip_activation: str = "probe"  # or "first-packet", "immediate" (FIP_ACTIVATIONS)
     fabric_port: str = ""  # port to the tenant networks' L2 fabric ("": none)
     fabric_ofport: int = 0  # 0: not (yet) on the bridge
+    metadata_port: str = ""  # port to this host's metadata proxy ("": no metadata)
+    metadata_ofport: int = 0  # 0: not (yet) on the bridge
     transit_cidr: netaddr.IPNetwork = networks.TRANSIT_CANDIDATES[0]  # transit_option
     network_ct_zone_base: int = 60000
     dhcp: HostDhcp = HostDhcp()
@@ -113,6 +115,12 @@ class HostConfig:
             else "",
             fabric_ofport=integer("fabric_ofport", 0, 0xFFFFFEFF)
             if _given(raw, "fabric_ofport")
+            else 0,
+            metadata_port=_name(raw["metadata_port"], "metadata_port")
+            if _given(raw, "metadata_port")
+            else "",
+            metadata_ofport=integer("metadata_ofport", 0, 0xFEFF)
+            if _given(raw, "metadata_ofport")
             else 0,
             transit_cidr=networks.transit_option(raw),
             network_ct_zone_base=integer("network_ct_zone_base", 4095, 61440)

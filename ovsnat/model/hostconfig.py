@@ -14,6 +14,8 @@ from ovsnat.model import ConfigError, HostConfig, parse_ipv4
 from ovsnat.model.externals import EXT_PREFIX, External, parse_externals
 
 LOG = logging.getLogger("ovsnat")
+FABRIC_MISSING = "no traffic between hosts"
+META_MISSING = "metadata requests are dropped"
 SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
 
 
@@ -24,7 +26,8 @@ class Settings:
 
     def infra(self) -> set[str]:
         """The bridge's own ports: not VMs."""
-        return {self.base.uplink_port, self.base.fabric_port} - {""}
+        base = self.base
+        return {base.uplink_port, base.fabric_port, base.metadata_port} - {""}
 
     def resolve(self, rows: dict, bridge_ids: dict, gateway_mac, current_snat, ext_macs=None):
         """The effective config, or None while the uplink or the SNAT IP is missing.
@@ -52,7 +55,8 @@ class Settings:
             uplink_ofport=row.ofport,
             snat_ip=snat,
             external_gateway_mac=gateway_mac,
-            fabric_ofport=self._fabric(rows),
+            fabric_ofport=self._ofport(rows, base.fabric_port, "fabric", FABRIC_MISSING),
+            metadata_ofport=self._ofport(rows, base.metadata_port, "metadata", META_MISSING),
         )
         return replace(cfg, externals=self._externals(cfg, bridge_ids, ext_macs or {}))
 
@@ -70,18 +74,17 @@ class Settings:
             for e in externals
         )
 
-    def _fabric(self, rows: dict) -> int:
-        name = self.base.fabric_port
+    def _ofport(self, rows: dict, name: str, what: str, missing: str) -> int:
+        """An optional port's ofport; 0 (logged once while it lasts) while it is missing."""
         row = rows.get(name) if name else None
         if name and (row is None or not row.ofport or row.ofport < 1):
             self.warn_once(
-                "fabric",
-                f"fabric port {name} is not on bridge "
-                f"{self.base.bridge} (or has no ofport); no traffic between "
-                "hosts until it is",
+                what,
+                f"{what} port {name} is not on bridge {self.base.bridge} (or has no "
+                f"ofport); {missing} until it is",
             )
             return 0
-        self.warned.discard("fabric")
+        self.warned.discard(what)
         return row.ofport if row else 0
 
     def _snat_ip(self, bridge_ids: dict):

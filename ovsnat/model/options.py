@@ -96,6 +96,14 @@ OPTIONS: tuple[Option, ...] = (
         "between hosts except through FIPs.",
     ),
     Option(
+        "metadata_port",
+        "",
+        "OVS port on the bridge toward this host's metadata proxy (ovsnat-metadata-proxy, "
+        "docs/metadata.md): a VM's requests to 169.254.169.254:80 from its own MAC and "
+        "fixed IP go there, the rest to 169.254.169.254 is dropped and counted. Empty: no "
+        "metadata (all of it dropped and counted).",
+    ),
+    Option(
         "transit_cidr",
         "auto",
         "Addresses that exist only inside this host's datapath, between a VLAN network's own "
