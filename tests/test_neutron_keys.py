@@ -9,6 +9,7 @@ from ovsnat.neutron.keys import (
     Segment,
     diff_keys,
     format_routes,
+    owner,
     port_keys,
 )
 
@@ -104,11 +105,14 @@ def test_the_agent_writes_the_keys_the_controller_reads():
     """Every key the agent manages is one the controller's model reads, the security keys
     (issue 25) included, and the security prefixes of the bridge are the model's."""
     from ovsnat import model
-    from ovsnat.model import dhcp_keys, networks
+    from ovsnat.model import dhcp_keys, networks, ports
     from ovsnat.model import secgroups as model_sg
     from ovsnat.neutron import keys, secgroups
 
     core = {model.KEY_FIXED_IP, model.KEY_FIP, *networks.NETWORK_KEYS, *dhcp_keys.PORT_KEYS}
+    # known to the model, read by the metadata proxy alone (issue 29)
+    proxy = {ports.KEY_DEVICE_ID, ports.KEY_PROJECT}
+    assert set(ports.PROXY_KEYS) == proxy == {keys.DEVICE_ID, keys.PROJECT}
     security = {
         model_sg.KEY_GROUPS,
         model_sg.KEY_PORT_SECURITY,
@@ -117,7 +121,8 @@ def test_the_agent_writes_the_keys_the_controller_reads():
         model_sg.KEY_PAIR_FIPS,
     }
     assert set(secgroups.PORT_KEYS) == security
-    assert set(keys.MANAGED_KEYS) <= core | security
+    assert set(keys.MANAGED_KEYS) <= core | security | proxy
+    assert proxy <= set(keys.MANAGED_KEYS) and not proxy & (core | security)
     assert (secgroups.GROUP_PREFIX, secgroups.MEMBERS_PREFIX) == (
         model_sg.GROUP_PREFIX,
         model_sg.MEMBERS_PREFIX,
@@ -163,3 +168,57 @@ def test_diff_touches_only_managed_keys():
 def test_unknown_port_loses_all_managed_keys():
     current = {"iface-id": "p1", "ovsnat-fixed-ip": "10.1.0.5", "ovsnat-vlan": "123"}
     assert diff_keys(current, {}) == KeyDiff({}, ("ovsnat-fixed-ip", "ovsnat-vlan"))
+
+
+# --- the instance and project, for the metadata proxy (issue 29) ------------------------------
+def test_the_ports_instance_and_project_go_with_its_other_keys():
+    keys = port_keys(facts(device_id="9c0d6a7e-inst", project="f00dproj"))
+    assert keys["ovsnat-device-id"] == "9c0d6a7e-inst" and keys["ovsnat-project"] == "f00dproj"
+    assert {k: v for k, v in keys.items() if k not in ("ovsnat-device-id", "ovsnat-project")} == (
+        port_keys(facts())
+    )
+    assert {"ovsnat-device-id", "ovsnat-project"} <= set(MANAGED_KEYS)
+
+
+def test_an_empty_instance_or_project_leaves_its_key_out():
+    """An unattached port (no device_id) or one without a project: absent, never empty."""
+    assert "ovsnat-device-id" not in port_keys(facts(project="f00dproj"))
+    assert "ovsnat-project" not in port_keys(facts(device_id="9c0d6a7e-inst"))
+    assert not {"ovsnat-device-id", "ovsnat-project"} & set(port_keys(facts()))
+
+
+def test_a_port_ovsnat_does_not_serve_gets_no_instance_either():
+    """No keys at all for a port ovsnat cannot serve, these two included (as its security
+    keys): the proxy only answers VMs the controller routes."""
+    assert port_keys(facts(device_id="i", project="p", fixed_ips=(("s6", "2001:db8::5"),))) == {}
+
+
+def test_the_project_is_project_id_else_tenant_id():
+    """Neutron's port dicts carry both names (same value); an older or trimmed dict may have
+    only tenant_id."""
+    port = {"device_id": "i1", "project_id": "p-new", "tenant_id": "p-old"}
+    assert owner(port) == {"device_id": "i1", "project": "p-new"}
+    assert owner({"device_id": "i1", "tenant_id": "p-old"})["project"] == "p-old"
+    assert owner({"device_id": "i1", "project_id": "", "tenant_id": "p-old"})["project"] == "p-old"
+    assert owner({"device_id": None}) == {"device_id": "", "project": ""}
+    assert port_keys(facts(**owner(port)))["ovsnat-project"] == "p-new"
+
+
+def test_a_new_instance_replaces_the_old_and_a_gone_one_is_removed():
+    """The agent writes only the diff: a port moved to another instance gets the new
+    device_id, a detached port (device_id cleared) loses the key, a port Neutron no longer
+    knows loses both."""
+    row = {
+        "iface-id": "p1",
+        "vm-uuid": "i1",  # os-vif's, never touched
+        "ovsnat-fixed-ip": "10.1.0.5",
+        "ovsnat-device-id": "i1",
+        "ovsnat-project": "proj",
+    }
+    moved = {"ovsnat-fixed-ip": "10.1.0.5", "ovsnat-device-id": "i2", "ovsnat-project": "proj"}
+    assert diff_keys(row, moved) == KeyDiff({"ovsnat-device-id": "i2"}, ())
+    detached = {"ovsnat-fixed-ip": "10.1.0.5", "ovsnat-project": "proj"}
+    assert diff_keys(row, detached) == KeyDiff({}, ("ovsnat-device-id",))
+    assert diff_keys(row, {}) == KeyDiff(
+        {}, ("ovsnat-fixed-ip", "ovsnat-device-id", "ovsnat-project")
+    )

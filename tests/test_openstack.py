@@ -36,6 +36,7 @@ from ovsnat.lab.traffic import tcp_connect
 
 # Neutron's routers' cases (issue 26) run here too, on this module's lab.
 from tests.external_cases import *  # noqa: E402,F403
+from tests.metadata_cases import *  # noqa: E402,F403
 from tests.openstack_lab import (
     HOSTS,
     all_rows,
@@ -187,6 +188,8 @@ def test_nova_boots_a_server_to_active_with_its_defaults_and_deletes_it(cl):
         "ovsnat-dns": "198.51.100.53",
         "ovsnat-routes": "10.9.0.0/16>10.1.0.254",
         "ovsnat-sg": ",".join(sorted(port.security_group_ids)),  # the default group
+        "ovsnat-device-id": server["id"],  # for the metadata proxy (issue 29)
+        "ovsnat-project": port.project_id,
         "ovsnat-installed": "true",
         "ovsnat-ready": "true",
     }

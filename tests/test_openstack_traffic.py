@@ -149,6 +149,7 @@ def test_fip_reachable_within_2s_of_association_and_gone_within_2s_of_disassocia
     assert "ovsnat-fip" not in row_ids(cl, "hv1", server.tap)
 
 
+@pytest.mark.openstack_long  # a 30 s outage of a service: make test-openstack-long
 def test_neutron_api_down_30s_traffic_unharmed_nothing_removed(cl):
     """The API stops for 30 s: a FIP keeps answering (10 ms pings, none lost), a PAT TCP
     session keeps echoing, no key moves on any row. After it returns, a disassociation
@@ -289,6 +290,7 @@ def test_live_migration_with_novas_defaults_keeps_an_inbound_fip_session(cl, mov
     assert tcp_connect(cl.lab, cl.lab.srv_ns, address, GUEST_PORT).ok
 
 
+@pytest.mark.openstack_long  # a 30 s outage of a service: make test-openstack-long
 def test_rabbitmq_down_30s_an_association_meanwhile_takes_effect_within_2s_of_its_return(cl):
     """The broker stops for 30 s (Nova's services lose it too). Traffic does not care (FIP
     pinged every 10 ms, a PAT TCP session of another server); a FIP associated through the

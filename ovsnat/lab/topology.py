@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -290,9 +291,8 @@ def down_all(root: str = STATE_ROOT) -> list[str]:
 
 
 def list_lab_namespaces() -> list[str]:
+    """Namespaces of a lab (ovsnat-<its 6 hex id>-<role>): never another ovsnat-* one, such
+    as a real host's metadata namespace (ovsnat-meta)."""
     out = run(["ip", "netns", "list"], check=False).stdout
-    return [
-        line.split()[0]
-        for line in out.splitlines()
-        if line.split() and line.split()[0].startswith(NS_PREFIX)
-    ]
+    names = [line.split()[0] for line in out.splitlines() if line.split()]
+    return [n for n in names if re.fullmatch(rf"{re.escape(NS_PREFIX)}[0-9a-f]{{6}}-.+", n)]

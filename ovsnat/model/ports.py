@@ -25,6 +25,12 @@ KEY_IFACE_ID = "iface-id"
 KEY_ATTACHED_MAC = "attached-mac"
 KEY_FIXED_IP = "ovsnat-fixed-ip"
 KEY_FIP = "ovsnat-fip"
+# Keys of the contract the controller never reads: ovsnat-neutron-agent writes them for the
+# host's metadata proxy (docs/metadata.md), which finds a VM's instance and project on its
+# row. VmPort leaves them out, so a change of theirs costs no recompile and sends no flow.
+KEY_DEVICE_ID = "ovsnat-device-id"  # the Neutron port's device_id (Nova: the instance uuid)
+KEY_PROJECT = "ovsnat-project"  # the port's project
+PROXY_KEYS = (KEY_DEVICE_ID, KEY_PROJECT)
 
 MAX_ID_LEN = 255
 # The ofport a row without a device is judged with (ovsnat.core.markers, `ovsnat bind`): no

@@ -26,6 +26,10 @@ DNS = "ovsnat-dns"
 MTU = "ovsnat-mtu"
 ROUTES = "ovsnat-routes"
 DHCP = "ovsnat-dhcp"  # "off" when the subnet has DHCP disabled
+# For the host's metadata proxy, which knows a VM by its port and signs for its instance
+# (docs/metadata.md); the controller reads neither (ovsnat.model.ports.PROXY_KEYS).
+DEVICE_ID = "ovsnat-device-id"  # the port's device_id: for Nova's ports, the instance uuid
+PROJECT = "ovsnat-project"  # the port's project (project_id, or tenant_id)
 # Security groups and port security (ovsnat.neutron.secgroups): ovsnat-sg,
 # ovsnat-port-security, ovsnat-allowed-pairs, ovsnat-admin.
 MANAGED_KEYS = (
@@ -39,6 +43,8 @@ MANAGED_KEYS = (
     MTU,
     ROUTES,
     DHCP,
+    DEVICE_ID,
+    PROJECT,
     *secgroups.PORT_KEYS,
 )
 
@@ -70,6 +76,17 @@ class PortFacts:
     segment: Segment | None = None
     mtu: int | None = None
     floating_ips: tuple[tuple[str, str], ...] = ()  # (fixed_ip_address, floating_ip_address)
+    device_id: str = ""  # who uses the port (Nova: the instance uuid; empty: nobody)
+    project: str = ""
+
+
+def owner(port: dict) -> dict[str, str]:
+    """A Neutron port dict's device_id and project, as PortFacts takes them: project_id,
+    else tenant_id (Neutron's older name for it); empty when Neutron has none."""
+    return {
+        "device_id": port.get("device_id") or "",
+        "project": port.get("project_id") or port.get("tenant_id") or "",
+    }
 
 
 def _ipv4(address: str) -> bool:
@@ -131,6 +148,10 @@ def port_keys(facts: PortFacts) -> dict[str, str]:
         keys[ROUTES] = routes
     if subnet.get("enable_dhcp") is False:
         keys[DHCP] = "off"
+    if facts.device_id:
+        keys[DEVICE_ID] = facts.device_id
+    if facts.project:
+        keys[PROJECT] = facts.project
     return keys
 
 

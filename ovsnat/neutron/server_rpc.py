@@ -25,7 +25,7 @@ from oslo_serialization import jsonutils
 
 from ovsnat.neutron import constants as c
 from ovsnat.neutron import server_sg, server_snat
-from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, port_keys
+from ovsnat.neutron.keys import NO_KEYS, PortFacts, Segment, owner, port_keys
 
 LOG = log.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def _port_facts(
             for f in fips
             if f.get("port_id") == port["id"] and f.get("fixed_ip_address")
         ),
+        **owner(port),  # device_id, project: for the metadata proxy
     )
 
 

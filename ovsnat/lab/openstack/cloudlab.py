@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from ovsnat.lab import scenario
 from ovsnat.lab.fabric import FABRIC
-from ovsnat.lab.openstack import cloud, keystone
+from ovsnat.lab.openstack import cloud, keystone, metaproxy
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.netns import inside
 from ovsnat.lab.openstack.stack import Stack
@@ -32,7 +32,12 @@ from ovsnat.lab.topology import Lab
 from ovsnat.lab.traffic import start_server
 
 # The [ovsnat] options that differ from the reference lab's (scenario.host_options).
-CONTROLLER_OPTIONS = {"fabric_port": FABRIC, "internal_cidr": "", "internal_gateway_ip": ""}
+CONTROLLER_OPTIONS = {
+    "fabric_port": FABRIC,
+    "internal_cidr": "",
+    "internal_gateway_ip": "",
+    **metaproxy.OPTIONS,
+}
 SERVER_PORT = 8080  # the outside server's TCP and UDP echo port
 AGENT_TIMEOUT = 60.0  # s: an agent's first heartbeat, on a loaded machine
 FLAVOR = "lab.tiny"  # 1 vCPU, 64 MiB, 1 GiB: the fake driver claims, nothing runs
@@ -77,14 +82,18 @@ class CloudLab:
         agent: bool = True,
         nova_options: dict[str, str] | None = None,
         compute: bool = True,
+        metadata: bool = True,
         **options,
     ) -> None:
         """A host on the fabric with its controller (listening on the host namespace's
         loopback; `options` override its [ovsnat] options), its agent (in the services
         namespace, see services.py; agent=False: started later, e.g. once the external
         network exists) and its nova-compute (`nova_options`: its own [DEFAULT] options;
-        compute=False: none, a host Nova does not know)."""
+        compute=False: none, a host Nova does not know; metadata=False: no metadata
+        proxy)."""
         self.lab.add_host(name, fabric=True)
+        if metadata:
+            metaproxy.start(self.stack, name)
         if controller:
             scenario.start_controller(
                 self.lab, name, snat_ip="", **{**CONTROLLER_OPTIONS, **options}

@@ -257,6 +257,7 @@ class Stack(OpenStack):
         self.stop_all(
             [
                 *(f"nova-compute-{h}" for h in self.computes),
+                *(n for n in self.lab.procs if n.startswith("metadata-proxy-")),
                 *SERVICES,
                 *self.agents,
                 "neutron-rpc",
