@@ -132,14 +132,14 @@ def load_view(conf_path: str) -> View:
         raise InspectError(
             f"uplink port {options['uplink_port']} is not on bridge {options['bridge']}"
         )
-    fabric = snap.rows.get(options.get("fabric_port") or "")
     snat = snap.bridge_ids.get("ovsnat-snat-ip") or options.get("snat_ip")
     cfg = HostConfig.parse(
         {
             **options,
             "uplink_ofport": uplink.ofport,
             "snat_ip": snat,
-            "fabric_ofport": fabric.ofport if fabric and fabric.ofport and fabric.ofport > 0 else 0,
+            "fabric_ofport": _ofport(snap, options.get("fabric_port")),
+            "metadata_ofport": _ofport(snap, options.get("metadata_port")),
         }
     )
     installed = dump_flows(cfg.bridge)
@@ -151,10 +151,16 @@ def load_view(conf_path: str) -> View:
     served = served_ids(snap.bridge_ids, cfg.externals)
     host.set_routing(routing.parse_bridge(snap.bridge_ids, served))
     for name, row in sorted(snap.rows.items()):
-        if name not in (cfg.uplink_port, cfg.fabric_port):
+        if name not in (cfg.uplink_port, cfg.fabric_port, cfg.metadata_port):
             host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))
     host.adopt_installed({(f.table, f.cookie) for f in installed})
     return View(cfg, host, snap.rows, installed, read_status(options))
+
+
+def _ofport(snap, name: str | None) -> int:
+    """An optional port's ofport, 0 while it is not on the bridge (as the controller)."""
+    row = snap.rows.get(name or "")
+    return row.ofport if row and row.ofport and row.ofport > 0 else 0
 
 
 def _installed_gateway_mac(installed: list[Installed]):

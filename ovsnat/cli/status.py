@@ -74,6 +74,8 @@ def status(view: View, conntrack: str) -> dict:
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
         "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
         "fabric_port": cfg.fabric_port or None,
+        # docs/metadata.md: the proxy's port; "waiting" while it is not on the bridge
+        "metadata_port": _metadata(cfg),
         # ovsnat-ext-* (docs/routers.md item 3): each with this host's SNAT address on it
         "externals": {e.id: e.describe() for e in cfg.externals},
         "networks": [
@@ -94,6 +96,14 @@ def status(view: View, conntrack: str) -> dict:
         "drops": drop_counters(view),
         "controller": view.status,
     }
+
+
+def _metadata(cfg) -> str | None:
+    if not cfg.metadata_port:
+        return None
+    if not cfg.metadata_ofport:
+        return f"{cfg.metadata_port} (not on the bridge: metadata dropped)"
+    return f"{cfg.metadata_port} (ofport {cfg.metadata_ofport})"
 
 
 def _nat(host, port) -> str:
@@ -122,6 +132,7 @@ def format_status(st: dict) -> str:
         lines.append(
             f"  {eid:<14} {vlan:<9} {e['cidr']:<18} gateway {e['gateway']}{mac}, SNAT {e['snat']}"
         )
+    lines.append(f"metadata proxy port: {st.get('metadata_port') or 'none (metadata off)'}")
     lines.append(f"networks ({len(st['networks'])}), fabric port {st['fabric_port'] or 'none'}:")
     for net in st["networks"]:
         vlan = f"VLAN {net['vlan']}" if net["vlan"] else "untagged"
