@@ -479,3 +479,22 @@ def test_quarantine_flows_drop_only_that_port_and_fit_the_pipeline(kind):
     assert flows and all(f.match.get("in_port") == "7" and f.actions == () for f in flows)
     for f in flows:
         check_flow(f)
+
+
+def test_a_vlan_vms_own_pat_block_commits_below_the_handoff_and_above_its_network():
+    """net_pat_out: a session that began on another host (the handoff's flow) must win over
+    the VM's own block commit, which must win over its network's; equal priorities with
+    overlapping matches leave the choice to OVS."""
+    cfg = config(**FABRIC, handoff_vlan=4000, pat_ports_per_vm=64)
+    vlan_vm = port(11, net=NET_A, ofport=21)
+    commits = {
+        name: {f.priority for f in flows if f.table == pipeline.NET_PAT_OUT and f.actions}
+        for name, flows in (
+            ("handoff", host_flows(cfg)),
+            ("network", network_flows(cfg, vlan_vm.net(cfg))),
+            ("vm", vmflows.vm_flows(cfg, vlan_vm, vlan_vm.net(cfg))),
+        )
+    }
+    [handoff] = commits["handoff"] - {100}  # 100: established and related go on
+    [network], [own] = commits["network"], commits["vm"]
+    assert network < own < handoff

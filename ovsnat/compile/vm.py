@@ -175,11 +175,13 @@ def _pat_block_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int) -> list[
         ]
     own = str(networks.transit(cfg.transit_cidr, net, vm.offset(cfg)))
     zone = networks.zone(cfg.network_ct_zone_base, net)
+    # 55: above the network's own commit (50), below the handoff's broadcast (60), which
+    # must win for a session that began on another host (the same priority overlapped it)
     return [
         make_flow(
             c,
             NET_PAT_OUT,
-            60,
+            55,
             Match.of(**new, nw_src=str(vm.fixed_ip)),
             [Ct(zone=zone, table=NET_PAT_DONE, commit=True, nat=Nat("src", own))],
         ),
