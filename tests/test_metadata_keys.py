@@ -5,6 +5,7 @@ mapping itself (pure) is pinned in tests/test_neutron_keys.py."""
 
 from __future__ import annotations
 
+from ovsnat import ovsdb
 from ovsnat.core.fips import GARP_DELAYS
 from ovsnat.core.presence import REPROBE
 from ovsnat.model import port_from_row
@@ -30,6 +31,12 @@ def test_the_controller_parses_a_row_the_same_with_or_without_them():
     assert keys_problem("tapvm11", neutron, HostLimits()) is None
     # ...nor one that makes a row ovsnat's
     assert port_from_row("tapx", 5, {"iface-id": "x", **OWNER}) is None
+
+
+def test_the_controllers_ovsdb_view_drops_them_as_they_arrive():
+    """Read by the proxy only: they cost the controller no memory per port."""
+    assert not ovsdb.kept_key(KEY_DEVICE_ID) and not ovsdb.kept_key(KEY_PROJECT)
+    assert ovsdb.kept_key("ovsnat-fixed-ip")  # the positive control
 
 
 def test_a_change_of_only_these_keys_sends_nothing_and_writes_nothing():

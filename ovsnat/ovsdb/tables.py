@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from ovsnat.model import KEY_ATTACHED_MAC, KEY_IFACE_ID
+from ovsnat.model.ports import PROXY_KEYS
 from ovsnat.model.rows import IfaceRow
 from ovsnat.ovsdb.values import apply_map_diff as _apply_map_diff
 from ovsnat.ovsdb.values import map_of as _map
@@ -21,8 +22,11 @@ from ovsnat.ovsdb.values import set_of as _set
 
 
 def kept_key(key: str) -> bool:
-    """The external_ids keys ovsnat reads; a hypervisor's other keys (vm-uuid, iface-status,
-    Neutron's and os-vif's) are dropped as they arrive, so they cost no memory."""
+    """The external_ids keys the controller reads; a hypervisor's other keys (vm-uuid,
+    iface-status, Neutron's and os-vif's, and the metadata proxy's instance and project) are
+    dropped as they arrive, so they cost no memory."""
+    if key in PROXY_KEYS:
+        return False
     return key in (KEY_IFACE_ID, KEY_ATTACHED_MAC) or key.startswith("ovsnat-")
 
 
