@@ -252,15 +252,15 @@ def test_flow_counts_per_object():
     cfg, cfg64, fabric = config(), config(pat_ports_per_vm=64), config(**FABRIC)
     # 17 of them are the security-group tables' (ovsnat.compile.sg_flows.host_flows)
     # 3 the east-west lookup's (ew_route: TTL 0 and 1, the miss)
-    assert len(host_flows(cfg)) == 84
-    assert len(host_flows(cfg64)) == 83  # no shared PAT commit: each VM has its own
-    assert len(host_flows(config(external_gateway_mac=""))) == 84  # ARP punt replaces egress
+    assert len(host_flows(cfg)) == 86
+    assert len(host_flows(cfg64)) == 85  # no shared PAT commit: each VM has its own
+    assert len(host_flows(config(external_gateway_mac=""))) == 86  # ARP punt replaces egress
     # fabric_in: 5, RARP relay: 1 (+2 drops), DHCP drop: 1, ew_in and ew_in_port drops: 2
-    assert len(host_flows(fabric)) == 95
-    assert len(host_flows(config(dhcp="false"))) == 82  # no DHCP punt, no uplink drop
+    assert len(host_flows(fabric)) == 97
+    assert len(host_flows(config(dhcp="false"))) == 84  # no DHCP punt, no uplink drop
     # metadata: the steering, the way back from the proxy, the ARP answer; two per port
     meta = config(metadata_port="ovsnat-meta", metadata_ofport=3)
-    assert len(host_flows(meta)) == 84 + 3
+    assert len(host_flows(meta)) == 86 + 3
     assert len(vm_flows(meta, PAT_VM)) == 3 + 2
     assert len(network_flows(cfg, cfg.default_network)) == 4
     assert len(network_flows(fabric, fabric.default_network)) == 7

@@ -12,6 +12,7 @@ in front of a Nova that is not there (nothing listens on its port).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def meta(module_lab, tmp_path_factory):
     lab.add_host("hv1")
     h = lab.hosts["hv1"]
     lab.add_vm("vm1", "hv1", "10.0.0.11", "02:00:0a:00:00:0b", vm_ids("10.0.0.11"))
-    lab.add_vm("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", vm_ids("10.0.0.12"))
+    # port security off: its frames pass classify whatever their source
+    off = {**vm_ids("10.0.0.12"), "ovsnat-port-security": "off"}
+    lab.add_vm("vm2", "hv1", "10.0.0.12", "02:00:0a:00:00:0c", off)
     secret = tmp_path_factory.mktemp("meta") / "secret"
     secret.write_text("lab secret\n")
     secret.chmod(0o600)
@@ -95,7 +98,9 @@ def test_a_vms_request_crosses_the_flows_to_the_proxy_which_refuses_a_port_witho
         return got["r"][0] == 404
 
     wait_for(answered, 20, interval=0.5, what=f"the proxy's 404 (last {got.get('r')})")
-    assert "not" in got["r"][1].lower()  # its clear body
+    # its clear body names vm1's own port: the flows encoded vm1's ofport, no other
+    tap = meta.vms["vm1"].tap
+    assert f"port {tap} has no" in got["r"][1] and "ovsnat-device-id" in got["r"][1], got
     wait_for(
         lambda: counters(meta).get("refused_unknown_port", 0) > refused,
         5,
@@ -103,10 +108,26 @@ def test_a_vms_request_crosses_the_flows_to_the_proxy_which_refuses_a_port_witho
     )
 
 
-def test_another_source_address_gets_no_answer(meta):
+def dropped(lab) -> int:
+    """Packets the classify drop of everything else to 169.254.169.254 counted."""
+    out = lab.hosts["hv1"].ofctl("dump-flows", "br-int", f"table=0,ip,nw_dst={METADATA_IP}")
+    [count] = [
+        int(re.search(r"n_packets=(\d+)", line).group(1))
+        for line in out.splitlines()
+        if "priority=400," in line and "actions=drop" in line
+    ]
+    return count
+
+
+def test_another_source_address_gets_no_answer_even_with_port_security_off(meta):
     assert curl(meta, "vm2")[0] == 404  # the positive control: its own address is answered
     run(["ip", "addr", "add", "10.0.0.99/32", "dev", "eth0"], ns=meta.vms["vm2"].ns)
+    asked, drops = counters(meta).get("requests", 0), dropped(meta)
     assert curl(meta, "vm2", source="10.0.0.99", timeout=3)[0] == 0
+    assert dropped(meta) > drops  # dropped by the flows (its SYNs), never at the proxy:
+    assert curl(meta, "vm1")[0] == 404  # one request after it (nothing else asks here)
+    wait_for(lambda: counters(meta).get("requests", 0) > asked, 5, what="vm1's request counted")
+    assert counters(meta)["requests"] == asked + 1
 
 
 def test_diff_is_clean_and_status_names_the_proxys_port(meta):

@@ -184,6 +184,9 @@ BAD_OPTIONS = [
     ("bridge", MISSING, "required option is empty"),
     ("uplink_port", "up\x00link", "'up\\x00link' is not a valid OVS port or bridge name"),
     ("uplink_port", "", "required option is empty"),
+    # what comes from the metadata proxy's port is trusted as its replies
+    ("metadata_port", "uplink", "is the uplink or fabric port"),
+    ("metadata_port", "meta\x00", "is not a valid OVS port or bridge name"),
 ]
 
 

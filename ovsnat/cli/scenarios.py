@@ -197,13 +197,16 @@ SCENARIOS = {
         "Metadata (docs/metadata.md): the proxy on port 3 (ovsnat-meta); vm11 (FIP, "
         "filtered by the default group) and vm12 on the untagged network, vm11 of tenant-a "
         "with vm11's fixed IP (each its own data: its own port), vm14 with port security "
-        "off (still only its own fixed IP is steered).",
+        "off (still only its own fixed IP is steered), vm15 administratively down (no "
+        "metadata flow at all). The default group lets everything out, so vm11's request "
+        "passes its egress rules.",
         {**FABRIC, "metadata_port": "ovsnat-meta", "metadata_ofport": 3},
         [
             port(11, "203.0.113.10", ovsnat_sg="default"),
             port(12),
             port(11, net=NET_A, ofport=21),
             port(14, ovsnat_port_security="off"),
+            port(15, ovsnat_sg="default", ovsnat_admin="down"),
         ],
     ),
 }
@@ -254,6 +257,10 @@ BRIDGE_KEYS = {
             "w4,in,4,tcp,22,g:default;w5,out,4,any,-,-"
         ),
     },
+}
+BRIDGE_KEYS["metadata"] = {
+    "ovsnat-sg-default": "r1,in,4,any,-,g:default;r2,out,4,any,-,-",
+    "ovsnat-sgm-default": "10.0.0.11,10.0.0.15",
 }
 # Scenario name -> (ports that arrived after the controller's first view, ports that left)
 HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}

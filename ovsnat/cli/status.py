@@ -74,7 +74,7 @@ def status(view: View, conntrack: str) -> dict:
         "snat_ports": f"{cfg.snat_port_min}-{cfg.snat_port_max}",
         "gateway_mac": mac_str(cfg.external_gateway_mac) if cfg.external_gateway_mac else None,
         "fabric_port": cfg.fabric_port or None,
-        # docs/metadata.md: the proxy's port; "waiting" while it is not on the bridge
+        # docs/metadata.md: the proxy's port, and its ofport or that it is not there yet
         "metadata_port": _metadata(cfg),
         # ovsnat-ext-* (docs/routers.md item 3): each with this host's SNAT address on it
         "externals": {e.id: e.describe() for e in cfg.externals},

@@ -65,6 +65,7 @@ from ovsnat.compile.punt_flows import (
 )
 from ovsnat.compile.shared import arp_reply, pat_commit
 from ovsnat.model import HostConfig, mac_str
+from ovsnat.model.metadata import ENCODED, METADATA_IP
 from ovsnat.packets.icmp import ERROR_TYPES
 
 # Drop-and-count flows for traffic VMs may not send here (see README "What is dropped").
@@ -72,10 +73,12 @@ NOT_SERVED = (
     ("ipv6", {}),
     ("ip", {"nw_dst": "224.0.0.0/4"}),  # multicast
     ("ip", {"nw_dst": "255.255.255.255"}),  # limited broadcast
-    ("ip", {"nw_dst": "169.254.169.254"}),  # metadata service: not provided
+    # metadata: a port's own request is steered above this (ovsnat.compile.metadata_flows)
+    ("ip", {"nw_dst": str(METADATA_IP)}),
     ("udp", {"tp_src": 68, "tp_dst": 67}),  # DHCP requests ovsnat does not answer
     ("udp", {"tp_src": 67, "tp_dst": 68}),  # DHCP servers: only ovsnat answers
 )
+LINK_LOCAL = str(ENCODED)  # 169.254.0.0/16
 # Tables whose misses are dropped (the others' defaults are their own).
 DROPPED = (
     CLASSIFY,
@@ -154,6 +157,9 @@ def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
     snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
     return [
         *[_drop(c, CLASSIFY, 400, Match.of(proto=p, **m)) for p, m in NOT_SERVED],
+        # Link-local sources never come from outside (RFC 3927): nothing from the uplink
+        # passes for 169.254.169.254, the metadata replies' source.
+        _drop(c, CLASSIFY, 400, Match.of(proto="ip", in_port=up, nw_src=LINK_LOCAL)),
         # Marked as from outside: no source there is a remote group's member (sg_flows).
         make_flow(
             c,
@@ -211,6 +217,8 @@ def _egress(cfg: HostConfig, c: int) -> list[Flow]:
             ],
         ),
         _drop(c, EGRESS, 300, DEAD),
+        # A router never forwards link-local destinations (RFC 3927), whatever their TTL
+        _drop(c, EGRESS, 310, Match.of(proto="ip", nw_dst=LINK_LOCAL)),
         make_flow(c, EGRESS, 300, EXPIRED, [Meter(PACKET_IN_METER), Controller()]),
         _drop(c, NET_PAT_OUT, 200, INVALID),
         *[make_flow(c, NET_PAT_OUT, 100, m, [Goto(NET_PAT_DONE)]) for m in EST_REL],

@@ -34,7 +34,15 @@ from ovsnat.compile.pipeline import (
 )
 from ovsnat.compile.shared import arp_reply
 from ovsnat.model import HostConfig, VmPort, mac_str
-from ovsnat.model.metadata import ENCODED, META_MAC, METADATA_IP, METADATA_PORT, PROXY_IP, encode
+from ovsnat.model.metadata import (
+    ENCODED,
+    MAX_OFPORT,
+    META_MAC,
+    METADATA_IP,
+    METADATA_PORT,
+    PROXY_IP,
+    encode,
+)
 from ovsnat.model.networks import Network
 
 ASKED = dict(proto="tcp", nw_dst=str(METADATA_IP), tp_dst=METADATA_PORT)
@@ -100,8 +108,10 @@ def host_flows(cfg: HostConfig, c: int) -> list[Flow]:
 
 def vm_flows(cfg: HostConfig, vm: VmPort, net: Network, c: int, onward: list) -> list[Flow]:
     """The port's request, marked with its encoded address, and its replies' way back.
-    `onward`: where the port's IP goes after classify (its security groups, or on)."""
-    if not enabled(cfg) or vm.ofport > 0xFEFF:
+    `onward`: where the port's IP goes after classify (its security groups, or on). No
+    presence copy for a dark FIP's VM: a metadata request does not prove it is here (its
+    other frames do, the DHCP that comes first among them)."""
+    if not enabled(cfg) or vm.ofport > MAX_OFPORT:
         return []
     own = encode(vm.ofport)
     asked = Match.of(

@@ -21,7 +21,9 @@ META_REPLY = 65  # the metadata proxy's replies (ovsnat.compile.metadata_flows)
 # Register 5 carries flags from one table to a later one (registers start at 0 for every
 # packet and survive goto, recirculation and ct_clear); register 6 the packet's network;
 # register 7 the address vm_l2 delivers to (IP destination or ARP target); register 8 the
-# sending VM's FIP (with the HAS_FIP flag), set where its port is classified. Registers 9-11
+# sending VM's FIP (with the HAS_FIP flag), set where its port is classified, or, with the
+# METADATA flag instead (never both), the port's encoded address for the metadata proxy
+# (ovsnat.compile.metadata_flows). Registers 9-11
 # carry a filtered port's security profile, conntrack zone and OpenFlow port to the
 # security-group tables (ovsnat.compile.sg_flows). Register 3 holds the tag of the router
 # of the packet's network when that network is routed east-west (ovsnat.compile.eastwest).

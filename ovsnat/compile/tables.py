@@ -75,7 +75,8 @@ _DECLARED: tuple[Table, ...] = (
         "and count IPv6, multicast, broadcast, DHCP server frames and metadata traffic but a "
         "port's own request to the metadata proxy (its MAC and fixed IP, to "
         "169.254.169.254:80, marked with its encoded address) and the proxy's replies; "
-        "drop everything else. When the gateway MAC is learned dynamically, copy the gateway's "
+        "drop link-local sources from the uplink; drop everything else. When the gateway MAC "
+        "is learned dynamically, copy the gateway's "
         "ARP to the controller (only the copy metered); while a FIP VM's presence is "
         "unproven, copy its frames to the controller (the copies metered; activation) until "
         "one proves it or none can; with a fabric, a VM's RARP goes to the controller "
@@ -195,7 +196,7 @@ _DECLARED: tuple[Table, ...] = (
         "egress",
         "Routed from a VM. TTL 1 goes to the controller (metered; a port over its share is "
         "dropped here for a while), which answers time exceeded from the network's gateway; "
-        "TTL 0 is dropped; destinations in the VM's own "
+        "TTL 0 and link-local destinations are dropped; destinations in the VM's own "
         "network "
         "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
         "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "

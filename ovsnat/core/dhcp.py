@@ -149,9 +149,21 @@ def _options(lease: Lease, kind: int, inform: bool) -> list[tuple[int, bytes]]:
             if any(c == "0.0.0.0/0" for c, _ in lease.routes)
             else [("0.0.0.0/0", str(lease.gateway))]
         )
-        routes = [*default, *lease.routes]
-        out.append((OPT_ROUTES, b"".join(_route(c, hop) for c, hop in routes)[:255]))
+        out.append((OPT_ROUTES, _routes([*default, *lease.routes])))
     return out
+
+
+def _routes(routes: list) -> bytes:
+    """Option 121's value: whole routes while they fit its 255 bytes (a route cut in the
+    middle would make a client drop them all, option 3's default with them). The port's
+    keys allow no more than fit (dhcp_keys.MAX_ROUTES): this only guards that bound."""
+    value = b""
+    for cidr, hop in routes:
+        route = _route(cidr, hop)
+        if len(value) + len(route) > 255:
+            break
+        value += route
+    return value
 
 
 def _route(cidr: str, hop: str) -> bytes:

@@ -192,6 +192,12 @@ class HostConfig:
                 f"fip_activation: {self.fip_activation!r} is not one of "
                 f"{', '.join(FIP_ACTIVATIONS)}"
             )
+        if self.metadata_port and self.metadata_port in (self.uplink_port, self.fabric_port):
+            raise ConfigError(
+                f"metadata_port: {self.metadata_port} is the uplink or fabric port (it must "
+                "be the metadata proxy's own port: what comes from it is trusted as the "
+                "proxy's replies)"
+            )
         if self.handoff_vlan and not self.fabric_port:
             raise ConfigError(
                 f"handoff_vlan: {self.handoff_vlan} needs a fabric_port (the "

@@ -23,7 +23,9 @@ KEY_DOMAIN = "ovsnat-domain"  # DNS search domain
 KEY_MTU = "ovsnat-mtu"  # the network's MTU (Neutron's, already right for it)
 KEY_ROUTES = "ovsnat-routes"  # host routes: cidr>nexthop,cidr>nexthop
 PORT_KEYS = (KEY_DHCP, KEY_DNS, KEY_DOMAIN, KEY_MTU, KEY_ROUTES)
-MAX_DNS, MAX_ROUTES = 8, 32
+# 26 routes, the default and the metadata route, 9 bytes at most each, fit DHCP option 121's
+# 255 bytes (Neutron's max_subnet_host_routes is 20 by default)
+MAX_DNS, MAX_ROUTES = 8, 26
 MTU_RANGE = (576, 9216)
 VLAN_TAG = 4  # bytes a VLAN tag takes from a frame on the fabric
 TRUE, FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")

@@ -18,6 +18,7 @@ from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.virt.guest import host_namespace
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.topology import BRIDGE
+from ovsnat.model.metadata import encode
 
 PORT = "ovsnat-meta"  # the bridge end: the controller's metadata_port
 OPTIONS = {"metadata_port": PORT}  # the controllers' [ovsnat] options in the OpenStack lab
@@ -88,6 +89,13 @@ def ofport(stack, host: str) -> int:
         check=False,
     ).stdout.strip()
     return int(out) if out.lstrip("-").isdigit() else 0
+
+
+def encoded(stack, host: str, tap: str):
+    """The address a request from `tap` reaches the proxy with (its ofport encoded)."""
+    h = stack.lab.hosts[host]
+    out = run(["ovs-vsctl", f"--db=unix:{h.ovs.db_sock}", "get", "Interface", tap, "ofport"])
+    return encode(int(out.stdout.strip()))
 
 
 def counters(stack, host: str) -> dict:
