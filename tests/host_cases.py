@@ -9,6 +9,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from ovsnat.lab import scenario
 from ovsnat.lab.openstack import novalog, servers
 from ovsnat.lab.openstack.servers import EVENT, GUEST_PORT, REQUESTED, ROW
@@ -27,6 +29,7 @@ TIMES: dict[str, float] = {}  # test_openstack_traffic.py's, printed at its tear
 REJECTED_TIMEOUT = 10
 
 
+@pytest.mark.openstack_long  # two more hosts and Nova's 10 s wait: make test-openstack-long
 def test_a_destination_that_rejects_the_ports_keys_sends_no_event_and_the_server_stays(cl):
     """hv3's controller runs with a transit_cidr overlapping the tenant network (10.0.0.0/10
     over 10.1.0.0/24): it rejects that network's ports. hv4 is an ordinary host whose

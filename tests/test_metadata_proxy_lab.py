@@ -14,6 +14,11 @@ the client's eth0 carries META_MAC itself, so those frames are addressed to it, 
 static neighbour entry sends its requests to META_MAC. The client asks PROXY_IP, the
 address the flows rewrite 169.254.169.254 to. A separate case adds a proxy's port to the
 real bridge (the ovs-vsctl step) and removes it with --cleanup.
+
+The proxy runs with 40 connections in all (LIMITS): few enough that five ports holding
+eight slow connections each would fill it if the slots were first come first served. It
+runs with the systemd unit's privileges only (setpriv: no new privileges and the unit's
+CapabilityBoundingSet), so setting up its namespace with just those is tested too.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import hashlib
 import hmac
 import json
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +83,25 @@ UNVOUCHED = Port("vmx", 15, "10.0.0.15")
 # Same ofport as VM_B, on another bridge: the proxy must only see br-int's ports.
 DECOY = Port("decoy", 9, "10.9.9.9", "dec0dec0-0000-4000-8000-000000000009", "project-b")
 NOBODY = Port("none", 99, "10.0.0.99")  # an encoded address no port has
+# Ports that only ever send half a request head (no rows: they never get that far).
+STALLERS = [Port(f"st{i}", 20 + i, f"10.0.0.{20 + i}") for i in range(5)]
+LIMITS = ("--max-connections", "40", "--request-timeout", "10")
+UNIT = ROOT / "etc" / "systemd" / "ovsnat-metadata-proxy.service"
+
+
+def unit_privileges() -> list[str]:
+    """setpriv's argv for what the systemd unit grants: no new privileges and its
+    CapabilityBoundingSet (root's permitted set is then just those)."""
+    line = next(x for x in UNIT.read_text().splitlines() if x.startswith("CapabilityBoundingSet="))
+    caps = [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    return [
+        "setpriv",
+        "--no-new-privs",
+        "--bounding-set",
+        ",".join(["-all", *(f"+{c}" for c in caps)]),
+    ]
+
+
 INSTANCES = {p.device_id: p.project for p in (VM_A, VM_B, FLOODER, DECOY)}  # Nova's
 
 
@@ -130,7 +156,7 @@ class MetadataHost:
         self.lab._veth(self.hv, "cl", self.cl, "eth0")
         run(["ip", "-n", self.hv, "link", "set", "cl", "master", HUB])
         run(["ip", "-n", self.cl, "link", "set", "eth0", "address", META_MAC])
-        for port in (VM_A, VM_B, FLOODER, UNVOUCHED, NOBODY):
+        for port in (VM_A, VM_B, FLOODER, UNVOUCHED, NOBODY, *STALLERS):
             prefix = f"{port.source}/{ENCODED.prefixlen}"
             run(["ip", "-n", self.cl, "addr", "add", prefix, "dev", "eth0"])
         run(["ip", "-n", self.cl, "neigh", "replace", str(PROXY_IP), "lladdr", META_MAC,
@@ -171,15 +197,18 @@ class MetadataHost:
         wait_for(lambda: "ready" in self.log("nova"), 15, what="the fake Nova")
 
     def proxy_argv(self, namespace: str, *extra: str) -> list[str]:
+        """The proxy with the systemd unit's privileges only."""
         return [
-            PROXY, "--namespace", namespace, "--db", f"unix:{self.ovs.db_sock}",
+            *unit_privileges(), PROXY, "--namespace", namespace, "--db", f"unix:{self.ovs.db_sock}",
             "--nova-metadata-host", "127.0.0.1", "--nova-metadata-port", str(NOVA_PORT),
             "--shared-secret-file", str(self.secret), "--backend-timeout", "2",
             "--log-interval", "1", *extra,
         ]  # fmt: skip
 
     def start_proxy(self) -> subprocess.Popen:
-        argv = self.proxy_argv(self.meta, "--no-bridge", "--status-file", str(self.status_path))
+        argv = self.proxy_argv(
+            self.meta, "--no-bridge", "--status-file", str(self.status_path), *LIMITS
+        )
         proc = self.spawn("proxy", argv)
         self.wait_serving("proxy", self.status_path)
         run(["ip", "-n", self.hv, "link", "set", VETH, "master", HUB])
@@ -240,6 +269,19 @@ class MetadataHost:
             what=f"{name} >= {at_least}",
         )
 
+    def stall(self, ports: list[Port], per_port: int, once: bool = False) -> subprocess.Popen:
+        """`per_port` connections from each of `ports` that send half a request head and
+        wait (run by `stall` below, in the client namespace); reopened as they end,
+        unless `once`, when the process exits once all have ended."""
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from tests.test_metadata_proxy_lab import stall\n"
+            f"stall({[p.source for p in ports]!r}, {per_port}, {once!r})"
+        )
+        proc = self.spawn("stall", [sys.executable, "-c", code], ns=self.cl)
+        wait_for(lambda: "ready" in self.log("stall"), 15, what="the slow clients")
+        return proc
+
     def meta0(self) -> dict:
         out = run(["ip", "-n", self.meta, "-j", "link", "show", "dev", "meta0"]).stdout
         return json.loads(out)[0]
@@ -297,6 +339,50 @@ def serve_nova(port: int, secret_file: str) -> None:
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()
+
+
+# --- slow clients (run in the client namespace by MetadataHost.stall) ------------------------
+def stall(sources: list[str], per_port: int, once: bool) -> None:
+    """Hold connections to the proxy with half a request head each; when one ends (the
+    proxy's 408, or a reset when it was turned away) open another a moment later."""
+    sel = selectors.DefaultSelector()
+    due: list[tuple[float, str]] = []
+
+    def open_one(source: str) -> None:
+        s = socket.socket()
+        s.bind((source, 0))
+        s.settimeout(5)
+        try:
+            s.connect((str(PROXY_IP), 80))
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Ag")
+        except OSError:
+            s.close()
+            due.append((time.monotonic() + 0.2, source))
+            return
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, source)
+
+    for source in sources:
+        for _ in range(per_port):
+            open_one(source)
+    print("ready", flush=True)
+    while sel.get_map() or (due and not once):
+        for key, _ in sel.select(0.1):
+            try:
+                ended = not key.fileobj.recv(4096)
+            except OSError:  # reset: turned away
+                ended = True
+            if ended:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                print("closed", flush=True)
+                due.append((time.monotonic() + 0.2, key.data))
+        if once:
+            continue
+        now = time.monotonic()
+        for when, source in [d for d in due if d[0] <= now]:
+            due.remove((when, source))
+            open_one(source)
 
 
 # --- scenarios -------------------------------------------------------------------------------
@@ -370,7 +456,8 @@ def test_what_a_vm_should_not_send_is_refused_and_counted_and_the_proxy_lives_on
 def test_a_flood_from_one_port_gets_429s_and_does_not_slow_another(md):
     before = md.counters()
     flood = subprocess.Popen(
-        ["ip", "netns", "exec", md.cl, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n",
+        ["ip", "netns", "exec", md.cl, "stdbuf", "-oL",  # each code out as it comes: the
+         "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n",  # flood ends by SIGTERM
          "--parallel", "--parallel-max", "8", "--interface", FLOODER.source,
          f"{URL}/flood/[1-200000]"],
         stdout=subprocess.PIPE,
@@ -407,10 +494,20 @@ def test_nova_away_is_502_no_answer_is_504_and_the_proxy_recovers(md):
 
 
 def test_a_restarted_proxy_reuses_its_namespace_and_fixes_what_differs(md):
+    """SIGTERM while a slow client holds a connection (half a head, 10 s allowed) stops
+    the proxy at once and ends that connection: nothing waits for the VM (Python
+    3.12.1's wait_closed would, unless the proxy ends its connections first)."""
     index = md.meta0()["ifindex"]
-    run(["ip", "-n", md.meta, "link", "set", "meta0", "arp", "on"])
-    run(["ip", "-n", md.meta, "route", "del", str(ENCODED)])
+    slow = md.stall([VM_A], 1, once=True)
+    wait_for(lambda: md.status().get("connections_open", 0) >= 1, 10, what="a held connection")
+    assert slow.poll() is None  # positive control: it is held, and the proxy serves it
+    started = time.monotonic()
     assert md.stop("proxy") == 0
+    assert time.monotonic() - started < 2.5  # not the 10 s the slow client had left
+    assert slow.wait(timeout=3) == 0 and "closed" in md.log("stall")  # its connection ended
+    md.stop("stall")
+    run(["ip", "-n", md.meta, "link", "set", "meta0", "arp", "on"])  # while it is stopped
+    run(["ip", "-n", md.meta, "route", "del", str(ENCODED)])
     assert os.path.exists(f"/run/netns/{md.meta}") and md.meta0()["ifindex"] == index
     md.start_proxy()
     assert "ARP off" in md.log("proxy")
@@ -434,10 +531,35 @@ def test_a_proxy_beside_ovs_adds_its_port_to_the_bridge_and_cleanup_removes_it_a
     assert md.stop("bridged") == 0
     assert port in md.ovs.vsctl("list-ports", "br-int").split()  # a stop leaves it
     assert os.path.exists(f"/run/netns/{ns}")
-    cleanup = ["nsenter", f"--net=/run/netns/{svc}", PROXY, "--cleanup", *beside,
-               "--db", f"unix:{md.ovs.db_sock}"]  # fmt: skip
+    cleanup = ["nsenter", f"--net=/run/netns/{svc}", *unit_privileges(), PROXY, "--cleanup",
+               *beside, "--db", f"unix:{md.ovs.db_sock}"]  # fmt: skip
     run(cleanup)
     assert port not in md.ovs.vsctl("list-ports", "br-int").split()
     assert not os.path.exists(f"/run/netns/{ns}")
     assert run(["ip", "-n", md.hv, "link", "show", port], check=False).returncode != 0
     run(cleanup)  # twice: nothing left to remove is no error
+
+
+def test_slow_connections_from_a_few_ports_cannot_turn_another_port_away(md):
+    """Five ports open eight connections each (40: the proxy's all) and send half a head;
+    past half full, each gets only its share, so another VM's request still finds a
+    slot. Positive controls: the slow ones hold more than half the slots while it asks,
+    and were turned away beyond their share (all 40 would have fit first come first
+    served, and filled the proxy)."""
+    before = md.counters()
+    stallers = md.stall(STALLERS, 8)
+    try:
+        held = wait_for(
+            lambda: (g := md.status()).get("connections_open", 0) >= 20 and g, 15, what="held"
+        )
+        other = md.curl(VM_B, timeout=15)
+        during = md.status()
+        assert stallers.poll() is None
+    finally:
+        md.stop("stall")
+    assert other.status == 200 and other.seconds < 5.0, other
+    assert held["ports_connected"] >= len(STALLERS) and during["connections_open"] >= 20
+    after = md.counters()
+    assert after["rate_limited"] > before["rate_limited"]  # the slow ones beyond their share
+    assert after["answered"] > before["answered"]
+    wait_for(lambda: md.status().get("connections_open") == 0, 15, what="slots released")

@@ -289,6 +289,7 @@ def test_idle_agents_ask_neutron_nothing_but_their_heartbeat(cl):
 
 
 # --- outages -------------------------------------------------------------------------------
+@pytest.mark.openstack_long  # a 20 s outage of a service: make test-openstack-long
 def test_rpc_server_down_keeps_keys_and_converges_when_it_returns(cl):
     """Neutron unreachable for the agent (its RPC server down): a disassociation pushed
     meanwhile cannot be confirmed, so nothing is removed; it applies once Neutron answers."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
@@ -26,13 +26,25 @@ class Counters:
     bad_requests: int = 0  # 4xx/5xx for what the VM sent (malformed, too big, too slow)
     overloaded: int = 0  # turned away beyond the proxy's connections
     ovsdb_errors: int = 0  # 503: OVSDB could not be asked
-    lookups: int = 0  # OVSDB asked (a rate-limited request never is)
+    lookups: int = 0  # OVSDB asked who a port is (a rate-limited request never is)
+    rechecks: int = 0  # OVSDB asked again, before Nova's answer goes to the VM
+    port_changed: int = 0  # 503: the port's row changed or went while Nova answered
+    body_cut: int = 0  # Nova's answer relayed in part (also in `answered`)
+    client_gone: int = 0  # the VM went away, or did not take its answer in time
+    errors: int = 0  # unexpected exceptions: a bug in the proxy, logged with its traceback
 
     def bump(self, kind: str) -> None:
+        """One more of `kind`, a field's name; any other name is a bug (AttributeError),
+        never a count silently lost."""
+        if kind not in _FIELDS:
+            raise AttributeError(f"no counter {kind!r}")
         setattr(self, kind, getattr(self, kind) + 1)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+_FIELDS = frozenset(f.name for f in fields(Counters))
 
 
 class StatusFile:

@@ -6,6 +6,11 @@ with `ovsnat-fixed-ip` is a VM port, and only one with the Neutron agent's
 `ovsnat-device-id` and `ovsnat-project` can be vouched for to Nova: anything else is
 refused, never guessed (two rows with one ofport on the bridge cannot happen in a sane
 OVSDB, and a wrong guess would hand one tenant another's keys).
+
+The answer is checked again before it goes back (`still_holds`): the port can be deleted
+while Nova answers, and its ofport given to a new port, whose VM would then receive the
+first one's keys and user data (the flows deliver by ofport). So the row the request was
+identified by (its `_uuid`) must still exist, with that ofport, saying the same thing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ovsnat.model.ports import KEY_DEVICE_ID, KEY_FIXED_IP, KEY_IFACE_ID, KEY_PROJECT
+from ovsnat.model.ports import KEY_DEVICE_ID, KEY_FIXED_IP, KEY_PROJECT
 from ovsnat.ovsdb.lookup import PortRow
 
 # What a header value may carry: the ids are uuids (or hex project ids), so anything
@@ -29,7 +34,7 @@ class Instance:
 
     ofport: int
     port_name: str
-    port_id: str  # iface-id: the Neutron port ("" when the row has none)
+    row_uuid: str  # the Interface row's _uuid: what `still_holds` asks about again
     fixed_ip: str
     device_id: str  # the instance uuid
     project: str
@@ -66,8 +71,14 @@ def identify(ofport: int, rows: Sequence[PortRow]) -> Instance | Refusal:
     return Instance(
         ofport=ofport,
         port_name=row.name,
-        port_id=ids.get(KEY_IFACE_ID, ""),
+        row_uuid=row.uuid,
         fixed_ip=fixed,
         device_id=ids[KEY_DEVICE_ID],
         project=ids[KEY_PROJECT],
     )
+
+
+def still_holds(inst: Instance, row: PortRow | None) -> bool:
+    """Whether `row`, the Interface row `inst` was identified by as OVSDB has it now,
+    still has the ofport and says the same about the VM (None: the row is gone)."""
+    return row is not None and row.ofport == inst.ofport and identify(inst.ofport, [row]) == inst

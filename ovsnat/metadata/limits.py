@@ -5,6 +5,12 @@ address before it has read a byte: a flooding VM is answered 429 from its own em
 bucket without costing an OVSDB lookup or a request to Nova, and holds at most its own
 share of connections. Key 0 stands for any source that is not an encoded port (nothing
 the flows send; it gets one shared bucket, so it cannot flood either).
+
+Connection slots are what a VM can hold without sending anything, so they are shared
+fairly, not first come first served: a fixed per-port share alone let 32 ports with 8
+slow connections each fill all 256 slots and turn every other VM away. And each
+connection has one absolute deadline from accept to close (`Deadlines`), so a slot
+held by a VM that sends or reads slowly comes back within a bounded time.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PRUNE_AT = 4096  # entries kept before the idle ones are swept (ofports are at most 65279)
+HOST = -1  # the log gate's key for what concerns the host, not one port (Nova, OVSDB)
 
 
 @dataclass
@@ -44,25 +51,44 @@ class TokenBuckets:
         return len(self._buckets)
 
 
+@dataclass(frozen=True)
+class Turned:
+    """Why a connection was turned away: `kind` is the counter it counts in."""
+
+    kind: str  # "overloaded" (the proxy is full) or "rate_limited" (the port has its share)
+    reason: str
+
+
 @dataclass
 class Connections:
-    """Open connections, per port and in all: a port beyond `per_port`, or anyone beyond
-    `total`, is turned away at once (and its slot is never taken)."""
+    """Open connections, per port and in all. Up to half of `total` in use, a port may
+    hold `per_port`. Past half, a port that already holds connections may take another
+    only while it holds less than its fair share, max(1, total // (ports holding + 1)):
+    the +1 keeps a share for the next port to come, so ports at their share never fill
+    the proxy. Nor may it take one unless more slots than it holds stay free, so ports
+    that took bigger shares while the proxy was quieter cannot take the last slots.
+    Hence a port holding none is admitted while any slot is free, and only such first
+    connections can fill the proxy; full, everyone is turned away (and takes no slot)."""
 
     per_port: int
     total: int
     _open: dict[int, int] = field(default_factory=dict)
-    _total: int = 0
+    _used: int = 0
 
-    def open(self, key: int) -> str | None:
-        """Take a slot for `key`: None when taken, else the counter the refusal counts in
-        ("overloaded": the proxy is full; "rate_limited": this port holds its share)."""
-        if self._total >= self.total:
-            return "overloaded"
-        if self._open.get(key, 0) >= self.per_port:
-            return "rate_limited"
-        self._open[key] = self._open.get(key, 0) + 1
-        self._total += 1
+    def open(self, key: int) -> Turned | None:
+        """Take a slot for `key`: None when taken, else why not."""
+        held, free = self._open.get(key, 0), self.total - self._used
+        if free <= 0:
+            return Turned("overloaded", f"all {self.total} connections in use")
+        if held >= self.per_port:
+            return Turned("rate_limited", f"holds {held} connections, a port's most")
+        if held and self._used >= self.total // 2:
+            share = max(1, self.total // (len(self._open) + 1))
+            if held >= share or held >= free:
+                busy = f"{self._used} of {self.total} in use by {len(self._open)} ports"
+                return Turned("rate_limited", f"holds {held} connections ({busy})")
+        self._open[key] = held + 1
+        self._used += 1
         return None
 
     def close(self, key: int) -> None:
@@ -71,17 +97,47 @@ class Connections:
             self._open[key] = left
         else:
             del self._open[key]
-        self._total -= 1
+        self._used -= 1
 
     def held(self, key: int | None = None) -> int:
-        return self._total if key is None else self._open.get(key, 0)
+        return self._used if key is None else self._open.get(key, 0)
+
+    @property
+    def ports(self) -> int:
+        """Ports holding at least one connection."""
+        return len(self._open)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """One connection's two deadlines, fixed at accept: its request (head and body) must
+    have arrived by `request`, and it is closed by `close` whatever it is doing then
+    (reading, asking OVSDB or Nova, relaying to a VM that reads slowly, lingering).
+    Every wait of the connection takes the time left of one of them, so no step gets a
+    fresh timeout of its own and a slot is held for at most `close - accept`."""
+
+    request: float
+    close: float
+
+    @classmethod
+    def at_accept(cls, now: float, request_timeout: float, whole: float) -> Deadlines:
+        return cls(now + min(request_timeout, whole), now + whole)
+
+    def request_left(self, now: float) -> float:
+        return max(0.0, self.request - now)
+
+    def left(self, now: float, at_most: float | None = None) -> float:
+        """Seconds to `close` (no more than `at_most`, a step's own bound)."""
+        left = max(0.0, self.close - now)
+        return left if at_most is None else min(left, at_most)
 
 
 @dataclass
 class LogGate:
     """At most one log line per (port, kind) per `interval` seconds, so a VM that sends a
     thousand bad requests a second makes one line every `interval`, which says how many
-    were not logged."""
+    were not logged. What concerns the host (Nova or OVSDB away) is keyed on HOST by the
+    caller: an outage is one line per interval, not one per VM."""
 
     interval: float
     _last: dict[tuple[int, str], tuple[float, int]] = field(default_factory=dict)

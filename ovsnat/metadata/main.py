@@ -1,7 +1,9 @@
 """`ovsnat-metadata-proxy`: the command line, the namespace, then the server until SIGTERM.
 
-SIGTERM (systemd's stop) closes the listener and ends the process with status 0, leaving
-the namespace, the veth and the bridge port in place: the next start reuses them, and the
+SIGTERM (systemd's stop) closes the listener, ends the connections being served (a VM
+mid-request sees its connection close and retries; waiting for a slow one would make a
+stop take as long as it likes) and ends the process with status 0, leaving the
+namespace, the veth and the bridge port in place: the next start reuses them, and the
 flows never see the port go. `--cleanup` removes all three (after the service is stopped).
 """
 
@@ -12,6 +14,7 @@ import asyncio
 import functools
 import logging
 import os
+import resource
 import signal
 import stat
 import sys
@@ -59,9 +62,13 @@ def parser() -> argparse.ArgumentParser:
     opt("--burst", 20, "requests a VM port may make at once", type=int)
     opt("--max-connections-per-port", 8, "open connections per VM port", type=int)
     opt("--max-connections", 256, "open connections in all", type=int)
-    opt("--request-timeout", 10.0, "seconds for a VM to send its request (408)", type=float)
-    opt("--backend-timeout", 60.0, "seconds for Nova to answer (504)", type=float)
+    opt("--request-timeout", 3.0, "seconds from connect for a VM to send its request (408)",
+        type=float)  # fmt: skip
+    opt("--backend-timeout", 60.0, "seconds for Nova to answer (504) and the answer to reach "
+        "the VM in full", type=float)  # fmt: skip
     opt("--ovsdb-timeout", 5.0, "seconds for OVSDB to answer (503)", type=float)
+    opt("--max-ovsdb-lookups", 16, "OVSDB lookups at once, all VMs together (more wait "
+        "their turn within --ovsdb-timeout)", type=int)  # fmt: skip
     opt("--status-file", text="JSON counters, rewritten every second")
     opt("--log-interval", 10.0, "seconds between log lines per port and kind", type=float)
     flag("--debug", text="debug logging, and every line (no log interval)")
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             LOG.info("cleanup: removed %s", "; ".join(netns.teardown(layout)) or "nothing")
             return 0
         settings = _settings(args)
+        open_files(2 * settings.total + settings.ovsdb_lookups + FILES_SPARE)
         changed = netns.setup(layout)
         LOG.info("namespace %s: %s", layout.namespace, "; ".join(changed) or "already as wanted")
         sock = netns.listen_in(layout.namespace, METADATA_PORT)
@@ -117,6 +125,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "request_timeout",
         "backend_timeout",
         "ovsdb_timeout",
+        "max_ovsdb_lookups",
         "log_interval",
     ):
         if getattr(args, name) <= 0:
@@ -143,7 +152,26 @@ def _settings(args: argparse.Namespace) -> Settings:
         request_timeout=args.request_timeout,
         ovsdb_timeout=args.ovsdb_timeout,
         log_interval=0.0 if args.debug else args.log_interval,
+        ovsdb_lookups=args.max_ovsdb_lookups,
     )
+
+
+FILES_SPARE = 64  # listener, status file, logs, ip/ovs-vsctl pipes at start
+
+
+def open_files(needed: int) -> None:
+    """Make sure the process may open `needed` files: two per connection (the VM's and
+    Nova's) and one per OVSDB lookup. Past the limit accept() fails with EMFILE and
+    asyncio stops accepting for a while, which no VM could tell from an outage: raise
+    the soft limit to what is needed (the hard limit allowing), else refuse to start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ValueError(
+                f"--max-connections needs {needed} open files, the limit is {hard} "
+                "(systemd: LimitNOFILE=)"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def read_secret(path: str | None) -> bytes:
@@ -160,20 +188,35 @@ def read_secret(path: str | None) -> bytes:
     return secret.encode("utf-8")
 
 
-async def serve(proxy: Proxy, sock, status: StatusFile, info: dict) -> None:
-    """Serve on `sock` until SIGTERM or SIGINT."""
+STOP_WAIT = 1.0  # seconds a stop waits for the connections it ended to close
+
+
+async def serve(
+    proxy: Proxy, sock, status: StatusFile, info: dict, stop: asyncio.Event | None = None
+) -> None:
+    """Serve on `sock` until SIGTERM or SIGINT (or `stop` is set, when given)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     server = await asyncio.start_server(proxy.handle, sock=sock, limit=MAX_HEAD)
-    status.write(proxy.counters, loop.time(), {**info, "serving": True})
+    status.write(proxy.counters, loop.time(), {**info, **proxy.gauges(), "serving": True})
     publisher = asyncio.create_task(_publish(proxy, status, {**info, "serving": True}))
     await stop.wait()
     publisher.cancel()
-    server.close()
-    await server.wait_closed()
-    status.write(proxy.counters, loop.time(), {**info, "serving": False})
+    await asyncio.wait({publisher})
+    if not publisher.cancelled():
+        publisher.result()  # it ended on its own before the stop: raise why
+    server.close()  # no new connections; then end the ones being served, as on 3.12.1+
+    left = await proxy.shutdown(STOP_WAIT)  # wait_closed would wait for each of them
+    if left:
+        LOG.warning("stopping with %d connections not ended within %gs", left, STOP_WAIT)
+    try:
+        await asyncio.wait_for(server.wait_closed(), STOP_WAIT)
+    except asyncio.TimeoutError:
+        LOG.warning("stopping with the listener not closed within %gs", STOP_WAIT)
+    status.write(proxy.counters, loop.time(), {**info, **proxy.gauges(), "serving": False})
 
 
 async def _publish(proxy: Proxy, status: StatusFile, info: dict) -> None:
@@ -186,7 +229,7 @@ async def _publish(proxy: Proxy, status: StatusFile, info: dict) -> None:
         if not status.due(loop.time()):
             continue
         try:
-            status.write(proxy.counters, loop.time(), info)
+            status.write(proxy.counters, loop.time(), {**info, **proxy.gauges()})
         except OSError as e:
             if not failing:
                 LOG.error("status file %s not written (serving goes on): %s", status.path, e)

@@ -10,6 +10,14 @@ can make it ask.
 
 An ofport is unique per bridge only, so the rows are narrowed to the Interfaces of the
 bridge's own Ports: a second transaction, only when some row has that ofport.
+
+Each row comes with its `_uuid`, so the proxy can ask again, just before it hands Nova's
+answer to the VM, whether that same row still has that ofport (`row_by_uuid`): an ofport
+freed by a deleted port and given to a new one meanwhile would otherwise carry the first
+VM's metadata to the second. One select by uuid, one transaction.
+
+These connections are not pooled and not limited here; the proxy bounds how many it
+opens at once (ovsnat.metadata.server), so many VMs together cannot swamp ovsdb-server.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ import codecs
 import json
 from dataclasses import dataclass, field
 
-from ovsnat.ovsdb.values import atom, map_of, set_of
+from ovsnat.ovsdb.values import atom, map_of, optional, set_of
 
 DATABASE = "Open_vSwitch"
 MAX_REPLY = 4 * 1024 * 1024  # a select of a few rows is a few KiB; more is a broken server
+COLUMNS = ["_uuid", "name", "external_ids", "ofport"]
 
 
 class OvsdbError(RuntimeError):
@@ -59,10 +68,18 @@ class Remote:
 
 @dataclass(frozen=True)
 class PortRow:
-    """One Interface row: its name and external_ids (the contract's keys)."""
+    """One Interface row: its name and external_ids (the contract's keys), its `_uuid`
+    and its ofport (None when it has none)."""
 
     name: str
     external_ids: dict[str, str] = field(default_factory=dict)
+    uuid: str = ""
+    ofport: int | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> PortRow:
+        ids = {k: str(v) for k, v in map_of(row["external_ids"]).items()}
+        return cls(row["name"], ids, atom(row["_uuid"]), optional(row["ofport"]))
 
 
 async def bridge_rows_with_ofport(
@@ -70,8 +87,18 @@ async def bridge_rows_with_ofport(
 ) -> list[PortRow]:
     """The Interface rows of `bridge` whose ofport is `ofport` (normally one or none).
     Raises OvsdbError, naming what failed, when OVSDB cannot answer within `timeout`."""
+    return await _within(remote, timeout, _ask(remote, bridge, ofport))
+
+
+async def row_by_uuid(remote: Remote, uuid: str, timeout: float) -> PortRow | None:
+    """The Interface row `uuid` as it is now; None once it is gone. Raises OvsdbError as
+    bridge_rows_with_ofport does."""
+    return await _within(remote, timeout, _ask_uuid(remote, uuid))
+
+
+async def _within(remote: Remote, timeout: float, asking):
     try:
-        return await asyncio.wait_for(_ask(remote, bridge, ofport), timeout)
+        return await asyncio.wait_for(asking, timeout)
     except asyncio.TimeoutError:
         raise OvsdbError(f"OVSDB at {remote} did not answer within {timeout:g}s") from None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
@@ -83,7 +110,7 @@ async def _ask(remote: Remote, bridge: str, ofport: int) -> list[PortRow]:
     try:
         rpc = _Rpc(reader, writer)
         ifaces, bridges = await rpc.transact(
-            _select("Interface", [["ofport", "==", ofport]], ["_uuid", "name", "external_ids"]),
+            _select("Interface", [["ofport", "==", ofport]], COLUMNS),
             _select("Bridge", [["name", "==", bridge]], ["ports"]),
         )
         if not ifaces or not bridges:
@@ -96,10 +123,21 @@ async def _ask(remote: Remote, bridge: str, ofport: int) -> list[PortRow]:
             )
         )
         return [
-            PortRow(row["name"], {k: str(v) for k, v in map_of(row["external_ids"]).items()})
+            PortRow.of(row)
             for row, owner in zip(ifaces, owners, strict=True)
             if any(atom(p["_uuid"]) in ports for p in owner)
         ]
+    finally:
+        writer.close()
+
+
+async def _ask_uuid(remote: Remote, uuid: str) -> PortRow | None:
+    reader, writer = await remote.connect()
+    try:
+        (rows,) = await _Rpc(reader, writer).transact(
+            _select("Interface", [["_uuid", "==", ["uuid", uuid]]], COLUMNS)
+        )
+        return PortRow.of(rows[0]) if rows else None
     finally:
         writer.close()
 
