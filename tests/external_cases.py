@@ -11,6 +11,8 @@ Cases only: test_openstack.py collects them on its lab (one bring-up for all).
 
 from __future__ import annotations
 
+import pytest
+
 from ovsnat.lab import outside, scenario
 from ovsnat.lab.openstack import servers
 from ovsnat.lab.openstack.cloudlab import SERVER_PORT
@@ -58,6 +60,7 @@ def _seen_as(cl, server) -> str | None:
     return reply.peer_ip if reply.ok else None
 
 
+@pytest.mark.openstack_long  # about 60 s with the outside VLAN: make test-openstack-long
 def test_two_external_networks_each_with_their_own_pat_source(cl):
     """Two routers on hv1, one per external network: each one's server leaves from hv1's
     own SNAT port on its router's gateway network (read from Neutron's API), at the same

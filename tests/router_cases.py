@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from ovsnat.lab.openstack import servers
 from ovsnat.lab.openstack.cloudlab import SERVER_PORT
 from ovsnat.lab.reach import Pinger
@@ -182,6 +184,7 @@ def _routed_once(result) -> bool:
     return result.received == result.sent and ttls and set(ttls) == {"63"}
 
 
+@pytest.mark.openstack_long  # tests/test_eastwest_lab.py covers the datapath in make test
 def test_east_west_between_a_routers_subnets_on_one_host_and_across_hosts(cl):
     """Two subnets of one router without a gateway (east-west needs none), and a network on
     a router of its own. A server reaches the other subnet's servers on its own host and on
