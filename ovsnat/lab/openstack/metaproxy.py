@@ -16,7 +16,7 @@ import sys
 
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.virt.guest import host_namespace
-from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE
 from ovsnat.model.metadata import encode
 
@@ -74,28 +74,16 @@ def stop(stack, host: str) -> None:
     stack.stop(proc_name(host))
 
 
-def ofport(stack, host: str) -> int:
+def ofport(stack, host: str, name: str = PORT) -> int:
+    """Interface `name`'s OpenFlow port on `host`'s bridge, 0 while it has none."""
     h = stack.lab.hosts[host]
-    out = run(
-        [
-            "ovs-vsctl",
-            f"--db=unix:{h.ovs.db_sock}",
-            "--if-exists",
-            "get",
-            "Interface",
-            PORT,
-            "ofport",
-        ],
-        check=False,
-    ).stdout.strip()
+    out = h.vsctl("--if-exists", "get", "Interface", name, "ofport", check=False).strip()
     return int(out) if out.lstrip("-").isdigit() else 0
 
 
 def encoded(stack, host: str, tap: str):
     """The address a request from `tap` reaches the proxy with (its ofport encoded)."""
-    h = stack.lab.hosts[host]
-    out = run(["ovs-vsctl", f"--db=unix:{h.ovs.db_sock}", "get", "Interface", tap, "ofport"])
-    return encode(int(out.stdout.strip()))
+    return encode(ofport(stack, host, tap))
 
 
 def counters(stack, host: str) -> dict:
