@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export VENV
 
 .PHONY: install lab lab-openstack lab-down test unit lint format golden clean bench \
-	test-openstack test-openstack-mariadb test-openstack-long test-devstack config-samples
+	test-long test-openstack test-openstack-mariadb test-openstack-long test-devstack config-samples
 
 install:
 	bash scripts/install.sh
@@ -22,10 +22,13 @@ lab-down:
 	$(VENV)/bin/ovsnat lab down --all
 
 # Everything but the run under devstack's own code, which needs a checkout CI cannot fetch
-# (make test-devstack), and the OpenStack lab's long runs (marker openstack_long: make
-# test-openstack-long).
+# (make test-devstack), and the long runs (markers long and openstack_long: make test-long,
+# or make test-openstack-long for the OpenStack lab's alone).
 test: install
-	$(PY) -m pytest -q -m "not devstack and not openstack_long" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not devstack and not openstack_long and not long" $(PYTEST_ARGS)
+
+test-long: install
+	$(PY) -m pytest -q -m "long or openstack_long" $(PYTEST_ARGS)
 
 # BENCH_ARGS: e.g. --quick, --only cold,restart, --sizes 1000,10000 (python -m bench --help)
 bench: install

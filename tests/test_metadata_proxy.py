@@ -262,6 +262,23 @@ def test_the_command_runs_as_a_module_too_and_lists_every_option():
         assert f"{option} " in done.stdout or f"{option}\n" in done.stdout, option
 
 
+def test_the_proxy_loads_none_of_the_controllers_ovsdb_or_openflow_libraries():
+    """One proxy per host: its memory is mostly its imports. It reads OVSDB over plain
+    JSON-RPC (ovsdb.lookup), so python-ovs, eventlet and the OpenFlow framework stay out
+    (60 MB with them, about 25 MB without); the package's other names still resolve."""
+    probe = (
+        "import sys, ovsnat.metadata.main; "
+        "print(sorted(m for m in ('ovs', 'eventlet', 'ryu', 'os_ken') if m in sys.modules)); "
+        "from ovsnat import ovsdb; ovsdb.Watcher; print('ovs' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout
+    from ovsnat import ovsdb
+
+    assert all(getattr(ovsdb, name) for name in ovsdb.__all__)
+
+
 # --- the systemd unit sample --------------------------------------------------------------------
 UNIT = Path(__file__).resolve().parent.parent / "etc" / "systemd" / "ovsnat-metadata-proxy.service"
 

@@ -1,4 +1,5 @@
-"""A VM that sends its host's controller malformed frames for a whole minute (DHCP with
+"""A VM that sends its host's controller malformed frames for 20 s (a whole minute under
+`make test-long`: marker long) (DHCP with
 zero-length and truncated options, no options, a 60-byte IP header in a short frame; ARP
 and RARP with bad lengths; ICMP errors through its FIP quoting garbage; TTL 1 with a bad
 header) cannot shake it: the controller never resyncs or exits, counts what it dropped and
@@ -28,7 +29,6 @@ from tests.frames import dhcp_request, eth, ipv4
 pytestmark = pytest.mark.lab
 
 SNAT, ATTACKER_FIP, VICTIM_FIP = "203.0.113.11", "203.0.113.61", "203.0.113.62"
-ATTACK_SECONDS = 60
 ROUND_INTERVAL = 0.05  # 20 rounds a second of every malformed frame below
 ROUTER = bytes.fromhex("020000000001")
 
@@ -94,13 +94,16 @@ def lab(module_lab):
     return lab
 
 
-def test_a_minute_of_malformed_frames_from_a_vm_shakes_nothing(lab):
+@pytest.mark.parametrize(
+    "attack_seconds", [20, pytest.param(60, marks=pytest.mark.long)], ids=["20s", "a_minute"]
+)
+def test_malformed_frames_from_a_vm_shake_nothing(lab, attack_seconds):
     atk, vdhcp = lab.vms["atk"], lab.vms["vdhcp"]
     before = scenario.status(lab, "hv1")
     log_offset = len(scenario.controller_log(lab, "hv1"))
     pid = lab.procs["ctl-hv1"]["pid"]
     frames = malformed(atk.mac, atk.ip)
-    rounds = int(ATTACK_SECONDS / ROUND_INTERVAL)
+    rounds = int(attack_seconds / ROUND_INTERVAL)
     with Pinger(lab.srv_ns, VICTIM_FIP) as pinger:
         lab.spawn(
             "attack",
@@ -119,7 +122,7 @@ def test_a_minute_of_malformed_frames_from_a_vm_shakes_nothing(lab):
             ns=atk.ns,
         )
         started, pat_ok, renewals = time.time(), 0, 0
-        while time.time() - started < ATTACK_SECONDS:
+        while time.time() - started < attack_seconds:
             assert tcp_connect(lab, lab.vms["vpat"].ns, SERVER_IP, 8080).peer_ip == SNAT
             pat_ok += 1
             if pat_ok % 5 == 0:  # a DHCP renewal every ~10 s
@@ -134,7 +137,7 @@ def test_a_minute_of_malformed_frames_from_a_vm_shakes_nothing(lab):
             time.sleep(2)
         wait_for(
             lambda: "SENT" in Path(lab.procs["attack"]["log"]).read_text(),
-            ATTACK_SECONDS,
+            attack_seconds,
             what="the attacker's last round",
         )
     after = scenario.status(lab, "hv1")
@@ -152,7 +155,7 @@ def test_a_minute_of_malformed_frames_from_a_vm_shakes_nothing(lab):
     assert drops.get("not_relayed", 0) > 0  # the ICMP and TTL paths too
     assert after["stats"]["packet_in_quarantines"] > before["stats"]["packet_in_quarantines"]
     # Everyone else was served throughout.
-    assert pat_ok >= ATTACK_SECONDS / 4 and renewals >= 3
+    assert pat_ok >= attack_seconds / 4 and renewals >= attack_seconds // 20
     # Losses are what the attack could cause (flows removed or rewritten, a resync). The
     # longest gap between replies is printed, not asserted: it was 3.9 s once, with no probe
     # lost, while another suite loaded this 2-core machine (replies late, not lost: netdev's
