@@ -12,8 +12,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$here/.venv}
 python=${PYTHON:-python3}
-apt_packages=(openvswitch-switch openvswitch-common iproute2 ethtool iputils-ping tcpdump procps psmisc shellcheck iperf3 traceroute udhcpc)
-needed_cmds=(ovs-vswitchd ovsdb-server ovs-vsctl ovs-ofctl ip ethtool ping tcpdump shellcheck iperf3 traceroute udhcpc)
+apt_packages=(openvswitch-switch openvswitch-common iproute2 ethtool iputils-ping tcpdump procps psmisc shellcheck iperf3 traceroute udhcpc frr)
+needed_cmds=(ovs-vswitchd ovsdb-server ovs-vsctl ovs-ofctl ip ethtool ping tcpdump shellcheck iperf3 traceroute udhcpc vtysh)
 
 say() { printf 'install: %s\n' "$*"; }
 

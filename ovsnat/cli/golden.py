@@ -195,6 +195,19 @@ def sample_conf() -> str:
     return "\n".join(out)
 
 
+BGP_CONF = os.path.join(REPO, "etc", "frr", "ovsnat-bgp.conf.sample")
+FRR_SAMPLE = os.path.join(REPO, "etc", "frr", "frr.conf.sample")
+
+
+def frr_sample() -> str:
+    """etc/frr/frr.conf.sample: what `ovsnat bgp render` makes of the bgp sample."""
+    from ovsnat.cli.bgp import settings_from
+    from ovsnat.compile.frr_conf import render as render_frr
+    from ovsnat.model.options import read_ini
+
+    return render_frr(settings_from(read_ini(BGP_CONF)), "hv1")
+
+
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -217,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.write:
                 with open(path(name), "w") as f:
                     f.write(text)
-    if not os.path.exists(SAMPLE_CONF) or _read(SAMPLE_CONF) != sample_conf():
-        stale.append("ovsnat.conf.sample")
-        if args.write:
-            with open(SAMPLE_CONF, "w") as f:
-                f.write(sample_conf())
+    for sample, text in ((SAMPLE_CONF, sample_conf()), (FRR_SAMPLE, frr_sample())):
+        if not os.path.exists(sample) or _read(sample) != text:
+            stale.append(os.path.basename(sample))
+            if args.write:
+                with open(sample, "w") as f:
+                    f.write(text)
     current = _read(PIPELINE_MD)
     if pipeline_md(current) != current:
         stale.append("pipeline.md")

@@ -14,6 +14,7 @@ commands:
   diff                 desired against installed flows; exit 1 on drift (--config F)
   status               VMs, FIPs, skipped ports, PAT usage, conflicts (--config F)
   trace SRC DST [PROTO [PORT]]   follow a packet through the pipeline (--config F)
+  bgp render           FRR's configuration for a host in bgp mode (--config F)
   lab up|demo|status|migrate|down   the reference lab (OVS hypervisors in namespaces)
 """
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         from ovsnat.cli.inspect_cli import main as inspect_main
 
         return inspect_main(cmd, rest)
+    if cmd == "bgp":
+        from ovsnat.cli.bgp import main as bgp_main
+
+        return bgp_main(rest)
     if cmd == "lab":
         from ovsnat.lab.cli import main as lab_main
 

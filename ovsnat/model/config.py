@@ -14,7 +14,7 @@ from functools import cached_property
 
 import netaddr
 
-from ovsnat.model import dhcp_keys, networks, validate
+from ovsnat.model import bgp, dhcp_keys, networks, validate
 from ovsnat.model.dhcp_keys import HostDhcp
 from ovsnat.model.externals import External
 from ovsnat.model.networks import Network
@@ -80,6 +80,11 @@ class HostConfig:
                 raise ConfigError(f"{name}: {number} is outside {lo}-{hi}")
             return number
 
+        if bgp.mode(raw) == "bgp":
+            raise ConfigError(
+                "external_mode: bgp is not served by the controller yet (docs/bgp.md, its "
+                "build plan); `ovsnat bgp render` already renders FRR's configuration"
+            )
         gw_mac = str(raw.get("external_gateway_mac") or "").strip()
         cfg = cls(
             bridge=_name(get("bridge"), "bridge"),

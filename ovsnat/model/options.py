@@ -190,6 +190,80 @@ OPTIONS: tuple[Option, ...] = (
         "reconnect).",
         "int",
     ),
+    Option(
+        "external_mode",
+        "l2",
+        "How this host reaches the external network. 'l2' (the default): uplink_port is on "
+        "a shared external segment; ovsnat answers ARP for the FIPs and SNAT address it "
+        "holds. 'bgp': routed links to the ToRs (bgp_* below, docs/bgp.md); FRR announces "
+        "the /32s this host holds. Only `ovsnat bgp render` serves bgp mode so far: the "
+        "controller refuses it.",
+    ),
+    Option("bgp_asn", "", "bgp mode: this host's own ASN (one per host; RFC 6996 private)."),
+    Option("bgp_router_id", "", "bgp mode: BGP router ID; empty: the first link's address."),
+    Option(
+        "bgp_uplinks",
+        "",
+        "bgp mode: the OVS ports to the ToRs, comma-separated, one per ToR (1-4).",
+    ),
+    Option(
+        "bgp_kernel_ports",
+        "",
+        "bgp mode: one OVS internal port per uplink, in the same order, holding this host's "
+        "address on that link (FRR and BFD speak through it).",
+    ),
+    Option(
+        "bgp_links",
+        "",
+        "bgp mode: this host's address on each link as address/31, one per uplink in the "
+        "same order (RFC 3021: the other address of the /31 is the ToR's).",
+    ),
+    Option(
+        "bgp_announce",
+        "",
+        "bgp mode: CIDRs whose /32s this host may announce (its FIPs and SNAT address); "
+        "empty: external_cidr. Nothing else is ever exported.",
+    ),
+    Option(
+        "bgp_accept",
+        "",
+        "bgp mode: the routes from the ToRs used for forwarding, CIDRs (empty: only the "
+        "default route 0.0.0.0/0).",
+    ),
+    Option(
+        "bgp_protect",
+        "",
+        "bgp mode: CIDRs no VM may reach besides the links themselves (the ToRs' loopbacks).",
+    ),
+    Option(
+        "bgp_table",
+        100,
+        "bgp mode: the kernel table ovsnat writes live /32s to (a migrated FIP's go to this "
+        "+ 1 for bgp_moved_hold); FRR imports both. 1-251.",
+        "int",
+    ),
+    Option(
+        "bgp_community_asn",
+        64999,
+        "bgp mode: the communities' first half: <this>:100 live, <this>:200 just moved here "
+        "(the ToRs map it to a higher local preference).",
+        "int",
+    ),
+    Option(
+        "bgp_max_routes",
+        1000,
+        "bgp mode: at most this many /32s announced (the rest stay dark, shown by `ovsnat "
+        "status`); the ToRs' maximum-prefix must be above it.",
+        "int",
+    ),
+    Option(
+        "bgp_moved_hold",
+        60,
+        "bgp mode: seconds a migrated FIP is announced as just moved before it turns live.",
+        "int",
+    ),
+    Option("bgp_bfd_interval", 200, "bgp mode: BFD transmit and receive interval, ms.", "int"),
+    Option("bgp_bfd_multiplier", 3, "bgp mode: BFD detect multiplier.", "int"),
     Option("ovsdb_connection", "unix:/var/run/openvswitch/db.sock", "The local OVSDB."),
     Option(
         "vswitchd_ctl",

@@ -30,6 +30,12 @@ INT_RANGES = {
     "conn_limit": (0, 10**7),
     "conn_limit_zone_base": (4095, 65534),
     "audit_interval": (0, 86400),
+    "bgp_table": (1, 251),
+    "bgp_community_asn": (1, 65535),
+    "bgp_max_routes": (1, 100000),
+    "bgp_moved_hold": (1, 86400),
+    "bgp_bfd_interval": (50, 60000),
+    "bgp_bfd_multiplier": (2, 255),
 }
 EXTRA: list = []
 
