@@ -35,6 +35,7 @@ from ovsnat.core.effects import (
     Reconfigure,
     RefuseSwitch,
     ReleaseMemory,
+    Routes,
     ZoneLimits,
 )
 from ovsnat.model import ConfigError
@@ -44,6 +45,7 @@ from ovsnat.runtime.calls import Calls
 from ovsnat.runtime.events import EventChores, EventOvsdb, EventResult, EventTick
 from ovsnat.runtime.loopmeter import LoopMeter
 from ovsnat.runtime.metrics import Metrics, serve_metrics
+from ovsnat.runtime.route_writer import RouteWriter
 from ovsnat.runtime.switches import Switches
 
 LOG = logging.getLogger("ovsnat")
@@ -71,6 +73,7 @@ class OvsNatApp(fw.BaseApp):
         )
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
         self.calls = Calls(dpctl.Target(opts.vswitchd_ctl), self._post_result)
+        self.routes = RouteWriter(self._post_result)  # bgp mode's kernel tables
         self.switches = Switches(self.core.failures)
         self.status_file = opts.status_file
         self.calls_since_status, self.listed = 1, 0
@@ -90,6 +93,7 @@ class OvsNatApp(fw.BaseApp):
             FlushConntrack: lambda e, now: self.calls.run(e),
             ReadConntrack: lambda e, now: self.calls.run(e),
             Probe: lambda e, now: self.calls.run(e),
+            Routes: lambda e, now: self.routes.run(e),
         }
 
     # --- green threads ---------------------------------------------------------------------
@@ -100,21 +104,11 @@ class OvsNatApp(fw.BaseApp):
             fw.hub.spawn(events.watch_ovsdb, self.watcher, self.remote),
             fw.hub.spawn(events.clock, self.core.next_wakeup, self._post),
             *self.calls.start(),
+            *self.routes.start(),
         ]
         if self.metrics.enabled:
             self.threads.append(fw.hub.spawn(serve_metrics, self.metrics, self.core.failures))
-        LOG.info(
-            "ovsnat: bridge %s, uplink %s, OVSDB %s, SNAT %s:%d-%d, FIP activation %s, "
-            "ovs-vswitchd through %s",
-            self.cfg.bridge,
-            self.cfg.uplink_port,
-            self.remote,
-            self.cfg.snat_ip or "(from the bridge)",
-            self.cfg.snat_port_min,
-            self.cfg.snat_port_max,
-            self.cfg.fip_activation,
-            self.calls.target.describe(),
-        )
+        LOG.info("ovsnat: %s", config.describe(self.cfg, self.remote, self.calls.target))
         return thread
 
     def stop(self):

@@ -96,6 +96,15 @@ class Probe:
     bridge: str
 
 
+@dataclass(frozen=True)
+class Routes:
+    """bgp mode: blackhole /32s to add to (or replace in) and delete from the kernel
+    tables FRR announces from (ovsnat.core.announce); one batch, answered by RoutesDone."""
+
+    add: tuple[tuple[object, int], ...] = ()  # (a netaddr /32, its table)
+    delete: tuple[tuple[object, int], ...] = ()
+
+
 # Every effect above: the shim has a handler for each (tests/test_architecture.py checks it).
 EFFECTS = {
     c.__name__: c
@@ -109,6 +118,7 @@ EFFECTS = {
         FlushConntrack,
         ReadConntrack,
         Probe,
+        Routes,
     )
 }
 
@@ -145,6 +155,15 @@ class Reading:
     pat_ports: dict = field(default_factory=dict)  # src -> PAT ports it holds
     pat_in_use: int = 0  # distinct PAT ports in use
     seconds: float = 0.0  # the dump and its parse
+
+
+@dataclass(frozen=True)
+class RoutesDone:
+    """How one Routes went: the routes the kernel refused, and the first reason."""
+
+    routes: Routes
+    failed: tuple[tuple[object, int], ...] = ()
+    error: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ its listening socket is made inside `NS` (setns there and back, before any threa
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -26,11 +25,10 @@ import threading
 from dataclasses import dataclass
 
 from ovsnat.model.metadata import ENCODED, META_MAC, PROXY_IP
+from ovsnat.runtime.netns import NETNS_DIR, socket_in
 
 LOG = logging.getLogger("ovsnat.metadata")
 META_IFACE = "meta0"
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
 
 
 class SetupError(RuntimeError):
@@ -89,25 +87,19 @@ def teardown(layout: Layout) -> list[str]:
 
 
 def listen_in(namespace: str, port: int, backlog: int = 128) -> socket.socket:
-    """A TCP socket listening on PROXY_IP:port inside `namespace`, made by this thread
-    entering the namespace and coming back. Must run before any other thread exists: a
-    thread started meanwhile would begin life in the proxy's namespace."""
+    """A TCP socket listening on PROXY_IP:port inside `namespace` (made there by this
+    thread, which comes back). Must run before any other thread exists: a thread started
+    meanwhile would begin life in the proxy's namespace."""
     if threading.active_count() != 1:
         raise RuntimeError("listen_in must run before any thread is started")
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/self/ns/net", "rb") as home, open(f"{NETNS_DIR}/{namespace}", "rb") as ns:
-        _setns(libc, ns.fileno(), namespace)
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((str(PROXY_IP), port))
-                sock.listen(backlog)
-            except OSError:
-                sock.close()
-                raise
-        finally:
-            _setns(libc, home.fileno(), "the hypervisor's namespace")
+    sock = socket_in(namespace, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(PROXY_IP), port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -117,12 +109,6 @@ def _holds_namespace(path: str) -> bool:
     behind when the mount that made it one went away (say, with the private mount
     namespace of an `ip netns exec` that created it)."""
     return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
-
-
-def _setns(libc, fd: int, where: str) -> None:
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns into {where}: {os.strerror(err)}")
 
 
 def _paired(layout: Layout) -> bool:

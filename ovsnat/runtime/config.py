@@ -72,3 +72,12 @@ def load(conf, uplink_ofport: int = 0) -> HostConfig:
     values = raw_options(conf)
     values["uplink_ofport"] = uplink_ofport
     return HostConfig.parse(values)
+
+
+def describe(cfg: HostConfig, remote: str, vswitchd) -> str:
+    """The controller's first log line: what it runs with, as the operator set it."""
+    return (
+        f"bridge {cfg.bridge}, uplink {cfg.uplink_port}, OVSDB {remote}, SNAT "
+        f"{cfg.snat_ip or '(from the bridge)'}:{cfg.snat_port_min}-{cfg.snat_port_max}, "
+        f"FIP activation {cfg.fip_activation}, ovs-vswitchd through {vswitchd.describe()}"
+    )
