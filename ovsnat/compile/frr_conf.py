@@ -109,7 +109,9 @@ def _bfd(s: BgpSettings) -> list[str]:
 def _bgp(s: BgpSettings) -> list[str]:
     """eBGP to each ToR. Graceful restart as the restarting side only (the ToRs are
     helpers: on both sides a dead ToR's routes stayed 120 s, docs/bgp.md section 1);
-    coalesce-time 100 brings the routes back within about 0.2 s of a session's start."""
+    coalesce-time 100 brings the routes back within about 0.2 s of a session's start.
+    The ToRs have ASNs of their own, so the default route has both as next hops (the ToRs
+    alive: the select group's buckets) only with multipath-relax."""
     neighbors = [f" neighbor {link.peer} peer-group TOR" for link in s.links]
     return [
         f"router bgp {s.asn}",
@@ -117,6 +119,7 @@ def _bgp(s: BgpSettings) -> list[str]:
         " no bgp default ipv4-unicast",
         " bgp ebgp-requires-policy",
         " bgp graceful-restart",
+        " bgp bestpath as-path multipath-relax",
         " coalesce-time 100",
         " neighbor TOR peer-group",
         " neighbor TOR remote-as external",

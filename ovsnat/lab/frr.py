@@ -1,0 +1,155 @@
+"""FRR in the lab's namespaces: a hypervisor's speaker (configured by `ovsnat bgp render`)
+and the ToRs it peers with (docs/bgp.md, sections 1 and 8).
+
+Each node runs Debian's zebra, bfdd and bgpd in its namespace with its own paths under a
+run directory (never the system's `frr` service, never /etc/frr), is configured by
+`vtysh -f` with one integrated file, is read through `vtysh ... json`, and is stopped by
+the pids its daemons wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from ovsnat.lab.sh import kill_pid, run, wait_for
+
+DAEMONS = ("zebra", "bfdd", "bgpd")
+FRR_BIN = "/usr/lib/frr"
+
+
+@dataclass
+class FrrNode:
+    ns: str
+    rundir: str
+
+    def start(self) -> None:
+        """Start the three daemons, each with an empty file of its own (so none reads the
+        system's), and wait until each answers on its vty socket."""
+        os.makedirs(self.rundir, exist_ok=True)
+        shutil.chown(self.rundir, "frr", "frr")
+        for daemon in DAEMONS:
+            conf = self._path(f"{daemon}.conf")
+            open(conf, "w").close()
+            shutil.chown(conf, "frr", "frr")
+            extra = ["--bfdctl", self._path("bfdd.sock")] if daemon == "bfdd" else []
+            run(
+                [
+                    f"{FRR_BIN}/{daemon}", "-d", "--vty_socket", self.rundir,
+                    "-z", self._path("zserv.api"), "-f", conf,
+                    "-i", self._path(f"{daemon}.pid"), *extra,
+                ],
+                ns=self.ns,
+                timeout=30,
+            )  # fmt: skip
+            wait_for(
+                lambda d=daemon: os.path.exists(self._path(f"{d}.vty")),
+                10,
+                what=f"{daemon} of {self.ns} on its vty socket",
+            )
+
+    def configure(self, text: str) -> None:
+        """Apply one integrated configuration (every daemon's part) through vtysh."""
+        path = self._path("frr.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        done = self._vtysh("-f", path)
+        if done.returncode != 0 or "% " in done.stdout:
+            raise RuntimeError(f"vtysh -f {path} for {self.ns}: {done.stdout}{done.stderr}")
+
+    def show(self, command: str) -> dict:
+        """One `show ... json` command's answer."""
+        done = self._vtysh("-c", command)
+        if done.returncode != 0:
+            raise RuntimeError(f"vtysh -c {command!r} for {self.ns}: {done.stderr}")
+        return json.loads(done.stdout or "{}")
+
+    def command(self, *lines: str) -> str:
+        return self._vtysh(*[arg for line in lines for arg in ("-c", line)]).stdout
+
+    def stop(self) -> None:
+        """Each daemon by the pid it wrote (only ours: its command line is checked)."""
+        for daemon in reversed(DAEMONS):
+            pid = self._pid(daemon)
+            if pid is not None:
+                kill_pid(pid, self.rundir)
+
+    def _pid(self, daemon: str) -> int | None:
+        try:
+            with open(self._path(f"{daemon}.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _vtysh(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["vtysh", "--vty_socket", self.rundir, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.rundir, name)
+
+
+@dataclass(frozen=True)
+class TorPeer:
+    """One hypervisor as a ToR sees it: its address on their link and its ASN."""
+
+    address: str
+    asn: int
+
+
+def tor_conf(
+    name: str,
+    asn: int,
+    router_id: str,
+    hosts: list[TorPeer],
+    announce: list[str],
+    community_asn: int = 64999,
+    max_prefix: int = 1010,
+) -> str:
+    """A ToR's side of docs/bgp.md section 1: from each host only /32s inside the announced
+    ranges, the MOVED community mapped to local preference 200, a default route sent,
+    graceful restart as a helper only, BFD, and a prefix cap above the hosts' own."""
+    lines = [
+        "frr defaults traditional",
+        f"hostname {name}",
+        *[f"ip prefix-list HOSTS seq {5 * i} permit {r} ge 32" for i, r in enumerate(announce, 1)],
+        f"bgp community-list standard MOVED seq 5 permit {community_asn}:200",
+        "route-map FROM-HOST permit 10",
+        " match ip address prefix-list HOSTS",
+        " match community MOVED",
+        " set local-preference 200",
+        "exit",
+        "route-map FROM-HOST permit 20",
+        " match ip address prefix-list HOSTS",
+        "exit",
+        "route-map TO-HOST permit 10",
+        "exit",
+        f"router bgp {asn}",
+        f" bgp router-id {router_id}",
+        " no bgp default ipv4-unicast",
+    ]
+    for host in hosts:
+        lines += [
+            f" neighbor {host.address} remote-as {host.asn}",
+            f" neighbor {host.address} bfd",
+            f" neighbor {host.address} graceful-restart-helper",
+            f" neighbor {host.address} advertisement-interval 0",
+        ]
+    lines += [" address-family ipv4 unicast"]
+    for host in hosts:
+        lines += [
+            f"  neighbor {host.address} activate",
+            f"  neighbor {host.address} route-map FROM-HOST in",
+            f"  neighbor {host.address} route-map TO-HOST out",
+            f"  neighbor {host.address} default-originate",
+            f"  neighbor {host.address} maximum-prefix {max_prefix}",
+        ]
+    lines += [" exit-address-family", "exit", "end"]
+    return "\n".join(lines) + "\n"
