@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from ovsnat.model.parse import ConfigError, _show
+from ovsnat.model.parse import ConfigError, _show, parse_int
 
 MODES = ("l2", "bgp")
 ASN_MAX = 4294967294  # 4-byte ASNs (RFC 6793); 4294967295 is reserved
@@ -197,9 +197,4 @@ def _integer(raw: Mapping[str, object], name: str, lo: int, hi: int, default: in
         if default is None:
             raise ConfigError(f"{name}: required in external_mode bgp")
         return default
-    if not re.fullmatch(r"[0-9]{1,10}", text):
-        raise ConfigError(f"{name}: {_show(value)} is not an integer")
-    number = int(text)
-    if not lo <= number <= hi:
-        raise ConfigError(f"{name}: {number} is outside {lo}-{hi}")
-    return number
+    return parse_int(text, name, lo, hi)

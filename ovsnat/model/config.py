@@ -18,7 +18,15 @@ from ovsnat.model import bgp, dhcp_keys, networks, validate
 from ovsnat.model.dhcp_keys import HostDhcp
 from ovsnat.model.externals import External
 from ovsnat.model.networks import Network
-from ovsnat.model.parse import ConfigError, _require_host, _show, parse_cidr, parse_ipv4, parse_mac
+from ovsnat.model.parse import (
+    ConfigError,
+    _require_host,
+    _show,
+    parse_cidr,
+    parse_int,
+    parse_ipv4,
+    parse_mac,
+)
 
 FIP_ACTIVATIONS = ("probe", "first-packet", "immediate")
 
@@ -71,14 +79,7 @@ class HostConfig:
             return raw[name]
 
         def integer(name, lo, hi):
-            value = get(name)
-            text = str(value).strip()
-            if not re.fullmatch(r"-?[0-9]{1,10}", text):
-                raise ConfigError(f"{name}: {_show(value)} is not an integer")
-            number = int(text)
-            if not lo <= number <= hi:
-                raise ConfigError(f"{name}: {number} is outside {lo}-{hi}")
-            return number
+            return parse_int(get(name), name, lo, hi)
 
         if bgp.mode(raw) == "bgp":
             raise ConfigError(

@@ -46,6 +46,17 @@ def parse_cidr(value, what: str) -> netaddr.IPNetwork:
     return net
 
 
+def parse_int(value, what: str, lo: int, hi: int) -> int:
+    """A whole number within lo-hi, from an option's text or number."""
+    text = str(value).strip()
+    if not re.fullmatch(r"-?[0-9]{1,10}", text):
+        raise ConfigError(f"{what}: {_show(value)} is not an integer")
+    number = int(text)
+    if not lo <= number <= hi:
+        raise ConfigError(f"{what}: {number} is outside {lo}-{hi}")
+    return number
+
+
 def parse_mac(value, what: str, error=ConfigError) -> netaddr.EUI:
     text = str(value).strip()
     try:
