@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 
 import netaddr
@@ -20,7 +19,8 @@ import pytest
 
 from ovsnat.compile.frr_conf import render
 from ovsnat.core.effects import Routes
-from ovsnat.lab.frr import FrrNode, TorPeer, tor_conf
+from ovsnat.lab import frr, sh
+from ovsnat.lab.frr import FrrNode, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.sh import wait_for
 from ovsnat.model import bgp
 from ovsnat.runtime import routes
@@ -55,8 +55,7 @@ def ip(ns: str, *args: str) -> None:
 @pytest.fixture(scope="module")
 def fabric():
     lab = secrets.token_hex(3)
-    base = tempfile.mkdtemp(prefix=f"ovsnat-{lab}-frr-")  # frr (the daemons' user) reads it
-    os.chmod(base, 0o755)
+    base = make_rundir(lab)
     names = {role: f"ovsnat-{lab}-{role}" for role in (*HOSTS, *TORS)}
     nodes: dict[str, FrrNode] = {}
     try:
@@ -192,3 +191,24 @@ def test_a_moved_route_wins_at_once_and_the_host_it_left_stops_by_itself(fabric)
     )
     assert best(nodes["ta"], FIP)["nexthops"][0]["ip"] == "10.254.2.1"
     print(f"\nMOVED route written -> both ToRs' best path on the destination: {moved:.3f} s")
+
+
+def test_frr_left_in_a_deleted_namespace_is_stopped_and_a_live_labs_is_not():
+    lab = secrets.token_hex(3)
+    base = make_rundir(lab)
+    names = [f"ovsnat-{lab}-x{i}" for i in range(2)]
+    nodes = [FrrNode(ns, os.path.join(base, ns[-2:])) for ns in names]
+    try:
+        for node in nodes:
+            subprocess.run(["ip", "netns", "add", node.ns], check=True, timeout=30)
+            node.start()
+        pids = [[node._pid(d) for d in ("zebra", "bfdd", "bgpd")] for node in nodes]
+        subprocess.run(["ip", "netns", "del", names[0]], check=True, timeout=30)
+        stopped = frr.stop_orphans()
+        assert len(stopped) == 3 and not any(sh.pid_alive(p) for p in pids[0]), stopped
+        assert all(sh.pid_alive(p) for p in pids[1])  # its namespace is still there
+    finally:
+        for node in nodes:
+            node.stop()
+            subprocess.run(["ip", "netns", "del", node.ns], check=False, timeout=30)
+        shutil.rmtree(base, ignore_errors=True)

@@ -11,14 +11,56 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
-from ovsnat.lab.sh import kill_pid, run, wait_for
+from ovsnat.lab.sh import kill_pid, pid_cmdline, run, wait_for
 
 DAEMONS = ("zebra", "bfdd", "bgpd")
 FRR_BIN = "/usr/lib/frr"
+NETNS_DIR = "/run/netns"
+RUNDIR = re.compile(r"/ovsnat-[0-9a-f]{6}-frr-[^/ ]+")  # what make_rundir names
+
+
+def make_rundir(lab_id: str) -> str:
+    """A lab's FRR directory: one per lab, readable by the daemons' user (frr)."""
+    path = tempfile.mkdtemp(prefix=f"ovsnat-{lab_id}-frr-")
+    os.chmod(path, 0o755)
+    return path
+
+
+def stop_orphans() -> list[str]:
+    """FRR daemons of a lab whose namespace is gone (a test killed before its teardown, or
+    `ovsnat lab down --all`): a lab's run directory in their command line and a network
+    namespace no longer under /run/netns. Stopped by pid; a live lab's are left alone."""
+    live = {_inode(os.path.join(NETNS_DIR, n)) for n in _listdir(NETNS_DIR)}
+    gone = []
+    for entry in _listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        cmdline = pid_cmdline(int(entry))
+        match = RUNDIR.search(cmdline) if cmdline.startswith(FRR_BIN) else None
+        if match and _inode(f"/proc/{entry}/ns/net") not in live:
+            kill_pid(int(entry), match.group(0))
+            gone.append(f"{cmdline.split()[0]} ({entry})")
+    return gone
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 @dataclass

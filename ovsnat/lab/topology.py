@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+from ovsnat.lab import frr
 from ovsnat.lab.cleanup import kill_recorded as _kill_recorded
 from ovsnat.lab.nodes import (
     BRIDGE,
@@ -287,7 +288,7 @@ def down_all(root: str = STATE_ROOT) -> list[str]:
     for ns in list_lab_namespaces():
         run(["ip", "netns", "del", ns], check=False)
         gone.append(ns)
-    return gone
+    return gone + frr.stop_orphans()  # their namespaces gone: FRR left in them
 
 
 def list_lab_namespaces() -> list[str]:
