@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 
@@ -210,5 +211,64 @@ def test_frr_left_in_a_deleted_namespace_is_stopped_and_a_live_labs_is_not():
     finally:
         for node in nodes:
             node.stop()
-            subprocess.run(["ip", "netns", "del", node.ns], check=False, timeout=30)
+            subprocess.run(["ip", "netns", "del", node.ns], capture_output=True, timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_on(node: FrrNode, peer: str, prefixes: set[str]) -> bool:
+    """Every prefix received from `peer`, none of them stale."""
+    answer = node.show(f"show bgp ipv4 unicast neighbors {peer} routes json").get("routes", {})
+    return set(answer) >= prefixes and not any(
+        path.get("stale") for prefix in prefixes for path in answer.get(prefix, [])
+    )
+
+
+def test_an_frr_restart_on_a_host_keeps_its_routes_on_the_tors_and_refreshes_them(fabric):
+    names, nodes = fabric
+    many = {f"203.0.113.{n}" for n in range(100, 200)}
+    write(names, "h1", add=[(ip, 100) for ip in many])
+    wanted = {f"{ip}/32" for ip in many}
+    wait_for(lambda: fresh_on(nodes["ta"], "10.254.1.1", wanted), 10, what="100 routes on ta")
+    nodes["h1"].stop()
+    # Graceful restart, the ToR a helper: the paths stay (stale) while h1's FRR is away,
+    # so traffic keeps its way in.
+    wait_for(
+        lambda: all(p.get("stale") for p in paths(nodes["ta"], "203.0.113.150")),
+        10,
+        what="h1's paths stale on ta",
+    )
+    assert received(nodes["ta"], "10.254.1.1") >= wanted
+    started = time.monotonic()
+    nodes["h1"].start()  # zebra imports the tables again: nothing written by ovsnat
+    nodes["h1"].configure(render(host_settings(1), "h1"))
+    wait_for(lambda: established(nodes["ta"]) == 2, 10, what="h1 back on ta")
+    up = time.monotonic()
+    wait_for(lambda: fresh_on(nodes["ta"], "10.254.1.1", wanted), 2, what="fresh in 2 s")
+    fresh = time.monotonic()
+    print(f"\nFRR restart: start -> Established {up - started:.2f} s, -> fresh {fresh - up:.2f} s")
+    write(names, "h1", delete=[(ip, 100) for ip in many])
+
+
+def test_a_frozen_tor_leaves_the_default_route_within_a_second_by_bfd(fabric):
+    names, nodes = fabric
+    kernel = routes.Kernel(routes.open_socket(names["h1"]))
+
+    def gateways() -> set[str]:
+        default = next(
+            (r for r in kernel.routes() if r.table == 254 and r.prefix.prefixlen == 0), None
+        )
+        return {str(g) for g in default.gateways} if default else set()
+
+    both = {"10.254.1.0", "10.254.1.2"}
+    wait_for(lambda: gateways() == both, 10, what="both ToRs in h1's default")
+    frozen = [nodes["ta"]._pid(d) for d in ("bgpd", "bfdd")]
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_for(lambda: gateways() == {"10.254.1.2"}, 1.0, what="ta gone from the default")
+        print(f"\nfrozen ToR out of h1's default route after {time.monotonic() - t0:.2f} s")
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: gateways() == both, 30, what="ta back in h1's default")

@@ -154,6 +154,7 @@ def tor_conf(
     announce: list[str],
     community_asn: int = 64999,
     max_prefix: int = 1010,
+    bfd_interval: int = 200,
 ) -> str:
     """A ToR's side of docs/bgp.md section 1: from each host only /32s inside the announced
     ranges, the MOVED community mapped to local preference 200, a default route sent,
@@ -173,6 +174,14 @@ def tor_conf(
         "exit",
         "route-map TO-HOST permit 10",
         "exit",
+        # The hosts' BFD timers on this side too: a session's detection time is the other
+        # side's multiplier times the slower of the two sides' intervals.
+        "bfd",
+        " profile hosts",
+        f"  transmit-interval {bfd_interval}",
+        f"  receive-interval {bfd_interval}",
+        " exit",
+        "exit",
         f"router bgp {asn}",
         f" bgp router-id {router_id}",
         " no bgp default ipv4-unicast",
@@ -180,7 +189,7 @@ def tor_conf(
     for host in hosts:
         lines += [
             f" neighbor {host.address} remote-as {host.asn}",
-            f" neighbor {host.address} bfd",
+            f" neighbor {host.address} bfd profile hosts",
             f" neighbor {host.address} graceful-restart-helper",
             f" neighbor {host.address} advertisement-interval 0",
         ]
