@@ -8,6 +8,7 @@ route arrives over both links and the other host's /32s are seen (the echoes).""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -272,3 +273,19 @@ def test_a_frozen_tor_leaves_the_default_route_within_a_second_by_bfd(fabric):
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
     wait_for(lambda: gateways() == both, 30, what="ta back in h1's default")
+
+
+def test_a_host_past_its_cap_sends_at_most_the_cap_and_the_session_stays_up(fabric):
+    names, nodes = fabric
+    capped = dataclasses.replace(host_settings(1), max_routes=50)  # maximum-prefix-out
+    nodes["h1"].configure(render(capped, "h1"))
+    many = [f"203.0.113.{n}" for n in range(100, 160)]
+    try:
+        write(names, "h1", add=[(ip, 100) for ip in many])
+        count = lambda: len(received(nodes["ta"], "10.254.1.1"))  # noqa: E731
+        wait_for(lambda: count() == 50, 10, what="50 of h1's 60 routes on ta")
+        time.sleep(0.5)  # nothing more follows, and the session is up
+        assert count() == 50 and established(nodes["ta"]) == 2
+    finally:
+        write(names, "h1", delete=[(ip, 100) for ip in many])
+        nodes["h1"].configure(render(host_settings(1), "h1"))
