@@ -16,137 +16,53 @@ import signal
 import subprocess
 import time
 
-import netaddr
 import pytest
 
 from ovsnat.compile.frr_conf import render
-from ovsnat.core.effects import Routes
 from ovsnat.lab import frr, sh
-from ovsnat.lab.frr import FrrNode, TorPeer, make_rundir, tor_conf
+from ovsnat.lab.bgpfabric import TORS, BgpFabric, host_settings
+from ovsnat.lab.frr import FrrNode, make_rundir
 from ovsnat.lab.sh import wait_for
-from ovsnat.model import bgp
 from ovsnat.runtime import routes
-from ovsnat.runtime.route_writer import RouteWriter
 
 pytestmark = pytest.mark.lab
 
-EXTERNAL = netaddr.IPNetwork("203.0.113.0/24")
-TORS = {"ta": (4200000001, 0), "tb": (4200000002, 2)}  # ASN, the ToR's address offset
-HOSTS = {"h1": 1, "h2": 2}
 SNAT = {"h1": "203.0.113.11", "h2": "203.0.113.12"}
 FIP = "203.0.113.61"
 
 
-def host_settings(n: int) -> bgp.BgpSettings:
-    return bgp.parse(
-        {
-            "external_mode": "bgp",
-            "bgp_asn": str(4200100000 + n),
-            "bgp_uplinks": "up0,up1",
-            "bgp_kernel_ports": "bgp0,bgp1",
-            "bgp_links": f"10.254.{n}.1/31,10.254.{n}.3/31",
-        },
-        EXTERNAL,
-    )
-
-
-def ip(ns: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def fabric():
-    lab = secrets.token_hex(3)
-    base = make_rundir(lab)
-    names = {role: f"ovsnat-{lab}-{role}" for role in (*HOSTS, *TORS)}
-    nodes: dict[str, FrrNode] = {}
+    fabric = BgpFabric().up()
     try:
-        for ns in names.values():
-            subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
-            ip(ns, "link", "set", "lo", "up")
-        for host, n in HOSTS.items():
-            for k, (tor, (_asn, offset)) in enumerate(TORS.items()):
-                dev = f"bgp{k}"
-                subprocess.run(
-                    ["ip", "link", "add", dev, "netns", names[host], "type", "veth", "peer",
-                     "name", host, "netns", names[tor]],
-                    check=True, timeout=30,
-                )  # fmt: skip
-                ip(names[host], "addr", "add", f"10.254.{n}.{offset + 1}/31", "dev", dev)
-                ip(names[tor], "addr", "add", f"10.254.{n}.{offset}/31", "dev", host)
-                ip(names[host], "link", "set", dev, "up")
-                ip(names[tor], "link", "set", host, "up")
-        for role, ns in names.items():
-            nodes[role] = FrrNode(ns, os.path.join(base, role))
-            nodes[role].start()
-        for host, n in HOSTS.items():
-            nodes[host].configure(render(host_settings(n), host))
-        for tor, (asn, offset) in TORS.items():
-            peers = [TorPeer(f"10.254.{n}.{offset + 1}", 4200100000 + n) for n in HOSTS.values()]
-            nodes[tor].configure(
-                tor_conf(tor, asn, f"10.255.0.{offset + 1}", peers, [str(EXTERNAL)])
-            )
-        for tor in TORS:
-            wait_for(
-                lambda t=tor: established(nodes[t]) == len(HOSTS),
-                30,
-                what=f"{tor}'s sessions with both hosts",
-            )
-        yield names, nodes
+        yield fabric
     finally:
-        for node in nodes.values():
-            node.stop()
-        for ns in names.values():
-            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
+        fabric.down()
 
 
-def established(node: FrrNode) -> int:
-    peers = node.show("show bgp ipv4 unicast summary json").get("peers", {})
-    return sum(1 for p in peers.values() if p.get("state") == "Established")
-
-
-def paths(node: FrrNode, prefix: str) -> list[dict]:
-    return node.show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
-
-
-def best(node: FrrNode, prefix: str) -> dict | None:
-    return next((p for p in paths(node, prefix) if p.get("bestpath", {}).get("overall")), None)
-
-
-def write(names, host: str, add=(), delete=()) -> None:
-    key = lambda pair: (netaddr.IPNetwork(f"{pair[0]}/32"), pair[1])  # noqa: E731
-    done = RouteWriter(lambda _: None, names[host]).apply(
-        Routes(tuple(map(key, add)), tuple(map(key, delete)))
-    )
-    assert done.failed == (), done
-
-
-def received(node: FrrNode, peer: str) -> set[str]:
-    answer = node.show(f"show bgp ipv4 unicast neighbors {peer} routes json")
-    return set(answer.get("routes", {}))
+def received(fabric: BgpFabric, node: str, peer: str) -> set[str]:
+    return set(fabric.received(node, peer))
 
 
 def test_each_host_announces_exactly_what_it_holds_with_its_state(fabric):
-    names, nodes = fabric
-    write(names, "h1", add=[(SNAT["h1"], 100), (FIP, 100), ("10.9.9.9", 100)])
-    write(names, "h2", add=[(SNAT["h2"], 100)])
+    fabric.write("h1", add=[(SNAT["h1"], 100), (FIP, 100), ("10.9.9.9", 100)])
+    fabric.write("h2", add=[(SNAT["h2"], 100)])
     for tor, (_asn, offset) in TORS.items():
         h1, h2 = f"10.254.1.{offset + 1}", f"10.254.2.{offset + 1}"
-        wait_for(lambda t=tor, a=h1: len(received(nodes[t], a)) == 2, 10, what=f"{tor} from h1")
+        wait_for(lambda t=tor, a=h1: len(received(fabric, t, a)) == 2, 10, what=f"{tor} from h1")
         # Exactly the SNAT address and the live FIP: 10.9.9.9 (outside bgp_announce) is
         # not exported, and nothing h1 learned from the other ToR comes back (not transit).
-        assert received(nodes[tor], h1) == {f"{SNAT['h1']}/32", f"{FIP}/32"}
-        wait_for(lambda t=tor, a=h2: received(nodes[t], a) == {f"{SNAT['h2']}/32"}, 10,
+        assert received(fabric, tor, h1) == {f"{SNAT['h1']}/32", f"{FIP}/32"}
+        wait_for(lambda t=tor, a=h2: received(fabric, t, a) == {f"{SNAT['h2']}/32"}, 10,
                  what=f"{tor} from h2")  # fmt: skip
-        path = best(nodes[tor], FIP)
+        path = fabric.best(tor, FIP)
         assert path["nexthops"][0]["ip"] == h1 and path["community"]["list"] == ["64999:100"]
-        assert len(paths(nodes[tor], FIP)) == 1  # h2 passes on nothing of h1's
+        assert len(fabric.paths(tor, FIP)) == 1  # h2 passes on nothing of h1's
 
 
 def test_the_default_route_comes_over_both_links_and_the_echoes_are_seen(fabric):
-    names, nodes = fabric
-    write(names, "h1", add=[(FIP, 100)])
+    names = fabric.names
+    fabric.write("h1", add=[(FIP, 100)])
     kernel = routes.Kernel(routes.open_socket(names["h2"]))
 
     def main_table() -> dict[str, routes.rt.Route]:
@@ -165,33 +81,32 @@ def test_the_default_route_comes_over_both_links_and_the_echoes_are_seen(fabric)
 
 
 def test_a_moved_route_wins_at_once_and_the_host_it_left_stops_by_itself(fabric):
-    names, nodes = fabric
-    write(names, "h1", add=[(FIP, 100)])
-    wait_for(lambda: best(nodes["ta"], FIP) is not None, 10, what="h1's FIP on ta")
+    fabric.write("h1", add=[(FIP, 100)])
+    wait_for(lambda: fabric.best("ta", FIP) is not None, 10, what="h1's FIP on ta")
     t0 = time.monotonic()
-    write(names, "h2", add=[(FIP, 101)])  # the migration's destination: MOVED
+    fabric.write("h2", add=[(FIP, 101)])  # the migration's destination: MOVED
     for tor, (_asn, offset) in TORS.items():
         h2 = f"10.254.2.{offset + 1}"
         wait_for(
-            lambda t=tor, a=h2: (best(nodes[t], FIP) or {}).get("nexthops", [{}])[0].get("ip") == a,
+            lambda t=tor, a=h2: (fabric.best(t, FIP) or {}).get("nexthops", [{}])[0].get("ip") == a,
             5,
             what=f"{tor}'s best path for the FIP moved to h2",
         )
     moved = time.monotonic() - t0
     # h1 still has its route in its table, but prefers the MOVED echo (local preference
     # 150 over its own path at weight 0) and withdraws: only h2's path is left.
-    wait_for(lambda: len(paths(nodes["ta"], FIP)) == 1, 5, what="h1's path withdrawn")
-    assert best(nodes["ta"], FIP)["community"]["list"] == ["64999:200"]
-    assert best(nodes["ta"], FIP)["locPrf"] == 200
+    wait_for(lambda: len(fabric.paths("ta", FIP)) == 1, 5, what="h1's path withdrawn")
+    assert fabric.best("ta", FIP)["community"]["list"] == ["64999:200"]
+    assert fabric.best("ta", FIP)["locPrf"] == 200
     # h1 lets go; after the hold h2 turns LIVE: added before deleted, the best path stays.
-    write(names, "h1", delete=[(FIP, 100)])
-    write(names, "h2", add=[(FIP, 100)], delete=[(FIP, 101)])
+    fabric.write("h1", delete=[(FIP, 100)])
+    fabric.write("h2", add=[(FIP, 100)], delete=[(FIP, 101)])
     wait_for(
-        lambda: (best(nodes["ta"], FIP) or {}).get("community", {}).get("list") == ["64999:100"],
+        lambda: (fabric.best("ta", FIP) or {}).get("community", {}).get("list") == ["64999:100"],
         5,
         what="h2's route LIVE on ta",
     )
-    assert best(nodes["ta"], FIP)["nexthops"][0]["ip"] == "10.254.2.1"
+    assert fabric.best("ta", FIP)["nexthops"][0]["ip"] == "10.254.2.1"
     print(f"\nMOVED route written -> both ToRs' best path on the destination: {moved:.3f} s")
 
 
@@ -216,42 +131,42 @@ def test_frr_left_in_a_deleted_namespace_is_stopped_and_a_live_labs_is_not():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def fresh_on(node: FrrNode, peer: str, prefixes: set[str]) -> bool:
+def fresh_on(fabric: BgpFabric, node: str, peer: str, prefixes: set[str]) -> bool:
     """Every prefix received from `peer`, none of them stale."""
-    answer = node.show(f"show bgp ipv4 unicast neighbors {peer} routes json").get("routes", {})
+    answer = fabric.received(node, peer)
     return set(answer) >= prefixes and not any(
         path.get("stale") for prefix in prefixes for path in answer.get(prefix, [])
     )
 
 
 def test_an_frr_restart_on_a_host_keeps_its_routes_on_the_tors_and_refreshes_them(fabric):
-    names, nodes = fabric
+    nodes = fabric.nodes
     many = {f"203.0.113.{n}" for n in range(100, 200)}
-    write(names, "h1", add=[(ip, 100) for ip in many])
+    fabric.write("h1", add=[(ip, 100) for ip in many])
     wanted = {f"{ip}/32" for ip in many}
-    wait_for(lambda: fresh_on(nodes["ta"], "10.254.1.1", wanted), 10, what="100 routes on ta")
+    wait_for(lambda: fresh_on(fabric, "ta", "10.254.1.1", wanted), 10, what="100 routes on ta")
     nodes["h1"].stop()
     # Graceful restart, the ToR a helper: the paths stay (stale) while h1's FRR is away,
     # so traffic keeps its way in.
     wait_for(
-        lambda: all(p.get("stale") for p in paths(nodes["ta"], "203.0.113.150")),
+        lambda: all(p.get("stale") for p in fabric.paths("ta", "203.0.113.150")),
         10,
         what="h1's paths stale on ta",
     )
-    assert received(nodes["ta"], "10.254.1.1") >= wanted
+    assert received(fabric, "ta", "10.254.1.1") >= wanted
     started = time.monotonic()
     nodes["h1"].start()  # zebra imports the tables again: nothing written by ovsnat
     nodes["h1"].configure(render(host_settings(1), "h1"))
-    wait_for(lambda: established(nodes["ta"]) == 2, 10, what="h1 back on ta")
+    wait_for(lambda: fabric.established("ta") == 2, 10, what="h1 back on ta")
     up = time.monotonic()
-    wait_for(lambda: fresh_on(nodes["ta"], "10.254.1.1", wanted), 2, what="fresh in 2 s")
+    wait_for(lambda: fresh_on(fabric, "ta", "10.254.1.1", wanted), 2, what="fresh in 2 s")
     fresh = time.monotonic()
     print(f"\nFRR restart: start -> Established {up - started:.2f} s, -> fresh {fresh - up:.2f} s")
-    write(names, "h1", delete=[(ip, 100) for ip in many])
+    fabric.write("h1", delete=[(ip, 100) for ip in many])
 
 
 def test_a_frozen_tor_leaves_the_default_route_within_a_second_by_bfd(fabric):
-    names, nodes = fabric
+    names, nodes = fabric.names, fabric.nodes
     kernel = routes.Kernel(routes.open_socket(names["h1"]))
 
     def gateways() -> set[str]:
@@ -276,16 +191,16 @@ def test_a_frozen_tor_leaves_the_default_route_within_a_second_by_bfd(fabric):
 
 
 def test_a_host_past_its_cap_sends_at_most_the_cap_and_the_session_stays_up(fabric):
-    names, nodes = fabric
+    nodes = fabric.nodes
     capped = dataclasses.replace(host_settings(1), max_routes=50)  # maximum-prefix-out
     nodes["h1"].configure(render(capped, "h1"))
     many = [f"203.0.113.{n}" for n in range(100, 160)]
     try:
-        write(names, "h1", add=[(ip, 100) for ip in many])
-        count = lambda: len(received(nodes["ta"], "10.254.1.1"))  # noqa: E731
+        fabric.write("h1", add=[(ip, 100) for ip in many])
+        count = lambda: len(received(fabric, "ta", "10.254.1.1"))  # noqa: E731
         wait_for(lambda: count() == 50, 10, what="50 of h1's 60 routes on ta")
         time.sleep(0.5)  # nothing more follows, and the session is up
-        assert count() == 50 and established(nodes["ta"]) == 2
+        assert count() == 50 and fabric.established("ta") == 2
     finally:
-        write(names, "h1", delete=[(ip, 100) for ip in many])
+        fabric.write("h1", delete=[(ip, 100) for ip in many])
         nodes["h1"].configure(render(host_settings(1), "h1"))
