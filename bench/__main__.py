@@ -14,6 +14,9 @@ bench/results.json. Needs root, like the lab.
     python -m bench --only metadata          the metadata proxy (issue 29): latency against
                                              Nova's metadata API on the OpenStack lab, memory
                                              at 1,000 VMs against 10 (about 3 minutes)
+    python -m bench --only bgp               bgp mode's control plane with real FRR (issue
+                                             30): a route to the ToR, 1,000 FIPs at once,
+                                             a migration's next hop (about 2 minutes)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import time
 
 from bench import (
+    bgp,
     cold,
     connlimit,
     datapath,
@@ -57,6 +61,7 @@ ALL = (
     "sgcold",
     "sgdatapath",
     "metadata",
+    "bgp",
 )
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -129,6 +134,8 @@ def parse_args(argv):
         help="metadata: VM ports of the proxy's big host, on a tenth as many networks (1000)",
     )
     p.add_argument("--metadata-rounds", type=int, help="metadata: memory rounds per host (2)")
+    p.add_argument("--bgp-rounds", type=int, help="bgp: routes announced one at a time (100)")
+    p.add_argument("--bgp-fips", type=int, help="bgp: FIPs plugged at once (1000)")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
     a = p.parse_args(argv)
     quick = a.quick
@@ -142,6 +149,8 @@ def parse_args(argv):
     a.sg_rounds = a.sg_rounds or (1 if quick else 3)
     a.metadata_requests = a.metadata_requests or (50 if quick else 300)
     a.metadata_rounds = a.metadata_rounds or (1 if quick else 2)
+    a.bgp_rounds = a.bgp_rounds or (20 if quick else 100)
+    a.bgp_fips = a.bgp_fips or (200 if quick else 1000)
     a.sg_profiles = [int(x) for x in a.sg_profiles.split(",") if x.strip()]
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
     a.port_types = [t.strip() for t in a.port_types.split(",") if t.strip()]
@@ -307,6 +316,9 @@ def main(argv=None) -> int:
             "metadata latency", metadata.latency, a.metadata_requests
         )
         results += res
+    if "bgp" in a.only:
+        results += timed("bgp announce", bgp.announce, a.bgp_rounds)
+        results += timed("bgp bulk", bgp.bulk, a.bgp_fips)
 
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()

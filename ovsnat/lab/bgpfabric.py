@@ -28,7 +28,7 @@ TORS = {"ta": (4200000001, 0), "tb": (4200000002, 2)}  # ASN, the ToR's address 
 HOST_ASN = 4200100000  # + the host's number
 
 
-def host_settings(n: int, **options: str) -> bgp.BgpSettings:
+def host_settings(n: int, external=EXTERNAL, **options: str) -> bgp.BgpSettings:
     """Host n's bgp_* options: links 10.254.n.1/31 (to ta) and 10.254.n.3/31 (to tb)."""
     return bgp.parse(
         {
@@ -39,7 +39,7 @@ def host_settings(n: int, **options: str) -> bgp.BgpSettings:
             "bgp_links": f"10.254.{n}.1/31,10.254.{n}.3/31",
             **options,
         },
-        EXTERNAL,
+        netaddr.IPNetwork(external),
     )
 
 
@@ -52,6 +52,7 @@ def link_address(host: int, tor: str, side: str) -> str:
 @dataclass
 class BgpFabric:
     hosts: int = 2
+    external: str = str(EXTERNAL)  # what the hosts announce /32s of (bgp_announce)
     lab_id: str = field(default_factory=lambda: secrets.token_hex(3))
     nodes: dict[str, FrrNode] = field(default_factory=dict)
     rundir: str = ""
@@ -69,13 +70,13 @@ class BgpFabric:
                 self.nodes[role] = FrrNode(ns, os.path.join(self.rundir, role))
                 self.nodes[role].start()
             for n in range(1, self.hosts + 1):
-                self.nodes[f"h{n}"].configure(render(host_settings(n), f"h{n}"))
+                self.nodes[f"h{n}"].configure(render(host_settings(n, self.external), f"h{n}"))
             for tor, (asn, offset) in TORS.items():
                 peers = [
                     TorPeer(link_address(n, tor, "host"), HOST_ASN + n)
                     for n in range(1, self.hosts + 1)
                 ]
-                conf = tor_conf(tor, asn, f"10.255.0.{offset + 1}", peers, [str(EXTERNAL)])
+                conf = tor_conf(tor, asn, f"10.255.0.{offset + 1}", peers, [self.external])
                 self.nodes[tor].configure(conf)
             for tor in TORS:
                 wait_for(
