@@ -22,6 +22,7 @@ from ovsnat.lab import scenario
 from ovsnat.lab.openstack import config, metaproxy, servers
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.traffic import http_get
 from tests.openstack_lab import unique
 
 __all__ = [
@@ -40,12 +41,7 @@ USER_DATA = f"{URL}/openstack/latest/user_data"
 
 def fetch(ns: str, url: str, timeout: float = 5, source: str = "") -> tuple[int, str]:
     """curl in a guest: (HTTP status, body); status 0 when no answer came."""
-    argv = ["curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}", url]
-    if source:
-        argv[1:1] = ["--interface", source]
-    out = run(["ip", "netns", "exec", ns, *argv], check=False, timeout=timeout + 5).stdout
-    body, _, code = out.rpartition("\n")
-    return (int(code) if code.isdigit() else 0), body
+    return http_get(ns, url, timeout, source)
 
 
 def fetched(ns: str, url: str, timeout: float = 20) -> str:

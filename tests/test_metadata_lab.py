@@ -20,6 +20,8 @@ import pytest
 
 from ovsnat.lab import scenario
 from ovsnat.lab.sh import run, wait_for
+from ovsnat.lab.traffic import http_get
+from ovsnat.metadata.counters import read as read_counters
 from ovsnat.model.metadata import METADATA_IP
 from tests.test_controller import SNAT, vm_ids
 
@@ -72,19 +74,11 @@ def meta(module_lab, tmp_path_factory):
 
 
 def curl(lab, vm: str, source: str = "", timeout: float = 5) -> tuple[int, str]:
-    argv = ["curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}", URL]
-    if source:
-        argv[1:1] = ["--interface", source]
-    out = run(argv, ns=lab.vms[vm].ns, check=False, timeout=timeout + 5).stdout
-    body, _, code = out.rpartition("\n")
-    return (int(code) if code.isdigit() else 0), body
+    return http_get(lab.vms[vm].ns, URL, timeout, source)
 
 
 def counters(lab) -> dict:
-    try:
-        return json.loads(lab.status_path.read_text()).get("counters", {})
-    except (OSError, ValueError):
-        return {}
+    return read_counters(lab.status_path)
 
 
 def test_a_vms_request_crosses_the_flows_to_the_proxy_which_refuses_a_port_without_instance(

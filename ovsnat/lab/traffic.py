@@ -52,6 +52,17 @@ def ping(
     return PingResult(int(m.group(1)), int(m.group(2)), proc.stdout + proc.stderr)
 
 
+def http_get(ns: str, url: str, timeout: float = 5, source: str = "") -> tuple[int, str]:
+    """curl inside `ns` (from `source` when given): (HTTP status, body); status 0 when no
+    answer came."""
+    argv = ["curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}", url]
+    if source:
+        argv[1:1] = ["--interface", source]
+    out = run(argv, ns=ns, check=False, timeout=timeout + 5).stdout
+    body, _, code = out.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
 def _peer(ns: str, python: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return run([python, "-m", "ovsnat.lab.peer", *args], ns=ns, check=False, timeout=timeout)
 

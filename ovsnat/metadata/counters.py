@@ -72,3 +72,13 @@ class StatusFile:
             f.write("\n")
         os.replace(tmp, self.path)
         self._written_at = now
+
+
+def read(path) -> dict[str, int]:
+    """The counters a proxy's status file holds; {} before its first write (or while it
+    cannot be read): what the lab and its tests watch."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("counters", {})
+    except (OSError, ValueError):
+        return {}

@@ -10,7 +10,6 @@ the host's Open vSwitch is: on a real hypervisor both are the root namespace.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -18,6 +17,7 @@ from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.virt.guest import host_namespace
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE
+from ovsnat.metadata.counters import read as read_counters
 from ovsnat.model.metadata import encode
 
 PORT = "ovsnat-meta"  # the bridge end: the controller's metadata_port
@@ -87,10 +87,5 @@ def encoded(stack, host: str, tap: str):
 
 
 def counters(stack, host: str) -> dict:
-    """The proxy's counters (its status file, rewritten every second), {} before its first
-    write."""
-    try:
-        with open(status_path(stack, host)) as f:
-            return json.load(f).get("counters", {})
-    except (OSError, ValueError):
-        return {}
+    """The proxy's counters (its status file, rewritten every second)."""
+    return read_counters(status_path(stack, host))
