@@ -4,6 +4,9 @@ metrics, and detection of another host claiming one of our FIPs."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -316,3 +319,21 @@ def test_another_host_claiming_our_snat_ip_is_detected(live):
         in scenario.controller_log(live, "hv1")[offset:]
     )
     assert tcp_connect(live, live.vms["vm2"].ns, SERVER_IP, 8080).peer_ip == SNAT
+
+
+def test_a_host_without_its_uplink_is_one_line_that_says_so(live, tmp_path):
+    """The tools resolve a host as the controller does (its own code): a config whose
+    uplink is not on the bridge gets the controller's line, and no view."""
+    h = live.hosts["hv1"]
+    conf = tmp_path / "ovsnat.conf"
+    with open(os.path.join(h.rundir, "ovsnat.conf")) as f:
+        conf.write_text(re.sub(r"(?m)^uplink_port = .*$", "uplink_port = nosuch", f.read()))
+    assert "uplink_port = nosuch" in conf.read_text()
+    done = subprocess.run(
+        [sys.executable, "-m", "ovsnat.cli", "diff", "--config", str(conf)],
+        capture_output=True, text=True, env=dict(os.environ, **h.ovs.env), timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.startswith("ovsnat diff: uplink port nosuch is not on bridge br-int")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert scenario.cli(live, "hv1", "diff").returncode == 0  # positive control

@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import netaddr
 
@@ -23,8 +23,9 @@ from ovsnat.compile.flows import COOKIE_HOST, COOKIE_VM, cookie_kind, cookie_own
 from ovsnat.compile.pipeline import INGRESS
 from ovsnat.compile.tables import BY_ID
 from ovsnat.core.state import HostState
-from ovsnat.model import HostConfig, VmPort, port_from_row, routing, with_gateway_mac
+from ovsnat.model import HostConfig, VmPort, port_from_row, routing
 from ovsnat.model.externals import parse_externals, served_ids
+from ovsnat.model.hostconfig import Settings
 from ovsnat.model.options import read_ini
 from ovsnat.model.secgroups import parse_bridge
 from ovsnat.ovsdb import Watcher
@@ -125,42 +126,32 @@ class View:
 
 
 def load_view(conf_path: str) -> View:
+    """The host as the controller sees it: its config resolved from OVSDB by the
+    controller's own code (ovsnat.model.hostconfig), the gateway MACs it learned read back
+    from its installed flows."""
     options = read_ini(conf_path)
     snap = Watcher(options["ovsdb_connection"], options["bridge"], lambda b: None).snapshot_once()
-    uplink = snap.rows.get(options["uplink_port"])
-    if uplink is None or not uplink.ofport or uplink.ofport < 1:
-        raise InspectError(
-            f"uplink port {options['uplink_port']} is not on bridge {options['bridge']}"
-        )
-    snat = snap.bridge_ids.get("ovsnat-snat-ip") or options.get("snat_ip")
-    cfg = HostConfig.parse(
-        {
-            **options,
-            "uplink_ofport": uplink.ofport,
-            "snat_ip": snat,
-            "fabric_ofport": _ofport(snap, options.get("fabric_port")),
-            "metadata_ofport": _ofport(snap, options.get("metadata_port")),
-        }
+    base = HostConfig.parse(options)
+    installed = dump_flows(base.bridge)
+    settings = Settings(base, log=False)
+    cfg = settings.resolve(
+        snap.rows,
+        snap.bridge_ids,
+        base.external_gateway_mac or _installed_gateway_mac(installed),
+        None,
+        _ext_macs(base, snap.bridge_ids, installed),
     )
-    installed = dump_flows(cfg.bridge)
-    if cfg.learn_gateway_mac:
-        cfg = with_gateway_mac(cfg, _installed_gateway_mac(installed))
-    cfg = replace(cfg, externals=_externals(cfg, snap.bridge_ids, installed))
+    if cfg is None:
+        raise InspectError("; ".join(settings.waiting_for()) or "no host config")
     host = HostState(cfg)
     host.set_security(parse_bridge(snap.bridge_ids))
     served = served_ids(snap.bridge_ids, cfg.externals)
     host.set_routing(routing.parse_bridge(snap.bridge_ids, served))
     for name, row in sorted(snap.rows.items()):
-        if name not in (cfg.uplink_port, cfg.fabric_port, cfg.metadata_port):
+        if name not in settings.infra():
             host.update(name, port_from_row(name, row.ofport, row.external_ids, row.link_state))
     host.adopt_installed({(f.table, f.cookie) for f in installed})
     return View(cfg, host, snap.rows, installed, read_status(options))
-
-
-def _ofport(snap, name: str | None) -> int:
-    """An optional port's ofport, 0 while it is not on the bridge (as the controller)."""
-    row = snap.rows.get(name or "")
-    return row.ofport if row and row.ofport and row.ofport > 0 else 0
 
 
 def _installed_gateway_mac(installed: list[Installed]):
@@ -171,26 +162,20 @@ def _installed_gateway_mac(installed: list[Installed]):
     return None
 
 
-def _externals(cfg: HostConfig, bridge_ids: dict, installed: list[Installed]) -> tuple:
-    """The bridge's external networks, each tagged one with the gateway MAC its flows use
-    (what the controller learned, as for the untagged gateway above)."""
-    out = []
+def _ext_macs(cfg: HostConfig, bridge_ids: dict, installed: list[Installed]) -> dict:
+    """The tagged external networks' gateway MACs their flows use, by (VLAN, gateway), as
+    the controller keeps what it learned (the untagged gateway's: above)."""
+    macs = {}
+    pattern = r"set_field:([0-9a-f:]{17})->eth_dst,push_vlan"
     for ext in parse_externals(bridge_ids, cfg)[0]:
-        if ext.vlan is not None:
-            pattern = r"set_field:([0-9a-f:]{17})->eth_dst,push_vlan"
-            mac = next(
-                (
-                    netaddr.EUI(m.group(1))
-                    for f in installed
-                    if f.table == INGRESS and is_ours(f.cookie) and f"nw_src={ext.cidr}" in f.text
-                    for m in [re.search(pattern, f.actions)]
-                    if m
-                ),
-                None,
-            )
-            ext = replace(ext, gateway_mac=mac)
-        out.append(ext)
-    return tuple(out)
+        if ext.vlan is None:
+            continue
+        for f in installed:
+            m = re.search(pattern, f.actions)
+            if m and f.table == INGRESS and is_ours(f.cookie) and f"nw_src={ext.cidr}" in f.text:
+                macs[(ext.vlan, str(ext.gateway))] = netaddr.EUI(m.group(1))
+                break
+    return macs
 
 
 def read_status(options: dict) -> dict:

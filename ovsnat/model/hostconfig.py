@@ -20,9 +20,10 @@ SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
 
 
 class Settings:
-    def __init__(self, base: HostConfig):
-        self.base = base
+    def __init__(self, base: HostConfig, log: bool = True):
+        self.base, self.log = base, log  # log False: the caller says it (the tools)
         self.warned: set[str] = set()
+        self.said: dict[str, str] = {}  # key -> its message, as last logged
 
     def infra(self) -> set[str]:
         """The bridge's own ports: not VMs."""
@@ -105,7 +106,13 @@ class Settings:
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
             self.warned.add(key)
-            LOG.error("ovsnat: %s", message)
+            if self.log:
+                LOG.error("ovsnat: %s", message)
+        self.said[key] = message
+
+    def waiting_for(self) -> list[str]:
+        """What the last resolve waited for (the uplink, a SNAT IP), as it was logged."""
+        return [self.said[key] for key in ("uplink", "snat") if key in self.warned]
 
 
 class RejectionLog:
