@@ -36,6 +36,21 @@ if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 
+# cloud-init's own metadata reader, which the metadata tests run inside guests: Debian's
+# package unpacked under .cache, never installed (installed, it would configure this
+# machine at its next boot).
+cloud_init=$here/.cache/cloud-init
+if [ ! -f "$cloud_init/cloudinit/__init__.py" ]; then
+    say "unpacking Debian's cloud-init into $cloud_init"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq cloud-init 2>/dev/null \
+        || { apt-get update -qq && apt-get download -qq cloud-init; }; } \
+        && dpkg -x cloud-init_*.deb unpacked)
+    mkdir -p "$cloud_init"
+    cp -r "$tmp/unpacked/usr/lib/python3/dist-packages/cloudinit" "$cloud_init/"
+    rm -rf "$tmp"
+fi
+
 # Re-run pip only when the dependency declarations changed (or the venv is new).
 stamp=$venv/.ovsnat-install-stamp
 want=$(cat "$here/setup.cfg" "$here/constraints.txt" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 from ovsnat.lab import scenario
@@ -23,10 +24,12 @@ from ovsnat.lab.openstack import config, metaproxy, servers
 from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.traffic import http_get
+from ovsnat.metadata.limits import DEFAULT_BURST, DEFAULT_RATE
 from tests.openstack_lab import unique
 
 __all__ = [
     "test_a_server_reads_its_own_uuid_key_and_user_data_on_either_host_and_after_migration",
+    "test_cloud_inits_own_reader_gets_everything_at_boot_speed_without_a_refusal",
     "test_two_servers_with_one_fixed_ip_in_two_networks_each_read_their_own",
     "test_a_spoofed_source_reads_nothing_of_another_server",
     "test_one_guests_flood_leaves_anothers_metadata_prompt",
@@ -37,6 +40,23 @@ URL = "http://169.254.169.254"
 META = f"{URL}/openstack/latest/meta_data.json"
 KEY_PATH = f"{URL}/latest/meta-data/public-keys/0/openssh-key"
 USER_DATA = f"{URL}/openstack/latest/user_data"
+# Debian's cloud-init, unpacked (never installed) by scripts/install.sh.
+CLOUD_INIT = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "cloud-init")
+CLOUD_INIT_READ = """
+import json
+from cloudinit.sources.helpers import openstack
+got = openstack.MetadataReader("http://169.254.169.254", timeout=5, retries=2).read_v2()
+ec2 = got["ec2-metadata"]
+print(json.dumps({
+    "uuid": got["metadata"].get("uuid"),
+    "keys": sorted(got["metadata"].get("public_keys", {}).values()),
+    "user_data": got["userdata"].decode(),
+    "ec2_instance_id": ec2.get("instance-id"),
+    "ec2_keys": ec2.get("public-keys", {}),
+    "ec2_fields": sorted(ec2),
+    "network_data": bool(got.get("networkdata")),
+}))
+"""
 
 
 def fetch(ns: str, url: str, timeout: float = 5, source: str = "") -> tuple[int, str]:
@@ -112,6 +132,41 @@ def test_a_server_reads_its_own_uuid_key_and_user_data_on_either_host_and_after_
     )
     for s in found.values():
         servers.delete(cl, s)
+
+
+def test_cloud_inits_own_reader_gets_everything_at_boot_speed_without_a_refusal(cl, tmp_path):
+    """cloud-init's OpenStack datasource reads the version list, five files and the whole
+    EC2 tree back to back at boot, and takes a 4xx as final (it retries only connection
+    errors): the per-port rate limit's burst must hold its whole crawl. Run with Debian's
+    cloud-init code in the guest, against the proxy's defaults."""
+    key, public = keypair(cl, str(tmp_path))
+    data = f"#cloud-config\n# {unique('user-data')}\n"
+    s = create(cl, unique("cloud-init"), "hv1", str(tmp_path), key, data)
+    fetched(s.ns, META)  # the guest's route and the proxy answer
+    time.sleep(DEFAULT_BURST / DEFAULT_RATE + 0.5)  # the port's bucket full again, as at boot
+    before = metaproxy.counters_since(cl.services, "hv1", time.time())
+    done = run(
+        ["ip", "netns", "exec", s.ns, sys.executable, "-c", CLOUD_INIT_READ],
+        env={"PYTHONPATH": CLOUD_INIT},
+        check=False,
+        timeout=120,
+    )
+    after = metaproxy.counters_since(cl.services, "hv1", time.time())
+    asked = after.get("requests", 0) - before.get("requests", 0)
+    limited = after.get("rate_limited", 0) - before.get("rate_limited", 0)
+    assert done.returncode == 0, f"{limited} of {asked} refused: {done.stderr[-2000:]}"
+    got = json.loads(done.stdout)
+    assert got["uuid"] == s.id and got["ec2_instance_id"].startswith("i-")
+    # A refusal is not always an error for cloud-init: it silently drops what it could
+    # not read (with a burst of 20, one of 28 requests was refused and the read
+    # "succeeded"), so the count is what tells.
+    assert limited == 0, f"{limited} of cloud-init's {asked} requests refused"
+    assert public in [k.strip() for k in got["keys"]]
+    assert public in [k.strip() for keys in got["ec2_keys"].values() for k in keys]
+    assert {"instance-id", "local-ipv4", "hostname", "placement"} <= set(got["ec2_fields"])
+    assert got["user_data"] == data and got["network_data"]
+    print(f"\ncloud-init's crawl: {asked} requests, none refused")
+    servers.delete(cl, s)
 
 
 def test_two_servers_with_one_fixed_ip_in_two_networks_each_read_their_own(cl, tmp_path):

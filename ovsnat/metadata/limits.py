@@ -21,6 +21,14 @@ PRUNE_AT = 4096  # entries kept before the idle ones are swept (ofports are at m
 HOST = -1  # the log gate's key for what concerns the host, not one port (Nova, OVSDB)
 
 
+DEFAULT_RATE = 10.0  # requests a second per VM port, sustained
+# Requests a VM port may make at once: cloud-init's boot crawl of Nova's metadata is 27-28
+# back to back (one key) and takes a refusal as final, some of them silently (with a
+# burst of 20, one of 28 was refused and the read still "succeeded":
+# tests/metadata_cases.py); 50 leaves room for more keys and devices.
+DEFAULT_BURST = 50
+
+
 @dataclass
 class TokenBuckets:
     """A token bucket per port: `rate` requests a second, up to `burst` at once."""

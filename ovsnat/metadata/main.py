@@ -22,6 +22,7 @@ import sys
 from ovsnat.metadata import netns
 from ovsnat.metadata.backend import Backend, tls_context
 from ovsnat.metadata.counters import StatusFile
+from ovsnat.metadata.limits import DEFAULT_BURST, DEFAULT_RATE
 from ovsnat.metadata.request import MAX_HEAD
 from ovsnat.metadata.server import LOG, Proxy, Settings
 from ovsnat.model.metadata import METADATA_PORT, PROXY_IP
@@ -58,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
     opt("--nova-client-priv-key", text="https: its private key")
     opt("--shared-secret-file", text="file holding Nova's metadata_proxy_shared_secret "
         "(required to serve; never on the command line, where ps shows it)")  # fmt: skip
-    opt("--rate", 10.0, "requests per second per VM port", type=float)
-    opt("--burst", 20, "requests a VM port may make at once", type=int)
+    opt("--rate", DEFAULT_RATE, "requests per second per VM port", type=float)
+    opt("--burst", DEFAULT_BURST, "requests a VM port may make at once", type=int)
     opt("--max-connections-per-port", 8, "open connections per VM port", type=int)
     opt("--max-connections", 256, "open connections in all", type=int)
     opt("--request-timeout", 3.0, "seconds from connect for a VM to send its request (408)",

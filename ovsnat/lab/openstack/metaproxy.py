@@ -18,6 +18,7 @@ from ovsnat.lab.openstack.virt.guest import host_namespace
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE
 from ovsnat.metadata.counters import read as read_counters
+from ovsnat.metadata.counters import read_status
 from ovsnat.model.metadata import encode
 
 PORT = "ovsnat-meta"  # the bridge end: the controller's metadata_port
@@ -89,3 +90,15 @@ def encoded(stack, host: str, tap: str):
 def counters(stack, host: str) -> dict:
     """The proxy's counters (its status file, rewritten every second)."""
     return read_counters(status_path(stack, host))
+
+
+def counters_since(stack, host: str, since: float, timeout: float = 5.0) -> dict:
+    """The proxy's counters as it wrote them after `since` (time.time()): all it counted
+    until then."""
+    path = status_path(stack, host)
+    status = wait_for(
+        lambda: (s := read_status(path)) and s.get("updated", 0) > since and s,
+        timeout,
+        what=f"{host}'s proxy to write its counters",
+    )
+    return status.get("counters", {})
