@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from ovsnat.lab import scenario
+from ovsnat.lab.openstack.metaproxy import read_status
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.traffic import http_get
-from ovsnat.metadata.counters import read as read_counters
 from ovsnat.model.metadata import METADATA_IP
 from tests.test_controller import SNAT, vm_ids
 
@@ -78,7 +78,7 @@ def curl(lab, vm: str, source: str = "", timeout: float = 5) -> tuple[int, str]:
 
 
 def counters(lab) -> dict:
-    return read_counters(lab.status_path)
+    return read_status(lab.status_path).get("counters", {})
 
 
 def test_a_vms_request_crosses_the_flows_to_the_proxy_which_refuses_a_port_without_instance(

@@ -72,18 +72,3 @@ class StatusFile:
             f.write("\n")
         os.replace(tmp, self.path)
         self._written_at = now
-
-
-def read(path) -> dict[str, int]:
-    """The counters a proxy's status file holds; {} before its first write (or while it
-    cannot be read): what the lab and its tests watch."""
-    return read_status(path).get("counters", {})
-
-
-def read_status(path) -> dict:
-    """The whole status file (`updated`: when it was written, time.time())."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}

@@ -10,6 +10,7 @@ the host's Open vSwitch is: on a real hypervisor both are the root namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -17,8 +18,6 @@ from ovsnat.lab.openstack import stackconf as sc
 from ovsnat.lab.openstack.virt.guest import host_namespace
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE
-from ovsnat.metadata.counters import read as read_counters
-from ovsnat.metadata.counters import read_status
 from ovsnat.model.metadata import encode
 
 PORT = "ovsnat-meta"  # the bridge end: the controller's metadata_port
@@ -87,9 +86,19 @@ def encoded(stack, host: str, tap: str):
     return encode(ofport(stack, host, tap))
 
 
+def read_status(path) -> dict:
+    """A proxy's status file (ovsnat.metadata.counters.StatusFile: `counters`, and
+    `updated`, when it was written); {} before its first write."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def counters(stack, host: str) -> dict:
     """The proxy's counters (its status file, rewritten every second)."""
-    return read_counters(status_path(stack, host))
+    return read_status(status_path(stack, host)).get("counters", {})
 
 
 def counters_since(stack, host: str, since: float, timeout: float = 5.0) -> dict:
