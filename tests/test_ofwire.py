@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 
 from ovsnat.cli import golden
+from ovsnat.compile import groups
+from ovsnat.compile.actions import DecTtl, Group
 from ovsnat.compile.compiler import compile_state
+from ovsnat.compile.flows import Match, make_flow
 from ovsnat.core.state import HostState
 from ovsnat.model import HostConfig
 from ovsnat.openflow import blobs, codec, messages
@@ -75,3 +78,21 @@ def test_bundle_delete_and_barrier_messages_decode(tmp_path):
     assert out.count("ONFT_BUNDLE_ADD_MESSAGE") == 2
     assert "DEL table:30 priority=0 cookie:0xa20a00000b123456/0xffffffffffffffff" in out
     assert "OFPT_BARRIER_REQUEST" in out
+
+
+def test_the_routed_uplinks_select_group_and_its_action_decode(tmp_path):
+    """bgp mode's way out (docs/bgp.md section 4): a select group with a bucket per ToR
+    that watches its uplink, and a flow that sends to it; OVS reads them as their text."""
+    group = groups.SelectGroup(
+        groups.UPLINKS_GROUP,
+        (
+            groups.tor_bucket(3, "02:00:00:00:fe:01", "02:aa:00:00:00:01"),
+            groups.tor_bucket(4, "02:00:00:00:fe:02", "02:bb:00:00:00:02"),
+        ),
+    )
+    out = ofp_parse(tmp_path, messages.group_mod(9, codec.OFPGC_ADD, group))
+    assert "decode error" not in out, out
+    assert f"ADD {group.text()}" in out, (group.text(), out)
+    flow = make_flow(0, 50, 10, Match.of(proto="ip"), [DecTtl(), Group(groups.UPLINKS_GROUP)])
+    out = ofp_parse(tmp_path, messages.flow_add(flow, 10))
+    assert "actions=dec_ttl,group:1" in out, out

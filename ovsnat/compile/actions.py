@@ -15,6 +15,16 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Group:
+    """To an OpenFlow group (ovsnat.compile.groups)."""
+
+    id: int
+
+    def text(self) -> str:
+        return f"group:{self.id}"
+
+
+@dataclass(frozen=True)
 class SetField:
     field: str  # eth_src eth_dst ip_src ip_dst arp_op arp_sha arp_spa
     value: str

@@ -13,6 +13,7 @@ from ovsnat.compile.actions import (
     CtClear,
     DecTtl,
     Goto,
+    Group,
     Load,
     Meter,
     Move,
@@ -24,7 +25,17 @@ from ovsnat.compile.actions import (
     SetField,
 )
 from ovsnat.compile.flows import Flow
-from ovsnat.openflow.codec import NX_VENDOR, OFPP_CONTROLLER, OFPP_IN_PORT, ip, mac, nx1, ofb, pad8
+from ovsnat.openflow.codec import (
+    NX_VENDOR,
+    OFPAT_GROUP,
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    ip,
+    mac,
+    nx1,
+    ofb,
+    pad8,
+)
 
 NXM = {
     "eth_src": (0x00000406, 48),
@@ -72,6 +83,8 @@ def action_bytes(a) -> bytes:
     if isinstance(a, Output):
         port = OFPP_IN_PORT if a.port == "IN_PORT" else int(a.port)
         return struct.pack("!HHIH6x", 0, 16, port, 0)
+    if isinstance(a, Group):
+        return struct.pack("!HHI", OFPAT_GROUP, 8, a.id)
     if isinstance(a, Controller):
         if a.meter is None:
             return struct.pack("!HHIH6x", 0, 16, OFPP_CONTROLLER, a.max_len)

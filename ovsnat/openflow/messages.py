@@ -18,7 +18,8 @@ from __future__ import annotations
 import struct
 
 from ovsnat.compile.flows import Flow
-from ovsnat.openflow.actions import instructions_bytes
+from ovsnat.compile.groups import SelectGroup
+from ovsnat.openflow.actions import action_bytes, instructions_bytes
 from ovsnat.openflow.blobs import XID
 from ovsnat.openflow.codec import (
     BUNDLE_FLAGS,
@@ -28,6 +29,7 @@ from ovsnat.openflow.codec import (
     OFPFC_ADD,
     OFPFC_DELETE,
     OFPG_ANY,
+    OFPGT_SELECT,
     OFPM_ALL,
     OFPMBT_DROP,
     OFPMF_PKTPS,
@@ -38,6 +40,7 @@ from ovsnat.openflow.codec import (
     OFPT_BARRIER_REQUEST,
     OFPT_EXPERIMENTER,
     OFPT_FLOW_MOD,
+    OFPT_GROUP_MOD,
     OFPT_METER_MOD,
     OFPT_MULTIPART_REQUEST,
     OFPT_PACKET_OUT,
@@ -153,6 +156,18 @@ def meter_mod(xid: int, command: int, meter_id: int, rate_pps: int) -> bytes:
     """A meter dropping packets above rate_pps (one drop band)."""
     band = struct.pack("!HHII4x", OFPMBT_DROP, 16, rate_pps, 0)
     return _msg(OFPT_METER_MOD, xid, struct.pack("!HHI", command, OFPMF_PKTPS, meter_id) + band)
+
+
+def group_mod(xid: int, command: int, group: SelectGroup) -> bytes:
+    """Add, modify (all its buckets replaced at once) or delete a select group. Each
+    bucket weighs 1 (a select group never picks a bucket of weight 0)."""
+    buckets = b""
+    for bucket in group.buckets:
+        actions = b"".join(action_bytes(a) for a in bucket.actions)
+        buckets += struct.pack("!HHII4x", 16 + len(actions), 1, bucket.watch_port, OFPG_ANY)
+        buckets += actions
+    head = struct.pack("!HBxI", command, OFPGT_SELECT, group.id)
+    return _msg(OFPT_GROUP_MOD, xid, head + buckets)
 
 
 def packet_out(xid: int, port: int, frame: bytes, actions: bytes | None = None) -> bytes:
