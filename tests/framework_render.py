@@ -17,6 +17,7 @@ from ovsnat.compile.actions import (
     CtClear,
     DecTtl,
     Goto,
+    Group,
     Load,
     Meter,
     Move,
@@ -147,6 +148,8 @@ def action(a):
     p, ofp, nx = fw.parser, fw.ofproto, fw.nicira_ext
     if isinstance(a, Output):
         return p.OFPActionOutput(ofp.OFPP_IN_PORT if a.port == "IN_PORT" else int(a.port), 0)
+    if isinstance(a, Group):
+        return p.OFPActionGroup(a.id)
     if isinstance(a, Controller):
         if a.meter is not None:
             return _controller2(a)

@@ -30,7 +30,7 @@ BASE = {
 
 
 def settings(**changes) -> bgp.BgpSettings:
-    return bgp.parse({**BASE, **changes}, EXTERNAL)
+    return bgp.parse_bgp({**BASE, **changes}, EXTERNAL)
 
 
 def vtysh_dryrun(path: Path) -> subprocess.CompletedProcess:
@@ -112,13 +112,23 @@ def test_every_option_the_parser_reads_is_in_the_option_table():
     assert {n for n in BY_NAME if n.startswith("bgp_")} <= read
 
 
-def test_the_controller_refuses_bgp_mode_until_its_datapath_is_built_and_l2_is_unchanged():
+def test_the_controller_refuses_bgp_mode_until_it_serves_it_and_l2_is_unchanged(tmp_path):
+    from oslo_config import cfg as oslo_cfg
+
+    from ovsnat.runtime import config
+
     options = {**defaults(), "snat_ip": "203.0.113.11", "uplink_ofport": 1}
     assert HostConfig.parse(options) == HostConfig.parse({**options, "external_mode": "l2"})
-    with pytest.raises(ConfigError, match=r"^external_mode: bgp is not served"):
-        HostConfig.parse({**options, **BASE})
+    assert HostConfig.parse({**options, **BASE}).bgp == settings()  # the tools read it
     with pytest.raises(ConfigError, match=r"^external_mode: 'ospf' is not one of l2, bgp"):
         HostConfig.parse({**options, "external_mode": "ospf"})
+    path = tmp_path / "ovsnat.conf"
+    path.write_text("[ovsnat]\n" + "".join(f"{k} = {v}\n" for k, v in BASE.items()))
+    conf = oslo_cfg.ConfigOpts()
+    config.register(conf)
+    conf([], default_config_files=[str(path)])
+    with pytest.raises(ConfigError, match=r"^external_mode: bgp is not served"):
+        config.load(conf)
 
 
 def test_the_command_writes_the_file_and_refuses_an_l2_config_in_one_line(tmp_path, capsys):

@@ -154,7 +154,7 @@ def test_every_dec_ttl_flow_matches_ip():
 HOST = owner_cookie(COOKIE_HOST, 0)
 OFF_PIPELINE = [
     ("undeclared table", make_flow(HOST, 99, 0, Match(), [])),
-    ("undeclared action", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [Output(3)])),
+    ("undeclared action", make_flow(HOST, CLASSIFY, 10, Match.of(proto="ip"), [DecTtl()])),
     (
         "undeclared match",
         make_flow(HOST, DELIVER, 10, Match.of(proto="tcp", tp_dst=80), [Output(3)]),

@@ -19,9 +19,9 @@ from ovsnat.model.parse import parse_cidr
 
 def settings_from(options: dict) -> bgp.BgpSettings:
     """The bgp_* options of a config file; ConfigError when it is not in bgp mode."""
-    if bgp.mode(options) != "bgp":
+    if bgp.external_mode(options) != "bgp":
         raise ConfigError("external_mode: l2, nothing to render (bgp mode only)")
-    return bgp.parse(options, parse_cidr(options.get("external_cidr"), "external_cidr"))
+    return bgp.parse_bgp(options, parse_cidr(options.get("external_cidr"), "external_cidr"))
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ from ovsnat.cli.scenarios import (
 from ovsnat.cli.scenarios import FLAT as FLAT
 from ovsnat.cli.scenarios import NET_B as NET_B
 from ovsnat.cli.scenarios import build_state as build_state
-from ovsnat.compile import eastwest, sg_flows
+from ovsnat.compile import eastwest, routed_flows, sg_flows
 from ovsnat.compile.compiler import compile_state
 from ovsnat.compile.flows import ofctl_text
 from ovsnat.compile.host import host_flows
@@ -43,9 +43,11 @@ def render(name: str) -> str:
     description, overrides, ports = SCENARIOS[name]
     state = scenario_state(name)
     cfg = state.config
+    group = routed_flows.group(cfg)
     header = (
         f"# {name}: {description}\n# Regenerate with `make golden`; see pipeline.md.\n"
         + "".join(f"# meter (add first): {m.text()}\n" for m in METERS)
+        + (f"# group (add first): {group.text()}\n" if group else "")
     )
     if name in HANDOFFS:
         return header + ofctl_text(_with_handoffs(cfg, ports, *HANDOFFS[name]))

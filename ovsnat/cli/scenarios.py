@@ -193,6 +193,21 @@ SCENARIOS = {
             port(13, "198.51.100.143", net=NET_C, ofport=33),
         ],
     ),
+    "bgp": (
+        "bgp mode (docs/bgp.md): no shared external segment; uplinks up0 (port 4) and up1 "
+        "(port 5) are /31 links to two ToRs, their kernel ports bgp0 (6) and bgp1 (7) hold "
+        "the host's addresses; both ToRs' MACs known, so the select group has two buckets. "
+        "A FIP VM and a PAT VM.",
+        {
+            "external_mode": "bgp",
+            "bgp_asn": "4200100001",
+            "bgp_uplinks": "up0,up1",
+            "bgp_kernel_ports": "bgp0,bgp1",
+            "bgp_links": "10.254.1.1/31,10.254.1.3/31",
+            "bgp_protect": "10.255.0.0/24",
+        },
+        [port(11, "203.0.113.10"), port(12)],
+    ),
     "metadata": (
         "Metadata (docs/metadata.md): the proxy on port 3 (ovsnat-meta); vm11 (FIP, "
         "filtered by the default group) and vm12 on the untagged network, vm11 of tenant-a "
@@ -266,11 +281,24 @@ BRIDGE_KEYS["metadata"] = {
 HANDOFFS = {"handoff": (["tapvm13"], [port(14, net=NET_A, ofport=24)])}
 
 
+# bgp mode's links as OVSDB and the kernel would tell them: (uplink, kernel port, ToR MAC)
+ROUTED = {"bgp": ((4, 6, "02:aa:00:00:00:01"), (5, 7, "02:bb:00:00:00:02"))}
+
+
 def scenario_state(name: str) -> DesiredState:
     """A scenario's desired state: its host config, ports and bridge keys."""
     _, overrides, ports = SCENARIOS[name]
     keys = BRIDGE_KEYS.get(name, {})
     cfg = HostConfig.parse({**BASE, **overrides})
+    if name in ROUTED:
+        cfg = replace(
+            cfg,
+            uplink_ofport=0,
+            routed=tuple(
+                replace(r, uplink_ofport=up, kernel_ofport=kernel, tor_mac=netaddr.EUI(mac))
+                for r, (up, kernel, mac) in zip(cfg.routed, ROUTED[name], strict=True)
+            ),
+        )
     tagged_mac = netaddr.EUI("02:00:00:00:c8:fe")  # as a tagged network's gateway's, learned
     externals = parse_externals(keys, cfg)[0]
     cfg = replace(

@@ -12,6 +12,7 @@ from ovsnat.compile import (
     ext_flows,
     handoff_flows,
     metadata_flows,
+    routed_flows,
     sg_flows,
 )
 from ovsnat.compile.actions import (
@@ -151,12 +152,23 @@ def _icmp_punts(c: int, table: int, meter: int) -> list[Flow]:
 
 
 def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
-    """What arrives from the VMs and the uplink: what is not served, the uplink's IP and
-    ARP, the SNAT IP's ARP, routed or switched."""
-    up, router = cfg.uplink_ofport, mac_str(cfg.router_mac)
-    snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
+    """What arrives from the VMs and the outside: what is not served, the uplink's (or the
+    routed uplinks': ovsnat.compile.routed_flows), routed or switched."""
+    router = mac_str(cfg.router_mac)
     return [
         *[_drop(c, CLASSIFY, 400, Match.of(proto=p, **m)) for p, m in NOT_SERVED],
+        *(routed_flows.arrivals(cfg, c) if cfg.bgp else _uplink(cfg, c)),
+        make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),
+        make_flow(c, VM_ROUTE, 10, Match.of(proto="ip"), [TO_KEY_IP, Goto(VM_L2)]),
+        make_flow(c, VM_ARP, 10, Match.of(proto="arp"), [TO_KEY_ARP, Goto(VM_L2)]),
+    ]
+
+
+def _uplink(cfg: HostConfig, c: int) -> list[Flow]:
+    """The shared external segment (l2 mode): the uplink's IP and ARP, the SNAT IP's."""
+    up = cfg.uplink_ofport
+    snat, snat_mac = str(cfg.snat_ip), mac_str(cfg.snat_mac)
+    return [
         # Link-local sources never come from outside (RFC 3927): nothing from the uplink
         # passes for 169.254.169.254, the metadata replies' source.
         _drop(c, CLASSIFY, 400, Match.of(proto="ip", in_port=up, nw_src=LINK_LOCAL)),
@@ -190,9 +202,6 @@ def _arrivals(cfg: HostConfig, c: int) -> list[Flow]:
             Match.of(proto="arp", **uplink_vlan(cfg, cfg.snat_ip), arp_spa=snat),
             [Meter(CLAIM_METER), Controller()],
         ),
-        make_flow(c, VM_ROUTE, 100, Match.of(proto="ip", dl_dst=router), [Goto(EGRESS)]),
-        make_flow(c, VM_ROUTE, 10, Match.of(proto="ip"), [TO_KEY_IP, Goto(VM_L2)]),
-        make_flow(c, VM_ARP, 10, Match.of(proto="arp"), [TO_KEY_ARP, Goto(VM_L2)]),
     ]
 
 
@@ -219,6 +228,7 @@ def _egress(cfg: HostConfig, c: int) -> list[Flow]:
         _drop(c, EGRESS, 300, DEAD),
         # A router never forwards link-local destinations (RFC 3927), whatever their TTL
         _drop(c, EGRESS, 310, Match.of(proto="ip", nw_dst=LINK_LOCAL)),
+        *routed_flows.guarded(cfg, c),
         make_flow(c, EGRESS, 300, EXPIRED, [Meter(PACKET_IN_METER), Controller()]),
         _drop(c, NET_PAT_OUT, 200, INVALID),
         *[make_flow(c, NET_PAT_OUT, 100, m, [Goto(NET_PAT_DONE)]) for m in EST_REL],
@@ -308,7 +318,9 @@ def _ingress(cfg: HostConfig, c: int) -> list[Flow]:
 
 def _gateway(cfg: HostConfig, c: int) -> list[Flow]:
     """Out of the uplink to the external gateway, once its MAC is known; and, when it is
-    learned, a copy of its ARP to the controller."""
+    learned, a copy of its ARP to the controller. (bgp mode: the ToRs' select group.)"""
+    if cfg.bgp:
+        return routed_flows.leaving(c)
     up, flows = cfg.uplink_ofport, []
     if cfg.external_gateway_mac is not None:
         flows.append(
@@ -345,8 +357,10 @@ def _fabric(cfg: HostConfig, c: int) -> list[Flow]:
         # passes it on to the fabric in the VM's VLAN, so the fabric learns the move.
         make_flow(c, CLASSIFY, 85, Match.of(proto="rarp"), [Meter(PACKET_IN_METER), Controller()]),
         # Only VMs' RARPs: the relayed ones of other hosts stay on the fabric.
-        _drop(c, CLASSIFY, 86, Match.of(proto="rarp", in_port=cfg.fabric_ofport)),
-        _drop(c, CLASSIFY, 86, Match.of(proto="rarp", in_port=cfg.uplink_ofport)),
+        *[
+            _drop(c, CLASSIFY, 86, Match.of(proto="rarp", in_port=port))
+            for port in (cfg.fabric_ofport, *routed_flows.outside_ports(cfg))
+        ],
         # Routing stays on each host: the router MAC never crosses the fabric.
         _drop(c, FABRIC_IN, 200, Match.of(dl_src=router)),
         _drop(c, FABRIC_IN, 200, Match.of(dl_dst=router)),

@@ -16,6 +16,7 @@ from ovsnat.compile.flows import (
     owner_cookie,
 )
 from ovsnat.compile.pipeline import CLASSIFY, EGRESS, EGRESS_OUT
+from ovsnat.compile.routed_flows import outside_ports
 from ovsnat.model import HostConfig
 from ovsnat.packets.icmp import ERROR_TYPES
 
@@ -50,9 +51,9 @@ METERS = (
 
 def dhcp_punts(cfg: HostConfig, c: int) -> list[Flow]:
     """VMs' DHCP requests go to the controller, which answers them from the port's own
-    record (ovsnat.core.dhcp); requests from the uplink or the fabric are dropped, so no host
+    record (ovsnat.core.dhcp); requests from the uplink(s) or the fabric are dropped, so no host
     answers another's VMs and nothing of it crosses the fabric."""
-    outside = [p for p in (cfg.uplink_ofport, cfg.fabric_ofport) if p]
+    outside = [p for p in (*outside_ports(cfg), cfg.fabric_ofport) if p]
     return [
         make_flow(c, CLASSIFY, 420, Match.of(proto="udp", in_port=p, **DHCP_REQUEST), [])
         for p in outside

@@ -16,6 +16,7 @@ from ovsnat.compile.actions import (
     CtClear,
     DecTtl,
     Goto,
+    Group,
     Load,
     Meter,
     Move,
@@ -80,9 +81,11 @@ _DECLARED: tuple[Table, ...] = (
         "ARP to the controller (only the copy metered); while a FIP VM's presence is "
         "unproven, copy its frames to the controller (the copies metered; activation) until "
         "one proves it or none can; with a fabric, a VM's RARP goes to the controller "
-        "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped).",
+        "(metered), which passes it on to the fabric (the fabric's and uplink's are dropped). "
+        "bgp mode: a routed uplink's ARP and IP for the link's own address go to its kernel "
+        "port, its other IP to ingress; the kernel port's frames go out of its uplink only.",
         "proto in_port vlan_tci dl_vlan dl_src nw_src nw_dst arp_spa arp_tpa arp_sha tp_src tp_dst",
-        {Goto, Controller, Load, PopVlan, Meter},
+        {Goto, Controller, Load, PopVlan, Meter, Output},
         {FABRIC_IN, VM_ARP, UPLINK_ARP, SG_OUT_CT, VM_ROUTE, HANDOFF_IN, INGRESS, META_REPLY},
     ),
     declare(
@@ -196,7 +199,8 @@ _DECLARED: tuple[Table, ...] = (
         "egress",
         "Routed from a VM. TTL 1 goes to the controller (metered; a port over its share is "
         "dropped here for a while), which answers time exceeded from the network's gateway; "
-        "TTL 0 and link-local destinations are dropped; destinations in the VM's own "
+        "TTL 0 and link-local destinations are dropped (bgp mode: the links and protected "
+        "ranges too); destinations in the VM's own "
         "network "
         "dropped; a VM with a FIP (its flag and FIP set in classify) gets its source "
         "rewritten statelessly to the FIP and the FIP's MAC by one host-level flow (fragments "
@@ -273,9 +277,9 @@ _DECLARED: tuple[Table, ...] = (
         "rewritten to its VM's fixed IP and network (fragments via conntrack) with the FIP flag "
         "set; the SNAT IP goes through the shared PAT lookup; leaving traffic goes to the "
         "external gateway with dec_ttl, in the VLAN of the external network its source "
-        "belongs to; anything else is dropped.",
+        "belongs to (bgp mode: to the ToRs' select group); anything else is dropped.",
         "proto reg5 nw_src nw_dst nw_ttl nw_frag icmp_type",
-        {SetField, Ct, Goto, Load, DecTtl, PushVlan, Output, Meter, Controller},
+        {SetField, Ct, Goto, Load, DecTtl, PushVlan, Output, Meter, Controller, Group},
         {PAT_IN, DELIVER},
     ),
     declare(

@@ -30,7 +30,7 @@ HOST_ASN = 4200100000  # + the host's number
 
 def host_settings(n: int, external=EXTERNAL, **options: str) -> bgp.BgpSettings:
     """Host n's bgp_* options: links 10.254.n.1/31 (to ta) and 10.254.n.3/31 (to tb)."""
-    return bgp.parse(
+    return bgp.parse_bgp(
         {
             "external_mode": "bgp",
             "bgp_asn": str(HOST_ASN + n),

@@ -39,6 +39,21 @@ class Link:
 
 
 @dataclass(frozen=True)
+class RoutedLink:
+    """A link as the datapath uses it: its ports' OpenFlow numbers (0: not on the bridge
+    yet) and the ToR's MAC (None: not known yet, so no bucket for it)."""
+
+    link: Link
+    uplink_ofport: int = 0
+    kernel_ofport: int = 0
+    tor_mac: netaddr.EUI | None = None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.uplink_ofport and self.kernel_ofport)
+
+
+@dataclass(frozen=True)
 class BgpSettings:
     """A host's BGP speaker, as FRR is told to run it and as ovsnat feeds it."""
 
@@ -74,7 +89,7 @@ class BgpSettings:
         return tuple(link.cidr for link in self.links) + self.protect
 
 
-def mode(raw: Mapping[str, object]) -> str:
+def external_mode(raw: Mapping[str, object]) -> str:
     """`external_mode`: l2 (the default, a shared external segment) or bgp."""
     text = str(raw.get("external_mode") or "l2").strip()
     if text not in MODES:
@@ -82,7 +97,7 @@ def mode(raw: Mapping[str, object]) -> str:
     return text
 
 
-def parse(raw: Mapping[str, object], external_cidr: netaddr.IPNetwork) -> BgpSettings:
+def parse_bgp(raw: Mapping[str, object], external_cidr: netaddr.IPNetwork) -> BgpSettings:
     """The bgp_* options (external_mode = bgp); external_cidr is what is announced when
     bgp_announce is empty."""
     uplinks = _names(raw, "bgp_uplinks")

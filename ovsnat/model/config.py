@@ -14,7 +14,8 @@ from functools import cached_property
 
 import netaddr
 
-from ovsnat.model import bgp, dhcp_keys, networks, validate
+from ovsnat.model import dhcp_keys, networks, validate
+from ovsnat.model.bgp import BgpSettings, RoutedLink, external_mode, parse_bgp
 from ovsnat.model.dhcp_keys import HostDhcp
 from ovsnat.model.externals import External
 from ovsnat.model.networks import Network
@@ -67,6 +68,10 @@ class HostConfig:
     # The Bridge's ovsnat-ext-* keys (ovsnat.model.externals); () without any key: every
     # router's gateway is the options' network, as before several external networks.
     externals: tuple[External, ...] = ()
+    # external_mode = bgp (docs/bgp.md): the routed uplinks instead of uplink_port, and each
+    # link's ports and ToR MAC as far as they are known.
+    bgp: BgpSettings | None = None
+    routed: tuple[RoutedLink, ...] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> HostConfig:
@@ -81,11 +86,8 @@ class HostConfig:
         def integer(name, lo, hi):
             return parse_int(get(name), name, lo, hi)
 
-        if bgp.mode(raw) == "bgp":
-            raise ConfigError(
-                "external_mode: bgp is not served by the controller yet (docs/bgp.md, its "
-                "build plan); `ovsnat bgp render` already renders FRR's configuration"
-            )
+        external_cidr = parse_cidr(get("external_cidr"), "external_cidr")
+        routed = parse_bgp(raw, external_cidr) if external_mode(raw) == "bgp" else None
         gw_mac = str(raw.get("external_gateway_mac") or "").strip()
         cfg = cls(
             bridge=_name(get("bridge"), "bridge"),
@@ -100,7 +102,7 @@ class HostConfig:
             if _given(raw, "internal_gateway_ip")
             else None,
             router_mac=parse_mac(get("router_mac"), "router_mac"),
-            external_cidr=parse_cidr(get("external_cidr"), "external_cidr"),
+            external_cidr=external_cidr,
             external_gateway_ip=parse_ipv4(get("external_gateway_ip"), "external_gateway_ip"),
             external_gateway_mac=(parse_mac(gw_mac, "external_gateway_mac") if gw_mac else None),
             snat_ip=parse_ipv4(raw["snat_ip"], "snat_ip")
@@ -141,6 +143,8 @@ class HostConfig:
             conn_limit_zone_base=integer("conn_limit_zone_base", 4095, 65534)
             if _given(raw, "conn_limit_zone_base")
             else 20000,
+            bgp=routed,
+            routed=tuple(RoutedLink(link) for link in routed.links) if routed else (),
         )
         cfg.validate()
         return cfg

@@ -71,7 +71,13 @@ def raw_options(conf) -> dict:
 def load(conf, uplink_ofport: int = 0) -> HostConfig:
     values = raw_options(conf)
     values["uplink_ofport"] = uplink_ofport
-    return HostConfig.parse(values)
+    cfg = HostConfig.parse(values)
+    if cfg.bgp is not None:
+        raise ConfigError(
+            "external_mode: bgp is not served by the controller yet (docs/bgp.md, its "
+            "build plan); `ovsnat bgp render` and `ovsnat flows` already serve it"
+        )
+    return cfg
 
 
 def describe(cfg: HostConfig, remote: str, vswitchd) -> str:
