@@ -42,6 +42,9 @@ class Watch:
         self.sock.setblocking(False)
         self.table: dict[str, tuple[str, ...]] = {}
 
+    def close(self) -> None:
+        self.sock.close()
+
     def until(self, done, timeout: float) -> float:
         """Reads changes until done(table) holds; returns the time it did (perf_counter)."""
         deadline = time.perf_counter() + timeout
@@ -79,6 +82,7 @@ def announce(rounds: int) -> list[Result]:
             ours.append(_one(fabric, watch, fip, "kernel"))
             vtysh.append(_one(fabric, watch, fip, "vtysh"))
             moved.append(_moved(fabric, watch, fip))
+        watch.close()
     finally:
         fabric.down()
     info = {"n": rounds, "ours_ms": _ms(ours), "vtysh_ms": _ms(vtysh), "moved_ms": _ms(moved)}
@@ -102,6 +106,7 @@ def bulk(count: int) -> list[Result]:
         fips = [str(ip) for ip in list(netaddr.IPNetwork(BULK_RANGE))[1 : count + 1]]
         batch = _bulk(fabric, watch, fips, batched=True)
         single = _bulk(fabric, watch, fips, batched=False)
+        watch.close()
     finally:
         fabric.down()
     say(f"  {count} FIPs: one batch {batch}, one write each {single}")

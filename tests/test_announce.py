@@ -81,7 +81,7 @@ def test_past_the_cap_fips_stay_dark_in_port_name_order_and_say_so():
     assert announcer.status(1.0)["capped"] == []
 
 
-def test_a_refused_route_is_wanted_again_after_the_retry_and_only_it():
+def test_a_refused_route_is_wanted_again_after_the_retry_and_holds_up_no_other():
     announcer = fresh()
     announcer.seen(set())
     announcer.live(A, "tap-a", 0.0)
@@ -93,6 +93,9 @@ def test_a_refused_route_is_wanted_again_after_the_retry_and_only_it():
         "203.0.113.61/32 table 100": "203.0.113.61/32 table 100: ENOBUFS"
     }
     assert announcer.next(1.0) == [] and announcer.next_at() == announcer.RETRY
+    # Another FIP meanwhile goes out at once, without the refused one.
+    announcer.live(B, "tap-b", 2.0)
+    assert settled(announcer, 2.0) == [Routes((key(B),), ())]
     assert settled(announcer, announcer.RETRY) == [Routes((key(A),), ())]
     assert announcer.status(announcer.RETRY)["failed"] == {}
 

@@ -63,21 +63,21 @@ def test_each_host_announces_exactly_what_it_holds_with_its_state(fabric):
 def test_the_default_route_comes_over_both_links_and_the_echoes_are_seen(fabric):
     names = fabric.names
     fabric.write("h1", add=[(FIP, 100)])
-    kernel = routes.Kernel(routes.open_socket(names["h2"]))
+    with routes.Kernel(routes.open_socket(names["h2"])) as kernel:
 
-    def main_table() -> dict[str, routes.rt.Route]:
-        return {str(r.prefix): r for r in kernel.routes() if r.table == 254}
+        def main_table() -> dict[str, routes.rt.Route]:
+            return {str(r.prefix): r for r in kernel.routes() if r.table == 254}
 
-    def gateways() -> set[str]:
-        default = main_table().get("0.0.0.0/0")
-        return {str(g) for g in default.gateways} if default else set()
+        def gateways() -> set[str]:
+            default = main_table().get("0.0.0.0/0")
+            return {str(g) for g in default.gateways} if default else set()
 
-    # Both ToRs have their own ASN: both next hops only with multipath-relax.
-    wait_for(lambda: gateways() == {"10.254.2.0", "10.254.2.2"}, 10, what="ECMP default")
-    wait_for(lambda: f"{FIP}/32" in main_table(), 10, what="h1's FIP seen on h2")
-    table = main_table()
-    echo = table[f"{FIP}/32"]
-    assert echo.protocol == 186 and echo.kind == routes.rt.RTN_UNICAST  # zebra's BGP route
+        # Both ToRs have their own ASN: both next hops only with multipath-relax.
+        wait_for(lambda: gateways() == {"10.254.2.0", "10.254.2.2"}, 10, what="ECMP default")
+        wait_for(lambda: f"{FIP}/32" in main_table(), 10, what="h1's FIP seen on h2")
+        table = main_table()
+        echo = table[f"{FIP}/32"]
+        assert echo.protocol == 186 and echo.kind == routes.rt.RTN_UNICAST  # zebra's BGP route
 
 
 def test_a_moved_route_wins_at_once_and_the_host_it_left_stops_by_itself(fabric):
@@ -122,7 +122,8 @@ def test_frr_left_in_a_deleted_namespace_is_stopped_and_a_live_labs_is_not():
         pids = [[node._pid(d) for d in ("zebra", "bfdd", "bgpd")] for node in nodes]
         subprocess.run(["ip", "netns", "del", names[0]], check=True, timeout=30)
         stopped = frr.stop_orphans()
-        assert len(stopped) == 3 and not any(sh.pid_alive(p) for p in pids[0]), stopped
+        assert {str(p) for p in pids[0]} <= set(stopped), (pids, stopped)
+        assert not any(sh.pid_alive(p) for p in pids[0])
         assert all(sh.pid_alive(p) for p in pids[1])  # its namespace is still there
     finally:
         for node in nodes:
@@ -167,27 +168,27 @@ def test_an_frr_restart_on_a_host_keeps_its_routes_on_the_tors_and_refreshes_the
 
 def test_a_frozen_tor_leaves_the_default_route_within_a_second_by_bfd(fabric):
     names, nodes = fabric.names, fabric.nodes
-    kernel = routes.Kernel(routes.open_socket(names["h1"]))
+    with routes.Kernel(routes.open_socket(names["h1"])) as kernel:
 
-    def gateways() -> set[str]:
-        default = next(
-            (r for r in kernel.routes() if r.table == 254 and r.prefix.prefixlen == 0), None
-        )
-        return {str(g) for g in default.gateways} if default else set()
+        def gateways() -> set[str]:
+            default = next(
+                (r for r in kernel.routes() if r.table == 254 and r.prefix.prefixlen == 0), None
+            )
+            return {str(g) for g in default.gateways} if default else set()
 
-    both = {"10.254.1.0", "10.254.1.2"}
-    wait_for(lambda: gateways() == both, 10, what="both ToRs in h1's default")
-    frozen = [nodes["ta"]._pid(d) for d in ("bgpd", "bfdd")]
-    try:
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        wait_for(lambda: gateways() == {"10.254.1.2"}, 1.0, what="ta gone from the default")
-        print(f"\nfrozen ToR out of h1's default route after {time.monotonic() - t0:.2f} s")
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-    wait_for(lambda: gateways() == both, 30, what="ta back in h1's default")
+        both = {"10.254.1.0", "10.254.1.2"}
+        wait_for(lambda: gateways() == both, 10, what="both ToRs in h1's default")
+        frozen = [nodes["ta"]._pid(d) for d in ("bgpd", "bfdd")]
+        try:
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            wait_for(lambda: gateways() == {"10.254.1.2"}, 1.0, what="ta gone from the default")
+            print(f"\nfrozen ToR out of h1's default route after {time.monotonic() - t0:.2f} s")
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: gateways() == both, 30, what="ta back in h1's default")
 
 
 def test_a_host_past_its_cap_sends_at_most_the_cap_and_the_session_stays_up(fabric):

@@ -6,7 +6,8 @@ uplinks, and its select group, installed with ovs-ofctl, then traffic.
                                             bgp0, bgp1 -> hk (the host's kernel: 10.254.1.1, .3)
                                             tap -> vm (10.0.0.11, FIP 203.0.113.10)
 
-srv reaches the FIP through ToR A; the answers leave through either ToR (the group). The
+srv reaches the FIP through ToR A; the answers leave through the ToRs' group (the bucket
+a flow takes: tests/test_select_group_lab.py shows both taken and a dead link skipped). The
 host's kernel speaks with the ToRs through its own ports (what BGP and BFD need), and a VM
 never reaches a ToR's link address.
 """
@@ -141,7 +142,7 @@ def test_the_hosts_kernel_speaks_with_each_tor_over_its_own_link(fabric):
         assert ping(ns["hk"], tor_address, count=2, wait=1).received, tor_address
 
 
-def test_a_fip_is_reached_from_outside_through_a_tor_and_answers_through_either(fabric):
+def test_a_fip_is_reached_from_outside_through_a_tor_and_answers_through_the_group(fabric):
     _, ns, _ = fabric
     result = wait_for(lambda: (r := ping(ns["srv"], FIP, count=3, wait=1)).received and r, 15,
                       what="the FIP from outside")  # fmt: skip

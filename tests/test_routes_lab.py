@@ -57,69 +57,70 @@ def fips(n: int, start: int = 0) -> list[netaddr.IPNetwork]:
 
 
 def test_a_thousand_routes_go_in_one_apply_and_read_back_as_ip_shows_them(ns):
-    kernel = routes.Kernel(routes.open_socket(ns))
-    many = [netaddr.IPNetwork(f"10.{i // 250}.{i % 250}.1/32") for i in range(1000)]
-    assert kernel.apply([(p, LIVE) for p in many] + [(fips(1)[0], MOVED)], []) == []
-    assert table(ns, LIVE) == {str(p.ip) for p in many}
-    assert table(ns, MOVED) == {"203.0.113.0"}
-    # A route of another protocol in the same table is not ovsnat's.
-    ip(ns, "route", "add", "blackhole", "198.51.100.7/32", "table", str(LIVE))
-    mine = routes.ours(kernel.routes(), (LIVE, MOVED))
-    assert mine == {(p, LIVE) for p in many} | {(fips(1)[0], MOVED)}
-    # Adding again replaces in place: no error, no duplicate.
-    assert kernel.apply([(many[0], LIVE)], []) == []
-    assert len(table(ns, LIVE)) == 1000
+    with routes.Kernel(routes.open_socket(ns)) as kernel:
+        many = [netaddr.IPNetwork(f"10.{i // 250}.{i % 250}.1/32") for i in range(1000)]
+        assert kernel.apply([(p, LIVE) for p in many] + [(fips(1)[0], MOVED)], []) == []
+        assert table(ns, LIVE) == {str(p.ip) for p in many}
+        assert table(ns, MOVED) == {"203.0.113.0"}
+        # A route of another protocol in the same table is not ovsnat's.
+        ip(ns, "route", "add", "blackhole", "198.51.100.7/32", "table", str(LIVE))
+        mine = routes.ours(kernel.routes(), (LIVE, MOVED))
+        assert mine == {(p, LIVE) for p in many} | {(fips(1)[0], MOVED)}
+        # Adding again replaces in place: no error, no duplicate.
+        assert kernel.apply([(many[0], LIVE)], []) == []
+        assert len(table(ns, LIVE)) == 1000
 
 
 def test_deletes_are_level_triggered_and_a_refusal_names_its_route(ns):
-    kernel = routes.Kernel(routes.open_socket(ns))
-    first = fips(3)
-    assert kernel.apply([(p, LIVE) for p in first], []) == []
-    # Moving a route between tables: added to the new one, deleted from the old one.
-    assert kernel.apply([(first[0], MOVED)], [(first[0], LIVE)]) == []
-    assert table(ns, LIVE) == {"203.0.113.1", "203.0.113.2"}
-    assert table(ns, MOVED) == {"203.0.113.0"}
-    # Deleting what is already gone is done, not failed.
-    assert kernel.apply([], [(first[0], LIVE), (first[1], LIVE)]) == []
-    assert table(ns, LIVE) == {"203.0.113.2"}
-    # A refusal names each route it hit: the same batch from a process without
-    # CAP_NET_ADMIN (the kernel's EPERM), nothing written.
-    probe = (
-        "from ovsnat.runtime import routes; import netaddr; "
-        "k = routes.Kernel(routes.open_socket()); "
-        "print([str(f) for f in k.apply([(netaddr.IPNetwork('203.0.113.9/32'), 100)], "
-        "[(netaddr.IPNetwork('203.0.113.2/32'), 100)])])"
-    )
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, "setpriv", "--bounding-set", "-net_admin",
-         "--inh-caps", "-net_admin", sys.executable, "-c", probe],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (
-        "['203.0.113.9/32 table 100: EPERM', '203.0.113.2/32 table 100: EPERM']"
-    )
-    assert table(ns, LIVE) == {"203.0.113.2"}
+    with routes.Kernel(routes.open_socket(ns)) as kernel:
+        first = fips(3)
+        assert kernel.apply([(p, LIVE) for p in first], []) == []
+        # Moving a route between tables: added to the new one, deleted from the old one.
+        assert kernel.apply([(first[0], MOVED)], [(first[0], LIVE)]) == []
+        assert table(ns, LIVE) == {"203.0.113.1", "203.0.113.2"}
+        assert table(ns, MOVED) == {"203.0.113.0"}
+        # Deleting what is already gone is done, not failed.
+        assert kernel.apply([], [(first[0], LIVE), (first[1], LIVE)]) == []
+        assert table(ns, LIVE) == {"203.0.113.2"}
+        # A refusal names each route it hit: the same batch from a process without
+        # CAP_NET_ADMIN (the kernel's EPERM), nothing written.
+        probe = (
+            "from ovsnat.runtime import routes; import netaddr; "
+            "k = routes.Kernel(routes.open_socket()); "
+            "print([str(f) for f in k.apply([(netaddr.IPNetwork('203.0.113.9/32'), 100)], "
+            "[(netaddr.IPNetwork('203.0.113.2/32'), 100)])])"
+        )
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, "setpriv", "--bounding-set", "-net_admin",
+             "--inh-caps", "-net_admin", sys.executable, "-c", probe],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == (
+            "['203.0.113.9/32 table 100: EPERM', '203.0.113.2/32 table 100: EPERM']"
+        )
+        assert table(ns, LIVE) == {"203.0.113.2"}
 
 
 def test_zebras_routes_and_the_tors_macs_are_read_from_the_dumps(ns):
-    kernel = routes.Kernel(routes.open_socket(ns))
-    ip(ns, "route", "add", "default", "proto", "bgp", "metric", "20",
-       "nexthop", "via", "10.254.1.0", "nexthop", "via", "10.254.1.3")  # fmt: skip
-    ip(ns, "route", "add", "203.0.113.50/32", "via", "10.254.1.0", "proto", "bgp")
-    ip(ns, "neigh", "replace", "10.254.1.0", "lladdr", "02:aa:00:00:00:01", "dev", "bgp0",
-       "nud", "reachable")  # fmt: skip
-    by_prefix = {str(r.prefix): r for r in kernel.routes() if r.table == 254}
-    default, echo = by_prefix["0.0.0.0/0"], by_prefix["203.0.113.50/32"]
-    assert [str(g) for g in default.gateways] == ["10.254.1.0", "10.254.1.3"]
-    assert default.protocol == echo.protocol == 186  # RTPROT_BGP, as zebra installs them
-    assert [str(g) for g in echo.gateways] == ["10.254.1.0"]
-    tor = {str(n.ip): n for n in kernel.neighbors()}["10.254.1.0"]
-    assert tor.usable and str(tor.mac) == "02-AA-00-00-00-01"
+    with routes.Kernel(routes.open_socket(ns)) as kernel:
+        ip(ns, "route", "add", "default", "proto", "bgp", "metric", "20",
+           "nexthop", "via", "10.254.1.0", "nexthop", "via", "10.254.1.3")  # fmt: skip
+        ip(ns, "route", "add", "203.0.113.50/32", "via", "10.254.1.0", "proto", "bgp")
+        ip(ns, "neigh", "replace", "10.254.1.0", "lladdr", "02:aa:00:00:00:01", "dev", "bgp0",
+           "nud", "reachable")  # fmt: skip
+        by_prefix = {str(r.prefix): r for r in kernel.routes() if r.table == 254}
+        default, echo = by_prefix["0.0.0.0/0"], by_prefix["203.0.113.50/32"]
+        assert [str(g) for g in default.gateways] == ["10.254.1.0", "10.254.1.3"]
+        assert default.protocol == echo.protocol == 186  # RTPROT_BGP, as zebra installs them
+        assert [str(g) for g in echo.gateways] == ["10.254.1.0"]
+        tor = {str(n.ip): n for n in kernel.neighbors()}["10.254.1.0"]
+        assert tor.usable and str(tor.mac) == "02-AA-00-00-00-01"
 
 
-def test_a_subscription_sees_routes_and_neighbours_come_and_go(ns):
+def test_a_subscription_sees_routes_and_neighbours_come_and_go(ns, request):
     watch = routes.open_socket(ns, rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_NEIGH)
+    request.addfinalizer(watch.close)
     ip(ns, "route", "add", "203.0.113.60/32", "via", "10.254.1.3", "proto", "bgp")
     ip(ns, "neigh", "replace", "10.254.1.3", "lladdr", "02:bb:00:00:00:02", "dev", "bgp1",
        "nud", "reachable")  # fmt: skip

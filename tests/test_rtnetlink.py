@@ -40,3 +40,10 @@ def test_a_message_cut_short_or_with_garbage_after_never_raises(cut, tail):
     data = rt.blackhole(rt.RTM_NEWROUTE, 1, PREFIX, 100) + tail
     rt.parse(data[:cut])
     rt.parse(data)
+
+
+def test_a_route_with_an_impossible_prefix_length_is_not_read():
+    bad = bytearray(rt.blackhole(rt.RTM_NEWROUTE, 1, PREFIX, 100))
+    bad[rt.HEADER.size + 1] = 40  # rtm_dst_len
+    (message,) = rt.parse(bytes(bad))
+    assert message.body is None

@@ -83,12 +83,12 @@ def switch():
 
 
 def sent(ovs: Ovs, ports: dict) -> dict[str, int]:
-    """Packets each uplink sent (only the group sends there)."""
-    out = ovs.ofctl("-O", "OpenFlow13", "dump-ports", "br-int")
+    """Packets each bucket sent (the group's own counters: the uplinks' would also count
+    the namespace's own IPv6 chatter)."""
+    out = ovs.ofctl("-O", "OpenFlow13", "dump-group-stats", "br-int")
     counts = {}
-    for up in ("up0", "up1"):
-        block = out.split(f"port  {ports[up]}:", 1)[1]
-        counts[up] = int(block.split("tx pkts=", 1)[1].split(",", 1)[0])
+    for k, up in enumerate(("up0", "up1")):
+        counts[up] = int(out.split(f"bucket{k}:packet_count=", 1)[1].split(",", 1)[0])
     return counts
 
 

@@ -89,14 +89,15 @@ class Announcer:
 
     def next(self, now: float) -> list[Routes]:
         """The one write that makes the kernel what is wanted, if any is needed and none
-        is in flight (and, after a failure, not before the retry)."""
+        is in flight. A route the kernel refused waits for the retry; the others go."""
         if self.known is None or self.in_flight is not None:
             return []
-        if self.retry_at is not None and now < self.retry_at:
-            return []
-        self.retry_at = None
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at, self.failed = None, {}
+        held = set(self.failed) if self.retry_at is not None else set()
         wanted = set(self.wanted(now))
-        add, delete = sorted(wanted - self.known), sorted(self.known - wanted)
+        add = sorted(wanted - self.known - held)
+        delete = sorted(self.known - wanted - held)
         if not add and not delete:
             return []
         self.in_flight = Routes(tuple(add), tuple(delete))
@@ -109,7 +110,9 @@ class Announcer:
         if self.known is not None:
             self.known |= {key for key in routes.add if key not in failed}
             self.known -= {key for key in routes.delete if key not in failed}
-        self.failed = {key: result.error for key in failed}
+        tried = set(routes.add) | set(routes.delete)
+        self.failed = {k: why for k, why in self.failed.items() if k not in tried}
+        self.failed.update({key: result.error for key in failed})
         if failed:
             self.retry_at = now + self.RETRY
 

@@ -35,17 +35,19 @@ def make_rundir(lab_id: str) -> str:
 def stop_orphans() -> list[str]:
     """FRR daemons of a lab whose namespace is gone (a test killed before its teardown, or
     `ovsnat lab down --all`): a lab's run directory in their command line and a network
-    namespace no longer under /run/netns. Stopped by pid; a live lab's are left alone."""
-    live = {_inode(os.path.join(NETNS_DIR, n)) for n in _listdir(NETNS_DIR)}
+    namespace no longer under /run/netns. Stopped by pid; a live lab's are left alone.
+    Returns the pids stopped."""
     gone = []
     for entry in _listdir("/proc"):
         if not entry.isdigit():
             continue
         cmdline = pid_cmdline(int(entry))
         match = RUNDIR.search(cmdline) if cmdline.startswith(FRR_BIN) else None
+        # the namespaces read per process: one made meanwhile is a live lab's
+        live = {_inode(os.path.join(NETNS_DIR, n)) for n in _listdir(NETNS_DIR)}
         if match and _inode(f"/proc/{entry}/ns/net") not in live:
             kill_pid(int(entry), match.group(0))
-            gone.append(f"{cmdline.split()[0]} ({entry})")
+            gone.append(entry)
     return gone
 
 

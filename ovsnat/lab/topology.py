@@ -288,7 +288,7 @@ def down_all(root: str = STATE_ROOT) -> list[str]:
     for ns in list_lab_namespaces():
         run(["ip", "netns", "del", ns], check=False)
         gone.append(ns)
-    return gone + frr.stop_orphans()  # their namespaces gone: FRR left in them
+    return gone + [f"frr pid {pid}" for pid in frr.stop_orphans()]  # FRR left in them
 
 
 def list_lab_namespaces() -> list[str]:

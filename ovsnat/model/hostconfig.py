@@ -108,11 +108,14 @@ class Settings:
             self.warned.add(key)
             if self.log:
                 LOG.error("ovsnat: %s", message)
-        self.said[key] = message
+            self.said = {k: v for k, v in self.said.items() if k in self.warned}
+            self.said[key] = message
 
     def waiting_for(self) -> list[str]:
-        """What the last resolve waited for (the uplink, a SNAT IP), as it was logged."""
-        return [self.said[key] for key in ("uplink", "snat") if key in self.warned]
+        """What the last resolve waited for (the uplink, a SNAT IP, and why the bridge's
+        SNAT IP was not taken), as it was logged."""
+        keys = sorted(k for k in self.warned if k in ("uplink", "snat") or k.startswith("snat "))
+        return [self.said[key] for key in keys]
 
 
 class RejectionLog:

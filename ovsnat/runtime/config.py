@@ -75,7 +75,7 @@ def load(conf, uplink_ofport: int = 0) -> HostConfig:
     if cfg.bgp is not None:
         raise ConfigError(
             "external_mode: bgp is not served by the controller yet (docs/bgp.md, its "
-            "build plan); `ovsnat bgp render` and `ovsnat flows` already serve it"
+            "build plan); `ovsnat bgp render` already serves it"
         )
     return cfg
 

@@ -20,7 +20,8 @@ NETNS_DIR = "/run/netns"
 def socket_in(namespace: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """socket.socket(family, kind, proto) created inside /run/netns/<namespace>."""
     libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/self/ns/net", "rb") as home, open(f"{NETNS_DIR}/{namespace}", "rb") as ns:
+    home_path = "/proc/thread-self/ns/net"  # this thread's (the main thread's is /proc/self's)
+    with open(home_path, "rb") as home, open(f"{NETNS_DIR}/{namespace}", "rb") as ns:
         _setns(libc, ns.fileno(), namespace)
         try:
             return socket.socket(family, kind, proto)

@@ -41,6 +41,8 @@ class RouteWriter:
             failed = self.kernel.apply(item.add, item.delete)
         except Exception as e:  # the socket, or a bug: the core must hear back either way
             LOG.exception("ovsnat: writing %d routes", len(item.add) + len(item.delete))
+            if self.kernel is not None:
+                self.kernel.close()
             self.kernel = None
             return RoutesDone(item, (*item.add, *item.delete), f"{type(e).__name__}: {e}")
         if failed:

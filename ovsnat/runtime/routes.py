@@ -25,6 +25,7 @@ NETLINK_ROUTE = 0
 BATCH = 200  # requests per send: their acks stay well inside the receive buffer
 TIMEOUT = 5.0  # seconds the kernel has to answer a batch or a dump
 RCVBUF = 1 << 20  # a 1,000-route dump, or a burst of changes, without ENOBUFS
+SO_RCVBUFFORCE = 33  # socket(7); not in Python's socket module
 
 Key = tuple[netaddr.IPNetwork, int]  # (prefix, table)
 
@@ -49,9 +50,17 @@ def open_socket(namespace: str | None = None, groups: int = 0) -> socket.socket:
         sock = socket_in(namespace, family, kind, NETLINK_ROUTE)
     else:
         sock = socket.socket(family, kind, NETLINK_ROUTE)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    sock.bind((0, groups))
-    sock.settimeout(TIMEOUT)
+    try:
+        # FORCE: past net.core.rmem_max (root only; else the capped size)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((0, groups))
+        sock.settimeout(TIMEOUT)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -60,6 +69,15 @@ class Kernel:
 
     def __init__(self, sock: socket.socket):
         self.sock, self.seq = sock, 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def apply(self, add: Iterable[Key], delete: Iterable[Key]) -> list[Failed]:
         """Adds (or replaces) then deletes blackhole routes; returns those that failed.

@@ -136,7 +136,7 @@ def _route(payload: bytes) -> Route | None:
     if len(attrs.get(RTA_TABLE, b"")) == 4:  # tables above 255 live only here
         table = struct.unpack("=I", attrs[RTA_TABLE])[0]
     dst = attrs.get(RTA_DST, bytes(4))
-    if len(dst) != 4:
+    if len(dst) != 4 or dst_len > 32:
         return None
     gateways = _gateways(attrs)
     prefix = netaddr.IPNetwork(f"{netaddr.IPAddress(int.from_bytes(dst, 'big'))}/{dst_len}")
