@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ovsnat.lab import scenario
 from ovsnat.lab.nodes import Vm
 from ovsnat.lab.openstack import servers
 from ovsnat.lab.reach import Pinger
@@ -377,7 +378,13 @@ def test_a_live_migration_keeps_an_allowed_inbound_session_and_the_groups_follow
     session = background_tcp(cl.lab, cl.lab.srv_ns, fip, PORT, hold=8)
     wait_for(lambda: tcp_established(cl.lab.srv_ns, fip, PORT), 10, what="the session")
     assert servers.live_migrate(cl, inst, "hv2").status == "completed"
-    assert "HELD" in session.result()
+    held = session.result()
+    # Broken once in about 10 clean runs (a reset during the move, stop 38): say all.
+    assert "HELD" in held, (
+        held,
+        inst.guest.dhcp_events(),
+        {h: scenario.controller_log(cl.lab, h)[-4000:] for h in ("hv1", "hv2")},
+    )
     assert row_ids(cl, "hv2", inst.tap)["ovsnat-sg"] == group.id
     assert f"ovsnat-sg-{group.id}" in bridge_ids(cl, "hv2")
     wait_for(
