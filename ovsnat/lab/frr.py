@@ -43,9 +43,11 @@ def stop_orphans() -> list[str]:
             continue
         cmdline = pid_cmdline(int(entry))
         match = RUNDIR.search(cmdline) if cmdline.startswith(FRR_BIN) else None
-        # the namespaces read per process: one made meanwhile is a live lab's
+        if match is None:
+            continue
+        # the namespaces read per daemon: one made meanwhile is a live lab's
         live = {_inode(os.path.join(NETNS_DIR, n)) for n in _listdir(NETNS_DIR)}
-        if match and _inode(f"/proc/{entry}/ns/net") not in live:
+        if _inode(f"/proc/{entry}/ns/net") not in live:
             kill_pid(int(entry), match.group(0))
             gone.append(entry)
     return gone
