@@ -41,11 +41,11 @@ from ovsnat.core.effects import (
 from ovsnat.model import ConfigError
 from ovsnat.runtime import config, dpctl, events, memory, outside
 from ovsnat.runtime import framework as fw
+from ovsnat.runtime.bgp_kernel import BgpKernel
 from ovsnat.runtime.calls import Calls
 from ovsnat.runtime.events import EventChores, EventOvsdb, EventResult, EventTick
 from ovsnat.runtime.loopmeter import LoopMeter
 from ovsnat.runtime.metrics import Metrics, serve_metrics
-from ovsnat.runtime.route_writer import RouteWriter
 from ovsnat.runtime.switches import Switches
 
 LOG = logging.getLogger("ovsnat")
@@ -73,7 +73,7 @@ class OvsNatApp(fw.BaseApp):
         )
         self.watcher = ovsdb.Watcher(self.remote, cfg.bridge, self._post_ovsdb)
         self.calls = Calls(dpctl.Target(opts.vswitchd_ctl), self._post_result)
-        self.routes = RouteWriter(self._post_result)  # bgp mode's kernel tables
+        self.routes = BgpKernel(cfg.bgp, self._post_result)  # bgp mode's kernel side
         self.switches = Switches(self.core.failures)
         self.status_file = opts.status_file
         self.calls_since_status, self.listed = 1, 0
@@ -209,6 +209,13 @@ class OvsNatApp(fw.BaseApp):
         if msg.datapath is self.switches.ours:
             meters = [(m.meter_id, tuple(b.rate for b in m.bands)) for m in msg.body]
             self._call(self.core.meter_stats, msg.xid, meters, _more(msg))
+
+    @fw.set_ev_cls(fw.ofp_event.EventOFPGroupDescStatsReply, fw.MAIN_DISPATCHER)
+    def on_group_desc(self, ev):
+        msg = ev.msg
+        if msg.datapath is self.switches.ours:
+            groups = [(g.group_id, g.digest) for g in msg.body]
+            self._call(self.core.group_stats, msg.xid, groups, _more(msg))
 
     @fw.set_ev_cls(fw.ofp_event.EventOFPErrorMsg, fw.MAIN_DISPATCHER)
     def on_error(self, ev):

@@ -106,6 +106,8 @@ class SimHost:
             return self.ctl.error(r.xid, *r.args, self.now)
         if r.kind == "flow_stats":
             return self.ctl.flow_stats(r.xid, *r.args, self.now)
+        if r.kind == "group_stats":
+            return self.ctl.group_stats(r.xid, *r.args, self.now)
         return self.ctl.meter_stats(r.xid, *r.args, self.now)
 
     def _echo(self, keys: IfaceKeys) -> list:

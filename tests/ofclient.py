@@ -65,6 +65,21 @@ class OfClient:
         self.sock.sendall(b"".join(parts))
         self._until(xid + 2, OFPT_BARRIER_REPLY)
 
+    def apply(self, msg: bytes) -> None:
+        """One message (its xid kept), then a barrier: an error about it raises."""
+        xid = struct.unpack_from("!I", msg, 4)[0]
+        self.sock.sendall(msg + messages.barrier(xid + 1))
+        for msg_type, got, reply in iter(self._message, None):
+            if got == xid and msg_type == OFPT_ERROR:
+                raise RuntimeError(f"OpenFlow error {reply[8:12].hex()} for xid {xid}")
+            if got == xid + 1 and msg_type == OFPT_BARRIER_REPLY:
+                return
+
+    def group_desc(self) -> list[bytes]:
+        """The switch's group description reply, as its raw multipart messages."""
+        self.sock.sendall(messages.group_desc_request(8))
+        return self._until(8, OFPT_MULTIPART_REPLY)
+
     def dump(self) -> dict[tuple[int, int], int]:
         """(table, cookie) -> body digest of every flow on the bridge."""
         self.sock.sendall(messages.flow_stats_request(7, 0, 0))

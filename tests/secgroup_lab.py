@@ -70,6 +70,17 @@ def ready(cl, inst, group_ids: list[str]) -> None:
     wait_key(cl, inst, "ovsnat-installed", "true")
 
 
+def ends_of_sessions(pcap: str) -> list[str]:
+    """Every RST and FIN in a capture, with its wall-clock time, addresses and flags: who
+    ended a session that should have held."""
+    from scapy.layers.inet import IP, TCP
+
+    return [
+        f"{float(p.time):.3f} {p[IP].src}:{p[TCP].sport}>{p[IP].dst}:{p[TCP].dport} {p[TCP].flags}"
+        for p in captured(pcap, lambda p: IP in p and TCP in p and p[TCP].flags & 0x05)
+    ]
+
+
 def last_inbound(pcap: str, src: str) -> list[float]:
     """Receive times of the TCP segments from `src` in a capture on a guest's eth0."""
     from scapy.layers.inet import IP, TCP

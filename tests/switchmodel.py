@@ -17,10 +17,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ovsnat.compile.groups import OWN_GROUPS
 from ovsnat.openflow import blobs, codec
-from ovsnat.openflow.digest import flow_mod_digest
+from ovsnat.openflow.digest import flow_mod_digest, group_digest
 
 OFPET_BAD_ACTION, OFPET_BUNDLE_FAILED = 2, 0xFFFF
+OFPET_GROUP_MOD_FAILED, OFPBAC_BAD_OUT_GROUP = 6, 9
+OFPAT_GROUP = 22
 
 
 @dataclass
@@ -45,6 +48,8 @@ def flow_key(msg: bytes) -> tuple[int, int]:
 class ModelSwitch:
     entries: dict = field(default_factory=dict)  # (table, priority, match) -> flow_mod
     meters: dict = field(default_factory=dict)  # meter id -> rate
+    groups: dict = field(default_factory=dict)  # group id -> (type, packed buckets)
+    group_mods: list = field(default_factory=list)  # (command, group id), in order
     packet_outs: list = field(default_factory=list)  # (port, frame)
     flow_mods: int = 0  # every flow_mod received
     xids: list = field(default_factory=list)  # every xid received, in order
@@ -73,6 +78,8 @@ class ModelSwitch:
             meter_id = struct.unpack_from("!I", msg, 12)[0]
             self.meters[meter_id] = struct.unpack_from("!I", msg, 20)[0]
             return []
+        if msg_type == codec.OFPT_GROUP_MOD:
+            return self._group_mod(xid, msg)
         if msg_type == codec.OFPT_SET_CONFIG:
             self.frag_mode = struct.unpack_from("!H", msg, 8)[0]
             return []
@@ -87,6 +94,23 @@ class ModelSwitch:
             self.packet_outs.append((port, msg[40:]))
             return []
         raise AssertionError(f"unexpected message type {msg_type}")
+
+    def _group_mod(self, xid: int, msg: bytes) -> list[Reply]:
+        """As OVS: an add of a group that exists, or a modify of one that does not, is
+        refused (OFPET_GROUP_MOD_FAILED); a delete takes the flows that use the group."""
+        command, group_type, group_id = struct.unpack_from("!HBxI", msg, 8)
+        self.group_mods.append((command, group_id))
+        exists = group_id in self.groups
+        if (command == codec.OFPGC_ADD) == exists and command != codec.OFPGC_DELETE:
+            return [Reply("error", xid, (OFPET_GROUP_MOD_FAILED, 0 if exists else 8))]
+        if command == codec.OFPGC_DELETE:
+            self.groups.pop(group_id, None)
+            self.entries = {
+                i: m for i, m in self.entries.items() if group_id not in _groups_used(m)
+            }
+        else:
+            self.groups[group_id] = (group_type, msg[16:])
+        return []
 
     def _bundle_msg(self, xid: int, msg: bytes) -> list[Reply]:
         exp_type, bundle_id = struct.unpack_from("!II", msg, 12)
@@ -111,6 +135,11 @@ class ModelSwitch:
                 entries = {
                     i: m for i, m in entries.items() if not _selected(m, inner[24], key[1], mask)
                 }
+            elif any(g not in self.groups for g in _groups_used(inner)):
+                return [
+                    Reply("error", xid, (OFPET_BAD_ACTION, OFPBAC_BAD_OUT_GROUP)),
+                    Reply("error", commit_xid, (OFPET_BUNDLE_FAILED, 0)),
+                ]
             elif self.reject and self.reject(key):
                 return [
                     Reply("error", xid, (OFPET_BAD_ACTION, 4)),
@@ -123,6 +152,9 @@ class ModelSwitch:
 
     def _stats(self, xid: int, msg: bytes) -> list[Reply]:
         mp_type = struct.unpack_from("!H", msg, 8)[0]
+        if mp_type == codec.OFPMP_GROUP_DESC:
+            entries = [(i, group_digest(t, b)) for i, (t, b) in self.groups.items()]
+            return [Reply("group_stats", xid, (entries, False))]
         if mp_type == codec.OFPMP_METER_CONFIG:
             return [Reply("meter_stats", xid, ([(m, (r,)) for m, r in self.meters.items()], False))]
         table, (cookie, mask) = msg[16], struct.unpack_from("!QQ", msg, 32)
@@ -163,6 +195,16 @@ class ModelSwitch:
     def remove(self, key: tuple[int, int]) -> None:
         """`ovs-ofctl del-flows table=T,cookie=C/-1` made by someone else."""
         self.entries = {i: m for i, m in self.entries.items() if flow_key(m) != key}
+
+
+def _groups_used(msg: bytes) -> set[int]:
+    """The groups a flow_mod's actions send to (ovsnat's flows use only its own group ids,
+    so a look for the packed action is enough for the model)."""
+    return {
+        gid
+        for gid in OWN_GROUPS
+        if struct.pack("!HHI", OFPAT_GROUP, 8, gid) in msg[blobs.MATCH_AT :]
+    }
 
 
 def _selected(msg: bytes, table: int, cookie: int, mask: int) -> bool:

@@ -1,7 +1,7 @@
 """bgp mode's options (docs/bgp.md, build plan slice 1): an operator writes `bgp_*` in
 ovsnat.conf, `ovsnat bgp render` turns them into FRR's configuration, and FRR's own parser
 (`vtysh --dryrun`) accepts it. A bad value is one line naming the option; the controller
-refuses bgp mode until its datapath is built, and l2 mode is unchanged."""
+loads bgp mode from the same file, and l2 mode is unchanged."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_every_option_the_parser_reads_is_in_the_option_table():
     assert {n for n in BY_NAME if n.startswith("bgp_")} <= read
 
 
-def test_the_controller_refuses_bgp_mode_until_it_serves_it_and_l2_is_unchanged(tmp_path):
+def test_the_controller_loads_bgp_mode_from_its_file_and_l2_is_unchanged(tmp_path):
     from oslo_config import cfg as oslo_cfg
 
     from ovsnat.runtime import config
@@ -127,8 +127,9 @@ def test_the_controller_refuses_bgp_mode_until_it_serves_it_and_l2_is_unchanged(
     conf = oslo_cfg.ConfigOpts()
     config.register(conf)
     conf([], default_config_files=[str(path)])
-    with pytest.raises(ConfigError, match=r"^external_mode: bgp is not served"):
-        config.load(conf)
+    cfg = config.load(conf)
+    assert cfg.bgp == settings() and [r.link for r in cfg.routed] == list(settings().links)
+    assert cfg.fip_activation == "immediate" and not cfg.learn_gateway_mac  # no segment
 
 
 def test_the_command_writes_the_file_and_refuses_an_l2_config_in_one_line(tmp_path, capsys):

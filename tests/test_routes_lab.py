@@ -158,3 +158,54 @@ def test_the_writer_answers_each_effect_with_what_the_kernel_refused(ns, caplog)
     gone.namespace = ns
     assert gone.apply(Routes((), effect.add[:1])).failed == ()
     assert table(ns, LIVE) == {"203.0.113.1", "203.0.113.2"}
+
+
+def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
+    """What the select group follows (ovsnat.runtime.next_hops), from a real kernel: the
+    default's next hops (as zebra installs them: one per ToR whose session is up) with
+    their MACs, each change posted once."""
+    import queue
+    import threading
+
+    from ovsnat.model.bgp import parse_bgp
+    from ovsnat.runtime.next_hops import NextHopWatch
+
+    links = {"bgp_uplinks": "up0,up1", "bgp_kernel_ports": "bgp0,bgp1",
+             "bgp_links": "10.254.1.1/31,10.254.1.2/31"}  # fmt: skip
+    bgp = parse_bgp(
+        {"external_mode": "bgp", "bgp_asn": "4200100001", **links},
+        netaddr.IPNetwork("203.0.113.0/24"),
+    )
+    posted: queue.Queue = queue.Queue()
+    watch = NextHopWatch(bgp, posted.put, namespace=ns)
+    thread = threading.Thread(target=watch.watch, daemon=True)
+    thread.start()
+
+    def hops_become(expected: tuple) -> None:
+        deadline, last = time.monotonic() + 5, None
+        while time.monotonic() < deadline:
+            try:
+                last = tuple((a, str(m)) for a, m in posted.get(timeout=0.2).hops)
+            except queue.Empty:
+                continue
+            if last == expected:
+                return
+        raise AssertionError(f"hops {last}, wanted {expected}")
+
+    a, b = ("10.254.1.0", "02-AA-00-00-00-01"), ("10.254.1.3", "02-BB-00-00-00-02")
+    try:
+        hops_become(())  # the first dump: no default route yet
+        for addr, mac, dev in ((a[0], a[1], "bgp0"), (b[0], b[1], "bgp1")):
+            ip(ns, "neigh", "replace", addr, "lladdr", mac.replace("-", ":"), "dev", dev,
+               "nud", "reachable")  # fmt: skip
+        ip(ns, "route", "add", "default", "proto", "bgp", "nexthop", "via", a[0], "dev",
+           "bgp0", "nexthop", "via", b[0], "dev", "bgp1")  # fmt: skip
+        hops_become((a, b))
+        ip(ns, "route", "replace", "default", "proto", "bgp", "via", b[0], "dev", "bgp1")
+        hops_become((b,))  # ToR A's session went down: zebra keeps B only
+        ip(ns, "neigh", "del", b[0], "dev", "bgp1")
+        hops_become(())  # no MAC for B: no ToR to send to
+    finally:
+        watch.stop()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -49,6 +49,7 @@ from tests.secgroup_lab import (
     allow,
     blocked_within,
     boot_with,
+    ends_of_sessions,
     last_inbound,
     open_group,
     reached_within,
@@ -375,13 +376,20 @@ def test_a_live_migration_keeps_an_allowed_inbound_session_and_the_groups_follow
     ready(cl, inst, [group.id])
     wait_active(cl, inst.port_id)
     wait_for(lambda: reaches(cl, cl.lab.srv_ns, fip), 10, what="the FIP to answer")
-    session = background_tcp(cl.lab, cl.lab.srv_ns, fip, PORT, hold=8)
-    wait_for(lambda: tcp_established(cl.lab.srv_ns, fip, PORT), 10, what="the session")
-    assert servers.live_migrate(cl, inst, "hv2").status == "completed"
-    held = session.result()
-    # Broken once in about 10 clean runs (a reset during the move, stop 38): say all.
+    # Broken once in about 10 clean runs (a reset during the move, stop 38): both ends are
+    # captured so that a break says who ended the session, and when.
+    with (
+        capture(cl.lab, unique("cap"), inst.ns, "eth0", f"tcp port {PORT}") as guest_pcap,
+        capture(cl.lab, unique("cap"), cl.lab.srv_ns, "any", f"tcp port {PORT}") as srv_pcap,
+    ):
+        session = background_tcp(cl.lab, cl.lab.srv_ns, fip, PORT, hold=8)
+        wait_for(lambda: tcp_established(cl.lab.srv_ns, fip, PORT), 10, what="the session")
+        assert servers.live_migrate(cl, inst, "hv2").status == "completed"
+        held = session.result()
     assert "HELD" in held, (
         held,
+        inst.guest.times,
+        {"guest": ends_of_sessions(guest_pcap), "server": ends_of_sessions(srv_pcap)},
         inst.guest.dhcp_events(),
         {h: scenario.controller_log(cl.lab, h)[-4000:] for h in ("hv1", "hv2")},
     )

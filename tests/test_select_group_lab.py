@@ -10,6 +10,7 @@ it) and one flow to it are installed by hand; the counters are the uplinks' own.
 from __future__ import annotations
 
 import secrets
+import struct
 import subprocess
 import tempfile
 
@@ -18,6 +19,9 @@ import pytest
 from ovsnat.compile import groups
 from ovsnat.lab.ovs import Ovs
 from ovsnat.lab.sh import run, wait_for
+from ovsnat.openflow import codec, messages
+from ovsnat.openflow.digest import group_desc_digest
+from tests.ofclient import OfClient
 
 pytestmark = pytest.mark.lab
 
@@ -74,7 +78,7 @@ def switch():
         for up in ("up0", "up1"):  # a bucket is live once its port has carrier
             wait_for(lambda u=up: ovs.vsctl("get", "Interface", u, "link_state").strip() == "up",
                      10, what=f"{up} with carrier")  # fmt: skip
-        yield ovs, names, ports
+        yield ovs, names, ports, group
     finally:
         ovs.stop()
         for ns in names.values():
@@ -97,7 +101,7 @@ def flows_from_the_vm(names: dict, count: int) -> None:
 
 
 def test_the_group_spreads_flows_over_both_tors_and_skips_a_link_without_carrier(switch):
-    ovs, names, ports = switch
+    ovs, names, ports, _ = switch
     before = sent(ovs, ports)
     flows_from_the_vm(names, 64)
     wait_for(lambda: sum(sent(ovs, ports).values()) - sum(before.values()) >= 64, 5,
@@ -121,3 +125,41 @@ def test_the_group_spreads_flows_over_both_tors_and_skips_a_link_without_carrier
     wait_for(lambda: sum(sent(ovs, ports).values()) - sum(before.values()) >= 64, 5,
              what="64 flows out again")  # fmt: skip
     assert sent(ovs, ports)["up0"] > before["up0"]
+
+
+def described(client: OfClient) -> dict[int, int]:
+    """group id -> digest, read from the switch's own bytes, both ways the controller may:
+    ovsnat's reader and the framework's parser with ovsnat's light entry (what app.py gets)."""
+    from ovsnat.runtime import framework as fw
+
+    fw.use_light_flow_stats()
+    ours, theirs = {}, {}
+    for msg in client.group_desc():
+        offset = 16
+        while offset < len(msg):
+            length, group_id = struct.unpack_from("!H2xI", msg, offset)
+            ours[group_id] = group_desc_digest(msg, offset, length)
+            offset += length
+        reply = fw.parser.OFPMultipartReply.parser(None, 4, 19, len(msg), 8, bytearray(msg))
+        theirs.update((g.group_id, g.digest) for g in reply.body)
+    assert ours == theirs, (ours, theirs)
+    return ours
+
+
+def test_the_group_reads_back_with_the_digest_the_controller_expects(switch):
+    """Groups carry no cookie: the controller knows its group is in place when the digest
+    of the switch's description equals that of the group_mod it would send. The group
+    here was added as text by ovs-ofctl; the controller's own packing of a changed group
+    reads back changed (the control), and its packing of the first reads back equal."""
+    ovs, _, ports, group = switch
+    client = OfClient(ovs.rundir)
+    try:
+        assert described(client) == {group.id: messages.desired_group_digest(group)}
+        one = groups.SelectGroup(group.id, group.buckets[:1])
+        client.apply(messages.group_mod(20, codec.OFPGC_MODIFY, one))
+        assert described(client) == {group.id: messages.desired_group_digest(one)}
+        assert messages.desired_group_digest(one) != messages.desired_group_digest(group)
+        client.apply(messages.group_mod(22, codec.OFPGC_MODIFY, group))
+        assert described(client) == {group.id: messages.desired_group_digest(group)}
+    finally:
+        client.close()

@@ -9,7 +9,8 @@ valve.py under faucet.py.
 - OVSDB batches update the host state (ovsnat.core.state); the changed VMs' flows go out in one
   atomic bundle. A snapshot (every reconnect) is level-triggered: rows missing from it are
   gone.
-- On datapath connect: dump ovsnat's flows and meters, diff against the desired state by
+- On datapath connect (ovsnat.core.switch_events): dump ovsnat's flows, meters and
+  groups, diff against the desired state by
   (table, cookie), send only the difference in one bundle. A restart with nothing changed
   sends no flow_mod.
 - A rejected bundle is retried owner by owner, so one bad VM never blocks the others.
@@ -29,15 +30,20 @@ from ovsnat.core import audit, connlimit, dhcp, gateways, markers
 from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
 from ovsnat.core.dropcounts import DropCounts
-from ovsnat.core.effects import AdoptSwitch, FlushConntrack, RefuseSwitch, ReleaseMemory
+from ovsnat.core.effects import (
+    FlushConntrack,
+    NextHops,
+    ReleaseMemory,
+)
 from ovsnat.core.failures import Failures
 from ovsnat.core.fips import Fips
 from ovsnat.core.handoff import Handoffs
 from ovsnat.core.packet_in import PacketIn
-from ovsnat.core.reconcile import FULL_SYNC, Reconciler
+from ovsnat.core.reconcile import Reconciler
 from ovsnat.core.routing_state import parse_logged, rows_in
 from ovsnat.core.state import HostState
 from ovsnat.core.status import Stats, status_of
+from ovsnat.core.switch_events import SwitchEvents
 from ovsnat.core.timers import Timers
 from ovsnat.core.vswitchd import Vswitchd
 from ovsnat.model import HostConfig, port_from_row
@@ -53,7 +59,7 @@ class Fatal(RuntimeError):
     """The controller keeps failing: better to exit and be restarted than run diverged."""
 
 
-class HostController:
+class HostController(SwitchEvents):
     def __init__(
         self, cfg: HostConfig, clock, audit_interval: float = 60.0, pat_usage: bool = False
     ):
@@ -71,6 +77,8 @@ class HostController:
         self.zones = connlimit.Zones()
         self.refusals = DropCounts()
         self.first_view = True
+        self.hops: dict = {}  # bgp mode: usable next hops, ToR address -> MAC (NextHops)
+        self.sw.adopt_groups = cfg.bgp is not None  # until the first NextHops
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -221,87 +229,26 @@ class HostController:
             self.gateways.mac,
             self.host.cfg.snat_ip if self.host else None,
             self.gateways.macs,
+            self.hops,
         )
+
+    def _next_hops(self, hops: dict, now: float) -> list:
+        """The ToRs in use changed: the group's buckets follow (a new host config)."""
+        if hops == self.hops and not self.sw.adopt_groups:
+            return []
+        self.sw.adopt_groups = False
+        LOG.info(
+            "ovsnat: next hops now %s",
+            ", ".join(f"{a} at {m}" for a, m in sorted(hops.items())) or "none",
+        )
+        self.hops = hops
+        if self.host is None:  # built from OVSDB's first view, with these
+            return []
+        out = self._ensure_host(now)[1]  # a new config sends its groups with its flows;
+        return out + self.sw.send(Delta())  # else the groups alone
 
     def _infra(self) -> set[str]:
         return self.settings.infra()
-
-    # --- the switch ----------------------------------------------------------------------
-    def switch_up(self, dpid: int, now: float) -> list:
-        """A switch connected: ours is adopted (AdoptSwitch, then its dump), another refused
-        (ovsnat.core.datapaths); one that comes before OVSDB named ours waits."""
-        verdict = self.identity.arrived(dpid)
-        return (
-            [RefuseSwitch(dpid)]
-            if verdict == "refuse"
-            else self._connect(dpid, now)
-            if verdict == "adopt"
-            else []
-        )
-
-    def _connect(self, dpid: int, now: float) -> list:
-        self.audit.reset(now)
-        return [AdoptSwitch(dpid)] + self.sw.connect(dpid, now) + self.zones.reapply(self.host)
-
-    def _datapath_named(self, datapath_id: str, now: float) -> list:
-        refuse, adopt, drop = self.identity.named(datapath_id)
-        out = [RefuseSwitch(d) for d in refuse]
-        if drop:
-            out += [RefuseSwitch(self.sw.dpid)] + self._switch_lost(now)
-        return out + (self._connect(adopt, now) if adopt is not None else [])
-
-    def switch_down(self, now: float) -> list:
-        """Our switch disconnected."""
-        self.identity.gone(self.identity.current)
-        return self._switch_lost(now)
-
-    def switch_gone(self, dpid: int, now: float) -> list:
-        """A switch we did not program (yet) disconnected."""
-        return self.switch_down(now) if self.identity.gone(dpid) else []
-
-    def _switch_lost(self, now: float) -> list:
-        self.audit.reset(now)
-        self.refusals.reset(self.sw.session)
-        self.sw.disconnect()
-        return []
-
-    def flow_stats(self, xid: int, entries, more: bool, now: float) -> list:
-        """Part of a flow dump: (table, cookie, body digest) of ovsnat's flows."""
-        if self.audit.owns(xid):
-            return self.audit.flow_stats(xid, entries, more, now)
-        if self.refusals.owns(xid):
-            return self.refusals.flow_stats(self.host, self.sw.session, entries, more, xid)
-        keys = [(e[0], e[1]) for e in entries]
-        return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
-
-    def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
-        return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) else []
-
-    def _dump_done(self, now: float) -> list:
-        """The switch told us what it holds: keep the FIPs it still answers for (they were
-        live before a restart: no flap, no GARP), then send the difference."""
-        installed = self.sw.session.installed
-        LOG.info("ovsnat: switch holds %d ovsnat flows", len(installed))
-        if self.host is None:
-            return []
-        for name in self.host.adopt_installed(installed):
-            LOG.info("ovsnat: FIP of port %s was active before the restart; kept", name)
-            self.fips.track(name, now)
-        self.fips.forget_announced()
-        out = self.sw.sync(now)
-        self.fips.announce_confirmed(now)
-        return out + self._markers(self.rows)
-
-    def barrier(self, xid: int, now: float) -> list:
-        bundle, out = self.sw.barrier(xid, now)
-        if bundle is not None and bundle.failed is None:
-            out += self._markers(self.rows if FULL_SYNC in bundle.owners else bundle.owners)
-            self.fips.announce_confirmed(now)
-        return out
-
-    def error(self, xid: int, type_: int, code: int, now: float) -> list:
-        self.sw.error(xid, type_, code)
-        return []
 
     # --- the markers ------------------------------------------------------------------
     def _markers(self, names) -> list:
@@ -377,5 +324,8 @@ class HostController:
         return self.vswitchd.due(self.host, self.handoffs, now) + self.zones.due(now)
 
     def result(self, result, now: float) -> list:
-        """What one of those calls answered (a Probed, Reading or ZoneLimitsDone)."""
+        """What one of those calls answered (a Probed, Reading or ZoneLimitsDone), or what
+        the kernel's routes say now (NextHops)."""
+        if isinstance(result, NextHops):
+            return self._next_hops(dict(result.hops), now)
         return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs, self.zones, now))

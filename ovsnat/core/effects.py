@@ -167,6 +167,15 @@ class RoutesDone:
 
 
 @dataclass(frozen=True)
+class NextHops:
+    """bgp mode: the ToRs the kernel routes through now (the accepted routes' next hops
+    with a usable neighbour entry), address -> MAC; posted by the runtime's kernel
+    watch whenever that changes. The select group has a bucket for each of these only."""
+
+    hops: tuple[tuple[str, object], ...] = ()  # (ToR address, netaddr.EUI), sorted
+
+
+@dataclass(frozen=True)
 class Probed:
     ok: bool
     target: str  # the control socket as found (or where it was looked for)

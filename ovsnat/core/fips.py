@@ -224,7 +224,7 @@ class Fips:
         # Announce at once, so the host that answered until now yields, and light the FIP
         # once it had time to (SETTLE).
         self.timers.at(now + SETTLE, ("settle", go.name))
-        return [self._garp(self.host.valid[go.name].fip)]
+        return self._garp(self.host.valid[go.name].fip)
 
     # --- deadlines ---------------------------------------------------------------------------
     def due(self, key: tuple, now: float) -> list:
@@ -248,16 +248,16 @@ class Fips:
             LOG.info("ovsnat: port %s is here (announced); activating its FIP", name)
             return self.send(self._activate(name))
         if kind == "garp" and self._live(name):
-            return [self._garp(self.host.valid[name].fip)]
+            return self._garp(self.host.valid[name].fip)
         if kind == "vip-garp" and self._holds(name, key[2]):
-            return [self._garp(key[3])]
+            return self._garp(key[3])
         return []
 
     def _act(self, action, now: float) -> list:
         if isinstance(action, SendProbe):
             self.stats.inc("probes")
             frame = arp.probe(self.presence.host_mac, action.fip)
-            return [self._to_uplink(action.fip, frame, f"probe for {action.fip}")]
+            return self._to_uplink(action.fip, frame, f"probe for {action.fip}")
         return self._go_live(action, now)
 
     def forget_announced(self) -> None:
@@ -270,6 +270,9 @@ class Fips:
         for name in sorted(self.to_announce):
             if not self._active(name):
                 self.to_announce.discard(name)
+            elif self._live(name) and self.host.cfg.bgp is not None:
+                self.to_announce.discard(name)  # bgp mode: a route tells, not GARPs
+                LOG.info("ovsnat: FIP %s is live here", self.host.valid[name].fip)
             elif self._live(name):
                 self.to_announce.discard(name)
                 LOG.info(
@@ -296,14 +299,17 @@ class Fips:
         port = self.host.valid[name]
         return fip_responder_key(self.host.cfg, port, self.host.net(port)) in self.session.installed
 
-    def _garp(self, fip) -> bytes:
+    def _garp(self, fip) -> list[bytes]:
         mac = mac_str(self.host.cfg.ip_mac(netaddr.IPAddress(fip)))
         return self._to_uplink(fip, arp.garp(mac, str(fip)), f"GARP for {fip}")
 
-    def _to_uplink(self, fip, frame: bytes, what: str):
-        """Out of the uplink in the FIP's own external network (its VLAN, if tagged)."""
+    def _to_uplink(self, fip, frame: bytes, what: str) -> list[bytes]:
+        """Out of the uplink in the FIP's own external network (its VLAN, if tagged). None
+        in bgp mode: no segment to tell, routes announce instead (docs/bgp.md)."""
+        if self.host.cfg.bgp is not None:
+            return []
         ext = self.host.cfg.external_for(netaddr.IPAddress(fip))
-        return self.session.packet_out(self.uplink, vlan.tag(frame, ext and ext.vlan), what)
+        return [self.session.packet_out(self.uplink, vlan.tag(frame, ext and ext.vlan), what)]
 
     # --- a VIP's FIP (ovsnat.core.vips) --------------------------------------------------------
     def announce_vip(self, name: str, vip, fip, now: float) -> None:

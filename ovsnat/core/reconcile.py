@@ -36,6 +36,9 @@ class Reconciler:
         self.failed_owners: dict[int, str] = {}  # owner bits -> why the switch refused it
         self.dpid: int | None = None
         self.connected_at: float | None = None
+        # bgp mode before the kernel's next hops are first heard: the switch's groups are
+        # kept as they are (a restart must not empty the ToRs' group); missing ones added.
+        self.adopt_groups = False
 
     # --- connection ----------------------------------------------------------------------
     def connect(self, dpid: int, now: float) -> list:
@@ -58,31 +61,44 @@ class Reconciler:
         if self.host is None or not self.session.ready:
             return []
         self.stats.inc("syncs")
-        out = self.session.meter_updates(METERS)
+        before, after = self._groups()
+        out = self.session.meter_updates(METERS) + before
         desired, expected = self.host.all_keys(), self.session.expected()
         stale, missing = expected - desired, desired - expected
         if not stale and not missing:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
-            return out + self.settled(now)
+            return out + after + self.settled(now)
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._count(len(stale) + len(missing))
-        return out + [
-            self.session.bundle(
-                sorted(stale), missing, self.host.iter_wire_for(missing), {FULL_SYNC}
-            )
-        ]
+        bundle = self.session.bundle(
+            sorted(stale), missing, self.host.iter_wire_for(missing), {FULL_SYNC}
+        )
+        return [*out, bundle, *after]
 
     def send(self, delta: Delta, retry: bool = True) -> list:
-        """One atomic bundle for a change (nothing while the switch is not in step)."""
-        if not delta or not self.session.ready:
+        """One atomic bundle for a change (nothing while the switch is not in step), with
+        the groups' changes around it: a new host config (a ToR's MAC learned) may change
+        a group and no flow."""
+        if not self.session.ready:
             return []
+        before, after = self._groups()
+        if not delta:
+            return before + after
         add = delta.add
         self._count(len(delta.delete) + len(add))
-        return [
-            self.session.bundle(
-                delta.delete, [(f.table, f.cookie) for f in add], add, delta.owners, retry
+        bundle = self.session.bundle(
+            delta.delete, [(f.table, f.cookie) for f in add], add, delta.owners, retry
+        )
+        return [*before, bundle, *after]
+
+    def _groups(self) -> tuple[list, list]:
+        before, after = self.session.group_updates(self.host.groups, self.adopt_groups)
+        if before or after:
+            LOG.info(
+                "ovsnat: groups: %s",
+                "; ".join(g.text() for g in self.host.groups) or f"{len(after)} deleted",
             )
-        ]
+        return before, after
 
     def repair(self, delete: list, adds: list, owners: set) -> list:
         """One bundle putting back what the audit found changed on the switch: deletes by

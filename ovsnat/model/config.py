@@ -116,8 +116,11 @@ class HostConfig:
             if raw.get("pat_ports_per_vm") not in (None, "")
             else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
-            learn_gateway_mac=not gw_mac,
-            fip_activation=str(raw.get("fip_activation") or "probe").strip(),
+            learn_gateway_mac=not gw_mac and routed is None,  # bgp: no shared segment
+            # bgp mode: live at plug until presence by echoes (docs/bgp.md, section 6)
+            fip_activation="immediate"
+            if routed
+            else str(raw.get("fip_activation") or "probe").strip(),
             fabric_port=_name(raw["fabric_port"], "fabric_port")
             if _given(raw, "fabric_port")
             else "",

@@ -16,6 +16,11 @@ from ovsnat.model.externals import EXT_PREFIX, External, parse_externals
 LOG = logging.getLogger("ovsnat")
 FABRIC_MISSING = "no traffic between hosts"
 META_MISSING = "metadata requests are dropped"
+UNUSED = "the ToR of its link is not used"
+BGP_NO_EXTERNALS = (
+    "the bridge's ovsnat-ext-* keys (tagged external networks) are not served in bgp mode "
+    "(docs/bgp.md); ignored"
+)
 SNAT_KEY = "ovsnat-snat-ip"  # on the Bridge row: the host's SNAT IP (Neutron)
 
 
@@ -26,16 +31,23 @@ class Settings:
         self.said: dict[str, str] = {}  # key -> its message, as last logged
 
     def infra(self) -> set[str]:
-        """The bridge's own ports: not VMs."""
+        """The bridge's own ports: not VMs (in bgp mode also the routed uplinks and the
+        kernel's ports on them)."""
         base = self.base
-        return {base.uplink_port, base.fabric_port, base.metadata_port} - {""}
+        routed = {n for r in base.routed for n in (r.link.uplink, r.link.kernel_port)}
+        return {base.uplink_port, base.fabric_port, base.metadata_port, *routed} - {""}
 
-    def resolve(self, rows: dict, bridge_ids: dict, gateway_mac, current_snat, ext_macs=None):
-        """The effective config, or None while the uplink or the SNAT IP is missing.
-        `ext_macs`: the tagged external networks' gateway MACs learned, by (VLAN, gateway)."""
+    def resolve(
+        self, rows: dict, bridge_ids: dict, gateway_mac, current_snat, ext_macs=None, hops=None
+    ):
+        """The effective config, or None while the uplink (l2 mode) or the SNAT IP is
+        missing. `ext_macs`: the tagged external networks' gateway MACs learned, by (VLAN,
+        gateway); `hops`: bgp mode's usable next hops, ToR address -> MAC."""
         base = self.base
         row = rows.get(base.uplink_port)
-        if row is None or not row.ofport or row.ofport < 1:
+        if base.bgp is not None:
+            row = None
+        elif row is None or not row.ofport or row.ofport < 1:
             self.warn_once(
                 "uplink",
                 f"uplink port {base.uplink_port} is not on bridge "
@@ -53,7 +65,8 @@ class Settings:
         self.warned -= {"uplink", "snat"}
         cfg = replace(
             base,
-            uplink_ofport=row.ofport,
+            uplink_ofport=row.ofport if row else 0,
+            routed=self._routed(rows, hops or {}),
             snat_ip=snat,
             external_gateway_mac=gateway_mac,
             fabric_ofport=self._ofport(rows, base.fabric_port, "fabric", FABRIC_MISSING),
@@ -61,9 +74,26 @@ class Settings:
         )
         return replace(cfg, externals=self._externals(cfg, bridge_ids, ext_macs or {}))
 
+    def _routed(self, rows: dict, hops: dict) -> tuple:
+        """bgp mode's links with their ports' numbers (each missing one logged once while
+        it lasts: that ToR is not used) and the ToR's MAC while it is a usable next hop."""
+        return tuple(
+            replace(
+                r,
+                uplink_ofport=self._ofport(rows, r.link.uplink, "routed uplink", UNUSED),
+                kernel_ofport=self._ofport(rows, r.link.kernel_port, "kernel", UNUSED),
+                tor_mac=hops.get(str(r.link.peer)),
+            )
+            for r in self.base.routed
+        )
+
     def _externals(self, cfg, bridge_ids: dict, macs) -> tuple[External, ...]:
         """The ovsnat-ext-* keys, each bad one logged once while it lasts; the tagged
-        networks with their gateway's MAC when it is learned."""
+        networks with their gateway's MAC when it is learned. bgp mode has none yet."""
+        if cfg.bgp is not None:
+            if any(k.startswith(EXT_PREFIX) for k in bridge_ids):
+                self.warn_once(EXT_PREFIX, BGP_NO_EXTERNALS)
+            return ()
         externals, problems = parse_externals(bridge_ids, cfg)
         for key, error in problems.items():
             self.warn_once(f"{key} {error}", error)
@@ -78,14 +108,15 @@ class Settings:
     def _ofport(self, rows: dict, name: str, what: str, missing: str) -> int:
         """An optional port's ofport; 0 (logged once while it lasts) while it is missing."""
         row = rows.get(name) if name else None
+        key = f"{what} {name}"
         if name and (row is None or not row.ofport or row.ofport < 1):
             self.warn_once(
-                what,
+                key,
                 f"{what} port {name} is not on bridge {self.base.bridge} (or has no "
                 f"ofport); {missing} until it is",
             )
             return 0
-        self.warned.discard(what)
+        self.warned.discard(key)
         return row.ofport if row else 0
 
     def _snat_ip(self, bridge_ids: dict):

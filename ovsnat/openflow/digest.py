@@ -19,6 +19,7 @@ from ovsnat.openflow.blobs import FLOW_MOD_HEAD, MATCH_AT, PRIORITY_AT, bad_blob
 
 STATS_PRIORITY = 12  # offsets in an ofp_flow_stats entry
 STATS_BODY = 48
+GROUP_TYPE, GROUP_BUCKETS = 2, 8  # offsets in an ofp_group_desc entry
 
 
 def _digest(buf, priority_at: int, body_from: int, body_to: int) -> int:
@@ -35,6 +36,18 @@ def stats_digest(buf, offset: int, length: int) -> int:
     """The digest of the flow stats entry at `offset` of a multipart reply (slices of an
     entry are small: copying them costs less than a memoryview per entry)."""
     return _digest(buf, offset + STATS_PRIORITY, offset + STATS_BODY, offset + length)
+
+
+def group_digest(group_type: int, buckets) -> int:
+    """A group's type and buckets as a number: groups carry no cookie, so the controller
+    compares this, from the group_mod it would send and from the switch's group
+    description (OVS returns a bucket's actions as it received them, as for flows)."""
+    return zlib.crc32(buckets, group_type)
+
+
+def group_desc_digest(buf, offset: int, length: int) -> int:
+    """The digest of the group description entry at `offset` of a multipart reply."""
+    return group_digest(buf[offset + GROUP_TYPE], buf[offset + GROUP_BUCKETS : offset + length])
 
 
 def flow_mod_digests(blob: bytes):

@@ -34,6 +34,7 @@ from ovsnat.openflow.codec import (
     OFPMBT_DROP,
     OFPMF_PKTPS,
     OFPMP_FLOW,
+    OFPMP_GROUP_DESC,
     OFPMP_METER_CONFIG,
     OFPP_ANY,
     OFPP_CONTROLLER,
@@ -51,6 +52,7 @@ from ovsnat.openflow.codec import (
     ONF_EXPERIMENTER,
     VERSION,
 )
+from ovsnat.openflow.digest import group_digest
 from ovsnat.openflow.match import match_bytes
 
 EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
@@ -158,16 +160,31 @@ def meter_mod(xid: int, command: int, meter_id: int, rate_pps: int) -> bytes:
     return _msg(OFPT_METER_MOD, xid, struct.pack("!HHI", command, OFPMF_PKTPS, meter_id) + band)
 
 
-def group_mod(xid: int, command: int, group: SelectGroup) -> bytes:
-    """Add, modify (all its buckets replaced at once) or delete a select group. Each
-    bucket weighs 1 (a select group never picks a bucket of weight 0)."""
+def group_buckets(group: SelectGroup) -> bytes:
+    """A select group's buckets as OpenFlow packs them, each weighing 1 (a select group
+    never picks a bucket of weight 0)."""
     buckets = b""
     for bucket in group.buckets:
         actions = b"".join(action_bytes(a) for a in bucket.actions)
         buckets += struct.pack("!HHII4x", 16 + len(actions), 1, bucket.watch_port, OFPG_ANY)
         buckets += actions
+    return buckets
+
+
+def group_mod(xid: int, command: int, group: SelectGroup) -> bytes:
+    """Add, modify (all its buckets replaced at once) or delete a select group."""
     head = struct.pack("!HBxI", command, OFPGT_SELECT, group.id)
-    return _msg(OFPT_GROUP_MOD, xid, head + buckets)
+    return _msg(OFPT_GROUP_MOD, xid, head + group_buckets(group))
+
+
+def group_desc_request(xid: int) -> bytes:
+    """Every group of the switch, with its buckets."""
+    return _msg(OFPT_MULTIPART_REQUEST, xid, struct.pack("!HH4x", OFPMP_GROUP_DESC, 0))
+
+
+def desired_group_digest(group: SelectGroup) -> int:
+    """What the switch's group description of `group` digests to once it holds it."""
+    return group_digest(OFPGT_SELECT, group_buckets(group))
 
 
 def packet_out(xid: int, port: int, frame: bytes, actions: bytes | None = None) -> bytes:

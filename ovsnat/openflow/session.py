@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ovsnat.compile.flows import KINDS, Flow, MeterSpec
+from ovsnat.compile.groups import OWN_GROUPS, SelectGroup
 from ovsnat.openflow import blobs, codec, messages
 from ovsnat.openflow.actions import action_bytes
 
@@ -106,6 +107,7 @@ class _Dump:
     pending: set
     flows: set = field(default_factory=set)
     meters: set = field(default_factory=set)
+    groups: dict = field(default_factory=dict)
 
 
 class SwitchSession:
@@ -114,6 +116,7 @@ class SwitchSession:
         self.xids = Xids()
         self.installed: set | None = None  # confirmed keys; None until the first dump
         self.meters: set | None = None  # (meter_id, (rate,)) on the switch
+        self.groups: dict[int, int] | None = None  # ovsnat's group id -> digest on the switch
         self.bundles: dict[int, Bundle] = {}  # barrier xid -> bundle, in send order
         self.recent: OrderedDict[int, str] = OrderedDict()  # xid -> what (not bundles)
         self._dump: _Dump | None = None
@@ -137,6 +140,9 @@ class SwitchSession:
         xid = self.xids.take(busy=True)
         out.append(messages.meter_config_request(xid))
         pending.add(xid)
+        xid = self.xids.take(busy=True)
+        out.append(messages.group_desc_request(xid))
+        pending.add(xid)
         self._dump = _Dump(pending)
         return out
 
@@ -146,7 +152,7 @@ class SwitchSession:
         if self._dump:
             for xid in self._dump.pending:
                 self.xids.release(xid)
-        self.installed = self.meters = self._dump = None
+        self.installed = self.meters = self.groups = self._dump = None
         self.bundles.clear()
 
     def dumped_flows(self, xid: int, keys: Iterable, more: bool) -> bool:
@@ -162,6 +168,14 @@ class SwitchSession:
         self._dump.meters.update(meters)
         return self._part_done(xid, more)
 
+    def dumped_groups(self, xid: int, groups: Iterable, more: bool) -> bool:
+        """(group id, digest) of the switch's groups; only ovsnat's ids are kept (another
+        controller's groups are neither compared nor touched)."""
+        if self._dump is None or xid not in self._dump.pending:
+            return False
+        self._dump.groups.update((i, d) for i, d in groups if i in OWN_GROUPS)
+        return self._part_done(xid, more)
+
     def _part_done(self, xid: int, more: bool) -> bool:
         if more:
             return False
@@ -169,7 +183,8 @@ class SwitchSession:
         self.xids.release(xid)
         if self._dump.pending:
             return False
-        self.installed, self.meters, self._dump = self._dump.flows, self._dump.meters, None
+        dump, self._dump = self._dump, None
+        self.installed, self.meters, self.groups = dump.flows, dump.meters, dump.groups
         return True
 
     # --- what the switch holds -----------------------------------------------------------
@@ -215,6 +230,28 @@ class SwitchSession:
                 (m.meter_id, (m.rate_pps,))
             }
         return out
+
+    def group_updates(self, desired: Iterable[SelectGroup], adopt: bool = False) -> tuple:
+        """(before, after) a bundle: an add or a modify for each desired group the switch
+        lacks or holds otherwise, before the flows that use it; a delete for each of
+        ovsnat's groups no longer desired, after the flows that used it are gone (OVS
+        deletes the flows that use a deleted group). Nothing while in sync. `adopt`: the
+        groups the switch holds are kept as they are; only missing ones are added."""
+        before, want = [], {g.id: g for g in desired}
+        for gid, group in sorted(want.items()):
+            digest = messages.desired_group_digest(group)
+            if self.groups.get(gid) == digest or (adopt and gid in self.groups):
+                continue
+            command = codec.OFPGC_MODIFY if gid in self.groups else codec.OFPGC_ADD
+            xid = self.note(f"group {group.text()}")
+            before.append(messages.group_mod(xid, command, group))
+            self.groups[gid] = digest
+        after = []
+        for gid in sorted(set(self.groups) - set(want) if not adopt else ()):
+            xid = self.note(f"group_id={gid} (delete)")
+            after.append(messages.group_mod(xid, codec.OFPGC_DELETE, SelectGroup(gid, ())))
+            del self.groups[gid]
+        return before, after
 
     def packet_out(self, port: int, frame: bytes, what: str, actions=()) -> bytes:
         """`frame` out of `port`, or through `actions` (compile.actions values) instead."""

@@ -71,13 +71,7 @@ def raw_options(conf) -> dict:
 def load(conf, uplink_ofport: int = 0) -> HostConfig:
     values = raw_options(conf)
     values["uplink_ofport"] = uplink_ofport
-    cfg = HostConfig.parse(values)
-    if cfg.bgp is not None:
-        raise ConfigError(
-            "external_mode: bgp is not served by the controller yet (docs/bgp.md, its "
-            "build plan); `ovsnat bgp render` already serves it"
-        )
-    return cfg
+    return HostConfig.parse(values)
 
 
 def describe(cfg: HostConfig, remote: str, vswitchd) -> str:

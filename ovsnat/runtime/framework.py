@@ -13,7 +13,7 @@ import os
 import struct
 import sys
 
-from ovsnat.openflow.digest import stats_digest
+from ovsnat.openflow.digest import group_desc_digest, stats_digest
 
 
 def _choose() -> str:
@@ -101,6 +101,21 @@ class _PortNo:
         return entry
 
 
+class _GroupKey:
+    """Of a group description, its id and a digest of its type and buckets
+    (ovsnat.openflow.digest), which is all the controller compares."""
+
+    __slots__ = ("length", "group_id", "digest")
+    _HEAD = struct.Struct("!H2xI")  # length, type, pad, group id
+
+    @classmethod
+    def parser(cls, buf, offset):
+        entry = cls()
+        entry.length, entry.group_id = cls._HEAD.unpack_from(buf, offset)
+        entry.digest = group_desc_digest(buf, offset, entry.length)
+        return entry
+
+
 def use_light_flow_stats() -> None:
     """Make flow stats replies in this process carry _FlowKey entries (table_id, cookie,
     priority) instead of full OFPFlowStats, and port descriptions _PortNo entries.
@@ -108,6 +123,7 @@ def use_light_flow_stats() -> None:
     not next to apps that read matches or ports."""
     parser.OFPFlowStatsReply.cls_stats_body_cls = _FlowKey
     parser.OFPPortDescStatsReply.cls_stats_body_cls = _PortNo
+    parser.OFPGroupDescStatsReply.cls_stats_body_cls = _GroupKey
 
 
 def trace_switches(callback) -> None:

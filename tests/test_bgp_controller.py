@@ -1,0 +1,145 @@
+"""The host controller in bgp mode against a model switch (docs/bgp.md section 4): no uplink
+to wait for, the routed ports from OVSDB, and the ToRs' select group, which follows the
+next hops the kernel routes through (NextHops, from ovsnat.runtime.next_hops) and is put
+on the switch before any flow that uses it. The switch model refuses, as OVS does, a flow
+whose group is missing and a group_mod that does not fit what it holds."""
+
+from __future__ import annotations
+
+import struct
+
+import netaddr
+
+from ovsnat.cli.scenarios import SCENARIOS
+from ovsnat.compile.groups import UPLINKS_GROUP
+from ovsnat.core.effects import NextHops
+from ovsnat.model.rows import IfaceRow
+from ovsnat.openflow import codec
+from tests.hostsim import SimHost, vm_row
+from tests.switchmodel import ModelSwitch
+
+BGP = SCENARIOS["bgp"][1]  # two /31 links: 10.254.1.1 -> ToR .0, 10.254.1.3 -> ToR .2
+ROUTED_ROWS = [
+    IfaceRow(n, p, {}, "up") for n, p in (("up0", 4), ("up1", 5), ("bgp0", 6), ("bgp1", 7))
+]
+TOR_A, TOR_B = (
+    ("10.254.1.0", netaddr.EUI("02:aa:00:00:00:01")),
+    (
+        "10.254.1.2",
+        netaddr.EUI("02:bb:00:00:00:02"),
+    ),
+)
+FIP = "203.0.113.10"
+
+
+def routed_host(switch: ModelSwitch | None = None, rows=ROUTED_ROWS) -> SimHost:
+    sim = SimHost(switch, **BGP)
+    for row in rows:
+        sim.rows[row.name] = row
+    return sim.start()
+
+
+def buckets(sim: SimHost) -> list[tuple[int, bytes]]:
+    """(watch port, actions) of each bucket of the ToRs' group on the switch."""
+    _, packed = sim.switch.groups[UPLINKS_GROUP]
+    out, offset = [], 0
+    while offset < len(packed):
+        length, _weight, watch = struct.unpack_from("!HHI", packed, offset)
+        out.append((watch, packed[offset + 16 : offset + length]))
+        offset += length
+    return out
+
+
+def tors(sim: SimHost) -> dict[int, str]:
+    """watch port -> the ToR MAC its bucket sends to."""
+    macs = {TOR_A[1].packed: str(TOR_A[1]), TOR_B[1].packed: str(TOR_B[1])}
+    return {w: next(m for k, m in macs.items() if k in a) for w, a in buckets(sim)}
+
+
+def test_a_routed_host_is_programmed_without_an_uplink_and_the_group_follows_the_hops():
+    sim = routed_host()
+    sim.plug(vm_row(11, fip=FIP))
+    assert sim.switch.flow_keys() == sim.desired_keys() and sim.ctl.stats.counts["of_errors"] == 0
+    assert buckets(sim) == []  # no ToR known yet: leaving traffic is dropped
+    assert sim.fip_live(FIP)  # live at plug in bgp mode (no segment to probe)
+    assert sim.switch.packet_outs == []  # no GARP, no probe, no gateway ARP: no segment
+    flow_mods = sim.switch.flow_mods
+    sim.answer(NextHops((TOR_A, TOR_B)))
+    assert tors(sim) == {4: str(TOR_A[1]), 5: str(TOR_B[1])}
+    assert sim.switch.group_mods[-1] == (codec.OFPGC_MODIFY, UPLINKS_GROUP)
+    assert sim.switch.flow_mods == flow_mods  # the group alone changed
+    sim.answer(NextHops((TOR_B,)))  # BFD took ToR A's next hop away
+    assert tors(sim) == {5: str(TOR_B[1])}
+    mods = len(sim.switch.group_mods)
+    sim.answer(NextHops((TOR_B,)))
+    assert len(sim.switch.group_mods) == mods  # nothing new, nothing sent
+    assert sim.switch.flow_keys() == sim.desired_keys()
+
+
+def test_a_restarted_controller_keeps_the_group_until_it_hears_the_hops():
+    first = routed_host()
+    first.plug(vm_row(11, fip=FIP))
+    first.answer(NextHops((TOR_A, TOR_B)))
+    before, mods = dict(first.switch.groups), len(first.switch.group_mods)
+    second = routed_host(first.switch)  # the same switch, a new controller
+    second.plug(vm_row(11, fip=FIP))
+    assert second.switch.groups == before and len(second.switch.group_mods) == mods
+    second.answer(NextHops((TOR_A, TOR_B)))  # as before: still nothing to send
+    assert len(second.switch.group_mods) == mods
+    second.answer(NextHops((TOR_A,)))  # a change after it heard them: followed
+    assert tors(second) == {4: str(TOR_A[1])}
+
+
+def test_a_restart_that_hears_no_hops_at_all_empties_the_group():
+    """Adopting the switch's group lasts until the first NextHops, whatever it says."""
+    first = routed_host()
+    first.answer(NextHops((TOR_A, TOR_B)))
+    second = routed_host(first.switch)
+    assert len(buckets(second)) == 2
+    second.answer(NextHops(()))
+    assert buckets(second) == []
+
+
+def test_a_missing_routed_port_leaves_its_tor_unused_and_is_said_once(caplog):
+    sim = routed_host(rows=[r for r in ROUTED_ROWS if r.name != "up1"])
+    sim.answer(NextHops((TOR_A, TOR_B)))
+    assert tors(sim) == {4: str(TOR_A[1])}
+    said = [r.message for r in caplog.records if "routed uplink port up1" in r.message]
+    assert len(said) == 1 and "not used" in said[0], said
+    sim.plug(IfaceRow("up1", 5, {}, "up"))
+    assert tors(sim) == {4: str(TOR_A[1]), 5: str(TOR_B[1])}
+
+
+def test_tagged_external_keys_are_ignored_in_bgp_mode_with_one_line(caplog):
+    sim = routed_host()
+    sim.set_bridge_ids(**{"ovsnat-ext-net1": "vlan=100,cidr=198.51.100.0/24,gateway=198.51.100.1"})
+    sim.set_bridge_ids(**{"ovsnat-ext-net1": "vlan=101,cidr=198.51.100.0/24,gateway=198.51.100.1"})
+    assert sim.ctl.host.cfg.externals == ()
+    said = [r.message for r in caplog.records if "not served in bgp mode" in r.message]
+    assert len(said) == 1, said
+
+
+def test_an_l2_host_deletes_ovsnats_old_group_after_its_flows_and_leaves_others_alone():
+    switch = ModelSwitch()
+    switch.groups = {UPLINKS_GROUP: (codec.OFPGT_SELECT, b""), 7: (codec.OFPGT_SELECT, b"")}
+    sim = SimHost(switch).start()
+    sim.plug(vm_row(11))
+    assert set(switch.groups) == {7}  # another controller's group stays
+    assert switch.group_mods == [(codec.OFPGC_DELETE, UPLINKS_GROUP)]
+    assert switch.flow_keys() == sim.desired_keys() and sim.ctl.stats.counts["of_errors"] == 0
+
+
+def test_the_model_switch_refuses_a_flow_whose_group_is_missing_as_ovs_does():
+    """The control of the tests above: without the group first, the bundle would fail."""
+    sim = routed_host()
+    assert sim.ctl.stats.counts["of_errors"] == 0
+    del sim.switch.groups[UPLINKS_GROUP]
+    sim.switch.entries.clear()
+    sim.ctl.sw.session.groups[UPLINKS_GROUP] = 0  # the controller believes it is there
+    sim.connect()  # a reconnect dumps again: the group is added, so still no error
+    assert sim.ctl.stats.counts["of_errors"] == 0 and UPLINKS_GROUP in sim.switch.groups
+    del sim.switch.groups[UPLINKS_GROUP]
+    sim.switch.entries.clear()
+    sim.ctl.sw.session.installed = set()  # the flows to send again, the group believed there
+    sim.deliver(sim.ctl.sw.sync(sim.now))
+    assert sim.ctl.stats.counts["of_errors"] > 0

@@ -1,0 +1,76 @@
+"""Which ToRs the select group uses (ovsnat.runtime.next_hops), from the kernel's own view:
+the accepted routes' next hops that are link peers, with a usable MAC. Pure; the same
+watch against a real kernel is in tests/test_routes_lab.py."""
+
+from __future__ import annotations
+
+import netaddr
+
+from ovsnat.model.bgp import parse_bgp
+from ovsnat.runtime import rtnetlink as rt
+from ovsnat.runtime.next_hops import MAIN_TABLE, KernelView, next_hops
+
+BGP = parse_bgp(
+    {
+        "external_mode": "bgp",
+        "bgp_asn": "4200100001",
+        "bgp_uplinks": "up0,up1",
+        "bgp_kernel_ports": "bgp0,bgp1",
+        "bgp_links": "10.254.1.1/31,10.254.1.3/31",
+    },
+    netaddr.IPNetwork("203.0.113.0/24"),
+)
+A, B = netaddr.IPAddress("10.254.1.0"), netaddr.IPAddress("10.254.1.2")
+MAC_A, MAC_B = netaddr.EUI("02:aa:00:00:00:01"), netaddr.EUI("02:bb:00:00:00:02")
+DEFAULT = netaddr.IPNetwork("0.0.0.0/0")
+
+
+def route(prefix=DEFAULT, *gateways, table=MAIN_TABLE, kind=rt.RTM_NEWROUTE) -> rt.Message:
+    return rt.Message(kind, 0, 0, rt.Route(prefix, table, 186, rt.RTN_UNICAST, gateways))
+
+
+def neigh(ip, mac, state=rt.NUD_REACHABLE, kind=rt.RTM_NEWNEIGH, ifindex=5) -> rt.Message:
+    return rt.Message(kind, 0, 0, rt.Neighbor(ip, mac, ifindex, state))
+
+
+def view(*messages) -> KernelView:
+    v = KernelView()
+    for m in messages:
+        v.apply(m)
+    return v
+
+
+def test_both_tors_of_an_ecmp_default_with_their_macs():
+    v = view(route(DEFAULT, A, B), neigh(A, MAC_A), neigh(B, MAC_B, rt.NUD_STALE))
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A), (str(B), MAC_B))
+
+
+def test_a_hop_bfd_removed_or_without_a_usable_mac_is_not_used():
+    v = view(route(DEFAULT, A, B), neigh(A, MAC_A), neigh(B, MAC_B))
+    v.apply(route(DEFAULT, A))  # zebra replaced the route: B's session went down
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
+    v.apply(route(DEFAULT, A, B))
+    v.apply(neigh(B, MAC_B, state=0x20))  # NUD_FAILED: B does not answer ARP
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
+    v.apply(route(DEFAULT, A, B, kind=rt.RTM_DELROUTE))
+    assert next_hops(v, BGP).hops == ()
+
+
+def test_only_accepted_routes_in_the_main_table_through_link_peers_count():
+    other = netaddr.IPAddress("10.254.7.1")
+    v = view(
+        neigh(A, MAC_A),
+        neigh(other, MAC_B),
+        route(netaddr.IPNetwork("198.51.100.0/24"), A),  # not accepted (default only)
+        route(DEFAULT, A, table=100),  # another table
+        route(DEFAULT, other),  # not a ToR of ours
+    )
+    assert next_hops(v, BGP).hops == ()
+    v.apply(route(DEFAULT, A))  # positive control: the same hop, on an accepted route
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
+
+
+def test_a_neighbour_deleted_takes_its_tor_out():
+    v = view(route(DEFAULT, A, B), neigh(A, MAC_A), neigh(B, MAC_B))
+    v.apply(neigh(B, MAC_B, kind=rt.RTM_DELNEIGH))
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
