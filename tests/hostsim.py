@@ -16,6 +16,8 @@ from ovsnat.core.effects import (
     Reconfigure,
     RefuseSwitch,
     ReleaseMemory,
+    Routes,
+    RoutesDone,
     ZoneLimits,
     ZoneLimitsDone,
 )
@@ -60,6 +62,8 @@ class SimHost:
         self.echo_writes = True  # apply key writes to the rows, as OVSDB would
         self.reconfigures = 0  # ovs-vswitchd reconfigurations asked for
         self.memory_releases = 0  # bursts over (the shim gives memory back)
+        self.routes: list = []  # Routes written (bgp mode), each answered as done
+        self.kernel_tables: set = set()  # what those writes left in the kernel
 
     # --- feeding events ----------------------------------------------------------------
     def deliver(self, out) -> None:
@@ -71,6 +75,11 @@ class SimHost:
                 continue
             if isinstance(item, ReleaseMemory):
                 self.memory_releases += 1
+                continue
+            if isinstance(item, Routes):
+                self.routes.append(item)
+                self.kernel_tables = (self.kernel_tables | set(item.add)) - set(item.delete)
+                queue += self.ctl.result(RoutesDone(item), self.now)
                 continue
             if isinstance(item, IfaceKeys):
                 self.key_writes.append(item)

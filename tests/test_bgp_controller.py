@@ -12,7 +12,7 @@ import netaddr
 
 from ovsnat.cli.scenarios import SCENARIOS
 from ovsnat.compile.groups import UPLINKS_GROUP
-from ovsnat.core.effects import NextHops
+from ovsnat.core.effects import NextHops, OwnRoutes
 from ovsnat.model.rows import IfaceRow
 from ovsnat.openflow import codec
 from tests.hostsim import SimHost, vm_row
@@ -143,3 +143,58 @@ def test_the_model_switch_refuses_a_flow_whose_group_is_missing_as_ovs_does():
     sim.ctl.sw.session.installed = set()  # the flows to send again, the group believed there
     sim.deliver(sim.ctl.sw.sync(sim.now))
     assert sim.ctl.stats.counts["of_errors"] > 0
+
+
+# --- the announcements (ovsnat.core.announcing) ---------------------------------------------
+LIVE = 100  # bgp_table's default: FRR announces what is in it
+
+
+def fib(*addresses: str) -> set:
+    return {(netaddr.IPNetwork(f"{a}/32"), LIVE) for a in addresses}
+
+
+def test_the_host_announces_its_snat_and_each_fip_it_serves_and_withdraws_one_that_leaves():
+    sim = routed_host()
+    sim.plug(vm_row(11, fip=FIP), vm_row(12))
+    assert sim.routes == []  # the kernel's tables not read yet: nothing is written
+    sim.answer(OwnRoutes(frozenset()))
+    assert sim.kernel_tables == fib("203.0.113.11", FIP)  # SNAT, and the live FIP
+    assert len(sim.routes) == 1  # in one write
+    sim.plug(vm_row(13, fip="203.0.113.12"))
+    assert sim.kernel_tables == fib("203.0.113.11", FIP, "203.0.113.12")
+    sim.unplug("tapvm11")
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12")
+    assert sim.routes[-1].delete == tuple(fib(FIP)) and sim.routes[-1].add == ()
+
+
+def test_a_restarted_controller_writes_nothing_when_the_kernel_holds_what_it_wants():
+    first = routed_host()
+    first.plug(vm_row(11, fip=FIP))
+    first.answer(OwnRoutes(frozenset()))
+    held = first.kernel_tables
+    assert held == fib("203.0.113.11", FIP)  # positive control: the first one wrote
+    second = SimHost(first.switch, **BGP)  # a new controller, the same switch and rows
+    second.rows.update({r.name: r for r in [*ROUTED_ROWS, vm_row(11, fip=FIP)]})
+    second.answer(OwnRoutes(frozenset(held)))  # the runtime's dump, before OVSDB's view
+    second.start()
+    second.answer(NextHops((TOR_A, TOR_B)))
+    assert second.routes == []  # nothing withdrawn, nothing added: no UPDATE
+
+
+def test_a_route_left_by_a_fip_that_is_gone_is_withdrawn_after_a_restart():
+    sim = routed_host()
+    stale = fib("203.0.113.99")
+    sim.answer(OwnRoutes(frozenset(stale | fib("203.0.113.11"))))
+    assert [r.delete for r in sim.routes] == [tuple(stale)] and sim.routes[0].add == ()
+
+
+def test_nothing_is_withdrawn_while_the_switch_is_away():
+    sim = routed_host()
+    sim.plug(vm_row(11, fip=FIP))
+    sim.answer(OwnRoutes(frozenset()))
+    writes = len(sim.routes)
+    sim.deliver(sim.ctl.switch_down(sim.now))
+    sim.answer(OwnRoutes(frozenset(sim.kernel_tables)))  # the watch dumped again
+    assert len(sim.routes) == writes
+    sim.connect()  # back: the flows are known again, and nothing changed
+    assert len(sim.routes) == writes

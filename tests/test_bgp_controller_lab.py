@@ -14,6 +14,7 @@ As in production, the kernel ports are OVS internal ports in the controller's na
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -213,17 +214,50 @@ def test_the_group_follows_the_kernels_next_hops(fabric):
     groups_become(fabric, "up0", "up1", timeout=5)
 
 
+def announced(ns: dict) -> set[str]:
+    """ovsnat's routes in the table FRR announces from (bgp_table, 100)."""
+    shown = json.loads(run(["ip", "-n", ns["hv"], "-j", "route", "show", "table", "100",
+                            "proto", "250"]).stdout)  # fmt: skip
+    return {r["dst"] for r in shown if r["type"] == "blackhole"}
+
+
+def announcements(ovs: Ovs) -> dict:
+    """What the controller's status file says of its routes (announced: in the kernel)."""
+    try:
+        with open(os.path.join(ovs.rundir, "ovsnat-status.json")) as f:
+            status = json.load(f).get("announcements", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: status.get(k) for k in ("announced", "wanted")}
+
+
+def test_the_host_writes_its_snat_and_fip_routes_and_withdraws_a_fip_that_leaves(fabric):
+    ovs, ns, _, _ = fabric
+    wait_for(lambda: announced(ns) == {"203.0.113.11", FIP}, 10, what="SNAT and FIP routes")
+    ovs.vsctl("remove", "Interface", "tap", "external_ids", "ovsnat-fip")
+    wait_for(lambda: announced(ns) == {"203.0.113.11"}, 5, what="the FIP withdrawn")
+    ovs.vsctl("set", "Interface", "tap", f"external_ids:ovsnat-fip={FIP}")
+    wait_for(lambda: announced(ns) == {"203.0.113.11", FIP}, 5, what="the FIP back")
+
+
 def test_a_restarted_controller_finds_flows_and_group_in_place_and_sends_nothing(fabric):
     ovs, ns, controllers, conf = fabric
     groups_become(fabric, "up0", "up1")
     first = controllers[-1]
+    wait_for(lambda: announced(ns) == {"203.0.113.11", FIP}, 10, what="the routes")
     assert "ovsnat: groups: group_id=1" in first.text()  # positive control: it sent them
+    assert "ovsnat: routes: " in first.text()
     first.stop()
+    os.remove(os.path.join(ovs.rundir, "ovsnat-status.json"))  # the next one is the new one's
     controllers.append(Controller(ns["hv"], ovs, conf, len(controllers) + 1))
     second = controllers[-1]
     wait_for(lambda: "flows in sync" in second.text(), 30, what="the new controller in sync")
     wait_for(lambda: "next hops now" in second.text(), 10, what="the kernel's next hops heard")
+    wait_for(lambda: announcements(ovs) == {"announced": 2, "wanted": 2}, 10,
+             what="the new controller's view of the kernel's routes")  # fmt: skip
     assert "ovsnat: groups:" not in second.text()
+    assert "ovsnat: routes: " not in second.text()  # no write: FRR would send no UPDATE
+    assert announced(ns) == {"203.0.113.11", FIP}
     assert "to add" not in second.text()
     assert routed_through(ovs, "up0", "up1")
     assert ping(ns["srv"], FIP, count=2, wait=1).received >= 1

@@ -26,14 +26,16 @@ import logging
 
 import netaddr
 
-from ovsnat.core import audit, connlimit, dhcp, gateways, markers
+from ovsnat.core import announcing, audit, connlimit, dhcp, gateways, markers
 from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
 from ovsnat.core.dropcounts import DropCounts
 from ovsnat.core.effects import (
     FlushConntrack,
     NextHops,
+    OwnRoutes,
     ReleaseMemory,
+    RoutesDone,
 )
 from ovsnat.core.failures import Failures
 from ovsnat.core.fips import Fips
@@ -79,6 +81,7 @@ class HostController(SwitchEvents):
         self.first_view = True
         self.hops: dict = {}  # bgp mode: usable next hops, ToR address -> MAC (NextHops)
         self.sw.adopt_groups = cfg.bgp is not None  # until the first NextHops
+        self.announcing = announcing.Announcing(cfg)  # bgp mode's routes
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -136,8 +139,14 @@ class HostController(SwitchEvents):
             + self._markers(names)
             + self.zones.update(self.host, names - self._infra())
             + self._flushes()
+            + self._announce(now)
             + burst
         )
+
+    def _announce(self, now: float) -> list:
+        """bgp mode: the routes follow the FIPs the switch serves (ovsnat.core.announcing)."""
+        ready = self.sw.session.ready
+        return self.announcing.update(self.host, self.fips.serving, ready, self.timers, now)
 
     def _routing(self):
         return parse_logged(self.bridge_ids, self.routing_logged, self.host.cfg)
@@ -289,6 +298,8 @@ class HostController(SwitchEvents):
                 continue
             elif key[0] == gateways.KEY:
                 out += self.gateways.due(self.host.cfg, key, self.timers, self.sw.session, now)
+            elif key == announcing.KEY:
+                out += self._announce(now)
             elif key[0] == "handoff":
                 out += self.sw.send(self.handoffs.due(self.host, key, now))
             else:
@@ -328,4 +339,10 @@ class HostController(SwitchEvents):
         the kernel's routes say now (NextHops)."""
         if isinstance(result, NextHops):
             return self._next_hops(dict(result.hops), now)
+        if isinstance(result, (OwnRoutes, RoutesDone)):
+            if isinstance(result, OwnRoutes):
+                self.announcing.seen(result)
+            else:
+                self.announcing.done(result, now)
+            return self._announce(now)
         return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs, self.zones, now))

@@ -176,6 +176,14 @@ class NextHops:
 
 
 @dataclass(frozen=True)
+class OwnRoutes:
+    """bgp mode: ovsnat's own routes in its two kernel tables, as the runtime's dump of
+    the kernel found them (at start, and again after a failure of its watch)."""
+
+    routes: frozenset = frozenset()  # (a netaddr /32, its table)
+
+
+@dataclass(frozen=True)
 class Probed:
     ok: bool
     target: str  # the control socket as found (or where it was looked for)

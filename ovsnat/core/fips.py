@@ -292,6 +292,10 @@ class Fips:
             and not self.host.is_pending(name)
         )
 
+    def serving(self, name: str) -> bool:
+        """The switch serves this port's FIP here (bgp mode announces it then)."""
+        return self._live(name)
+
     def _live(self, name: str) -> bool:
         """Active here and its ARP responder confirmed on the switch."""
         if not self._active(name) or not self.session.installed:  # nothing confirmed yet:

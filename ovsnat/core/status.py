@@ -152,4 +152,5 @@ def status_of(ctl, now: float) -> dict:
         "failures": ctl.failures.status(),
         "datapaths": ctl.identity.status(),
         "packet_in_drops": dict(sorted(ctl.stats.drops.items())),
+        **ctl.announcing.status(now),
     }

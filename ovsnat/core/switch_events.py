@@ -82,13 +82,14 @@ class SwitchEvents:
         self.fips.forget_announced()
         out = self.sw.sync(now)
         self.fips.announce_confirmed(now)
-        return out + self._markers(self.rows)
+        return out + self._markers(self.rows) + self._announce(now)
 
     def barrier(self, xid: int, now: float) -> list:
         bundle, out = self.sw.barrier(xid, now)
         if bundle is not None and bundle.failed is None:
             out += self._markers(self.rows if FULL_SYNC in bundle.owners else bundle.owners)
             self.fips.announce_confirmed(now)
+            out += self._announce(now)
         return out
 
     def error(self, xid: int, type_: int, code: int, now: float) -> list:

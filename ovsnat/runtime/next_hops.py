@@ -6,6 +6,8 @@ one next hop per ToR whose session is up, and drops a ToR's next hop when BFD sa
 control plane died. The kernel resolves each next hop's MAC. The select group must follow
 both, so this green thread keeps a view of the main table's accepted routes and of the
 neighbours, and posts NextHops (ToR address -> MAC) to the core whenever the set changes.
+Its dump also gives the core ovsnat's own routes (OwnRoutes): the announcer writes
+nothing before it knows what the kernel holds.
 A ToR whose link loses carrier is skipped by the switch itself (the bucket's watch_port)
 before any of this is heard.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ovsnat.core.effects import NextHops
+from ovsnat.core.effects import NextHops, OwnRoutes
 from ovsnat.model.bgp import BgpSettings
 from ovsnat.runtime import framework as fw
 from ovsnat.runtime import routes
@@ -97,9 +99,12 @@ class NextHopWatch:
             changes.sock.settimeout(1.0)  # to see `stopped`; changes wake it at once
             view = KernelView()
             with routes.Kernel(routes.open_socket(self.namespace)) as kernel:
-                for body in (*kernel.routes(), *kernel.neighbors()):
+                dumped = kernel.routes()
+                for body in (*dumped, *kernel.neighbors()):
                     kind = rt.RTM_NEWROUTE if isinstance(body, rt.Route) else rt.RTM_NEWNEIGH
                     view.apply(rt.Message(kind, 0, 0, body))
+            tables = (self.bgp.table, self.bgp.moved_table)
+            self.post(OwnRoutes(frozenset(routes.ours(dumped, tables))))
             self._tell(view)
             while not self.stopped:
                 try:
