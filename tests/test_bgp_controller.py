@@ -6,6 +6,7 @@ whose group is missing and a group_mod that does not fit what it holds."""
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import netaddr
@@ -77,13 +78,13 @@ def test_a_routed_host_is_programmed_without_an_uplink_and_the_group_follows_the
 
 
 def test_a_restarted_controller_keeps_the_group_until_it_hears_the_hops():
-    first = routed_host()
-    first.plug(vm_row(11, fip=FIP))
+    first = routed_host(rows=[*ROUTED_ROWS, vm_row(11, fip=FIP)])
     first.answer(NextHops((TOR_A, TOR_B)))
     before, mods = dict(first.switch.groups), len(first.switch.group_mods)
-    second = routed_host(first.switch)  # the same switch, a new controller
-    second.plug(vm_row(11, fip=FIP))
+    flow_mods = first.switch.flow_mods
+    second = routed_host(first.switch, rows=[*ROUTED_ROWS, vm_row(11, fip=FIP)])
     assert second.switch.groups == before and len(second.switch.group_mods) == mods
+    assert second.switch.flow_mods == flow_mods  # nothing at all was sent
     second.answer(NextHops((TOR_A, TOR_B)))  # as before: still nothing to send
     assert len(second.switch.group_mods) == mods
     second.answer(NextHops((TOR_A,)))  # a change after it heard them: followed
@@ -119,14 +120,44 @@ def test_tagged_external_keys_are_ignored_in_bgp_mode_with_one_line(caplog):
     assert len(said) == 1, said
 
 
-def test_an_l2_host_deletes_ovsnats_old_group_after_its_flows_and_leaves_others_alone():
+def test_an_l2_host_never_touches_a_group():
+    """Group 1 on an l2 host may be another controller's: ovsnat leaves every group alone."""
     switch = ModelSwitch()
     switch.groups = {UPLINKS_GROUP: (codec.OFPGT_SELECT, b""), 7: (codec.OFPGT_SELECT, b"")}
     sim = SimHost(switch).start()
     sim.plug(vm_row(11))
-    assert set(switch.groups) == {7}  # another controller's group stays
-    assert switch.group_mods == [(codec.OFPGC_DELETE, UPLINKS_GROUP)]
+    assert set(switch.groups) == {UPLINKS_GROUP, 7} and switch.group_mods == []
     assert switch.flow_keys() == sim.desired_keys() and sim.ctl.stats.counts["of_errors"] == 0
+
+
+def test_a_group_deleted_behind_ovsnats_back_is_added_at_the_next_change():
+    """The modify is refused (OVS: unknown group); the session forgets what it believed,
+    says so in status, and the next change adds the group again."""
+    sim = routed_host()
+    sim.answer(NextHops((TOR_A, TOR_B)))
+    del sim.switch.groups[UPLINKS_GROUP]
+    sim.answer(NextHops((TOR_A,)))
+    assert sim.switch.group_mods[-1] == (codec.OFPGC_MODIFY, UPLINKS_GROUP)
+    assert UPLINKS_GROUP not in sim.switch.groups
+    assert list(sim.ctl.status(sim.now)["refused_groups"]) == [str(UPLINKS_GROUP)]
+    sim.answer(NextHops((TOR_A,)))  # the same again: not sent again
+    assert sim.switch.group_mods[-1] == (codec.OFPGC_MODIFY, UPLINKS_GROUP)
+    sim.answer(NextHops((TOR_B,)))
+    assert sim.switch.group_mods[-1] == (codec.OFPGC_ADD, UPLINKS_GROUP)
+    assert tors(sim) == {5: str(TOR_B[1])}
+
+
+def test_a_next_hop_change_recompiles_no_flow(caplog):
+    """No flow uses a ToR's MAC: a change of the next hops (BFD's failover) costs the
+    group_mod alone, whatever the number of VMs."""
+    caplog.set_level(logging.INFO, logger="ovsnat")
+    sim = routed_host(rows=[*ROUTED_ROWS, *(vm_row(n, fip=f"203.0.113.{n}") for n in (20, 21))])
+    flow_mods = sim.switch.flow_mods
+    sim.answer(NextHops((TOR_A, TOR_B)))
+    assert sim.switch.flow_mods == flow_mods and len(buckets(sim)) == 2
+    assert "recompiling" not in caplog.text
+    sim.plug(IfaceRow("up1", 9, {}, "up"))  # positive control: a port change recompiles
+    assert "recompiling" in caplog.text and tors(sim) == {4: str(TOR_A[1]), 9: str(TOR_B[1])}
 
 
 def test_the_model_switch_refuses_a_flow_whose_group_is_missing_as_ovs_does():

@@ -74,3 +74,16 @@ def test_a_neighbour_deleted_takes_its_tor_out():
     v = view(route(DEFAULT, A, B), neigh(A, MAC_A), neigh(B, MAC_B))
     v.apply(neigh(B, MAC_B, kind=rt.RTM_DELNEIGH))
     assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
+
+
+def test_of_two_defaults_only_the_one_with_the_lower_metric_counts():
+    """A management default (metric 100, through a ToR too) beside zebra's (metric 20):
+    the kernel uses zebra's, and deleting either leaves the other."""
+    zebra = rt.Route(DEFAULT, MAIN_TABLE, 186, rt.RTN_UNICAST, (A, B), priority=20)
+    other = rt.Route(DEFAULT, MAIN_TABLE, 3, rt.RTN_UNICAST, (A,), priority=100)
+    v = view(neigh(A, MAC_A), neigh(B, MAC_B))
+    for body in (other, zebra):
+        v.apply(rt.Message(rt.RTM_NEWROUTE, 0, 0, body))
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A), (str(B), MAC_B))
+    v.apply(rt.Message(rt.RTM_DELROUTE, 0, 0, zebra))
+    assert next_hops(v, BGP).hops == ((str(A), MAC_A),)

@@ -167,6 +167,7 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
     import queue
     import threading
 
+    from ovsnat.core.effects import OwnRoutes
     from ovsnat.model.bgp import parse_bgp
     from ovsnat.runtime.next_hops import NextHopWatch
 
@@ -177,6 +178,7 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
         netaddr.IPNetwork("203.0.113.0/24"),
     )
     posted: queue.Queue = queue.Queue()
+    own: list = []
     watch = NextHopWatch(bgp, posted.put, namespace=ns)
     thread = threading.Thread(target=watch.watch, daemon=True)
     thread.start()
@@ -185,9 +187,13 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
         deadline, last = time.monotonic() + 5, None
         while time.monotonic() < deadline:
             try:
-                last = tuple((a, str(m)) for a, m in posted.get(timeout=0.2).hops)
+                item = posted.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if isinstance(item, OwnRoutes):
+                own.append(item)
+                continue
+            last = tuple((a, str(m)) for a, m in item.hops)
             if last == expected:
                 return
         raise AssertionError(f"hops {last}, wanted {expected}")
@@ -195,6 +201,7 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
     a, b = ("10.254.1.0", "02-AA-00-00-00-01"), ("10.254.1.3", "02-BB-00-00-00-02")
     try:
         hops_become(())  # the first dump: no default route yet
+        assert own == [OwnRoutes(frozenset())]  # and none of ovsnat's routes either
         for addr, mac, dev in ((a[0], a[1], "bgp0"), (b[0], b[1], "bgp1")):
             ip(ns, "neigh", "replace", addr, "lladdr", mac.replace("-", ":"), "dev", dev,
                "nud", "reachable")  # fmt: skip

@@ -47,3 +47,26 @@ def test_a_route_with_an_impossible_prefix_length_is_not_read():
     bad[rt.HEADER.size + 1] = 40  # rtm_dst_len
     (message,) = rt.parse(bytes(bad))
     assert message.body is None
+
+
+def multipath_route(metric: int, *hops: tuple[str, int]) -> bytes:
+    """RTM_NEWROUTE of 0.0.0.0/0 with a metric and next hops (address, rtnh flags), as the
+    kernel reports zebra's ECMP default."""
+    nexthops = b""
+    for address, flags in hops:
+        gateway = rt._attr(rt.RTA_GATEWAY, netaddr.IPAddress(address).packed)
+        nexthops += rt.RTNH.pack(rt.RTNH.size + len(gateway), flags, 0, 5) + gateway
+    rtm = rt.RTMSG.pack(rt.AF_INET, 0, 0, 0, 254, 186, rt.RT_SCOPE_UNIVERSE, rt.RTN_UNICAST, 0)
+    attrs = rt._attr(rt.RTA_PRIORITY, metric.to_bytes(4, "little"))
+    attrs += rt._attr(rt.RTA_MULTIPATH, nexthops)
+    return rt._message(rt.RTM_NEWROUTE, 0, 0, rtm + attrs)
+
+
+def test_a_multipath_route_reads_its_metric_and_only_the_hops_the_kernel_uses():
+    (message,) = rt.parse(multipath_route(20, ("10.254.1.0", 0), ("10.254.1.2", 0)))
+    assert [str(g) for g in message.body.gateways] == ["10.254.1.0", "10.254.1.2"]
+    assert message.body.priority == 20
+    dead, linkdown = 0x1, 0x10  # RTNH_F_DEAD, RTNH_F_LINKDOWN
+    for flags in (dead, linkdown):
+        (message,) = rt.parse(multipath_route(20, ("10.254.1.0", flags), ("10.254.1.2", 0)))
+        assert [str(g) for g in message.body.gateways] == ["10.254.1.2"]

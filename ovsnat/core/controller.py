@@ -23,6 +23,7 @@ valve.py under faucet.py.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import netaddr
 
@@ -253,6 +254,10 @@ class HostController(SwitchEvents):
         self.hops = hops
         if self.host is None:  # built from OVSDB's first view, with these
             return []
+        cfg = self._config()
+        if cfg is not None and _tor_macs_only(cfg, self.host.cfg):
+            self.host.cfg = cfg  # no flow uses a ToR's MAC: the group alone changes, at once
+            return self.sw.send(Delta())
         out = self._ensure_host(now)[1]  # a new config sends its groups with its flows;
         return out + self.sw.send(Delta())  # else the groups alone
 
@@ -346,3 +351,12 @@ class HostController(SwitchEvents):
                 self.announcing.done(result, now)
             return self._announce(now)
         return self.sw.send(self.vswitchd.result(result, self.host, self.handoffs, self.zones, now))
+
+
+def _tor_macs_only(new: HostConfig, old: HostConfig) -> bool:
+    """The configs differ in the ToRs' MACs at most (bgp mode's next hops)."""
+
+    def without(cfg: HostConfig) -> HostConfig:
+        return replace(cfg, routed=tuple(replace(r, tor_mac=None) for r in cfg.routed))
+
+    return without(new) == without(old)

@@ -16,6 +16,7 @@ import logging
 
 import netaddr
 
+from ovsnat.compile import routed_flows
 from ovsnat.compile.flows import COOKIE_HOST, cookie_owner
 from ovsnat.compile.punt_flows import METERS
 from ovsnat.core.delta import Delta
@@ -92,11 +93,17 @@ class Reconciler:
         return [*before, bundle, *after]
 
     def _groups(self) -> tuple[list, list]:
-        before, after = self.session.group_updates(self.host.groups, self.adopt_groups)
+        """The groups' changes, in bgp mode only: l2 mode never touches a group (another
+        controller's group 1 is not ovsnat's to delete). Sent before the bundle on the same
+        connection, which OVS handles in order: the group exists before any flow uses it."""
+        if self.host is None or self.host.cfg.bgp is None:
+            return [], []
+        group = routed_flows.group(self.host.cfg)
+        before, after = self.session.group_updates([group] if group else [], self.adopt_groups)
         if before or after:
             LOG.info(
                 "ovsnat: groups: %s",
-                "; ".join(g.text() for g in self.host.groups) or f"{len(after)} deleted",
+                group.text() if group else f"{len(after)} deleted",
             )
         return before, after
 
@@ -174,6 +181,7 @@ class Reconciler:
     def error(self, xid: int, type_: int, code: int) -> None:
         self.stats.inc("of_errors")
         bundle, key, what = self.session.blame(xid)
+        self.session.group_refused(xid, f"type={type_} code={code}")
         if bundle is None:
             LOG.error(
                 "ovsnat: OpenFlow error type=%d code=%d for %s",

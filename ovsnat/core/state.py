@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovsnat.compile import eastwest, flowident, routed_flows
+from ovsnat.compile import eastwest, flowident
 from ovsnat.compile.compiler import port_profile, sort_flows
 from ovsnat.compile.flows import Flow
 from ovsnat.compile.handoff_flows import gone_flows
@@ -57,7 +57,6 @@ class HostState(SecurityState, RoutingState):
         """Everything compiled from a host config, with no port yet: at start, and before a
         new config's recompile (set_config). The ports' standing is not part of it."""
         self.cfg = cfg
-        self.groups = tuple(g for g in (routed_flows.group(cfg),) if g is not None)
         self.plan = eastwest.NO_PLAN  # east-west (kept by RoutingState.replan)
         self.valid: dict[str, VmPort] = {}  # name -> port valid on its own
         self.invalid: dict[str, str] = {}  # name -> reason (bad alone)

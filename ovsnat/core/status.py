@@ -132,6 +132,7 @@ def status_of(ctl, now: float) -> dict:
         "waiting": ctl.fips.waiting(),
         "rejected": [{"name": r.name, "reason": r.reason} for r in (host.rejected if host else [])],
         "failed_owners": {f"{k:#x}": v for k, v in ctl.sw.failed_owners.items()},
+        "refused_groups": {str(g): why for g, (_, why) in ctl.sw.session.refused_groups.items()},
         "duplicate_flows": host.idents.status() if host else [],
         "conflicts": list(ctl.stats.conflicts),
         "stats": dict(ctl.stats.counts),

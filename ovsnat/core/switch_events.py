@@ -63,6 +63,7 @@ class SwitchEvents:
         return self._dump_done(now) if self.sw.session.dumped_flows(xid, keys, more) else []
 
     def meter_stats(self, xid: int, meters, more: bool, now: float) -> list:
+        """(meter id, (rate,)) of the switch's meters: the punt meters are compared by rate."""
         return self._dump_done(now) if self.sw.session.dumped_meters(xid, meters, more) else []
 
     def group_stats(self, xid: int, groups, more: bool, now: float) -> list:

@@ -87,7 +87,7 @@ class HostConfig:
             return parse_int(get(name), name, lo, hi)
 
         external_cidr = parse_cidr(get("external_cidr"), "external_cidr")
-        routed = parse_bgp(raw, external_cidr) if external_mode(raw) == "bgp" else None
+        bgp = parse_bgp(raw, external_cidr) if external_mode(raw) == "bgp" else None
         gw_mac = str(raw.get("external_gateway_mac") or "").strip()
         cfg = cls(
             bridge=_name(get("bridge"), "bridge"),
@@ -116,10 +116,10 @@ class HostConfig:
             if raw.get("pat_ports_per_vm") not in (None, "")
             else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
-            learn_gateway_mac=not gw_mac and routed is None,  # bgp: no shared segment
+            learn_gateway_mac=not gw_mac and bgp is None,  # bgp: no shared segment
             # bgp mode: live at plug until presence by echoes (docs/bgp.md, section 6)
             fip_activation="immediate"
-            if routed
+            if bgp
             else str(raw.get("fip_activation") or "probe").strip(),
             fabric_port=_name(raw["fabric_port"], "fabric_port")
             if _given(raw, "fabric_port")
@@ -146,8 +146,8 @@ class HostConfig:
             conn_limit_zone_base=integer("conn_limit_zone_base", 4095, 65534)
             if _given(raw, "conn_limit_zone_base")
             else 20000,
-            bgp=routed,
-            routed=tuple(RoutedLink(link) for link in routed.links) if routed else (),
+            bgp=bgp,
+            routed=tuple(RoutedLink(link) for link in bgp.links) if bgp else (),
         )
         cfg.validate()
         return cfg

@@ -117,6 +117,8 @@ class SwitchSession:
         self.installed: set | None = None  # confirmed keys; None until the first dump
         self.meters: set | None = None  # (meter_id, (rate,)) on the switch
         self.groups: dict[int, int] | None = None  # ovsnat's group id -> digest on the switch
+        self.group_mods: OrderedDict[int, tuple[int, int]] = OrderedDict()  # xid -> (id, digest)
+        self.refused_groups: dict[int, tuple[int, str]] = {}  # id -> (digest, why)
         self.bundles: dict[int, Bundle] = {}  # barrier xid -> bundle, in send order
         self.recent: OrderedDict[int, str] = OrderedDict()  # xid -> what (not bundles)
         self._dump: _Dump | None = None
@@ -154,6 +156,7 @@ class SwitchSession:
                 self.xids.release(xid)
         self.installed = self.meters = self.groups = self._dump = None
         self.bundles.clear()
+        self.refused_groups.clear()  # the next connect's dump says again
 
     def dumped_flows(self, xid: int, keys: Iterable, more: bool) -> bool:
         """Part of the flow dump; True once the whole dump (flows and meters) is in."""
@@ -242,8 +245,13 @@ class SwitchSession:
             digest = messages.desired_group_digest(group)
             if self.groups.get(gid) == digest or (adopt and gid in self.groups):
                 continue
+            if self.refused_groups.get(gid, (None,))[0] == digest:
+                continue  # refused as it is: tried again when it changes, or at a reconnect
             command = codec.OFPGC_MODIFY if gid in self.groups else codec.OFPGC_ADD
             xid = self.note(f"group {group.text()}")
+            self.group_mods[xid] = (gid, digest)
+            while len(self.group_mods) > RECENT:
+                self.group_mods.popitem(last=False)
             before.append(messages.group_mod(xid, command, group))
             self.groups[gid] = digest
         after = []
@@ -252,6 +260,14 @@ class SwitchSession:
             after.append(messages.group_mod(xid, codec.OFPGC_DELETE, SelectGroup(gid, ())))
             del self.groups[gid]
         return before, after
+
+    def group_refused(self, xid: int, why: str) -> None:
+        """The switch refused a group_mod: what it holds of that group is unknown now (a
+        modify of a group deleted behind ovsnat's back is refused; the next change adds it)."""
+        gid, digest = self.group_mods.pop(xid, (None, 0))
+        if gid is not None and self.groups is not None:
+            self.groups.pop(gid, None)
+            self.refused_groups[gid] = (digest, why)
 
     def packet_out(self, port: int, frame: bytes, what: str, actions=()) -> bytes:
         """`frame` out of `port`, or through `actions` (compile.actions values) instead."""

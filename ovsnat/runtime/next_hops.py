@@ -36,13 +36,13 @@ RETRY = 1.0  # seconds before a fresh dump after a failure
 class KernelView:
     """The main table's routes and the neighbours, as dumped and then as changed."""
 
-    routes: dict = field(default_factory=dict)  # (prefix, table) -> rt.Route
+    routes: dict = field(default_factory=dict)  # (prefix, table, metric) -> rt.Route
     neighbors: dict = field(default_factory=dict)  # (address, ifindex) -> rt.Neighbor
 
     def apply(self, message: rt.Message) -> None:
         body = message.body
         if isinstance(body, rt.Route) and body.table == MAIN_TABLE:
-            key = (body.prefix, body.table)
+            key = (body.prefix, body.table, body.priority)
             if message.kind == rt.RTM_NEWROUTE:
                 self.routes[key] = body
             elif message.kind == rt.RTM_DELROUTE:
@@ -57,15 +57,16 @@ class KernelView:
 
 def next_hops(view: KernelView, bgp: BgpSettings) -> NextHops:
     """The ToRs (link peers) that an accepted route goes through and whose MAC the kernel
-    holds in a usable state, sorted by address."""
+    holds in a usable state, sorted by address. Of two routes to one prefix (another
+    metric: a management default beside zebra's), only the one the kernel uses counts."""
     peers = {link.peer for link in bgp.links}
-    via = {
-        gateway
-        for route in view.routes.values()
-        if route.prefix in bgp.accept
-        for gateway in route.gateways
-        if gateway in peers
-    }
+    used: dict = {}  # prefix -> the route with the lowest metric
+    for route in view.routes.values():
+        if route.prefix in bgp.accept:
+            best = used.get(route.prefix)
+            if best is None or route.priority < best.priority:
+                used[route.prefix] = route
+    via = {g for route in used.values() for g in route.gateways if g in peers}
     macs = {n.ip: n.mac for n in view.neighbors.values() if n.ip in via and n.usable}
     return NextHops(tuple(sorted((str(ip), mac) for ip, mac in macs.items())))
 
@@ -84,8 +85,10 @@ class NextHopWatch:
         while not self.stopped:
             try:
                 self.watch()
-            except Exception as e:  # the socket, or a bug: logged, then a fresh dump
+            except OSError as e:  # the socket (ENOBUFS: changes were lost): a fresh dump
                 LOG.error("ovsnat: watching the kernel's next hops: %s: %s", type(e).__name__, e)
+            except Exception:  # a bug: said whole, then a fresh dump
+                LOG.exception("ovsnat: watching the kernel's next hops")
             fw.hub.sleep(RETRY)
 
     def stop(self) -> None:

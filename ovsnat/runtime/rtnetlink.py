@@ -38,6 +38,7 @@ RTMSG = struct.Struct("=BBBBBBBBI")
 NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
 RTA = struct.Struct("=HH")  # len, type
 RTNH = struct.Struct("=HBBi")  # rtnexthop: len, flags, hops, ifindex
+RTNH_DOWN = 0x1 | 0x10  # RTNH_F_DEAD, RTNH_F_LINKDOWN: a hop the kernel does not use
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Route:
     table: int
     protocol: int
     kind: int  # RTN_*
-    gateways: tuple[netaddr.IPAddress, ...] = ()
+    gateways: tuple[netaddr.IPAddress, ...] = ()  # live next hops (dead or link-down left out)
+    priority: int = 0  # the metric: of two routes to one prefix, the lower is used
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,10 @@ def _route(payload: bytes) -> Route | None:
     if len(dst) != 4 or dst_len > 32:
         return None
     gateways = _gateways(attrs)
+    metric = attrs.get(RTA_PRIORITY, b"")
+    priority = struct.unpack("=I", metric)[0] if len(metric) == 4 else 0
     prefix = netaddr.IPNetwork(f"{netaddr.IPAddress(int.from_bytes(dst, 'big'))}/{dst_len}")
-    return Route(prefix, table, proto, kind, gateways)
+    return Route(prefix, table, proto, kind, gateways, priority)
 
 
 def _gateways(attrs: dict[int, bytes]) -> tuple[netaddr.IPAddress, ...]:
@@ -148,11 +152,11 @@ def _gateways(attrs: dict[int, bytes]) -> tuple[netaddr.IPAddress, ...]:
         return (netaddr.IPAddress(int.from_bytes(attrs[RTA_GATEWAY], "big")),)
     hops, data = [], attrs.get(RTA_MULTIPATH, b"")
     while len(data) >= RTNH.size:
-        length = RTNH.unpack_from(data)[0]
+        length, flags = RTNH.unpack_from(data)[:2]
         if length < RTNH.size or length > len(data):
             break
         gw = _attrs(data[RTNH.size : length]).get(RTA_GATEWAY, b"")
-        if len(gw) == 4:
+        if len(gw) == 4 and not flags & RTNH_DOWN:
             hops.append(netaddr.IPAddress(int.from_bytes(gw, "big")))
         data = data[_align(length) :]
     return tuple(hops)
