@@ -1,0 +1,72 @@
+"""bgp mode end to end (issue 30 items 1, 2, 4 and 6): ovsnat's controller and FRR on a
+hypervisor on routed uplinks, two ToRs running FRR, a server behind them; no shared
+external segment (ovsnat.lab.routedhost). The host announces exactly its SNAT address and
+its live FIPs, read from the ToRs' own JSON; the server reaches a FIP through the ToRs and a
+VM without a FIP reaches the server through PAT on the host's SNAT address; the ToRs'
+default is the host's ECMP way out; a controller restart sends the ToRs no UPDATE.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ovsnat.lab.routedhost import SERVER, SERVER_PORT, SNAT, TORS, RoutedHost
+from ovsnat.lab.sh import wait_for
+from ovsnat.lab.traffic import ping, tcp_connect
+
+pytestmark = pytest.mark.lab
+
+FIP = "203.0.113.10"
+HOST = {tor: TORS[tor][4] for tor in TORS}  # the host's address on each ToR's link
+
+
+@pytest.fixture(scope="module")
+def lab():
+    host = RoutedHost(frr=True).up()
+    try:
+        host.fip_vm = host.add_vm(11, fip=FIP)
+        host.pat_vm = host.add_vm(12)
+        yield host
+    finally:
+        host.down()
+
+
+def learned(lab: RoutedHost, tor: str, prefix: str) -> str | None:
+    """The next hop of the ToR's best path to prefix/32, or None."""
+    best = lab.best(tor, prefix)
+    return best["nexthops"][0]["ip"] if best else None
+
+
+def test_the_tors_best_paths_for_the_fip_and_snat_point_at_the_host(lab):
+    for tor in TORS:
+        for prefix in (FIP, SNAT):
+            wait_for(lambda t=tor, p=prefix: learned(lab, t, p) == HOST[t], 15,
+                     what=f"{tor}'s best path to {prefix} via the host")  # fmt: skip
+    assert lab.announced() == {SNAT, FIP}
+
+
+def test_the_server_reaches_the_fip_through_the_tors_and_pat_goes_out_on_the_snat_address(lab):
+    wait_for(lambda: learned(lab, "ta", FIP) == HOST["ta"], 15, what="ToR A's path to the FIP")
+    wait_for(lambda: lab.routed_through("up0", "up1"), 15, what="both ToRs in the group")
+    result = wait_for(lambda: (r := ping(lab.ns["srv"], FIP, count=3, wait=1)).received and r,
+                      15, what="the FIP from outside")  # fmt: skip
+    assert result.received >= 1
+    wait_for(lambda: learned(lab, "ta", SNAT) == HOST["ta"], 15, what="the SNAT route")
+    out = wait_for(lambda: (c := tcp_connect(lab, lab.pat_vm, SERVER, SERVER_PORT)).ok and c, 15,
+                   what="the PAT VM's connection to the server")  # fmt: skip
+    assert out.peer_ip == SNAT, out
+
+
+def test_a_controller_restart_sends_the_tors_no_update(lab):
+    for tor in TORS:
+        wait_for(lambda t=tor: learned(lab, t, FIP) == HOST[t], 15, what=f"{tor} has the FIP")
+    before = {tor: lab.updates_from_host(tor) for tor in TORS}
+    assert all(n > 0 for n in before.values()), before  # positive control: they counted some
+    lab.controller.stop()
+    second = lab.start_controller()
+    wait_for(lambda: "in sync" in second.text(), 30, what="the new controller in sync")
+    wait_for(lambda: lab.status().get("announcements", {}).get("announced") == 2, 10,
+             what="the new controller's view of the routes")  # fmt: skip
+    assert "ovsnat: routes: " not in second.text()
+    assert {tor: lab.updates_from_host(tor) for tor in TORS} == before
+    assert ping(lab.ns["srv"], FIP, count=2, wait=1).received >= 1
