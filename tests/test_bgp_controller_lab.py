@@ -15,7 +15,7 @@ import pytest
 
 from ovsnat.lab.routedhost import ECMP, SERVER, SNAT, RoutedHost, ip
 from ovsnat.lab.sh import wait_for
-from ovsnat.lab.traffic import ping
+from ovsnat.lab.traffic import ping, tcp_connect, udp_request
 
 pytestmark = pytest.mark.lab
 
@@ -96,3 +96,21 @@ def test_a_restarted_controller_finds_flows_group_and_routes_in_place_and_change
     assert "ovsnat: routes: " not in second.text()  # no write: FRR would send no UPDATE
     assert lab.routed_through("up0", "up1") and lab.announced() == {SNAT, FIP}
     assert ping(lab.ns["srv"], FIP, count=2, wait=1).received >= 1
+
+
+def test_a_vm_never_reaches_a_tors_control_plane(lab):
+    """BGP (TCP 179) and BFD (UDP 3784) to a ToR's link address, and ping: dropped, and
+    counted by the egress drop; the VM's route out is the positive control."""
+
+    def guarded_drops() -> int:
+        dump = lab.ovs.ofctl("dump-flows", "br-int", "table=30,ip,nw_dst=10.254.1.0/31")
+        return sum(
+            int(x.split("=", 1)[1].rstrip(",")) for x in dump.split() if x.startswith("n_packets=")
+        )
+
+    assert ping(lab.vm, SERVER, count=1, wait=1).received  # positive control: it routes out
+    before = guarded_drops()
+    assert not tcp_connect(lab, lab.vm, "10.254.1.0", 179, timeout=1).ok
+    assert not udp_request(lab, lab.vm, "10.254.1.0", 3784, timeout=0.5).ok
+    assert not ping(lab.vm, "10.254.1.0", count=2, wait=1).received
+    assert guarded_drops() >= before + 4  # a SYN (and its retry), the BFD packet, the pings

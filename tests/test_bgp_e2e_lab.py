@@ -8,10 +8,14 @@ default is the host's ECMP way out; a controller restart sends the ToRs no UPDAT
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
-from ovsnat.lab.routedhost import SERVER, SERVER_PORT, SNAT, TORS, RoutedHost
-from ovsnat.lab.sh import wait_for
+from ovsnat.lab.routedhost import EXTERNAL, SERVER, SERVER_PORT, SNAT, TORS, RoutedHost, ip
+from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.traffic import ping, tcp_connect
 
 pytestmark = pytest.mark.lab
@@ -70,3 +74,26 @@ def test_a_controller_restart_sends_the_tors_no_update(lab):
     assert "ovsnat: routes: " not in second.text()
     assert {tor: lab.updates_from_host(tor) for tor in TORS} == before
     assert ping(lab.ns["srv"], FIP, count=2, wait=1).received >= 1
+
+
+def test_a_tor_whose_control_plane_dies_leaves_the_group_within_a_second(lab):
+    """ToR A freezes (its FRR stopped, its forwarding off, its link still up): BFD takes its
+    next hop from zebra's default, and the controller takes its bucket from the group; the
+    VMs' traffic goes on through ToR B. Last in this module: A stays out."""
+    wait_for(lambda: lab.routed_through("up0", "up1"), 15, what="both ToRs in the group")
+    ip(lab.ns["srv"], "route", "replace", EXTERNAL, "via", "10.254.9.2", "src", SERVER)
+    frozen = [lab.nodes["ta"]._pid(d) for d in ("bgpd", "bfdd")]
+    run(["sysctl", "-qw", "net.ipv4.ip_forward=0"], ns=lab.ns["ta"])
+    t0 = time.monotonic()
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: lab.routed_through("up1"), 3, what="ToR A's bucket gone")
+        took = time.monotonic() - t0
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    print(f"\nfrozen ToR out of the group {took:.2f} s after it froze")
+    assert took < 1.0, took
+    for vm in (lab.fip_vm, lab.pat_vm):  # both addresses' flows, whichever bucket they had
+        assert ping(vm, SERVER, count=3, wait=1).received >= 2, vm

@@ -1,8 +1,8 @@
 """A routed fabric of FRR nodes in namespaces: N hypervisors, each with a /31 link to each of
 two ToRs (docs/bgp.md, section 8), no shared L2 segment. Each host's FRR is configured by
 `ovsnat bgp render` from its own bgp_* options, each ToR by `frr.tor_conf`. The control
-plane only: the hosts' datapath on routed links is tested on its own
-(tests/test_routed_datapath_lab.py) until the controller drives both.
+plane only, without OVS: many hosts cheaply (ovsnat.lab.routedhost has one host with its
+datapath and controller).
 
 Used by tests/test_bgp_frr_lab.py and bench/bgp.py; everything it made goes in `down()`.
 """
