@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from ovsnat.cli import golden
+from ovsnat.compile import routed_flows
 from ovsnat.compile.compiler import compile_state
 from ovsnat.core.state import build_state
 from ovsnat.lab import scenario
@@ -17,7 +18,7 @@ from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.lab.topology import SERVER_IP
 from ovsnat.lab.traffic import ping, start_server, tcp_connect
 from ovsnat.model import HostConfig
-from ovsnat.openflow import messages
+from ovsnat.openflow import codec, messages
 from ovsnat.openflow.digest import flow_mod_digest
 from tests.ofclient import OfClient
 from tests.test_controller import SNAT, converged, vm_ids
@@ -40,9 +41,12 @@ def test_the_switch_returns_the_bytes_ovsnat_sent_for_every_golden_scenario(make
     try:
         for name, (_, overrides, ports) in golden.SCENARIOS.items():
             host.ofctl("del-flows", "br-int")
-            flows = compile_state(
-                build_state(HostConfig.parse({**golden.BASE, **overrides}), ports)
-            )
+            host.ofctl("del-groups", "br-int")
+            cfg = HostConfig.parse({**golden.BASE, **overrides})
+            group = routed_flows.group(cfg)  # bgp mode: before the flows that use it
+            if group is not None:
+                client.apply(messages.group_mod(90, codec.OFPGC_ADD, group))
+            flows = compile_state(build_state(cfg, ports))
             packed = {(f.table, f.cookie): messages.flow_add(f, 0) for f in flows}
             client.install(list(packed.values()))
             dumped = client.dump()
