@@ -91,14 +91,19 @@ def test_a_restarted_controller_keeps_the_group_until_it_hears_the_hops():
     assert tors(second) == {4: str(TOR_A[1])}
 
 
-def test_a_restart_that_hears_no_hops_at_all_empties_the_group():
-    """Adopting the switch's group lasts until the first NextHops, whatever it says."""
+def test_no_next_hop_at_all_keeps_the_tors_last_used(caplog):
+    """FRR stopped (zebra took its routes away): the group stays as it was, after a
+    controller restart too, until a next hop is heard again; a ToR that leaves while the
+    other stays is followed (the control)."""
     first = routed_host()
     first.answer(NextHops((TOR_A, TOR_B)))
+    first.answer(NextHops(()))
+    assert len(buckets(first)) == 2 and "no next hop in the kernel's routes" in caplog.text
     second = routed_host(first.switch)
-    assert len(buckets(second)) == 2
     second.answer(NextHops(()))
-    assert buckets(second) == []
+    assert len(buckets(second)) == 2
+    second.answer(NextHops((TOR_B,)))
+    assert tors(second) == {5: str(TOR_B[1])}
 
 
 def test_a_missing_routed_port_leaves_its_tor_unused_and_is_said_once(caplog):

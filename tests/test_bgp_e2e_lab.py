@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ovsnat.lab.reach import Pinger
 from ovsnat.lab.routedhost import EXTERNAL, SERVER, SERVER_PORT, SNAT, TORS, RoutedHost, ip
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.traffic import ping, tcp_connect
@@ -33,6 +34,12 @@ def lab():
         yield host
     finally:
         host.down()
+
+
+def fresh(lab: RoutedHost, tor: str, prefix: str) -> bool:
+    """The ToR's best path to prefix/32 is through the host and not stale."""
+    best = lab.best(tor, prefix)
+    return bool(best) and best["nexthops"][0]["ip"] == HOST[tor] and not best.get("stale")
 
 
 def learned(lab: RoutedHost, tor: str, prefix: str) -> str | None:
@@ -74,6 +81,35 @@ def test_a_controller_restart_sends_the_tors_no_update(lab):
     assert "ovsnat: routes: " not in second.text()
     assert {tor: lab.updates_from_host(tor) for tor in TORS} == before
     assert ping(lab.ns["srv"], FIP, count=2, wait=1).received >= 1
+
+
+def test_an_frr_restart_on_the_host_keeps_the_vms_traffic_and_refreshes_its_routes(lab):
+    """FRR on the host stops and starts again. Meanwhile the ToRs keep the host's paths
+    (stale: graceful restart, the ToRs helpers) and the controller keeps the group (zebra
+    took the default away): a VM's traffic out and back never stops. Once the sessions
+    are up again, the routes are fresh within 2 s, from the kernel tables the controller
+    keeps (it writes nothing). FRR 8.4 takes about 5 s from its start to Established
+    (docs/bgp.md section 6), so the 2 s count from Established."""
+    for tor in TORS:
+        wait_for(lambda t=tor: learned(lab, t, FIP) == HOST[t], 15, what=f"{tor} has the FIP")
+    wait_for(lambda: lab.routed_through("up0", "up1"), 15, what="both ToRs in the group")
+    writes = lab.controller.text().count("ovsnat: routes: ")
+    with Pinger(lab.pat_vm, SERVER, interval=0.05) as pinger:
+        lab.nodes["hv"].stop()
+        wait_for(lambda: all(p.get("stale") for p in lab.paths("ta", FIP)), 10,
+                 what="the host's paths stale on ToR A")  # fmt: skip
+        assert lab.routed_through("up0", "up1")  # the group kept: no way out is lost
+        lab.start_host_frr()
+        for tor in TORS:
+            wait_for(lambda t=tor: lab.established(t) == 1, 40, what=f"{tor}'s session back")
+        up = time.monotonic()
+        wait_for(lambda: all(fresh(lab, t, p) for t in TORS for p in (FIP, SNAT)), 2,
+                 what="the host's routes fresh on both ToRs within 2 s")  # fmt: skip
+        took = time.monotonic() - up
+        print(f"\nFRR restart: the host's routes fresh {took:.2f} s after Established")
+        time.sleep(0.3)  # a few more replies after it all
+    assert pinger.gap() < 1.0 and pinger.lost() == 0, (pinger.gap(), pinger.lost())
+    assert lab.controller.text().count("ovsnat: routes: ") == writes  # nothing rewritten
 
 
 def test_a_tor_whose_control_plane_dies_leaves_the_group_within_a_second(lab):

@@ -243,7 +243,17 @@ class HostController(SwitchEvents):
         )
 
     def _next_hops(self, hops: dict, now: float) -> list:
-        """The ToRs in use changed: the group's buckets follow (a new host config)."""
+        """The ToRs in use changed: the group's buckets follow (a new host config). No next
+        hop at all is not followed: zebra removes its routes when FRR stops (a restart, an
+        upgrade), and the VMs' traffic keeps the ToRs it last used meanwhile, as zebra's
+        --retain would keep the kernel's routes; a link without carrier is still skipped
+        by its bucket's watch_port, and a ToR that BFD declares dead leaves the route
+        (and the group) while the other one stays."""
+        if not hops:
+            if self.hops or self.sw.adopt_groups:
+                LOG.warning("ovsnat: no next hop in the kernel's routes (FRR stopped?); "
+                            "leaving traffic keeps the ToRs it last used")  # fmt: skip
+            return []
         if hops == self.hops and not self.sw.adopt_groups:
             return []
         self.sw.adopt_groups = False

@@ -275,28 +275,36 @@ class RoutedHost:
     def _frr(self) -> None:
         """FRR on the host (ovsnat bgp render) and both ToRs; wait for both sessions."""
         self.frr_rundir = make_rundir(self.lab_id)
-        cfg = HostConfig.parse({**defaults(), **OPTIONS})
         for role in ("ta", "tb", "hv"):
             self.nodes[role] = FrrNode(self.ns[role], os.path.join(self.frr_rundir, role))
-            self.nodes[role].start()
         for tor, (asn, _, _, _, host) in TORS.items():
             router_id = f"10.255.0.{1 if tor == 'ta' else 3}"
+            self.nodes[tor].start()
             self.nodes[tor].configure(
                 tor_conf(tor, asn, router_id, [TorPeer(host, HOST_ASN)], [EXTERNAL])
             )
-        self.nodes["hv"].configure(render(cfg.bgp, "hv"))
+        self.start_host_frr()
         for tor in TORS:
             wait_for(lambda t=tor: self.established(t) == 1, 40,
                      what=f"{tor}'s session with the host")  # fmt: skip
+
+    def start_host_frr(self) -> None:
+        """The host's FRR, configured by `ovsnat bgp render` from the host's options."""
+        self.nodes["hv"].start()
+        self.nodes["hv"].configure(render(HostConfig.parse({**defaults(), **OPTIONS}).bgp, "hv"))
 
     # --- reading FRR ----------------------------------------------------------------------
     def established(self, node: str) -> int:
         summary = self.nodes[node].show("show bgp ipv4 unicast summary json")
         return sum(1 for p in summary.get("peers", {}).values() if p.get("state") == "Established")
 
+    def paths(self, node: str, prefix: str) -> list[dict]:
+        return self.nodes[node].show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
+
     def best(self, node: str, prefix: str) -> dict | None:
-        paths = self.nodes[node].show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
-        return next((p for p in paths if p.get("bestpath", {}).get("overall")), None)
+        return next(
+            (p for p in self.paths(node, prefix) if p.get("bestpath", {}).get("overall")), None
+        )
 
     def updates_from_host(self, tor: str) -> int:
         """BGP UPDATE messages the ToR has received from the host."""
