@@ -97,19 +97,14 @@ class ModelSwitch:
 
     def _group_mod(self, xid: int, msg: bytes) -> list[Reply]:
         """As OVS: an add of a group that exists, or a modify of one that does not, is
-        refused (OFPET_GROUP_MOD_FAILED); a delete takes the flows that use the group."""
+        refused (OFPET_GROUP_MOD_FAILED). ovsnat sends no delete."""
         command, group_type, group_id = struct.unpack_from("!HBxI", msg, 8)
+        assert command in (codec.OFPGC_ADD, codec.OFPGC_MODIFY), command
         self.group_mods.append((command, group_id))
         exists = group_id in self.groups
-        if (command == codec.OFPGC_ADD) == exists and command != codec.OFPGC_DELETE:
+        if (command == codec.OFPGC_ADD) == exists:
             return [Reply("error", xid, (OFPET_GROUP_MOD_FAILED, 0 if exists else 8))]
-        if command == codec.OFPGC_DELETE:
-            self.groups.pop(group_id, None)
-            self.entries = {
-                i: m for i, m in self.entries.items() if group_id not in _groups_used(m)
-            }
-        else:
-            self.groups[group_id] = (group_type, msg[16:])
+        self.groups[group_id] = (group_type, msg[16:])
         return []
 
     def _bundle_msg(self, xid: int, msg: bytes) -> list[Reply]:

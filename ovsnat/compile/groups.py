@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ovsnat.compile.actions import Output, SetField
 
 UPLINKS_GROUP = 1  # the routed uplinks' select group
-OWN_GROUPS = frozenset({UPLINKS_GROUP})  # the only group ids ovsnat adds, changes, deletes
+OWN_GROUPS = frozenset({UPLINKS_GROUP})  # the only group ids ovsnat adds and changes
 
 
 @dataclass(frozen=True)

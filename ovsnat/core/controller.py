@@ -259,7 +259,7 @@ class HostController(SwitchEvents):
         self.sw.adopt_groups = False
         LOG.info(
             "ovsnat: next hops now %s",
-            ", ".join(f"{a} at {m}" for a, m in sorted(hops.items())) or "none",
+            ", ".join(f"{a} at {m}" for a, m in sorted(hops.items())),
         )
         self.hops = hops
         if self.host is None:  # built from OVSDB's first view, with these

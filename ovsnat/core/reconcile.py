@@ -62,50 +62,46 @@ class Reconciler:
         if self.host is None or not self.session.ready:
             return []
         self.stats.inc("syncs")
-        before, after = self._groups()
-        out = self.session.meter_updates(METERS) + before
+        out = self.session.meter_updates(METERS) + self._groups()
         desired, expected = self.host.all_keys(), self.session.expected()
         stale, missing = expected - desired, desired - expected
         if not stale and not missing:
             LOG.info("ovsnat: flows in sync (%d), nothing sent", len(desired))
-            return out + after + self.settled(now)
+            return out + self.settled(now)
         LOG.info("ovsnat: sync: %d to add, %d stale to delete", len(missing), len(stale))
         self._count(len(stale) + len(missing))
         bundle = self.session.bundle(
             sorted(stale), missing, self.host.iter_wire_for(missing), {FULL_SYNC}
         )
-        return [*out, bundle, *after]
+        return [*out, bundle]
 
     def send(self, delta: Delta, retry: bool = True) -> list:
-        """One atomic bundle for a change (nothing while the switch is not in step), with
-        the groups' changes around it: a new host config (a ToR's MAC learned) may change
-        a group and no flow."""
+        """One atomic bundle for a change (nothing while the switch is not in step), after
+        the groups' changes: a new host config (a ToR's MAC learned) may change a group
+        and no flow."""
         if not self.session.ready:
             return []
-        before, after = self._groups()
+        groups = self._groups()
         if not delta:
-            return before + after
+            return groups
         add = delta.add
         self._count(len(delta.delete) + len(add))
         bundle = self.session.bundle(
             delta.delete, [(f.table, f.cookie) for f in add], add, delta.owners, retry
         )
-        return [*before, bundle, *after]
+        return [*groups, bundle]
 
-    def _groups(self) -> tuple[list, list]:
-        """The groups' changes, in bgp mode only: l2 mode never touches a group (another
-        controller's group 1 is not ovsnat's to delete). Sent before the bundle on the same
+    def _groups(self) -> list:
+        """The group's changes, in bgp mode only: l2 mode never touches a group (another
+        controller's group 1 is not ovsnat's). Sent before the bundle on the same
         connection, which OVS handles in order: the group exists before any flow uses it."""
         if self.host is None or self.host.cfg.bgp is None:
-            return [], []
-        group = routed_flows.group(self.host.cfg)
-        before, after = self.session.group_updates([group] if group else [], self.adopt_groups)
-        if before or after:
-            LOG.info(
-                "ovsnat: groups: %s",
-                group.text() if group else f"{len(after)} deleted",
-            )
-        return before, after
+            return []
+        group = routed_flows.group(self.host.cfg)  # always one in bgp mode
+        out = self.session.group_updates([group], self.adopt_groups)
+        if out:
+            LOG.info("ovsnat: groups: %s", group.text())
+        return out
 
     def repair(self, delete: list, adds: list, owners: set) -> list:
         """One bundle putting back what the audit found changed on the switch: deletes by

@@ -19,7 +19,7 @@ import netaddr
 
 from ovsnat.compile.frr_conf import render
 from ovsnat.core.effects import Routes
-from ovsnat.lab.frr import FrrNode, TorPeer, make_rundir, tor_conf
+from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.model import bgp
 from ovsnat.runtime.route_writer import RouteWriter
@@ -51,7 +51,7 @@ def link_address(host: int, tor: str, side: str) -> str:
 
 
 @dataclass
-class BgpFabric:
+class BgpFabric(ReadsFrr):
     hosts: int = 2
     external: str = str(EXTERNAL)  # what the hosts announce /32s of (bgp_announce)
     lab_id: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -105,18 +105,6 @@ class BgpFabric:
         done = RouteWriter(lambda _: None, self.names[host]).apply(effect)
         if done.failed:
             raise RuntimeError(f"{host}: {done.error}")
-
-    def established(self, node: str) -> int:
-        summary = self.nodes[node].show("show bgp ipv4 unicast summary json")
-        return sum(1 for p in summary.get("peers", {}).values() if p.get("state") == "Established")
-
-    def paths(self, node: str, prefix: str) -> list[dict]:
-        return self.nodes[node].show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
-
-    def best(self, node: str, prefix: str) -> dict | None:
-        return next(
-            (p for p in self.paths(node, prefix) if p.get("bestpath", {}).get("overall")), None
-        )
 
     def received(self, node: str, peer: str) -> dict[str, list]:
         answer = self.nodes[node].show(f"show bgp ipv4 unicast neighbors {peer} routes json")

@@ -142,6 +142,25 @@ class FrrNode:
         return os.path.join(self.rundir, name)
 
 
+class ReadsFrr:
+    """What a lab's tests read of its FRR nodes (`self.nodes`: role -> FrrNode), from FRR's
+    own JSON: sessions up, a prefix's paths and the best of them."""
+
+    nodes: dict
+
+    def established(self, node: str) -> int:
+        summary = self.nodes[node].show("show bgp ipv4 unicast summary json")
+        return sum(1 for p in summary.get("peers", {}).values() if p.get("state") == "Established")
+
+    def paths(self, node: str, prefix: str) -> list[dict]:
+        return self.nodes[node].show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
+
+    def best(self, node: str, prefix: str) -> dict | None:
+        return next(
+            (p for p in self.paths(node, prefix) if p.get("bestpath", {}).get("overall")), None
+        )
+
+
 @dataclass(frozen=True)
 class TorPeer:
     """One hypervisor as a ToR sees it: its address on their link and its ASN."""

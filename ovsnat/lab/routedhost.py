@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from ovsnat.compile.frr_conf import render
-from ovsnat.lab.frr import FrrNode, TorPeer, make_rundir, tor_conf
+from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.ovs import Ovs
 from ovsnat.lab.scenario import CONTROLLER_ENV, controller_argv
 from ovsnat.lab.sh import pid_alive, run, wait_for
@@ -108,7 +108,7 @@ class Controller:
 
 
 @dataclass
-class RoutedHost:
+class RoutedHost(ReadsFrr):
     frr: bool = False
     lab_id: str = field(default_factory=lambda: secrets.token_hex(3))
     controllers: list[Controller] = field(default_factory=list)
@@ -294,18 +294,6 @@ class RoutedHost:
         self.nodes["hv"].configure(render(HostConfig.parse({**defaults(), **OPTIONS}).bgp, "hv"))
 
     # --- reading FRR ----------------------------------------------------------------------
-    def established(self, node: str) -> int:
-        summary = self.nodes[node].show("show bgp ipv4 unicast summary json")
-        return sum(1 for p in summary.get("peers", {}).values() if p.get("state") == "Established")
-
-    def paths(self, node: str, prefix: str) -> list[dict]:
-        return self.nodes[node].show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
-
-    def best(self, node: str, prefix: str) -> dict | None:
-        return next(
-            (p for p in self.paths(node, prefix) if p.get("bestpath", {}).get("overall")), None
-        )
-
     def updates_from_host(self, tor: str) -> int:
         """BGP UPDATE messages the ToR has received from the host."""
         host = TORS[tor][4]

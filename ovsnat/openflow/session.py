@@ -234,15 +234,14 @@ class SwitchSession:
             }
         return out
 
-    def group_updates(self, desired: Iterable[SelectGroup], adopt: bool = False) -> tuple:
-        """(before, after) a bundle: an add or a modify for each desired group the switch
-        lacks or holds otherwise, before the flows that use it; a delete for each of
-        ovsnat's groups no longer desired, after the flows that used it are gone (OVS
-        deletes the flows that use a deleted group). Nothing while in sync. `adopt`: the
-        groups the switch holds are kept as they are; only missing ones are added."""
-        before, want = [], {g.id: g for g in desired}
-        for gid, group in sorted(want.items()):
-            digest = messages.desired_group_digest(group)
+    def group_updates(self, desired: Iterable[SelectGroup], adopt: bool = False) -> list:
+        """An add or a modify for each desired group the switch lacks or holds otherwise,
+        sent before the flows that use it; nothing while in sync. `adopt`: the groups the
+        switch holds are kept as they are; only missing ones are added. ovsnat deletes no
+        group: in bgp mode its group is always wanted, and l2 mode touches none."""
+        out = []
+        for group in sorted(desired, key=lambda g: g.id):
+            gid, digest = group.id, messages.desired_group_digest(group)
             if self.groups.get(gid) == digest or (adopt and gid in self.groups):
                 continue
             if self.refused_groups.get(gid, (None,))[0] == digest:
@@ -252,14 +251,9 @@ class SwitchSession:
             self.group_mods[xid] = (gid, digest)
             while len(self.group_mods) > RECENT:
                 self.group_mods.popitem(last=False)
-            before.append(messages.group_mod(xid, command, group))
+            out.append(messages.group_mod(xid, command, group))
             self.groups[gid] = digest
-        after = []
-        for gid in sorted(set(self.groups) - set(want) if not adopt else ()):
-            xid = self.note(f"group_id={gid} (delete)")
-            after.append(messages.group_mod(xid, codec.OFPGC_DELETE, SelectGroup(gid, ())))
-            del self.groups[gid]
-        return before, after
+        return out
 
     def group_refused(self, xid: int, why: str) -> None:
         """The switch refused a group_mod: what it holds of that group is unknown now (a
