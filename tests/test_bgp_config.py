@@ -129,7 +129,7 @@ def test_the_controller_loads_bgp_mode_from_its_file_and_l2_is_unchanged(tmp_pat
     conf([], default_config_files=[str(path)])
     cfg = config.load(conf)
     assert cfg.bgp == settings() and [r.link for r in cfg.routed] == list(settings().links)
-    assert cfg.fip_activation == "immediate" and not cfg.learn_gateway_mac  # no segment
+    assert cfg.fip_activation == "echo" and not cfg.learn_gateway_mac  # no segment to probe
 
 
 def test_the_command_writes_the_file_and_refuses_an_l2_config_in_one_line(tmp_path, capsys):

@@ -13,7 +13,7 @@ import netaddr
 
 from ovsnat.cli.scenarios import SCENARIOS
 from ovsnat.compile.groups import UPLINKS_GROUP
-from ovsnat.core.effects import NextHops, OwnRoutes
+from ovsnat.core.effects import EchoesSeen, NextHops, OwnRoutes
 from ovsnat.model.rows import IfaceRow
 from ovsnat.openflow import codec
 from tests.hostsim import SimHost, vm_row
@@ -33,10 +33,16 @@ TOR_A, TOR_B = (
 FIP = "203.0.113.10"
 
 
-def routed_host(switch: ModelSwitch | None = None, rows=ROUTED_ROWS) -> SimHost:
+def routed_host(
+    switch: ModelSwitch | None = None, rows=ROUTED_ROWS, echoes: frozenset | None = frozenset()
+) -> SimHost:
+    """A host in bgp mode; `echoes`: the other hosts' /32s its kernel's first dump holds
+    (None: not dumped yet)."""
     sim = SimHost(switch, **BGP)
     for row in rows:
         sim.rows[row.name] = row
+    if echoes is not None:
+        sim.answer(EchoesSeen(echoes))
     return sim.start()
 
 
@@ -234,3 +240,70 @@ def test_nothing_is_withdrawn_while_the_switch_is_away():
     assert len(sim.routes) == writes
     sim.connect()  # back: the flows are known again, and nothing changed
     assert len(sim.routes) == writes
+
+
+# --- who holds a FIP: the echoes (docs/bgp.md, section 2) -------------------------------------
+MOVED = LIVE + 1
+
+
+def from_the_vm(sim: SimHost, n: int) -> None:
+    """A frame from VM n (QEMU's RARP on the destination, or any first packet)."""
+    mac = bytes.fromhex(f"02000a0000{n:02x}")
+    sim.from_vm(n, b"\xff" * 6 + mac + b"\x80\x35" + bytes(28))
+
+
+def test_a_fip_waits_for_the_first_echo_set_and_goes_live_when_no_other_host_has_it():
+    sim = routed_host(echoes=None)
+    sim.answer(OwnRoutes(frozenset()))
+    sim.plug(vm_row(11, fip=FIP))
+    assert not sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11")
+    sim.answer(EchoesSeen(frozenset({"203.0.113.99"})))  # another host's FIP, not ours
+    assert sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11", FIP)
+
+
+def test_a_migrating_vms_fip_is_held_until_its_first_frame_then_announced_moved():
+    """The source still announces the FIP (its echo is here): the destination waits for
+    the VM, then announces it MOVED (the ToRs prefer that), and LIVE after the hold."""
+    sim = routed_host(echoes=frozenset({FIP}))
+    sim.answer(OwnRoutes(frozenset()))
+    sim.plug(vm_row(11, fip=FIP), vm_row(12, fip="203.0.113.12"))
+    assert not sim.fip_live(FIP) and sim.fip_live("203.0.113.12")  # the control
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12")
+    assert sim.ctl.status(sim.now)["waiting"]["tapvm11"]["state"] == "held"
+    sim.advance(5.0)
+    assert not sim.fip_live(FIP)  # held as long as the VM is silent here
+    from_the_vm(sim, 11)
+    assert sim.fip_live(FIP)
+    moved = {(netaddr.IPNetwork(f"{FIP}/32"), MOVED)}
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12") | moved
+    sim.answer(EchoesSeen(frozenset()))  # the source withdrew: nothing changes here
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12") | moved
+    sim.advance(61.0)  # bgp_moved_hold (60 s): LIVE, so the next migration's MOVED wins
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12", FIP)
+
+
+def test_a_held_fip_goes_live_when_the_other_host_withdraws():
+    sim = routed_host(echoes=frozenset({FIP}))
+    sim.answer(OwnRoutes(frozenset()))
+    sim.plug(vm_row(11, fip=FIP))
+    assert not sim.fip_live(FIP)
+    sim.answer(EchoesSeen(frozenset({"203.0.113.99"})))
+    assert sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11", FIP)
+
+
+def test_a_restart_within_the_hold_keeps_the_moved_route_and_writes_nothing():
+    first = routed_host(echoes=frozenset({FIP}))
+    first.answer(OwnRoutes(frozenset()))
+    first.plug(vm_row(11, fip=FIP))
+    from_the_vm(first, 11)
+    held = first.kernel_tables
+    assert (netaddr.IPNetwork(f"{FIP}/32"), MOVED) in held  # positive control
+    second = SimHost(first.switch, **BGP)
+    second.kernel_tables = set(held)
+    second.rows.update({r.name: r for r in [*ROUTED_ROWS, vm_row(11, fip=FIP)]})
+    second.answer(EchoesSeen(frozenset()))  # the source has withdrawn by now
+    second.start()
+    second.answer(OwnRoutes(frozenset(held)))
+    assert second.routes == []
+    second.advance(61.0)
+    assert second.kernel_tables == fib("203.0.113.11", FIP)  # the hold still ends

@@ -8,7 +8,7 @@ import netaddr
 
 from ovsnat.model.bgp import parse_bgp
 from ovsnat.runtime import rtnetlink as rt
-from ovsnat.runtime.next_hops import MAIN_TABLE, KernelView, next_hops
+from ovsnat.runtime.next_hops import MAIN_TABLE, KernelView, echoes, next_hops
 
 BGP = parse_bgp(
     {
@@ -87,3 +87,22 @@ def test_of_two_defaults_only_the_one_with_the_lower_metric_counts():
     assert next_hops(v, BGP).hops == ((str(A), MAC_A), (str(B), MAC_B))
     v.apply(rt.Message(rt.RTM_DELROUTE, 0, 0, zebra))
     assert next_hops(v, BGP).hops == ((str(A), MAC_A),)
+
+
+def fip_route(ip: str, protocol: int, kind=rt.RTM_NEWROUTE, kind_rtn=rt.RTN_UNICAST):
+    prefix = netaddr.IPNetwork(f"{ip}/32")
+    return rt.Message(kind, 0, 0, rt.Route(prefix, MAIN_TABLE, protocol, kind_rtn, (A, B), 20))
+
+
+def test_echoes_are_the_other_hosts_fips_as_bgp_routes_and_never_our_own():
+    """Another host's FIP comes back from the ToRs as a BGP /32 in the announced range;
+    once this host announces it too, zebra installs its own import (proto zebra, a
+    blackhole) in its place, and it is no echo any more."""
+    v = view(route(DEFAULT, A, B), fip_route("203.0.113.50", 186), fip_route("198.51.100.7", 186))
+    v.apply(route(netaddr.IPNetwork("203.0.113.0/25"), A))
+    assert echoes(v, BGP).addresses == {"203.0.113.50"}  # not outside the range, not a /25
+    v.apply(fip_route("203.0.113.50", 11, kind_rtn=rt.RTN_BLACKHOLE))  # our own import won
+    assert echoes(v, BGP).addresses == set()
+    v.apply(fip_route("203.0.113.51", 186))
+    v.apply(fip_route("203.0.113.51", 186, kind=rt.RTM_DELROUTE))  # the other host withdrew
+    assert echoes(v, BGP).addresses == set()

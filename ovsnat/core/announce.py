@@ -53,8 +53,10 @@ class Announcer:
 
     def live(self, fip: netaddr.IPAddress, port: str, now: float, moved: bool = False) -> None:
         """A FIP went live here; `moved`: it came with its VM from another host that still
-        announced it (the destination of a migration)."""
+        announced it (the destination of a migration). A FIP the kernel already holds as
+        MOVED (a restart within the hold) keeps it, for a full hold: no route moves."""
         self.fips[fip] = port
+        moved = moved or (self.known is not None and self._key(fip, MOVED) in self.known)
         if moved:
             self.moved_until[fip] = now + self.plan.moved_hold
         else:

@@ -42,12 +42,14 @@ class Announcing:
         if self.announcer is not None:
             self.announcer.done(result, now)
 
-    def update(self, host, serving: Callable[[str], bool], ready: bool, timers, now: float):
+    def update(self, host, serving: Callable[[str], bool], moved, ready: bool, timers, now):
         """The write that makes the kernel follow the host, if one is due. `serving(name)`:
-        the switch serves that port's FIP; `ready`: the switch's flows are known."""
+        the switch serves that port's FIP; `moved(fip)`: another host still announces it
+        (a migration brought it here: MOVED, so the ToRs prefer this host); `ready`: the
+        switch's flows are known."""
         a = self.announcer
-        if a is None or host is None or not ready:
-            return []
+        if a is None or host is None or not ready or a.known is None:
+            return []  # (a FIP seen live before the kernel's tables could not keep MOVED)
         a.set_snat([host.cfg.snat_ip] if host.cfg.snat_ip else [])
         live = {
             netaddr.IPAddress(host.valid[name].fip): name
@@ -58,7 +60,7 @@ class Announcing:
             a.dark(ip)
         for ip, name in live.items():
             if a.fips.get(ip) != name:
-                a.live(ip, name, now)
+                a.live(ip, name, now, moved=moved(ip))
         a.expire(now)
         out = a.next(now)
         for routes in out:

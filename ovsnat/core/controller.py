@@ -32,6 +32,7 @@ from ovsnat.core.datapaths import Identity
 from ovsnat.core.delta import Delta
 from ovsnat.core.dropcounts import DropCounts
 from ovsnat.core.effects import (
+    EchoesSeen,
     FlushConntrack,
     NextHops,
     OwnRoutes,
@@ -83,6 +84,7 @@ class HostController(SwitchEvents):
         self.hops: dict = {}  # bgp mode: usable next hops, ToR address -> MAC (NextHops)
         self.sw.adopt_groups = cfg.bgp is not None  # until the first NextHops
         self.announcing = announcing.Announcing(cfg)  # bgp mode's routes
+        self.echoes: frozenset | None = None  # bgp mode: the other hosts' /32s (EchoesSeen)
         self.rejections = RejectionLog()
         self.settings = Settings(cfg)
         self.faults: list[float] = []
@@ -101,6 +103,7 @@ class HostController(SwitchEvents):
             self.base_cfg.fip_activation, self.timers, self.stats, self.sw.session, self.sw.send
         )
         self.fips.seen_ofport = seen_ofport
+        self.fips.presence.echoes = self.echoes
         self.fips.leased_at = lambda name: self.dhcp.leases.get(name, {}).get("at")
         self.handoffs = Handoffs(self.timers, self.stats)
         self.audit = audit.Auditor(self.audit_interval, self.sw, self.timers, self.stats)
@@ -146,8 +149,8 @@ class HostController(SwitchEvents):
 
     def _announce(self, now: float) -> list:
         """bgp mode: the routes follow the FIPs the switch serves (ovsnat.core.announcing)."""
-        ready = self.sw.session.ready
-        return self.announcing.update(self.host, self.fips.serving, ready, self.timers, now)
+        ready, fips = self.sw.session.ready, self.fips
+        return self.announcing.update(self.host, fips.serving, fips.moved, ready, self.timers, now)
 
     def _routing(self):
         return parse_logged(self.bridge_ids, self.routing_logged, self.host.cfg)
@@ -351,9 +354,12 @@ class HostController(SwitchEvents):
 
     def result(self, result, now: float) -> list:
         """What one of those calls answered (a Probed, Reading or ZoneLimitsDone), or what
-        the kernel's routes say now (NextHops)."""
+        the kernel's routes say now (NextHops, EchoesSeen)."""
         if isinstance(result, NextHops):
             return self._next_hops(dict(result.hops), now)
+        if isinstance(result, EchoesSeen):
+            self.echoes = result.addresses
+            return self.fips.echoes_seen(result.addresses, now) + self._announce(now)
         if isinstance(result, (OwnRoutes, RoutesDone)):
             if isinstance(result, OwnRoutes):
                 self.announcing.seen(result)

@@ -176,6 +176,16 @@ class NextHops:
 
 
 @dataclass(frozen=True)
+class EchoesSeen:
+    """bgp mode: the /32s inside the announced ranges that the kernel holds as BGP routes,
+    the other hosts' announcements as the ToRs pass them back (docs/bgp.md, section 2).
+    Posted with the first dump and whenever the set changes. A FIP found here is held by
+    another host: it waits dark for its VM's first frame."""
+
+    addresses: frozenset = frozenset()  # str
+
+
+@dataclass(frozen=True)
 class OwnRoutes:
     """bgp mode: ovsnat's own routes in its two kernel tables, as the runtime's dump of
     the kernel found them (at start, and again after a failure of its watch)."""

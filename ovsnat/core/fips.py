@@ -106,6 +106,8 @@ class Fips:
             elif new_fip and self._active(name):  # a FIP live at once: announce it too
                 self.to_announce.add(name)
             self.track(name, now)
+            if self.presence.mode == "echo" and self.host.is_pending(name):
+                delta.extend(self._echo_decide(name, now))
             if pending and spoke and self.presence.first_frame(name) is not None:
                 self.timers.at(now, ("spoke", name))  # no probe: announced by due()
         return delta
@@ -291,6 +293,27 @@ class Fips:
             and name not in self.host.lost
             and not self.host.is_pending(name)
         )
+
+    def echoes_seen(self, echoes: frozenset[str], now: float) -> list:
+        """bgp mode: the other hosts' /32s changed. A FIP waiting for the first set is
+        decided now; a HELD one whose echo went (the other host withdrew) goes live."""
+        delta = Delta()
+        for name in self.presence.echoes_seen(echoes):
+            delta.extend(self._echo_decide(name, now))
+        return self.send(delta)
+
+    def _echo_decide(self, name: str, now: float) -> Delta:
+        """bgp mode: live now unless another host announces the FIP (presence.py)."""
+        actions, _ = self.presence.due(name, now)
+        for go in actions:
+            LOG.info("ovsnat: port %s: %s; activating its FIP", name, go.why)
+            return self._activate(name)
+        return Delta()
+
+    def moved(self, fip) -> bool:
+        """bgp mode: another host still announces this FIP (it came here with its VM)."""
+        echoes = self.presence.echoes
+        return echoes is not None and str(fip) in echoes
 
     def serving(self, name: str) -> bool:
         """The switch serves this port's FIP here (bgp mode announces it then)."""

@@ -12,6 +12,12 @@ with small actions: send this probe, go live, light after the VM's first frame.
   migrating): wait for the VM's first frame here, or for a round nobody answers (the source
   host let go). A foreign MAC answers: a conflict; stay dark and keep asking.
 `first-packet` mode waits for the VM's first frame only; `immediate` never waits.
+
+`echo` mode is bgp mode's (docs/bgp.md, section 2): there is no segment to probe, so the
+question "does another host hold it?" is a lookup in the echo set, the other hosts' /32s as
+the ToRs pass them back (EchoesSeen). No echo: live at once (a fresh VM, silent or not). An
+echo: HELD until the VM's first frame here (a migration's destination), or until the echo
+goes (the other host withdrew). Until the first echo set is known, nothing is decided.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class Presence:
         self.waiting: dict[str, Waiting] = {}
         self.queue: dict[str, None] = {}  # names waiting for a probe slot, in order
         self.probing = 0  # rounds in progress
+        self.echoes: frozenset[str] | None = None  # echo mode: None until the first set
 
     def wait(self, name: str, fip: str, now: float) -> float | None:
         """A FIP is dark on this host. Returns when to call `due` for it (None: nothing to
@@ -137,12 +144,15 @@ class Presence:
             return None
         self.queue.pop(name, None)
         self._set(w, SETTLING)
-        return GoLive(name, "first frame seen", settle=True)
+        # echo mode: no GARP to yield to; the route's MOVED community wins instead
+        return GoLive(name, "first frame seen", settle=self.mode != "echo")
 
     # --- deadlines -----------------------------------------------------------------------
     def due(self, name: str, now: float) -> tuple[list, float | None]:
         """The work due for `name`: (actions, its next deadline or None)."""
         w = self.waiting.get(name)
+        if self.mode == "echo":
+            return self._echo_due(w), None
         if w is None or w.state not in (PROBING, HELD, CONFLICT):
             return [], None
         if w.state != PROBING and self._start_round(name, now) is None:
@@ -159,6 +169,20 @@ class Presence:
             self._set(w, SETTLING)
             return [GoLive(name, "no other host answered the probes")], None
         return [], w.round_started + REPROBE
+
+    def _echo_due(self, w: Waiting | None) -> list:
+        if w is None or w.state == SETTLING or self.echoes is None:
+            return []
+        if w.fip in self.echoes:
+            self._set(w, HELD)
+            return []
+        self._set(w, SETTLING)
+        return [GoLive(w.name, "no other host announces it")]
+
+    def echoes_seen(self, echoes: frozenset[str]) -> list[str]:
+        """A new echo set: the names whose answer may have changed (call `due` for each)."""
+        self.echoes = echoes
+        return [n for n, w in self.waiting.items() if w.state in (IDLE, HELD)]
 
     def start_queued(self, now: float) -> list[str]:
         """Names whose round starts now that probe slots are free (call `due` for each)."""

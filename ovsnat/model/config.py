@@ -117,10 +117,8 @@ class HostConfig:
             else 0,
             mac_prefix=str(raw.get("mac_prefix") or "02:5a").strip().lower(),
             learn_gateway_mac=not gw_mac and bgp is None,  # bgp: no shared segment
-            # bgp mode: live at plug until presence by echoes (docs/bgp.md, section 6)
-            fip_activation="immediate"
-            if bgp
-            else str(raw.get("fip_activation") or "probe").strip(),
+            # bgp mode: the other hosts' routes say who holds a FIP (docs/bgp.md, section 2)
+            fip_activation="echo" if bgp else str(raw.get("fip_activation") or "probe").strip(),
             fabric_port=_name(raw["fabric_port"], "fabric_port")
             if _given(raw, "fabric_port")
             else "",
@@ -200,7 +198,9 @@ class HostConfig:
                 f"pat_ports_per_vm: {self.pat_ports_per_vm} is larger than the "
                 f"whole range {self.snat_port_min}-{self.snat_port_max}"
             )
-        if self.fip_activation not in FIP_ACTIVATIONS:
+        if self.fip_activation not in FIP_ACTIVATIONS and not (
+            self.bgp and self.fip_activation == "echo"
+        ):
             raise ConfigError(
                 f"fip_activation: {self.fip_activation!r} is not one of "
                 f"{', '.join(FIP_ACTIVATIONS)}"

@@ -86,7 +86,9 @@ OPTIONS: tuple[Option, ...] = (
         "at the VM's first frame here while the host it left still answers, so two hosts "
         "never answer for one FIP and a silent VM still gets its FIP. 'first-packet': only "
         "once the VM has sent a frame here (boot traffic, QEMU's RARP). 'immediate': as "
-        "soon as the port is plugged.",
+        "soon as the port is plugged. Ignored with external_mode = bgp: there a FIP goes "
+        "live at plug unless another host announces it (its route, as the ToRs pass it "
+        "back), and then at the VM's first frame here (docs/bgp.md, section 2).",
     ),
     Option(
         "fabric_port",

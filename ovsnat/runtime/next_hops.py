@@ -7,7 +7,9 @@ control plane died. The kernel resolves each next hop's MAC. The select group mu
 both, so this green thread keeps a view of the main table's accepted routes and of the
 neighbours, and posts NextHops (ToR address -> MAC) to the core whenever the set changes.
 Its dump also gives the core ovsnat's own routes (OwnRoutes): the announcer writes
-nothing before it knows what the kernel holds.
+nothing before it knows what the kernel holds. The same view gives the echoes
+(EchoesSeen): the other hosts' /32s, which say whether a FIP plugged here is held
+elsewhere (docs/bgp.md, section 2).
 A ToR whose link loses carrier is skipped by the switch itself (the bucket's watch_port)
 before any of this is heard.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ovsnat.core.effects import NextHops, OwnRoutes
+from ovsnat.core.effects import EchoesSeen, NextHops, OwnRoutes
 from ovsnat.model.bgp import BgpSettings
 from ovsnat.runtime import framework as fw
 from ovsnat.runtime import routes
@@ -29,6 +31,7 @@ from ovsnat.runtime import rtnetlink as rt
 
 LOG = logging.getLogger("ovsnat")
 MAIN_TABLE = 254
+RTPROT_BGP = 186  # zebra installs BGP's routes with it (rtnetlink's RTPROT_BGP)
 RETRY = 1.0  # seconds before a fresh dump after a failure
 
 
@@ -71,10 +74,26 @@ def next_hops(view: KernelView, bgp: BgpSettings) -> NextHops:
     return NextHops(tuple(sorted((str(ip), mac) for ip, mac in macs.items())))
 
 
+def echoes(view: KernelView, bgp: BgpSettings) -> EchoesSeen:
+    """The other hosts' /32s as the ToRs pass them back: BGP routes in the main table
+    inside the announced ranges. This host's own announcements never show: zebra prefers
+    its import (distance 15) to the echo (20) and installs a blackhole of its own."""
+    return EchoesSeen(
+        frozenset(
+            str(route.prefix.ip)
+            for route in view.routes.values()
+            if route.protocol == RTPROT_BGP
+            and route.prefix.prefixlen == 32
+            and any(route.prefix in cidr for cidr in bgp.announce)
+        )
+    )
+
+
 class NextHopWatch:
     def __init__(self, bgp: BgpSettings | None, post, namespace: str | None = None):
         self.bgp, self.post, self.namespace = bgp, post, namespace
         self.last: NextHops | None = None
+        self.last_echoes: EchoesSeen | None = None
         self.stopped = False
 
     def start(self) -> list:
@@ -119,7 +138,10 @@ class NextHopWatch:
                 self._tell(view)
 
     def _tell(self, view: KernelView) -> None:
-        hops = next_hops(view, self.bgp)
+        hops, seen = next_hops(view, self.bgp), echoes(view, self.bgp)
         if hops != self.last:
             self.last = hops
             self.post(hops)
+        if seen != self.last_echoes:
+            self.last_echoes = seen
+            self.post(seen)
