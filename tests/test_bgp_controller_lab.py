@@ -85,7 +85,7 @@ def test_a_restarted_controller_finds_flows_group_and_routes_in_place_and_change
     assert "ovsnat: groups: group_id=1" in first.text()  # positive controls: it sent them
     assert "ovsnat: routes: " in first.text()
     first.stop()
-    os.remove(os.path.join(lab.rundir, "ovsnat-status.json"))  # the next is the new one's
+    os.remove(os.path.join(lab.hv(1).rundir, "ovsnat-status.json"))  # the new one writes next
     second = lab.start_controller()
     wait_for(lambda: "flows in sync" in second.text(), 30, what="the new controller in sync")
     wait_for(lambda: "next hops now" in second.text(), 10, what="the kernel's next hops heard")

@@ -163,11 +163,11 @@ def test_the_writer_answers_each_effect_with_what_the_kernel_refused(ns, caplog)
 def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
     """What the select group follows (ovsnat.runtime.next_hops), from a real kernel: the
     default's next hops (as zebra installs them: one per ToR whose session is up) with
-    their MACs, each change posted once."""
+    their MACs, each change posted once; and the other hosts' /32s (echoes) as BGP routes."""
     import queue
     import threading
 
-    from ovsnat.core.effects import OwnRoutes
+    from ovsnat.core.effects import EchoesSeen, OwnRoutes
     from ovsnat.model.bgp import parse_bgp
     from ovsnat.runtime.next_hops import NextHopWatch
 
@@ -179,6 +179,7 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
     )
     posted: queue.Queue = queue.Queue()
     own: list = []
+    echoes: list = []
     watch = NextHopWatch(bgp, posted.put, namespace=ns)
     thread = threading.Thread(target=watch.watch, daemon=True)
     thread.start()
@@ -190,8 +191,8 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
                 item = posted.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if isinstance(item, OwnRoutes):
-                own.append(item)
+            if isinstance(item, (OwnRoutes, EchoesSeen)):
+                (own if isinstance(item, OwnRoutes) else echoes).append(item)
                 continue
             last = tuple((a, str(m)) for a, m in item.hops)
             if last == expected:
@@ -210,6 +211,13 @@ def test_the_next_hop_watch_follows_the_default_routes_hops_and_their_macs(ns):
         hops_become((a, b))
         ip(ns, "route", "replace", "default", "proto", "bgp", "via", b[0], "dev", "bgp1")
         hops_become((b,))  # ToR A's session went down: zebra keeps B only
+        assert echoes == [EchoesSeen(frozenset())]  # none so far, said once
+        for fip, proto in (("203.0.113.50", "bgp"), ("203.0.113.51", "250")):
+            ip(ns, "route", "add", f"{fip}/32", "proto", proto, "via", b[0], "dev", "bgp1")
+        item = posted.get(timeout=5)
+        while not isinstance(item, EchoesSeen):
+            item = posted.get(timeout=5)
+        assert item == EchoesSeen(frozenset({"203.0.113.50"}))  # BGP's only, not ovsnat's
         ip(ns, "neigh", "del", b[0], "dev", "bgp1")
         hops_become(())  # no MAC for B: no ToR to send to
     finally:
