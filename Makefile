@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 export VENV
 
 .PHONY: install lab lab-openstack lab-down test unit lint format golden clean bench \
-	test-long test-openstack test-openstack-mariadb test-openstack-long test-devstack config-samples
+	lab-bgp test-long test-openstack test-openstack-mariadb test-openstack-long test-devstack config-samples
 
 install:
 	bash scripts/install.sh
 
 lab: install
 	$(VENV)/bin/ovsnat lab demo
+
+# The same lab on a routed fabric (docs/bgp.md): ToRs and an outside router running FRR.
+lab-bgp: install
+	$(VENV)/bin/ovsnat lab demo --bgp
 
 # The OpenStack lab (Keystone, Placement, Glance, Nova, Neutron driving ovsnat, RabbitMQ,
 # MariaDB, two hypervisors) and its narrated demo, driven with the `openstack` command.

@@ -65,3 +65,36 @@ def test_up_migrate_and_down_from_the_command_line():
         down = ovsnat("lab", "down", ident)
     assert down.returncode == 0
     assert not [ns for ns in list_lab_namespaces() if ident in ns]
+
+
+def frr_pids(ident: str) -> list[str]:
+    """FRR daemons whose command line names this lab's FRR directory."""
+    out = subprocess.run(["pgrep", "-f", f"/usr/lib/frr/.*ovsnat-{ident}-frr-"],
+                         capture_output=True, text=True)  # fmt: skip
+    return out.stdout.split()
+
+
+def test_the_bgp_demo_narrates_the_fabric_nat_and_a_migration_and_down_stops_frr():
+    out = ovsnat("lab", "demo", "--bgp")
+    ident = lab_id(out.stdout) if "tear down with" in out.stdout else None
+    try:
+        assert out.returncode == 0, out.stderr[-2000:]
+        text = out.stdout
+        assert re.search(r"203\.0\.113\.10 \(vm1's FIP\): ta -> hv1, tb -> hv1, out -> t[ab]", text)
+        assert re.search(r"203\.0\.113\.12 \(vm3's FIP\): ta -> hv2, tb -> hv2, out -> t[ab]", text)
+        assert re.search(r"203\.0\.113\.21 \(hv2's SNAT\): ta -> hv2, tb -> hv2", text), text
+        assert re.search(r"server -> 203\.0\.113\.10 \(vm1's FIP\): [12] of 2 answered", text)
+        assert "vm2 (hv1, PAT) -> server: the server sees 203.0.113.11" in text
+        assert "vm4 (hv2, PAT) -> server: the server sees 203.0.113.21" in text
+        assert "ta1 (hv1) -> ta2 (hv2) across the fabric: ta2 sees 10.1.0.11" in text
+        for tor in ("ta", "tb"):
+            assert re.search(rf"  {tor}: best path now hv2 \([\d.]+ s after", text), text
+        assert re.search(r"  out: best path now t[ab] \([\d.]+ s after", text), text
+        assert re.search(r"the inbound TCP session: HELD \d+ echoes", text), text
+        assert frr_pids(ident)  # positive control for the teardown's check
+    finally:
+        if ident:
+            down = ovsnat("lab", "down", ident)
+    assert down.returncode == 0, down.stderr
+    assert not [ns for ns in list_lab_namespaces() if ident in ns]
+    assert frr_pids(ident) == []

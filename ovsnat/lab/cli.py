@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovsnat.lab import dhcpclient, scenario
+from ovsnat.lab import dhcpclient, routedlab, scenario
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
 from ovsnat.lab.traffic import start_server
@@ -39,15 +39,21 @@ def snat_ip(host: str) -> str:
     return f"203.0.113.{int(host[2:]) * 10 + 1}"
 
 
-def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
-    """Hosts with ovsnat's controller (ryu-manager), the VMs, and servers to talk to."""
-    lab.up()
+def build_default(lab: Lab, hosts: int = 2, controllers: bool = True, bgp: bool = False) -> Lab:
+    """Hosts with ovsnat's controller (ryu-manager), the VMs, and servers to talk to. With
+    `bgp`, on a routed fabric (ovsnat.lab.routedlab) instead of a shared external segment."""
+    routedlab.up(lab) if bgp else lab.up()
     for i in range(1, hosts + 1):
-        lab.add_host(f"hv{i}", fabric=True)
+        name, extra = f"hv{i}", {}
+        if bgp:
+            extra = routedlab.add_host(lab, name, i, snat_ip(name))[1]
+        else:
+            lab.add_host(name, fabric=True)
         if controllers:
-            scenario.start_controller(
-                lab, f"hv{i}", snat_ip(f"hv{i}"), fabric_port="fabric", **LAB_DHCP, **LAB_HANDOFF
-            )
+            scenario.start_controller(lab, name, snat_ip(name), fabric_port="fabric",
+                                      **LAB_DHCP, **LAB_HANDOFF, **extra)  # fmt: skip
+    if bgp:
+        routedlab.peer_tors(lab, hosts)
     for name, host, ip, mac, fip, net in DEFAULT_VMS:
         if host in lab.hosts:
             vm = lab.add_vm(
@@ -69,11 +75,22 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True) -> Lab:
 
 
 def describe(lab: Lab) -> str:
-    lines = [
-        f"lab {lab.id}  (state {lab.dir})",
-        f"  outside: router 203.0.113.1 in {lab.out_ns}, server 198.51.100.10 in "
-        f"{lab.srv_ns}, external segment in {lab.ext_ns}",
-    ]
+    lines = [f"lab {lab.id}  (state {lab.dir})"]
+    if lab.frr:
+        lines.append(
+            f"  outside: router (FRR, AS {routedlab.OUT_ASN}) in {lab.out_ns}, server "
+            f"198.51.100.10 in {lab.srv_ns}; ToRs (FRR) in {lab.ns_name('ta')} and "
+            f"{lab.ns_name('tb')}; no external segment (routed uplinks, BGP)"
+        )
+        lines += [
+            f"      inspect: vtysh --vty_socket {rundir} -c 'show bgp ipv4 unicast'  ({role})"
+            for role, rundir in sorted(lab.frr.items())
+        ]
+    else:
+        lines.append(
+            f"  outside: router 203.0.113.1 in {lab.out_ns}, server 198.51.100.10 in "
+            f"{lab.srv_ns}, external segment in {lab.ext_ns}"
+        )
     for host in lab.hosts.values():
         alive = "running" if host.ovs.alive() else "DOWN"
         lines.append(f"  {host.name}: netns {host.ns}, ovs-vswitchd {alive}, rundir {host.rundir}")
@@ -121,6 +138,13 @@ def main(argv: list[str]) -> int:
     )
     for cmd in (up, demo):
         cmd.add_argument(
+            "--bgp",
+            action="store_true",
+            help="routed uplinks instead of a shared external segment: two ToRs and an "
+            "outside router running FRR, each hypervisor announcing its FIPs and SNAT "
+            "address by BGP (docs/bgp.md)",
+        )
+        cmd.add_argument(
             "--openstack",
             action="store_true",
             help="the OpenStack lab: Keystone, Placement, Glance, Nova and "
@@ -148,15 +172,24 @@ def main(argv: list[str]) -> int:
     down.add_argument("--all", action="store_true")
     a = p.parse_args(argv)
 
+    if a.cmd in ("up", "demo") and a.openstack and a.bgp:
+        p.error("--bgp and --openstack together: not yet (the OpenStack lab is l2 only)")
     if a.cmd in ("up", "demo") and a.openstack:
         return openstack(a)
     if a.cmd in ("up", "demo"):
         lab = Lab()
         try:
             build_default(
-                lab, getattr(a, "hosts", 2), controllers=not getattr(a, "no_controllers", False)
+                lab,
+                getattr(a, "hosts", 2),
+                controllers=not getattr(a, "no_controllers", False),
+                bgp=a.bgp,
             )
-            if a.cmd == "demo":
+            if a.cmd == "demo" and a.bgp:
+                from ovsnat.lab.routeddemo import run_demo as run_bgp_demo
+
+                run_bgp_demo(lab)
+            elif a.cmd == "demo":
                 from ovsnat.lab.demo import run_demo
 
                 run_demo(lab)

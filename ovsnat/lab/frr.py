@@ -178,10 +178,14 @@ def tor_conf(
     community_asn: int = 64999,
     max_prefix: int = 1010,
     bfd_interval: int = 200,
+    upstream: TorPeer | None = None,
 ) -> str:
     """A ToR's side of docs/bgp.md section 1: from each host only /32s inside the announced
     ranges, the MOVED community mapped to local preference 200, a default route sent,
-    graceful restart as a helper only, BFD, and a prefix cap above the hosts' own."""
+    graceful restart as a helper only, BFD, and a prefix cap above the hosts' own.
+    `upstream`: an outside router, which gets the hosts' /32s (their communities with them)
+    and gives the default the hosts get (instead of the ToR's own), so a ToR cut off from
+    it stops being the hosts' way out."""
     lines = [
         "frr defaults traditional",
         f"hostname {name}",
@@ -196,6 +200,11 @@ def tor_conf(
         " match ip address prefix-list HOSTS",
         "exit",
         "route-map TO-HOST permit 10",
+        "exit",
+        "route-map UP-IN permit 10",
+        "exit",
+        "route-map UP-OUT permit 10",
+        " match ip address prefix-list HOSTS",
         "exit",
         # The hosts' BFD timers on this side too: a session's detection time is the other
         # side's multiplier times the slower of the two sides' intervals.
@@ -216,13 +225,26 @@ def tor_conf(
             f" neighbor {host.address} graceful-restart-helper",
             f" neighbor {host.address} advertisement-interval 0",
         ]
+    if upstream is not None:
+        lines += [
+            f" neighbor {upstream.address} remote-as {upstream.asn}",
+            f" neighbor {upstream.address} bfd profile hosts",
+            f" neighbor {upstream.address} advertisement-interval 0",
+        ]
     lines += [" address-family ipv4 unicast"]
+    if upstream is not None:
+        lines += [
+            f"  neighbor {upstream.address} activate",
+            f"  neighbor {upstream.address} route-map UP-IN in",
+            f"  neighbor {upstream.address} route-map UP-OUT out",
+        ]
     for host in hosts:
         lines += [
             f"  neighbor {host.address} activate",
             f"  neighbor {host.address} route-map FROM-HOST in",
             f"  neighbor {host.address} route-map TO-HOST out",
-            f"  neighbor {host.address} default-originate",
+            # with an upstream, its default passes on (and goes when the upstream does)
+            *([f"  neighbor {host.address} default-originate"] if upstream is None else []),
             f"  neighbor {host.address} maximum-prefix {max_prefix}",
         ]
     lines += [" exit-address-family", "exit", "end"]

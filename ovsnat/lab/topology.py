@@ -75,6 +75,8 @@ class Lab(VmPlumbing):
         self.hosts: dict[str, Host] = {}
         self.vms: dict[str, Vm] = {}
         self.procs: dict[str, dict] = {}  # name -> {"pid":, "ns":, "argv":, "log":}
+        self.frr: dict[str, str] = {}  # role -> its FRR directory (`lab up --bgp`)
+        self.frr_root = ""
         self.started = False
 
     # --- naming and state ---------------------------------------------------------------
@@ -101,6 +103,8 @@ class Lab(VmPlumbing):
             "hosts": {n: asdict(h) for n, h in self.hosts.items()},
             "vms": {n: asdict(v) for n, v in self.vms.items()},
             "procs": self.procs,
+            "frr": self.frr,
+            "frr_root": self.frr_root,
         }
         tmp = os.path.join(self.dir, "lab.json.tmp")
         with open(tmp, "w") as f:
@@ -116,6 +120,7 @@ class Lab(VmPlumbing):
         lab.hosts = {n: Host(**h) for n, h in state["hosts"].items()}
         lab.vms = {n: Vm(**v) for n, v in state["vms"].items()}
         lab.procs = state.get("procs", {})
+        lab.frr, lab.frr_root = state.get("frr", {}), state.get("frr_root", "")
         lab.started = True
         return lab
 
@@ -256,6 +261,10 @@ class Lab(VmPlumbing):
                 _kill_recorded(self.procs.pop(name), self.id)
             except Exception as e:  # keep tearing down
                 errors.append(str(e))
+        if self.frr:
+            from ovsnat.lab import routedlab
+
+            errors += routedlab.stop_frr(self)
         for host in self.hosts.values():
             try:
                 host.ovs.stop()
@@ -269,6 +278,8 @@ class Lab(VmPlumbing):
             if ns.startswith(self.ns_name("")):
                 run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.frr_root:
+            shutil.rmtree(self.frr_root, ignore_errors=True)
         if errors:
             raise LabError("lab teardown finished with errors:\n" + "\n".join(errors))
 
