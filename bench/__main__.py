@@ -17,6 +17,9 @@ bench/results.json. Needs root, like the lab.
     python -m bench --only bgp               bgp mode's control plane with real FRR (issue
                                              30): a route to the ToR, 1,000 FIPs at once,
                                              a migration's next hop (about 2 minutes)
+    python -m bench --only bgpmoves          bgp mode with ovsnat's controllers (issue 30):
+                                             live migrations' next hop against fresh FIPs,
+                                             FRR restarts on a host (about 3 minutes)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 
 from bench import (
     bgp,
+    bgp_moves,
     cold,
     connlimit,
     datapath,
@@ -62,6 +66,7 @@ ALL = (
     "sgdatapath",
     "metadata",
     "bgp",
+    "bgpmoves",
 )
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -136,6 +141,8 @@ def parse_args(argv):
     p.add_argument("--metadata-rounds", type=int, help="metadata: memory rounds per host (2)")
     p.add_argument("--bgp-rounds", type=int, help="bgp: routes announced one at a time (100)")
     p.add_argument("--bgp-fips", type=int, help="bgp: FIPs plugged at once (1000)")
+    p.add_argument("--bgp-moves", type=int, help="bgpmoves: migrations and fresh FIPs (30)")
+    p.add_argument("--frr-restarts", type=int, help="bgpmoves: FRR restarts on a host (5)")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
     a = p.parse_args(argv)
     quick = a.quick
@@ -151,6 +158,8 @@ def parse_args(argv):
     a.metadata_rounds = a.metadata_rounds or (1 if quick else 2)
     a.bgp_rounds = a.bgp_rounds or (20 if quick else 100)
     a.bgp_fips = a.bgp_fips or (200 if quick else 1000)
+    a.bgp_moves = a.bgp_moves or (5 if quick else 30)
+    a.frr_restarts = a.frr_restarts or (2 if quick else 5)
     a.sg_profiles = [int(x) for x in a.sg_profiles.split(",") if x.strip()]
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
     a.port_types = [t.strip() for t in a.port_types.split(",") if t.strip()]
@@ -319,6 +328,9 @@ def main(argv=None) -> int:
     if "bgp" in a.only:
         results += timed("bgp announce", bgp.announce, a.bgp_rounds)
         results += timed("bgp bulk", bgp.bulk, a.bgp_fips)
+    if "bgpmoves" in a.only:
+        results += timed("bgp migration", bgp_moves.moves, a.bgp_moves)
+        results += timed("bgp FRR restart", bgp_moves.frr_restarts, a.frr_restarts)
 
     total = time.monotonic() - t_start
     raw["loadavg_at_end"] = os.getloadavg()

@@ -307,3 +307,27 @@ def test_a_restart_within_the_hold_keeps_the_moved_route_and_writes_nothing():
     assert second.routes == []
     second.advance(61.0)
     assert second.kernel_tables == fib("203.0.113.11", FIP)  # the hold still ends
+
+
+def test_a_vips_fip_is_announced_while_a_local_port_holds_the_vip():
+    """keepalived's VIP with a FIP (an allowed pair's): announced from the host whose port
+    spoke from it last, and withdrawn when another host's VM takes it over the fabric."""
+    from ovsnat.compile.tables import FABRIC_IN
+    from ovsnat.packets import arp
+
+    pair = {"ovsnat-allowed-pairs": "10.0.0.100", "ovsnat-pair-fips": "10.0.0.100=203.0.113.30"}
+    sim = SimHost(None, **BGP, fabric_port="fabric")
+    for row in [*ROUTED_ROWS, IfaceRow("fabric", 2, {}, "up")]:
+        sim.rows[row.name] = row
+    sim.answer(EchoesSeen(frozenset()))
+    sim.start()
+    sim.answer(OwnRoutes(frozenset()))
+    sim.plug(vm_row(11, **pair), vm_row(12, **pair))
+    assert sim.kernel_tables == fib("203.0.113.11")  # nobody has spoken from the VIP yet
+    sim.from_vm(11, arp.garp("02:00:0a:00:00:0b", "10.0.0.100"))
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.30")
+    sim.from_vm(12, arp.garp("02:00:0a:00:00:0c", "10.0.0.100"))  # the other port here
+    assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.30")
+    other_host = arp.garp("02:00:0a:00:00:0d", "10.0.0.100")
+    sim.deliver(sim.ctl.packet_in(2, FABRIC_IN, other_host, sim.now))
+    assert sim.kernel_tables == fib("203.0.113.11")

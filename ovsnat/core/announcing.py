@@ -1,9 +1,11 @@
 """bgp mode: what the host state says the announcer should announce, and when
 (docs/bgp.md, section 3). ovsnat.core.announce decides the writes; this feeds it.
 
-- Wanted: the host's SNAT address, and each FIP whose flows the switch serves here (its
-  ARP responder confirmed, as l2 mode's GARPs wait for it). A FIP that leaves the host,
-  its port or its VM is withdrawn at once, before its flows go.
+- Wanted: the host's SNAT address, each FIP whose flows the switch serves here (its
+  ARP responder confirmed, as l2 mode's GARPs wait for it), and each VIP's FIP whose VIP a
+  local port holds (its ARP said so: ovsnat.core.vips; l2 mode GARPs it then). A FIP that
+  leaves the host, its port or its VM, or a VIP that another port takes, is withdrawn at
+  once. A FIP that arrives while another host still announces it (its echo) is MOVED.
 - Nothing is written until both truths are in: the kernel's tables (OwnRoutes, from the
   runtime's dump) and the switch's flows (the dump after a connect). A restarted
   controller therefore finds its FIPs live, wants what the kernel already holds, and
@@ -51,11 +53,14 @@ class Announcing:
         if a is None or host is None or not ready or a.known is None:
             return []  # (a FIP seen live before the kernel's tables could not keep MOVED)
         a.set_snat([host.cfg.snat_ip] if host.cfg.snat_ip else [])
-        live = {
-            netaddr.IPAddress(host.valid[name].fip): name
-            for name in host.accepted_fips
-            if serving(name)
-        }
+        live = _held_vip_fips(host)
+        live.update(
+            {
+                netaddr.IPAddress(host.valid[name].fip): name
+                for name in host.accepted_fips
+                if serving(name)
+            }
+        )
         for ip in [ip for ip in a.fips if ip not in live]:
             a.dark(ip)
         for ip, name in live.items():
@@ -80,3 +85,14 @@ class Announcing:
 
     def status(self, now: float) -> dict:
         return {"announcements": self.announcer.status(now)} if self.announcer else {}
+
+
+def _held_vip_fips(host) -> dict:
+    """FIP -> port, for each VIP a local port holds whose pair has a FIP."""
+    out = {}
+    for (_net, vip), name in host.vips.holder.items():
+        port = host.accepted_port(name) if name else None
+        for v, fip in port.security.pair_fips if port is not None else ():
+            if str(v) == vip:
+                out[netaddr.IPAddress(fip)] = name
+    return out

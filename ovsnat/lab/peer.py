@@ -177,15 +177,17 @@ def send_raw(
     iface: str, hexframes: list[str], count: int, interval: float = 0.0, step: float = 0.0
 ) -> int:
     """Send prebuilt Ethernet frames (hex) as-is: crafted packets for attack tests, and the
-    GARP/RARP announcements of a booting or migrated VM."""
+    GARP/RARP announcements of a booting or migrated VM. Says when the first went, on the
+    system's monotonic clock (a migration's first frame, timed by the caller)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
+    first = time.monotonic()  # CLOCK_MONOTONIC: the caller's clock too
     for i in range(count):
         if i and (interval or step):
             time.sleep(interval + (i - 1) * step)
         for h in hexframes:
             s.send(bytes.fromhex(h))
-    print("SENT", flush=True)
+    print(f"SENT first at {first:.6f}", flush=True)
     return 0
 
 

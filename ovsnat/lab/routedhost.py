@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
@@ -161,8 +160,9 @@ class RoutedHost(ReadsFrr):
         return [sys.executable, *args]
 
     # --- VMs ---------------------------------------------------------------------------------
-    def add_vm(self, n: int, fip: str | None = None, host: int = 1) -> str:
-        """A VM namespace vmN (10.0.0.N) on port tapN of a host; returns the namespace."""
+    def add_vm(self, n: int, fip: str | None = None, host: int = 1, plug: bool = True) -> str:
+        """A VM namespace vmN (10.0.0.N) on port tapN of a host; returns the namespace.
+        plug=False: its device only, for the caller to time `plug`."""
         vm, mac = f"ovsnat-{self.lab_id}-vm{n}", f"02:00:0a:00:00:{n:02x}"
         run(["ip", "netns", "add", vm])
         self.vms.append(vm)
@@ -174,31 +174,32 @@ class RoutedHost(ReadsFrr):
         if fip:
             ids["ovsnat-fip"] = fip
         self.vm_ids[n] = ids
-        self._plug(self.hv(host), n)
+        if plug:
+            self.plug(self.hv(host), n)
         return vm
 
     def migrate(self, n: int, source: int, dest: int) -> float:
         """Live-migrate VM n as Nova does: the destination's port exists before the guest
         runs there (its row without a device), then the guest's device moves and it sends
         QEMU's RARP. The source's row stays (the caller unplugs it, as Nova does after the
-        migration). Returns the monotonic time of the RARP: the VM's first frame there."""
+        migration). Returns when the RARP went (time.monotonic()): the VM's first frame there."""
         tap, src, dst = f"tap{n}", self.hv(source), self.hv(dest)
-        self._plug(dst, n)
+        self.plug(dst, n)
         run(["ip", "-n", src.ns, "link", "set", tap, "netns", dst.ns])
         run(["ethtool", "-K", tap, "tx", "off", "rx", "off"], ns=dst.ns, check=False)
         ip(dst.ns, "link", "set", tap, "up")
         wait_for(lambda: dst.ovs.ofport(tap) > 0, 10, what=f"{tap} on host {dest}")
         mac = self.vm_ids[n]["attached-mac"].strip('"')
-        first = time.monotonic()
-        run([*self.python("-m", "ovsnat.lab.peer", "send", "--iface", "eth0",
-                          arp_frame(mac, "0.0.0.0", rarp=True).hex())],
-            ns=f"ovsnat-{self.lab_id}-vm{n}")  # fmt: skip
-        return first
+        sent = run([*self.python("-m", "ovsnat.lab.peer", "send", "--iface", "eth0",
+                                 arp_frame(mac, "0.0.0.0", rarp=True).hex())],
+                   ns=f"ovsnat-{self.lab_id}-vm{n}").stdout  # fmt: skip
+        return float(sent.split("SENT first at ")[1])
 
     def unplug(self, n: int, host: int) -> None:
         self.hv(host).ovs.vsctl("--if-exists", "del-port", "br-int", f"tap{n}")
 
-    def _plug(self, hv: Hypervisor, n: int) -> None:
+    def plug(self, hv: Hypervisor, n: int) -> None:
+        """Create VM n's port on a host (its device there or not yet)."""
         ids = (f"external_ids:{k}={v}" for k, v in self.vm_ids[n].items())
         hv.ovs.vsctl("--may-exist", "add-port", "br-int", f"tap{n}", "--", "set", "Interface",
                      f"tap{n}", *ids)  # fmt: skip
