@@ -18,8 +18,8 @@ import time
 
 from bench.bgp import Watch, _ms
 from bench.common import Result, percentile, say
+from ovsnat.lab.bgpplan import link_address
 from ovsnat.lab.routedhost import RoutedHost
-from ovsnat.lab.routedhv import link_address
 from ovsnat.lab.sh import wait_for
 
 MOVER, MOVER_FIP = 21, "203.0.113.20"
@@ -35,9 +35,10 @@ def moves(rounds: int) -> list[Result]:
         for i in range(rounds):
             fresh.append(_fresh(lab, watch, 100 + i, f"203.0.113.{100 + i}"))
             dest = 3 - where
-            first = lab.migrate(MOVER, where, dest)
+            lab.prepare(MOVER, dest)
+            rarps = lab.switch_over(MOVER, where, dest)
             on = watch.until(lambda t, d=dest: t.get(MOVER_FIP) == (link_address(d, "ta"),), 10)
-            moved.append(on - first)
+            moved.append(on - min(rarps.resumed, rarps.first()))
             lab.unplug(MOVER, where)  # as Nova, once the guest runs on the destination
             wait_for(lambda w=where: MOVER_FIP not in _all_routes(lab, w), 10,
                      what="the source's withdrawal")  # fmt: skip

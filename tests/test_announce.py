@@ -105,3 +105,14 @@ def test_the_snat_address_is_never_also_a_fip_route():
     announcer.seen(set())
     announcer.live(SNAT, "tap-odd", 0.0)
     assert settled(announcer, 0.0) == [Routes((key(SNAT),), ())]
+
+
+def test_a_restart_within_the_hold_keeps_a_moved_route_and_a_half_done_move_goes_live():
+    a = fresh(moved_hold=60.0)
+    a.seen({key(SNAT), key("203.0.113.1", 101)})  # a restart found it MOVED: kept, no write
+    a.live(netaddr.IPAddress("203.0.113.1"), "p1", now=0.0)
+    assert a.next(0.0) == []
+    b = fresh(moved_hold=60.0)  # a crash between adding LIVE and deleting MOVED
+    b.seen({key(SNAT), key("203.0.113.1", 100), key("203.0.113.1", 101)})
+    b.live(netaddr.IPAddress("203.0.113.1"), "p1", now=0.0)
+    assert b.next(0.0) == [Routes((), (key("203.0.113.1", 101),))]  # finished, not undone

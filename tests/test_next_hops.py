@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import netaddr
 
+from ovsnat.core.effects import EchoesSeen, NextHops
 from ovsnat.model.bgp import parse_bgp
 from ovsnat.runtime import rtnetlink as rt
-from ovsnat.runtime.next_hops import MAIN_TABLE, KernelView, echoes, next_hops
+from ovsnat.runtime.next_hops import MAIN_TABLE, KernelView, NextHopWatch, echoes, next_hops
 
 BGP = parse_bgp(
     {
@@ -34,7 +35,7 @@ def neigh(ip, mac, state=rt.NUD_REACHABLE, kind=rt.RTM_NEWNEIGH, ifindex=5) -> r
 
 
 def view(*messages) -> KernelView:
-    v = KernelView()
+    v = KernelView.of(BGP)
     for m in messages:
         v.apply(m)
     return v
@@ -100,9 +101,37 @@ def test_echoes_are_the_other_hosts_fips_as_bgp_routes_and_never_our_own():
     blackhole) in its place, and it is no echo any more."""
     v = view(route(DEFAULT, A, B), fip_route("203.0.113.50", 186), fip_route("198.51.100.7", 186))
     v.apply(route(netaddr.IPNetwork("203.0.113.0/25"), A))
-    assert echoes(v, BGP).addresses == {"203.0.113.50"}  # not outside the range, not a /25
+    assert echoes(v).addresses == {"203.0.113.50"}  # not outside the range, not a /25
     v.apply(fip_route("203.0.113.50", 11, kind_rtn=rt.RTN_BLACKHOLE))  # our own import won
-    assert echoes(v, BGP).addresses == set()
+    assert echoes(v).addresses == set()
     v.apply(fip_route("203.0.113.51", 186))
+    assert echoes(v).addresses == {"203.0.113.51"}
     v.apply(fip_route("203.0.113.51", 186, kind=rt.RTM_DELROUTE))  # the other host withdrew
-    assert echoes(v, BGP).addresses == set()
+    assert echoes(v).addresses == set()
+
+
+def test_the_watch_posts_echoes_only_while_a_next_hop_is_usable():
+    """FRR stopped: zebra takes every route, the default and the echoes. That says nothing
+    about who holds a FIP, so the last echo set stands until FRR's routes are back."""
+    posted: list = []
+    watch = NextHopWatch(BGP, posted.append)
+    v = view()
+    v.apply(fip_route("203.0.113.50", 186))  # FRR not up yet: no default, an echo
+    watch._tell(v)
+    assert posted == [NextHops(())]  # no echo set yet: the FIPs wait for one
+    v.apply(route(DEFAULT, A, B))
+    v.apply(neigh(A, MAC_A))
+    watch._tell(v)
+    assert posted[-2:] == [NextHops(((str(A), MAC_A),)), EchoesSeen(frozenset({"203.0.113.50"}))]
+    v.apply(route(DEFAULT, A, B, kind=rt.RTM_DELROUTE))  # FRR stops: zebra takes it all
+    v.apply(fip_route("203.0.113.50", 186, kind=rt.RTM_DELROUTE))
+    watch._tell(v)
+    assert posted[-1] == NextHops(())  # the echo set stands
+    v.apply(route(DEFAULT, A, B))  # FRR is back, the other host no longer announces
+    watch._tell(v)
+    assert posted[-1] == EchoesSeen(frozenset())
+    many = [fip_route(str(ip), 186) for ip in list(netaddr.IPNetwork("203.0.113.128/25"))]
+    for message in many:
+        v.apply(message)
+    watch._tell(v)
+    assert len(posted[-1].addresses) == 128

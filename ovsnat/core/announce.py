@@ -53,10 +53,12 @@ class Announcer:
 
     def live(self, fip: netaddr.IPAddress, port: str, now: float, moved: bool = False) -> None:
         """A FIP went live here; `moved`: it came with its VM from another host that still
-        announced it (the destination of a migration). A FIP the kernel already holds as
-        MOVED (a restart within the hold) keeps it, for a full hold: no route moves."""
+        announced it (the destination of a migration). A FIP the kernel holds as MOVED
+        only (a restart within the hold) keeps it, its hold counted again from now (the
+        restarted controller does not know when it began): no route moves at the restart."""
         self.fips[fip] = port
-        moved = moved or (self.known is not None and self._key(fip, MOVED) in self.known)
+        known = self.known or set()
+        moved = moved or (self._key(fip, MOVED) in known and self._key(fip, LIVE) not in known)
         if moved:
             self.moved_until[fip] = now + self.plan.moved_hold
         else:

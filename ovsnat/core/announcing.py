@@ -51,7 +51,7 @@ class Announcing:
         switch's flows are known."""
         a = self.announcer
         if a is None or host is None or not ready or a.known is None:
-            return []  # (a FIP seen live before the kernel's tables could not keep MOVED)
+            return []  # the kernel's tables first: a MOVED route found there is kept
         a.set_snat([host.cfg.snat_ip] if host.cfg.snat_ip else [])
         live = _held_vip_fips(host)
         live.update(

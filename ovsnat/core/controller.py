@@ -359,7 +359,7 @@ class HostController(SwitchEvents):
             return self._next_hops(dict(result.hops), now)
         if isinstance(result, EchoesSeen):
             self.echoes = result.addresses
-            return self.fips.echoes_seen(result.addresses, now) + self._announce(now)
+            return self.fips.echoes_seen(result.addresses, now)  # its bundle's barrier announces
         if isinstance(result, (OwnRoutes, RoutesDone)):
             if isinstance(result, OwnRoutes):
                 self.announcing.seen(result)

@@ -87,7 +87,11 @@ class Fips:
             fip = str(port.fip) if port is not None and port.fip is not None else None
             was_here = bool(ofport and ofport > 0 and self.seen_ofport.get(name) == ofport)
             new_fip = self.seen_fip.get(name) != fip
-            given = resident or (self.presence.mode == "first-packet" and new_fip)
+            # echo mode: a VM here at a restart may be a migration's, still HELD (its FIP
+            # really live here was adopted from the switch's flows before this)
+            given = (resident and self.presence.mode != "echo") or (
+                self.presence.mode == "first-packet" and new_fip
+            )
             spoke = was_here and new_fip and not resident and self.spoke_here(name)
             if row is None:
                 self.seen_ofport.pop(name, None)
@@ -245,7 +249,8 @@ class Fips:
             return out
         if kind == "spoke" and self.presence.state(name) == SETTLING:
             LOG.info("ovsnat: port %s: its VM spoke DHCP here; announcing its FIP", name)
-            return self._go_live(GoLive(name, "its VM spoke DHCP here", settle=True), now)
+            settle = self.presence.mode != "echo"  # bgp mode: no host to yield to
+            return self._go_live(GoLive(name, "its VM spoke DHCP here", settle=settle), now)
         if kind == "settle" and self.host.is_pending(name):
             LOG.info("ovsnat: port %s is here (announced); activating its FIP", name)
             return self.send(self._activate(name))
@@ -305,10 +310,10 @@ class Fips:
     def _echo_decide(self, name: str, now: float) -> Delta:
         """bgp mode: live now unless another host announces the FIP (presence.py)."""
         actions, _ = self.presence.due(name, now)
-        for go in actions:
-            LOG.info("ovsnat: port %s: %s; activating its FIP", name, go.why)
-            return self._activate(name)
-        return Delta()
+        if not actions:
+            return Delta()
+        LOG.info("ovsnat: port %s: %s; activating its FIP", name, actions[0].why)
+        return self._activate(name)
 
     def moved(self, fip) -> bool:
         """bgp mode: another host still announces this FIP (it came here with its VM)."""

@@ -17,7 +17,8 @@ with small actions: send this probe, go live, light after the VM's first frame.
 question "does another host hold it?" is a lookup in the echo set, the other hosts' /32s as
 the ToRs pass them back (EchoesSeen). No echo: live at once (a fresh VM, silent or not). An
 echo: HELD until the VM's first frame here (a migration's destination), or until the echo
-goes (the other host withdrew). Until the first echo set is known, nothing is decided.
+goes (the other host withdrew). Until the first echo set is known, a FIP waits for its VM's
+first frame (the runtime posts the set once FRR's routes are in the kernel).
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ class Presence:
         return [], w.round_started + REPROBE
 
     def _echo_due(self, w: Waiting | None) -> list:
+        """echo mode's whole decision, made whenever the FIP or the echo set changes: no
+        timer, since nothing is asked of the network."""
         if w is None or w.state == SETTLING or self.echoes is None:
             return []
         if w.fip in self.echoes:

@@ -1,8 +1,8 @@
 """A routed fabric of FRR nodes in namespaces: N hypervisors, each with a /31 link to each of
 two ToRs (docs/bgp.md, section 8), no shared L2 segment. Each host's FRR is configured by
 `ovsnat bgp render` from its own bgp_* options, each ToR by `frr.tor_conf`. The control
-plane only, without OVS: many hosts cheaply (ovsnat.lab.routedhost has one host with its
-datapath and controller).
+plane only, without OVS: many hosts cheaply (ovsnat.lab.routedhost has hosts with their
+datapath and controller). The addresses and ASNs are ovsnat.lab.bgpplan's.
 
 Used by tests/test_bgp_frr_lab.py and bench/bgp.py; everything it made goes in `down()`.
 """
@@ -19,14 +19,16 @@ import netaddr
 
 from ovsnat.compile.frr_conf import render
 from ovsnat.core.effects import Routes
+from ovsnat.lab.bgpplan import TOR_ASNS, host_asn, tor_address, tor_router_id
+from ovsnat.lab.bgpplan import link_address as host_side
 from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.model import bgp
 from ovsnat.runtime.route_writer import RouteWriter
 
 EXTERNAL = netaddr.IPNetwork("203.0.113.0/24")
-TORS = {"ta": (4200000001, 0), "tb": (4200000002, 2)}  # ASN, the ToR's address in each /30
-HOST_ASN = 4200100000  # + the host's number
+TORS = {t: (asn, 0 if t == "ta" else 2) for t, asn in TOR_ASNS.items()}  # ASN, its address
+HOST_ASN = host_asn(0)  # + the host's number
 
 
 def host_settings(n: int, external=EXTERNAL, **options: str) -> bgp.BgpSettings:
@@ -34,10 +36,10 @@ def host_settings(n: int, external=EXTERNAL, **options: str) -> bgp.BgpSettings:
     return bgp.parse_bgp(
         {
             "external_mode": "bgp",
-            "bgp_asn": str(HOST_ASN + n),
+            "bgp_asn": str(host_asn(n)),
             "bgp_uplinks": "up0,up1",
             "bgp_kernel_ports": "bgp0,bgp1",
-            "bgp_links": f"10.254.{n}.1/31,10.254.{n}.3/31",
+            "bgp_links": f"{host_side(n, 'ta')}/31,{host_side(n, 'tb')}/31",
             **options,
         },
         netaddr.IPNetwork(external),
@@ -46,8 +48,7 @@ def host_settings(n: int, external=EXTERNAL, **options: str) -> bgp.BgpSettings:
 
 def link_address(host: int, tor: str, side: str) -> str:
     """The host's ('host') or the ToR's ('tor') address on their link."""
-    offset = TORS[tor][1]
-    return f"10.254.{host}.{offset + (1 if side == 'host' else 0)}"
+    return host_side(host, tor) if side == "host" else tor_address(host, tor)
 
 
 @dataclass
@@ -72,12 +73,12 @@ class BgpFabric(ReadsFrr):
                 self.nodes[role].start()
             for n in range(1, self.hosts + 1):
                 self.nodes[f"h{n}"].configure(render(host_settings(n, self.external), f"h{n}"))
-            for tor, (asn, offset) in TORS.items():
+            for tor, (asn, _) in TORS.items():
                 peers = [
-                    TorPeer(link_address(n, tor, "host"), HOST_ASN + n)
+                    TorPeer(link_address(n, tor, "host"), host_asn(n))
                     for n in range(1, self.hosts + 1)
                 ]
-                conf = tor_conf(tor, asn, f"10.255.0.{offset + 1}", peers, [self.external])
+                conf = tor_conf(tor, asn, tor_router_id(tor), peers, [self.external])
                 self.nodes[tor].configure(conf)
             for tor in TORS:
                 wait_for(

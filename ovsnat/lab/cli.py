@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ovsnat.lab import dhcpclient, routedlab, scenario
+from ovsnat.lab.bgpplan import MAX_HOSTS
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
 from ovsnat.lab.traffic import start_server
@@ -46,7 +47,7 @@ def build_default(lab: Lab, hosts: int = 2, controllers: bool = True, bgp: bool 
     for i in range(1, hosts + 1):
         name, extra = f"hv{i}", {}
         if bgp:
-            extra = routedlab.add_host(lab, name, i, snat_ip(name))[1]
+            extra = routedlab.add_host(lab, name, i)[1]
         else:
             lab.add_host(name, fabric=True)
         if controllers:
@@ -172,6 +173,8 @@ def main(argv: list[str]) -> int:
     down.add_argument("--all", action="store_true")
     a = p.parse_args(argv)
 
+    if a.cmd in ("up", "demo") and a.bgp and not 1 <= getattr(a, "hosts", 2) <= MAX_HOSTS:
+        p.error(f"--bgp: --hosts from 1 to {MAX_HOSTS} (the lab's addressing plan)")
     if a.cmd in ("up", "demo") and a.openstack and a.bgp:
         p.error("--bgp and --openstack together: not yet (the OpenStack lab is l2 only)")
     if a.cmd in ("up", "demo") and a.openstack:

@@ -53,6 +53,18 @@ def stop_orphans() -> list[str]:
     return gone
 
 
+def stop_nodes(nodes: list[tuple[str, str]]) -> list[str]:
+    """Stop each (namespace, FRR directory) node by the pids it wrote; returns what failed
+    (a lab's teardown goes on regardless)."""
+    errors = []
+    for ns, rundir in nodes:
+        try:
+            FrrNode(ns, rundir).stop()
+        except Exception as e:
+            errors.append(f"FRR in {ns}: {type(e).__name__}: {e}")
+    return errors
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)

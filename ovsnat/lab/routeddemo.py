@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 from ovsnat.lab import routedlab
+from ovsnat.lab.bgpplan import link_address, snat_address
 from ovsnat.lab.demo import say, step, tenant_networks
-from ovsnat.lab.routedhv import link_address
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE, SERVER_IP, Lab
 from ovsnat.lab.traffic import background_tcp, ping, tcp_connect
@@ -18,9 +18,10 @@ ROUTERS = ("ta", "tb", "out")
 
 def holder(lab: Lab, router: str, prefix: str) -> str:
     """Which host (or ToR) a router's best path to prefix/32 goes to, by name."""
-    names = {link_address(n, t): f"hv{n}" for n in (1, 2) for t in ("ta", "tb")}
+    hosts = range(1, len(lab.hosts) + 1)
+    names = {link_address(n, t): f"hv{n}" for n in hosts for t in ("ta", "tb")}
     names |= {tor_side: tor for tor, (tor_side, _) in routedlab.UPSTREAM.items()}
-    hops = routedlab.best_via(lab, router, prefix)
+    hops = routedlab.Routers(lab).best_via(router, prefix)
     return "+".join(names.get(h, h) for h in hops) or "none"
 
 
@@ -29,7 +30,7 @@ def run_demo(lab: Lab) -> None:
     fips = {
         n: v.external_ids["ovsnat-fip"] for n, v in vms.items() if "ovsnat-fip" in v.external_ids
     }
-    snats = {"hv1": "203.0.113.11", "hv2": "203.0.113.21"}
+    snats = {f"hv{n}": snat_address(n) for n in range(1, len(lab.hosts) + 1)}
     step("1. The lab: routed uplinks, no shared external segment")
     say("  Two hypervisors, each with OVS, ovsnat's controller and FRR in its namespace, a")
     say("  routed /31 to each of two ToRs (FRR), which peer with an outside router (FRR) in")
@@ -82,6 +83,5 @@ def migrate(lab: Lab, vm, fip: str) -> None:
 
 def _out_moved(lab: Lab, fip: str) -> bool:
     """The outside router's best path (through a ToR) has the MOVED preference: hv2's."""
-    node = routedlab.frr_node(lab, "out")
-    paths = node.show(f"show bgp ipv4 unicast {fip}/32 json").get("paths", [])
-    return any(p.get("bestpath", {}).get("overall") and p.get("locPrf") == 200 for p in paths)
+    best = routedlab.Routers(lab).best("out", fip)
+    return bool(best) and best.get("locPrf") == 200

@@ -27,25 +27,35 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
+from ovsnat.lab.bgpplan import (
+    TOR_ASNS,
+    host_asn,
+    link_address,
+    snat_address,
+    tor_address,
+    tor_router_id,
+)
 from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.ovs import Ovs
-from ovsnat.lab.routedhv import HOST_ASN, Controller, Hypervisor, host_options, link_address
+from ovsnat.lab.routedhv import Controller, Hypervisor
 from ovsnat.lab.sh import run, wait_for
 from ovsnat.lab.traffic import ping
 from ovsnat.lab.vmplug import arp_frame
 
 SERVER = "198.51.100.10"
-SNAT = host_options(1)["snat_ip"]  # host 1's
+SNAT = snat_address(1)  # host 1's
 SERVER_PORT = 8080  # the server's TCP echo (it says the address it saw)
 EXTERNAL = "203.0.113.0/24"
-OPTIONS = host_options(1)
+MAX_HOSTS = 8  # the server's links are 10.254.9.0/31 and 10.254.9.2/31
 # ToR: (ASN, its link address to host 1, its side to srv, srv's side, host 1's link address)
 TORS = {
-    "ta": (4200000001, "10.254.1.0", "10.254.9.0", "10.254.9.1", link_address(1, "ta")),
-    "tb": (4200000002, "10.254.1.2", "10.254.9.2", "10.254.9.3", link_address(1, "tb")),
-}
+    tor: (TOR_ASNS[tor], tor_address(1, tor), f"10.254.9.{k}", f"10.254.9.{k + 1}",
+          link_address(1, tor))
+    for tor, k in (("ta", 0), ("tb", 2))
+}  # fmt: skip
 ECMP = (
     "nexthop",
     "via",
@@ -74,6 +84,19 @@ def veth(a: str, a_ns: str, b: str, b_ns: str) -> None:
 
 
 @dataclass
+class Rarps:
+    """The RARPs a migrated guest sends, under way."""
+
+    proc: subprocess.Popen
+    resumed: float  # time.monotonic() when the guest could first send on the destination
+
+    def first(self) -> float:
+        """When the first went (time.monotonic()): the VM's first frame on the destination."""
+        out, _ = self.proc.communicate(timeout=30)
+        return float(out.split("SENT first at ")[1])
+
+
+@dataclass
 class RoutedHost(ReadsFrr):
     frr: bool = False
     hosts: int = 1  # more than one needs FRR (the ToRs must learn which host holds what)
@@ -84,6 +107,7 @@ class RoutedHost(ReadsFrr):
     frr_rundir: str = ""
     vms: list[str] = field(default_factory=list)  # the VMs' namespaces
     vm_ids: dict[int, dict[str, str]] = field(default_factory=dict)  # VM n -> its port's ids
+    vm_ifaces: dict[int, dict[int, str]] = field(default_factory=dict)  # VM n: host -> its dev
     server: subprocess.Popen | None = None
 
     @property
@@ -126,6 +150,7 @@ class RoutedHost(ReadsFrr):
 
     def up(self) -> RoutedHost:
         assert self.frr or self.hosts == 1, "hosts share the ToRs only through BGP"
+        assert 1 <= self.hosts <= MAX_HOSTS, f"1 to {MAX_HOSTS} hosts"
         self.rundir = tempfile.mkdtemp(prefix=f"ovsnat-{self.lab_id}-ovs-")
         try:
             self._namespaces()
@@ -142,18 +167,29 @@ class RoutedHost(ReadsFrr):
         return self
 
     def down(self) -> None:
+        """Remove all it made, whatever fails on the way; then say what failed."""
+        errors = []
+
+        def attempt(what: str, step) -> None:
+            try:
+                step()
+            except Exception as e:
+                errors.append(f"{what}: {type(e).__name__}: {e}")
+
         if self.server is not None:
-            self.server.kill()
-            self.server.wait(10)
-        for node in self.nodes.values():
-            node.stop()
+            attempt("server", lambda: (self.server.kill(), self.server.wait(10)))
+        for role, node in self.nodes.items():
+            attempt(f"FRR {role}", node.stop)
         for hv in self.hvs:
-            hv.stop()
+            errors += hv.stop()
         for name in [*self.ns.values(), *self.vms]:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+            argv = ["ip", "netns", "del", name]
+            attempt(name, lambda a=argv: subprocess.run(a, capture_output=True, timeout=30))
         for d in (self.rundir, self.frr_rundir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
+        if errors:
+            raise RuntimeError("routed lab teardown: " + "; ".join(errors))
 
     def python(self, *args: str) -> list[str]:
         """argv of this interpreter (what ovsnat.lab.traffic runs in a namespace)."""
@@ -163,37 +199,68 @@ class RoutedHost(ReadsFrr):
     def add_vm(self, n: int, fip: str | None = None, host: int = 1, plug: bool = True) -> str:
         """A VM namespace vmN (10.0.0.N) on port tapN of a host; returns the namespace.
         plug=False: its device only, for the caller to time `plug`."""
-        vm, mac = f"ovsnat-{self.lab_id}-vm{n}", f"02:00:0a:00:00:{n:02x}"
+        vm, mac = self._vm_ns(n), f"02:00:0a:00:00:{n:02x}"
         run(["ip", "netns", "add", vm])
         self.vms.append(vm)
-        veth(f"tap{n}", self.ns[self.role(host)], "eth0", vm)
-        ip(vm, "link", "set", "eth0", "address", mac)
-        ip(vm, "addr", "add", f"10.0.0.{n}/24", "dev", "eth0")
-        ip(vm, "route", "add", "default", "via", "10.0.0.1")
         ids = {"iface-id": f"vm{n}", "attached-mac": f'"{mac}"', "ovsnat-fixed-ip": f"10.0.0.{n}"}
         if fip:
             ids["ovsnat-fip"] = fip
-        self.vm_ids[n] = ids
+        self.vm_ids[n], self.vm_ifaces[n] = ids, {host: "eth0"}
+        veth(f"tap{n}", self.ns[self.role(host)], "eth0", vm)
+        self._vm_iface(n, "eth0")
+        ip(vm, "addr", "add", f"10.0.0.{n}/24", "dev", "eth0")
+        ip(vm, "route", "add", "default", "via", "10.0.0.1")
         if plug:
             self.plug(self.hv(host), n)
         return vm
 
-    def migrate(self, n: int, source: int, dest: int) -> float:
-        """Live-migrate VM n as Nova does: the destination's port exists before the guest
-        runs there (its row without a device), then the guest's device moves and it sends
-        QEMU's RARP. The source's row stays (the caller unplugs it, as Nova does after the
-        migration). Returns when the RARP went (time.monotonic()): the VM's first frame there."""
-        tap, src, dst = f"tap{n}", self.hv(source), self.hv(dest)
-        self.plug(dst, n)
-        run(["ip", "-n", src.ns, "link", "set", tap, "netns", dst.ns])
-        run(["ethtool", "-K", tap, "tx", "off", "rx", "off"], ns=dst.ns, check=False)
-        ip(dst.ns, "link", "set", tap, "up")
-        wait_for(lambda: dst.ovs.ofport(tap) > 0, 10, what=f"{tap} on host {dest}")
+    def prepare(self, n: int, dest: int) -> None:
+        """A live migration's first half, as Nova and libvirt do it: the destination's port
+        and the guest's device exist (QEMU waits there, paused, and says nothing) while the
+        guest still runs on the source. The VM's namespace gets an interface towards the
+        destination (its MAC, no address, no IPv6: silent) the first time."""
+        vm, tap, ifaces = self._vm_ns(n), f"tap{n}", self.vm_ifaces[n]
+        if dest not in ifaces:
+            ifaces[dest] = f"eth{len(ifaces)}"
+            run(["ip", "link", "add", tap, "netns", self.hv(dest).ns, "type", "veth", "peer",
+                 "name", ifaces[dest], "netns", vm])  # fmt: skip
+            self._vm_iface(n, ifaces[dest])
+        ip(vm, "link", "set", ifaces[dest], "up")
+        run(["ethtool", "-K", tap, "tx", "off", "rx", "off"], ns=self.hv(dest).ns, check=False)
+        ip(self.hv(dest).ns, "link", "set", tap, "up")
+        self.plug(self.hv(dest), n)
+        wait_for(lambda: self.hv(dest).ovs.ofport(tap) > 0, 10, what=f"{tap} on host {dest}")
+
+    def switch_over(self, n: int, source: int, dest: int) -> Rarps:
+        """The second half: the guest stops on the source (its device there loses carrier)
+        and runs on the destination, with its address and TCP state, and sends QEMU's RARPs
+        (5, 50 ms then 100 ms more apart each time). The source's row stays until the caller
+        unplugs it, as Nova does once the migration is over. Rarps.resumed is when the guest
+        could first send on the destination: its first frame is at or after it."""
+        vm, old, new = self._vm_ns(n), self.vm_ifaces[n][source], self.vm_ifaces[n][dest]
+        ip(vm, "link", "set", old, "down")  # its routes go with it
+        ip(vm, "addr", "add", f"10.0.0.{n}/24", "dev", new)
+        ip(vm, "route", "replace", "default", "via", "10.0.0.1", "dev", new)
+        resumed = time.monotonic()
+        ip(vm, "addr", "del", f"10.0.0.{n}/24", "dev", old)
         mac = self.vm_ids[n]["attached-mac"].strip('"')
-        sent = run([*self.python("-m", "ovsnat.lab.peer", "send", "--iface", "eth0",
-                                 arp_frame(mac, "0.0.0.0", rarp=True).hex())],
-                   ns=f"ovsnat-{self.lab_id}-vm{n}").stdout  # fmt: skip
-        return float(sent.split("SENT first at ")[1])
+        argv = self.python("-m", "ovsnat.lab.peer", "send", "--iface", new, "--count", "5",
+                           "--interval", "0.05", "--step", "0.1",
+                           arp_frame(mac, "0.0.0.0", rarp=True).hex())  # fmt: skip
+        proc = subprocess.Popen(["ip", "netns", "exec", vm, *argv], stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        return Rarps(proc, resumed)
+
+    def _vm_ns(self, n: int) -> str:
+        return f"ovsnat-{self.lab_id}-vm{n}"
+
+    def _vm_iface(self, n: int, dev: str) -> None:
+        """One of VM n's interfaces: its MAC, no checksum offload, and silent until it has
+        an address (no IPv6: its solicitations would be a first frame)."""
+        vm = self._vm_ns(n)
+        run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"], ns=vm)
+        ip(vm, "link", "set", dev, "address", self.vm_ids[n]["attached-mac"].strip('"'))
+        run(["ethtool", "-K", dev, "tx", "off", "rx", "off"], ns=vm, check=False)
 
     def unplug(self, n: int, host: int) -> None:
         self.hv(host).ovs.vsctl("--if-exists", "del-port", "br-int", f"tap{n}")
@@ -224,9 +291,7 @@ class RoutedHost(ReadsFrr):
             veth("up0", hv, f"eth{n - 1}", ns["ta"])
             veth("up1", hv, f"eth{n - 1}", ns["tb"])
             for tor in ("ta", "tb"):
-                tor_side = link_address(n, tor).rsplit(".", 1)
-                tor_side = f"{tor_side[0]}.{int(tor_side[1]) - 1}"
-                ip(ns[tor], "addr", "add", f"{tor_side}/31", "dev", f"eth{n - 1}")
+                ip(ns[tor], "addr", "add", f"{tor_address(n, tor)}/31", "dev", f"eth{n - 1}")
         veth("a0", ns["srv"], "s0", ns["ta"])
         veth("b0", ns["srv"], "s1", ns["tb"])
         for tor, (_, _, srv_side, srv_addr, _) in TORS.items():
@@ -260,12 +325,10 @@ class RoutedHost(ReadsFrr):
         self.frr_rundir = make_rundir(self.lab_id)
         for role in ("ta", "tb", *(self.role(n) for n in range(1, self.hosts + 1))):
             self.nodes[role] = FrrNode(self.ns[role], os.path.join(self.frr_rundir, role))
-        for tor, (asn, *_) in TORS.items():
-            router_id = f"10.255.0.{1 if tor == 'ta' else 3}"
-            peers = [TorPeer(link_address(n, tor), HOST_ASN + n - 1)
-                     for n in range(1, self.hosts + 1)]  # fmt: skip
+        for tor, asn in TOR_ASNS.items():
+            peers = [TorPeer(link_address(n, tor), host_asn(n)) for n in range(1, self.hosts + 1)]
             self.nodes[tor].start()
-            self.nodes[tor].configure(tor_conf(tor, asn, router_id, peers, [EXTERNAL]))
+            self.nodes[tor].configure(tor_conf(tor, asn, tor_router_id(tor), peers, [EXTERNAL]))
         for n in range(1, self.hosts + 1):
             self.start_host_frr(n)
         for tor in TORS:

@@ -2,9 +2,8 @@
 the routed uplinks and the internal ports the kernel speaks through, ovsnat's controller
 (ryu-manager) and, with FRR, the host's bgpd and zebra, as in production.
 
-Host n (1, 2, ...) has the links 10.254.n.1/31 to ToR A (10.254.n.0) and 10.254.n.3/31 to
-ToR B (10.254.n.2), its own ASN (4200100000 + n) and its own SNAT address (203.0.113.10 + n):
-each host announces what it holds, and nothing of another's.
+Host n's links, ASN and SNAT address are ovsnat.lab.bgpplan's: each host announces what it
+holds, and nothing of another's. `routed_ports` is shared with `ovsnat lab up --bgp`.
 """
 
 from __future__ import annotations
@@ -15,31 +14,28 @@ import subprocess
 from dataclasses import dataclass, field
 
 from ovsnat.compile.frr_conf import render
+from ovsnat.lab.bgpplan import host_options, link_address
 from ovsnat.lab.ovs import Ovs
-from ovsnat.lab.scenario import CONTROLLER_ENV, controller_argv
+from ovsnat.lab.scenario import CONTROLLER_ENV, controller_argv, controller_row_args
 from ovsnat.lab.sh import pid_alive, run, wait_for
 from ovsnat.model import HostConfig
 from ovsnat.model.options import defaults
 
-OF_PORT = 6653  # inside the host's own namespace: no clash with other labs
-HOST_ASN = 4200100001  # host 1's; host n's is HOST_ASN + n - 1
+
+def routed_ports(ovs: Ovs, ns: str, n: int) -> None:
+    """Host n's routed uplinks (up0, up1: their veths exist) on br-int, and the kernel's
+    ports (bgp0, bgp1: OVS internal ports) with its link addresses."""
+    for k, tor in enumerate(("ta", "tb")):
+        ovs.vsctl("--may-exist", "add-port", "br-int", f"up{k}")
+        ovs.vsctl("--may-exist", "add-port", "br-int", f"bgp{k}", "--", "set", "Interface",
+                  f"bgp{k}", "type=internal")  # fmt: skip
+        run(["ip", "-n", ns, "addr", "add", f"{link_address(n, tor)}/31", "dev", f"bgp{k}"])
+        run(["ip", "-n", ns, "link", "set", f"bgp{k}", "up"])
 
 
-def host_options(n: int) -> dict[str, str]:
-    """Host n's [ovsnat] options for bgp mode."""
-    return {
-        "snat_ip": f"203.0.113.{10 + n}",
-        "external_mode": "bgp",
-        "bgp_asn": str(HOST_ASN + n - 1),
-        "bgp_uplinks": "up0,up1",
-        "bgp_kernel_ports": "bgp0,bgp1",
-        "bgp_links": f"10.254.{n}.1/31,10.254.{n}.3/31",
-    }
-
-
-def link_address(n: int, tor: str) -> str:
-    """Host n's address on its link to ToR `ta` or `tb`."""
-    return f"10.254.{n}.{1 if tor == 'ta' else 3}"
+def frr_conf(n: int, hostname: str, **options: str) -> str:
+    """Host n's frr.conf, as `ovsnat bgp render` writes it from the host's options."""
+    return render(HostConfig.parse({**defaults(), **host_options(n), **options}).bgp, hostname)
 
 
 class Controller:
@@ -101,14 +97,7 @@ class Hypervisor:
         """OVS with both uplinks and both kernel ports, the controller's file."""
         self.ovs.start()
         self.ovs.add_bridge("br-int")
-        for dev in ("up0", "up1"):
-            self.ovs.vsctl("add-port", "br-int", dev)
-        for k, dev in enumerate(("bgp0", "bgp1")):
-            self.ovs.vsctl("add-port", "br-int", dev, "--", "set", "Interface", dev,
-                           "type=internal")  # fmt: skip
-            address = link_address(self.n, "ta" if k == 0 else "tb")
-            run(["ip", "-n", self.ns, "addr", "add", f"{address}/31", "dev", dev])
-            run(["ip", "-n", self.ns, "link", "set", dev, "up"])
+        routed_ports(self.ovs, self.ns, self.n)
         options = {
             **defaults(),
             **self.options,
@@ -125,21 +114,21 @@ class Hypervisor:
 
     def connect(self) -> None:
         """Point the bridge at the controller and wait until it says it is in sync."""
-        self.ovs.vsctl("--", "--id=@c", "create", "Controller",
-                       f'target="tcp:127.0.0.1:{OF_PORT}"', "max_backoff=1000", "--",
-                       "set", "Bridge", "br-int", "controller=@c")  # fmt: skip
+        self.ovs.vsctl(*controller_row_args())
         wait_for(lambda: "in sync" in self.controller.text(), 30,
                  what=f"host {self.n}'s controller in sync")  # fmt: skip
 
     def frr_conf(self) -> str:
-        """The host's frr.conf, as `ovsnat bgp render` writes it from the host's options."""
-        return render(HostConfig.parse({**defaults(), **self.options}).bgp, f"hv{self.n}")
+        return frr_conf(self.n, f"hv{self.n}")
 
     def announced(self, table: int = 100) -> set[str]:
-        """ovsnat's routes in one of the tables FRR announces from (100 LIVE, 101 MOVED)."""
+        """ovsnat's routes in one of the tables FRR announces from (100 LIVE, 101 MOVED);
+        a table the kernel has never held a route in does not exist: none."""
         shown = run(["ip", "-n", self.ns, "-j", "route", "show", "table", str(table),
-                     "proto", "250"]).stdout  # fmt: skip
-        return {r["dst"] for r in json.loads(shown) if r["type"] == "blackhole"}
+                     "proto", "250"], check=False)  # fmt: skip
+        if shown.returncode != 0 and "does not exist" in shown.stderr:
+            return set()
+        return {r["dst"] for r in json.loads(shown.stdout) if r["type"] == "blackhole"}
 
     def status(self) -> dict:
         """The controller's status file ({} before its first)."""
@@ -149,7 +138,12 @@ class Hypervisor:
         except (OSError, ValueError):
             return {}
 
-    def stop(self) -> None:
-        for c in self.controllers:
-            c.stop()
-        self.ovs.stop()
+    def stop(self) -> list[str]:
+        """Stop what it started; returns what failed (the caller goes on tearing down)."""
+        errors = []
+        for stop in (*(c.stop for c in self.controllers), self.ovs.stop):
+            try:
+                stop()
+            except Exception as e:
+                errors.append(f"host {self.n}: {type(e).__name__}: {e}")
+        return errors

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import os
 
-from ovsnat.compile.frr_conf import render
 from ovsnat.lab import fabric
-from ovsnat.lab.frr import FrrNode, TorPeer, make_rundir, tor_conf
+from ovsnat.lab.bgpplan import (
+    TOR_ASNS,
+    host_asn,
+    host_options,
+    link_address,
+    tor_address,
+    tor_router_id,
+)
+from ovsnat.lab.frr import FrrNode, ReadsFrr, TorPeer, make_rundir, tor_conf
 from ovsnat.lab.nodes import BRIDGE, EXTERNAL_CIDR, SERVER_GW, SERVER_IP, SERVER_MTU, Host
 from ovsnat.lab.ovs import require_ovs
-from ovsnat.lab.routedhv import HOST_ASN, host_options, link_address
+from ovsnat.lab.routedhv import frr_conf, routed_ports
 from ovsnat.lab.sh import run, wait_for
-from ovsnat.model import HostConfig
-from ovsnat.model.options import defaults
 
 OUT_ASN = 4200000100
-TOR_ASNS = {"ta": 4200000001, "tb": 4200000002}
-# Each ToR's link to the outside router: (the ToR's address, the router's), a /31
-UPSTREAM = {"ta": ("10.254.8.0", "10.254.8.1"), "tb": ("10.254.8.2", "10.254.8.3")}
+# Each ToR's link to the outside router: (the ToR's address, the router's), a /31 above
+# the hosts' links (ovsnat.lab.bgpplan)
+UPSTREAM = {"ta": ("10.254.200.0", "10.254.200.1"), "tb": ("10.254.200.2", "10.254.200.3")}
 SERVER_NET = "198.51.100.0/24"
 
 
@@ -67,9 +72,9 @@ def frr_node(lab, role: str) -> FrrNode:
     return FrrNode(lab.ns_name(role), lab.frr[role])
 
 
-def add_host(lab, name: str, n: int, snat: str) -> tuple[Host, dict[str, str]]:
+def add_host(lab, name: str, n: int) -> tuple[Host, dict[str, str]]:
     """Hypervisor n: OVS with the routed uplinks, the kernel's ports and the fabric port,
-    and its FRR. Returns the host and its bgp_* options (for its controller's file)."""
+    and its FRR. Returns the host and its options for its controller's file (bgpplan's)."""
     ns = lab._add_ns(name)
     host = Host(name, ns, os.path.join(lab.dir, name), fabric=True)
     lab.hosts[name] = host
@@ -78,54 +83,39 @@ def add_host(lab, name: str, n: int, snat: str) -> tuple[Host, dict[str, str]]:
     host.ovs.add_bridge(BRIDGE)
     for k, tor in enumerate(("ta", "tb")):
         lab._veth(ns, f"up{k}", lab.ns_name(tor), name)
-        ours = link_address(n, tor)
-        theirs = ours.rsplit(".", 1)[0] + f".{int(ours.rsplit('.', 1)[1]) - 1}"
-        run(["ip", "-n", lab.ns_name(tor), "addr", "add", f"{theirs}/31", "dev", name])
-        host.vsctl("--may-exist", "add-port", BRIDGE, f"up{k}")
-        host.vsctl("--may-exist", "add-port", BRIDGE, f"bgp{k}", "--", "set", "Interface",
-                   f"bgp{k}", "type=internal")  # fmt: skip
-        run(["ip", "-n", ns, "addr", "add", f"{ours}/31", "dev", f"bgp{k}"])
-        run(["ip", "-n", ns, "link", "set", f"bgp{k}", "up"])
+        run(["ip", "-n", lab.ns_name(tor), "addr", "add", f"{tor_address(n, tor)}/31",
+             "dev", name])  # fmt: skip
+    routed_ports(host.ovs, ns, n)
     fabric.connect(lab, host)
-    options = {k: v for k, v in host_options(n).items() if k != "snat_ip"}
-    settings = HostConfig.parse({**defaults(), **options, "snat_ip": snat}).bgp
-    start_frr(lab, name, render(settings, name))
-    return host, options
+    start_frr(lab, name, frr_conf(n, name))
+    options = host_options(n)
+    return host, {k: v for k, v in options.items() if k != "snat_ip"}
 
 
 def peer_tors(lab, hosts: int) -> None:
     """The ToRs' FRR, once the hosts exist: each host and the outside router as peers;
     then wait for every session."""
     for tor, asn in TOR_ASNS.items():
-        peers = [TorPeer(link_address(n, tor), HOST_ASN + n - 1) for n in range(1, hosts + 1)]
+        peers = [TorPeer(link_address(n, tor), host_asn(n)) for n in range(1, hosts + 1)]
         upstream = TorPeer(UPSTREAM[tor][1], OUT_ASN)
-        start_frr(lab, tor, tor_conf(tor, asn, f"10.255.0.{asn % 10}", peers, [EXTERNAL_CIDR],
-                                     upstream=upstream))  # fmt: skip
+        conf = tor_conf(tor, asn, tor_router_id(tor), peers, [EXTERNAL_CIDR], upstream=upstream)
+        start_frr(lab, tor, conf)
+    routers = Routers(lab)
     for tor in TOR_ASNS:
-        wait_for(lambda t=tor: established(lab, t) == hosts + 1, 60,
+        wait_for(lambda t=tor: routers.established(t) == hosts + 1, 60,
                  what=f"{tor}'s sessions with the hosts and the outside router")  # fmt: skip
 
 
-def established(lab, role: str) -> int:
-    summary = frr_node(lab, role).show("show bgp ipv4 unicast summary json")
-    return sum(1 for p in summary.get("peers", {}).values() if p.get("state") == "Established")
+class Routers(ReadsFrr):
+    """What the lab's routers say (frr.ReadsFrr), by role: ta, tb, out, hv1..."""
 
+    def __init__(self, lab):
+        self.nodes = {role: frr_node(lab, role) for role in lab.frr}
 
-def best_via(lab, role: str, prefix: str) -> list[str]:
-    """The next hops of a router's best path to prefix/32 (empty: none)."""
-    paths = frr_node(lab, role).show(f"show bgp ipv4 unicast {prefix}/32 json").get("paths", [])
-    return [h["ip"] for p in paths if p.get("bestpath", {}).get("overall") for h in p["nexthops"]]
-
-
-def stop_frr(lab) -> list[str]:
-    """Stop every FRR node of the lab (by the pids they wrote); returns what failed."""
-    errors = []
-    for role in list(lab.frr):
-        try:
-            frr_node(lab, role).stop()
-        except Exception as e:  # keep tearing down
-            errors.append(f"FRR {role}: {e}")
-    return errors
+    def best_via(self, role: str, prefix: str) -> list[str]:
+        """The next hops of the router's best path to prefix/32 (empty: none)."""
+        best = self.best(role, prefix)
+        return [h["ip"] for h in best["nexthops"]] if best else []
 
 
 def out_conf() -> str:

@@ -261,10 +261,7 @@ class Lab(VmPlumbing):
                 _kill_recorded(self.procs.pop(name), self.id)
             except Exception as e:  # keep tearing down
                 errors.append(str(e))
-        if self.frr:
-            from ovsnat.lab import routedlab
-
-            errors += routedlab.stop_frr(self)
+        errors += frr.stop_nodes([(self.ns_name(r), d) for r, d in self.frr.items()])
         for host in self.hosts.values():
             try:
                 host.ovs.stop()

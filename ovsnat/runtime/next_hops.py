@@ -37,25 +37,54 @@ RETRY = 1.0  # seconds before a fresh dump after a failure
 
 @dataclass
 class KernelView:
-    """The main table's routes and the neighbours, as dumped and then as changed."""
+    """The main table's routes and the neighbours, as dumped and then as changed, and the
+    echoes among the routes, kept as they change: a rack's hosts may hold tens of
+    thousands, and a scan of them all per netlink message would stall the hub."""
 
+    ranges: tuple[tuple[int, int], ...] = ()  # where an echo can be (bgp_announce)
     routes: dict = field(default_factory=dict)  # (prefix, table, metric) -> rt.Route
     neighbors: dict = field(default_factory=dict)  # (address, ifindex) -> rt.Neighbor
+    echo_keys: dict = field(default_factory=dict)  # route key -> its echo's address
+    dirty: set = field(default_factory=set)  # "hops", "echoes": changed since `take`
+
+    @classmethod
+    def of(cls, bgp: BgpSettings) -> KernelView:
+        return cls(tuple((c.first, c.last) for c in bgp.announce))
 
     def apply(self, message: rt.Message) -> None:
         body = message.body
         if isinstance(body, rt.Route) and body.table == MAIN_TABLE:
             key = (body.prefix, body.table, body.priority)
+            was = self.echo_keys.pop(key, None)
             if message.kind == rt.RTM_NEWROUTE:
                 self.routes[key] = body
+                echo = self._echo(body)
+                if echo is not None:
+                    self.echo_keys[key] = echo
+                self.dirty.add("echoes" if echo or was else "hops")
             elif message.kind == rt.RTM_DELROUTE:
                 self.routes.pop(key, None)
+                self.dirty.add("echoes" if was else "hops")
         elif isinstance(body, rt.Neighbor):
             key = (body.ip, body.ifindex)
             if message.kind == rt.RTM_NEWNEIGH:
                 self.neighbors[key] = body
             elif message.kind == rt.RTM_DELNEIGH:
                 self.neighbors.pop(key, None)
+            self.dirty.add("hops")
+
+    def take(self) -> set:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def _echo(self, route: rt.Route) -> str | None:
+        """Another host's /32 as the ToRs pass it back: a BGP route inside the announced
+        ranges. This host's own never shows: zebra prefers its import (distance 15) to
+        the echo (20) and installs a blackhole of its own instead."""
+        if route.protocol != RTPROT_BGP or route.prefix.prefixlen != 32:
+            return None
+        ip = int(route.prefix.ip)
+        return str(route.prefix.ip) if any(a <= ip <= b for a, b in self.ranges) else None
 
 
 def next_hops(view: KernelView, bgp: BgpSettings) -> NextHops:
@@ -74,19 +103,9 @@ def next_hops(view: KernelView, bgp: BgpSettings) -> NextHops:
     return NextHops(tuple(sorted((str(ip), mac) for ip, mac in macs.items())))
 
 
-def echoes(view: KernelView, bgp: BgpSettings) -> EchoesSeen:
-    """The other hosts' /32s as the ToRs pass them back: BGP routes in the main table
-    inside the announced ranges. This host's own announcements never show: zebra prefers
-    its import (distance 15) to the echo (20) and installs a blackhole of its own."""
-    return EchoesSeen(
-        frozenset(
-            str(route.prefix.ip)
-            for route in view.routes.values()
-            if route.protocol == RTPROT_BGP
-            and route.prefix.prefixlen == 32
-            and any(route.prefix in cidr for cidr in bgp.announce)
-        )
-    )
+def echoes(view: KernelView) -> EchoesSeen:
+    """The other hosts' /32s the kernel holds now."""
+    return EchoesSeen(frozenset(view.echo_keys.values()))
 
 
 class NextHopWatch:
@@ -94,6 +113,7 @@ class NextHopWatch:
         self.bgp, self.post, self.namespace = bgp, post, namespace
         self.last: NextHops | None = None
         self.last_echoes: EchoesSeen | None = None
+        self.echoes_owed = True  # the echoes changed since last posted (or never were)
         self.stopped = False
 
     def start(self) -> list:
@@ -119,7 +139,8 @@ class NextHopWatch:
         groups = rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_NEIGH
         with routes.Kernel(routes.open_socket(self.namespace, groups)) as changes:
             changes.sock.settimeout(1.0)  # to see `stopped`; changes wake it at once
-            view = KernelView()
+            view = KernelView.of(self.bgp)
+            self.echoes_owed = True  # a fresh dump: its echoes are the truth
             with routes.Kernel(routes.open_socket(self.namespace)) as kernel:
                 dumped = kernel.routes()
                 for body in (*dumped, *kernel.neighbors()):
@@ -138,10 +159,19 @@ class NextHopWatch:
                 self._tell(view)
 
     def _tell(self, view: KernelView) -> None:
-        hops, seen = next_hops(view, self.bgp), echoes(view, self.bgp)
-        if hops != self.last:
-            self.last = hops
-            self.post(hops)
-        if seen != self.last_echoes:
-            self.last_echoes = seen
-            self.post(seen)
+        """Post what changed. The echoes only while a next hop is usable: with none, FRR
+        is down and zebra took every route, the echoes with them, which says nothing about
+        who holds a FIP (a HELD one would go live). They are posted when FRR is back."""
+        dirty = view.take()
+        if "hops" in dirty or self.last is None:
+            hops = next_hops(view, self.bgp)
+            if hops != self.last:
+                self.last = hops
+                self.post(hops)
+        self.echoes_owed |= "echoes" in dirty
+        if self.last.hops and self.echoes_owed:
+            self.echoes_owed = False
+            seen = echoes(view)
+            if seen != self.last_echoes:
+                self.last_echoes = seen
+                self.post(seen)
