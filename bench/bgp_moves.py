@@ -3,9 +3,12 @@ hypervisors on routed uplinks, each with OVS, ryu-manager and FRR, two ToRs runn
 (ovsnat.lab.routedhost). Times are read on ToR A's kernel through an rtnetlink subscription
 (bench.bgp.Watch), against a baseline measured in the same run.
 
-- **Migration**: a VM with a FIP moves between the hosts as Nova moves it; from its first
-  frame on the destination (QEMU's RARP, timed by the sender) until ToR A's route points at
-  the destination. Baseline: a fresh VM's FIP, from its port's creation until ToR A's route
+- **Migration**: a VM with a FIP moves between the hosts as Nova and libvirt move it (the
+  destination HELD first, the source announcing until it is unplugged); from its first
+  frame on the destination (QEMU's first RARP, timed by the sender) until ToR A's route
+  points at the destination (MOVED over the source's LIVE). bgp_moved_hold is 2 s here and
+  each round waits for it, so that every move is over a LIVE route, as a first
+  migration's. Baseline: a fresh VM's FIP, from its port's creation until ToR A's route
   (no other host holds it, so it goes live at plug).
 - **FRR restart** on a host: from the daemons' start until both ToRs hold the host's FIP
   and SNAT routes fresh (no longer stale from graceful restart). Baseline: until both
@@ -23,10 +26,11 @@ from ovsnat.lab.routedhost import RoutedHost
 from ovsnat.lab.sh import wait_for
 
 MOVER, MOVER_FIP = 21, "203.0.113.20"
+HOLD = 2  # bgp_moved_hold here: each round waits for it, so a move back is MOVED over LIVE
 
 
 def moves(rounds: int) -> list[Result]:
-    lab = RoutedHost(frr=True, hosts=2).up()
+    lab = RoutedHost(frr=True, hosts=2, options={"bgp_moved_hold": str(HOLD)}).up()
     try:
         watch = Watch(lab.ns["ta"])
         lab.add_vm(MOVER, fip=MOVER_FIP, host=1)
@@ -36,12 +40,15 @@ def moves(rounds: int) -> list[Result]:
             fresh.append(_fresh(lab, watch, 100 + i, f"203.0.113.{100 + i}"))
             dest = 3 - where
             lab.prepare(MOVER, dest)
+            wait_for(lambda d=dest: _state(lab, d) == "held", 10, what="the destination HELD")
             rarps = lab.switch_over(MOVER, where, dest)
             on = watch.until(lambda t, d=dest: t.get(MOVER_FIP) == (link_address(d, "ta"),), 10)
             moved.append(on - rarps.first())  # the guest sends nothing else: no traffic
             lab.unplug(MOVER, where)  # as Nova, once the guest runs on the destination
             wait_for(lambda w=where: MOVER_FIP not in _all_routes(lab, w), 10,
                      what="the source's withdrawal")  # fmt: skip
+            wait_for(lambda d=dest: MOVER_FIP in lab.hv(d).announced(100), HOLD + 10,
+                     what="the hold's end (LIVE)")  # fmt: skip
             where = dest
         watch.close()
     finally:
@@ -100,6 +107,10 @@ def _fresh(lab: RoutedHost, watch: Watch, n: int, fip: str) -> float:
     lab.unplug(n, 1)
     watch.until(lambda t: fip not in t, 10)
     return took
+
+
+def _state(lab: RoutedHost, n: int) -> str | None:
+    return lab.hv(n).status().get("waiting", {}).get(f"tap{MOVER}", {}).get("state")
 
 
 def _all_routes(lab: RoutedHost, n: int) -> set[str]:

@@ -53,13 +53,23 @@ def test_a_migrating_vms_fip_is_held_until_its_first_frame_then_announced_moved(
     assert sim.kernel_tables == fib("203.0.113.11", "203.0.113.12", FIP)
 
 
-def test_a_held_fip_goes_live_when_the_other_host_withdraws():
+def test_a_held_fip_goes_live_when_the_other_host_withdraws_for_good():
+    """The echo gone for ECHO_GONE (2 s): the other host let go. Gone for less, as while
+    this host's FRR comes back and the ToRs' routes follow their default: still HELD."""
     sim = routed_host(echoes=frozenset({FIP}))
     sim.answer(OwnRoutes(frozenset()))
     sim.plug(vm_row(11, fip=FIP))
     assert not sim.fip_live(FIP)
-    sim.answer(EchoesSeen(frozenset({"203.0.113.99"})))
-    assert sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11", FIP)
+    sim.answer(EchoesSeen(frozenset()))  # a partial set: the default came first
+    sim.advance(0.2)
+    sim.answer(EchoesSeen(frozenset({FIP})))  # and the echo after it
+    sim.advance(5.0)
+    assert not sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11")
+    sim.answer(EchoesSeen(frozenset({"203.0.113.99"})))  # the other host withdrew
+    sim.advance(1.9)
+    assert not sim.fip_live(FIP)
+    sim.advance(0.2)
+    assert sim.fip_live(FIP) and sim.kernel_tables == fib("203.0.113.11", FIP)  # LIVE
 
 
 def test_a_restart_within_the_hold_keeps_the_moved_route_and_writes_nothing():

@@ -87,8 +87,8 @@ class Fips:
             fip = str(port.fip) if port is not None and port.fip is not None else None
             was_here = bool(ofport and ofport > 0 and self.seen_ofport.get(name) == ofport)
             new_fip = self.seen_fip.get(name) != fip
-            # echo mode: a VM here at a restart may be a migration's, still HELD (its FIP
-            # really live here was adopted from the switch's flows before this)
+            # echo mode: a VM here at a restart may be a migration's, still HELD (a FIP
+            # really live here is adopted from the switch's flows once they are dumped)
             given = (resident and self.presence.mode != "echo") or (
                 self.presence.mode == "first-packet" and new_fip
             )
@@ -309,7 +309,9 @@ class Fips:
 
     def _echo_decide(self, name: str, now: float) -> Delta:
         """bgp mode: live now unless another host announces the FIP (presence.py)."""
-        actions, _ = self.presence.due(name, now)
+        actions, when = self.presence.due(name, now)
+        if when is not None:
+            self.timers.at(when, ("presence", name))
         if not actions:
             return Delta()
         LOG.info("ovsnat: port %s: %s; activating its FIP", name, actions[0].why)

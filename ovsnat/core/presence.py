@@ -17,8 +17,9 @@ with small actions: send this probe, go live, light after the VM's first frame.
 question "does another host hold it?" is a lookup in the echo set, the other hosts' /32s as
 the ToRs pass them back (EchoesSeen). No echo: live at once (a fresh VM, silent or not). An
 echo: HELD until the VM's first frame here (a migration's destination), or until the echo
-goes (the other host withdrew). Until the first echo set is known, a FIP waits for its VM's
-first frame (the runtime posts the set once FRR's routes are in the kernel).
+has been gone for ECHO_GONE (the other host withdrew; a set missing it only for a moment, as
+while FRR comes back and the ToRs' routes follow their default, releases nothing). Until the
+first echo set is known, a FIP waits for its VM's first frame.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ANSWER_WAIT = 0.2  # after the round's last probe
 REPROBE = 1.0  # while held by another host or in conflict
 SETTLE = 0.1  # after the VM's first frame: the previous host yields on our GARP
 MAX_PROBING = 64  # rounds at once: bounds probe answers to the metered packet-in
+ECHO_GONE = 2.0  # echo mode: a HELD FIP's echo gone this long: the other host let go
 
 IDLE, PROBING, HELD, CONFLICT, SETTLING = "idle", "probing", "held", "conflict", "settling"
 
@@ -47,6 +49,7 @@ class Waiting:
     ovsnat_answered: bool = False  # in the current round
     foreign_mac: str | None = None  # in the current round
     since: float = 0.0
+    echo_gone: float | None = None  # echo mode: when a HELD FIP's echo went
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Presence:
         """The work due for `name`: (actions, its next deadline or None)."""
         w = self.waiting.get(name)
         if self.mode == "echo":
-            return self._echo_due(w), None
+            return self._echo_due(w, now)
         if w is None or w.state not in (PROBING, HELD, CONFLICT):
             return [], None
         if w.state != PROBING and self._start_round(name, now) is None:
@@ -171,16 +174,24 @@ class Presence:
             return [GoLive(name, "no other host answered the probes")], None
         return [], w.round_started + REPROBE
 
-    def _echo_due(self, w: Waiting | None) -> list:
-        """echo mode's whole decision, made whenever the FIP or the echo set changes: no
-        timer, since nothing is asked of the network."""
+    def _echo_due(self, w: Waiting | None, now: float) -> tuple[list, float | None]:
+        """echo mode's whole decision, made whenever the FIP or the echo set changes and at
+        the deadline it returns: nothing is asked of the network."""
         if w is None or w.state == SETTLING or self.echoes is None:
-            return []
+            return [], None
         if w.fip in self.echoes:
             self._set(w, HELD)
-            return []
+            w.echo_gone = None
+            return [], None
+        if w.state != HELD:
+            self._set(w, SETTLING)
+            return [GoLive(w.name, "no other host announces it")], None
+        if w.echo_gone is None:
+            w.echo_gone = now
+        if now - w.echo_gone < ECHO_GONE:
+            return [], w.echo_gone + ECHO_GONE
         self._set(w, SETTLING)
-        return [GoLive(w.name, "no other host announces it")]
+        return [GoLive(w.name, "the other host withdrew it")], None
 
     def echoes_seen(self, echoes: frozenset[str]) -> list[str]:
         """A new echo set: the names whose answer may have changed (call `due` for each)."""

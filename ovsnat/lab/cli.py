@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ovsnat.lab import dhcpclient, routedlab, scenario
-from ovsnat.lab.bgpplan import MAX_HOSTS
+from ovsnat.lab.bgpplan import MAX_HOSTS, snat_address
 from ovsnat.lab.fabric import TENANT_A, TENANT_B
 from ovsnat.lab.topology import Lab, down_all, list_lab_namespaces
 from ovsnat.lab.traffic import start_server
@@ -37,7 +37,7 @@ def contract_ids(ip: str, fip: str | None) -> dict[str, str]:
 
 def snat_ip(host: str) -> str:
     """hv1 -> 203.0.113.11, hv2 -> 203.0.113.21, ...: one PAT address per host."""
-    return f"203.0.113.{int(host[2:]) * 10 + 1}"
+    return snat_address(int(host[2:]))
 
 
 def build_default(lab: Lab, hosts: int = 2, controllers: bool = True, bgp: bool = False) -> Lab:

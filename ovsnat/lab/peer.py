@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--count", type=int, default=1)
     sp.add_argument("--interval", type=float, default=0.0)
     sp.add_argument("--step", type=float, default=0.0, help="each gap grows by this much")
+    sp.add_argument("--go-on-stdin", action="store_true", help="ready, then send on a line")
     sp.add_argument("frames", nargs="+")
     a = p.parse_args(argv)
     if a.mode == "tcp-server":
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.mode == "udp-client":
         return udp_client(a.host, a.port, a.size, a.timeout, a.src_port)
     elif a.mode == "send":
+        if a.go_on_stdin:  # started ahead, so the caller's moment is not our start-up
+            print("READY", flush=True)
+            sys.stdin.readline()
         return send_raw(a.iface, a.frames, a.count, a.interval, a.step)
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from ovsnat.lab import routedlab
-from ovsnat.lab.bgpplan import link_address, snat_address
+from ovsnat.lab.bgpplan import host_asn, link_address, snat_address
 from ovsnat.lab.demo import say, step, tenant_networks
 from ovsnat.lab.sh import wait_for
 from ovsnat.lab.topology import BRIDGE, SERVER_IP, Lab
@@ -82,6 +82,6 @@ def migrate(lab: Lab, vm, fip: str) -> None:
 
 
 def _out_moved(lab: Lab, fip: str) -> bool:
-    """The outside router's best path (through a ToR) has the MOVED preference: hv2's."""
+    """The outside router's best path (through a ToR) ends at hv2: its AS path says so."""
     best = routedlab.Routers(lab).best("out", fip)
-    return bool(best) and best.get("locPrf") == 200
+    return bool(best) and best.get("aspath", {}).get("string", "").endswith(str(host_asn(2)))

@@ -100,6 +100,7 @@ class Rarps:
 class RoutedHost(ReadsFrr):
     frr: bool = False
     hosts: int = 1  # more than one needs FRR (the ToRs must learn which host holds what)
+    options: dict = field(default_factory=dict)  # every host's, beyond bgpplan's
     lab_id: str = field(default_factory=lambda: secrets.token_hex(3))
     hvs: list[Hypervisor] = field(default_factory=list)
     nodes: dict[str, FrrNode] = field(default_factory=dict)
@@ -155,7 +156,8 @@ class RoutedHost(ReadsFrr):
         try:
             self._namespaces()
             for n in range(1, self.hosts + 1):
-                hv = Hypervisor(n, self.ns[self.role(n)], os.path.join(self.rundir, f"hv{n}"))
+                rundir = os.path.join(self.rundir, f"hv{n}")
+                hv = Hypervisor(n, self.ns[self.role(n)], rundir, dict(self.options))
                 self.hvs.append(hv)
                 hv.build()
                 hv.start_controller()
@@ -232,23 +234,30 @@ class RoutedHost(ReadsFrr):
         wait_for(lambda: self.hv(dest).ovs.ofport(tap) > 0, 10, what=f"{tap} on host {dest}")
 
     def switch_over(self, n: int, source: int, dest: int) -> Rarps:
-        """The second half: the guest stops on the source (its device there loses carrier)
-        and runs on the destination, with its address and TCP state, and sends QEMU's RARPs
-        (5, 50 ms then 100 ms more apart each time). The source's row stays until the caller
-        unplugs it, as Nova does once the migration is over. Rarps.resumed is when the guest
-        could first send on the destination: its first frame is at or after it."""
+        """The second half: the guest stops on the source and runs on the destination, with
+        its address and TCP state, and sends QEMU's RARPs (5, 50 ms then 100 ms more apart
+        each time). Its device on the source stays, silent (QEMU there exits later), so the
+        source announces the FIP until the caller unplugs its port, as Nova does once the
+        migration is over. Rarps.resumed is when the guest could first send on the
+        destination: its first frame is at or after it."""
         vm, old, new = self._vm_ns(n), self.vm_ifaces[n][source], self.vm_ifaces[n][dest]
-        ip(vm, "link", "set", old, "down")  # its routes go with it
+        mac = self.vm_ids[n]["attached-mac"].strip('"')
+        argv = self.python("-m", "ovsnat.lab.peer", "send", "--iface", new, "--count", "5",
+                           "--interval", "0.05", "--step", "0.1", "--go-on-stdin",
+                           arp_frame(mac, "0.0.0.0", rarp=True).hex())  # fmt: skip
+        proc = subprocess.Popen(["ip", "netns", "exec", vm, *argv], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdout.readline().strip() == "READY"
+        # The guest left the source: what still arrives there is lost, as for a paused
+        # guest (strict reverse-path filtering: its address is now reached the other way).
+        run(["sysctl", "-qw", f"net.ipv4.conf.{old}.rp_filter=1"], ns=vm)
+        run(["sysctl", "-qw", f"net.ipv4.conf.{new}.rp_filter=0"], ns=vm)
+        ip(vm, "addr", "del", f"10.0.0.{n}/24", "dev", old)  # its routes go with it
         ip(vm, "addr", "add", f"10.0.0.{n}/24", "dev", new)
         ip(vm, "route", "replace", "default", "via", "10.0.0.1", "dev", new)
         resumed = time.monotonic()
-        ip(vm, "addr", "del", f"10.0.0.{n}/24", "dev", old)
-        mac = self.vm_ids[n]["attached-mac"].strip('"')
-        argv = self.python("-m", "ovsnat.lab.peer", "send", "--iface", new, "--count", "5",
-                           "--interval", "0.05", "--step", "0.1",
-                           arp_frame(mac, "0.0.0.0", rarp=True).hex())  # fmt: skip
-        proc = subprocess.Popen(["ip", "netns", "exec", vm, *argv], stdout=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        proc.stdin.write("go\n")
+        proc.stdin.flush()  # communicate() closes it
         return Rarps(proc, resumed)
 
     def _vm_ns(self, n: int) -> str:

@@ -70,6 +70,7 @@ class Hypervisor:
     n: int
     ns: str
     rundir: str
+    extra: dict = field(default_factory=dict)  # options beyond bgpplan's (bgp_moved_hold...)
     ovs: Ovs = field(init=False)
     controllers: list[Controller] = field(default_factory=list)
 
@@ -79,7 +80,7 @@ class Hypervisor:
 
     @property
     def options(self) -> dict[str, str]:
-        return host_options(self.n)
+        return {**host_options(self.n), **self.extra}
 
     @property
     def snat(self) -> str:
@@ -119,7 +120,7 @@ class Hypervisor:
                  what=f"host {self.n}'s controller in sync")  # fmt: skip
 
     def frr_conf(self) -> str:
-        return frr_conf(self.n, f"hv{self.n}")
+        return frr_conf(self.n, f"hv{self.n}", **self.extra)
 
     def announced(self, table: int = 100) -> set[str]:
         """ovsnat's routes in one of the tables FRR announces from (100 LIVE, 101 MOVED);
